@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Durable write throughput: organizations created per second.
+#
+#   Outpost: wrk (THREADS threads, CONNECTIONS connections) sending
+#            POST /v1/orgs {"slug":"<unique>","name":"Bench org <n>"}
+#            with the operator key; every response must be 201 (non-2xx,
+#            e.g. 409 slug_taken, are counted and reported).
+#   Peer:    pgbench (same clients/threads, prepared statements) against a
+#            local PostgreSQL 15 cluster with fsync=on and
+#            synchronous_commit=on, one transaction = one INSERT of an
+#            organization-shaped row (uuid key, unique slug, name, jsonb
+#            settings, timestamptz) with RETURNING, i.e. one durable commit
+#            per request on both sides.
+#
+# One warm-up round, then ROUNDS measured rounds; sides alternate which one
+# runs first. Both servers stay up for the whole run (data keeps growing on
+# both sides). Per side: median and min-max throughput, per-round ratio
+# Outpost/peer, server CPU seconds per round (PostgreSQL: postmaster +
+# backends + auxiliary processes) and peak memory. The disk's fsync rate
+# (fsync.sh, same filesystem) is printed first for context.
+#
+#   bash benches/http_writes.sh
+#   DURATION=8 ROUNDS=5 SIDES=both|outpost|peer OP_PORT=18080 PG_PORT=15432
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+OP_PORT=${OP_PORT:-18080}
+PG_PORT=${PG_PORT:-15432}
+
+require_cmd wrk curl python3 fio "$PG_BIN/pgbench" "$PG_BIN/psql"
+side_enabled outpost && require_outpost
+bench_init
+TSV=$WORK/http_writes.tsv
+
+log "machine: $(machine_desc)"
+log "duration ${DURATION}s x ${ROUNDS} rounds (+1 warm-up), ${CONNECTIONS} connections, ${THREADS} threads, sides: $SIDES"
+
+echo "== disk fsync rate (same filesystem as the data directories) =="
+bash "$BENCH_DIR/fsync.sh" "$WORK"
+
+# ----------------------------------------------------------------- Outpost ----
+if side_enabled outpost; then
+    KEY=$(outpost_operator_key "$WORK/outpost-data")
+    start_outpost "$WORK/outpost-data" "$OP_PORT"
+
+    # Each request gets a fresh slug: b<round>t<thread>-<counter>
+    # (lowercase letters, digits and '-', starts with a letter, < 63 chars).
+    cat >"$WORK/orgs_post.lua" <<'EOF'
+-- POST /v1/orgs with a slug unique across threads, requests and rounds.
+-- Script argument 1 is a round tag such as "r3".
+local threads = 0
+
+function setup(thread)
+   threads = threads + 1
+   thread:set("tid", threads)
+end
+
+function init(args)
+   tag = args[1] or "r0"
+   counter = 0
+end
+
+function request()
+   counter = counter + 1
+   local body = string.format('{"slug":"b%st%d-%d","name":"Bench org %d"}',
+                              tag, tid, counter, counter)
+   return wrk.format("POST", nil, nil, body)
+end
+EOF
+
+    # sanity check: one request by hand must answer 201
+    code=$(curl -sS -o "$WORK/probe.json" -w '%{http_code}' --max-time 10 \
+        -X POST "$OP_URL/v1/orgs" \
+        -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+        --data '{"slug":"bench-probe","name":"Bench org probe"}')
+    [ "$code" = 201 ] || { cat "$WORK/probe.json" >&2; die "POST /v1/orgs answered $code, expected 201"; }
+fi
+
+run_outpost() {
+    local r=$1 out=$WORK/wrk-writes-$1.txt rps ok req non err
+    run_measured "$out" "$OP_PID" self -- \
+        wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s --latency \
+        -s "$WORK/orgs_post.lua" \
+        -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+        "$OP_URL/v1/orgs" -- "r$r"
+    rps=$(wrk_rps "$out"); ok=$(wrk_ok_rps "$out"); req=$(wrk_requests "$out")
+    non=$(wrk_non2xx "$out"); err=$(wrk_socket_errors "$out")
+    log "round $r outpost: ${ok} created/s (all responses ${rps}/s, non-2xx $non, socket errors $err, latency p50/p99 $(wrk_latency_p50_p99 "$out")) cpu ${RUN_CPU_S}s"
+    local note=""
+    [ "$non" -gt 0 ] && note="non-2xx responses: $non in round $r"
+    [ "$err" -gt 0 ] && note="${note:+$note; }socket errors: $err in round $r"
+    record_row "$TSV" "$r" outpost "$ok" "$((req - non))" "$RUN_CPU_S" "$RUN_HWM_KB" "$RUN_PSS_KB" "$note"
+}
+
+# -------------------------------------------------------------- PostgreSQL ----
+if side_enabled peer; then
+    start_postgres "$WORK/pg" "$PG_PORT"
+    pg_sql "CREATE TABLE orgs (
+                id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+                slug text NOT NULL UNIQUE,
+                name text NOT NULL,
+                settings jsonb NOT NULL DEFAULT '{}'::jsonb,
+                created_at timestamptz NOT NULL DEFAULT now()
+            );"
+    # Slug from round, client id and a 50-bit random; ON CONFLICT mirrors
+    # Outpost's 409 slug_taken instead of aborting the client.
+    cat >"$WORK/orgs_insert.sql" <<'EOF'
+\set r random(0, 999999999999999)
+INSERT INTO orgs (slug, name, settings)
+VALUES ('b' || :round::text || 'c' || :client_id::text || '-' || :r::text,
+        'Bench org ' || :r::text,
+        '{}'::jsonb)
+ON CONFLICT (slug) DO NOTHING
+RETURNING id, slug, name, settings, created_at;
+EOF
+    log "postgres: synchronous_commit=$(pg_sql 'SHOW synchronous_commit') fsync=$(pg_sql 'SHOW fsync') wal_sync_method=$(pg_sql 'SHOW wal_sync_method')"
+fi
+
+run_peer() {
+    local r=$1 out=$WORK/pgbench-$1.txt tps n failed
+    run_measured "$out" "$PG_PID" tree -- \
+        "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -n \
+        -c "$CONNECTIONS" -j "$THREADS" -T "$DURATION" -M prepared \
+        -D round="$r" -f "$WORK/orgs_insert.sql" postgres
+    tps=$(awk '/^tps = /{print $3; exit}' "$out")
+    n=$(awk -F': ' '/^number of transactions actually processed/{print $2; exit}' "$out" | awk '{print $1}')
+    failed=$(awk -F': ' '/^number of failed transactions/{print $2; exit}' "$out" | awk '{print $1}')
+    [ -n "$tps" ] || { cat "$out" >&2; die "could not parse pgbench output"; }
+    log "round $r pgbench: ${tps} inserts/s ($n transactions, failed ${failed:-0}, latency avg $(awk '/^latency average/{print $4, $5; exit}' "$out")) cpu ${RUN_CPU_S}s"
+    local note=""
+    [ "${failed:-0}" != 0 ] && note="failed transactions: $failed in round $r"
+    record_row "$TSV" "$r" peer "$tps" "${n:-0}" "$RUN_CPU_S" "$RUN_HWM_KB" "$RUN_PSS_KB" "$note"
+}
+
+# ------------------------------------------------------------------ rounds ----
+for ((r = 0; r <= ROUNDS; r++)); do
+    for side in $(bench_order "$r"); do
+        if [ "$side" = outpost ]; then run_outpost "$r"; else run_peer "$r"; fi
+        sleep 1
+    done
+done
+
+if side_enabled peer; then
+    log "postgres: $(pg_sql 'SELECT count(*) FROM orgs') rows in orgs, $(pg_sql "SELECT pg_size_pretty(pg_database_size('postgres'))") database"
+fi
+
+report "$TSV" "organization create throughput (POST /v1/orgs vs INSERT, durable commits)" \
+    "created/s" "writes: create org, c${CONNECTIONS}" "pgbench+pg15"

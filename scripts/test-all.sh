@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs (if missing) and runs all of it: formatting, lints,
+# unit and integration tests, the API document check, and the static release build.
+# Safe to run again: installs are skipped when present. Needs root (or sudo) for apt-get the
+# first time on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+}
+
+say "checking tools"
+apt_install musl-tools file
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    rustup target add x86_64-unknown-linux-musl
+fi
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy (warnings are errors)"
+cargo clippy --all-targets --locked -- -D warnings
+
+say "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --no-fail-fast
+else
+    cargo test --locked --no-fail-fast
+fi
+
+say "static release binary (x86_64-unknown-linux-musl)"
+cargo build --release --locked --target x86_64-unknown-linux-musl
+bin=target/x86_64-unknown-linux-musl/release/outpost
+file "$bin"
+if ! file "$bin" | grep -Eq 'static(-pie)? linked|statically linked'; then
+    echo "error: $bin is not statically linked" >&2
+    exit 1
+fi
+"$bin" version
+ls -l "$bin"
+say "all checks passed"

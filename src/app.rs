@@ -1,0 +1,107 @@
+//! `App`: the running parts of one server, wired together once and shared by every handler.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::metrics::{FollowerLabels, Metrics};
+use crate::store::events::{self, EventBus, FollowerRegistry, Retention};
+use crate::store::writer::{Writer, WriterOptions};
+use crate::store::{OpenReport, Store, StoreError};
+
+/// How often retention runs.
+const TRIM_INTERVAL: Duration = Duration::from_secs(60);
+/// Most events one retention pass removes (then it runs again soon).
+const TRIM_BATCH_MAX: usize = 10_000;
+
+#[derive(Clone)]
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub writer: Writer,
+    pub bus: EventBus,
+    pub metrics: Arc<Metrics>,
+    pub followers: Arc<FollowerRegistry>,
+}
+
+impl App {
+    /// Opens the store (migrating it) and starts the writer.
+    pub async fn start(config: Config) -> Result<(Self, OpenReport), StoreError> {
+        let data_dir = config.data_dir.clone();
+        let (store, report) = tokio::task::spawn_blocking(move || {
+            Store::open(
+                &data_dir,
+                &mut |line| tracing::info!(target: "outpost::store", "{line}"),
+            )
+        })
+        .await
+        .map_err(|e| StoreError::Storage(e.to_string()))??;
+        let head = store.reader()?.meta_u64("gseq")?.unwrap_or(0);
+        let bus = EventBus::new(config.events.bus_capacity, head);
+        let metrics = Arc::new(Metrics::new());
+        let writer = Writer::start(
+            store.clone(),
+            bus.clone(),
+            metrics.clone(),
+            WriterOptions {
+                queue_len_max: config.store.queue_len_max,
+                batch_len_max: config.store.batch_len_max,
+                min_free_disk_bytes: config.store.min_free_disk_bytes,
+                data_dir: config.data_dir.clone(),
+                enqueue_timeout: Duration::from_secs(5),
+            },
+        )?;
+        let app = Self {
+            config: Arc::new(config),
+            store,
+            writer,
+            bus,
+            metrics,
+            followers: Arc::default(),
+        };
+        Ok((app, report))
+    }
+
+    pub fn retention(&self) -> Retention {
+        Retention {
+            age: Duration::from_secs(self.config.events.retention_age_s),
+            count_max: self.config.events.retention_count_max,
+            batch_max: TRIM_BATCH_MAX,
+        }
+    }
+
+    /// Trims the log past retention, forever; a full pass runs again at once.
+    pub async fn retention_loop(self) {
+        let mut tick = tokio::time::interval(TRIM_INTERVAL);
+        loop {
+            tick.tick().await;
+            loop {
+                match events::trim(&self.writer, self.retention()).await {
+                    Ok(n) => {
+                        self.metrics.events_trimmed.inc_by(n);
+                        if (n as usize) < TRIM_BATCH_MAX {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event log retention failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings state gauges up to date before a scrape.
+    pub fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        m.writer_queue_len.set(self.writer.queue_len() as i64);
+        let head = self.bus.head_gseq();
+        m.event_log_head_gseq.set(head as i64);
+        for (name, pos, _) in self.followers.snapshot() {
+            m.follower_lag
+                .get_or_create(&FollowerLabels { follower: name })
+                .set(head.saturating_sub(pos) as i64);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The CLI's commands that touch a data dir. Each works the same whether or not a server has
+//! that data dir open: with one running, the command goes through its admin socket; without,
+//! it opens the store itself.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::admin::{self, Request};
+use crate::app::App;
+use crate::config::Config;
+use crate::domain::operators;
+use crate::progress::Progress;
+use crate::store::audit::Verification;
+use crate::store::backup::{self, BackupSummary};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Takes an online backup of `config`'s data dir into `out`.
+pub fn backup(config: &Config, out: &Path) -> Result<BackupSummary, CommandError> {
+    let out = absolute(out)?;
+    let mut progress = Progress::new("backup");
+    let summary = if admin::server_running(&config.admin_socket()) {
+        let v = admin::call(
+            &config.admin_socket(),
+            &Request::Backup { out },
+            &mut |d, t| progress.update(d, t),
+        )?;
+        from_value(v)?
+    } else {
+        let (store, _) = Store::open(&config.data_dir, &mut |l| eprintln!("{l}"))?;
+        backup::backup(&store, &out, &mut |d, t| progress.update(d, t))?
+    };
+    progress.finish();
+    Ok(summary)
+}
+
+/// Restores `from` into `data_dir`, refusing a data dir that is in use, or not empty without
+/// `force`.
+pub fn restore(from: &Path, data_dir: &Path, force: bool) -> Result<BackupSummary, CommandError> {
+    let socket = data_dir.join("admin.sock");
+    if admin::server_running(&socket) {
+        return Err(CommandError::Refused(format!(
+            "a server is running on {}; stop it first",
+            data_dir.display()
+        )));
+    }
+    let non_empty = std::fs::read_dir(data_dir).is_ok_and(|mut d| d.next().is_some());
+    if non_empty && !force {
+        return Err(CommandError::Refused(format!(
+            "{} is not empty; restoring would replace its store (pass --force to do that)",
+            data_dir.display()
+        )));
+    }
+    let mut progress = Progress::new("restore");
+    let summary = backup::restore(from, data_dir, &mut |d, t| progress.update(d, t))?;
+    progress.finish();
+    // The restored store must open, migrate and verify like any other.
+    let (store, _) = Store::open(data_dir, &mut |l| eprintln!("{l}"))?;
+    let v = store.reader()?.verify_audit(&mut |_, _| {})?;
+    if let Some(b) = v.first_broken {
+        return Err(CommandError::Refused(format!(
+            "the restored audit chain does not verify: org {} record {}: {}",
+            b.org, b.n, b.reason
+        )));
+    }
+    Ok(summary)
+}
+
+/// Verifies every audit chain.
+pub fn audit_verify(config: &Config) -> Result<Verification, CommandError> {
+    let mut progress = Progress::new("audit verify");
+    let v = if admin::server_running(&config.admin_socket()) {
+        from_value(admin::call(
+            &config.admin_socket(),
+            &Request::AuditVerify,
+            &mut |d, t| progress.update(d, t),
+        )?)?
+    } else {
+        let (store, _) = Store::open(&config.data_dir, &mut |l| eprintln!("{l}"))?;
+        store
+            .reader()?
+            .verify_audit(&mut |d, t| progress.update(d, t))?
+    };
+    progress.finish();
+    Ok(v)
+}
+
+/// A new operator key: (key id, the key text shown once).
+pub fn create_operator_key(config: &Config, name: &str) -> Result<(String, String), CommandError> {
+    if admin::server_running(&config.admin_socket()) {
+        let v = admin::call(
+            &config.admin_socket(),
+            &Request::CreateOperatorKey {
+                name: name.to_owned(),
+            },
+            &mut |_, _| {},
+        )?;
+        let field = |k: &str| {
+            v[k].as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| CommandError::Refused("bad answer".into()))
+        };
+        return Ok((field("id")?, field("token")?));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StoreError::from)?;
+    rt.block_on(async {
+        let (app, _) = App::start(config.clone()).await?;
+        let created = operators::create_key(&app.writer, "cli:local", name).await;
+        app.writer.shutdown().await;
+        let created = created.map_err(|e| CommandError::Refused(e.to_string()))?;
+        Ok((created.key.id.to_string(), created.token))
+    })
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, CommandError> {
+    serde_json::from_value(v)
+        .map_err(|e| CommandError::Refused(format!("unexpected answer from the server: {e}")))
+}
+
+fn absolute(p: &Path) -> Result<std::path::PathBuf, CommandError> {
+    std::path::absolute(p).map_err(|e| CommandError::Store(e.into()))
+}

@@ -1,0 +1,308 @@
+//! Configuration: one struct, layered TOML file < `OUTPOST_*` environment < command-line flags.
+//!
+//! Every field has a default, so no configuration at all works (data in `./outpost-data`,
+//! listening on `127.0.0.1:8080`). Unknown keys and invalid values are rejected with the key's
+//! path and the reason. Nested keys in the environment join with `__`:
+//! `OUTPOST_STORE__QUEUE_LEN_MAX=8192`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the store, the admin socket and other state live.
+    pub data_dir: PathBuf,
+    /// The HTTP listen address.
+    pub listen: SocketAddr,
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    pub events: EventsConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body accepted; larger ones get 413.
+    pub body_limit_bytes: u64,
+    /// Longest a request may take before it is answered with 503 `request_timeout`.
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Mutations waiting for the writer at most; callers wait for room, then get 503.
+    pub queue_len_max: usize,
+    /// Mutations committed together in one transaction at most.
+    pub batch_len_max: usize,
+    /// Below this much free space on the data dir's disk, writes are refused (507) and the
+    /// server reports not ready. 0 disables the check.
+    pub min_free_disk_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events older than this are trimmed (unless a follower still needs them).
+    pub retention_age_s: u64,
+    /// Events kept per organization at most.
+    pub retention_count_max: u64,
+    /// Events the in-process bus holds for slow receivers before they must resume from the log.
+    pub bus_capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json`, `text`, or `auto` (text on a terminal, JSON otherwise).
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `outpost=debug,info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may run after a stop signal before they are cut off.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./outpost-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            http: HttpConfig::default(),
+            store: StoreConfig::default(),
+            events: EventsConfig::default(),
+            log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 1 << 20,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            queue_len_max: 4096,
+            batch_len_max: 256,
+            min_free_disk_bytes: 256 << 20,
+        }
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            retention_age_s: 7 * 24 * 3600,
+            retention_count_max: 1_000_000,
+            bus_capacity: 4096,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Values given as command-line flags: the top layer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// One rejected key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// The key's path, e.g. `store.queue_len_max`.
+    pub key: String,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|i| format!("  {}: {}", i.key, i.reason)).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<ConfigIssue>);
+
+/// Environment variables that configure the command line, not the server.
+const ENV_NOT_KEYS: &[&str] = &["config"];
+
+impl Config {
+    /// Loads file < environment < overrides, then validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(vec![ConfigIssue {
+                    key: "--config".into(),
+                    reason: format!("file {} does not exist", path.display()),
+                }]));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig
+            .merge(Env::prefixed("OUTPOST_").split("__").ignore(ENV_NOT_KEYS))
+            .merge(Serialized::defaults(overrides));
+        let config: Config = fig
+            .extract()
+            .map_err(|e| ConfigError(e.into_iter().map(|e| issue(&e)).collect()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks relations and ranges that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut issues = Vec::new();
+        let mut bad = |key: &str, reason: &str| {
+            issues.push(ConfigIssue {
+                key: key.into(),
+                reason: reason.into(),
+            });
+        };
+        if self.data_dir.as_os_str().is_empty() {
+            bad("data_dir", "must not be empty");
+        }
+        if self.http.body_limit_bytes < 1024 {
+            bad("http.body_limit_bytes", "must be at least 1024");
+        }
+        if self.http.request_timeout_ms < 100 {
+            bad("http.request_timeout_ms", "must be at least 100");
+        }
+        if self.store.queue_len_max == 0 {
+            bad("store.queue_len_max", "must be at least 1");
+        }
+        if !(1..=100_000).contains(&self.store.batch_len_max) {
+            bad("store.batch_len_max", "must be between 1 and 100000");
+        }
+        if self.events.retention_count_max == 0 {
+            bad("events.retention_count_max", "must be at least 1");
+        }
+        if !(16..=1 << 20).contains(&self.events.bus_capacity) {
+            bad("events.bus_capacity", "must be between 16 and 1048576");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            bad(
+                "log.level",
+                "is not a valid filter (try `info` or `outpost=debug,info`)",
+            );
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(issues))
+        }
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The admin socket path of this data dir.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.data_dir.join("admin.sock")
+    }
+}
+
+fn issue(e: &figment::Error) -> ConfigIssue {
+    use figment::error::Kind;
+    // For an unknown field the path already ends with the field's name.
+    let path = &e.path;
+    let reason = match &e.kind {
+        Kind::UnknownField(..) => "unknown key".to_owned(),
+        other => other.to_string(),
+    };
+    let source = e
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(s) => format!(" (from {s})"),
+            None => format!(" (from {})", m.name),
+        })
+        .unwrap_or_default();
+    ConfigIssue {
+        key: if path.is_empty() {
+            "(top level)".into()
+        } else {
+            path.join(".")
+        },
+        reason: format!("{reason}{source}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_and_invalid_keys_are_named() {
+        let dir = std::env::temp_dir().join(format!("outpost-cfg-{}", crate::ids::Id::new()));
+        std::fs::create_dir_all(&dir).ok();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9\"\n[store]\nqueue_len_mx = 3\n",
+        )
+        .ok();
+        let err = Config::load(Some(&file), &Overrides::default())
+            .err()
+            .map(|e| e.0);
+        assert_eq!(
+            err.as_ref().map(|e| e[0].key.as_str()),
+            Some("store.queue_len_mx")
+        );
+        std::fs::write(&file, "[http]\nbody_limit_bytes = \"big\"\n").ok();
+        let err = Config::load(Some(&file), &Overrides::default())
+            .err()
+            .map(|e| e.0);
+        assert_eq!(
+            err.as_ref().map(|e| e[0].key.as_str()),
+            Some("http.body_limit_bytes")
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

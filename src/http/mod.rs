@@ -1,0 +1,334 @@
+//! The HTTP transport: routes, the edge middleware, authentication extractors, and the
+//! conversions between wire types and domain types. Only this module knows about poem.
+//!
+//! Every request passes `Edge`, which assigns the request id (the client's `X-Request-Id` if it
+//! is sane, else a new UUIDv7), opens the request's tracing span, bounds its time, turns every
+//! error into problem+json, echoes the request id, and counts it in `/metrics` by operationId.
+
+pub mod audit;
+pub mod body;
+pub mod ops;
+pub mod orgs;
+pub mod problem;
+
+use std::time::{Duration, Instant};
+
+use poem::http::{HeaderValue, StatusCode};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem_openapi::auth::Bearer;
+use poem_openapi::{OpenApiService, OperationId, SecurityScheme, Tags};
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::auth::{self, Operator};
+use crate::domain::DomainError;
+use crate::ids::Id;
+use crate::metrics::{RouteLabels, RouteOnly};
+use crate::store::writer::MutationCtx;
+use crate::tenancy::OrgScope;
+use body::BodyLimit;
+use problem::Problem;
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Tenants of this instance (operators only).
+    Organizations,
+    /// Event logs and audit chains.
+    Audit,
+    /// Health probes.
+    Operations,
+}
+
+/// An operator API key (`opk_…`), made with `outpost operator create-key`.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "opk")]
+pub struct OperatorAuth(Bearer);
+
+impl OperatorAuth {
+    /// Checks the key; a 401 problem when it is not a valid operator key.
+    pub async fn check(&self, app: &App) -> Result<Operator, Problem> {
+        auth::operator(&app.store, &self.0.token)
+            .await
+            .map_err(Problem::from)
+    }
+}
+
+/// The request id of the request being served.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// The API document's service (its paths carry their full `/v1/...` prefix).
+pub fn api_service() -> OpenApiService<(orgs::OrgsApi, audit::AuditApi, ops::OpsApi), ()> {
+    OpenApiService::new(
+        (orgs::OrgsApi, audit::AuditApi, ops::OpsApi),
+        "Outpost",
+        crate::VERSION,
+    )
+    .description(
+        "Multi-tenant real-time collaboration. Errors are application/problem+json with a stable \
+             `code`; lists are cursor-paginated; updates take `If-Match`.",
+    )
+}
+
+/// The API document as pretty JSON (what `openapi/outpost.json` holds).
+pub fn openapi_json() -> String {
+    let mut s = api_service().spec();
+    s.push('\n');
+    s
+}
+
+/// The whole HTTP application over `app`.
+pub fn routes(app: App) -> impl Endpoint + 'static {
+    let api = api_service();
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    let limit = app.config.http.body_limit_bytes;
+    let timeout = Duration::from_millis(app.config.http.request_timeout_ms);
+    Route::new()
+        .nest("/", api)
+        .at("/v1/openapi.json", spec)
+        .nest("/docs", docs)
+        .at("/metrics", ops::metrics)
+        .data(BodyLimit(limit))
+        .data(app.clone())
+        .with(EdgeMiddleware { app, timeout })
+}
+
+struct EdgeMiddleware {
+    app: App,
+    timeout: Duration,
+}
+
+impl<E: Endpoint> poem::Middleware<E> for EdgeMiddleware {
+    type Output = Edge<E>;
+    fn transform(&self, ep: E) -> Self::Output {
+        Edge {
+            inner: ep,
+            limit: self.app.config.http.body_limit_bytes,
+            app: self.app.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+pub struct Edge<E> {
+    inner: E,
+    limit: u64,
+    app: App,
+    timeout: Duration,
+}
+
+impl<E: Endpoint> Endpoint for Edge<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let started = Instant::now();
+        let request_id = req
+            .header("x-request-id")
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map_or_else(|| Id::new().to_string(), str::to_owned);
+        req.set_data(RequestId(request_id.clone()));
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
+        // A declared length over the limit is refused before anything reads the body;
+        // `JsonBody` also stops reading at the limit when no length was declared.
+        let declared = req
+            .header("content-length")
+            .and_then(|v| v.parse::<u64>().ok());
+        let result = if declared.is_some_and(|n| n > self.limit) {
+            Ok(Err(body::too_large(self.limit).into()))
+        } else {
+            tokio::time::timeout(self.timeout, self.inner.call(req))
+                .instrument(span.clone())
+                .await
+        };
+        let (mut resp, route) = match result {
+            Ok(Ok(r)) => {
+                let resp = r.into_response();
+                let route = resp.data::<OperationId>().map(|o| o.0);
+                (resp, route)
+            }
+            Ok(Err(err)) => {
+                let route = err.data::<OperationId>().map(|o| o.0);
+                (error_response(err), route)
+            }
+            Err(_) => (
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "request_timeout",
+                    "the request took too long and was abandoned",
+                )
+                .into_response(),
+                None,
+            ),
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        let status = resp.status().as_u16();
+        let route = route.unwrap_or(
+            if path == "/metrics" || path.starts_with("/docs") || path == "/v1/openapi.json" {
+                "static"
+            } else {
+                "unmatched"
+            },
+        );
+        let elapsed = started.elapsed();
+        let m = &self.app.metrics;
+        m.http_requests
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+                method: method.to_string(),
+                status,
+            })
+            .inc();
+        m.http_latency_seconds
+            .get_or_create(&RouteOnly {
+                route: route.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+        span.in_scope(|| {
+            tracing::info!(
+                status,
+                route,
+                latency_us = elapsed.as_micros() as u64,
+                "request"
+            );
+        });
+        Ok(resp)
+    }
+}
+
+/// Turns any error that reached the edge into a problem+json answer. Our own problem types
+/// render themselves; poem's and poem-openapi's errors are mapped here.
+fn error_response(err: poem::Error) -> Response {
+    if let Some(p) = foreign_problem(&err) {
+        return p.into_response();
+    }
+    let resp = err.into_response();
+    let ours = resp
+        .content_type()
+        .is_some_and(|ct| ct.starts_with(problem::CONTENT_TYPE));
+    if ours {
+        return resp;
+    }
+    let status = resp.status();
+    if status.is_client_error() {
+        return Problem::new(
+            status,
+            "bad_request",
+            status.canonical_reason().unwrap_or("bad request"),
+        )
+        .into_response();
+    }
+    tracing::error!(status = status.as_u16(), "unhandled error");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "internal error",
+    )
+    .into_response()
+}
+
+/// The problem for an error raised outside our handlers (routing, extractors), if known.
+fn foreign_problem(err: &poem::Error) -> Option<Problem> {
+    use poem_openapi::error::{
+        AuthorizationError, ContentTypeError, ParseParamError, ParsePathError,
+    };
+    if let Some(p) = err.downcast_ref::<Problem>() {
+        return Some(p.clone());
+    }
+    if err.is::<poem::error::NotFoundError>() {
+        return Some(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route",
+        ));
+    }
+    if err.is::<poem::error::MethodNotAllowedError>() {
+        return Some(Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        ));
+    }
+    if err.is::<AuthorizationError>() {
+        return Some(Problem::from(auth::AuthError::Missing));
+    }
+    if let Some(e) = err.downcast_ref::<ParseParamError>() {
+        return Some(
+            Problem::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.to_string()).with_errors(
+                vec![Problem::field(
+                    &format!("?{}", e.name),
+                    "invalid_parameter",
+                    e.reason.clone(),
+                )],
+            ),
+        );
+    }
+    if let Some(e) = err.downcast_ref::<ParsePathError>() {
+        return Some(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            e.to_string(),
+        ));
+    }
+    if let Some(e) = err.downcast_ref::<ContentTypeError>() {
+        return Some(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.to_string(),
+        ));
+    }
+    (err.status() == StatusCode::PAYLOAD_TOO_LARGE).then(|| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is over the limit",
+        )
+    })
+}
+
+/// The audit context of a request: who, from where, which request.
+pub fn mutation_ctx(req: &Request, scope: OrgScope, actor: String) -> MutationCtx {
+    MutationCtx {
+        scope,
+        actor,
+        request_id: req.data::<RequestId>().map(|r| r.0.clone()),
+        client_addr: req
+            .remote_addr()
+            .as_socket_addr()
+            .map(|a| a.ip().to_string()),
+    }
+}
+
+/// Parses a path id; a malformed one is simply not found (no hint about what exists).
+pub fn parse_id(s: &str, what: &'static str) -> Result<Id, DomainError> {
+    s.parse().map_err(|_| DomainError::NotFound { what })
+}
+
+/// Parses `If-Match: "3"` (also `W/"3"` and bare `3`). `*` matches any version.
+pub fn parse_if_match(v: Option<&str>) -> Result<Option<u64>, DomainError> {
+    let Some(v) = v.map(str::trim) else {
+        return Ok(None);
+    };
+    if v == "*" {
+        return Ok(None);
+    }
+    let v = v.strip_prefix("W/").unwrap_or(v).trim_matches('"');
+    v.parse().map(Some).map_err(|_| {
+        DomainError::invalid(
+            "?If-Match",
+            "invalid_parameter",
+            "If-Match must be an ETag this server gave out",
+        )
+    })
+}
+
+/// 404 unless the organization of `scope` exists (and is not deleted).
+pub async fn ensure_org_exists(app: &App, scope: OrgScope) -> Result<(), DomainError> {
+    crate::domain::orgs::get(&app.store, scope)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,290 @@
+//! The `outpost` command line. Only argument parsing, logging set-up and dispatch live here;
+//! every command's work is in the library.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use outpost::config::{Config, LogFormat, Overrides};
+use outpost::{commands, http};
+
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Multi-tenant real-time collaboration in one binary.
+#[derive(Parser, Debug)]
+#[command(name = "outpost", version = outpost::VERSION, propagate_version = true)]
+struct Cli {
+    /// TOML configuration file (keys as in packaging/outpost.toml).
+    #[arg(long, global = true, env = "OUTPOST_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Listen address (overrides `listen`).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Take a consistent backup while the server runs (or not).
+    Backup {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Restore a backup into a data dir (given with --data).
+    Restore {
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// Replace the store in a non-empty data dir.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Audit chain commands.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Operator commands.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the configuration and print the effective values.
+    Check {
+        /// Also validate this listen address.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Verify every organization's audit chain; exit 1 at the first broken link.
+    Verify,
+}
+
+#[derive(Subcommand, Debug)]
+enum OperatorCommand {
+    /// Create an operator API key and print it (shown only this once).
+    CreateKey {
+        /// A name to recognise the key by.
+        #[arg(long, default_value = "operator")]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let listen = match &cli.command {
+        Command::Serve { listen }
+        | Command::Config {
+            command: ConfigCommand::Check { listen },
+        } => *listen,
+        _ => None,
+    };
+    let load = || {
+        Config::load(
+            cli.config.as_deref(),
+            &Overrides {
+                data_dir: cli.data.clone(),
+                listen,
+            },
+        )
+    };
+    match cli.command {
+        Command::Version => {
+            println!("outpost {}", outpost::VERSION);
+            ExitCode::SUCCESS
+        }
+        Command::Openapi => {
+            print!("{}", http::openapi_json());
+            ExitCode::SUCCESS
+        }
+        Command::Config {
+            command: ConfigCommand::Check { .. },
+        } => match load() {
+            Ok(c) => {
+                print!("{}", c.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failed(&e),
+        },
+        Command::Serve { .. } => match load() {
+            Ok(c) => serve(c),
+            Err(e) => config_failed(&e),
+        },
+        Command::Backup { out } => with_config(load(), |c| {
+            let s = commands::backup(&c, &out)?;
+            println!(
+                "backup written to {} ({} entries, {} bytes)",
+                out.display(),
+                s.entries,
+                s.bytes
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Restore { from, force } => {
+            let Some(data) = cli.data.clone() else {
+                eprintln!("error: restore needs --data DIR (the data dir to restore into)");
+                return ExitCode::from(2);
+            };
+            report(commands::restore(&from, &data, force).map(|s| {
+                println!(
+                    "restored {} entries into {} (new epoch {})",
+                    s.entries,
+                    data.display(),
+                    s.epoch
+                );
+                ExitCode::SUCCESS
+            }))
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => with_config(load(), |c| {
+            let v = commands::audit_verify(&c)?;
+            match v.first_broken {
+                None => {
+                    println!(
+                        "audit chains verify: {} chains, {} records",
+                        v.orgs, v.records
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(b) => {
+                    println!(
+                        "audit chain BROKEN: organization {} at record {}: {}",
+                        b.org, b.n, b.reason
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }),
+        Command::Operator {
+            command: OperatorCommand::CreateKey { name },
+        } => with_config(load(), |c| {
+            let (id, token) = commands::create_operator_key(&c, &name)?;
+            if std::io::stdout().is_terminal() {
+                eprintln!("created operator key {id}; it is shown only this once:");
+            }
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| {
+                outpost::RunError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {}: {e}", config.listen),
+                ))
+            })?;
+        // Handlers are installed before the server announces readiness, so an early SIGTERM
+        // already means a graceful stop.
+        let stop = stop_signal()?;
+        outpost::run(listener, config, stop).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "outpost failed");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs SIGTERM and SIGINT handlers; the future resolves on either.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+fn init_logging(config: &Config) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
+    let json = match config.log.format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal());
+    if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+fn config_failed(e: &outpost::config::ConfigError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+fn with_config(
+    config: Result<Config, outpost::config::ConfigError>,
+    f: impl FnOnce(Config) -> Result<ExitCode, commands::CommandError>,
+) -> ExitCode {
+    match config {
+        Ok(c) => report(f(c)),
+        Err(e) => config_failed(&e),
+    }
+}
+
+fn report(r: Result<ExitCode, commands::CommandError>) -> ExitCode {
+    r.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}

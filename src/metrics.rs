@@ -1,0 +1,135 @@
+//! Prometheus metrics: one registry per server, handles shared by the parts that count.
+//!
+//! A registry per `run` (not a process-global one) keeps in-process test servers apart.
+//! Gauges that describe state elsewhere (queue depths, log head, follower lag) are refreshed
+//! when `/metrics` is rendered.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The operationId, or `other` for routes outside the API document.
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOnly {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FollowerLabels {
+    pub follower: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<RouteLabels, Counter>,
+    pub http_latency_seconds: HistogramFamily<RouteOnly>,
+    pub writer_batch_len: Histogram,
+    pub writer_commit_seconds: Histogram,
+    pub writer_commits: Counter,
+    pub writer_queue_len: Gauge,
+    pub event_log_head_gseq: Gauge,
+    pub follower_lag: Family<FollowerLabels, Gauge>,
+    pub events_trimmed: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("outpost");
+        let http_requests = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, method and status",
+            http_requests.clone(),
+        );
+        let http_latency_seconds: HistogramFamily<RouteOnly> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            http_latency_seconds.clone(),
+        );
+        let writer_batch_len = Histogram::new([
+            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+        ]);
+        registry.register(
+            "writer_batch_mutations",
+            "Mutations per group commit",
+            writer_batch_len.clone(),
+        );
+        let writer_commit_seconds = latency_histogram();
+        registry.register(
+            "writer_commit_duration_seconds",
+            "Time to apply and durably commit one batch",
+            writer_commit_seconds.clone(),
+        );
+        let writer_commits = Counter::default();
+        registry.register("writer_commits", "Group commits", writer_commits.clone());
+        let writer_queue_len = Gauge::default();
+        registry.register(
+            "writer_queue_mutations",
+            "Mutations waiting for the writer",
+            writer_queue_len.clone(),
+        );
+        let event_log_head_gseq = Gauge::default();
+        registry.register(
+            "event_log_head",
+            "The last global event log position",
+            event_log_head_gseq.clone(),
+        );
+        let follower_lag = Family::<FollowerLabels, Gauge>::default();
+        registry.register(
+            "follower_lag_events",
+            "Events a durable follower has yet to apply",
+            follower_lag.clone(),
+        );
+        let events_trimmed = Counter::default();
+        registry.register(
+            "events_trimmed",
+            "Events removed by retention",
+            events_trimmed.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_latency_seconds,
+            writer_batch_len,
+            writer_commit_seconds,
+            writer_commits,
+            writer_queue_len,
+            event_log_head_gseq,
+            follower_lag,
+            events_trimmed,
+        }
+    }
+
+    /// The registry in the text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

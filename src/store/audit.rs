@@ -1,0 +1,305 @@
+//! The audit chain: one append-only, hash-chained record per Mutation, per organization.
+//!
+//! Record n carries the SHA-256 of record n-1 and its own hash over its canonical JSON (its
+//! fields in declaration order, `details` with sorted keys) and that previous hash. The chain's
+//! last link is also kept in `AUDIT_HEADS`, so removing records from the tail is detected too.
+//! `verify` walks every chain and reports the first broken link.
+
+use redb::{ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::tables::{self, AUDIT, AUDIT_HEADS};
+use super::{Reader, StoreError, decode, prefix_end};
+use crate::ids::Id;
+use crate::tenancy::OrgScope;
+
+/// One audit record, as stored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AuditRecord {
+    pub org: Id,
+    /// Position in the org's chain, dense from 1.
+    pub n: u64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub request_id: Option<String>,
+    pub client_addr: Option<String>,
+    pub details: serde_json::Value,
+    /// Hex SHA-256 of the previous record (64 zeros for the first).
+    pub prev_hash: String,
+    /// Hex SHA-256 of this record's canonical form.
+    pub hash: String,
+}
+
+/// The canonical form that is hashed: every field but `hash`.
+#[derive(Serialize)]
+struct Canonical<'a> {
+    org: &'a Id,
+    n: u64,
+    at_ms: i64,
+    actor: &'a str,
+    action: &'a str,
+    target: &'a str,
+    request_id: &'a Option<String>,
+    client_addr: &'a Option<String>,
+    details: &'a serde_json::Value,
+    prev_hash: &'a str,
+}
+
+impl AuditRecord {
+    /// Builds record `n` linked to `prev`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn link(
+        org: Id,
+        n: u64,
+        prev: &[u8; 32],
+        at_ms: i64,
+        actor: String,
+        action: String,
+        target: String,
+        request_id: Option<String>,
+        client_addr: Option<String>,
+        details: serde_json::Value,
+    ) -> Self {
+        let mut r = Self {
+            org,
+            n,
+            at_ms,
+            actor,
+            action,
+            target,
+            request_id,
+            client_addr,
+            details,
+            prev_hash: hex(prev),
+            hash: String::new(),
+        };
+        r.hash = hex(&r.compute_hash());
+        r
+    }
+
+    /// The hash this record's content should have.
+    pub fn compute_hash(&self) -> [u8; 32] {
+        let canonical = Canonical {
+            org: &self.org,
+            n: self.n,
+            at_ms: self.at_ms,
+            actor: &self.actor,
+            action: &self.action,
+            target: &self.target,
+            request_id: &self.request_id,
+            client_addr: &self.client_addr,
+            details: &self.details,
+            prev_hash: &self.prev_hash,
+        };
+        let bytes = serde_json::to_vec(&canonical).expect("audit records serialize");
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
+    }
+
+    pub fn hash_bytes(&self) -> [u8; 32] {
+        unhex(&self.hash).unwrap_or([0; 32])
+    }
+}
+
+/// The chain head of `org`: (last n, its hash), or (0, zeros) for an empty chain.
+pub(crate) fn read_head(txn: &WriteTransaction, org: Id) -> Result<(u64, [u8; 32]), StoreError> {
+    let t = txn.open_table(AUDIT_HEADS.def)?;
+    let v = t.get(org.as_bytes().as_slice())?;
+    Ok(v.map_or((0, [0; 32]), |v| parse_head(v.value())))
+}
+
+fn parse_head(v: &[u8]) -> (u64, [u8; 32]) {
+    let n = tables::u64_be(v).unwrap_or(0);
+    let mut h = [0u8; 32];
+    if v.len() == 40 {
+        h.copy_from_slice(&v[8..]);
+    }
+    (n, h)
+}
+
+/// The first broken link found by `verify`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BrokenLink {
+    pub org: Id,
+    /// The record where the chain breaks (the first record that does not verify, or the
+    /// position where one is missing).
+    pub n: u64,
+    pub reason: String,
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Verification {
+    pub orgs: u64,
+    pub records: u64,
+    pub first_broken: Option<BrokenLink>,
+}
+
+impl Verification {
+    pub fn ok(&self) -> bool {
+        self.first_broken.is_none()
+    }
+}
+
+impl Reader {
+    /// Audit records of `scope`'s org after `after` (exclusive), ascending, at most `limit`.
+    pub fn audit_after(
+        &self,
+        scope: &OrgScope,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let org = scope.org();
+        let start = tables::org_seq_key(org, after.saturating_add(1));
+        self.range(AUDIT, &start, &prefix_end(org.as_bytes()), false, limit)?
+            .iter()
+            .map(|(_, v)| decode(AUDIT, v))
+            .collect()
+    }
+
+    /// Walks every org's chain; `progress(done, total)` is called every few thousand records.
+    pub fn verify_audit(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Verification, StoreError> {
+        let total = self.len(AUDIT)?;
+        let mut v = Verification {
+            orgs: 0,
+            records: 0,
+            first_broken: None,
+        };
+        let mut cur: Option<(Id, u64, [u8; 32])> = None;
+        let mut broken: Option<BrokenLink> = None;
+        let mut heads_to_check: Vec<(Id, u64, [u8; 32])> = Vec::new();
+        self.for_each(AUDIT, |key, value| {
+            v.records += 1;
+            if v.records % 4096 == 0 {
+                progress(v.records, total);
+            }
+            let Some((org, n)) = tables::split_org_seq(key) else {
+                broken = Some(BrokenLink {
+                    org: Id::NIL,
+                    n: 0,
+                    reason: "malformed key".into(),
+                });
+                return Ok(false);
+            };
+            let (expect_n, prev) = match cur {
+                Some((o, last, h)) if o == org => (last + 1, h),
+                other => {
+                    if let Some(done) = other {
+                        heads_to_check.push(done);
+                    }
+                    v.orgs += 1;
+                    (1, [0u8; 32])
+                }
+            };
+            let fail = |reason: &str| {
+                Some(BrokenLink {
+                    org,
+                    n: expect_n.min(n),
+                    reason: reason.to_owned(),
+                })
+            };
+            if n != expect_n {
+                broken = fail(&format!("record {expect_n} is missing"));
+                return Ok(false);
+            }
+            let rec: AuditRecord = match serde_json::from_slice(value) {
+                Ok(r) => r,
+                Err(e) => {
+                    broken = fail(&format!("record does not decode: {e}"));
+                    return Ok(false);
+                }
+            };
+            if rec.org != org || rec.n != n {
+                broken = fail("record's org or position does not match its key");
+            } else if rec.prev_hash != hex(&prev) {
+                broken = fail("previous-hash link does not match the record before it");
+            } else if rec.hash != hex(&rec.compute_hash()) {
+                broken = fail("record content does not match its hash (altered)");
+            }
+            if broken.is_some() {
+                return Ok(false);
+            }
+            cur = Some((org, n, rec.hash_bytes()));
+            Ok(true)
+        })?;
+        if broken.is_none() {
+            heads_to_check.extend(cur);
+            broken = self.check_heads(&heads_to_check)?;
+        }
+        progress(v.records, total);
+        v.first_broken = broken;
+        Ok(v)
+    }
+
+    /// Compares each chain's last record with its stored head (detects a removed tail), and
+    /// finds heads whose chains have vanished entirely.
+    fn check_heads(&self, seen: &[(Id, u64, [u8; 32])]) -> Result<Option<BrokenLink>, StoreError> {
+        for (org, n, hash) in seen {
+            let head = self
+                .get(AUDIT_HEADS, org.as_bytes())?
+                .map(|v| parse_head(&v));
+            match head {
+                Some((hn, hh)) if hn == *n && hh == *hash => {}
+                Some((hn, _)) if hn > *n => {
+                    return Ok(Some(BrokenLink {
+                        org: *org,
+                        n: n + 1,
+                        reason: format!("records {}..={hn} are missing", n + 1),
+                    }));
+                }
+                _ => {
+                    return Ok(Some(BrokenLink {
+                        org: *org,
+                        n: *n,
+                        reason: "chain head does not match the last record".into(),
+                    }));
+                }
+            }
+        }
+        let mut orphan = None;
+        self.for_each(AUDIT_HEADS, |k, v| {
+            let Some(org) = Id::from_slice(k) else {
+                return Ok(true);
+            };
+            if !seen.iter().any(|(o, _, _)| *o == org) {
+                let (hn, _) = parse_head(v);
+                orphan = Some(BrokenLink {
+                    org,
+                    n: 1,
+                    reason: format!("all {hn} records are missing"),
+                });
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        Ok(orphan)
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+    }
+    Some(out)
+}

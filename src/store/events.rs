@@ -1,0 +1,362 @@
+//! The event log: per-org `seq`, a topic index, the global commit order, retention, the
+//! in-process bus, and `Follower` for durable consumers.
+//!
+//! Events are appended by the writer in the same transaction as the rows they describe. After
+//! commit they are published on a bounded in-process bus. A receiver that falls behind the bus
+//! is told so (with the position to resume from) and reads the log instead; nothing is skipped
+//! silently. Durable consumers (search, webhooks) are `Follower`s: they read the log in global
+//! commit order from a checkpoint kept in the store, and their checkpoints hold back trimming.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::tables::{self, EVENT_HEADS, EVENT_TOPICS, EVENTS, FOLLOWERS, LOG_ORDER};
+use super::writer::Writer;
+use super::{Reader, Store, StoreError, decode, prefix_end};
+use crate::ids::Id;
+use crate::tenancy::OrgScope;
+
+/// One committed event.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub org: Id,
+    /// Position in the org's log: dense, starting at 1.
+    pub seq: u64,
+    /// Position in the instance's commit order (what followers checkpoint).
+    pub gseq: u64,
+    /// The store epoch the event was written under.
+    pub epoch: u64,
+    pub topic: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub actor: String,
+    pub at_ms: i64,
+    pub data: serde_json::Value,
+}
+
+/// The in-process publication of committed events. Bounded: a slow receiver lags, and is told.
+#[derive(Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Arc<Event>>,
+    /// The last gseq published, so a new receiver knows where "live" begins.
+    head: Arc<AtomicU64>,
+}
+
+impl EventBus {
+    pub fn new(capacity: usize, head_gseq: u64) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(16));
+        Self {
+            tx,
+            head: Arc::new(AtomicU64::new(head_gseq)),
+        }
+    }
+
+    pub(crate) fn publish(&self, events: Vec<Arc<Event>>) {
+        for e in events {
+            self.head.store(e.gseq, Ordering::Release);
+            // No receiver is fine: the log has it.
+            let _ = self.tx.send(e);
+        }
+    }
+
+    /// A receiver of every event published from now on.
+    pub fn subscribe(&self) -> BusReceiver {
+        let rx = self.tx.subscribe();
+        BusReceiver {
+            rx,
+            last_gseq: self.head.load(Ordering::Acquire),
+        }
+    }
+
+    pub fn head_gseq(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+}
+
+/// What a bus receiver gets.
+#[derive(Debug)]
+pub enum BusItem {
+    Event(Arc<Event>),
+    /// The receiver fell behind and events were dropped for it: read the log after `gseq`.
+    Lagged {
+        resume_after_gseq: u64,
+    },
+    Closed,
+}
+
+pub struct BusReceiver {
+    rx: broadcast::Receiver<Arc<Event>>,
+    last_gseq: u64,
+}
+
+impl BusReceiver {
+    pub async fn recv(&mut self) -> BusItem {
+        match self.rx.recv().await {
+            Ok(e) => {
+                self.last_gseq = e.gseq;
+                BusItem::Event(e)
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => BusItem::Lagged {
+                resume_after_gseq: self.last_gseq,
+            },
+            Err(broadcast::error::RecvError::Closed) => BusItem::Closed,
+        }
+    }
+}
+
+/// The state of one org's log, for clients deciding between resume and reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LogBounds {
+    /// The oldest seq still in the log (0 when empty).
+    pub first_seq: u64,
+    /// The last seq handed out (0 when none).
+    pub head_seq: u64,
+}
+
+impl Reader {
+    /// Events of `scope`'s org after `after` (exclusive), optionally of one topic, at most `limit`.
+    pub fn events_after(
+        &self,
+        scope: &OrgScope,
+        topic: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let org = scope.org();
+        match topic {
+            None => {
+                let start = tables::org_seq_key(org, after.saturating_add(1));
+                let end = prefix_end(org.as_bytes());
+                self.range(EVENTS, &start, &end, false, limit)?
+                    .iter()
+                    .map(|(_, v)| decode(EVENTS, v))
+                    .collect()
+            }
+            Some(topic) => {
+                let start = tables::topic_key(org, topic, after.saturating_add(1));
+                let end = prefix_end(&tables::topic_prefix(org, topic));
+                let mut out = Vec::new();
+                for (k, _) in self.range(EVENT_TOPICS, &start, &end, false, limit)? {
+                    let seq = tables::u64_be(&k[k.len() - 8..]).unwrap_or(0);
+                    if let Some(v) = self.get(EVENTS, &tables::org_seq_key(org, seq))? {
+                        out.push(decode(EVENTS, &v)?);
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    pub fn log_bounds(&self, scope: &OrgScope) -> Result<LogBounds, StoreError> {
+        let org = scope.org();
+        let head_seq = self
+            .get(EVENT_HEADS, org.as_bytes())?
+            .and_then(|v| tables::u64_be(&v))
+            .unwrap_or(0);
+        let first = self.range(
+            EVENTS,
+            org.as_bytes(),
+            &prefix_end(org.as_bytes()),
+            false,
+            1,
+        )?;
+        let first_seq = first
+            .first()
+            .and_then(|(k, _)| tables::split_org_seq(k))
+            .map_or(0, |(_, s)| s);
+        Ok(LogBounds {
+            first_seq,
+            head_seq,
+        })
+    }
+
+    /// Events in global commit order after `after_gseq`, at most `limit` (for followers).
+    pub fn events_after_gseq(
+        &self,
+        after_gseq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let start = after_gseq.saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        for (_, at) in self.range(LOG_ORDER, &start, &[0xff; 9], false, limit)? {
+            if let Some(v) = self.get(EVENTS, &at)? {
+                out.push(decode(EVENTS, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn follower_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .get(FOLLOWERS, name.as_bytes())?
+            .and_then(|v| tables::u64_be(&v)))
+    }
+}
+
+/// Retention limits for the log.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub age: Duration,
+    pub count_max: u64,
+    /// Most log entries removed per housekeeping pass, so a pass never stalls the writer.
+    pub batch_max: usize,
+}
+
+/// Trims events past retention (by age and per-org count), never past the slowest follower's
+/// checkpoint. Returns the number of events removed.
+pub async fn trim(writer: &Writer, retention: Retention) -> Result<u64, StoreError> {
+    writer
+        .maintain(move |tx| {
+            let now = tx.now_ms();
+            let age_cutoff_ms = now - retention.age.as_millis() as i64;
+            // Followers hold back trimming: nothing after the slowest checkpoint goes.
+            let mut hold = u64::MAX;
+            for (_, v) in tx.range(FOLLOWERS, &[], &[0xff; 256], usize::MAX)? {
+                hold = hold.min(tables::u64_be(&v).unwrap_or(0));
+            }
+            let heads: Vec<(Id, u64)> = tx
+                .range(EVENT_HEADS, &[], &[0xff; 17], usize::MAX)?
+                .iter()
+                .filter_map(|(k, v)| Some((Id::from_slice(k)?, tables::u64_be(v)?)))
+                .collect();
+            let mut removed = 0u64;
+            for (org, head) in heads {
+                let count_floor = head.saturating_sub(retention.count_max);
+                let start = tables::org_seq_key(org, 0);
+                let end = prefix_end(org.as_bytes());
+                for (k, v) in tx.range(EVENTS, &start, &end, retention.batch_max)? {
+                    let event: Event = decode(EVENTS, &v)?;
+                    let too_old = event.at_ms < age_cutoff_ms;
+                    let too_many = event.seq <= count_floor;
+                    if !(too_old || too_many)
+                        || event.gseq > hold
+                        || removed as usize >= retention.batch_max
+                    {
+                        break;
+                    }
+                    tx.delete(EVENTS, &k)?;
+                    tx.delete(
+                        EVENT_TOPICS,
+                        &tables::topic_key(org, &event.topic, event.seq),
+                    )?;
+                    tx.delete(LOG_ORDER, &event.gseq.to_be_bytes())?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+}
+
+/// A durable consumer of the log: resumes from its checkpoint, takes batches, checkpoints.
+pub struct Follower {
+    name: String,
+    store: Store,
+    writer: Writer,
+    position: u64,
+    registry: Arc<FollowerRegistry>,
+}
+
+impl Follower {
+    /// Opens (or registers) the follower `name` at its stored checkpoint (0 for a new one).
+    /// A new follower's checkpoint is stored at once, so trimming waits for it from now on.
+    pub async fn open(
+        name: &str,
+        store: Store,
+        writer: Writer,
+        registry: Arc<FollowerRegistry>,
+    ) -> Result<Self, StoreError> {
+        let n = name.to_owned();
+        let position = store.read(move |r| r.follower_checkpoint(&n)).await?;
+        let mut f = Self {
+            name: name.to_owned(),
+            store,
+            writer,
+            position: position.unwrap_or(0),
+            registry,
+        };
+        if position.is_none() {
+            f.checkpoint(0).await?;
+        }
+        f.registry.report(&f.name, f.position);
+        Ok(f)
+    }
+
+    /// The next batch after the checkpoint (empty when caught up). Does not move the checkpoint.
+    pub async fn next_batch(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let after = self.position;
+        self.store
+            .read(move |r| r.events_after_gseq(after, limit))
+            .await
+    }
+
+    /// Records that everything up to `gseq` has been applied; durable when this returns.
+    pub async fn checkpoint(&mut self, gseq: u64) -> Result<(), StoreError> {
+        let name = self.name.clone();
+        self.writer
+            .maintain(move |tx| tx.put(FOLLOWERS, name.as_bytes(), &gseq.to_be_bytes()))
+            .await?;
+        self.position = gseq;
+        self.registry.report(&self.name, gseq);
+        Ok(())
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Waits for events after the checkpoint, up to `wait`, then returns the next batch.
+    pub async fn wait_batch(
+        &self,
+        bus: &mut BusReceiver,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<Event>, StoreError> {
+        let batch = self.next_batch(limit).await?;
+        if !batch.is_empty() {
+            return Ok(batch);
+        }
+        let _ = tokio::time::timeout(wait, bus.recv()).await;
+        self.next_batch(limit).await
+    }
+}
+
+/// Positions of live followers, for lag metrics and the readiness check.
+#[derive(Default)]
+pub struct FollowerRegistry {
+    inner: std::sync::Mutex<std::collections::BTreeMap<String, (u64, Instant)>>,
+}
+
+impl FollowerRegistry {
+    fn report(&self, name: &str, gseq: u64) {
+        // A std Mutex: held for a map insert, never across an await.
+        if let Ok(mut m) = self.inner.lock() {
+            m.insert(name.to_owned(), (gseq, Instant::now()));
+        }
+    }
+
+    /// Each follower's (name, position, time since it last advanced).
+    pub fn snapshot(&self) -> Vec<(String, u64, Duration)> {
+        self.inner
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(n, (g, t))| (n.clone(), *g, t.elapsed()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Followers that are behind `head_gseq` and have not advanced for `stall`.
+    pub fn stalled(&self, head_gseq: u64, stall: Duration) -> Vec<String> {
+        self.snapshot()
+            .into_iter()
+            .filter(|(_, g, since)| *g < head_gseq && *since > stall)
+            .map(|(n, _, _)| n)
+            .collect()
+    }
+}

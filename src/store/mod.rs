@@ -1,0 +1,350 @@
+//! The embedded store: one redb file, one writer thread, snapshot reads.
+//!
+//! `Store` owns the database handle and answers reads on snapshot read transactions run off the
+//! async workers. Every change goes through `Writer` (see `writer.rs`), which commits a change's
+//! rows, its events and its audit record in one durable transaction. Nothing else writes.
+
+pub mod audit;
+pub mod backup;
+pub mod events;
+pub mod tables;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::ids::{self, Id};
+use tables::{META, Table};
+
+/// The schema this build reads and writes. Raise it with a migration in `MIGRATIONS`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Upgrades from `version - 1` to `version`, applied in order at start-up.
+/// Each runs in one write transaction with the schema version bump, so a crash mid-way leaves
+/// the previous version intact.
+type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
+const MIGRATIONS: &[(u32, &str, Migration)] = &[];
+
+/// Key-value rows as read from a table.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The file name of the database inside the data dir.
+pub const DB_FILE: &str = "outpost.redb";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("the store is already open in another process (is a server running on this data dir?)")]
+    Locked,
+    #[error(
+        "the store's schema version {found} is newer than this build supports ({supported}); upgrade outpost"
+    )]
+    SchemaTooNew { found: u32, supported: u32 },
+    #[error("corrupt record in {table}: {detail}")]
+    Corrupt { table: String, detail: String },
+    #[error("key outside the writing organization's scope in table {0}")]
+    OutOfScope(String),
+    #[error("the store writer is shutting down")]
+    Closed,
+    #[error("the store writer queue is full")]
+    Busy,
+    #[error("free disk space is below the configured floor; writes are refused")]
+    DiskFull,
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                Self::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    std::io::Error
+);
+
+impl From<redb::DatabaseError> for StoreError {
+    fn from(e: redb::DatabaseError) -> Self {
+        match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Self::Locked,
+            other => Self::Storage(other.to_string()),
+        }
+    }
+}
+
+/// The opened store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: redb::Database,
+    path: PathBuf,
+    epoch: u64,
+}
+
+/// What opening the store found and did, for the start-up log.
+#[derive(Debug, Clone)]
+pub struct OpenReport {
+    pub created: bool,
+    pub migrated_from: Option<u32>,
+    pub epoch: u64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir`, running pending migrations.
+    /// `progress` receives one line per migration step.
+    pub fn open(
+        data_dir: &Path,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(Self, OpenReport), StoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join(DB_FILE);
+        let db = redb::Database::builder().create(&path)?;
+        let report = init_or_migrate(&db, progress)?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                epoch: report.epoch,
+            }),
+        };
+        Ok((store, report))
+    }
+
+    /// The store's epoch: random at creation, changed by every restore. Clients that resume from
+    /// a position of another epoch are told to reset.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub(crate) fn db(&self) -> &redb::Database {
+        &self.inner.db
+    }
+
+    /// Runs `f` on a snapshot read transaction on the blocking pool.
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&Reader) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = store.reader()?;
+            f(&reader)
+        })
+        .await
+        .map_err(|e| E::from(StoreError::Storage(format!("read task failed: {e}"))))?
+    }
+
+    /// A snapshot reader for synchronous callers (CLI, writer-side checks, tests).
+    pub fn reader(&self) -> Result<Reader, StoreError> {
+        Ok(Reader {
+            txn: self.inner.db.begin_read()?,
+        })
+    }
+}
+
+/// A snapshot of the whole store.
+pub struct Reader {
+    txn: ReadTransaction,
+}
+
+impl Reader {
+    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.txn.open_table(table.def) {
+            Ok(t) => Ok(t.get(key)?.map(|v| v.value().to_vec())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Entries with keys in `[start, end)`, ascending (or descending with `rev`), at most `limit`.
+    pub fn range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<Rows, StoreError> {
+        let t = match self.txn.open_table(table.def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let iter = t.range::<&[u8]>(start..end)?;
+        let items: Box<dyn Iterator<Item = _>> = if rev {
+            Box::new(iter.rev())
+        } else {
+            Box::new(iter)
+        };
+        let mut out = Vec::new();
+        for item in items.take(limit) {
+            let (k, v) = item?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Visits every entry of `table` in key order; `f` returns false to stop.
+    pub fn for_each(
+        &self,
+        table: Table,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let t = match self.txn.open_table(table.def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for item in t.iter()? {
+            let (k, v) = item?;
+            if !f(k.value(), v.value())? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of entries in `table`.
+    pub fn len(&self, table: Table) -> Result<u64, StoreError> {
+        match self.txn.open_table(table.def) {
+            Ok(t) => Ok(t.len()?),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn meta_u64(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .get(META, name.as_bytes())?
+            .and_then(|v| tables::u64_be(&v)))
+    }
+}
+
+/// Decodes a JSON record, naming the table when it is corrupt.
+pub fn decode<T: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table: redb::TableHandle::name(&table.def).to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// Encodes a record as JSON. Our records always serialize.
+pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize to JSON")
+}
+
+fn init_or_migrate(
+    db: &redb::Database,
+    progress: &mut dyn FnMut(&str),
+) -> Result<OpenReport, StoreError> {
+    let txn = db.begin_write()?;
+    let report;
+    {
+        let mut meta = txn.open_table(META.def)?;
+        let version = meta.get(b"schema_version".as_slice())?.map(|v| {
+            let b = v.value();
+            u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+        });
+        match version {
+            None => {
+                let epoch = ids::random_u64();
+                meta.insert(
+                    b"schema_version".as_slice(),
+                    SCHEMA_VERSION.to_be_bytes().as_slice(),
+                )?;
+                meta.insert(b"epoch".as_slice(), epoch.to_be_bytes().as_slice())?;
+                meta.insert(
+                    b"created_at".as_slice(),
+                    ids::now_ms().to_be_bytes().as_slice(),
+                )?;
+                meta.insert(b"gseq".as_slice(), 0u64.to_be_bytes().as_slice())?;
+                progress(&format!(
+                    "created a new store (schema version {SCHEMA_VERSION})"
+                ));
+                report = OpenReport {
+                    created: true,
+                    migrated_from: None,
+                    epoch,
+                };
+            }
+            Some(found) if found > SCHEMA_VERSION => {
+                return Err(StoreError::SchemaTooNew {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Some(found) => {
+                let epoch = meta
+                    .get(b"epoch".as_slice())?
+                    .and_then(|v| tables::u64_be(v.value()))
+                    .ok_or(StoreError::Corrupt {
+                        table: "meta".into(),
+                        detail: "no epoch".into(),
+                    })?;
+                report = OpenReport {
+                    created: false,
+                    migrated_from: (found < SCHEMA_VERSION).then_some(found),
+                    epoch,
+                };
+            }
+        }
+    }
+    // Every table exists from the start, so readers never meet a missing one.
+    for t in tables::ALL {
+        txn.open_table(t.def)?;
+    }
+    txn.commit()?;
+    if let Some(from) = report.migrated_from {
+        for (to, what, migrate) in MIGRATIONS.iter().filter(|(to, _, _)| *to > from) {
+            progress(&format!("migrating store schema {} → {to}: {what}", to - 1));
+            let txn = db.begin_write()?;
+            migrate(&txn)?;
+            txn.open_table(META.def)?
+                .insert(b"schema_version".as_slice(), to.to_be_bytes().as_slice())?;
+            txn.commit()?;
+        }
+        progress(&format!("store schema is now version {SCHEMA_VERSION}"));
+    }
+    Ok(report)
+}
+
+/// A fresh 16-byte prefix upper bound: the smallest key greater than every key starting with
+/// `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+/// The org id at the start of an org-table key.
+pub fn key_org(key: &[u8]) -> Option<Id> {
+    Id::from_slice(key.get(..16)?)
+}

@@ -1,0 +1,166 @@
+//! Every redb table of the store, with its key encoding, in one place.
+//!
+//! All tables map bytes to bytes; the encodings below are the schema. Org tables have keys that
+//! begin with the 16-byte organization id (the writer checks this on every put), so one
+//! organization's rows are contiguous and a scope cannot reach another's. The few global tables
+//! are named as such. Values are JSON unless said otherwise: tolerant of added fields, readable
+//! when debugging a store by hand.
+
+use redb::TableDefinition;
+
+use crate::ids::Id;
+
+/// A table definition: every table maps bytes to bytes.
+pub type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+/// Whether a table's keys must begin with the writing scope's organization id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tenancy {
+    Org,
+    Global,
+}
+
+/// A table of the store.
+#[derive(Clone, Copy)]
+pub struct Table {
+    pub def: Def,
+    pub tenancy: Tenancy,
+}
+
+const fn org(name: &'static str) -> Table {
+    Table {
+        def: TableDefinition::new(name),
+        tenancy: Tenancy::Org,
+    }
+}
+
+const fn global(name: &'static str) -> Table {
+    Table {
+        def: TableDefinition::new(name),
+        tenancy: Tenancy::Global,
+    }
+}
+
+/// Global. `name` → value: `schema_version` (u32 BE), `epoch` (u64 BE), `created_at` (i64 BE
+/// ms), `gseq` (u64 BE, the last global log position handed out).
+pub const META: Table = global("meta");
+
+/// org → `Organization` JSON. The instance's own records use the nil org.
+pub const ORGS: Table = org("orgs");
+/// Global. slug → org (16 bytes). Slugs are unique across the instance (logins name them).
+pub const ORG_SLUGS: Table = global("org_slugs");
+/// nil org ‖ key id → `OperatorKey` JSON.
+pub const OPERATOR_KEYS: Table = org("operator_keys");
+
+/// org ‖ seq (u64 BE) → `Event` JSON. The org's event log, dense in seq.
+pub const EVENTS: Table = org("events");
+/// org ‖ topic len (u16 BE) ‖ topic ‖ seq (u64 BE) → empty. "Topic T after seq S" is a range.
+pub const EVENT_TOPICS: Table = org("event_topics");
+/// org → head seq (u64 BE): the last seq handed out in this org.
+pub const EVENT_HEADS: Table = org("event_heads");
+/// Global. gseq (u64 BE) → org ‖ seq: the commit order across orgs, which followers read.
+pub const LOG_ORDER: Table = global("log_order");
+/// Global. follower name → checkpoint gseq (u64 BE). Holds back trimming of the log.
+pub const FOLLOWERS: Table = global("followers");
+
+/// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
+pub const AUDIT: Table = org("audit");
+/// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
+pub const AUDIT_HEADS: Table = org("audit_heads");
+
+/// Every table, for backup, restore and integrity checks.
+pub const ALL: &[Table] = &[
+    META,
+    ORGS,
+    ORG_SLUGS,
+    OPERATOR_KEYS,
+    EVENTS,
+    EVENT_TOPICS,
+    EVENT_HEADS,
+    LOG_ORDER,
+    FOLLOWERS,
+    AUDIT,
+    AUDIT_HEADS,
+];
+
+/// The table with this name, if it is one of ours.
+pub fn by_name(name: &str) -> Option<Table> {
+    ALL.iter()
+        .copied()
+        .find(|t| redb::TableHandle::name(&t.def) == name)
+}
+
+// ----- key encodings -----
+
+/// `org ‖ id`.
+pub fn org_id_key(org: Id, id: Id) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(org.as_bytes());
+    k[16..].copy_from_slice(id.as_bytes());
+    k
+}
+
+/// `org ‖ n` for sequence-keyed tables (events, audit).
+pub fn org_seq_key(org: Id, n: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(org.as_bytes());
+    k[16..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// Splits an `org ‖ n` key.
+pub fn split_org_seq(key: &[u8]) -> Option<(Id, u64)> {
+    if key.len() != 24 {
+        return None;
+    }
+    let org = Id::from_slice(&key[..16])?;
+    let n = u64::from_be_bytes(key[16..].try_into().ok()?);
+    Some((org, n))
+}
+
+/// `org ‖ len ‖ topic ‖ seq` for the topic index.
+pub fn topic_key(org: Id, topic: &str, seq: u64) -> Vec<u8> {
+    let mut k = topic_prefix(org, topic);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `org ‖ len ‖ topic`: the prefix every entry of one topic shares.
+pub fn topic_prefix(org: Id, topic: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + 2 + topic.len() + 8);
+    k.extend_from_slice(org.as_bytes());
+    k.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    k.extend_from_slice(topic.as_bytes());
+    k
+}
+
+pub fn u64_be(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_keys_sort_by_seq_within_a_topic() {
+        let org = Id::new();
+        let a = topic_key(org, "room:1", 2);
+        let b = topic_key(org, "room:1", 10);
+        let c = topic_key(org, "room:10", 1);
+        assert!(a < b);
+        // A longer topic never interleaves with a shorter one that is its prefix.
+        assert!(!c.starts_with(&topic_prefix(org, "room:1")));
+    }
+
+    #[test]
+    fn every_table_has_a_distinct_name() {
+        let mut names: Vec<_> = ALL
+            .iter()
+            .map(|t| redb::TableHandle::name(&t.def))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+    }
+}

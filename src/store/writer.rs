@@ -1,0 +1,702 @@
+//! The one store writer: a thread that group-commits Mutations.
+//!
+//! Callers submit a Mutation (a closure over `Tx`) on a bounded queue and await its own result.
+//! The thread takes everything queued (up to `batch_len_max`), applies each in turn inside ONE
+//! redb write transaction, appends each one's events to its org's log and its record to its
+//! org's audit chain, and commits once, durably. Then every caller gets its own answer and the
+//! events are published in-process.
+//!
+//! Isolation inside a batch: a Mutation that rejects before writing anything affects nobody else.
+//! One that rejects after it wrote rows cannot be undone piecemeal (redb has no cheap nested
+//! rollback), so the writer aborts the transaction and replays the batch without it — rare, and
+//! correct. A failed commit fails every caller of that batch; none of them was acknowledged.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redb::{ReadableTable, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::audit::{self, AuditRecord};
+use super::events::{Event, EventBus};
+use super::tables::{self, Table, Tenancy};
+use super::{Store, StoreError};
+use crate::ids::{self, Id};
+use crate::metrics::Metrics;
+use crate::tenancy::OrgScope;
+
+/// Who asked for a change, and from where: the audit record's context.
+#[derive(Clone, Debug)]
+pub struct MutationCtx {
+    pub scope: OrgScope,
+    /// `operator:<key id>`, `user:<id>`, `system`.
+    pub actor: String,
+    pub request_id: Option<String>,
+    pub client_addr: Option<String>,
+}
+
+impl MutationCtx {
+    /// Work the instance does by itself (no request behind it).
+    pub fn system(scope: OrgScope) -> Self {
+        Self {
+            scope,
+            actor: "system".into(),
+            request_id: None,
+            client_addr: None,
+        }
+    }
+}
+
+/// Writer settings (from the config).
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    pub queue_len_max: usize,
+    pub batch_len_max: usize,
+    pub min_free_disk_bytes: u64,
+    pub data_dir: PathBuf,
+    /// How long a caller waits for room in a full queue before `StoreError::Busy`.
+    pub enqueue_timeout: Duration,
+}
+
+/// Handle to the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Command>,
+    state: Arc<WriterState>,
+    enqueue_timeout: Duration,
+}
+
+/// What the writer reports about itself for readiness checks.
+pub struct WriterState {
+    alive: AtomicBool,
+    last_commit_ok: AtomicBool,
+    disk_low: AtomicBool,
+}
+
+impl WriterState {
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+    pub fn last_commit_ok(&self) -> bool {
+        self.last_commit_ok.load(Ordering::Relaxed)
+    }
+    pub fn disk_low(&self) -> bool {
+        self.disk_low.load(Ordering::Relaxed)
+    }
+}
+
+enum Command {
+    Job(Box<dyn Job>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl Writer {
+    /// Starts the writer thread over `store`.
+    pub fn start(
+        store: Store,
+        bus: EventBus,
+        metrics: Arc<Metrics>,
+        opts: WriterOptions,
+    ) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::channel(opts.queue_len_max.max(1));
+        let state = Arc::new(WriterState {
+            alive: AtomicBool::new(true),
+            last_commit_ok: AtomicBool::new(true),
+            disk_low: AtomicBool::new(false),
+        });
+        let enqueue_timeout = opts.enqueue_timeout;
+        let thread_state = state.clone();
+        let gseq = store.reader()?.meta_u64("gseq")?.unwrap_or(0);
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                let mut w = WriterThread {
+                    store,
+                    bus,
+                    metrics,
+                    opts,
+                    gseq,
+                    disk: DiskCheck::default(),
+                };
+                let stopped = w.run(rx, &thread_state);
+                // Close the store before saying so: whoever waits on shutdown may reopen it.
+                drop(w);
+                thread_state.alive.store(false, Ordering::Relaxed);
+                if let Some(done) = stopped {
+                    let _ = done.send(());
+                }
+            })?;
+        Ok(Self {
+            tx,
+            state,
+            enqueue_timeout,
+        })
+    }
+
+    /// Applies `f` in the next group commit and returns its own result once it is durable.
+    /// `f` may run more than once (a batch replay), so it must be a pure function of its
+    /// captures and the transaction.
+    pub async fn submit<T, E, F>(&self, ctx: MutationCtx, f: F) -> Result<T, E>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.submit_job(ctx, JobKind::Audited, f).await
+    }
+
+    /// Instance housekeeping (log trimming, follower checkpoints): may touch global tables,
+    /// writes neither events nor audit records.
+    pub(crate) async fn maintain<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit_job(
+            MutationCtx::system(OrgScope::INSTANCE),
+            JobKind::Maintenance,
+            f,
+        )
+        .await
+    }
+
+    async fn submit_job<T, E, F>(&self, ctx: MutationCtx, kind: JobKind, f: F) -> Result<T, E>
+    where
+        F: FnMut(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Box::new(TypedJob {
+            ctx,
+            kind,
+            f,
+            result: None,
+            reply: Some(reply),
+        });
+        match tokio::time::timeout(self.enqueue_timeout, self.tx.send(Command::Job(job))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(StoreError::Closed.into()),
+            Err(_) => return Err(StoreError::Busy.into()),
+        }
+        rx.await.unwrap_or_else(|_| Err(StoreError::Closed.into()))
+    }
+
+    /// Commits everything queued so far, then stops the thread.
+    pub async fn shutdown(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(done)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn state(&self) -> &WriterState {
+        &self.state
+    }
+
+    /// Mutations waiting in the queue.
+    pub fn queue_len(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum JobKind {
+    Audited,
+    Maintenance,
+}
+
+/// A queued Mutation, type-erased so one queue carries every kind.
+trait Job: Send {
+    fn ctx(&self) -> &MutationCtx;
+    fn kind(&self) -> JobKind;
+    /// Applies the Mutation; the result is kept inside until `finish`. Returns whether it
+    /// succeeded.
+    fn apply(&mut self, tx: &mut Tx<'_>) -> bool;
+    /// Sends the caller its answer: its kept result if `committed` is Ok, else the error.
+    fn finish(self: Box<Self>, committed: Result<(), &StoreError>);
+}
+
+struct TypedJob<T, E, F> {
+    ctx: MutationCtx,
+    kind: JobKind,
+    f: F,
+    result: Option<Result<T, E>>,
+    reply: Option<oneshot::Sender<Result<T, E>>>,
+}
+
+impl<T, E, F> Job for TypedJob<T, E, F>
+where
+    F: FnMut(&mut Tx<'_>) -> Result<T, E> + Send,
+    T: Send,
+    E: From<StoreError> + Send,
+{
+    fn ctx(&self) -> &MutationCtx {
+        &self.ctx
+    }
+    fn kind(&self) -> JobKind {
+        self.kind
+    }
+    fn apply(&mut self, tx: &mut Tx<'_>) -> bool {
+        let r = (self.f)(tx);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+    fn finish(mut self: Box<Self>, committed: Result<(), &StoreError>) {
+        let answer = match (committed, self.result.take()) {
+            (_, Some(Err(rejected))) => Err(rejected),
+            (Ok(()), Some(Ok(v))) => Ok(v),
+            (Err(e), _) => Err(E::from(clone_err(e))),
+            (Ok(()), None) => Err(E::from(StoreError::Storage(
+                "mutation was never applied".into(),
+            ))),
+        };
+        if let Some(reply) = self.reply.take() {
+            // The caller may have gone away (timeout); its change is durable all the same.
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::DiskFull => StoreError::DiskFull,
+        StoreError::Closed => StoreError::Closed,
+        StoreError::Busy => StoreError::Busy,
+        other => StoreError::Storage(other.to_string()),
+    }
+}
+
+/// One Mutation's view of the open write transaction.
+pub struct Tx<'t> {
+    txn: &'t WriteTransaction,
+    scope: OrgScope,
+    kind: JobKind,
+    now_ms: i64,
+    dirty: bool,
+    events: Vec<PendingEvent>,
+    audit: Option<PendingAudit>,
+}
+
+struct PendingEvent {
+    topic: String,
+    kind: String,
+    data: serde_json::Value,
+}
+
+struct PendingAudit {
+    action: String,
+    target: String,
+    details: serde_json::Value,
+}
+
+impl Tx<'_> {
+    /// The organization this Mutation is confined to.
+    pub fn org(&self) -> Id {
+        self.scope.org()
+    }
+
+    /// The batch's clock: every Mutation of one commit sees the same time.
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.txn.open_table(table.def)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Entries with keys in `[start, end)`, ascending, at most `limit`.
+    pub fn range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<super::Rows, StoreError> {
+        let t = self.txn.open_table(table.def)?;
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        for item in t.range::<&[u8]>(start..end)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.check_scope(table, key)?;
+        self.dirty = true;
+        self.txn.open_table(table.def)?.insert(key, value)?;
+        Ok(())
+    }
+
+    pub fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
+        self.check_scope(table, key)?;
+        self.dirty = true;
+        Ok(self.txn.open_table(table.def)?.remove(key)?.is_some())
+    }
+
+    /// Appends an event to the org's log, in this same transaction.
+    pub fn emit(&mut self, topic: impl Into<String>, kind: &str, data: serde_json::Value) {
+        self.events.push(PendingEvent {
+            topic: topic.into(),
+            kind: kind.to_owned(),
+            data,
+        });
+    }
+
+    /// Sets this Mutation's audit record (exactly one per audited Mutation).
+    pub fn audit(&mut self, action: &str, target: impl Into<String>, details: serde_json::Value) {
+        self.audit = Some(PendingAudit {
+            action: action.to_owned(),
+            target: target.into(),
+            details,
+        });
+    }
+
+    fn check_scope(&self, table: Table, key: &[u8]) -> Result<(), StoreError> {
+        let name = || redb::TableHandle::name(&table.def).to_owned();
+        match table.tenancy {
+            // Housekeeping is the instance's own work and spans organizations.
+            _ if self.kind == JobKind::Maintenance => Ok(()),
+            Tenancy::Org if key.starts_with(self.scope.org().as_bytes()) => Ok(()),
+            Tenancy::Global if global_writable_by_mutations(table) => Ok(()),
+            _ => Err(StoreError::OutOfScope(name())),
+        }
+    }
+}
+
+/// Global tables that ordinary Mutations may write (instance-wide unique indexes).
+fn global_writable_by_mutations(table: Table) -> bool {
+    redb::TableHandle::name(&table.def) == redb::TableHandle::name(&tables::ORG_SLUGS.def)
+}
+
+struct WriterThread {
+    store: Store,
+    bus: EventBus,
+    metrics: Arc<Metrics>,
+    opts: WriterOptions,
+    /// The last global log position handed out (committed).
+    gseq: u64,
+    disk: DiskCheck,
+}
+
+impl WriterThread {
+    /// Runs until a shutdown request (returned, to be answered once the store is closed) or
+    /// until every sender is gone.
+    fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Command>,
+        state: &WriterState,
+    ) -> Option<oneshot::Sender<()>> {
+        let batch_max = self.opts.batch_len_max.max(1);
+        let mut stop: Option<oneshot::Sender<()>> = None;
+        while stop.is_none() {
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            let mut jobs = Vec::with_capacity(batch_max);
+            let mut push = |cmd: Command, jobs: &mut Vec<Box<dyn Job>>| match cmd {
+                Command::Job(j) => jobs.push(j),
+                Command::Shutdown(done) => stop = Some(done),
+            };
+            push(first, &mut jobs);
+            while jobs.len() < batch_max {
+                match rx.try_recv() {
+                    Ok(cmd) => push(cmd, &mut jobs),
+                    Err(_) => break,
+                }
+            }
+            self.metrics.writer_queue_len.set(rx.len() as i64);
+            if !jobs.is_empty() {
+                let ok = self.run_batch(jobs, state);
+                state.last_commit_ok.store(ok, Ordering::Relaxed);
+            }
+        }
+        // Commit whatever was queued behind the shutdown request, then stop taking more.
+        rx.close();
+        let mut rest = Vec::new();
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Command::Job(j) => rest.push(j),
+                Command::Shutdown(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+        for chunk in chunks(rest, batch_max) {
+            self.run_batch(chunk, state);
+        }
+        stop
+    }
+
+    /// Applies and commits one batch; returns whether the commit succeeded.
+    fn run_batch(&mut self, mut jobs: Vec<Box<dyn Job>>, state: &WriterState) -> bool {
+        let started = Instant::now();
+        // Refuse new changes while the disk is below its floor; housekeeping may still run.
+        let disk_low = self.disk.low(&self.opts);
+        state.disk_low.store(disk_low, Ordering::Relaxed);
+        if disk_low {
+            let (keep, refuse): (Vec<_>, Vec<_>) = jobs
+                .into_iter()
+                .partition(|j| j.kind() == JobKind::Maintenance);
+            for j in refuse {
+                j.finish(Err(&StoreError::DiskFull));
+            }
+            jobs = keep;
+            if jobs.is_empty() {
+                return true;
+            }
+        }
+        let mut excluded = vec![false; jobs.len()];
+        let outcome = loop {
+            match self.attempt(&mut jobs, &mut excluded) {
+                Attempt::Replay => {}
+                Attempt::Done(r) => break r,
+            }
+        };
+        let n = jobs.len();
+        let committed = match outcome {
+            Ok(published) => {
+                for j in jobs {
+                    j.finish(Ok(()));
+                }
+                self.bus.publish(published);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = n, "store commit failed");
+                for j in jobs {
+                    j.finish(Err(&e));
+                }
+                false
+            }
+        };
+        self.metrics.writer_batch_len.observe(n as f64);
+        self.metrics
+            .writer_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.writer_commits.inc();
+        committed
+    }
+
+    fn attempt(&mut self, jobs: &mut [Box<dyn Job>], excluded: &mut [bool]) -> Attempt {
+        let txn = match self.store.db().begin_write() {
+            Ok(t) => t,
+            Err(e) => return Attempt::Done(Err(e.into())),
+        };
+        let now_ms = ids::now_ms();
+        let mut log = LogAppender::new(self.gseq, self.store.epoch());
+        for (i, job) in jobs.iter_mut().enumerate() {
+            if excluded[i] {
+                continue;
+            }
+            let ctx = job.ctx().clone();
+            let mut tx = Tx {
+                txn: &txn,
+                scope: ctx.scope,
+                kind: job.kind(),
+                now_ms,
+                dirty: false,
+                events: Vec::new(),
+                audit: None,
+            };
+            let ok = job.apply(&mut tx);
+            if !ok {
+                if tx.dirty {
+                    // Its partial writes are in the transaction: start over without it.
+                    excluded[i] = true;
+                    let _ = txn.abort();
+                    return Attempt::Replay;
+                }
+                continue;
+            }
+            let (events, audit) = (std::mem::take(&mut tx.events), tx.audit.take());
+            if tx.kind == JobKind::Audited {
+                let Some(audit) = audit else {
+                    // A programmer error: every audited Mutation declares its record.
+                    tracing::error!(actor = %ctx.actor, "mutation without an audit record");
+                    excluded[i] = true;
+                    let _ = txn.abort();
+                    return Attempt::Replay;
+                };
+                if let Err(e) = log.append(&txn, &ctx, now_ms, events, audit) {
+                    let _ = txn.abort();
+                    return Attempt::Done(Err(e));
+                }
+            }
+        }
+        let result = log.finish(&txn).and_then(|published| {
+            txn.commit()?;
+            Ok(published)
+        });
+        if result.is_ok() {
+            self.gseq = log.gseq;
+        }
+        Attempt::Done(result)
+    }
+}
+
+enum Attempt {
+    Replay,
+    Done(Result<Vec<Arc<Event>>, StoreError>),
+}
+
+/// Appends events and audit records for one batch, caching the heads it moves.
+struct LogAppender {
+    gseq: u64,
+    epoch: u64,
+    event_heads: HashMap<Id, u64>,
+    audit_heads: HashMap<Id, (u64, [u8; 32])>,
+    published: Vec<Arc<Event>>,
+}
+
+impl LogAppender {
+    fn new(gseq: u64, epoch: u64) -> Self {
+        Self {
+            gseq,
+            epoch,
+            event_heads: HashMap::new(),
+            audit_heads: HashMap::new(),
+            published: Vec::new(),
+        }
+    }
+
+    fn append(
+        &mut self,
+        txn: &WriteTransaction,
+        ctx: &MutationCtx,
+        now_ms: i64,
+        events: Vec<PendingEvent>,
+        pending: PendingAudit,
+    ) -> Result<(), StoreError> {
+        let org = ctx.scope.org();
+        if !events.is_empty() {
+            let mut head = match self.event_heads.get(&org) {
+                Some(h) => *h,
+                None => read_u64(txn, tables::EVENT_HEADS, org.as_bytes())?.unwrap_or(0),
+            };
+            let mut ev_t = txn.open_table(tables::EVENTS.def)?;
+            let mut topic_t = txn.open_table(tables::EVENT_TOPICS.def)?;
+            let mut order_t = txn.open_table(tables::LOG_ORDER.def)?;
+            for e in events {
+                head += 1;
+                self.gseq += 1;
+                let event = Event {
+                    org,
+                    seq: head,
+                    gseq: self.gseq,
+                    epoch: self.epoch,
+                    topic: e.topic,
+                    kind: e.kind,
+                    actor: ctx.actor.clone(),
+                    at_ms: now_ms,
+                    data: e.data,
+                };
+                ev_t.insert(
+                    tables::org_seq_key(org, head).as_slice(),
+                    super::encode(&event).as_slice(),
+                )?;
+                topic_t.insert(
+                    tables::topic_key(org, &event.topic, head).as_slice(),
+                    [].as_slice(),
+                )?;
+                order_t.insert(
+                    self.gseq.to_be_bytes().as_slice(),
+                    tables::org_seq_key(org, head).as_slice(),
+                )?;
+                self.published.push(Arc::new(event));
+            }
+            self.event_heads.insert(org, head);
+        }
+        let (n, prev) = match self.audit_heads.get(&org) {
+            Some(h) => *h,
+            None => audit::read_head(txn, org)?,
+        };
+        let record = AuditRecord::link(
+            org,
+            n + 1,
+            &prev,
+            now_ms,
+            ctx.actor.clone(),
+            pending.action,
+            pending.target,
+            ctx.request_id.clone(),
+            ctx.client_addr.clone(),
+            pending.details,
+        );
+        txn.open_table(tables::AUDIT.def)?.insert(
+            tables::org_seq_key(org, record.n).as_slice(),
+            super::encode(&record).as_slice(),
+        )?;
+        self.audit_heads
+            .insert(org, (record.n, record.hash_bytes()));
+        Ok(())
+    }
+
+    fn finish(&mut self, txn: &WriteTransaction) -> Result<Vec<Arc<Event>>, StoreError> {
+        let mut heads = txn.open_table(tables::EVENT_HEADS.def)?;
+        for (org, head) in &self.event_heads {
+            heads.insert(org.as_bytes().as_slice(), head.to_be_bytes().as_slice())?;
+        }
+        let mut aheads = txn.open_table(tables::AUDIT_HEADS.def)?;
+        for (org, (n, hash)) in &self.audit_heads {
+            let mut v = [0u8; 40];
+            v[..8].copy_from_slice(&n.to_be_bytes());
+            v[8..].copy_from_slice(hash);
+            aheads.insert(org.as_bytes().as_slice(), v.as_slice())?;
+        }
+        txn.open_table(tables::META.def)?
+            .insert(b"gseq".as_slice(), self.gseq.to_be_bytes().as_slice())?;
+        Ok(std::mem::take(&mut self.published))
+    }
+}
+
+fn read_u64(txn: &WriteTransaction, table: Table, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    let t = txn.open_table(table.def)?;
+    let v = t.get(key)?;
+    Ok(v.and_then(|v| tables::u64_be(v.value())))
+}
+
+fn chunks(mut v: Vec<Box<dyn Job>>, size: usize) -> Vec<Vec<Box<dyn Job>>> {
+    let mut out = Vec::new();
+    while !v.is_empty() {
+        let rest = v.split_off(size.min(v.len()));
+        out.push(std::mem::replace(&mut v, rest));
+    }
+    out
+}
+
+/// Free-space check of the data dir, at most twice a second.
+#[derive(Default)]
+struct DiskCheck {
+    checked: Option<Instant>,
+    low: bool,
+}
+
+impl DiskCheck {
+    fn low(&mut self, opts: &WriterOptions) -> bool {
+        if opts.min_free_disk_bytes == 0 {
+            return false;
+        }
+        if self
+            .checked
+            .is_none_or(|t| t.elapsed() > Duration::from_millis(500))
+        {
+            self.checked = Some(Instant::now());
+            self.low = crate::ops::free_disk_bytes(&opts.data_dir)
+                .is_some_and(|free| free < opts.min_free_disk_bytes);
+        }
+        self.low
+    }
+}

@@ -1,0 +1,17 @@
+//! Integration tests: real servers on 127.0.0.1, real HTTP, real processes. One test binary
+//! (link time matters on small machines), one module per area.
+
+// Tests state their expectations with unwrap and may read long.
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+
+mod audit;
+mod backup;
+mod config;
+mod crash;
+mod errors;
+mod events;
+mod openapi;
+mod orgs;
+mod support;
+mod tidy;
+mod writer;

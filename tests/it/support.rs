@@ -1,0 +1,222 @@
+//! Test servers: in-process (`TestServer`, via `outpost::run`) and child processes
+//! (`ChildServer`, the real binary), each over a fresh temp data dir.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use outpost::Config;
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
+
+pub fn config_for(dir: &Path) -> Config {
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
+    c.store.min_free_disk_bytes = 0;
+    c
+}
+
+/// A server running inside the test process.
+pub struct TestServer {
+    pub base: String,
+    pub key: String,
+    pub config: Config,
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), outpost::RunError>>>,
+    /// Keeps the temp data dir alive as long as the server.
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = config_for(dir.path());
+        let mut s = Self::start_with(config).await;
+        s.dir = Some(dir);
+        s
+    }
+
+    /// Starts on an existing data dir (which the caller keeps alive).
+    pub async fn start_with(config: Config) -> Self {
+        let c = config.clone();
+        let (_, key) =
+            tokio::task::spawn_blocking(move || outpost::commands::create_operator_key(&c, "test"))
+                .await
+                .expect("join")
+                .expect("operator key");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(outpost::run(listener, config.clone(), async move {
+            let _ = rx.await;
+        }));
+        let s = Self {
+            base,
+            key,
+            config,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+            dir: None,
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Ok(r) = self.http.get(self.url("/health/ready")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+                last = r.text().await.unwrap_or_default();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let finished = self
+            .task
+            .as_ref()
+            .is_some_and(tokio::task::JoinHandle::is_finished);
+        panic!("server did not become ready (task finished: {finished}): {last}");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path)).bearer_auth(&self.key)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(&self.key)
+            .json(body)
+    }
+
+    /// Creates an organization and returns its JSON.
+    pub async fn create_org(&self, slug: &str) -> Value {
+        let r = self
+            .post(
+                "/v1/orgs",
+                &json!({ "slug": slug, "name": format!("Org {slug}") }),
+            )
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 201, "create {slug}");
+        r.json().await.expect("json")
+    }
+
+    /// Stops the server the way SIGTERM would, and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("join").expect("server ran");
+        }
+    }
+}
+
+/// The real binary as a child process.
+pub struct ChildServer {
+    pub child: Child,
+    pub base: String,
+}
+
+impl ChildServer {
+    /// Starts `outpost serve` on `dir` and waits for its ready log line.
+    pub fn start(dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir)
+            .env("OUTPOST_LOG__FORMAT", "json")
+            .env("OUTPOST_LOG__LEVEL", "info")
+            .env("OUTPOST_STORE__MIN_FREE_DISK_BYTES", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn outpost");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let base = loop {
+            assert!(Instant::now() < deadline, "no ready line from the server");
+            let Some(Ok(line)) = lines.next() else {
+                panic!("server exited before it was ready")
+            };
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if v["fields"]["message"] == "outpost is ready" {
+                break format!("http://{}", v["fields"]["listen"].as_str().expect("listen"));
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base }
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary with `args`; (exit code, stdout, stderr).
+pub fn cli(args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    let out = cmd.output().expect("run outpost");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts a problem+json answer with `status` and `code`; returns the body.
+pub async fn expect_problem(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        ct.starts_with("application/problem+json"),
+        "content type {ct}"
+    );
+    let body: Value = resp.json().await.expect("problem json");
+    assert_eq!(body["code"], code, "code in {body}");
+    assert_eq!(body["status"], status);
+    assert!(body["type"].as_str().is_some_and(|t| t.ends_with(code)));
+    assert!(body["title"].is_string() && body["detail"].is_string());
+    body
+}
+
+/// A slug unique within this test run.
+pub fn slug(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &outpost::ids::Id::new().0.simple().to_string()[20..]
+    )
+}
