@@ -111,12 +111,10 @@ async fn run(req: Request, app: App, progress: mpsc::Sender<Value>) -> Result<Va
                 .map(|v| json!(v))
                 .map_err(|e: crate::store::StoreError| e.to_string())
         }
-        Request::CreateOperatorKey { name } => {
-            operators::create_key(&app.writer, "cli:admin-socket", &name)
-                .await
-                .map(|k| json!({ "id": k.key.id, "name": k.key.name, "token": k.token }))
-                .map_err(|e| e.to_string())
-        }
+        Request::CreateOperatorKey { name } => operators::create_key(&app.writer, "cli:admin-socket", &name)
+            .await
+            .map(|k| json!({ "id": k.key.id, "name": k.key.name, "token": k.token }))
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -142,32 +140,20 @@ pub enum AdminError {
 }
 
 /// Sends `req` to the server on `path`; progress lines go to `progress`.
-pub fn call(
-    path: &Path,
-    req: &Request,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<Value, AdminError> {
+pub fn call(path: &Path, req: &Request, progress: &mut dyn FnMut(u64, u64)) -> Result<Value, AdminError> {
     let mut stream = std::os::unix::net::UnixStream::connect(path)?;
     let mut line = serde_json::to_vec(req).map_err(|e| AdminError::Protocol(e.to_string()))?;
     line.push(b'\n');
     stream.write_all(&line)?;
     for line in BufReader::new(stream).lines() {
-        let v: Value =
-            serde_json::from_str(&line?).map_err(|e| AdminError::Protocol(e.to_string()))?;
+        let v: Value = serde_json::from_str(&line?).map_err(|e| AdminError::Protocol(e.to_string()))?;
         if let Some(p) = v.get("progress") {
-            progress(
-                p["done"].as_u64().unwrap_or(0),
-                p["total"].as_u64().unwrap_or(0),
-            );
+            progress(p["done"].as_u64().unwrap_or(0), p["total"].as_u64().unwrap_or(0));
         } else if let Some(ok) = v.get("ok") {
             return Ok(ok.clone());
         } else if let Some(e) = v.get("error") {
-            return Err(AdminError::Refused(
-                e.as_str().unwrap_or("unknown error").to_owned(),
-            ));
+            return Err(AdminError::Refused(e.as_str().unwrap_or("unknown error").to_owned()));
         }
     }
-    Err(AdminError::Protocol(
-        "the server closed the connection without an answer".into(),
-    ))
+    Err(AdminError::Protocol("the server closed the connection without an answer".into()))
 }

@@ -29,10 +29,7 @@ impl App {
     pub async fn start(config: Config) -> Result<(Self, OpenReport), StoreError> {
         let data_dir = config.data_dir.clone();
         let (store, report) = tokio::task::spawn_blocking(move || {
-            Store::open(
-                &data_dir,
-                &mut |line| tracing::info!(target: "outpost::store", "{line}"),
-            )
+            Store::open(&data_dir, &mut |line| tracing::info!(target: "outpost::store", "{line}"))
         })
         .await
         .map_err(|e| StoreError::Storage(e.to_string()))??;
@@ -51,14 +48,7 @@ impl App {
                 enqueue_timeout: Duration::from_secs(5),
             },
         )?;
-        let app = Self {
-            config: Arc::new(config),
-            store,
-            writer,
-            bus,
-            metrics,
-            followers: Arc::default(),
-        };
+        let app = Self { config: Arc::new(config), store, writer, bus, metrics, followers: Arc::default() };
         Ok((app, report))
     }
 
@@ -99,9 +89,7 @@ impl App {
         let head = self.bus.head_gseq();
         m.event_log_head_gseq.set(head as i64);
         for (name, pos, _) in self.followers.snapshot() {
-            m.follower_lag
-                .get_or_create(&FollowerLabels { follower: name })
-                .set(head.saturating_sub(pos) as i64);
+            m.follower_lag.get_or_create(&FollowerLabels { follower: name }).set(head.saturating_sub(pos) as i64);
         }
     }
 }

@@ -30,11 +30,7 @@ pub fn backup(config: &Config, out: &Path) -> Result<BackupSummary, CommandError
     let out = absolute(out)?;
     let mut progress = Progress::new("backup");
     let summary = if admin::server_running(&config.admin_socket()) {
-        let v = admin::call(
-            &config.admin_socket(),
-            &Request::Backup { out },
-            &mut |d, t| progress.update(d, t),
-        )?;
+        let v = admin::call(&config.admin_socket(), &Request::Backup { out }, &mut |d, t| progress.update(d, t))?;
         from_value(v)?
     } else {
         let (store, _) = Store::open(&config.data_dir, &mut |l| eprintln!("{l}"))?;
@@ -49,10 +45,7 @@ pub fn backup(config: &Config, out: &Path) -> Result<BackupSummary, CommandError
 pub fn restore(from: &Path, data_dir: &Path, force: bool) -> Result<BackupSummary, CommandError> {
     let socket = data_dir.join("admin.sock");
     if admin::server_running(&socket) {
-        return Err(CommandError::Refused(format!(
-            "a server is running on {}; stop it first",
-            data_dir.display()
-        )));
+        return Err(CommandError::Refused(format!("a server is running on {}; stop it first", data_dir.display())));
     }
     let non_empty = std::fs::read_dir(data_dir).is_ok_and(|mut d| d.next().is_some());
     if non_empty && !force {
@@ -80,16 +73,10 @@ pub fn restore(from: &Path, data_dir: &Path, force: bool) -> Result<BackupSummar
 pub fn audit_verify(config: &Config) -> Result<Verification, CommandError> {
     let mut progress = Progress::new("audit verify");
     let v = if admin::server_running(&config.admin_socket()) {
-        from_value(admin::call(
-            &config.admin_socket(),
-            &Request::AuditVerify,
-            &mut |d, t| progress.update(d, t),
-        )?)?
+        from_value(admin::call(&config.admin_socket(), &Request::AuditVerify, &mut |d, t| progress.update(d, t))?)?
     } else {
         let (store, _) = Store::open(&config.data_dir, &mut |l| eprintln!("{l}"))?;
-        store
-            .reader()?
-            .verify_audit(&mut |d, t| progress.update(d, t))?
+        store.reader()?.verify_audit(&mut |d, t| progress.update(d, t))?
     };
     progress.finish();
     Ok(v)
@@ -98,24 +85,13 @@ pub fn audit_verify(config: &Config) -> Result<Verification, CommandError> {
 /// A new operator key: (key id, the key text shown once).
 pub fn create_operator_key(config: &Config, name: &str) -> Result<(String, String), CommandError> {
     if admin::server_running(&config.admin_socket()) {
-        let v = admin::call(
-            &config.admin_socket(),
-            &Request::CreateOperatorKey {
-                name: name.to_owned(),
-            },
-            &mut |_, _| {},
-        )?;
-        let field = |k: &str| {
-            v[k].as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| CommandError::Refused("bad answer".into()))
-        };
+        let v =
+            admin::call(&config.admin_socket(), &Request::CreateOperatorKey { name: name.to_owned() }, &mut |_, _| {})?;
+        let field =
+            |k: &str| v[k].as_str().map(str::to_owned).ok_or_else(|| CommandError::Refused("bad answer".into()));
         return Ok((field("id")?, field("token")?));
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(StoreError::from)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StoreError::from)?;
     rt.block_on(async {
         let (app, _) = App::start(config.clone()).await?;
         let created = operators::create_key(&app.writer, "cli:local", name).await;
@@ -126,8 +102,7 @@ pub fn create_operator_key(config: &Config, name: &str) -> Result<(String, Strin
 }
 
 fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, CommandError> {
-    serde_json::from_value(v)
-        .map_err(|e| CommandError::Refused(format!("unexpected answer from the server: {e}")))
+    serde_json::from_value(v).map_err(|e| CommandError::Refused(format!("unexpected answer from the server: {e}")))
 }
 
 fn absolute(p: &Path) -> Result<std::path::PathBuf, CommandError> {

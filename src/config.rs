@@ -98,47 +98,31 @@ impl Default for Config {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self {
-            body_limit_bytes: 1 << 20,
-            request_timeout_ms: 30_000,
-        }
+        Self { body_limit_bytes: 1 << 20, request_timeout_ms: 30_000 }
     }
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            queue_len_max: 4096,
-            batch_len_max: 256,
-            min_free_disk_bytes: 256 << 20,
-        }
+        Self { queue_len_max: 4096, batch_len_max: 256, min_free_disk_bytes: 256 << 20 }
     }
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self {
-            retention_age_s: 7 * 24 * 3600,
-            retention_count_max: 1_000_000,
-            bus_capacity: 4096,
-        }
+        Self { retention_age_s: 7 * 24 * 3600, retention_count_max: 1_000_000, bus_capacity: 4096 }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            format: LogFormat::Auto,
-            level: "info".into(),
-        }
+        Self { format: LogFormat::Auto, level: "info".into() }
     }
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self {
-            drain_timeout_ms: 10_000,
-        }
+        Self { drain_timeout_ms: 10_000 }
     }
 }
 
@@ -182,9 +166,7 @@ impl Config {
         fig = fig
             .merge(Env::prefixed("OUTPOST_").split("__").ignore(ENV_NOT_KEYS))
             .merge(Serialized::defaults(overrides));
-        let config: Config = fig
-            .extract()
-            .map_err(|e| ConfigError(e.into_iter().map(|e| issue(&e)).collect()))?;
+        let config: Config = fig.extract().map_err(|e| ConfigError(e.into_iter().map(|e| issue(&e)).collect()))?;
         config.validate()?;
         Ok(config)
     }
@@ -193,10 +175,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut issues = Vec::new();
         let mut bad = |key: &str, reason: &str| {
-            issues.push(ConfigIssue {
-                key: key.into(),
-                reason: reason.into(),
-            });
+            issues.push(ConfigIssue { key: key.into(), reason: reason.into() });
         };
         if self.data_dir.as_os_str().is_empty() {
             bad("data_dir", "must not be empty");
@@ -220,16 +199,9 @@ impl Config {
             bad("events.bus_capacity", "must be between 16 and 1048576");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            bad(
-                "log.level",
-                "is not a valid filter (try `info` or `outpost=debug,info`)",
-            );
+            bad("log.level", "is not a valid filter (try `info` or `outpost=debug,info`)");
         }
-        if issues.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError(issues))
-        }
+        if issues.is_empty() { Ok(()) } else { Err(ConfigError(issues)) }
     }
 
     /// The effective configuration as TOML.
@@ -260,11 +232,7 @@ fn issue(e: &figment::Error) -> ConfigIssue {
         })
         .unwrap_or_default();
     ConfigIssue {
-        key: if path.is_empty() {
-            "(top level)".into()
-        } else {
-            path.join(".")
-        },
+        key: if path.is_empty() { "(top level)".into() } else { path.join(".") },
         reason: format!("{reason}{source}"),
     }
 }
@@ -283,26 +251,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("outpost-cfg-{}", crate::ids::Id::new()));
         std::fs::create_dir_all(&dir).ok();
         let file = dir.join("c.toml");
-        std::fs::write(
-            &file,
-            "listen = \"127.0.0.1:9\"\n[store]\nqueue_len_mx = 3\n",
-        )
-        .ok();
-        let err = Config::load(Some(&file), &Overrides::default())
-            .err()
-            .map(|e| e.0);
-        assert_eq!(
-            err.as_ref().map(|e| e[0].key.as_str()),
-            Some("store.queue_len_mx")
-        );
+        std::fs::write(&file, "listen = \"127.0.0.1:9\"\n[store]\nqueue_len_mx = 3\n").ok();
+        let err = Config::load(Some(&file), &Overrides::default()).err().map(|e| e.0);
+        assert_eq!(err.as_ref().map(|e| e[0].key.as_str()), Some("store.queue_len_mx"));
         std::fs::write(&file, "[http]\nbody_limit_bytes = \"big\"\n").ok();
-        let err = Config::load(Some(&file), &Overrides::default())
-            .err()
-            .map(|e| e.0);
-        assert_eq!(
-            err.as_ref().map(|e| e[0].key.as_str()),
-            Some("http.body_limit_bytes")
-        );
+        let err = Config::load(Some(&file), &Overrides::default()).err().map(|e| e.0);
+        assert_eq!(err.as_ref().map(|e| e[0].key.as_str()), Some("http.body_limit_bytes"));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

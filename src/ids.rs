@@ -61,9 +61,7 @@ impl<'de> serde::Deserialize<'de> for Id {
 
 /// Milliseconds since the Unix epoch, the unit every stored time uses.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// RFC 3339 UTC with millisecond precision, the wire format of every time.
@@ -92,9 +90,7 @@ pub fn fill_random(buf: &mut [u8]) {
     use ring::rand::SecureRandom;
     // The system generator failing means the machine cannot make secrets at all; nothing sane
     // can continue.
-    ring::rand::SystemRandom::new()
-        .fill(buf)
-        .expect("the system random generator failed");
+    ring::rand::SystemRandom::new().fill(buf).expect("the system random generator failed");
 }
 
 #[cfg(test)]

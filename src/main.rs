@@ -99,21 +99,10 @@ enum OperatorCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let listen = match &cli.command {
-        Command::Serve { listen }
-        | Command::Config {
-            command: ConfigCommand::Check { listen },
-        } => *listen,
+        Command::Serve { listen } | Command::Config { command: ConfigCommand::Check { listen } } => *listen,
         _ => None,
     };
-    let load = || {
-        Config::load(
-            cli.config.as_deref(),
-            &Overrides {
-                data_dir: cli.data.clone(),
-                listen,
-            },
-        )
-    };
+    let load = || Config::load(cli.config.as_deref(), &Overrides { data_dir: cli.data.clone(), listen });
     match cli.command {
         Command::Version => {
             println!("outpost {}", outpost::VERSION);
@@ -123,9 +112,7 @@ fn main() -> ExitCode {
             print!("{}", http::openapi_json());
             ExitCode::SUCCESS
         }
-        Command::Config {
-            command: ConfigCommand::Check { .. },
-        } => match load() {
+        Command::Config { command: ConfigCommand::Check { .. } } => match load() {
             Ok(c) => {
                 print!("{}", c.to_toml());
                 ExitCode::SUCCESS
@@ -138,12 +125,7 @@ fn main() -> ExitCode {
         },
         Command::Backup { out } => with_config(load(), |c| {
             let s = commands::backup(&c, &out)?;
-            println!(
-                "backup written to {} ({} entries, {} bytes)",
-                out.display(),
-                s.entries,
-                s.bytes
-            );
+            println!("backup written to {} ({} entries, {} bytes)", out.display(), s.entries, s.bytes);
             Ok(ExitCode::SUCCESS)
         }),
         Command::Restore { from, force } => {
@@ -152,39 +134,24 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             report(commands::restore(&from, &data, force).map(|s| {
-                println!(
-                    "restored {} entries into {} (new epoch {})",
-                    s.entries,
-                    data.display(),
-                    s.epoch
-                );
+                println!("restored {} entries into {} (new epoch {})", s.entries, data.display(), s.epoch);
                 ExitCode::SUCCESS
             }))
         }
-        Command::Audit {
-            command: AuditCommand::Verify,
-        } => with_config(load(), |c| {
+        Command::Audit { command: AuditCommand::Verify } => with_config(load(), |c| {
             let v = commands::audit_verify(&c)?;
             match v.first_broken {
                 None => {
-                    println!(
-                        "audit chains verify: {} chains, {} records",
-                        v.orgs, v.records
-                    );
+                    println!("audit chains verify: {} chains, {} records", v.orgs, v.records);
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(b) => {
-                    println!(
-                        "audit chain BROKEN: organization {} at record {}: {}",
-                        b.org, b.n, b.reason
-                    );
+                    println!("audit chain BROKEN: organization {} at record {}: {}", b.org, b.n, b.reason);
                     Ok(ExitCode::FAILURE)
                 }
             }
         }),
-        Command::Operator {
-            command: OperatorCommand::CreateKey { name },
-        } => with_config(load(), |c| {
+        Command::Operator { command: OperatorCommand::CreateKey { name } } => with_config(load(), |c| {
             let (id, token) = commands::create_operator_key(&c, &name)?;
             if std::io::stdout().is_terminal() {
                 eprintln!("created operator key {id}; it is shown only this once:");
@@ -197,10 +164,7 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> ExitCode {
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -208,14 +172,9 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| {
-                outpost::RunError::Io(std::io::Error::new(
-                    e.kind(),
-                    format!("cannot listen on {}: {e}", config.listen),
-                ))
-            })?;
+        let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
+            outpost::RunError::Io(std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))
+        })?;
         // Handlers are installed before the server announces readiness, so an early SIGTERM
         // already means a graceful stop.
         let stop = stop_signal()?;
@@ -245,23 +204,16 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send
 }
 
 fn init_logging(config: &Config) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
     let json = match config.log.format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(std::io::stdout().is_terminal());
     if json {
-        builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init();
+        builder.json().with_current_span(true).with_span_list(false).init();
     } else {
         builder.init();
     }

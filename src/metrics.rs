@@ -45,9 +45,7 @@ pub struct Metrics {
 }
 
 fn latency_histogram() -> Histogram {
-    Histogram::new([
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    ])
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
 }
 
 impl Metrics {
@@ -59,21 +57,14 @@ impl Metrics {
             "HTTP requests answered, by route, method and status",
             http_requests.clone(),
         );
-        let http_latency_seconds: HistogramFamily<RouteOnly> =
-            Family::new_with_constructor(latency_histogram);
+        let http_latency_seconds: HistogramFamily<RouteOnly> = Family::new_with_constructor(latency_histogram);
         registry.register(
             "http_request_duration_seconds",
             "HTTP request latency by route",
             http_latency_seconds.clone(),
         );
-        let writer_batch_len = Histogram::new([
-            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
-        ]);
-        registry.register(
-            "writer_batch_mutations",
-            "Mutations per group commit",
-            writer_batch_len.clone(),
-        );
+        let writer_batch_len = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]);
+        registry.register("writer_batch_mutations", "Mutations per group commit", writer_batch_len.clone());
         let writer_commit_seconds = latency_histogram();
         registry.register(
             "writer_commit_duration_seconds",
@@ -83,29 +74,13 @@ impl Metrics {
         let writer_commits = Counter::default();
         registry.register("writer_commits", "Group commits", writer_commits.clone());
         let writer_queue_len = Gauge::default();
-        registry.register(
-            "writer_queue_mutations",
-            "Mutations waiting for the writer",
-            writer_queue_len.clone(),
-        );
+        registry.register("writer_queue_mutations", "Mutations waiting for the writer", writer_queue_len.clone());
         let event_log_head_gseq = Gauge::default();
-        registry.register(
-            "event_log_head",
-            "The last global event log position",
-            event_log_head_gseq.clone(),
-        );
+        registry.register("event_log_head", "The last global event log position", event_log_head_gseq.clone());
         let follower_lag = Family::<FollowerLabels, Gauge>::default();
-        registry.register(
-            "follower_lag_events",
-            "Events a durable follower has yet to apply",
-            follower_lag.clone(),
-        );
+        registry.register("follower_lag_events", "Events a durable follower has yet to apply", follower_lag.clone());
         let events_trimmed = Counter::default();
-        registry.register(
-            "events_trimmed",
-            "Events removed by retention",
-            events_trimmed.clone(),
-        );
+        registry.register("events_trimmed", "Events removed by retention", events_trimmed.clone());
         Self {
             registry,
             http_requests,

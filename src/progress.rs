@@ -23,11 +23,7 @@ impl Progress {
             b.set_message(label.to_owned());
             b
         });
-        Self {
-            label: label.to_owned(),
-            bar,
-            last_line: None,
-        }
+        Self { label: label.to_owned(), bar, last_line: None }
     }
 
     /// Reports `done` of `total`.
@@ -38,9 +34,7 @@ impl Progress {
             return;
         }
         // One line a second at most, and always the last one.
-        let due = self
-            .last_line
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        let due = self.last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
         if due || done >= total {
             self.last_line = Some(Instant::now());
             let pct = (done * 100).checked_div(total).unwrap_or(100);

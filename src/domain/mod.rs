@@ -20,11 +20,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(pointer: &str, code: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            pointer: pointer.to_owned(),
-            code,
-            detail: detail.into(),
-        }
+        Self { pointer: pointer.to_owned(), code, detail: detail.into() }
     }
 }
 
@@ -50,9 +46,5 @@ impl DomainError {
 
 /// Checks collected field errors: Ok when there are none.
 pub fn check(errors: Vec<FieldError>) -> Result<(), DomainError> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(DomainError::Invalid(errors))
-    }
+    if errors.is_empty() { Ok(()) } else { Err(DomainError::Invalid(errors)) }
 }

@@ -35,28 +35,15 @@ pub struct CreatedKey {
 }
 
 /// Creates an operator key. `actor` says who asked (the CLI on the machine, usually).
-pub async fn create_key(
-    writer: &Writer,
-    actor: &str,
-    name: &str,
-) -> Result<CreatedKey, DomainError> {
+pub async fn create_key(writer: &Writer, actor: &str, name: &str) -> Result<CreatedKey, DomainError> {
     let id = Id::new();
     let mut secret = [0u8; 32];
     ids::fill_random(&mut secret);
     let secret_text = URL_SAFE_NO_PAD.encode(secret);
     let token = format!("{KEY_PREFIX}{}_{secret_text}", id.0.simple());
     let digest = sha256_hex(secret_text.as_bytes());
-    let name = if name.trim().is_empty() {
-        "operator".to_owned()
-    } else {
-        name.trim().to_owned()
-    };
-    let ctx = MutationCtx {
-        scope: OrgScope::INSTANCE,
-        actor: actor.to_owned(),
-        request_id: None,
-        client_addr: None,
-    };
+    let name = if name.trim().is_empty() { "operator".to_owned() } else { name.trim().to_owned() };
+    let ctx = MutationCtx { scope: OrgScope::INSTANCE, actor: actor.to_owned(), request_id: None, client_addr: None };
     let key = writer
         .submit(ctx, move |tx| {
             let key = OperatorKey {
@@ -67,16 +54,8 @@ pub async fn create_key(
                 revoked: false,
             };
             tx.put(OPERATOR_KEYS, &org_id_key(Id::NIL, id), &encode(&key))?;
-            tx.emit(
-                "instance",
-                "operator_key.created",
-                json!({ "id": id, "name": key.name }),
-            );
-            tx.audit(
-                "operator_key.create",
-                format!("operator_key:{id}"),
-                json!({ "name": key.name }),
-            );
+            tx.emit("instance", "operator_key.created", json!({ "id": id, "name": key.name }));
+            tx.audit("operator_key.create", format!("operator_key:{id}"), json!({ "name": key.name }));
             Ok::<_, DomainError>(key)
         })
         .await?;
@@ -92,10 +71,7 @@ pub enum KeyRefusal {
 }
 
 /// Checks a presented key; the key record when it is valid.
-pub async fn verify(
-    store: &Store,
-    token: &str,
-) -> Result<Result<OperatorKey, KeyRefusal>, StoreError> {
+pub async fn verify(store: &Store, token: &str) -> Result<Result<OperatorKey, KeyRefusal>, StoreError> {
     let Some((id, secret)) = parse(token) else {
         return Ok(Err(KeyRefusal::Malformed));
     };

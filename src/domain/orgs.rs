@@ -57,11 +57,7 @@ pub struct OrgPatch {
     pub expected_version: Option<u64>,
 }
 
-pub async fn create(
-    writer: &Writer,
-    ctx: MutationCtx,
-    new: NewOrg,
-) -> Result<Organization, DomainError> {
+pub async fn create(writer: &Writer, ctx: MutationCtx, new: NewOrg) -> Result<Organization, DomainError> {
     let mut errors = Vec::new();
     validate_slug(&new.slug, &mut errors);
     validate_name(&new.name, &mut errors);
@@ -90,16 +86,8 @@ pub async fn create(
             };
             tx.put(ORGS, id.as_bytes(), &encode(&org))?;
             tx.put(ORG_SLUGS, org.slug.as_bytes(), id.as_bytes())?;
-            tx.emit(
-                "org",
-                "org.created",
-                json!({ "id": id, "slug": org.slug, "name": org.name }),
-            );
-            tx.audit(
-                "org.create",
-                format!("org:{id}"),
-                json!({ "slug": org.slug, "name": org.name }),
-            );
+            tx.emit("org", "org.created", json!({ "id": id, "slug": org.slug, "name": org.name }));
+            tx.audit("org.create", format!("org:{id}"), json!({ "slug": org.slug, "name": org.name }));
             Ok(org)
         })
         .await
@@ -114,9 +102,7 @@ pub async fn get(store: &Store, scope: OrgScope) -> Result<Organization, DomainE
                 .map(|v| decode(ORGS, &v))
                 .transpose()?
                 .filter(|o: &Organization| o.status != OrgStatus::Deleted)
-                .ok_or(DomainError::NotFound {
-                    what: "organization",
-                })?;
+                .ok_or(DomainError::NotFound { what: "organization" })?;
             Ok(org)
         })
         .await
@@ -131,17 +117,8 @@ pub async fn list(
     store
         .read(move |r| {
             // The nil org holds the instance's own records and is not a tenant.
-            let start = page
-                .after
-                .as_deref()
-                .map_or_else(|| paging::key_after(Id::NIL.as_bytes()), paging::key_after);
-            let rows = r.range(
-                ORGS,
-                &start,
-                &prefix_end(&[0xff; 16]),
-                false,
-                paging::SCAN_MAX,
-            )?;
+            let start = page.after.as_deref().map_or_else(|| paging::key_after(Id::NIL.as_bytes()), paging::key_after);
+            let rows = r.range(ORGS, &start, &prefix_end(&[0xff; 16]), false, paging::SCAN_MAX)?;
             let mut items = Vec::new();
             let mut last_key = None;
             for (k, v) in &rows {
@@ -159,21 +136,13 @@ pub async fn list(
                 }
             }
             let more = rows.len() == paging::SCAN_MAX || items.len() == page.limit;
-            let next_cursor = if more {
-                last_key.map(|k| paging::encode_cursor(&k))
-            } else {
-                None
-            };
+            let next_cursor = if more { last_key.map(|k| paging::encode_cursor(&k)) } else { None };
             Ok(Page { items, next_cursor })
         })
         .await
 }
 
-pub async fn update(
-    writer: &Writer,
-    ctx: MutationCtx,
-    patch: OrgPatch,
-) -> Result<Organization, DomainError> {
+pub async fn update(writer: &Writer, ctx: MutationCtx, patch: OrgPatch) -> Result<Organization, DomainError> {
     let mut errors = Vec::new();
     if let Some(n) = &patch.name {
         validate_name(n, &mut errors);
@@ -197,37 +166,21 @@ pub async fn update(
             }
             if changed.is_empty() {
                 // An update that changes nothing is still an operator action: audited, no event.
-                tx.audit(
-                    "org.update",
-                    format!("org:{}", org.id),
-                    json!({ "changed": changed }),
-                );
+                tx.audit("org.update", format!("org:{}", org.id), json!({ "changed": changed }));
                 return Ok(org);
             }
             org.version += 1;
             org.updated_at_ms = tx.now_ms();
             tx.put(ORGS, org.id.as_bytes(), &encode(&org))?;
-            tx.emit(
-                "org",
-                "org.updated",
-                json!({ "id": org.id, "changed": changed, "version": org.version }),
-            );
-            tx.audit(
-                "org.update",
-                format!("org:{}", org.id),
-                json!({ "changed": changed, "version": org.version }),
-            );
+            tx.emit("org", "org.updated", json!({ "id": org.id, "changed": changed, "version": org.version }));
+            tx.audit("org.update", format!("org:{}", org.id), json!({ "changed": changed, "version": org.version }));
             Ok(org)
         })
         .await
 }
 
 /// Suspends (`true`) or reactivates (`false`) an organization.
-pub async fn set_suspended(
-    writer: &Writer,
-    ctx: MutationCtx,
-    suspended: bool,
-) -> Result<Organization, DomainError> {
+pub async fn set_suspended(writer: &Writer, ctx: MutationCtx, suspended: bool) -> Result<Organization, DomainError> {
     writer
         .submit(ctx, move |tx| {
             let mut org = load_live(tx)?;
@@ -243,11 +196,7 @@ pub async fn set_suspended(
                 tx.put(ORGS, org.id.as_bytes(), &encode(&org))?;
                 tx.emit("org", kind, json!({ "id": org.id, "version": org.version }));
             }
-            tx.audit(
-                action,
-                format!("org:{}", org.id),
-                json!({ "version": org.version }),
-            );
+            tx.audit(action, format!("org:{}", org.id), json!({ "version": org.version }));
             Ok(org)
         })
         .await
@@ -263,39 +212,28 @@ pub async fn delete(writer: &Writer, ctx: MutationCtx) -> Result<(), DomainError
             org.updated_at_ms = tx.now_ms();
             tx.put(ORGS, org.id.as_bytes(), &encode(&org))?;
             tx.emit("org", "org.deleted", json!({ "id": org.id }));
-            tx.audit(
-                "org.delete",
-                format!("org:{}", org.id),
-                json!({ "slug": org.slug }),
-            );
+            tx.audit("org.delete", format!("org:{}", org.id), json!({ "slug": org.slug }));
             Ok(())
         })
         .await
 }
 
-fn load_live(tx: &crate::store::writer::Tx<'_>) -> Result<Organization, DomainError> {
+fn load_live(tx: &crate::store::writer::Tx<'_, '_>) -> Result<Organization, DomainError> {
     let org: Organization = tx
         .get(ORGS, tx.org().as_bytes())?
         .map(|v| decode(ORGS, &v))
         .transpose()?
-        .ok_or(DomainError::NotFound {
-            what: "organization",
-        })?;
+        .ok_or(DomainError::NotFound { what: "organization" })?;
     if org.status == OrgStatus::Deleted {
-        return Err(DomainError::NotFound {
-            what: "organization",
-        });
+        return Err(DomainError::NotFound { what: "organization" });
     }
     Ok(org)
 }
 
 /// Slugs: 2–63 characters of `a-z`, `0-9` and `-`, not starting or ending with `-`.
 fn validate_slug(slug: &str, errors: &mut Vec<FieldError>) {
-    let ok_chars = slug
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !(2..=63).contains(&slug.len()) || !ok_chars || slug.starts_with('-') || slug.ends_with('-')
-    {
+    let ok_chars = slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !(2..=63).contains(&slug.len()) || !ok_chars || slug.starts_with('-') || slug.ends_with('-') {
         errors.push(FieldError::new(
             "/slug",
             "invalid_slug",
@@ -318,10 +256,6 @@ fn validate_name(name: &str, errors: &mut Vec<FieldError>) {
 fn validate_settings(s: &serde_json::Map<String, serde_json::Value>, errors: &mut Vec<FieldError>) {
     let len = serde_json::to_vec(s).map_or(usize::MAX, |v| v.len());
     if len > SETTINGS_BYTES_MAX {
-        errors.push(FieldError::new(
-            "/settings",
-            "too_large",
-            format!("at most {SETTINGS_BYTES_MAX} bytes of JSON"),
-        ));
+        errors.push(FieldError::new("/settings", "too_large", format!("at most {SETTINGS_BYTES_MAX} bytes of JSON")));
     }
 }

@@ -36,17 +36,10 @@ impl PageRequest {
         let after = match cursor {
             None | Some("") => None,
             Some(c) => Some(URL_SAFE_NO_PAD.decode(c).map_err(|_| {
-                DomainError::invalid(
-                    "/cursor",
-                    "invalid_cursor",
-                    "the cursor is not one this server gave out",
-                )
+                DomainError::invalid("/cursor", "invalid_cursor", "the cursor is not one this server gave out")
             })?),
         };
-        Ok(Self {
-            limit: limit as usize,
-            after,
-        })
+        Ok(Self { limit: limit as usize, after })
     }
 }
 
@@ -94,9 +87,6 @@ mod tests {
     fn version_checks() {
         assert!(check_version(None, 3).is_ok());
         assert!(check_version(Some(3), 3).is_ok());
-        assert!(matches!(
-            check_version(Some(2), 3),
-            Err(DomainError::VersionConflict { current: 3 })
-        ));
+        assert!(matches!(check_version(Some(2), 3), Err(DomainError::VersionConflict { current: 3 })));
     }
 }

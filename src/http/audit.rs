@@ -103,11 +103,7 @@ impl AuditApi {
     /// List an organization's events
     ///
     /// Events after `after`, in `seq` order, optionally of one topic.
-    #[oai(
-        path = "/v1/orgs/:org_id/events",
-        method = "get",
-        operation_id = "listOrganizationEvents"
-    )]
+    #[oai(path = "/v1/orgs/:org_id/events", method = "get", operation_id = "listOrganizationEvents")]
     async fn events(
         &self,
         app: Data<&App>,
@@ -130,15 +126,10 @@ impl AuditApi {
         let (items, bounds) = app
             .store
             .read(move |r| {
-                Ok::<_, DomainError>((
-                    r.events_after(&scope, topic.as_deref(), after, limit)?,
-                    r.log_bounds(&scope)?,
-                ))
+                Ok::<_, DomainError>((r.events_after(&scope, topic.as_deref(), after, limit)?, r.log_bounds(&scope)?))
             })
             .await?;
-        let next_after = (items.len() == limit)
-            .then(|| items.last().map(|e| e.seq))
-            .flatten();
+        let next_after = (items.len() == limit).then(|| items.last().map(|e| e.seq)).flatten();
         Ok(Json(EventPage {
             epoch: epoch.to_string(),
             first_seq: bounds.first_seq,
@@ -149,11 +140,7 @@ impl AuditApi {
     }
 
     /// List an organization's audit records
-    #[oai(
-        path = "/v1/orgs/:org_id/audit",
-        method = "get",
-        operation_id = "listOrganizationAudit"
-    )]
+    #[oai(path = "/v1/orgs/:org_id/audit", method = "get", operation_id = "listOrganizationAudit")]
     async fn audit(
         &self,
         app: Data<&App>,
@@ -168,42 +155,20 @@ impl AuditApi {
         let scope = OrgScope::operator(parse_id(&org_id.0, "organization")?, &op);
         let limit = page_limit(limit.0)?;
         let after = after.0.unwrap_or(0);
-        let items = app
-            .store
-            .read(move |r| {
-                r.audit_after(&scope, after, limit)
-                    .map_err(DomainError::from)
-            })
-            .await?;
+        let items = app.store.read(move |r| r.audit_after(&scope, after, limit).map_err(DomainError::from)).await?;
         if items.is_empty() && after == 0 {
-            return Err(DomainError::NotFound {
-                what: "organization",
-            }
-            .into());
+            return Err(DomainError::NotFound { what: "organization" }.into());
         }
-        let next_after = (items.len() == limit)
-            .then(|| items.last().map(|r| r.n))
-            .flatten();
-        Ok(Json(AuditPage {
-            items: items.into_iter().map(audit_view).collect(),
-            next_after,
-        }))
+        let next_after = (items.len() == limit).then(|| items.last().map(|r| r.n)).flatten();
+        Ok(Json(AuditPage { items: items.into_iter().map(audit_view).collect(), next_after }))
     }
 
     /// Verify every audit chain
     ///
     /// Walks every organization's chain and reports the first record that was altered or
     /// removed, if any.
-    #[oai(
-        path = "/v1/audit/verification",
-        method = "get",
-        operation_id = "verifyAudit"
-    )]
-    async fn verify(
-        &self,
-        app: Data<&App>,
-        auth: OperatorAuth,
-    ) -> Result<Json<VerificationView>, VerifyErrors> {
+    #[oai(path = "/v1/audit/verification", method = "get", operation_id = "verifyAudit")]
+    async fn verify(&self, app: Data<&App>, auth: OperatorAuth) -> Result<Json<VerificationView>, VerifyErrors> {
         auth.check(&app).await?;
         let v = app.store.read(|r| r.verify_audit(&mut |_, _| {})).await?;
         Ok(Json(verification_view(v)))
@@ -213,23 +178,12 @@ impl AuditApi {
 fn page_limit(limit: Option<u32>) -> Result<usize, DomainError> {
     match limit.unwrap_or(100) {
         n @ 1..=PAGE_MAX => Ok(n as usize),
-        _ => Err(DomainError::invalid(
-            "?limit",
-            "out_of_range",
-            format!("limit must be between 1 and {PAGE_MAX}"),
-        )),
+        _ => Err(DomainError::invalid("?limit", "out_of_range", format!("limit must be between 1 and {PAGE_MAX}"))),
     }
 }
 
 pub fn event_view(e: Event) -> EventView {
-    EventView {
-        seq: e.seq,
-        topic: e.topic,
-        kind: e.kind,
-        actor: e.actor,
-        at: rfc3339(e.at_ms),
-        data: e.data,
-    }
+    EventView { seq: e.seq, topic: e.topic, kind: e.kind, actor: e.actor, at: rfc3339(e.at_ms), data: e.data }
 }
 
 fn audit_view(r: AuditRecord) -> AuditView {
@@ -252,10 +206,6 @@ pub fn verification_view(v: Verification) -> VerificationView {
         ok: v.first_broken.is_none(),
         orgs: v.orgs,
         records: v.records,
-        first_broken: v.first_broken.map(|b| BrokenLinkView {
-            org_id: b.org.to_string(),
-            n: b.n,
-            reason: b.reason,
-        }),
+        first_broken: v.first_broken.map(|b| BrokenLinkView { org_id: b.org.to_string(), n: b.n, reason: b.reason }),
     }
 }

@@ -33,10 +33,7 @@ impl<'a, T: Type + DeserializeOwned + Send> ApiExtractor<'a> for JsonBody<T> {
     fn request_meta() -> Option<MetaRequest> {
         Some(MetaRequest {
             description: None,
-            content: vec![MetaMediaType {
-                content_type: "application/json",
-                schema: T::schema_ref(),
-            }],
+            content: vec![MetaMediaType { content_type: "application/json", schema: T::schema_ref() }],
             required: true,
         })
     }
@@ -48,8 +45,7 @@ impl<'a, T: Type + DeserializeOwned + Send> ApiExtractor<'a> for JsonBody<T> {
     ) -> poem::Result<Self> {
         if let Some(ct) = request.content_type() {
             let json = ct.parse::<mime::Mime>().is_ok_and(|m| {
-                m.type_() == "application"
-                    && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json"))
+                m.type_() == "application" && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json"))
             });
             if !json {
                 return Err(Problem::new(
@@ -62,25 +58,12 @@ impl<'a, T: Type + DeserializeOwned + Send> ApiExtractor<'a> for JsonBody<T> {
         }
         let limit = request.data::<BodyLimit>().map_or(1 << 20, |l| l.0);
         let mut bytes = Vec::new();
-        let reader = body.take().map_err(|_| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                "the body was already read",
-            )
+        let reader = body
+            .take()
+            .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_json", "the body was already read"))?;
+        reader.into_async_read().take(limit + 1).read_to_end(&mut bytes).await.map_err(|e| {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid_body", format!("reading the body failed: {e}"))
         })?;
-        reader
-            .into_async_read()
-            .take(limit + 1)
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| {
-                Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    format!("reading the body failed: {e}"),
-                )
-            })?;
         if bytes.len() as u64 > limit {
             return Err(too_large(limit).into());
         }
@@ -112,10 +95,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         Err(e) => e,
     };
     let inner = err.inner();
-    if matches!(
-        inner.classify(),
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof
-    ) {
+    if matches!(inner.classify(), serde_json::error::Category::Syntax | serde_json::error::Category::Eof) {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
@@ -128,10 +108,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let code = if message.starts_with("unknown field") {
         "unknown_field"
     } else if message.starts_with("missing field") {
-        if let Some(field) = message
-            .strip_prefix("missing field `")
-            .and_then(|m| m.split('`').next())
-        {
+        if let Some(field) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
             pointer.push('/');
             pointer.push_str(&escape(field));
         }
@@ -140,12 +117,8 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         "invalid_type"
     };
     let detail = strip_position(&message);
-    Err(Problem::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_body",
-        format!("{pointer}: {detail}"),
-    )
-    .with_errors(vec![Problem::field(&pointer, code, detail)]))
+    Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_body", format!("{pointer}: {detail}"))
+        .with_errors(vec![Problem::field(&pointer, code, detail)]))
 }
 
 fn pointer_of(path: &serde_path_to_error::Path) -> String {
@@ -170,9 +143,7 @@ fn escape(s: &str) -> String {
 
 /// serde_json appends " at line 1 column 20"; the pointer says where, better.
 fn strip_position(m: &str) -> String {
-    m.rsplit_once(" at line ")
-        .map_or(m, |(head, _)| head)
-        .to_owned()
+    m.rsplit_once(" at line ").map_or(m, |(head, _)| head).to_owned()
 }
 
 #[cfg(test)]
@@ -195,17 +166,8 @@ mod tests {
     }
 
     fn pointer(body: &str) -> (String, String) {
-        let p = parse::<Outer>(body.as_bytes())
-            .err()
-            .map(|p| p.body)
-            .expect("an error");
-        (
-            p.code,
-            p.errors
-                .first()
-                .map(|e| e.pointer.clone())
-                .unwrap_or_default(),
-        )
+        let p = parse::<Outer>(body.as_bytes()).err().map(|p| p.body).expect("an error");
+        (p.code, p.errors.first().map(|e| e.pointer.clone()).unwrap_or_default())
     }
 
     #[test]
@@ -214,14 +176,8 @@ mod tests {
             pointer(r#"{"name":"a","items":[{"n":1},{"n":"x"}]}"#),
             ("invalid_body".into(), "/items/1/n".into())
         );
-        assert_eq!(
-            pointer(r#"{"name":"a","items":[],"extra":1}"#),
-            ("invalid_body".into(), "/extra".into())
-        );
-        assert_eq!(
-            pointer(r#"{"items":[]}"#),
-            ("invalid_body".into(), "/name".into())
-        );
+        assert_eq!(pointer(r#"{"name":"a","items":[],"extra":1}"#), ("invalid_body".into(), "/extra".into()));
+        assert_eq!(pointer(r#"{"items":[]}"#), ("invalid_body".into(), "/name".into()));
         assert_eq!(pointer(r#"{"name":"#).0, "invalid_json");
         assert_eq!(pointer("").0, "invalid_json");
     }

@@ -47,9 +47,7 @@ pub struct OperatorAuth(Bearer);
 impl OperatorAuth {
     /// Checks the key; a 401 problem when it is not a valid operator key.
     pub async fn check(&self, app: &App) -> Result<Operator, Problem> {
-        auth::operator(&app.store, &self.0.token)
-            .await
-            .map_err(Problem::from)
+        auth::operator(&app.store, &self.0.token).await.map_err(Problem::from)
     }
 }
 
@@ -59,12 +57,7 @@ pub struct RequestId(pub String);
 
 /// The API document's service (its paths carry their full `/v1/...` prefix).
 pub fn api_service() -> OpenApiService<(orgs::OrgsApi, audit::AuditApi, ops::OpsApi), ()> {
-    OpenApiService::new(
-        (orgs::OrgsApi, audit::AuditApi, ops::OpsApi),
-        "Outpost",
-        crate::VERSION,
-    )
-    .description(
+    OpenApiService::new((orgs::OrgsApi, audit::AuditApi, ops::OpsApi), "Outpost", crate::VERSION).description(
         "Multi-tenant real-time collaboration. Errors are application/problem+json with a stable \
              `code`; lists are cursor-paginated; updates take `If-Match`.",
     )
@@ -102,12 +95,7 @@ struct EdgeMiddleware {
 impl<E: Endpoint> poem::Middleware<E> for EdgeMiddleware {
     type Output = Edge<E>;
     fn transform(&self, ep: E) -> Self::Output {
-        Edge {
-            inner: ep,
-            limit: self.app.config.http.body_limit_bytes,
-            app: self.app.clone(),
-            timeout: self.timeout,
-        }
+        Edge { inner: ep, limit: self.app.config.http.body_limit_bytes, app: self.app.clone(), timeout: self.timeout }
     }
 }
 
@@ -133,15 +121,11 @@ impl<E: Endpoint> Endpoint for Edge<E> {
         let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
         // A declared length over the limit is refused before anything reads the body;
         // `JsonBody` also stops reading at the limit when no length was declared.
-        let declared = req
-            .header("content-length")
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = req.header("content-length").and_then(|v| v.parse::<u64>().ok());
         let result = if declared.is_some_and(|n| n > self.limit) {
             Ok(Err(body::too_large(self.limit).into()))
         } else {
-            tokio::time::timeout(self.timeout, self.inner.call(req))
-                .instrument(span.clone())
-                .await
+            tokio::time::timeout(self.timeout, self.inner.call(req)).instrument(span.clone()).await
         };
         let (mut resp, route) = match result {
             Ok(Ok(r)) => {
@@ -167,34 +151,19 @@ impl<E: Endpoint> Endpoint for Edge<E> {
             resp.headers_mut().insert("x-request-id", v);
         }
         let status = resp.status().as_u16();
-        let route = route.unwrap_or(
-            if path == "/metrics" || path.starts_with("/docs") || path == "/v1/openapi.json" {
-                "static"
-            } else {
-                "unmatched"
-            },
-        );
+        let route = route.unwrap_or(if path == "/metrics" || path.starts_with("/docs") || path == "/v1/openapi.json" {
+            "static"
+        } else {
+            "unmatched"
+        });
         let elapsed = started.elapsed();
         let m = &self.app.metrics;
         m.http_requests
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-                method: method.to_string(),
-                status,
-            })
+            .get_or_create(&RouteLabels { route: route.to_owned(), method: method.to_string(), status })
             .inc();
-        m.http_latency_seconds
-            .get_or_create(&RouteOnly {
-                route: route.to_owned(),
-            })
-            .observe(elapsed.as_secs_f64());
+        m.http_latency_seconds.get_or_create(&RouteOnly { route: route.to_owned() }).observe(elapsed.as_secs_f64());
         span.in_scope(|| {
-            tracing::info!(
-                status,
-                route,
-                latency_us = elapsed.as_micros() as u64,
-                "request"
-            );
+            tracing::info!(status, route, latency_us = elapsed.as_micros() as u64, "request");
         });
         Ok(resp)
     }
@@ -207,44 +176,26 @@ fn error_response(err: poem::Error) -> Response {
         return p.into_response();
     }
     let resp = err.into_response();
-    let ours = resp
-        .content_type()
-        .is_some_and(|ct| ct.starts_with(problem::CONTENT_TYPE));
+    let ours = resp.content_type().is_some_and(|ct| ct.starts_with(problem::CONTENT_TYPE));
     if ours {
         return resp;
     }
     let status = resp.status();
     if status.is_client_error() {
-        return Problem::new(
-            status,
-            "bad_request",
-            status.canonical_reason().unwrap_or("bad request"),
-        )
-        .into_response();
+        return Problem::new(status, "bad_request", status.canonical_reason().unwrap_or("bad request")).into_response();
     }
     tracing::error!(status = status.as_u16(), "unhandled error");
-    Problem::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal_error",
-        "internal error",
-    )
-    .into_response()
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error").into_response()
 }
 
 /// The problem for an error raised outside our handlers (routing, extractors), if known.
 fn foreign_problem(err: &poem::Error) -> Option<Problem> {
-    use poem_openapi::error::{
-        AuthorizationError, ContentTypeError, ParseParamError, ParsePathError,
-    };
+    use poem_openapi::error::{AuthorizationError, ContentTypeError, ParseParamError, ParsePathError};
     if let Some(p) = err.downcast_ref::<Problem>() {
         return Some(p.clone());
     }
     if err.is::<poem::error::NotFoundError>() {
-        return Some(Problem::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such route",
-        ));
+        return Some(Problem::new(StatusCode::NOT_FOUND, "not_found", "no such route"));
     }
     if err.is::<poem::error::MethodNotAllowedError>() {
         return Some(Problem::new(
@@ -258,36 +209,18 @@ fn foreign_problem(err: &poem::Error) -> Option<Problem> {
     }
     if let Some(e) = err.downcast_ref::<ParseParamError>() {
         return Some(
-            Problem::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.to_string()).with_errors(
-                vec![Problem::field(
-                    &format!("?{}", e.name),
-                    "invalid_parameter",
-                    e.reason.clone(),
-                )],
-            ),
+            Problem::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.to_string())
+                .with_errors(vec![Problem::field(&format!("?{}", e.name), "invalid_parameter", e.reason.clone())]),
         );
     }
     if let Some(e) = err.downcast_ref::<ParsePathError>() {
-        return Some(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-            e.to_string(),
-        ));
+        return Some(Problem::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.to_string()));
     }
     if let Some(e) = err.downcast_ref::<ContentTypeError>() {
-        return Some(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            e.to_string(),
-        ));
+        return Some(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", e.to_string()));
     }
-    (err.status() == StatusCode::PAYLOAD_TOO_LARGE).then(|| {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is over the limit",
-        )
-    })
+    (err.status() == StatusCode::PAYLOAD_TOO_LARGE)
+        .then(|| Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is over the limit"))
 }
 
 /// The audit context of a request: who, from where, which request.
@@ -296,10 +229,7 @@ pub fn mutation_ctx(req: &Request, scope: OrgScope, actor: String) -> MutationCt
         scope,
         actor,
         request_id: req.data::<RequestId>().map(|r| r.0.clone()),
-        client_addr: req
-            .remote_addr()
-            .as_socket_addr()
-            .map(|a| a.ip().to_string()),
+        client_addr: req.remote_addr().as_socket_addr().map(|a| a.ip().to_string()),
     }
 }
 
@@ -318,17 +248,11 @@ pub fn parse_if_match(v: Option<&str>) -> Result<Option<u64>, DomainError> {
     }
     let v = v.strip_prefix("W/").unwrap_or(v).trim_matches('"');
     v.parse().map(Some).map_err(|_| {
-        DomainError::invalid(
-            "?If-Match",
-            "invalid_parameter",
-            "If-Match must be an ETag this server gave out",
-        )
+        DomainError::invalid("?If-Match", "invalid_parameter", "If-Match must be an ETag this server gave out")
     })
 }
 
 /// 404 unless the organization of `scope` exists (and is not deleted).
 pub async fn ensure_org_exists(app: &App, scope: OrgScope) -> Result<(), DomainError> {
-    crate::domain::orgs::get(&app.store, scope)
-        .await
-        .map(|_| ())
+    crate::domain::orgs::get(&app.store, scope).await.map(|_| ())
 }

@@ -48,10 +48,7 @@ impl OpsApi {
     /// Liveness probe
     #[oai(path = "/health/live", method = "get", operation_id = "getLiveness")]
     async fn live(&self) -> Json<LiveView> {
-        Json(LiveView {
-            status: "ok".into(),
-            version: crate::VERSION.into(),
-        })
+        Json(LiveView { status: "ok".into(), version: crate::VERSION.into() })
     }
 
     /// Readiness probe
@@ -65,11 +62,7 @@ impl OpsApi {
             min_free_disk_bytes: r.min_free_disk_bytes,
             stalled_followers: r.stalled_followers,
         };
-        if r.ready {
-            ReadyResponse::Ready(Json(view))
-        } else {
-            ReadyResponse::NotReady(Json(view))
-        }
+        if r.ready { ReadyResponse::Ready(Json(view)) } else { ReadyResponse::NotReady(Json(view)) }
     }
 }
 

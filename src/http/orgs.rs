@@ -86,11 +86,7 @@ pub struct UpdateOrgBody {
 pub enum OrgCreated {
     /// Created.
     #[oai(status = 201)]
-    Created(
-        Json<OrgView>,
-        #[oai(header = "Location")] String,
-        #[oai(header = "ETag")] String,
-    ),
+    Created(Json<OrgView>, #[oai(header = "Location")] String, #[oai(header = "ETag")] String),
 }
 
 #[derive(ApiResponse)]
@@ -111,11 +107,7 @@ pub struct OrgsApi;
 #[OpenApi(tag = "ApiTags::Organizations")]
 impl OrgsApi {
     /// Create an organization
-    #[oai(
-        path = "/v1/orgs",
-        method = "post",
-        operation_id = "createOrganization"
-    )]
+    #[oai(path = "/v1/orgs", method = "post", operation_id = "createOrganization")]
     async fn create(
         &self,
         app: Data<&App>,
@@ -126,11 +118,7 @@ impl OrgsApi {
         let op = auth.check(&app).await?;
         let b = body.0;
         let scope = OrgScope::operator(Id::new(), &op);
-        let new = NewOrg {
-            slug: b.slug,
-            name: b.name,
-            settings: b.settings.map(|s| s.into_iter().collect()),
-        };
+        let new = NewOrg { slug: b.slug, name: b.name, settings: b.settings.map(|s| s.into_iter().collect()) };
         let org = orgs::create(&app.writer, mutation_ctx(req, scope, op.actor()), new).await?;
         let location = format!("/v1/orgs/{}", org.id);
         let etag = etag(org.version);
@@ -157,24 +145,12 @@ impl OrgsApi {
             OrgStatusView::Suspended => OrgStatus::Suspended,
         });
         let page = orgs::list(&app.store, page, status).await?;
-        Ok(Json(OrgPage {
-            items: page.items.into_iter().map(view).collect(),
-            next_cursor: page.next_cursor,
-        }))
+        Ok(Json(OrgPage { items: page.items.into_iter().map(view).collect(), next_cursor: page.next_cursor }))
     }
 
     /// Get an organization
-    #[oai(
-        path = "/v1/orgs/:org_id",
-        method = "get",
-        operation_id = "getOrganization"
-    )]
-    async fn get(
-        &self,
-        app: Data<&App>,
-        auth: OperatorAuth,
-        org_id: Path<String>,
-    ) -> Result<OrgOk, OrgReadErrors> {
+    #[oai(path = "/v1/orgs/:org_id", method = "get", operation_id = "getOrganization")]
+    async fn get(&self, app: Data<&App>, auth: OperatorAuth, org_id: Path<String>) -> Result<OrgOk, OrgReadErrors> {
         let op = auth.check(&app).await?;
         let scope = OrgScope::operator(parse_id(&org_id.0, "organization")?, &op);
         let org = orgs::get(&app.store, scope).await?;
@@ -183,11 +159,7 @@ impl OrgsApi {
     }
 
     /// Update an organization
-    #[oai(
-        path = "/v1/orgs/:org_id",
-        method = "patch",
-        operation_id = "updateOrganization"
-    )]
+    #[oai(path = "/v1/orgs/:org_id", method = "patch", operation_id = "updateOrganization")]
     async fn update(
         &self,
         app: Data<&App>,
@@ -203,11 +175,7 @@ impl OrgsApi {
         let scope = OrgScope::operator(parse_id(&org_id.0, "organization")?, &op);
         let b = body.0;
         let expected_version = parse_if_match(if_match.0.as_deref())?.or(b.version);
-        let patch = OrgPatch {
-            name: b.name,
-            settings: b.settings.map(|s| s.into_iter().collect()),
-            expected_version,
-        };
+        let patch = OrgPatch { name: b.name, settings: b.settings.map(|s| s.into_iter().collect()), expected_version };
         let org = orgs::update(&app.writer, mutation_ctx(req, scope, op.actor()), patch).await?;
         let etag = etag(org.version);
         Ok(OrgOk::Ok(Json(view(org)), etag))
@@ -216,11 +184,7 @@ impl OrgsApi {
     /// Suspend an organization
     ///
     /// Its members lose access until it is reactivated; nothing is deleted.
-    #[oai(
-        path = "/v1/orgs/:org_id/suspend",
-        method = "post",
-        operation_id = "suspendOrganization"
-    )]
+    #[oai(path = "/v1/orgs/:org_id/suspend", method = "post", operation_id = "suspendOrganization")]
     async fn suspend(
         &self,
         app: Data<&App>,
@@ -232,11 +196,7 @@ impl OrgsApi {
     }
 
     /// Reactivate a suspended organization
-    #[oai(
-        path = "/v1/orgs/:org_id/reactivate",
-        method = "post",
-        operation_id = "reactivateOrganization"
-    )]
+    #[oai(path = "/v1/orgs/:org_id/reactivate", method = "post", operation_id = "reactivateOrganization")]
     async fn reactivate(
         &self,
         app: Data<&App>,
@@ -250,11 +210,7 @@ impl OrgsApi {
     /// Delete an organization
     ///
     /// It disappears from the API and its slug becomes free; its audit chain is kept.
-    #[oai(
-        path = "/v1/orgs/:org_id",
-        method = "delete",
-        operation_id = "deleteOrganization"
-    )]
+    #[oai(path = "/v1/orgs/:org_id", method = "delete", operation_id = "deleteOrganization")]
     async fn delete(
         &self,
         app: Data<&App>,
@@ -278,8 +234,7 @@ async fn set_suspended(
 ) -> Result<OrgOk, OrgActionErrors> {
     let op = auth.check(app).await?;
     let scope = OrgScope::operator(parse_id(org_id, "organization")?, &op);
-    let org =
-        orgs::set_suspended(&app.writer, mutation_ctx(req, scope, op.actor()), suspended).await?;
+    let org = orgs::set_suspended(&app.writer, mutation_ctx(req, scope, op.actor()), suspended).await?;
     let etag = etag(org.version);
     Ok(OrgOk::Ok(Json(view(org)), etag))
 }

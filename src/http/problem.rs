@@ -81,19 +81,11 @@ impl Problem {
     }
 
     pub fn field(pointer: &str, code: &str, detail: impl Into<String>) -> FieldProblem {
-        FieldProblem {
-            pointer: pointer.to_owned(),
-            code: code.to_owned(),
-            detail: detail.into(),
-        }
+        FieldProblem { pointer: pointer.to_owned(), code: code.to_owned(), detail: detail.into() }
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
 
     pub fn unauthenticated(code: &str, detail: &str) -> Self {
@@ -108,12 +100,10 @@ impl From<DomainError> for Problem {
         match e {
             DomainError::NotFound { what } => Self::not_found(what),
             DomainError::Conflict { code, detail } => Self::new(StatusCode::CONFLICT, code, detail),
-            DomainError::Invalid(fields) => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                "some fields are invalid",
-            )
-            .with_errors(fields.into_iter().map(field_problem).collect()),
+            DomainError::Invalid(fields) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "some fields are invalid")
+                    .with_errors(fields.into_iter().map(field_problem).collect())
+            }
             DomainError::VersionConflict { current } => {
                 let mut p = Self::new(
                     StatusCode::PRECONDITION_FAILED,
@@ -136,23 +126,15 @@ impl From<StoreError> for Problem {
                 "insufficient_storage",
                 "the server is low on disk space and refuses writes",
             ),
-            StoreError::Busy => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_busy",
-                "the store is overloaded; retry shortly",
-            ),
-            StoreError::Closed => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the server is shutting down",
-            ),
+            StoreError::Busy => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_busy", "the store is overloaded; retry shortly")
+            }
+            StoreError::Closed => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down")
+            }
             other => {
                 tracing::error!(error = %other, "store error");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "storage_error",
-                    "the store failed; nothing was changed",
-                )
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", "the store failed; nothing was changed")
             }
         }
     }
@@ -161,46 +143,27 @@ impl From<StoreError> for Problem {
 impl From<AuthError> for Problem {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::Missing => {
-                Self::unauthenticated("unauthenticated", "send an Authorization: Bearer header")
-            }
-            AuthError::Invalid => {
-                Self::unauthenticated("invalid_credentials", "the credentials are not valid")
-            }
-            AuthError::Revoked => {
-                Self::unauthenticated("credentials_revoked", "the credentials have been revoked")
-            }
+            AuthError::Missing => Self::unauthenticated("unauthenticated", "send an Authorization: Bearer header"),
+            AuthError::Invalid => Self::unauthenticated("invalid_credentials", "the credentials are not valid"),
+            AuthError::Revoked => Self::unauthenticated("credentials_revoked", "the credentials have been revoked"),
             AuthError::Store(e) => e.into(),
         }
     }
 }
 
 fn field_problem(f: FieldError) -> FieldProblem {
-    FieldProblem {
-        pointer: f.pointer,
-        code: f.code.to_owned(),
-        detail: f.detail,
-    }
+    FieldProblem { pointer: f.pointer, code: f.code.to_owned(), detail: f.detail }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&poem_openapi::types::ToJSON::to_json(&self.body))
-            .unwrap_or_default();
-        let mut resp = Response::builder()
-            .status(self.status)
-            .content_type(CONTENT_TYPE)
-            .body(body);
+        let body = serde_json::to_vec(&poem_openapi::types::ToJSON::to_json(&self.body)).unwrap_or_default();
+        let mut resp = Response::builder().status(self.status).content_type(CONTENT_TYPE).body(body);
         if self.www_authenticate {
-            resp.headers_mut()
-                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }
-        if matches!(
-            self.status,
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-        ) {
-            resp.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+        if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
+            resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
         }
         resp
     }

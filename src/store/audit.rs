@@ -5,7 +5,6 @@
 //! last link is also kept in `AUDIT_HEADS`, so removing records from the tail is detected too.
 //! `verify` walks every chain and reports the first broken link.
 
-use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::tables::{self, AUDIT, AUDIT_HEADS};
@@ -105,14 +104,15 @@ impl AuditRecord {
     }
 }
 
-/// The chain head of `org`: (last n, its hash), or (0, zeros) for an empty chain.
-pub(crate) fn read_head(txn: &WriteTransaction, org: Id) -> Result<(u64, [u8; 32]), StoreError> {
-    let t = txn.open_table(AUDIT_HEADS.def)?;
-    let v = t.get(org.as_bytes().as_slice())?;
-    Ok(v.map_or((0, [0; 32]), |v| parse_head(v.value())))
+/// The stored form of a chain head: n (u64 BE) ‖ hash.
+pub(crate) fn encode_head(n: u64, hash: &[u8; 32]) -> [u8; 40] {
+    let mut v = [0u8; 40];
+    v[..8].copy_from_slice(&n.to_be_bytes());
+    v[8..].copy_from_slice(hash);
+    v
 }
 
-fn parse_head(v: &[u8]) -> (u64, [u8; 32]) {
+pub(crate) fn parse_head(v: &[u8]) -> (u64, [u8; 32]) {
     let n = tables::u64_be(v).unwrap_or(0);
     let mut h = [0u8; 32];
     if v.len() == 40 {
@@ -147,12 +147,7 @@ impl Verification {
 
 impl Reader {
     /// Audit records of `scope`'s org after `after` (exclusive), ascending, at most `limit`.
-    pub fn audit_after(
-        &self,
-        scope: &OrgScope,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<AuditRecord>, StoreError> {
+    pub fn audit_after(&self, scope: &OrgScope, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         let org = scope.org();
         let start = tables::org_seq_key(org, after.saturating_add(1));
         self.range(AUDIT, &start, &prefix_end(org.as_bytes()), false, limit)?
@@ -162,16 +157,9 @@ impl Reader {
     }
 
     /// Walks every org's chain; `progress(done, total)` is called every few thousand records.
-    pub fn verify_audit(
-        &self,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<Verification, StoreError> {
+    pub fn verify_audit(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<Verification, StoreError> {
         let total = self.len(AUDIT)?;
-        let mut v = Verification {
-            orgs: 0,
-            records: 0,
-            first_broken: None,
-        };
+        let mut v = Verification { orgs: 0, records: 0, first_broken: None };
         let mut cur: Option<(Id, u64, [u8; 32])> = None;
         let mut broken: Option<BrokenLink> = None;
         let mut heads_to_check: Vec<(Id, u64, [u8; 32])> = Vec::new();
@@ -181,11 +169,7 @@ impl Reader {
                 progress(v.records, total);
             }
             let Some((org, n)) = tables::split_org_seq(key) else {
-                broken = Some(BrokenLink {
-                    org: Id::NIL,
-                    n: 0,
-                    reason: "malformed key".into(),
-                });
+                broken = Some(BrokenLink { org: Id::NIL, n: 0, reason: "malformed key".into() });
                 return Ok(false);
             };
             let (expect_n, prev) = match cur {
@@ -198,13 +182,7 @@ impl Reader {
                     (1, [0u8; 32])
                 }
             };
-            let fail = |reason: &str| {
-                Some(BrokenLink {
-                    org,
-                    n: expect_n.min(n),
-                    reason: reason.to_owned(),
-                })
-            };
+            let fail = |reason: &str| Some(BrokenLink { org, n: expect_n.min(n), reason: reason.to_owned() });
             if n != expect_n {
                 broken = fail(&format!("record {expect_n} is missing"));
                 return Ok(false);
@@ -242,9 +220,7 @@ impl Reader {
     /// finds heads whose chains have vanished entirely.
     fn check_heads(&self, seen: &[(Id, u64, [u8; 32])]) -> Result<Option<BrokenLink>, StoreError> {
         for (org, n, hash) in seen {
-            let head = self
-                .get(AUDIT_HEADS, org.as_bytes())?
-                .map(|v| parse_head(&v));
+            let head = self.get(AUDIT_HEADS, org.as_bytes())?.map(|v| parse_head(&v));
             match head {
                 Some((hn, hh)) if hn == *n && hh == *hash => {}
                 Some((hn, _)) if hn > *n => {
@@ -270,11 +246,7 @@ impl Reader {
             };
             if !seen.iter().any(|(o, _, _)| *o == org) {
                 let (hn, _) = parse_head(v);
-                orphan = Some(BrokenLink {
-                    org,
-                    n: 1,
-                    reason: format!("all {hn} records are missing"),
-                });
+                orphan = Some(BrokenLink { org, n: 1, reason: format!("all {hn} records are missing") });
                 return Ok(false);
             }
             Ok(true)
@@ -285,12 +257,10 @@ impl Reader {
 
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 fn unhex(s: &str) -> Option<[u8; 32]> {

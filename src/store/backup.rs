@@ -41,11 +41,7 @@ pub struct BackupSummary {
 }
 
 /// Writes a consistent snapshot of `store` to `out` (atomically: a temp file renamed into place).
-pub fn backup(
-    store: &Store,
-    out: &Path,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<BackupSummary, StoreError> {
+pub fn backup(store: &Store, out: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<BackupSummary, StoreError> {
     let txn = store.db().begin_read()?;
     let reader = super::Reader { txn };
     let mut total = 0;
@@ -61,10 +57,7 @@ pub fn backup(
         source_epoch: store.epoch(),
         taken_at_ms: ids::now_ms(),
         entries: total,
-        tables: tables::ALL
-            .iter()
-            .map(|t| redb::TableHandle::name(&t.def).to_owned())
-            .collect(),
+        tables: tables::ALL.iter().map(|t| redb::TableHandle::name(&t.def).to_owned()).collect(),
     };
     let header_bytes = super::encode(&header);
     w.write_all(&(header_bytes.len() as u32).to_be_bytes())?;
@@ -97,34 +90,21 @@ pub fn backup(
     w.write_all(&END.to_be_bytes())?;
     let (mut inner, digest, bytes) = w.finish();
     inner.write_all(&digest)?;
-    let file = inner
-        .into_inner()
-        .map_err(|e| StoreError::Storage(e.to_string()))?;
+    let file = inner.into_inner().map_err(|e| StoreError::Storage(e.to_string()))?;
     file.sync_all()?;
     std::fs::rename(&tmp, out)?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         File::open(dir)?.sync_all()?;
     }
     progress(done, total);
-    Ok(BackupSummary {
-        entries: done,
-        bytes: bytes + 32,
-        epoch: store.epoch(),
-    })
+    Ok(BackupSummary { entries: done, bytes: bytes + 32, epoch: store.epoch() })
 }
 
 /// Restores the backup `from` into the data dir `data_dir`, which must hold no store.
-pub fn restore(
-    from: &Path,
-    data_dir: &Path,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<BackupSummary, StoreError> {
+pub fn restore(from: &Path, data_dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<BackupSummary, StoreError> {
     let header = check_file(from)?;
     if header.schema_version > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew {
-            found: header.schema_version,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(StoreError::SchemaTooNew { found: header.schema_version, supported: SCHEMA_VERSION });
     }
     std::fs::create_dir_all(data_dir)?;
     let db_path = data_dir.join(DB_FILE);
@@ -143,8 +123,7 @@ pub fn restore(
     };
     let mut done = 0u64;
     let mut txn = db.begin_write()?;
-    txn.set_durability(redb::Durability::None)
-        .map_err(|e| StoreError::Storage(e.to_string()))?;
+    txn.set_durability(redb::Durability::None).map_err(|e| StoreError::Storage(e.to_string()))?;
     loop {
         let idx = read_u16(&mut r)?;
         if idx == END {
@@ -153,22 +132,17 @@ pub fn restore(
         let table = table_of(idx)?;
         let key = read_chunk(&mut r)?;
         let value = read_chunk(&mut r)?;
-        txn.open_table(table.def)?
-            .insert(key.as_slice(), value.as_slice())?;
+        txn.open_table(table.def)?.insert(key.as_slice(), value.as_slice())?;
         done += 1;
         if done % RESTORE_TXN_ENTRIES == 0 {
             txn.commit()?;
             progress(done, header.entries);
             txn = db.begin_write()?;
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| StoreError::Storage(e.to_string()))?;
+            txn.set_durability(redb::Durability::None).map_err(|e| StoreError::Storage(e.to_string()))?;
         }
     }
     if done != header.entries {
-        return Err(corrupt(format!(
-            "header promises {} entries, file has {done}",
-            header.entries
-        )));
+        return Err(corrupt(format!("header promises {} entries, file has {done}", header.entries)));
     }
     // A restored store is a new timeline: clients holding positions must reset.
     let epoch = loop {
@@ -177,8 +151,7 @@ pub fn restore(
             break e;
         }
     };
-    txn.set_durability(redb::Durability::Immediate)
-        .map_err(|e| StoreError::Storage(e.to_string()))?;
+    txn.set_durability(redb::Durability::Immediate).map_err(|e| StoreError::Storage(e.to_string()))?;
     {
         let mut meta = txn.open_table(META.def)?;
         meta.insert(b"epoch".as_slice(), epoch.to_be_bytes().as_slice())?;
@@ -186,11 +159,7 @@ pub fn restore(
     txn.commit()?;
     drop(db);
     progress(done, header.entries);
-    Ok(BackupSummary {
-        entries: done,
-        bytes: std::fs::metadata(from)?.len(),
-        epoch,
-    })
+    Ok(BackupSummary { entries: done, bytes: std::fs::metadata(from)?.len(), epoch })
 }
 
 /// Reads the header and checks the whole file's digest, before anything is written.
@@ -214,9 +183,7 @@ pub fn check_file(path: &Path) -> Result<BackupHeader, StoreError> {
     let mut stored = [0u8; 32];
     f.read_exact(&mut stored)?;
     if ctx.finish().as_ref() != stored {
-        return Err(corrupt(
-            "checksum mismatch: the file is damaged or incomplete".into(),
-        ));
+        return Err(corrupt("checksum mismatch: the file is damaged or incomplete".into()));
     }
     let mut r = BufReader::new(File::open(path)?);
     skip_header(&mut r)
@@ -252,10 +219,7 @@ fn read_chunk(r: &mut impl Read) -> Result<Vec<u8>, StoreError> {
 }
 
 fn corrupt(detail: String) -> StoreError {
-    StoreError::Corrupt {
-        table: "backup file".into(),
-        detail,
-    }
+    StoreError::Corrupt { table: "backup file".into(), detail }
 }
 
 struct HashingWriter<W: Write> {
@@ -266,11 +230,7 @@ struct HashingWriter<W: Write> {
 
 impl<W: Write> HashingWriter<W> {
     fn new(inner: W) -> Self {
-        Self {
-            inner,
-            ctx: ring::digest::Context::new(&ring::digest::SHA256),
-            bytes: 0,
-        }
+        Self { inner, ctx: ring::digest::Context::new(&ring::digest::SHA256), bytes: 0 }
     }
     fn finish(self) -> (W, [u8; 32], u64) {
         let mut d = [0u8; 32];

@@ -49,10 +49,7 @@ pub struct EventBus {
 impl EventBus {
     pub fn new(capacity: usize, head_gseq: u64) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(16));
-        Self {
-            tx,
-            head: Arc::new(AtomicU64::new(head_gseq)),
-        }
+        Self { tx, head: Arc::new(AtomicU64::new(head_gseq)) }
     }
 
     pub(crate) fn publish(&self, events: Vec<Arc<Event>>) {
@@ -66,10 +63,7 @@ impl EventBus {
     /// A receiver of every event published from now on.
     pub fn subscribe(&self) -> BusReceiver {
         let rx = self.tx.subscribe();
-        BusReceiver {
-            rx,
-            last_gseq: self.head.load(Ordering::Acquire),
-        }
+        BusReceiver { rx, last_gseq: self.head.load(Ordering::Acquire) }
     }
 
     pub fn head_gseq(&self) -> u64 {
@@ -100,9 +94,7 @@ impl BusReceiver {
                 self.last_gseq = e.gseq;
                 BusItem::Event(e)
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => BusItem::Lagged {
-                resume_after_gseq: self.last_gseq,
-            },
+            Err(broadcast::error::RecvError::Lagged(_)) => BusItem::Lagged { resume_after_gseq: self.last_gseq },
             Err(broadcast::error::RecvError::Closed) => BusItem::Closed,
         }
     }
@@ -131,10 +123,7 @@ impl Reader {
             None => {
                 let start = tables::org_seq_key(org, after.saturating_add(1));
                 let end = prefix_end(org.as_bytes());
-                self.range(EVENTS, &start, &end, false, limit)?
-                    .iter()
-                    .map(|(_, v)| decode(EVENTS, v))
-                    .collect()
+                self.range(EVENTS, &start, &end, false, limit)?.iter().map(|(_, v)| decode(EVENTS, v)).collect()
             }
             Some(topic) => {
                 let start = tables::topic_key(org, topic, after.saturating_add(1));
@@ -153,33 +142,14 @@ impl Reader {
 
     pub fn log_bounds(&self, scope: &OrgScope) -> Result<LogBounds, StoreError> {
         let org = scope.org();
-        let head_seq = self
-            .get(EVENT_HEADS, org.as_bytes())?
-            .and_then(|v| tables::u64_be(&v))
-            .unwrap_or(0);
-        let first = self.range(
-            EVENTS,
-            org.as_bytes(),
-            &prefix_end(org.as_bytes()),
-            false,
-            1,
-        )?;
-        let first_seq = first
-            .first()
-            .and_then(|(k, _)| tables::split_org_seq(k))
-            .map_or(0, |(_, s)| s);
-        Ok(LogBounds {
-            first_seq,
-            head_seq,
-        })
+        let head_seq = self.get(EVENT_HEADS, org.as_bytes())?.and_then(|v| tables::u64_be(&v)).unwrap_or(0);
+        let first = self.range(EVENTS, org.as_bytes(), &prefix_end(org.as_bytes()), false, 1)?;
+        let first_seq = first.first().and_then(|(k, _)| tables::split_org_seq(k)).map_or(0, |(_, s)| s);
+        Ok(LogBounds { first_seq, head_seq })
     }
 
     /// Events in global commit order after `after_gseq`, at most `limit` (for followers).
-    pub fn events_after_gseq(
-        &self,
-        after_gseq: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
+    pub fn events_after_gseq(&self, after_gseq: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let start = after_gseq.saturating_add(1).to_be_bytes();
         let mut out = Vec::new();
         for (_, at) in self.range(LOG_ORDER, &start, &[0xff; 9], false, limit)? {
@@ -191,9 +161,7 @@ impl Reader {
     }
 
     pub fn follower_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .get(FOLLOWERS, name.as_bytes())?
-            .and_then(|v| tables::u64_be(&v)))
+        Ok(self.get(FOLLOWERS, name.as_bytes())?.and_then(|v| tables::u64_be(&v)))
     }
 }
 
@@ -232,17 +200,11 @@ pub async fn trim(writer: &Writer, retention: Retention) -> Result<u64, StoreErr
                     let event: Event = decode(EVENTS, &v)?;
                     let too_old = event.at_ms < age_cutoff_ms;
                     let too_many = event.seq <= count_floor;
-                    if !(too_old || too_many)
-                        || event.gseq > hold
-                        || removed as usize >= retention.batch_max
-                    {
+                    if !(too_old || too_many) || event.gseq > hold || removed as usize >= retention.batch_max {
                         break;
                     }
                     tx.delete(EVENTS, &k)?;
-                    tx.delete(
-                        EVENT_TOPICS,
-                        &tables::topic_key(org, &event.topic, event.seq),
-                    )?;
+                    tx.delete(EVENT_TOPICS, &tables::topic_key(org, &event.topic, event.seq))?;
                     tx.delete(LOG_ORDER, &event.gseq.to_be_bytes())?;
                     removed += 1;
                 }
@@ -272,13 +234,7 @@ impl Follower {
     ) -> Result<Self, StoreError> {
         let n = name.to_owned();
         let position = store.read(move |r| r.follower_checkpoint(&n)).await?;
-        let mut f = Self {
-            name: name.to_owned(),
-            store,
-            writer,
-            position: position.unwrap_or(0),
-            registry,
-        };
+        let mut f = Self { name: name.to_owned(), store, writer, position: position.unwrap_or(0), registry };
         if position.is_none() {
             f.checkpoint(0).await?;
         }
@@ -289,17 +245,13 @@ impl Follower {
     /// The next batch after the checkpoint (empty when caught up). Does not move the checkpoint.
     pub async fn next_batch(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
         let after = self.position;
-        self.store
-            .read(move |r| r.events_after_gseq(after, limit))
-            .await
+        self.store.read(move |r| r.events_after_gseq(after, limit)).await
     }
 
     /// Records that everything up to `gseq` has been applied; durable when this returns.
     pub async fn checkpoint(&mut self, gseq: u64) -> Result<(), StoreError> {
         let name = self.name.clone();
-        self.writer
-            .maintain(move |tx| tx.put(FOLLOWERS, name.as_bytes(), &gseq.to_be_bytes()))
-            .await?;
+        self.writer.maintain(move |tx| tx.put(FOLLOWERS, name.as_bytes(), &gseq.to_be_bytes())).await?;
         self.position = gseq;
         self.registry.report(&self.name, gseq);
         Ok(())
@@ -343,11 +295,7 @@ impl FollowerRegistry {
     pub fn snapshot(&self) -> Vec<(String, u64, Duration)> {
         self.inner
             .lock()
-            .map(|m| {
-                m.iter()
-                    .map(|(n, (g, t))| (n.clone(), *g, t.elapsed()))
-                    .collect()
-            })
+            .map(|m| m.iter().map(|(n, (g, t))| (n.clone(), *g, t.elapsed())).collect())
             .unwrap_or_default()
     }
 

@@ -40,9 +40,7 @@ pub enum StoreError {
     Storage(String),
     #[error("the store is already open in another process (is a server running on this data dir?)")]
     Locked,
-    #[error(
-        "the store's schema version {found} is newer than this build supports ({supported}); upgrade outpost"
-    )]
+    #[error("the store's schema version {found} is newer than this build supports ({supported}); upgrade outpost")]
     SchemaTooNew { found: u32, supported: u32 },
     #[error("corrupt record in {table}: {detail}")]
     Corrupt { table: String, detail: String },
@@ -106,21 +104,12 @@ pub struct OpenReport {
 impl Store {
     /// Opens (creating if needed) the store in `data_dir`, running pending migrations.
     /// `progress` receives one line per migration step.
-    pub fn open(
-        data_dir: &Path,
-        progress: &mut dyn FnMut(&str),
-    ) -> Result<(Self, OpenReport), StoreError> {
+    pub fn open(data_dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<(Self, OpenReport), StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let db = redb::Database::builder().create(&path)?;
         let report = init_or_migrate(&db, progress)?;
-        let store = Self {
-            inner: Arc::new(Inner {
-                db,
-                path,
-                epoch: report.epoch,
-            }),
-        };
+        let store = Self { inner: Arc::new(Inner { db, path, epoch: report.epoch }) };
         Ok((store, report))
     }
 
@@ -156,9 +145,7 @@ impl Store {
 
     /// A snapshot reader for synchronous callers (CLI, writer-side checks, tests).
     pub fn reader(&self) -> Result<Reader, StoreError> {
-        Ok(Reader {
-            txn: self.inner.db.begin_read()?,
-        })
+        Ok(Reader { txn: self.inner.db.begin_read()? })
     }
 }
 
@@ -177,14 +164,7 @@ impl Reader {
     }
 
     /// Entries with keys in `[start, end)`, ascending (or descending with `rev`), at most `limit`.
-    pub fn range(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: &[u8],
-        rev: bool,
-        limit: usize,
-    ) -> Result<Rows, StoreError> {
+    pub fn range(&self, table: Table, start: &[u8], end: &[u8], rev: bool, limit: usize) -> Result<Rows, StoreError> {
         let t = match self.txn.open_table(table.def) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -194,11 +174,7 @@ impl Reader {
             return Ok(Vec::new());
         }
         let iter = t.range::<&[u8]>(start..end)?;
-        let items: Box<dyn Iterator<Item = _>> = if rev {
-            Box::new(iter.rev())
-        } else {
-            Box::new(iter)
-        };
+        let items: Box<dyn Iterator<Item = _>> = if rev { Box::new(iter.rev()) } else { Box::new(iter) };
         let mut out = Vec::new();
         for item in items.take(limit) {
             let (k, v) = item?;
@@ -237,9 +213,7 @@ impl Reader {
     }
 
     pub fn meta_u64(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .get(META, name.as_bytes())?
-            .and_then(|v| tables::u64_be(&v)))
+        Ok(self.get(META, name.as_bytes())?.and_then(|v| tables::u64_be(&v)))
     }
 }
 
@@ -256,10 +230,7 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialize to JSON")
 }
 
-fn init_or_migrate(
-    db: &redb::Database,
-    progress: &mut dyn FnMut(&str),
-) -> Result<OpenReport, StoreError> {
+fn init_or_migrate(db: &redb::Database, progress: &mut dyn FnMut(&str)) -> Result<OpenReport, StoreError> {
     let txn = db.begin_write()?;
     let report;
     {
@@ -271,44 +242,22 @@ fn init_or_migrate(
         match version {
             None => {
                 let epoch = ids::random_u64();
-                meta.insert(
-                    b"schema_version".as_slice(),
-                    SCHEMA_VERSION.to_be_bytes().as_slice(),
-                )?;
+                meta.insert(b"schema_version".as_slice(), SCHEMA_VERSION.to_be_bytes().as_slice())?;
                 meta.insert(b"epoch".as_slice(), epoch.to_be_bytes().as_slice())?;
-                meta.insert(
-                    b"created_at".as_slice(),
-                    ids::now_ms().to_be_bytes().as_slice(),
-                )?;
+                meta.insert(b"created_at".as_slice(), ids::now_ms().to_be_bytes().as_slice())?;
                 meta.insert(b"gseq".as_slice(), 0u64.to_be_bytes().as_slice())?;
-                progress(&format!(
-                    "created a new store (schema version {SCHEMA_VERSION})"
-                ));
-                report = OpenReport {
-                    created: true,
-                    migrated_from: None,
-                    epoch,
-                };
+                progress(&format!("created a new store (schema version {SCHEMA_VERSION})"));
+                report = OpenReport { created: true, migrated_from: None, epoch };
             }
             Some(found) if found > SCHEMA_VERSION => {
-                return Err(StoreError::SchemaTooNew {
-                    found,
-                    supported: SCHEMA_VERSION,
-                });
+                return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
             }
             Some(found) => {
                 let epoch = meta
                     .get(b"epoch".as_slice())?
                     .and_then(|v| tables::u64_be(v.value()))
-                    .ok_or(StoreError::Corrupt {
-                        table: "meta".into(),
-                        detail: "no epoch".into(),
-                    })?;
-                report = OpenReport {
-                    created: false,
-                    migrated_from: (found < SCHEMA_VERSION).then_some(found),
-                    epoch,
-                };
+                    .ok_or(StoreError::Corrupt { table: "meta".into(), detail: "no epoch".into() })?;
+                report = OpenReport { created: false, migrated_from: (found < SCHEMA_VERSION).then_some(found), epoch };
             }
         }
     }
@@ -322,8 +271,7 @@ fn init_or_migrate(
             progress(&format!("migrating store schema {} → {to}: {what}", to - 1));
             let txn = db.begin_write()?;
             migrate(&txn)?;
-            txn.open_table(META.def)?
-                .insert(b"schema_version".as_slice(), to.to_be_bytes().as_slice())?;
+            txn.open_table(META.def)?.insert(b"schema_version".as_slice(), to.to_be_bytes().as_slice())?;
             txn.commit()?;
         }
         progress(&format!("store schema is now version {SCHEMA_VERSION}"));

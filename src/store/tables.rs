@@ -25,48 +25,44 @@ pub enum Tenancy {
 pub struct Table {
     pub def: Def,
     pub tenancy: Tenancy,
+    /// Its position in `ALL` (the writer keeps every table open in that order).
+    pub idx: usize,
 }
 
-const fn org(name: &'static str) -> Table {
-    Table {
-        def: TableDefinition::new(name),
-        tenancy: Tenancy::Org,
-    }
+const fn org(name: &'static str, idx: usize) -> Table {
+    Table { def: TableDefinition::new(name), tenancy: Tenancy::Org, idx }
 }
 
-const fn global(name: &'static str) -> Table {
-    Table {
-        def: TableDefinition::new(name),
-        tenancy: Tenancy::Global,
-    }
+const fn global(name: &'static str, idx: usize) -> Table {
+    Table { def: TableDefinition::new(name), tenancy: Tenancy::Global, idx }
 }
 
 /// Global. `name` → value: `schema_version` (u32 BE), `epoch` (u64 BE), `created_at` (i64 BE
 /// ms), `gseq` (u64 BE, the last global log position handed out).
-pub const META: Table = global("meta");
+pub const META: Table = global("meta", 0);
 
 /// org → `Organization` JSON. The instance's own records use the nil org.
-pub const ORGS: Table = org("orgs");
+pub const ORGS: Table = org("orgs", 1);
 /// Global. slug → org (16 bytes). Slugs are unique across the instance (logins name them).
-pub const ORG_SLUGS: Table = global("org_slugs");
+pub const ORG_SLUGS: Table = global("org_slugs", 2);
 /// nil org ‖ key id → `OperatorKey` JSON.
-pub const OPERATOR_KEYS: Table = org("operator_keys");
+pub const OPERATOR_KEYS: Table = org("operator_keys", 3);
 
 /// org ‖ seq (u64 BE) → `Event` JSON. The org's event log, dense in seq.
-pub const EVENTS: Table = org("events");
+pub const EVENTS: Table = org("events", 4);
 /// org ‖ topic len (u16 BE) ‖ topic ‖ seq (u64 BE) → empty. "Topic T after seq S" is a range.
-pub const EVENT_TOPICS: Table = org("event_topics");
+pub const EVENT_TOPICS: Table = org("event_topics", 5);
 /// org → head seq (u64 BE): the last seq handed out in this org.
-pub const EVENT_HEADS: Table = org("event_heads");
+pub const EVENT_HEADS: Table = org("event_heads", 6);
 /// Global. gseq (u64 BE) → org ‖ seq: the commit order across orgs, which followers read.
-pub const LOG_ORDER: Table = global("log_order");
+pub const LOG_ORDER: Table = global("log_order", 7);
 /// Global. follower name → checkpoint gseq (u64 BE). Holds back trimming of the log.
-pub const FOLLOWERS: Table = global("followers");
+pub const FOLLOWERS: Table = global("followers", 8);
 
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
-pub const AUDIT: Table = org("audit");
+pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
-pub const AUDIT_HEADS: Table = org("audit_heads");
+pub const AUDIT_HEADS: Table = org("audit_heads", 10);
 
 /// Every table, for backup, restore and integrity checks.
 pub const ALL: &[Table] = &[
@@ -85,9 +81,7 @@ pub const ALL: &[Table] = &[
 
 /// The table with this name, if it is one of ours.
 pub fn by_name(name: &str) -> Option<Table> {
-    ALL.iter()
-        .copied()
-        .find(|t| redb::TableHandle::name(&t.def) == name)
+    ALL.iter().copied().find(|t| redb::TableHandle::name(&t.def) == name)
 }
 
 // ----- key encodings -----
@@ -154,11 +148,15 @@ mod tests {
     }
 
     #[test]
+    fn every_table_knows_its_position() {
+        for (i, t) in ALL.iter().enumerate() {
+            assert_eq!(t.idx, i);
+        }
+    }
+
+    #[test]
     fn every_table_has_a_distinct_name() {
-        let mut names: Vec<_> = ALL
-            .iter()
-            .map(|t| redb::TableHandle::name(&t.def))
-            .collect();
+        let mut names: Vec<_> = ALL.iter().map(|t| redb::TableHandle::name(&t.def)).collect();
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ALL.len());

@@ -41,12 +41,7 @@ pub struct MutationCtx {
 impl MutationCtx {
     /// Work the instance does by itself (no request behind it).
     pub fn system(scope: OrgScope) -> Self {
-        Self {
-            scope,
-            actor: "system".into(),
-            request_id: None,
-            client_addr: None,
-        }
+        Self { scope, actor: "system".into(), request_id: None, client_addr: None }
     }
 }
 
@@ -95,12 +90,7 @@ enum Command {
 
 impl Writer {
     /// Starts the writer thread over `store`.
-    pub fn start(
-        store: Store,
-        bus: EventBus,
-        metrics: Arc<Metrics>,
-        opts: WriterOptions,
-    ) -> Result<Self, StoreError> {
+    pub fn start(store: Store, bus: EventBus, metrics: Arc<Metrics>, opts: WriterOptions) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(opts.queue_len_max.max(1));
         let state = Arc::new(WriterState {
             alive: AtomicBool::new(true),
@@ -110,30 +100,17 @@ impl Writer {
         let enqueue_timeout = opts.enqueue_timeout;
         let thread_state = state.clone();
         let gseq = store.reader()?.meta_u64("gseq")?.unwrap_or(0);
-        std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || {
-                let mut w = WriterThread {
-                    store,
-                    bus,
-                    metrics,
-                    opts,
-                    gseq,
-                    disk: DiskCheck::default(),
-                };
-                let stopped = w.run(rx, &thread_state);
-                // Close the store before saying so: whoever waits on shutdown may reopen it.
-                drop(w);
-                thread_state.alive.store(false, Ordering::Relaxed);
-                if let Some(done) = stopped {
-                    let _ = done.send(());
-                }
-            })?;
-        Ok(Self {
-            tx,
-            state,
-            enqueue_timeout,
-        })
+        std::thread::Builder::new().name("store-writer".into()).spawn(move || {
+            let mut w = WriterThread { store, bus, metrics, opts, gseq, disk: DiskCheck::default() };
+            let stopped = w.run(rx, &thread_state);
+            // Close the store before saying so: whoever waits on shutdown may reopen it.
+            drop(w);
+            thread_state.alive.store(false, Ordering::Relaxed);
+            if let Some(done) = stopped {
+                let _ = done.send(());
+            }
+        })?;
+        Ok(Self { tx, state, enqueue_timeout })
     }
 
     /// Applies `f` in the next group commit and returns its own result once it is durable.
@@ -141,7 +118,7 @@ impl Writer {
     /// captures and the transaction.
     pub async fn submit<T, E, F>(&self, ctx: MutationCtx, f: F) -> Result<T, E>
     where
-        F: FnMut(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
+        F: FnMut(&mut Tx<'_, '_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
@@ -152,31 +129,20 @@ impl Writer {
     /// writes neither events nor audit records.
     pub(crate) async fn maintain<T, F>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnMut(&mut Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&mut Tx<'_, '_>) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
-        self.submit_job(
-            MutationCtx::system(OrgScope::INSTANCE),
-            JobKind::Maintenance,
-            f,
-        )
-        .await
+        self.submit_job(MutationCtx::system(OrgScope::INSTANCE), JobKind::Maintenance, f).await
     }
 
     async fn submit_job<T, E, F>(&self, ctx: MutationCtx, kind: JobKind, f: F) -> Result<T, E>
     where
-        F: FnMut(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
+        F: FnMut(&mut Tx<'_, '_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job = Box::new(TypedJob {
-            ctx,
-            kind,
-            f,
-            result: None,
-            reply: Some(reply),
-        });
+        let job = Box::new(TypedJob { ctx, kind, f, result: None, reply: Some(reply) });
         match tokio::time::timeout(self.enqueue_timeout, self.tx.send(Command::Job(job))).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(StoreError::Closed.into()),
@@ -215,7 +181,7 @@ trait Job: Send {
     fn kind(&self) -> JobKind;
     /// Applies the Mutation; the result is kept inside until `finish`. Returns whether it
     /// succeeded.
-    fn apply(&mut self, tx: &mut Tx<'_>) -> bool;
+    fn apply(&mut self, tx: &mut Tx<'_, '_>) -> bool;
     /// Sends the caller its answer: its kept result if `committed` is Ok, else the error.
     fn finish(self: Box<Self>, committed: Result<(), &StoreError>);
 }
@@ -230,7 +196,7 @@ struct TypedJob<T, E, F> {
 
 impl<T, E, F> Job for TypedJob<T, E, F>
 where
-    F: FnMut(&mut Tx<'_>) -> Result<T, E> + Send,
+    F: FnMut(&mut Tx<'_, '_>) -> Result<T, E> + Send,
     T: Send,
     E: From<StoreError> + Send,
 {
@@ -240,7 +206,7 @@ where
     fn kind(&self) -> JobKind {
         self.kind
     }
-    fn apply(&mut self, tx: &mut Tx<'_>) -> bool {
+    fn apply(&mut self, tx: &mut Tx<'_, '_>) -> bool {
         let r = (self.f)(tx);
         let ok = r.is_ok();
         self.result = Some(r);
@@ -251,9 +217,7 @@ where
             (_, Some(Err(rejected))) => Err(rejected),
             (Ok(()), Some(Ok(v))) => Ok(v),
             (Err(e), _) => Err(E::from(clone_err(e))),
-            (Ok(()), None) => Err(E::from(StoreError::Storage(
-                "mutation was never applied".into(),
-            ))),
+            (Ok(()), None) => Err(E::from(StoreError::Storage("mutation was never applied".into()))),
         };
         if let Some(reply) = self.reply.take() {
             // The caller may have gone away (timeout); its change is durable all the same.
@@ -271,9 +235,33 @@ fn clone_err(e: &StoreError) -> StoreError {
     }
 }
 
+/// Every table of the store, opened once per batch attempt. Opening a table in a write
+/// transaction costs a lookup and closing it a write-back of its root; doing that per
+/// operation was most of the writer's time.
+pub(crate) struct OpenTables<'txn> {
+    tables: Vec<redb::Table<'txn, &'static [u8], &'static [u8]>>,
+}
+
+type RedbTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
+
+impl<'txn> OpenTables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        let tables = tables::ALL.iter().map(|t| txn.open_table(t.def)).collect::<Result<_, _>>()?;
+        Ok(Self { tables })
+    }
+
+    pub(crate) fn table(&mut self, table: Table) -> &mut RedbTable<'txn> {
+        &mut self.tables[table.idx]
+    }
+
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tables[table.idx].get(key)?.map(|v| v.value().to_vec()))
+    }
+}
+
 /// One Mutation's view of the open write transaction.
-pub struct Tx<'t> {
-    txn: &'t WriteTransaction,
+pub struct Tx<'a, 'txn> {
+    tables: &'a mut OpenTables<'txn>,
     scope: OrgScope,
     kind: JobKind,
     now_ms: i64,
@@ -294,7 +282,7 @@ struct PendingAudit {
     details: serde_json::Value,
 }
 
-impl Tx<'_> {
+impl Tx<'_, '_> {
     /// The organization this Mutation is confined to.
     pub fn org(&self) -> Id {
         self.scope.org()
@@ -306,27 +294,16 @@ impl Tx<'_> {
     }
 
     pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = self.txn.open_table(table.def)?;
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        self.tables.get(table, key)
     }
 
     /// Entries with keys in `[start, end)`, ascending, at most `limit`.
-    pub fn range(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<super::Rows, StoreError> {
-        let t = self.txn.open_table(table.def)?;
+    pub fn range(&self, table: Table, start: &[u8], end: &[u8], limit: usize) -> Result<super::Rows, StoreError> {
         let mut out = Vec::new();
         if start >= end {
             return Ok(out);
         }
-        for item in t.range::<&[u8]>(start..end)? {
-            if out.len() >= limit {
-                break;
-            }
+        for item in self.tables.tables[table.idx].range::<&[u8]>(start..end)?.take(limit) {
             let (k, v) = item?;
             out.push((k.value().to_vec(), v.value().to_vec()));
         }
@@ -336,32 +313,24 @@ impl Tx<'_> {
     pub fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.check_scope(table, key)?;
         self.dirty = true;
-        self.txn.open_table(table.def)?.insert(key, value)?;
+        self.tables.table(table).insert(key, value)?;
         Ok(())
     }
 
     pub fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
         self.check_scope(table, key)?;
         self.dirty = true;
-        Ok(self.txn.open_table(table.def)?.remove(key)?.is_some())
+        Ok(self.tables.table(table).remove(key)?.is_some())
     }
 
     /// Appends an event to the org's log, in this same transaction.
     pub fn emit(&mut self, topic: impl Into<String>, kind: &str, data: serde_json::Value) {
-        self.events.push(PendingEvent {
-            topic: topic.into(),
-            kind: kind.to_owned(),
-            data,
-        });
+        self.events.push(PendingEvent { topic: topic.into(), kind: kind.to_owned(), data });
     }
 
     /// Sets this Mutation's audit record (exactly one per audited Mutation).
     pub fn audit(&mut self, action: &str, target: impl Into<String>, details: serde_json::Value) {
-        self.audit = Some(PendingAudit {
-            action: action.to_owned(),
-            target: target.into(),
-            details,
-        });
+        self.audit = Some(PendingAudit { action: action.to_owned(), target: target.into(), details });
     }
 
     fn check_scope(&self, table: Table, key: &[u8]) -> Result<(), StoreError> {
@@ -394,11 +363,7 @@ struct WriterThread {
 impl WriterThread {
     /// Runs until a shutdown request (returned, to be answered once the store is closed) or
     /// until every sender is gone.
-    fn run(
-        &mut self,
-        mut rx: mpsc::Receiver<Command>,
-        state: &WriterState,
-    ) -> Option<oneshot::Sender<()>> {
+    fn run(&mut self, mut rx: mpsc::Receiver<Command>, state: &WriterState) -> Option<oneshot::Sender<()>> {
         let batch_max = self.opts.batch_len_max.max(1);
         let mut stop: Option<oneshot::Sender<()>> = None;
         while stop.is_none() {
@@ -447,9 +412,7 @@ impl WriterThread {
         let disk_low = self.disk.low(&self.opts);
         state.disk_low.store(disk_low, Ordering::Relaxed);
         if disk_low {
-            let (keep, refuse): (Vec<_>, Vec<_>) = jobs
-                .into_iter()
-                .partition(|j| j.kind() == JobKind::Maintenance);
+            let (keep, refuse): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.kind() == JobKind::Maintenance);
             for j in refuse {
                 j.finish(Err(&StoreError::DiskFull));
             }
@@ -483,9 +446,7 @@ impl WriterThread {
             }
         };
         self.metrics.writer_batch_len.observe(n as f64);
-        self.metrics
-            .writer_commit_seconds
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.writer_commit_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.writer_commits.inc();
         committed
     }
@@ -495,6 +456,10 @@ impl WriterThread {
             Ok(t) => t,
             Err(e) => return Attempt::Done(Err(e.into())),
         };
+        let mut open = match OpenTables::open(&txn) {
+            Ok(o) => o,
+            Err(e) => return Attempt::Done(Err(e)),
+        };
         let now_ms = ids::now_ms();
         let mut log = LogAppender::new(self.gseq, self.store.epoch());
         for (i, job) in jobs.iter_mut().enumerate() {
@@ -503,7 +468,7 @@ impl WriterThread {
             }
             let ctx = job.ctx().clone();
             let mut tx = Tx {
-                txn: &txn,
+                tables: &mut open,
                 scope: ctx.scope,
                 kind: job.kind(),
                 now_ms,
@@ -512,38 +477,48 @@ impl WriterThread {
                 audit: None,
             };
             let ok = job.apply(&mut tx);
+            let (dirty, kind) = (tx.dirty, tx.kind);
+            let (events, audit) = (std::mem::take(&mut tx.events), tx.audit.take());
             if !ok {
-                if tx.dirty {
+                if dirty {
                     // Its partial writes are in the transaction: start over without it.
                     excluded[i] = true;
+                    drop(open);
                     let _ = txn.abort();
                     return Attempt::Replay;
                 }
                 continue;
             }
-            let (events, audit) = (std::mem::take(&mut tx.events), tx.audit.take());
-            if tx.kind == JobKind::Audited {
+            if kind == JobKind::Audited {
                 let Some(audit) = audit else {
                     // A programmer error: every audited Mutation declares its record.
                     tracing::error!(actor = %ctx.actor, "mutation without an audit record");
                     excluded[i] = true;
+                    drop(open);
                     let _ = txn.abort();
                     return Attempt::Replay;
                 };
-                if let Err(e) = log.append(&txn, &ctx, now_ms, events, audit) {
+                if let Err(e) = log.append(&mut open, &ctx, now_ms, events, audit) {
+                    drop(open);
                     let _ = txn.abort();
                     return Attempt::Done(Err(e));
                 }
             }
         }
-        let result = log.finish(&txn).and_then(|published| {
-            txn.commit()?;
-            Ok(published)
-        });
-        if result.is_ok() {
-            self.gseq = log.gseq;
+        let published = match log.finish(&mut open) {
+            Ok(p) => p,
+            Err(e) => {
+                drop(open);
+                let _ = txn.abort();
+                return Attempt::Done(Err(e));
+            }
+        };
+        drop(open);
+        if let Err(e) = txn.commit() {
+            return Attempt::Done(Err(e.into()));
         }
-        Attempt::Done(result)
+        self.gseq = log.gseq;
+        Attempt::Done(Ok(published))
     }
 }
 
@@ -563,18 +538,12 @@ struct LogAppender {
 
 impl LogAppender {
     fn new(gseq: u64, epoch: u64) -> Self {
-        Self {
-            gseq,
-            epoch,
-            event_heads: HashMap::new(),
-            audit_heads: HashMap::new(),
-            published: Vec::new(),
-        }
+        Self { gseq, epoch, event_heads: HashMap::new(), audit_heads: HashMap::new(), published: Vec::new() }
     }
 
     fn append(
         &mut self,
-        txn: &WriteTransaction,
+        open: &mut OpenTables<'_>,
         ctx: &MutationCtx,
         now_ms: i64,
         events: Vec<PendingEvent>,
@@ -584,11 +553,8 @@ impl LogAppender {
         if !events.is_empty() {
             let mut head = match self.event_heads.get(&org) {
                 Some(h) => *h,
-                None => read_u64(txn, tables::EVENT_HEADS, org.as_bytes())?.unwrap_or(0),
+                None => open.get(tables::EVENT_HEADS, org.as_bytes())?.and_then(|v| tables::u64_be(&v)).unwrap_or(0),
             };
-            let mut ev_t = txn.open_table(tables::EVENTS.def)?;
-            let mut topic_t = txn.open_table(tables::EVENT_TOPICS.def)?;
-            let mut order_t = txn.open_table(tables::LOG_ORDER.def)?;
             for e in events {
                 head += 1;
                 self.gseq += 1;
@@ -603,25 +569,18 @@ impl LogAppender {
                     at_ms: now_ms,
                     data: e.data,
                 };
-                ev_t.insert(
-                    tables::org_seq_key(org, head).as_slice(),
-                    super::encode(&event).as_slice(),
-                )?;
-                topic_t.insert(
-                    tables::topic_key(org, &event.topic, head).as_slice(),
-                    [].as_slice(),
-                )?;
-                order_t.insert(
-                    self.gseq.to_be_bytes().as_slice(),
-                    tables::org_seq_key(org, head).as_slice(),
-                )?;
+                let at = tables::org_seq_key(org, head);
+                open.table(tables::EVENTS).insert(at.as_slice(), super::encode(&event).as_slice())?;
+                open.table(tables::EVENT_TOPICS)
+                    .insert(tables::topic_key(org, &event.topic, head).as_slice(), [].as_slice())?;
+                open.table(tables::LOG_ORDER).insert(self.gseq.to_be_bytes().as_slice(), at.as_slice())?;
                 self.published.push(Arc::new(event));
             }
             self.event_heads.insert(org, head);
         }
         let (n, prev) = match self.audit_heads.get(&org) {
             Some(h) => *h,
-            None => audit::read_head(txn, org)?,
+            None => open.get(tables::AUDIT_HEADS, org.as_bytes())?.map_or((0, [0; 32]), |v| audit::parse_head(&v)),
         };
         let record = AuditRecord::link(
             org,
@@ -635,37 +594,23 @@ impl LogAppender {
             ctx.client_addr.clone(),
             pending.details,
         );
-        txn.open_table(tables::AUDIT.def)?.insert(
-            tables::org_seq_key(org, record.n).as_slice(),
-            super::encode(&record).as_slice(),
-        )?;
-        self.audit_heads
-            .insert(org, (record.n, record.hash_bytes()));
+        open.table(tables::AUDIT)
+            .insert(tables::org_seq_key(org, record.n).as_slice(), super::encode(&record).as_slice())?;
+        self.audit_heads.insert(org, (record.n, record.hash_bytes()));
         Ok(())
     }
 
-    fn finish(&mut self, txn: &WriteTransaction) -> Result<Vec<Arc<Event>>, StoreError> {
-        let mut heads = txn.open_table(tables::EVENT_HEADS.def)?;
+    fn finish(&mut self, open: &mut OpenTables<'_>) -> Result<Vec<Arc<Event>>, StoreError> {
         for (org, head) in &self.event_heads {
-            heads.insert(org.as_bytes().as_slice(), head.to_be_bytes().as_slice())?;
+            open.table(tables::EVENT_HEADS).insert(org.as_bytes().as_slice(), head.to_be_bytes().as_slice())?;
         }
-        let mut aheads = txn.open_table(tables::AUDIT_HEADS.def)?;
         for (org, (n, hash)) in &self.audit_heads {
-            let mut v = [0u8; 40];
-            v[..8].copy_from_slice(&n.to_be_bytes());
-            v[8..].copy_from_slice(hash);
-            aheads.insert(org.as_bytes().as_slice(), v.as_slice())?;
+            open.table(tables::AUDIT_HEADS)
+                .insert(org.as_bytes().as_slice(), audit::encode_head(*n, hash).as_slice())?;
         }
-        txn.open_table(tables::META.def)?
-            .insert(b"gseq".as_slice(), self.gseq.to_be_bytes().as_slice())?;
+        open.table(tables::META).insert(b"gseq".as_slice(), self.gseq.to_be_bytes().as_slice())?;
         Ok(std::mem::take(&mut self.published))
     }
-}
-
-fn read_u64(txn: &WriteTransaction, table: Table, key: &[u8]) -> Result<Option<u64>, StoreError> {
-    let t = txn.open_table(table.def)?;
-    let v = t.get(key)?;
-    Ok(v.and_then(|v| tables::u64_be(v.value())))
 }
 
 fn chunks(mut v: Vec<Box<dyn Job>>, size: usize) -> Vec<Vec<Box<dyn Job>>> {
@@ -689,13 +634,9 @@ impl DiskCheck {
         if opts.min_free_disk_bytes == 0 {
             return false;
         }
-        if self
-            .checked
-            .is_none_or(|t| t.elapsed() > Duration::from_millis(500))
-        {
+        if self.checked.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
             self.checked = Some(Instant::now());
-            self.low = crate::ops::free_disk_bytes(&opts.data_dir)
-                .is_some_and(|free| free < opts.min_free_disk_bytes);
+            self.low = crate::ops::free_disk_bytes(&opts.data_dir).is_some_and(|free| free < opts.min_free_disk_bytes);
         }
         self.low
     }

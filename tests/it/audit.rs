@@ -14,11 +14,7 @@ fn edit(dir: &std::path::Path, f: impl FnOnce(&redb::WriteTransaction)) {
 }
 
 fn verify(dir: &std::path::Path) -> (i32, String) {
-    let (code, out, _) = cli(
-        &["audit", "verify", "--data", dir.to_str().unwrap()],
-        &[],
-        None,
-    );
+    let (code, out, _) = cli(&["audit", "verify", "--data", dir.to_str().unwrap()], &[], None);
     (code, out)
 }
 
@@ -37,10 +33,7 @@ async fn altered_or_removed_records_are_detected() {
             .send()
             .await
             .unwrap();
-        s.post(&format!("/v1/orgs/{id}/suspend"), &serde_json::json!({}))
-            .send()
-            .await
-            .unwrap();
+        s.post(&format!("/v1/orgs/{id}/suspend"), &serde_json::json!({})).send().await.unwrap();
         orgs.push(id);
     }
     s.stop().await;
@@ -51,29 +44,17 @@ async fn altered_or_removed_records_are_detected() {
     let key = org_seq_key(orgs[1], 2);
     edit(dir.path(), |txn| {
         let mut t = txn.open_table(AUDIT.def).unwrap();
-        let mut rec: Value =
-            serde_json::from_slice(t.get(key.as_slice()).unwrap().unwrap().value()).unwrap();
+        let mut rec: Value = serde_json::from_slice(t.get(key.as_slice()).unwrap().unwrap().value()).unwrap();
         rec["details"]["changed"] = serde_json::json!(["nothing"]);
-        t.insert(key.as_slice(), serde_json::to_vec(&rec).unwrap().as_slice())
-            .unwrap();
+        t.insert(key.as_slice(), serde_json::to_vec(&rec).unwrap().as_slice()).unwrap();
     });
     let (code, out) = verify(dir.path());
     assert_eq!(code, 1);
-    assert!(
-        out.contains(&orgs[1].to_string()) && out.contains("record 2") && out.contains("altered"),
-        "{out}"
-    );
+    assert!(out.contains(&orgs[1].to_string()) && out.contains("record 2") && out.contains("altered"), "{out}");
 
     // The operator endpoint reports the same first broken link.
     let s = TestServer::start_with(crate::support::config_for(dir.path())).await;
-    let v: Value = s
-        .get("/v1/audit/verification")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = s.get("/v1/audit/verification").send().await.unwrap().json().await.unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["first_broken"]["org_id"], orgs[1].to_string());
     assert_eq!(v["first_broken"]["n"], 2);
@@ -86,10 +67,7 @@ async fn altered_or_removed_records_are_detected() {
     });
     let (code, out) = verify(dir.path());
     assert_eq!(code, 1);
-    assert!(
-        out.contains(&orgs[1].to_string()) && out.contains("record 2"),
-        "{out}"
-    );
+    assert!(out.contains(&orgs[1].to_string()) && out.contains("record 2"), "{out}");
 }
 
 #[tokio::test]
@@ -98,29 +76,17 @@ async fn a_removed_tail_is_detected() {
     let s = TestServer::start_with(crate::support::config_for(dir.path())).await;
     let org = s.create_org(&slug("tail")).await;
     let id: outpost::ids::Id = org["id"].as_str().unwrap().parse().unwrap();
-    s.post(&format!("/v1/orgs/{id}/suspend"), &serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
+    s.post(&format!("/v1/orgs/{id}/suspend"), &serde_json::json!({})).send().await.unwrap();
     s.stop().await;
     edit(dir.path(), |txn| {
-        txn.open_table(AUDIT.def)
-            .unwrap()
-            .remove(org_seq_key(id, 2).as_slice())
-            .unwrap();
+        txn.open_table(AUDIT.def).unwrap().remove(org_seq_key(id, 2).as_slice()).unwrap();
     });
     let (code, out) = verify(dir.path());
     assert_eq!(code, 1);
-    assert!(
-        out.contains(&id.to_string()) && out.contains("missing"),
-        "{out}"
-    );
+    assert!(out.contains(&id.to_string()) && out.contains("missing"), "{out}");
     // A chain whose head was removed along with its tail record no longer matches either.
     edit(dir.path(), |txn| {
-        txn.open_table(AUDIT_HEADS.def)
-            .unwrap()
-            .remove(id.as_bytes().as_slice())
-            .unwrap();
+        txn.open_table(AUDIT_HEADS.def).unwrap().remove(id.as_bytes().as_slice()).unwrap();
     });
     let (code, out) = verify(dir.path());
     assert_eq!(code, 1, "{out}");

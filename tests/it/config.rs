@@ -10,52 +10,25 @@ use crate::support::{BIN, cli};
 fn errors_name_the_key_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("outpost.toml");
-    std::fs::write(
-        &file,
-        "listen = \"127.0.0.1:9000\"\n[store]\nqueue_len_mx = 10\n",
-    )
-    .unwrap();
-    let (code, _, err) = cli(
-        &["config", "check", "--config", file.to_str().unwrap()],
-        &[],
-        None,
-    );
+    std::fs::write(&file, "listen = \"127.0.0.1:9000\"\n[store]\nqueue_len_mx = 10\n").unwrap();
+    let (code, _, err) = cli(&["config", "check", "--config", file.to_str().unwrap()], &[], None);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("store.queue_len_mx") && err.contains("unknown key"),
-        "{err}"
-    );
+    assert!(err.contains("store.queue_len_mx") && err.contains("unknown key"), "{err}");
 
     std::fs::write(&file, "[http]\nbody_limit_bytes = \"lots\"\n").unwrap();
-    let (code, _, err) = cli(
-        &["config", "check", "--config", file.to_str().unwrap()],
-        &[],
-        None,
-    );
+    let (code, _, err) = cli(&["config", "check", "--config", file.to_str().unwrap()], &[], None);
     assert_eq!(code, 2);
     assert!(err.contains("http.body_limit_bytes"), "{err}");
 
-    let (code, _, err) = cli(
-        &["config", "check"],
-        &[("OUTPOST_STORE__BATCH_LEN_MAX", "0")],
-        Some(dir.path()),
-    );
+    let (code, _, err) = cli(&["config", "check"], &[("OUTPOST_STORE__BATCH_LEN_MAX", "0")], Some(dir.path()));
     assert_eq!(code, 2);
     assert!(err.contains("store.batch_len_max"), "{err}");
 
-    let (code, _, err) = cli(
-        &["config", "check"],
-        &[("OUTPOST_LISTEN", "not-an-address")],
-        Some(dir.path()),
-    );
+    let (code, _, err) = cli(&["config", "check"], &[("OUTPOST_LISTEN", "not-an-address")], Some(dir.path()));
     assert_eq!(code, 2);
     assert!(err.contains("listen"), "{err}");
 
-    let (code, _, err) = cli(
-        &["serve"],
-        &[("OUTPOST_NO_SUCH_KEY", "1")],
-        Some(dir.path()),
-    );
+    let (code, _, err) = cli(&["serve"], &[("OUTPOST_NO_SUCH_KEY", "1")], Some(dir.path()));
     assert_eq!(code, 2);
     assert!(err.contains("no_such_key"), "{err}");
 }
@@ -64,33 +37,15 @@ fn errors_name_the_key_and_exit_2() {
 fn file_then_environment_then_flags() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("outpost.toml");
-    std::fs::write(
-        &file,
-        "listen = \"127.0.0.1:1111\"\n[events]\nbus_capacity = 64\n",
-    )
-    .unwrap();
+    std::fs::write(&file, "listen = \"127.0.0.1:1111\"\n[events]\nbus_capacity = 64\n").unwrap();
     let f = file.to_str().unwrap();
     let (code, out, _) = cli(&["config", "check", "--config", f], &[], None);
     assert_eq!(code, 0);
-    assert!(
-        out.contains("listen = \"127.0.0.1:1111\"") && out.contains("bus_capacity = 64"),
-        "{out}"
-    );
-    let (_, out, _) = cli(
-        &["config", "check", "--config", f],
-        &[("OUTPOST_LISTEN", "127.0.0.1:2222")],
-        None,
-    );
+    assert!(out.contains("listen = \"127.0.0.1:1111\"") && out.contains("bus_capacity = 64"), "{out}");
+    let (_, out, _) = cli(&["config", "check", "--config", f], &[("OUTPOST_LISTEN", "127.0.0.1:2222")], None);
     assert!(out.contains("127.0.0.1:2222"), "{out}");
     let (_, out, _) = cli(
-        &[
-            "config",
-            "check",
-            "--config",
-            f,
-            "--listen",
-            "127.0.0.1:3333",
-        ],
+        &["config", "check", "--config", f, "--listen", "127.0.0.1:3333"],
         &[("OUTPOST_LISTEN", "127.0.0.1:2222")],
         None,
     );
@@ -102,11 +57,7 @@ fn zero_config_start_works() {
     let cwd = tempfile::tempdir().unwrap();
     let (code, out, _) = cli(&["config", "check"], &[], Some(cwd.path()));
     assert_eq!(code, 0);
-    assert!(
-        out.contains("data_dir = \"./outpost-data\"")
-            && out.contains("listen = \"127.0.0.1:8080\""),
-        "{out}"
-    );
+    assert!(out.contains("data_dir = \"./outpost-data\"") && out.contains("listen = \"127.0.0.1:8080\""), "{out}");
 
     let mut child = Command::new(BIN)
         .arg("serve")
@@ -121,10 +72,7 @@ fn zero_config_start_works() {
     let (mut saw_hint, mut saw_ready) = (false, false);
     while !(saw_hint && saw_ready) {
         assert!(Instant::now() < deadline, "no ready line");
-        let line = lines
-            .next()
-            .expect("server exited (is 127.0.0.1:8080 taken?)")
-            .unwrap();
+        let line = lines.next().expect("server exited (is 127.0.0.1:8080 taken?)").unwrap();
         saw_hint |= line.contains("operator create-key");
         if line.contains("outpost is ready") {
             assert!(line.contains("127.0.0.1:8080"), "{line}");

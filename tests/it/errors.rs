@@ -8,28 +8,16 @@ use crate::support::{TestServer, expect_problem};
 async fn error_shapes() {
     let s = TestServer::start().await;
     let post_raw = |body: &'static str| {
-        s.http
-            .post(s.url("/v1/orgs"))
-            .bearer_auth(&s.key)
-            .header("content-type", "application/json")
-            .body(body)
+        s.http.post(s.url("/v1/orgs")).bearer_auth(&s.key).header("content-type", "application/json").body(body)
     };
 
     // Invalid JSON.
-    expect_problem(
-        post_raw("{\"slug\": ").send().await.unwrap(),
-        400,
-        "invalid_json",
-    )
-    .await;
+    expect_problem(post_raw("{\"slug\": ").send().await.unwrap(), 400, "invalid_json").await;
     expect_problem(post_raw("").send().await.unwrap(), 400, "invalid_json").await;
 
     // Unknown field: pointer to it.
     let p = expect_problem(
-        post_raw(r#"{"slug":"abc","name":"A","colour":"red"}"#)
-            .send()
-            .await
-            .unwrap(),
+        post_raw(r#"{"slug":"abc","name":"A","colour":"red"}"#).send().await.unwrap(),
         400,
         "invalid_body",
     )
@@ -38,19 +26,11 @@ async fn error_shapes() {
     assert_eq!(p["errors"][0]["code"], "unknown_field");
 
     // Wrong type: pointer to the value, also nested.
-    let p = expect_problem(
-        post_raw(r#"{"slug":"abc","name":5}"#).send().await.unwrap(),
-        400,
-        "invalid_body",
-    )
-    .await;
+    let p = expect_problem(post_raw(r#"{"slug":"abc","name":5}"#).send().await.unwrap(), 400, "invalid_body").await;
     assert_eq!(p["errors"][0]["pointer"], "/name");
     assert_eq!(p["errors"][0]["code"], "invalid_type");
     let p = expect_problem(
-        post_raw(r#"{"slug":"abc","name":"A","settings":[1]}"#)
-            .send()
-            .await
-            .unwrap(),
+        post_raw(r#"{"slug":"abc","name":"A","settings":[1]}"#).send().await.unwrap(),
         400,
         "invalid_body",
     )
@@ -58,30 +38,14 @@ async fn error_shapes() {
     assert_eq!(p["errors"][0]["pointer"], "/settings");
 
     // Missing field.
-    let p = expect_problem(
-        post_raw(r#"{"slug":"abc"}"#).send().await.unwrap(),
-        400,
-        "invalid_body",
-    )
-    .await;
+    let p = expect_problem(post_raw(r#"{"slug":"abc"}"#).send().await.unwrap(), 400, "invalid_body").await;
     assert_eq!(p["errors"][0]["pointer"], "/name");
 
     // Semantic validation: every bad field listed.
-    let p = expect_problem(
-        post_raw(r#"{"slug":"-Bad-","name":"   "}"#)
-            .send()
-            .await
-            .unwrap(),
-        422,
-        "validation_failed",
-    )
-    .await;
-    let pointers: Vec<&str> = p["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["pointer"].as_str().unwrap())
-        .collect();
+    let p =
+        expect_problem(post_raw(r#"{"slug":"-Bad-","name":"   "}"#).send().await.unwrap(), 422, "validation_failed")
+            .await;
+    let pointers: Vec<&str> = p["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
     assert_eq!(pointers, ["/slug", "/name"]);
 
     // Not JSON at all.
@@ -109,10 +73,7 @@ async fn error_shapes() {
         .unwrap();
     expect_problem(r, 413, "payload_too_large").await;
     let stream = futures_util::stream::iter(
-        big.into_bytes()
-            .chunks(64 * 1024)
-            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
-            .collect::<Vec<_>>(),
+        big.into_bytes().chunks(64 * 1024).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>(),
     );
     let r = s
         .http
@@ -126,79 +87,30 @@ async fn error_shapes() {
     expect_problem(r, 413, "payload_too_large").await;
 
     // Unknown route, wrong method.
-    expect_problem(
-        s.get("/v1/nothing-here").send().await.unwrap(),
-        404,
-        "not_found",
-    )
-    .await;
-    expect_problem(
-        s.http.get(s.url("/nope")).send().await.unwrap(),
-        404,
-        "not_found",
-    )
-    .await;
-    expect_problem(
-        s.http
-            .put(s.url("/v1/orgs"))
-            .bearer_auth(&s.key)
-            .send()
-            .await
-            .unwrap(),
-        405,
-        "method_not_allowed",
-    )
-    .await;
+    expect_problem(s.get("/v1/nothing-here").send().await.unwrap(), 404, "not_found").await;
+    expect_problem(s.http.get(s.url("/nope")).send().await.unwrap(), 404, "not_found").await;
+    expect_problem(s.http.put(s.url("/v1/orgs")).bearer_auth(&s.key).send().await.unwrap(), 405, "method_not_allowed")
+        .await;
 
     // Missing, malformed and unknown operator keys.
     let r = s.http.get(s.url("/v1/orgs")).send().await.unwrap();
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     expect_problem(r, 401, "unauthenticated").await;
-    let r = s
-        .http
-        .get(s.url("/v1/orgs"))
-        .bearer_auth("garbage")
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.get(s.url("/v1/orgs")).bearer_auth("garbage").send().await.unwrap();
     expect_problem(r, 401, "invalid_credentials").await;
     let forged = format!("{}X", &s.key[..s.key.len() - 1]);
-    let r = s
-        .http
-        .get(s.url("/v1/orgs"))
-        .bearer_auth(forged)
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.get(s.url("/v1/orgs")).bearer_auth(forged).send().await.unwrap();
     expect_problem(r, 401, "invalid_credentials").await;
-    let r = s
-        .http
-        .post(s.url("/v1/orgs"))
-        .json(&json!({"slug":"abc","name":"A"}))
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.post(s.url("/v1/orgs")).json(&json!({"slug":"abc","name":"A"})).send().await.unwrap();
     expect_problem(r, 401, "unauthenticated").await;
 
     // Bad parameters and ids.
     let r = s.get("/v1/orgs?limit=lots").send().await.unwrap();
     let p = expect_problem(r, 400, "invalid_parameter").await;
     assert_eq!(p["errors"][0]["pointer"], "?limit");
-    expect_problem(
-        s.get("/v1/orgs/not-a-uuid").send().await.unwrap(),
-        404,
-        "not_found",
-    )
-    .await;
-    expect_problem(
-        s.get(&format!("/v1/orgs/{}", outpost::ids::Id::new()))
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "not_found",
-    )
-    .await;
+    expect_problem(s.get("/v1/orgs/not-a-uuid").send().await.unwrap(), 404, "not_found").await;
+    expect_problem(s.get(&format!("/v1/orgs/{}", outpost::ids::Id::new())).send().await.unwrap(), 404, "not_found")
+        .await;
 
     // Every answer carries a request id, generated when the client sent none.
     let r = s.get("/v1/nothing-here").send().await.unwrap();

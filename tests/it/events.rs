@@ -29,20 +29,10 @@ async fn followers_resume_from_their_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (app, _) = outpost::App::start(config_for(dir.path())).await.unwrap();
     emit(&app, 25).await;
-    let mut f = Follower::open(
-        "indexer",
-        app.store.clone(),
-        app.writer.clone(),
-        app.followers.clone(),
-    )
-    .await
-    .unwrap();
+    let mut f = Follower::open("indexer", app.store.clone(), app.writer.clone(), app.followers.clone()).await.unwrap();
     assert_eq!(f.position(), 0);
     let batch = f.next_batch(10).await.unwrap();
-    assert_eq!(
-        batch.iter().map(|e| e.gseq).collect::<Vec<_>>(),
-        (1..=10).collect::<Vec<_>>()
-    );
+    assert_eq!(batch.iter().map(|e| e.gseq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
     f.checkpoint(batch.last().unwrap().gseq).await.unwrap();
     drop(f);
     app.writer.shutdown().await;
@@ -50,14 +40,7 @@ async fn followers_resume_from_their_checkpoint() {
 
     // After a restart the follower resumes exactly after its checkpoint.
     let (app, _) = outpost::App::start(config_for(dir.path())).await.unwrap();
-    let f = Follower::open(
-        "indexer",
-        app.store.clone(),
-        app.writer.clone(),
-        app.followers.clone(),
-    )
-    .await
-    .unwrap();
+    let f = Follower::open("indexer", app.store.clone(), app.writer.clone(), app.followers.clone()).await.unwrap();
     assert_eq!(f.position(), 10);
     let rest = f.next_batch(100).await.unwrap();
     assert_eq!(rest.first().map(|e| e.gseq), Some(11));
@@ -68,10 +51,7 @@ async fn followers_resume_from_their_checkpoint() {
     f.checkpoint(25).await.unwrap();
     let app2 = app.clone();
     tokio::spawn(async move { emit(&app2, 1).await });
-    let got = f
-        .wait_batch(&mut bus, 10, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let got = f.wait_batch(&mut bus, 10, Duration::from_secs(5)).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].gseq, 26);
     app.writer.shutdown().await;
@@ -81,45 +61,22 @@ async fn followers_resume_from_their_checkpoint() {
 async fn retention_trims_by_count_but_waits_for_followers() {
     let dir = tempfile::tempdir().unwrap();
     let (app, _) = outpost::App::start(config_for(dir.path())).await.unwrap();
-    let mut f = Follower::open(
-        "slow",
-        app.store.clone(),
-        app.writer.clone(),
-        app.followers.clone(),
-    )
-    .await
-    .unwrap();
+    let mut f = Follower::open("slow", app.store.clone(), app.writer.clone(), app.followers.clone()).await.unwrap();
     emit(&app, 30).await;
     f.checkpoint(12).await.unwrap();
-    let retention = Retention {
-        age: Duration::from_secs(3600),
-        count_max: 5,
-        batch_max: 1000,
-    };
+    let retention = Retention { age: Duration::from_secs(3600), count_max: 5, batch_max: 1000 };
     let removed = events::trim(&app.writer, retention).await.unwrap();
     assert_eq!(removed, 12, "only what the follower has applied goes");
-    let bounds = app
-        .store
-        .reader()
-        .unwrap()
-        .log_bounds(&OrgScope::INSTANCE)
-        .unwrap();
+    let bounds = app.store.reader().unwrap().log_bounds(&OrgScope::INSTANCE).unwrap();
     assert_eq!((bounds.first_seq, bounds.head_seq), (13, 30));
     f.checkpoint(30).await.unwrap();
     let removed = events::trim(&app.writer, retention).await.unwrap();
     assert_eq!(removed, 13);
     let reader = app.store.reader().unwrap();
-    let left = reader
-        .events_after(&OrgScope::INSTANCE, None, 0, 100)
-        .unwrap();
-    assert_eq!(
-        left.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        (26..=30).collect::<Vec<_>>()
-    );
+    let left = reader.events_after(&OrgScope::INSTANCE, None, 0, 100).unwrap();
+    assert_eq!(left.iter().map(|e| e.seq).collect::<Vec<_>>(), (26..=30).collect::<Vec<_>>());
     // The topic index was trimmed with the log.
-    let by_topic = reader
-        .events_after(&OrgScope::INSTANCE, Some("instance"), 0, 100)
-        .unwrap();
+    let by_topic = reader.events_after(&OrgScope::INSTANCE, Some("instance"), 0, 100).unwrap();
     assert_eq!(by_topic, left);
     app.writer.shutdown().await;
 }
@@ -146,15 +103,7 @@ async fn a_lagging_bus_receiver_is_told_where_to_resume() {
     };
     assert_eq!(resume, 2);
     // Nothing is lost: the log has everything after the resume point.
-    let missed = app
-        .store
-        .reader()
-        .unwrap()
-        .events_after_gseq(resume, 1000)
-        .unwrap();
-    assert_eq!(
-        missed.iter().map(|e| e.gseq).collect::<Vec<_>>(),
-        (3..=43).collect::<Vec<_>>()
-    );
+    let missed = app.store.reader().unwrap().events_after_gseq(resume, 1000).unwrap();
+    assert_eq!(missed.iter().map(|e| e.gseq).collect::<Vec<_>>(), (3..=43).collect::<Vec<_>>());
     app.writer.shutdown().await;
 }

@@ -12,6 +12,8 @@ mod errors;
 mod events;
 mod openapi;
 mod orgs;
+mod store;
 mod support;
+mod systemd;
 mod tidy;
 mod writer;

@@ -7,40 +7,23 @@ fn committed_document_matches_the_code() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/outpost.json");
     let committed = std::fs::read_to_string(path).unwrap_or_default();
     let generated = outpost::http::openapi_json();
-    assert!(
-        committed == generated,
-        "openapi/outpost.json is stale: run `cargo run -- openapi > openapi/outpost.json`"
-    );
+    assert!(committed == generated, "openapi/outpost.json is stale: run `cargo run -- openapi > openapi/outpost.json`");
 }
 
 #[tokio::test]
 async fn document_is_served_and_every_operation_is_documented() {
     let s = TestServer::start().await;
-    let doc: serde_json::Value = s
-        .http
-        .get(s.url("/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: serde_json::Value = s.http.get(s.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.contains_key("/v1/orgs"));
     for (path, ops) in paths {
         for (method, op) in ops.as_object().unwrap() {
             let where_ = format!("{method} {path}");
             assert!(op["operationId"].is_string(), "{where_}: operationId");
-            assert!(
-                op["tags"].as_array().is_some_and(|t| !t.is_empty()),
-                "{where_}: tag"
-            );
+            assert!(op["tags"].as_array().is_some_and(|t| !t.is_empty()), "{where_}: tag");
             assert!(op["summary"].is_string(), "{where_}: summary");
             if path.starts_with("/v1/") {
-                assert!(
-                    op["security"].as_array().is_some_and(|s| !s.is_empty()),
-                    "{where_}: security"
-                );
+                assert!(op["security"].as_array().is_some_and(|s| !s.is_empty()), "{where_}: security");
                 let responses = op["responses"].as_object().unwrap();
                 for code in ["401", "500", "503"] {
                     assert!(responses.contains_key(code), "{where_}: documents {code}");

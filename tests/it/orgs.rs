@@ -9,10 +9,7 @@ async fn organization_lifecycle_emits_events_and_audit() {
     let s = TestServer::start().await;
     let sl = slug("acme");
     let r = s
-        .post(
-            "/v1/orgs",
-            &json!({ "slug": sl, "name": "Acme", "settings": { "theme": "dark" } }),
-        )
+        .post("/v1/orgs", &json!({ "slug": sl, "name": "Acme", "settings": { "theme": "dark" } }))
         .header("x-request-id", "req-create-1")
         .send()
         .await
@@ -29,14 +26,7 @@ async fn organization_lifecycle_emits_events_and_audit() {
     assert!(org["created_at"].as_str().unwrap().ends_with('Z'));
 
     // Location points at the new resource.
-    let got: Value = s
-        .get(&format!("/v1/orgs/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = s.get(&format!("/v1/orgs/{id}")).send().await.unwrap().json().await.unwrap();
     assert_eq!(got, org);
 
     // Update with If-Match; a stale one is refused with the current version.
@@ -65,118 +55,36 @@ async fn organization_lifecycle_emits_events_and_audit() {
     assert_eq!(p["current_version"], 2);
 
     // Suspend, reactivate.
-    let r: Value = s
-        .post(&format!("/v1/orgs/{id}/suspend"), &json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = s.post(&format!("/v1/orgs/{id}/suspend"), &json!({})).send().await.unwrap().json().await.unwrap();
     assert_eq!(r["status"], "suspended");
-    let listed: Value = s
-        .get("/v1/orgs?status=suspended")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        listed["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|o| o["id"] == id.as_str())
-    );
-    let r: Value = s
-        .post(&format!("/v1/orgs/{id}/reactivate"), &json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = s.get("/v1/orgs?status=suspended").send().await.unwrap().json().await.unwrap();
+    assert!(listed["items"].as_array().unwrap().iter().any(|o| o["id"] == id.as_str()));
+    let r: Value = s.post(&format!("/v1/orgs/{id}/reactivate"), &json!({})).send().await.unwrap().json().await.unwrap();
     assert_eq!(r["status"], "active");
     assert_eq!(r["version"], 4);
 
     // Duplicate slugs conflict while the org lives; deleting frees the slug.
-    let r = s
-        .post("/v1/orgs", &json!({ "slug": sl, "name": "Again" }))
-        .send()
-        .await
-        .unwrap();
+    let r = s.post("/v1/orgs", &json!({ "slug": sl, "name": "Again" })).send().await.unwrap();
     expect_problem(r, 409, "slug_taken").await;
 
     // The event log has every change, in order, on the `org` topic.
-    let events: Value = s
-        .get(&format!("/v1/orgs/{id}/events"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let types: Vec<&str> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        types,
-        [
-            "org.created",
-            "org.updated",
-            "org.suspended",
-            "org.reactivated"
-        ]
-    );
-    let seqs: Vec<u64> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect();
+    let events: Value = s.get(&format!("/v1/orgs/{id}/events")).send().await.unwrap().json().await.unwrap();
+    let types: Vec<&str> = events["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["org.created", "org.updated", "org.suspended", "org.reactivated"]);
+    let seqs: Vec<u64> = events["items"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [1, 2, 3, 4]);
     assert_eq!(events["head_seq"], 4);
-    let after2: Value = s
-        .get(&format!("/v1/orgs/{id}/events?after=2&topic=org"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after2: Value =
+        s.get(&format!("/v1/orgs/{id}/events?after=2&topic=org")).send().await.unwrap().json().await.unwrap();
     assert_eq!(after2["items"].as_array().unwrap().len(), 2);
-    let none: Value = s
-        .get(&format!("/v1/orgs/{id}/events?topic=room:x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let none: Value = s.get(&format!("/v1/orgs/{id}/events?topic=room:x")).send().await.unwrap().json().await.unwrap();
     assert!(none["items"].as_array().unwrap().is_empty());
 
     // The audit chain has one linked record per change, with the request's id and address.
-    let audit: Value = s
-        .get(&format!("/v1/orgs/{id}/audit"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = s.get(&format!("/v1/orgs/{id}/audit")).send().await.unwrap().json().await.unwrap();
     let items = audit["items"].as_array().unwrap();
-    let actions: Vec<&str> = items
-        .iter()
-        .map(|a| a["action"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        actions,
-        ["org.create", "org.update", "org.suspend", "org.reactivate"]
-    );
+    let actions: Vec<&str> = items.iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["org.create", "org.update", "org.suspend", "org.reactivate"]);
     assert_eq!(items[0]["request_id"], "req-create-1");
     assert_eq!(items[0]["client_addr"], "127.0.0.1");
     assert!(items[0]["actor"].as_str().unwrap().starts_with("operator:"));
@@ -186,33 +94,14 @@ async fn organization_lifecycle_emits_events_and_audit() {
     }
 
     // Delete: 204, then gone everywhere, slug free again, chain still verifies.
-    let r = s
-        .http
-        .delete(s.url(&format!("/v1/orgs/{id}")))
-        .bearer_auth(&s.key)
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.delete(s.url(&format!("/v1/orgs/{id}"))).bearer_auth(&s.key).send().await.unwrap();
     assert_eq!(r.status(), 204);
     let r = s.get(&format!("/v1/orgs/{id}")).send().await.unwrap();
     expect_problem(r, 404, "not_found").await;
-    let r = s
-        .http
-        .delete(s.url(&format!("/v1/orgs/{id}")))
-        .bearer_auth(&s.key)
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.delete(s.url(&format!("/v1/orgs/{id}"))).bearer_auth(&s.key).send().await.unwrap();
     expect_problem(r, 404, "not_found").await;
     s.create_org(&sl).await;
-    let v: Value = s
-        .get("/v1/audit/verification")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = s.get("/v1/audit/verification").send().await.unwrap().json().await.unwrap();
     assert_eq!(v["ok"], true, "{v}");
     s.stop().await;
 }
@@ -222,12 +111,7 @@ async fn lists_are_cursor_paginated() {
     let s = TestServer::start().await;
     let mut ids = Vec::new();
     for i in 0..7 {
-        ids.push(
-            s.create_org(&slug(&format!("page{i}"))).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(s.create_org(&slug(&format!("page{i}"))).await["id"].as_str().unwrap().to_owned());
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;

@@ -12,10 +12,7 @@ use serde_json::{Value, json};
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
 pub fn config_for(dir: &Path) -> Config {
-    let mut c = Config {
-        data_dir: dir.to_path_buf(),
-        ..Config::default()
-    };
+    let mut c = Config { data_dir: dir.to_path_buf(), ..Config::default() };
     c.store.min_free_disk_bytes = 0;
     c
 }
@@ -44,28 +41,17 @@ impl TestServer {
     /// Starts on an existing data dir (which the caller keeps alive).
     pub async fn start_with(config: Config) -> Self {
         let c = config.clone();
-        let (_, key) =
-            tokio::task::spawn_blocking(move || outpost::commands::create_operator_key(&c, "test"))
-                .await
-                .expect("join")
-                .expect("operator key");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let (_, key) = tokio::task::spawn_blocking(move || outpost::commands::create_operator_key(&c, "test"))
             .await
-            .expect("bind");
+            .expect("join")
+            .expect("operator key");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(outpost::run(listener, config.clone(), async move {
             let _ = rx.await;
         }));
-        let s = Self {
-            base,
-            key,
-            config,
-            http: reqwest::Client::new(),
-            stop: Some(stop),
-            task: Some(task),
-            dir: None,
-        };
+        let s = Self { base, key, config, http: reqwest::Client::new(), stop: Some(stop), task: Some(task), dir: None };
         s.wait_ready().await;
         s
     }
@@ -82,10 +68,7 @@ impl TestServer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let finished = self
-            .task
-            .as_ref()
-            .is_some_and(tokio::task::JoinHandle::is_finished);
+        let finished = self.task.as_ref().is_some_and(tokio::task::JoinHandle::is_finished);
         panic!("server did not become ready (task finished: {finished}): {last}");
     }
 
@@ -98,22 +81,13 @@ impl TestServer {
     }
 
     pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
-        self.http
-            .post(self.url(path))
-            .bearer_auth(&self.key)
-            .json(body)
+        self.http.post(self.url(path)).bearer_auth(&self.key).json(body)
     }
 
     /// Creates an organization and returns its JSON.
     pub async fn create_org(&self, slug: &str) -> Value {
-        let r = self
-            .post(
-                "/v1/orgs",
-                &json!({ "slug": slug, "name": format!("Org {slug}") }),
-            )
-            .send()
-            .await
-            .expect("send");
+        let r =
+            self.post("/v1/orgs", &json!({ "slug": slug, "name": format!("Org {slug}") })).send().await.expect("send");
         assert_eq!(r.status(), 201, "create {slug}");
         r.json().await.expect("json")
     }
@@ -153,9 +127,7 @@ impl ChildServer {
         let deadline = Instant::now() + Duration::from_secs(20);
         let base = loop {
             assert!(Instant::now() < deadline, "no ready line from the server");
-            let Some(Ok(line)) = lines.next() else {
-                panic!("server exited before it was ready")
-            };
+            let Some(Ok(line)) = lines.next() else { panic!("server exited before it was ready") };
             let Ok(v) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
@@ -195,16 +167,8 @@ pub fn cli(args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> (i32, Str
 /// Asserts a problem+json answer with `status` and `code`; returns the body.
 pub async fn expect_problem(resp: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(resp.status().as_u16(), status, "status");
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    assert!(
-        ct.starts_with("application/problem+json"),
-        "content type {ct}"
-    );
+    let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    assert!(ct.starts_with("application/problem+json"), "content type {ct}");
     let body: Value = resp.json().await.expect("problem json");
     assert_eq!(body["code"], code, "code in {body}");
     assert_eq!(body["status"], status);
@@ -215,8 +179,5 @@ pub async fn expect_problem(resp: reqwest::Response, status: u16, code: &str) ->
 
 /// A slug unique within this test run.
 pub fn slug(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &outpost::ids::Id::new().0.simple().to_string()[20..]
-    )
+    format!("{prefix}-{}", &outpost::ids::Id::new().0.simple().to_string()[20..])
 }

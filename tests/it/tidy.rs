@@ -31,12 +31,9 @@ fn source_files_follow_the_house_rules() {
             problems.push(format!("{name}: does not start with a //! paragraph"));
         }
         // Built from pieces so this file does not trip its own checks.
-        for banned in [
-            concat!("dbg", "!("),
-            concat!("unbounded", "_channel"),
-            concat!("#[", "ignore]"),
-            concat!("todo", "!("),
-        ] {
+        for banned in
+            [concat!("dbg", "!("), concat!("unbounded", "_channel"), concat!("#[", "ignore]"), concat!("todo", "!(")]
+        {
             if text.contains(banned) {
                 problems.push(format!("{name}: contains {banned}"));
             }
@@ -56,8 +53,5 @@ fn architecture_names_every_module() {
         .map(|f| f.strip_prefix(root).unwrap().display().to_string())
         .filter(|f| !arch.contains(&format!("`{f}`")))
         .collect();
-    assert!(
-        missing.is_empty(),
-        "ARCHITECTURE.md's code map lacks: {missing:?}"
-    );
+    assert!(missing.is_empty(), "ARCHITECTURE.md's code map lacks: {missing:?}");
 }

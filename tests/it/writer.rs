@@ -33,17 +33,11 @@ async fn concurrent_writers_share_commits_and_failures_stay_isolated() {
             let r = writer
                 .submit(ctx, move |tx| {
                     if kind == 1 {
-                        return Err(DomainError::Conflict {
-                            code: "nope",
-                            detail: "rejected before writing".into(),
-                        });
+                        return Err(DomainError::Conflict { code: "nope", detail: "rejected before writing".into() });
                     }
                     tx.put(OPERATOR_KEYS, &org_id_key(Id::NIL, id), b"{}")?;
                     if kind == 2 {
-                        return Err(DomainError::Conflict {
-                            code: "nope",
-                            detail: "rejected after writing".into(),
-                        });
+                        return Err(DomainError::Conflict { code: "nope", detail: "rejected after writing".into() });
                     }
                     tx.emit("instance", "test.written", json!({ "id": id }));
                     tx.audit("test.write", format!("key:{id}"), json!({}));
@@ -73,33 +67,17 @@ async fn concurrent_writers_share_commits_and_failures_stay_isolated() {
     assert_eq!(dirty.len(), n / 3);
 
     let commits = app.metrics.writer_commits.get();
-    assert!(
-        commits < n as u64 / 3,
-        "{commits} commits for {n} mutations: no grouping happened"
-    );
+    assert!(commits < n as u64 / 3, "{commits} commits for {n} mutations: no grouping happened");
 
     let reader = app.store.reader().unwrap();
     for id in &committed {
-        assert!(
-            reader
-                .get(OPERATOR_KEYS, &org_id_key(Id::NIL, *id))
-                .unwrap()
-                .is_some()
-        );
+        assert!(reader.get(OPERATOR_KEYS, &org_id_key(Id::NIL, *id)).unwrap().is_some());
     }
     for id in &dirty {
-        assert!(
-            reader
-                .get(OPERATOR_KEYS, &org_id_key(Id::NIL, *id))
-                .unwrap()
-                .is_none(),
-            "a rejected write leaked"
-        );
+        assert!(reader.get(OPERATOR_KEYS, &org_id_key(Id::NIL, *id)).unwrap().is_none(), "a rejected write leaked");
     }
     // One event per committed Mutation, dense in seq and gseq; one audit record each.
-    let events = reader
-        .events_after(&OrgScope::INSTANCE, None, 0, 10_000)
-        .unwrap();
+    let events = reader.events_after(&OrgScope::INSTANCE, None, 0, 10_000).unwrap();
     assert_eq!(events.len(), committed.len());
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.seq, i as u64 + 1);
@@ -123,11 +101,5 @@ async fn writes_after_shutdown_are_refused_not_lost() {
             Ok(())
         })
         .await;
-    assert!(
-        matches!(
-            r,
-            Err(DomainError::Store(outpost::store::StoreError::Closed))
-        ),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(DomainError::Store(outpost::store::StoreError::Closed))), "{r:?}");
 }
