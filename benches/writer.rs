@@ -133,7 +133,7 @@ fn main() {
     rt.block_on(async {
         let (app, _) = outpost::App::start(config).await.expect("store");
         let key = operators::create_key(&app.writer, "bench", "bench").await.expect("key");
-        let op = outpost::auth::operator(&app.store, &key.token).await.expect("operator");
+        let op = outpost::auth::operator(&app.store, &app.operator_keys, &key.token).await.expect("operator");
         // Warm-up.
         writes_per_s(&app, &op, 8, 1.0, 999).await;
         for round in 0..a.rounds {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::metrics::{FollowerLabels, Metrics};
 use crate::store::events::{self, EventBus, FollowerRegistry, Retention};
@@ -22,14 +23,20 @@ pub struct App {
     pub bus: EventBus,
     pub metrics: Arc<Metrics>,
     pub followers: Arc<FollowerRegistry>,
+    pub operator_keys: Arc<KeyCache>,
 }
 
 impl App {
     /// Opens the store (migrating it) and starts the writer.
     pub async fn start(config: Config) -> Result<(Self, OpenReport), StoreError> {
         let data_dir = config.data_dir.clone();
+        let cache_bytes = config.store.cache_bytes as usize;
         let (store, report) = tokio::task::spawn_blocking(move || {
-            Store::open(&data_dir, &mut |line| tracing::info!(target: "outpost::store", "{line}"))
+            Store::open_with_cache(
+                &data_dir,
+                cache_bytes,
+                &mut |line| tracing::info!(target: "outpost::store", "{line}"),
+            )
         })
         .await
         .map_err(|e| StoreError::Storage(e.to_string()))??;
@@ -48,7 +55,15 @@ impl App {
                 enqueue_timeout: Duration::from_secs(5),
             },
         )?;
-        let app = Self { config: Arc::new(config), store, writer, bus, metrics, followers: Arc::default() };
+        let app = Self {
+            config: Arc::new(config),
+            store,
+            writer,
+            bus,
+            metrics,
+            followers: Arc::default(),
+            operator_keys: Arc::default(),
+        };
         Ok((app, report))
     }
 

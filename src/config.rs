@@ -45,6 +45,8 @@ pub struct StoreConfig {
     /// Below this much free space on the data dir's disk, writes are refused (507) and the
     /// server reports not ready. 0 disables the check.
     pub min_free_disk_bytes: u64,
+    /// Memory for the store's page cache at most.
+    pub cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,7 +106,7 @@ impl Default for HttpConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { queue_len_max: 4096, batch_len_max: 256, min_free_disk_bytes: 256 << 20 }
+        Self { queue_len_max: 4096, batch_len_max: 256, min_free_disk_bytes: 256 << 20, cache_bytes: 64 << 20 }
     }
 }
 
@@ -191,6 +193,9 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.store.batch_len_max) {
             bad("store.batch_len_max", "must be between 1 and 100000");
+        }
+        if self.store.cache_bytes < 1 << 20 {
+            bad("store.cache_bytes", "must be at least 1048576 (1 MiB)");
         }
         if self.events.retention_count_max == 0 {
             bad("events.retention_count_max", "must be at least 1");

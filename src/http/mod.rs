@@ -47,7 +47,7 @@ pub struct OperatorAuth(Bearer);
 impl OperatorAuth {
     /// Checks the key; a 401 problem when it is not a valid operator key.
     pub async fn check(&self, app: &App) -> Result<Operator, Problem> {
-        auth::operator(&app.store, &self.0.token).await.map_err(Problem::from)
+        auth::operator(&app.store, &app.operator_keys, &self.0.token).await.map_err(Problem::from)
     }
 }
 

@@ -30,6 +30,10 @@ const MIGRATIONS: &[(u32, &str, Migration)] = &[];
 /// Key-value rows as read from a table.
 pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The page cache of a store opened without saying (redb's own default is 1 GiB, too much for
+/// a small box).
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 /// The file name of the database inside the data dir.
 pub const DB_FILE: &str = "outpost.redb";
 
@@ -102,12 +106,21 @@ pub struct OpenReport {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `data_dir`, running pending migrations.
-    /// `progress` receives one line per migration step.
+    /// Opens (creating if needed) the store in `data_dir` with the default page cache, running
+    /// pending migrations. `progress` receives one line per migration step.
     pub fn open(data_dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<(Self, OpenReport), StoreError> {
+        Self::open_with_cache(data_dir, DEFAULT_CACHE_BYTES, progress)
+    }
+
+    /// As `open`, with a page cache of at most `cache_bytes`.
+    pub fn open_with_cache(
+        data_dir: &Path,
+        cache_bytes: usize,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(Self, OpenReport), StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join(DB_FILE);
-        let db = redb::Database::builder().create(&path)?;
+        let db = redb::Database::builder().set_cache_size(cache_bytes).create(&path)?;
         let report = init_or_migrate(&db, progress)?;
         let store = Self { inner: Arc::new(Inner { db, path, epoch: report.epoch }) };
         Ok((store, report))

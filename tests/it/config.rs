@@ -34,6 +34,14 @@ fn errors_name_the_key_and_exit_2() {
 }
 
 #[test]
+fn the_packaged_config_is_valid() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/outpost.toml");
+    let (code, out, err) = cli(&["config", "check", "--config", file], &[], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("data_dir = \"/var/lib/outpost\""), "{out}");
+}
+
+#[test]
 fn file_then_environment_then_flags() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("outpost.toml");
