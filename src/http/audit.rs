@@ -5,13 +5,12 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
-use super::{ApiTags, OperatorAuth, parse_id};
+use super::{ApiTags, OperatorAuth};
 use crate::app::App;
 use crate::domain::DomainError;
 use crate::ids::rfc3339;
 use crate::store::audit::{AuditRecord, Verification};
 use crate::store::events::Event;
-use crate::tenancy::OrgScope;
 
 crate::problems!(LogReadErrors: 400, 401, 404);
 crate::problems!(VerifyErrors: 401);
@@ -116,8 +115,7 @@ impl AuditApi {
         /// Page size, 1–1000 (default 100).
         limit: Query<Option<u32>>,
     ) -> Result<Json<EventPage>, LogReadErrors> {
-        let op = auth.check(&app).await?;
-        let scope = OrgScope::operator(parse_id(&org_id.0, "organization")?, &op);
+        let (_, scope) = auth.org_scope(&app, &org_id.0).await?;
         let limit = page_limit(limit.0)?;
         let after = after.0.unwrap_or(0);
         let topic = topic.0;
@@ -151,8 +149,7 @@ impl AuditApi {
         /// Page size, 1–1000 (default 100).
         limit: Query<Option<u32>>,
     ) -> Result<Json<AuditPage>, LogReadErrors> {
-        let op = auth.check(&app).await?;
-        let scope = OrgScope::operator(parse_id(&org_id.0, "organization")?, &op);
+        let (_, scope) = auth.org_scope(&app, &org_id.0).await?;
         let limit = page_limit(limit.0)?;
         let after = after.0.unwrap_or(0);
         let items = app.store.read(move |r| r.audit_after(&scope, after, limit).map_err(DomainError::from)).await?;

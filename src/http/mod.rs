@@ -49,6 +49,14 @@ impl OperatorAuth {
     pub async fn check(&self, app: &App) -> Result<Operator, Problem> {
         auth::operator(&app.store, &app.operator_keys, &self.0.token).await.map_err(Problem::from)
     }
+
+    /// Checks the key and scopes the work to the organization named in the path (a malformed
+    /// id is simply not found).
+    pub async fn org_scope(&self, app: &App, org_id: &str) -> Result<(Operator, OrgScope), Problem> {
+        let op = self.check(app).await?;
+        let scope = OrgScope::operator(parse_id(org_id, "organization")?, &op);
+        Ok((op, scope))
+    }
 }
 
 /// The request id of the request being served.

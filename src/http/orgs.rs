@@ -10,7 +10,7 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde::Deserialize;
 
 use super::body::JsonBody;
-use super::{ApiTags, OperatorAuth, mutation_ctx, parse_id, parse_if_match};
+use super::{ApiTags, OperatorAuth, mutation_ctx, parse_if_match};
 use crate::app::App;
 use crate::domain::orgs::{self, NewOrg, OrgPatch, OrgStatus, Organization};
 use crate::domain::paging::PageRequest;
@@ -151,8 +151,7 @@ impl OrgsApi {
     /// Get an organization
     #[oai(path = "/v1/orgs/:org_id", method = "get", operation_id = "getOrganization")]
     async fn get(&self, app: Data<&App>, auth: OperatorAuth, org_id: Path<String>) -> Result<OrgOk, OrgReadErrors> {
-        let op = auth.check(&app).await?;
-        let scope = OrgScope::operator(parse_id(&org_id.0, "organization")?, &op);
+        let (_, scope) = auth.org_scope(&app, &org_id.0).await?;
         let org = orgs::get(&app.store, scope).await?;
         let etag = etag(org.version);
         Ok(OrgOk::Ok(Json(view(org)), etag))
@@ -171,8 +170,7 @@ impl OrgsApi {
         if_match: Header<Option<String>>,
         body: JsonBody<UpdateOrgBody>,
     ) -> Result<OrgOk, OrgUpdateErrors> {
-        let op = auth.check(&app).await?;
-        let scope = OrgScope::operator(parse_id(&org_id.0, "organization")?, &op);
+        let (op, scope) = auth.org_scope(&app, &org_id.0).await?;
         let b = body.0;
         let expected_version = parse_if_match(if_match.0.as_deref())?.or(b.version);
         let patch = OrgPatch { name: b.name, settings: b.settings.map(|s| s.into_iter().collect()), expected_version };
@@ -218,8 +216,7 @@ impl OrgsApi {
         req: &Request,
         org_id: Path<String>,
     ) -> Result<OrgDeleted, OrgActionErrors> {
-        let op = auth.check(&app).await?;
-        let scope = OrgScope::operator(parse_id(&org_id.0, "organization")?, &op);
+        let (op, scope) = auth.org_scope(&app, &org_id.0).await?;
         orgs::delete(&app.writer, mutation_ctx(req, scope, op.actor())).await?;
         Ok(OrgDeleted::NoContent)
     }
@@ -232,8 +229,7 @@ async fn set_suspended(
     org_id: &str,
     suspended: bool,
 ) -> Result<OrgOk, OrgActionErrors> {
-    let op = auth.check(app).await?;
-    let scope = OrgScope::operator(parse_id(org_id, "organization")?, &op);
+    let (op, scope) = auth.org_scope(app, org_id).await?;
     let org = orgs::set_suspended(&app.writer, mutation_ctx(req, scope, op.actor()), suspended).await?;
     let etag = etag(org.version);
     Ok(OrgOk::Ok(Json(view(org)), etag))
