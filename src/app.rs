@@ -4,11 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::KeyCache;
+use crate::auth::keys::{self, KeyError, Keys};
+use crate::auth::password::Hasher;
 use crate::config::Config;
+use crate::domain::sessions::SessionPolicy;
 use crate::metrics::{FollowerLabels, Metrics};
 use crate::store::events::{self, EventBus, FollowerRegistry, Retention};
 use crate::store::writer::{Writer, WriterOptions};
 use crate::store::{OpenReport, Store, StoreError};
+use crate::vault::{Vault, VaultError};
 
 /// How often retention runs.
 const TRIM_INTERVAL: Duration = Duration::from_secs(60);
@@ -24,11 +28,27 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub followers: Arc<FollowerRegistry>,
     pub operator_keys: Arc<KeyCache>,
+    pub vault: Arc<Vault>,
+    pub keys: Keys,
+    pub hasher: Hasher,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] KeyError),
 }
 
 impl App {
-    /// Opens the store (migrating it) and starts the writer.
-    pub async fn start(config: Config) -> Result<(Self, OpenReport), StoreError> {
+    /// Opens the vault and the store (migrating it), starts the writer, and loads the signing
+    /// keys (making the first one on a new store).
+    pub async fn start(config: Config) -> Result<(Self, OpenReport), StartError> {
+        let vault = Arc::new(Vault::open_or_create(&config.master_key_file())?);
         let data_dir = config.data_dir.clone();
         let cache_bytes = config.store.cache_bytes as usize;
         let (store, report) = tokio::task::spawn_blocking(move || {
@@ -63,8 +83,35 @@ impl App {
             metrics,
             followers: Arc::default(),
             operator_keys: Arc::default(),
+            vault,
+            keys: Keys::empty(),
+            hasher: Hasher::default(),
         };
+        app.load_keys().await?;
         Ok((app, report))
+    }
+
+    /// (Re)loads the signing keys, making the first one when there is none.
+    pub async fn load_keys(&self) -> Result<(), KeyError> {
+        let (store, vault, k) = (self.store.clone(), self.vault.clone(), self.keys.clone());
+        let reload = move || k.reload(&store, &vault);
+        tokio::task::spawn_blocking(reload.clone()).await.map_err(|e| StoreError::Storage(e.to_string()))??;
+        if self.keys.ring().signing.is_none() {
+            keys::rotate(&self.writer, &self.vault, "system").await?;
+            tokio::task::spawn_blocking(reload).await.map_err(|e| StoreError::Storage(e.to_string()))??;
+        }
+        Ok(())
+    }
+
+    pub fn access_ttl(&self) -> Duration {
+        Duration::from_secs(self.config.auth.access_ttl_s)
+    }
+
+    pub fn session_policy(&self) -> SessionPolicy {
+        SessionPolicy {
+            refresh_ttl_ms: self.config.auth.refresh_ttl_s as i64 * 1000,
+            sessions_per_user_max: self.config.auth.sessions_per_user_max,
+        }
     }
 
     pub fn retention(&self) -> Retention {

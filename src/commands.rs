@@ -21,6 +21,8 @@ pub enum CommandError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Start(#[from] crate::app::StartError),
     #[error("{0}")]
     Refused(String),
 }

@@ -24,6 +24,33 @@ pub struct Config {
     pub events: EventsConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+    pub auth: AuthConfig,
+    pub vault: VaultConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of access tokens.
+    pub access_ttl_s: u64,
+    /// Lifetime of a refresh token (each refresh starts a new one).
+    pub refresh_ttl_s: u64,
+    /// Concurrent sessions per user; a new login ends the oldest beyond this.
+    pub sessions_per_user_max: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// The master key file (default: `master.key` in the data dir). Created at first start
+    /// with mode 0600; the server refuses to start if others can read it.
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { access_ttl_s: 900, refresh_ttl_s: 7 * 24 * 3600, sessions_per_user_max: 10 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +121,8 @@ impl Default for Config {
             events: EventsConfig::default(),
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
+            auth: AuthConfig::default(),
+            vault: VaultConfig::default(),
         }
     }
 }
@@ -197,6 +226,15 @@ impl Config {
         if self.store.cache_bytes < 1 << 20 {
             bad("store.cache_bytes", "must be at least 1048576 (1 MiB)");
         }
+        if !(10..=86_400).contains(&self.auth.access_ttl_s) {
+            bad("auth.access_ttl_s", "must be between 10 and 86400");
+        }
+        if self.auth.refresh_ttl_s < self.auth.access_ttl_s {
+            bad("auth.refresh_ttl_s", "must be at least auth.access_ttl_s");
+        }
+        if self.auth.sessions_per_user_max == 0 {
+            bad("auth.sessions_per_user_max", "must be at least 1");
+        }
         if self.events.retention_count_max == 0 {
             bad("events.retention_count_max", "must be at least 1");
         }
@@ -212,6 +250,11 @@ impl Config {
     /// The effective configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The vault's master key file.
+    pub fn master_key_file(&self) -> PathBuf {
+        self.vault.master_key_file.clone().unwrap_or_else(|| self.data_dir.join("master.key"))
     }
 
     /// The admin socket path of this data dir.

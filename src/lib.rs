@@ -16,6 +16,7 @@ pub mod ops;
 pub mod progress;
 pub mod store;
 pub mod tenancy;
+pub mod vault;
 
 use std::future::Future;
 use std::time::Duration;
@@ -29,8 +30,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot open the store: {0}")]
-    Store(#[from] store::StoreError),
+    #[error("cannot start: {0}")]
+    Start(#[from] app::StartError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

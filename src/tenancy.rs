@@ -23,6 +23,24 @@ impl OrgScope {
         Self { org }
     }
 
+    /// The organization of an authenticated user.
+    pub fn member(principal: &crate::auth::Principal) -> Self {
+        Self { org: principal.org }
+    }
+
+    /// The organization named inside a credential that is checked against that organization's
+    /// own records (invitation, reset and refresh tokens): a forged organization id finds no
+    /// matching record there, so it reaches nothing.
+    pub(crate) fn from_credential(org: Id) -> Self {
+        Self { org }
+    }
+
+    /// An organization found by its public slug at login, before anyone is authenticated; the
+    /// login then proves the password against that organization's own records.
+    pub(crate) fn for_login(org: Id) -> Self {
+        Self { org }
+    }
+
     pub fn org(&self) -> Id {
         self.org
     }

@@ -4,6 +4,10 @@
 //! token. An `Operator` value is proof that a key was checked; operator code needs one to make
 //! an `OrgScope` for the organization it reaches into.
 //!
+//! Users authenticate with a PASETO access token (`tokens`), checked against the key ring
+//! (`keys`) and then against the store: the session must stand, the user and the organization
+//! must be active. The result is a `Principal`, the only way domain code learns who is asking.
+//!
 //! Checked keys are remembered in a small bounded cache (by the SHA-256 of the presented
 //! text, for `KEY_CACHE_TTL`), so a busy client does not cost a store read per request.
 
@@ -11,9 +15,17 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub mod keys;
+pub mod password;
+pub mod policy;
+pub mod tokens;
+
 use crate::domain::operators::{self, KeyRefusal};
+use crate::domain::sessions::{self, Standing};
 use crate::ids::Id;
 use crate::store::{Store, StoreError};
+use policy::{Permission, Role};
+use tokens::TokenError;
 
 /// How long a checked key is trusted without looking again. Key revocation (when it exists)
 /// must also clear the cache.
@@ -47,7 +59,56 @@ pub enum AuthError {
     #[error("the credentials have been revoked")]
     Revoked,
     #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("the session has ended (logged out, revoked or replaced)")]
+    SessionRevoked,
+    #[error("the account is suspended or deleted")]
+    UserInactive,
+    #[error("the organization is suspended or deleted")]
+    OrgInactive,
+    #[error("this needs the {0} permission")]
+    Forbidden(&'static str),
+    #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// An authenticated user of an organization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub org: Id,
+    pub user: Id,
+    pub role: Role,
+    pub session: Id,
+}
+
+impl Principal {
+    /// The actor string of audit records and events.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.user)
+    }
+
+    /// Refuses unless the principal's role holds `permission`.
+    pub fn require(&self, permission: Permission) -> Result<(), AuthError> {
+        if policy::allows(self.role, permission) { Ok(()) } else { Err(AuthError::Forbidden(permission.as_str())) }
+    }
+}
+
+/// Checks an access token and that its session, user and organization still stand.
+pub async fn user(
+    store: &Store,
+    ring: &keys::KeyRing,
+    bearer: &str,
+    access_ttl: Duration,
+) -> Result<Principal, AuthError> {
+    let claims = tokens::verify(ring, bearer, access_ttl)?;
+    let (org, user, session) = (claims.org, claims.user, claims.session);
+    let standing = store.read(move |r| sessions::standing(r, org, user, session)).await?;
+    match standing {
+        Standing::Ok(role) => Ok(Principal { org, user, role, session }),
+        Standing::SessionRevoked => Err(AuthError::SessionRevoked),
+        Standing::UserInactive => Err(AuthError::UserInactive),
+        Standing::OrgInactive => Err(AuthError::OrgInactive),
+    }
 }
 
 /// Recently checked operator keys.

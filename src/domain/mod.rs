@@ -7,6 +7,8 @@
 pub mod operators;
 pub mod orgs;
 pub mod paging;
+pub mod sessions;
+pub mod users;
 
 use crate::store::StoreError;
 
@@ -34,6 +36,10 @@ pub enum DomainError {
     Invalid(Vec<FieldError>),
     #[error("version mismatch: the current version is {current}")]
     VersionConflict { current: u64 },
+    #[error("{detail}")]
+    Forbidden { detail: String },
+    #[error("{detail}")]
+    Unauthorized { code: &'static str, detail: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -6,10 +6,13 @@
 //! error into problem+json, echoes the request id, and counts it in `/metrics` by operationId.
 
 pub mod audit;
+pub mod auth_api;
 pub mod body;
+pub mod me;
 pub mod ops;
 pub mod orgs;
 pub mod problem;
+pub mod users;
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +23,8 @@ use poem_openapi::{OpenApiService, OperationId, SecurityScheme, Tags};
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::auth::{self, Operator};
+use crate::auth::policy::Permission;
+use crate::auth::{self, Operator, Principal};
 use crate::domain::DomainError;
 use crate::ids::Id;
 use crate::metrics::{RouteLabels, RouteOnly};
@@ -37,6 +41,12 @@ pub enum ApiTags {
     Audit,
     /// Health probes.
     Operations,
+    /// Login, tokens, sessions, invitations.
+    Auth,
+    /// The caller's own account.
+    Me,
+    /// The organization's users (admins).
+    Users,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -59,13 +69,48 @@ impl OperatorAuth {
     }
 }
 
+/// A user's access token (PASETO v4.public), from `POST /v1/auth/login`.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "PASETO v4.public")]
+pub struct UserAuth(Bearer);
+
+impl UserAuth {
+    /// Checks the token and that its session, user and organization stand.
+    pub async fn check(&self, app: &App) -> Result<Principal, Problem> {
+        auth::user(&app.store, &app.keys.ring(), &self.0.token, app.access_ttl()).await.map_err(Problem::from)
+    }
+
+    /// As `check`, and refuses unless the user's role holds `permission`.
+    pub async fn require(&self, app: &App, permission: Permission) -> Result<Principal, Problem> {
+        let p = self.check(app).await?;
+        p.require(permission).map_err(Problem::from)?;
+        Ok(p)
+    }
+}
+
 /// The request id of the request being served.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
 /// The API document's service (its paths carry their full `/v1/...` prefix).
-pub fn api_service() -> OpenApiService<(orgs::OrgsApi, audit::AuditApi, ops::OpsApi), ()> {
-    OpenApiService::new((orgs::OrgsApi, audit::AuditApi, ops::OpsApi), "Outpost", crate::VERSION).description(
+pub type Apis =
+    (orgs::OrgsApi, orgs::OrgInvitesApi, audit::AuditApi, ops::OpsApi, auth_api::AuthApi, me::MeApi, users::UsersApi);
+
+pub fn api_service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (
+            orgs::OrgsApi,
+            orgs::OrgInvitesApi,
+            audit::AuditApi,
+            ops::OpsApi,
+            auth_api::AuthApi,
+            me::MeApi,
+            users::UsersApi,
+        ),
+        "Outpost",
+        crate::VERSION,
+    )
+    .description(
         "Multi-tenant real-time collaboration. Errors are application/problem+json with a stable \
              `code`; lists are cursor-paginated; updates take `If-Match`.",
     )
@@ -229,6 +274,20 @@ fn foreign_problem(err: &poem::Error) -> Option<Problem> {
     }
     (err.status() == StatusCode::PAYLOAD_TOO_LARGE)
         .then(|| Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is over the limit"))
+}
+
+/// The audit context of a user's request.
+pub fn user_ctx(req: &Request, p: &Principal) -> MutationCtx {
+    mutation_ctx(req, OrgScope::member(p), p.actor())
+}
+
+/// The caller's address, user agent and request id.
+pub fn origin(req: &Request) -> crate::domain::sessions::Origin {
+    crate::domain::sessions::Origin {
+        user_agent: req.header("user-agent").map(|s| s.chars().take(200).collect()),
+        client_addr: req.remote_addr().as_socket_addr().map(|a| a.ip().to_string()),
+        request_id: req.data::<RequestId>().map(|r| r.0.clone()),
+    }
 }
 
 /// The audit context of a request: who, from where, which request.

@@ -222,6 +222,50 @@ impl OrgsApi {
     }
 }
 
+/// Invites the first users of an organization (operators only).
+#[derive(Object, Debug, serde::Deserialize)]
+#[oai(rename = "OperatorInvitation", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorInviteBody {
+    pub email: String,
+    pub role: super::users::RoleView,
+    pub display_name: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum OperatorInvited {
+    #[oai(status = 201)]
+    Created(Json<super::users::InvitationView>),
+}
+
+crate::problems!(OrgInviteErrors: 400, 401, 404, 409, 413, 415, 422, 507);
+
+pub struct OrgInvitesApi;
+
+#[OpenApi(tag = "ApiTags::Organizations")]
+impl OrgInvitesApi {
+    /// Invite a user into an organization
+    ///
+    /// How an operator brings in an organization's first owner or admin.
+    #[oai(path = "/v1/orgs/:org_id/invitations", method = "post", operation_id = "createOrganizationInvitation")]
+    async fn invite(
+        &self,
+        app: Data<&App>,
+        auth: OperatorAuth,
+        req: &Request,
+        org_id: Path<String>,
+        body: JsonBody<OperatorInviteBody>,
+    ) -> Result<OperatorInvited, OrgInviteErrors> {
+        let (op, scope) = auth.org_scope(&app, &org_id.0).await?;
+        orgs::get(&app.store, scope).await?;
+        let b = body.0;
+        let new = crate::domain::users::NewInvite { email: b.email, role: b.role.into(), display_name: b.display_name };
+        let (user, token) =
+            crate::domain::users::invite(&app.writer, mutation_ctx(req, scope, op.actor()), None, new).await?;
+        Ok(OperatorInvited::Created(Json(super::users::InvitationView { user: super::users::user_view(user), token })))
+    }
+}
+
 async fn set_suspended(
     app: &App,
     auth: OperatorAuth,

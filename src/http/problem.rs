@@ -113,6 +113,8 @@ impl From<DomainError> for Problem {
                 p.body.current_version = Some(current);
                 p
             }
+            DomainError::Forbidden { detail } => Self::new(StatusCode::FORBIDDEN, "forbidden", detail),
+            DomainError::Unauthorized { code, detail } => Self::unauthenticated(code, &detail),
             DomainError::Store(e) => e.into(),
         }
     }
@@ -146,6 +148,26 @@ impl From<AuthError> for Problem {
             AuthError::Missing => Self::unauthenticated("unauthenticated", "send an Authorization: Bearer header"),
             AuthError::Invalid => Self::unauthenticated("invalid_credentials", "the credentials are not valid"),
             AuthError::Revoked => Self::unauthenticated("credentials_revoked", "the credentials have been revoked"),
+            AuthError::Token(t) => {
+                use crate::auth::tokens::TokenError as T;
+                let code = match t {
+                    T::Malformed => "token_malformed",
+                    T::WrongPurpose => "token_wrong_purpose",
+                    T::UnknownKey => "token_unknown_key",
+                    T::BadSignature => "token_invalid_signature",
+                    T::Expired => "token_expired",
+                    T::NotYetValid => "token_not_yet_valid",
+                    T::BadClaims => "token_invalid_claims",
+                    T::NoSigningKey => {
+                        return Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_signing_key", t.to_string());
+                    }
+                };
+                Self::unauthenticated(code, &t.to_string())
+            }
+            AuthError::SessionRevoked => Self::unauthenticated("session_revoked", &e.to_string()),
+            AuthError::UserInactive => Self::unauthenticated("user_inactive", &e.to_string()),
+            AuthError::OrgInactive => Self::unauthenticated("org_inactive", &e.to_string()),
+            AuthError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
             AuthError::Store(e) => e.into(),
         }
     }

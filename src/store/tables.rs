@@ -59,6 +59,22 @@ pub const LOG_ORDER: Table = global("log_order", 7);
 /// Global. follower name → checkpoint gseq (u64 BE). Holds back trimming of the log.
 pub const FOLLOWERS: Table = global("followers", 8);
 
+/// nil org ‖ key id → `SigningKeyRecord` JSON (secret sealed in the vault).
+pub const SIGNING_KEYS: Table = org("signing_keys", 11);
+
+/// org ‖ user → `User` JSON.
+pub const USERS: Table = org("users", 12);
+/// org ‖ `e:` email or `u:` username (lowercased) → user (16 bytes): unique logins per org.
+pub const USER_LOGINS: Table = org("user_logins", 13);
+/// org ‖ SHA-256 of the secret → `OneTimeToken` JSON (invitations, password resets).
+pub const ONE_TIME_TOKENS: Table = org("one_time_tokens", 14);
+/// org ‖ session → `Session` JSON (a login and its refresh-token family).
+pub const SESSIONS: Table = org("sessions", 15);
+/// org ‖ user ‖ session → created at (i64 BE ms): a user's sessions, for listing and the cap.
+pub const USER_SESSIONS: Table = org("user_sessions", 16);
+/// org ‖ SHA-256 of a refresh token's secret → `RefreshRecord` JSON.
+pub const REFRESH_TOKENS: Table = org("refresh_tokens", 17);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -77,7 +93,31 @@ pub const ALL: &[Table] = &[
     FOLLOWERS,
     AUDIT,
     AUDIT_HEADS,
+    SIGNING_KEYS,
+    USERS,
+    USER_LOGINS,
+    ONE_TIME_TOKENS,
+    SESSIONS,
+    USER_SESSIONS,
+    REFRESH_TOKENS,
 ];
+
+/// `org ‖ a ‖ b`.
+pub fn org_id_id_key(org: Id, a: Id, b: Id) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..16].copy_from_slice(org.as_bytes());
+    k[16..32].copy_from_slice(a.as_bytes());
+    k[32..].copy_from_slice(b.as_bytes());
+    k
+}
+
+/// `org ‖ bytes`.
+pub fn org_bytes_key(org: Id, bytes: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + bytes.len());
+    k.extend_from_slice(org.as_bytes());
+    k.extend_from_slice(bytes);
+    k
+}
 
 /// The table with this name, if it is one of ours.
 pub fn by_name(name: &str) -> Option<Table> {

@@ -2,7 +2,7 @@
 //! (link time matters on small machines), one module per area.
 
 // Tests state their expectations with unwrap and may read long.
-#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+#![allow(clippy::unwrap_used, clippy::too_many_lines, clippy::many_single_char_names)]
 
 mod audit;
 mod backup;
@@ -10,10 +10,13 @@ mod config;
 mod crash;
 mod errors;
 mod events;
+mod identity;
+mod isolation;
 mod openapi;
 mod orgs;
 mod store;
 mod support;
 mod systemd;
 mod tidy;
+mod tokens;
 mod writer;

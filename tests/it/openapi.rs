@@ -2,6 +2,10 @@
 
 use crate::support::TestServer;
 
+/// Operations anyone may call: they authenticate with what they carry (a password, a refresh,
+/// invitation or reset token) or publish public keys.
+pub const PUBLIC: &[&str] = &["login", "refreshTokens", "listPublicKeys", "acceptInvitation", "redeemPasswordReset"];
+
 #[test]
 fn committed_document_matches_the_code() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/outpost.json");
@@ -22,7 +26,7 @@ async fn document_is_served_and_every_operation_is_documented() {
             assert!(op["operationId"].is_string(), "{where_}: operationId");
             assert!(op["tags"].as_array().is_some_and(|t| !t.is_empty()), "{where_}: tag");
             assert!(op["summary"].is_string(), "{where_}: summary");
-            if path.starts_with("/v1/") {
+            if path.starts_with("/v1/") && !PUBLIC.contains(&op["operationId"].as_str().unwrap()) {
                 assert!(op["security"].as_array().is_some_and(|s| !s.is_empty()), "{where_}: security");
                 let responses = op["responses"].as_object().unwrap();
                 for code in ["401", "500", "503"] {

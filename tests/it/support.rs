@@ -92,6 +92,13 @@ impl TestServer {
         r.json().await.expect("json")
     }
 
+    /// Stops the server, keeping its temp data dir alive as long as the returned guard.
+    pub async fn stop_keep_dir(mut self) -> Option<tempfile::TempDir> {
+        let dir = self.dir.take();
+        self.stop().await;
+        dir
+    }
+
     /// Stops the server the way SIGTERM would, and waits for it.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {

@@ -76,16 +76,18 @@ async fn concurrent_writers_share_commits_and_failures_stay_isolated() {
     for id in &dirty {
         assert!(reader.get(OPERATOR_KEYS, &org_id_key(Id::NIL, *id)).unwrap().is_none(), "a rejected write leaked");
     }
-    // One event per committed Mutation, dense in seq and gseq; one audit record each.
+    // One event per committed Mutation (after the store's first signing key), dense in seq
+    // and gseq; one audit record each.
     let events = reader.events_after(&OrgScope::INSTANCE, None, 0, 10_000).unwrap();
-    assert_eq!(events.len(), committed.len());
+    assert_eq!(events[0].kind, "signing_key.rotated");
+    assert_eq!(events.len(), committed.len() + 1);
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.seq, i as u64 + 1);
         assert_eq!(e.gseq, i as u64 + 1);
     }
     let v = reader.verify_audit(&mut |_, _| {}).unwrap();
     assert!(v.ok(), "{v:?}");
-    assert_eq!(v.records, committed.len() as u64);
+    assert_eq!(v.records, committed.len() as u64 + 1);
     app.writer.shutdown().await;
 }
 

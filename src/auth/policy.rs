@@ -1,0 +1,115 @@
+//! The policy: who may do what. Every operation names the `Permission` it needs; this module
+//! alone decides which roles hold it.
+//!
+//! Organization roles are ordered (guest < member < admin < owner). Room roles arrive with
+//! rooms: `allows_in` already takes the resource a check is about, so resource-scoped grants
+//! (a viewer in one room, a host in another) plug in here without touching call sites.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Guest,
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Guest, Role::Member, Role::Admin, Role::Owner];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Guest => "guest",
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Permission {
+    /// Read one's own profile, sessions and permissions; change one's own password.
+    SelfManage,
+    /// Read the organization's member directory.
+    UsersRead,
+    /// Invite users (as member or guest; admins and owners only by an owner).
+    UsersInvite,
+    /// Change roles, suspend, reactivate, delete users, revoke their sessions, reset passwords.
+    UsersManage,
+    /// Read and export the organization's audit records.
+    AuditRead,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 5] = [
+        Permission::SelfManage,
+        Permission::UsersRead,
+        Permission::UsersInvite,
+        Permission::UsersManage,
+        Permission::AuditRead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::SelfManage => "self.manage",
+            Permission::UsersRead => "users.read",
+            Permission::UsersInvite => "users.invite",
+            Permission::UsersManage => "users.manage",
+            Permission::AuditRead => "audit.read",
+        }
+    }
+
+    /// The lowest organization role that holds this permission.
+    fn min_role(self) -> Role {
+        match self {
+            Permission::SelfManage => Role::Guest,
+            Permission::UsersRead => Role::Member,
+            Permission::UsersInvite | Permission::UsersManage | Permission::AuditRead => Role::Admin,
+        }
+    }
+}
+
+/// Whether `role` holds `permission` in its organization.
+pub fn allows(role: Role, permission: Permission) -> bool {
+    role >= permission.min_role()
+}
+
+/// Whether `actor` may give `target_role` to someone, or act on someone who has it: only an
+/// owner makes or manages owners and admins.
+pub fn may_assign(actor: Role, target_role: Role) -> bool {
+    match target_role {
+        Role::Owner | Role::Admin => actor == Role::Owner,
+        Role::Member | Role::Guest => actor >= Role::Admin,
+    }
+}
+
+/// Every permission `role` holds.
+pub fn permissions(role: Role) -> Vec<Permission> {
+    Permission::ALL.into_iter().filter(|p| allows(role, *p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_matrix() {
+        assert!(allows(Role::Guest, Permission::SelfManage));
+        assert!(!allows(Role::Guest, Permission::UsersRead));
+        assert!(allows(Role::Member, Permission::UsersRead));
+        assert!(!allows(Role::Member, Permission::UsersInvite));
+        assert!(allows(Role::Admin, Permission::UsersManage));
+        assert!(allows(Role::Owner, Permission::AuditRead));
+        assert!(may_assign(Role::Owner, Role::Admin));
+        assert!(!may_assign(Role::Admin, Role::Admin));
+        assert!(may_assign(Role::Admin, Role::Member));
+        assert!(!may_assign(Role::Member, Role::Guest));
+    }
+}

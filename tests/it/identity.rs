@@ -1,0 +1,243 @@
+//! Identity: the whole journey from an operator's invitation to a member's logout, tokens
+//! wrong in every way, refresh reuse, the session cap, and the vault's refusals.
+
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, cli, config_for, expect_problem, slug};
+
+/// A logged-in user: tokens and ids.
+pub struct Login {
+    pub access: String,
+    pub refresh: String,
+    pub user_id: String,
+    pub session_id: String,
+}
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub async fn create_org(s: &TestServer) -> (String, String) {
+    let sl = slug("idorg");
+    let org = s.create_org(&sl).await;
+    (org["id"].as_str().unwrap().to_owned(), sl)
+}
+
+/// Operator invites `email` as `role` into `org_id`; the invitee accepts. Returns the user.
+pub async fn operator_invite_and_accept(s: &TestServer, org_id: &str, email: &str, role: &str) -> Value {
+    let r = s
+        .post(&format!("/v1/orgs/{org_id}/invitations"), &json!({ "email": email, "role": role }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let inv: Value = r.json().await.unwrap();
+    assert_eq!(inv["user"]["status"], "invited");
+    accept(s, inv["token"].as_str().unwrap(), email.split('@').next().unwrap()).await
+}
+
+pub async fn accept(s: &TestServer, token: &str, username: &str) -> Value {
+    let r = s
+        .http
+        .post(s.url("/v1/auth/invitations/accept"))
+        .json(&json!({ "token": token, "username": username, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    r.json().await.unwrap()
+}
+
+pub async fn login(s: &TestServer, org_slug: &str, login: &str) -> Login {
+    let r = s
+        .http
+        .post(s.url("/v1/auth/login"))
+        .header("user-agent", "identity-test/1.0")
+        .json(&json!({ "org": org_slug, "login": login, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "login {login}");
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["token_type"], "Bearer");
+    assert!(t["access_token"].as_str().unwrap().starts_with("v4.public."));
+    Login {
+        access: t["access_token"].as_str().unwrap().to_owned(),
+        refresh: t["refresh_token"].as_str().unwrap().to_owned(),
+        user_id: t["user"]["id"].as_str().unwrap().to_owned(),
+        session_id: t["session_id"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// An org with an owner, an admin, a member and a guest, all logged in.
+pub async fn populated_org(s: &TestServer) -> (String, Vec<(&'static str, Login)>) {
+    let (org_id, sl) = create_org(s).await;
+    let mut out = Vec::new();
+    for role in ["owner", "admin", "member", "guest"] {
+        let email = format!("{role}-{}@example.org", &sl[6..]);
+        operator_invite_and_accept(s, &org_id, &email, role).await;
+        out.push((role, login(s, &sl, &email).await));
+    }
+    (org_id, out)
+}
+
+#[tokio::test]
+async fn the_whole_journey() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    // Operator invites the admin; the admin accepts and logs in.
+    let admin = operator_invite_and_accept(&s, &org_id, "ada@example.org", "admin").await;
+    assert_eq!(admin["status"], "active");
+    assert_eq!(admin["username"], "ada");
+    let a = login(&s, &sl, "ada@example.org").await;
+    let me: Value = s.http.get(s.url("/v1/me")).bearer_auth(&a.access).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["user"]["role"], "admin");
+    assert_eq!(me["org_id"], org_id.as_str());
+    let perms: Value =
+        s.http.get(s.url("/v1/me/permissions")).bearer_auth(&a.access).send().await.unwrap().json().await.unwrap();
+    assert!(perms["permissions"].as_array().unwrap().iter().any(|p| p == "users.invite"));
+
+    // The admin invites a member, who accepts and logs in with the username.
+    let r = s
+        .http
+        .post(s.url("/v1/invitations"))
+        .bearer_auth(&a.access)
+        .json(&json!({ "email": "max@example.org", "role": "member" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let inv: Value = r.json().await.unwrap();
+    // An admin cannot invite an owner.
+    let r = s
+        .http
+        .post(s.url("/v1/invitations"))
+        .bearer_auth(&a.access)
+        .json(&json!({ "email": "o@example.org", "role": "owner" }))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 403, "forbidden").await;
+    accept(&s, inv["token"].as_str().unwrap(), "max").await;
+    // An invitation works once.
+    let r = s
+        .http
+        .post(s.url("/v1/auth/invitations/accept"))
+        .json(&json!({ "token": inv["token"], "username": "max2", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 401, "invalid_token").await;
+    let m = login(&s, &sl, "max").await;
+    let perms: Value =
+        s.http.get(s.url("/v1/me/permissions")).bearer_auth(&m.access).send().await.unwrap().json().await.unwrap();
+    assert_eq!(perms["role"], "member");
+    assert!(!perms["permissions"].as_array().unwrap().iter().any(|p| p == "users.invite"));
+
+    // Wrong passwords and unknown users get the same answer.
+    for (login, pw) in [("max", "wrong password!"), ("nobody", PASSWORD)] {
+        let r = s
+            .http
+            .post(s.url("/v1/auth/login"))
+            .json(&json!({ "org": sl, "login": login, "password": pw }))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(r, 401, "invalid_login").await;
+    }
+
+    // The member refreshes, lists sessions, logs out.
+    let r = s.http.post(s.url("/v1/auth/refresh")).json(&json!({ "refresh_token": m.refresh })).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    assert_ne!(t["refresh_token"], m.refresh.as_str());
+    assert_eq!(t["session_id"], m.session_id.as_str());
+    let access = t["access_token"].as_str().unwrap().to_owned();
+    let list: Value =
+        s.http.get(s.url("/v1/auth/sessions")).bearer_auth(&access).send().await.unwrap().json().await.unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["current"], true);
+    assert_eq!(items[0]["user_agent"], "identity-test/1.0");
+    let r = s.http.post(s.url("/v1/auth/logout")).bearer_auth(&access).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = s.http.get(s.url("/v1/me")).bearer_auth(&access).send().await.unwrap();
+    expect_problem(r, 401, "session_revoked").await;
+
+    // The admin sees both in the directory; the audit chain has the whole story.
+    let users: Value =
+        s.http.get(s.url("/v1/users")).bearer_auth(&a.access).send().await.unwrap().json().await.unwrap();
+    assert_eq!(users["items"].as_array().unwrap().len(), 2);
+    let audit: Value =
+        s.get(&format!("/v1/orgs/{org_id}/audit?limit=1000")).send().await.unwrap().json().await.unwrap();
+    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    for want in
+        ["user.invite", "user.accept_invite", "auth.login", "auth.login_failed", "auth.refresh", "auth.session_revoke"]
+    {
+        assert!(actions.contains(&want), "audit lacks {want}: {actions:?}");
+    }
+    let keys: Value = s.http.get(s.url("/v1/auth/keys")).send().await.unwrap().json().await.unwrap();
+    assert!(keys["keys"][0]["public_key"].as_str().unwrap().starts_with("k4.public."));
+    assert_eq!(keys["keys"][0]["status"], "current");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn refresh_reuse_revokes_the_family_and_the_cap_evicts_the_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.auth.sessions_per_user_max = 2;
+    let s = TestServer::start_with(config).await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "rita@example.org", "member").await;
+
+    let first = login(&s, &sl, "rita").await;
+    let refresh = |token: String| {
+        let s = &s;
+        async move { s.http.post(s.url("/v1/auth/refresh")).json(&json!({ "refresh_token": token })).send().await.unwrap() }
+    };
+    let r = refresh(first.refresh.clone()).await;
+    assert_eq!(r.status(), 200);
+    let next: Value = r.json().await.unwrap();
+    // The rotated token comes back: the whole session ends, the newer token too.
+    expect_problem(refresh(first.refresh.clone()).await, 401, "refresh_token_reused").await;
+    expect_problem(refresh(next["refresh_token"].as_str().unwrap().to_owned()).await, 401, "invalid_refresh_token")
+        .await;
+    let r = s.http.get(s.url("/v1/me")).bearer_auth(next["access_token"].as_str().unwrap()).send().await.unwrap();
+    expect_problem(r, 401, "session_revoked").await;
+    let audit: Value =
+        s.get(&format!("/v1/orgs/{org_id}/audit?limit=1000")).send().await.unwrap().json().await.unwrap();
+    assert!(audit["items"].as_array().unwrap().iter().any(|r| r["action"] == "auth.refresh_reuse"));
+
+    // Cap of two: a third login ends the oldest.
+    let a = login(&s, &sl, "rita").await;
+    let b = login(&s, &sl, "rita").await;
+    let c = login(&s, &sl, "rita").await;
+    let r = s.http.get(s.url("/v1/me")).bearer_auth(&a.access).send().await.unwrap();
+    expect_problem(r, 401, "session_revoked").await;
+    for l in [&b, &c] {
+        assert_eq!(s.http.get(s.url("/v1/me")).bearer_auth(&l.access).send().await.unwrap().status(), 200);
+    }
+    let list: Value =
+        s.http.get(s.url("/v1/auth/sessions")).bearer_auth(&c.access).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    s.stop().await;
+}
+
+#[test]
+fn the_vault_refuses_a_readable_or_wrong_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, _, _) = cli(&["operator", "create-key", "--data", d], &[], None);
+    assert_eq!(code, 0);
+    let key = dir.path().join("master.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = cli(&["serve", "--listen", "127.0.0.1:0", "--data", d], &[], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("readable by other users"), "{err}");
+    // Another key file: the sealed signing keys do not open.
+    std::fs::remove_file(&key).unwrap();
+    let (code, _, err) = cli(&["serve", "--listen", "127.0.0.1:0", "--data", d], &[], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("wrong key file"), "{err}");
+}
