@@ -8,6 +8,7 @@ use crate::auth::keys::{self, KeyError, Keys};
 use crate::auth::password::Hasher;
 use crate::config::Config;
 use crate::domain::sessions::SessionPolicy;
+use crate::limits::Limits;
 use crate::metrics::{FollowerLabels, Metrics};
 use crate::store::events::{self, EventBus, FollowerRegistry, Retention};
 use crate::store::writer::{Writer, WriterOptions};
@@ -31,6 +32,7 @@ pub struct App {
     pub vault: Arc<Vault>,
     pub keys: Keys,
     pub hasher: Hasher,
+    pub limits: Arc<Limits>,
 }
 
 /// Why a server could not start.
@@ -49,6 +51,7 @@ impl App {
     /// keys (making the first one on a new store).
     pub async fn start(config: Config) -> Result<(Self, OpenReport), StartError> {
         let vault = Arc::new(Vault::open_or_create(&config.master_key_file())?);
+        let config_limits = config.limits.clone();
         let data_dir = config.data_dir.clone();
         let cache_bytes = config.store.cache_bytes as usize;
         let (store, report) = tokio::task::spawn_blocking(move || {
@@ -86,6 +89,7 @@ impl App {
             vault,
             keys: Keys::empty(),
             hasher: Hasher::default(),
+            limits: Arc::new(Limits::new(config_limits)),
         };
         app.load_keys().await?;
         Ok((app, report))

@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod progress;

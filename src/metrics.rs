@@ -42,6 +42,12 @@ pub struct Metrics {
     pub event_log_head_gseq: Gauge,
     pub follower_lag: Family<FollowerLabels, Gauge>,
     pub events_trimmed: Counter,
+    pub rate_limited: Family<LimiterLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimiterLabels {
+    pub limiter: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -81,6 +87,8 @@ impl Metrics {
         registry.register("follower_lag_events", "Events a durable follower has yet to apply", follower_lag.clone());
         let events_trimmed = Counter::default();
         registry.register("events_trimmed", "Events removed by retention", events_trimmed.clone());
+        let rate_limited = Family::<LimiterLabels, Counter>::default();
+        registry.register("rate_limited", "Requests refused by a rate limit, by limiter", rate_limited.clone());
         Self {
             registry,
             http_requests,
@@ -92,6 +100,7 @@ impl Metrics {
             event_log_head_gseq,
             follower_lag,
             events_trimmed,
+            rate_limited,
         }
     }
 

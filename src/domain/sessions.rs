@@ -140,13 +140,14 @@ pub async fn start(
     Ok(Granted { org, user, session, refresh_token })
 }
 
-/// Records a failed login in the org's audit chain.
+/// Records a failed login in the org's audit chain, and the lock-out it caused, if any.
 pub async fn record_failed_login(
     writer: &Writer,
     org: Id,
     user: Option<Id>,
     login: String,
     origin: Origin,
+    throttled: Option<crate::limits::Limited>,
 ) -> Result<(), DomainError> {
     let ctx = MutationCtx {
         scope: OrgScope::for_login(org),
@@ -156,11 +157,17 @@ pub async fn record_failed_login(
     };
     writer
         .submit(ctx, move |tx| {
-            tx.audit(
-                "auth.login_failed",
-                user.map_or_else(|| "login".into(), |u| format!("user:{u}")),
-                json!({ "login": login }),
-            );
+            let target = user.map_or_else(|| "login".into(), |u| format!("user:{u}"));
+            match throttled {
+                Some(l) => {
+                    tx.audit(
+                        "auth.login_throttled",
+                        target,
+                        json!({ "login": login, "locked_s": l.retry_after.as_secs() }),
+                    );
+                }
+                None => tx.audit("auth.login_failed", target, json!({ "login": login })),
+            }
             Ok::<_, DomainError>(())
         })
         .await

@@ -142,20 +142,38 @@ impl AuthApi {
         body: JsonBody<LoginBody>,
     ) -> Result<Json<TokenPair>, LoginErrors> {
         let b = body.0;
+        let addr = req.remote_addr().as_socket_addr().map(std::net::SocketAddr::ip);
         let found = sessions::find_login(&app.store, b.org, b.login.clone()).await?;
         let (org, user) = match found {
             Some((org, user)) => (Some(org), user),
             None => (None, None),
         };
+        // Unknown organizations share one bucket per address, so probing slugs costs the same.
+        app.limits
+            .login_attempt(addr, org.unwrap_or(crate::ids::Id::NIL), &b.login)
+            .map_err(|l| super::limited(&app, l))?;
         let ok = app.hasher.verify(b.password, user.as_ref().and_then(|u| u.password_hash.clone())).await;
         let (Some(org), Some(user), true) = (org, user.clone(), ok) else {
             if let Some(org) = org {
-                sessions::record_failed_login(&app.writer, org, user.map(|u| u.id), b.login, origin(req)).await?;
+                let tripped = app.limits.login_failed(org, &b.login);
+                sessions::record_failed_login(
+                    &app.writer,
+                    org,
+                    user.map(|u| u.id),
+                    b.login,
+                    origin(req),
+                    tripped.err(),
+                )
+                .await?;
+                if let Err(l) = tripped {
+                    return Err(super::limited(&app, l).into());
+                }
             }
             return Err(
                 Problem::unauthenticated("invalid_login", "the organization, login or password is wrong").into()
             );
         };
+        app.limits.login_succeeded(org, &b.login);
         let granted = sessions::start(&app.writer, org, user, app.session_policy(), origin(req)).await?;
         Ok(Json(token_pair(&app, granted)?))
     }

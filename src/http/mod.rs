@@ -75,9 +75,13 @@ impl OperatorAuth {
 pub struct UserAuth(Bearer);
 
 impl UserAuth {
-    /// Checks the token and that its session, user and organization stand.
+    /// Checks the token and that its session, user and organization stand, and spends one
+    /// request of the user's and the organization's budgets.
     pub async fn check(&self, app: &App) -> Result<Principal, Problem> {
-        auth::user(&app.store, &app.keys.ring(), &self.0.token, app.access_ttl()).await.map_err(Problem::from)
+        let p =
+            auth::user(&app.store, &app.keys.ring(), &self.0.token, app.access_ttl()).await.map_err(Problem::from)?;
+        app.limits.request(p.org, p.user).map_err(|l| limited(app, l))?;
+        Ok(p)
     }
 
     /// As `check`, and refuses unless the user's role holds `permission`.
@@ -86,6 +90,12 @@ impl UserAuth {
         p.require(permission).map_err(Problem::from)?;
         Ok(p)
     }
+}
+
+/// Counts a refusal by a rate limit and turns it into its problem.
+pub fn limited(app: &App, l: crate::limits::Limited) -> Problem {
+    app.metrics.rate_limited.get_or_create(&crate::metrics::LimiterLabels { limiter: l.limiter.as_str().into() }).inc();
+    Problem::from(l)
 }
 
 /// The request id of the request being served.

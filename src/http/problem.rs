@@ -22,8 +22,10 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 pub struct Problem {
     pub status: StatusCode,
     pub body: ProblemBody,
-    /// Sent as `WWW-Authenticate` on 401s, `Retry-After` on 429/503s.
+    /// Sent as `WWW-Authenticate` on 401s.
     pub www_authenticate: bool,
+    /// Sent as `Retry-After` (seconds) on 429s; 503s say 1.
+    pub retry_after_s: Option<u64>,
 }
 
 /// The problem+json document.
@@ -71,6 +73,7 @@ impl Problem {
                 current_version: None,
             },
             www_authenticate: false,
+            retry_after_s: None,
         }
     }
 
@@ -142,6 +145,19 @@ impl From<StoreError> for Problem {
     }
 }
 
+impl From<crate::limits::Limited> for Problem {
+    fn from(l: crate::limits::Limited) -> Self {
+        let secs = l.retry_after.as_secs() + u64::from(l.retry_after.subsec_nanos() > 0);
+        let mut p = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests ({}); retry in {secs} s", l.limiter.as_str()),
+        );
+        p.retry_after_s = Some(secs.max(1));
+        p
+    }
+}
+
 impl From<AuthError> for Problem {
     fn from(e: AuthError) -> Self {
         match e {
@@ -184,7 +200,11 @@ impl IntoResponse for Problem {
         if self.www_authenticate {
             resp.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }
-        if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
+        if let Some(s) = self.retry_after_s {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                resp.headers_mut().insert("retry-after", v);
+            }
+        } else if matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
         }
         resp

@@ -222,6 +222,41 @@ async fn refresh_reuse_revokes_the_family_and_the_cap_evicts_the_oldest() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn failed_logins_lock_the_account_out_and_say_so() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "lou@example.org", "member").await;
+    let attempt = |pw: &'static str| {
+        let (s, sl) = (&s, sl.clone());
+        async move {
+            s.http
+                .post(s.url("/v1/auth/login"))
+                .json(&json!({ "org": sl, "login": "lou", "password": pw }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..5 {
+        expect_problem(attempt("wrong password!").await, 401, "invalid_login").await;
+    }
+    let r = attempt("wrong password!").await;
+    assert_eq!(r.headers()["retry-after"], "30");
+    expect_problem(r, 429, "rate_limited").await;
+    // Locked out: even the right password waits.
+    expect_problem(attempt(PASSWORD).await, 429, "rate_limited").await;
+    let audit: Value =
+        s.get(&format!("/v1/orgs/{org_id}/audit?limit=1000")).send().await.unwrap().json().await.unwrap();
+    let throttled: Vec<&Value> =
+        audit["items"].as_array().unwrap().iter().filter(|r| r["action"] == "auth.login_throttled").collect();
+    assert_eq!(throttled.len(), 1);
+    assert_eq!(throttled[0]["details"]["locked_s"], 30);
+    let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("outpost_rate_limited_total{limiter=\"login_account\"} 2"), "{metrics}");
+    s.stop().await;
+}
+
 #[test]
 fn the_vault_refuses_a_readable_or_wrong_key_file() {
     use std::os::unix::fs::PermissionsExt;
