@@ -66,6 +66,10 @@ impl Permission {
         }
     }
 
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
     /// The lowest organization role that holds this permission.
     fn min_role(self) -> Role {
         match self {

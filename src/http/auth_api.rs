@@ -202,6 +202,8 @@ impl AuthApi {
     /// Log out
     ///
     /// Ends the current session.
+    ///
+    /// Permission: `self.manage`.
     #[oai(path = "/v1/auth/logout", method = "post", operation_id = "logout")]
     async fn logout(&self, app: Data<&App>, auth: UserAuth, req: &Request) -> Result<NoContent, SessionErrors> {
         let p = auth.require(&app, Permission::SelfManage).await?;
@@ -210,6 +212,8 @@ impl AuthApi {
     }
 
     /// List my sessions
+    ///
+    /// Permission: `self.manage`.
     #[oai(path = "/v1/auth/sessions", method = "get", operation_id = "listSessions")]
     async fn sessions(&self, app: Data<&App>, auth: UserAuth) -> Result<Json<SessionList>, SessionErrors> {
         let p = auth.require(&app, Permission::SelfManage).await?;
@@ -218,6 +222,8 @@ impl AuthApi {
     }
 
     /// Revoke one of my sessions
+    ///
+    /// Permission: `self.manage`.
     #[oai(path = "/v1/auth/sessions/:session_id", method = "delete", operation_id = "revokeSession")]
     async fn revoke(
         &self,

@@ -70,6 +70,8 @@ pub struct MeApi;
 #[OpenApi(tag = "ApiTags::Me")]
 impl MeApi {
     /// Get my account
+    ///
+    /// Permission: `self.manage`.
     #[oai(path = "/v1/me", method = "get", operation_id = "getMe")]
     async fn me(&self, app: Data<&App>, auth: UserAuth) -> Result<Json<MeView>, MeErrors> {
         let p = auth.require(&app, Permission::SelfManage).await?;
@@ -84,6 +86,8 @@ impl MeApi {
     }
 
     /// List my permissions
+    ///
+    /// Permission: `self.manage`.
     #[oai(path = "/v1/me/permissions", method = "get", operation_id = "getMyPermissions")]
     async fn permissions(&self, app: Data<&App>, auth: UserAuth) -> Result<Json<PermissionsView>, MeErrors> {
         let p = auth.require(&app, Permission::SelfManage).await?;
@@ -92,6 +96,8 @@ impl MeApi {
     }
 
     /// Update my profile and preferences
+    ///
+    /// Permission: `self.manage`.
     #[oai(path = "/v1/me", method = "patch", operation_id = "updateMe")]
     async fn update(
         &self,
@@ -117,6 +123,8 @@ impl MeApi {
     /// Change my password
     ///
     /// Ends every other session of mine.
+    ///
+    /// Permission: `self.manage`.
     #[oai(path = "/v1/me/password", method = "post", operation_id = "changeMyPassword")]
     async fn password(
         &self,

@@ -167,6 +167,8 @@ pub struct UsersApi;
 #[allow(clippy::too_many_arguments)] // query parameters are arguments by the framework's design
 impl UsersApi {
     /// Invite a user
+    ///
+    /// Permission: `users.invite`.
     #[oai(path = "/v1/invitations", method = "post", operation_id = "createInvitation")]
     async fn invite(
         &self,
@@ -183,6 +185,8 @@ impl UsersApi {
     }
 
     /// List users
+    ///
+    /// Permission: `users.read`.
     #[oai(path = "/v1/users", method = "get", operation_id = "listUsers")]
     async fn list(
         &self,
@@ -212,6 +216,8 @@ impl UsersApi {
     }
 
     /// Get a user
+    ///
+    /// Permission: `users.read`.
     #[oai(path = "/v1/users/:user_id", method = "get", operation_id = "getUser")]
     async fn get(
         &self,
@@ -225,6 +231,8 @@ impl UsersApi {
     }
 
     /// Change a user's role
+    ///
+    /// Permission: `users.manage`.
     #[oai(path = "/v1/users/:user_id/role", method = "put", operation_id = "changeUserRole")]
     async fn role(
         &self,
@@ -240,6 +248,8 @@ impl UsersApi {
     /// Suspend a user
     ///
     /// Ends their sessions; their content stays.
+    ///
+    /// Permission: `users.manage`.
     #[oai(path = "/v1/users/:user_id/suspend", method = "post", operation_id = "suspendUser")]
     async fn suspend(
         &self,
@@ -252,6 +262,8 @@ impl UsersApi {
     }
 
     /// Reactivate a suspended user
+    ///
+    /// Permission: `users.manage`.
     #[oai(path = "/v1/users/:user_id/reactivate", method = "post", operation_id = "reactivateUser")]
     async fn reactivate(
         &self,
@@ -266,6 +278,8 @@ impl UsersApi {
     /// Delete a user
     ///
     /// Soft: their content stays, their access ends, their email and username become free.
+    ///
+    /// Permission: `users.manage`.
     #[oai(path = "/v1/users/:user_id", method = "delete", operation_id = "deleteUser")]
     async fn delete(
         &self,
@@ -279,6 +293,8 @@ impl UsersApi {
     }
 
     /// Revoke all of a user's sessions
+    ///
+    /// Permission: `users.manage`.
     #[oai(path = "/v1/users/:user_id/sessions/revoke", method = "post", operation_id = "revokeUserSessions")]
     async fn revoke_sessions(
         &self,
@@ -301,6 +317,8 @@ impl UsersApi {
     }
 
     /// Issue a password reset token
+    ///
+    /// Permission: `users.manage`.
     #[oai(path = "/v1/users/:user_id/password-reset", method = "post", operation_id = "issuePasswordReset")]
     async fn reset(
         &self,

@@ -10,7 +10,7 @@ use crate::openapi::PUBLIC;
 use crate::support::TestServer;
 
 /// A minimal body that passes parsing for `schema` (so the refusal, not the parser, answers).
-fn sample(doc: &Value, schema: &Value) -> Value {
+pub fn sample(doc: &Value, schema: &Value) -> Value {
     if let Some(r) = schema["$ref"].as_str() {
         let name = r.rsplit('/').next().unwrap();
         return sample(doc, &doc["components"]["schemas"][name]);

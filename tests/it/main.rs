@@ -14,6 +14,7 @@ mod identity;
 mod isolation;
 mod openapi;
 mod orgs;
+mod roles;
 mod store;
 mod support;
 mod systemd;

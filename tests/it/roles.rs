@@ -1,0 +1,79 @@
+//! The role matrix, generated from the API document: for every operation a user calls and
+//! every organization role, the operation is allowed exactly when the policy grants the
+//! permission its description names (`Permission: \`…\``), and refused with 403 otherwise.
+
+use outpost::auth::policy::{self, Permission, Role};
+use serde_json::Value;
+
+use crate::identity::{create_org, login, operator_invite_and_accept};
+use crate::isolation::sample;
+use crate::support::{TestServer, config_for, slug};
+
+fn permission_of(op: &Value) -> Permission {
+    let text = op["description"].as_str().unwrap_or_default();
+    let name = text.split("Permission: `").nth(1).and_then(|t| t.split('`').next());
+    let id = op["operationId"].as_str().unwrap();
+    name.and_then(Permission::parse).unwrap_or_else(|| panic!("{id} does not name its permission"))
+}
+
+#[tokio::test]
+async fn every_role_gets_exactly_what_the_policy_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.limits.login_per_addr_per_min = 100_000;
+    config.limits.user_requests_per_s = 100_000;
+    let s = TestServer::start_with(config).await;
+    let (org_id, sl) = create_org(&s).await;
+    for role in Role::ALL {
+        operator_invite_and_accept(&s, &org_id, &format!("{}@example.org", role.as_str()), role.as_str()).await;
+    }
+    let doc: Value = s.http.get(s.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if !op["security"].to_string().contains("UserAuth") {
+                continue;
+            }
+            let permission = permission_of(op);
+            let body = op["requestBody"]["content"]["application/json"]["schema"].clone();
+            for role in Role::ALL {
+                // A fresh session and a fresh target each time: some operations end sessions
+                // or change their target.
+                let me = login(&s, &sl, role.as_str()).await;
+                let target = s
+                    .post(
+                        &format!("/v1/orgs/{org_id}/invitations"),
+                        &serde_json::json!({ "email": format!("{}@example.org", slug("t")), "role": "guest" }),
+                    )
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap();
+                let url = path
+                    .replace("{user_id}", target["user"]["id"].as_str().unwrap())
+                    .replace("{session_id}", &me.session_id);
+                let mut req =
+                    s.http.request(method.to_uppercase().parse().unwrap(), s.url(&url)).bearer_auth(&me.access);
+                if !body.is_null() {
+                    req = req.json(&sample(&doc, &body));
+                }
+                let status = req.send().await.unwrap().status().as_u16();
+                let id = op["operationId"].as_str().unwrap();
+                if policy::allows(role, permission) {
+                    assert!(
+                        status != 401 && status != 403,
+                        "{id} as {}: {status}, but the policy allows it",
+                        role.as_str()
+                    );
+                } else {
+                    assert_eq!(status, 403, "{id} as {}: the policy refuses it", role.as_str());
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 60, "only {checked} checks");
+    s.stop().await;
+}
