@@ -27,6 +27,8 @@ pub enum Request {
     Backup { out: PathBuf },
     AuditVerify,
     CreateOperatorKey { name: String },
+    RotateSigningKey,
+    RotateVault,
 }
 
 /// Largest request line accepted.
@@ -110,6 +112,12 @@ async fn run(req: Request, app: App, progress: mpsc::Sender<Value>) -> Result<Va
                 .await
                 .map(|v| json!(v))
                 .map_err(|e: crate::store::StoreError| e.to_string())
+        }
+        Request::RotateSigningKey => {
+            app.rotate_signing_key("cli:admin-socket").await.map(|r| json!({ "kid": r.kid })).map_err(|e| e.to_string())
+        }
+        Request::RotateVault => {
+            app.rotate_vault("cli:admin-socket").await.map(|id| json!({ "key_id": id })).map_err(|e| e.to_string())
         }
         Request::CreateOperatorKey { name } => operators::create_key(&app.writer, "cli:admin-socket", &name)
             .await

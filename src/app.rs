@@ -29,7 +29,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub followers: Arc<FollowerRegistry>,
     pub operator_keys: Arc<KeyCache>,
-    pub vault: Arc<Vault>,
+    /// The vault; swapped as a whole by a rotation.
+    vault: Arc<std::sync::RwLock<Arc<Vault>>>,
     pub keys: Keys,
     pub hasher: Hasher,
     pub limits: Arc<Limits>,
@@ -86,7 +87,7 @@ impl App {
             metrics,
             followers: Arc::default(),
             operator_keys: Arc::default(),
-            vault,
+            vault: Arc::new(std::sync::RwLock::new(vault)),
             keys: Keys::empty(),
             hasher: Hasher::default(),
             limits: Arc::new(Limits::new(config_limits)),
@@ -97,14 +98,40 @@ impl App {
 
     /// (Re)loads the signing keys, making the first one when there is none.
     pub async fn load_keys(&self) -> Result<(), KeyError> {
-        let (store, vault, k) = (self.store.clone(), self.vault.clone(), self.keys.clone());
+        let (store, vault, k) = (self.store.clone(), self.vault(), self.keys.clone());
         let reload = move || k.reload(&store, &vault);
         tokio::task::spawn_blocking(reload.clone()).await.map_err(|e| StoreError::Storage(e.to_string()))??;
         if self.keys.ring().signing.is_none() {
-            keys::rotate(&self.writer, &self.vault, "system").await?;
+            keys::rotate(&self.writer, &self.vault(), "system").await?;
             tokio::task::spawn_blocking(reload).await.map_err(|e| StoreError::Storage(e.to_string()))??;
         }
         Ok(())
+    }
+
+    /// The vault in force.
+    pub fn vault(&self) -> Arc<Vault> {
+        self.vault.read().map_or_else(|p| p.into_inner().clone(), |v| v.clone())
+    }
+
+    /// Adds a new current signing key (the others retire) and loads it.
+    pub async fn rotate_signing_key(&self, actor: &str) -> Result<keys::SigningKeyRecord, KeyError> {
+        let record = keys::rotate(&self.writer, &self.vault(), actor).await?;
+        self.load_keys().await?;
+        Ok(record)
+    }
+
+    /// Replaces the vault's master key and re-seals everything under it; the new key id.
+    pub async fn rotate_vault(&self, actor: &str) -> Result<String, KeyError> {
+        let old = self.vault();
+        let new = Arc::new(old.begin_rotation()?);
+        keys::reseal_all(&self.writer, new.clone(), actor).await?;
+        new.finish_rotation()?;
+        let id = new.key_id();
+        match self.vault.write() {
+            Ok(mut g) => *g = new,
+            Err(p) => *p.into_inner() = new,
+        }
+        Ok(id)
     }
 
     pub fn access_ttl(&self) -> Duration {

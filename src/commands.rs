@@ -103,6 +103,40 @@ pub fn create_operator_key(config: &Config, name: &str) -> Result<(String, Strin
     })
 }
 
+/// Rotates the token signing key; the new key's id.
+pub fn rotate_signing_key(config: &Config) -> Result<String, CommandError> {
+    with_app(config, &Request::RotateSigningKey, "kid", |app| async move {
+        app.rotate_signing_key("cli:local").await.map(|r| r.kid).map_err(|e| CommandError::Refused(e.to_string()))
+    })
+}
+
+/// Rotates the vault's master key; the new key's id.
+pub fn rotate_vault(config: &Config) -> Result<String, CommandError> {
+    with_app(config, &Request::RotateVault, "key_id", |app| async move {
+        app.rotate_vault("cli:local").await.map_err(|e| CommandError::Refused(e.to_string()))
+    })
+}
+
+/// Runs `req` on the server when one runs (answer field `field`), else `local` on an App of
+/// our own.
+fn with_app<F, Fut>(config: &Config, req: &Request, field: &str, local: F) -> Result<String, CommandError>
+where
+    F: FnOnce(App) -> Fut,
+    Fut: std::future::Future<Output = Result<String, CommandError>>,
+{
+    if admin::server_running(&config.admin_socket()) {
+        let v = admin::call(&config.admin_socket(), req, &mut |_, _| {})?;
+        return v[field].as_str().map(str::to_owned).ok_or_else(|| CommandError::Refused("bad answer".into()));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StoreError::from)?;
+    rt.block_on(async {
+        let (app, _) = App::start(config.clone()).await?;
+        let out = local(app.clone()).await;
+        app.writer.shutdown().await;
+        out
+    })
+}
+
 fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, CommandError> {
     serde_json::from_value(v).map_err(|e| CommandError::Refused(format!("unexpected answer from the server: {e}")))
 }

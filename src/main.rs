@@ -66,8 +66,30 @@ enum Command {
         #[command(subcommand)]
         command: OperatorCommand,
     },
+    /// Token signing key commands.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Vault commands.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Add a new current signing key; older keys keep verifying until their tokens expire.
+    Rotate,
+}
+
+#[derive(Subcommand, Debug)]
+enum VaultCommand {
+    /// Replace the master key and re-seal every secret under it.
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -150,6 +172,16 @@ fn main() -> ExitCode {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }),
+        Command::Keys { command: KeysCommand::Rotate } => with_config(load(), |c| {
+            let kid = commands::rotate_signing_key(&c)?;
+            println!("new signing key {kid}");
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Vault { command: VaultCommand::Rotate } => with_config(load(), |c| {
+            let id = commands::rotate_vault(&c)?;
+            println!("vault re-sealed under master key {id}");
+            Ok(ExitCode::SUCCESS)
         }),
         Command::Operator { command: OperatorCommand::CreateKey { name } } => with_config(load(), |c| {
             let (id, token) = commands::create_operator_key(&c, &name)?;

@@ -276,3 +276,47 @@ fn the_vault_refuses_a_readable_or_wrong_key_file() {
     assert_eq!(code, 1);
     assert!(err.contains("wrong key file"), "{err}");
 }
+
+#[tokio::test]
+async fn signing_keys_and_the_vault_rotate_without_breaking_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config_for(dir.path())).await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "kim@example.org", "member").await;
+    let before = login(&s, &sl, "kim").await;
+    let kid_of = |token: &str| {
+        let footer = token.rsplit('.').next().unwrap();
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, footer).unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()["kid"].as_str().unwrap().to_owned()
+    };
+    let config = s.config.clone();
+    let kid =
+        tokio::task::spawn_blocking(move || outpost::commands::rotate_signing_key(&config)).await.unwrap().unwrap();
+    let keys: Value = s.http.get(s.url("/v1/auth/keys")).send().await.unwrap().json().await.unwrap();
+    let statuses: Vec<(&str, &str)> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["kid"].as_str().unwrap(), k["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(statuses.len(), 2);
+    assert!(statuses.contains(&(kid.as_str(), "current")));
+    assert!(statuses.contains(&(kid_of(&before.access).as_str(), "retired")));
+    // The old token still verifies; new ones carry the new key id.
+    assert_eq!(s.http.get(s.url("/v1/me")).bearer_auth(&before.access).send().await.unwrap().status(), 200);
+    let after = login(&s, &sl, "kim").await;
+    assert_eq!(kid_of(&after.access), kid);
+
+    // The vault's master key changes; everything still opens, before and after a restart.
+    let key_file = dir.path().join("master.key");
+    let old_file = std::fs::read_to_string(&key_file).unwrap();
+    let config = s.config.clone();
+    tokio::task::spawn_blocking(move || outpost::commands::rotate_vault(&config)).await.unwrap().unwrap();
+    let new_file = std::fs::read_to_string(&key_file).unwrap();
+    assert_ne!(old_file, new_file);
+    assert_eq!(new_file.lines().filter(|l| !l.starts_with('#')).count(), 1, "only the new key remains");
+    s.stop().await;
+    let s = TestServer::start_with(config_for(dir.path())).await;
+    assert_eq!(s.http.get(s.url("/v1/me")).bearer_auth(&after.access).send().await.unwrap().status(), 200);
+    s.stop().await;
+}
