@@ -11,6 +11,7 @@ use crate::domain::DomainError;
 use crate::ids::rfc3339;
 use crate::store::audit::{AuditRecord, Verification};
 use crate::store::events::Event;
+use crate::tenancy::OrgScope;
 
 crate::problems!(LogReadErrors: 400, 401, 404);
 crate::problems!(VerifyErrors: 401);
@@ -205,4 +206,126 @@ pub fn verification_view(v: Verification) -> VerificationView {
         records: v.records,
         first_broken: v.first_broken.map(|b| BrokenLinkView { org_id: b.org.to_string(), n: b.n, reason: b.reason }),
     }
+}
+
+crate::problems!(OrgAuditErrors: 400, 401, 403, 422);
+
+#[derive(poem_openapi::ApiResponse)]
+pub enum AuditExport {
+    /// One audit record per line (JSON), oldest first.
+    #[oai(status = 200, content_type = "application/x-ndjson")]
+    Lines(poem_openapi::payload::Binary<poem::Body>),
+}
+
+/// Page size of an export's internal reads.
+const EXPORT_PAGE: usize = 1000;
+
+pub struct OrgAuditApi;
+
+#[OpenApi(tag = "ApiTags::Audit")]
+#[allow(clippy::too_many_arguments)] // query parameters are arguments by the framework's design
+impl OrgAuditApi {
+    /// Query my organization's audit records
+    ///
+    /// Filters combine; pages follow the chain's order. A page examines at most 10,000
+    /// records, so it may hold fewer matches than `limit` with a `next_after` to go on.
+    ///
+    /// Permission: `audit.read`.
+    #[oai(path = "/v1/audit", method = "get", operation_id = "queryAudit")]
+    async fn query(
+        &self,
+        app: Data<&App>,
+        auth: super::UserAuth,
+        /// e.g. `user:<id>`, `operator:<id>`.
+        actor: Query<Option<String>>,
+        /// e.g. `auth.login_failed`.
+        action: Query<Option<String>>,
+        /// e.g. `user:<id>`.
+        target: Query<Option<String>>,
+        /// RFC 3339; records at or after.
+        since: Query<Option<String>>,
+        /// RFC 3339; records before.
+        until: Query<Option<String>>,
+        /// Records after this position (default 0).
+        after: Query<Option<u64>>,
+        /// Page size, 1–1000 (default 100).
+        limit: Query<Option<u32>>,
+    ) -> Result<Json<AuditPage>, OrgAuditErrors> {
+        let p = auth.require(&app, crate::auth::policy::Permission::AuditRead).await?;
+        let filter = audit_filter(actor.0, action.0, target.0, since.0, until.0)?;
+        let limit = page_limit(limit.0)?;
+        let page =
+            crate::domain::audit::query(&app.store, OrgScope::member(&p), filter, after.0.unwrap_or(0), limit).await?;
+        Ok(Json(AuditPage { items: page.items.into_iter().map(audit_view).collect(), next_after: page.next_after }))
+    }
+
+    /// Export my organization's audit records as NDJSON
+    ///
+    /// The same filters as the query, every match, streamed.
+    ///
+    /// Permission: `audit.read`.
+    #[oai(path = "/v1/audit/export", method = "get", operation_id = "exportAudit")]
+    async fn export(
+        &self,
+        app: Data<&App>,
+        auth: super::UserAuth,
+        actor: Query<Option<String>>,
+        action: Query<Option<String>>,
+        target: Query<Option<String>>,
+        since: Query<Option<String>>,
+        until: Query<Option<String>>,
+    ) -> Result<AuditExport, OrgAuditErrors> {
+        let p = auth.require(&app, crate::auth::policy::Permission::AuditRead).await?;
+        let filter = audit_filter(actor.0, action.0, target.0, since.0, until.0)?;
+        let (store, scope) = (app.store.clone(), OrgScope::member(&p));
+        let pages = futures_util::stream::unfold(Some(0u64), move |after| {
+            let (store, filter) = (store.clone(), filter.clone());
+            async move {
+                let after = after?;
+                match crate::domain::audit::query(&store, scope, filter, after, EXPORT_PAGE).await {
+                    Ok(page) => {
+                        let mut lines = Vec::new();
+                        for r in page.items {
+                            let v = poem_openapi::types::ToJSON::to_json(&audit_view(r)).unwrap_or_default();
+                            lines.extend(serde_json::to_vec(&v).unwrap_or_default());
+                            lines.push(b'\n');
+                        }
+                        Some((Ok::<_, std::io::Error>(lines), page.next_after))
+                    }
+                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+                }
+            }
+        });
+        Ok(AuditExport::Lines(poem_openapi::payload::Binary(poem::Body::from_bytes_stream(pages))))
+    }
+}
+
+fn audit_filter(
+    actor: Option<String>,
+    action: Option<String>,
+    target: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+) -> Result<crate::domain::audit::AuditFilter, DomainError> {
+    let time = |name: &str, v: Option<String>| -> Result<Option<i64>, DomainError> {
+        v.map(|s| {
+            time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .map_err(|_| {
+                    DomainError::invalid(
+                        &format!("?{name}"),
+                        "invalid_time",
+                        "an RFC 3339 time like 2026-01-31T12:00:00Z",
+                    )
+                })
+        })
+        .transpose()
+    };
+    Ok(crate::domain::audit::AuditFilter {
+        actor,
+        action,
+        target,
+        since_ms: time("since", since)?,
+        until_ms: time("until", until)?,
+    })
 }

@@ -103,8 +103,16 @@ pub fn limited(app: &App, l: crate::limits::Limited) -> Problem {
 pub struct RequestId(pub String);
 
 /// The API document's service (its paths carry their full `/v1/...` prefix).
-pub type Apis =
-    (orgs::OrgsApi, orgs::OrgInvitesApi, audit::AuditApi, ops::OpsApi, auth_api::AuthApi, me::MeApi, users::UsersApi);
+pub type Apis = (
+    orgs::OrgsApi,
+    orgs::OrgInvitesApi,
+    audit::AuditApi,
+    audit::OrgAuditApi,
+    ops::OpsApi,
+    auth_api::AuthApi,
+    me::MeApi,
+    users::UsersApi,
+);
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
@@ -112,6 +120,7 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
             orgs::OrgsApi,
             orgs::OrgInvitesApi,
             audit::AuditApi,
+            audit::OrgAuditApi,
             ops::OpsApi,
             auth_api::AuthApi,
             me::MeApi,
