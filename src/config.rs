@@ -61,6 +61,9 @@ pub struct HttpConfig {
     pub body_limit_bytes: u64,
     /// Longest a request may take before it is answered with 503 `request_timeout`.
     pub request_timeout_ms: u64,
+    /// Browser origins allowed to call the API (CORS), e.g. `https://app.example.org`.
+    /// Empty: no cross-origin access.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,7 +134,7 @@ impl Default for Config {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { body_limit_bytes: 1 << 20, request_timeout_ms: 30_000 }
+        Self { body_limit_bytes: 1 << 20, request_timeout_ms: 30_000, cors_allowed_origins: Vec::new() }
     }
 }
 
@@ -215,6 +218,15 @@ impl Config {
         }
         if self.http.body_limit_bytes < 1024 {
             bad("http.body_limit_bytes", "must be at least 1024");
+        }
+        for (i, o) in self.http.cors_allowed_origins.iter().enumerate() {
+            let ok = (o.starts_with("https://") || o.starts_with("http://")) && !o.ends_with('/') && !o.contains('*');
+            if !ok {
+                bad(
+                    &format!("http.cors_allowed_origins.{i}"),
+                    "must be an origin like https://app.example.org (no path, no wildcard)",
+                );
+            }
         }
         if self.http.request_timeout_ms < 100 {
             bad("http.request_timeout_ms", "must be at least 100");

@@ -149,6 +149,15 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
     let docs = api.swagger_ui();
     let limit = app.config.http.body_limit_bytes;
     let timeout = Duration::from_millis(app.config.http.request_timeout_ms);
+    let origins = app.config.http.cors_allowed_origins.clone();
+    let cors = (!origins.is_empty()).then(|| {
+        poem::middleware::Cors::new()
+            .allow_origins(origins)
+            .allow_methods(["GET", "POST", "PUT", "PATCH", "DELETE"])
+            .allow_headers(["authorization", "content-type", "if-match", "x-request-id"])
+            .expose_headers(["etag", "location", "x-request-id", "retry-after"])
+            .max_age(600)
+    });
     Route::new()
         .nest("/", api)
         .at("/v1/openapi.json", spec)
@@ -156,6 +165,7 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
         .at("/metrics", ops::metrics)
         .data(BodyLimit(limit))
         .data(app.clone())
+        .with_if(cors.is_some(), cors.unwrap_or_default())
         .with(EdgeMiddleware { app, timeout })
 }
 
@@ -222,6 +232,7 @@ impl<E: Endpoint> Endpoint for Edge<E> {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert("x-request-id", v);
         }
+        security_headers(&mut resp, &path);
         let status = resp.status().as_u16();
         let route = route.unwrap_or(if path == "/metrics" || path.starts_with("/docs") || path == "/v1/openapi.json" {
             "static"
@@ -238,6 +249,23 @@ impl<E: Endpoint> Endpoint for Edge<E> {
             tracing::info!(status, route, latency_us = elapsed.as_micros() as u64, "request");
         });
         Ok(resp)
+    }
+}
+
+/// Headers every answer carries. API answers are never cached and never framed or rendered as
+/// a page; the docs UI needs its scripts, so it gets a policy of its own.
+fn security_headers(resp: &mut Response, path: &str) {
+    let h = resp.headers_mut();
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    if path.starts_with("/docs") {
+        h.insert("content-security-policy", HeaderValue::from_static("frame-ancestors 'none'"));
+    } else {
+        h.insert("content-security-policy", HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+        if !h.contains_key("cache-control") {
+            h.insert("cache-control", HeaderValue::from_static("no-store"));
+        }
     }
 }
 

@@ -117,3 +117,39 @@ async fn error_shapes() {
     assert!(r.headers()["x-request-id"].to_str().unwrap().len() >= 32);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn security_headers_and_cors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config_for(dir.path());
+    config.http.cors_allowed_origins = vec!["https://app.example.org".into()];
+    let s = TestServer::start_with(config).await;
+    let r = s.get("/v1/orgs").send().await.unwrap();
+    for (h, v) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("cache-control", "no-store"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(r.headers()[h], v, "{h}");
+    }
+    assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    let preflight = |origin: &'static str| {
+        s.http
+            .request(reqwest::Method::OPTIONS, s.url("/v1/me"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let ok = preflight("https://app.example.org").await.unwrap();
+    assert!(ok.status().is_success());
+    assert_eq!(ok.headers()["access-control-allow-origin"], "https://app.example.org");
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(other.status(), 403);
+    // A simple cross-origin request from an allowed origin can read the answer.
+    let r = s.get("/v1/orgs").header("origin", "https://app.example.org").send().await.unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example.org");
+    s.stop().await;
+}
