@@ -431,10 +431,12 @@ impl WriterThread {
         let n = jobs.len();
         let committed = match outcome {
             Ok(published) => {
+                // Publish before answering: whoever hears back from a write and then subscribes
+                // must not see that write's events arrive live after the fact.
+                self.bus.publish(published);
                 for j in jobs {
                     j.finish(Ok(()));
                 }
-                self.bus.publish(published);
                 true
             }
             Err(e) => {
