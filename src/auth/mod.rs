@@ -20,6 +20,7 @@ pub mod password;
 pub mod policy;
 pub mod tokens;
 
+use crate::domain::api_keys::{self, KeyCheck};
 use crate::domain::operators::{self, KeyRefusal};
 use crate::domain::sessions::{self, Standing};
 use crate::ids::Id;
@@ -66,6 +67,8 @@ pub enum AuthError {
     UserInactive,
     #[error("the organization is suspended or deleted")]
     OrgInactive,
+    #[error("the API key has expired")]
+    KeyExpired,
     #[error("this needs the {0} permission")]
     Forbidden(&'static str),
     #[error(transparent)]
@@ -76,20 +79,33 @@ pub enum AuthError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     pub org: Id,
+    /// The user acting (for a service account key: the key's id).
     pub user: Id,
     pub role: Role,
+    /// The login session (for an API key: the key's id).
     pub session: Id,
+    /// Set when the caller presented an API key: its id and the permissions it is limited to.
+    pub api_key: Option<(Id, Vec<Permission>)>,
 }
 
 impl Principal {
     /// The actor string of audit records and events.
     pub fn actor(&self) -> String {
-        format!("user:{}", self.user)
+        match &self.api_key {
+            Some((id, _)) => format!("api_key:{id}"),
+            None => format!("user:{}", self.user),
+        }
     }
 
-    /// Refuses unless the principal's role holds `permission`.
+    /// Refuses unless the principal's role holds `permission` (and, for an API key, the key's
+    /// scopes include it).
     pub fn require(&self, permission: Permission) -> Result<(), AuthError> {
-        if policy::allows(self.role, permission) { Ok(()) } else { Err(AuthError::Forbidden(permission.as_str())) }
+        let scoped = self.api_key.as_ref().is_none_or(|(_, scopes)| scopes.contains(&permission));
+        if policy::allows(self.role, permission) && scoped {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden(permission.as_str()))
+        }
     }
 }
 
@@ -100,11 +116,14 @@ pub async fn user(
     bearer: &str,
     access_ttl: Duration,
 ) -> Result<Principal, AuthError> {
+    if bearer.starts_with(api_keys::PREFIX) {
+        return api_key(store, bearer).await;
+    }
     let claims = tokens::verify(ring, bearer, access_ttl)?;
     let (org, user, session) = (claims.org, claims.user, claims.session);
     let standing = store.read(move |r| sessions::standing(r, org, user, session)).await?;
     match standing {
-        Standing::Ok(role) => Ok(Principal { org, user, role, session }),
+        Standing::Ok(role) => Ok(Principal { org, user, role, session, api_key: None }),
         Standing::SessionRevoked => Err(AuthError::SessionRevoked),
         Standing::UserInactive => Err(AuthError::UserInactive),
         Standing::OrgInactive => Err(AuthError::OrgInactive),
@@ -148,5 +167,40 @@ pub async fn operator(store: &Store, cache: &KeyCache, bearer: &str) -> Result<O
         }
         Err(KeyRefusal::Revoked) => Err(AuthError::Revoked),
         Err(KeyRefusal::Malformed | KeyRefusal::Unknown) => Err(AuthError::Invalid),
+    }
+}
+
+/// Checks an API key: the key must stand, its organization too, and a user key's user.
+async fn api_key(store: &Store, bearer: &str) -> Result<Principal, AuthError> {
+    let (org, id, digest) = api_keys::parse(bearer).ok_or(AuthError::Invalid)?;
+    let checked = store
+        .read(move |r| {
+            let org_ok = r
+                .get(crate::store::tables::ORGS, org.as_bytes())?
+                .map(|v| crate::store::decode::<crate::domain::orgs::Organization>(crate::store::tables::ORGS, &v))
+                .transpose()?
+                .is_some_and(|o| o.status == crate::domain::orgs::OrgStatus::Active);
+            if !org_ok {
+                return Ok::<_, StoreError>(None);
+            }
+            api_keys::check_key(r, org, id, &digest).map(Some)
+        })
+        .await?;
+    match checked {
+        None => Err(AuthError::OrgInactive),
+        Some(KeyCheck::Valid { key, role }) => {
+            let scopes = key.permissions();
+            Ok(Principal {
+                org,
+                user: key.user.unwrap_or(key.id),
+                role,
+                session: key.id,
+                api_key: Some((key.id, scopes)),
+            })
+        }
+        Some(KeyCheck::Invalid) => Err(AuthError::Invalid),
+        Some(KeyCheck::Revoked) => Err(AuthError::Revoked),
+        Some(KeyCheck::Expired) => Err(AuthError::KeyExpired),
+        Some(KeyCheck::OwnerInactive) => Err(AuthError::UserInactive),
     }
 }

@@ -4,6 +4,7 @@
 //! `Writer::submit`, and reports failures as `DomainError`, which `http::problem` maps to
 //! status codes and stable error codes in one table.
 
+pub mod api_keys;
 pub mod audit;
 pub mod operators;
 pub mod orgs;

@@ -5,6 +5,7 @@
 //! is sane, else a new UUIDv7), opens the request's tracing span, bounds its time, turns every
 //! error into problem+json, echoes the request id, and counts it in `/metrics` by operationId.
 
+pub mod api_keys;
 pub mod audit;
 pub mod auth_api;
 pub mod body;
@@ -112,6 +113,7 @@ pub type Apis = (
     auth_api::AuthApi,
     me::MeApi,
     users::UsersApi,
+    api_keys::ApiKeysApi,
 );
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
@@ -125,6 +127,7 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
             auth_api::AuthApi,
             me::MeApi,
             users::UsersApi,
+            api_keys::ApiKeysApi,
         ),
         "Outpost",
         crate::VERSION,

@@ -180,6 +180,7 @@ impl From<AuthError> for Problem {
                 };
                 Self::unauthenticated(code, &t.to_string())
             }
+            AuthError::KeyExpired => Self::unauthenticated("credentials_expired", &e.to_string()),
             AuthError::SessionRevoked => Self::unauthenticated("session_revoked", &e.to_string()),
             AuthError::UserInactive => Self::unauthenticated("user_inactive", &e.to_string()),
             AuthError::OrgInactive => Self::unauthenticated("org_inactive", &e.to_string()),

@@ -75,6 +75,9 @@ pub const USER_SESSIONS: Table = org("user_sessions", 16);
 /// org ‖ SHA-256 of a refresh token's secret → `RefreshRecord` JSON.
 pub const REFRESH_TOKENS: Table = org("refresh_tokens", 17);
 
+/// org ‖ key id → `ApiKey` JSON (the secret only as a SHA-256).
+pub const API_KEYS: Table = org("api_keys", 18);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -100,6 +103,7 @@ pub const ALL: &[Table] = &[
     SESSIONS,
     USER_SESSIONS,
     REFRESH_TOKENS,
+    API_KEYS,
 ];
 
 /// `org ‖ a ‖ b`.

@@ -373,3 +373,81 @@ async fn admins_query_and_export_their_audit_trail() {
     expect_problem(r, 403, "forbidden").await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn api_keys_act_within_their_scopes() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "ida@example.org", "admin").await;
+    operator_invite_and_accept(&s, &org_id, "mo@example.org", "member").await;
+    let admin = login(&s, &sl, "ida").await;
+    let member = login(&s, &sl, "mo").await;
+    let create = |token: String, body: Value| {
+        let s = &s;
+        async move { s.http.post(s.url("/v1/api-keys")).bearer_auth(token).json(&body).send().await.unwrap() }
+    };
+    let call = |token: String, path: &'static str| {
+        let s = &s;
+        async move { s.http.get(s.url(path)).bearer_auth(token).send().await.unwrap() }
+    };
+
+    // A member's key limited to self.manage: /v1/me works, the directory does not.
+    let r = create(member.access.clone(), json!({ "name": "script", "scopes": ["self.manage"] })).await;
+    assert_eq!(r.status(), 201);
+    let k: Value = r.json().await.unwrap();
+    let token = k["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with(k["key"]["prefix"].as_str().unwrap()));
+    assert_eq!(call(token.clone(), "/v1/me").await.status(), 200);
+    expect_problem(call(token.clone(), "/v1/users").await, 403, "forbidden").await;
+    // Scopes beyond the role are refused; so is a member making a service account.
+    let r = create(member.access.clone(), json!({ "name": "x", "scopes": ["users.manage"] })).await;
+    let p = expect_problem(r, 422, "validation_failed").await;
+    assert_eq!(p["errors"][0]["code"], "beyond_role");
+    let r = create(
+        member.access.clone(),
+        json!({ "name": "svc", "scopes": ["users.read"], "service_account_role": "member" }),
+    )
+    .await;
+    expect_problem(r, 403, "forbidden").await;
+
+    // An admin's service account reads the directory.
+    let r = create(
+        admin.access.clone(),
+        json!({ "name": "sync", "scopes": ["users.read"], "service_account_role": "member" }),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let svc: Value = r.json().await.unwrap();
+    let svc_token = svc["token"].as_str().unwrap().to_owned();
+    assert!(svc["key"]["user_id"].is_null());
+    assert_eq!(call(svc_token.clone(), "/v1/users").await.status(), 200);
+    // Listing never shows a secret; admins see every key.
+    let all: Value = call(admin.access.clone(), "/v1/api-keys?all=true").await.json().await.unwrap();
+    assert_eq!(all["items"].as_array().unwrap().len(), 2);
+    assert!(!all.to_string().contains(&token) && !all.to_string().contains(&svc_token));
+    let mine: Value = call(member.access.clone(), "/v1/api-keys").await.json().await.unwrap();
+    assert_eq!(mine["items"].as_array().unwrap().len(), 1);
+    expect_problem(call(member.access.clone(), "/v1/api-keys?all=true").await, 403, "forbidden").await;
+
+    // Revoked: refused; a suspended owner's key: refused.
+    let id = svc["key"]["id"].as_str().unwrap();
+    let r = s.http.delete(s.url(&format!("/v1/api-keys/{id}"))).bearer_auth(&admin.access).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    expect_problem(call(svc_token, "/v1/users").await, 401, "credentials_revoked").await;
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/users/{}/suspend", member.user_id)))
+        .bearer_auth(&admin.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    expect_problem(call(token, "/v1/me").await, 401, "user_inactive").await;
+    // Garbage that looks like a key.
+    expect_problem(call("oak_nothing".into(), "/v1/me").await, 401, "invalid_credentials").await;
+    let audit: Value =
+        s.get(&format!("/v1/orgs/{org_id}/audit?limit=1000")).send().await.unwrap().json().await.unwrap();
+    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"api_key.create") && actions.contains(&"api_key.revoke"));
+    s.stop().await;
+}

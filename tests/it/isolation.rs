@@ -44,6 +44,45 @@ async fn org_b_never_sees_org_a() {
     let (_org_b, b) = populated_org(&s).await;
     let a_member = &a.iter().find(|(r, _)| *r == "member").unwrap().1;
     let doc: Value = s.http.get(s.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    // A's resources of every kind, and B's principals: each role's token and an API key with
+    // everything that role holds.
+    let a_key: Value = s
+        .http
+        .post(s.url("/v1/api-keys"))
+        .bearer_auth(&a_member.access)
+        .json(&json!({ "name": "a", "scopes": ["self.manage"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a_key_id = a_key["key"]["id"].as_str().unwrap().to_owned();
+    let mut principals: Vec<(String, String)> = Vec::new();
+    for (role, login) in &b {
+        principals.push(((*role).to_owned(), login.access.clone()));
+        let perms: Value = s
+            .http
+            .get(s.url("/v1/me/permissions"))
+            .bearer_auth(&login.access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let r = s
+            .http
+            .post(s.url("/v1/api-keys"))
+            .bearer_auth(&login.access)
+            .json(&json!({ "name": "b", "scopes": perms["permissions"] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let k: Value = r.json().await.unwrap();
+        principals.push((format!("{role} API key"), k["token"].as_str().unwrap().to_owned()));
+    }
 
     let mut checked = 0;
     for (path, ops) in doc["paths"].as_object().unwrap() {
@@ -53,16 +92,17 @@ async fn org_b_never_sees_org_a() {
         let concrete = path
             .replace("{org_id}", &org_a)
             .replace("{user_id}", &a_member.user_id)
-            .replace("{session_id}", &a_member.session_id);
+            .replace("{session_id}", &a_member.session_id)
+            .replace("{key_id}", &a_key_id);
         assert!(!concrete.contains('{'), "isolation test does not know a parameter of {path}");
         for (method, op) in ops.as_object().unwrap() {
             let id = op["operationId"].as_str().unwrap();
             assert!(!PUBLIC.contains(&id));
             let operator_only = op["security"].to_string().contains("OperatorAuth");
             let body = op["requestBody"]["content"]["application/json"]["schema"].clone();
-            for (role, login) in &b {
+            for (role, token) in &principals {
                 let mut req =
-                    s.http.request(method.to_uppercase().parse().unwrap(), s.url(&concrete)).bearer_auth(&login.access);
+                    s.http.request(method.to_uppercase().parse().unwrap(), s.url(&concrete)).bearer_auth(token);
                 if !body.is_null() {
                     req = req.json(&sample(&doc, &body));
                 }
@@ -73,7 +113,7 @@ async fn org_b_never_sees_org_a() {
             }
         }
     }
-    assert!(checked >= 40, "only {checked} checks");
+    assert!(checked >= 100, "only {checked} checks");
 
     // Lists are scoped by the token: none of A's users shows up for B.
     let b_admin = &b.iter().find(|(r, _)| *r == "admin").unwrap().1;
