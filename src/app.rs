@@ -34,6 +34,8 @@ pub struct App {
     pub keys: Keys,
     pub hasher: Hasher,
     pub limits: Arc<Limits>,
+    /// When each API key's last use was written down, so that is done once a minute at most.
+    key_uses: Arc<std::sync::Mutex<std::collections::HashMap<crate::ids::Id, std::time::Instant>>>,
 }
 
 /// Why a server could not start.
@@ -91,6 +93,7 @@ impl App {
             keys: Keys::empty(),
             hasher: Hasher::default(),
             limits: Arc::new(Limits::new(config_limits)),
+            key_uses: Arc::default(),
         };
         app.load_keys().await?;
         Ok((app, report))
@@ -106,6 +109,29 @@ impl App {
             tokio::task::spawn_blocking(reload).await.map_err(|e| StoreError::Storage(e.to_string()))??;
         }
         Ok(())
+    }
+
+    /// Notes that an API key was used; its last-used time is written at most once a minute.
+    pub fn note_key_use(&self, org: crate::ids::Id, key: crate::ids::Id) {
+        const EVERY: Duration = Duration::from_secs(60);
+        let due = self.key_uses.lock().is_ok_and(|mut m| {
+            if m.len() >= 10_000 {
+                m.clear();
+            }
+            let due = m.get(&key).is_none_or(|t| t.elapsed() >= EVERY);
+            if due {
+                m.insert(key, std::time::Instant::now());
+            }
+            due
+        });
+        if due {
+            let writer = self.writer.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::domain::api_keys::touch(&writer, org, key).await {
+                    tracing::warn!(error = %e, "could not record an API key's use");
+                }
+            });
+        }
     }
 
     /// The vault in force.

@@ -178,6 +178,21 @@ pub async fn revoke(writer: &Writer, ctx: MutationCtx, caller: Id, manager: bool
         .await
 }
 
+/// Records that a key was used (bookkeeping: no event, no audit record).
+pub async fn touch(writer: &Writer, org: Id, id: Id) -> Result<(), StoreError> {
+    writer
+        .maintain(move |tx| {
+            let key = org_id_key(org, id);
+            if let Some(v) = tx.get(API_KEYS, &key)? {
+                let mut k: ApiKey = decode(API_KEYS, &v)?;
+                k.last_used_at_ms = Some(tx.now_ms());
+                tx.put(API_KEYS, &key, &encode(&k))?;
+            }
+            Ok(())
+        })
+        .await
+}
+
 /// A presented key, parsed: (org, key id, secret digest).
 pub fn parse(token: &str) -> Option<(Id, Id, String)> {
     let rest = token.strip_prefix(PREFIX)?;

@@ -82,6 +82,9 @@ impl UserAuth {
         let p =
             auth::user(&app.store, &app.keys.ring(), &self.0.token, app.access_ttl()).await.map_err(Problem::from)?;
         app.limits.request(p.org, p.user).map_err(|l| limited(app, l))?;
+        if let Some((key, _)) = &p.api_key {
+            app.note_key_use(p.org, *key);
+        }
         Ok(p)
     }
 

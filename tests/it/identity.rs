@@ -427,6 +427,17 @@ async fn api_keys_act_within_their_scopes() {
     assert!(!all.to_string().contains(&token) && !all.to_string().contains(&svc_token));
     let mine: Value = call(member.access.clone(), "/v1/api-keys").await.json().await.unwrap();
     assert_eq!(mine["items"].as_array().unwrap().len(), 1);
+    // Its use was written down (in the background, shortly after).
+    let mut used = Value::Null;
+    for _ in 0..100 {
+        let mine: Value = call(member.access.clone(), "/v1/api-keys").await.json().await.unwrap();
+        used = mine["items"][0]["last_used_at"].clone();
+        if used.is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(used.is_string(), "last_used_at was not recorded");
     expect_problem(call(member.access.clone(), "/v1/api-keys?all=true").await, 403, "forbidden").await;
 
     // Revoked: refused; a suspended owner's key: refused.
