@@ -34,6 +34,7 @@ pub struct App {
     pub keys: Keys,
     pub hasher: Hasher,
     pub limits: Arc<Limits>,
+    pub verified_tokens: Arc<crate::auth::tokens::VerifiedCache>,
     /// When each API key's last use was written down, so that is done once a minute at most.
     key_uses: Arc<std::sync::Mutex<std::collections::HashMap<crate::ids::Id, std::time::Instant>>>,
 }
@@ -94,6 +95,7 @@ impl App {
             hasher: Hasher::default(),
             limits: Arc::new(Limits::new(config_limits)),
             key_uses: Arc::default(),
+            verified_tokens: Arc::default(),
         };
         app.load_keys().await?;
         Ok((app, report))

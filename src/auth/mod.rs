@@ -112,6 +112,7 @@ impl Principal {
 /// Checks an access token and that its session, user and organization still stand.
 pub async fn user(
     store: &Store,
+    cache: &tokens::VerifiedCache,
     ring: &keys::KeyRing,
     bearer: &str,
     access_ttl: Duration,
@@ -119,7 +120,7 @@ pub async fn user(
     if bearer.starts_with(api_keys::PREFIX) {
         return api_key(store, bearer).await;
     }
-    let claims = tokens::verify(ring, bearer, access_ttl)?;
+    let claims = cache.verify(ring, bearer, access_ttl)?;
     let (org, user, session) = (claims.org, claims.user, claims.session);
     let standing = store.read(move |r| sessions::standing(r, org, user, session)).await?;
     match standing {

@@ -46,6 +46,42 @@ pub enum TokenError {
     NoSigningKey,
 }
 
+/// Verified tokens, by the SHA-256 of their text, until they expire: checking a token twice
+/// costs a hash and a lookup instead of an Ed25519 verification. Bounded: a full cache is
+/// emptied rather than grown. (A cached token still needs its session to stand; that check is
+/// never cached.)
+#[derive(Default)]
+pub struct VerifiedCache {
+    // A std Mutex: held for a lookup or an insert, never across an await.
+    inner: std::sync::Mutex<std::collections::HashMap<[u8; 32], AccessClaims>>,
+}
+
+/// Most verified tokens remembered.
+pub const VERIFIED_CACHE_LEN_MAX: usize = 16_384;
+
+impl VerifiedCache {
+    /// As `verify`, remembering what verified.
+    pub fn verify(&self, ring: &KeyRing, token: &str, access_ttl: Duration) -> Result<AccessClaims, TokenError> {
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+        let now_s = crate::ids::now_ms() / 1000;
+        if let Some(c) = self.inner.lock().ok().and_then(|m| m.get(&digest).cloned()) {
+            if c.exp_s > now_s {
+                return Ok(c);
+            }
+            return Err(TokenError::Expired);
+        }
+        let claims = verify(ring, token, access_ttl)?;
+        if let Ok(mut m) = self.inner.lock() {
+            if m.len() >= VERIFIED_CACHE_LEN_MAX {
+                m.clear();
+            }
+            m.insert(digest, claims.clone());
+        }
+        Ok(claims)
+    }
+}
+
 /// Signs an access token for `claims` valid for `ttl`.
 pub fn issue(ring: &KeyRing, claims: &AccessClaims, ttl: Duration) -> Result<String, TokenError> {
     let signer = ring.signing.as_ref().ok_or(TokenError::NoSigningKey)?;
