@@ -37,6 +37,11 @@ KEY=none
 log "machine: $(machine_desc)"
 log "duration ${DURATION}s x ${ROUNDS} rounds (+1 warm-up), ${CONNECTIONS} connections, ${THREADS} threads, sides: $SIDES"
 
+if [ "${READ_TARGET:-org}" = me ]; then
+    # A user's own account with their access token: budgets out of the way of the load.
+    export OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000000 OUTPOST_LIMITS__ORG_REQUESTS_PER_S=100000000
+fi
+
 if side_enabled outpost; then
     KEY=$(outpost_operator_key "$WORK/outpost-data")
     start_outpost "$WORK/outpost-data" "$OP_PORT"
@@ -47,6 +52,18 @@ if side_enabled outpost; then
     [ "$code" = 201 ] || { cat "$WORK/created.json" >&2; die "POST /v1/orgs answered $code, expected 201"; }
     ORG_ID=$("${BENCHSTAT[@]}" json-get id <"$WORK/created.json")
     URL_PATH=/v1/orgs/$ORG_ID
+    if [ "${READ_TARGET:-org}" = me ]; then
+        curl -fsS -o "$WORK/inv.json" -X POST "$OP_URL/v1/orgs/$ORG_ID/invitations" \
+            -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+            --data '{"email":"bench@example.org","role":"member"}'
+        INV=$("${BENCHSTAT[@]}" json-get token <"$WORK/inv.json")
+        curl -fsS -o /dev/null -X POST "$OP_URL/v1/auth/invitations/accept" -H 'Content-Type: application/json' \
+            --data "{\"token\":\"$INV\",\"username\":\"bench\",\"password\":\"bench password 123\"}"
+        curl -fsS -o "$WORK/login.json" -X POST "$OP_URL/v1/auth/login" -H 'Content-Type: application/json' \
+            --data '{"org":"bench-read","login":"bench","password":"bench password 123"}'
+        KEY=$("${BENCHSTAT[@]}" json-get access_token <"$WORK/login.json")
+        URL_PATH=/v1/me
+    fi
     code=$(curl -sS -o "$BODY" -w '%{http_code}' --max-time 10 \
         -H "Authorization: Bearer $KEY" "$OP_URL$URL_PATH")
     [ "$code" = 200 ] || { cat "$BODY" >&2; die "GET $URL_PATH answered $code, expected 200"; }
@@ -100,5 +117,5 @@ for ((r = 0; r <= ROUNDS; r++)); do
     done
 done
 
-report "$TSV" "authenticated GET /v1/orgs/{id} vs nginx static file (same bytes)" \
-    "req/s" "reads: GET org, c${CONNECTIONS}" "nginx-static"
+report "$TSV" "authenticated GET $URL_PATH vs nginx static file (same bytes)" \
+    "req/s" "reads: GET ${READ_TARGET:-org}, c${CONNECTIONS}" "nginx-static"

@@ -79,8 +79,9 @@ impl UserAuth {
     /// Checks the token and that its session, user and organization stand, and spends one
     /// request of the user's and the organization's budgets.
     pub async fn check(&self, app: &App) -> Result<Principal, Problem> {
-        let p =
-            auth::user(&app.store, &app.verified_tokens, &app.keys.ring(), &self.0.token, app.access_ttl()).await.map_err(Problem::from)?;
+        let p = auth::user(&app.store, &app.verified_tokens, &app.keys.ring(), &self.0.token, app.access_ttl())
+            .await
+            .map_err(Problem::from)?;
         app.limits.request(p.org, p.user).map_err(|l| limited(app, l))?;
         if let Some((key, _)) = &p.api_key {
             app.note_key_use(p.org, *key);
