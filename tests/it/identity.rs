@@ -462,3 +462,151 @@ async fn api_keys_act_within_their_scopes() {
     assert!(actions.contains(&"api_key.create") && actions.contains(&"api_key.revoke"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn password_changes_and_resets_end_other_logins() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "pat@example.org", "member").await;
+    operator_invite_and_accept(&s, &org_id, "al@example.org", "admin").await;
+    let admin = login(&s, &sl, "al").await;
+    let laptop = login(&s, &sl, "pat").await;
+    let phone = login(&s, &sl, "pat").await;
+    let me = |t: &str| s.http.get(s.url("/v1/me")).bearer_auth(t.to_owned()).send();
+
+    // Wrong current password, then a weak new one: refused, nothing changes.
+    let change = |t: &str, current: &str, new: &str| {
+        s.http
+            .post(s.url("/v1/me/password"))
+            .bearer_auth(t.to_owned())
+            .json(&json!({ "current_password": current, "new_password": new }))
+            .send()
+    };
+    let p = expect_problem(
+        change(&laptop.access, "wrong one!!", "another long one").await.unwrap(),
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(p["errors"][0]["code"], "wrong_password");
+    let p = expect_problem(change(&laptop.access, PASSWORD, "short").await.unwrap(), 422, "validation_failed").await;
+    assert_eq!(p["errors"][0]["code"], "weak_password");
+    assert_eq!(me(&phone.access).await.unwrap().status(), 200);
+
+    // Changing it keeps this login and ends the others.
+    assert_eq!(change(&laptop.access, PASSWORD, "a brand new passphrase").await.unwrap().status(), 204);
+    assert_eq!(me(&laptop.access).await.unwrap().status(), 200);
+    expect_problem(me(&phone.access).await.unwrap(), 401, "session_revoked").await;
+    let r = s
+        .http
+        .post(s.url("/v1/auth/login"))
+        .json(&json!({ "org": sl, "login": "pat", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 401, "invalid_login").await;
+
+    // An admin's reset token sets a new one and ends every login, once.
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/users/{}/password-reset", laptop.user_id)))
+        .bearer_auth(&admin.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+    let redeem = || {
+        s.http
+            .post(s.url("/v1/auth/password-reset"))
+            .json(&json!({ "token": token, "password": "reset to this passphrase" }))
+            .send()
+    };
+    assert_eq!(redeem().await.unwrap().status(), 204);
+    expect_problem(redeem().await.unwrap(), 401, "invalid_token").await;
+    expect_problem(me(&laptop.access).await.unwrap(), 401, "session_revoked").await;
+    let r = s
+        .http
+        .post(s.url("/v1/auth/login"))
+        .json(&json!({ "org": sl, "login": "pat", "password": "reset to this passphrase" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn profiles_preferences_and_the_directory() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "zoe@example.org", "admin").await;
+    operator_invite_and_accept(&s, &org_id, "yan@example.org", "guest").await;
+    let r = s
+        .post(&format!("/v1/orgs/{org_id}/invitations"), &json!({ "email": "pending@example.org", "role": "member" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s
+        .post(&format!("/v1/orgs/{org_id}/invitations"), &json!({ "email": "ZOE@example.org", "role": "member" }))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 409, "email_taken").await;
+    let z = login(&s, &sl, "zoe").await;
+
+    let patch = |body: Value, if_match: Option<&str>| {
+        let mut req = s.http.patch(s.url("/v1/me")).bearer_auth(&z.access).json(&body);
+        if let Some(v) = if_match {
+            req = req.header("if-match", v);
+        }
+        req.send()
+    };
+    let me: Value = s.http.get(s.url("/v1/me")).bearer_auth(&z.access).send().await.unwrap().json().await.unwrap();
+    let v = me["user"]["version"].as_u64().unwrap();
+    let r = patch(
+        json!({ "display_name": "Zoë", "time_zone": "Europe/Berlin", "preferences": { "theme": "dark" } }),
+        Some(&format!("\"{v}\"")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = patch(json!({ "locale": "de-DE" }), Some(&format!("\"{v}\""))).await.unwrap();
+    expect_problem(r, 412, "version_conflict").await;
+    let big = "x".repeat(17 * 1024);
+    let r = patch(json!({ "preferences": { "blob": big } }), None).await.unwrap();
+    let p = expect_problem(r, 422, "validation_failed").await;
+    assert_eq!(p["errors"][0]["pointer"], "/preferences");
+    let me: Value = s.http.get(s.url("/v1/me")).bearer_auth(&z.access).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (me["user"]["display_name"].as_str(), me["user"]["time_zone"].as_str()),
+        (Some("Zoë"), Some("Europe/Berlin"))
+    );
+    assert_eq!(me["preferences"]["theme"], "dark");
+
+    // The directory filters by status, role and text.
+    let list = |q: &'static str| {
+        let s = &s;
+        let t = z.access.clone();
+        async move {
+            s.http
+                .get(s.url(&format!("/v1/users{q}")))
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let names = |v: &Value| {
+        v["items"].as_array().unwrap().iter().map(|u| u["email"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&list("?status=invited").await), ["pending@example.org"]);
+    assert_eq!(names(&list("?role=guest").await), ["yan@example.org"]);
+    assert_eq!(names(&list("?q=ZO").await), ["zoe@example.org"]);
+    assert_eq!(list("").await["items"].as_array().unwrap().len(), 3, "everyone not deleted, invited included");
+    s.stop().await;
+}
