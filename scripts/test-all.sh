@@ -23,7 +23,7 @@ apt_install() {
 }
 
 say "checking tools"
-apt_install musl-tools file
+apt_install musl-tools file openssl curl
 if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
     rustup target add x86_64-unknown-linux-musl
 fi

@@ -27,6 +27,25 @@ pub struct Config {
     pub auth: AuthConfig,
     pub vault: VaultConfig,
     pub limits: crate::limits::LimitsConfig,
+    pub tls: TlsConfig,
+}
+
+/// HTTPS: both files, or neither (plain HTTP, e.g. behind a proxy that terminates TLS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key.
+    pub key_file: Option<PathBuf>,
+    /// How often the files are checked for a renewed certificate.
+    pub reload_interval_s: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { cert_file: None, key_file: None, reload_interval_s: 30 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +147,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             vault: VaultConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -248,6 +268,9 @@ impl Config {
         }
         if self.auth.sessions_per_user_max == 0 {
             bad("auth.sessions_per_user_max", "must be at least 1");
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            bad("tls", "set both cert_file and key_file, or neither");
         }
         if self.events.retention_count_max == 0 {
             bad("events.retention_count_max", "must be at least 1");

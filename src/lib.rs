@@ -17,12 +17,13 @@ pub mod ops;
 pub mod progress;
 pub mod store;
 pub mod tenancy;
+pub mod tls;
 pub mod vault;
 
 use std::future::Future;
 use std::time::Duration;
 
-use poem::listener::{Acceptor, TcpAcceptor};
+use poem::listener::{Acceptor, AcceptorExt, TcpAcceptor};
 
 pub use app::App;
 pub use config::Config;
@@ -52,7 +53,16 @@ pub async fn run(
     background.spawn(app.clone().retention_loop());
     background.spawn(ops::watchdog(app.clone()));
 
-    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let tcp = TcpAcceptor::from_tokio(listener)?;
+    let acceptor = match (&app.config.tls.cert_file, &app.config.tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let tls =
+                tls::Reloadable::open(cert, key).map_err(|e| RunError::Io(std::io::Error::other(e.to_string())))?;
+            background.spawn(tls.clone().watch(Duration::from_secs(app.config.tls.reload_interval_s.max(1))));
+            tls::TlsAcceptor::new(tcp, tls).boxed()
+        }
+        _ => tcp.boxed(),
+    };
     let addr = acceptor
         .local_addr()
         .iter()

@@ -184,13 +184,20 @@ struct EdgeMiddleware {
 impl<E: Endpoint> poem::Middleware<E> for EdgeMiddleware {
     type Output = Edge<E>;
     fn transform(&self, ep: E) -> Self::Output {
-        Edge { inner: ep, limit: self.app.config.http.body_limit_bytes, app: self.app.clone(), timeout: self.timeout }
+        Edge {
+            inner: ep,
+            limit: self.app.config.http.body_limit_bytes,
+            tls: self.app.config.tls.cert_file.is_some(),
+            app: self.app.clone(),
+            timeout: self.timeout,
+        }
     }
 }
 
 pub struct Edge<E> {
     inner: E,
     limit: u64,
+    tls: bool,
     app: App,
     timeout: Duration,
 }
@@ -239,7 +246,7 @@ impl<E: Endpoint> Endpoint for Edge<E> {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert("x-request-id", v);
         }
-        security_headers(&mut resp, &path);
+        security_headers(&mut resp, &path, self.tls);
         let status = resp.status().as_u16();
         let route = route.unwrap_or(if path == "/metrics" || path.starts_with("/docs") || path == "/v1/openapi.json" {
             "static"
@@ -261,8 +268,11 @@ impl<E: Endpoint> Endpoint for Edge<E> {
 
 /// Headers every answer carries. API answers are never cached and never framed or rendered as
 /// a page; the docs UI needs its scripts, so it gets a policy of its own.
-fn security_headers(resp: &mut Response, path: &str) {
+fn security_headers(resp: &mut Response, path: &str, tls: bool) {
     let h = resp.headers_mut();
+    if tls {
+        h.insert("strict-transport-security", HeaderValue::from_static("max-age=31536000"));
+    }
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));

@@ -19,5 +19,6 @@ mod store;
 mod support;
 mod systemd;
 mod tidy;
+mod tls;
 mod tokens;
 mod writer;

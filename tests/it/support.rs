@@ -40,19 +40,26 @@ impl TestServer {
 
     /// Starts on an existing data dir (which the caller keeps alive).
     pub async fn start_with(config: Config) -> Self {
+        Self::start_with_scheme(config, "http").await
+    }
+
+    /// As `start_with`, for a server that speaks `scheme` (`https` with a TLS config).
+    pub async fn start_with_scheme(config: Config, scheme: &str) -> Self {
         let c = config.clone();
         let (_, key) = tokio::task::spawn_blocking(move || outpost::commands::create_operator_key(&c, "test"))
             .await
             .expect("join")
             .expect("operator key");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let base = format!("{scheme}://{}", listener.local_addr().expect("addr"));
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(outpost::run(listener, config.clone(), async move {
             let _ = rx.await;
         }));
         let s = Self { base, key, config, http: reqwest::Client::new(), stop: Some(stop), task: Some(task), dir: None };
-        s.wait_ready().await;
+        if scheme == "http" {
+            s.wait_ready().await;
+        }
         s
     }
 
