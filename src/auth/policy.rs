@@ -2,8 +2,9 @@
 //! alone decides which roles hold it.
 //!
 //! Organization roles are ordered (guest < member < admin < owner). Room roles arrive with
-//! rooms: `allows_in` already takes the resource a check is about, so resource-scoped grants
-//! (a viewer in one room, a host in another) plug in here without touching call sites.
+//! rooms as a second axis decided here too: a check will name the resource it is about (a
+//! viewer in one room, a host in another), and handlers keep asking this module only, never
+//! comparing roles themselves.
 
 use serde::{Deserialize, Serialize};
 
