@@ -12,7 +12,7 @@
 //! text, for `KEY_CACHE_TTL`), so a busy client does not cost a store read per request.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod keys;
@@ -76,7 +76,7 @@ pub enum AuthError {
 }
 
 /// An authenticated user of an organization.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Principal {
     pub org: Id,
     /// The user acting (for a service account key: the key's id).
@@ -86,6 +86,8 @@ pub struct Principal {
     pub session: Id,
     /// Set when the caller presented an API key: its id and the permissions it is limited to.
     pub api_key: Option<(Id, Vec<Permission>)>,
+    /// The user's account as read while checking the token (absent for API keys).
+    pub account: Option<Arc<crate::domain::users::User>>,
 }
 
 impl Principal {
@@ -124,7 +126,9 @@ pub async fn user(
     let (org, user, session) = (claims.org, claims.user, claims.session);
     let standing = store.read(move |r| sessions::standing(r, org, user, session)).await?;
     match standing {
-        Standing::Ok(role) => Ok(Principal { org, user, role, session, api_key: None }),
+        Standing::Ok(account) => {
+            Ok(Principal { org, user, role: account.role, session, api_key: None, account: Some(Arc::from(account)) })
+        }
         Standing::SessionRevoked => Err(AuthError::SessionRevoked),
         Standing::UserInactive => Err(AuthError::UserInactive),
         Standing::OrgInactive => Err(AuthError::OrgInactive),
@@ -197,6 +201,7 @@ async fn api_key(store: &Store, bearer: &str) -> Result<Principal, AuthError> {
                 role,
                 session: key.id,
                 api_key: Some((key.id, scopes)),
+                account: None,
             })
         }
         Some(KeyCheck::Invalid) => Err(AuthError::Invalid),

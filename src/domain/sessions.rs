@@ -10,7 +10,6 @@ use serde_json::json;
 
 use super::DomainError;
 use super::users::{self, User, UserStatus, new_org_token, parse_org_token};
-use crate::auth::policy::Role;
 use crate::domain::orgs::{OrgStatus, Organization};
 use crate::ids::Id;
 use crate::store::tables::{
@@ -369,9 +368,10 @@ pub async fn list(store: &Store, scope: OrgScope, user: Id) -> Result<Vec<Sessio
 }
 
 /// Why a token's session no longer stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Standing {
-    Ok(Role),
+    /// The user's account as of this check (their current role inside).
+    Ok(Box<User>),
     SessionRevoked,
     UserInactive,
     OrgInactive,
@@ -394,7 +394,7 @@ pub fn standing(r: &Reader, org: Id, user: Id, session: Id) -> Result<Standing, 
     }
     let u: Option<User> = r.get(USERS, &org_id_key(org, user))?.map(|v| decode(USERS, &v)).transpose()?;
     Ok(match u {
-        Some(u) if u.status == UserStatus::Active => Standing::Ok(u.role),
+        Some(u) if u.status == UserStatus::Active => Standing::Ok(Box::new(u)),
         _ => Standing::UserInactive,
     })
 }

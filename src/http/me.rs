@@ -75,7 +75,11 @@ impl MeApi {
     #[oai(path = "/v1/me", method = "get", operation_id = "getMe")]
     async fn me(&self, app: Data<&App>, auth: UserAuth) -> Result<Json<MeView>, MeErrors> {
         let p = auth.require(&app, Permission::SelfManage).await?;
-        let u = users::get(&app.store, OrgScope::member(&p), p.user).await?;
+        // The token check read the account already; an API key's caller is read now.
+        let u = match &p.account {
+            Some(a) => (**a).clone(),
+            None => users::get(&app.store, OrgScope::member(&p), p.user).await?,
+        };
         let preferences = u.preferences.clone().into_iter().collect();
         Ok(Json(MeView {
             user: user_view(u),
