@@ -46,15 +46,21 @@ pub enum Permission {
     UsersManage,
     /// Read and export the organization's audit records.
     AuditRead,
+    /// See rooms (organization-wide ones, and private ones one takes part in) and join them.
+    RoomsRead,
+    /// Create rooms.
+    RoomsCreate,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 5] = [
+    pub const ALL: [Permission; 7] = [
         Permission::SelfManage,
         Permission::UsersRead,
         Permission::UsersInvite,
         Permission::UsersManage,
         Permission::AuditRead,
+        Permission::RoomsRead,
+        Permission::RoomsCreate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +70,8 @@ impl Permission {
             Permission::UsersInvite => "users.invite",
             Permission::UsersManage => "users.manage",
             Permission::AuditRead => "audit.read",
+            Permission::RoomsRead => "rooms.read",
+            Permission::RoomsCreate => "rooms.create",
         }
     }
 
@@ -74,11 +82,61 @@ impl Permission {
     /// The lowest organization role that holds this permission.
     fn min_role(self) -> Role {
         match self {
-            Permission::SelfManage => Role::Guest,
-            Permission::UsersRead => Role::Member,
+            Permission::SelfManage | Permission::RoomsRead => Role::Guest,
+            Permission::UsersRead | Permission::RoomsCreate => Role::Member,
             Permission::UsersInvite | Permission::UsersManage | Permission::AuditRead => Role::Admin,
         }
     }
+}
+
+/// A role inside one room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomRole {
+    Viewer,
+    Member,
+    Moderator,
+    Host,
+}
+
+impl RoomRole {
+    pub const ALL: [RoomRole; 4] = [RoomRole::Viewer, RoomRole::Member, RoomRole::Moderator, RoomRole::Host];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomRole::Viewer => "viewer",
+            RoomRole::Member => "member",
+            RoomRole::Moderator => "moderator",
+            RoomRole::Host => "host",
+        }
+    }
+}
+
+/// What someone does in a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoomAction {
+    /// Leave, see the participants: anyone taking part.
+    Participate,
+    /// Invite others and remove participants of a lower role.
+    Moderate,
+    /// Edit the room, change roles, archive, restore, delete.
+    Host,
+}
+
+impl RoomAction {
+    /// The lowest room role that may do this.
+    pub fn min_role(self) -> RoomRole {
+        match self {
+            RoomAction::Participate => RoomRole::Viewer,
+            RoomAction::Moderate => RoomRole::Moderator,
+            RoomAction::Host => RoomRole::Host,
+        }
+    }
+}
+
+/// Whether someone with room role `role` (`None`: not taking part) may do `action`.
+pub fn room_allows(role: Option<RoomRole>, action: RoomAction) -> bool {
+    role.is_some_and(|r| r >= action.min_role())
 }
 
 /// Whether `role` holds `permission` in its organization.

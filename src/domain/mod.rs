@@ -9,6 +9,7 @@ pub mod audit;
 pub mod operators;
 pub mod orgs;
 pub mod paging;
+pub mod rooms;
 pub mod sessions;
 pub mod users;
 

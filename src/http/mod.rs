@@ -13,6 +13,7 @@ pub mod me;
 pub mod ops;
 pub mod orgs;
 pub mod problem;
+pub mod rooms;
 pub mod users;
 
 use std::time::{Duration, Instant};
@@ -48,6 +49,8 @@ pub enum ApiTags {
     Me,
     /// The organization's users (admins).
     Users,
+    /// Rooms and their participants.
+    Rooms,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -118,6 +121,7 @@ pub type Apis = (
     me::MeApi,
     users::UsersApi,
     api_keys::ApiKeysApi,
+    rooms::RoomsApi,
 );
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
@@ -132,6 +136,7 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
             me::MeApi,
             users::UsersApi,
             api_keys::ApiKeysApi,
+            rooms::RoomsApi,
         ),
         "Outpost",
         crate::VERSION,

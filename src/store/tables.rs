@@ -78,6 +78,13 @@ pub const REFRESH_TOKENS: Table = org("refresh_tokens", 17);
 /// org ‖ key id → `ApiKey` JSON (the secret only as a SHA-256).
 pub const API_KEYS: Table = org("api_keys", 18);
 
+/// org ‖ room → `Room` JSON.
+pub const ROOMS: Table = org("rooms", 19);
+/// org ‖ room ‖ user → `Participant` JSON.
+pub const ROOM_PARTICIPANTS: Table = org("room_participants", 20);
+/// org ‖ user ‖ room → empty: the rooms a user takes part in.
+pub const USER_ROOMS: Table = org("user_rooms", 21);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -104,6 +111,9 @@ pub const ALL: &[Table] = &[
     USER_SESSIONS,
     REFRESH_TOKENS,
     API_KEYS,
+    ROOMS,
+    ROOM_PARTICIPANTS,
+    USER_ROOMS,
 ];
 
 /// `org ‖ a ‖ b`.

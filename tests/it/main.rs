@@ -15,6 +15,7 @@ mod isolation;
 mod openapi;
 mod orgs;
 mod roles;
+mod rooms;
 mod store;
 mod support;
 mod systemd;

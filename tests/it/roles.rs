@@ -1,8 +1,10 @@
 //! The role matrix, generated from the API document: for every operation a user calls and
 //! every organization role, the operation is allowed exactly when the policy grants the
-//! permission its description names (`Permission: \`…\``), and refused with 403 otherwise.
+//! permission its description names (`Permission: \`…\``) — and, for operations that also
+//! name a room role (`Room role: \`…\``), when the caller holds it in the room — and refused
+//! with 403 otherwise.
 
-use outpost::auth::policy::{self, Permission, Role};
+use outpost::auth::policy::{self, Permission, Role, RoomRole};
 use serde_json::Value;
 
 use crate::identity::{create_org, login, operator_invite_and_accept};
@@ -16,18 +18,26 @@ fn permission_of(op: &Value) -> Permission {
     name.and_then(Permission::parse).unwrap_or_else(|| panic!("{id} does not name its permission"))
 }
 
+fn room_role_of(op: &Value) -> Option<RoomRole> {
+    let text = op["description"].as_str().unwrap_or_default();
+    let name = text.split("Room role: `").nth(1).and_then(|t| t.split('`').next())?;
+    RoomRole::ALL.into_iter().find(|r| r.as_str() == name)
+}
+
 #[tokio::test]
 async fn every_role_gets_exactly_what_the_policy_grants() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config_for(dir.path());
     config.limits.login_per_addr_per_min = 100_000;
     config.limits.user_requests_per_s = 100_000;
+    config.auth.sessions_per_user_max = 100_000;
     let s = TestServer::start_with(config).await;
     let (org_id, sl) = create_org(&s).await;
     for role in Role::ALL {
         operator_invite_and_accept(&s, &org_id, &format!("{}@example.org", role.as_str()), role.as_str()).await;
     }
     let doc: Value = s.http.get(s.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let owner = login(&s, &sl, "owner").await;
     let mut checked = 0;
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
@@ -35,6 +45,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                 continue;
             }
             let permission = permission_of(op);
+            let room_role = room_role_of(op);
             let body = op["requestBody"]["content"]["application/json"]["schema"].clone();
             for role in Role::ALL {
                 // A fresh session and a fresh target each time: some operations end sessions
@@ -51,9 +62,29 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                     .json::<Value>()
                     .await
                     .unwrap();
+                // A fresh room: the caller's own when they may make one (they host it), else one
+                // of the owner's that everyone may see (where the caller takes no part).
+                let (maker, my_room_role) = if policy::allows(role, Permission::RoomsCreate) {
+                    (&me.access, Some(RoomRole::Host))
+                } else {
+                    (&owner.access, None)
+                };
+                let made: Value = s
+                    .http
+                    .post(s.url("/v1/rooms"))
+                    .bearer_auth(maker)
+                    .json(&serde_json::json!({ "name": "fresh" }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let room_id = made["id"].as_str().unwrap().to_owned();
                 let url = path
                     .replace("{user_id}", target["user"]["id"].as_str().unwrap())
-                    .replace("{session_id}", &me.session_id);
+                    .replace("{session_id}", &me.session_id)
+                    .replace("{room_id}", &room_id);
                 let mut req =
                     s.http.request(method.to_uppercase().parse().unwrap(), s.url(&url)).bearer_auth(&me.access);
                 if !body.is_null() {
@@ -61,7 +92,8 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                 }
                 let status = req.send().await.unwrap().status().as_u16();
                 let id = op["operationId"].as_str().unwrap();
-                if policy::allows(role, permission) {
+                let room_ok = room_role.is_none_or(|need| policy::room_allows(my_room_role, room_role_action(need)));
+                if policy::allows(role, permission) && room_ok {
                     assert!(
                         status != 401 && status != 403,
                         "{id} as {}: {status}, but the policy allows it",
@@ -74,6 +106,14 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
             }
         }
     }
-    assert!(checked >= 60, "only {checked} checks");
+    assert!(checked >= 100, "only {checked} checks");
     s.stop().await;
+}
+
+fn room_role_action(need: RoomRole) -> policy::RoomAction {
+    match need {
+        RoomRole::Viewer | RoomRole::Member => policy::RoomAction::Participate,
+        RoomRole::Moderator => policy::RoomAction::Moderate,
+        RoomRole::Host => policy::RoomAction::Host,
+    }
 }
