@@ -50,10 +50,14 @@ pub enum Permission {
     RoomsRead,
     /// Create rooms.
     RoomsCreate,
+    /// Read and post in the channels one may see or belongs to.
+    ChatUse,
+    /// Create channels, public, private or direct.
+    ChannelsCreate,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 7] = [
+    pub const ALL: [Permission; 9] = [
         Permission::SelfManage,
         Permission::UsersRead,
         Permission::UsersInvite,
@@ -61,6 +65,8 @@ impl Permission {
         Permission::AuditRead,
         Permission::RoomsRead,
         Permission::RoomsCreate,
+        Permission::ChatUse,
+        Permission::ChannelsCreate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +78,8 @@ impl Permission {
             Permission::AuditRead => "audit.read",
             Permission::RoomsRead => "rooms.read",
             Permission::RoomsCreate => "rooms.create",
+            Permission::ChatUse => "chat.use",
+            Permission::ChannelsCreate => "channels.create",
         }
     }
 
@@ -82,8 +90,8 @@ impl Permission {
     /// The lowest organization role that holds this permission.
     fn min_role(self) -> Role {
         match self {
-            Permission::SelfManage | Permission::RoomsRead => Role::Guest,
-            Permission::UsersRead | Permission::RoomsCreate => Role::Member,
+            Permission::SelfManage | Permission::RoomsRead | Permission::ChatUse => Role::Guest,
+            Permission::UsersRead | Permission::RoomsCreate | Permission::ChannelsCreate => Role::Member,
             Permission::UsersInvite | Permission::UsersManage | Permission::AuditRead => Role::Admin,
         }
     }

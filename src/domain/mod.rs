@@ -6,6 +6,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod chat;
 pub mod operators;
 pub mod orgs;
 pub mod paging;

@@ -9,6 +9,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod auth_api;
 pub mod body;
+pub mod chat;
 pub mod me;
 pub mod ops;
 pub mod orgs;
@@ -51,6 +52,8 @@ pub enum ApiTags {
     Users,
     /// Rooms and their participants.
     Rooms,
+    /// Channels and messages.
+    Chat,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -122,6 +125,7 @@ pub type Apis = (
     users::UsersApi,
     api_keys::ApiKeysApi,
     rooms::RoomsApi,
+    chat::ChatApi,
 );
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
@@ -137,6 +141,7 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
             users::UsersApi,
             api_keys::ApiKeysApi,
             rooms::RoomsApi,
+            chat::ChatApi,
         ),
         "Outpost",
         crate::VERSION,

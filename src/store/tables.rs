@@ -85,6 +85,19 @@ pub const ROOM_PARTICIPANTS: Table = org("room_participants", 20);
 /// org ‖ user ‖ room → empty: the rooms a user takes part in.
 pub const USER_ROOMS: Table = org("user_rooms", 21);
 
+/// org ‖ channel → `Channel` JSON.
+pub const CHANNELS: Table = org("channels", 22);
+/// org ‖ channel ‖ user → `Member` JSON (with the read position).
+pub const CHANNEL_MEMBERS: Table = org("channel_members", 23);
+/// org ‖ SHA-256 of the sorted member ids → channel: one direct channel per member set.
+pub const DIRECT_CHANNELS: Table = org("direct_channels", 24);
+/// org ‖ channel ‖ seq (u64 BE) → `Message` JSON.
+pub const MESSAGES: Table = org("messages", 25);
+/// org ‖ message id → org ‖ channel ‖ seq (the message's key).
+pub const MESSAGE_IDS: Table = org("message_ids", 26);
+/// org ‖ SHA-256 of author ‖ idempotency key → the message's key.
+pub const MESSAGE_IDEMPOTENCY: Table = org("message_idempotency", 27);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -114,6 +127,12 @@ pub const ALL: &[Table] = &[
     ROOMS,
     ROOM_PARTICIPANTS,
     USER_ROOMS,
+    CHANNELS,
+    CHANNEL_MEMBERS,
+    DIRECT_CHANNELS,
+    MESSAGES,
+    MESSAGE_IDS,
+    MESSAGE_IDEMPOTENCY,
 ];
 
 /// `org ‖ a ‖ b`.

@@ -70,6 +70,30 @@ async fn org_b_never_sees_org_a() {
         .await
         .unwrap();
     let a_room_id = a_room["id"].as_str().unwrap().to_owned();
+    let a_chan: Value = s
+        .http
+        .post(s.url("/v1/channels"))
+        .bearer_auth(&a_member.access)
+        .json(&json!({ "kind": "public", "name": "general" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a_chan_id = a_chan["id"].as_str().unwrap().to_owned();
+    let a_msg: Value = s
+        .http
+        .post(s.url(&format!("/v1/channels/{a_chan_id}/messages")))
+        .bearer_auth(&a_member.access)
+        .json(&json!({ "text": "secret plans" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a_msg_id = a_msg["id"].as_str().unwrap().to_owned();
     let mut principals: Vec<(String, String)> = Vec::new();
     for (role, login) in &b {
         principals.push(((*role).to_owned(), login.access.clone()));
@@ -106,7 +130,10 @@ async fn org_b_never_sees_org_a() {
             .replace("{user_id}", &a_member.user_id)
             .replace("{session_id}", &a_member.session_id)
             .replace("{key_id}", &a_key_id)
-            .replace("{room_id}", &a_room_id);
+            .replace("{room_id}", &a_room_id)
+            .replace("{channel_id}", &a_chan_id)
+            .replace("{message_id}", &a_msg_id)
+            .replace("{emoji}", "thumbsup");
         assert!(!concrete.contains('{'), "isolation test does not know a parameter of {path}");
         for (method, op) in ops.as_object().unwrap() {
             let id = op["operationId"].as_str().unwrap();

@@ -6,6 +6,7 @@
 
 mod audit;
 mod backup;
+mod chat;
 mod config;
 mod crash;
 mod errors;

@@ -18,6 +18,10 @@ fn permission_of(op: &Value) -> Permission {
     name.and_then(Permission::parse).unwrap_or_else(|| panic!("{id} does not name its permission"))
 }
 
+fn needs_channel_membership(op: &Value) -> bool {
+    op["description"].as_str().unwrap_or_default().contains("Channel role: `member`")
+}
+
 fn room_role_of(op: &Value) -> Option<RoomRole> {
     let text = op["description"].as_str().unwrap_or_default();
     let name = text.split("Room role: `").nth(1).and_then(|t| t.split('`').next())?;
@@ -46,6 +50,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
             }
             let permission = permission_of(op);
             let room_role = room_role_of(op);
+            let channel_member_needed = needs_channel_membership(op);
             let body = op["requestBody"]["content"]["application/json"]["schema"].clone();
             for role in Role::ALL {
                 // A fresh session and a fresh target each time: some operations end sessions
@@ -81,10 +86,41 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                     .await
                     .unwrap();
                 let room_id = made["id"].as_str().unwrap().to_owned();
+                // Likewise a fresh public channel with one message by its maker.
+                let chan_maker =
+                    if policy::allows(role, Permission::ChannelsCreate) { &me.access } else { &owner.access };
+                let chan: Value = s
+                    .http
+                    .post(s.url("/v1/channels"))
+                    .bearer_auth(chan_maker)
+                    .json(&serde_json::json!({ "kind": "public", "name": "fresh" }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let channel_id = chan["id"].as_str().unwrap().to_owned();
+                let msg: Value = s
+                    .http
+                    .post(s.url(&format!("/v1/channels/{channel_id}/messages")))
+                    .bearer_auth(chan_maker)
+                    .json(&serde_json::json!({ "text": "hello" }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let message_id = msg["id"].as_str().unwrap().to_owned();
+                let channel_member = policy::allows(role, Permission::ChannelsCreate);
                 let url = path
                     .replace("{user_id}", target["user"]["id"].as_str().unwrap())
                     .replace("{session_id}", &me.session_id)
-                    .replace("{room_id}", &room_id);
+                    .replace("{room_id}", &room_id)
+                    .replace("{channel_id}", &channel_id)
+                    .replace("{message_id}", &message_id)
+                    .replace("{emoji}", "thumbsup");
                 let mut req =
                     s.http.request(method.to_uppercase().parse().unwrap(), s.url(&url)).bearer_auth(&me.access);
                 if !body.is_null() {
@@ -93,7 +129,8 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                 let status = req.send().await.unwrap().status().as_u16();
                 let id = op["operationId"].as_str().unwrap();
                 let room_ok = room_role.is_none_or(|need| policy::room_allows(my_room_role, room_role_action(need)));
-                if policy::allows(role, permission) && room_ok {
+                let channel_ok = !channel_member_needed || channel_member;
+                if policy::allows(role, permission) && room_ok && channel_ok {
                     assert!(
                         status != 401 && status != 403,
                         "{id} as {}: {status}, but the policy allows it",

@@ -1,0 +1,655 @@
+//! Channels and messages.
+//!
+//! Channels are public (anyone in the organization may read and join), private (members
+//! only) or direct (a fixed set of two or more users; the same set always finds the same
+//! channel). Messages are numbered per channel (`seq`), which orders history, threads and read
+//! positions. Edits keep every previous text; deletion leaves a tombstone. Posting with an
+//! idempotency key returns the first message for a repeated key, so a retry never posts twice.
+//! Mentions reach the mentioned users' inbox topics.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::users::{User, UserStatus, sha256};
+use super::{DomainError, FieldError, check};
+use crate::ids::Id;
+use crate::store::tables::{
+    CHANNEL_MEMBERS, CHANNELS, DIRECT_CHANNELS, MESSAGE_IDEMPOTENCY, MESSAGE_IDS, MESSAGES, USERS, org_bytes_key,
+    org_id_id_key, org_id_key,
+};
+use crate::store::writer::{MutationCtx, Tx, Writer};
+use crate::store::{Reader, Store, StoreError, decode, encode, prefix_end};
+
+pub const TEXT_CHARS_MAX: usize = 10_000;
+pub const NAME_CHARS_MAX: usize = 80;
+pub const TOPIC_CHARS_MAX: usize = 250;
+pub const MEMBERS_MAX: usize = 10_000;
+pub const DIRECT_MEMBERS_MAX: usize = 16;
+pub const MENTIONS_MAX: usize = 50;
+pub const REACTIONS_MAX: usize = 50;
+pub const HISTORY_LIMIT_MAX: usize = 100;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    Public,
+    Private,
+    Direct,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Channel {
+    pub id: Id,
+    pub kind: ChannelKind,
+    pub name: Option<String>,
+    pub topic: String,
+    pub archived: bool,
+    pub created_by: Id,
+    /// The last message number handed out.
+    pub last_seq: u64,
+    pub version: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub user: Id,
+    pub joined_at_ms: i64,
+    /// The last message this member has read.
+    pub read_seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    pub text: String,
+    pub at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: Id,
+    pub channel: Id,
+    pub seq: u64,
+    pub author: Id,
+    /// Empty once deleted.
+    pub text: String,
+    /// The `seq` of the message this replies to in a thread.
+    pub thread_parent: Option<u64>,
+    pub reply_count: u32,
+    pub mentions: Vec<Id>,
+    /// Emoji → who reacted.
+    pub reactions: BTreeMap<String, Vec<Id>>,
+    /// Earlier texts, oldest first.
+    pub versions: Vec<Version>,
+    pub created_at_ms: i64,
+    pub edited_at_ms: Option<i64>,
+    pub deleted_at_ms: Option<i64>,
+}
+
+fn topic(id: Id) -> String {
+    format!("channel:{id}")
+}
+
+fn get_channel(
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
+    org: Id,
+    id: Id,
+) -> Result<Channel, DomainError> {
+    get(&org_id_key(org, id))?
+        .map(|v| decode(CHANNELS, &v))
+        .transpose()?
+        .ok_or(DomainError::NotFound { what: "channel" })
+}
+
+fn get_member(
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
+    org: Id,
+    id: Id,
+    user: Id,
+) -> Result<Option<Member>, DomainError> {
+    Ok(get(&org_id_id_key(org, id, user))?.map(|v| decode(CHANNEL_MEMBERS, &v)).transpose()?)
+}
+
+/// The channel if `user` may see it (404 otherwise), with their membership.
+fn visible_in_tx(tx: &Tx<'_, '_>, org: Id, user: Id, id: Id) -> Result<(Channel, Option<Member>), DomainError> {
+    let ch = get_channel(|k| tx.get(CHANNELS, k), org, id)?;
+    let m = get_member(|k| tx.get(CHANNEL_MEMBERS, k), org, id, user)?;
+    if ch.kind != ChannelKind::Public && m.is_none() {
+        return Err(DomainError::NotFound { what: "channel" });
+    }
+    Ok((ch, m))
+}
+
+fn visible_in(r: &Reader, org: Id, user: Id, id: Id) -> Result<(Channel, Option<Member>), DomainError> {
+    let ch = get_channel(|k| r.get(CHANNELS, k), org, id)?;
+    let m = get_member(|k| r.get(CHANNEL_MEMBERS, k), org, id, user)?;
+    if ch.kind != ChannelKind::Public && m.is_none() {
+        return Err(DomainError::NotFound { what: "channel" });
+    }
+    Ok((ch, m))
+}
+
+/// A new channel's fields.
+pub struct NewChannel {
+    pub kind: ChannelKind,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    /// Others to add (for direct channels: the other participants).
+    pub members: Vec<Id>,
+}
+
+fn active_user(tx: &Tx<'_, '_>, org: Id, user: Id) -> Result<bool, DomainError> {
+    Ok(tx
+        .get(USERS, &org_id_key(org, user))?
+        .map(|v| decode::<User>(USERS, &v))
+        .transpose()?
+        .is_some_and(|u| u.status == UserStatus::Active))
+}
+
+/// Creates a channel, or for a direct channel finds the one of the same member set. The bool
+/// says whether it was made now.
+pub async fn create(
+    writer: &Writer,
+    ctx: MutationCtx,
+    me: Id,
+    new: NewChannel,
+) -> Result<(Channel, bool), DomainError> {
+    let mut errors = Vec::new();
+    match (new.kind, &new.name) {
+        (ChannelKind::Direct, Some(_)) => {
+            errors.push(FieldError::new("/name", "not_allowed", "direct channels have no name"));
+        }
+        (ChannelKind::Public | ChannelKind::Private, None) => {
+            errors.push(FieldError::new("/name", "missing_field", "a channel needs a name"));
+        }
+        (_, Some(n)) if n.trim().is_empty() || n.chars().count() > NAME_CHARS_MAX => {
+            errors.push(FieldError::new("/name", "invalid_length", format!("1–{NAME_CHARS_MAX} characters")));
+        }
+        _ => {}
+    }
+    if new.topic.as_ref().is_some_and(|t| t.chars().count() > TOPIC_CHARS_MAX) {
+        errors.push(FieldError::new("/topic", "too_long", format!("at most {TOPIC_CHARS_MAX} characters")));
+    }
+    let mut members: Vec<Id> = new.members.iter().copied().chain([me]).collect();
+    members.sort_unstable();
+    members.dedup();
+    if new.kind == ChannelKind::Direct && !(2..=DIRECT_MEMBERS_MAX).contains(&members.len()) {
+        errors.push(FieldError::new(
+            "/member_ids",
+            "out_of_range",
+            format!("a direct channel has 2–{DIRECT_MEMBERS_MAX} members, you included"),
+        ));
+    }
+    if members.len() > MEMBERS_MAX {
+        errors.push(FieldError::new("/member_ids", "too_many", format!("at most {MEMBERS_MAX}")));
+    }
+    check(errors)?;
+    let org = ctx.scope.org();
+    let id = Id::new();
+    // The same member set always maps to the same direct channel.
+    let set_key = (new.kind == ChannelKind::Direct).then(|| {
+        let bytes: Vec<u8> = members.iter().flat_map(|m| *m.as_bytes()).collect();
+        org_bytes_key(org, &sha256(&bytes))
+    });
+    writer
+        .submit(ctx, move |tx| {
+            if let Some(k) = &set_key {
+                if let Some(existing) = tx.get(DIRECT_CHANNELS, k)?.and_then(|v| Id::from_slice(&v)) {
+                    return Ok((get_channel(|k| tx.get(CHANNELS, k), org, existing)?, false));
+                }
+            }
+            for m in &members {
+                if !active_user(tx, org, *m)? {
+                    return Err(DomainError::invalid("/member_ids", "unknown_user", format!("no active user {m}")));
+                }
+            }
+            let now = tx.now_ms();
+            let ch = Channel {
+                id,
+                kind: new.kind,
+                name: new.name.as_ref().map(|n| n.trim().to_owned()),
+                topic: new.topic.clone().unwrap_or_default(),
+                archived: false,
+                created_by: me,
+                last_seq: 0,
+                version: 1,
+                created_at_ms: now,
+                updated_at_ms: now,
+            };
+            tx.put(CHANNELS, &org_id_key(org, id), &encode(&ch))?;
+            if let Some(k) = &set_key {
+                tx.put(DIRECT_CHANNELS, k, id.as_bytes())?;
+            }
+            let added: Vec<Id> = if new.kind == ChannelKind::Public { vec![me] } else { members.clone() };
+            for m in &added {
+                tx.put(
+                    CHANNEL_MEMBERS,
+                    &org_id_id_key(org, id, *m),
+                    &encode(&Member { user: *m, joined_at_ms: now, read_seq: 0 }),
+                )?;
+                if *m != me {
+                    tx.emit(format!("user:{m}"), "channel.added", json!({ "channel": id, "kind": ch.kind }));
+                }
+            }
+            if ch.kind == ChannelKind::Public {
+                tx.emit("org", "channel.created", json!({ "id": id, "name": ch.name }));
+            }
+            tx.emit(topic(id), "channel.created", json!({ "id": id, "kind": ch.kind, "name": ch.name }));
+            tx.audit(
+                "channel.create",
+                format!("channel:{id}"),
+                json!({ "kind": ch.kind, "name": ch.name, "members": added.len() }),
+            );
+            Ok((ch, true))
+        })
+        .await
+}
+
+/// A channel the caller may see, with their membership.
+pub async fn get(store: &Store, org: Id, user: Id, id: Id) -> Result<(Channel, Option<Member>), DomainError> {
+    store.read(move |r| visible_in(r, org, user, id)).await
+}
+
+/// The channels the caller may see (public ones and those they belong to), each with their
+/// unread count when they are a member.
+pub async fn list(store: &Store, org: Id, user: Id) -> Result<Vec<(Channel, Option<u64>)>, DomainError> {
+    store
+        .read(move |r| {
+            let mut out = Vec::new();
+            for (_, v) in
+                r.range(CHANNELS, org.as_bytes(), &prefix_end(org.as_bytes()), false, super::paging::SCAN_MAX)?
+            {
+                let ch: Channel = decode(CHANNELS, &v)?;
+                let m = get_member(|k| r.get(CHANNEL_MEMBERS, k), org, ch.id, user)?;
+                if ch.archived || (ch.kind != ChannelKind::Public && m.is_none()) {
+                    continue;
+                }
+                let unread = m.map(|m| ch.last_seq.saturating_sub(m.read_seq));
+                out.push((ch, unread));
+            }
+            Ok(out)
+        })
+        .await
+}
+
+/// Joins a public channel.
+pub async fn join(writer: &Writer, ctx: MutationCtx, user: Id, id: Id) -> Result<Member, DomainError> {
+    let org = ctx.scope.org();
+    writer
+        .submit(ctx, move |tx| {
+            let (ch, m) = visible_in_tx(tx, org, user, id)?;
+            if let Some(m) = m {
+                return Ok(m);
+            }
+            if ch.archived {
+                return Err(DomainError::Conflict {
+                    code: "channel_archived",
+                    detail: "the channel is archived".into(),
+                });
+            }
+            let m = Member { user, joined_at_ms: tx.now_ms(), read_seq: ch.last_seq };
+            tx.put(CHANNEL_MEMBERS, &org_id_id_key(org, id, user), &encode(&m))?;
+            tx.emit(topic(id), "member.joined", json!({ "user": user }));
+            tx.audit("channel.join", format!("channel:{id}"), json!({}));
+            Ok(m)
+        })
+        .await
+}
+
+/// What posting asks for.
+pub struct NewMessage {
+    pub text: String,
+    pub thread_parent: Option<Id>,
+    pub mentions: Vec<Id>,
+    pub idempotency_key: Option<String>,
+}
+
+/// Posts a message (members only). With an idempotency key, a repeat returns the first
+/// message instead of posting again.
+#[allow(clippy::too_many_lines)] // one transaction's checks and writes, in order
+pub async fn post(
+    writer: &Writer,
+    ctx: MutationCtx,
+    author: Id,
+    channel: Id,
+    new: NewMessage,
+) -> Result<Message, DomainError> {
+    let mut errors = Vec::new();
+    if new.text.trim().is_empty() || new.text.chars().count() > TEXT_CHARS_MAX {
+        errors.push(FieldError::new("/text", "invalid_length", format!("1–{TEXT_CHARS_MAX} characters")));
+    }
+    if new.mentions.len() > MENTIONS_MAX {
+        errors.push(FieldError::new("/mentions", "too_many", format!("at most {MENTIONS_MAX}")));
+    }
+    if new.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 200) {
+        errors.push(FieldError::new("/idempotency_key", "invalid_length", "1–200 bytes"));
+    }
+    check(errors)?;
+    let org = ctx.scope.org();
+    let id = Id::new();
+    writer
+        .submit(ctx, move |tx| {
+            let idem_key = new.idempotency_key.as_ref().map(|k| {
+                let mut b = author.as_bytes().to_vec();
+                b.extend_from_slice(k.as_bytes());
+                org_bytes_key(org, &sha256(&b))
+            });
+            if let Some(k) = &idem_key {
+                if let Some(at) = tx.get(MESSAGE_IDEMPOTENCY, k)? {
+                    if let Some(v) = tx.get(MESSAGES, &at)? {
+                        return Ok(decode(MESSAGES, &v)?);
+                    }
+                }
+            }
+            let (mut ch, member) = visible_in_tx(tx, org, author, channel)?;
+            if member.is_none() {
+                return Err(DomainError::Forbidden { detail: "join the channel to post in it".into() });
+            }
+            if ch.archived {
+                return Err(DomainError::Conflict {
+                    code: "channel_archived",
+                    detail: "the channel is archived".into(),
+                });
+            }
+            let parent = match new.thread_parent {
+                Some(pid) => {
+                    let at = tx.get(MESSAGE_IDS, &org_id_key(org, pid))?.ok_or_else(|| {
+                        DomainError::invalid("/thread_parent_id", "unknown_message", "no such message")
+                    })?;
+                    let mut p: Message =
+                        tx.get(MESSAGES, &at)?.map(|v| decode(MESSAGES, &v)).transpose()?.ok_or_else(|| {
+                            DomainError::invalid("/thread_parent_id", "unknown_message", "no such message")
+                        })?;
+                    if p.channel != channel || p.thread_parent.is_some() {
+                        return Err(DomainError::invalid(
+                            "/thread_parent_id",
+                            "invalid_parent",
+                            "a thread starts at a top-level message of this channel",
+                        ));
+                    }
+                    p.reply_count += 1;
+                    tx.put(MESSAGES, &at, &encode(&p))?;
+                    Some(p.seq)
+                }
+                None => None,
+            };
+            let mut mentions = Vec::new();
+            for m in &new.mentions {
+                if !mentions.contains(m) && active_user(tx, org, *m)? {
+                    mentions.push(*m);
+                }
+            }
+            ch.last_seq += 1;
+            let now = tx.now_ms();
+            let msg = Message {
+                id,
+                channel,
+                seq: ch.last_seq,
+                author,
+                text: new.text.clone(),
+                thread_parent: parent,
+                reply_count: 0,
+                mentions: mentions.clone(),
+                reactions: BTreeMap::new(),
+                versions: Vec::new(),
+                created_at_ms: now,
+                edited_at_ms: None,
+                deleted_at_ms: None,
+            };
+            let at = message_key(org, channel, msg.seq);
+            tx.put(MESSAGES, &at, &encode(&msg))?;
+            tx.put(MESSAGE_IDS, &org_id_key(org, id), &at)?;
+            if let Some(k) = &idem_key {
+                tx.put(MESSAGE_IDEMPOTENCY, k, &at)?;
+            }
+            tx.put(CHANNELS, &org_id_key(org, channel), &encode(&ch))?;
+            // The author has read what they wrote.
+            tx.put(
+                CHANNEL_MEMBERS,
+                &org_id_id_key(org, channel, author),
+                &encode(&Member { read_seq: msg.seq, ..member.expect("checked above") }),
+            )?;
+            tx.emit(
+                topic(channel),
+                "message.posted",
+                json!({ "id": id, "seq": msg.seq, "author": author, "thread_parent": parent }),
+            );
+            for m in &mentions {
+                tx.emit(format!("user:{m}"), "mention", json!({ "channel": channel, "message": id, "author": author }));
+            }
+            tx.audit("message.post", format!("message:{id}"), json!({ "channel": channel, "seq": msg.seq }));
+            Ok(msg)
+        })
+        .await
+}
+
+/// `org ‖ channel ‖ seq`.
+fn message_key(org: Id, channel: Id, seq: u64) -> Vec<u8> {
+    let mut k = org_id_key(org, channel).to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// What a change to a message is.
+pub enum MessageChange {
+    Edit(String),
+    Delete,
+    React { emoji: String, add: bool },
+}
+
+/// Edits (author), deletes (author, or an org admin) or reacts to a message.
+pub async fn change(
+    writer: &Writer,
+    ctx: MutationCtx,
+    user: Id,
+    admin: bool,
+    channel: Id,
+    message: Id,
+    change: MessageChange,
+) -> Result<Message, DomainError> {
+    if let MessageChange::Edit(t) = &change {
+        if t.trim().is_empty() || t.chars().count() > TEXT_CHARS_MAX {
+            return Err(DomainError::invalid("/text", "invalid_length", format!("1–{TEXT_CHARS_MAX} characters")));
+        }
+    }
+    if let MessageChange::React { emoji, .. } = &change {
+        if emoji.is_empty() || emoji.chars().count() > 32 || emoji.contains(char::is_whitespace) {
+            return Err(DomainError::invalid("/emoji", "invalid_emoji", "1–32 characters without spaces"));
+        }
+    }
+    let org = ctx.scope.org();
+    writer
+        .submit(ctx, move |tx| {
+            let (_, member) = visible_in_tx(tx, org, user, channel)?;
+            let at =
+                tx.get(MESSAGE_IDS, &org_id_key(org, message))?.ok_or(DomainError::NotFound { what: "message" })?;
+            let mut m: Message = tx
+                .get(MESSAGES, &at)?
+                .map(|v| decode(MESSAGES, &v))
+                .transpose()?
+                .ok_or(DomainError::NotFound { what: "message" })?;
+            if m.channel != channel {
+                return Err(DomainError::NotFound { what: "message" });
+            }
+            if m.deleted_at_ms.is_some() {
+                return Err(DomainError::Conflict {
+                    code: "message_deleted",
+                    detail: "the message was deleted".into(),
+                });
+            }
+            let now = tx.now_ms();
+            let (kind, action, details) = match &change {
+                MessageChange::Edit(text) => {
+                    if m.author != user {
+                        return Err(DomainError::Forbidden { detail: "only the author edits a message".into() });
+                    }
+                    let old = std::mem::replace(&mut m.text, text.clone());
+                    m.versions.push(Version { text: old, at_ms: m.edited_at_ms.unwrap_or(m.created_at_ms) });
+                    m.edited_at_ms = Some(now);
+                    ("message.edited", "message.edit", json!({ "versions": m.versions.len() }))
+                }
+                MessageChange::Delete => {
+                    if m.author != user && !admin {
+                        return Err(DomainError::Forbidden {
+                            detail: "only the author or an admin deletes a message".into(),
+                        });
+                    }
+                    m.text.clear();
+                    m.versions.clear();
+                    m.reactions.clear();
+                    m.deleted_at_ms = Some(now);
+                    ("message.deleted", "message.delete", json!({}))
+                }
+                MessageChange::React { emoji, add } => {
+                    if member.is_none() {
+                        return Err(DomainError::Forbidden { detail: "join the channel to react".into() });
+                    }
+                    let who = m.reactions.entry(emoji.clone()).or_default();
+                    if *add && !who.contains(&user) {
+                        if m.reactions.len() > REACTIONS_MAX {
+                            return Err(DomainError::Conflict {
+                                code: "too_many_reactions",
+                                detail: format!("at most {REACTIONS_MAX} kinds"),
+                            });
+                        }
+                        m.reactions.entry(emoji.clone()).or_default().push(user);
+                    } else if !*add {
+                        who.retain(|u| *u != user);
+                    }
+                    m.reactions.retain(|_, v| !v.is_empty());
+                    ("message.reaction", "message.react", json!({ "emoji": emoji, "add": add }))
+                }
+            };
+            tx.put(MESSAGES, &at, &encode(&m))?;
+            tx.emit(topic(channel), kind, json!({ "id": message, "seq": m.seq }));
+            tx.audit(action, format!("message:{message}"), details);
+            Ok(m)
+        })
+        .await
+}
+
+/// Where a history page is anchored.
+#[derive(Clone, Copy, Debug)]
+pub enum Anchor {
+    /// The newest messages.
+    Latest,
+    Before(u64),
+    After(u64),
+    /// Centred on a message: some before it, it, some after.
+    Around(u64),
+}
+
+/// A page of history (top-level messages, or one thread's replies), oldest first.
+pub async fn history(
+    store: &Store,
+    org: Id,
+    user: Id,
+    channel: Id,
+    anchor: Anchor,
+    thread: Option<Id>,
+    limit: usize,
+) -> Result<Vec<Message>, DomainError> {
+    let limit = limit.clamp(1, HISTORY_LIMIT_MAX);
+    store
+        .read(move |r| {
+            visible_in(r, org, user, channel)?;
+            let parent = match thread {
+                Some(t) => {
+                    let at =
+                        r.get(MESSAGE_IDS, &org_id_key(org, t))?.ok_or(DomainError::NotFound { what: "message" })?;
+                    let p: Message = r
+                        .get(MESSAGES, &at)?
+                        .map(|v| decode(MESSAGES, &v))
+                        .transpose()?
+                        .ok_or(DomainError::NotFound { what: "message" })?;
+                    if p.channel != channel {
+                        return Err(DomainError::NotFound { what: "message" });
+                    }
+                    Some(p.seq)
+                }
+                None => None,
+            };
+            let wanted = |m: &Message| match parent {
+                Some(p) => m.thread_parent == Some(p),
+                None => m.thread_parent.is_none(),
+            };
+            let base = org_id_key(org, channel);
+            let end = prefix_end(&base);
+            // Scans are bounded: at most this many rows per direction, however sparse a thread.
+            let scan = |from: &[u8], to: &[u8], rev: bool, n: usize| -> Result<Vec<Message>, DomainError> {
+                let mut out = Vec::new();
+                if n == 0 {
+                    return Ok(out);
+                }
+                for (_, v) in r.range(MESSAGES, from, to, rev, super::paging::SCAN_MAX)? {
+                    let m: Message = decode(MESSAGES, &v)?;
+                    if wanted(&m) {
+                        out.push(m);
+                        if out.len() == n {
+                            break;
+                        }
+                    }
+                }
+                Ok(out)
+            };
+            let mut items = match anchor {
+                Anchor::Latest => scan(&base, &end, true, limit)?,
+                Anchor::Before(s) => scan(&base, &message_key(org, channel, s), true, limit)?,
+                Anchor::After(s) => {
+                    let mut v = scan(&message_key(org, channel, s.saturating_add(1)), &end, false, limit)?;
+                    v.reverse();
+                    v
+                }
+                Anchor::Around(s) => {
+                    let half = limit / 2;
+                    let mut before = scan(&base, &message_key(org, channel, s), true, half)?;
+                    let mut after =
+                        scan(&message_key(org, channel, s), &end, false, limit.saturating_sub(before.len()))?;
+                    after.reverse();
+                    after.append(&mut before);
+                    after
+                }
+            };
+            items.reverse();
+            Ok(items)
+        })
+        .await
+}
+
+/// The message `id` in `channel` (visible to the caller), by id.
+pub async fn message(store: &Store, org: Id, user: Id, channel: Id, id: Id) -> Result<Message, DomainError> {
+    store
+        .read(move |r| {
+            visible_in(r, org, user, channel)?;
+            let at = r.get(MESSAGE_IDS, &org_id_key(org, id))?.ok_or(DomainError::NotFound { what: "message" })?;
+            let m: Message = r
+                .get(MESSAGES, &at)?
+                .map(|v| decode(MESSAGES, &v))
+                .transpose()?
+                .ok_or(DomainError::NotFound { what: "message" })?;
+            if m.channel != channel {
+                return Err(DomainError::NotFound { what: "message" });
+            }
+            Ok(m)
+        })
+        .await
+}
+
+/// Marks the channel read up to `seq` (members; never backwards).
+pub async fn mark_read(writer: &Writer, ctx: MutationCtx, user: Id, channel: Id, seq: u64) -> Result<u64, DomainError> {
+    let org = ctx.scope.org();
+    writer
+        .submit(ctx, move |tx| {
+            let (ch, member) = visible_in_tx(tx, org, user, channel)?;
+            let mut m = member.ok_or(DomainError::Forbidden { detail: "join the channel first".into() })?;
+            let to = seq.min(ch.last_seq).max(m.read_seq);
+            m.read_seq = to;
+            tx.put(CHANNEL_MEMBERS, &org_id_id_key(org, channel, user), &encode(&m))?;
+            tx.audit("channel.read", format!("channel:{channel}"), json!({ "seq": to }));
+            Ok(ch.last_seq - to)
+        })
+        .await
+}

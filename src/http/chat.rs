@@ -1,0 +1,519 @@
+//! `/v1/channels`: channels, members and messages.
+
+use poem::Request;
+use poem::web::Data;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use serde::Deserialize;
+
+use super::auth_api::NoContent;
+use super::body::JsonBody;
+use super::{ApiTags, UserAuth, parse_id, user_ctx};
+use crate::app::App;
+use crate::auth::Principal;
+use crate::auth::policy::{self, Permission, Role};
+use crate::domain::DomainError;
+use crate::domain::chat::{self, Anchor, Channel, ChannelKind, Message, MessageChange, NewChannel, NewMessage};
+use crate::ids::{Id, rfc3339};
+
+crate::problems!(ChatReadErrors: 400, 401, 403, 404, 422);
+crate::problems!(ChatWriteErrors: 400, 401, 403, 404, 409, 413, 415, 422, 507);
+
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[oai(rename = "ChannelKind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum KindView {
+    /// Anyone in the organization reads and may join.
+    Public,
+    /// Members only.
+    Private,
+    /// A fixed set of two or more users; the same set always finds the same channel.
+    Direct,
+}
+
+/// A channel.
+#[derive(Object, Debug)]
+#[oai(rename = "Channel")]
+pub struct ChannelView {
+    pub id: String,
+    pub kind: KindView,
+    pub name: Option<String>,
+    pub topic: String,
+    pub archived: bool,
+    pub created_by: String,
+    /// The newest message's number.
+    pub last_seq: u64,
+    /// Whether the caller belongs to it.
+    pub member: bool,
+    /// Messages after the caller's read position (members only).
+    pub unread: Option<u64>,
+    pub version: u64,
+    pub created_at: String,
+}
+
+fn channel_view(c: Channel, member: bool, unread: Option<u64>) -> ChannelView {
+    ChannelView {
+        id: c.id.to_string(),
+        kind: match c.kind {
+            ChannelKind::Public => KindView::Public,
+            ChannelKind::Private => KindView::Private,
+            ChannelKind::Direct => KindView::Direct,
+        },
+        name: c.name,
+        topic: c.topic,
+        archived: c.archived,
+        created_by: c.created_by.to_string(),
+        last_seq: c.last_seq,
+        member,
+        unread,
+        version: c.version,
+        created_at: rfc3339(c.created_at_ms),
+    }
+}
+
+/// The people who reacted with one emoji.
+#[derive(Object, Debug)]
+#[oai(rename = "Reaction")]
+pub struct ReactionView {
+    pub emoji: String,
+    pub count: u64,
+    pub user_ids: Vec<String>,
+}
+
+/// An earlier text of an edited message.
+#[derive(Object, Debug)]
+#[oai(rename = "MessageVersion")]
+pub struct VersionView {
+    pub text: String,
+    pub at: String,
+}
+
+/// A message. A deleted one keeps its place as a tombstone (`deleted_at` set, no text).
+#[derive(Object, Debug)]
+#[oai(rename = "Message")]
+pub struct MessageView {
+    pub id: String,
+    pub channel_id: String,
+    /// Its number in the channel.
+    pub seq: u64,
+    pub author_id: String,
+    pub text: String,
+    /// The `seq` of the thread's first message, for a reply.
+    pub thread_parent_seq: Option<u64>,
+    pub reply_count: u32,
+    pub mention_ids: Vec<String>,
+    pub reactions: Vec<ReactionView>,
+    /// Earlier texts, oldest first.
+    pub versions: Vec<VersionView>,
+    pub created_at: String,
+    pub edited_at: Option<String>,
+    pub deleted_at: Option<String>,
+}
+
+fn message_view(m: Message) -> MessageView {
+    MessageView {
+        id: m.id.to_string(),
+        channel_id: m.channel.to_string(),
+        seq: m.seq,
+        author_id: m.author.to_string(),
+        text: m.text,
+        thread_parent_seq: m.thread_parent,
+        reply_count: m.reply_count,
+        mention_ids: m.mentions.iter().map(ToString::to_string).collect(),
+        reactions: m
+            .reactions
+            .into_iter()
+            .map(|(emoji, who)| ReactionView {
+                emoji,
+                count: who.len() as u64,
+                user_ids: who.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+        versions: m.versions.into_iter().map(|v| VersionView { text: v.text, at: rfc3339(v.at_ms) }).collect(),
+        created_at: rfc3339(m.created_at_ms),
+        edited_at: m.edited_at_ms.map(rfc3339),
+        deleted_at: m.deleted_at_ms.map(rfc3339),
+    }
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "ChannelList")]
+pub struct ChannelList {
+    pub items: Vec<ChannelView>,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "MessagePage")]
+pub struct MessagePage {
+    /// Oldest first.
+    pub items: Vec<MessageView>,
+}
+
+/// Creates a channel (or finds the direct channel of the same people).
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "CreateChannel", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct CreateChannelBody {
+    pub kind: KindView,
+    /// Required for public and private channels; none for direct ones.
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    /// The others to add (for a direct channel: everyone else in it).
+    pub member_ids: Option<Vec<String>>,
+}
+
+/// Posts a message.
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "PostMessage", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct PostBody {
+    /// 1–10,000 characters.
+    pub text: String,
+    /// Reply in the thread of this message.
+    pub thread_parent_id: Option<String>,
+    /// Users to notify in their inbox.
+    pub mention_ids: Option<Vec<String>>,
+}
+
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "EditMessage", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct EditBody {
+    pub text: String,
+}
+
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "MarkRead", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct ReadBody {
+    /// Everything up to this message number is read.
+    pub seq: u64,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "ReadPosition")]
+pub struct ReadView {
+    pub unread: u64,
+}
+
+#[derive(ApiResponse)]
+pub enum ChannelMade {
+    /// Made now.
+    #[oai(status = 201)]
+    Created(Json<ChannelView>),
+    /// The direct channel of these people already existed.
+    #[oai(status = 200)]
+    Existing(Json<ChannelView>),
+}
+
+#[derive(ApiResponse)]
+pub enum Posted {
+    #[oai(status = 201)]
+    Created(Json<MessageView>),
+}
+
+fn ids(v: Option<Vec<String>>, pointer: &str) -> Result<Vec<Id>, DomainError> {
+    v.unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse().map_err(|_| DomainError::invalid(&format!("{pointer}/{i}"), "invalid_id", "not a user id"))
+        })
+        .collect()
+}
+
+/// The caller, and the channel in the path if they may see it (404 before 403).
+async fn channel_for(app: &App, auth: &UserAuth, channel_id: &str) -> Result<(Principal, Id), ChatWriteErrors> {
+    let p = auth.check(app).await?;
+    let id = parse_id(channel_id, "channel")?;
+    chat::get(&app.store, p.org, p.user, id).await?;
+    p.require(Permission::ChatUse)?;
+    Ok((p, id))
+}
+
+pub struct ChatApi;
+
+#[OpenApi(tag = "ApiTags::Chat")]
+#[allow(clippy::too_many_arguments)] // query parameters are arguments by the framework's design
+impl ChatApi {
+    /// Create a channel
+    ///
+    /// For `direct`, the channel of exactly these people is found if it exists (200).
+    ///
+    /// Permission: `channels.create`.
+    #[oai(path = "/v1/channels", method = "post", operation_id = "createChannel")]
+    async fn create(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        body: JsonBody<CreateChannelBody>,
+    ) -> Result<ChannelMade, ChatWriteErrors> {
+        let p = auth.require(&app, Permission::ChannelsCreate).await?;
+        let b = body.0;
+        let kind = match b.kind {
+            KindView::Public => ChannelKind::Public,
+            KindView::Private => ChannelKind::Private,
+            KindView::Direct => ChannelKind::Direct,
+        };
+        let new = NewChannel { kind, name: b.name, topic: b.topic, members: ids(b.member_ids, "/member_ids")? };
+        let (ch, made) = chat::create(&app.writer, user_ctx(req, &p), p.user, new).await?;
+        let v = channel_view(ch, true, Some(0));
+        Ok(if made { ChannelMade::Created(Json(v)) } else { ChannelMade::Existing(Json(v)) })
+    }
+
+    /// List my channels
+    ///
+    /// Public channels and those I belong to, with my unread counts.
+    ///
+    /// Permission: `chat.use`.
+    #[oai(path = "/v1/channels", method = "get", operation_id = "listChannels")]
+    async fn list(&self, app: Data<&App>, auth: UserAuth) -> Result<Json<ChannelList>, ChatReadErrors> {
+        let p = auth.require(&app, Permission::ChatUse).await?;
+        let items = chat::list(&app.store, p.org, p.user).await?;
+        Ok(Json(ChannelList {
+            items: items.into_iter().map(|(c, unread)| channel_view(c, unread.is_some(), unread)).collect(),
+        }))
+    }
+
+    /// Get a channel
+    ///
+    /// Permission: `chat.use`.
+    #[oai(path = "/v1/channels/:channel_id", method = "get", operation_id = "getChannel")]
+    async fn get(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        channel_id: Path<String>,
+    ) -> Result<Json<ChannelView>, ChatReadErrors> {
+        let p = auth.check(&app).await?;
+        let (c, m) = chat::get(&app.store, p.org, p.user, parse_id(&channel_id.0, "channel")?).await?;
+        p.require(Permission::ChatUse)?;
+        let unread = m.as_ref().map(|m| c.last_seq.saturating_sub(m.read_seq));
+        Ok(Json(channel_view(c, m.is_some(), unread)))
+    }
+
+    /// Join a public channel
+    ///
+    /// Permission: `chat.use`.
+    #[oai(path = "/v1/channels/:channel_id/join", method = "post", operation_id = "joinChannel")]
+    async fn join(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        channel_id: Path<String>,
+    ) -> Result<NoContent, ChatWriteErrors> {
+        let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
+        chat::join(&app.writer, user_ctx(req, &p), p.user, id).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Post a message
+    ///
+    /// With an `Idempotency-Key`, posting again with the same key returns the first message
+    /// instead of posting twice.
+    ///
+    /// Permission: `chat.use`. Channel role: `member`.
+    #[oai(path = "/v1/channels/:channel_id/messages", method = "post", operation_id = "postMessage")]
+    async fn post(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        channel_id: Path<String>,
+        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        body: JsonBody<PostBody>,
+    ) -> Result<Posted, ChatWriteErrors> {
+        let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
+        let b = body.0;
+        let thread_parent = match b.thread_parent_id {
+            Some(t) => Some(
+                t.parse().map_err(|_| DomainError::invalid("/thread_parent_id", "invalid_id", "not a message id"))?,
+            ),
+            None => None,
+        };
+        let new = NewMessage {
+            text: b.text,
+            thread_parent,
+            mentions: ids(b.mention_ids, "/mention_ids")?,
+            idempotency_key: idempotency_key.0,
+        };
+        Ok(Posted::Created(Json(message_view(chat::post(&app.writer, user_ctx(req, &p), p.user, id, new).await?))))
+    }
+
+    /// Read history
+    ///
+    /// The newest messages, or those `before` / `after` a message number, or `around` one;
+    /// top-level messages, or with `thread` one thread's replies. Oldest first.
+    ///
+    /// Permission: `chat.use`.
+    #[oai(path = "/v1/channels/:channel_id/messages", method = "get", operation_id = "listMessages")]
+    async fn history(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        channel_id: Path<String>,
+        before: Query<Option<u64>>,
+        after: Query<Option<u64>>,
+        around: Query<Option<u64>>,
+        /// A thread's first message id: list its replies.
+        thread: Query<Option<String>>,
+        /// 1–100 (default 20).
+        limit: Query<Option<u32>>,
+    ) -> Result<Json<MessagePage>, ChatReadErrors> {
+        let p = auth.check(&app).await?;
+        let id = parse_id(&channel_id.0, "channel")?;
+        chat::get(&app.store, p.org, p.user, id).await?;
+        p.require(Permission::ChatUse)?;
+        let anchor = match (before.0, after.0, around.0) {
+            (None, None, None) => Anchor::Latest,
+            (Some(s), None, None) => Anchor::Before(s),
+            (None, Some(s), None) => Anchor::After(s),
+            (None, None, Some(s)) => Anchor::Around(s),
+            _ => {
+                return Err(DomainError::invalid(
+                    "?before",
+                    "conflicting_anchors",
+                    "give at most one of before, after, around",
+                )
+                .into());
+            }
+        };
+        let thread = thread.0.map(|t| parse_id(&t, "message")).transpose()?;
+        let items =
+            chat::history(&app.store, p.org, p.user, id, anchor, thread, limit.0.unwrap_or(20) as usize).await?;
+        Ok(Json(MessagePage { items: items.into_iter().map(message_view).collect() }))
+    }
+
+    /// Get a message, with its earlier versions
+    ///
+    /// Permission: `chat.use`.
+    #[oai(path = "/v1/channels/:channel_id/messages/:message_id", method = "get", operation_id = "getMessage")]
+    async fn message(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        channel_id: Path<String>,
+        message_id: Path<String>,
+    ) -> Result<Json<MessageView>, ChatReadErrors> {
+        let p = auth.check(&app).await?;
+        let id = parse_id(&channel_id.0, "channel")?;
+        let m = chat::message(&app.store, p.org, p.user, id, parse_id(&message_id.0, "message")?).await?;
+        p.require(Permission::ChatUse)?;
+        Ok(Json(message_view(m)))
+    }
+
+    /// Edit my message
+    ///
+    /// The previous text is kept among the message's versions.
+    ///
+    /// Permission: `chat.use`. Channel role: `member`.
+    #[oai(path = "/v1/channels/:channel_id/messages/:message_id", method = "patch", operation_id = "editMessage")]
+    async fn edit(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        channel_id: Path<String>,
+        message_id: Path<String>,
+        body: JsonBody<EditBody>,
+    ) -> Result<Json<MessageView>, ChatWriteErrors> {
+        change(&app, &auth, req, &channel_id.0, &message_id.0, MessageChange::Edit(body.0.text)).await
+    }
+
+    /// Delete a message
+    ///
+    /// Its author or an admin; a tombstone stays in its place.
+    ///
+    /// Permission: `chat.use`. Channel role: `member`.
+    #[oai(path = "/v1/channels/:channel_id/messages/:message_id", method = "delete", operation_id = "deleteMessage")]
+    async fn delete(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        channel_id: Path<String>,
+        message_id: Path<String>,
+    ) -> Result<Json<MessageView>, ChatWriteErrors> {
+        change(&app, &auth, req, &channel_id.0, &message_id.0, MessageChange::Delete).await
+    }
+
+    /// React to a message
+    ///
+    /// Permission: `chat.use`. Channel role: `member`.
+    #[oai(
+        path = "/v1/channels/:channel_id/messages/:message_id/reactions/:emoji",
+        method = "put",
+        operation_id = "addReaction"
+    )]
+    async fn react(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        channel_id: Path<String>,
+        message_id: Path<String>,
+        emoji: Path<String>,
+    ) -> Result<Json<MessageView>, ChatWriteErrors> {
+        change(&app, &auth, req, &channel_id.0, &message_id.0, MessageChange::React { emoji: emoji.0, add: true }).await
+    }
+
+    /// Take back a reaction
+    ///
+    /// Permission: `chat.use`. Channel role: `member`.
+    #[oai(
+        path = "/v1/channels/:channel_id/messages/:message_id/reactions/:emoji",
+        method = "delete",
+        operation_id = "removeReaction"
+    )]
+    async fn unreact(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        channel_id: Path<String>,
+        message_id: Path<String>,
+        emoji: Path<String>,
+    ) -> Result<Json<MessageView>, ChatWriteErrors> {
+        change(&app, &auth, req, &channel_id.0, &message_id.0, MessageChange::React { emoji: emoji.0, add: false })
+            .await
+    }
+
+    /// Mark read
+    ///
+    /// Moves my read position forward (never back); answers what is still unread.
+    ///
+    /// Permission: `chat.use`. Channel role: `member`.
+    #[oai(path = "/v1/channels/:channel_id/read", method = "post", operation_id = "markChannelRead")]
+    async fn read(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        channel_id: Path<String>,
+        body: JsonBody<ReadBody>,
+    ) -> Result<Json<ReadView>, ChatWriteErrors> {
+        let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
+        let unread = chat::mark_read(&app.writer, user_ctx(req, &p), p.user, id, body.0.seq).await?;
+        Ok(Json(ReadView { unread }))
+    }
+}
+
+async fn change(
+    app: &App,
+    auth: &UserAuth,
+    req: &Request,
+    channel_id: &str,
+    message_id: &str,
+    c: MessageChange,
+) -> Result<Json<MessageView>, ChatWriteErrors> {
+    let (p, id) = channel_for(app, auth, channel_id).await?;
+    let message = parse_id(message_id, "message")?;
+    // Not found before not allowed: the message must be there for the caller to act on it.
+    chat::message(&app.store, p.org, p.user, id, message).await?;
+    let admin = policy::allows(p.role, Permission::UsersManage) && p.role >= Role::Admin;
+    let m = chat::change(&app.writer, user_ctx(req, &p), p.user, admin, id, message, c).await?;
+    Ok(Json(message_view(m)))
+}

@@ -1,0 +1,179 @@
+//! Channels and messages over HTTP: visibility, joining, idempotent posting, edits kept,
+//! tombstones, reactions, history in both directions and around a message, threads, read
+//! positions and unread counts, mentions in the inbox, direct channels found again.
+
+use reqwest::Method as M;
+use serde_json::{Value, json};
+
+use crate::identity::{Login, create_org, login, operator_invite_and_accept};
+use crate::support::{TestServer, expect_problem};
+
+async fn call(s: &TestServer, m: M, who: &Login, path: &str, body: Option<Value>) -> reqwest::Response {
+    let mut r = s.http.request(m, s.url(path)).bearer_auth(&who.access);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    r.send().await.unwrap()
+}
+
+async fn post_in(s: &TestServer, ch: &str, who: &Login, body: Value) -> reqwest::Response {
+    call(s, M::POST, who, &format!("/v1/channels/{ch}/messages"), Some(body)).await
+}
+
+async fn page_of(s: &TestServer, ch: &str, who: &Login, q: &str) -> Value {
+    call(s, M::GET, who, &format!("/v1/channels/{ch}/messages{q}"), None).await.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn channels_and_messages() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    for who in ["ana", "ben", "cy"] {
+        operator_invite_and_accept(&s, &org_id, &format!("{who}@example.org"), "member").await;
+    }
+    let (ana, ben, cy) = (login(&s, &sl, "ana").await, login(&s, &sl, "ben").await, login(&s, &sl, "cy").await);
+
+    // A public channel: Ben reads it but posts only after joining.
+    let r = call(&s, M::POST, &ana, "/v1/channels", Some(json!({ "kind": "public", "name": "general" }))).await;
+    assert_eq!(r.status(), 201);
+    let ch = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(post_in(&s, &ch, &ana, json!({ "text": "hello" })).await.status(), 201);
+    let r = post_in(&s, &ch, &ben, json!({ "text": "hi" })).await;
+    expect_problem(r, 403, "forbidden").await;
+    let hist: Value = call(&s, M::GET, &ben, &format!("/v1/channels/{ch}/messages"), None).await.json().await.unwrap();
+    assert_eq!(hist["items"].as_array().unwrap().len(), 1);
+    assert_eq!(call(&s, M::POST, &ben, &format!("/v1/channels/{ch}/join"), None).await.status(), 204);
+
+    // Mentions land in the mentioned user's inbox topic.
+    let r = post_in(&s, &ch, &ben, json!({ "text": "@ana look", "mention_ids": [ana.user_id] })).await;
+    let mention: Value = r.json().await.unwrap();
+    let inbox: Value = s
+        .get(&format!("/v1/orgs/{org_id}/events?topic=user:{}", ana.user_id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        inbox["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "mention" && e["data"]["message"] == mention["id"])
+    );
+
+    // Idempotent posting: the same key twice is one message.
+    let idem = |key: &'static str| {
+        s.http
+            .post(s.url(&format!("/v1/channels/{ch}/messages")))
+            .bearer_auth(&ben.access)
+            .header("idempotency-key", key)
+            .json(&json!({ "text": "once" }))
+            .send()
+    };
+    let a: Value = idem("k-1").await.unwrap().json().await.unwrap();
+    let b: Value = idem("k-1").await.unwrap().json().await.unwrap();
+    assert_eq!(a["id"], b["id"]);
+    let c: Value = call(&s, M::GET, &ben, &format!("/v1/channels/{ch}"), None).await.json().await.unwrap();
+    assert_eq!(c["last_seq"], 3);
+
+    // Edits keep the old text; a deleted message is a tombstone.
+    let id = a["id"].as_str().unwrap();
+    let r = call(&s, M::PATCH, &ana, &format!("/v1/channels/{ch}/messages/{id}"), Some(json!({ "text": "not mine" })))
+        .await;
+    expect_problem(r, 403, "forbidden").await;
+    let edited: Value =
+        call(&s, M::PATCH, &ben, &format!("/v1/channels/{ch}/messages/{id}"), Some(json!({ "text": "once, edited" })))
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(edited["text"], "once, edited");
+    assert_eq!(edited["versions"][0]["text"], "once");
+    // Reactions count people, once each.
+    for who in [&ana, &ana, &ben] {
+        call(&s, M::PUT, who, &format!("/v1/channels/{ch}/messages/{id}/reactions/thumbsup"), None).await;
+    }
+    let m: Value = call(&s, M::GET, &cy, &format!("/v1/channels/{ch}/messages/{id}"), None).await.json().await.unwrap();
+    assert_eq!(m["reactions"][0]["count"], 2);
+    let m: Value = call(&s, M::DELETE, &ana, &format!("/v1/channels/{ch}/messages/{id}/reactions/thumbsup"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["reactions"][0]["count"], 1);
+    let m: Value =
+        call(&s, M::DELETE, &ben, &format!("/v1/channels/{ch}/messages/{id}"), None).await.json().await.unwrap();
+    assert!(m["deleted_at"].is_string() && m["text"] == "" && m["versions"].as_array().unwrap().is_empty());
+    let r =
+        call(&s, M::PATCH, &ben, &format!("/v1/channels/{ch}/messages/{id}"), Some(json!({ "text": "back" }))).await;
+    expect_problem(r, 409, "message_deleted").await;
+
+    // History in both directions and around a message (seq 4..=33 are these).
+    for i in 0..30 {
+        post_in(&s, &ch, &ana, json!({ "text": format!("m{i}") })).await;
+    }
+    let seqs =
+        |v: &Value| v["items"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(seqs(&page_of(&s, &ch, &ana, "").await), (14..=33).collect::<Vec<_>>());
+    assert_eq!(seqs(&page_of(&s, &ch, &ana, "?before=14&limit=5").await), (9..=13).collect::<Vec<_>>());
+    assert_eq!(seqs(&page_of(&s, &ch, &ana, "?after=30").await), [31, 32, 33]);
+    assert_eq!(seqs(&page_of(&s, &ch, &ana, "?around=20&limit=5").await), (18..=22).collect::<Vec<_>>());
+    expect_problem(
+        call(&s, M::GET, &ana, &format!("/v1/channels/{ch}/messages?before=3&after=1"), None).await,
+        422,
+        "validation_failed",
+    )
+    .await;
+
+    // Read positions: Ben has unread messages until he marks them read.
+    let list: Value = call(&s, M::GET, &ben, "/v1/channels", None).await.json().await.unwrap();
+    let mine = list["items"].as_array().unwrap().iter().find(|c| c["id"] == ch.as_str()).unwrap().clone();
+    assert_eq!(mine["unread"], 30);
+    let r: Value = call(&s, M::POST, &ben, &format!("/v1/channels/{ch}/read"), Some(json!({ "seq": 30 })))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["unread"], 3);
+    let r: Value = call(&s, M::POST, &ben, &format!("/v1/channels/{ch}/read"), Some(json!({ "seq": 10 })))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["unread"], 3, "never backwards");
+
+    // Threads: replies stay out of the main history.
+    let parent = page_of(&s, &ch, &ana, "?around=20&limit=1").await["items"][0]["id"].as_str().unwrap().to_owned();
+    let r = post_in(&s, &ch, &ben, json!({ "text": "a reply", "thread_parent_id": parent })).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["thread_parent_seq"], 20);
+    assert_eq!(seqs(&page_of(&s, &ch, &ana, "").await).last(), Some(&33));
+    let thread = page_of(&s, &ch, &ana, &format!("?thread={parent}")).await;
+    assert_eq!(thread["items"].as_array().unwrap().len(), 1);
+    let m: Value =
+        call(&s, M::GET, &ana, &format!("/v1/channels/{ch}/messages/{parent}"), None).await.json().await.unwrap();
+    assert_eq!(m["reply_count"], 1);
+
+    // Private channels are invisible to others; direct channels are found again.
+    let r = call(
+        &s,
+        M::POST,
+        &ana,
+        "/v1/channels",
+        Some(json!({ "kind": "private", "name": "secret", "member_ids": [ben.user_id] })),
+    )
+    .await;
+    let private = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    expect_problem(call(&s, M::GET, &cy, &format!("/v1/channels/{private}"), None).await, 404, "not_found").await;
+    assert_eq!(call(&s, M::GET, &ben, &format!("/v1/channels/{private}"), None).await.status(), 200);
+    let r =
+        call(&s, M::POST, &ana, "/v1/channels", Some(json!({ "kind": "direct", "member_ids": [cy.user_id] }))).await;
+    assert_eq!(r.status(), 201);
+    let dm = r.json::<Value>().await.unwrap()["id"].clone();
+    let r =
+        call(&s, M::POST, &cy, "/v1/channels", Some(json!({ "kind": "direct", "member_ids": [ana.user_id] }))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], dm);
+    s.stop().await;
+}
