@@ -54,10 +54,14 @@ pub enum Permission {
     ChatUse,
     /// Create channels, public, private or direct.
     ChannelsCreate,
+    /// Read the organization's tasks.
+    TasksRead,
+    /// Create, change and delete tasks.
+    TasksWrite,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 9] = [
+    pub const ALL: [Permission; 11] = [
         Permission::SelfManage,
         Permission::UsersRead,
         Permission::UsersInvite,
@@ -67,6 +71,8 @@ impl Permission {
         Permission::RoomsCreate,
         Permission::ChatUse,
         Permission::ChannelsCreate,
+        Permission::TasksRead,
+        Permission::TasksWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +86,8 @@ impl Permission {
             Permission::RoomsCreate => "rooms.create",
             Permission::ChatUse => "chat.use",
             Permission::ChannelsCreate => "channels.create",
+            Permission::TasksRead => "tasks.read",
+            Permission::TasksWrite => "tasks.write",
         }
     }
 
@@ -90,8 +98,10 @@ impl Permission {
     /// The lowest organization role that holds this permission.
     fn min_role(self) -> Role {
         match self {
-            Permission::SelfManage | Permission::RoomsRead | Permission::ChatUse => Role::Guest,
-            Permission::UsersRead | Permission::RoomsCreate | Permission::ChannelsCreate => Role::Member,
+            Permission::SelfManage | Permission::RoomsRead | Permission::ChatUse | Permission::TasksRead => Role::Guest,
+            Permission::UsersRead | Permission::RoomsCreate | Permission::ChannelsCreate | Permission::TasksWrite => {
+                Role::Member
+            }
             Permission::UsersInvite | Permission::UsersManage | Permission::AuditRead => Role::Admin,
         }
     }

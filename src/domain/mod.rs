@@ -12,6 +12,7 @@ pub mod orgs;
 pub mod paging;
 pub mod rooms;
 pub mod sessions;
+pub mod tasks;
 pub mod users;
 
 use crate::store::StoreError;

@@ -15,6 +15,7 @@ pub mod ops;
 pub mod orgs;
 pub mod problem;
 pub mod rooms;
+pub mod tasks;
 pub mod users;
 
 use std::time::{Duration, Instant};
@@ -54,6 +55,8 @@ pub enum ApiTags {
     Rooms,
     /// Channels and messages.
     Chat,
+    /// Tasks and their dependencies.
+    Tasks,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -126,6 +129,7 @@ pub type Apis = (
     api_keys::ApiKeysApi,
     rooms::RoomsApi,
     chat::ChatApi,
+    tasks::TasksApi,
 );
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
@@ -142,6 +146,7 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
             api_keys::ApiKeysApi,
             rooms::RoomsApi,
             chat::ChatApi,
+            tasks::TasksApi,
         ),
         "Outpost",
         crate::VERSION,

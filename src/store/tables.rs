@@ -98,6 +98,9 @@ pub const MESSAGE_IDS: Table = org("message_ids", 26);
 /// org ‖ SHA-256 of author ‖ idempotency key → the message's key.
 pub const MESSAGE_IDEMPOTENCY: Table = org("message_idempotency", 27);
 
+/// org ‖ task → `Task` JSON (its dependencies inside).
+pub const TASKS: Table = org("tasks", 28);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -133,6 +136,7 @@ pub const ALL: &[Table] = &[
     MESSAGES,
     MESSAGE_IDS,
     MESSAGE_IDEMPOTENCY,
+    TASKS,
 ];
 
 /// `org ‖ a ‖ b`.

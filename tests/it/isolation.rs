@@ -94,6 +94,21 @@ async fn org_b_never_sees_org_a() {
         .await
         .unwrap();
     let a_msg_id = a_msg["id"].as_str().unwrap().to_owned();
+    let mut a_tasks = Vec::new();
+    for title in ["a", "b"] {
+        let t: Value = s
+            .http
+            .post(s.url("/v1/tasks"))
+            .bearer_auth(&a_member.access)
+            .json(&json!({ "title": title }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        a_tasks.push(t["id"].as_str().unwrap().to_owned());
+    }
     let mut principals: Vec<(String, String)> = Vec::new();
     for (role, login) in &b {
         principals.push(((*role).to_owned(), login.access.clone()));
@@ -133,7 +148,9 @@ async fn org_b_never_sees_org_a() {
             .replace("{room_id}", &a_room_id)
             .replace("{channel_id}", &a_chan_id)
             .replace("{message_id}", &a_msg_id)
-            .replace("{emoji}", "thumbsup");
+            .replace("{emoji}", "thumbsup")
+            .replace("{task_id}", &a_tasks[0])
+            .replace("{depends_on_id}", &a_tasks[1]);
         assert!(!concrete.contains('{'), "isolation test does not know a parameter of {path}");
         for (method, op) in ops.as_object().unwrap() {
             let id = op["operationId"].as_str().unwrap();

@@ -20,6 +20,7 @@ mod rooms;
 mod store;
 mod support;
 mod systemd;
+mod tasks;
 mod tidy;
 mod tls;
 mod tokens;

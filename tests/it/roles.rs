@@ -114,13 +114,32 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                     .unwrap();
                 let message_id = msg["id"].as_str().unwrap().to_owned();
                 let channel_member = policy::allows(role, Permission::ChannelsCreate);
+                // And two fresh tasks (by the caller when they may write tasks, else the owner).
+                let task_maker = if policy::allows(role, Permission::TasksWrite) { &me.access } else { &owner.access };
+                let mut task_ids = Vec::new();
+                for _ in 0..2 {
+                    let t: Value = s
+                        .http
+                        .post(s.url("/v1/tasks"))
+                        .bearer_auth(task_maker)
+                        .json(&serde_json::json!({ "title": "t" }))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    task_ids.push(t["id"].as_str().unwrap().to_owned());
+                }
                 let url = path
                     .replace("{user_id}", target["user"]["id"].as_str().unwrap())
                     .replace("{session_id}", &me.session_id)
                     .replace("{room_id}", &room_id)
                     .replace("{channel_id}", &channel_id)
                     .replace("{message_id}", &message_id)
-                    .replace("{emoji}", "thumbsup");
+                    .replace("{emoji}", "thumbsup")
+                    .replace("{task_id}", &task_ids[0])
+                    .replace("{depends_on_id}", &task_ids[1]);
                 let mut req =
                     s.http.request(method.to_uppercase().parse().unwrap(), s.url(&url)).bearer_auth(&me.access);
                 if !body.is_null() {
@@ -143,7 +162,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
             }
         }
     }
-    assert!(checked >= 100, "only {checked} checks");
+    assert!(checked >= 150, "only {checked} checks");
     s.stop().await;
 }
 
