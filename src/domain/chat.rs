@@ -653,3 +653,149 @@ pub async fn mark_read(writer: &Writer, ctx: MutationCtx, user: Id, channel: Id,
         })
         .await
 }
+
+/// Changes to a channel's name or topic (members; direct channels have no name).
+pub async fn update(
+    writer: &Writer,
+    ctx: MutationCtx,
+    user: Id,
+    channel: Id,
+    name: Option<String>,
+    topic_text: Option<String>,
+    expected_version: Option<u64>,
+) -> Result<Channel, DomainError> {
+    let mut errors = Vec::new();
+    if name.as_ref().is_some_and(|n| n.trim().is_empty() || n.chars().count() > NAME_CHARS_MAX) {
+        errors.push(FieldError::new("/name", "invalid_length", format!("1–{NAME_CHARS_MAX} characters")));
+    }
+    if topic_text.as_ref().is_some_and(|t| t.chars().count() > TOPIC_CHARS_MAX) {
+        errors.push(FieldError::new("/topic", "too_long", format!("at most {TOPIC_CHARS_MAX} characters")));
+    }
+    check(errors)?;
+    let org = ctx.scope.org();
+    writer
+        .submit(ctx, move |tx| {
+            let (mut ch, member) = visible_in_tx(tx, org, user, channel)?;
+            if member.is_none() {
+                return Err(DomainError::Forbidden { detail: "join the channel to change it".into() });
+            }
+            super::paging::check_version(expected_version, ch.version)?;
+            if name.is_some() && ch.kind == ChannelKind::Direct {
+                return Err(DomainError::invalid("/name", "not_allowed", "direct channels have no name"));
+            }
+            if let Some(n) = &name {
+                ch.name = Some(n.trim().to_owned());
+            }
+            if let Some(t) = &topic_text {
+                ch.topic.clone_from(t);
+            }
+            ch.version += 1;
+            ch.updated_at_ms = tx.now_ms();
+            tx.put(CHANNELS, &org_id_key(org, channel), &encode(&ch))?;
+            tx.emit(topic(channel), "channel.updated", json!({ "id": channel, "name": ch.name, "topic": ch.topic }));
+            tx.audit("channel.update", format!("channel:{channel}"), json!({ "name": ch.name, "topic": ch.topic }));
+            Ok(ch)
+        })
+        .await
+}
+
+/// Archives a channel (its creator or an admin).
+pub async fn archive(
+    writer: &Writer,
+    ctx: MutationCtx,
+    user: Id,
+    admin: bool,
+    channel: Id,
+) -> Result<Channel, DomainError> {
+    let org = ctx.scope.org();
+    writer
+        .submit(ctx, move |tx| {
+            let (mut ch, _) = visible_in_tx(tx, org, user, channel)?;
+            if ch.created_by != user && !admin {
+                return Err(DomainError::Forbidden {
+                    detail: "only its creator or an admin archives a channel".into(),
+                });
+            }
+            ch.archived = true;
+            ch.version += 1;
+            ch.updated_at_ms = tx.now_ms();
+            tx.put(CHANNELS, &org_id_key(org, channel), &encode(&ch))?;
+            tx.emit(topic(channel), "channel.archived", json!({ "id": channel }));
+            tx.audit("channel.archive", format!("channel:{channel}"), json!({}));
+            Ok(ch)
+        })
+        .await
+}
+
+/// Adds `target` (members add people to public and private channels; direct ones are fixed).
+pub async fn add_member(
+    writer: &Writer,
+    ctx: MutationCtx,
+    user: Id,
+    channel: Id,
+    target: Id,
+) -> Result<Member, DomainError> {
+    let org = ctx.scope.org();
+    writer
+        .submit(ctx, move |tx| {
+            let (ch, member) = visible_in_tx(tx, org, user, channel)?;
+            if member.is_none() {
+                return Err(DomainError::Forbidden { detail: "join the channel to add people".into() });
+            }
+            if ch.kind == ChannelKind::Direct {
+                return Err(DomainError::Conflict {
+                    code: "direct_channel_fixed",
+                    detail: "a direct channel's members are fixed".into(),
+                });
+            }
+            if !active_user(tx, org, target)? {
+                return Err(DomainError::NotFound { what: "user" });
+            }
+            if let Some(m) = get_member(|k| tx.get(CHANNEL_MEMBERS, k), org, channel, target)? {
+                return Ok(m);
+            }
+            let m = Member { user: target, joined_at_ms: tx.now_ms(), read_seq: 0 };
+            tx.put(CHANNEL_MEMBERS, &org_id_id_key(org, channel, target), &encode(&m))?;
+            tx.emit(topic(channel), "member.added", json!({ "user": target }));
+            tx.emit(format!("user:{target}"), "channel.added", json!({ "channel": channel, "kind": ch.kind }));
+            tx.audit("channel.add_member", format!("channel:{channel}"), json!({ "user": target }));
+            Ok(m)
+        })
+        .await
+}
+
+/// Removes `target`: oneself (leaving), or anyone by the channel's creator or an admin.
+pub async fn remove_member(
+    writer: &Writer,
+    ctx: MutationCtx,
+    user: Id,
+    admin: bool,
+    channel: Id,
+    target: Id,
+) -> Result<(), DomainError> {
+    let org = ctx.scope.org();
+    writer
+        .submit(ctx, move |tx| {
+            let (ch, member) = visible_in_tx(tx, org, user, channel)?;
+            if member.is_none() {
+                return Err(DomainError::Forbidden { detail: "you do not belong to this channel".into() });
+            }
+            if target != user && ch.created_by != user && !admin {
+                return Err(DomainError::Forbidden { detail: "only its creator or an admin removes others".into() });
+            }
+            if ch.kind == ChannelKind::Direct {
+                return Err(DomainError::Conflict {
+                    code: "direct_channel_fixed",
+                    detail: "a direct channel's members are fixed".into(),
+                });
+            }
+            if get_member(|k| tx.get(CHANNEL_MEMBERS, k), org, channel, target)?.is_none() {
+                return Err(DomainError::NotFound { what: "member" });
+            }
+            tx.delete(CHANNEL_MEMBERS, &org_id_id_key(org, channel, target))?;
+            tx.emit(topic(channel), "member.removed", json!({ "user": target }));
+            tx.audit("channel.remove_member", format!("channel:{channel}"), json!({ "user": target }));
+            Ok(())
+        })
+        .await
+}

@@ -183,6 +183,23 @@ pub struct EditBody {
     pub text: String,
 }
 
+/// Changes a channel's name or topic.
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "UpdateChannel", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateChannelBody {
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub version: Option<u64>,
+}
+
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "AddChannelMember", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberBody {
+    pub user_id: String,
+}
+
 #[derive(Object, Debug, Deserialize)]
 #[oai(rename = "MarkRead", deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
@@ -307,6 +324,83 @@ impl ChatApi {
     ) -> Result<NoContent, ChatWriteErrors> {
         let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
         chat::join(&app.writer, user_ctx(req, &p), p.user, id).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Rename a channel or set its topic
+    ///
+    /// Permission: `chat.use`. Channel role: `member`.
+    #[oai(path = "/v1/channels/:channel_id", method = "patch", operation_id = "updateChannel")]
+    async fn update(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        channel_id: Path<String>,
+        #[oai(name = "If-Match")] if_match: Header<Option<String>>,
+        body: JsonBody<UpdateChannelBody>,
+    ) -> Result<Json<ChannelView>, ChatWriteErrors> {
+        let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
+        let b = body.0;
+        let version = super::parse_if_match(if_match.0.as_deref())?.or(b.version);
+        let ch = chat::update(&app.writer, user_ctx(req, &p), p.user, id, b.name, b.topic, version).await?;
+        Ok(Json(channel_view(ch, true, None)))
+    }
+
+    /// Archive a channel
+    ///
+    /// Its creator or an admin.
+    ///
+    /// Permission: `chat.use`. Channel role: `member`.
+    #[oai(path = "/v1/channels/:channel_id/archive", method = "post", operation_id = "archiveChannel")]
+    async fn archive(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        channel_id: Path<String>,
+    ) -> Result<Json<ChannelView>, ChatWriteErrors> {
+        let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
+        let ch = chat::archive(&app.writer, user_ctx(req, &p), p.user, is_admin(&p), id).await?;
+        Ok(Json(channel_view(ch, true, None)))
+    }
+
+    /// Add someone to a channel
+    ///
+    /// Permission: `chat.use`. Channel role: `member`.
+    #[oai(path = "/v1/channels/:channel_id/members", method = "post", operation_id = "addChannelMember")]
+    async fn add_member(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        channel_id: Path<String>,
+        body: JsonBody<AddMemberBody>,
+    ) -> Result<NoContent, ChatWriteErrors> {
+        let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
+        // A malformed id names nobody: membership is checked first, then "user not found".
+        let target = body.0.user_id.parse().unwrap_or(Id::NIL);
+        chat::add_member(&app.writer, user_ctx(req, &p), p.user, id, target).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Remove someone from a channel (or leave it)
+    ///
+    /// Oneself, or anyone by the channel's creator or an admin.
+    ///
+    /// Permission: `chat.use`. Channel role: `member`.
+    #[oai(path = "/v1/channels/:channel_id/members/:user_id", method = "delete", operation_id = "removeChannelMember")]
+    async fn remove_member(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        channel_id: Path<String>,
+        user_id: Path<String>,
+    ) -> Result<NoContent, ChatWriteErrors> {
+        let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
+        let target = user_id.0.parse().unwrap_or(Id::NIL);
+        chat::remove_member(&app.writer, user_ctx(req, &p), p.user, is_admin(&p), id, target).await?;
         Ok(NoContent::Done)
     }
 
@@ -501,6 +595,11 @@ impl ChatApi {
     }
 }
 
+/// Organization admins moderate channels they can see.
+fn is_admin(p: &Principal) -> bool {
+    policy::allows(p.role, Permission::UsersManage) && p.role >= Role::Admin
+}
+
 async fn change(
     app: &App,
     auth: &UserAuth,
@@ -513,7 +612,6 @@ async fn change(
     let message = parse_id(message_id, "message")?;
     // Not found before not allowed: the message must be there for the caller to act on it.
     chat::message(&app.store, p.org, p.user, id, message).await?;
-    let admin = policy::allows(p.role, Permission::UsersManage) && p.role >= Role::Admin;
-    let m = chat::change(&app.writer, user_ctx(req, &p), p.user, admin, id, message, c).await?;
+    let m = chat::change(&app.writer, user_ctx(req, &p), p.user, is_admin(&p), id, message, c).await?;
     Ok(Json(message_view(m)))
 }

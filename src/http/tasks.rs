@@ -196,7 +196,11 @@ fn list_of<T>(v: Option<String>, name: &str, parse: impl Fn(&str) -> Option<T>) 
     let Some(s) = v else { return Ok(Vec::new()) };
     s.split(',')
         .filter(|x| !x.is_empty())
-        .map(|x| parse(x).ok_or_else(|| DomainError::invalid(&format!("?{name}"), "invalid_value", format!("unknown {name} '{x}'"))))
+        .map(|x| {
+            parse(x).ok_or_else(|| {
+                DomainError::invalid(&format!("?{name}"), "invalid_value", format!("unknown {name} '{x}'"))
+            })
+        })
         .collect()
 }
 
