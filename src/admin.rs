@@ -29,6 +29,7 @@ pub enum Request {
     CreateOperatorKey { name: String },
     RotateSigningKey,
     RotateVault,
+    Reindex,
 }
 
 /// Largest request line accepted.
@@ -115,6 +116,14 @@ async fn run(req: Request, app: App, progress: mpsc::Sender<Value>) -> Result<Va
         }
         Request::RotateSigningKey => {
             app.rotate_signing_key("cli:admin-socket").await.map(|r| json!({ "kid": r.kid })).map_err(|e| e.to_string())
+        }
+        Request::Reindex => {
+            let Some(index) = app.search.get().cloned() else { return Err("search is not running".into()) };
+            let mut report = report;
+            crate::reindex(&app, &index, &mut report)
+                .await
+                .map(|n| json!({ "documents": n }))
+                .map_err(|e| e.to_string())
         }
         Request::RotateVault => {
             app.rotate_vault("cli:admin-socket").await.map(|id| json!({ "key_id": id })).map_err(|e| e.to_string())

@@ -35,6 +35,8 @@ pub struct App {
     pub hasher: Hasher,
     pub limits: Arc<Limits>,
     pub verified_tokens: Arc<crate::auth::tokens::VerifiedCache>,
+    /// The search index, once the server has opened it.
+    pub search: Arc<std::sync::OnceLock<Arc<crate::search::SearchIndex>>>,
     /// When each API key's last use was written down, so that is done once a minute at most.
     key_uses: Arc<std::sync::Mutex<std::collections::HashMap<crate::ids::Id, std::time::Instant>>>,
 }
@@ -96,6 +98,7 @@ impl App {
             limits: Arc::new(Limits::new(config_limits)),
             key_uses: Arc::default(),
             verified_tokens: Arc::default(),
+            search: Arc::default(),
         };
         app.load_keys().await?;
         Ok((app, report))

@@ -110,6 +110,21 @@ pub fn rotate_signing_key(config: &Config) -> Result<String, CommandError> {
     })
 }
 
+/// Rebuilds the search index from the store; the number of documents.
+pub fn reindex(config: &Config) -> Result<String, CommandError> {
+    with_app(config, &Request::Reindex, "documents", |app| async move {
+        let dir = app.config.data_dir.join("search");
+        let index = crate::search::SearchIndex::open(&dir).map_err(|e| CommandError::Refused(e.to_string()))?;
+        let index = std::sync::Arc::new(index);
+        let mut progress = Progress::new("reindex");
+        let n = crate::reindex(&app, &index, &mut |d, t| progress.update(d, t))
+            .await
+            .map_err(|e| CommandError::Refused(e.to_string()))?;
+        progress.finish();
+        Ok(n.to_string())
+    })
+}
+
 /// Rotates the vault's master key; the new key's id.
 pub fn rotate_vault(config: &Config) -> Result<String, CommandError> {
     with_app(config, &Request::RotateVault, "key_id", |app| async move {
@@ -126,7 +141,8 @@ where
 {
     if admin::server_running(&config.admin_socket()) {
         let v = admin::call(&config.admin_socket(), req, &mut |_, _| {})?;
-        return v[field].as_str().map(str::to_owned).ok_or_else(|| CommandError::Refused("bad answer".into()));
+        let answer = v[field].as_str().map(str::to_owned).or_else(|| v[field].as_u64().map(|n| n.to_string()));
+        return answer.ok_or_else(|| CommandError::Refused("bad answer".into()));
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StoreError::from)?;
     rt.block_on(async {

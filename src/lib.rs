@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod progress;
+pub mod search;
 pub mod store;
 pub mod tenancy;
 pub mod tls;
@@ -52,6 +53,9 @@ pub async fn run(
     background.spawn(admin::serve(admin, app.clone()));
     background.spawn(app.clone().retention_loop());
     background.spawn(ops::watchdog(app.clone()));
+
+    let (stop_search, search_stopped) = tokio::sync::watch::channel(false);
+    let search_task = start_search(&app, search_stopped).await?;
 
     let tcp = TcpAcceptor::from_tokio(listener)?;
     let acceptor = match (&app.config.tls.cert_file, &app.config.tls.key_file) {
@@ -95,10 +99,49 @@ pub async fn run(
         .run_with_graceful_shutdown(http::routes(app.clone()), stopping, Some(drain))
         .await;
     background.shutdown().await;
+    // The indexer finishes the batch it is on (it holds the store until then).
+    let _ = stop_search.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(30), search_task).await;
     let _ = std::fs::remove_file(&admin_path);
     app.writer.shutdown().await;
     tracing::info!("stopped");
     served.map_err(RunError::from)
+}
+
+/// Opens the search index (filling a new one from the store first) and starts its follower.
+async fn start_search(
+    app: &App,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
+    let search_err = |e: search::SearchError| RunError::Io(std::io::Error::other(e.to_string()));
+    let dir = app.config.data_dir.join("search");
+    let index = tokio::task::spawn_blocking(move || search::SearchIndex::open(&dir))
+        .await
+        .map_err(|e| RunError::Io(std::io::Error::other(e.to_string())))?
+        .map_err(search_err)?;
+    let index = std::sync::Arc::new(index);
+    if index.created {
+        reindex(app, &index, &mut |_, _| {}).await.map_err(search_err)?;
+        tracing::info!(documents = index.len(), "search index built from the store");
+    }
+    let _ = app.search.set(index.clone());
+    Ok(tokio::spawn(search::follow(app.clone(), index, stop)))
+}
+
+/// Rebuilds `index` from the store and moves the search follower to the log head it saw.
+pub async fn reindex(
+    app: &App,
+    index: &std::sync::Arc<search::SearchIndex>,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<u64, search::SearchError> {
+    let (store, idx) = (app.store.clone(), index.clone());
+    // The progress callback stays on this side; the blocking task reports totals only.
+    let head = tokio::task::spawn_blocking(move || search::rebuild(&store, &idx, &mut |_, _| {}))
+        .await
+        .map_err(|e| search::SearchError::Dir(e.to_string()))??;
+    progress(index.len(), index.len());
+    store::events::set_checkpoint(&app.writer, search::FOLLOWER, head).await?;
+    Ok(index.len())
 }
 
 fn has_operator_key(app: &App) -> bool {

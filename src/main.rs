@@ -76,6 +76,8 @@ enum Command {
         #[command(subcommand)]
         command: VaultCommand,
     },
+    /// Rebuild the search index from the store.
+    Reindex,
     /// Print the version.
     Version,
 }
@@ -172,6 +174,11 @@ fn main() -> ExitCode {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }),
+        Command::Reindex => with_config(load(), |c| {
+            let n = commands::reindex(&c)?;
+            println!("search index rebuilt: {n} documents");
+            Ok(ExitCode::SUCCESS)
         }),
         Command::Keys { command: KeysCommand::Rotate } => with_config(load(), |c| {
             let kid = commands::rotate_signing_key(&c)?;

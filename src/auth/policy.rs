@@ -58,10 +58,12 @@ pub enum Permission {
     TasksRead,
     /// Create, change and delete tasks.
     TasksWrite,
+    /// Search what one may see.
+    SearchUse,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 12] = [
         Permission::SelfManage,
         Permission::UsersRead,
         Permission::UsersInvite,
@@ -73,6 +75,7 @@ impl Permission {
         Permission::ChannelsCreate,
         Permission::TasksRead,
         Permission::TasksWrite,
+        Permission::SearchUse,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +91,7 @@ impl Permission {
             Permission::ChannelsCreate => "channels.create",
             Permission::TasksRead => "tasks.read",
             Permission::TasksWrite => "tasks.write",
+            Permission::SearchUse => "search.use",
         }
     }
 
@@ -98,7 +102,11 @@ impl Permission {
     /// The lowest organization role that holds this permission.
     fn min_role(self) -> Role {
         match self {
-            Permission::SelfManage | Permission::RoomsRead | Permission::ChatUse | Permission::TasksRead => Role::Guest,
+            Permission::SelfManage
+            | Permission::RoomsRead
+            | Permission::ChatUse
+            | Permission::TasksRead
+            | Permission::SearchUse => Role::Guest,
             Permission::UsersRead | Permission::RoomsCreate | Permission::ChannelsCreate | Permission::TasksWrite => {
                 Role::Member
             }

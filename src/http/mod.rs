@@ -15,6 +15,7 @@ pub mod ops;
 pub mod orgs;
 pub mod problem;
 pub mod rooms;
+pub mod search;
 pub mod tasks;
 pub mod users;
 
@@ -57,6 +58,8 @@ pub enum ApiTags {
     Chat,
     /// Tasks and their dependencies.
     Tasks,
+    /// One search box.
+    Search,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -130,6 +133,7 @@ pub type Apis = (
     rooms::RoomsApi,
     chat::ChatApi,
     tasks::TasksApi,
+    search::SearchApi,
 );
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
@@ -147,6 +151,7 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
             rooms::RoomsApi,
             chat::ChatApi,
             tasks::TasksApi,
+            search::SearchApi,
         ),
         "Outpost",
         crate::VERSION,

@@ -214,6 +214,12 @@ pub async fn trim(writer: &Writer, retention: Retention) -> Result<u64, StoreErr
         .await
 }
 
+/// Sets follower `name`'s checkpoint (after a rebuild that covered the log up to `gseq`).
+pub async fn set_checkpoint(writer: &Writer, name: &str, gseq: u64) -> Result<(), StoreError> {
+    let name = name.to_owned();
+    writer.maintain(move |tx| tx.put(FOLLOWERS, name.as_bytes(), &gseq.to_be_bytes())).await
+}
+
 /// A durable consumer of the log: resumes from its checkpoint, takes batches, checkpoints.
 pub struct Follower {
     name: String,

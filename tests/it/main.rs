@@ -17,6 +17,7 @@ mod openapi;
 mod orgs;
 mod roles;
 mod rooms;
+mod search;
 mod store;
 mod support;
 mod systemd;

@@ -126,12 +126,18 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts `outpost serve` on `dir` and waits for its ready log line.
     pub fn start(dir: &Path) -> Self {
+        Self::start_with_env(dir, &[])
+    }
+
+    /// As `start`, with extra environment (configuration) for the server.
+    pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(dir)
             .env("OUTPOST_LOG__FORMAT", "json")
             .env("OUTPOST_LOG__LEVEL", "info")
             .env("OUTPOST_STORE__MIN_FREE_DISK_BYTES", "0")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

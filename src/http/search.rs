@@ -1,0 +1,116 @@
+//! `/v1/search`: one search box over messages, tasks, rooms and users.
+
+use poem::web::Data;
+use poem_openapi::param::Query;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+use super::problem::Problem;
+use super::{ApiTags, UserAuth};
+use crate::app::App;
+use crate::auth::policy::Permission;
+use crate::domain::DomainError;
+use crate::search;
+
+crate::problems!(SearchErrors: 400, 401, 403, 422);
+
+/// One hit.
+#[derive(Object, Debug)]
+#[oai(rename = "SearchHit")]
+pub struct HitView {
+    /// `message`, `task`, `room` or `user`.
+    #[oai(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    /// For a message: `channel:<id>`; for a private room: `room:<id>`; else `org`.
+    pub scope: String,
+    pub title: String,
+    /// Text around the match, matched words in `<b>` (HTML-escaped otherwise).
+    pub snippet: String,
+    pub score: f32,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "SearchPage")]
+pub struct SearchPage {
+    pub items: Vec<HitView>,
+    /// Pass as `offset` for more; absent when there are none.
+    pub next_offset: Option<u32>,
+}
+
+pub struct SearchApi;
+
+#[OpenApi(tag = "ApiTags::Search")]
+impl SearchApi {
+    /// Search
+    ///
+    /// Words match with one typo forgiven; `"quoted words"` match as a phrase. Only what the
+    /// caller may see is returned.
+    ///
+    /// Permission: `search.use`.
+    #[oai(path = "/v1/search", method = "get", operation_id = "search")]
+    async fn search(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        q: Query<String>,
+        /// Comma-separated: `message,task,room,user` (default all).
+        #[oai(name = "type")]
+        kinds: Query<Option<String>>,
+        /// 1–50 (default 20).
+        limit: Query<Option<u32>>,
+        offset: Query<Option<u32>>,
+    ) -> Result<Json<SearchPage>, SearchErrors> {
+        let p = auth.require(&app, Permission::SearchUse).await?;
+        let q = q.0;
+        if q.trim().is_empty() || q.len() > 500 {
+            return Err(DomainError::invalid("?q", "invalid_length", "1–500 characters").into());
+        }
+        let limit = limit.0.unwrap_or(20).clamp(1, 50) as usize;
+        let offset = offset.0.unwrap_or(0) as usize;
+        let kinds: Vec<String> =
+            kinds.0.map(|k| k.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default();
+        if let Some(bad) = kinds.iter().find(|k| !["message", "task", "room", "user"].contains(&k.as_str())) {
+            return Err(DomainError::invalid("?type", "invalid_value", format!("unknown type '{bad}'")).into());
+        }
+        let Some(index) = app.search.get().cloned() else {
+            return Err(Problem::new(
+                poem::http::StatusCode::SERVICE_UNAVAILABLE,
+                "search_unavailable",
+                "search is starting",
+            )
+            .into());
+        };
+        let (org, user) = (p.org, p.user);
+        let store = app.store.clone();
+        let hits = tokio::task::spawn_blocking(move || -> Result<Vec<search::Hit>, search::SearchError> {
+            let candidates = index.candidates(org, &q, &kinds)?;
+            let r = store.reader()?;
+            let mut seen = Vec::new();
+            for h in candidates {
+                if search::may_see(&r, org, user, &h.scope)? {
+                    seen.push(h);
+                }
+            }
+            Ok(seen)
+        })
+        .await
+        .map_err(|e| Problem::new(poem::http::StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string()))?
+        .map_err(|e| Problem::new(poem::http::StatusCode::INTERNAL_SERVER_ERROR, "search_error", e.to_string()))?;
+        let more = hits.len() > offset + limit;
+        let items = hits
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|h| HitView {
+                kind: h.kind,
+                id: h.id,
+                scope: h.scope,
+                title: h.title,
+                snippet: h.snippet,
+                score: h.score,
+            })
+            .collect();
+        Ok(Json(SearchPage { items, next_offset: more.then_some((offset + limit) as u32) }))
+    }
+}

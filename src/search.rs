@@ -1,0 +1,437 @@
+//! Search: one tantivy index per store (the organization a field every query filters on) over
+//! messages, tasks, rooms and users, kept up to date by a durable follower of the event log.
+//!
+//! The follower reads committed events in order, loads the current state of what they name
+//! from the store, upserts or deletes it in the index (by its key, so doing it twice is
+//! harmless), commits the index, and only then moves its checkpoint. A crash anywhere in
+//! between replays from the last checkpoint. A new (or rebuilt) index is filled from the
+//! store's tables first, so it never depends on log retention. Permission filtering happens at
+//! query time against the store: nobody sees a hit from a private channel or room they are
+//! not in.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TEXT, TantivyDocument, Value};
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term, doc};
+
+use crate::domain::chat::{ChannelKind, Message};
+use crate::domain::rooms::{Room, RoomStatus, Visibility};
+use crate::domain::tasks::Task;
+use crate::domain::users::{User, UserStatus};
+use crate::ids::Id;
+use crate::store::events::{Event, Follower};
+use crate::store::tables::{
+    self, CHANNEL_MEMBERS, CHANNELS, MESSAGE_IDS, MESSAGES, ROOM_PARTICIPANTS, ROOMS, TASKS, USERS,
+};
+use crate::store::{Reader, StoreError, decode};
+
+/// The follower's name (its checkpoint in the store).
+pub const FOLLOWER: &str = "search";
+/// Events per indexing batch at most.
+const BATCH_MAX: usize = 1000;
+/// Hits examined per query at most (permission filtering drops some).
+const CANDIDATES_MAX: usize = 1000;
+/// The index writer's memory budget.
+const WRITER_BYTES: usize = 32 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    #[error("search index directory: {0}")]
+    Dir(String),
+    #[error("search query: {0}")]
+    Query(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Fields {
+    key: Field,
+    org: Field,
+    kind: Field,
+    scope: Field,
+    title: Field,
+    body: Field,
+}
+
+/// The index, its reader and its one writer.
+pub struct SearchIndex {
+    index: Index,
+    reader: IndexReader,
+    // A std Mutex: only blocking code (the indexer, reindex) takes it.
+    writer: Mutex<IndexWriter>,
+    f: Fields,
+    /// Whether the index was created (empty) when opened.
+    pub created: bool,
+    pub dir: PathBuf,
+}
+
+/// A document to index.
+pub struct Doc {
+    pub key: String,
+    pub org: Id,
+    pub kind: &'static str,
+    /// `org`, `channel:<id>` or `room:<id>`: who may see it.
+    pub scope: String,
+    pub title: String,
+    pub body: String,
+}
+
+pub enum Op {
+    Upsert(Doc),
+    Delete(String),
+}
+
+/// One search result.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub kind: String,
+    pub id: String,
+    pub scope: String,
+    pub title: String,
+    /// HTML with the matched words in `<b>`.
+    pub snippet: String,
+    pub score: f32,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let f = Fields {
+        key: b.add_text_field("key", STRING | STORED),
+        org: b.add_text_field("org", STRING),
+        kind: b.add_text_field("kind", STRING | STORED),
+        scope: b.add_text_field("scope", STRING | STORED),
+        title: b.add_text_field("title", TEXT | STORED),
+        body: b.add_text_field("body", TEXT | STORED),
+    };
+    (b.build(), f)
+}
+
+impl SearchIndex {
+    /// Opens (creating if needed) the index in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, SearchError> {
+        let created = !dir.join("meta.json").exists();
+        std::fs::create_dir_all(dir).map_err(|e| SearchError::Dir(e.to_string()))?;
+        let (schema, f) = schema();
+        let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(|e| SearchError::Dir(e.to_string()))?;
+        let index = Index::open_or_create(mmap, schema)?;
+        let writer = index.writer(WRITER_BYTES)?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        Ok(Self { index, reader, writer: Mutex::new(writer), f, created, dir: dir.to_path_buf() })
+    }
+
+    /// Applies `ops` and commits (blocking).
+    pub fn apply(&self, ops: Vec<Op>) -> Result<(), SearchError> {
+        let mut w = self.writer.lock().map_err(|_| SearchError::Dir("index writer poisoned".into()))?;
+        for op in ops {
+            match op {
+                Op::Upsert(d) => {
+                    w.delete_term(Term::from_field_text(self.f.key, &d.key));
+                    w.add_document(doc!(
+                        self.f.key => d.key,
+                        self.f.org => d.org.to_string(),
+                        self.f.kind => d.kind,
+                        self.f.scope => d.scope,
+                        self.f.title => d.title,
+                        self.f.body => d.body,
+                    ))?;
+                }
+                Op::Delete(key) => {
+                    w.delete_term(Term::from_field_text(self.f.key, &key));
+                }
+            }
+        }
+        w.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Empties the index (blocking).
+    pub fn clear(&self) -> Result<(), SearchError> {
+        let mut w = self.writer.lock().map_err(|_| SearchError::Dir("index writer poisoned".into()))?;
+        w.delete_all_documents()?;
+        w.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Candidate hits in `org` for `q`, best first, of `kinds` (all when empty). Typos of one
+    /// letter are forgiven; `"quoted words"` match as a phrase.
+    pub fn candidates(&self, org: Id, q: &str, kinds: &[String]) -> Result<Vec<Hit>, SearchError> {
+        let searcher = self.reader.searcher();
+        let mut parser = QueryParser::for_index(&self.index, vec![self.f.title, self.f.body]);
+        // Fuzzy matching does not combine with phrases; a quoted query stays exact.
+        if !q.contains('"') {
+            parser.set_field_fuzzy(self.f.title, false, 1, true);
+            parser.set_field_fuzzy(self.f.body, false, 1, true);
+        }
+        let (text_query, errors) = parser.parse_query_lenient(q);
+        if !errors.is_empty() && q.trim().is_empty() {
+            return Err(SearchError::Query("empty query".into()));
+        }
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
+            (Occur::Must, text_query),
+            (
+                Occur::Must,
+                Box::new(TermQuery::new(Term::from_field_text(self.f.org, &org.to_string()), IndexRecordOption::Basic)),
+            ),
+        ];
+        if !kinds.is_empty() {
+            let any: Vec<(Occur, Box<dyn Query>)> = kinds
+                .iter()
+                .map(|k| {
+                    (
+                        Occur::Should,
+                        Box::new(TermQuery::new(Term::from_field_text(self.f.kind, k), IndexRecordOption::Basic))
+                            as Box<dyn Query>,
+                    )
+                })
+                .collect();
+            clauses.push((Occur::Must, Box::new(BooleanQuery::new(any))));
+        }
+        let query = BooleanQuery::new(clauses);
+        let top = searcher.search(&query, &TopDocs::with_limit(CANDIDATES_MAX))?;
+        // Snippets come from the exact terms (fuzzy expansions are not highlighted).
+        let exact = QueryParser::for_index(&self.index, vec![self.f.title, self.f.body]).parse_query_lenient(q).0;
+        let mut snippets = SnippetGenerator::create(&searcher, &*exact, self.f.body)?;
+        snippets.set_max_num_chars(160);
+        let mut out = Vec::with_capacity(top.len());
+        for (score, addr) in top {
+            let d: TantivyDocument = searcher.doc(addr)?;
+            let text = |f: Field| d.get_first(f).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let key = text(self.f.key);
+            let id = key.split_once(':').map_or(key.clone(), |(_, id)| id.to_owned());
+            let mut snippet = snippets.snippet_from_doc(&d).to_html();
+            if snippet.is_empty() {
+                snippet = text(self.f.body).chars().take(160).collect();
+            }
+            out.push(Hit {
+                kind: text(self.f.kind),
+                id,
+                scope: text(self.f.scope),
+                title: text(self.f.title),
+                snippet,
+                score,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Documents in the index.
+    pub fn len(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether `user` of `org` may see something of `scope`.
+pub fn may_see(r: &Reader, org: Id, user: Id, scope: &str) -> Result<bool, StoreError> {
+    let Some((kind, id)) = scope.split_once(':') else { return Ok(scope == "org") };
+    let Ok(id) = id.parse::<Id>() else { return Ok(false) };
+    match kind {
+        "channel" => {
+            let ch: Option<crate::domain::chat::Channel> =
+                r.get(CHANNELS, &tables::org_id_key(org, id))?.map(|v| decode(CHANNELS, &v)).transpose()?;
+            let member = r.get(CHANNEL_MEMBERS, &tables::org_id_id_key(org, id, user))?.is_some();
+            Ok(ch.is_some_and(|c| c.kind == ChannelKind::Public || member))
+        }
+        "room" => {
+            let room: Option<Room> =
+                r.get(ROOMS, &tables::org_id_key(org, id))?.map(|v| decode(ROOMS, &v)).transpose()?;
+            let part = r.get(ROOM_PARTICIPANTS, &tables::org_id_id_key(org, id, user))?.is_some();
+            Ok(room.is_some_and(|rm| rm.visibility == Visibility::Org || part))
+        }
+        _ => Ok(false),
+    }
+}
+
+fn message_doc(org: Id, m: &Message) -> Op {
+    let key = format!("message:{}", m.id);
+    if m.deleted_at_ms.is_some() {
+        return Op::Delete(key);
+    }
+    Op::Upsert(Doc {
+        key,
+        org,
+        kind: "message",
+        scope: format!("channel:{}", m.channel),
+        title: String::new(),
+        body: m.text.clone(),
+    })
+}
+
+fn task_doc(org: Id, t: &Task) -> Op {
+    Op::Upsert(Doc {
+        key: format!("task:{}", t.id),
+        org,
+        kind: "task",
+        scope: "org".into(),
+        title: t.title.clone(),
+        body: format!("{} {}", t.description, t.labels.join(" ")),
+    })
+}
+
+fn room_doc(org: Id, rm: &Room) -> Op {
+    let key = format!("room:{}", rm.id);
+    if rm.status == RoomStatus::Deleted {
+        return Op::Delete(key);
+    }
+    let scope = if rm.visibility == Visibility::Org { "org".into() } else { format!("room:{}", rm.id) };
+    Op::Upsert(Doc { key, org, kind: "room", scope, title: rm.name.clone(), body: rm.description.clone() })
+}
+
+fn user_doc(org: Id, u: &User) -> Op {
+    let key = format!("user:{}", u.id);
+    if matches!(u.status, UserStatus::Deleted | UserStatus::Invited) {
+        return Op::Delete(key);
+    }
+    Op::Upsert(Doc {
+        key,
+        org,
+        kind: "user",
+        scope: "org".into(),
+        title: u.display_name.clone(),
+        body: format!("{} {}", u.username.clone().unwrap_or_default(), u.email),
+    })
+}
+
+/// The index operations `events` call for, from the store's current state.
+pub fn ops_for(r: &Reader, events: &[Event]) -> Result<Vec<Op>, StoreError> {
+    let mut ops = Vec::new();
+    for e in events {
+        let org = e.org;
+        let id = e.data.get("id").and_then(|v| v.as_str()).and_then(|s| s.parse::<Id>().ok());
+        let Some(id) = id else { continue };
+        let kind = e.kind.as_str();
+        if kind.starts_with("message.") {
+            match r.get(MESSAGE_IDS, &tables::org_id_key(org, id))? {
+                Some(at) => {
+                    if let Some(v) = r.get(MESSAGES, &at)? {
+                        ops.push(message_doc(org, &decode(MESSAGES, &v)?));
+                    }
+                }
+                None => ops.push(Op::Delete(format!("message:{id}"))),
+            }
+        } else if kind.starts_with("task.") {
+            match r.get(TASKS, &tables::org_id_key(org, id))? {
+                Some(v) => ops.push(task_doc(org, &decode(TASKS, &v)?)),
+                None => ops.push(Op::Delete(format!("task:{id}"))),
+            }
+        } else if kind.starts_with("room.") {
+            if let Some(v) = r.get(ROOMS, &tables::org_id_key(org, id))? {
+                ops.push(room_doc(org, &decode(ROOMS, &v)?));
+            }
+        } else if kind.starts_with("user.") {
+            if let Some(v) = r.get(USERS, &tables::org_id_key(org, id))? {
+                ops.push(user_doc(org, &decode(USERS, &v)?));
+            }
+        }
+    }
+    Ok(ops)
+}
+
+/// Every document the store holds now, with `progress(done, total)` per table (blocking).
+pub fn all_ops(r: &Reader, progress: &mut dyn FnMut(u64, u64)) -> Result<Vec<Op>, StoreError> {
+    let total = r.len(MESSAGES)? + r.len(TASKS)? + r.len(ROOMS)? + r.len(USERS)?;
+    let mut ops = Vec::new();
+    let org_of = |k: &[u8]| Id::from_slice(&k[..16]);
+    r.for_each(MESSAGES, |k, v| {
+        if let Some(org) = org_of(k) {
+            ops.push(message_doc(org, &decode(MESSAGES, v)?));
+        }
+        Ok(true)
+    })?;
+    progress(ops.len() as u64, total);
+    r.for_each(TASKS, |k, v| {
+        if let Some(org) = org_of(k) {
+            ops.push(task_doc(org, &decode(TASKS, v)?));
+        }
+        Ok(true)
+    })?;
+    r.for_each(ROOMS, |k, v| {
+        if let Some(org) = org_of(k) {
+            ops.push(room_doc(org, &decode(ROOMS, v)?));
+        }
+        Ok(true)
+    })?;
+    r.for_each(USERS, |k, v| {
+        if let Some(org) = org_of(k).filter(|o| *o != Id::NIL) {
+            ops.push(user_doc(org, &decode(USERS, v)?));
+        }
+        Ok(true)
+    })?;
+    progress(total, total);
+    Ok(ops)
+}
+
+/// Follows the event log into the index until `stop` turns true (between batches: a batch
+/// being indexed is always finished and checkpointed first).
+pub async fn follow(app: crate::App, index: Arc<SearchIndex>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut follower = loop {
+        match Follower::open(FOLLOWER, app.store.clone(), app.writer.clone(), app.followers.clone()).await {
+            Ok(f) => break f,
+            Err(e) => {
+                tracing::error!(error = %e, "search follower cannot start; retrying");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    let mut bus = app.bus.subscribe();
+    while !*stop.borrow() {
+        let waited = tokio::select! {
+            b = follower.wait_batch(&mut bus, BATCH_MAX, Duration::from_secs(1)) => b,
+            _ = stop.changed() => break,
+        };
+        let batch = match waited {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "search follower cannot read the log");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(last) = batch.last().map(|e| e.gseq) else { continue };
+        let (store, idx) = (app.store.clone(), index.clone());
+        let applied = tokio::task::spawn_blocking(move || -> Result<(), SearchError> {
+            let ops = ops_for(&store.reader()?, &batch)?;
+            idx.apply(ops)
+        })
+        .await;
+        match applied {
+            Ok(Ok(())) => {
+                if let Err(e) = follower.checkpoint(last).await {
+                    tracing::error!(error = %e, "search follower cannot checkpoint");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "search indexing failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => tracing::error!(error = %e, "search indexing task failed"),
+        }
+    }
+}
+
+/// Rebuilds the index from the store's tables and moves the follower's checkpoint to the log
+/// head the rebuild saw (blocking).
+pub fn rebuild(
+    store: &crate::store::Store,
+    index: &SearchIndex,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64, SearchError> {
+    let r = store.reader()?;
+    let head = r.meta_u64("gseq")?.unwrap_or(0);
+    let ops = all_ops(&r, progress)?;
+    index.clear()?;
+    index.apply(ops)?;
+    Ok(head)
+}
