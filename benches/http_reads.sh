@@ -37,7 +37,7 @@ KEY=none
 log "machine: $(machine_desc)"
 log "duration ${DURATION}s x ${ROUNDS} rounds (+1 warm-up), ${CONNECTIONS} connections, ${THREADS} threads, sides: $SIDES"
 
-if [ "${READ_TARGET:-org}" = me ]; then
+if [ "${READ_TARGET:-org}" != org ]; then
     # A user's own account with their access token: budgets out of the way of the load.
     export OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000000 OUTPOST_LIMITS__ORG_REQUESTS_PER_S=100000000
 fi
@@ -52,7 +52,7 @@ if side_enabled outpost; then
     [ "$code" = 201 ] || { cat "$WORK/created.json" >&2; die "POST /v1/orgs answered $code, expected 201"; }
     ORG_ID=$("${BENCHSTAT[@]}" json-get id <"$WORK/created.json")
     URL_PATH=/v1/orgs/$ORG_ID
-    if [ "${READ_TARGET:-org}" = me ]; then
+    if [ "${READ_TARGET:-org}" != org ]; then
         curl -fsS -o "$WORK/inv.json" -X POST "$OP_URL/v1/orgs/$ORG_ID/invitations" \
             -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
             --data '{"email":"bench@example.org","role":"member"}'
@@ -63,6 +63,16 @@ if side_enabled outpost; then
             --data '{"org":"bench-read","login":"bench","password":"bench password 123"}'
         KEY=$("${BENCHSTAT[@]}" json-get access_token <"$WORK/login.json")
         URL_PATH=/v1/me
+        if [ "$READ_TARGET" = history ]; then
+            # A page of 20 messages of a channel with 30.
+            CH=$(curl -fsS -X POST "$OP_URL/v1/channels" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+                --data '{"kind":"public","name":"bench"}' | "${BENCHSTAT[@]}" json-get id)
+            for i in $(seq 1 30); do
+                curl -fsS -o /dev/null -X POST "$OP_URL/v1/channels/$CH/messages" -H "Authorization: Bearer $KEY" \
+                    -H 'Content-Type: application/json' --data "{\"text\":\"message number $i of the bench channel\"}"
+            done
+            URL_PATH="/v1/channels/$CH/messages?limit=20"
+        fi
     fi
     code=$(curl -sS -o "$BODY" -w '%{http_code}' --max-time 10 \
         -H "Authorization: Bearer $KEY" "$OP_URL$URL_PATH")
@@ -82,7 +92,7 @@ fi
 log "response body ($(wc -c <"$BODY") bytes): $(head -c 300 "$BODY")"
 
 if side_enabled peer; then
-    start_nginx "$WORK/nginx" "$NGINX_PORT" "$BODY" "$URL_PATH"
+    start_nginx "$WORK/nginx" "$NGINX_PORT" "$BODY" "${URL_PATH%%\?*}"
     curl -fsS --max-time 5 "http://127.0.0.1:$NGINX_PORT$URL_PATH" | cmp -s - "$BODY" ||
         die "nginx does not serve the same bytes"
 fi

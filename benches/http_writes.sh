@@ -20,6 +20,8 @@
 # (fsync.sh, same filesystem) is printed first for context.
 #
 #   bash benches/http_writes.sh
+#   WRITE_TARGET=messages bash benches/http_writes.sh   # chat messages instead of orgs:
+#       POST /v1/channels/{id}/messages with a user's token vs an indexed messages table
 #   DURATION=8 ROUNDS=5 SIDES=both|outpost|peer OP_PORT=18080 PG_PORT=15432
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -39,6 +41,12 @@ echo "== disk fsync rate (same filesystem as the data directories) =="
 bash "$BENCH_DIR/fsync.sh" "$WORK"
 
 # ----------------------------------------------------------------- Outpost ----
+TARGET=${WRITE_TARGET:-orgs}
+if [ "$TARGET" = messages ]; then
+    # One user posts from every connection: budgets out of the way of the load.
+    export OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000000 OUTPOST_LIMITS__ORG_REQUESTS_PER_S=100000000
+fi
+
 if side_enabled outpost; then
     KEY=$(outpost_operator_key "$WORK/outpost-data")
     start_outpost "$WORK/outpost-data" "$OP_PORT"
@@ -74,15 +82,37 @@ EOF
         -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
         --data '{"slug":"bench-probe","name":"Bench org probe"}')
     [ "$code" = 201 ] || { cat "$WORK/probe.json" >&2; die "POST /v1/orgs answered $code, expected 201"; }
+    POST_URL=$OP_URL/v1/orgs
+    LUA=$WORK/orgs_post.lua
+    if [ "$TARGET" = messages ]; then
+        ORG_ID=$("${BENCHSTAT[@]}" json-get id <"$WORK/probe.json")
+        INV=$(curl -fsS -X POST "$OP_URL/v1/orgs/$ORG_ID/invitations" -H "Authorization: Bearer $KEY" \
+            -H 'Content-Type: application/json' --data '{"email":"poster@example.org","role":"member"}' | "${BENCHSTAT[@]}" json-get token)
+        curl -fsS -o /dev/null -X POST "$OP_URL/v1/auth/invitations/accept" -H 'Content-Type: application/json' \
+            --data "{\"token\":\"$INV\",\"username\":\"poster\",\"password\":\"bench password 123\"}"
+        KEY=$(curl -fsS -X POST "$OP_URL/v1/auth/login" -H 'Content-Type: application/json' \
+            --data '{"org":"bench-probe","login":"poster","password":"bench password 123"}' | "${BENCHSTAT[@]}" json-get access_token)
+        CH=$(curl -fsS -X POST "$OP_URL/v1/channels" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+            --data '{"kind":"public","name":"bench"}' | "${BENCHSTAT[@]}" json-get id)
+        POST_URL=$OP_URL/v1/channels/$CH/messages
+        LUA=$WORK/messages_post.lua
+        printf '%s\n' '-- POST a chat message; the text varies per request.' 'counter = 0' 'function request()' \
+            '   counter = counter + 1' \
+            '   return wrk.format("POST", nil, nil, string.format([[{"text":"bench message %d with a few words of text"}]], counter))' \
+            'end' >"$LUA"
+        code=$(curl -sS -o "$WORK/probe-msg.json" -w '%{http_code}' -X POST "$POST_URL" -H "Authorization: Bearer $KEY" \
+            -H 'Content-Type: application/json' --data '{"text":"probe"}')
+        [ "$code" = 201 ] || { cat "$WORK/probe-msg.json" >&2; die "POST a message answered $code, expected 201"; }
+    fi
 fi
 
 run_outpost() {
     local r=$1 out=$WORK/wrk-writes-$1.txt rps ok req non err
     run_measured "$out" "$OP_PID" self -- \
         wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s --latency \
-        -s "$WORK/orgs_post.lua" \
+        -s "$LUA" \
         -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
-        "$OP_URL/v1/orgs" -- "r$r"
+        "$POST_URL" -- "r$r"
     rps=$(wrk_rps "$out"); ok=$(wrk_ok_rps "$out"); req=$(wrk_requests "$out")
     non=$(wrk_non2xx "$out"); err=$(wrk_socket_errors "$out")
     log "round $r outpost: ${ok} created/s (all responses ${rps}/s, non-2xx $non, socket errors $err, latency p50/p99 $(wrk_latency_p50_p99 "$out")) cpu ${RUN_CPU_S}s"
@@ -113,6 +143,20 @@ VALUES ('b' || :round::text || 'c' || :client_id::text || '-' || :r::text,
 ON CONFLICT (slug) DO NOTHING
 RETURNING id, slug, name, settings, created_at;
 EOF
+    # The same shape for messages: an index on channel and time, as history reads need.
+    pg_sql "CREATE TABLE messages (
+                id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+                channel_id uuid NOT NULL,
+                author_id uuid NOT NULL,
+                body text NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE INDEX messages_channel_time ON messages (channel_id, created_at);"
+    printf '%s\n' '\set r random(0, 999999999999999)' \
+        'INSERT INTO messages (channel_id, author_id, body)' \
+        "VALUES ('00000000-0000-4000-8000-000000000001', '00000000-0000-4000-8000-000000000002'," \
+        "        'bench message ' || :r::text || ' with a few words of text')" \
+        'RETURNING id, created_at;' >"$WORK/messages_insert.sql"
     log "postgres: synchronous_commit=$(pg_sql 'SHOW synchronous_commit') fsync=$(pg_sql 'SHOW fsync') wal_sync_method=$(pg_sql 'SHOW wal_sync_method')"
 fi
 
@@ -121,7 +165,7 @@ run_peer() {
     run_measured "$out" "$PG_PID" tree -- \
         "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" -U postgres -n \
         -c "$CONNECTIONS" -j "$THREADS" -T "$DURATION" -M prepared \
-        -D round="$r" -f "$WORK/orgs_insert.sql" postgres
+        -D round="$r" -f "$WORK/${TARGET}_insert.sql" postgres
     tps=$(awk '/^tps = /{print $3; exit}' "$out")
     n=$(awk -F': ' '/^number of transactions actually processed/{print $2; exit}' "$out" | awk '{print $1}')
     failed=$(awk -F': ' '/^number of failed transactions/{print $2; exit}' "$out" | awk '{print $1}')
@@ -144,5 +188,5 @@ if side_enabled peer; then
     log "postgres: $(pg_sql 'SELECT count(*) FROM orgs') rows in orgs, $(pg_sql "SELECT pg_size_pretty(pg_database_size('postgres'))") database"
 fi
 
-report "$TSV" "organization create throughput (POST /v1/orgs vs INSERT, durable commits)" \
-    "created/s" "writes: create org, c${CONNECTIONS}" "pgbench+pg15"
+report "$TSV" "$TARGET create throughput (POST vs INSERT, durable commits)" \
+    "created/s" "writes: $TARGET, c${CONNECTIONS}" "pgbench+pg15"

@@ -33,7 +33,10 @@ use crate::store::{Reader, StoreError, decode};
 /// The follower's name (its checkpoint in the store).
 pub const FOLLOWER: &str = "search";
 /// Events per indexing batch at most.
-const BATCH_MAX: usize = 1000;
+const BATCH_MAX: usize = 5000;
+/// Index commits at most this often: a commit costs far more than a document, so under load
+/// batches grow instead of commits multiplying (search lags by about this much).
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// Hits examined per query at most (permission filtering drops some).
 const CANDIDATES_MAX: usize = 1000;
 /// The index writer's memory budget.
@@ -121,7 +124,8 @@ impl SearchIndex {
         let (schema, f) = schema();
         let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(|e| SearchError::Dir(e.to_string()))?;
         let index = Index::open_or_create(mmap, schema)?;
-        let writer = index.writer(WRITER_BYTES)?;
+        // One indexing thread: the box has few cores and the writer and HTTP need them too.
+        let writer = index.writer_with_num_threads(1, WRITER_BYTES)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         Ok(Self { index, reader, writer: Mutex::new(writer), f, created, dir: dir.to_path_buf() })
     }
@@ -386,7 +390,12 @@ pub async fn follow(app: crate::App, index: Arc<SearchIndex>, mut stop: tokio::s
         }
     };
     let mut bus = app.bus.subscribe();
+    let mut last_commit = tokio::time::Instant::now() - COMMIT_EVERY;
     while !*stop.borrow() {
+        tokio::select! {
+            () = tokio::time::sleep_until(last_commit + COMMIT_EVERY) => {}
+            _ = stop.changed() => break,
+        }
         let waited = tokio::select! {
             b = follower.wait_batch(&mut bus, BATCH_MAX, Duration::from_secs(1)) => b,
             _ = stop.changed() => break,
@@ -408,6 +417,7 @@ pub async fn follow(app: crate::App, index: Arc<SearchIndex>, mut stop: tokio::s
         .await;
         match applied {
             Ok(Ok(())) => {
+                last_commit = tokio::time::Instant::now();
                 if let Err(e) = follower.checkpoint(last).await {
                     tracing::error!(error = %e, "search follower cannot checkpoint");
                 }

@@ -420,7 +420,11 @@ impl ChatApi {
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
         body: JsonBody<PostBody>,
     ) -> Result<Posted, ChatWriteErrors> {
-        let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
+        // The hot path: the writer itself finds the channel (404) and checks membership (403),
+        // so no separate read comes first. Every role holds chat.use, so checking it first
+        // tells nobody anything about the channel.
+        let p = auth.require(&app, Permission::ChatUse).await?;
+        let id = parse_id(&channel_id.0, "channel")?;
         let b = body.0;
         let thread_parent = match b.thread_parent_id {
             Some(t) => Some(
