@@ -584,15 +584,16 @@ pub async fn history(
                 if n == 0 {
                     return Ok(out);
                 }
-                for (_, v) in r.range(MESSAGES, from, to, rev, super::paging::SCAN_MAX)? {
-                    let m: Message = decode(MESSAGES, &v)?;
+                // Lazily, stopping at `n` matches or `SCAN_MAX` rows, whichever comes first.
+                let mut rows = 0;
+                r.scan(MESSAGES, from, to, rev, |_, v| {
+                    rows += 1;
+                    let m: Message = decode(MESSAGES, v)?;
                     if wanted(&m) {
                         out.push(m);
-                        if out.len() == n {
-                            break;
-                        }
                     }
-                }
+                    Ok(out.len() < n && rows < super::paging::SCAN_MAX)
+                })?;
                 Ok(out)
             };
             let mut items = match anchor {

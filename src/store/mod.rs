@@ -196,6 +196,35 @@ impl Reader {
         Ok(out)
     }
 
+    /// Visits entries with keys in `[start, end)` in order (descending with `rev`), reading
+    /// lazily; `f` returns false to stop.
+    pub fn scan(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        rev: bool,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        if start >= end {
+            return Ok(());
+        }
+        let t = match self.txn.open_table(table.def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let iter = t.range::<&[u8]>(start..end)?;
+        let items: Box<dyn Iterator<Item = _>> = if rev { Box::new(iter.rev()) } else { Box::new(iter) };
+        for item in items {
+            let (k, v) = item?;
+            if !f(k.value(), v.value())? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Visits every entry of `table` in key order; `f` returns false to stop.
     pub fn for_each(
         &self,
