@@ -46,67 +46,37 @@ async fn org_b_never_sees_org_a() {
     let doc: Value = s.http.get(s.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
     // A's resources of every kind, and B's principals: each role's token and an API key with
     // everything that role holds.
-    let a_key: Value = s
-        .http
-        .post(s.url("/v1/api-keys"))
-        .bearer_auth(&a_member.access)
-        .json(&json!({ "name": "a", "scopes": ["self.manage"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a_key: Value = crate::support::post_json(
+        &s,
+        &a_member.access,
+        "/v1/api-keys",
+        json!({ "name": "a", "scopes": ["self.manage"] }),
+    )
+    .await;
     let a_key_id = a_key["key"]["id"].as_str().unwrap().to_owned();
-    let a_room: Value = s
-        .http
-        .post(s.url("/v1/rooms"))
-        .bearer_auth(&a_member.access)
-        .json(&json!({ "name": "A's room", "visibility": "org" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a_room: Value = crate::support::post_json(
+        &s,
+        &a_member.access,
+        "/v1/rooms",
+        json!({ "name": "A's room", "visibility": "org" }),
+    )
+    .await;
     let a_room_id = a_room["id"].as_str().unwrap().to_owned();
-    let a_chan: Value = s
-        .http
-        .post(s.url("/v1/channels"))
-        .bearer_auth(&a_member.access)
-        .json(&json!({ "kind": "public", "name": "general" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a_chan: Value =
+        crate::support::post_json(&s, &a_member.access, "/v1/channels", json!({ "kind": "public", "name": "general" }))
+            .await;
     let a_chan_id = a_chan["id"].as_str().unwrap().to_owned();
-    let a_msg: Value = s
-        .http
-        .post(s.url(&format!("/v1/channels/{a_chan_id}/messages")))
-        .bearer_auth(&a_member.access)
-        .json(&json!({ "text": "secret plans" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let a_msg: Value = crate::support::post_json(
+        &s,
+        &a_member.access,
+        &format!("/v1/channels/{a_chan_id}/messages"),
+        json!({ "text": "secret plans" }),
+    )
+    .await;
     let a_msg_id = a_msg["id"].as_str().unwrap().to_owned();
     let mut a_tasks = Vec::new();
     for title in ["a", "b"] {
-        let t: Value = s
-            .http
-            .post(s.url("/v1/tasks"))
-            .bearer_auth(&a_member.access)
-            .json(&json!({ "title": title }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let t: Value = crate::support::post_json(&s, &a_member.access, "/v1/tasks", json!({ "title": title })).await;
         a_tasks.push(t["id"].as_str().unwrap().to_owned());
     }
     let mut principals: Vec<(String, String)> = Vec::new();

@@ -74,61 +74,36 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                 } else {
                     (&owner.access, None)
                 };
-                let made: Value = s
-                    .http
-                    .post(s.url("/v1/rooms"))
-                    .bearer_auth(maker)
-                    .json(&serde_json::json!({ "name": "fresh" }))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let made: Value =
+                    crate::support::post_json(&s, maker, "/v1/rooms", serde_json::json!({ "name": "fresh" })).await;
                 let room_id = made["id"].as_str().unwrap().to_owned();
                 // Likewise a fresh public channel with one message by its maker.
                 let chan_maker =
                     if policy::allows(role, Permission::ChannelsCreate) { &me.access } else { &owner.access };
-                let chan: Value = s
-                    .http
-                    .post(s.url("/v1/channels"))
-                    .bearer_auth(chan_maker)
-                    .json(&serde_json::json!({ "kind": "public", "name": "fresh" }))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let chan: Value = crate::support::post_json(
+                    &s,
+                    chan_maker,
+                    "/v1/channels",
+                    serde_json::json!({ "kind": "public", "name": "fresh" }),
+                )
+                .await;
                 let channel_id = chan["id"].as_str().unwrap().to_owned();
-                let msg: Value = s
-                    .http
-                    .post(s.url(&format!("/v1/channels/{channel_id}/messages")))
-                    .bearer_auth(chan_maker)
-                    .json(&serde_json::json!({ "text": "hello" }))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let msg: Value = crate::support::post_json(
+                    &s,
+                    chan_maker,
+                    &format!("/v1/channels/{channel_id}/messages"),
+                    serde_json::json!({ "text": "hello" }),
+                )
+                .await;
                 let message_id = msg["id"].as_str().unwrap().to_owned();
                 let channel_member = policy::allows(role, Permission::ChannelsCreate);
                 // And two fresh tasks (by the caller when they may write tasks, else the owner).
                 let task_maker = if policy::allows(role, Permission::TasksWrite) { &me.access } else { &owner.access };
                 let mut task_ids = Vec::new();
                 for _ in 0..2 {
-                    let t: Value = s
-                        .http
-                        .post(s.url("/v1/tasks"))
-                        .bearer_auth(task_maker)
-                        .json(&serde_json::json!({ "title": "t" }))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
+                    let t: Value =
+                        crate::support::post_json(&s, task_maker, "/v1/tasks", serde_json::json!({ "title": "t" }))
+                            .await;
                     task_ids.push(t["id"].as_str().unwrap().to_owned());
                 }
                 let url = path

@@ -201,3 +201,8 @@ pub async fn expect_problem(resp: reqwest::Response, status: u16, code: &str) ->
 pub fn slug(prefix: &str) -> String {
     format!("{prefix}-{}", &outpost::ids::Id::new().0.simple().to_string()[20..])
 }
+
+/// POSTs `body` to `path` with `token` and returns the JSON answer (whatever its status).
+pub async fn post_json(s: &TestServer, token: &str, path: &str, body: Value) -> Value {
+    s.http.post(s.url(path)).bearer_auth(token).json(&body).send().await.expect("send").json().await.expect("json")
+}
