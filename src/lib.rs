@@ -18,7 +18,6 @@ pub mod progress;
 pub mod search;
 pub mod store;
 pub mod tenancy;
-pub mod tls;
 pub mod vault;
 
 use std::future::Future;
@@ -60,10 +59,10 @@ pub async fn run(
     let tcp = TcpAcceptor::from_tokio(listener)?;
     let acceptor = match (&app.config.tls.cert_file, &app.config.tls.key_file) {
         (Some(cert), Some(key)) => {
-            let tls =
-                tls::Reloadable::open(cert, key).map_err(|e| RunError::Io(std::io::Error::other(e.to_string())))?;
+            let tls = http::tls::Reloadable::open(cert, key)
+                .map_err(|e| RunError::Io(std::io::Error::other(e.to_string())))?;
             background.spawn(tls.clone().watch(Duration::from_secs(app.config.tls.reload_interval_s.max(1))));
-            tls::TlsAcceptor::new(tcp, tls).boxed()
+            http::tls::TlsAcceptor::new(tcp, tls).boxed()
         }
         _ => tcp.boxed(),
     };

@@ -17,6 +17,7 @@ pub mod problem;
 pub mod rooms;
 pub mod search;
 pub mod tasks;
+pub mod tls;
 pub mod users;
 
 use std::time::{Duration, Instant};
