@@ -243,7 +243,13 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
+    // The search engine narrates every commit at info; keep its warnings unless asked for more.
+    if !config.log.level.contains("tantivy") {
+        if let Ok(d) = "tantivy=warn".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let json = match config.log.format {
         LogFormat::Json => true,
         LogFormat::Text => false,
