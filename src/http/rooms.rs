@@ -11,12 +11,14 @@ use serde::Deserialize;
 
 use super::auth_api::NoContent;
 use super::body::JsonBody;
+use super::problem::Problem;
 use super::{ApiTags, UserAuth, parse_id, parse_if_match, user_ctx};
 use crate::app::App;
+use crate::auth::Principal;
 use crate::auth::policy::{Permission, RoomRole};
 use crate::domain::paging::PageRequest;
 use crate::domain::rooms::{self, Participant, Room, RoomFields, RoomFilter, RoomStatus, Visibility};
-use crate::ids::rfc3339;
+use crate::ids::{Id, rfc3339};
 
 crate::problems!(RoomReadErrors: 400, 401, 403, 404);
 crate::problems!(RoomWriteErrors: 400, 401, 403, 404, 409, 412, 413, 415, 422, 507);
@@ -314,10 +316,7 @@ impl RoomsApi {
         #[oai(name = "If-Match")] if_match: Header<Option<String>>,
         body: JsonBody<UpdateRoomBody>,
     ) -> Result<Json<RoomView>, RoomWriteErrors> {
-        let p = auth.check(&app).await?;
-        let id = parse_id(&room_id.0, "room")?;
-        rooms::get(&app.store, &p, id).await?;
-        p.require(Permission::RoomsRead)?;
+        let (p, id) = room_for(&app, &auth, &room_id.0).await?;
         let b = body.0;
         let f = RoomFields {
             name: b.name,
@@ -391,10 +390,7 @@ impl RoomsApi {
         req: &Request,
         room_id: Path<String>,
     ) -> Result<Json<ParticipantView>, RoomWriteErrors> {
-        let p = auth.check(&app).await?;
-        let id = parse_id(&room_id.0, "room")?;
-        rooms::get(&app.store, &p, id).await?;
-        p.require(Permission::RoomsRead)?;
+        let (p, id) = room_for(&app, &auth, &room_id.0).await?;
         Ok(Json(participant_view(rooms::join(&app.writer, user_ctx(req, &p), p.user, id).await?)))
     }
 
@@ -409,10 +405,7 @@ impl RoomsApi {
         req: &Request,
         room_id: Path<String>,
     ) -> Result<NoContent, RoomWriteErrors> {
-        let p = auth.check(&app).await?;
-        let id = parse_id(&room_id.0, "room")?;
-        rooms::get(&app.store, &p, id).await?;
-        p.require(Permission::RoomsRead)?;
+        let (p, id) = room_for(&app, &auth, &room_id.0).await?;
         rooms::leave(&app.writer, user_ctx(req, &p), p.user, id).await?;
         Ok(NoContent::Done)
     }
@@ -427,10 +420,7 @@ impl RoomsApi {
         auth: UserAuth,
         room_id: Path<String>,
     ) -> Result<Json<ParticipantList>, RoomReadErrors> {
-        let p = auth.check(&app).await?;
-        let id = parse_id(&room_id.0, "room")?;
-        rooms::get(&app.store, &p, id).await?;
-        p.require(Permission::RoomsRead)?;
+        let (p, id) = room_for(&app, &auth, &room_id.0).await?;
         let items = rooms::participants(&app.store, &p, id).await?;
         Ok(Json(ParticipantList { items: items.into_iter().map(participant_view).collect() }))
     }
@@ -447,10 +437,7 @@ impl RoomsApi {
         room_id: Path<String>,
         body: JsonBody<InviteBody>,
     ) -> Result<Json<ParticipantView>, RoomWriteErrors> {
-        let p = auth.check(&app).await?;
-        let id = parse_id(&room_id.0, "room")?;
-        rooms::get(&app.store, &p, id).await?;
-        p.require(Permission::RoomsRead)?;
+        let (p, id) = room_for(&app, &auth, &room_id.0).await?;
         // A malformed id names nobody: the room role is checked first, then "user not found".
         let target = body.0.user_id.parse().unwrap_or(crate::ids::Id::NIL);
         let role = body.0.role.map_or(RoomRole::Member, RoomRole::from);
@@ -474,10 +461,7 @@ impl RoomsApi {
         user_id: Path<String>,
         body: JsonBody<RoomRoleBody>,
     ) -> Result<Json<ParticipantView>, RoomWriteErrors> {
-        let p = auth.check(&app).await?;
-        let id = parse_id(&room_id.0, "room")?;
-        rooms::get(&app.store, &p, id).await?;
-        p.require(Permission::RoomsRead)?;
+        let (p, id) = room_for(&app, &auth, &room_id.0).await?;
         let target = parse_id(&user_id.0, "participant")?;
         Ok(Json(participant_view(
             rooms::change_role(&app.writer, user_ctx(req, &p), p.user, id, target, body.0.role.into()).await?,
@@ -496,14 +480,20 @@ impl RoomsApi {
         room_id: Path<String>,
         user_id: Path<String>,
     ) -> Result<NoContent, RoomWriteErrors> {
-        let p = auth.check(&app).await?;
-        let id = parse_id(&room_id.0, "room")?;
-        rooms::get(&app.store, &p, id).await?;
-        p.require(Permission::RoomsRead)?;
+        let (p, id) = room_for(&app, &auth, &room_id.0).await?;
         let target = parse_id(&user_id.0, "participant")?;
         rooms::kick(&app.writer, user_ctx(req, &p), p.user, id, target).await?;
         Ok(NoContent::Done)
     }
+}
+
+/// The caller, and the room in the path if they may see it (not found before not allowed).
+async fn room_for(app: &App, auth: &UserAuth, room_id: &str) -> Result<(Principal, Id), Problem> {
+    let p = auth.check(app).await?;
+    let id = parse_id(room_id, "room")?;
+    rooms::get(&app.store, &p, id).await?;
+    p.require(Permission::RoomsRead)?;
+    Ok((p, id))
 }
 
 async fn status(
@@ -513,9 +503,6 @@ async fn status(
     room_id: &str,
     to: RoomStatus,
 ) -> Result<Room, RoomWriteErrors> {
-    let p = auth.check(app).await?;
-    let id = parse_id(room_id, "room")?;
-    rooms::get(&app.store, &p, id).await?;
-    p.require(Permission::RoomsRead)?;
+    let (p, id) = room_for(app, &auth, room_id).await?;
     Ok(rooms::set_status(&app.writer, user_ctx(req, &p), p.user, id, to).await?)
 }
