@@ -12,15 +12,15 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::users::{User, UserStatus, sha256};
+use super::users::sha256;
 use super::{DomainError, FieldError, check};
 use crate::ids::Id;
 use crate::store::tables::{
-    CHANNEL_MEMBERS, CHANNELS, DIRECT_CHANNELS, MESSAGE_IDEMPOTENCY, MESSAGE_IDS, MESSAGES, USERS, org_bytes_key,
+    CHANNEL_MEMBERS, CHANNELS, DIRECT_CHANNELS, MESSAGE_IDEMPOTENCY, MESSAGE_IDS, MESSAGES, org_bytes_key,
     org_id_id_key, org_id_key,
 };
-use crate::store::writer::{MutationCtx, Tx, Writer};
-use crate::store::{Reader, Store, StoreError, decode, encode, prefix_end};
+use crate::store::writer::{MutationCtx, Writer};
+use crate::store::{Lookup, Store, decode, encode, prefix_end};
 
 pub const TEXT_CHARS_MAX: usize = 10_000;
 pub const NAME_CHARS_MAX: usize = 80;
@@ -93,39 +93,18 @@ fn topic(id: Id) -> String {
     format!("channel:{id}")
 }
 
-fn get_channel(
-    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
-    org: Id,
-    id: Id,
-) -> Result<Channel, DomainError> {
-    get(&org_id_key(org, id))?
-        .map(|v| decode(CHANNELS, &v))
-        .transpose()?
-        .ok_or(DomainError::NotFound { what: "channel" })
+fn get_channel(r: &impl Lookup, org: Id, id: Id) -> Result<Channel, DomainError> {
+    r.record(CHANNELS, &org_id_key(org, id))?.ok_or(DomainError::NotFound { what: "channel" })
 }
 
-fn get_member(
-    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
-    org: Id,
-    id: Id,
-    user: Id,
-) -> Result<Option<Member>, DomainError> {
-    Ok(get(&org_id_id_key(org, id, user))?.map(|v| decode(CHANNEL_MEMBERS, &v)).transpose()?)
+fn get_member(r: &impl Lookup, org: Id, id: Id, user: Id) -> Result<Option<Member>, DomainError> {
+    Ok(r.record(CHANNEL_MEMBERS, &org_id_id_key(org, id, user))?)
 }
 
 /// The channel if `user` may see it (404 otherwise), with their membership.
-fn visible_in_tx(tx: &Tx<'_, '_>, org: Id, user: Id, id: Id) -> Result<(Channel, Option<Member>), DomainError> {
-    let ch = get_channel(|k| tx.get(CHANNELS, k), org, id)?;
-    let m = get_member(|k| tx.get(CHANNEL_MEMBERS, k), org, id, user)?;
-    if ch.kind != ChannelKind::Public && m.is_none() {
-        return Err(DomainError::NotFound { what: "channel" });
-    }
-    Ok((ch, m))
-}
-
-fn visible_in(r: &Reader, org: Id, user: Id, id: Id) -> Result<(Channel, Option<Member>), DomainError> {
-    let ch = get_channel(|k| r.get(CHANNELS, k), org, id)?;
-    let m = get_member(|k| r.get(CHANNEL_MEMBERS, k), org, id, user)?;
+fn visible(r: &impl Lookup, org: Id, user: Id, id: Id) -> Result<(Channel, Option<Member>), DomainError> {
+    let ch = get_channel(r, org, id)?;
+    let m = get_member(r, org, id, user)?;
     if ch.kind != ChannelKind::Public && m.is_none() {
         return Err(DomainError::NotFound { what: "channel" });
     }
@@ -139,14 +118,6 @@ pub struct NewChannel {
     pub topic: Option<String>,
     /// Others to add (for direct channels: the other participants).
     pub members: Vec<Id>,
-}
-
-fn active_user(tx: &Tx<'_, '_>, org: Id, user: Id) -> Result<bool, DomainError> {
-    Ok(tx
-        .get(USERS, &org_id_key(org, user))?
-        .map(|v| decode::<User>(USERS, &v))
-        .transpose()?
-        .is_some_and(|u| u.status == UserStatus::Active))
 }
 
 /// Creates a channel, or for a direct channel finds the one of the same member set. The bool
@@ -198,11 +169,11 @@ pub async fn create(
         .submit(ctx, move |tx| {
             if let Some(k) = &set_key {
                 if let Some(existing) = tx.get(DIRECT_CHANNELS, k)?.and_then(|v| Id::from_slice(&v)) {
-                    return Ok((get_channel(|k| tx.get(CHANNELS, k), org, existing)?, false));
+                    return Ok((get_channel(tx, org, existing)?, false));
                 }
             }
             for m in &members {
-                if !active_user(tx, org, *m)? {
+                if !super::users::active(tx, org, *m)? {
                     return Err(DomainError::invalid("/member_ids", "unknown_user", format!("no active user {m}")));
                 }
             }
@@ -250,7 +221,7 @@ pub async fn create(
 
 /// A channel the caller may see, with their membership.
 pub async fn get(store: &Store, org: Id, user: Id, id: Id) -> Result<(Channel, Option<Member>), DomainError> {
-    store.read(move |r| visible_in(r, org, user, id)).await
+    store.read(move |r| visible(r, org, user, id)).await
 }
 
 /// The channels the caller may see (public ones and those they belong to), each with their
@@ -263,7 +234,7 @@ pub async fn list(store: &Store, org: Id, user: Id) -> Result<Vec<(Channel, Opti
                 r.range(CHANNELS, org.as_bytes(), &prefix_end(org.as_bytes()), false, super::paging::SCAN_MAX)?
             {
                 let ch: Channel = decode(CHANNELS, &v)?;
-                let m = get_member(|k| r.get(CHANNEL_MEMBERS, k), org, ch.id, user)?;
+                let m = get_member(r, org, ch.id, user)?;
                 if ch.archived || (ch.kind != ChannelKind::Public && m.is_none()) {
                     continue;
                 }
@@ -280,7 +251,7 @@ pub async fn join(writer: &Writer, ctx: MutationCtx, user: Id, id: Id) -> Result
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let (ch, m) = visible_in_tx(tx, org, user, id)?;
+            let (ch, m) = visible(tx, org, user, id)?;
             if let Some(m) = m {
                 return Ok(m);
             }
@@ -344,7 +315,7 @@ pub async fn post(
                     }
                 }
             }
-            let (mut ch, member) = visible_in_tx(tx, org, author, channel)?;
+            let (mut ch, member) = visible(tx, org, author, channel)?;
             if member.is_none() {
                 return Err(DomainError::Forbidden { detail: "join the channel to post in it".into() });
             }
@@ -378,7 +349,7 @@ pub async fn post(
             };
             let mut mentions = Vec::new();
             for m in &new.mentions {
-                if !mentions.contains(m) && active_user(tx, org, *m)? {
+                if !mentions.contains(m) && super::users::active(tx, org, *m)? {
                     mentions.push(*m);
                 }
             }
@@ -463,7 +434,7 @@ pub async fn change(
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let (_, member) = visible_in_tx(tx, org, user, channel)?;
+            let (_, member) = visible(tx, org, user, channel)?;
             let at =
                 tx.get(MESSAGE_IDS, &org_id_key(org, message))?.ok_or(DomainError::NotFound { what: "message" })?;
             let mut m: Message = tx
@@ -555,7 +526,7 @@ pub async fn history(
     let limit = limit.clamp(1, HISTORY_LIMIT_MAX);
     store
         .read(move |r| {
-            visible_in(r, org, user, channel)?;
+            visible(r, org, user, channel)?;
             let parent = match thread {
                 Some(t) => {
                     let at =
@@ -624,7 +595,7 @@ pub async fn history(
 pub async fn message(store: &Store, org: Id, user: Id, channel: Id, id: Id) -> Result<Message, DomainError> {
     store
         .read(move |r| {
-            visible_in(r, org, user, channel)?;
+            visible(r, org, user, channel)?;
             let at = r.get(MESSAGE_IDS, &org_id_key(org, id))?.ok_or(DomainError::NotFound { what: "message" })?;
             let m: Message = r
                 .get(MESSAGES, &at)?
@@ -644,7 +615,7 @@ pub async fn mark_read(writer: &Writer, ctx: MutationCtx, user: Id, channel: Id,
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let (ch, member) = visible_in_tx(tx, org, user, channel)?;
+            let (ch, member) = visible(tx, org, user, channel)?;
             let mut m = member.ok_or(DomainError::Forbidden { detail: "join the channel first".into() })?;
             let to = seq.min(ch.last_seq).max(m.read_seq);
             m.read_seq = to;
@@ -676,7 +647,7 @@ pub async fn update(
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let (mut ch, member) = visible_in_tx(tx, org, user, channel)?;
+            let (mut ch, member) = visible(tx, org, user, channel)?;
             if member.is_none() {
                 return Err(DomainError::Forbidden { detail: "join the channel to change it".into() });
             }
@@ -711,7 +682,7 @@ pub async fn archive(
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let (mut ch, _) = visible_in_tx(tx, org, user, channel)?;
+            let (mut ch, _) = visible(tx, org, user, channel)?;
             if ch.created_by != user && !admin {
                 return Err(DomainError::Forbidden {
                     detail: "only its creator or an admin archives a channel".into(),
@@ -739,7 +710,7 @@ pub async fn add_member(
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let (ch, member) = visible_in_tx(tx, org, user, channel)?;
+            let (ch, member) = visible(tx, org, user, channel)?;
             if member.is_none() {
                 return Err(DomainError::Forbidden { detail: "join the channel to add people".into() });
             }
@@ -749,10 +720,10 @@ pub async fn add_member(
                     detail: "a direct channel's members are fixed".into(),
                 });
             }
-            if !active_user(tx, org, target)? {
+            if !super::users::active(tx, org, target)? {
                 return Err(DomainError::NotFound { what: "user" });
             }
-            if let Some(m) = get_member(|k| tx.get(CHANNEL_MEMBERS, k), org, channel, target)? {
+            if let Some(m) = get_member(tx, org, channel, target)? {
                 return Ok(m);
             }
             let m = Member { user: target, joined_at_ms: tx.now_ms(), read_seq: 0 };
@@ -777,7 +748,7 @@ pub async fn remove_member(
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let (ch, member) = visible_in_tx(tx, org, user, channel)?;
+            let (ch, member) = visible(tx, org, user, channel)?;
             if member.is_none() {
                 return Err(DomainError::Forbidden { detail: "you do not belong to this channel".into() });
             }
@@ -790,7 +761,7 @@ pub async fn remove_member(
                     detail: "a direct channel's members are fixed".into(),
                 });
             }
-            if get_member(|k| tx.get(CHANNEL_MEMBERS, k), org, channel, target)?.is_none() {
+            if get_member(tx, org, channel, target)?.is_none() {
                 return Err(DomainError::NotFound { what: "member" });
             }
             tx.delete(CHANNEL_MEMBERS, &org_id_id_key(org, channel, target))?;

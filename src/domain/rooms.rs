@@ -13,9 +13,9 @@ use super::{DomainError, FieldError, check};
 use crate::auth::Principal;
 use crate::auth::policy::{self, RoomAction, RoomRole};
 use crate::ids::Id;
-use crate::store::tables::{ROOM_PARTICIPANTS, ROOMS, USER_ROOMS, USERS, org_id_id_key, org_id_key};
+use crate::store::tables::{ROOM_PARTICIPANTS, ROOMS, USER_ROOMS, org_id_id_key, org_id_key};
 use crate::store::writer::{MutationCtx, Tx, Writer};
-use crate::store::{Reader, Store, decode, encode, prefix_end};
+use crate::store::{Lookup, Store, decode, encode, prefix_end};
 use crate::tenancy::OrgScope;
 
 pub const NAME_CHARS_MAX: usize = 200;
@@ -152,15 +152,12 @@ pub async fn get(store: &Store, p: &Principal, id: Id) -> Result<(Room, Option<P
 }
 
 /// The room `id` if `user` may see it (404 otherwise), with their participation.
-fn visible(r: &Reader, org: Id, user: Id, id: Id) -> Result<(Room, Option<Participant>), DomainError> {
+fn visible(r: &impl Lookup, org: Id, user: Id, id: Id) -> Result<(Room, Option<Participant>), DomainError> {
     let room: Room = r
-        .get(ROOMS, &org_id_key(org, id))?
-        .map(|v| decode(ROOMS, &v))
-        .transpose()?
-        .filter(|r: &Room| r.status != RoomStatus::Deleted)
+        .record::<Room>(ROOMS, &org_id_key(org, id))?
+        .filter(|r| r.status != RoomStatus::Deleted)
         .ok_or(DomainError::NotFound { what: "room" })?;
-    let part: Option<Participant> =
-        r.get(ROOM_PARTICIPANTS, &org_id_id_key(org, id, user))?.map(|v| decode(ROOM_PARTICIPANTS, &v)).transpose()?;
+    let part: Option<Participant> = r.record(ROOM_PARTICIPANTS, &org_id_id_key(org, id, user))?;
     if room.visibility == Visibility::Private && part.is_none() {
         return Err(DomainError::NotFound { what: "room" });
     }
@@ -226,17 +223,7 @@ fn load_for(
     id: Id,
     action: RoomAction,
 ) -> Result<(Room, Option<Participant>), DomainError> {
-    let room: Room = tx
-        .get(ROOMS, &org_id_key(org, id))?
-        .map(|v| decode(ROOMS, &v))
-        .transpose()?
-        .filter(|r: &Room| r.status != RoomStatus::Deleted)
-        .ok_or(DomainError::NotFound { what: "room" })?;
-    let part: Option<Participant> =
-        tx.get(ROOM_PARTICIPANTS, &org_id_id_key(org, id, user))?.map(|v| decode(ROOM_PARTICIPANTS, &v)).transpose()?;
-    if room.visibility == Visibility::Private && part.is_none() {
-        return Err(DomainError::NotFound { what: "room" });
-    }
+    let (room, part) = visible(tx, org, user, id)?;
     let joined_role = part.as_ref().filter(|p| p.joined_at_ms.is_some()).map(|p| p.role);
     if !policy::room_allows(joined_role, action) {
         return Err(DomainError::Forbidden {
@@ -343,19 +330,7 @@ pub async fn join(writer: &Writer, ctx: MutationCtx, user: Id, id: Id) -> Result
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let mut room: Room = tx
-                .get(ROOMS, &org_id_key(org, id))?
-                .map(|v| decode(ROOMS, &v))
-                .transpose()?
-                .filter(|r: &Room| r.status != RoomStatus::Deleted)
-                .ok_or(DomainError::NotFound { what: "room" })?;
-            let existing: Option<Participant> = tx
-                .get(ROOM_PARTICIPANTS, &org_id_id_key(org, id, user))?
-                .map(|v| decode(ROOM_PARTICIPANTS, &v))
-                .transpose()?;
-            if room.visibility == Visibility::Private && existing.is_none() {
-                return Err(DomainError::NotFound { what: "room" });
-            }
+            let (mut room, existing) = visible(tx, org, user, id)?;
             if room.status != RoomStatus::Active {
                 return Err(DomainError::Conflict { code: "room_archived", detail: "the room is archived".into() });
             }
@@ -419,11 +394,7 @@ pub async fn invite(
             if role >= RoomRole::Moderator && me.map(|m| m.role) != Some(RoomRole::Host) {
                 return Err(DomainError::Forbidden { detail: "only a host makes hosts and moderators".into() });
             }
-            let active = tx
-                .get(USERS, &org_id_key(org, target))?
-                .map(|v| decode::<super::users::User>(USERS, &v))
-                .transpose()?
-                .is_some_and(|u| u.status == super::users::UserStatus::Active);
+            let active = super::users::active(tx, org, target)?;
             if !active {
                 return Err(DomainError::NotFound { what: "user" });
             }

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::paging::{self, Page, PageRequest};
 use super::{DomainError, FieldError, check};
 use crate::ids::Id;
-use crate::store::tables::{TASKS, USERS, org_id_key};
+use crate::store::tables::{TASKS, org_id_key};
 use crate::store::writer::{MutationCtx, Tx, Writer};
 use crate::store::{Store, decode, encode, prefix_end};
 use crate::tenancy::OrgScope;
@@ -123,12 +123,7 @@ fn load(tx: &Tx<'_, '_>, org: Id, id: Id) -> Result<Option<Task>, DomainError> {
 
 fn check_assignees(tx: &Tx<'_, '_>, org: Id, assignees: &[Id]) -> Result<(), DomainError> {
     for (i, a) in assignees.iter().enumerate() {
-        let ok = tx
-            .get(USERS, &org_id_key(org, *a))?
-            .map(|v| decode::<super::users::User>(USERS, &v))
-            .transpose()?
-            .is_some_and(|u| u.status == super::users::UserStatus::Active);
-        if !ok {
+        if !super::users::active(tx, org, *a)? {
             return Err(DomainError::invalid(
                 &format!("/assignee_ids/{i}"),
                 "unknown_user",

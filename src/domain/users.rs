@@ -15,7 +15,7 @@ use crate::auth::policy::{self, Role};
 use crate::ids::{self, Id};
 use crate::store::tables::{ONE_TIME_TOKENS, USER_LOGINS, USERS, org_bytes_key, org_id_key};
 use crate::store::writer::{MutationCtx, Tx, Writer};
-use crate::store::{Store, decode, encode, prefix_end};
+use crate::store::{Lookup, Store, StoreError, decode, encode, prefix_end};
 use crate::tenancy::OrgScope;
 
 pub const INVITE_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -233,6 +233,11 @@ pub async fn accept_invite(
             Ok(user)
         })
         .await
+}
+
+/// Whether `user` exists in `org` and is active.
+pub(crate) fn active(r: &impl Lookup, org: Id, user: Id) -> Result<bool, StoreError> {
+    Ok(r.record::<User>(USERS, &org_id_key(org, user))?.is_some_and(|u| u.status == UserStatus::Active))
 }
 
 pub(crate) fn load(tx: &Tx<'_, '_>, org: Id, user: Id) -> Result<Option<User>, DomainError> {

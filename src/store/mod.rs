@@ -162,6 +162,23 @@ impl Store {
     }
 }
 
+/// Point reads, the same on a snapshot (`Reader`) and inside a write (`Tx`): domain checks
+/// that run in both places are written once against this.
+pub trait Lookup {
+    fn row(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The JSON record at `key`, decoded.
+    fn record<T: serde::de::DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.row(table, key)?.map(|v| decode(table, &v)).transpose()
+    }
+}
+
+impl Lookup for Reader {
+    fn row(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(table, key)
+    }
+}
+
 /// A snapshot of the whole store.
 pub struct Reader {
     txn: ReadTransaction,

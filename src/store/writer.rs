@@ -345,6 +345,12 @@ impl Tx<'_, '_> {
     }
 }
 
+impl super::Lookup for Tx<'_, '_> {
+    fn row(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(table, key)
+    }
+}
+
 /// Global tables that ordinary Mutations may write (instance-wide unique indexes).
 fn global_writable_by_mutations(table: Table) -> bool {
     redb::TableHandle::name(&table.def) == redb::TableHandle::name(&tables::ORG_SLUGS.def)
