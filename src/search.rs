@@ -80,7 +80,7 @@ pub struct Doc {
     pub key: String,
     pub org: Id,
     pub kind: &'static str,
-    /// `org`, `channel:<id>` or `room:<id>`: who may see it.
+    /// `org`, `channel:<id>`, `room:<id>` or `task:<id>`: who may see it.
     pub scope: String,
     pub title: String,
     pub body: String,
@@ -89,6 +89,8 @@ pub struct Doc {
 pub enum Op {
     Upsert(Doc),
     Delete(String),
+    /// Everything of one scope (a deleted task's comments).
+    DeleteScope(String),
 }
 
 /// One search result.
@@ -148,6 +150,9 @@ impl SearchIndex {
                 }
                 Op::Delete(key) => {
                     w.delete_term(Term::from_field_text(self.f.key, &key));
+                }
+                Op::DeleteScope(scope) => {
+                    w.delete_term(Term::from_field_text(self.f.scope, &scope));
                 }
             }
         }
@@ -254,6 +259,8 @@ pub fn may_see(r: &Reader, org: Id, user: Id, scope: &str) -> Result<bool, Store
             let part = r.get(ROOM_PARTICIPANTS, &tables::org_id_id_key(org, id, user))?.is_some();
             Ok(room.is_some_and(|rm| rm.visibility == Visibility::Org || part))
         }
+        // A task's comments: whoever sees tasks, while the task exists.
+        "task" => Ok(r.get(TASKS, &tables::org_id_key(org, id))?.is_some()),
         _ => Ok(false),
     }
 }
@@ -267,7 +274,7 @@ fn message_doc(org: Id, m: &Message) -> Op {
         key,
         org,
         kind: "message",
-        scope: format!("channel:{}", m.channel),
+        scope: if m.on_task { format!("task:{}", m.channel) } else { format!("channel:{}", m.channel) },
         title: String::new(),
         body: m.text.clone(),
     })
@@ -316,7 +323,7 @@ pub fn ops_for(r: &Reader, events: &[Event]) -> Result<Vec<Op>, StoreError> {
         let id = e.data.get("id").and_then(|v| v.as_str()).and_then(|s| s.parse::<Id>().ok());
         let Some(id) = id else { continue };
         let kind = e.kind.as_str();
-        if kind.starts_with("message.") {
+        if kind.starts_with("message.") || kind.starts_with("comment.") {
             match r.get(MESSAGE_IDS, &tables::org_id_key(org, id))? {
                 Some(at) => {
                     if let Some(v) = r.get(MESSAGES, &at)? {
@@ -326,9 +333,11 @@ pub fn ops_for(r: &Reader, events: &[Event]) -> Result<Vec<Op>, StoreError> {
                 None => ops.push(Op::Delete(format!("message:{id}"))),
             }
         } else if kind.starts_with("task.") {
-            match r.get(TASKS, &tables::org_id_key(org, id))? {
-                Some(v) => ops.push(task_doc(org, &decode(TASKS, &v)?)),
-                None => ops.push(Op::Delete(format!("task:{id}"))),
+            if let Some(v) = r.get(TASKS, &tables::org_id_key(org, id))? {
+                ops.push(task_doc(org, &decode(TASKS, &v)?));
+            } else {
+                ops.push(Op::Delete(format!("task:{id}")));
+                ops.push(Op::DeleteScope(format!("task:{id}")));
             }
         } else if kind.starts_with("room.") {
             if let Some(v) = r.get(ROOMS, &tables::org_id_key(org, id))? {

@@ -6,20 +6,25 @@
 //! positions. Edits keep every previous text; deletion leaves a tombstone. Posting with an
 //! idempotency key returns the first message for a repeated key, so a retry never posts twice.
 //! Mentions reach the mentioned users' inbox topics.
+//!
+//! A task's comments are messages too ([`Place::Task`]): the same numbering, edits, tombstones,
+//! reactions, mentions and idempotent posting, with the task deciding who may read and write
+//! them instead of channel membership.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::tasks::Task;
 use super::users::sha256;
 use super::{DomainError, FieldError, check};
 use crate::ids::Id;
 use crate::store::tables::{
-    CHANNEL_MEMBERS, CHANNELS, DIRECT_CHANNELS, MESSAGE_IDEMPOTENCY, MESSAGE_IDS, MESSAGES, org_bytes_key,
+    CHANNEL_MEMBERS, CHANNELS, DIRECT_CHANNELS, MESSAGE_IDEMPOTENCY, MESSAGE_IDS, MESSAGES, TASKS, org_bytes_key,
     org_id_id_key, org_id_key,
 };
-use crate::store::writer::{MutationCtx, Writer};
+use crate::store::writer::{MutationCtx, Tx, Writer};
 use crate::store::{Lookup, Store, decode, encode, prefix_end};
 
 pub const TEXT_CHARS_MAX: usize = 10_000;
@@ -71,7 +76,11 @@ pub struct Version {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub id: Id,
+    /// The channel, or for a task's comment the task.
     pub channel: Id,
+    /// Whether this is a task's comment.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_task: bool,
     pub seq: u64,
     pub author: Id,
     /// Empty once deleted.
@@ -91,6 +100,103 @@ pub struct Message {
 
 fn topic(id: Id) -> String {
     format!("channel:{id}")
+}
+
+/// Where messages live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// A channel's history: its members post, whoever sees the channel reads.
+    Channel(Id),
+    /// A task's comments: whoever may read tasks reads them (the caller checks the permission).
+    Task(Id),
+}
+
+impl Place {
+    pub fn id(self) -> Id {
+        match self {
+            Place::Channel(id) | Place::Task(id) => id,
+        }
+    }
+
+    fn missing(self) -> DomainError {
+        DomainError::NotFound { what: if matches!(self, Place::Channel(_)) { "channel" } else { "task" } }
+    }
+}
+
+impl Message {
+    pub fn place(&self) -> Place {
+        if self.on_task { Place::Task(self.channel) } else { Place::Channel(self.channel) }
+    }
+}
+
+/// A place's record as one read or transaction sees it.
+enum Opened {
+    Channel(Channel, Option<Member>),
+    Task(Task),
+}
+
+/// The place if `user` may see it (404 otherwise).
+fn open(r: &impl Lookup, org: Id, user: Id, place: Place) -> Result<Opened, DomainError> {
+    match place {
+        Place::Channel(id) => {
+            let (ch, m) = visible(r, org, user, id)?;
+            Ok(Opened::Channel(ch, m))
+        }
+        Place::Task(id) => Ok(Opened::Task(r.record(TASKS, &org_id_key(org, id))?.ok_or(place.missing())?)),
+    }
+}
+
+impl Opened {
+    /// Whether the caller may post or react here (`doing`: what the refusal names).
+    fn may_write(&self, doing: &str) -> Result<(), DomainError> {
+        match self {
+            Opened::Channel(_, None) => Err(DomainError::Forbidden { detail: format!("join the channel to {doing}") }),
+            Opened::Channel(ch, Some(_)) if ch.archived => {
+                Err(DomainError::Conflict { code: "channel_archived", detail: "the channel is archived".into() })
+            }
+            Opened::Channel(..) | Opened::Task(_) => Ok(()),
+        }
+    }
+
+    /// The topics its message events go to.
+    fn topics(&self) -> Vec<String> {
+        match self {
+            Opened::Channel(ch, _) => vec![topic(ch.id)],
+            Opened::Task(t) => super::tasks::topics(t),
+        }
+    }
+
+    /// Event kinds and audit actions start with this.
+    fn noun(&self) -> &'static str {
+        if matches!(self, Opened::Task(_)) { "comment" } else { "message" }
+    }
+
+    /// Hands out the next message number, writing the record that keeps count.
+    fn next_seq(&mut self, tx: &mut Tx<'_, '_>, org: Id) -> Result<u64, DomainError> {
+        match self {
+            Opened::Channel(ch, _) => {
+                ch.last_seq += 1;
+                tx.put(CHANNELS, &org_id_key(org, ch.id), &encode(ch))?;
+                Ok(ch.last_seq)
+            }
+            Opened::Task(t) => {
+                t.comment_seq += 1;
+                tx.put(TASKS, &org_id_key(org, t.id), &encode(t))?;
+                Ok(t.comment_seq)
+            }
+        }
+    }
+}
+
+/// The message `id` if it lives in `place`.
+fn find_message(r: &impl Lookup, org: Id, place: Place, id: Id) -> Result<(Vec<u8>, Message), DomainError> {
+    let gone = || DomainError::NotFound { what: "message" };
+    let at = r.row(MESSAGE_IDS, &org_id_key(org, id))?.ok_or_else(gone)?;
+    let m: Message = r.record(MESSAGES, &at)?.ok_or_else(gone)?;
+    if m.place() != place {
+        return Err(gone());
+    }
+    Ok((at, m))
 }
 
 fn get_channel(r: &impl Lookup, org: Id, id: Id) -> Result<Channel, DomainError> {
@@ -120,14 +226,14 @@ pub struct NewChannel {
     pub members: Vec<Id>,
 }
 
-/// Creates a channel, or for a direct channel finds the one of the same member set. The bool
-/// says whether it was made now.
+/// Creates a channel, or for a direct channel finds the one of the same member set; with the
+/// creator's membership. The bool says whether it was made now.
 pub async fn create(
     writer: &Writer,
     ctx: MutationCtx,
     me: Id,
     new: NewChannel,
-) -> Result<(Channel, bool), DomainError> {
+) -> Result<(Channel, Member, bool), DomainError> {
     let mut errors = Vec::new();
     match (new.kind, &new.name) {
         (ChannelKind::Direct, Some(_)) => {
@@ -169,7 +275,9 @@ pub async fn create(
         .submit(ctx, move |tx| {
             if let Some(k) = &set_key {
                 if let Some(existing) = tx.get(DIRECT_CHANNELS, k)?.and_then(|v| Id::from_slice(&v)) {
-                    return Ok((get_channel(tx, org, existing)?, false));
+                    let (ch, m) = visible(tx, org, me, existing)?;
+                    let m = m.ok_or(DomainError::NotFound { what: "channel" })?;
+                    return Ok((ch, m, false));
                 }
             }
             for m in &members {
@@ -196,11 +304,8 @@ pub async fn create(
             }
             let added: Vec<Id> = if new.kind == ChannelKind::Public { vec![me] } else { members.clone() };
             for m in &added {
-                tx.put(
-                    CHANNEL_MEMBERS,
-                    &org_id_id_key(org, id, *m),
-                    &encode(&Member { user: *m, joined_at_ms: now, read_seq: 0 }),
-                )?;
+                let member = Member { user: *m, joined_at_ms: now, read_seq: 0 };
+                tx.put(CHANNEL_MEMBERS, &org_id_id_key(org, id, *m), &encode(&member))?;
                 if *m != me {
                     tx.emit(format!("user:{m}"), "channel.added", json!({ "channel": id, "kind": ch.kind }));
                 }
@@ -214,7 +319,7 @@ pub async fn create(
                 format!("channel:{id}"),
                 json!({ "kind": ch.kind, "name": ch.name, "members": added.len() }),
             );
-            Ok((ch, true))
+            Ok((ch, Member { user: me, joined_at_ms: now, read_seq: 0 }, true))
         })
         .await
 }
@@ -225,8 +330,8 @@ pub async fn get(store: &Store, org: Id, user: Id, id: Id) -> Result<(Channel, O
 }
 
 /// The channels the caller may see (public ones and those they belong to), each with their
-/// unread count when they are a member.
-pub async fn list(store: &Store, org: Id, user: Id) -> Result<Vec<(Channel, Option<u64>)>, DomainError> {
+/// membership.
+pub async fn list(store: &Store, org: Id, user: Id) -> Result<Vec<(Channel, Option<Member>)>, DomainError> {
     store
         .read(move |r| {
             let mut out = Vec::new();
@@ -238,8 +343,7 @@ pub async fn list(store: &Store, org: Id, user: Id) -> Result<Vec<(Channel, Opti
                 if ch.archived || (ch.kind != ChannelKind::Public && m.is_none()) {
                     continue;
                 }
-                let unread = m.map(|m| ch.last_seq.saturating_sub(m.read_seq));
-                out.push((ch, unread));
+                out.push((ch, m));
             }
             Ok(out)
         })
@@ -278,14 +382,14 @@ pub struct NewMessage {
     pub idempotency_key: Option<String>,
 }
 
-/// Posts a message (members only). With an idempotency key, a repeat returns the first
-/// message instead of posting again.
+/// Posts a message (in a channel: members only). With an idempotency key, a repeat returns
+/// the first message instead of posting again.
 #[allow(clippy::too_many_lines)] // one transaction's checks and writes, in order
 pub async fn post(
     writer: &Writer,
     ctx: MutationCtx,
     author: Id,
-    channel: Id,
+    place: Place,
     new: NewMessage,
 ) -> Result<Message, DomainError> {
     let mut errors = Vec::new();
@@ -293,10 +397,13 @@ pub async fn post(
         errors.push(FieldError::new("/text", "invalid_length", format!("1–{TEXT_CHARS_MAX} characters")));
     }
     if new.mentions.len() > MENTIONS_MAX {
-        errors.push(FieldError::new("/mentions", "too_many", format!("at most {MENTIONS_MAX}")));
+        errors.push(FieldError::new("/mention_ids", "too_many", format!("at most {MENTIONS_MAX}")));
     }
     if new.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 200) {
         errors.push(FieldError::new("/idempotency_key", "invalid_length", "1–200 bytes"));
+    }
+    if matches!(place, Place::Task(_)) && new.thread_parent.is_some() {
+        errors.push(FieldError::new("/thread_parent_id", "not_allowed", "task comments have no threads"));
     }
     check(errors)?;
     let org = ctx.scope.org();
@@ -310,31 +417,19 @@ pub async fn post(
             });
             if let Some(k) = &idem_key {
                 if let Some(at) = tx.get(MESSAGE_IDEMPOTENCY, k)? {
-                    if let Some(v) = tx.get(MESSAGES, &at)? {
-                        return Ok(decode(MESSAGES, &v)?);
+                    if let Some(m) = tx.record::<Message>(MESSAGES, &at)? {
+                        return Ok(m);
                     }
                 }
             }
-            let (mut ch, member) = visible(tx, org, author, channel)?;
-            if member.is_none() {
-                return Err(DomainError::Forbidden { detail: "join the channel to post in it".into() });
-            }
-            if ch.archived {
-                return Err(DomainError::Conflict {
-                    code: "channel_archived",
-                    detail: "the channel is archived".into(),
-                });
-            }
+            let mut opened = open(tx, org, author, place)?;
+            opened.may_write("post in it")?;
+            let container = place.id();
             let parent = match new.thread_parent {
                 Some(pid) => {
-                    let at = tx.get(MESSAGE_IDS, &org_id_key(org, pid))?.ok_or_else(|| {
-                        DomainError::invalid("/thread_parent_id", "unknown_message", "no such message")
-                    })?;
-                    let mut p: Message =
-                        tx.get(MESSAGES, &at)?.map(|v| decode(MESSAGES, &v)).transpose()?.ok_or_else(|| {
-                            DomainError::invalid("/thread_parent_id", "unknown_message", "no such message")
-                        })?;
-                    if p.channel != channel || p.thread_parent.is_some() {
+                    let unknown = || DomainError::invalid("/thread_parent_id", "unknown_message", "no such message");
+                    let (at, mut p) = find_message(tx, org, place, pid).map_err(|_| unknown())?;
+                    if p.thread_parent.is_some() {
                         return Err(DomainError::invalid(
                             "/thread_parent_id",
                             "invalid_parent",
@@ -353,12 +448,13 @@ pub async fn post(
                     mentions.push(*m);
                 }
             }
-            ch.last_seq += 1;
+            let seq = opened.next_seq(tx, org)?;
             let now = tx.now_ms();
             let msg = Message {
                 id,
-                channel,
-                seq: ch.last_seq,
+                channel: container,
+                on_task: matches!(place, Place::Task(_)),
+                seq,
                 author,
                 text: new.text.clone(),
                 thread_parent: parent,
@@ -370,28 +466,36 @@ pub async fn post(
                 edited_at_ms: None,
                 deleted_at_ms: None,
             };
-            let at = message_key(org, channel, msg.seq);
+            let at = message_key(org, container, msg.seq);
             tx.put(MESSAGES, &at, &encode(&msg))?;
             tx.put(MESSAGE_IDS, &org_id_key(org, id), &at)?;
             if let Some(k) = &idem_key {
                 tx.put(MESSAGE_IDEMPOTENCY, k, &at)?;
             }
-            tx.put(CHANNELS, &org_id_key(org, channel), &encode(&ch))?;
-            // The author has read what they wrote.
-            tx.put(
-                CHANNEL_MEMBERS,
-                &org_id_id_key(org, channel, author),
-                &encode(&Member { read_seq: msg.seq, ..member.expect("checked above") }),
-            )?;
-            tx.emit(
-                topic(channel),
-                "message.posted",
-                json!({ "id": id, "seq": msg.seq, "author": author, "thread_parent": parent }),
-            );
-            for m in &mentions {
-                tx.emit(format!("user:{m}"), "mention", json!({ "channel": channel, "message": id, "author": author }));
+            if let Opened::Channel(_, Some(member)) = &opened {
+                // The author has read what they wrote.
+                tx.put(
+                    CHANNEL_MEMBERS,
+                    &org_id_id_key(org, container, author),
+                    &encode(&Member { read_seq: msg.seq, ..member.clone() }),
+                )?;
             }
-            tx.audit("message.post", format!("message:{id}"), json!({ "channel": channel, "seq": msg.seq }));
+            let noun = opened.noun();
+            let data = match place {
+                Place::Channel(_) => json!({ "id": id, "seq": seq, "author": author, "thread_parent": parent }),
+                Place::Task(_) => json!({ "id": id, "seq": seq, "author": author, "task": container }),
+            };
+            for t in opened.topics() {
+                tx.emit(t, &format!("{noun}.posted"), data.clone());
+            }
+            for m in &mentions {
+                let at = match place {
+                    Place::Channel(_) => json!({ "channel": container, "message": id, "author": author }),
+                    Place::Task(_) => json!({ "task": container, "message": id, "author": author }),
+                };
+                tx.emit(format!("user:{m}"), "mention", at);
+            }
+            tx.audit(&format!("{noun}.post"), format!("message:{id}"), json!({ "place": container, "seq": seq }));
             Ok(msg)
         })
         .await
@@ -417,7 +521,7 @@ pub async fn change(
     ctx: MutationCtx,
     user: Id,
     admin: bool,
-    channel: Id,
+    place: Place,
     message: Id,
     change: MessageChange,
 ) -> Result<Message, DomainError> {
@@ -434,17 +538,8 @@ pub async fn change(
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let (_, member) = visible(tx, org, user, channel)?;
-            let at =
-                tx.get(MESSAGE_IDS, &org_id_key(org, message))?.ok_or(DomainError::NotFound { what: "message" })?;
-            let mut m: Message = tx
-                .get(MESSAGES, &at)?
-                .map(|v| decode(MESSAGES, &v))
-                .transpose()?
-                .ok_or(DomainError::NotFound { what: "message" })?;
-            if m.channel != channel {
-                return Err(DomainError::NotFound { what: "message" });
-            }
+            let opened = open(tx, org, user, place)?;
+            let (at, mut m) = find_message(tx, org, place, message)?;
             if m.deleted_at_ms.is_some() {
                 return Err(DomainError::Conflict {
                     code: "message_deleted",
@@ -460,7 +555,7 @@ pub async fn change(
                     let old = std::mem::replace(&mut m.text, text.clone());
                     m.versions.push(Version { text: old, at_ms: m.edited_at_ms.unwrap_or(m.created_at_ms) });
                     m.edited_at_ms = Some(now);
-                    ("message.edited", "message.edit", json!({ "versions": m.versions.len() }))
+                    ("edited", "edit", json!({ "versions": m.versions.len() }))
                 }
                 MessageChange::Delete => {
                     if m.author != user && !admin {
@@ -472,12 +567,10 @@ pub async fn change(
                     m.versions.clear();
                     m.reactions.clear();
                     m.deleted_at_ms = Some(now);
-                    ("message.deleted", "message.delete", json!({}))
+                    ("deleted", "delete", json!({}))
                 }
                 MessageChange::React { emoji, add } => {
-                    if member.is_none() {
-                        return Err(DomainError::Forbidden { detail: "join the channel to react".into() });
-                    }
+                    opened.may_write("react")?;
                     let who = m.reactions.entry(emoji.clone()).or_default();
                     if *add && !who.contains(&user) {
                         if m.reactions.len() > REACTIONS_MAX {
@@ -491,12 +584,15 @@ pub async fn change(
                         who.retain(|u| *u != user);
                     }
                     m.reactions.retain(|_, v| !v.is_empty());
-                    ("message.reaction", "message.react", json!({ "emoji": emoji, "add": add }))
+                    ("reaction", "react", json!({ "emoji": emoji, "add": add }))
                 }
             };
             tx.put(MESSAGES, &at, &encode(&m))?;
-            tx.emit(topic(channel), kind, json!({ "id": message, "seq": m.seq }));
-            tx.audit(action, format!("message:{message}"), details);
+            let noun = opened.noun();
+            for t in opened.topics() {
+                tx.emit(t, &format!("{noun}.{kind}"), json!({ "id": message, "seq": m.seq }));
+            }
+            tx.audit(&format!("{noun}.{action}"), format!("message:{message}"), details);
             Ok(m)
         })
         .await
@@ -518,7 +614,7 @@ pub async fn history(
     store: &Store,
     org: Id,
     user: Id,
-    channel: Id,
+    place: Place,
     anchor: Anchor,
     thread: Option<Id>,
     limit: usize,
@@ -526,21 +622,10 @@ pub async fn history(
     let limit = limit.clamp(1, HISTORY_LIMIT_MAX);
     store
         .read(move |r| {
-            visible(r, org, user, channel)?;
+            open(r, org, user, place)?;
+            let channel = place.id();
             let parent = match thread {
-                Some(t) => {
-                    let at =
-                        r.get(MESSAGE_IDS, &org_id_key(org, t))?.ok_or(DomainError::NotFound { what: "message" })?;
-                    let p: Message = r
-                        .get(MESSAGES, &at)?
-                        .map(|v| decode(MESSAGES, &v))
-                        .transpose()?
-                        .ok_or(DomainError::NotFound { what: "message" })?;
-                    if p.channel != channel {
-                        return Err(DomainError::NotFound { what: "message" });
-                    }
-                    Some(p.seq)
-                }
+                Some(t) => Some(find_message(r, org, place, t)?.1.seq),
                 None => None,
             };
             let wanted = |m: &Message| match parent {
@@ -591,21 +676,12 @@ pub async fn history(
         .await
 }
 
-/// The message `id` in `channel` (visible to the caller), by id.
-pub async fn message(store: &Store, org: Id, user: Id, channel: Id, id: Id) -> Result<Message, DomainError> {
+/// The message `id` in `place` (visible to the caller), by id.
+pub async fn message(store: &Store, org: Id, user: Id, place: Place, id: Id) -> Result<Message, DomainError> {
     store
         .read(move |r| {
-            visible(r, org, user, channel)?;
-            let at = r.get(MESSAGE_IDS, &org_id_key(org, id))?.ok_or(DomainError::NotFound { what: "message" })?;
-            let m: Message = r
-                .get(MESSAGES, &at)?
-                .map(|v| decode(MESSAGES, &v))
-                .transpose()?
-                .ok_or(DomainError::NotFound { what: "message" })?;
-            if m.channel != channel {
-                return Err(DomainError::NotFound { what: "message" });
-            }
-            Ok(m)
+            open(r, org, user, place)?;
+            Ok(find_message(r, org, place, id)?.1)
         })
         .await
 }
@@ -635,7 +711,7 @@ pub async fn update(
     name: Option<String>,
     topic_text: Option<String>,
     expected_version: Option<u64>,
-) -> Result<Channel, DomainError> {
+) -> Result<(Channel, Option<Member>), DomainError> {
     let mut errors = Vec::new();
     if name.as_ref().is_some_and(|n| n.trim().is_empty() || n.chars().count() > NAME_CHARS_MAX) {
         errors.push(FieldError::new("/name", "invalid_length", format!("1–{NAME_CHARS_MAX} characters")));
@@ -666,7 +742,7 @@ pub async fn update(
             tx.put(CHANNELS, &org_id_key(org, channel), &encode(&ch))?;
             tx.emit(topic(channel), "channel.updated", json!({ "id": channel, "name": ch.name, "topic": ch.topic }));
             tx.audit("channel.update", format!("channel:{channel}"), json!({ "name": ch.name, "topic": ch.topic }));
-            Ok(ch)
+            Ok((ch, member))
         })
         .await
 }
@@ -678,11 +754,11 @@ pub async fn archive(
     user: Id,
     admin: bool,
     channel: Id,
-) -> Result<Channel, DomainError> {
+) -> Result<(Channel, Option<Member>), DomainError> {
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let (mut ch, _) = visible(tx, org, user, channel)?;
+            let (mut ch, member) = visible(tx, org, user, channel)?;
             if ch.created_by != user && !admin {
                 return Err(DomainError::Forbidden {
                     detail: "only its creator or an admin archives a channel".into(),
@@ -694,7 +770,7 @@ pub async fn archive(
             tx.put(CHANNELS, &org_id_key(org, channel), &encode(&ch))?;
             tx.emit(topic(channel), "channel.archived", json!({ "id": channel }));
             tx.audit("channel.archive", format!("channel:{channel}"), json!({}));
-            Ok(ch)
+            Ok((ch, member))
         })
         .await
 }

@@ -180,7 +180,7 @@ pub async fn list(
     p: &Principal,
     page: PageRequest,
     filter: RoomFilter,
-) -> Result<Page<Room>, DomainError> {
+) -> Result<Page<(Room, Option<Participant>)>, DomainError> {
     let (org, user) = (p.org, p.user);
     store
         .read(move |r| {
@@ -192,7 +192,8 @@ pub async fn list(
             for (k, v) in &rows {
                 last = Some(k.clone());
                 let room: Room = decode(ROOMS, v)?;
-                let member = r.get(ROOM_PARTICIPANTS, &org_id_id_key(org, room.id, user))?.is_some();
+                let me: Option<Participant> = r.record(ROOM_PARTICIPANTS, &org_id_id_key(org, room.id, user))?;
+                let member = me.is_some();
                 let status_ok = filter.status.map_or(room.status == RoomStatus::Active, |s| room.status == s)
                     && room.status != RoomStatus::Deleted;
                 let ok = status_ok
@@ -203,7 +204,7 @@ pub async fn list(
                         room.name.to_lowercase().contains(t) || room.description.to_lowercase().contains(t)
                     });
                 if ok {
-                    items.push(room);
+                    items.push((room, me));
                     if items.len() == page.limit {
                         break;
                     }
@@ -251,12 +252,19 @@ fn remove_participant(tx: &mut Tx<'_, '_>, org: Id, room: Id, user: Id) -> Resul
 }
 
 /// Edits a room (hosts).
-pub async fn update(writer: &Writer, ctx: MutationCtx, user: Id, id: Id, f: RoomFields) -> Result<Room, DomainError> {
+/// Changes a room (hosts); answers it with the caller's participation.
+pub async fn update(
+    writer: &Writer,
+    ctx: MutationCtx,
+    user: Id,
+    id: Id,
+    f: RoomFields,
+) -> Result<(Room, Option<Participant>), DomainError> {
     validate(&f, false)?;
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let (mut room, _) = load_for(tx, org, user, id, RoomAction::Host)?;
+            let (mut room, me) = load_for(tx, org, user, id, RoomAction::Host)?;
             paging::check_version(f.expected_version, room.version)?;
             if let Some(m) = f.max_participants {
                 if m < room.joined {
@@ -288,7 +296,7 @@ pub async fn update(writer: &Writer, ctx: MutationCtx, user: Id, id: Id, f: Room
             put_room(tx, org, &room)?;
             tx.emit(room_topic(id), "room.updated", json!({ "id": id, "version": room.version }));
             tx.audit("room.update", format!("room:{id}"), json!({ "version": room.version }));
-            Ok(room)
+            Ok((room, me))
         })
         .await
 }
@@ -300,11 +308,11 @@ pub async fn set_status(
     user: Id,
     id: Id,
     status: RoomStatus,
-) -> Result<Room, DomainError> {
+) -> Result<(Room, Option<Participant>), DomainError> {
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let (mut room, _) = load_for(tx, org, user, id, RoomAction::Host)?;
+            let (mut room, me) = load_for(tx, org, user, id, RoomAction::Host)?;
             let (kind, action) = match status {
                 RoomStatus::Active => ("room.restored", "room.restore"),
                 RoomStatus::Archived => ("room.archived", "room.archive"),
@@ -319,7 +327,7 @@ pub async fn set_status(
                 tx.emit("org", kind, json!({ "id": id }));
             }
             tx.audit(action, format!("room:{id}"), json!({}));
-            Ok(room)
+            Ok((room, me))
         })
         .await
 }

@@ -10,10 +10,11 @@ use std::collections::{HashSet, VecDeque};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::chat::Message;
 use super::paging::{self, Page, PageRequest};
 use super::{DomainError, FieldError, check};
 use crate::ids::Id;
-use crate::store::tables::{TASKS, org_id_key};
+use crate::store::tables::{MESSAGE_IDS, MESSAGES, TASKS, org_id_key};
 use crate::store::writer::{MutationCtx, Tx, Writer};
 use crate::store::{Store, decode, encode, prefix_end};
 use crate::tenancy::OrgScope;
@@ -67,6 +68,9 @@ pub struct Task {
     pub depends_on: Vec<Id>,
     pub created_by: Id,
     pub version: u64,
+    /// The last comment number handed out (comments do not change `version`).
+    #[serde(default)]
+    pub comment_seq: u64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -134,7 +138,8 @@ fn check_assignees(tx: &Tx<'_, '_>, org: Id, assignees: &[Id]) -> Result<(), Dom
     Ok(())
 }
 
-fn topic_of(t: &Task) -> Vec<String> {
+/// The topics a task's events go to.
+pub fn topics(t: &Task) -> Vec<String> {
     let mut topics = vec!["org".to_owned()];
     topics.extend(t.room.map(|r| format!("room:{r}")));
     topics.extend(t.channel.map(|c| format!("channel:{c}")));
@@ -166,11 +171,12 @@ pub async fn create(writer: &Writer, ctx: MutationCtx, me: Id, f: TaskFields) ->
                 depends_on: Vec::new(),
                 created_by: me,
                 version: 1,
+                comment_seq: 0,
                 created_at_ms: now,
                 updated_at_ms: now,
             };
             tx.put(TASKS, &org_id_key(org, id), &encode(&t))?;
-            for topic in topic_of(&t) {
+            for topic in topics(&t) {
                 tx.emit(topic, "task.created", json!({ "id": id, "title": t.title }));
             }
             for a in &t.assignees {
@@ -324,7 +330,7 @@ pub async fn update(writer: &Writer, ctx: MutationCtx, id: Id, f: TaskFields) ->
             t.version += 1;
             t.updated_at_ms = tx.now_ms();
             tx.put(TASKS, &org_id_key(org, id), &encode(&t))?;
-            for topic in topic_of(&t) {
+            for topic in topics(&t) {
                 tx.emit(topic, "task.updated", json!({ "id": id, "version": t.version, "status": t.status }));
             }
             tx.audit(
@@ -343,7 +349,14 @@ pub async fn delete(writer: &Writer, ctx: MutationCtx, id: Id) -> Result<(), Dom
         .submit(ctx, move |tx| {
             let t = load(tx, org, id)?.ok_or(DomainError::NotFound { what: "task" })?;
             tx.delete(TASKS, &org_id_key(org, id))?;
-            for topic in topic_of(&t) {
+            // Its comments go with it (search drops them with the task's scope).
+            let base = org_id_key(org, id);
+            for (k, v) in tx.range(MESSAGES, &base, &prefix_end(&base), usize::MAX)? {
+                let m: Message = decode(MESSAGES, &v)?;
+                tx.delete(MESSAGES, &k)?;
+                tx.delete(MESSAGE_IDS, &org_id_key(org, m.id))?;
+            }
+            for topic in topics(&t) {
                 tx.emit(topic, "task.deleted", json!({ "id": id }));
             }
             tx.audit("task.delete", format!("task:{id}"), json!({ "title": t.title }));

@@ -14,7 +14,9 @@ use crate::app::App;
 use crate::auth::Principal;
 use crate::auth::policy::{self, Permission, Role};
 use crate::domain::DomainError;
-use crate::domain::chat::{self, Anchor, Channel, ChannelKind, Message, MessageChange, NewChannel, NewMessage};
+use crate::domain::chat::{
+    self, Anchor, Channel, ChannelKind, Member, Message, MessageChange, NewChannel, NewMessage, Place,
+};
 use crate::ids::{Id, rfc3339};
 
 crate::problems!(ChatReadErrors: 400, 401, 403, 404, 422);
@@ -52,7 +54,9 @@ pub struct ChannelView {
     pub created_at: String,
 }
 
-fn channel_view(c: Channel, member: bool, unread: Option<u64>) -> ChannelView {
+/// The channel as `me` (their membership, if any) sees it.
+fn channel_view(c: Channel, me: Option<&Member>) -> ChannelView {
+    let unread = me.map(|m| c.last_seq.saturating_sub(m.read_seq));
     ChannelView {
         id: c.id.to_string(),
         kind: match c.kind {
@@ -65,7 +69,7 @@ fn channel_view(c: Channel, member: bool, unread: Option<u64>) -> ChannelView {
         archived: c.archived,
         created_by: c.created_by.to_string(),
         last_seq: c.last_seq,
-        member,
+        member: me.is_some(),
         unread,
         version: c.version,
         created_at: rfc3339(c.created_at_ms),
@@ -94,7 +98,10 @@ pub struct VersionView {
 #[oai(rename = "Message")]
 pub struct MessageView {
     pub id: String,
-    pub channel_id: String,
+    /// The channel it was posted in (absent for a task's comment).
+    pub channel_id: Option<String>,
+    /// The task it comments on (absent for a channel's message).
+    pub task_id: Option<String>,
     /// Its number in the channel.
     pub seq: u64,
     pub author_id: String,
@@ -111,10 +118,15 @@ pub struct MessageView {
     pub deleted_at: Option<String>,
 }
 
-fn message_view(m: Message) -> MessageView {
+pub(super) fn message_view(m: Message) -> MessageView {
+    let (channel_id, task_id) = match m.place() {
+        Place::Channel(c) => (Some(c.to_string()), None),
+        Place::Task(t) => (None, Some(t.to_string())),
+    };
     MessageView {
         id: m.id.to_string(),
-        channel_id: m.channel.to_string(),
+        channel_id,
+        task_id,
         seq: m.seq,
         author_id: m.author.to_string(),
         text: m.text,
@@ -230,7 +242,7 @@ pub enum Posted {
     Created(Json<MessageView>),
 }
 
-fn ids(v: Option<Vec<String>>, pointer: &str) -> Result<Vec<Id>, DomainError> {
+pub(super) fn ids(v: Option<Vec<String>>, pointer: &str) -> Result<Vec<Id>, DomainError> {
     v.unwrap_or_default()
         .iter()
         .enumerate()
@@ -275,8 +287,8 @@ impl ChatApi {
             KindView::Direct => ChannelKind::Direct,
         };
         let new = NewChannel { kind, name: b.name, topic: b.topic, members: ids(b.member_ids, "/member_ids")? };
-        let (ch, made) = chat::create(&app.writer, user_ctx(req, &p), p.user, new).await?;
-        let v = channel_view(ch, true, Some(0));
+        let (ch, me, made) = chat::create(&app.writer, user_ctx(req, &p), p.user, new).await?;
+        let v = channel_view(ch, Some(&me));
         Ok(if made { ChannelMade::Created(Json(v)) } else { ChannelMade::Existing(Json(v)) })
     }
 
@@ -289,9 +301,7 @@ impl ChatApi {
     async fn list(&self, app: Data<&App>, auth: UserAuth) -> Result<Json<ChannelList>, ChatReadErrors> {
         let p = auth.require(&app, Permission::ChatUse).await?;
         let items = chat::list(&app.store, p.org, p.user).await?;
-        Ok(Json(ChannelList {
-            items: items.into_iter().map(|(c, unread)| channel_view(c, unread.is_some(), unread)).collect(),
-        }))
+        Ok(Json(ChannelList { items: items.into_iter().map(|(c, me)| channel_view(c, me.as_ref())).collect() }))
     }
 
     /// Get a channel
@@ -307,8 +317,7 @@ impl ChatApi {
         let p = auth.check(&app).await?;
         let (c, m) = chat::get(&app.store, p.org, p.user, parse_id(&channel_id.0, "channel")?).await?;
         p.require(Permission::ChatUse)?;
-        let unread = m.as_ref().map(|m| c.last_seq.saturating_sub(m.read_seq));
-        Ok(Json(channel_view(c, m.is_some(), unread)))
+        Ok(Json(channel_view(c, m.as_ref())))
     }
 
     /// Join a public channel
@@ -343,8 +352,8 @@ impl ChatApi {
         let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
         let b = body.0;
         let version = super::parse_if_match(if_match.0.as_deref())?.or(b.version);
-        let ch = chat::update(&app.writer, user_ctx(req, &p), p.user, id, b.name, b.topic, version).await?;
-        Ok(Json(channel_view(ch, true, None)))
+        let (ch, me) = chat::update(&app.writer, user_ctx(req, &p), p.user, id, b.name, b.topic, version).await?;
+        Ok(Json(channel_view(ch, me.as_ref())))
     }
 
     /// Archive a channel
@@ -361,8 +370,8 @@ impl ChatApi {
         channel_id: Path<String>,
     ) -> Result<Json<ChannelView>, ChatWriteErrors> {
         let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
-        let ch = chat::archive(&app.writer, user_ctx(req, &p), p.user, is_admin(&p), id).await?;
-        Ok(Json(channel_view(ch, true, None)))
+        let (ch, me) = chat::archive(&app.writer, user_ctx(req, &p), p.user, is_admin(&p), id).await?;
+        Ok(Json(channel_view(ch, me.as_ref())))
     }
 
     /// Add someone to a channel
@@ -438,7 +447,9 @@ impl ChatApi {
             mentions: ids(b.mention_ids, "/mention_ids")?,
             idempotency_key: idempotency_key.0,
         };
-        Ok(Posted::Created(Json(message_view(chat::post(&app.writer, user_ctx(req, &p), p.user, id, new).await?))))
+        Ok(Posted::Created(Json(message_view(
+            chat::post(&app.writer, user_ctx(req, &p), p.user, Place::Channel(id), new).await?,
+        ))))
     }
 
     /// Read history
@@ -464,23 +475,10 @@ impl ChatApi {
         // The history read itself finds the channel (404); chat.use is every role's.
         let p = auth.require(&app, Permission::ChatUse).await?;
         let id = parse_id(&channel_id.0, "channel")?;
-        let anchor = match (before.0, after.0, around.0) {
-            (None, None, None) => Anchor::Latest,
-            (Some(s), None, None) => Anchor::Before(s),
-            (None, Some(s), None) => Anchor::After(s),
-            (None, None, Some(s)) => Anchor::Around(s),
-            _ => {
-                return Err(DomainError::invalid(
-                    "?before",
-                    "conflicting_anchors",
-                    "give at most one of before, after, around",
-                )
-                .into());
-            }
-        };
+        let anchor = anchor(before.0, after.0, around.0)?;
         let thread = thread.0.map(|t| parse_id(&t, "message")).transpose()?;
-        let items =
-            chat::history(&app.store, p.org, p.user, id, anchor, thread, limit.0.unwrap_or(20) as usize).await?;
+        let limit = limit.0.unwrap_or(20) as usize;
+        let items = chat::history(&app.store, p.org, p.user, Place::Channel(id), anchor, thread, limit).await?;
         Ok(Json(MessagePage { items: items.into_iter().map(message_view).collect() }))
     }
 
@@ -497,7 +495,8 @@ impl ChatApi {
     ) -> Result<Json<MessageView>, ChatReadErrors> {
         let p = auth.check(&app).await?;
         let id = parse_id(&channel_id.0, "channel")?;
-        let m = chat::message(&app.store, p.org, p.user, id, parse_id(&message_id.0, "message")?).await?;
+        let m =
+            chat::message(&app.store, p.org, p.user, Place::Channel(id), parse_id(&message_id.0, "message")?).await?;
         p.require(Permission::ChatUse)?;
         Ok(Json(message_view(m)))
     }
@@ -598,8 +597,19 @@ impl ChatApi {
     }
 }
 
+/// Where a history page starts: at most one of `before`, `after`, `around`.
+pub(super) fn anchor(before: Option<u64>, after: Option<u64>, around: Option<u64>) -> Result<Anchor, DomainError> {
+    match (before, after, around) {
+        (None, None, None) => Ok(Anchor::Latest),
+        (Some(s), None, None) => Ok(Anchor::Before(s)),
+        (None, Some(s), None) => Ok(Anchor::After(s)),
+        (None, None, Some(s)) => Ok(Anchor::Around(s)),
+        _ => Err(DomainError::invalid("?before", "conflicting_anchors", "give at most one of before, after, around")),
+    }
+}
+
 /// Organization admins moderate channels they can see.
-fn is_admin(p: &Principal) -> bool {
+pub(super) fn is_admin(p: &Principal) -> bool {
     policy::allows(p.role, Permission::UsersManage) && p.role >= Role::Admin
 }
 
@@ -614,7 +624,7 @@ async fn change(
     let (p, id) = channel_for(app, auth, channel_id).await?;
     let message = parse_id(message_id, "message")?;
     // Not found before not allowed: the message must be there for the caller to act on it.
-    chat::message(&app.store, p.org, p.user, id, message).await?;
-    let m = chat::change(&app.writer, user_ctx(req, &p), p.user, is_admin(&p), id, message, c).await?;
+    chat::message(&app.store, p.org, p.user, Place::Channel(id), message).await?;
+    let m = chat::change(&app.writer, user_ctx(req, &p), p.user, is_admin(&p), Place::Channel(id), message, c).await?;
     Ok(Json(message_view(m)))
 }

@@ -282,7 +282,7 @@ impl RoomsApi {
         };
         let page = rooms::list(&app.store, &p, page, filter).await?;
         Ok(Json(RoomPage {
-            items: page.items.into_iter().map(|r| view(r, None)).collect(),
+            items: page.items.into_iter().map(|(r, me)| view(r, me.as_ref())).collect(),
             next_cursor: page.next_cursor,
         }))
     }
@@ -327,8 +327,8 @@ impl RoomsApi {
             metadata: map_json(b.metadata),
             expected_version: parse_if_match(if_match.0.as_deref())?.or(b.version),
         };
-        let room = rooms::update(&app.writer, user_ctx(req, &p), p.user, id, f).await?;
-        Ok(Json(view(room, None)))
+        let (room, me) = rooms::update(&app.writer, user_ctx(req, &p), p.user, id, f).await?;
+        Ok(Json(view(room, me.as_ref())))
     }
 
     /// Archive a room
@@ -342,7 +342,7 @@ impl RoomsApi {
         req: &Request,
         room_id: Path<String>,
     ) -> Result<Json<RoomView>, RoomWriteErrors> {
-        status(&app, auth, req, &room_id.0, RoomStatus::Archived).await.map(|r| Json(view(r, None)))
+        status(&app, auth, req, &room_id.0, RoomStatus::Archived).await.map(|(r, me)| Json(view(r, me.as_ref())))
     }
 
     /// Restore an archived room
@@ -356,7 +356,7 @@ impl RoomsApi {
         req: &Request,
         room_id: Path<String>,
     ) -> Result<Json<RoomView>, RoomWriteErrors> {
-        status(&app, auth, req, &room_id.0, RoomStatus::Active).await.map(|r| Json(view(r, None)))
+        status(&app, auth, req, &room_id.0, RoomStatus::Active).await.map(|(r, me)| Json(view(r, me.as_ref())))
     }
 
     /// Delete a room
@@ -502,7 +502,7 @@ async fn status(
     req: &Request,
     room_id: &str,
     to: RoomStatus,
-) -> Result<Room, RoomWriteErrors> {
+) -> Result<(Room, Option<Participant>), RoomWriteErrors> {
     let (p, id) = room_for(app, &auth, room_id).await?;
     Ok(rooms::set_status(&app.writer, user_ctx(req, &p), p.user, id, to).await?)
 }

@@ -9,10 +9,14 @@ use serde::Deserialize;
 
 use super::auth_api::NoContent;
 use super::body::JsonBody;
+use super::chat::{EditBody, MessagePage, MessageView, Posted, anchor, ids, is_admin, message_view};
+use super::problem::Problem;
 use super::{ApiTags, UserAuth, parse_id, parse_if_match, user_ctx};
 use crate::app::App;
+use crate::auth::Principal;
 use crate::auth::policy::Permission;
 use crate::domain::DomainError;
+use crate::domain::chat::{self, MessageChange, NewMessage, Place};
 use crate::domain::paging::PageRequest;
 use crate::domain::tasks::{self, Priority, Task, TaskFields, TaskFilter, TaskStatus};
 use crate::ids::{Id, rfc3339};
@@ -100,6 +104,8 @@ pub struct TaskView {
     pub dependencies: Option<Vec<TaskView>>,
     pub created_by: String,
     pub version: u64,
+    /// Comments posted so far (the newest comment's number).
+    pub comment_count: u64,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -120,6 +126,7 @@ fn view(t: Task, deps: Option<Vec<Task>>) -> TaskView {
         dependencies: deps.map(|d| d.into_iter().map(|t| view(t, None)).collect()),
         created_by: t.created_by.to_string(),
         version: t.version,
+        comment_count: t.comment_seq,
         created_at: rfc3339(t.created_at_ms),
         updated_at: rfc3339(t.updated_at_ms),
     }
@@ -202,6 +209,17 @@ fn list_of<T>(v: Option<String>, name: &str, parse: impl Fn(&str) -> Option<T>) 
             })
         })
         .collect()
+}
+
+/// A comment on a task.
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "PostComment", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct CommentBody {
+    /// 1–10,000 characters.
+    pub text: String,
+    /// Users to notify in their inbox.
+    pub mention_ids: Option<Vec<String>>,
 }
 
 pub struct TasksApi;
@@ -377,6 +395,173 @@ impl TasksApi {
     ) -> Result<Json<TaskView>, TaskWriteErrors> {
         dependency(&app, &auth, req, &task_id.0, &depends_on_id.0, false).await
     }
+
+    /// Comment on a task
+    ///
+    /// Comments are messages: edits keep earlier versions, deletion leaves a tombstone,
+    /// mentions reach inboxes, and an `Idempotency-Key` makes a retry return the first comment.
+    ///
+    /// Permission: `tasks.write`.
+    #[oai(path = "/v1/tasks/:task_id/comments", method = "post", operation_id = "postTaskComment")]
+    async fn comment(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        task_id: Path<String>,
+        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+        body: JsonBody<CommentBody>,
+    ) -> Result<Posted, TaskWriteErrors> {
+        let (p, id) = task_for(&app, &auth, &task_id.0, Permission::TasksWrite).await?;
+        let b = body.0;
+        let new = NewMessage {
+            text: b.text,
+            thread_parent: None,
+            mentions: ids(b.mention_ids, "/mention_ids")?,
+            idempotency_key: idempotency_key.0,
+        };
+        let m = chat::post(&app.writer, user_ctx(req, &p), p.user, Place::Task(id), new).await?;
+        Ok(Posted::Created(Json(message_view(m))))
+    }
+
+    /// List a task's comments
+    ///
+    /// The newest comments, or those `before` / `after` a comment number, or `around` one.
+    /// Oldest first.
+    ///
+    /// Permission: `tasks.read`.
+    #[oai(path = "/v1/tasks/:task_id/comments", method = "get", operation_id = "listTaskComments")]
+    async fn comments(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        task_id: Path<String>,
+        before: Query<Option<u64>>,
+        after: Query<Option<u64>>,
+        around: Query<Option<u64>>,
+        /// 1–100 (default 20).
+        limit: Query<Option<u32>>,
+    ) -> Result<Json<MessagePage>, TaskReadErrors> {
+        let (p, id) = task_for(&app, &auth, &task_id.0, Permission::TasksRead).await?;
+        let anchor = anchor(before.0, after.0, around.0)?;
+        let limit = limit.0.unwrap_or(20) as usize;
+        let items = chat::history(&app.store, p.org, p.user, Place::Task(id), anchor, None, limit).await?;
+        Ok(Json(MessagePage { items: items.into_iter().map(message_view).collect() }))
+    }
+
+    /// Get a comment, with its earlier versions
+    ///
+    /// Permission: `tasks.read`.
+    #[oai(path = "/v1/tasks/:task_id/comments/:comment_id", method = "get", operation_id = "getTaskComment")]
+    async fn get_comment(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        task_id: Path<String>,
+        comment_id: Path<String>,
+    ) -> Result<Json<MessageView>, TaskReadErrors> {
+        let (p, id) = task_for(&app, &auth, &task_id.0, Permission::TasksRead).await?;
+        let m = chat::message(&app.store, p.org, p.user, Place::Task(id), parse_id(&comment_id.0, "message")?).await?;
+        Ok(Json(message_view(m)))
+    }
+
+    /// Edit my comment
+    ///
+    /// Permission: `tasks.write`.
+    #[oai(path = "/v1/tasks/:task_id/comments/:comment_id", method = "patch", operation_id = "editTaskComment")]
+    async fn edit_comment(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        task_id: Path<String>,
+        comment_id: Path<String>,
+        body: JsonBody<EditBody>,
+    ) -> Result<Json<MessageView>, TaskWriteErrors> {
+        change_comment(&app, &auth, req, &task_id.0, &comment_id.0, MessageChange::Edit(body.0.text)).await
+    }
+
+    /// Delete a comment
+    ///
+    /// Its author or an admin; a tombstone stays in its place.
+    ///
+    /// Permission: `tasks.write`.
+    #[oai(path = "/v1/tasks/:task_id/comments/:comment_id", method = "delete", operation_id = "deleteTaskComment")]
+    async fn delete_comment(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        task_id: Path<String>,
+        comment_id: Path<String>,
+    ) -> Result<Json<MessageView>, TaskWriteErrors> {
+        change_comment(&app, &auth, req, &task_id.0, &comment_id.0, MessageChange::Delete).await
+    }
+
+    /// React to a comment
+    ///
+    /// Permission: `tasks.write`.
+    #[oai(
+        path = "/v1/tasks/:task_id/comments/:comment_id/reactions/:emoji",
+        method = "put",
+        operation_id = "addTaskCommentReaction"
+    )]
+    async fn react_comment(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        task_id: Path<String>,
+        comment_id: Path<String>,
+        emoji: Path<String>,
+    ) -> Result<Json<MessageView>, TaskWriteErrors> {
+        let react = MessageChange::React { emoji: emoji.0, add: true };
+        change_comment(&app, &auth, req, &task_id.0, &comment_id.0, react).await
+    }
+
+    /// Take back a reaction to a comment
+    ///
+    /// Permission: `tasks.write`.
+    #[oai(
+        path = "/v1/tasks/:task_id/comments/:comment_id/reactions/:emoji",
+        method = "delete",
+        operation_id = "removeTaskCommentReaction"
+    )]
+    async fn unreact_comment(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        task_id: Path<String>,
+        comment_id: Path<String>,
+        emoji: Path<String>,
+    ) -> Result<Json<MessageView>, TaskWriteErrors> {
+        let react = MessageChange::React { emoji: emoji.0, add: false };
+        change_comment(&app, &auth, req, &task_id.0, &comment_id.0, react).await
+    }
+}
+
+/// The caller holding `needs`, and the task in the path (404 before 403).
+async fn task_for(app: &App, auth: &UserAuth, task_id: &str, needs: Permission) -> Result<(Principal, Id), Problem> {
+    let p = auth.check(app).await?;
+    let id = parse_id(task_id, "task")?;
+    tasks::get(&app.store, OrgScope::member(&p), id, false).await?;
+    p.require(needs)?;
+    Ok((p, id))
+}
+
+async fn change_comment(
+    app: &App,
+    auth: &UserAuth,
+    req: &Request,
+    task_id: &str,
+    comment_id: &str,
+    c: MessageChange,
+) -> Result<Json<MessageView>, TaskWriteErrors> {
+    let (p, id) = task_for(app, auth, task_id, Permission::TasksWrite).await?;
+    let comment = parse_id(comment_id, "message")?;
+    let m = chat::change(&app.writer, user_ctx(req, &p), p.user, is_admin(&p), Place::Task(id), comment, c).await?;
+    Ok(Json(message_view(m)))
 }
 
 async fn dependency(

@@ -79,6 +79,14 @@ async fn org_b_never_sees_org_a() {
         let t: Value = crate::support::post_json(&s, &a_member.access, "/v1/tasks", json!({ "title": title })).await;
         a_tasks.push(t["id"].as_str().unwrap().to_owned());
     }
+    let a_comment: Value = crate::support::post_json(
+        &s,
+        &a_member.access,
+        &format!("/v1/tasks/{}/comments", a_tasks[0]),
+        json!({ "text": "secret remark" }),
+    )
+    .await;
+    let a_comment_id = a_comment["id"].as_str().unwrap().to_owned();
     let mut principals: Vec<(String, String)> = Vec::new();
     for (role, login) in &b {
         principals.push(((*role).to_owned(), login.access.clone()));
@@ -120,7 +128,8 @@ async fn org_b_never_sees_org_a() {
             .replace("{message_id}", &a_msg_id)
             .replace("{emoji}", "thumbsup")
             .replace("{task_id}", &a_tasks[0])
-            .replace("{depends_on_id}", &a_tasks[1]);
+            .replace("{depends_on_id}", &a_tasks[1])
+            .replace("{comment_id}", &a_comment_id);
         assert!(!concrete.contains('{'), "isolation test does not know a parameter of {path}");
         for (method, op) in ops.as_object().unwrap() {
             let id = op["operationId"].as_str().unwrap();

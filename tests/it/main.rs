@@ -13,6 +13,7 @@ mod errors;
 mod events;
 mod identity;
 mod isolation;
+mod journey;
 mod openapi;
 mod orgs;
 mod roles;

@@ -106,6 +106,14 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                             .await;
                     task_ids.push(t["id"].as_str().unwrap().to_owned());
                 }
+                let comment: Value = crate::support::post_json(
+                    &s,
+                    task_maker,
+                    &format!("/v1/tasks/{}/comments", task_ids[0]),
+                    serde_json::json!({ "text": "noted" }),
+                )
+                .await;
+                let comment_id = comment["id"].as_str().unwrap().to_owned();
                 let url = path
                     .replace("{user_id}", target["user"]["id"].as_str().unwrap())
                     .replace("{session_id}", &me.session_id)
@@ -114,7 +122,8 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                     .replace("{message_id}", &message_id)
                     .replace("{emoji}", "thumbsup")
                     .replace("{task_id}", &task_ids[0])
-                    .replace("{depends_on_id}", &task_ids[1]);
+                    .replace("{depends_on_id}", &task_ids[1])
+                    .replace("{comment_id}", &comment_id);
                 let mut req =
                     s.http.request(method.to_uppercase().parse().unwrap(), s.url(&url)).bearer_auth(&me.access);
                 if !body.is_null() {

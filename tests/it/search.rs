@@ -136,6 +136,51 @@ async fn search_follows_edits_deletes_and_permissions() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
+
+    // A task's comments are found as messages of that task, until the task goes.
+    let c: Value = s
+        .http
+        .post(s.url(&format!("/v1/tasks/{tid}/comments")))
+        .bearer_auth(&sam.access)
+        .json(&json!({ "text": "the ledger export needs a checksum" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cid = c["id"].as_str().unwrap().to_owned();
+    let v = search_until(&s.http, &s.base, &kit, "checksum", |v| ids(v).contains(&cid)).await;
+    assert_eq!(v["items"][0]["type"], "message", "{v}");
+    let doomed: Value = s
+        .http
+        .post(s.url("/v1/tasks"))
+        .bearer_auth(&sam.access)
+        .json(&json!({ "title": "Doomed" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let did = doomed["id"].as_str().unwrap().to_owned();
+    let dc: Value = s
+        .http
+        .post(s.url(&format!("/v1/tasks/{did}/comments")))
+        .bearer_auth(&sam.access)
+        .json(&json!({ "text": "a walrus remark" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dcid = dc["id"].as_str().unwrap().to_owned();
+    search_until(&s.http, &s.base, &kit, "walrus", |v| ids(v).contains(&dcid)).await;
+    let r = s.http.delete(s.url(&format!("/v1/tasks/{did}"))).bearer_auth(&sam.access).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    search_until(&s.http, &s.base, &kit, "walrus", |v| !ids(v).contains(&dcid)).await;
+
     // A rebuild from the store, while the server runs, keeps what is there (and nothing deleted).
     let config = s.config.clone();
     let n = tokio::task::spawn_blocking(move || outpost::commands::reindex(&config)).await.unwrap().unwrap();
