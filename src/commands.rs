@@ -27,6 +27,24 @@ pub enum CommandError {
     Refused(String),
 }
 
+/// How long a command waits for a store that another process still holds (a server that has
+/// just stopped releases it within moments).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the store of a data dir no server answers for, waiting out a lock that a stopping
+/// server still holds.
+fn open_direct(data_dir: &Path) -> Result<Store, CommandError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match Store::open(data_dir, &mut |l| eprintln!("{l}")) {
+            Err(StoreError::Locked) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return Ok(other?.0),
+        }
+    }
+}
+
 /// Takes an online backup of `config`'s data dir into `out`.
 pub fn backup(config: &Config, out: &Path) -> Result<BackupSummary, CommandError> {
     let out = absolute(out)?;
@@ -35,7 +53,7 @@ pub fn backup(config: &Config, out: &Path) -> Result<BackupSummary, CommandError
         let v = admin::call(&config.admin_socket(), &Request::Backup { out }, &mut |d, t| progress.update(d, t))?;
         from_value(v)?
     } else {
-        let (store, _) = Store::open(&config.data_dir, &mut |l| eprintln!("{l}"))?;
+        let store = open_direct(&config.data_dir)?;
         backup::backup(&store, &out, &mut |d, t| progress.update(d, t))?
     };
     progress.finish();
@@ -77,7 +95,7 @@ pub fn audit_verify(config: &Config) -> Result<Verification, CommandError> {
     let v = if admin::server_running(&config.admin_socket()) {
         from_value(admin::call(&config.admin_socket(), &Request::AuditVerify, &mut |d, t| progress.update(d, t))?)?
     } else {
-        let (store, _) = Store::open(&config.data_dir, &mut |l| eprintln!("{l}"))?;
+        let store = open_direct(&config.data_dir)?;
         store.reader()?.verify_audit(&mut |d, t| progress.update(d, t))?
     };
     progress.finish();
