@@ -37,6 +37,8 @@ pub struct App {
     pub verified_tokens: Arc<crate::auth::tokens::VerifiedCache>,
     /// The search index, once the server has opened it.
     pub search: Arc<std::sync::OnceLock<Arc<crate::search::SearchIndex>>>,
+    /// Rendered channel history pages (see `http::rendered`).
+    pub history_pages: Arc<crate::http::rendered::PageCache<crate::http::chat::HistoryKey>>,
     /// When each API key's last use was written down, so that is done once a minute at most.
     key_uses: Arc<std::sync::Mutex<std::collections::HashMap<crate::ids::Id, std::time::Instant>>>,
 }
@@ -96,6 +98,7 @@ impl App {
             keys: Keys::empty(),
             hasher: Hasher::default(),
             limits: Arc::new(Limits::new(config_limits)),
+            history_pages: Arc::default(),
             key_uses: Arc::default(),
             verified_tokens: Arc::default(),
             search: Arc::default(),

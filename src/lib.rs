@@ -103,6 +103,15 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(30), search_task).await;
     let _ = std::fs::remove_file(&admin_path);
     app.writer.shutdown().await;
+    // Tasks that held the app (connections being torn down, finished reads) let go of it
+    // within moments; wait for that, so the data dir is free for whoever comes next.
+    let store = app.store.clone();
+    drop(app);
+    let released = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.handles() > 1 && tokio::time::Instant::now() < released {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(store);
     tracing::info!("stopped");
     served.map_err(RunError::from)
 }

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
-use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TEXT, TantivyDocument, Value};
+use tantivy::schema::{FAST, Field, IndexRecordOption, STORED, STRING, Schema, TEXT, TantivyDocument, Value};
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Term, doc};
+use tantivy::{DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Term, doc};
 
 use crate::domain::chat::{ChannelKind, Message};
 use crate::domain::rooms::{Room, RoomStatus, Visibility};
@@ -111,7 +111,8 @@ fn schema() -> (Schema, Fields) {
         key: b.add_text_field("key", STRING | STORED),
         org: b.add_text_field("org", STRING),
         kind: b.add_text_field("kind", STRING | STORED),
-        scope: b.add_text_field("scope", STRING | STORED),
+        // A fast field: permission filtering reads it without loading stored documents.
+        scope: b.add_text_field("scope", STRING | STORED | FAST),
         title: b.add_text_field("title", TEXT | STORED),
         body: b.add_text_field("body", TEXT | STORED),
     };
@@ -121,9 +122,21 @@ fn schema() -> (Schema, Fields) {
 impl SearchIndex {
     /// Opens (creating if needed) the index in `dir`.
     pub fn open(dir: &Path) -> Result<Self, SearchError> {
-        let created = !dir.join("meta.json").exists();
-        std::fs::create_dir_all(dir).map_err(|e| SearchError::Dir(e.to_string()))?;
+        let dir_err = |e: std::io::Error| SearchError::Dir(e.to_string());
         let (schema, f) = schema();
+        // An index of another schema (an older release's) is rebuilt: it is derived data.
+        if dir.join("meta.json").exists() {
+            let same = tantivy::directory::MmapDirectory::open(dir)
+                .ok()
+                .and_then(|d| Index::open(d).ok())
+                .is_some_and(|i| i.schema() == schema);
+            if !same {
+                tracing::warn!(dir = %dir.display(), "search index has another schema; rebuilding it");
+                std::fs::remove_dir_all(dir).map_err(dir_err)?;
+            }
+        }
+        let created = !dir.join("meta.json").exists();
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
         let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(|e| SearchError::Dir(e.to_string()))?;
         let index = Index::open_or_create(mmap, schema)?;
         // One indexing thread: the box has few cores and the writer and HTTP need them too.
@@ -134,45 +147,56 @@ impl SearchIndex {
 
     /// Applies `ops` and commits (blocking).
     pub fn apply(&self, ops: Vec<Op>) -> Result<(), SearchError> {
-        let mut w = self.writer.lock().map_err(|_| SearchError::Dir("index writer poisoned".into()))?;
+        let mut w = self.lock()?;
         for op in ops {
-            match op {
-                Op::Upsert(d) => {
-                    w.delete_term(Term::from_field_text(self.f.key, &d.key));
-                    w.add_document(doc!(
-                        self.f.key => d.key,
-                        self.f.org => d.org.to_string(),
-                        self.f.kind => d.kind,
-                        self.f.scope => d.scope,
-                        self.f.title => d.title,
-                        self.f.body => d.body,
-                    ))?;
-                }
-                Op::Delete(key) => {
-                    w.delete_term(Term::from_field_text(self.f.key, &key));
-                }
-                Op::DeleteScope(scope) => {
-                    w.delete_term(Term::from_field_text(self.f.scope, &scope));
-                }
-            }
+            self.write(&w, op)?;
         }
         w.commit()?;
         self.reader.reload()?;
         Ok(())
     }
 
-    /// Empties the index (blocking).
-    pub fn clear(&self) -> Result<(), SearchError> {
-        let mut w = self.writer.lock().map_err(|_| SearchError::Dir("index writer poisoned".into()))?;
-        w.delete_all_documents()?;
-        w.commit()?;
-        self.reader.reload()?;
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>, SearchError> {
+        self.writer.lock().map_err(|_| SearchError::Dir("index writer poisoned".into()))
+    }
+
+    /// Queues one operation (visible after the next commit).
+    fn write(&self, w: &IndexWriter, op: Op) -> Result<(), SearchError> {
+        match op {
+            Op::Upsert(d) => {
+                w.delete_term(Term::from_field_text(self.f.key, &d.key));
+                w.add_document(doc!(
+                    self.f.key => d.key,
+                    self.f.org => d.org.to_string(),
+                    self.f.kind => d.kind,
+                    self.f.scope => d.scope,
+                    self.f.title => d.title,
+                    self.f.body => d.body,
+                ))?;
+            }
+            Op::Delete(key) => {
+                w.delete_term(Term::from_field_text(self.f.key, &key));
+            }
+            Op::DeleteScope(scope) => {
+                w.delete_term(Term::from_field_text(self.f.scope, &scope));
+            }
+        }
         Ok(())
     }
 
-    /// Candidate hits in `org` for `q`, best first, of `kinds` (all when empty). Typos of one
-    /// letter are forgiven; `"quoted words"` match as a phrase.
-    pub fn candidates(&self, org: Id, q: &str, kinds: &[String]) -> Result<Vec<Hit>, SearchError> {
+    /// One page of hits in `org` for `q`, best first, of `kinds` (all when empty), keeping
+    /// only those whose scope `allowed` accepts; the bool says whether more follow. Typos of
+    /// one letter are forgiven; `"quoted words"` match as a phrase. Stored documents are read
+    /// (and snippets made) only for the page itself.
+    pub fn search(
+        &self,
+        org: Id,
+        q: &str,
+        kinds: &[String],
+        offset: usize,
+        limit: usize,
+        allowed: &mut dyn FnMut(&str) -> Result<bool, StoreError>,
+    ) -> Result<(Vec<Hit>, bool), SearchError> {
         let searcher = self.reader.searcher();
         let mut parser = QueryParser::for_index(&self.index, vec![self.f.title, self.f.body]);
         // Fuzzy matching does not combine with phrases; a quoted query stays exact.
@@ -206,12 +230,50 @@ impl SearchIndex {
         }
         let query = BooleanQuery::new(clauses);
         let top = searcher.search(&query, &TopDocs::with_limit(CANDIDATES_MAX))?;
+
+        // Permission filtering on the scope column, one decision per scope.
+        let columns = searcher
+            .segment_readers()
+            .iter()
+            .map(|seg| seg.fast_fields().str("scope"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut decided: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        let mut page: Vec<(f32, DocAddress)> = Vec::with_capacity(limit);
+        let (mut kept, mut more) = (0, false);
+        let mut scope = String::new();
+        for (score, addr) in top {
+            scope.clear();
+            if let Some(col) = &columns[addr.segment_ord as usize] {
+                if let Some(ord) = col.term_ords(addr.doc_id).next() {
+                    col.ord_to_str(ord, &mut scope).map_err(|e| SearchError::Dir(e.to_string()))?;
+                }
+            }
+            let ok = if let Some(ok) = decided.get(scope.as_str()) {
+                *ok
+            } else {
+                let ok = allowed(&scope)?;
+                decided.insert(scope.clone(), ok);
+                ok
+            };
+            if !ok {
+                continue;
+            }
+            kept += 1;
+            if kept > offset + limit {
+                more = true;
+                break;
+            }
+            if kept > offset {
+                page.push((score, addr));
+            }
+        }
+
         // Snippets come from the exact terms (fuzzy expansions are not highlighted).
         let exact = QueryParser::for_index(&self.index, vec![self.f.title, self.f.body]).parse_query_lenient(q).0;
         let mut snippets = SnippetGenerator::create(&searcher, &*exact, self.f.body)?;
         snippets.set_max_num_chars(160);
-        let mut out = Vec::with_capacity(top.len());
-        for (score, addr) in top {
+        let mut out = Vec::with_capacity(page.len());
+        for (score, addr) in page {
             let d: TantivyDocument = searcher.doc(addr)?;
             let text = |f: Field| d.get_first(f).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
             let key = text(self.f.key);
@@ -229,7 +291,7 @@ impl SearchIndex {
                 score,
             });
         }
-        Ok(out)
+        Ok((out, more))
     }
 
     /// Documents in the index.
@@ -352,38 +414,39 @@ pub fn ops_for(r: &Reader, events: &[Event]) -> Result<Vec<Op>, StoreError> {
     Ok(ops)
 }
 
-/// Every document the store holds now, with `progress(done, total)` per table (blocking).
-pub fn all_ops(r: &Reader, progress: &mut dyn FnMut(u64, u64)) -> Result<Vec<Op>, StoreError> {
+/// Every document the store holds now, one at a time, with `progress(done, total)` now and
+/// then (blocking).
+pub fn each_doc(
+    r: &Reader,
+    progress: &mut dyn FnMut(u64, u64),
+    each: &mut dyn FnMut(Op) -> Result<(), SearchError>,
+) -> Result<u64, SearchError> {
     let total = r.len(MESSAGES)? + r.len(TASKS)? + r.len(ROOMS)? + r.len(USERS)?;
-    let mut ops = Vec::new();
+    let mut done = 0u64;
     let org_of = |k: &[u8]| Id::from_slice(&k[..16]);
-    r.for_each(MESSAGES, |k, v| {
-        if let Some(org) = org_of(k) {
-            ops.push(message_doc(org, &decode(MESSAGES, v)?));
-        }
-        Ok(true)
-    })?;
-    progress(ops.len() as u64, total);
-    r.for_each(TASKS, |k, v| {
-        if let Some(org) = org_of(k) {
-            ops.push(task_doc(org, &decode(TASKS, v)?));
-        }
-        Ok(true)
-    })?;
-    r.for_each(ROOMS, |k, v| {
-        if let Some(org) = org_of(k) {
-            ops.push(room_doc(org, &decode(ROOMS, v)?));
-        }
-        Ok(true)
-    })?;
-    r.for_each(USERS, |k, v| {
+    let mut error = None;
+    let mut visit = |k: &[u8], op: &dyn Fn(Id) -> Result<Op, StoreError>| -> Result<bool, StoreError> {
         if let Some(org) = org_of(k).filter(|o| *o != Id::NIL) {
-            ops.push(user_doc(org, &decode(USERS, v)?));
+            if let Err(e) = op(org).map_err(SearchError::from).and_then(&mut *each) {
+                error = Some(e);
+                return Ok(false);
+            }
+        }
+        done += 1;
+        if done % 10_000 == 0 {
+            progress(done, total);
         }
         Ok(true)
-    })?;
+    };
+    r.for_each(MESSAGES, |k, v| visit(k, &|org| Ok(message_doc(org, &decode(MESSAGES, v)?))))?;
+    r.for_each(TASKS, |k, v| visit(k, &|org| Ok(task_doc(org, &decode(TASKS, v)?))))?;
+    r.for_each(ROOMS, |k, v| visit(k, &|org| Ok(room_doc(org, &decode(ROOMS, v)?))))?;
+    r.for_each(USERS, |k, v| visit(k, &|org| Ok(user_doc(org, &decode(USERS, v)?))))?;
+    if let Some(e) = error {
+        return Err(e);
+    }
     progress(total, total);
-    Ok(ops)
+    Ok(done)
 }
 
 /// Follows the event log into the index until `stop` turns true (between batches: a batch
@@ -441,7 +504,8 @@ pub async fn follow(app: crate::App, index: Arc<SearchIndex>, mut stop: tokio::s
 }
 
 /// Rebuilds the index from the store's tables and moves the follower's checkpoint to the log
-/// head the rebuild saw (blocking).
+/// head the rebuild saw (blocking). Documents stream from one snapshot into the index writer;
+/// the old contents stay searchable until the one commit at the end.
 pub fn rebuild(
     store: &crate::store::Store,
     index: &SearchIndex,
@@ -449,8 +513,14 @@ pub fn rebuild(
 ) -> Result<u64, SearchError> {
     let r = store.reader()?;
     let head = r.meta_u64("gseq")?.unwrap_or(0);
-    let ops = all_ops(&r, progress)?;
-    index.clear()?;
-    index.apply(ops)?;
+    let mut w = index.lock()?;
+    w.delete_all_documents()?;
+    let written = each_doc(&r, progress, &mut |op| index.write(&w, op));
+    if let Err(e) = written {
+        w.rollback()?;
+        return Err(e);
+    }
+    w.commit()?;
+    index.reader.reload()?;
     Ok(head)
 }

@@ -5,10 +5,11 @@ use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::auth_api::NoContent;
 use super::body::JsonBody;
+use super::rendered::Rendered;
 use super::{ApiTags, UserAuth, parse_id, user_ctx};
 use crate::app::App;
 use crate::auth::Principal;
@@ -77,7 +78,7 @@ fn channel_view(c: Channel, me: Option<&Member>) -> ChannelView {
 }
 
 /// The people who reacted with one emoji.
-#[derive(Object, Debug)]
+#[derive(Object, Debug, Serialize)]
 #[oai(rename = "Reaction")]
 pub struct ReactionView {
     pub emoji: String,
@@ -86,7 +87,7 @@ pub struct ReactionView {
 }
 
 /// An earlier text of an edited message.
-#[derive(Object, Debug)]
+#[derive(Object, Debug, Serialize)]
 #[oai(rename = "MessageVersion")]
 pub struct VersionView {
     pub text: String,
@@ -94,7 +95,7 @@ pub struct VersionView {
 }
 
 /// A message. A deleted one keeps its place as a tombstone (`deleted_at` set, no text).
-#[derive(Object, Debug)]
+#[derive(Object, Debug, Serialize)]
 #[oai(rename = "Message")]
 pub struct MessageView {
     pub id: String,
@@ -155,7 +156,7 @@ pub struct ChannelList {
     pub items: Vec<ChannelView>,
 }
 
-#[derive(Object, Debug)]
+#[derive(Object, Debug, Serialize)]
 #[oai(rename = "MessagePage")]
 pub struct MessagePage {
     /// Oldest first.
@@ -471,15 +472,27 @@ impl ChatApi {
         thread: Query<Option<String>>,
         /// 1–100 (default 20).
         limit: Query<Option<u32>>,
-    ) -> Result<Json<MessagePage>, ChatReadErrors> {
+    ) -> Result<Rendered<MessagePage>, ChatReadErrors> {
         // The history read itself finds the channel (404); chat.use is every role's.
         let p = auth.require(&app, Permission::ChatUse).await?;
         let id = parse_id(&channel_id.0, "channel")?;
         let anchor = anchor(before.0, after.0, around.0)?;
         let thread = thread.0.map(|t| parse_id(&t, "message")).transpose()?;
-        let limit = limit.0.unwrap_or(20) as usize;
-        let items = chat::history(&app.store, p.org, p.user, Place::Channel(id), anchor, thread, limit).await?;
-        Ok(Json(MessagePage { items: items.into_iter().map(message_view).collect() }))
+        let limit = limit.0.unwrap_or(20).clamp(1, chat::HISTORY_LIMIT_MAX as u32);
+        // Pages are kept rendered while nothing is published on the channel's topic; read the
+        // generation before the store, so a page is never newer-labelled than its content.
+        let key = HistoryKey { org: p.org, channel: id, anchor: anchor_key(anchor), thread, limit };
+        let generation = app.bus.generation(p.org, &format!("channel:{id}"));
+        if let Some(page) = app.history_pages.get(&key, generation) {
+            // Who may read it is decided afresh every time.
+            chat::get(&app.store, p.org, p.user, id).await?;
+            return Ok(Rendered::from_bytes(page));
+        }
+        let items =
+            chat::history(&app.store, p.org, p.user, Place::Channel(id), anchor, thread, limit as usize).await?;
+        let page = Rendered::of(&MessagePage { items: items.into_iter().map(message_view).collect() });
+        app.history_pages.put(key, generation, page.bytes());
+        Ok(page)
     }
 
     /// Get a message, with its earlier versions
@@ -594,6 +607,25 @@ impl ChatApi {
         let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
         let unread = chat::mark_read(&app.writer, user_ctx(req, &p), p.user, id, body.0.seq).await?;
         Ok(Json(ReadView { unread }))
+    }
+}
+
+/// What a rendered history page is kept under.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct HistoryKey {
+    org: Id,
+    channel: Id,
+    anchor: (u8, u64),
+    thread: Option<Id>,
+    limit: u32,
+}
+
+fn anchor_key(a: Anchor) -> (u8, u64) {
+    match a {
+        Anchor::Latest => (0, 0),
+        Anchor::Before(s) => (1, s),
+        Anchor::After(s) => (2, s),
+        Anchor::Around(s) => (3, s),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod me;
 pub mod ops;
 pub mod orgs;
 pub mod problem;
+pub mod rendered;
 pub mod rooms;
 pub mod search;
 pub mod tasks;

@@ -83,25 +83,16 @@ impl SearchApi {
         };
         let (org, user) = (p.org, p.user);
         let store = app.store.clone();
-        let hits = tokio::task::spawn_blocking(move || -> Result<Vec<search::Hit>, search::SearchError> {
-            let candidates = index.candidates(org, &q, &kinds)?;
+        let found = tokio::task::spawn_blocking(move || -> Result<(Vec<search::Hit>, bool), search::SearchError> {
             let r = store.reader()?;
-            let mut seen = Vec::new();
-            for h in candidates {
-                if search::may_see(&r, org, user, &h.scope)? {
-                    seen.push(h);
-                }
-            }
-            Ok(seen)
+            index.search(org, &q, &kinds, offset, limit, &mut |scope| search::may_see(&r, org, user, scope))
         })
         .await
         .map_err(|e| Problem::new(poem::http::StatusCode::INTERNAL_SERVER_ERROR, "internal_error", e.to_string()))?
         .map_err(|e| Problem::new(poem::http::StatusCode::INTERNAL_SERVER_ERROR, "search_error", e.to_string()))?;
-        let more = hits.len() > offset + limit;
+        let (hits, more) = found;
         let items = hits
             .into_iter()
-            .skip(offset)
-            .take(limit)
             .map(|h| HitView {
                 kind: h.kind,
                 id: h.id,

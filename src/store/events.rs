@@ -44,16 +44,40 @@ pub struct EventBus {
     tx: broadcast::Sender<Arc<Event>>,
     /// The last gseq published, so a new receiver knows where "live" begins.
     head: Arc<AtomicU64>,
+    /// Topic generations: a slot per hash of (org, topic), bumped by every event published
+    /// on a topic of that slot (a shared slot only means an extra bump).
+    generations: Arc<[AtomicU64]>,
+}
+
+/// Slots of topic generations (fixed: memory does not grow with topics).
+const GENERATION_SLOTS: usize = 4096;
+
+fn generation_slot(org: Id, topic: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    org.hash(&mut h);
+    topic.hash(&mut h);
+    (h.finish() % GENERATION_SLOTS as u64) as usize
 }
 
 impl EventBus {
     pub fn new(capacity: usize, head_gseq: u64) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(16));
-        Self { tx, head: Arc::new(AtomicU64::new(head_gseq)) }
+        let generations = (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect();
+        Self { tx, head: Arc::new(AtomicU64::new(head_gseq)), generations }
+    }
+
+    /// A number that changes whenever an event is published on `topic` of `org`. Events are
+    /// published after their commit and before the writer answers, so: read the generation,
+    /// then read the store, and whatever is built from that read is current for as long as
+    /// the generation stays the same.
+    pub fn generation(&self, org: Id, topic: &str) -> u64 {
+        self.generations[generation_slot(org, topic)].load(Ordering::Acquire)
     }
 
     pub(crate) fn publish(&self, events: Vec<Arc<Event>>) {
         for e in events {
+            self.generations[generation_slot(e.org, &e.topic)].fetch_add(1, Ordering::AcqRel);
             self.head.store(e.gseq, Ordering::Release);
             // No receiver is fine: the log has it.
             let _ = self.tx.send(e);

@@ -136,6 +136,11 @@ impl Store {
         &self.inner.path
     }
 
+    /// Live handles on this store (the database closes when the last one goes).
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     pub(crate) fn db(&self) -> &redb::Database {
         &self.inner.db
     }

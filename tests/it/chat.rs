@@ -177,3 +177,48 @@ async fn channels_and_messages() {
     assert_eq!(r.json::<Value>().await.unwrap()["id"], dm);
     s.stop().await;
 }
+
+/// History pages are kept rendered between changes: every change shows on the very next read
+/// by anyone, and leaving a private channel closes its pages at once.
+#[tokio::test]
+async fn kept_history_pages_are_never_stale_and_never_leak() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    for who in ["ana", "ben"] {
+        operator_invite_and_accept(&s, &org_id, &format!("{who}@example.org"), "member").await;
+    }
+    let (ana, ben) = (login(&s, &sl, "ana").await, login(&s, &sl, "ben").await);
+    let r = call(
+        &s,
+        M::POST,
+        &ana,
+        "/v1/channels",
+        Some(json!({ "kind": "private", "name": "ops", "member_ids": [ben.user_id] })),
+    )
+    .await;
+    let ch = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let texts = |v: &Value| {
+        v["items"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    let first: Value = post_in(&s, &ch, &ana, json!({ "text": "one" })).await.json().await.unwrap();
+    let id = first["id"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        assert_eq!(texts(&page_of(&s, &ch, &ben, "").await), ["one"]);
+    }
+    // A post, an edit, a reaction and a delete, each seen by the next read of the same page.
+    post_in(&s, &ch, &ben, json!({ "text": "two" })).await;
+    assert_eq!(texts(&page_of(&s, &ch, &ana, "").await), ["one", "two"]);
+    call(&s, M::PATCH, &ana, &format!("/v1/channels/{ch}/messages/{id}"), Some(json!({ "text": "uno" }))).await;
+    assert_eq!(texts(&page_of(&s, &ch, &ben, "").await), ["uno", "two"]);
+    call(&s, M::PUT, &ben, &format!("/v1/channels/{ch}/messages/{id}/reactions/ok"), None).await;
+    assert_eq!(page_of(&s, &ch, &ana, "").await["items"][0]["reactions"][0]["count"], 1);
+    call(&s, M::DELETE, &ana, &format!("/v1/channels/{ch}/messages/{id}"), None).await;
+    assert_eq!(texts(&page_of(&s, &ch, &ben, "").await), ["", "two"]);
+    // Ben leaves: the page he just read is not his any more.
+    let r = call(&s, M::DELETE, &ben, &format!("/v1/channels/{ch}/members/{}", ben.user_id), None).await;
+    assert_eq!(r.status(), 204);
+    let r = call(&s, M::GET, &ben, &format!("/v1/channels/{ch}/messages"), None).await;
+    expect_problem(r, 404, "not_found").await;
+    assert_eq!(texts(&page_of(&s, &ch, &ana, "").await), ["", "two"]);
+    s.stop().await;
+}
