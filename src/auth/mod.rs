@@ -124,7 +124,7 @@ pub async fn user(
     }
     let claims = cache.verify(ring, bearer, access_ttl)?;
     let (org, user, session) = (claims.org, claims.user, claims.session);
-    let standing = store.read(move |r| sessions::standing(r, org, user, session)).await?;
+    let standing = store.peek(|r| sessions::standing(r, org, user, session))?;
     match standing {
         Standing::Ok(account) => {
             Ok(Principal { org, user, role: account.role, session, api_key: None, account: Some(Arc::from(account)) })

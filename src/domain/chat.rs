@@ -325,8 +325,8 @@ pub async fn create(
 }
 
 /// A channel the caller may see, with their membership.
-pub async fn get(store: &Store, org: Id, user: Id, id: Id) -> Result<(Channel, Option<Member>), DomainError> {
-    store.read(move |r| visible(r, org, user, id)).await
+pub fn get(store: &Store, org: Id, user: Id, id: Id) -> Result<(Channel, Option<Member>), DomainError> {
+    store.peek(|r| visible(r, org, user, id))
 }
 
 /// The channels the caller may see (public ones and those they belong to), each with their

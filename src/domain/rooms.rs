@@ -146,9 +146,9 @@ pub async fn create(writer: &Writer, ctx: MutationCtx, owner: Id, f: RoomFields)
 }
 
 /// A room the principal may see, and their part in it.
-pub async fn get(store: &Store, p: &Principal, id: Id) -> Result<(Room, Option<Participant>), DomainError> {
+pub fn get(store: &Store, p: &Principal, id: Id) -> Result<(Room, Option<Participant>), DomainError> {
     let (scope, user) = (OrgScope::member(p), p.user);
-    store.read(move |r| visible(r, scope.org(), user, id)).await
+    store.peek(|r| visible(r, scope.org(), user, id))
 }
 
 /// The room `id` if `user` may see it (404 otherwise), with their participation.

@@ -257,7 +257,7 @@ pub(super) fn ids(v: Option<Vec<String>>, pointer: &str) -> Result<Vec<Id>, Doma
 async fn channel_for(app: &App, auth: &UserAuth, channel_id: &str) -> Result<(Principal, Id), ChatWriteErrors> {
     let p = auth.check(app).await?;
     let id = parse_id(channel_id, "channel")?;
-    chat::get(&app.store, p.org, p.user, id).await?;
+    chat::get(&app.store, p.org, p.user, id)?;
     p.require(Permission::ChatUse)?;
     Ok((p, id))
 }
@@ -316,7 +316,7 @@ impl ChatApi {
         channel_id: Path<String>,
     ) -> Result<Json<ChannelView>, ChatReadErrors> {
         let p = auth.check(&app).await?;
-        let (c, m) = chat::get(&app.store, p.org, p.user, parse_id(&channel_id.0, "channel")?).await?;
+        let (c, m) = chat::get(&app.store, p.org, p.user, parse_id(&channel_id.0, "channel")?)?;
         p.require(Permission::ChatUse)?;
         Ok(Json(channel_view(c, m.as_ref())))
     }
@@ -485,7 +485,7 @@ impl ChatApi {
         let generation = app.bus.generation(p.org, &format!("channel:{id}"));
         if let Some(page) = app.history_pages.get(&key, generation) {
             // Who may read it is decided afresh every time.
-            chat::get(&app.store, p.org, p.user, id).await?;
+            chat::get(&app.store, p.org, p.user, id)?;
             return Ok(Rendered::from_bytes(page));
         }
         let items =

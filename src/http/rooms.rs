@@ -298,7 +298,7 @@ impl RoomsApi {
         room_id: Path<String>,
     ) -> Result<Json<RoomView>, RoomReadErrors> {
         let p = auth.check(&app).await?;
-        let (room, me) = rooms::get(&app.store, &p, parse_id(&room_id.0, "room")?).await?;
+        let (room, me) = rooms::get(&app.store, &p, parse_id(&room_id.0, "room")?)?;
         p.require(Permission::RoomsRead)?;
         Ok(Json(view(room, me.as_ref())))
     }
@@ -491,7 +491,7 @@ impl RoomsApi {
 async fn room_for(app: &App, auth: &UserAuth, room_id: &str) -> Result<(Principal, Id), Problem> {
     let p = auth.check(app).await?;
     let id = parse_id(room_id, "room")?;
-    rooms::get(&app.store, &p, id).await?;
+    rooms::get(&app.store, &p, id)?;
     p.require(Permission::RoomsRead)?;
     Ok((p, id))
 }

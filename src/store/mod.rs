@@ -161,6 +161,17 @@ impl Store {
         .map_err(|e| E::from(StoreError::Storage(format!("read task failed: {e}"))))?
     }
 
+    /// Runs `f` on a snapshot read transaction right here, without a hop to the blocking pool.
+    /// Only for a handful of point reads (the per-request checks): their pages are hot and the
+    /// work is bounded, so a thread switch would cost more than the read. Scans use `read`.
+    pub fn peek<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&Reader) -> Result<T, E>,
+        E: From<StoreError>,
+    {
+        f(&self.reader()?)
+    }
+
     /// A snapshot reader for synchronous callers (CLI, writer-side checks, tests).
     pub fn reader(&self) -> Result<Reader, StoreError> {
         Ok(Reader { txn: self.inner.db.begin_read()? })
