@@ -33,9 +33,10 @@ use crate::store::{Reader, StoreError, decode};
 /// The follower's name (its checkpoint in the store).
 pub const FOLLOWER: &str = "search";
 /// Events per indexing batch at most.
-const BATCH_MAX: usize = 5000;
-/// Index commits at most this often: a commit costs far more than a document, so under load
-/// batches grow instead of commits multiplying (search lags by about this much).
+const BATCH_MAX: usize = 20_000;
+/// Index commits at most this often while keeping up: a commit costs far more than a
+/// document, so under load batches grow instead of commits multiplying (search lags by about
+/// this much). A follower that is behind (its last batch was full) does not wait.
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// Hits examined per query at most (permission filtering drops some).
 const CANDIDATES_MAX: usize = 1000;
@@ -184,23 +185,10 @@ impl SearchIndex {
         Ok(())
     }
 
-    /// One page of hits in `org` for `q`, best first, of `kinds` (all when empty), keeping
-    /// only those whose scope `allowed` accepts; the bool says whether more follow. Typos of
-    /// one letter are forgiven; `"quoted words"` match as a phrase. Stored documents are read
-    /// (and snippets made) only for the page itself.
-    pub fn search(
-        &self,
-        org: Id,
-        q: &str,
-        kinds: &[String],
-        offset: usize,
-        limit: usize,
-        allowed: &mut dyn FnMut(&str) -> Result<bool, StoreError>,
-    ) -> Result<(Vec<Hit>, bool), SearchError> {
-        let searcher = self.reader.searcher();
+    /// The query for `q` in `org`, of `kinds`, with or without one-letter typos.
+    fn query(&self, org: Id, q: &str, kinds: &[String], fuzzy: bool) -> Result<Box<dyn Query>, SearchError> {
         let mut parser = QueryParser::for_index(&self.index, vec![self.f.title, self.f.body]);
-        // Fuzzy matching does not combine with phrases; a quoted query stays exact.
-        if !q.contains('"') {
+        if fuzzy {
             parser.set_field_fuzzy(self.f.title, false, 1, true);
             parser.set_field_fuzzy(self.f.body, false, 1, true);
         }
@@ -228,45 +216,68 @@ impl SearchIndex {
                 .collect();
             clauses.push((Occur::Must, Box::new(BooleanQuery::new(any))));
         }
-        let query = BooleanQuery::new(clauses);
-        let top = searcher.search(&query, &TopDocs::with_limit(CANDIDATES_MAX))?;
+        Ok(Box::new(BooleanQuery::new(clauses)))
+    }
 
-        // Permission filtering on the scope column, one decision per scope.
+    /// One page of hits in `org` for `q`, best first, of `kinds` (all when empty), keeping
+    /// only those whose scope `allowed` accepts; the bool says whether more follow. Typos of
+    /// one letter are forgiven; `"quoted words"` match as a phrase. Stored documents are read
+    /// (and snippets made) only for the page itself.
+    pub fn search(
+        &self,
+        org: Id,
+        q: &str,
+        kinds: &[String],
+        offset: usize,
+        limit: usize,
+        allowed: &mut dyn FnMut(&str) -> Result<bool, StoreError>,
+    ) -> Result<(Vec<Hit>, bool), SearchError> {
+        let searcher = self.reader.searcher();
         let columns = searcher
             .segment_readers()
             .iter()
             .map(|seg| seg.fast_fields().str("scope"))
             .collect::<Result<Vec<_>, _>>()?;
         let mut decided: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
-        let mut page: Vec<(f32, DocAddress)> = Vec::with_capacity(limit);
-        let (mut kept, mut more) = (0, false);
-        let mut scope = String::new();
-        for (score, addr) in top {
-            scope.clear();
-            if let Some(col) = &columns[addr.segment_ord as usize] {
-                if let Some(ord) = col.term_ords(addr.doc_id).next() {
-                    col.ord_to_str(ord, &mut scope).map_err(|e| SearchError::Dir(e.to_string()))?;
-                }
-            }
-            let ok = if let Some(ok) = decided.get(scope.as_str()) {
-                *ok
-            } else {
-                let ok = allowed(&scope)?;
-                decided.insert(scope.clone(), ok);
-                ok
-            };
-            if !ok {
-                continue;
-            }
-            kept += 1;
-            if kept > offset + limit {
-                more = true;
+        let want = offset + limit + 1;
+        // Exact words first; only when they fall short are one-letter typos let in (fuzzy
+        // matches are many and unranked, so they fill up rather than compete).
+        let mut picked: Vec<(f32, DocAddress)> = Vec::with_capacity(want);
+        for fuzzy in [false, true] {
+            if fuzzy && (picked.len() >= want || q.contains('"')) {
                 break;
             }
-            if kept > offset {
-                page.push((score, addr));
+            let query = self.query(org, q, kinds, fuzzy)?;
+            let top = searcher.search(&*query, &TopDocs::with_limit(CANDIDATES_MAX))?;
+            let mut scope = String::new();
+            for (score, addr) in top {
+                if picked.len() >= want {
+                    break;
+                }
+                if fuzzy && picked.iter().any(|(_, a)| *a == addr) {
+                    continue;
+                }
+                // Permission filtering on the scope column, one decision per scope.
+                scope.clear();
+                if let Some(col) = &columns[addr.segment_ord as usize] {
+                    if let Some(ord) = col.term_ords(addr.doc_id).next() {
+                        col.ord_to_str(ord, &mut scope).map_err(|e| SearchError::Dir(e.to_string()))?;
+                    }
+                }
+                let ok = if let Some(ok) = decided.get(scope.as_str()) {
+                    *ok
+                } else {
+                    let ok = allowed(&scope)?;
+                    decided.insert(scope.clone(), ok);
+                    ok
+                };
+                if ok {
+                    picked.push((score, addr));
+                }
             }
         }
+        let more = picked.len() > offset + limit;
+        let page: Vec<(f32, DocAddress)> = picked.into_iter().skip(offset).take(limit).collect();
 
         // Snippets come from the exact terms (fuzzy expansions are not highlighted).
         let exact = QueryParser::for_index(&self.index, vec![self.f.title, self.f.body]).parse_query_lenient(q).0;
@@ -463,10 +474,13 @@ pub async fn follow(app: crate::App, index: Arc<SearchIndex>, mut stop: tokio::s
     };
     let mut bus = app.bus.subscribe();
     let mut last_commit = tokio::time::Instant::now() - COMMIT_EVERY;
+    let mut behind = false;
     while !*stop.borrow() {
-        tokio::select! {
-            () = tokio::time::sleep_until(last_commit + COMMIT_EVERY) => {}
-            _ = stop.changed() => break,
+        if !behind {
+            tokio::select! {
+                () = tokio::time::sleep_until(last_commit + COMMIT_EVERY) => {}
+                _ = stop.changed() => break,
+            }
         }
         let waited = tokio::select! {
             b = follower.wait_batch(&mut bus, BATCH_MAX, Duration::from_secs(1)) => b,
@@ -480,6 +494,7 @@ pub async fn follow(app: crate::App, index: Arc<SearchIndex>, mut stop: tokio::s
                 continue;
             }
         };
+        behind = batch.len() == BATCH_MAX;
         let Some(last) = batch.last().map(|e| e.gseq) else { continue };
         let (store, idx) = (app.store.clone(), index.clone());
         let applied = tokio::task::spawn_blocking(move || -> Result<(), SearchError> {
