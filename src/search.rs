@@ -186,7 +186,14 @@ impl SearchIndex {
     }
 
     /// The query for `q` in `org`, of `kinds`, with or without one-letter typos.
-    fn query(&self, org: Id, q: &str, kinds: &[String], fuzzy: bool) -> Result<Box<dyn Query>, SearchError> {
+    fn query(
+        &self,
+        searcher: &tantivy::Searcher,
+        org: Id,
+        q: &str,
+        kinds: &[String],
+        fuzzy: bool,
+    ) -> Result<Box<dyn Query>, SearchError> {
         let mut parser = QueryParser::for_index(&self.index, vec![self.f.title, self.f.body]);
         if fuzzy {
             parser.set_field_fuzzy(self.f.title, false, 1, true);
@@ -196,13 +203,19 @@ impl SearchIndex {
         if !errors.is_empty() && q.trim().is_empty() {
             return Err(SearchError::Query("empty query".into()));
         }
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
-            (Occur::Must, text_query),
-            (
-                Occur::Must,
-                Box::new(TermQuery::new(Term::from_field_text(self.f.org, &org.to_string()), IndexRecordOption::Basic)),
-            ),
-        ];
+        let org_term = Term::from_field_text(self.f.org, &org.to_string());
+        // When every document (deleted ones included) is this org's, as on a single-tenant
+        // box, the org filter is a no-op; leaving it out lets the top-k collector skip blocks
+        // of a common word's postings instead of scoring every match.
+        let docs: u64 = searcher.segment_readers().iter().map(|s| u64::from(s.max_doc())).sum();
+        let only_org = searcher.doc_freq(&org_term)? == docs;
+        if only_org && kinds.is_empty() {
+            return Ok(text_query);
+        }
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, text_query)];
+        if !only_org {
+            clauses.push((Occur::Must, Box::new(TermQuery::new(org_term, IndexRecordOption::Basic))));
+        }
         if !kinds.is_empty() {
             let any: Vec<(Occur, Box<dyn Query>)> = kinds
                 .iter()
@@ -247,7 +260,7 @@ impl SearchIndex {
             if fuzzy && (picked.len() >= want || q.contains('"')) {
                 break;
             }
-            let query = self.query(org, q, kinds, fuzzy)?;
+            let query = self.query(&searcher, org, q, kinds, fuzzy)?;
             let top = searcher.search(&*query, &TopDocs::with_limit(CANDIDATES_MAX))?;
             let mut scope = String::new();
             for (score, addr) in top {

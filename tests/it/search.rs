@@ -181,6 +181,33 @@ async fn search_follows_edits_deletes_and_permissions() {
     assert_eq!(r.status(), 204);
     search_until(&s.http, &s.base, &kit, "walrus", |v| !ids(v).contains(&dcid)).await;
 
+    // Another organization's hits never cross over.
+    let (other_org, other_sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &other_org, "oz@example.org", "member").await;
+    let oz = login(&s, &other_sl, "oz").await;
+    let oz_chan =
+        chan(&oz, json!({ "kind": "public", "name": "general" })).await.unwrap().json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let oz_msg: Value = s
+        .http
+        .post(s.url(&format!("/v1/channels/{oz_chan}/messages")))
+        .bearer_auth(&oz.access)
+        .json(&json!({ "text": "the ledger belongs to another org" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let oz_id = oz_msg["id"].as_str().unwrap().to_owned();
+    search_until(&s.http, &s.base, &oz, "ledger", |v| ids(v).contains(&oz_id)).await;
+    let v = search_until(&s.http, &s.base, &kit, "ledger", |v| ids(v).contains(&cid)).await;
+    assert!(!ids(&v).contains(&oz_id), "another org's hit leaked: {v}");
+    let v = search_until(&s.http, &s.base, &oz, "ledger", |v| ids(v).contains(&oz_id)).await;
+    assert!(!ids(&v).contains(&cid), "another org's hit leaked: {v}");
+
     // A rebuild from the store, while the server runs, keeps what is there (and nothing deleted).
     let config = s.config.clone();
     let n = tokio::task::spawn_blocking(move || outpost::commands::reindex(&config)).await.unwrap().unwrap();
