@@ -37,6 +37,8 @@ pub struct App {
     pub verified_tokens: Arc<crate::auth::tokens::VerifiedCache>,
     /// The search index, once the server has opened it.
     pub search: Arc<std::sync::OnceLock<Arc<crate::search::SearchIndex>>>,
+    /// The realtime hub (its dispatcher runs while the server does).
+    pub hub: Arc<crate::realtime::Hub>,
     /// Rendered channel history pages (see `http::rendered`).
     pub history_pages: Arc<crate::http::rendered::PageCache<crate::http::chat::HistoryKey>>,
     /// When each API key's last use was written down, so that is done once a minute at most.
@@ -74,6 +76,7 @@ impl App {
         let head = store.reader()?.meta_u64("gseq")?.unwrap_or(0);
         let bus = EventBus::new(config.events.bus_capacity, head);
         let metrics = Arc::new(Metrics::new());
+        let hub = crate::realtime::Hub::new(metrics.clone());
         let writer = Writer::start(
             store.clone(),
             bus.clone(),
@@ -98,6 +101,7 @@ impl App {
             keys: Keys::empty(),
             hasher: Hasher::default(),
             limits: Arc::new(Limits::new(config_limits)),
+            hub,
             history_pages: Arc::default(),
             key_uses: Arc::default(),
             verified_tokens: Arc::default(),

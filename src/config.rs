@@ -28,6 +28,41 @@ pub struct Config {
     pub vault: VaultConfig,
     pub limits: crate::limits::LimitsConfig,
     pub tls: TlsConfig,
+    pub realtime: RealtimeConfig,
+}
+
+/// The realtime WebSocket (`/v1/realtime`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RealtimeConfig {
+    /// Frames queued for one socket at most; a client that lets it fill is cut off (4008).
+    pub send_queue_len: usize,
+    /// Seconds a new socket has to authenticate.
+    pub auth_timeout_s: u64,
+    /// Seconds without any frame from the client before it is closed (clients ping).
+    pub idle_timeout_s: u64,
+    /// How often, in seconds, each socket's session and user are checked again.
+    pub recheck_s: u64,
+    /// Open sockets per user at most.
+    pub connections_per_user_max: usize,
+    /// Open sockets per organization at most.
+    pub connections_per_org_max: usize,
+    /// Topics one socket may subscribe to at most.
+    pub subscriptions_per_connection_max: usize,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        Self {
+            send_queue_len: 1024,
+            auth_timeout_s: 10,
+            idle_timeout_s: 90,
+            recheck_s: 5,
+            connections_per_user_max: 32,
+            connections_per_org_max: 20_000,
+            subscriptions_per_connection_max: 256,
+        }
+    }
 }
 
 /// HTTPS: both files, or neither (plain HTTP, e.g. behind a proxy that terminates TLS).
@@ -148,6 +183,7 @@ impl Default for Config {
             vault: VaultConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
             tls: TlsConfig::default(),
+            realtime: RealtimeConfig::default(),
         }
     }
 }
@@ -277,6 +313,25 @@ impl Config {
         }
         if !(16..=1 << 20).contains(&self.events.bus_capacity) {
             bad("events.bus_capacity", "must be between 16 and 1048576");
+        }
+        let rt = &self.realtime;
+        if !(16..=1 << 20).contains(&rt.send_queue_len) {
+            bad("realtime.send_queue_len", "must be between 16 and 1048576");
+        }
+        if !(1..=600).contains(&rt.auth_timeout_s) {
+            bad("realtime.auth_timeout_s", "must be between 1 and 600");
+        }
+        if !(5..=86_400).contains(&rt.idle_timeout_s) {
+            bad("realtime.idle_timeout_s", "must be between 5 and 86400");
+        }
+        if !(1..=3600).contains(&rt.recheck_s) {
+            bad("realtime.recheck_s", "must be between 1 and 3600");
+        }
+        if rt.connections_per_user_max == 0 || rt.connections_per_org_max == 0 {
+            bad("realtime.connections_per_user_max", "caps must be at least 1");
+        }
+        if rt.subscriptions_per_connection_max == 0 {
+            bad("realtime.subscriptions_per_connection_max", "must be at least 1");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad("log.level", "is not a valid filter (try `info` or `outpost=debug,info`)");

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod progress;
+pub mod realtime;
 pub mod search;
 pub mod store;
 pub mod tenancy;
@@ -52,6 +53,7 @@ pub async fn run(
     background.spawn(admin::serve(admin, app.clone()));
     background.spawn(app.clone().retention_loop());
     background.spawn(ops::watchdog(app.clone()));
+    background.spawn(app.hub.clone().run(app.bus.subscribe(), app.store.clone(), app.bus.head_gseq()));
 
     let (stop_search, search_stopped) = tokio::sync::watch::channel(false);
     let search_task = start_search(&app, search_stopped).await?;
@@ -89,9 +91,12 @@ pub async fn run(
     ops::notify_ready();
 
     let drain = Duration::from_millis(app.config.shutdown.drain_timeout_ms);
+    let hub = app.hub.clone();
     let stopping = async move {
         shutdown.await;
         ops::notify_stopping();
+        // Realtime sockets close with going-away and their resume positions.
+        hub.shutdown();
         tracing::info!("stopping: draining requests");
     };
     let served = poem::Server::new_with_acceptor(acceptor)

@@ -43,6 +43,12 @@ pub struct Metrics {
     pub follower_lag: Family<FollowerLabels, Gauge>,
     pub events_trimmed: Counter,
     pub rate_limited: Family<LimiterLabels, Counter>,
+    pub realtime_connections: Gauge,
+    pub realtime_subscriptions: Gauge,
+    pub realtime_events_sent: Counter,
+    pub realtime_replayed: Counter,
+    pub realtime_cut_off_slow: Counter,
+    pub realtime_fanout_seconds: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,6 +95,30 @@ impl Metrics {
         registry.register("events_trimmed", "Events removed by retention", events_trimmed.clone());
         let rate_limited = Family::<LimiterLabels, Counter>::default();
         registry.register("rate_limited", "Requests refused by a rate limit, by limiter", rate_limited.clone());
+        let realtime_connections = Gauge::default();
+        registry.register(
+            "realtime_connections",
+            "Open realtime sockets (authenticated)",
+            realtime_connections.clone(),
+        );
+        let realtime_subscriptions = Gauge::default();
+        registry.register("realtime_subscriptions", "Live topic subscriptions", realtime_subscriptions.clone());
+        let realtime_events_sent = Counter::default();
+        registry.register("realtime_events_sent", "Events written to realtime sockets", realtime_events_sent.clone());
+        let realtime_replayed = Counter::default();
+        registry.register("realtime_replayed", "Events replayed from the log on resume", realtime_replayed.clone());
+        let realtime_cut_off_slow = Counter::default();
+        registry.register(
+            "realtime_cut_off_slow",
+            "Sockets closed because their send queue filled (4008)",
+            realtime_cut_off_slow.clone(),
+        );
+        let realtime_fanout_seconds = latency_histogram();
+        registry.register(
+            "realtime_fanout_seconds",
+            "From an event's commit to its hand-off to every subscriber's queue",
+            realtime_fanout_seconds.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -101,6 +131,12 @@ impl Metrics {
             follower_lag,
             events_trimmed,
             rate_limited,
+            realtime_connections,
+            realtime_subscriptions,
+            realtime_events_sent,
+            realtime_replayed,
+            realtime_cut_off_slow,
+            realtime_fanout_seconds,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod me;
 pub mod ops;
 pub mod orgs;
 pub mod problem;
+pub mod realtime;
 pub mod rendered;
 pub mod rooms;
 pub mod search;
@@ -192,6 +193,7 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
         .at("/v1/openapi.json", spec)
         .nest("/docs", docs)
         .at("/metrics", ops::metrics)
+        .at("/v1/realtime", poem::get(realtime::realtime))
         .data(BodyLimit(limit))
         .data(app.clone())
         .with_if(cors.is_some(), cors.unwrap_or_default())

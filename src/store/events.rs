@@ -164,6 +164,13 @@ impl Reader {
         }
     }
 
+    /// The last seq of `topic` in `scope`'s org (0 if none).
+    pub fn topic_head(&self, scope: &OrgScope, topic: &str) -> Result<u64, StoreError> {
+        let prefix = tables::topic_prefix(scope.org(), topic);
+        let last = self.range(EVENT_TOPICS, &prefix, &prefix_end(&prefix), true, 1)?;
+        Ok(last.first().and_then(|(k, _)| tables::u64_be(&k[k.len() - 8..])).unwrap_or(0))
+    }
+
     pub fn log_bounds(&self, scope: &OrgScope) -> Result<LogBounds, StoreError> {
         let org = scope.org();
         let head_seq = self.get(EVENT_HEADS, org.as_bytes())?.and_then(|v| tables::u64_be(&v)).unwrap_or(0);

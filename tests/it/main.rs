@@ -16,6 +16,7 @@ mod isolation;
 mod journey;
 mod openapi;
 mod orgs;
+mod realtime;
 mod roles;
 mod rooms;
 mod search;

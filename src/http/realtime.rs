@@ -1,0 +1,36 @@
+//! `/v1/realtime`: the WebSocket upgrade. The protocol lives in `crate::realtime`; it is
+//! documented in `openapi/realtime.md`, not in the OpenAPI document (which cannot describe a
+//! socket's frames).
+
+use poem::web::Data;
+use poem::web::websocket::WebSocket;
+use poem::{IntoResponse, Request, handler};
+
+use crate::app::App;
+use crate::realtime::protocol::{SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX};
+
+/// Upgrades to a realtime socket. Browsers cannot set headers on a WebSocket, so the access
+/// token comes as a second subprotocol (`access_token.<token>`) or in the first frame.
+#[handler]
+#[allow(clippy::needless_pass_by_value)] // extractors are taken by value
+pub fn realtime(req: &Request, ws: WebSocket, app: Data<&App>) -> impl IntoResponse {
+    let offered = req
+        .headers()
+        .get_all(poem::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(TOKEN_SUBPROTOCOL_PREFIX))
+        .map(str::to_owned);
+    let bearer = req
+        .headers()
+        .get(poem::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let app = app.0.clone();
+    let hub = app.hub.clone();
+    ws.protocols([SUBPROTOCOL])
+        .on_upgrade(move |socket| crate::realtime::conn::serve(app, hub, socket, offered.or(bearer)))
+}

@@ -1,0 +1,334 @@
+//! One realtime socket: authentication, subscriptions with resume, delivery in `seq` order
+//! without duplicates at the replay/live seam, periodic re-checks of the session, idle and
+//! slow-client cut-offs, and the going-away close on shutdown.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use poem::web::websocket::{CloseCode, Message, WebSocketStream};
+use tokio::sync::mpsc;
+
+use super::protocol::{ClientFrame, ServerFrame, close};
+use super::{Hub, Registration, may_change_access, may_follow};
+use crate::app::App;
+use crate::auth::{self, AuthError, Principal};
+use crate::domain::DomainError;
+use crate::ids::rfc3339;
+use crate::store::events::Event;
+use crate::tenancy::OrgScope;
+
+/// A frame larger than this from a client is a protocol error.
+const FRAME_BYTES_MAX: usize = 64 << 10;
+/// A write the client does not take within this long ends the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events read from the log per step of a replay.
+const REPLAY_PAGE: usize = 500;
+
+type Sink = SplitSink<WebSocketStream, Message>;
+
+/// Checks a bearer token: the caller and, for an access token, when it expires (ms).
+async fn authenticate(app: &App, token: &str) -> Result<(Principal, Option<i64>), AuthError> {
+    let p = auth::user(&app.store, &app.verified_tokens, &app.keys.ring(), token, app.access_ttl()).await?;
+    let exp = if token.starts_with(crate::domain::api_keys::PREFIX) {
+        None
+    } else {
+        Some(app.verified_tokens.verify(&app.keys.ring(), token, app.access_ttl())?.exp_s * 1000)
+    };
+    Ok((p, exp))
+}
+
+/// Serves one upgraded socket until it closes. `offered` is a token given as a subprotocol.
+pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<String>) {
+    let cfg = app.config.realtime.clone();
+    let (mut sink, mut stream) = socket.split();
+    // Authentication first: from the subprotocol, or the first frame within the deadline.
+    let token = if let Some(t) = offered {
+        t
+    } else {
+        let first = tokio::time::timeout(Duration::from_secs(cfg.auth_timeout_s), stream.next()).await;
+        match first {
+            Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<ClientFrame>(&t) {
+                Ok(ClientFrame::Auth { token }) => token,
+                _ => return bye(&mut sink, close::UNAUTHORIZED, "the first frame must be auth").await,
+            },
+            Ok(_) => return,
+            Err(_) => return bye(&mut sink, close::UNAUTHORIZED, "no auth frame in time").await,
+        }
+    };
+    let (p, exp) = match authenticate(&app, &token).await {
+        Ok(x) => x,
+        Err(e) => return bye(&mut sink, close::UNAUTHORIZED, &e.to_string()).await,
+    };
+    let (tx, mut rx) = mpsc::channel::<Arc<Event>>(cfg.send_queue_len);
+    let Some(reg) = hub.register(p.org, p.user, tx, (cfg.connections_per_user_max, cfg.connections_per_org_max)) else {
+        return bye(&mut sink, close::TOO_MANY, "too many open sockets for this user or organization").await;
+    };
+    let mut c = Conn { app, p, token, exp, reg, positions: BTreeMap::new(), sink };
+    if c.send(&c.welcome()).await.is_err() {
+        return;
+    }
+    let mut stopping = hub.stopping();
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.recheck_s));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle = Duration::from_secs(cfg.idle_timeout_s);
+    let mut heard = Instant::now();
+    let signal = c.reg.signal.clone();
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                heard = Instant::now();
+                let text = match frame {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Binary(_))) => {
+                        return c.close(close::PROTOCOL, "frames are JSON text").await;
+                    }
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                };
+                if text.len() > FRAME_BYTES_MAX {
+                    return c.close(close::PROTOCOL, "frame too large").await;
+                }
+                let frame = match serde_json::from_str::<ClientFrame>(&text) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let err = ServerFrame::error("invalid_frame", e.to_string(), None);
+                        if c.send(&err).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                if let Err(end) = c.handle(frame).await {
+                    return c.end(end).await;
+                }
+            }
+            Some(e) = rx.recv() => {
+                if c.deliver(&e).await.is_err() {
+                    return;
+                }
+            }
+            () = signal.notified() => {
+                if signal.is_slow() {
+                    return c.close(close::TOO_SLOW, "the client did not keep up; resume from the positions given").await;
+                }
+            }
+            _ = stopping.changed() => {
+                return c.close(close::GOING_AWAY, "the server is shutting down; resume from the positions given").await;
+            }
+            _ = tick.tick() => {
+                if heard.elapsed() > idle {
+                    return c.close(close::IDLE, "nothing heard from the client").await;
+                }
+                if let Err(end) = c.recheck().await {
+                    return c.end(end).await;
+                }
+            }
+        }
+    }
+}
+
+/// Why a connection ends.
+enum End {
+    /// The socket is gone; nothing more to say.
+    Gone,
+    Close(u16, String),
+}
+
+impl From<WriteFailed> for End {
+    fn from(_: WriteFailed) -> Self {
+        End::Gone
+    }
+}
+
+struct WriteFailed;
+
+struct Conn {
+    app: App,
+    p: Principal,
+    token: String,
+    /// When the access token expires (ms), or never for an API key.
+    exp: Option<i64>,
+    reg: Registration,
+    /// Subscribed topics and the last seq delivered on each.
+    positions: BTreeMap<String, u64>,
+    sink: Sink,
+}
+
+impl Conn {
+    fn welcome(&self) -> ServerFrame {
+        ServerFrame::Welcome {
+            user: self.p.user.to_string(),
+            org: self.p.org.to_string(),
+            session: self.p.session.to_string(),
+            epoch: self.app.store.epoch(),
+            expires_at: self.exp.map_or_else(String::new, rfc3339),
+        }
+    }
+
+    async fn send(&mut self, f: &ServerFrame) -> Result<(), WriteFailed> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.send(Message::Text(f.to_text()))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WriteFailed),
+        }
+    }
+
+    async fn end(self, end: End) {
+        if let End::Close(code, reason) = end {
+            self.close(code, &reason).await;
+        }
+    }
+
+    /// Says where to resume, then closes with `code`.
+    async fn close(mut self, code: u16, reason: &str) {
+        let resume = std::mem::take(&mut self.positions);
+        let _ = self.send(&ServerFrame::Closing { code, reason: reason.to_owned(), resume }).await;
+        bye(&mut self.sink, code, reason).await;
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) -> Result<(), End> {
+        match frame {
+            ClientFrame::Ping { r#ref } => self.send(&ServerFrame::Pong { r#ref }).await?,
+            ClientFrame::Auth { token } => match authenticate(&self.app, &token).await {
+                Ok((p, exp)) if p.org == self.p.org && p.user == self.p.user => {
+                    (self.p, self.exp, self.token) = (p, exp, token);
+                    let w = self.welcome();
+                    self.send(&w).await?;
+                }
+                Ok(_) => return Err(End::Close(close::UNAUTHORIZED, "a token of another user".into())),
+                Err(e) => self.send(&ServerFrame::error("unauthorized", e.to_string(), None)).await?,
+            },
+            ClientFrame::Subscribe { topic, since, epoch, r#ref } => self.subscribe(topic, since, epoch, r#ref).await?,
+            ClientFrame::Unsubscribe { topic, r#ref } => {
+                self.reg.unsubscribe(&topic);
+                self.positions.remove(&topic);
+                self.send(&ServerFrame::Unsubscribed { topic, reason: "requested".into(), r#ref }).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &mut self,
+        topic: String,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        r#ref: Option<String>,
+    ) -> Result<(), End> {
+        let max = self.app.config.realtime.subscriptions_per_connection_max;
+        if self.positions.len() >= max && !self.positions.contains_key(&topic) {
+            let f = ServerFrame::error("too_many_subscriptions", format!("at most {max} topics per socket"), r#ref);
+            return Ok(self.send(&f).await?);
+        }
+        if let Err(e) = may_follow(&self.app.store, &self.p, &topic) {
+            let code = match e {
+                DomainError::Forbidden { .. } => "forbidden",
+                _ => "not_found",
+            };
+            let f = ServerFrame::error(code, format!("cannot subscribe to {topic}: {e}"), r#ref);
+            return Ok(self.send(&f).await?);
+        }
+        // Live events start queuing now; the replay below covers everything before, and
+        // duplicates at the seam are dropped by seq.
+        self.reg.subscribe(&topic);
+        let scope = OrgScope::member(&self.p);
+        let store = self.app.store.clone();
+        let t = topic.clone();
+        let (head, bounds) = store
+            .read(move |r| Ok::<_, crate::store::StoreError>((r.topic_head(&scope, &t)?, r.log_bounds(&scope)?)))
+            .await
+            .map_err(|e| End::Close(close::PROTOCOL, e.to_string()))?;
+        let mut last = head;
+        if let Some(since) = since {
+            let other_epoch = epoch.is_some_and(|e| e != self.app.store.epoch());
+            let trimmed = bounds.first_seq > since.saturating_add(1);
+            if other_epoch || trimmed {
+                let reason = if other_epoch { "epoch" } else { "trimmed" };
+                self.send(&ServerFrame::Reset { topic: topic.clone(), reason: reason.into() }).await?;
+            } else {
+                last = since;
+                loop {
+                    let (store, t) = (self.app.store.clone(), topic.clone());
+                    let after = last;
+                    let page = store
+                        .read(move |r| r.events_after(&scope, Some(&t), after, REPLAY_PAGE))
+                        .await
+                        .map_err(|e| End::Close(close::PROTOCOL, e.to_string()))?;
+                    let n = page.len();
+                    for e in page {
+                        last = e.seq;
+                        self.send(&event_frame(&e)).await?;
+                    }
+                    self.app.metrics.realtime_replayed.inc_by(n as u64);
+                    if n < REPLAY_PAGE {
+                        break;
+                    }
+                }
+            }
+        }
+        let last = last.max(self.positions.get(&topic).copied().unwrap_or(0));
+        self.positions.insert(topic.clone(), last);
+        Ok(self.send(&ServerFrame::Subscribed { topic, seq: last, r#ref }).await?)
+    }
+
+    async fn deliver(&mut self, e: &Event) -> Result<(), WriteFailed> {
+        let Some(last) = self.positions.get_mut(&e.topic) else { return Ok(()) };
+        if e.seq <= *last {
+            return Ok(());
+        }
+        *last = e.seq;
+        self.send(&event_frame(e)).await?;
+        self.app.metrics.realtime_events_sent.inc();
+        if may_change_access(&e.kind) && may_follow(&self.app.store, &self.p, &e.topic).is_err() {
+            self.reg.unsubscribe(&e.topic);
+            self.positions.remove(&e.topic);
+            let f = ServerFrame::Unsubscribed { topic: e.topic.clone(), reason: "access_lost".into(), r#ref: None };
+            self.send(&f).await?;
+        }
+        Ok(())
+    }
+
+    /// The token, session, user and organization are still good; subscriptions still allowed.
+    async fn recheck(&mut self) -> Result<(), End> {
+        match authenticate(&self.app, &self.token).await {
+            Ok((p, _)) => self.p = p,
+            // A store hiccup is not a verdict on the session; look again next time.
+            Err(AuthError::Store(e)) => tracing::warn!(error = %e, "realtime recheck could not read the store"),
+            Err(AuthError::Token(_)) => {
+                return Err(End::Close(
+                    close::UNAUTHORIZED,
+                    "the access token expired; send auth before it does".into(),
+                ));
+            }
+            Err(e) => return Err(End::Close(close::REVOKED, e.to_string())),
+        }
+        let lost: Vec<String> =
+            self.positions.keys().filter(|t| may_follow(&self.app.store, &self.p, t).is_err()).cloned().collect();
+        for topic in lost {
+            self.reg.unsubscribe(&topic);
+            self.positions.remove(&topic);
+            self.send(&ServerFrame::Unsubscribed { topic, reason: "access_lost".into(), r#ref: None }).await?;
+        }
+        Ok(())
+    }
+}
+
+fn event_frame(e: &Event) -> ServerFrame {
+    ServerFrame::Event {
+        topic: e.topic.clone(),
+        seq: e.seq,
+        kind: e.kind.clone(),
+        actor: e.actor.clone(),
+        at: rfc3339(e.at_ms),
+        data: e.data.clone(),
+    }
+}
+
+async fn bye(sink: &mut Sink, code: u16, reason: &str) {
+    // Close reasons are at most 123 bytes.
+    let reason: String = reason.chars().take(100).collect();
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some((CloseCode::from(code), reason))))).await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+}

@@ -1,0 +1,269 @@
+//! The realtime hub: live events of the log fanned out to WebSocket subscribers.
+//!
+//! One dispatcher task reads the event bus in commit order and hands each event to the bounded
+//! queue of every socket subscribed to its topic, never waiting: a queue that is full marks
+//! its socket as too slow, and that socket is closed (4008) with its resume positions while
+//! everyone else carries on. If the dispatcher itself falls behind the bus it reads the log
+//! for what it missed, so nothing is skipped. Sockets replay missed events from the log on
+//! `subscribe {since}` and drop duplicates at the seam by `seq`. See `openapi/realtime.md`.
+
+pub mod conn;
+pub mod protocol;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::auth::Principal;
+use crate::auth::policy::Permission;
+use crate::domain::DomainError;
+use crate::ids::Id;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::store::events::{BusItem, BusReceiver, Event};
+
+/// Why a socket is being told to stop, set by whoever decided it.
+pub struct Signal {
+    slow: AtomicBool,
+    notify: Notify,
+}
+
+impl Signal {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { slow: AtomicBool::new(false), notify: Notify::new() })
+    }
+
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Acquire)
+    }
+
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// One socket's place in the hub.
+#[derive(Clone)]
+struct Sub {
+    tx: mpsc::Sender<Arc<Event>>,
+    signal: Arc<Signal>,
+}
+
+#[derive(Default)]
+struct Topics {
+    /// (org, topic) → socket id → its queue.
+    subs: HashMap<(Id, String), HashMap<u64, Sub>>,
+    /// Open sockets per user and per org.
+    per_user: HashMap<Id, usize>,
+    per_org: HashMap<Id, usize>,
+}
+
+pub struct Hub {
+    topics: Mutex<Topics>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+    /// Turns true when the server shuts down: every socket says going-away.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// A socket's registration; dropping it removes every subscription and frees its place.
+pub struct Registration {
+    hub: Arc<Hub>,
+    pub id: u64,
+    org: Id,
+    user: Id,
+    tx: mpsc::Sender<Arc<Event>>,
+    pub signal: Arc<Signal>,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        let (stop, _) = tokio::sync::watch::channel(false);
+        Arc::new(Self { topics: Mutex::default(), next_id: AtomicU64::new(1), metrics, stop })
+    }
+
+    /// Closes every socket with going-away and its resume positions.
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Open sockets.
+    pub fn connections(&self) -> usize {
+        self.lock().per_org.values().sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Topics> {
+        // Held for map updates only, never across an await; a panic elsewhere leaves the maps
+        // consistent, so a poisoned lock is still usable.
+        self.topics.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a socket of `org`/`user`, unless a cap is reached (`None`).
+    pub fn register(
+        self: &Arc<Self>,
+        org: Id,
+        user: Id,
+        tx: mpsc::Sender<Arc<Event>>,
+        caps: (usize, usize),
+    ) -> Option<Registration> {
+        let mut t = self.lock();
+        let (u, o) = (t.per_user.get(&user).copied().unwrap_or(0), t.per_org.get(&org).copied().unwrap_or(0));
+        if u >= caps.0 || o >= caps.1 {
+            return None;
+        }
+        t.per_user.insert(user, u + 1);
+        t.per_org.insert(org, o + 1);
+        drop(t);
+        self.metrics.realtime_connections.inc();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Some(Registration { hub: self.clone(), id, org, user, tx, signal: Signal::new() })
+    }
+
+    /// Hands `e` to every subscriber of its topic without waiting.
+    fn dispatch(&self, e: &Arc<Event>) {
+        let mut slow = Vec::new();
+        {
+            let t = self.lock();
+            let Some(subs) = t.subs.get(&(e.org, e.topic.clone())) else { return };
+            for sub in subs.values() {
+                if sub.signal.is_slow() {
+                    continue;
+                }
+                if sub.tx.try_send(e.clone()).is_err() {
+                    slow.push(sub.signal.clone());
+                }
+            }
+        }
+        for s in slow {
+            s.slow.store(true, Ordering::Release);
+            s.notify.notify_one();
+            self.metrics.realtime_cut_off_slow.inc();
+        }
+        let age_ms = crate::ids::now_ms().saturating_sub(e.at_ms);
+        self.metrics.realtime_fanout_seconds.observe(age_ms as f64 / 1000.0);
+    }
+
+    /// Fans out the bus until it closes. Whatever the bus drops for being behind is read back
+    /// from the log.
+    pub async fn run(self: Arc<Self>, mut bus: BusReceiver, store: Store, from_gseq: u64) {
+        let mut last = from_gseq;
+        loop {
+            match bus.recv().await {
+                BusItem::Event(e) => {
+                    if e.gseq > last {
+                        last = e.gseq;
+                        self.dispatch(&e);
+                    }
+                }
+                BusItem::Lagged { .. } => loop {
+                    let after = last;
+                    let read = store.read(move |r| r.events_after_gseq(after, 1000)).await;
+                    match read {
+                        Ok(batch) if batch.is_empty() => break,
+                        Ok(batch) => {
+                            for e in batch {
+                                last = e.gseq;
+                                self.dispatch(&Arc::new(e));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "realtime hub cannot read the log");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
+                },
+                BusItem::Closed => break,
+            }
+        }
+    }
+}
+
+impl Registration {
+    /// Starts delivering `topic`'s events to this socket's queue.
+    pub fn subscribe(&self, topic: &str) {
+        let mut t = self.hub.lock();
+        let subs = t.subs.entry((self.org, topic.to_owned())).or_default();
+        if subs.insert(self.id, Sub { tx: self.tx.clone(), signal: self.signal.clone() }).is_none() {
+            self.hub.metrics.realtime_subscriptions.inc();
+        }
+    }
+
+    pub fn unsubscribe(&self, topic: &str) {
+        let mut t = self.hub.lock();
+        let key = (self.org, topic.to_owned());
+        if let Some(subs) = t.subs.get_mut(&key) {
+            if subs.remove(&self.id).is_some() {
+                self.hub.metrics.realtime_subscriptions.dec();
+            }
+            if subs.is_empty() {
+                t.subs.remove(&key);
+            }
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut guard = self.hub.lock();
+        let t = &mut *guard;
+        let mut gone = 0;
+        t.subs.retain(|_, subs| {
+            if subs.remove(&self.id).is_some() {
+                gone += 1;
+            }
+            !subs.is_empty()
+        });
+        for (map, key) in [(&mut t.per_user, self.user), (&mut t.per_org, self.org)] {
+            if let Some(n) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+        drop(guard);
+        self.hub.metrics.realtime_subscriptions.dec_by(gone);
+        self.hub.metrics.realtime_connections.dec();
+    }
+}
+
+/// Whether `p` may follow `topic`: `org`, `user:{me}`, `room:{id}` it can see, `channel:{id}`
+/// it can see. 404-like for rooms and channels it cannot see, like the REST API.
+pub fn may_follow(store: &Store, p: &Principal, topic: &str) -> Result<(), DomainError> {
+    let (kind, rest) = topic.split_once(':').unwrap_or((topic, ""));
+    let id = || rest.parse::<Id>().map_err(|_| DomainError::NotFound { what: "topic" });
+    match kind {
+        "org" if rest.is_empty() => Ok(()),
+        "user" if id()? == p.user => Ok(()),
+        "user" => Err(DomainError::Forbidden { detail: "only your own inbox".into() }),
+        "room" => {
+            crate::domain::rooms::get(store, p, id()?)?;
+            p.require(Permission::RoomsRead).map_err(|_| DomainError::Forbidden { detail: "rooms.read".into() })
+        }
+        "channel" => {
+            crate::domain::chat::get(store, p.org, p.user, id()?)?;
+            p.require(Permission::ChatUse).map_err(|_| DomainError::Forbidden { detail: "chat.use".into() })
+        }
+        _ => Err(DomainError::NotFound { what: "topic" }),
+    }
+}
+
+/// Events after which a subscriber's access to the topic is looked at again.
+pub fn may_change_access(kind: &str) -> bool {
+    matches!(
+        kind,
+        "participant.left"
+            | "participant.kicked"
+            | "room.updated"
+            | "room.deleted"
+            | "room.archived"
+            | "member.removed"
+            | "channel.archived"
+    )
+}

@@ -1,0 +1,130 @@
+//! The realtime wire protocol: JSON text frames, one object each, told apart by `op`. Every
+//! frame here appears, with an example, in `openapi/realtime.md` (a test checks both ways).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The WebSocket subprotocol Outpost speaks.
+pub const SUBPROTOCOL: &str = "outpost.v1";
+/// A second offered subprotocol may carry the access token: `access_token.<token>`.
+pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "access_token.";
+
+/// Close codes (4000–4999 are the application's).
+pub mod close {
+    /// No valid `auth` frame in time, or the token was refused or expired without `auth`.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// The session was revoked, or the user or organization is no longer active.
+    pub const REVOKED: u16 = 4003;
+    /// A frame the protocol does not allow (not JSON, unknown op, too large).
+    pub const PROTOCOL: u16 = 4002;
+    /// The client did not keep up: its send queue filled. It should reconnect and resume from
+    /// the positions in the `closing` frame (or its own).
+    pub const TOO_SLOW: u16 = 4008;
+    /// Too many connections for this user or organization.
+    pub const TOO_MANY: u16 = 4029;
+    /// Nothing heard from the client for the idle timeout.
+    pub const IDLE: u16 = 4010;
+    /// The server is shutting down; reconnect and resume (standard "going away").
+    pub const GOING_AWAY: u16 = 1001;
+}
+
+/// What a client sends.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Authenticates (the first frame, unless the token came as a subprotocol), or
+    /// re-authenticates with a fresh token before the current one expires.
+    Auth { token: String },
+    /// Subscribes to a topic; with `since` (the last `seq` seen on it) and `epoch`, replays
+    /// what was missed first.
+    Subscribe {
+        topic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+    Unsubscribe {
+        topic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+}
+
+/// What the server sends.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Authentication succeeded.
+    Welcome {
+        user: String,
+        org: String,
+        session: String,
+        /// The store epoch: resume positions are only valid within one epoch.
+        epoch: u64,
+        /// When the access token expires (RFC 3339); send `auth` with a fresh one before.
+        expires_at: String,
+    },
+    /// A subscription is live (after any replay).
+    Subscribed {
+        topic: String,
+        /// The last seq delivered on this topic so far (0 if none).
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+    Unsubscribed {
+        topic: String,
+        /// `requested`, or `access_lost` when the caller may no longer see the topic.
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+    /// One durable event.
+    Event {
+        topic: String,
+        seq: u64,
+        #[serde(rename = "type")]
+        kind: String,
+        actor: String,
+        at: String,
+        data: serde_json::Value,
+    },
+    /// The client's position on a topic cannot be resumed (another epoch, or trimmed from the
+    /// log): refetch by REST, then subscribe again without `since`.
+    Reset { topic: String, reason: String },
+    Error {
+        code: String,
+        detail: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+    /// Sent just before the server closes the socket: why, and where to resume each topic.
+    Closing { code: u16, reason: String, resume: BTreeMap<String, u64> },
+}
+
+impl ServerFrame {
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("frames serialize")
+    }
+
+    pub fn error(code: &str, detail: impl Into<String>, r#ref: Option<String>) -> Self {
+        ServerFrame::Error { code: code.to_owned(), detail: detail.into(), r#ref }
+    }
+}
+
+/// Every op, for the protocol document's check.
+pub const CLIENT_OPS: &[&str] = &["auth", "subscribe", "unsubscribe", "ping"];
+pub const SERVER_OPS: &[&str] =
+    &["welcome", "subscribed", "unsubscribed", "event", "reset", "error", "pong", "closing"];

@@ -1,0 +1,323 @@
+//! The realtime socket with real WebSocket clients over 127.0.0.1: who may follow what, events
+//! in order, access lost mid-stream, and resume that replays exactly what was missed, also
+//! while writes keep landing at the seam.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::identity::{Login, create_org, login, operator_invite_and_accept};
+use crate::support::{TestServer, post_json};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A connected, authenticated client (token in the first frame) and its welcome.
+pub async fn connect(s: &TestServer, who: &Login) -> (Ws, Value) {
+    let url = s.base.replace("http://", "ws://") + "/v1/realtime";
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::text(json!({ "op": "auth", "token": who.access }).to_string())).await.unwrap();
+    let welcome = next(&mut ws).await;
+    assert_eq!(welcome["op"], "welcome", "{welcome}");
+    (ws, welcome)
+}
+
+/// The next JSON frame (within 10 s).
+pub async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a frame in time");
+        match m.expect("socket open").expect("frame") {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Close(c) => return json!({ "op": "socket_closed", "code": c.map(|c| u16::from(c.code)) }),
+            _ => {}
+        }
+    }
+}
+
+/// Frames until one of `op` (those before it are returned too).
+async fn until(ws: &mut Ws, op: &str) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let f = next(ws).await;
+        let done = f["op"] == op;
+        seen.push(f);
+        if done {
+            return seen;
+        }
+    }
+}
+
+async fn subscribe(ws: &mut Ws, topic: &str, since: Option<u64>, epoch: Option<u64>) -> Vec<Value> {
+    let mut f = json!({ "op": "subscribe", "topic": topic, "ref": "s" });
+    if let Some(s) = since {
+        f["since"] = json!(s);
+    }
+    if let Some(e) = epoch {
+        f["epoch"] = json!(e);
+    }
+    ws.send(Message::text(f.to_string())).await.unwrap();
+    let mut frames = Vec::new();
+    loop {
+        let f = next(ws).await;
+        let done = f["op"] == "subscribed" || f["op"] == "error";
+        frames.push(f);
+        if done {
+            return frames;
+        }
+    }
+}
+
+/// The next event frame of `kind`, skipping others.
+async fn event_of(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let f = next(ws).await;
+        if f["op"] == "event" && f["type"] == kind {
+            return f;
+        }
+        assert_ne!(f["op"], "socket_closed", "closed while waiting for {kind}");
+    }
+}
+
+#[tokio::test]
+async fn room_members_see_each_other_and_nobody_else_does() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    for who in ["ana", "ben", "cy"] {
+        operator_invite_and_accept(&s, &org_id, &format!("{who}@example.org"), "member").await;
+    }
+    let (ana, ben, cy) = (login(&s, &sl, "ana").await, login(&s, &sl, "ben").await, login(&s, &sl, "cy").await);
+    let (other_org, other_sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &other_org, "oz@example.org", "admin").await;
+    let oz = login(&s, &other_sl, "oz").await;
+
+    let room = post_json(&s, &ana.access, "/v1/rooms", json!({ "name": "War room", "visibility": "private" })).await;
+    let rid = room["id"].as_str().unwrap().to_owned();
+    let topic = format!("room:{rid}");
+    post_json(&s, &ana.access, &format!("/v1/rooms/{rid}/participants"), json!({ "user_id": ben.user_id })).await;
+
+    let (mut a, _) = connect(&s, &ana).await;
+    let (mut b, _) = connect(&s, &ben).await;
+    assert_eq!(subscribe(&mut a, &topic, None, None).await.last().unwrap()["op"], "subscribed");
+    assert_eq!(subscribe(&mut b, &topic, None, None).await.last().unwrap()["op"], "subscribed");
+    // Someone of the same org outside the room, and someone of another org, cannot follow it.
+    let (mut c, _) = connect(&s, &cy).await;
+    let refused = subscribe(&mut c, &topic, None, None).await;
+    assert_eq!(refused.last().unwrap()["code"], "not_found", "{refused:?}");
+    let (mut o, _) = connect(&s, &oz).await;
+    assert_eq!(subscribe(&mut o, &topic, None, None).await.last().unwrap()["code"], "not_found");
+    assert_eq!(
+        subscribe(&mut c, &format!("user:{}", ana.user_id), None, None).await.last().unwrap()["code"],
+        "forbidden"
+    );
+
+    // Ben joins: both see it, with the same seq.
+    post_json(&s, &ben.access, &format!("/v1/rooms/{rid}/join"), json!({})).await;
+    let ea = event_of(&mut a, "participant.joined").await;
+    let eb = event_of(&mut b, "participant.joined").await;
+    assert_eq!(ea, eb);
+    assert_eq!(ea["data"]["user"], ben.user_id.as_str());
+    assert_eq!(ea["topic"], topic.as_str());
+
+    // Ana renames the room; then kicks Ben, who hears of it and loses the topic.
+    let r = s
+        .http
+        .patch(s.url(&format!("/v1/rooms/{rid}")))
+        .bearer_auth(&ana.access)
+        .json(&json!({ "name": "Calm room" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ua = event_of(&mut a, "room.updated").await;
+    let ub = event_of(&mut b, "room.updated").await;
+    assert!(ua["seq"].as_u64().unwrap() > ea["seq"].as_u64().unwrap());
+    assert_eq!(ua, ub);
+    let r = s
+        .http
+        .delete(s.url(&format!("/v1/rooms/{rid}/participants/{}", ben.user_id)))
+        .bearer_auth(&ana.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    event_of(&mut b, "participant.kicked").await;
+    let lost = next(&mut b).await;
+    assert_eq!(lost, json!({ "op": "unsubscribed", "topic": topic, "reason": "access_lost" }));
+    // Cy and Oz heard nothing of the room all along.
+    c.send(Message::text(json!({ "op": "ping", "ref": "p" }).to_string())).await.unwrap();
+    assert_eq!(next(&mut c).await, json!({ "op": "pong", "ref": "p" }));
+    o.send(Message::text(json!({ "op": "ping" }).to_string())).await.unwrap();
+    assert_eq!(next(&mut o).await, json!({ "op": "pong" }));
+
+    // Bad frames are answered, not fatal; a bad token is.
+    a.send(Message::text("{\"op\":\"fly\"}")).await.unwrap();
+    assert_eq!(until(&mut a, "error").await.last().unwrap()["code"], "invalid_frame");
+    let url = s.base.replace("http://", "ws://") + "/v1/realtime";
+    let (mut bad, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    bad.send(Message::text(json!({ "op": "auth", "token": "v4.public.nope" }).to_string())).await.unwrap();
+    assert_eq!(next(&mut bad).await["code"], 4001);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resume_replays_exactly_what_was_missed_then_goes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config_for(dir.path());
+    config.limits.user_requests_per_s = 1_000_000;
+    let s = TestServer::start_with(config).await;
+    let (org_id, sl) = create_org(&s).await;
+    for who in ["ana", "ben"] {
+        operator_invite_and_accept(&s, &org_id, &format!("{who}@example.org"), "member").await;
+    }
+    let (ana, ben) = (login(&s, &sl, "ana").await, login(&s, &sl, "ben").await);
+    let ch = post_json(&s, &ana.access, "/v1/channels", json!({ "kind": "public", "name": "firehose" })).await;
+    let ch = ch["id"].as_str().unwrap().to_owned();
+    let topic = format!("channel:{ch}");
+    let r = s.http.post(s.url(&format!("/v1/channels/{ch}/join"))).bearer_auth(&ben.access).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let (http, url, token) = (s.http.clone(), s.url(&format!("/v1/channels/{ch}/messages")), ana.access.clone());
+    let post = move |text: String| {
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        async move {
+            let r = http.post(url).bearer_auth(token).json(&json!({ "text": text })).send().await.unwrap();
+            assert_eq!(r.status(), 201);
+            r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+        }
+    };
+
+    // Ben follows, sees one message, and drops off.
+    let (mut b, welcome) = connect(&s, &ben).await;
+    let epoch = welcome["epoch"].as_u64().unwrap();
+    subscribe(&mut b, &topic, None, None).await;
+    let first_id = post("before".into()).await;
+    let first = event_of(&mut b, "message.posted").await;
+    assert_eq!(first["data"]["id"], first_id.as_str());
+    let since = first["seq"].as_u64().unwrap();
+    drop(b);
+
+    // 500 messages while he is away, from 8 writers at once.
+    let mut missed = HashSet::new();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let post = post.clone();
+        writers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..(500 / 8 + usize::from(w < 500 % 8)) {
+                ids.push(post(format!("away {w}/{i}")).await);
+            }
+            ids
+        }));
+    }
+    for w in writers {
+        missed.extend(w.await.unwrap());
+    }
+    assert_eq!(missed.len(), 500);
+
+    // He comes back while writes keep landing: everything after `since`, each once, in seq
+    // order, across the seam between replay and live.
+    let seam = tokio::spawn({
+        let post = post.clone();
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..100 {
+                ids.push(post(format!("seam {i}")).await);
+            }
+            ids
+        }
+    });
+    let (mut b, _) = connect(&s, &ben).await;
+    let frames = subscribe(&mut b, &topic, Some(since), Some(epoch)).await;
+    let seam_ids = seam.await.unwrap();
+    let mut got: Vec<(u64, String)> = Vec::new();
+    for f in &frames {
+        if f["op"] == "event" {
+            got.push((f["seq"].as_u64().unwrap(), f["data"]["id"].as_str().unwrap().to_owned()));
+        }
+    }
+    let expected: HashSet<String> = missed.iter().chain(seam_ids.iter()).cloned().collect();
+    while got.len() < expected.len() {
+        let f = event_of(&mut b, "message.posted").await;
+        got.push((f["seq"].as_u64().unwrap(), f["data"]["id"].as_str().unwrap().to_owned()));
+    }
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "seq order with no duplicates");
+    assert!(got[0].0 > since);
+    let ids: HashSet<String> = got.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(ids, expected, "exactly what was missed, then live");
+    assert_eq!(got.len(), 600);
+    // And live afterwards.
+    let live = post("live".into()).await;
+    let live_event = event_of(&mut b, "message.posted").await;
+    assert_eq!(live_event["data"]["id"], live.as_str());
+
+    // Another epoch (a restore) cannot be resumed: the client is told to refetch.
+    let (mut c, _) = connect(&s, &ben).await;
+    let frames = subscribe(&mut c, &topic, Some(since), Some(epoch + 1)).await;
+    assert_eq!(frames[0], json!({ "op": "reset", "topic": topic, "reason": "epoch" }));
+    assert_eq!(frames.last().unwrap()["op"], "subscribed");
+
+    // Shutdown says going-away with the positions to resume from.
+    let last_seq = live_event["seq"].as_u64().unwrap();
+    let stopping = tokio::spawn(s.stop());
+    let closing = until(&mut b, "closing").await;
+    let closing = closing.last().unwrap();
+    assert_eq!(closing["code"], 1001);
+    assert_eq!(closing["resume"][&topic], last_seq);
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_token_can_come_as_a_subprotocol() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
+    let ana = login(&s, &sl, "ana").await;
+    let url = s.base.replace("http://", "ws://") + "/v1/realtime";
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", format!("outpost.v1, access_token.{}", ana.access).parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "outpost.v1");
+    let w = next(&mut ws).await;
+    assert_eq!(w["op"], "welcome");
+    assert_eq!(w["user"], ana.user_id.as_str());
+    s.stop().await;
+}
+
+/// `openapi/realtime.md` shows every frame, each example parses as its side's frame type, and
+/// every close code is in the table.
+#[test]
+fn the_protocol_document_matches_the_frames() {
+    use outpost::realtime::protocol::{CLIENT_OPS, ClientFrame, SERVER_OPS, ServerFrame, close};
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/realtime.md")).unwrap();
+    let (client_part, server_part) = doc.split_once("## Server frames").unwrap();
+    let client_part = client_part.split_once("## Client frames").unwrap().1;
+    let examples = |part: &str| -> Vec<Value> {
+        part.split("```json").skip(1).map(|b| serde_json::from_str(b.split("```").next().unwrap()).unwrap()).collect()
+    };
+    let (client, server) = (examples(client_part), examples(server_part));
+    for v in &client {
+        let f: ClientFrame = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"));
+        assert_eq!(serde_json::to_value(&f).unwrap(), *v, "round trip");
+    }
+    for v in &server {
+        let f: ServerFrame = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"));
+        assert_eq!(serde_json::to_value(&f).unwrap(), *v, "round trip");
+    }
+    let ops = |vs: &[Value]| vs.iter().map(|v| v["op"].as_str().unwrap().to_owned()).collect::<HashSet<_>>();
+    assert_eq!(ops(&client), CLIENT_OPS.iter().map(|s| (*s).to_owned()).collect());
+    assert_eq!(ops(&server), SERVER_OPS.iter().map(|s| (*s).to_owned()).collect());
+    for code in [
+        close::GOING_AWAY,
+        close::UNAUTHORIZED,
+        close::PROTOCOL,
+        close::REVOKED,
+        close::TOO_SLOW,
+        close::IDLE,
+        close::TOO_MANY,
+    ] {
+        assert!(doc.contains(&format!("| {code} |")), "close code {code} is not documented");
+    }
+}
