@@ -321,3 +321,90 @@ fn the_protocol_document_matches_the_frames() {
         assert!(doc.contains(&format!("| {code} |")), "close code {code} is not documented");
     }
 }
+
+/// A client that stops reading is cut off (4008, with where to resume) once its queue fills,
+/// while a client that reads keeps getting every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_client_is_cut_off_and_the_others_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config_for(dir.path());
+    config.limits.user_requests_per_s = 1_000_000;
+    config.realtime.send_queue_len = 512;
+    // Small socket buffers on the server side (accepted sockets inherit them), so a client
+    // that stops reading backs the server up after a few frames rather than a few megabytes.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_send_buffer_size(4096).unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let s = TestServer::start_on(config, "http", sock.listen(128).unwrap()).await;
+    let (org_id, sl) = create_org(&s).await;
+    for who in ["ana", "ben"] {
+        operator_invite_and_accept(&s, &org_id, &format!("{who}@example.org"), "member").await;
+    }
+    let (ana, ben) = (login(&s, &sl, "ana").await, login(&s, &sl, "ben").await);
+    let ch = post_json(&s, &ana.access, "/v1/channels", json!({ "kind": "public", "name": "busy" })).await;
+    let ch = ch["id"].as_str().unwrap().to_owned();
+    let topic = format!("channel:{ch}");
+
+    // The stalled client has a tiny receive window too.
+    let addr = s.base.trim_start_matches("http://").parse().unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    let stream = sock.connect(addr).await.unwrap();
+    let url = s.base.replace("http://", "ws://") + "/v1/realtime";
+    let (stalled, _) =
+        tokio_tungstenite::client_async(url.as_str(), tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap();
+    let mut stalled: Ws = stalled;
+    stalled.send(Message::text(json!({ "op": "auth", "token": ben.access }).to_string())).await.unwrap();
+    assert_eq!(next(&mut stalled).await["op"], "welcome");
+    subscribe(&mut stalled, &topic, None, None).await;
+    let (mut reader, _) = connect(&s, &ana).await;
+    subscribe(&mut reader, &topic, None, None).await;
+
+    // 1,500 messages; the reader reads them all as they come, the stalled client reads nothing.
+    let total = 1500;
+    let reading = tokio::spawn(async move {
+        let mut n = 0;
+        while n < total {
+            let f = next(&mut reader).await;
+            assert_ne!(f["op"], "socket_closed", "the reading client was cut off");
+            if f["op"] == "event" {
+                n += 1;
+            }
+        }
+        reader
+    });
+    let (http, url, token) = (s.http.clone(), s.url(&format!("/v1/channels/{ch}/messages")), ana.access.clone());
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..total / 4 {
+                let text = format!("writer {w} message {i} with some padding to make the frames bigger");
+                let r = http.post(&url).bearer_auth(&token).json(&json!({ "text": text })).send().await.unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    reading.await.unwrap();
+
+    // The stalled client finds, after what was already on its way, the closing frame and 4008.
+    let mut events = 0;
+    let closing = loop {
+        let f = next(&mut stalled).await;
+        match f["op"].as_str().unwrap() {
+            "event" => events += 1,
+            "closing" => break f,
+            other => panic!("unexpected {other}: {f}"),
+        }
+    };
+    assert!(events < total, "the stalled client was not cut off ({events} events)");
+    assert_eq!(closing["code"], 4008);
+    assert!(closing["resume"][&topic].as_u64().is_some());
+    assert_eq!(next(&mut stalled).await, json!({ "op": "socket_closed", "code": 4008 }));
+    let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l.starts_with("outpost_realtime_cut_off_slow_total 1")), "{metrics}");
+    s.stop().await;
+}

@@ -45,12 +45,17 @@ impl TestServer {
 
     /// As `start_with`, for a server that speaks `scheme` (`https` with a TLS config).
     pub async fn start_with_scheme(config: Config, scheme: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_on(config, scheme, listener).await
+    }
+
+    /// As `start_with`, on a listener the test made (socket options, say).
+    pub async fn start_on(config: Config, scheme: &str, listener: tokio::net::TcpListener) -> Self {
         let c = config.clone();
         let (_, key) = tokio::task::spawn_blocking(move || outpost::commands::create_operator_key(&c, "test"))
             .await
             .expect("join")
             .expect("operator key");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("{scheme}://{}", listener.local_addr().expect("addr"));
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(outpost::run(listener, config.clone(), async move {
