@@ -30,6 +30,13 @@ fi
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 
+say "peer clients (.venv-peers)"
+apt_install python3-venv
+if ! .venv-peers/bin/python -c 'import websockets' >/dev/null 2>&1; then
+    python3 -m venv .venv-peers
+    .venv-peers/bin/pip install --quiet --disable-pip-version-check 'websockets>=15,<18'
+fi
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 

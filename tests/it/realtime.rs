@@ -408,3 +408,30 @@ async fn a_stalled_client_is_cut_off_and_the_others_carry_on() {
     assert!(metrics.lines().any(|l| l.starts_with("outpost_realtime_cut_off_slow_total 1")), "{metrics}");
     s.stop().await;
 }
+
+/// An independent client (Python `websockets`) written from the protocol document alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_python_client_follows_the_document() {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
+    assert!(
+        std::path::Path::new(python).exists(),
+        "the peer clients are missing: `bash scripts/test-all.sh` installs them into .venv-peers"
+    );
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
+    let ana = login(&s, &sl, "ana").await;
+    let ch = post_json(&s, &ana.access, "/v1/channels", json!({ "kind": "public", "name": "py" })).await;
+    let ch = ch["id"].as_str().unwrap().to_owned();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/realtime_client.py");
+    let args = [script.to_owned(), s.base.clone(), ana.access.clone(), ch];
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(args).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(seen, json!({ "live": 3, "replayed": 2, "reset": true, "refused": 4001 }));
+    s.stop().await;
+}
