@@ -7,6 +7,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod chat;
+pub mod inbox;
 pub mod operators;
 pub mod orgs;
 pub mod paging;

@@ -15,15 +15,18 @@ use super::protocol::{ClientFrame, ServerFrame, close};
 use super::{Hub, Registration, may_change_access, may_follow};
 use crate::app::App;
 use crate::auth::{self, AuthError, Principal};
-use crate::domain::DomainError;
+use crate::domain::{DomainError, inbox};
 use crate::ids::rfc3339;
 use crate::store::events::Event;
+use crate::store::writer::MutationCtx;
 use crate::tenancy::OrgScope;
 
 /// A frame larger than this from a client is a protocol error.
 const FRAME_BYTES_MAX: usize = 64 << 10;
 /// A write the client does not take within this long ends the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The device name of an inbox `subscribe` or `ack` that gives none.
+const DEFAULT_DEVICE: &str = "default";
 /// Events read from the log per step of a replay.
 const REPLAY_PAGE: usize = 500;
 
@@ -200,7 +203,10 @@ impl Conn {
                 Ok(_) => return Err(End::Close(close::UNAUTHORIZED, "a token of another user".into())),
                 Err(e) => self.send(&ServerFrame::error("unauthorized", e.to_string(), None)).await?,
             },
-            ClientFrame::Subscribe { topic, since, epoch, r#ref } => self.subscribe(topic, since, epoch, r#ref).await?,
+            ClientFrame::Subscribe { topic, since, device, epoch, r#ref } => {
+                self.subscribe(topic, since, device, epoch, r#ref).await?;
+            }
+            ClientFrame::Ack { topic, seq, device, r#ref } => self.ack(topic, seq, device, r#ref).await?,
             ClientFrame::Unsubscribe { topic, r#ref } => {
                 self.reg.unsubscribe(&topic);
                 self.positions.remove(&topic);
@@ -210,10 +216,37 @@ impl Conn {
         Ok(())
     }
 
+    async fn ack(&mut self, topic: String, seq: u64, device: Option<String>, r#ref: Option<String>) -> Result<(), End> {
+        if topic != inbox::topic(self.p.user) {
+            let f = ServerFrame::error("not_ackable", "only your inbox (user:{you}) is acknowledged", r#ref);
+            return Ok(self.send(&f).await?);
+        }
+        let ctx = MutationCtx {
+            scope: OrgScope::member(&self.p),
+            actor: self.p.actor(),
+            request_id: None,
+            client_addr: None,
+        };
+        let device = device.unwrap_or_else(|| DEFAULT_DEVICE.to_owned());
+        let (org, user) = (self.p.org, self.p.user);
+        let kept = match inbox::ack(&self.app.writer, ctx, user, device, seq).await {
+            Ok(kept) => kept,
+            Err(e) => return Ok(self.send(&ServerFrame::error("ack_failed", e.to_string(), r#ref)).await?),
+        };
+        let unread = self
+            .app
+            .store
+            .read(move |r| inbox::unread(r, org, user, kept))
+            .await
+            .map_err(|e| End::Close(close::PROTOCOL, e.to_string()))?;
+        Ok(self.send(&ServerFrame::Acked { topic, seq: kept, unread, r#ref }).await?)
+    }
+
     async fn subscribe(
         &mut self,
         topic: String,
         since: Option<u64>,
+        device: Option<String>,
         epoch: Option<u64>,
         r#ref: Option<String>,
     ) -> Result<(), End> {
@@ -241,6 +274,28 @@ impl Conn {
             .await
             .map_err(|e| End::Close(close::PROTOCOL, e.to_string()))?;
         let mut last = head;
+        // The inbox resumes by itself from where this device acknowledged.
+        let is_inbox = topic == inbox::topic(self.p.user);
+        let mut unread = None;
+        let mut since = since;
+        if is_inbox {
+            let device = device.unwrap_or_else(|| DEFAULT_DEVICE.to_owned());
+            if let Err(e) = inbox::check_device(&device) {
+                return Ok(self.send(&ServerFrame::error("invalid_device", e.to_string(), r#ref)).await?);
+            }
+            let (store, org, user) = (self.app.store.clone(), self.p.org, self.p.user);
+            let acked = store
+                .read(move |r| {
+                    let at = inbox::position(r, org, user, &device)?;
+                    Ok::<_, crate::store::StoreError>((at, inbox::unread(r, org, user, at.unwrap_or(head))?))
+                })
+                .await
+                .map_err(|e| End::Close(close::PROTOCOL, e.to_string()))?;
+            unread = Some(acked.1);
+            if since.is_none() {
+                since = acked.0;
+            }
+        }
         if let Some(since) = since {
             let other_epoch = epoch.is_some_and(|e| e != self.app.store.epoch());
             let trimmed = bounds.first_seq > since.saturating_add(1);
@@ -270,7 +325,7 @@ impl Conn {
         }
         let last = last.max(self.positions.get(&topic).copied().unwrap_or(0));
         self.positions.insert(topic.clone(), last);
-        Ok(self.send(&ServerFrame::Subscribed { topic, seq: last, r#ref }).await?)
+        Ok(self.send(&ServerFrame::Subscribed { topic, seq: last, unread, r#ref }).await?)
     }
 
     async fn deliver(&mut self, e: &Event) -> Result<(), WriteFailed> {

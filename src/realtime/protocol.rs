@@ -42,6 +42,10 @@ pub enum ClientFrame {
         topic: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
+        /// For the inbox (`user:{me}`) without `since`: resume from where this device last
+        /// acknowledged (`default` when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,6 +57,15 @@ pub enum ClientFrame {
         r#ref: Option<String>,
     },
     Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+    /// Records durably that this device has seen the inbox (`user:{me}`) up to `seq`.
+    Ack {
+        topic: String,
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         r#ref: Option<String>,
     },
@@ -77,6 +90,9 @@ pub enum ServerFrame {
         topic: String,
         /// The last seq delivered on this topic so far (0 if none).
         seq: u64,
+        /// For the inbox: events after this device's acknowledged position.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unread: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         r#ref: Option<String>,
     },
@@ -110,6 +126,14 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         r#ref: Option<String>,
     },
+    /// An `ack` is durable: the position kept and what is still unread after it.
+    Acked {
+        topic: String,
+        seq: u64,
+        unread: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
     /// Sent just before the server closes the socket: why, and where to resume each topic.
     Closing { code: u16, reason: String, resume: BTreeMap<String, u64> },
 }
@@ -125,6 +149,6 @@ impl ServerFrame {
 }
 
 /// Every op, for the protocol document's check.
-pub const CLIENT_OPS: &[&str] = &["auth", "subscribe", "unsubscribe", "ping"];
+pub const CLIENT_OPS: &[&str] = &["auth", "subscribe", "unsubscribe", "ping", "ack"];
 pub const SERVER_OPS: &[&str] =
-    &["welcome", "subscribed", "unsubscribed", "event", "reset", "error", "pong", "closing"];
+    &["welcome", "subscribed", "unsubscribed", "event", "reset", "error", "pong", "acked", "closing"];

@@ -101,6 +101,10 @@ pub const MESSAGE_IDEMPOTENCY: Table = org("message_idempotency", 27);
 /// org ‖ task → `Task` JSON (its dependencies inside).
 pub const TASKS: Table = org("tasks", 28);
 
+/// org ‖ user ‖ device name → seq (u64 BE): how far each of a user's devices has acknowledged
+/// the inbox (`user:{id}`).
+pub const INBOX_ACKS: Table = org("inbox_acks", 29);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -137,6 +141,7 @@ pub const ALL: &[Table] = &[
     MESSAGE_IDS,
     MESSAGE_IDEMPOTENCY,
     TASKS,
+    INBOX_ACKS,
 ];
 
 /// `org ‖ a ‖ b`.

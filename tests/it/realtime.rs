@@ -435,3 +435,86 @@ async fn an_independent_python_client_follows_the_document() {
     assert_eq!(seen, json!({ "live": 3, "replayed": 2, "reset": true, "refused": 4001 }));
     s.stop().await;
 }
+
+/// The inbox is acknowledged per device: a device that was away gets exactly what it has not
+/// acknowledged, with the count, and nothing twice.
+#[tokio::test]
+async fn an_offline_device_gets_its_unacknowledged_inbox() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    for who in ["ana", "ben"] {
+        operator_invite_and_accept(&s, &org_id, &format!("{who}@example.org"), "member").await;
+    }
+    let (ana, ben) = (login(&s, &sl, "ana").await, login(&s, &sl, "ben").await);
+    let inbox = format!("user:{}", ben.user_id);
+    let sub = |device: &'static str| json!({ "op": "subscribe", "topic": inbox, "device": device });
+
+    // Ben's phone follows the inbox once and acknowledges where it is.
+    let (mut phone, _) = connect(&s, &ben).await;
+    phone.send(Message::text(sub("phone").to_string())).await.unwrap();
+    let first = next(&mut phone).await;
+    assert_eq!(first["op"], "subscribed");
+    assert_eq!(first["unread"], 0);
+    let at = first["seq"].as_u64().unwrap();
+    phone
+        .send(Message::text(json!({ "op": "ack", "topic": inbox, "seq": at, "device": "phone" }).to_string()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut phone).await, json!({ "op": "acked", "topic": inbox, "seq": at, "unread": 0 }));
+    drop(phone);
+
+    // While it is away: two mentions and a private channel he is added to.
+    let ch = post_json(&s, &ana.access, "/v1/channels", json!({ "kind": "public", "name": "general" })).await;
+    let ch = ch["id"].as_str().unwrap().to_owned();
+    for text in ["ping @ben", "again @ben"] {
+        post_json(
+            &s,
+            &ana.access,
+            &format!("/v1/channels/{ch}/messages"),
+            json!({ "text": text, "mention_ids": [ben.user_id] }),
+        )
+        .await;
+    }
+    post_json(
+        &s,
+        &ana.access,
+        "/v1/channels",
+        json!({ "kind": "private", "name": "plans", "member_ids": [ben.user_id] }),
+    )
+    .await;
+
+    // Back: exactly those three, then the count; acknowledging clears it.
+    let (mut phone, _) = connect(&s, &ben).await;
+    phone.send(Message::text(sub("phone").to_string())).await.unwrap();
+    let frames = until(&mut phone, "subscribed").await;
+    let kinds: Vec<&str> = frames.iter().filter(|f| f["op"] == "event").map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["mention", "mention", "channel.added"]);
+    let subscribed = frames.last().unwrap();
+    assert_eq!(subscribed["unread"], 3);
+    let last = subscribed["seq"].as_u64().unwrap();
+    phone
+        .send(Message::text(json!({ "op": "ack", "topic": inbox, "seq": last, "device": "phone" }).to_string()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut phone).await["unread"], 0);
+    // Acknowledging backwards keeps the furthest position; another user's inbox is not ackable.
+    phone
+        .send(Message::text(json!({ "op": "ack", "topic": inbox, "seq": 1, "device": "phone" }).to_string()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut phone).await["seq"], last);
+    let other = format!("user:{}", ana.user_id);
+    phone.send(Message::text(json!({ "op": "ack", "topic": other, "seq": 1 }).to_string())).await.unwrap();
+    assert_eq!(next(&mut phone).await["code"], "not_ackable");
+    drop(phone);
+
+    // Nothing new: nothing replayed. The laptop, which never acknowledged, starts from now.
+    let (mut phone, _) = connect(&s, &ben).await;
+    phone.send(Message::text(sub("phone").to_string())).await.unwrap();
+    let again = next(&mut phone).await;
+    assert_eq!((again["op"].as_str(), again["unread"].as_u64()), (Some("subscribed"), Some(0)));
+    let (mut laptop, _) = connect(&s, &ben).await;
+    laptop.send(Message::text(sub("laptop").to_string())).await.unwrap();
+    assert_eq!(next(&mut laptop).await["op"], "subscribed");
+    s.stop().await;
+}
