@@ -54,6 +54,7 @@ pub async fn run(
     background.spawn(app.clone().retention_loop());
     background.spawn(ops::watchdog(app.clone()));
     background.spawn(app.hub.clone().run(app.bus.subscribe(), app.store.clone(), app.bus.head_gseq()));
+    background.spawn(app.hub.clone().expire_locks());
 
     let (stop_search, search_stopped) = tokio::sync::watch::channel(false);
     let search_task = start_search(&app, search_stopped).await?;

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::auth_api::NoContent;
 use super::body::JsonBody;
+use super::problem::Problem;
+use super::realtime::{PresenceList, presence_list};
 use super::rendered::Rendered;
 use super::{ApiTags, UserAuth, parse_id, user_ctx};
 use crate::app::App;
@@ -254,7 +256,7 @@ pub(super) fn ids(v: Option<Vec<String>>, pointer: &str) -> Result<Vec<Id>, Doma
 }
 
 /// The caller, and the channel in the path if they may see it (404 before 403).
-async fn channel_for(app: &App, auth: &UserAuth, channel_id: &str) -> Result<(Principal, Id), ChatWriteErrors> {
+async fn channel_for(app: &App, auth: &UserAuth, channel_id: &str) -> Result<(Principal, Id), Problem> {
     let p = auth.check(app).await?;
     let id = parse_id(channel_id, "channel")?;
     chat::get(&app.store, p.org, p.user, id)?;
@@ -607,6 +609,22 @@ impl ChatApi {
         let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
         let unread = chat::mark_read(&app.writer, user_ctx(req, &p), p.user, id, body.0.seq).await?;
         Ok(Json(ReadView { unread }))
+    }
+
+    /// Who is here
+    ///
+    /// The people with presence in the channel now (set over the realtime socket).
+    ///
+    /// Permission: `chat.use`.
+    #[oai(path = "/v1/channels/:channel_id/presence", method = "get", operation_id = "getChannelPresence")]
+    async fn presence(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        channel_id: Path<String>,
+    ) -> Result<Json<PresenceList>, ChatReadErrors> {
+        let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
+        Ok(Json(presence_list(&app, p.org, &format!("channel:{id}"))))
     }
 }
 

@@ -5,6 +5,7 @@
 use poem::web::Data;
 use poem::web::websocket::WebSocket;
 use poem::{IntoResponse, Request, handler};
+use poem_openapi::Object;
 
 use crate::app::App;
 use crate::realtime::protocol::{SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX};
@@ -33,4 +34,41 @@ pub fn realtime(req: &Request, ws: WebSocket, app: Data<&App>) -> impl IntoRespo
     let hub = app.hub.clone();
     ws.protocols([SUBPROTOCOL])
         .on_upgrade(move |socket| crate::realtime::conn::serve(app, hub, socket, offered.or(bearer)))
+}
+
+/// Someone here on a room or channel (a socket with presence set).
+#[derive(Object, Debug)]
+#[oai(rename = "Presence")]
+pub struct PresenceView {
+    pub user_id: String,
+    pub device: String,
+    /// `online`, `away` or `busy`.
+    pub status: String,
+    /// The app's state for them (at most 2 KiB), e.g. a position in a 3D space.
+    pub state: serde_json::Value,
+    pub since: String,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "PresenceList")]
+pub struct PresenceList {
+    pub items: Vec<PresenceView>,
+}
+
+/// Who is on `topic` of `org` now.
+pub fn presence_list(app: &App, org: crate::ids::Id, topic: &str) -> PresenceList {
+    PresenceList {
+        items: app
+            .hub
+            .presence(org, topic)
+            .into_iter()
+            .map(|p| PresenceView {
+                user_id: p.user,
+                device: p.device,
+                status: p.status,
+                state: p.state,
+                since: p.since,
+            })
+            .collect(),
+    }
 }

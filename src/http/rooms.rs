@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::auth_api::NoContent;
 use super::body::JsonBody;
 use super::problem::Problem;
+use super::realtime::{PresenceList, presence_list};
 use super::{ApiTags, UserAuth, parse_id, parse_if_match, user_ctx};
 use crate::app::App;
 use crate::auth::Principal;
@@ -484,6 +485,23 @@ impl RoomsApi {
         let target = parse_id(&user_id.0, "participant")?;
         rooms::kick(&app.writer, user_ctx(req, &p), p.user, id, target).await?;
         Ok(NoContent::Done)
+    }
+
+    /// Who is here
+    ///
+    /// The people with presence in the room now (set over the realtime socket), with their
+    /// status and app state.
+    ///
+    /// Permission: `rooms.read`.
+    #[oai(path = "/v1/rooms/:room_id/presence", method = "get", operation_id = "getRoomPresence")]
+    async fn presence(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        room_id: Path<String>,
+    ) -> Result<Json<PresenceList>, RoomReadErrors> {
+        let (p, id) = room_for(&app, &auth, &room_id.0).await?;
+        Ok(Json(presence_list(&app, p.org, &format!("room:{id}"))))
     }
 }
 

@@ -12,7 +12,7 @@ use poem::web::websocket::{CloseCode, Message, WebSocketStream};
 use tokio::sync::mpsc;
 
 use super::protocol::{ClientFrame, ServerFrame, close};
-use super::{Hub, Registration, may_change_access, may_follow};
+use super::{Hub, Registration, ephemeral, may_change_access, may_follow};
 use crate::app::App;
 use crate::auth::{self, AuthError, Principal};
 use crate::domain::{DomainError, inbox};
@@ -44,6 +44,7 @@ async fn authenticate(app: &App, token: &str) -> Result<(Principal, Option<i64>)
 }
 
 /// Serves one upgraded socket until it closes. `offered` is a token given as a subprotocol.
+#[allow(clippy::too_many_lines)] // the socket's whole life: authenticate, then one select loop
 pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<String>) {
     let cfg = app.config.realtime.clone();
     let (mut sink, mut stream) = socket.split();
@@ -69,7 +70,17 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
     let Some(reg) = hub.register(p.org, p.user, tx, (cfg.connections_per_user_max, cfg.connections_per_org_max)) else {
         return bye(&mut sink, close::TOO_MANY, "too many open sockets for this user or organization").await;
     };
-    let mut c = Conn { app, p, token, exp, reg, positions: BTreeMap::new(), sink };
+    let mut c = Conn {
+        app,
+        p,
+        token,
+        exp,
+        reg,
+        positions: BTreeMap::new(),
+        here_since: BTreeMap::new(),
+        budget: Budget::new(),
+        sink,
+    };
     if c.send(&c.welcome()).await.is_err() {
         return;
     }
@@ -79,6 +90,7 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
     let idle = Duration::from_secs(cfg.idle_timeout_s);
     let mut heard = Instant::now();
     let signal = c.reg.signal.clone();
+    let mailbox = c.reg.mailbox.clone();
     loop {
         tokio::select! {
             frame = stream.next() => {
@@ -111,6 +123,13 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
             Some(e) = rx.recv() => {
                 if c.deliver(&e).await.is_err() {
                     return;
+                }
+            }
+            () = mailbox.notify.notified() => {
+                for f in mailbox.take() {
+                    if c.send(&f).await.is_err() {
+                        return;
+                    }
                 }
             }
             () = signal.notified() => {
@@ -157,7 +176,42 @@ struct Conn {
     reg: Registration,
     /// Subscribed topics and the last seq delivered on each.
     positions: BTreeMap<String, u64>,
+    /// When this socket's presence began on each topic.
+    here_since: BTreeMap<String, String>,
+    /// Presence updates and signals this socket may still send now.
+    budget: Budget,
     sink: Sink,
+}
+
+/// A token bucket for ephemeral frames: `RATE` a second, bursts of `BURST`.
+struct Budget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Budget {
+    const RATE: f64 = 60.0;
+    const BURST: f64 = 120.0;
+
+    fn new() -> Self {
+        Self { tokens: Self::BURST, at: Instant::now() }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * Self::RATE).min(Self::BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn not_subscribed(topic: &str, r#ref: Option<String>) -> ServerFrame {
+    ServerFrame::error("not_subscribed", format!("subscribe to {topic} first"), r#ref)
 }
 
 impl Conn {
@@ -207,13 +261,134 @@ impl Conn {
                 self.subscribe(topic, since, device, epoch, r#ref).await?;
             }
             ClientFrame::Ack { topic, seq, device, r#ref } => self.ack(topic, seq, device, r#ref).await?,
+            ClientFrame::Presence { topic, status, state, device } => {
+                if let Err(f) = self.presence(&topic, status, state, device) {
+                    self.send(&f).await?;
+                }
+            }
+            ClientFrame::Signal { topic, kind, data } => {
+                if let Err(f) = self.relay(&topic, &kind, data) {
+                    self.send(&f).await?;
+                }
+            }
+            ClientFrame::Lock { topic, name, lease_ms, r#ref } => {
+                let f = self.lock(topic, name, lease_ms, r#ref);
+                self.send(&f).await?;
+            }
+            ClientFrame::Unlock { topic, name, token, r#ref } => {
+                if !self.positions.contains_key(&topic) {
+                    self.send(&not_subscribed(&topic, r#ref)).await?;
+                } else if !self.reg.unlock(&topic, &name, token) {
+                    let f = ServerFrame::error(
+                        "not_lock_holder",
+                        format!("you do not hold {name} under that token"),
+                        r#ref,
+                    );
+                    self.send(&f).await?;
+                }
+            }
             ClientFrame::Unsubscribe { topic, r#ref } => {
                 self.reg.unsubscribe(&topic);
                 self.positions.remove(&topic);
+                self.here_since.remove(&topic);
                 self.send(&ServerFrame::Unsubscribed { topic, reason: "requested".into(), r#ref }).await?;
             }
         }
         Ok(())
+    }
+
+    fn presence(
+        &mut self,
+        topic: &str,
+        status: Option<String>,
+        state: Option<serde_json::Value>,
+        device: Option<String>,
+    ) -> Result<(), ServerFrame> {
+        if !self.positions.contains_key(topic) {
+            return Err(not_subscribed(topic, None));
+        }
+        if !(topic.starts_with("room:") || topic.starts_with("channel:")) {
+            return Err(ServerFrame::error("invalid_presence", "presence is kept on room and channel topics", None));
+        }
+        let status = status.unwrap_or_else(|| "online".into());
+        if !ephemeral::valid_status(&status) {
+            return Err(ServerFrame::error("invalid_presence", "status is online, away or busy", None));
+        }
+        let state = state.unwrap_or(serde_json::Value::Null);
+        if serde_json::to_vec(&state).map_or(usize::MAX, |v| v.len()) > ephemeral::PRESENCE_STATE_BYTES_MAX {
+            return Err(ServerFrame::error("invalid_presence", "state is at most 2 KiB of JSON", None));
+        }
+        let device = device.unwrap_or_else(|| DEFAULT_DEVICE.to_owned());
+        if inbox::check_device(&device).is_err() {
+            return Err(ServerFrame::error("invalid_device", "device names are 1–64 bytes", None));
+        }
+        if !self.budget.take() {
+            return Err(ServerFrame::error("rate_limited", "too many presence updates and signals", None));
+        }
+        let since = self.here_since.entry(topic.to_owned()).or_insert_with(|| rfc3339(crate::ids::now_ms())).clone();
+        let p = ephemeral::Presence { user: self.p.user.to_string(), device, status, state, since };
+        self.reg.set_presence(topic, p);
+        Ok(())
+    }
+
+    fn relay(&mut self, topic: &str, kind: &str, data: serde_json::Value) -> Result<(), ServerFrame> {
+        if !self.positions.contains_key(topic) {
+            return Err(not_subscribed(topic, None));
+        }
+        let known = matches!(kind, "typing" | "cursor" | "pointer" | "selection")
+            || kind.strip_prefix("custom:").is_some_and(|k| !k.is_empty() && k.len() <= 64);
+        if !known {
+            return Err(ServerFrame::error(
+                "invalid_signal",
+                "kind is typing, cursor, pointer, selection or custom:<name>",
+                None,
+            ));
+        }
+        if serde_json::to_vec(&data).map_or(usize::MAX, |v| v.len()) > ephemeral::SIGNAL_BYTES_MAX {
+            return Err(ServerFrame::error("invalid_signal", "data is at most 4 KiB of JSON", None));
+        }
+        if !self.budget.take() {
+            return Err(ServerFrame::error("rate_limited", "too many presence updates and signals", None));
+        }
+        let frame =
+            ServerFrame::Signal { topic: topic.to_owned(), from: self.p.user.to_string(), kind: kind.to_owned(), data };
+        self.reg.signal(topic, kind, &frame);
+        Ok(())
+    }
+
+    fn lock(&mut self, topic: String, name: String, lease_ms: u64, r#ref: Option<String>) -> ServerFrame {
+        if !self.positions.contains_key(&topic) {
+            return not_subscribed(&topic, r#ref);
+        }
+        let Some(room) = topic.strip_prefix("room:").and_then(|r| r.parse().ok()) else {
+            return ServerFrame::error("invalid_lock", "locks are taken in rooms (room:{id})", r#ref);
+        };
+        if name.is_empty() || name.len() > 200 {
+            return ServerFrame::error("invalid_lock", "lock names are 1–200 bytes", r#ref);
+        }
+        let lease = Duration::from_millis(lease_ms);
+        if !(ephemeral::LEASE_MIN..=ephemeral::LEASE_MAX).contains(&lease) {
+            return ServerFrame::error("invalid_lock", "lease_ms is 100–600000", r#ref);
+        }
+        // Viewers watch; taking a lock to change something needs at least the member role.
+        let may = crate::domain::rooms::get(&self.app.store, &self.p, room)
+            .ok()
+            .and_then(|(_, me)| me)
+            .is_some_and(|me| me.role >= crate::auth::policy::RoomRole::Member);
+        if !may {
+            return ServerFrame::error("forbidden", "taking locks needs the member room role", r#ref);
+        }
+        match self.reg.lock(&topic, &name, lease) {
+            Ok(l) => ServerFrame::Locked { topic, name, token: l.token, expires_at: rfc3339(l.expires_at_ms), r#ref },
+            Err(ephemeral::LockRefusal::Held { holder, expires_at_ms }) => ServerFrame::error(
+                "lock_held",
+                format!("{name} is held by {holder} until {}", rfc3339(expires_at_ms)),
+                r#ref,
+            ),
+            Err(ephemeral::LockRefusal::TooMany) => {
+                ServerFrame::error("too_many_locks", "this room holds too many locks", r#ref)
+            }
+        }
     }
 
     async fn ack(&mut self, topic: String, seq: u64, device: Option<String>, r#ref: Option<String>) -> Result<(), End> {
@@ -339,6 +514,7 @@ impl Conn {
         if may_change_access(&e.kind) && may_follow(&self.app.store, &self.p, &e.topic).is_err() {
             self.reg.unsubscribe(&e.topic);
             self.positions.remove(&e.topic);
+            self.here_since.remove(&e.topic);
             let f = ServerFrame::Unsubscribed { topic: e.topic.clone(), reason: "access_lost".into(), r#ref: None };
             self.send(&f).await?;
         }
@@ -364,6 +540,7 @@ impl Conn {
         for topic in lost {
             self.reg.unsubscribe(&topic);
             self.positions.remove(&topic);
+            self.here_since.remove(&topic);
             self.send(&ServerFrame::Unsubscribed { topic, reason: "access_lost".into(), r#ref: None }).await?;
         }
         Ok(())

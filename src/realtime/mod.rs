@@ -8,14 +8,17 @@
 //! `subscribe {since}` and drop duplicates at the seam by `seq`. See `openapi/realtime.md`.
 
 pub mod conn;
+pub mod ephemeral;
 pub mod protocol;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc};
 
+use self::ephemeral::{Lock, LockRefusal, Locks, Mailbox, Presence};
+use self::protocol::ServerFrame;
 use crate::auth::Principal;
 use crate::auth::policy::Permission;
 use crate::domain::DomainError;
@@ -49,20 +52,64 @@ impl Signal {
 struct Sub {
     tx: mpsc::Sender<Arc<Event>>,
     signal: Arc<Signal>,
+    mailbox: Arc<Mailbox>,
 }
+
+type TopicKey = (Id, String);
 
 #[derive(Default)]
 struct Topics {
     /// (org, topic) → socket id → its queue.
-    subs: HashMap<(Id, String), HashMap<u64, Sub>>,
+    subs: HashMap<TopicKey, HashMap<u64, Sub>>,
     /// Open sockets per user and per org.
     per_user: HashMap<Id, usize>,
     per_org: HashMap<Id, usize>,
+    /// Who is here, per topic and socket.
+    presence: HashMap<TopicKey, BTreeMap<u64, Presence>>,
+    /// Leased locks per topic.
+    locks: HashMap<TopicKey, Locks>,
+}
+
+impl Topics {
+    /// Leaves `frame` in the mailbox of every subscriber of `key` but `except`.
+    fn broadcast(&self, key: &TopicKey, mailbox_key: &str, frame: &ServerFrame, except: Option<u64>) {
+        if let Some(subs) = self.subs.get(key) {
+            for (id, sub) in subs {
+                if Some(*id) != except {
+                    sub.mailbox.put(mailbox_key.to_owned(), frame.clone());
+                }
+            }
+        }
+    }
+}
+
+fn lock_state(topic: &str, name: &str, lock: Option<&Lock>) -> ServerFrame {
+    ServerFrame::LockState {
+        topic: topic.to_owned(),
+        name: name.to_owned(),
+        holder: lock.map(|l| l.holder_user.to_string()),
+        token: lock.map(|l| l.token),
+        expires_at: lock.map(|l| crate::ids::rfc3339(l.expires_at_ms)),
+    }
+}
+
+fn presence_frame(topic: &str, change: &str, p: &Presence) -> ServerFrame {
+    ServerFrame::Presence {
+        topic: topic.to_owned(),
+        change: change.to_owned(),
+        user: p.user.clone(),
+        device: p.device.clone(),
+        status: p.status.clone(),
+        state: p.state.clone(),
+        since: p.since.clone(),
+    }
 }
 
 pub struct Hub {
     topics: Mutex<Topics>,
     next_id: AtomicU64,
+    /// Fencing tokens: increasing, and larger than any of an earlier run (seeded from the clock).
+    next_token: AtomicU64,
     metrics: Arc<Metrics>,
     /// Turns true when the server shuts down: every socket says going-away.
     stop: tokio::sync::watch::Sender<bool>,
@@ -76,12 +123,21 @@ pub struct Registration {
     user: Id,
     tx: mpsc::Sender<Arc<Event>>,
     pub signal: Arc<Signal>,
+    /// Ephemeral frames for this socket, latest per key.
+    pub mailbox: Arc<Mailbox>,
 }
 
 impl Hub {
     pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
         let (stop, _) = tokio::sync::watch::channel(false);
-        Arc::new(Self { topics: Mutex::default(), next_id: AtomicU64::new(1), metrics, stop })
+        let seed = u64::try_from(crate::ids::now_ms()).unwrap_or(0).saturating_mul(1000);
+        Arc::new(Self {
+            topics: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            next_token: AtomicU64::new(seed),
+            metrics,
+            stop,
+        })
     }
 
     /// Closes every socket with going-away and its resume positions.
@@ -122,7 +178,36 @@ impl Hub {
         drop(t);
         self.metrics.realtime_connections.inc();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Some(Registration { hub: self.clone(), id, org, user, tx, signal: Signal::new() })
+        Some(Registration { hub: self.clone(), id, org, user, tx, signal: Signal::new(), mailbox: Arc::default() })
+    }
+
+    /// Who is here on `topic` of `org`.
+    pub fn presence(&self, org: Id, topic: &str) -> Vec<Presence> {
+        self.lock().presence.get(&(org, topic.to_owned())).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Frees expired locks and tells the topics, until the hub stops.
+    pub async fn expire_locks(self: Arc<Self>) {
+        let mut stop = self.stopping();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let now = std::time::Instant::now();
+            let mut t = self.lock();
+            let mut freed = Vec::new();
+            for (key, locks) in &mut t.locks {
+                for name in locks.expire(now) {
+                    freed.push((key.clone(), name));
+                }
+            }
+            t.locks.retain(|_, l| !l.is_empty());
+            for (key, name) in freed {
+                t.broadcast(&key, &format!("lock:{name}"), &lock_state(&key.1, &name, None), None);
+            }
+        }
     }
 
     /// Hands `e` to every subscriber of its topic without waiting.
@@ -189,14 +274,96 @@ impl Registration {
     pub fn subscribe(&self, topic: &str) {
         let mut t = self.hub.lock();
         let subs = t.subs.entry((self.org, topic.to_owned())).or_default();
-        if subs.insert(self.id, Sub { tx: self.tx.clone(), signal: self.signal.clone() }).is_none() {
+        let sub = Sub { tx: self.tx.clone(), signal: self.signal.clone(), mailbox: self.mailbox.clone() };
+        if subs.insert(self.id, sub).is_none() {
             self.hub.metrics.realtime_subscriptions.inc();
+        }
+        // Who is already here, and which locks are held.
+        let key = (self.org, topic.to_owned());
+        if let Some(here) = t.presence.get(&key) {
+            for (conn, p) in here {
+                self.mailbox.put(format!("presence:{conn}"), presence_frame(topic, "here", p));
+            }
+        }
+        if let Some(locks) = t.locks.get(&key) {
+            for (name, l) in locks.held() {
+                self.mailbox.put(format!("lock:{name}"), lock_state(topic, name, Some(l)));
+            }
+        }
+    }
+
+    /// Sets this socket's presence on `topic` and tells everyone following it.
+    pub fn set_presence(&self, topic: &str, p: Presence) {
+        let mut t = self.hub.lock();
+        let key = (self.org, topic.to_owned());
+        let entries = t.presence.entry(key.clone()).or_default();
+        let change = if entries.contains_key(&self.id) { "update" } else { "join" };
+        let frame = presence_frame(topic, change, &p);
+        entries.insert(self.id, p);
+        t.broadcast(&key, &format!("presence:{}", self.id), &frame, None);
+    }
+
+    /// Relays a signal to the topic's other subscribers (latest per sender and kind).
+    pub fn signal(&self, topic: &str, kind: &str, frame: &ServerFrame) {
+        let t = self.hub.lock();
+        t.broadcast(&(self.org, topic.to_owned()), &format!("signal:{}:{kind}", self.id), frame, Some(self.id));
+    }
+
+    /// Takes or renews lock `name` on `topic`.
+    pub fn lock(&self, topic: &str, name: &str, lease: std::time::Duration) -> Result<Lock, LockRefusal> {
+        let mut t = self.hub.lock();
+        let key = (self.org, topic.to_owned());
+        let next = &self.hub.next_token;
+        let got = t.locks.entry(key.clone()).or_default().acquire(
+            name,
+            self.user,
+            self.id,
+            lease,
+            std::time::Instant::now(),
+            crate::ids::now_ms(),
+            &mut || next.fetch_add(1, Ordering::Relaxed) + 1,
+        )?;
+        t.broadcast(&key, &format!("lock:{name}"), &lock_state(topic, name, Some(&got)), None);
+        Ok(got)
+    }
+
+    /// Releases lock `name` held under `token`; false if it is not (or no longer) ours.
+    pub fn unlock(&self, topic: &str, name: &str, token: u64) -> bool {
+        let mut t = self.hub.lock();
+        let key = (self.org, topic.to_owned());
+        let freed = t.locks.get_mut(&key).is_some_and(|l| l.release(name, self.id, token, std::time::Instant::now()));
+        if freed {
+            t.broadcast(&key, &format!("lock:{name}"), &lock_state(topic, name, None), None);
+        }
+        freed
+    }
+
+    /// Leaves `topic`: presence gone, locks freed.
+    fn leave(&self, t: &mut Topics, topic_key: &TopicKey) {
+        if let Some(entries) = t.presence.get_mut(topic_key) {
+            if let Some(p) = entries.remove(&self.id) {
+                if entries.is_empty() {
+                    t.presence.remove(topic_key);
+                }
+                let frame = presence_frame(&topic_key.1, "leave", &p);
+                t.broadcast(topic_key, &format!("presence:{}", self.id), &frame, Some(self.id));
+            }
+        }
+        if let Some(locks) = t.locks.get_mut(topic_key) {
+            let freed = locks.release_all(self.id);
+            if locks.is_empty() {
+                t.locks.remove(topic_key);
+            }
+            for name in freed {
+                t.broadcast(topic_key, &format!("lock:{name}"), &lock_state(&topic_key.1, &name, None), Some(self.id));
+            }
         }
     }
 
     pub fn unsubscribe(&self, topic: &str) {
         let mut t = self.hub.lock();
         let key = (self.org, topic.to_owned());
+        self.leave(&mut t, &key);
         if let Some(subs) = t.subs.get_mut(&key) {
             if subs.remove(&self.id).is_some() {
                 self.hub.metrics.realtime_subscriptions.dec();
@@ -212,6 +379,11 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let mut guard = self.hub.lock();
         let t = &mut *guard;
+        let mine: Vec<TopicKey> =
+            t.subs.iter().filter(|(_, s)| s.contains_key(&self.id)).map(|(k, _)| k.clone()).collect();
+        for key in &mine {
+            self.leave(t, key);
+        }
         let mut gone = 0;
         t.subs.retain(|_, subs| {
             if subs.remove(&self.id).is_some() {

@@ -60,6 +60,36 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         r#ref: Option<String>,
     },
+    /// Sets (or updates) the caller's presence on a room or channel topic it follows.
+    Presence {
+        topic: String,
+        /// `online` (default), `away` or `busy`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
+        /// App state, at most 2 KiB of JSON (e.g. a position in a 3D space).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<serde_json::Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
+    /// Relays an ephemeral signal to the topic's other subscribers (never stored).
+    Signal { topic: String, kind: String, data: serde_json::Value },
+    /// Takes, or renews, a named lock in a room for `lease_ms`.
+    Lock {
+        topic: String,
+        name: String,
+        lease_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+    /// Releases a lock held under `token`.
+    Unlock {
+        topic: String,
+        name: String,
+        token: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
     /// Records durably that this device has seen the inbox (`user:{me}`) up to `seq`.
     Ack {
         topic: String,
@@ -126,6 +156,30 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         r#ref: Option<String>,
     },
+    /// Someone's presence on a topic: `here` (already present when you subscribed), `join`,
+    /// `update` or `leave`.
+    Presence {
+        topic: String,
+        change: String,
+        user: String,
+        device: String,
+        status: String,
+        state: serde_json::Value,
+        since: String,
+    },
+    /// A relayed signal.
+    Signal { topic: String, from: String, kind: String, data: serde_json::Value },
+    /// A lock's holder changed: `holder` null means free.
+    LockState { topic: String, name: String, holder: Option<String>, token: Option<u64>, expires_at: Option<String> },
+    /// Your `lock` is granted (or renewed): pass `token` along with what you change under it.
+    Locked {
+        topic: String,
+        name: String,
+        token: u64,
+        expires_at: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
     /// An `ack` is durable: the position kept and what is still unread after it.
     Acked {
         topic: String,
@@ -149,6 +203,20 @@ impl ServerFrame {
 }
 
 /// Every op, for the protocol document's check.
-pub const CLIENT_OPS: &[&str] = &["auth", "subscribe", "unsubscribe", "ping", "ack"];
-pub const SERVER_OPS: &[&str] =
-    &["welcome", "subscribed", "unsubscribed", "event", "reset", "error", "pong", "acked", "closing"];
+pub const CLIENT_OPS: &[&str] =
+    &["auth", "subscribe", "unsubscribe", "ping", "presence", "signal", "lock", "unlock", "ack"];
+pub const SERVER_OPS: &[&str] = &[
+    "welcome",
+    "subscribed",
+    "unsubscribed",
+    "event",
+    "reset",
+    "error",
+    "pong",
+    "presence",
+    "signal",
+    "lock_state",
+    "locked",
+    "acked",
+    "closing",
+];

@@ -518,3 +518,120 @@ async fn an_offline_device_gets_its_unacknowledged_inbox() {
     assert_eq!(next(&mut laptop).await["op"], "subscribed");
     s.stop().await;
 }
+
+/// Presence, cursors and locks in a room reach everyone following it, and only them.
+#[tokio::test]
+async fn presence_cursors_and_locks_in_a_room() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    for who in ["ana", "ben", "cy"] {
+        operator_invite_and_accept(&s, &org_id, &format!("{who}@example.org"), "member").await;
+    }
+    let (ana, ben, cy) = (login(&s, &sl, "ana").await, login(&s, &sl, "ben").await, login(&s, &sl, "cy").await);
+    let room = post_json(&s, &ana.access, "/v1/rooms", json!({ "name": "Studio", "visibility": "private" })).await;
+    let rid = room["id"].as_str().unwrap().to_owned();
+    let topic = format!("room:{rid}");
+    post_json(&s, &ana.access, &format!("/v1/rooms/{rid}/participants"), json!({ "user_id": ben.user_id })).await;
+    let r = s.http.post(s.url(&format!("/v1/rooms/{rid}/join"))).bearer_auth(&ben.access).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let send = |v: Value| Message::text(v.to_string());
+
+    let (mut a, _) = connect(&s, &ana).await;
+    subscribe(&mut a, &topic, None, None).await;
+    // Presence needs the topic followed first; then it is seen by all, with its state.
+    let (mut c, _) = connect(&s, &cy).await;
+    c.send(send(json!({ "op": "presence", "topic": topic }))).await.unwrap();
+    assert_eq!(next(&mut c).await["code"], "not_subscribed");
+    a.send(send(json!({ "op": "presence", "topic": topic, "state": { "position": [1, 2, 3] }, "device": "vr" })))
+        .await
+        .unwrap();
+    let joined = next(&mut a).await;
+    assert_eq!((joined["op"].as_str(), joined["change"].as_str()), (Some("presence"), Some("join")));
+    assert_eq!(joined["state"]["position"], json!([1, 2, 3]));
+    // Ben arrives and learns who is here; his own presence reaches Ana.
+    let (mut b, _) = connect(&s, &ben).await;
+    let frames = subscribe(&mut b, &topic, None, None).await;
+    assert_eq!(frames.last().unwrap()["op"], "subscribed");
+    let here = next(&mut b).await;
+    assert_eq!((here["change"].as_str(), here["user"].as_str()), (Some("here"), Some(ana.user_id.as_str())));
+    b.send(send(json!({ "op": "presence", "topic": topic, "status": "busy" }))).await.unwrap();
+    let seen = next(&mut a).await;
+    assert_eq!((seen["change"].as_str(), seen["status"].as_str()), (Some("join"), Some("busy")));
+    let rest: Value = s
+        .http
+        .get(s.url(&format!("/v1/rooms/{rid}/presence")))
+        .bearer_auth(&ben.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["items"].as_array().unwrap().len(), 2, "{rest}");
+    let r = s.http.get(s.url(&format!("/v1/rooms/{rid}/presence"))).bearer_auth(&cy.access).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A flood of cursor moves: Ben gets them (the latest at least), Ana does not get her own.
+    next(&mut b).await; // his own join
+    for x in 0..50 {
+        a.send(send(json!({ "op": "signal", "topic": topic, "kind": "cursor", "data": { "x": x } }))).await.unwrap();
+    }
+    loop {
+        let f = next(&mut b).await;
+        assert_eq!((f["op"].as_str(), f["from"].as_str()), (Some("signal"), Some(ana.user_id.as_str())));
+        if f["data"]["x"] == 49 {
+            break;
+        }
+    }
+    a.send(send(json!({ "op": "signal", "topic": topic, "kind": "shout", "data": {} }))).await.unwrap();
+    assert_eq!(next(&mut a).await["code"], "invalid_signal");
+
+    // Locks: Ana takes one; Ben is refused while it is held; both see its state.
+    a.send(send(json!({ "op": "lock", "topic": topic, "name": "slide-3", "lease_ms": 60000, "ref": "l" })))
+        .await
+        .unwrap();
+    let mut locked = None;
+    let mut states = 0;
+    while locked.is_none() || states == 0 {
+        let f = next(&mut a).await;
+        match f["op"].as_str().unwrap() {
+            "locked" => locked = Some(f),
+            "lock_state" => states += 1,
+            other => panic!("unexpected {other}: {f}"),
+        }
+    }
+    let token = locked.unwrap()["token"].as_u64().unwrap();
+    let state = next(&mut b).await;
+    assert_eq!((state["op"].as_str(), state["token"].as_u64()), (Some("lock_state"), Some(token)));
+    b.send(send(json!({ "op": "lock", "topic": topic, "name": "slide-3", "lease_ms": 1000 }))).await.unwrap();
+    assert_eq!(next(&mut b).await["code"], "lock_held");
+    b.send(send(json!({ "op": "unlock", "topic": topic, "name": "slide-3", "token": token }))).await.unwrap();
+    assert_eq!(next(&mut b).await["code"], "not_lock_holder");
+    // Ana disconnects: Ben sees the lock freed and her presence leave; a new lock has a larger token.
+    drop(a);
+    let mut freed = false;
+    let mut left = false;
+    while !(freed && left) {
+        let f = next(&mut b).await;
+        match f["op"].as_str().unwrap() {
+            "lock_state" if f["holder"].is_null() => freed = true,
+            "presence" if f["change"] == "leave" => left = true,
+            other => panic!("unexpected {other}: {f}"),
+        }
+    }
+    b.send(send(json!({ "op": "lock", "topic": topic, "name": "slide-3", "lease_ms": 1000 }))).await.unwrap();
+    let mine = until(&mut b, "locked").await;
+    assert!(mine.last().unwrap()["token"].as_u64().unwrap() > token);
+    // The lease runs out by itself.
+    let expired = loop {
+        let f = next(&mut b).await;
+        if f["op"] == "lock_state" && f["holder"].is_null() {
+            break f;
+        }
+    };
+    assert_eq!(expired["name"], "slide-3");
+    // Cy, outside the room, heard none of it.
+    c.send(send(json!({ "op": "ping" }))).await.unwrap();
+    assert_eq!(next(&mut c).await, json!({ "op": "pong" }));
+    s.stop().await;
+}
