@@ -49,6 +49,7 @@ pub struct Metrics {
     pub realtime_replayed: Counter,
     pub realtime_cut_off_slow: Counter,
     pub realtime_fanout_seconds: Histogram,
+    pub realtime_send_queue_deepest: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,6 +120,12 @@ impl Metrics {
             "From an event's commit to its hand-off to every subscriber's queue",
             realtime_fanout_seconds.clone(),
         );
+        let realtime_send_queue_deepest = Gauge::default();
+        registry.register(
+            "realtime_send_queue_deepest",
+            "The fullest subscriber send queue at the last event fanned out (frames)",
+            realtime_send_queue_deepest.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -137,6 +144,7 @@ impl Metrics {
             realtime_replayed,
             realtime_cut_off_slow,
             realtime_fanout_seconds,
+            realtime_send_queue_deepest,
         }
     }
 

@@ -147,6 +147,11 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
                 if let Err(end) = c.recheck().await {
                     return c.end(end).await;
                 }
+                // Keep-alive: intermediaries see traffic, and a dead peer shows up as a failed write.
+                let ping = tokio::time::timeout(WRITE_TIMEOUT, c.sink.send(Message::Ping(Vec::new()))).await;
+                if !matches!(ping, Ok(Ok(()))) {
+                    return;
+                }
             }
         }
     }

@@ -213,6 +213,7 @@ impl Hub {
     /// Hands `e` to every subscriber of its topic without waiting.
     fn dispatch(&self, e: &Arc<Event>) {
         let mut slow = Vec::new();
+        let mut deepest = 0;
         {
             let t = self.lock();
             let Some(subs) = t.subs.get(&(e.org, e.topic.clone())) else { return };
@@ -223,6 +224,7 @@ impl Hub {
                 if sub.tx.try_send(e.clone()).is_err() {
                     slow.push(sub.signal.clone());
                 }
+                deepest = deepest.max(sub.tx.max_capacity() - sub.tx.capacity());
             }
         }
         for s in slow {
@@ -230,6 +232,7 @@ impl Hub {
             s.notify.notify_one();
             self.metrics.realtime_cut_off_slow.inc();
         }
+        self.metrics.realtime_send_queue_deepest.set(i64::try_from(deepest).unwrap_or(i64::MAX));
         let age_ms = crate::ids::now_ms().saturating_sub(e.at_ms);
         self.metrics.realtime_fanout_seconds.observe(age_ms as f64 / 1000.0);
     }

@@ -635,3 +635,74 @@ async fn presence_cursors_and_locks_in_a_room() {
     assert_eq!(next(&mut c).await, json!({ "op": "pong" }));
     s.stop().await;
 }
+
+/// Sockets per user are capped (4029), and a session revoked elsewhere is disconnected (4003)
+/// within the re-check interval.
+#[tokio::test]
+async fn caps_and_revocation_close_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config_for(dir.path());
+    config.realtime.connections_per_user_max = 2;
+    config.realtime.recheck_s = 1;
+    let s = TestServer::start_with(config).await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
+    let ana = login(&s, &sl, "ana").await;
+    let (mut one, _) = connect(&s, &ana).await;
+    let (_two, _) = connect(&s, &ana).await;
+    let url = s.base.replace("http://", "ws://") + "/v1/realtime";
+    let (mut three, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    three.send(Message::text(json!({ "op": "auth", "token": ana.access }).to_string())).await.unwrap();
+    assert_eq!(next(&mut three).await["code"], 4029);
+    subscribe(&mut one, "org", None, None).await;
+
+    // Logging out revokes the session: its sockets close, saying why and where to resume.
+    let r = s.http.post(s.url("/v1/auth/logout")).bearer_auth(&ana.access).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let frames = until(&mut one, "closing").await;
+    let closing = frames.last().unwrap();
+    assert_eq!(closing["code"], 4003);
+    assert!(closing["resume"]["org"].as_u64().is_some(), "{closing}");
+    assert_eq!(next(&mut one).await, json!({ "op": "socket_closed", "code": 4003 }));
+    s.stop().await;
+}
+
+/// A restore from backup is a new epoch: positions from before cannot be resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_store_says_reset() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
+    let ana = login(&s, &sl, "ana").await;
+    let ch = post_json(&s, &ana.access, "/v1/channels", json!({ "kind": "public", "name": "kept" })).await;
+    let ch = ch["id"].as_str().unwrap().to_owned();
+    let topic = format!("channel:{ch}");
+    let (mut ws, welcome) = connect(&s, &ana).await;
+    let old_epoch = welcome["epoch"].as_u64().unwrap();
+    subscribe(&mut ws, &topic, None, None).await;
+    post_json(&s, &ana.access, &format!("/v1/channels/{ch}/messages"), json!({ "text": "before the backup" })).await;
+    let seen = event_of(&mut ws, "message.posted").await["seq"].as_u64().unwrap();
+    drop(ws);
+    let backup = tempfile::tempdir().unwrap();
+    let file = backup.path().join("outpost.backup");
+    let (config, f) = (s.config.clone(), file.clone());
+    tokio::task::spawn_blocking(move || outpost::commands::backup(&config, &f)).await.unwrap().unwrap();
+    let key_file = s.config.master_key_file();
+    let old_dir = s.stop_keep_dir().await;
+
+    // Restored elsewhere, with the master key kept apart from the backup.
+    let restored = tempfile::tempdir().unwrap();
+    let (f, d) = (file.clone(), restored.path().to_path_buf());
+    tokio::task::spawn_blocking(move || outpost::commands::restore(&f, &d, false)).await.unwrap().unwrap();
+    let restored_config = crate::support::config_for(restored.path());
+    std::fs::copy(&key_file, restored_config.master_key_file()).unwrap();
+    drop(old_dir);
+    let s = TestServer::start_with(restored_config).await;
+    let ana = login(&s, &sl, "ana").await;
+    let (mut ws, welcome) = connect(&s, &ana).await;
+    assert_ne!(welcome["epoch"].as_u64().unwrap(), old_epoch);
+    let frames = subscribe(&mut ws, &topic, Some(seen), Some(old_epoch)).await;
+    assert_eq!(frames[0], json!({ "op": "reset", "topic": topic, "reason": "epoch" }));
+    assert_eq!(frames.last().unwrap()["op"], "subscribed");
+    s.stop().await;
+}
