@@ -12,12 +12,11 @@ use poem::web::websocket::{CloseCode, Message, WebSocketStream};
 use tokio::sync::mpsc;
 
 use super::protocol::{ClientFrame, ServerFrame, close};
-use super::{Hub, Registration, ephemeral, may_change_access, may_follow};
+use super::{Delivery, Hub, Registration, ephemeral, event_frame, may_change_access, may_follow};
 use crate::app::App;
 use crate::auth::{self, AuthError, Principal};
 use crate::domain::{DomainError, inbox};
 use crate::ids::rfc3339;
-use crate::store::events::Event;
 use crate::store::writer::MutationCtx;
 use crate::tenancy::OrgScope;
 
@@ -66,7 +65,7 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
         Ok(x) => x,
         Err(e) => return bye(&mut sink, close::UNAUTHORIZED, &e.to_string()).await,
     };
-    let (tx, mut rx) = mpsc::channel::<Arc<Event>>(cfg.send_queue_len);
+    let (tx, mut rx) = mpsc::channel::<Arc<Delivery>>(cfg.send_queue_len);
     let Some(reg) = hub.register(p.org, p.user, tx, (cfg.connections_per_user_max, cfg.connections_per_org_max)) else {
         return bye(&mut sink, close::TOO_MANY, "too many open sockets for this user or organization").await;
     };
@@ -231,7 +230,11 @@ impl Conn {
     }
 
     async fn send(&mut self, f: &ServerFrame) -> Result<(), WriteFailed> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.send(Message::Text(f.to_text()))).await {
+        self.send_text(f.to_text()).await
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), WriteFailed> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.send(Message::Text(text))).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(WriteFailed),
         }
@@ -508,13 +511,14 @@ impl Conn {
         Ok(self.send(&ServerFrame::Subscribed { topic, seq: last, unread, r#ref }).await?)
     }
 
-    async fn deliver(&mut self, e: &Event) -> Result<(), WriteFailed> {
+    async fn deliver(&mut self, d: &Delivery) -> Result<(), WriteFailed> {
+        let e = &d.event;
         let Some(last) = self.positions.get_mut(&e.topic) else { return Ok(()) };
         if e.seq <= *last {
             return Ok(());
         }
         *last = e.seq;
-        self.send(&event_frame(e)).await?;
+        self.send_text(d.text.clone()).await?;
         self.app.metrics.realtime_events_sent.inc();
         if may_change_access(&e.kind) && may_follow(&self.app.store, &self.p, &e.topic).is_err() {
             self.reg.unsubscribe(&e.topic);
@@ -549,17 +553,6 @@ impl Conn {
             self.send(&ServerFrame::Unsubscribed { topic, reason: "access_lost".into(), r#ref: None }).await?;
         }
         Ok(())
-    }
-}
-
-fn event_frame(e: &Event) -> ServerFrame {
-    ServerFrame::Event {
-        topic: e.topic.clone(),
-        seq: e.seq,
-        kind: e.kind.clone(),
-        actor: e.actor.clone(),
-        at: rfc3339(e.at_ms),
-        data: e.data.clone(),
     }
 }
 

@@ -50,12 +50,30 @@ impl Signal {
 /// One socket's place in the hub.
 #[derive(Clone)]
 struct Sub {
-    tx: mpsc::Sender<Arc<Event>>,
+    tx: mpsc::Sender<Arc<Delivery>>,
     signal: Arc<Signal>,
     mailbox: Arc<Mailbox>,
 }
 
 type TopicKey = (Id, String);
+
+/// An event on its way to sockets, its frame written once for all of them.
+pub struct Delivery {
+    pub event: Arc<Event>,
+    pub text: String,
+}
+
+/// The `event` frame of `e`.
+pub fn event_frame(e: &Event) -> ServerFrame {
+    ServerFrame::Event {
+        topic: e.topic.clone(),
+        seq: e.seq,
+        kind: e.kind.clone(),
+        actor: e.actor.clone(),
+        at: crate::ids::rfc3339(e.at_ms),
+        data: e.data.clone(),
+    }
+}
 
 #[derive(Default)]
 struct Topics {
@@ -121,7 +139,7 @@ pub struct Registration {
     pub id: u64,
     org: Id,
     user: Id,
-    tx: mpsc::Sender<Arc<Event>>,
+    tx: mpsc::Sender<Arc<Delivery>>,
     pub signal: Arc<Signal>,
     /// Ephemeral frames for this socket, latest per key.
     pub mailbox: Arc<Mailbox>,
@@ -165,7 +183,7 @@ impl Hub {
         self: &Arc<Self>,
         org: Id,
         user: Id,
-        tx: mpsc::Sender<Arc<Event>>,
+        tx: mpsc::Sender<Arc<Delivery>>,
         caps: (usize, usize),
     ) -> Option<Registration> {
         let mut t = self.lock();
@@ -217,11 +235,12 @@ impl Hub {
         {
             let t = self.lock();
             let Some(subs) = t.subs.get(&(e.org, e.topic.clone())) else { return };
+            let d = Arc::new(Delivery { event: e.clone(), text: event_frame(e).to_text() });
             for sub in subs.values() {
                 if sub.signal.is_slow() {
                     continue;
                 }
-                if sub.tx.try_send(e.clone()).is_err() {
+                if sub.tx.try_send(d.clone()).is_err() {
                     slow.push(sub.signal.clone());
                 }
                 deepest = deepest.max(sub.tx.max_capacity() - sub.tx.capacity());
