@@ -3,12 +3,12 @@
 //! socket's frames).
 
 use poem::web::Data;
-use poem::web::websocket::WebSocket;
+use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::{IntoResponse, Request, handler};
 use poem_openapi::Object;
 
 use crate::app::App;
-use crate::realtime::protocol::{SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX};
+use crate::realtime::protocol::{FRAME_BYTES_MAX, SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX};
 
 /// Upgrades to a realtime socket. Browsers cannot set headers on a WebSocket, so the access
 /// token comes as a second subprotocol (`access_token.<token>`) or in the first frame.
@@ -32,7 +32,16 @@ pub fn realtime(req: &Request, ws: WebSocket, app: Data<&App>) -> impl IntoRespo
         .map(str::to_owned);
     let app = app.0.clone();
     let hub = app.hub.clone();
+    // Small buffers: an idle socket should cost kilobytes, not the library's 128 KiB defaults;
+    // frames are small and bounded.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(Some(FRAME_BYTES_MAX))
+        .max_frame_size(Some(FRAME_BYTES_MAX));
     ws.protocols([SUBPROTOCOL])
+        .config(config)
         .on_upgrade(move |socket| crate::realtime::conn::serve(app, hub, socket, offered.or(bearer)))
 }
 

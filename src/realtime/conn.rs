@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use poem::web::websocket::{CloseCode, Message, WebSocketStream};
 use tokio::sync::mpsc;
 
-use super::protocol::{ClientFrame, ServerFrame, close};
+use super::protocol::{ClientFrame, FRAME_BYTES_MAX, ServerFrame, close};
 use super::{Delivery, Hub, Registration, ephemeral, event_frame, may_change_access, may_follow};
 use crate::app::App;
 use crate::auth::{self, AuthError, Principal};
@@ -20,8 +20,6 @@ use crate::ids::rfc3339;
 use crate::store::writer::MutationCtx;
 use crate::tenancy::OrgScope;
 
-/// A frame larger than this from a client is a protocol error.
-const FRAME_BYTES_MAX: usize = 64 << 10;
 /// A write the client does not take within this long ends the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The device name of an inbox `subscribe` or `ack` that gives none.
@@ -30,6 +28,10 @@ const DEFAULT_DEVICE: &str = "default";
 const REPLAY_PAGE: usize = 500;
 
 type Sink = SplitSink<WebSocketStream, Message>;
+type Stream = SplitStream<WebSocketStream>;
+
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Checks a bearer token: the caller and, for an access token, when it expires (ms).
 async fn authenticate(app: &App, token: &str) -> Result<(Principal, Option<i64>), AuthError> {
@@ -55,19 +57,19 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
         match first {
             Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<ClientFrame>(&t) {
                 Ok(ClientFrame::Auth { token }) => token,
-                _ => return bye(&mut sink, close::UNAUTHORIZED, "the first frame must be auth").await,
+                _ => return bye(&mut sink, &mut stream, close::UNAUTHORIZED, "the first frame must be auth").await,
             },
             Ok(_) => return,
-            Err(_) => return bye(&mut sink, close::UNAUTHORIZED, "no auth frame in time").await,
+            Err(_) => return bye(&mut sink, &mut stream, close::UNAUTHORIZED, "no auth frame in time").await,
         }
     };
     let (p, exp) = match authenticate(&app, &token).await {
         Ok(x) => x,
-        Err(e) => return bye(&mut sink, close::UNAUTHORIZED, &e.to_string()).await,
+        Err(e) => return bye(&mut sink, &mut stream, close::UNAUTHORIZED, &e.to_string()).await,
     };
     let (tx, mut rx) = mpsc::channel::<Arc<Delivery>>(cfg.send_queue_len);
     let Some(reg) = hub.register(p.org, p.user, tx, (cfg.connections_per_user_max, cfg.connections_per_org_max)) else {
-        return bye(&mut sink, close::TOO_MANY, "too many open sockets for this user or organization").await;
+        return bye(&mut sink, &mut stream, close::TOO_MANY, "too many open sockets for this user or organization").await;
     };
     let mut c = Conn {
         app,
@@ -98,12 +100,12 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Binary(_))) => {
-                        return c.close(close::PROTOCOL, "frames are JSON text").await;
+                        return c.close(&mut stream, close::PROTOCOL, "frames are JSON text").await;
                     }
                     Some(Ok(Message::Close(_)) | Err(_)) | None => return,
                 };
                 if text.len() > FRAME_BYTES_MAX {
-                    return c.close(close::PROTOCOL, "frame too large").await;
+                    return c.close(&mut stream, close::PROTOCOL, "frame too large").await;
                 }
                 let frame = match serde_json::from_str::<ClientFrame>(&text) {
                     Ok(f) => f,
@@ -116,7 +118,7 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
                     }
                 };
                 if let Err(end) = c.handle(frame).await {
-                    return c.end(end).await;
+                    return c.end(&mut stream, end).await;
                 }
             }
             Some(e) = rx.recv() => {
@@ -133,18 +135,18 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
             }
             () = signal.notified() => {
                 if signal.is_slow() {
-                    return c.close(close::TOO_SLOW, "the client did not keep up; resume from the positions given").await;
+                    return c.close(&mut stream, close::TOO_SLOW, "the client did not keep up; resume from the positions given").await;
                 }
             }
             _ = stopping.changed() => {
-                return c.close(close::GOING_AWAY, "the server is shutting down; resume from the positions given").await;
+                return c.close(&mut stream, close::GOING_AWAY, "the server is shutting down; resume from the positions given").await;
             }
             _ = tick.tick() => {
                 if heard.elapsed() > idle {
-                    return c.close(close::IDLE, "nothing heard from the client").await;
+                    return c.close(&mut stream, close::IDLE, "nothing heard from the client").await;
                 }
                 if let Err(end) = c.recheck().await {
-                    return c.end(end).await;
+                    return c.end(&mut stream, end).await;
                 }
                 // Keep-alive: intermediaries see traffic, and a dead peer shows up as a failed write.
                 let ping = tokio::time::timeout(WRITE_TIMEOUT, c.sink.send(Message::Ping(Vec::new()))).await;
@@ -240,17 +242,17 @@ impl Conn {
         }
     }
 
-    async fn end(self, end: End) {
+    async fn end(self, stream: &mut Stream, end: End) {
         if let End::Close(code, reason) = end {
-            self.close(code, &reason).await;
+            self.close(stream, code, &reason).await;
         }
     }
 
     /// Says where to resume, then closes with `code`.
-    async fn close(mut self, code: u16, reason: &str) {
+    async fn close(mut self, stream: &mut Stream, code: u16, reason: &str) {
         let resume = std::mem::take(&mut self.positions);
         let _ = self.send(&ServerFrame::Closing { code, reason: reason.to_owned(), resume }).await;
-        bye(&mut self.sink, code, reason).await;
+        bye(&mut self.sink, stream, code, reason).await;
     }
 
     async fn handle(&mut self, frame: ClientFrame) -> Result<(), End> {
@@ -556,9 +558,22 @@ impl Conn {
     }
 }
 
-async fn bye(sink: &mut Sink, code: u16, reason: &str) {
+/// The closing handshake: our close frame, then the client's answer (for a moment), so the
+/// socket is not torn down under data the client has yet to read.
+async fn bye(sink: &mut Sink, stream: &mut Stream, code: u16, reason: &str) {
     // Close reasons are at most 123 bytes.
     let reason: String = reason.chars().take(100).collect();
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some((CloseCode::from(code), reason))))).await;
+    let close = Message::Close(Some((CloseCode::from(code), reason)));
+    if !matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.send(close)).await, Ok(Ok(()))) {
+        return;
+    }
+    let answered = async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, answered).await;
     let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
 }

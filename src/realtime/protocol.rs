@@ -10,6 +10,9 @@ pub const SUBPROTOCOL: &str = "outpost.v1";
 /// A second offered subprotocol may carry the access token: `access_token.<token>`.
 pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "access_token.";
 
+/// A frame larger than this from a client is refused (close 4002 or 1009).
+pub const FRAME_BYTES_MAX: usize = 64 << 10;
+
 /// Close codes (4000–4999 are the application's).
 pub mod close {
     /// No valid `auth` frame in time, or the token was refused or expired without `auth`.

@@ -31,7 +31,11 @@ pub async fn next(ws: &mut Ws) -> Value {
         let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a frame in time");
         match m.expect("socket open").expect("frame") {
             Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Close(c) => return json!({ "op": "socket_closed", "code": c.map(|c| u16::from(c.code)) }),
+            Message::Close(c) => {
+                // Answer the closing handshake at once.
+                let _ = ws.flush().await;
+                return json!({ "op": "socket_closed", "code": c.map(|c| u16::from(c.code)) });
+            }
             _ => {}
         }
     }
@@ -330,6 +334,8 @@ async fn a_stalled_client_is_cut_off_and_the_others_carry_on() {
     let mut config = crate::support::config_for(dir.path());
     config.limits.user_requests_per_s = 1_000_000;
     config.realtime.send_queue_len = 512;
+    // No keep-alive pings: a stalled client's late pong would meet a closed socket.
+    config.realtime.recheck_s = 3600;
     // Small socket buffers on the server side (accepted sockets inherit them), so a client
     // that stops reading backs the server up after a few frames rather than a few megabytes.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Realtime fan-out, side by side with a Socket.IO 4 server (node) on the same machine, in one run:
+#   1. 1 room × 1,000 subscribers, then 100 rooms × 10 subscribers: deliveries per second,
+#      send → receipt p50/p99, server CPU and RSS (Outpost publishes durable messages over
+#      HTTP; Socket.IO emits with an acknowledgement);
+#   2. N idle authenticated connections, each following one topic: server RSS per connection;
+#   3. resume: a client away while 10,000 events land comes back and has them replayed.
+#
+#   bash benches/realtime.sh          # DURATION=8 PUBLISHERS=64 IDLE=10000
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+OP_PORT=${OP_PORT:-18080}
+SIO_PORT=${SIO_PORT:-18090}
+PUBLISHERS=${PUBLISHERS:-64}
+IDLE=${IDLE:-10000}
+require_outpost
+require_cmd node
+require_cmd npm
+bench_init
+ulimit -n 65536 2>/dev/null || log "could not raise the open-files limit; idle runs may fail"
+
+# The peer's packages, once, in an ignored folder.
+PEER_DIR="$BENCH_DIR/peers"
+if [ ! -d "$PEER_DIR/node_modules/socket.io" ]; then
+    log "installing socket.io@4 into $PEER_DIR/node_modules"
+    (cd "$PEER_DIR" && npm install --silent --no-audit --no-fund --no-save socket.io@4 >/dev/null)
+fi
+
+(cd "$REPO_DIR" && cargo bench --bench realtime_load --no-run -q 2>/dev/null)
+LOAD=$(cd "$REPO_DIR" && cargo bench --bench realtime_load --no-run 2>&1 | awk '/Executable/{gsub(/[()]/,"",$NF); print $NF}' | tail -1)
+[ -x "$LOAD" ] || die "no load generator built"
+
+export OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000000 OUTPOST_LIMITS__ORG_REQUESTS_PER_S=100000000 \
+    OUTPOST_REALTIME__CONNECTIONS_PER_USER_MAX=1000000 OUTPOST_REALTIME__CONNECTIONS_PER_ORG_MAX=1000000
+KEY=$(outpost_operator_key "$WORK/outpost-data")
+start_outpost "$WORK/outpost-data" "$OP_PORT"
+ORG_ID=$(curl -fsS -X POST "$OP_URL/v1/orgs" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+    --data '{"slug":"bench-rt","name":"Bench realtime"}' | "${BENCHSTAT[@]}" json-get id)
+INV=$(curl -fsS -X POST "$OP_URL/v1/orgs/$ORG_ID/invitations" -H "Authorization: Bearer $KEY" \
+    -H 'Content-Type: application/json' --data '{"email":"rt@example.org","role":"member"}' | "${BENCHSTAT[@]}" json-get token)
+curl -fsS -o /dev/null -X POST "$OP_URL/v1/auth/invitations/accept" -H 'Content-Type: application/json' \
+    --data "{\"token\":\"$INV\",\"username\":\"rt\",\"password\":\"bench password 123\"}"
+TOKEN=$(curl -fsS -X POST "$OP_URL/v1/auth/login" -H 'Content-Type: application/json' \
+    --data '{"org":"bench-rt","login":"rt","password":"bench password 123"}' | "${BENCHSTAT[@]}" json-get access_token)
+CHANNELS=""
+for i in $(seq 0 99); do
+    id=$(curl -fsS -X POST "$OP_URL/v1/channels" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+        --data "{\"kind\":\"public\",\"name\":\"room-$i\"}" | "${BENCHSTAT[@]}" json-get id)
+    CHANNELS="$CHANNELS${CHANNELS:+,}$id"
+done
+FIRST=${CHANNELS%%,*}
+
+node "$PEER_DIR/socketio_server.js" "$SIO_PORT" >"$WORK/socketio.log" 2>&1 &
+SIO_PID=$!
+for _ in $(seq 1 100); do grep -q listening "$WORK/socketio.log" 2>/dev/null && break; sleep 0.1; done
+log "socket.io ready: pid $SIO_PID"
+trap 'kill $SIO_PID 2>/dev/null || true; bench_cleanup' EXIT
+
+run() { "$LOAD" "$@" | grep '^RESULT' || true; }
+for shape in "1 1000" "100 10"; do
+    set -- $shape
+    echo "== fan-out: $1 room(s) × $2 subscribers, $PUBLISHERS publishers, ${DURATION:-8} s =="
+    run --mode fanout --target outpost --url "$OP_URL" --token "$TOKEN" --channels "$CHANNELS" \
+        --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$OP_PID"
+    run --mode fanout --target socketio --url "http://127.0.0.1:$SIO_PORT" \
+        --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$SIO_PID"
+done
+echo "== $IDLE idle connections =="
+run --mode idle --target outpost --url "$OP_URL" --token "$TOKEN" --channels "$FIRST" --conns "$IDLE" --pid "$OP_PID"
+run --mode idle --target socketio --url "http://127.0.0.1:$SIO_PORT" --conns "$IDLE" --pid "$SIO_PID"
+echo "== resume after 10,000 missed events =="
+run --mode resume --target outpost --url "$OP_URL" --token "$TOKEN" --channels "$FIRST" --events 10000 --pid "$OP_PID"
+stop_outpost

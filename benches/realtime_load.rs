@@ -1,0 +1,382 @@
+//! Realtime load against a running server, Outpost or a Socket.IO 4 peer, the same way:
+//!
+//! * `fanout`: R rooms × S subscribers; P publishers post as fast as their answers come back
+//!   (closed loop) for D seconds; reports deliveries per second and the delay from the
+//!   publisher's send to each subscriber's receipt (p50/p99), plus the server's CPU and RSS.
+//!   For Outpost a publish is a durable message post over HTTP (fan-out follows the commit);
+//!   for Socket.IO an `emit` with an acknowledgement after `io.to(room).emit`.
+//! * `idle`: N connections each following one topic; reports the server's RSS per connection.
+//! * `resume` (Outpost): a client away while N events land comes back with `since`; reports
+//!   the time until all of them are replayed.
+//!
+//! `benches/realtime.sh` starts both servers and runs every scenario.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[derive(Clone)]
+struct Args {
+    mode: String,
+    target: String,
+    url: String,
+    token: String,
+    /// Outpost: channel ids, one per room.
+    channels: Vec<String>,
+    rooms: usize,
+    subs: usize,
+    publishers: usize,
+    seconds: f64,
+    conns: usize,
+    events: usize,
+    pid: u32,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        mode: "fanout".into(),
+        target: "outpost".into(),
+        url: String::new(),
+        token: String::new(),
+        channels: Vec::new(),
+        rooms: 1,
+        subs: 1000,
+        publishers: 8,
+        seconds: 8.0,
+        conns: 10_000,
+        events: 10_000,
+        pid: 0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().unwrap_or_default();
+        match k.as_str() {
+            "--mode" => a.mode = v(),
+            "--target" => a.target = v(),
+            "--url" => a.url = v(),
+            "--token" => a.token = v(),
+            "--channels" => a.channels = v().split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            "--rooms" => a.rooms = v().parse().unwrap_or(1),
+            "--subs" => a.subs = v().parse().unwrap_or(1000),
+            "--publishers" => a.publishers = v().parse().unwrap_or(8),
+            "--seconds" => a.seconds = v().parse().unwrap_or(8.0),
+            "--conns" => a.conns = v().parse().unwrap_or(10_000),
+            "--events" => a.events = v().parse().unwrap_or(10_000),
+            "--pid" => a.pid = v().parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    a
+}
+
+fn ws_url(a: &Args) -> String {
+    let base = a.url.replace("http://", "ws://");
+    if a.target == "socketio" { format!("{base}/socket.io/?EIO=4&transport=websocket") } else { format!("{base}/v1/realtime") }
+}
+
+async fn text(ws: &mut Ws) -> Option<String> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.ok()?? {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A connected subscriber of `room` (index), ready for messages.
+async fn join(a: &Args, room: usize) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(a)).await.expect("connect");
+    if a.target == "socketio" {
+        let open = text(&mut ws).await.expect("open");
+        assert!(open.starts_with('0'), "{open}");
+        ws.send(Message::text("40")).await.expect("send");
+        let ok = text(&mut ws).await.expect("connect ack");
+        assert!(ok.starts_with("40"), "{ok}");
+        ws.send(Message::text(format!("42[\"join\",\"r{room}\"]"))).await.expect("join");
+    } else {
+        ws.send(Message::text(json!({ "op": "auth", "token": a.token }).to_string())).await.expect("auth");
+        let w = text(&mut ws).await.expect("welcome");
+        assert!(w.contains("\"welcome\""), "{w}");
+        let topic = format!("channel:{}", a.channels[room]);
+        ws.send(Message::text(json!({ "op": "subscribe", "topic": topic }).to_string())).await.expect("sub");
+        loop {
+            let f = text(&mut ws).await.expect("subscribed");
+            if f.contains("\"subscribed\"") {
+                break;
+            }
+        }
+    }
+    ws
+}
+
+/// The id a delivery carries, if it is one. Found by search, not parsed: the generator shares
+/// the machine with the server and must stay cheap per frame.
+fn delivery_id(target: &str, t: &str) -> Option<String> {
+    let from = if target == "socketio" {
+        if !t.starts_with("42[\"msg\"") {
+            return None;
+        }
+        0
+    } else {
+        if !t.starts_with("{\"op\":\"event\"") {
+            return None;
+        }
+        t.find("\"data\":")?
+    };
+    let rest = &t[from..];
+    let at = rest.find("\"id\":\"")? + 6;
+    let end = rest[at..].find('"')?;
+    Some(rest[at..at + end].to_owned())
+}
+
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn rss_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() { f64::NAN } else { v[((v.len() - 1) as f64 * p).round() as usize] }
+}
+
+async fn connect_all(a: &Args, n: usize, rooms: usize) -> Vec<Ws> {
+    let mut out = Vec::with_capacity(n);
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<_> = (i..(i + 200).min(n)).map(|k| join(a, k % rooms)).collect();
+        out.extend(futures_util::future::join_all(batch).await);
+        i += 200;
+    }
+    out
+}
+
+#[allow(clippy::too_many_lines)] // one scenario, start to report
+async fn fanout(a: Args) {
+    let total = a.rooms * a.subs;
+    let clients = connect_all(&a, total, a.rooms).await;
+    eprintln!("{} subscribers connected", clients.len());
+    let received = Arc::new(AtomicU64::new(0));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    let mut logs = Vec::new();
+    for mut ws in clients {
+        let (received, measuring, target) = (received.clone(), measuring.clone(), a.target.clone());
+        let log: Arc<std::sync::Mutex<Vec<(String, Instant)>>> = Arc::default();
+        logs.push(log.clone());
+        readers.push(tokio::spawn(async move {
+            while let Some(t) = text(&mut ws).await {
+                if t == "2" {
+                    let _ = ws.send(Message::text("3")).await;
+                    continue;
+                }
+                if let Some(id) = delivery_id(&target, &t) {
+                    if measuring.load(Ordering::Relaxed) {
+                        received.fetch_add(1, Ordering::Relaxed);
+                        log.lock().expect("log").push((id, Instant::now()));
+                    }
+                }
+            }
+        }));
+    }
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_s(a.pid);
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let mut pubs = Vec::new();
+    for p in 0..a.publishers {
+        let (a, sent, stop, published) = (a.clone(), sent.clone(), stop.clone(), published.clone());
+        pubs.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut ws = if a.target == "socketio" { Some(join(&a, 0).await) } else { None };
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let room = ((p as u64 + n * a.publishers as u64) % a.rooms as u64) as usize;
+                let at = Instant::now();
+                if let Some(ws) = ws.as_mut() {
+                    let id = format!("p{p}-{n}");
+                    sent.lock().await.insert(id.clone(), at);
+                    let ack = n % 1_000_000;
+                    let frame = format!("42{ack}[\"publish\",{{\"room\":\"r{room}\",\"id\":\"{id}\"}}]");
+                    ws.send(Message::text(frame)).await.expect("publish");
+                    let want = format!("43{ack}");
+                    loop {
+                        let t = text(ws).await.expect("ack");
+                        if t == "2" {
+                            let _ = ws.send(Message::text("3")).await;
+                        } else if t.starts_with(&want) {
+                            break;
+                        }
+                    }
+                } else {
+                    let url = format!("{}/v1/channels/{}/messages", a.url, a.channels[room]);
+                    let r = http
+                        .post(url)
+                        .bearer_auth(&a.token)
+                        .json(&json!({ "text": format!("load {p} {n}") }))
+                        .send()
+                        .await
+                        .expect("post");
+                    assert_eq!(r.status(), 201);
+                    let v: Value = r.json().await.expect("json");
+                    sent.lock().await.insert(v["id"].as_str().expect("id").to_owned(), at);
+                }
+                n += 1;
+                published.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for p in pubs {
+        let _ = p.await;
+    }
+    let publish_s = started.elapsed().as_secs_f64();
+    // Let what is in flight arrive, then count.
+    let expect = published.load(Ordering::Relaxed) * a.subs as u64;
+    let drain_until = Instant::now() + Duration::from_secs(20);
+    while received.load(Ordering::Relaxed) < expect && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered_s = started.elapsed().as_secs_f64();
+    let cpu = cpu_s(a.pid) - cpu0;
+    measuring.store(false, Ordering::Relaxed);
+    let got = received.load(Ordering::Relaxed);
+    for r in &readers {
+        r.abort();
+    }
+    let sent = sent.lock().await;
+    let mut lat = Vec::new();
+    for log in logs {
+        for (id, at) in log.lock().expect("log").iter() {
+            if let Some(t0) = sent.get(id) {
+                lat.push(at.duration_since(*t0).as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "RESULT target={} rooms={} subs={} publishers={} published={} published_per_s={:.0} delivered={got} expected={expect} delivered_per_s={:.0} p50_ms={:.2} p99_ms={:.2} cpu_s={cpu:.2} rss_kb={} hwm_kb={}",
+        a.target,
+        a.rooms,
+        a.subs,
+        a.publishers,
+        published.load(Ordering::Relaxed),
+        published.load(Ordering::Relaxed) as f64 / publish_s,
+        got as f64 / delivered_s,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        rss_kb(a.pid, "VmRSS:"),
+        rss_kb(a.pid, "VmHWM:"),
+    );
+}
+
+async fn idle(a: Args) {
+    let before = rss_kb(a.pid, "VmRSS:");
+    let rooms = a.channels.len().max(1);
+    let clients = connect_all(&a, a.conns, rooms).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kb(a.pid, "VmRSS:");
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / clients.len() as f64;
+    println!(
+        "RESULT target={} idle_connections={} rss_before_kb={before} rss_after_kb={after} bytes_per_connection={per:.0}",
+        a.target,
+        clients.len()
+    );
+    drop(clients);
+}
+
+async fn resume(a: Args) {
+    let mut ws = join(&a, 0).await;
+    let topic = format!("channel:{}", a.channels[0]);
+    ws.send(Message::text(json!({ "op": "ping" }).to_string())).await.expect("ping");
+    let welcome_epoch = {
+        let (mut w, _) = tokio_tungstenite::connect_async(ws_url(&a)).await.expect("connect");
+        w.send(Message::text(json!({ "op": "auth", "token": a.token }).to_string())).await.expect("auth");
+        let v: Value = serde_json::from_str(&text(&mut w).await.expect("welcome")).expect("json");
+        v["epoch"].as_u64().expect("epoch")
+    };
+    // The position before going away: the subscription's answer.
+    ws.send(Message::text(json!({ "op": "unsubscribe", "topic": topic }).to_string())).await.expect("unsub");
+    ws.send(Message::text(json!({ "op": "subscribe", "topic": topic }).to_string())).await.expect("sub");
+    let since = loop {
+        let v: Value = serde_json::from_str(&text(&mut ws).await.expect("frame")).expect("json");
+        if v["op"] == "subscribed" {
+            break v["seq"].as_u64().expect("seq");
+        }
+    };
+    drop(ws);
+    let http = reqwest::Client::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut posters = Vec::new();
+    for _ in 0..32 {
+        let (http, next, a) = (http.clone(), next.clone(), a.clone());
+        posters.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < a.events as u64 {
+                let r = http
+                    .post(format!("{}/v1/channels/{}/messages", a.url, a.channels[0]))
+                    .bearer_auth(&a.token)
+                    .json(&json!({ "text": "while away" }))
+                    .send()
+                    .await
+                    .expect("post");
+                assert_eq!(r.status(), 201);
+            }
+        }));
+    }
+    for p in posters {
+        p.await.expect("poster");
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&a)).await.expect("connect");
+    ws.send(Message::text(json!({ "op": "auth", "token": a.token }).to_string())).await.expect("auth");
+    text(&mut ws).await.expect("welcome");
+    let t0 = Instant::now();
+    let sub = json!({ "op": "subscribe", "topic": topic, "since": since, "epoch": welcome_epoch });
+    ws.send(Message::text(sub.to_string())).await.expect("sub");
+    let mut n = 0;
+    loop {
+        let t = text(&mut ws).await.expect("frame");
+        if t.contains("\"op\":\"event\"") {
+            n += 1;
+        } else if t.contains("\"subscribed\"") {
+            break;
+        }
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    println!("RESULT target=outpost resume_events={n} resume_ms={ms:.1} events_per_s={:.0}", f64::from(n) / ms * 1000.0);
+}
+
+fn main() {
+    let a = args();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        match a.mode.as_str() {
+            "idle" => idle(a).await,
+            "resume" => resume(a).await,
+            _ => fanout(a).await,
+        }
+    });
+}
