@@ -79,7 +79,11 @@ fn args() -> Args {
 
 fn ws_url(a: &Args) -> String {
     let base = a.url.replace("http://", "ws://");
-    if a.target == "socketio" { format!("{base}/socket.io/?EIO=4&transport=websocket") } else { format!("{base}/v1/realtime") }
+    if a.target == "socketio" {
+        format!("{base}/socket.io/?EIO=4&transport=websocket")
+    } else {
+        format!("{base}/v1/realtime")
+    }
 }
 
 async fn text(ws: &mut Ws) -> Option<String> {
@@ -366,7 +370,10 @@ async fn resume(a: Args) {
         }
     }
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
-    println!("RESULT target=outpost resume_events={n} resume_ms={ms:.1} events_per_s={:.0}", f64::from(n) / ms * 1000.0);
+    println!(
+        "RESULT target=outpost resume_events={n} resume_ms={ms:.1} events_per_s={:.0}",
+        f64::from(n) / ms * 1000.0
+    );
 }
 
 fn main() {

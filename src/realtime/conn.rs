@@ -69,7 +69,8 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
     };
     let (tx, mut rx) = mpsc::channel::<Arc<Delivery>>(cfg.send_queue_len);
     let Some(reg) = hub.register(p.org, p.user, tx, (cfg.connections_per_user_max, cfg.connections_per_org_max)) else {
-        return bye(&mut sink, &mut stream, close::TOO_MANY, "too many open sockets for this user or organization").await;
+        return bye(&mut sink, &mut stream, close::TOO_MANY, "too many open sockets for this user or organization")
+            .await;
     };
     let mut c = Conn {
         app,
