@@ -495,6 +495,23 @@ pub async fn post(
                 };
                 tx.emit(format!("user:{m}"), "mention", at);
             }
+            // A direct message reaches the other members' inboxes (a direct channel has at most
+            // DIRECT_MEMBERS_MAX members).
+            if let Opened::Channel(ch, _) = &opened {
+                if ch.kind == ChannelKind::Direct {
+                    let base = org_id_key(org, container);
+                    for (k, _) in tx.range(CHANNEL_MEMBERS, &base, &prefix_end(&base), DIRECT_MEMBERS_MAX)? {
+                        let Some(member) = Id::from_slice(&k[32..]) else { continue };
+                        if member != author && !mentions.contains(&member) {
+                            tx.emit(
+                                format!("user:{member}"),
+                                "direct_message",
+                                json!({ "channel": container, "message": id, "author": author, "seq": seq }),
+                            );
+                        }
+                    }
+                }
+            }
             tx.audit(&format!("{noun}.post"), format!("message:{id}"), json!({ "place": container, "seq": seq }));
             Ok(msg)
         })

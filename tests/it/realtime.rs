@@ -469,7 +469,7 @@ async fn an_offline_device_gets_its_unacknowledged_inbox() {
     assert_eq!(next(&mut phone).await, json!({ "op": "acked", "topic": inbox, "seq": at, "unread": 0 }));
     drop(phone);
 
-    // While it is away: two mentions and a private channel he is added to.
+    // While it is away: two mentions, a private channel he is added to, a direct message.
     let ch = post_json(&s, &ana.access, "/v1/channels", json!({ "kind": "public", "name": "general" })).await;
     let ch = ch["id"].as_str().unwrap().to_owned();
     for text in ["ping @ben", "again @ben"] {
@@ -488,15 +488,20 @@ async fn an_offline_device_gets_its_unacknowledged_inbox() {
         json!({ "kind": "private", "name": "plans", "member_ids": [ben.user_id] }),
     )
     .await;
+    // And a direct message.
+    let dm = post_json(&s, &ana.access, "/v1/channels", json!({ "kind": "direct", "member_ids": [ben.user_id] })).await;
+    let dm = dm["id"].as_str().unwrap().to_owned();
+    let sent = post_json(&s, &ana.access, &format!("/v1/channels/{dm}/messages"), json!({ "text": "psst" })).await;
+    assert!(sent["id"].is_string(), "{sent}");
 
-    // Back: exactly those three, then the count; acknowledging clears it.
+    // Back: exactly those, then the count; acknowledging clears it.
     let (mut phone, _) = connect(&s, &ben).await;
     phone.send(Message::text(sub("phone").to_string())).await.unwrap();
     let frames = until(&mut phone, "subscribed").await;
     let kinds: Vec<&str> = frames.iter().filter(|f| f["op"] == "event").map(|f| f["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["mention", "mention", "channel.added"]);
+    assert_eq!(kinds, ["mention", "mention", "channel.added", "channel.added", "direct_message"]);
     let subscribed = frames.last().unwrap();
-    assert_eq!(subscribed["unread"], 3);
+    assert_eq!(subscribed["unread"], 5);
     let last = subscribed["seq"].as_u64().unwrap();
     phone
         .send(Message::text(json!({ "op": "ack", "topic": inbox, "seq": last, "device": "phone" }).to_string()))
