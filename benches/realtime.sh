@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Realtime fan-out, side by side with a Socket.IO 4 server (node) on the same machine, in one run:
 #   1. 1 room × 1,000 subscribers, then 100 rooms × 10 subscribers: deliveries per second,
-#      send → receipt p50/p99, server CPU and RSS (Outpost publishes durable messages over
-#      HTTP; Socket.IO emits with an acknowledgement);
+#      send → receipt p50/p99, server CPU and RSS. Outpost publishes twice: durable messages
+#      over HTTP, then relayed signals over the socket (never stored, the like-for-like case);
+#      Socket.IO emits with an acknowledgement;
 #   2. N idle authenticated connections, each following one topic: server RSS per connection;
 #   3. resume: a client away while 10,000 events land comes back and has them replayed.
 #
@@ -32,7 +33,8 @@ LOAD=$(cd "$REPO_DIR" && cargo bench --bench realtime_load --no-run 2>&1 | awk '
 [ -x "$LOAD" ] || die "no load generator built"
 
 export OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000000 OUTPOST_LIMITS__ORG_REQUESTS_PER_S=100000000 \
-    OUTPOST_REALTIME__CONNECTIONS_PER_USER_MAX=1000000 OUTPOST_REALTIME__CONNECTIONS_PER_ORG_MAX=1000000
+    OUTPOST_REALTIME__CONNECTIONS_PER_USER_MAX=1000000 OUTPOST_REALTIME__CONNECTIONS_PER_ORG_MAX=1000000 \
+    OUTPOST_REALTIME__SIGNALS_PER_S=1000000
 KEY=$(outpost_operator_key "$WORK/outpost-data")
 start_outpost "$WORK/outpost-data" "$OP_PORT"
 ORG_ID=$(curl -fsS -X POST "$OP_URL/v1/orgs" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
@@ -62,6 +64,8 @@ for shape in "1 1000" "100 10"; do
     set -- $shape
     echo "== fan-out: $1 room(s) × $2 subscribers, $PUBLISHERS publishers, ${DURATION:-8} s =="
     run --mode fanout --target outpost --url "$OP_URL" --token "$TOKEN" --channels "$CHANNELS" \
+        --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$OP_PID"
+    run --mode fanout --target outpost --publish signal --url "$OP_URL" --token "$TOKEN" --channels "$CHANNELS" \
         --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$OP_PID"
     run --mode fanout --target socketio --url "http://127.0.0.1:$SIO_PORT" \
         --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$SIO_PID"

@@ -38,6 +38,8 @@ struct Args {
     conns: usize,
     events: usize,
     pid: u32,
+    /// Outpost: `post` (durable messages over HTTP) or `signal` (relayed, never stored).
+    publish: String,
 }
 
 fn args() -> Args {
@@ -54,6 +56,7 @@ fn args() -> Args {
         conns: 10_000,
         events: 10_000,
         pid: 0,
+        publish: "post".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -71,6 +74,7 @@ fn args() -> Args {
             "--conns" => a.conns = v().parse().unwrap_or(10_000),
             "--events" => a.events = v().parse().unwrap_or(10_000),
             "--pid" => a.pid = v().parse().unwrap_or(0),
+            "--publish" => a.publish = v(),
             _ => {}
         }
     }
@@ -131,7 +135,7 @@ fn delivery_id(target: &str, t: &str) -> Option<String> {
         }
         0
     } else {
-        if !t.starts_with("{\"op\":\"event\"") {
+        if !(t.starts_with("{\"op\":\"event\"") || t.starts_with("{\"op\":\"signal\"")) {
             return None;
         }
         t.find("\"data\":")?
@@ -215,12 +219,51 @@ async fn fanout(a: Args) {
         let (a, sent, stop, published) = (a.clone(), sent.clone(), stop.clone(), published.clone());
         pubs.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
-            let mut ws = if a.target == "socketio" { Some(join(&a, 0).await) } else { None };
+            let signals = a.target == "outpost" && a.publish == "signal";
+            let mut ws = if a.target == "socketio" || signals { Some(join(&a, 0).await) } else { None };
+            // A signal publisher follows the rooms it publishes to: with signals, publisher p
+            // takes rooms p, p + P, p + 2P, …, so each room has one publisher (or, with fewer
+            // rooms than publishers, every publisher shares room 0).
+            let mine: Vec<usize> = if signals && a.rooms > a.publishers {
+                (p..a.rooms).step_by(a.publishers).collect()
+            } else {
+                vec![if a.rooms > 1 { p % a.rooms } else { 0 }]
+            };
+            if let (true, Some(ws)) = (signals, ws.as_mut()) {
+                for &r in mine.iter().filter(|r| **r != 0) {
+                    let topic = format!("channel:{}", a.channels[r]);
+                    ws.send(Message::text(json!({ "op": "subscribe", "topic": topic }).to_string()))
+                        .await
+                        .expect("sub");
+                    while !text(ws).await.expect("subscribed").contains("\"subscribed\"") {}
+                }
+            }
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let room = ((p as u64 + n * a.publishers as u64) % a.rooms as u64) as usize;
+                let room = if signals {
+                    mine[(n as usize) % mine.len()]
+                } else {
+                    ((p as u64 + n * a.publishers as u64) % a.rooms as u64) as usize
+                };
                 let at = Instant::now();
-                if let Some(ws) = ws.as_mut() {
+                if let (true, Some(ws)) = (signals, ws.as_mut()) {
+                    // Relay a signal, then a ping: the pong comes back once the relay is done
+                    // (frames of one socket are handled in order), like Socket.IO's ack.
+                    let id = format!("p{p}-{n}");
+                    sent.lock().await.insert(id.clone(), at);
+                    let topic = format!("channel:{}", a.channels[room]);
+                    let kind = format!("custom:m{}", n % 256);
+                    let sig = json!({ "op": "signal", "topic": topic, "kind": kind, "data": { "id": id } });
+                    ws.send(Message::text(sig.to_string())).await.expect("signal");
+                    ws.send(Message::text("{\"op\":\"ping\"}")).await.expect("ping");
+                    loop {
+                        let t = text(ws).await.expect("pong");
+                        assert!(!t.contains("\"error\""), "{t}");
+                        if t.contains("\"pong\"") {
+                            break;
+                        }
+                    }
+                } else if let Some(ws) = ws.as_mut() {
                     let id = format!("p{p}-{n}");
                     sent.lock().await.insert(id.clone(), at);
                     let ack = n % 1_000_000;
@@ -283,8 +326,9 @@ async fn fanout(a: Args) {
     }
     lat.sort_by(f64::total_cmp);
     println!(
-        "RESULT target={} rooms={} subs={} publishers={} published={} published_per_s={:.0} delivered={got} expected={expect} delivered_per_s={:.0} p50_ms={:.2} p99_ms={:.2} cpu_s={cpu:.2} rss_kb={} hwm_kb={}",
+        "RESULT target={}{} rooms={} subs={} publishers={} published={} published_per_s={:.0} delivered={got} expected={expect} delivered_per_s={:.0} p50_ms={:.2} p99_ms={:.2} cpu_s={cpu:.2} rss_kb={} hwm_kb={}",
         a.target,
+        if a.target == "outpost" { format!("/{}", a.publish) } else { String::new() },
         a.rooms,
         a.subs,
         a.publishers,

@@ -49,6 +49,8 @@ pub struct RealtimeConfig {
     pub connections_per_org_max: usize,
     /// Topics one socket may subscribe to at most.
     pub subscriptions_per_connection_max: usize,
+    /// Presence updates and signals one socket may send per second (bursts of twice this).
+    pub signals_per_s: u32,
 }
 
 impl Default for RealtimeConfig {
@@ -61,6 +63,7 @@ impl Default for RealtimeConfig {
             connections_per_user_max: 32,
             connections_per_org_max: 20_000,
             subscriptions_per_connection_max: 256,
+            signals_per_s: 60,
         }
     }
 }
@@ -329,6 +332,9 @@ impl Config {
         }
         if rt.connections_per_user_max == 0 || rt.connections_per_org_max == 0 {
             bad("realtime.connections_per_user_max", "caps must be at least 1");
+        }
+        if rt.signals_per_s == 0 {
+            bad("realtime.signals_per_s", "must be at least 1");
         }
         if rt.subscriptions_per_connection_max == 0 {
             bad("realtime.subscriptions_per_connection_max", "must be at least 1");

@@ -80,7 +80,7 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
         reg,
         positions: BTreeMap::new(),
         here_since: BTreeMap::new(),
-        budget: Budget::new(),
+        budget: Budget::new(cfg.signals_per_s),
         sink,
     };
     if c.send(&c.welcome()).await.is_err() {
@@ -128,8 +128,8 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
                 }
             }
             () = mailbox.notify.notified() => {
-                for f in mailbox.take() {
-                    if c.send(&f).await.is_err() {
+                for text in mailbox.take() {
+                    if c.send_text(text.to_string()).await.is_err() {
                         return;
                     }
                 }
@@ -190,23 +190,22 @@ struct Conn {
     sink: Sink,
 }
 
-/// A token bucket for ephemeral frames: `RATE` a second, bursts of `BURST`.
+/// A token bucket for ephemeral frames: `rate` a second, bursts of twice that.
 struct Budget {
+    rate: f64,
     tokens: f64,
     at: Instant,
 }
 
 impl Budget {
-    const RATE: f64 = 60.0;
-    const BURST: f64 = 120.0;
-
-    fn new() -> Self {
-        Self { tokens: Self::BURST, at: Instant::now() }
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate);
+        Self { rate, tokens: 2.0 * rate, at: Instant::now() }
     }
 
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * Self::RATE).min(Self::BURST);
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(2.0 * self.rate);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

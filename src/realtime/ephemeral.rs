@@ -8,13 +8,12 @@
 //! replaced soon anyway).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::protocol::ServerFrame;
 use crate::ids::Id;
 
 /// Distinct pending keys per socket at most.
@@ -30,15 +29,19 @@ pub const LEASE_MAX: Duration = Duration::from_secs(600);
 pub const LOCKS_PER_TOPIC_MAX: usize = 1000;
 
 /// The latest ephemeral frame per key, waiting for one socket.
+/// Keys in arrival order, and the latest frame of each.
+type Pending = (VecDeque<String>, HashMap<String, Arc<str>>);
+
 #[derive(Default)]
 pub struct Mailbox {
-    pending: Mutex<(VecDeque<String>, HashMap<String, ServerFrame>)>,
+    pending: Mutex<Pending>,
     pub notify: Notify,
 }
 
 impl Mailbox {
-    /// Leaves `frame` under `key`, replacing an older one not yet taken.
-    pub fn put(&self, key: String, frame: ServerFrame) {
+    /// Leaves `frame` (written once for every receiver) under `key`, replacing an older one
+    /// not yet taken.
+    pub fn put(&self, key: String, frame: Arc<str>) {
         {
             let mut guard = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let (order, frames) = &mut *guard;
@@ -55,7 +58,7 @@ impl Mailbox {
     }
 
     /// Everything waiting, oldest key first.
-    pub fn take(&self) -> Vec<ServerFrame> {
+    pub fn take(&self) -> Vec<Arc<str>> {
         let mut guard = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (order, frames) = &mut *guard;
         order.drain(..).filter_map(|k| frames.remove(&k)).collect()
@@ -224,13 +227,10 @@ mod tests {
     fn a_mailbox_keeps_the_latest_per_key() {
         let m = Mailbox::default();
         for x in 0..100 {
-            m.put("cursor:ana".into(), ServerFrame::Pong { r#ref: Some(x.to_string()) });
+            m.put("cursor:ana".into(), Arc::from(x.to_string()));
         }
-        m.put("cursor:ben".into(), ServerFrame::Pong { r#ref: Some("b".into()) });
-        assert_eq!(
-            m.take(),
-            vec![ServerFrame::Pong { r#ref: Some("99".into()) }, ServerFrame::Pong { r#ref: Some("b".into()) }]
-        );
+        m.put("cursor:ben".into(), Arc::from("b"));
+        assert_eq!(m.take(), vec![Arc::from("99"), Arc::from("b")]);
         assert!(m.take().is_empty());
     }
 }

@@ -92,9 +92,10 @@ impl Topics {
     /// Leaves `frame` in the mailbox of every subscriber of `key` but `except`.
     fn broadcast(&self, key: &TopicKey, mailbox_key: &str, frame: &ServerFrame, except: Option<u64>) {
         if let Some(subs) = self.subs.get(key) {
+            let text: Arc<str> = Arc::from(frame.to_text());
             for (id, sub) in subs {
                 if Some(*id) != except {
-                    sub.mailbox.put(mailbox_key.to_owned(), frame.clone());
+                    sub.mailbox.put(mailbox_key.to_owned(), text.clone());
                 }
             }
         }
@@ -304,12 +305,12 @@ impl Registration {
         let key = (self.org, topic.to_owned());
         if let Some(here) = t.presence.get(&key) {
             for (conn, p) in here {
-                self.mailbox.put(format!("presence:{conn}"), presence_frame(topic, "here", p));
+                self.mailbox.put(format!("presence:{conn}"), Arc::from(presence_frame(topic, "here", p).to_text()));
             }
         }
         if let Some(locks) = t.locks.get(&key) {
             for (name, l) in locks.held() {
-                self.mailbox.put(format!("lock:{name}"), lock_state(topic, name, Some(l)));
+                self.mailbox.put(format!("lock:{name}"), Arc::from(lock_state(topic, name, Some(l)).to_text()));
             }
         }
     }
