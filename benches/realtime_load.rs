@@ -102,7 +102,7 @@ async fn text(ws: &mut Ws) -> Option<String> {
 
 /// A connected subscriber of `room` (index), ready for messages.
 async fn join(a: &Args, room: usize) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(a)).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(ws_url(a), None, true).await.expect("connect");
     if a.target == "socketio" {
         let open = text(&mut ws).await.expect("open");
         assert!(open.starts_with('0'), "{open}");
@@ -362,7 +362,7 @@ async fn resume(a: Args) {
     let topic = format!("channel:{}", a.channels[0]);
     ws.send(Message::text(json!({ "op": "ping" }).to_string())).await.expect("ping");
     let welcome_epoch = {
-        let (mut w, _) = tokio_tungstenite::connect_async(ws_url(&a)).await.expect("connect");
+        let (mut w, _) = tokio_tungstenite::connect_async_with_config(ws_url(&a), None, true).await.expect("connect");
         w.send(Message::text(json!({ "op": "auth", "token": a.token }).to_string())).await.expect("auth");
         let v: Value = serde_json::from_str(&text(&mut w).await.expect("welcome")).expect("json");
         v["epoch"].as_u64().expect("epoch")
@@ -398,7 +398,7 @@ async fn resume(a: Args) {
     for p in posters {
         p.await.expect("poster");
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&a)).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(ws_url(&a), None, true).await.expect("connect");
     ws.send(Message::text(json!({ "op": "auth", "token": a.token }).to_string())).await.expect("auth");
     text(&mut ws).await.expect("welcome");
     let t0 = Instant::now();

@@ -59,7 +59,7 @@ pub async fn run(
     let (stop_search, search_stopped) = tokio::sync::watch::channel(false);
     let search_task = start_search(&app, search_stopped).await?;
 
-    let tcp = TcpAcceptor::from_tokio(listener)?;
+    let tcp = http::tls::NoDelay(TcpAcceptor::from_tokio(listener)?);
     let acceptor = match (&app.config.tls.cert_file, &app.config.tls.key_file) {
         (Some(cert), Some(key)) => {
             let tls = http::tls::Reloadable::open(cert, key)

@@ -189,3 +189,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> AsyncWrite for LazyTls<S> {
         }
     }
 }
+
+/// Accepted TCP connections with Nagle's algorithm off: realtime frames and small answers go
+/// out at once instead of waiting for the peer's delayed acknowledgement.
+pub struct NoDelay(pub poem::listener::TcpAcceptor);
+
+impl Acceptor for NoDelay {
+    type Io = tokio::net::TcpStream;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.0.local_addr()
+    }
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        let (io, local, remote, scheme) = self.0.accept().await?;
+        // Best effort: a socket that refuses the option still works.
+        let _ = io.set_nodelay(true);
+        Ok((io, local, remote, scheme))
+    }
+}
