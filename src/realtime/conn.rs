@@ -30,6 +30,8 @@ const REPLAY_PAGE: usize = 500;
 type Sink = SplitSink<WebSocketStream, Message>;
 type Stream = SplitStream<WebSocketStream>;
 
+/// Queued events written together at most (one flush for all of them).
+const WRITE_BATCH_MAX: usize = 64;
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -122,8 +124,16 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
                     return c.end(&mut stream, end).await;
                 }
             }
-            Some(e) = rx.recv() => {
-                if c.deliver(&e).await.is_err() {
+            Some(d) = rx.recv() => {
+                // Under load, what is queued behind this event goes out in the same write.
+                let mut batch = vec![d];
+                while batch.len() < WRITE_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(d) => batch.push(d),
+                        Err(_) => break,
+                    }
+                }
+                if c.deliver_all(&batch).await.is_err() {
                     return;
                 }
             }
@@ -513,20 +523,47 @@ impl Conn {
         Ok(self.send(&ServerFrame::Subscribed { topic, seq: last, unread, r#ref }).await?)
     }
 
-    async fn deliver(&mut self, d: &Delivery) -> Result<(), WriteFailed> {
-        let e = &d.event;
-        let Some(last) = self.positions.get_mut(&e.topic) else { return Ok(()) };
-        if e.seq <= *last {
-            return Ok(());
+    /// Writes the deliveries still wanted (in order, once each) and flushes once.
+    async fn deliver_all(&mut self, batch: &[Arc<Delivery>]) -> Result<(), WriteFailed> {
+        let mut wrote = false;
+        for d in batch {
+            let e = &d.event;
+            let Some(last) = self.positions.get_mut(&e.topic) else { continue };
+            if e.seq <= *last {
+                continue;
+            }
+            *last = e.seq;
+            match tokio::time::timeout(WRITE_TIMEOUT, self.sink.feed(Message::Text(d.text.clone()))).await {
+                Ok(Ok(())) => wrote = true,
+                _ => return Err(WriteFailed),
+            }
+            self.app.metrics.realtime_events_sent.inc();
+            if may_change_access(&e.kind) {
+                self.flush().await?;
+                self.recheck_access(&e.topic).await?;
+            }
         }
-        *last = e.seq;
-        self.send_text(d.text.clone()).await?;
-        self.app.metrics.realtime_events_sent.inc();
-        if may_change_access(&e.kind) && may_follow(&self.app.store, &self.p, &e.topic).is_err() {
-            self.reg.unsubscribe(&e.topic);
-            self.positions.remove(&e.topic);
-            self.here_since.remove(&e.topic);
-            let f = ServerFrame::Unsubscribed { topic: e.topic.clone(), reason: "access_lost".into(), r#ref: None };
+        if wrote {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), WriteFailed> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WriteFailed),
+        }
+    }
+
+    /// After an event that may change who sees `topic`: drop it if the caller no longer does.
+    async fn recheck_access(&mut self, topic: &str) -> Result<(), WriteFailed> {
+        let e_topic = topic.to_owned();
+        if may_follow(&self.app.store, &self.p, &e_topic).is_err() {
+            self.reg.unsubscribe(&e_topic);
+            self.positions.remove(&e_topic);
+            self.here_since.remove(&e_topic);
+            let f = ServerFrame::Unsubscribed { topic: e_topic, reason: "access_lost".into(), r#ref: None };
             self.send(&f).await?;
         }
         Ok(())
