@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::identity::{Login, PASSWORD, create_org, login, operator_invite_and_accept};
-use crate::support::{ChildServer, TestServer, cli};
+use crate::support::{ChildServer, TestServer, cli, post_json};
 
 /// Searches until `done` holds for the answer (the index follows the log asynchronously).
 async fn search_until(
@@ -138,44 +138,17 @@ async fn search_follows_edits_deletes_and_permissions() {
     assert_eq!(r.status(), 422);
 
     // A task's comments are found as messages of that task, until the task goes.
-    let c: Value = s
-        .http
-        .post(s.url(&format!("/v1/tasks/{tid}/comments")))
-        .bearer_auth(&sam.access)
-        .json(&json!({ "text": "the ledger export needs a checksum" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let cid = c["id"].as_str().unwrap().to_owned();
+    let made = |token: &str, path: String, body: Value| {
+        let (s, token) = (&s, token.to_owned());
+        async move { post_json(s, &token, &path, body).await["id"].as_str().unwrap().to_owned() }
+    };
+    let cid =
+        made(&sam.access, format!("/v1/tasks/{tid}/comments"), json!({ "text": "the ledger export needs a checksum" }))
+            .await;
     let v = search_until(&s.http, &s.base, &kit, "checksum", |v| ids(v).contains(&cid)).await;
     assert_eq!(v["items"][0]["type"], "message", "{v}");
-    let doomed: Value = s
-        .http
-        .post(s.url("/v1/tasks"))
-        .bearer_auth(&sam.access)
-        .json(&json!({ "title": "Doomed" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let did = doomed["id"].as_str().unwrap().to_owned();
-    let dc: Value = s
-        .http
-        .post(s.url(&format!("/v1/tasks/{did}/comments")))
-        .bearer_auth(&sam.access)
-        .json(&json!({ "text": "a walrus remark" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let dcid = dc["id"].as_str().unwrap().to_owned();
+    let did = made(&sam.access, "/v1/tasks".into(), json!({ "title": "Doomed" })).await;
+    let dcid = made(&sam.access, format!("/v1/tasks/{did}/comments"), json!({ "text": "a walrus remark" })).await;
     search_until(&s.http, &s.base, &kit, "walrus", |v| ids(v).contains(&dcid)).await;
     let r = s.http.delete(s.url(&format!("/v1/tasks/{did}"))).bearer_auth(&sam.access).send().await.unwrap();
     assert_eq!(r.status(), 204);
@@ -185,23 +158,13 @@ async fn search_follows_edits_deletes_and_permissions() {
     let (other_org, other_sl) = create_org(&s).await;
     operator_invite_and_accept(&s, &other_org, "oz@example.org", "member").await;
     let oz = login(&s, &other_sl, "oz").await;
-    let oz_chan =
-        chan(&oz, json!({ "kind": "public", "name": "general" })).await.unwrap().json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-    let oz_msg: Value = s
-        .http
-        .post(s.url(&format!("/v1/channels/{oz_chan}/messages")))
-        .bearer_auth(&oz.access)
-        .json(&json!({ "text": "the ledger belongs to another org" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let oz_id = oz_msg["id"].as_str().unwrap().to_owned();
+    let oz_chan = made(&oz.access, "/v1/channels".into(), json!({ "kind": "public", "name": "general" })).await;
+    let oz_id = made(
+        &oz.access,
+        format!("/v1/channels/{oz_chan}/messages"),
+        json!({ "text": "the ledger belongs to another org" }),
+    )
+    .await;
     search_until(&s.http, &s.base, &oz, "ledger", |v| ids(v).contains(&oz_id)).await;
     let v = search_until(&s.http, &s.base, &kit, "ledger", |v| ids(v).contains(&cid)).await;
     assert!(!ids(&v).contains(&oz_id), "another org's hit leaked: {v}");
