@@ -11,7 +11,7 @@ pub mod conn;
 pub mod ephemeral;
 pub mod protocol;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -144,6 +144,8 @@ pub struct Registration {
     pub signal: Arc<Signal>,
     /// Ephemeral frames for this socket, latest per key.
     pub mailbox: Arc<Mailbox>,
+    /// The topics it follows, so leaving touches only those.
+    topics: HashSet<String>,
 }
 
 impl Hub {
@@ -166,11 +168,6 @@ impl Hub {
 
     pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
         self.stop.subscribe()
-    }
-
-    /// Open sockets.
-    pub fn connections(&self) -> usize {
-        self.lock().per_org.values().sum()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Topics> {
@@ -197,7 +194,16 @@ impl Hub {
         drop(t);
         self.metrics.realtime_connections.inc();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Some(Registration { hub: self.clone(), id, org, user, tx, signal: Signal::new(), mailbox: Arc::default() })
+        Some(Registration {
+            hub: self.clone(),
+            id,
+            org,
+            user,
+            tx,
+            signal: Signal::new(),
+            mailbox: Arc::default(),
+            topics: HashSet::default(),
+        })
     }
 
     /// Who is here on `topic` of `org`.
@@ -231,12 +237,17 @@ impl Hub {
 
     /// Hands `e` to every subscriber of its topic without waiting.
     fn dispatch(&self, e: &Arc<Event>) {
+        let key = (e.org, e.topic.clone());
+        if !self.lock().subs.contains_key(&key) {
+            return;
+        }
+        // Written once, and outside the lock that subscribing sockets also need.
+        let d = Arc::new(Delivery { event: e.clone(), text: event_frame(e).to_text() });
         let mut slow = Vec::new();
         let mut deepest = 0;
         {
             let t = self.lock();
-            let Some(subs) = t.subs.get(&(e.org, e.topic.clone())) else { return };
-            let d = Arc::new(Delivery { event: e.clone(), text: event_frame(e).to_text() });
+            let Some(subs) = t.subs.get(&key) else { return };
             for sub in subs.values() {
                 if sub.signal.is_slow() {
                     continue;
@@ -294,7 +305,8 @@ impl Hub {
 
 impl Registration {
     /// Starts delivering `topic`'s events to this socket's queue.
-    pub fn subscribe(&self, topic: &str) {
+    pub fn subscribe(&mut self, topic: &str) {
+        self.topics.insert(topic.to_owned());
         let mut t = self.hub.lock();
         let subs = t.subs.entry((self.org, topic.to_owned())).or_default();
         let sub = Sub { tx: self.tx.clone(), signal: self.signal.clone(), mailbox: self.mailbox.clone() };
@@ -383,16 +395,21 @@ impl Registration {
         }
     }
 
-    pub fn unsubscribe(&self, topic: &str) {
+    pub fn unsubscribe(&mut self, topic: &str) {
+        self.topics.remove(topic);
         let mut t = self.hub.lock();
-        let key = (self.org, topic.to_owned());
-        self.leave(&mut t, &key);
-        if let Some(subs) = t.subs.get_mut(&key) {
+        self.remove(&mut t, &(self.org, topic.to_owned()));
+    }
+
+    /// Leaves `key` and stops its deliveries to this socket.
+    fn remove(&self, t: &mut Topics, key: &TopicKey) {
+        self.leave(t, key);
+        if let Some(subs) = t.subs.get_mut(key) {
             if subs.remove(&self.id).is_some() {
                 self.hub.metrics.realtime_subscriptions.dec();
             }
             if subs.is_empty() {
-                t.subs.remove(&key);
+                t.subs.remove(key);
             }
         }
     }
@@ -402,18 +419,9 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let mut guard = self.hub.lock();
         let t = &mut *guard;
-        let mine: Vec<TopicKey> =
-            t.subs.iter().filter(|(_, s)| s.contains_key(&self.id)).map(|(k, _)| k.clone()).collect();
-        for key in &mine {
-            self.leave(t, key);
+        for topic in std::mem::take(&mut self.topics) {
+            self.remove(t, &(self.org, topic));
         }
-        let mut gone = 0;
-        t.subs.retain(|_, subs| {
-            if subs.remove(&self.id).is_some() {
-                gone += 1;
-            }
-            !subs.is_empty()
-        });
         for (map, key) in [(&mut t.per_user, self.user), (&mut t.per_org, self.org)] {
             if let Some(n) = map.get_mut(&key) {
                 *n -= 1;
@@ -423,7 +431,6 @@ impl Drop for Registration {
             }
         }
         drop(guard);
-        self.hub.metrics.realtime_subscriptions.dec_by(gone);
         self.hub.metrics.realtime_connections.dec();
     }
 }
