@@ -8,6 +8,7 @@
 #   3. resume: a client away while 10,000 events land comes back and has them replayed.
 #
 #   bash benches/realtime.sh          # DURATION=8 PUBLISHERS=64 IDLE=10000
+#   SHAPES="100 10" FANOUT_ONLY=1 PUBLISHERS=256 bash benches/realtime.sh   # one shape, no idle/resume
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -60,7 +61,8 @@ log "socket.io ready: pid $SIO_PID"
 trap 'kill $SIO_PID 2>/dev/null || true; bench_cleanup' EXIT
 
 run() { "$LOAD" "$@" | grep '^RESULT' || true; }
-for shape in "1 1000" "100 10"; do
+IFS=, read -r -a SHAPE_LIST <<<"${SHAPES:-1 1000,100 10}"
+for shape in "${SHAPE_LIST[@]}"; do
     set -- $shape
     echo "== fan-out: $1 room(s) × $2 subscribers, $PUBLISHERS publishers, ${DURATION:-8} s =="
     run --mode fanout --target outpost --url "$OP_URL" --token "$TOKEN" --channels "$CHANNELS" \
@@ -70,6 +72,7 @@ for shape in "1 1000" "100 10"; do
     run --mode fanout --target socketio --url "http://127.0.0.1:$SIO_PORT" \
         --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$SIO_PID"
 done
+[ "${FANOUT_ONLY:-0}" = 1 ] && { stop_outpost; exit 0; }
 echo "== $IDLE idle connections =="
 run --mode idle --target outpost --url "$OP_URL" --token "$TOKEN" --channels "$FIRST" --conns "$IDLE" --pid "$OP_PID"
 run --mode idle --target socketio --url "http://127.0.0.1:$SIO_PORT" --conns "$IDLE" --pid "$SIO_PID"
