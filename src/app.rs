@@ -39,6 +39,8 @@ pub struct App {
     pub search: Arc<std::sync::OnceLock<Arc<crate::search::SearchIndex>>>,
     /// The realtime hub (its dispatcher runs while the server does).
     pub hub: Arc<crate::realtime::Hub>,
+    /// Loaded shared documents.
+    pub docs: Arc<crate::docs::Engine>,
     /// Rendered channel history pages (see `http::rendered`).
     pub history_pages: Arc<crate::http::rendered::PageCache<crate::http::chat::HistoryKey>>,
     /// When each API key's last use was written down, so that is done once a minute at most.
@@ -89,7 +91,9 @@ impl App {
                 enqueue_timeout: Duration::from_secs(5),
             },
         )?;
+        let docs = crate::docs::Engine::new(store.clone(), writer.clone(), metrics.clone(), config.docs.clone());
         let app = Self {
+            docs,
             config: Arc::new(config),
             store,
             writer,

@@ -29,6 +29,46 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     pub tls: TlsConfig,
     pub realtime: RealtimeConfig,
+    pub docs: DocsConfig,
+}
+
+/// Shared (Yjs) documents and their sync endpoint (`/v1/yjs/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocsConfig {
+    /// One update (a sync frame or an applied update) at most, in bytes.
+    pub update_bytes_max: usize,
+    /// One document's stored state (snapshot and updates after it) at most, in bytes.
+    pub document_bytes_max: u64,
+    /// All of one organization's documents at most, in bytes.
+    pub org_bytes_max: u64,
+    /// Stored updates after the snapshot that make the document due for compaction.
+    pub compact_after_updates: u64,
+    /// Documents kept loaded in memory at most.
+    pub loaded_max: usize,
+    /// Seconds a loaded document with nobody connected stays in memory.
+    pub idle_unload_s: u64,
+    /// Awareness updates (cursors, selections) one socket may send per second (bursts of
+    /// twice this); more are held back and only the latest goes out.
+    pub awareness_per_s: u32,
+    /// Frames queued for one sync socket at most; a client that lets it fill is closed and
+    /// syncs again when it reconnects.
+    pub send_queue_len: usize,
+}
+
+impl Default for DocsConfig {
+    fn default() -> Self {
+        Self {
+            update_bytes_max: 1 << 20,
+            document_bytes_max: 64 << 20,
+            org_bytes_max: 4 << 30,
+            compact_after_updates: 1000,
+            loaded_max: 10_000,
+            idle_unload_s: 30,
+            awareness_per_s: 30,
+            send_queue_len: 4096,
+        }
+    }
 }
 
 /// The realtime WebSocket (`/v1/realtime`).
@@ -187,6 +227,7 @@ impl Default for Config {
             limits: crate::limits::LimitsConfig::default(),
             tls: TlsConfig::default(),
             realtime: RealtimeConfig::default(),
+            docs: DocsConfig::default(),
         }
     }
 }
@@ -338,6 +379,22 @@ impl Config {
         }
         if rt.subscriptions_per_connection_max == 0 {
             bad("realtime.subscriptions_per_connection_max", "must be at least 1");
+        }
+        let d = &self.docs;
+        if !(1024..=64 << 20).contains(&d.update_bytes_max) {
+            bad("docs.update_bytes_max", "must be between 1024 and 67108864");
+        }
+        if d.document_bytes_max < d.update_bytes_max as u64 || d.org_bytes_max < d.document_bytes_max {
+            bad("docs.document_bytes_max", "must be at least docs.update_bytes_max and at most docs.org_bytes_max");
+        }
+        if d.compact_after_updates < 2 {
+            bad("docs.compact_after_updates", "must be at least 2");
+        }
+        if d.loaded_max == 0 || d.awareness_per_s == 0 {
+            bad("docs.loaded_max", "docs.loaded_max and docs.awareness_per_s must be at least 1");
+        }
+        if !(16..=1 << 20).contains(&d.send_queue_len) {
+            bad("docs.send_queue_len", "must be between 16 and 1048576");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad("log.level", "is not a valid filter (try `info` or `outpost=debug,info`)");

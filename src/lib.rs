@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod docs;
 pub mod domain;
 pub mod http;
 pub mod ids;
@@ -55,6 +56,7 @@ pub async fn run(
     background.spawn(ops::watchdog(app.clone()));
     background.spawn(app.hub.clone().run(app.bus.subscribe(), app.store.clone(), app.bus.head_gseq()));
     background.spawn(app.hub.clone().expire_locks());
+    background.spawn(app.docs.clone().janitor());
 
     let (stop_search, search_stopped) = tokio::sync::watch::channel(false);
     let search_task = start_search(&app, search_stopped).await?;

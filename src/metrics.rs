@@ -50,6 +50,14 @@ pub struct Metrics {
     pub realtime_cut_off_slow: Counter,
     pub realtime_fanout_seconds: Histogram,
     pub realtime_send_queue_deepest: Gauge,
+    pub docs_loaded: Gauge,
+    pub docs_loaded_bytes: Gauge,
+    pub docs_connections: Gauge,
+    pub docs_updates: Counter,
+    pub docs_relayed: Counter,
+    pub docs_refused: Counter,
+    pub docs_compactions: Counter,
+    pub docs_sync_seconds: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,6 +70,7 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
+    #[allow(clippy::too_many_lines)] // one registration per metric, in one place
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("outpost");
         let http_requests = Family::<RouteLabels, Counter>::default();
@@ -126,6 +135,34 @@ impl Metrics {
             "The fullest subscriber send queue at the last event fanned out (frames)",
             realtime_send_queue_deepest.clone(),
         );
+        let docs_loaded = Gauge::default();
+        registry.register("docs_loaded", "Shared documents loaded in memory", docs_loaded.clone());
+        let docs_loaded_bytes = Gauge::default();
+        registry.register(
+            "docs_loaded_bytes",
+            "Encoded size of the loaded documents' state (an estimate of their memory)",
+            docs_loaded_bytes.clone(),
+        );
+        let docs_connections = Gauge::default();
+        registry.register("docs_connections", "Open document sync sockets", docs_connections.clone());
+        let docs_updates = Counter::default();
+        registry.register("docs_updates", "Document updates stored (durable) and applied", docs_updates.clone());
+        let docs_relayed = Counter::default();
+        registry.register("docs_relayed", "Document updates relayed to sync sockets", docs_relayed.clone());
+        let docs_refused = Counter::default();
+        registry.register(
+            "docs_refused",
+            "Document updates refused (undecodable, read-only, over a cap)",
+            docs_refused.clone(),
+        );
+        let docs_compactions = Counter::default();
+        registry.register("docs_compactions", "Document compactions committed", docs_compactions.clone());
+        let docs_sync_seconds = latency_histogram();
+        registry.register(
+            "docs_sync_seconds",
+            "From an update's arrival to its durable commit and relay to the document's sockets",
+            docs_sync_seconds.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -145,6 +182,14 @@ impl Metrics {
             realtime_cut_off_slow,
             realtime_fanout_seconds,
             realtime_send_queue_deepest,
+            docs_loaded,
+            docs_loaded_bytes,
+            docs_connections,
+            docs_updates,
+            docs_relayed,
+            docs_refused,
+            docs_compactions,
+            docs_sync_seconds,
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod chat;
+pub mod docs;
 pub mod inbox;
 pub mod operators;
 pub mod orgs;
@@ -46,6 +47,9 @@ pub enum DomainError {
     Forbidden { detail: String },
     #[error("{detail}")]
     Unauthorized { code: &'static str, detail: String },
+    /// A size or quota cap: the thing is too large to take (413).
+    #[error("{detail}")]
+    TooLarge { code: &'static str, detail: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

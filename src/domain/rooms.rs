@@ -152,7 +152,7 @@ pub fn get(store: &Store, p: &Principal, id: Id) -> Result<(Room, Option<Partici
 }
 
 /// The room `id` if `user` may see it (404 otherwise), with their participation.
-fn visible(r: &impl Lookup, org: Id, user: Id, id: Id) -> Result<(Room, Option<Participant>), DomainError> {
+pub(crate) fn visible(r: &impl Lookup, org: Id, user: Id, id: Id) -> Result<(Room, Option<Participant>), DomainError> {
     let room: Room = r
         .record::<Room>(ROOMS, &org_id_key(org, id))?
         .filter(|r| r.status != RoomStatus::Deleted)

@@ -71,6 +71,57 @@ impl<'a, T: Type + DeserializeOwned + Send> ApiExtractor<'a> for JsonBody<T> {
     }
 }
 
+/// A binary body (`application/octet-stream`, e.g. a Yjs update), read up to the body limit.
+pub struct BinaryBody(pub Vec<u8>);
+
+impl<'a> ApiExtractor<'a> for BinaryBody {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(_registry: &mut Registry) {}
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: None,
+            content: vec![MetaMediaType {
+                content_type: "application/octet-stream",
+                schema: <poem_openapi::types::Binary<Vec<u8>> as Type>::schema_ref(),
+            }],
+            required: true,
+        })
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        if let Some(ct) = request.content_type() {
+            if !ct.starts_with("application/octet-stream") {
+                return Err(Problem::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!("expected application/octet-stream, got {ct}"),
+                )
+                .into());
+            }
+        }
+        let limit = request.data::<BodyLimit>().map_or(1 << 20, |l| l.0);
+        let mut bytes = Vec::new();
+        let reader = body
+            .take()
+            .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_body", "the body was already read"))?;
+        reader.into_async_read().take(limit + 1).read_to_end(&mut bytes).await.map_err(|e| {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid_body", format!("reading the body failed: {e}"))
+        })?;
+        if bytes.len() as u64 > limit {
+            return Err(too_large(limit).into());
+        }
+        Ok(BinaryBody(bytes))
+    }
+}
+
 pub fn too_large(limit: u64) -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth_api;
 pub mod body;
 pub mod chat;
+pub mod docs;
 pub mod me;
 pub mod ops;
 pub mod orgs;
@@ -63,6 +64,8 @@ pub enum ApiTags {
     Tasks,
     /// One search box.
     Search,
+    /// Shared (Yjs) documents in rooms, their state and versions.
+    Docs,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -137,6 +140,7 @@ pub type Apis = (
     chat::ChatApi,
     tasks::TasksApi,
     search::SearchApi,
+    docs::DocsApi,
 );
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
@@ -155,6 +159,7 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
             chat::ChatApi,
             tasks::TasksApi,
             search::SearchApi,
+            docs::DocsApi,
         ),
         "Outpost",
         crate::VERSION,
@@ -194,6 +199,7 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
         .nest("/docs", docs)
         .at("/metrics", ops::metrics)
         .at("/v1/realtime", poem::get(realtime::realtime))
+        .at("/v1/yjs/:doc_id", poem::get(docs::sync))
         .data(BodyLimit(limit))
         .data(app.clone())
         .with_if(cors.is_some(), cors.unwrap_or_default())

@@ -118,6 +118,7 @@ impl From<DomainError> for Problem {
             }
             DomainError::Forbidden { detail } => Self::new(StatusCode::FORBIDDEN, "forbidden", detail),
             DomainError::Unauthorized { code, detail } => Self::unauthenticated(code, &detail),
+            DomainError::TooLarge { code, detail } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, detail),
             DomainError::Store(e) => e.into(),
         }
     }

@@ -27,8 +27,8 @@ const DEFAULT_DEVICE: &str = "default";
 /// Events read from the log per step of a replay.
 const REPLAY_PAGE: usize = 500;
 
-type Sink = SplitSink<WebSocketStream, Message>;
-type Stream = SplitStream<WebSocketStream>;
+pub(crate) type Sink = SplitSink<WebSocketStream, Message>;
+pub(crate) type Stream = SplitStream<WebSocketStream>;
 
 /// Queued events written together at most (one flush for all of them).
 const WRITE_BATCH_MAX: usize = 64;
@@ -201,19 +201,19 @@ struct Conn {
 }
 
 /// A token bucket for ephemeral frames: `rate` a second, bursts of twice that.
-struct Budget {
+pub(crate) struct Budget {
     rate: f64,
     tokens: f64,
     at: Instant,
 }
 
 impl Budget {
-    fn new(rate: u32) -> Self {
+    pub(crate) fn new(rate: u32) -> Self {
         let rate = f64::from(rate);
         Self { rate, tokens: 2.0 * rate, at: Instant::now() }
     }
 
-    fn take(&mut self) -> bool {
+    pub(crate) fn take(&mut self) -> bool {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(2.0 * self.rate);
         self.at = now;
@@ -597,7 +597,7 @@ impl Conn {
 
 /// The closing handshake: our close frame, then the client's answer (for a moment), so the
 /// socket is not torn down under data the client has yet to read.
-async fn bye(sink: &mut Sink, stream: &mut Stream, code: u16, reason: &str) {
+pub(crate) async fn bye(sink: &mut Sink, stream: &mut Stream, code: u16, reason: &str) {
     // Close reasons are at most 123 bytes.
     let reason: String = reason.chars().take(100).collect();
     let close = Message::Close(Some((CloseCode::from(code), reason)));

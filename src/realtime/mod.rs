@@ -452,6 +452,10 @@ pub fn may_follow(store: &Store, p: &Principal, topic: &str) -> Result<(), Domai
             crate::domain::chat::get(store, p.org, p.user, id()?)?;
             p.require(Permission::ChatUse).map_err(|_| DomainError::Forbidden { detail: "chat.use".into() })
         }
+        "doc" => {
+            crate::domain::docs::get(store, crate::tenancy::OrgScope::member(p), p.user, id()?)?;
+            p.require(Permission::RoomsRead).map_err(|_| DomainError::Forbidden { detail: "rooms.read".into() })
+        }
         _ => Err(DomainError::NotFound { what: "topic" }),
     }
 }
@@ -467,5 +471,6 @@ pub fn may_change_access(kind: &str) -> bool {
             | "room.archived"
             | "member.removed"
             | "channel.archived"
+            | "doc.deleted"
     )
 }

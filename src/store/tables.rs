@@ -105,6 +105,23 @@ pub const TASKS: Table = org("tasks", 28);
 /// the inbox (`user:{id}`).
 pub const INBOX_ACKS: Table = org("inbox_acks", 29);
 
+/// org ‖ doc → `Document` JSON (metadata and the counters of its stored state).
+pub const DOCS: Table = org("docs", 30);
+/// org ‖ room ‖ doc → empty: a room's documents, for listing.
+pub const ROOM_DOCS: Table = org("room_docs", 31);
+/// org ‖ doc ‖ n (u64 BE) → a Yjs update (binary, v1 encoding): the document's own durable log
+/// of updates after its snapshot.
+pub const DOC_UPDATES: Table = org("doc_updates", 32);
+/// org ‖ doc → the document's state through `Document::snapshot_through` as one Yjs update
+/// (binary, v1), written by compaction.
+pub const DOC_SNAPSHOTS: Table = org("doc_snapshots", 33);
+/// org ‖ doc ‖ version → `DocVersion` JSON: named versions of a document.
+pub const DOC_VERSIONS: Table = org("doc_versions", 34);
+/// org ‖ version → the version's state as one Yjs update (binary, v1).
+pub const DOC_VERSION_STATES: Table = org("doc_version_states", 35);
+/// org → bytes (u64 BE): the stored size of all the organization's documents, for its cap.
+pub const DOC_USAGE: Table = org("doc_usage", 36);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -142,6 +159,13 @@ pub const ALL: &[Table] = &[
     MESSAGE_IDEMPOTENCY,
     TASKS,
     INBOX_ACKS,
+    DOCS,
+    ROOM_DOCS,
+    DOC_UPDATES,
+    DOC_SNAPSHOTS,
+    DOC_VERSIONS,
+    DOC_VERSION_STATES,
+    DOC_USAGE,
 ];
 
 /// `org ‖ a ‖ b`.
@@ -150,6 +174,15 @@ pub fn org_id_id_key(org: Id, a: Id, b: Id) -> [u8; 48] {
     k[..16].copy_from_slice(org.as_bytes());
     k[16..32].copy_from_slice(a.as_bytes());
     k[32..].copy_from_slice(b.as_bytes());
+    k
+}
+
+/// `org ‖ id ‖ n`: an entry of a per-document sequence.
+pub fn org_id_seq_key(org: Id, id: Id, n: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..16].copy_from_slice(org.as_bytes());
+    k[16..32].copy_from_slice(id.as_bytes());
+    k[32..].copy_from_slice(&n.to_be_bytes());
     k
 }
 

@@ -125,6 +125,18 @@ impl Writer {
         self.submit_job(ctx, JobKind::Audited, f).await
     }
 
+    /// A high-rate content change (a shared document's update): confined to its organization
+    /// like any Mutation, but its audit record is optional — the audit chain records editing
+    /// sessions, not keystrokes. Events it emits are logged as usual.
+    pub async fn submit_content<T, E, F>(&self, ctx: MutationCtx, f: F) -> Result<T, E>
+    where
+        F: FnMut(&mut Tx<'_, '_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.submit_job(ctx, JobKind::Content, f).await
+    }
+
     /// Instance housekeeping (log trimming, follower checkpoints): may touch global tables,
     /// writes neither events nor audit records.
     pub(crate) async fn maintain<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -172,6 +184,7 @@ impl Writer {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum JobKind {
     Audited,
+    Content,
     Maintenance,
 }
 
@@ -497,15 +510,15 @@ impl WriterThread {
                 }
                 continue;
             }
-            if kind == JobKind::Audited {
-                let Some(audit) = audit else {
-                    // A programmer error: every audited Mutation declares its record.
-                    tracing::error!(actor = %ctx.actor, "mutation without an audit record");
-                    excluded[i] = true;
-                    drop(open);
-                    let _ = txn.abort();
-                    return Attempt::Replay;
-                };
+            if kind == JobKind::Audited && audit.is_none() {
+                // A programmer error: every audited Mutation declares its record.
+                tracing::error!(actor = %ctx.actor, "mutation without an audit record");
+                excluded[i] = true;
+                drop(open);
+                let _ = txn.abort();
+                return Attempt::Replay;
+            }
+            if kind != JobKind::Maintenance && (audit.is_some() || !events.is_empty()) {
                 if let Err(e) = log.append(&mut open, &ctx, now_ms, events, audit) {
                     drop(open);
                     let _ = txn.abort();
@@ -555,7 +568,7 @@ impl LogAppender {
         ctx: &MutationCtx,
         now_ms: i64,
         events: Vec<PendingEvent>,
-        pending: PendingAudit,
+        pending: Option<PendingAudit>,
     ) -> Result<(), StoreError> {
         let org = ctx.scope.org();
         if !events.is_empty() {
@@ -586,6 +599,9 @@ impl LogAppender {
             }
             self.event_heads.insert(org, head);
         }
+        let Some(pending) = pending else {
+            return Ok(());
+        };
         let (n, prev) = match self.audit_heads.get(&org) {
             Some(h) => *h,
             None => open.get(tables::AUDIT_HEADS, org.as_bytes())?.map_or((0, [0; 32]), |v| audit::parse_head(&v)),

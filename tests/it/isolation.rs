@@ -39,7 +39,11 @@ pub fn sample(doc: &Value, schema: &Value) -> Value {
 
 #[tokio::test]
 async fn org_b_never_sees_org_a() {
-    let s = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config_for(dir.path());
+    config.limits.user_requests_per_s = 100_000;
+    config.limits.org_requests_per_s = 100_000;
+    let s = TestServer::start_with(config).await;
     let (org_a, a) = populated_org(&s).await;
     let (_org_b, b) = populated_org(&s).await;
     let a_member = &a.iter().find(|(r, _)| *r == "member").unwrap().1;
@@ -87,6 +91,22 @@ async fn org_b_never_sees_org_a() {
     )
     .await;
     let a_comment_id = a_comment["id"].as_str().unwrap().to_owned();
+    let a_doc: Value = crate::support::post_json(
+        &s,
+        &a_member.access,
+        &format!("/v1/rooms/{a_room_id}/docs"),
+        json!({ "name": "A's doc" }),
+    )
+    .await;
+    let a_doc_id = a_doc["id"].as_str().unwrap().to_owned();
+    let a_version: Value = crate::support::post_json(
+        &s,
+        &a_member.access,
+        &format!("/v1/docs/{a_doc_id}/versions"),
+        json!({ "label": "first" }),
+    )
+    .await;
+    let a_version_id = a_version["id"].as_str().unwrap().to_owned();
     let mut principals: Vec<(String, String)> = Vec::new();
     for (role, login) in &b {
         principals.push(((*role).to_owned(), login.access.clone()));
@@ -129,7 +149,9 @@ async fn org_b_never_sees_org_a() {
             .replace("{emoji}", "thumbsup")
             .replace("{task_id}", &a_tasks[0])
             .replace("{depends_on_id}", &a_tasks[1])
-            .replace("{comment_id}", &a_comment_id);
+            .replace("{comment_id}", &a_comment_id)
+            .replace("{doc_id}", &a_doc_id)
+            .replace("{version_id}", &a_version_id);
         assert!(!concrete.contains('{'), "isolation test does not know a parameter of {path}");
         for (method, op) in ops.as_object().unwrap() {
             let id = op["operationId"].as_str().unwrap();

@@ -9,6 +9,7 @@ mod backup;
 mod chat;
 mod config;
 mod crash;
+mod docs;
 mod errors;
 mod events;
 mod identity;

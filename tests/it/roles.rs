@@ -114,6 +114,23 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                 )
                 .await;
                 let comment_id = comment["id"].as_str().unwrap().to_owned();
+                // A document in the fresh room, with one saved version, by the room's maker.
+                let d: Value = crate::support::post_json(
+                    &s,
+                    maker,
+                    &format!("/v1/rooms/{room_id}/docs"),
+                    serde_json::json!({ "name": "fresh" }),
+                )
+                .await;
+                let doc_id = d["id"].as_str().unwrap().to_owned();
+                let v: Value = crate::support::post_json(
+                    &s,
+                    maker,
+                    &format!("/v1/docs/{doc_id}/versions"),
+                    serde_json::json!({ "label": "v1" }),
+                )
+                .await;
+                let version_id = v["id"].as_str().unwrap().to_owned();
                 let url = path
                     .replace("{user_id}", target["user"]["id"].as_str().unwrap())
                     .replace("{session_id}", &me.session_id)
@@ -123,7 +140,9 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                     .replace("{emoji}", "thumbsup")
                     .replace("{task_id}", &task_ids[0])
                     .replace("{depends_on_id}", &task_ids[1])
-                    .replace("{comment_id}", &comment_id);
+                    .replace("{comment_id}", &comment_id)
+                    .replace("{doc_id}", &doc_id)
+                    .replace("{version_id}", &version_id);
                 let mut req =
                     s.http.request(method.to_uppercase().parse().unwrap(), s.url(&url)).bearer_auth(&me.access);
                 if !body.is_null() {

@@ -1,0 +1,562 @@
+//! The document engine: shared Yjs documents loaded in memory, kept durable before anyone sees
+//! a change.
+//!
+//! An update (from a sync socket or REST) is decoded first — what does not decode is refused
+//! and touches nothing — then appended through the store writer (group-committed with every
+//! other change), and only once that commit is durable applied to the loaded document and
+//! relayed to its sockets. So the in-memory state, which answers every new client's sync, never
+//! holds anything a crash could lose. A socket joins a document and updates are applied under
+//! the same lock, so a joiner gets each update either in its initial sync or relayed, never
+//! neither.
+//!
+//! Loaded documents are bounded (`docs.loaded_max`) and unloaded when nobody has been connected
+//! for `docs.idle_unload_s`. A document whose stored updates pass `docs.compact_after_updates`
+//! is compacted in the background: its snapshot and updates are merged, from one snapshot of
+//! the store, and swapped in through the writer atomically. The `doc.changed` events owed for
+//! a burst's last changes are logged a second after it ends.
+
+mod content;
+pub mod sync;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, OnceCell, mpsc};
+use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+
+use crate::config::DocsConfig;
+use crate::domain::DomainError;
+use crate::domain::docs::{self, Appended, Caps, EditSession};
+use crate::ids::Id;
+use crate::metrics::Metrics;
+use crate::store::writer::{MutationCtx, Writer};
+use crate::store::{Store, StoreError};
+use crate::tenancy::OrgScope;
+
+/// An encoded sync-protocol message, shared by every socket it goes to.
+pub type Frame = Arc<[u8]>;
+
+/// How often idle documents are looked for.
+const JANITOR_EVERY: Duration = Duration::from_secs(5);
+/// One awareness state (a client's cursor, name, colour) at most, in bytes of JSON.
+pub const AWARENESS_STATE_BYTES_MAX: usize = 16 * 1024;
+/// Awareness client ids one socket may speak for.
+pub const AWARENESS_CLIENTS_PER_SOCKET_MAX: usize = 16;
+
+type Key = (Id, Id);
+
+/// The loaded documents of one server.
+pub struct Engine {
+    store: Store,
+    writer: Writer,
+    pub(crate) metrics: Arc<Metrics>,
+    cfg: DocsConfig,
+    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+    /// Documents with a compaction or a trailing announcement under way.
+    chores: Mutex<HashSet<(Key, Chore)>>,
+    next_conn: AtomicU64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Chore {
+    Compact,
+    Announce,
+}
+
+struct Slot {
+    live: OnceCell<Arc<LiveDoc>>,
+}
+
+/// One loaded document.
+pub struct LiveDoc {
+    pub scope: OrgScope,
+    pub id: Id,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    doc: Doc,
+    peers: HashMap<u64, Peer>,
+    /// Awareness states by Yjs client id.
+    awareness: HashMap<u64, Aware>,
+    /// Encoded bytes loaded plus applied since: the memory estimate.
+    bytes: u64,
+    /// Changes in flight (committed or about to be, not yet applied): the document stays loaded.
+    pins: usize,
+    idle_since: Option<Instant>,
+}
+
+struct Peer {
+    tx: mpsc::Sender<Frame>,
+    /// Told when the socket must close because it fell behind.
+    cut: Arc<Notify>,
+}
+
+struct Aware {
+    clock: u32,
+    json: Arc<str>,
+    conn: u64,
+}
+
+/// A peer registered on a document: unregisters (and clears its awareness) when dropped.
+pub struct Joined {
+    engine: Arc<Engine>,
+    pub live: Arc<LiveDoc>,
+    pub conn: u64,
+    pub rx: mpsc::Receiver<Frame>,
+    pub cut: Arc<Notify>,
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        self.engine.leave(&self.live, self.conn);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Held for in-memory work only, never across an await.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Checks that updates decode, refusing the lot if one does not. Empty updates are dropped.
+pub fn decode_updates(raw: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, DomainError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for bytes in raw {
+        let u = Update::decode_v1(&bytes)
+            .map_err(|e| DomainError::invalid("", "invalid_update", format!("not a Yjs update (v1): {e}")))?;
+        if !u.is_empty() {
+            out.push(bytes);
+        }
+    }
+    Ok(out)
+}
+
+pub fn encode(msg: &Message) -> Frame {
+    msg.encode_v1().into()
+}
+
+impl Engine {
+    pub fn new(store: Store, writer: Writer, metrics: Arc<Metrics>, cfg: DocsConfig) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            writer,
+            metrics,
+            cfg,
+            slots: Mutex::default(),
+            chores: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    pub fn config(&self) -> &DocsConfig {
+        &self.cfg
+    }
+
+    pub fn caps(&self) -> Caps {
+        Caps {
+            update_bytes_max: self.cfg.update_bytes_max,
+            document_bytes_max: self.cfg.document_bytes_max,
+            org_bytes_max: self.cfg.org_bytes_max,
+        }
+    }
+
+    /// The loaded document, loading it from the store if need be. The caller has checked access.
+    pub async fn open(&self, scope: OrgScope, id: Id) -> Result<Arc<LiveDoc>, DomainError> {
+        let org = scope.org();
+        let slot = {
+            let mut slots = lock(&self.slots);
+            if !slots.contains_key(&(org, id)) && slots.len() >= self.cfg.loaded_max {
+                self.evict_idle(&mut slots, Duration::ZERO);
+                if slots.len() >= self.cfg.loaded_max {
+                    return Err(StoreError::Busy.into());
+                }
+            }
+            slots.entry((org, id)).or_insert_with(|| Arc::new(Slot { live: OnceCell::new() })).clone()
+        };
+        let live = slot.live.get_or_try_init(|| self.load(scope, id)).await?;
+        Ok(live.clone())
+    }
+
+    async fn load(&self, scope: OrgScope, id: Id) -> Result<Arc<LiveDoc>, DomainError> {
+        let org = scope.org();
+        let state = self
+            .store
+            .read(move |r| docs::stored_state(r, org, id))
+            .await?
+            .ok_or(DomainError::NotFound { what: "document" })?;
+        let (doc, bytes) = tokio::task::spawn_blocking(move || build(&state))
+            .await
+            .map_err(|e| StoreError::Storage(format!("loading a document failed: {e}")))?;
+        self.metrics.docs_loaded.inc();
+        self.metrics.docs_loaded_bytes.inc_by(bytes as i64);
+        Ok(Arc::new(LiveDoc {
+            scope,
+            id,
+            inner: Mutex::new(Inner {
+                doc,
+                peers: HashMap::new(),
+                awareness: HashMap::new(),
+                bytes,
+                pins: 0,
+                idle_since: Some(Instant::now()),
+            }),
+        }))
+    }
+
+    /// Unloads documents nobody has used for `idle` (all idle ones with `Duration::ZERO`).
+    fn evict_idle(&self, slots: &mut HashMap<Key, Arc<Slot>>, idle: Duration) {
+        slots.retain(|_, slot| {
+            let Some(live) = slot.live.get() else {
+                return true; // still loading
+            };
+            let inner = lock(&live.inner);
+            let keep = inner.pins > 0 || inner.idle_since.is_none_or(|t| t.elapsed() < idle);
+            if !keep {
+                self.metrics.docs_loaded.dec();
+                self.metrics.docs_loaded_bytes.dec_by(inner.bytes as i64);
+            }
+            keep
+        });
+    }
+
+    /// Unloads idle documents every few seconds, for as long as the server runs.
+    pub async fn janitor(self: Arc<Self>) {
+        let idle = Duration::from_secs(self.cfg.idle_unload_s);
+        let mut tick = tokio::time::interval(JANITOR_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.evict_idle(&mut lock(&self.slots), idle);
+        }
+    }
+
+    /// Loaded documents now.
+    pub fn loaded(&self) -> usize {
+        lock(&self.slots).len()
+    }
+
+    /// Whether the document is loaded now.
+    pub fn is_loaded(&self, org: Id, id: Id) -> bool {
+        lock(&self.slots).get(&(org, id)).is_some_and(|s| s.live.initialized())
+    }
+
+    /// Registers a socket on a document: answers its handle and the frames that start the
+    /// sync (the server's step 1 and who is here).
+    pub fn join(self: &Arc<Self>, live: Arc<LiveDoc>) -> (Joined, Vec<Frame>) {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.cfg.send_queue_len);
+        let cut = Arc::new(Notify::new());
+        let mut first = Vec::with_capacity(2);
+        {
+            let mut inner = lock(&live.inner);
+            inner.peers.insert(conn, Peer { tx, cut: cut.clone() });
+            inner.idle_since = None;
+            let sv = inner.doc.transact().state_vector();
+            first.push(encode(&Message::Sync(SyncMessage::SyncStep1(sv))));
+            if let Some(f) = awareness_frame(&inner, None) {
+                first.push(f);
+            }
+        }
+        self.metrics.docs_connections.inc();
+        (Joined { engine: self.clone(), live, conn, rx, cut }, first)
+    }
+
+    fn leave(&self, live: &LiveDoc, conn: u64) {
+        let mut inner = lock(&live.inner);
+        inner.peers.remove(&conn);
+        let gone: Vec<u64> = inner.awareness.iter().filter(|(_, a)| a.conn == conn).map(|(c, _)| *c).collect();
+        if !gone.is_empty() {
+            let mut update = AwarenessUpdate { clients: HashMap::new() };
+            for client in gone {
+                if let Some(a) = inner.awareness.remove(&client) {
+                    update.clients.insert(
+                        client,
+                        yrs::sync::awareness::AwarenessUpdateEntry { clock: a.clock + 1, json: "null".into() },
+                    );
+                }
+            }
+            let frame = encode(&Message::Awareness(update));
+            Self::relay(&mut inner, &frame, None);
+        }
+        if inner.peers.is_empty() {
+            inner.idle_since = Some(Instant::now());
+        }
+        self.metrics.docs_connections.dec();
+    }
+
+    /// Sends `frame` to every peer but `except`; a peer whose queue is full is cut off.
+    fn relay(inner: &mut Inner, frame: &Frame, except: Option<u64>) -> u64 {
+        let mut sent = 0;
+        inner.peers.retain(|conn, peer| {
+            if Some(*conn) == except {
+                return true;
+            }
+            if peer.tx.try_send(frame.clone()).is_err() {
+                peer.cut.notify_one();
+                return false;
+            }
+            sent += 1;
+            true
+        });
+        sent
+    }
+
+    /// The answer to a client's sync step 1: what it lacks.
+    pub fn step2(&self, live: &LiveDoc, sv: &StateVector) -> Frame {
+        let inner = lock(&live.inner);
+        let update = inner.doc.transact().encode_state_as_update_v1(sv);
+        encode(&Message::Sync(SyncMessage::SyncStep2(update)))
+    }
+
+    /// Everyone's awareness, for a client that asks.
+    pub fn awareness_all(&self, live: &LiveDoc) -> Option<Frame> {
+        awareness_frame(&lock(&live.inner), None)
+    }
+
+    /// Takes an awareness update from socket `conn`: newer states replace older ones and go to
+    /// the other sockets. Oversized states, and client ids beyond the socket's share, are
+    /// ignored.
+    pub fn awareness(&self, live: &LiveDoc, conn: u64, update: AwarenessUpdate) {
+        let mut inner = lock(&live.inner);
+        let mut accepted = AwarenessUpdate { clients: HashMap::new() };
+        for (client, entry) in update.clients {
+            if entry.json.len() > AWARENESS_STATE_BYTES_MAX {
+                continue;
+            }
+            let known = inner.awareness.get(&client);
+            if known.is_some_and(|a| a.conn != conn) {
+                continue; // another socket speaks for this client id
+            }
+            if known.is_none()
+                && inner.awareness.values().filter(|a| a.conn == conn).count() >= AWARENESS_CLIENTS_PER_SOCKET_MAX
+            {
+                continue;
+            }
+            let removing = &*entry.json == "null";
+            let newer = known.is_none_or(|a| entry.clock > a.clock || (entry.clock == a.clock && removing));
+            if !newer {
+                continue;
+            }
+            if removing {
+                inner.awareness.remove(&client);
+            } else {
+                inner.awareness.insert(client, Aware { clock: entry.clock, json: entry.json.clone(), conn });
+            }
+            accepted.clients.insert(client, entry);
+        }
+        if !accepted.clients.is_empty() {
+            let frame = encode(&Message::Awareness(accepted));
+            Self::relay(&mut inner, &frame, Some(conn));
+        }
+    }
+
+    /// Applies updates from `user`: decoded (else refused whole), appended durably, then applied
+    /// to the loaded document and relayed to every socket on it but `from`.
+    pub async fn apply(
+        self: &Arc<Self>,
+        live: &Arc<LiveDoc>,
+        ctx: MutationCtx,
+        user: Id,
+        raw: Vec<Vec<u8>>,
+        from: Option<u64>,
+        starts: Option<EditSession>,
+    ) -> Result<Option<Appended>, DomainError> {
+        let started = Instant::now();
+        let decoded = match decode_updates(raw) {
+            Ok(d) => d,
+            Err(e) => {
+                self.metrics.docs_refused.inc();
+                return Err(e);
+            }
+        };
+        if decoded.is_empty() {
+            return Ok(None);
+        }
+        let _pin = Pin::new(live);
+        let bytes = decoded.clone();
+        let n = bytes.len() as u64;
+        let appended = match docs::append(
+            &self.writer,
+            ctx,
+            user,
+            live.id,
+            bytes,
+            starts,
+            self.caps(),
+            self.cfg.compact_after_updates,
+        )
+        .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                self.metrics.docs_refused.inc();
+                return Err(e);
+            }
+        };
+        let mut relayed = 0;
+        {
+            let mut inner = lock(&live.inner);
+            for bytes in decoded {
+                let size = bytes.len() as u64;
+                let Ok(update) = Update::decode_v1(&bytes) else { continue };
+                if let Err(e) = inner.doc.transact_mut().apply_update(update) {
+                    // Stored, but it does not fit this document (it names parents that are not
+                    // shared types): loading skips it the same way.
+                    tracing::warn!(doc = %live.id, error = %e, "a stored update does not apply");
+                    continue;
+                }
+                inner.bytes += size;
+                self.metrics.docs_loaded_bytes.inc_by(size as i64);
+                let frame = encode(&Message::Sync(SyncMessage::Update(bytes)));
+                relayed += Self::relay(&mut inner, &frame, from);
+            }
+        }
+        self.metrics.docs_updates.inc_by(n);
+        self.metrics.docs_relayed.inc_by(relayed);
+        self.metrics.docs_sync_seconds.observe(started.elapsed().as_secs_f64());
+        if appended.compact {
+            self.spawn_chore(live.scope, live.id, Chore::Compact);
+        }
+        if appended.unannounced {
+            self.spawn_chore(live.scope, live.id, Chore::Announce);
+        }
+        Ok(Some(appended))
+    }
+
+    /// The document's whole state as one update (v1).
+    pub fn state(&self, live: &LiveDoc) -> (Vec<u8>, StateVector) {
+        let inner = lock(&live.inner);
+        let txn = inner.doc.transact();
+        (txn.encode_state_as_update_v1(&StateVector::default()), txn.state_vector())
+    }
+
+    /// What a client at state vector `sv` lacks, as one update (v1).
+    pub fn diff(&self, live: &LiveDoc, sv: &StateVector) -> Vec<u8> {
+        lock(&live.inner).doc.transact().encode_state_as_update_v1(sv)
+    }
+
+    /// An update that makes the document's content that of `state` (a version's): texts,
+    /// maps and arrays are rewritten to their old content. Made on a copy: nothing changes
+    /// until the caller applies it.
+    pub fn revert_to(&self, live: &LiveDoc, state: &[u8]) -> Result<Vec<u8>, DomainError> {
+        let old = Doc::new();
+        let u = Update::decode_v1(state).map_err(|e| DomainError::invalid("", "invalid_update", e.to_string()))?;
+        old.transact_mut().apply_update(u).map_err(|e| DomainError::invalid("", "invalid_update", e.to_string()))?;
+        let (current, _) = self.state(live);
+        let copy = Doc::new();
+        let u = Update::decode_v1(&current).map_err(|e| StoreError::Storage(e.to_string()))?;
+        copy.transact_mut().apply_update(u).map_err(|e| StoreError::Storage(e.to_string()))?;
+        content::rewrite(&copy, &old)
+    }
+
+    /// The document's top-level shared types as JSON.
+    pub fn json(&self, live: &LiveDoc) -> serde_json::Value {
+        content::to_json(&lock(&live.inner).doc)
+    }
+
+    fn spawn_chore(self: &Arc<Self>, scope: OrgScope, id: Id, chore: Chore) {
+        let org = scope.org();
+        if !lock(&self.chores).insert(((org, id), chore)) {
+            return;
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            match chore {
+                Chore::Compact => {
+                    if let Err(e) = engine.compact(scope, id).await {
+                        tracing::warn!(doc = %id, error = %e, "compaction failed");
+                    }
+                }
+                Chore::Announce => loop {
+                    tokio::time::sleep(Duration::from_millis(docs::EVENT_INTERVAL_MS as u64 + 50)).await;
+                    match docs::announce(&engine.writer, scope, id).await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::warn!(doc = %id, error = %e, "a document change event was not logged");
+                            break;
+                        }
+                    }
+                },
+            }
+            lock(&engine.chores).remove(&((org, id), chore));
+        });
+    }
+
+    /// Merges the document's snapshot and stored updates into one snapshot. Answers the bytes
+    /// saved (0 when there was nothing to merge).
+    pub async fn compact(&self, scope: OrgScope, id: Id) -> Result<i64, DomainError> {
+        let org = scope.org();
+        let Some(state) = self.store.read(move |r| docs::stored_state(r, org, id)).await? else {
+            return Err(DomainError::NotFound { what: "document" });
+        };
+        let Some(through) = state.tail.last().map(|(n, _)| *n) else {
+            return Ok(0);
+        };
+        let expected = state.doc.snapshot_through;
+        let snapshot = tokio::task::spawn_blocking(move || {
+            let (doc, _) = build(&state);
+            doc.transact().encode_state_as_update_v1(&StateVector::default())
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("compaction failed: {e}")))?;
+        let saved = docs::compact(&self.writer, scope, id, expected, through, snapshot).await?;
+        self.metrics.docs_compactions.inc();
+        Ok(saved)
+    }
+}
+
+/// Keeps a document loaded while a change to it is in flight.
+struct Pin<'a>(&'a LiveDoc);
+
+impl<'a> Pin<'a> {
+    fn new(live: &'a LiveDoc) -> Self {
+        lock(&live.inner).pins += 1;
+        Self(live)
+    }
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.inner).pins -= 1;
+    }
+}
+
+fn awareness_frame(inner: &Inner, only: Option<&[u64]>) -> Option<Frame> {
+    let clients: HashMap<u64, yrs::sync::awareness::AwarenessUpdateEntry> = inner
+        .awareness
+        .iter()
+        .filter(|(c, _)| only.is_none_or(|o| o.contains(c)))
+        .map(|(c, a)| (*c, yrs::sync::awareness::AwarenessUpdateEntry { clock: a.clock, json: a.json.clone() }))
+        .collect();
+    (!clients.is_empty()).then(|| encode(&Message::Awareness(AwarenessUpdate { clients })))
+}
+
+/// Builds a document from its stored state: the snapshot, then the updates after it. An update
+/// that does not apply is skipped (and logged). Answers it with its stored size.
+pub fn build(state: &docs::StoredState) -> (Doc, u64) {
+    let doc = Doc::new();
+    let mut bytes = 0u64;
+    let parts =
+        state.snapshot.iter().map(|s| (0u64, s.as_slice())).chain(state.tail.iter().map(|(n, u)| (*n, u.as_slice())));
+    {
+        let mut txn = doc.transact_mut();
+        for (n, raw) in parts {
+            bytes += raw.len() as u64;
+            match Update::decode_v1(raw) {
+                Ok(u) => {
+                    if let Err(e) = txn.apply_update(u) {
+                        tracing::warn!(doc = %state.doc.id, update = n, error = %e, "skipped a stored update");
+                    }
+                }
+                Err(e) => tracing::warn!(doc = %state.doc.id, update = n, error = %e, "skipped a stored update"),
+            }
+        }
+    }
+    (doc, bytes)
+}

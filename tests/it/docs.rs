@@ -1,0 +1,491 @@
+//! Shared documents: REST state and updates, the y-websocket sync socket with real clients
+//! (Yjs made with yrs here; stock Yjs under node in `docs_interop`), read-only refusals,
+//! undecodable input, compaction that changes nothing, versions, and a SIGKILL right after
+//! an update was relayed.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use yrs::sync::{Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, Map, ReadTxn, StateVector, Text, Transact, Update};
+
+use crate::identity::{Login, create_org, login, operator_invite_and_accept};
+use crate::support::{ChildServer, TestServer, config_for, expect_problem, post_json};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// An org with a room hosted by `host`, `editor` joined as member, `viewer` joined as viewer,
+/// and `outsider` (an org member who never joined); plus a document in the room.
+pub struct Fixture {
+    pub host: Login,
+    pub editor: Login,
+    pub viewer: Login,
+    pub outsider: Login,
+    pub room: String,
+    pub doc: String,
+}
+
+async fn setup(s: &TestServer) -> Fixture {
+    let (org_id, sl) = create_org(s).await;
+    let mut logins = Vec::new();
+    for name in ["host", "editor", "viewer", "outsider"] {
+        operator_invite_and_accept(s, &org_id, &format!("{name}-{sl}@example.org"), "member").await;
+        logins.push(login(s, &sl, &format!("{name}-{sl}@example.org")).await);
+    }
+    let [host, editor, viewer, outsider]: [Login; 4] = logins.try_into().ok().unwrap();
+    let room: Value = post_json(s, &host.access, "/v1/rooms", json!({ "name": "studio", "visibility": "org" })).await;
+    let room = room["id"].as_str().unwrap().to_owned();
+    for (who, role) in [(&editor, "member"), (&viewer, "viewer")] {
+        let r = s
+            .http
+            .post(s.url(&format!("/v1/rooms/{room}/participants")))
+            .bearer_auth(&host.access)
+            .json(&json!({ "user_id": who.user_id, "role": role }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = s.http.post(s.url(&format!("/v1/rooms/{room}/join"))).bearer_auth(&who.access).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let d: Value = post_json(s, &editor.access, &format!("/v1/rooms/{room}/docs"), json!({ "name": "notes" })).await;
+    assert_eq!(d["access"], "write", "{d}");
+    Fixture { host, editor, viewer, outsider, room, doc: d["id"].as_str().unwrap().to_owned() }
+}
+
+/// An update that inserts `text` at the start of text "text" and sets map "map"[key] = text,
+/// made by a fresh client on top of `base` (a state the server sent).
+fn edit(base: &[u8], key: &str, text: &str) -> Vec<u8> {
+    let doc = Doc::new();
+    if !base.is_empty() {
+        doc.transact_mut().apply_update(Update::decode_v1(base).unwrap()).unwrap();
+    }
+    let (t, m) = (doc.get_or_insert_text("text"), doc.get_or_insert_map("map"));
+    let mut txn = doc.transact_mut();
+    t.insert(&mut txn, 0, text);
+    m.insert(&mut txn, key, text);
+    txn.encode_update_v1()
+}
+
+fn read(state: &[u8]) -> (String, Value, Vec<u8>) {
+    let doc = Doc::new();
+    doc.transact_mut().apply_update(Update::decode_v1(state).unwrap()).unwrap();
+    let (t, m) = (doc.get_or_insert_text("text"), doc.get_or_insert_map("map"));
+    let txn = doc.transact();
+    let mut map = serde_json::Map::new();
+    for (k, v) in m.iter(&txn) {
+        map.insert(k.to_owned(), Value::String(v.to_string(&txn)));
+    }
+    (t.get_string(&txn), Value::Object(map), txn.state_vector().encode_v1())
+}
+
+async fn state(base: &str, http: &reqwest::Client, token: &str, doc: &str) -> Vec<u8> {
+    let r = http.get(format!("{base}/v1/docs/{doc}/state")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap().to_vec()
+}
+
+async fn apply(s: &TestServer, token: &str, doc: &str, update: Vec<u8>) -> reqwest::Response {
+    s.http
+        .post(s.url(&format!("/v1/docs/{doc}/updates")))
+        .bearer_auth(token)
+        .header("content-type", "application/octet-stream")
+        .body(update)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn sync_connect(base: &str, token: &str, doc: &str) -> Ws {
+    let url = format!("{}/v1/yjs/{doc}?access_token={token}", base.replace("http://", "ws://"));
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws
+}
+
+/// The next protocol message, or the close code.
+async fn recv(ws: &mut Ws) -> Result<Message, Option<u16>> {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a message in time");
+        match m {
+            Some(Ok(WsMessage::Binary(b))) => return Ok(Message::decode_v1(&b).unwrap()),
+            Some(Ok(WsMessage::Close(c))) => return Err(c.map(|c| u16::from(c.code))),
+            Some(Ok(_)) => {}
+            _ => return Err(None),
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, m: &Message) {
+    ws.send(WsMessage::binary(m.encode_v1())).await.unwrap();
+}
+
+/// Connects and completes the sync: answers the server's step 1, asks with its own.
+async fn synced(base: &str, token: &str, doc: &str) -> (Ws, Vec<u8>) {
+    let mut ws = sync_connect(base, token, doc).await;
+    let Ok(Message::Sync(SyncMessage::SyncStep1(_))) = recv(&mut ws).await else { panic!("no step 1") };
+    send(
+        &mut ws,
+        &Message::Sync(SyncMessage::SyncStep2(
+            Doc::new().transact().encode_state_as_update_v1(&StateVector::default()),
+        )),
+    )
+    .await;
+    send(&mut ws, &Message::Sync(SyncMessage::SyncStep1(StateVector::default()))).await;
+    loop {
+        match recv(&mut ws).await {
+            Ok(Message::Sync(SyncMessage::SyncStep2(u))) => return (ws, u),
+            Ok(_) => {}
+            Err(c) => panic!("closed while syncing: {c:?}"),
+        }
+    }
+}
+
+/// The next relayed update.
+async fn next_update(ws: &mut Ws) -> Vec<u8> {
+    loop {
+        match recv(ws).await {
+            Ok(Message::Sync(SyncMessage::Update(u))) => return u,
+            Ok(_) => {}
+            Err(c) => panic!("closed: {c:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn rest_state_updates_and_refusals() {
+    let s = TestServer::start().await;
+    let f = setup(&s).await;
+    let doc = f.doc.clone();
+    // An update by REST is stored and readable at once, as state and as JSON.
+    let r = apply(&s, &f.editor.access, &doc, edit(&[], "a", "hello")).await;
+    assert_eq!(r.status(), 200);
+    let applied: Value = r.json().await.unwrap();
+    assert_eq!((applied["stored"].as_bool(), applied["update_seq"].as_u64()), (Some(true), Some(1)));
+    let st = state(&s.base, &s.http, &f.viewer.access, &doc).await;
+    assert_eq!(read(&st).0, "hello");
+    let j: Value = s
+        .http
+        .get(s.url(&format!("/v1/docs/{doc}/json")))
+        .bearer_auth(&f.viewer.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(j, json!({ "text": "hello", "map": { "a": "hello" } }));
+    // Given a state vector, only what it lacks.
+    let sv = read(&st).2;
+    let sv64 = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &sv);
+    let r = s
+        .http
+        .get(s.url(&format!("/v1/docs/{doc}/state?state_vector={sv64}")))
+        .bearer_auth(&f.viewer.access)
+        .send()
+        .await
+        .unwrap();
+    let diff = r.bytes().await.unwrap();
+    assert!(Update::decode_v1(&diff).unwrap().is_empty());
+    // Garbage and a truncated update are refused, and nothing changes.
+    for bad in [b"\xff\xfe garbage".to_vec(), {
+        let u = edit(&st, "b", "world");
+        u[..u.len() / 2].to_vec()
+    }] {
+        let r = apply(&s, &f.editor.access, &doc, bad).await;
+        let p = expect_problem(r, 422, "validation_failed").await;
+        assert_eq!(p["errors"][0]["code"], "invalid_update", "{p}");
+    }
+    assert_eq!(state(&s.base, &s.http, &f.editor.access, &doc).await, st);
+    // Viewers and outsiders read but do not write; another's document is not there at all.
+    for who in [&f.viewer, &f.outsider] {
+        let r = apply(&s, &who.access, &doc, edit(&st, "c", "nope")).await;
+        expect_problem(r, 403, "forbidden").await;
+        let m: Value = s
+            .http
+            .get(s.url(&format!("/v1/docs/{doc}")))
+            .bearer_auth(&who.access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(m["access"], "read");
+    }
+    assert_eq!(read(&state(&s.base, &s.http, &f.host.access, &doc).await).0, "hello");
+    let list: Value = s
+        .http
+        .get(s.url(&format!("/v1/rooms/{}/docs", f.room)))
+        .bearer_auth(&f.viewer.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"][0]["id"], doc.as_str());
+    assert_eq!(list["items"][0]["update_seq"], 1);
+    // A wrong content type is refused.
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/docs/{doc}/updates")))
+        .bearer_auth(&f.editor.access)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 415, "unsupported_media_type").await;
+    // Versions: save, change, restore by a new update, restore as a new document.
+    let v: Value =
+        post_json(&s, &f.editor.access, &format!("/v1/docs/{doc}/versions"), json!({ "label": "draft 1" })).await;
+    let vid = v["id"].as_str().unwrap().to_owned();
+    let r =
+        apply(&s, &f.editor.access, &doc, edit(&state(&s.base, &s.http, &f.editor.access, &doc).await, "b", "later "))
+            .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(read(&state(&s.base, &s.http, &f.editor.access, &doc).await).0, "later hello");
+    let vs: Value = s
+        .http
+        .get(s.url(&format!("/v1/docs/{doc}/versions")))
+        .bearer_auth(&f.viewer.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(vs["items"][0]["label"], "draft 1");
+    let r = s
+        .http
+        .get(s.url(&format!("/v1/docs/{doc}/versions/{vid}/state")))
+        .bearer_auth(&f.viewer.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read(&r.bytes().await.unwrap()).0, "hello");
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/docs/{doc}/versions/{vid}/restore")))
+        .bearer_auth(&f.editor.access)
+        .json(&json!({ "mode": "update" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let j: Value = s
+        .http
+        .get(s.url(&format!("/v1/docs/{doc}/json")))
+        .bearer_auth(&f.viewer.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(j, json!({ "text": "hello", "map": { "a": "hello" } }));
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/docs/{doc}/versions/{vid}/restore")))
+        .bearer_auth(&f.editor.access)
+        .json(&json!({ "mode": "new_document", "name": "copy" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let copy: Value = r.json().await.unwrap();
+    let j: Value = s
+        .http
+        .get(s.url(&format!("/v1/docs/{}/json", copy["id"].as_str().unwrap())))
+        .bearer_auth(&f.viewer.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(j["text"], "hello");
+    // Deleting: a viewer may not; the creator may; then it is gone for everyone.
+    let r = s.http.delete(s.url(&format!("/v1/docs/{doc}"))).bearer_auth(&f.viewer.access).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = s.http.delete(s.url(&format!("/v1/docs/{doc}"))).bearer_auth(&f.editor.access).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = s.http.get(s.url(&format!("/v1/docs/{doc}"))).bearer_auth(&f.host.access).send().await.unwrap();
+    expect_problem(r, 404, "not_found").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn sync_socket_relays_only_what_is_durable_and_refuses_viewers() {
+    let s = TestServer::start().await;
+    let f = setup(&s).await;
+    let doc = f.doc.clone();
+    let (mut a, st) = synced(&s.base, &f.editor.access, &doc).await;
+    let (mut b, _) = synced(&s.base, &f.host.access, &doc).await;
+    let (mut v, _) = synced(&s.base, &f.viewer.access, &doc).await;
+    // A's edit reaches B and the viewer, and is already stored when it does.
+    let u = edit(&st, "a", "one");
+    send(&mut a, &Message::Sync(SyncMessage::Update(u.clone()))).await;
+    assert_eq!(next_update(&mut b).await, u);
+    assert_eq!(next_update(&mut v).await, u);
+    assert_eq!(read(&state(&s.base, &s.http, &f.outsider.access, &doc).await).0, "one");
+    // Awareness goes to the others, and goes away when its socket does.
+    let aw = yrs::sync::AwarenessUpdate {
+        clients: [(77, yrs::sync::awareness::AwarenessUpdateEntry { clock: 1, json: r#"{"user":"a"}"#.into() })].into(),
+    };
+    send(&mut a, &Message::Awareness(aw)).await;
+    loop {
+        if let Ok(Message::Awareness(got)) = recv(&mut b).await {
+            assert_eq!(&*got.clients[&77].json, r#"{"user":"a"}"#);
+            break;
+        }
+    }
+    // The viewer's edit is refused with permission-denied, applied nowhere.
+    let st1 = state(&s.base, &s.http, &f.host.access, &doc).await;
+    send(&mut v, &Message::Sync(SyncMessage::Update(edit(&st1, "v", "VIEWER")))).await;
+    loop {
+        match recv(&mut v).await {
+            Ok(Message::Auth(Some(reason))) => {
+                assert!(reason.starts_with("read-only"), "{reason}");
+                break;
+            }
+            Ok(_) => {}
+            Err(c) => panic!("closed: {c:?}"),
+        }
+    }
+    // A garbage update closes the socket with 4400 and changes nothing.
+    send(&mut a, &Message::Sync(SyncMessage::Update(b"\x01\x02\x03 junk".to_vec()))).await;
+    let code = loop {
+        if let Err(c) = recv(&mut a).await {
+            break c;
+        }
+    };
+    assert_eq!(code, Some(4400));
+    // A's awareness is gone for B now: a null state at a higher clock.
+    loop {
+        if let Ok(Message::Awareness(got)) = recv(&mut b).await {
+            assert_eq!(&*got.clients[&77].json, "null");
+            break;
+        }
+    }
+    assert_eq!(state(&s.base, &s.http, &f.host.access, &doc).await, st1);
+    let (t, m, _) = read(&st1);
+    assert_eq!((t.as_str(), m), ("one", json!({ "a": "one" })));
+    // Without a token, or with one of another org, no socket at all.
+    let url = format!("{}/v1/yjs/{doc}", s.base.replace("http://", "ws://"));
+    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    let (other_org, other_sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &other_org, "stranger@example.org", "owner").await;
+    let stranger = login(&s, &other_sl, "stranger@example.org").await;
+    let url = format!("{}/v1/yjs/{doc}?access_token={}", s.base.replace("http://", "ws://"), stranger.access);
+    let err = tokio_tungstenite::connect_async(url).await.err().unwrap();
+    assert!(err.to_string().contains("404"), "{err}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn compaction_keeps_the_document_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.docs.compact_after_updates = 20;
+    let s = TestServer::start_with(config).await;
+    let f = setup(&s).await;
+    let doc = f.doc.clone();
+    // Edits on top of each other, from several clients, with deletions.
+    let mut st = Vec::new();
+    let mut before = Vec::new();
+    for i in 0..45 {
+        let u = if i % 7 == 6 {
+            let d = Doc::new();
+            d.transact_mut().apply_update(Update::decode_v1(&st).unwrap()).unwrap();
+            let t = d.get_or_insert_text("text");
+            let mut txn = d.transact_mut();
+            t.remove_range(&mut txn, 0, 2);
+            txn.encode_update_v1()
+        } else {
+            edit(&st, &format!("k{}", i % 5), &format!("<{i}>"))
+        };
+        assert_eq!(apply(&s, &f.editor.access, &doc, u).await.status(), 200);
+        st = state(&s.base, &s.http, &f.editor.access, &doc).await;
+        before = read(&st).2;
+    }
+    let expected = read(&st);
+    // Compaction runs in the background once 20 updates are stored after the snapshot.
+    let mut meta = Value::Null;
+    for _ in 0..100 {
+        meta = s
+            .http
+            .get(s.url(&format!("/v1/docs/{doc}")))
+            .bearer_auth(&f.editor.access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if meta["compactions"].as_u64() >= Some(2) && meta["pending_updates"].as_u64() < Some(20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(meta["compactions"].as_u64() >= Some(2), "{meta}");
+    // Load it again from the store (a restart): the same state vector and the same content.
+    s.stop().await;
+    let mut config = config_for(dir.path());
+    config.docs.compact_after_updates = 20;
+    let s = TestServer::start_with(config).await;
+    let again = state(&s.base, &s.http, &f.editor.access, &doc).await;
+    assert_eq!(read(&again), expected);
+    assert_eq!(read(&again).2, before);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_update_others_saw_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let (code, key, _) = crate::support::cli(&["operator", "create-key", "--data", &data], &[], None);
+    assert_eq!(code, 0);
+    let key = key.trim().to_owned();
+    let server = ChildServer::start(dir.path());
+    let (base, http) = (server.base.clone(), reqwest::Client::new());
+    let post = async |token: &str, path: &str, body: Value| -> Value {
+        let r = http.post(format!("{base}{path}")).bearer_auth(token).json(&body).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    };
+    let org = post(&key, "/v1/orgs", json!({ "slug": "crashdocs", "name": "Crash docs" })).await;
+    let org_id = org["id"].as_str().unwrap();
+    let inv = post(
+        &key,
+        &format!("/v1/orgs/{org_id}/invitations"),
+        json!({ "email": "writer@example.org", "role": "owner" }),
+    )
+    .await;
+    let body = json!({ "token": inv["token"], "username": "writer", "password": crate::identity::PASSWORD });
+    post("", "/v1/auth/invitations/accept", body).await;
+    let t = post(
+        "",
+        "/v1/auth/login",
+        json!({ "org": "crashdocs", "login": "writer", "password": crate::identity::PASSWORD }),
+    )
+    .await;
+    let token = t["access_token"].as_str().unwrap().to_owned();
+    let room = post(&token, "/v1/rooms", json!({ "name": "r" })).await;
+    let doc = post(&token, &format!("/v1/rooms/{}/docs", room["id"].as_str().unwrap()), json!({ "name": "d" })).await;
+    let doc = doc["id"].as_str().unwrap().to_owned();
+    let (mut a, st) = synced(&base, &token, &doc).await;
+    let (mut b, _) = synced(&base, &token, &doc).await;
+    let u = edit(&st, "k", "kept");
+    send(&mut a, &Message::Sync(SyncMessage::Update(u.clone()))).await;
+    // B has seen it: the server is killed at once.
+    assert_eq!(next_update(&mut b).await, u);
+    server.kill9();
+    let server = ChildServer::start(dir.path());
+    let got = state(&server.base, &http, &token, &doc).await;
+    assert_eq!(read(&got).0, "kept");
+    server.kill9();
+}
