@@ -37,6 +37,12 @@ if ! .venv-peers/bin/python -c 'import websockets' >/dev/null 2>&1; then
     .venv-peers/bin/pip install --quiet --disable-pip-version-check 'websockets>=15,<18'
 fi
 
+say "peer clients (tests/peers/node_modules: yjs, y-websocket, ws)"
+command -v node >/dev/null 2>&1 || apt_install nodejs npm
+if [ ! -d tests/peers/node_modules/y-websocket ]; then
+    (cd tests/peers && npm ci --no-audit --no-fund --silent)
+fi
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 

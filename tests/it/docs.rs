@@ -489,3 +489,54 @@ async fn an_update_others_saw_survives_sigkill() {
     assert_eq!(read(&got).0, "kept");
     server.kill9();
 }
+
+#[tokio::test]
+async fn stock_yjs_clients_under_node_converge_through_the_server() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+    assert!(
+        std::path::Path::new(dir).join("node_modules/y-websocket").exists(),
+        "the Yjs peer clients are missing: `bash scripts/test-all.sh` installs them into tests/peers"
+    );
+    let s = TestServer::start().await;
+    let f = setup(&s).await;
+    let url = format!("{}/v1/yjs", s.base.replace("http://", "ws://"));
+    let args = [
+        "yjs_interop.mjs".to_owned(),
+        "--url".into(),
+        url,
+        "--doc".into(),
+        f.doc.clone(),
+        "--editor".into(),
+        f.editor.access.clone(),
+        "--editor2".into(),
+        f.host.access.clone(),
+        "--viewer".into(),
+        f.viewer.access.clone(),
+    ];
+    let out =
+        tokio::task::spawn_blocking(move || std::process::Command::new("node").args(args).current_dir(dir).output())
+            .await
+            .unwrap()
+            .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let report: Value = serde_json::from_str(line)
+        .unwrap_or_else(|_| panic!("no report: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["viewer_denied"], true, "{report}");
+    // What the clients converged on is what the server stored, and the viewer's text is not.
+    let j: Value = s
+        .http
+        .get(s.url(&format!("/v1/docs/{}/json", f.doc)))
+        .bearer_auth(&f.viewer.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(j["text"], report["text"], "{j}");
+    assert_eq!(j["map"], report["map"], "{j}");
+    assert!(!j["text"].as_str().unwrap().contains("VIEWER"));
+    s.stop().await;
+}
