@@ -489,7 +489,7 @@ async fn upgrade(req: &Request, ws: WebSocket, app: &App, doc_id: &str) -> Resul
     let config = WebSocketConfig::default()
         .read_buffer_size(8192)
         .write_buffer_size(8192)
-        .max_write_buffer_size(4 * frame_max)
+        .max_write_buffer_size((4 * frame_max).max(1 << 16))
         .max_message_size(Some(frame_max))
         .max_frame_size(Some(frame_max));
     let (app, engine) = (app.clone(), app.docs.clone());

@@ -328,6 +328,9 @@ fn error_response(err: poem::Error) -> Response {
         return resp;
     }
     let status = resp.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return Problem::new(status, "payload_too_large", "the request body is over the limit").into_response();
+    }
     if status.is_client_error() {
         return Problem::new(status, "bad_request", status.canonical_reason().unwrap_or("bad request")).into_response();
     }
@@ -366,8 +369,7 @@ fn foreign_problem(err: &poem::Error) -> Option<Problem> {
     if let Some(e) = err.downcast_ref::<ContentTypeError>() {
         return Some(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", e.to_string()));
     }
-    (err.status() == StatusCode::PAYLOAD_TOO_LARGE)
-        .then(|| Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is over the limit"))
+    None
 }
 
 /// The audit context of a user's request.

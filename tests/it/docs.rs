@@ -540,3 +540,63 @@ async fn stock_yjs_clients_under_node_converge_through_the_server() {
     assert!(!j["text"].as_str().unwrap().contains("VIEWER"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn caps_refuse_clearly_and_observers_get_coarse_change_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.docs.update_bytes_max = 1024;
+    config.docs.document_bytes_max = 3000;
+    config.docs.org_bytes_max = 3000;
+    let s = TestServer::start_with(config).await;
+    let f = setup(&s).await;
+    let doc = f.doc.clone();
+    // An observer follows the document's topic on the realtime socket.
+    let (mut rt, _) = crate::realtime::connect(&s, &f.viewer).await;
+    rt.send(WsMessage::text(json!({ "op": "subscribe", "topic": format!("doc:{doc}") }).to_string())).await.unwrap();
+    loop {
+        if crate::realtime::next(&mut rt).await["op"] == "subscribed" {
+            break;
+        }
+    }
+    let big = |n: usize| edit(&[], &format!("k{n}"), &"x".repeat(400));
+    // Over the per-update cap.
+    let r = apply(&s, &f.editor.access, &doc, edit(&[], "huge", &"y".repeat(2000))).await;
+    expect_problem(r, 413, "update_too_large").await;
+    let mut stored = 0;
+    for n in 0..10 {
+        let r = apply(&s, &f.editor.access, &doc, big(n)).await;
+        if r.status() == 413 {
+            expect_problem(r, 413, "document_too_large").await;
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        stored += 1;
+    }
+    assert!((2..=4).contains(&stored), "{stored}");
+    // On the socket, the refusal comes as permission-denied with the code; nothing is relayed.
+    let (mut a, _) = synced(&s.base, &f.editor.access, &doc).await;
+    send(&mut a, &Message::Sync(SyncMessage::Update(big(99)))).await;
+    loop {
+        match recv(&mut a).await {
+            Ok(Message::Auth(Some(reason))) => {
+                assert!(reason.starts_with("document_too_large"), "{reason}");
+                break;
+            }
+            Ok(_) => {}
+            Err(c) => panic!("closed: {c:?}"),
+        }
+    }
+    // The observer saw coarse `doc.changed` events (counts and sizes, never the bytes) that
+    // add up to what was stored.
+    let mut updates = 0;
+    while updates < stored {
+        let e = crate::realtime::next(&mut rt).await;
+        if e["op"] == "event" && e["type"] == "doc.changed" {
+            assert!(e["data"]["bytes"].as_u64().unwrap() > 0, "{e}");
+            updates += e["data"]["updates"].as_u64().unwrap();
+        }
+    }
+    assert_eq!(updates, stored);
+    s.stop().await;
+}
