@@ -6,6 +6,7 @@
 #            start_nginx / stop_nginx. Each start_* exports the server PID
 #            (OP_PID, PG_PID, NGINX_PID); each stop_* signals exactly
 #            that PID and waits (bounded) for it to exit.
+# Node:      install_node_peers (the node peers' packages), start_node_peer
 # /proc:     proc_cpu_s, proc_tree_cpu_s, proc_rss_peak_kb, proc_rss_kb,
 #            proc_tree_rss_peak_kb
 # wrk:       wrk_rps, wrk_requests, wrk_elapsed_s, wrk_non2xx,
@@ -150,9 +151,10 @@ bench_init() {
 }
 
 bench_cleanup() {
-    local rc=$?
+    local rc=$? peer
     trap - EXIT
     [ -n "${MEMWATCH_PID:-}" ] && stop_pid "$MEMWATCH_PID" TERM 5 memwatch
+    for peer in "${NODE_PEER_PIDS[@]}"; do stop_pid "$peer" TERM 10 "node peer"; done
     [ -n "${OP_PID:-}" ] && stop_outpost
     [ -n "${NGINX_PID:-}" ] && stop_nginx
     [ -n "${PG_PID:-}" ] && stop_postgres
@@ -275,6 +277,42 @@ stop_outpost() {
     [ -n "${OP_PID:-}" ] || return 0
     stop_pid "$OP_PID" TERM 30 outpost
     unset OP_PID
+}
+
+# ------------------------------------------------------------- node peers ----
+
+# The node peers' packages, one list for every bench using benches/peers: an
+# `npm install --no-save` removes what its command line does not name, so one
+# bench installing its own list would undo the other's.
+NODE_PEERS=(socket.io@4 @hocuspocus/server@3.4 @hocuspocus/provider@3.4 yjs@13.6 y-websocket@3 ws@8)
+NODE_PEER_PIDS=()
+
+# install_node_peers: NODE_PEERS into benches/peers/node_modules (ignored), unless
+# that exact list is there already
+install_node_peers() {
+    local dir="$BENCH_DIR/peers" stamp="$BENCH_DIR/peers/node_modules/.bench-peers"
+    [ "$(cat "$stamp" 2>/dev/null)" = "${NODE_PEERS[*]}" ] && return 0
+    log "installing ${NODE_PEERS[*]} into $dir/node_modules"
+    npm install --prefix "$dir" --silent --no-audit --no-fund --no-save "${NODE_PEERS[@]}" >/dev/null
+    printf '%s\n' "${NODE_PEERS[*]}" >"$stamp"
+}
+
+# start_node_peer LOG READY_TEXT CMD...: run CMD in the background (output to
+# LOG), wait until LOG shows READY_TEXT, set NODE_PEER_PID; bench_cleanup stops it
+start_node_peer() {
+    local log=$1 ready=$2 deadline=$((SECONDS + 30))
+    shift 2
+    "$@" >"$log" 2>&1 &
+    NODE_PEER_PID=$!
+    NODE_PEER_PIDS+=("$NODE_PEER_PID")
+    until grep -q -- "$ready" "$log" 2>/dev/null; do
+        if ! pid_alive "$NODE_PEER_PID" || [ "$SECONDS" -ge "$deadline" ]; then
+            tail -n 20 "$log" >&2 || true
+            die "$* did not start"
+        fi
+        sleep 0.1
+    done
+    log "$(basename "$log" .log) ready: pid $NODE_PEER_PID"
 }
 
 # ------------------------------------------------------------- PostgreSQL ----

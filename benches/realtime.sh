@@ -24,10 +24,7 @@ ulimit -n 65536 2>/dev/null || log "could not raise the open-files limit; idle r
 
 # The peer's packages, once, in an ignored folder.
 PEER_DIR="$BENCH_DIR/peers"
-if [ ! -d "$PEER_DIR/node_modules/socket.io" ]; then
-    log "installing socket.io@4 into $PEER_DIR/node_modules"
-    (cd "$PEER_DIR" && npm install --silent --no-audit --no-fund --no-save socket.io@4 >/dev/null)
-fi
+install_node_peers
 
 (cd "$REPO_DIR" && cargo bench --bench realtime_load --no-run -q 2>/dev/null)
 LOAD=$(cd "$REPO_DIR" && cargo bench --bench realtime_load --no-run 2>&1 | awk '/Executable/{gsub(/[()]/,"",$NF); print $NF}' | tail -1)
