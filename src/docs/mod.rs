@@ -16,7 +16,6 @@
 //! a burst's last changes are logged a second after it ends.
 
 mod content;
-pub mod sync;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,9 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OnceCell, mpsc};
+use yrs::encoding::write::Write as _;
 use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
+use yrs::updates::encoder::{Encode, Encoder, EncoderV1};
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::config::DocsConfig;
@@ -235,16 +235,6 @@ impl Engine {
         }
     }
 
-    /// Loaded documents now.
-    pub fn loaded(&self) -> usize {
-        lock(&self.slots).len()
-    }
-
-    /// Whether the document is loaded now.
-    pub fn is_loaded(&self, org: Id, id: Id) -> bool {
-        lock(&self.slots).get(&(org, id)).is_some_and(|s| s.live.initialized())
-    }
-
     /// Registers a socket on a document: answers its handle and the frames that start the
     /// sync (the server's step 1 and who is here).
     pub fn join(self: &Arc<Self>, live: Arc<LiveDoc>) -> (Joined, Vec<Frame>) {
@@ -258,7 +248,7 @@ impl Engine {
             inner.idle_since = None;
             let sv = inner.doc.transact().state_vector();
             first.push(encode(&Message::Sync(SyncMessage::SyncStep1(sv))));
-            if let Some(f) = awareness_frame(&inner, None) {
+            if let Some(f) = awareness_frame(&inner) {
                 first.push(f);
             }
         }
@@ -307,15 +297,14 @@ impl Engine {
     }
 
     /// The answer to a client's sync step 1: what it lacks.
-    pub fn step2(&self, live: &LiveDoc, sv: &StateVector) -> Frame {
-        let inner = lock(&live.inner);
-        let update = inner.doc.transact().encode_state_as_update_v1(sv);
-        encode(&Message::Sync(SyncMessage::SyncStep2(update)))
+    pub async fn step2(&self, live: &Arc<LiveDoc>, sv: StateVector) -> Result<Frame, DomainError> {
+        let update = self.diff(live, sv).await?;
+        Ok(encode(&Message::Sync(SyncMessage::SyncStep2(update))))
     }
 
     /// Everyone's awareness, for a client that asks.
     pub fn awareness_all(&self, live: &LiveDoc) -> Option<Frame> {
-        awareness_frame(&lock(&live.inner), None)
+        awareness_frame(&lock(&live.inner))
     }
 
     /// Takes an awareness update from socket `conn`: newer states replace older ones and go to
@@ -378,14 +367,14 @@ impl Engine {
             return Ok(None);
         }
         let _pin = Pin::new(live);
-        let bytes = decoded.clone();
-        let n = bytes.len() as u64;
+        let decoded: Arc<[Vec<u8>]> = decoded.into();
+        let n = decoded.len() as u64;
         let appended = match docs::append(
             &self.writer,
             ctx,
             user,
             live.id,
-            bytes,
+            decoded.clone(),
             starts,
             self.caps(),
             self.cfg.compact_after_updates,
@@ -401,9 +390,9 @@ impl Engine {
         let mut relayed = 0;
         {
             let mut inner = lock(&live.inner);
-            for bytes in decoded {
+            for bytes in decoded.iter() {
                 let size = bytes.len() as u64;
-                let Ok(update) = Update::decode_v1(&bytes) else { continue };
+                let Ok(update) = Update::decode_v1(bytes) else { continue };
                 if let Err(e) = inner.doc.transact_mut().apply_update(update) {
                     // Stored, but it does not fit this document (it names parents that are not
                     // shared types): loading skips it the same way.
@@ -412,7 +401,7 @@ impl Engine {
                 }
                 inner.bytes += size;
                 self.metrics.docs_loaded_bytes.inc_by(size as i64);
-                let frame = encode(&Message::Sync(SyncMessage::Update(bytes)));
+                let frame = update_frame(bytes);
                 relayed += Self::relay(&mut inner, &frame, from);
             }
         }
@@ -428,35 +417,33 @@ impl Engine {
         Ok(Some(appended))
     }
 
-    /// The document's whole state as one update (v1).
-    pub fn state(&self, live: &LiveDoc) -> (Vec<u8>, StateVector) {
-        let inner = lock(&live.inner);
-        let txn = inner.doc.transact();
-        (txn.encode_state_as_update_v1(&StateVector::default()), txn.state_vector())
-    }
-
-    /// What a client at state vector `sv` lacks, as one update (v1).
-    pub fn diff(&self, live: &LiveDoc, sv: &StateVector) -> Vec<u8> {
-        lock(&live.inner).doc.transact().encode_state_as_update_v1(sv)
+    /// What a client at state vector `sv` lacks (everything, for an empty one), as one update
+    /// (v1).
+    pub async fn diff(&self, live: &Arc<LiveDoc>, sv: StateVector) -> Result<Vec<u8>, DomainError> {
+        read_doc(live, move |doc| doc.transact().encode_state_as_update_v1(&sv)).await
     }
 
     /// An update that makes the document's content that of `state` (a version's): texts,
     /// maps and arrays are rewritten to their old content. Made on a copy: nothing changes
     /// until the caller applies it.
-    pub fn revert_to(&self, live: &LiveDoc, state: &[u8]) -> Result<Vec<u8>, DomainError> {
-        let old = Doc::new();
-        let u = Update::decode_v1(state).map_err(|e| DomainError::invalid("", "invalid_update", e.to_string()))?;
-        old.transact_mut().apply_update(u).map_err(|e| DomainError::invalid("", "invalid_update", e.to_string()))?;
-        let (current, _) = self.state(live);
-        let copy = Doc::new();
-        let u = Update::decode_v1(&current).map_err(|e| StoreError::Storage(e.to_string()))?;
-        copy.transact_mut().apply_update(u).map_err(|e| StoreError::Storage(e.to_string()))?;
-        content::rewrite(&copy, &old)
+    pub async fn revert_to(&self, live: &Arc<LiveDoc>, state: Vec<u8>) -> Result<Vec<u8>, DomainError> {
+        read_doc(live, move |doc| {
+            let invalid = |e: &dyn std::fmt::Display| DomainError::invalid("", "invalid_update", e.to_string());
+            let old = Doc::new();
+            let u = Update::decode_v1(&state).map_err(|e| invalid(&e))?;
+            old.transact_mut().apply_update(u).map_err(|e| invalid(&e))?;
+            let copy = Doc::new();
+            let current = doc.transact().encode_state_as_update_v1(&StateVector::default());
+            let u = Update::decode_v1(&current).map_err(|e| StoreError::Storage(e.to_string()))?;
+            copy.transact_mut().apply_update(u).map_err(|e| StoreError::Storage(e.to_string()))?;
+            content::rewrite(&copy, &old)
+        })
+        .await?
     }
 
     /// The document's top-level shared types as JSON.
-    pub fn json(&self, live: &LiveDoc) -> serde_json::Value {
-        content::to_json(&lock(&live.inner).doc)
+    pub async fn json(&self, live: &Arc<LiveDoc>) -> Result<serde_json::Value, DomainError> {
+        read_doc(live, content::to_json).await
     }
 
     fn spawn_chore(self: &Arc<Self>, scope: OrgScope, id: Id, chore: Chore) {
@@ -511,6 +498,27 @@ impl Engine {
     }
 }
 
+/// Runs `f` over the loaded document on the blocking pool: encoding a large document's whole
+/// state is not work for an async worker.
+async fn read_doc<T: Send + 'static>(
+    live: &Arc<LiveDoc>,
+    f: impl FnOnce(&Doc) -> T + Send + 'static,
+) -> Result<T, DomainError> {
+    let live = live.clone();
+    tokio::task::spawn_blocking(move || f(&lock(&live.inner).doc))
+        .await
+        .map_err(|e| StoreError::Storage(format!("reading a document failed: {e}")).into())
+}
+
+/// An update as the sync protocol's update message.
+fn update_frame(update: &[u8]) -> Frame {
+    let mut enc = EncoderV1::new();
+    enc.write_var(yrs::sync::protocol::MSG_SYNC);
+    enc.write_var(yrs::sync::protocol::MSG_SYNC_UPDATE);
+    enc.write_buf(update);
+    enc.to_vec().into()
+}
+
 /// Keeps a document loaded while a change to it is in flight.
 struct Pin<'a>(&'a LiveDoc);
 
@@ -527,11 +535,11 @@ impl Drop for Pin<'_> {
     }
 }
 
-fn awareness_frame(inner: &Inner, only: Option<&[u64]>) -> Option<Frame> {
+/// Everyone's awareness as one message, if anyone has some.
+fn awareness_frame(inner: &Inner) -> Option<Frame> {
     let clients: HashMap<u64, yrs::sync::awareness::AwarenessUpdateEntry> = inner
         .awareness
         .iter()
-        .filter(|(c, _)| only.is_none_or(|o| o.contains(c)))
         .map(|(c, a)| (*c, yrs::sync::awareness::AwarenessUpdateEntry { clock: a.clock, json: a.json.clone() }))
         .collect();
     (!clients.is_empty()).then(|| encode(&Message::Awareness(AwarenessUpdate { clients })))

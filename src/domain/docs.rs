@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::paging::{self, Page, PageRequest};
-use super::rooms::{Room, RoomStatus};
+use super::rooms::{Participant, Room, RoomStatus};
 use super::{DomainError, FieldError, check};
 use crate::auth::policy::{self, RoomAction, RoomRole};
 use crate::ids::Id;
@@ -89,8 +89,15 @@ pub enum Access {
     Write,
 }
 
-/// The document `id` if `user` may see it (404 otherwise), with what they may do.
-pub fn access(r: &impl Lookup, org: Id, user: Id, id: Id) -> Result<(Document, Access), DomainError> {
+/// What someone with `part` in `room` may do with its documents, and their joined role.
+fn standing_in(room: &Room, part: Option<Participant>) -> (Access, Option<RoomRole>) {
+    let role = part.filter(|p| p.joined_at_ms.is_some()).map(|p| p.role);
+    let write = room.status == RoomStatus::Active && role.is_some_and(|r| r >= RoomRole::Member);
+    (if write { Access::Write } else { Access::Read }, role)
+}
+
+/// The document `id` if `user` may see it (404 otherwise), what they may do, their room role.
+fn standing(r: &impl Lookup, org: Id, user: Id, id: Id) -> Result<(Document, Access, Option<RoomRole>), DomainError> {
     let doc: Document = r
         .record::<Document>(DOCS, &org_id_key(org, id))?
         .filter(|d| d.deleted_at_ms.is_none())
@@ -99,9 +106,13 @@ pub fn access(r: &impl Lookup, org: Id, user: Id, id: Id) -> Result<(Document, A
         DomainError::NotFound { .. } => DomainError::NotFound { what: "document" },
         other => other,
     })?;
-    let role = part.filter(|p| p.joined_at_ms.is_some()).map(|p| p.role);
-    let write = room.status == RoomStatus::Active && role.is_some_and(|r| r >= RoomRole::Member);
-    Ok((doc, if write { Access::Write } else { Access::Read }))
+    let (access, role) = standing_in(&room, part);
+    Ok((doc, access, role))
+}
+
+/// The document `id` if `user` may see it (404 otherwise), with what they may do.
+pub fn access(r: &impl Lookup, org: Id, user: Id, id: Id) -> Result<(Document, Access), DomainError> {
+    standing(r, org, user, id).map(|(doc, access, _)| (doc, access))
 }
 
 /// Like `access`, refusing unless the caller may edit.
@@ -121,8 +132,7 @@ pub fn read_only() -> DomainError {
 /// The room `room` if `user` may add documents to it.
 fn room_for_new_doc(r: &impl Lookup, org: Id, user: Id, room: Id) -> Result<Room, DomainError> {
     let (room, part) = super::rooms::visible(r, org, user, room)?;
-    let role = part.filter(|p| p.joined_at_ms.is_some()).map(|p| p.role);
-    if room.status != RoomStatus::Active || role.is_none_or(|r| r < RoomRole::Member) {
+    if standing_in(&room, part).0 != Access::Write {
         return Err(DomainError::Forbidden { detail: "a joined member of an active room adds documents to it".into() });
     }
     Ok(room)
@@ -200,18 +210,20 @@ pub fn get(store: &Store, scope: OrgScope, user: Id, id: Id) -> Result<(Document
     store.peek(|r| access(r, scope.org(), user, id))
 }
 
-/// The documents of a room the user may see, oldest first.
+/// The documents of a room the user may see, oldest first, and what they may do with them
+/// (the same for all: it follows from the room).
 pub async fn list(
     store: &Store,
     scope: OrgScope,
     user: Id,
     room: Id,
     page: PageRequest,
-) -> Result<Page<Document>, DomainError> {
+) -> Result<(Page<Document>, Access), DomainError> {
     let org = scope.org();
     store
         .read(move |r| {
-            super::rooms::visible(r, org, user, room)?;
+            let (found, part) = super::rooms::visible(r, org, user, room)?;
+            let (access, _) = standing_in(&found, part);
             let prefix = org_id_key(org, room);
             let start = page.after.as_deref().map_or_else(|| prefix.to_vec(), paging::key_after);
             let rows = r.range(ROOM_DOCS, &start, &prefix_end(&prefix), false, paging::SCAN_MAX)?;
@@ -230,7 +242,8 @@ pub async fn list(
                 }
             }
             let more = rows.len() == paging::SCAN_MAX || items.len() == page.limit;
-            Ok(Page { items, next_cursor: if more { last.map(|k| paging::encode_cursor(&k)) } else { None } })
+            let next_cursor = if more { last.map(|k| paging::encode_cursor(&k)) } else { None };
+            Ok((Page { items, next_cursor }, access))
         })
         .await
 }
@@ -241,9 +254,10 @@ pub async fn delete(writer: &Writer, ctx: MutationCtx, user: Id, id: Id) -> Resu
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let mut doc = writable(tx, org, user, id)?;
-            let (_, part) = super::rooms::visible(tx, org, user, doc.room)?;
-            let role = part.filter(|p| p.joined_at_ms.is_some()).map(|p| p.role);
+            let (mut doc, access, role) = standing(tx, org, user, id)?;
+            if access != Access::Write {
+                return Err(read_only());
+            }
             if doc.created_by != user && !policy::room_allows(role, RoomAction::Moderate) {
                 return Err(DomainError::Forbidden {
                     detail: "moderators, hosts and the document's creator delete documents".into(),
@@ -292,7 +306,7 @@ pub async fn append(
     ctx: MutationCtx,
     user: Id,
     id: Id,
-    updates: Vec<Vec<u8>>,
+    updates: std::sync::Arc<[Vec<u8>]>,
     starts: Option<EditSession>,
     caps: Caps,
     compact_after: u64,

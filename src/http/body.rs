@@ -56,17 +56,7 @@ impl<'a, T: Type + DeserializeOwned + Send> ApiExtractor<'a> for JsonBody<T> {
                 .into());
             }
         }
-        let limit = request.data::<BodyLimit>().map_or(1 << 20, |l| l.0);
-        let mut bytes = Vec::new();
-        let reader = body
-            .take()
-            .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_json", "the body was already read"))?;
-        reader.into_async_read().take(limit + 1).read_to_end(&mut bytes).await.map_err(|e| {
-            Problem::new(StatusCode::BAD_REQUEST, "invalid_body", format!("reading the body failed: {e}"))
-        })?;
-        if bytes.len() as u64 > limit {
-            return Err(too_large(limit).into());
-        }
+        let bytes = read_limited(request, body).await?;
         parse(&bytes).map(JsonBody).map_err(Into::into)
     }
 }
@@ -107,19 +97,26 @@ impl<'a> ApiExtractor<'a> for BinaryBody {
                 .into());
             }
         }
-        let limit = request.data::<BodyLimit>().map_or(1 << 20, |l| l.0);
-        let mut bytes = Vec::new();
-        let reader = body
-            .take()
-            .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_body", "the body was already read"))?;
-        reader.into_async_read().take(limit + 1).read_to_end(&mut bytes).await.map_err(|e| {
-            Problem::new(StatusCode::BAD_REQUEST, "invalid_body", format!("reading the body failed: {e}"))
-        })?;
-        if bytes.len() as u64 > limit {
-            return Err(too_large(limit).into());
-        }
-        Ok(BinaryBody(bytes))
+        Ok(BinaryBody(read_limited(request, body).await?))
     }
+}
+
+/// The whole body, up to the limit in force (413 past it).
+async fn read_limited(request: &Request, body: &mut RequestBody) -> Result<Vec<u8>, Problem> {
+    let limit = request.data::<BodyLimit>().map_or(1 << 20, |l| l.0);
+    let reader =
+        body.take().map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_body", "the body was already read"))?;
+    let mut bytes = Vec::new();
+    reader
+        .into_async_read()
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "invalid_body", format!("reading the body failed: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(limit));
+    }
+    Ok(bytes)
 }
 
 pub fn too_large(limit: u64) -> Problem {

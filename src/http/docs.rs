@@ -1,15 +1,13 @@
-//! Shared documents: `/v1/rooms/{id}/docs` and `/v1/docs/...` (REST), and `/v1/yjs/{id}`,
-//! the sync socket a stock y-websocket provider connects to (`WebsocketProvider(
-//! 'wss://host/v1/yjs', docId, ydoc, { params: { access_token } })`).
+//! Shared documents: `/v1/rooms/{id}/docs` and `/v1/docs/...` (REST). The sync socket is
+//! `http::yjs`.
 //!
 //! States and updates travel as Yjs updates (v1 encoding) in `application/octet-stream`
 //! bodies.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use poem::Request;
 use poem::web::Data;
-use poem::web::websocket::{WebSocket, WebSocketConfig};
-use poem::{IntoResponse, Request, handler};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
@@ -18,7 +16,6 @@ use yrs::updates::decoder::Decode;
 
 use super::auth_api::NoContent;
 use super::body::{BinaryBody, JsonBody};
-use super::problem::Problem;
 use super::{ApiTags, UserAuth, parse_id, user_ctx};
 use crate::app::App;
 use crate::auth::policy::Permission;
@@ -226,12 +223,8 @@ impl DocsApi {
         let page = PageRequest::parse(limit.0, cursor.0.as_deref())?;
         let room = parse_id(&room_id.0, "room")?;
         let scope = OrgScope::member(&p);
-        let page = docs::list(&app.store, scope, p.user, room, page).await?;
-        let mut items = Vec::with_capacity(page.items.len());
-        for d in page.items {
-            let (_, access) = docs::get(&app.store, scope, p.user, d.id)?;
-            items.push(view(&d, access));
-        }
+        let (page, access) = docs::list(&app.store, scope, p.user, room, page).await?;
+        let items = page.items.iter().map(|d| view(d, access)).collect();
         Ok(Json(DocPage { items, next_cursor: page.next_cursor }))
     }
 
@@ -287,7 +280,7 @@ impl DocsApi {
             }
         };
         let live = app.docs.open(scope, id).await?;
-        Ok(Binary(app.docs.diff(&live, &sv)))
+        Ok(Binary(app.docs.diff(&live, sv).await?))
     }
 
     /// The document's top-level shared types as JSON: texts as strings, maps as objects,
@@ -306,7 +299,7 @@ impl DocsApi {
         let id = parse_id(&doc_id.0, "document")?;
         docs::get(&app.store, scope, p.user, id)?;
         let live = app.docs.open(scope, id).await?;
-        Ok(Json(app.docs.json(&live)))
+        Ok(Json(app.docs.json(&live).await?))
     }
 
     /// Apply a Yjs update (v1) — for services and agents without a socket. It is stored
@@ -358,7 +351,7 @@ impl DocsApi {
             return Err(docs::read_only().into());
         }
         let live = app.docs.open(scope, id).await?;
-        let (state, _) = app.docs.state(&live);
+        let state = app.docs.diff(&live, yrs::StateVector::default()).await?;
         let caps = app.docs.caps();
         let v = docs::save_version(&app.writer, user_ctx(req, &p), p.user, id, body.0.label, state, d.update_seq, caps)
             .await?;
@@ -445,7 +438,7 @@ impl DocsApi {
             }
             RestoreMode::Update => {
                 let live = app.docs.open(scope, id).await?;
-                let update = app.docs.revert_to(&live, &state)?;
+                let update = app.docs.revert_to(&live, state).await?;
                 let session = EditSession { id: Id::new(), via: "rest" };
                 app.docs.apply(&live, user_ctx(req, &p), p.user, vec![update], None, Some(session)).await?;
                 let (d, access) = docs::get(&app.store, scope, p.user, id)?;
@@ -453,57 +446,4 @@ impl DocsApi {
             }
         }
     }
-}
-
-/// Upgrades to a document sync socket (y-websocket protocol). The access token comes as the
-/// `access_token` query parameter (what a provider's `params` sends) or a bearer header;
-/// problems before the upgrade are answered over HTTP.
-#[handler]
-pub async fn sync(req: &Request, ws: WebSocket, app: Data<&App>, doc_id: poem::web::Path<String>) -> poem::Response {
-    match upgrade(req, ws, app.0, &doc_id.0).await {
-        Ok(r) => r,
-        Err(p) => p.into_response(),
-    }
-}
-
-async fn upgrade(req: &Request, ws: WebSocket, app: &App, doc_id: &str) -> Result<poem::Response, Problem> {
-    let token = req
-        .uri()
-        .query()
-        .and_then(|q| url_param(q, "access_token"))
-        .or_else(|| {
-            req.headers()
-                .get(poem::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::to_owned)
-        })
-        .ok_or_else(|| Problem::unauthenticated("missing_token", "give the access token as ?access_token="))?;
-    let p = crate::auth::user(&app.store, &app.verified_tokens, &app.keys.ring(), &token, app.access_ttl()).await?;
-    p.require(Permission::RoomsRead)?;
-    let scope = OrgScope::member(&p);
-    let id = parse_id(doc_id, "document")?;
-    docs::get(&app.store, scope, p.user, id)?;
-    let live = app.docs.open(scope, id).await?;
-    let frame_max = app.config.docs.update_bytes_max + 1024;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(8192)
-        .write_buffer_size(8192)
-        .max_write_buffer_size((4 * frame_max).max(1 << 16))
-        .max_message_size(Some(frame_max))
-        .max_frame_size(Some(frame_max));
-    let (app, engine) = (app.clone(), app.docs.clone());
-    Ok(ws
-        .config(config)
-        .on_upgrade(move |socket| crate::docs::sync::serve(app, engine, live, socket, p, token))
-        .into_response())
-}
-
-/// The value of query parameter `name`, decoded.
-fn url_param(query: &str, name: &str) -> Option<String> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
-        .ok()?
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
 }

@@ -22,6 +22,7 @@ pub mod search;
 pub mod tasks;
 pub mod tls;
 pub mod users;
+pub mod yjs;
 
 use std::time::{Duration, Instant};
 
@@ -199,7 +200,7 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
         .nest("/docs", docs)
         .at("/metrics", ops::metrics)
         .at("/v1/realtime", poem::get(realtime::realtime))
-        .at("/v1/yjs/:doc_id", poem::get(docs::sync))
+        .at("/v1/yjs/:doc_id", poem::get(yjs::sync))
         .data(BodyLimit(limit))
         .data(app.clone())
         .with_if(cors.is_some(), cors.unwrap_or_default())
@@ -394,6 +395,16 @@ pub fn mutation_ctx(req: &Request, scope: OrgScope, actor: String) -> MutationCt
         request_id: req.data::<RequestId>().map(|r| r.0.clone()),
         client_addr: req.remote_addr().as_socket_addr().map(|a| a.ip().to_string()),
     }
+}
+
+/// The token of an `Authorization: Bearer …` header, for upgrades that take one beside their
+/// own ways (subprotocol, query parameter).
+pub fn bearer_header(req: &Request) -> Option<String> {
+    req.headers()
+        .get(poem::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
 }
 
 /// Parses a path id; a malformed one is simply not found (no hint about what exists).

@@ -24,12 +24,7 @@ pub fn realtime(req: &Request, ws: WebSocket, app: Data<&App>) -> impl IntoRespo
         .map(str::trim)
         .find_map(|p| p.strip_prefix(TOKEN_SUBPROTOCOL_PREFIX))
         .map(str::to_owned);
-    let bearer = req
-        .headers()
-        .get(poem::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
+    let bearer = super::bearer_header(req);
     let app = app.0.clone();
     let hub = app.hub.clone();
     // Small buffers: an idle socket should cost kilobytes, not the library's 128 KiB defaults;

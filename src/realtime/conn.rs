@@ -46,6 +46,33 @@ async fn authenticate(app: &App, token: &str) -> Result<(Principal, Option<i64>)
     Ok((p, exp))
 }
 
+/// Why a socket's token no longer stands.
+pub(crate) enum Lapsed {
+    /// The access token expired (a fresh one fixes it).
+    Expired,
+    /// The session was revoked, or the user or organization is no longer active.
+    Revoked(String),
+}
+
+/// Checks a socket's token again: the caller as they stand now, `None` when the store could not
+/// say (a hiccup is not a verdict on the session; look again next time), or why it lapsed.
+pub(crate) async fn recheck_token(app: &App, token: &str) -> Result<Option<Principal>, Lapsed> {
+    match auth::user(&app.store, &app.verified_tokens, &app.keys.ring(), token, app.access_ttl()).await {
+        Ok(p) => Ok(Some(p)),
+        Err(AuthError::Store(e)) => {
+            tracing::warn!(error = %e, "a socket's recheck could not read the store");
+            Ok(None)
+        }
+        Err(AuthError::Token(_)) => Err(Lapsed::Expired),
+        Err(e) => Err(Lapsed::Revoked(e.to_string())),
+    }
+}
+
+/// The context of a change a socket's user makes (no HTTP request behind it).
+pub(crate) fn socket_ctx(p: &Principal) -> MutationCtx {
+    MutationCtx { scope: OrgScope::member(p), actor: p.actor(), request_id: None, client_addr: None }
+}
+
 /// Serves one upgraded socket until it closes. `offered` is a token given as a subprotocol.
 #[allow(clippy::too_many_lines)] // the socket's whole life: authenticate, then one select loop
 pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<String>) {
@@ -416,12 +443,7 @@ impl Conn {
             let f = ServerFrame::error("not_ackable", "only your inbox (user:{you}) is acknowledged", r#ref);
             return Ok(self.send(&f).await?);
         }
-        let ctx = MutationCtx {
-            scope: OrgScope::member(&self.p),
-            actor: self.p.actor(),
-            request_id: None,
-            client_addr: None,
-        };
+        let ctx = socket_ctx(&self.p);
         let device = device.unwrap_or_else(|| DEFAULT_DEVICE.to_owned());
         let (org, user) = (self.p.org, self.p.user);
         let kept = match inbox::ack(&self.app.writer, ctx, user, device, seq).await {
@@ -571,17 +593,16 @@ impl Conn {
 
     /// The token, session, user and organization are still good; subscriptions still allowed.
     async fn recheck(&mut self) -> Result<(), End> {
-        match authenticate(&self.app, &self.token).await {
-            Ok((p, _)) => self.p = p,
-            // A store hiccup is not a verdict on the session; look again next time.
-            Err(AuthError::Store(e)) => tracing::warn!(error = %e, "realtime recheck could not read the store"),
-            Err(AuthError::Token(_)) => {
+        match recheck_token(&self.app, &self.token).await {
+            Ok(Some(p)) => self.p = p,
+            Ok(None) => {}
+            Err(Lapsed::Expired) => {
                 return Err(End::Close(
                     close::UNAUTHORIZED,
                     "the access token expired; send auth before it does".into(),
                 ));
             }
-            Err(e) => return Err(End::Close(close::REVOKED, e.to_string())),
+            Err(Lapsed::Revoked(why)) => return Err(End::Close(close::REVOKED, why)),
         }
         let lost: Vec<String> =
             self.positions.keys().filter(|t| may_follow(&self.app.store, &self.p, t).is_err()).cloned().collect();

@@ -14,7 +14,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, Map, ReadTxn, StateVector, Text, Transact, Update};
 
 use crate::identity::{Login, create_org, login, operator_invite_and_accept};
-use crate::support::{ChildServer, TestServer, config_for, expect_problem, post_json};
+use crate::support::{ChildServer, TestServer, config_for, expect_problem, get_json, post_json};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -144,15 +144,37 @@ async fn synced(base: &str, token: &str, doc: &str) -> (Ws, Vec<u8>) {
     }
 }
 
-/// The next relayed update.
-async fn next_update(ws: &mut Ws) -> Vec<u8> {
+/// Reads until `pick` takes a message; the socket must stay open meanwhile.
+async fn until<T>(ws: &mut Ws, pick: impl Fn(Message) -> Option<T>) -> T {
     loop {
         match recv(ws).await {
-            Ok(Message::Sync(SyncMessage::Update(u))) => return u,
-            Ok(_) => {}
+            Ok(m) => {
+                if let Some(t) = pick(m) {
+                    return t;
+                }
+            }
             Err(c) => panic!("closed: {c:?}"),
         }
     }
+}
+
+/// The next relayed update.
+async fn next_update(ws: &mut Ws) -> Vec<u8> {
+    until(ws, |m| if let Message::Sync(SyncMessage::Update(u)) = m { Some(u) } else { None }).await
+}
+
+/// The reason of the next permission-denied message.
+async fn denied(ws: &mut Ws) -> String {
+    until(ws, |m| if let Message::Auth(Some(reason)) = m { Some(reason) } else { None }).await
+}
+
+/// Client `client`'s state in the next awareness message that names it.
+async fn awareness_of(ws: &mut Ws, client: u64) -> String {
+    until(ws, |m| match m {
+        Message::Awareness(u) => u.clients.get(&client).map(|e| e.json.to_string()),
+        _ => None,
+    })
+    .await
 }
 
 #[tokio::test]
@@ -167,16 +189,7 @@ async fn rest_state_updates_and_refusals() {
     assert_eq!((applied["stored"].as_bool(), applied["update_seq"].as_u64()), (Some(true), Some(1)));
     let st = state(&s.base, &s.http, &f.viewer.access, &doc).await;
     assert_eq!(read(&st).0, "hello");
-    let j: Value = s
-        .http
-        .get(s.url(&format!("/v1/docs/{doc}/json")))
-        .bearer_auth(&f.viewer.access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let j: Value = get_json(&s, &f.viewer.access, &format!("/v1/docs/{doc}/json")).await;
     assert_eq!(j, json!({ "text": "hello", "map": { "a": "hello" } }));
     // Given a state vector, only what it lacks.
     let sv = read(&st).2;
@@ -204,29 +217,11 @@ async fn rest_state_updates_and_refusals() {
     for who in [&f.viewer, &f.outsider] {
         let r = apply(&s, &who.access, &doc, edit(&st, "c", "nope")).await;
         expect_problem(r, 403, "forbidden").await;
-        let m: Value = s
-            .http
-            .get(s.url(&format!("/v1/docs/{doc}")))
-            .bearer_auth(&who.access)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let m: Value = get_json(&s, &who.access, &format!("/v1/docs/{doc}")).await;
         assert_eq!(m["access"], "read");
     }
     assert_eq!(read(&state(&s.base, &s.http, &f.host.access, &doc).await).0, "hello");
-    let list: Value = s
-        .http
-        .get(s.url(&format!("/v1/rooms/{}/docs", f.room)))
-        .bearer_auth(&f.viewer.access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&s, &f.viewer.access, &format!("/v1/rooms/{}/docs", f.room)).await;
     assert_eq!(list["items"][0]["id"], doc.as_str());
     assert_eq!(list["items"][0]["update_seq"], 1);
     // A wrong content type is refused.
@@ -248,16 +243,7 @@ async fn rest_state_updates_and_refusals() {
             .await;
     assert_eq!(r.status(), 200);
     assert_eq!(read(&state(&s.base, &s.http, &f.editor.access, &doc).await).0, "later hello");
-    let vs: Value = s
-        .http
-        .get(s.url(&format!("/v1/docs/{doc}/versions")))
-        .bearer_auth(&f.viewer.access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let vs: Value = get_json(&s, &f.viewer.access, &format!("/v1/docs/{doc}/versions")).await;
     assert_eq!(vs["items"][0]["label"], "draft 1");
     let r = s
         .http
@@ -276,16 +262,7 @@ async fn rest_state_updates_and_refusals() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let j: Value = s
-        .http
-        .get(s.url(&format!("/v1/docs/{doc}/json")))
-        .bearer_auth(&f.viewer.access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let j: Value = get_json(&s, &f.viewer.access, &format!("/v1/docs/{doc}/json")).await;
     assert_eq!(j, json!({ "text": "hello", "map": { "a": "hello" } }));
     let r = s
         .http
@@ -297,16 +274,7 @@ async fn rest_state_updates_and_refusals() {
         .unwrap();
     assert_eq!(r.status(), 201);
     let copy: Value = r.json().await.unwrap();
-    let j: Value = s
-        .http
-        .get(s.url(&format!("/v1/docs/{}/json", copy["id"].as_str().unwrap())))
-        .bearer_auth(&f.viewer.access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let j: Value = get_json(&s, &f.viewer.access, &format!("/v1/docs/{}/json", copy["id"].as_str().unwrap())).await;
     assert_eq!(j["text"], "hello");
     // Deleting: a viewer may not; the creator may; then it is gone for everyone.
     let r = s.http.delete(s.url(&format!("/v1/docs/{doc}"))).bearer_auth(&f.viewer.access).send().await.unwrap();
@@ -337,25 +305,12 @@ async fn sync_socket_relays_only_what_is_durable_and_refuses_viewers() {
         clients: [(77, yrs::sync::awareness::AwarenessUpdateEntry { clock: 1, json: r#"{"user":"a"}"#.into() })].into(),
     };
     send(&mut a, &Message::Awareness(aw)).await;
-    loop {
-        if let Ok(Message::Awareness(got)) = recv(&mut b).await {
-            assert_eq!(&*got.clients[&77].json, r#"{"user":"a"}"#);
-            break;
-        }
-    }
+    assert_eq!(awareness_of(&mut b, 77).await, r#"{"user":"a"}"#);
     // The viewer's edit is refused with permission-denied, applied nowhere.
     let st1 = state(&s.base, &s.http, &f.host.access, &doc).await;
     send(&mut v, &Message::Sync(SyncMessage::Update(edit(&st1, "v", "VIEWER")))).await;
-    loop {
-        match recv(&mut v).await {
-            Ok(Message::Auth(Some(reason))) => {
-                assert!(reason.starts_with("read-only"), "{reason}");
-                break;
-            }
-            Ok(_) => {}
-            Err(c) => panic!("closed: {c:?}"),
-        }
-    }
+    let reason = denied(&mut v).await;
+    assert!(reason.starts_with("read-only"), "{reason}");
     // A garbage update closes the socket with 4400 and changes nothing.
     send(&mut a, &Message::Sync(SyncMessage::Update(b"\x01\x02\x03 junk".to_vec()))).await;
     let code = loop {
@@ -365,12 +320,7 @@ async fn sync_socket_relays_only_what_is_durable_and_refuses_viewers() {
     };
     assert_eq!(code, Some(4400));
     // A's awareness is gone for B now: a null state at a higher clock.
-    loop {
-        if let Ok(Message::Awareness(got)) = recv(&mut b).await {
-            assert_eq!(&*got.clients[&77].json, "null");
-            break;
-        }
-    }
+    assert_eq!(awareness_of(&mut b, 77).await, "null");
     assert_eq!(state(&s.base, &s.http, &f.host.access, &doc).await, st1);
     let (t, m, _) = read(&st1);
     assert_eq!((t.as_str(), m), ("one", json!({ "a": "one" })));
@@ -525,16 +475,7 @@ async fn stock_yjs_clients_under_node_converge_through_the_server() {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["viewer_denied"], true, "{report}");
     // What the clients converged on is what the server stored, and the viewer's text is not.
-    let j: Value = s
-        .http
-        .get(s.url(&format!("/v1/docs/{}/json", f.doc)))
-        .bearer_auth(&f.viewer.access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let j: Value = get_json(&s, &f.viewer.access, &format!("/v1/docs/{}/json", f.doc)).await;
     assert_eq!(j["text"], report["text"], "{j}");
     assert_eq!(j["map"], report["map"], "{j}");
     assert!(!j["text"].as_str().unwrap().contains("VIEWER"));
@@ -577,16 +518,8 @@ async fn caps_refuse_clearly_and_observers_get_coarse_change_events() {
     // On the socket, the refusal comes as permission-denied with the code; nothing is relayed.
     let (mut a, _) = synced(&s.base, &f.editor.access, &doc).await;
     send(&mut a, &Message::Sync(SyncMessage::Update(big(99)))).await;
-    loop {
-        match recv(&mut a).await {
-            Ok(Message::Auth(Some(reason))) => {
-                assert!(reason.starts_with("document_too_large"), "{reason}");
-                break;
-            }
-            Ok(_) => {}
-            Err(c) => panic!("closed: {c:?}"),
-        }
-    }
+    let reason = denied(&mut a).await;
+    assert!(reason.starts_with("document_too_large"), "{reason}");
     // The observer saw coarse `doc.changed` events (counts and sizes, never the bytes) that
     // add up to what was stored.
     let mut updates = 0;

@@ -208,6 +208,10 @@ pub fn slug(prefix: &str) -> String {
 }
 
 /// POSTs `body` to `path` with `token` and returns the JSON answer (whatever its status).
+pub async fn get_json(s: &TestServer, token: &str, path: &str) -> Value {
+    s.http.get(s.url(path)).bearer_auth(token).send().await.expect("send").json().await.expect("json")
+}
+
 pub async fn post_json(s: &TestServer, token: &str, path: &str, body: Value) -> Value {
     s.http.post(s.url(path)).bearer_auth(token).json(&body).send().await.expect("send").json().await.expect("json")
 }

@@ -1,11 +1,13 @@
-//! One document sync socket, speaking the standard y-websocket binary protocol, so a stock
+//! `/v1/yjs/{id}`: one document sync socket, speaking the standard y-websocket binary protocol, so a stock
 //! `WebsocketProvider` works unchanged: sync step 1/2 and updates, awareness, awareness
 //! queries. The server opens with its step 1 and everyone's awareness.
 //!
 //! An editor's updates are committed before they are relayed or answered (see `crate::docs`);
 //! frames already waiting on the socket are taken together into one commit. A read-only
 //! client's updates are refused with the protocol's permission-denied message and never
-//! applied. Undecodable input closes the socket with 4400 and changes nothing. Awareness is
+//! applied. Undecodable input closes the socket with 4400 and changes nothing. Closes the
+//! client should not retry as they are (bad input, an expired token, lost access, a deleted
+//! document) use 4400–4499, where the stock provider stops reconnecting. Awareness is
 //! relayed, not stored, and rate-limited: beyond `docs.awareness_per_s` only each client's
 //! latest state goes out, a moment later. The session and access are checked again every
 //! `realtime.recheck_s`.
@@ -15,31 +17,41 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use poem::web::websocket::{Message as WsMessage, WebSocketStream};
+use poem::web::Data;
+use poem::web::websocket::{Message as WsMessage, WebSocket, WebSocketConfig, WebSocketStream};
+use poem::{IntoResponse, Request, handler};
 use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 
-use super::{Engine, Frame, Joined, LiveDoc, encode};
+use super::parse_id;
+use super::problem::Problem;
 use crate::app::App;
-use crate::auth::{self, AuthError, Principal};
+use crate::auth::Principal;
+use crate::auth::policy::Permission;
+use crate::docs::{Engine, Frame, Joined, LiveDoc, encode};
 use crate::domain::DomainError;
 use crate::domain::docs::{self, Access, EditSession};
 use crate::ids::{self, Id};
+use crate::realtime::conn::{Budget, Lapsed, Sink, Stream, bye, recheck_token, socket_ctx};
 use crate::store::StoreError;
-use crate::store::writer::MutationCtx;
 use crate::tenancy::OrgScope;
 
-/// Close codes of the sync socket (the y-websocket provider reconnects after any of them).
+/// Close codes of the sync socket. The y-websocket provider reconnects after any code but
+/// 4400–4499, so those are the ones a retry as-is cannot mend.
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// The store cannot take writes now (disk low, overloaded); try again later.
     pub const TRY_LATER: u16 = 1013;
-    pub const UNAUTHORIZED: u16 = 4001;
-    pub const REVOKED: u16 = 4003;
-    pub const NOT_FOUND: u16 = 4004;
+    /// The client fell behind; it syncs again when it reconnects.
     pub const TOO_SLOW: u16 = 4008;
     /// A message or update that does not decode.
     pub const INVALID: u16 = 4400;
+    /// The access token expired: reconnect with a fresh one in `params`.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// The session was revoked, or the caller may no longer see the document.
+    pub const REVOKED: u16 = 4403;
+    /// The document was deleted.
+    pub const NOT_FOUND: u16 = 4404;
 }
 
 /// A write the client does not take within this long ends the connection.
@@ -49,17 +61,10 @@ const DRAIN_MAX: usize = 64;
 /// Queued frames written with one flush at most.
 const WRITE_BATCH_MAX: usize = 64;
 
-use crate::realtime::conn::{Budget, Sink, Stream, bye};
-
-/// Serves one upgraded socket of user `p` (already checked: may read `live`) until it closes.
-pub async fn serve(
-    app: App,
-    engine: Arc<Engine>,
-    live: Arc<LiveDoc>,
-    socket: WebSocketStream,
-    p: Principal,
-    token: String,
-) {
+/// Serves one upgraded socket of user `p` (already checked: may read `live`, with `access`)
+/// until it closes.
+async fn serve(app: App, live: Arc<LiveDoc>, socket: WebSocketStream, p: Principal, token: String, access: Access) {
+    let engine = app.docs.clone();
     let (sink, mut stream) = socket.split();
     let (joined, first) = engine.join(live);
     let mut s = Session {
@@ -67,6 +72,7 @@ pub async fn serve(
         engine: engine.clone(),
         p,
         token,
+        access,
         joined,
         sink,
         editing: None,
@@ -84,6 +90,9 @@ struct Session {
     engine: Arc<Engine>,
     p: Principal,
     token: String,
+    /// What the caller may do, as of the last check. The writer checks again on every change;
+    /// a refusal there makes this `Read`.
+    access: Access,
     joined: Joined,
     sink: Sink,
     /// The editing session, once this socket changed the document; and when it began.
@@ -186,13 +195,15 @@ impl Session {
             .map_err(|e| End::Close(close::INVALID, format!("not a y-websocket message: {e}")))?;
         match msg {
             Message::Sync(SyncMessage::SyncStep1(sv)) => {
-                let f = self.engine.step2(&self.joined.live, &sv);
+                let Ok(f) = self.engine.step2(&self.joined.live, sv).await else {
+                    return Err(End::Close(close::TRY_LATER, "the document could not be read".into()));
+                };
                 self.write(&[f]).await.map_err(|()| End::Gone)?;
             }
             Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u)) => {
-                if self.access() == Access::Write {
+                if self.access == Access::Write {
                     updates.push(u);
-                } else if super::decode_updates(vec![u]).map_err(invalid)?.is_empty() {
+                } else if crate::docs::decode_updates(vec![u]).map_err(invalid)?.is_empty() {
                     // An empty step 2 (the usual answer of a client with nothing new) is fine.
                 } else {
                     self.engine.metrics.docs_refused.inc();
@@ -221,13 +232,8 @@ impl Session {
     async fn commit(&mut self, updates: Vec<Vec<u8>>) -> Result<(), End> {
         let starts = self.editing.is_none().then(|| EditSession { id: Id::new(), via: "socket" });
         let bytes: u64 = updates.iter().map(|u| u.len() as u64).sum();
-        let ctx = MutationCtx {
-            scope: OrgScope::member(&self.p),
-            actor: self.p.actor(),
-            request_id: None,
-            client_addr: None,
-        };
         let live = self.joined.live.clone();
+        let ctx = socket_ctx(&self.p);
         let r = self.engine.apply(&live, ctx, self.p.user, updates, Some(self.joined.conn), starts.clone()).await;
         match r {
             Ok(applied) => {
@@ -242,7 +248,10 @@ impl Session {
             }
             Err(DomainError::Invalid(_)) => Err(End::Close(close::INVALID, "an update that does not decode".into())),
             Err(DomainError::TooLarge { code, detail }) => self.deny(&format!("{code}: {detail}")).await,
-            Err(DomainError::Forbidden { detail }) => self.deny(&format!("read-only: {detail}")).await,
+            Err(DomainError::Forbidden { detail }) => {
+                self.access = Access::Read;
+                self.deny(&format!("read-only: {detail}")).await
+            }
             Err(DomainError::NotFound { .. }) => Err(End::Close(close::NOT_FOUND, "the document is gone".into())),
             Err(DomainError::Store(StoreError::DiskFull | StoreError::Busy)) => {
                 Err(End::Close(close::TRY_LATER, "the store cannot take changes now; try again later".into()))
@@ -257,35 +266,27 @@ impl Session {
         self.write(&[f]).await.map_err(|()| End::Gone)
     }
 
-    fn access(&self) -> Access {
-        docs::get(&self.app.store, OrgScope::member(&self.p), self.p.user, self.joined.live.id)
-            .map_or(Access::Read, |(_, a)| a)
-    }
-
-    /// The token, session and user are still good, and the document still readable.
+    /// The token, session and user are still good, and the document still readable (and
+    /// what the caller may do with it now).
     async fn recheck(&mut self) -> Result<(), End> {
-        match auth::user(
-            &self.app.store,
-            &self.app.verified_tokens,
-            &self.app.keys.ring(),
-            &self.token,
-            self.app.access_ttl(),
-        )
-        .await
-        {
-            Ok(p) => self.p = p,
-            Err(AuthError::Store(e)) => tracing::warn!(error = %e, "document socket recheck could not read the store"),
-            Err(AuthError::Token(_)) => {
+        match recheck_token(&self.app, &self.token).await {
+            Ok(Some(p)) => self.p = p,
+            Ok(None) => {}
+            Err(Lapsed::Expired) => {
                 return Err(End::Close(
                     close::UNAUTHORIZED,
                     "the access token expired; reconnect with a fresh one".into(),
                 ));
             }
-            Err(e) => return Err(End::Close(close::REVOKED, e.to_string())),
+            Err(Lapsed::Revoked(why)) => return Err(End::Close(close::REVOKED, why)),
         }
         match docs::get(&self.app.store, OrgScope::member(&self.p), self.p.user, self.joined.live.id) {
-            Ok(_) | Err(DomainError::Store(_)) => Ok(()),
-            Err(_) => Err(End::Close(close::REVOKED, "you may no longer see this document".into())),
+            Ok((_, access)) => {
+                self.access = access;
+                Ok(())
+            }
+            Err(DomainError::Store(_)) => Ok(()),
+            Err(_) => Err(End::Close(close::REVOKED, "you may no longer see this document, or it was deleted".into())),
         }
     }
 
@@ -307,12 +308,7 @@ impl Session {
         let Some((session, started)) = self.editing else {
             return;
         };
-        let ctx = MutationCtx {
-            scope: OrgScope::member(&self.p),
-            actor: self.p.actor(),
-            request_id: None,
-            client_addr: None,
-        };
+        let ctx = socket_ctx(&self.p);
         let id = self.joined.live.id;
         if let Err(e) = docs::end_session(&self.app.writer, ctx, id, session, self.updates, self.bytes, started).await {
             tracing::warn!(doc = %id, error = %e, "could not record the end of an editing session");
@@ -322,4 +318,48 @@ impl Session {
 
 fn invalid(_: DomainError) -> End {
     End::Close(close::INVALID, "an update that does not decode".into())
+}
+
+/// Upgrades to a document sync socket (y-websocket protocol). The access token comes as the
+/// `access_token` query parameter (what a provider's `params` sends) or a bearer header;
+/// problems before the upgrade are answered over HTTP.
+#[handler]
+pub async fn sync(req: &Request, ws: WebSocket, app: Data<&App>, doc_id: poem::web::Path<String>) -> poem::Response {
+    match upgrade(req, ws, app.0, &doc_id.0).await {
+        Ok(r) => r,
+        Err(p) => p.into_response(),
+    }
+}
+
+async fn upgrade(req: &Request, ws: WebSocket, app: &App, doc_id: &str) -> Result<poem::Response, Problem> {
+    let token = req
+        .uri()
+        .query()
+        .and_then(|q| url_param(q, "access_token"))
+        .or_else(|| super::bearer_header(req))
+        .ok_or_else(|| Problem::unauthenticated("missing_token", "give the access token as ?access_token="))?;
+    let p = crate::auth::user(&app.store, &app.verified_tokens, &app.keys.ring(), &token, app.access_ttl()).await?;
+    p.require(Permission::RoomsRead)?;
+    let scope = OrgScope::member(&p);
+    let id = parse_id(doc_id, "document")?;
+    let (_, access) = docs::get(&app.store, scope, p.user, id)?;
+    let live = app.docs.open(scope, id).await?;
+    let frame_max = app.config.docs.update_bytes_max + 1024;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8192)
+        .write_buffer_size(8192)
+        .max_write_buffer_size((4 * frame_max).max(1 << 16))
+        .max_message_size(Some(frame_max))
+        .max_frame_size(Some(frame_max));
+    let app = app.clone();
+    Ok(ws.config(config).on_upgrade(move |socket| serve(app, live, socket, p, token, access)).into_response())
+}
+
+/// The value of query parameter `name`, decoded.
+fn url_param(query: &str, name: &str) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
 }
