@@ -2,6 +2,7 @@
 # Shared helpers for the load benchmarks in this directory. Source it:
 #     . "$(dirname "$0")/lib.sh"
 #
+# Outpost:   outpost_operator_key, outpost_member_token (an org and a logged-in member)
 # Servers:   start_outpost / stop_outpost, start_postgres / stop_postgres,
 #            start_nginx / stop_nginx. Each start_* exports the server PID
 #            (OP_PID, PG_PID, NGINX_PID); each stop_* signals exactly
@@ -250,6 +251,22 @@ outpost_operator_key() {
     key=$(printf '%s\n' "$out" | awk 'NF{k = $0} END{gsub(/^[ \t]+|[ \t\r]+$/, "", k); print k}')
     [ -n "$key" ] || die "operator create-key printed no key"
     printf '%s\n' "$key"
+}
+
+# outpost_member_token KEY SLUG: with operator key KEY, create organization SLUG
+# and a member `SLUG-user` in it, log them in, and print their access token
+outpost_member_token() {
+    local key=$1 slug=$2 org inv pw='bench password 123'
+    org=$(curl -fsS -X POST "$OP_URL/v1/orgs" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+        --data "{\"slug\":\"$slug\",\"name\":\"$slug\"}" | "${BENCHSTAT[@]}" json-get id)
+    inv=$(curl -fsS -X POST "$OP_URL/v1/orgs/$org/invitations" -H "Authorization: Bearer $key" \
+        -H 'Content-Type: application/json' --data "{\"email\":\"$slug@example.org\",\"role\":\"member\"}" |
+        "${BENCHSTAT[@]}" json-get token)
+    curl -fsS -o /dev/null -X POST "$OP_URL/v1/auth/invitations/accept" -H 'Content-Type: application/json' \
+        --data "{\"token\":\"$inv\",\"username\":\"$slug-user\",\"password\":\"$pw\"}"
+    curl -fsS -X POST "$OP_URL/v1/auth/login" -H 'Content-Type: application/json' \
+        --data "{\"org\":\"$slug\",\"login\":\"$slug-user\",\"password\":\"$pw\"}" |
+        "${BENCHSTAT[@]}" json-get access_token
 }
 
 # start_outpost DIR PORT: serve with data dir DIR on 127.0.0.1:PORT, wait

@@ -35,14 +35,7 @@ export OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000000 OUTPOST_LIMITS__ORG_REQUEST
     OUTPOST_REALTIME__SIGNALS_PER_S=1000000
 KEY=$(outpost_operator_key "$WORK/outpost-data")
 start_outpost "$WORK/outpost-data" "$OP_PORT"
-ORG_ID=$(curl -fsS -X POST "$OP_URL/v1/orgs" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
-    --data '{"slug":"bench-rt","name":"Bench realtime"}' | "${BENCHSTAT[@]}" json-get id)
-INV=$(curl -fsS -X POST "$OP_URL/v1/orgs/$ORG_ID/invitations" -H "Authorization: Bearer $KEY" \
-    -H 'Content-Type: application/json' --data '{"email":"rt@example.org","role":"member"}' | "${BENCHSTAT[@]}" json-get token)
-curl -fsS -o /dev/null -X POST "$OP_URL/v1/auth/invitations/accept" -H 'Content-Type: application/json' \
-    --data "{\"token\":\"$INV\",\"username\":\"rt\",\"password\":\"bench password 123\"}"
-TOKEN=$(curl -fsS -X POST "$OP_URL/v1/auth/login" -H 'Content-Type: application/json' \
-    --data '{"org":"bench-rt","login":"rt","password":"bench password 123"}' | "${BENCHSTAT[@]}" json-get access_token)
+TOKEN=$(outpost_member_token "$KEY" bench-rt)
 CHANNELS=""
 for i in $(seq 0 99); do
     id=$(curl -fsS -X POST "$OP_URL/v1/channels" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \

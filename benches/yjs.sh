@@ -48,16 +48,10 @@ post() {
 outpost_setup() {
     export OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000000 OUTPOST_LIMITS__ORG_REQUESTS_PER_S=100000000 \
         OUTPOST_REALTIME__CONNECTIONS_PER_USER_MAX=1000000 OUTPOST_REALTIME__CONNECTIONS_PER_ORG_MAX=1000000
-    local key org inv
+    local key
     key=$(outpost_operator_key "$WORK/outpost-data")
     start_outpost "$WORK/outpost-data" "$OP_PORT"
-    org=$(post /v1/orgs "$key" '{"slug":"bench-yjs","name":"Bench Yjs"}' | "${BENCHSTAT[@]}" json-get id)
-    inv=$(post "/v1/orgs/$org/invitations" "$key" '{"email":"yjs@example.org","role":"member"}' |
-        "${BENCHSTAT[@]}" json-get token)
-    curl -fsS -o /dev/null -X POST "$OP_URL/v1/auth/invitations/accept" -H 'Content-Type: application/json' \
-        --data "{\"token\":\"$inv\",\"username\":\"yjs\",\"password\":\"bench password 123\"}"
-    TOKEN=$(curl -fsS -X POST "$OP_URL/v1/auth/login" -H 'Content-Type: application/json' \
-        --data '{"org":"bench-yjs","login":"yjs","password":"bench password 123"}' | "${BENCHSTAT[@]}" json-get access_token)
+    TOKEN=$(outpost_member_token "$key" bench-yjs)
     ROOM_ID=$(post /v1/rooms "$TOKEN" '{"name":"bench-yjs"}' | "${BENCHSTAT[@]}" json-get id)
 }
 
