@@ -165,7 +165,14 @@ impl ChildServer {
         Self { child, base }
     }
 
-    pub fn kill9(mut self) {
+    pub fn kill9(self) {
+        drop(self);
+    }
+}
+
+impl Drop for ChildServer {
+    /// SIGKILL, so a test that fails midway leaves no server behind.
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
