@@ -533,3 +533,52 @@ async fn caps_refuse_clearly_and_observers_get_coarse_change_events() {
     assert_eq!(updates, stored);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn lost_access_closes_sockets_and_idle_documents_unload() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.realtime.recheck_s = 1;
+    config.docs.idle_unload_s = 1;
+    let s = TestServer::start_with(config).await;
+    let f = setup(&s).await;
+    let metric = async |name: &str| -> i64 {
+        let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let name = format!("outpost_{name}");
+        let line = text.lines().find(|l| l.starts_with(&name)).unwrap_or_else(|| panic!("no {name} in /metrics"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (mut a, st) = synced(&s.base, &f.editor.access, &f.doc).await;
+    let (mut v, _) = synced(&s.base, &f.viewer.access, &f.doc).await;
+    send(&mut a, &Message::Sync(SyncMessage::Update(edit(&st, "a", "x")))).await;
+    next_update(&mut v).await;
+    assert!(metric("docs_loaded ").await >= 1);
+    assert!(metric("docs_updates_total").await >= 1);
+    assert!(metric("docs_relayed_total").await >= 1);
+    assert_eq!(metric("docs_connections ").await, 2);
+    // Deleting the room takes its documents from everyone: within a re-check both sockets close
+    // with 4403, where a stock provider stops reconnecting.
+    let r = s.http.delete(s.url(&format!("/v1/rooms/{}", f.room))).bearer_auth(&f.host.access).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    for ws in [&mut v, &mut a] {
+        let code = loop {
+            if let Err(c) = recv(ws).await {
+                break c;
+            }
+        };
+        assert_eq!(code, Some(4403));
+    }
+    // Nobody connected: the document is unloaded after `docs.idle_unload_s` (the janitor looks
+    // every few seconds).
+    let mut loaded = 1;
+    for _ in 0..150 {
+        loaded = metric("docs_loaded ").await;
+        if loaded == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(loaded, 0);
+    assert_eq!(metric("docs_connections ").await, 0);
+    s.stop().await;
+}
