@@ -201,12 +201,8 @@ async fn load(a: Arc<Args>) {
     let mut len = 0;
     for _ in 0..2 {
         let started = Instant::now();
-        let r = http
-            .get(format!("{}/v1/docs/{}/state", a.url, a.doc))
-            .bearer_auth(&a.token)
-            .send()
-            .await
-            .expect("state");
+        let r =
+            http.get(format!("{}/v1/docs/{}/state", a.url, a.doc)).bearer_auth(&a.token).send().await.expect("state");
         assert_eq!(r.status(), 200);
         let bytes = r.bytes().await.expect("body");
         times.push(started.elapsed().as_secs_f64() * 1000.0);

@@ -12,6 +12,10 @@
 #   bash benches/yjs.sh                     # DURATION=8 (seconds measured per run)
 #   PEERS_ONLY=1 bash benches/yjs.sh        # the peers alone, no Outpost binary needed
 #   SHAPES="1 50 10" bash benches/yjs.sh    # "docs editors rate", comma-separated
+#   GENERATOR=rust SHAPES="1 50 40,1 50 80" bash benches/yjs.sh
+#                                           # capacity: the light generator (benches/yjs_capacity.rs),
+#                                           # which finds timestamps in relayed bytes instead of
+#                                           # running a Yjs document per editor
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -85,7 +89,14 @@ stop_peers() {
 }
 
 # ------------------------------------------------------------------- runs ----
-run() { node "$PEER_DIR/yjs_load.mjs" --seconds "$DURATION" "$@" | grep '^RESULT' || true; }
+if [ "${GENERATOR:-node}" = rust ]; then
+    (cd "$REPO_DIR" && cargo bench --bench yjs_capacity --no-run -q 2>/dev/null)
+    CAPACITY=$(cd "$REPO_DIR" && cargo bench --bench yjs_capacity --no-run 2>&1 | awk '/Executable/{gsub(/[()]/,"",$NF); print $NF}' | tail -1)
+    [ -x "$CAPACITY" ] || die "no capacity generator built"
+    run() { "$CAPACITY" --seconds "$DURATION" "$@" | grep '^RESULT' || true; }
+else
+    run() { node "$PEER_DIR/yjs_load.mjs" --seconds "$DURATION" "$@" | grep '^RESULT' || true; }
+fi
 for n in "${!SHAPE_LIST[@]}"; do
     read -r docs editors rate <<<"${SHAPE_LIST[$n]}"
     shape_args=(--docs "$docs" --editors "$editors" --rate "$rate")
