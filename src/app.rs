@@ -41,6 +41,8 @@ pub struct App {
     pub hub: Arc<crate::realtime::Hub>,
     /// Loaded shared documents.
     pub docs: Arc<crate::docs::Engine>,
+    /// The built-in TURN server, when configured.
+    pub turn: Option<Arc<crate::media::turn::Turn>>,
     /// Rendered channel history pages (see `http::rendered`).
     pub history_pages: Arc<crate::http::rendered::PageCache<crate::http::chat::HistoryKey>>,
     /// When each API key's last use was written down, so that is done once a minute at most.
@@ -56,6 +58,8 @@ pub enum StartError {
     Vault(#[from] VaultError),
     #[error("signing keys: {0}")]
     Keys(#[from] KeyError),
+    #[error(transparent)]
+    Turn(#[from] crate::media::turn::TurnError),
 }
 
 impl App {
@@ -91,9 +95,11 @@ impl App {
                 enqueue_timeout: Duration::from_secs(5),
             },
         )?;
+        let turn = crate::media::turn::Turn::start(&config.media, vault.derive("turn")).await?.map(Arc::new);
         let docs = crate::docs::Engine::new(store.clone(), writer.clone(), metrics.clone(), config.docs.clone());
         let app = Self {
             docs,
+            turn,
             config: Arc::new(config),
             store,
             writer,

@@ -30,6 +30,37 @@ pub struct Config {
     pub tls: TlsConfig,
     pub realtime: RealtimeConfig,
     pub docs: DocsConfig,
+    pub media: MediaConfig,
+}
+
+/// Media networking. For now the built-in TURN server (UDP), which relays for clients behind
+/// NATs and firewalls that block direct media; the API hands out time-limited credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Where the TURN server listens (UDP), e.g. `0.0.0.0:3478`; absent: no TURN server.
+    pub turn_listen: Option<SocketAddr>,
+    /// The address clients reach this server at (TURN URLs and relayed addresses): the public
+    /// address of an edge box behind 1:1 NAT. Default: the listen address, or 127.0.0.1 when
+    /// that is unspecified (0.0.0.0).
+    pub public_ip: Option<std::net::IpAddr>,
+    /// UDP ports relayed allocations are given, inclusive.
+    pub turn_relay_port_min: u16,
+    pub turn_relay_port_max: u16,
+    /// How long TURN credentials from the API stay valid, in seconds.
+    pub turn_credential_ttl_s: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            turn_listen: None,
+            public_ip: None,
+            turn_relay_port_min: 49_152,
+            turn_relay_port_max: 65_535,
+            turn_credential_ttl_s: 3600,
+        }
+    }
 }
 
 /// Shared (Yjs) documents and their sync endpoint (`/v1/yjs/{id}`).
@@ -228,6 +259,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             realtime: RealtimeConfig::default(),
             docs: DocsConfig::default(),
+            media: MediaConfig::default(),
         }
     }
 }
@@ -395,6 +427,13 @@ impl Config {
         }
         if !(16..=1 << 20).contains(&d.send_queue_len) {
             bad("docs.send_queue_len", "must be between 16 and 1048576");
+        }
+        let m = &self.media;
+        if m.turn_relay_port_min == 0 || m.turn_relay_port_min > m.turn_relay_port_max {
+            bad("media.turn_relay_port_min", "must be at least 1 and at most media.turn_relay_port_max");
+        }
+        if !(60..=86_400).contains(&m.turn_credential_ttl_s) {
+            bad("media.turn_credential_ttl_s", "must be between 60 and 86400");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad("log.level", "is not a valid filter (try `info` or `outpost=debug,info`)");

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod http;
 pub mod ids;
 pub mod limits;
+pub mod media;
 pub mod metrics;
 pub mod ops;
 pub mod progress;
@@ -57,6 +58,9 @@ pub async fn run(
     background.spawn(app.hub.clone().run(app.bus.subscribe(), app.store.clone(), app.bus.head_gseq()));
     background.spawn(app.hub.clone().expire_locks());
     background.spawn(app.docs.clone().janitor());
+    if let Some(turn) = app.turn.clone() {
+        background.spawn(turn.watch(app.metrics.clone()));
+    }
 
     let (stop_search, search_stopped) = tokio::sync::watch::channel(false);
     let search_task = start_search(&app, search_stopped).await?;
@@ -106,6 +110,9 @@ pub async fn run(
         .run_with_graceful_shutdown(http::routes(app.clone()), stopping, Some(drain))
         .await;
     background.shutdown().await;
+    if let Some(turn) = &app.turn {
+        turn.close().await;
+    }
     // The indexer finishes the batch it is on (it holds the store until then).
     let _ = stop_search.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(30), search_task).await;

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub docs_refused: Counter,
     pub docs_compactions: Counter,
     pub docs_sync_seconds: Histogram,
+    pub turn_allocations: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -163,6 +164,8 @@ impl Metrics {
             "From an update's arrival to its durable commit and relay to the document's sockets",
             docs_sync_seconds.clone(),
         );
+        let turn_allocations = Gauge::default();
+        registry.register("turn_allocations", "Open allocations on the built-in TURN server", turn_allocations.clone());
         Self {
             registry,
             http_requests,
@@ -190,6 +193,7 @@ impl Metrics {
             docs_refused,
             docs_compactions,
             docs_sync_seconds,
+            turn_allocations,
         }
     }
 

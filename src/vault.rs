@@ -95,6 +95,16 @@ impl Vault {
         out
     }
 
+    /// A 32-byte secret for `purpose`, derived from the current master key (HMAC-SHA256): the
+    /// same across restarts, new after a rotation.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.keys[0].raw);
+        let tag = ring::hmac::sign(&key, format!("derive:{purpose}").as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     /// Opens a value sealed for `purpose`.
     pub fn open(&self, purpose: &str, sealed: &[u8]) -> Result<Vec<u8>, VaultError> {
         if sealed.len() < 8 + NONCE_LEN + 16 {

@@ -12,6 +12,7 @@ pub mod body;
 pub mod chat;
 pub mod docs;
 pub mod me;
+pub mod media;
 pub mod ops;
 pub mod orgs;
 pub mod problem;
@@ -67,6 +68,8 @@ pub enum ApiTags {
     Search,
     /// Shared (Yjs) documents in rooms, their state and versions.
     Docs,
+    /// Reaching media: TURN credentials.
+    Media,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -142,6 +145,7 @@ pub type Apis = (
     tasks::TasksApi,
     search::SearchApi,
     docs::DocsApi,
+    media::MediaApi,
 );
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
@@ -161,6 +165,7 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
             tasks::TasksApi,
             search::SearchApi,
             docs::DocsApi,
+            media::MediaApi,
         ),
         "Outpost",
         crate::VERSION,
