@@ -33,12 +33,12 @@ pub struct Config {
     pub media: MediaConfig,
 }
 
-/// Media networking. For now the built-in TURN server (UDP), which relays for clients behind
+/// Media networking. For now the built-in TURN server (UDP and TCP on one port), which relays for clients behind
 /// NATs and firewalls that block direct media; the API hands out time-limited credentials.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MediaConfig {
-    /// Where the TURN server listens (UDP), e.g. `0.0.0.0:3478`; absent: no TURN server.
+    /// Where the TURN server listens (UDP and TCP), e.g. `0.0.0.0:3478`; absent: no TURN server.
     pub turn_listen: Option<SocketAddr>,
     /// The address clients reach this server at (TURN URLs and relayed addresses): the public
     /// address of an edge box behind 1:1 NAT. Default: the listen address, or 127.0.0.1 when
@@ -49,6 +49,8 @@ pub struct MediaConfig {
     pub turn_relay_port_max: u16,
     /// How long TURN credentials from the API stay valid, in seconds.
     pub turn_credential_ttl_s: u64,
+    /// TURN-over-TCP connections open at once at most.
+    pub turn_tcp_connections_max: usize,
 }
 
 impl Default for MediaConfig {
@@ -59,6 +61,7 @@ impl Default for MediaConfig {
             turn_relay_port_min: 49_152,
             turn_relay_port_max: 65_535,
             turn_credential_ttl_s: 3600,
+            turn_tcp_connections_max: 1024,
         }
     }
 }
@@ -98,6 +101,40 @@ impl Default for DocsConfig {
             idle_unload_s: 30,
             awareness_per_s: 30,
             send_queue_len: 4096,
+        }
+    }
+}
+
+impl DocsConfig {
+    fn check(&self, bad: &mut impl FnMut(&str, &str)) {
+        if !(1024..=64 << 20).contains(&self.update_bytes_max) {
+            bad("docs.update_bytes_max", "must be between 1024 and 67108864");
+        }
+        if self.document_bytes_max < self.update_bytes_max as u64 || self.org_bytes_max < self.document_bytes_max {
+            bad("docs.document_bytes_max", "must be at least docs.update_bytes_max and at most docs.org_bytes_max");
+        }
+        if self.compact_after_updates < 2 {
+            bad("docs.compact_after_updates", "must be at least 2");
+        }
+        if self.loaded_max == 0 || self.awareness_per_s == 0 {
+            bad("docs.loaded_max", "docs.loaded_max and docs.awareness_per_s must be at least 1");
+        }
+        if !(16..=1 << 20).contains(&self.send_queue_len) {
+            bad("docs.send_queue_len", "must be between 16 and 1048576");
+        }
+    }
+}
+
+impl MediaConfig {
+    fn check(&self, bad: &mut impl FnMut(&str, &str)) {
+        if self.turn_relay_port_min == 0 || self.turn_relay_port_min > self.turn_relay_port_max {
+            bad("media.turn_relay_port_min", "must be at least 1 and at most media.turn_relay_port_max");
+        }
+        if self.turn_tcp_connections_max == 0 {
+            bad("media.turn_tcp_connections_max", "must be at least 1");
+        }
+        if !(60..=86_400).contains(&self.turn_credential_ttl_s) {
+            bad("media.turn_credential_ttl_s", "must be between 60 and 86400");
         }
     }
 }
@@ -412,29 +449,8 @@ impl Config {
         if rt.subscriptions_per_connection_max == 0 {
             bad("realtime.subscriptions_per_connection_max", "must be at least 1");
         }
-        let d = &self.docs;
-        if !(1024..=64 << 20).contains(&d.update_bytes_max) {
-            bad("docs.update_bytes_max", "must be between 1024 and 67108864");
-        }
-        if d.document_bytes_max < d.update_bytes_max as u64 || d.org_bytes_max < d.document_bytes_max {
-            bad("docs.document_bytes_max", "must be at least docs.update_bytes_max and at most docs.org_bytes_max");
-        }
-        if d.compact_after_updates < 2 {
-            bad("docs.compact_after_updates", "must be at least 2");
-        }
-        if d.loaded_max == 0 || d.awareness_per_s == 0 {
-            bad("docs.loaded_max", "docs.loaded_max and docs.awareness_per_s must be at least 1");
-        }
-        if !(16..=1 << 20).contains(&d.send_queue_len) {
-            bad("docs.send_queue_len", "must be between 16 and 1048576");
-        }
-        let m = &self.media;
-        if m.turn_relay_port_min == 0 || m.turn_relay_port_min > m.turn_relay_port_max {
-            bad("media.turn_relay_port_min", "must be at least 1 and at most media.turn_relay_port_max");
-        }
-        if !(60..=86_400).contains(&m.turn_credential_ttl_s) {
-            bad("media.turn_credential_ttl_s", "must be between 60 and 86400");
-        }
+        self.docs.check(&mut bad);
+        self.media.check(&mut bad);
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad("log.level", "is not a valid filter (try `info` or `outpost=debug,info`)");
         }

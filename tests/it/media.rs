@@ -1,5 +1,5 @@
-//! Media networking: the built-in TURN server relays for a client that holds credentials from
-//! the API, and refuses credentials it did not sign.
+//! Media networking: the built-in TURN server relays, over UDP and over TCP, for a client that
+//! holds credentials from the API, and refuses credentials it did not sign.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +13,17 @@ use crate::support::{TestServer, config_for, expect_problem};
 
 async fn turn_client(server: &str, username: &str, password: &str) -> Client {
     let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client_over(Arc::new(conn), server, username, password).await
+}
+
+/// A TURN client over TCP: the same framing the server uses, from the client's side.
+async fn turn_client_tcp(server: &str, username: &str, password: &str) -> Client {
+    let stream = tokio::net::TcpStream::connect(server).await.unwrap();
+    let conn = outpost::media::turn::TcpFramed::new(stream).unwrap();
+    client_over(Arc::new(conn), server, username, password).await
+}
+
+async fn client_over(conn: Arc<dyn Conn + Send + Sync>, server: &str, username: &str, password: &str) -> Client {
     let client = Client::new(ClientConfig {
         stun_serv_addr: server.to_owned(),
         turn_serv_addr: server.to_owned(),
@@ -21,7 +32,7 @@ async fn turn_client(server: &str, username: &str, password: &str) -> Client {
         realm: outpost::media::turn::REALM.to_owned(),
         software: String::new(),
         rto_in_ms: 0,
-        conn: Arc::new(conn),
+        conn,
         vnet: None,
     })
     .await
@@ -44,6 +55,7 @@ async fn a_client_relays_through_the_built_in_turn_server_with_api_credentials()
     let c: Value = r.json().await.unwrap();
     let url = c["urls"][0].as_str().unwrap();
     let server = url.strip_prefix("turn:").and_then(|u| u.strip_suffix("?transport=udp")).unwrap().to_owned();
+    assert_eq!(c["urls"][1].as_str().unwrap(), format!("turn:{server}?transport=tcp"));
     let username = c["username"].as_str().unwrap();
     assert!(username.ends_with(&format!(":{}", caller.user_id)), "{username}");
     assert_eq!(c["ttl_s"], 3600);
@@ -71,6 +83,17 @@ async fn a_client_relays_through_the_built_in_turn_server_with_api_credentials()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(seen, "the allocation never showed in /metrics");
+    client.close().await.unwrap();
+
+    // The same over TCP, for networks that let no UDP out.
+    let client = turn_client_tcp(&server, username, c["credential"].as_str().unwrap()).await;
+    let relay = client.allocate().await.unwrap();
+    relay.send_to(b"over tcp", peer.local_addr().unwrap()).await.unwrap();
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"over tcp");
+    peer.send_to(b"back", from).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"back");
     client.close().await.unwrap();
 
     // A password the server did not sign, or a username it did not give out, gets nothing.
