@@ -51,6 +51,9 @@ pub struct MediaConfig {
     pub turn_credential_ttl_s: u64,
     /// TURN-over-TCP connections open at once at most.
     pub turn_tcp_connections_max: usize,
+    /// Let relays reach this host's loopback addresses (tests, everything on one box). Off:
+    /// a TURN server must not be a way into the services beside it.
+    pub turn_allow_loopback_peers: bool,
 }
 
 impl Default for MediaConfig {
@@ -62,6 +65,7 @@ impl Default for MediaConfig {
             turn_relay_port_max: 65_535,
             turn_credential_ttl_s: 3600,
             turn_tcp_connections_max: 1024,
+            turn_allow_loopback_peers: false,
         }
     }
 }

@@ -12,6 +12,10 @@
 //! looks like a packet connection with one peer, served by a TURN server of its own (a TCP
 //! client's allocations belong to its connection anyway) that closes with it. Connections are
 //! capped by `media.turn_tcp_connections_max`.
+//!
+//! Relays never reach this host's loopback, multicast or unspecified addresses (a TURN server
+//! must not become a way into the services beside it); `media.turn_allow_loopback_peers` lifts
+//! the loopback part for tests and single-box setups.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -28,6 +32,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ring::hmac;
 use turn::auth::{AuthHandler, generate_auth_key};
+use turn::relay::RelayAddressGenerator;
 use turn::relay::relay_range::RelayAddressGeneratorRanges;
 use turn::server::Server;
 use turn::server::config::{ConnConfig, ServerConfig};
@@ -75,18 +80,107 @@ struct RelaySettings {
     bind: IpAddr,
     min_port: u16,
     max_port: u16,
+    allow_loopback: bool,
 }
 
 impl RelaySettings {
-    fn generator(&self) -> RelayAddressGeneratorRanges {
-        RelayAddressGeneratorRanges {
-            relay_address: self.public,
-            min_port: self.min_port,
-            max_port: self.max_port,
-            max_retries: 16,
-            address: self.bind.to_string(),
-            net: Arc::new(Net::new(None)),
+    fn generator(&self) -> FilteredRelays {
+        FilteredRelays {
+            inner: RelayAddressGeneratorRanges {
+                relay_address: self.public,
+                min_port: self.min_port,
+                max_port: self.max_port,
+                max_retries: 16,
+                address: self.bind.to_string(),
+                net: Arc::new(Net::new(None)),
+            },
+            allow_loopback: self.allow_loopback,
         }
+    }
+}
+
+/// Whether a relay may exchange datagrams with `peer`.
+fn peer_allowed(peer: IpAddr, allow_loopback: bool) -> bool {
+    let ip = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 @ IpAddr::V4(_) => v4,
+    };
+    !(ip.is_unspecified() || ip.is_multicast() || (ip.is_loopback() && !allow_loopback))
+}
+
+/// Relays on a port range whose sockets refuse the peers `peer_allowed` refuses.
+struct FilteredRelays {
+    inner: RelayAddressGeneratorRanges,
+    allow_loopback: bool,
+}
+
+#[async_trait::async_trait]
+impl RelayAddressGenerator for FilteredRelays {
+    fn validate(&self) -> Result<(), turn::Error> {
+        self.inner.validate()
+    }
+
+    async fn allocate_conn(
+        &self,
+        use_ipv4: bool,
+        requested_port: u16,
+    ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
+        let (conn, addr) = self.inner.allocate_conn(use_ipv4, requested_port).await?;
+        Ok((Arc::new(PeerFilter { inner: conn, allow_loopback: self.allow_loopback }), addr))
+    }
+}
+
+/// A relay socket that neither sends to nor hears from a refused peer.
+struct PeerFilter {
+    inner: Arc<dyn Conn + Send + Sync>,
+    allow_loopback: bool,
+}
+
+#[async_trait::async_trait]
+impl Conn for PeerFilter {
+    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
+        self.inner.connect(addr).await
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, from) = self.inner.recv_from(buf).await?;
+            if peer_allowed(from.ip(), self.allow_loopback) {
+                return Ok((n, from));
+            }
+        }
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.inner.send(buf).await
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        if !peer_allowed(target.ip(), self.allow_loopback) {
+            // Dropped, as a datagram to nowhere would be.
+            return Ok(buf.len());
+        }
+        self.inner.send_to(buf, target).await
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        self.inner.remote_addr()
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        self.inner.close().await
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
     }
 }
 
@@ -135,6 +229,7 @@ impl Turn {
             bind: addr.ip(),
             min_port: cfg.turn_relay_port_min,
             max_port: cfg.turn_relay_port_max,
+            allow_loopback: cfg.turn_allow_loopback_peers,
         };
         let auth = Arc::new(RestAuth { secret: Arc::new(secret) });
         let server = server_on(Arc::new(conn), &relay, auth.clone()).await?;
@@ -371,6 +466,18 @@ impl AuthHandler for RestAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relays_keep_away_from_this_hosts_own_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or_else(|_| unreachable!());
+        for refused in ["127.0.0.1", "::1", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1", "ff02::1"] {
+            assert!(!peer_allowed(ip(refused), false), "{refused}");
+        }
+        for allowed in ["192.168.1.20", "10.0.0.7", "203.0.113.9", "2001:db8::1"] {
+            assert!(peer_allowed(ip(allowed), false), "{allowed}");
+        }
+        assert!(peer_allowed(ip("127.0.0.1"), true));
+    }
 
     #[test]
     fn usernames_are_checked_for_expiry_and_form() {

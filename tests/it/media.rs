@@ -46,6 +46,8 @@ async fn a_client_relays_through_the_built_in_turn_server_with_api_credentials()
     let dir = tempfile::tempdir().unwrap();
     let mut config = config_for(dir.path());
     config.media.turn_listen = Some("127.0.0.1:0".parse().unwrap());
+    // The peers in this test are on loopback, which relays refuse unless allowed.
+    config.media.turn_allow_loopback_peers = true;
     let s = TestServer::start_with(config).await;
     let (org_id, sl) = create_org(&s).await;
     operator_invite_and_accept(&s, &org_id, &format!("caller-{sl}@example.org"), "guest").await;
@@ -113,5 +115,38 @@ async fn without_a_turn_server_credentials_are_refused_clearly() {
     let m = login(&s, &sl, &format!("m-{sl}@example.org")).await;
     let r = s.http.post(s.url("/v1/media/turn-credentials")).bearer_auth(&m.access).send().await.unwrap();
     expect_problem(r, 409, "turn_disabled").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn relays_do_not_reach_this_hosts_loopback_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.media.turn_listen = Some("127.0.0.1:0".parse().unwrap());
+    let s = TestServer::start_with(config).await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, &format!("m-{sl}@example.org"), "member").await;
+    let m = login(&s, &sl, &format!("m-{sl}@example.org")).await;
+    let c: Value = s
+        .http
+        .post(s.url("/v1/media/turn-credentials"))
+        .bearer_auth(&m.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let server =
+        c["urls"][0].as_str().unwrap().trim_start_matches("turn:").trim_end_matches("?transport=udp").to_owned();
+    let client = turn_client(&server, c["username"].as_str().unwrap(), c["credential"].as_str().unwrap()).await;
+    let relay = client.allocate().await.unwrap();
+    // A service on this host's loopback: the relay must not become a way in.
+    let service = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    relay.send_to(b"knock", service.local_addr().unwrap()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let heard = tokio::time::timeout(Duration::from_millis(500), service.recv_from(&mut buf)).await;
+    assert!(heard.is_err(), "a loopback service heard from the relay");
+    client.close().await.unwrap();
     s.stop().await;
 }
