@@ -304,8 +304,14 @@ impl TcpSide {
     /// Accepts TURN-over-TCP connections for as long as the server runs.
     async fn accept(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let Ok((stream, from)) = listener.accept().await else {
-                continue;
+            let (stream, from) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "TURN over TCP: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 tracing::warn!(%from, "TURN over TCP: too many connections; refused one");
