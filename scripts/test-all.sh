@@ -30,11 +30,11 @@ fi
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 
-say "peer clients (.venv-peers)"
+say "peer clients (.venv-peers: websockets, aiortc)"
 apt_install python3-venv
-if ! .venv-peers/bin/python -c 'import websockets' >/dev/null 2>&1; then
-    python3 -m venv .venv-peers
-    .venv-peers/bin/pip install --quiet --disable-pip-version-check 'websockets>=15,<18'
+if ! .venv-peers/bin/python -c 'import websockets, aiortc, numpy' >/dev/null 2>&1; then
+    [ -x .venv-peers/bin/pip ] || python3 -m venv .venv-peers
+    .venv-peers/bin/pip install --quiet --disable-pip-version-check 'websockets>=15,<18' 'aiortc>=1.14,<2' 'numpy>=1.26,<3'
 fi
 
 say "peer clients (tests/peers/node_modules: yjs, y-websocket, ws)"

@@ -43,6 +43,8 @@ pub struct App {
     pub docs: Arc<crate::docs::Engine>,
     /// The built-in TURN server, when configured.
     pub turn: Option<Arc<crate::media::turn::Turn>>,
+    /// The media relay; `None` without `media.rtc_listen`.
+    pub sfu: Option<crate::media::sfu::Sfu>,
     /// Rendered channel history pages (see `http::rendered`).
     pub history_pages: Arc<crate::http::rendered::PageCache<crate::http::chat::HistoryKey>>,
     /// When each API key's last use was written down, so that is done once a minute at most.
@@ -60,6 +62,8 @@ pub enum StartError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Turn(#[from] crate::media::turn::TurnError),
+    #[error(transparent)]
+    Sfu(#[from] crate::media::sfu::SfuError),
 }
 
 impl App {
@@ -96,10 +100,12 @@ impl App {
             },
         )?;
         let turn = crate::media::turn::Turn::start(&config.media, vault.derive("turn")).await?.map(Arc::new);
+        let sfu = crate::media::sfu::Sfu::start(&config.media, metrics.clone()).await?;
         let docs = crate::docs::Engine::new(store.clone(), writer.clone(), metrics.clone(), config.docs.clone());
         let app = Self {
             docs,
             turn,
+            sfu,
             config: Arc::new(config),
             store,
             writer,

@@ -33,11 +33,20 @@ pub struct Config {
     pub media: MediaConfig,
 }
 
-/// Media networking. For now the built-in TURN server (UDP and TCP on one port), which relays for clients behind
-/// NATs and firewalls that block direct media; the API hands out time-limited credentials.
+/// Media networking: the media relay (SFU) on one UDP port, and the built-in TURN server (UDP and TCP on one
+/// port), which relays for clients behind NATs and firewalls that block direct media; the API hands out
+/// time-limited credentials.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MediaConfig {
+    /// The one UDP port every call's media uses (ICE multiplexing), e.g. `0.0.0.0:7882`; absent:
+    /// no calls. The default, `127.0.0.1:0`, takes a free port on loopback, as the HTTP default
+    /// serves only this host.
+    pub rtc_listen: Option<SocketAddr>,
+    /// Media connections (publishing or playing) on this server at most.
+    pub sessions_max: usize,
+    /// Media connections in one room's call at most.
+    pub room_sessions_max: usize,
     /// Where the TURN server listens (UDP and TCP), e.g. `0.0.0.0:3478`; absent: no TURN server.
     pub turn_listen: Option<SocketAddr>,
     /// The address clients reach this server at (TURN URLs and relayed addresses): the public
@@ -59,6 +68,9 @@ pub struct MediaConfig {
 impl Default for MediaConfig {
     fn default() -> Self {
         Self {
+            rtc_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            sessions_max: 2000,
+            room_sessions_max: 200,
             turn_listen: None,
             public_ip: None,
             turn_relay_port_min: 49_152,
@@ -133,6 +145,9 @@ impl MediaConfig {
     fn check(&self, bad: &mut impl FnMut(&str, &str)) {
         if self.turn_relay_port_min == 0 || self.turn_relay_port_min > self.turn_relay_port_max {
             bad("media.turn_relay_port_min", "must be at least 1 and at most media.turn_relay_port_max");
+        }
+        if self.sessions_max == 0 || self.room_sessions_max == 0 {
+            bad("media.sessions_max", "media.sessions_max and media.room_sessions_max must be at least 1");
         }
         if self.turn_tcp_connections_max == 0 {
             bad("media.turn_tcp_connections_max", "must be at least 1");

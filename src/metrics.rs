@@ -59,6 +59,15 @@ pub struct Metrics {
     pub docs_compactions: Counter,
     pub docs_sync_seconds: Histogram,
     pub turn_allocations: Gauge,
+    pub media_sessions: Gauge,
+    pub media_tracks: Gauge,
+    pub media_packets_in: Counter,
+    pub media_packets_out: Counter,
+    pub media_bytes_out: Counter,
+    pub media_packets_dropped: Counter,
+    pub media_keyframe_requests: Counter,
+    pub media_datagrams_unrouted: Counter,
+    pub media_datagrams_dropped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,6 +175,40 @@ impl Metrics {
         );
         let turn_allocations = Gauge::default();
         registry.register("turn_allocations", "Open allocations on the built-in TURN server", turn_allocations.clone());
+        let media_sessions = Gauge::default();
+        registry.register("media_sessions", "Media (WebRTC) connections open", media_sessions.clone());
+        let media_tracks = Gauge::default();
+        registry.register("media_tracks", "Tracks published into calls", media_tracks.clone());
+        let media_packets_in = Counter::default();
+        registry.register("media_packets_in", "RTP packets received from publishers", media_packets_in.clone());
+        let media_packets_out = Counter::default();
+        registry.register("media_packets_out", "RTP packets forwarded to players", media_packets_out.clone());
+        let media_bytes_out = Counter::default();
+        registry.register("media_bytes_out", "RTP payload bytes forwarded to players", media_bytes_out.clone());
+        let media_packets_dropped = Counter::default();
+        registry.register(
+            "media_packets_dropped",
+            "RTP packets not forwarded because a player's queue was full",
+            media_packets_dropped.clone(),
+        );
+        let media_keyframe_requests = Counter::default();
+        registry.register(
+            "media_keyframe_requests",
+            "Keyframe requests (PLI) sent to publishers",
+            media_keyframe_requests.clone(),
+        );
+        let media_datagrams_unrouted = Counter::default();
+        registry.register(
+            "media_datagrams_unrouted",
+            "Datagrams on the media port that belonged to no connection",
+            media_datagrams_unrouted.clone(),
+        );
+        let media_datagrams_dropped = Counter::default();
+        registry.register(
+            "media_datagrams_dropped",
+            "Datagrams on the media port dropped because their connection's queue was full",
+            media_datagrams_dropped.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -194,6 +237,15 @@ impl Metrics {
             docs_compactions,
             docs_sync_seconds,
             turn_allocations,
+            media_sessions,
+            media_tracks,
+            media_packets_in,
+            media_packets_out,
+            media_bytes_out,
+            media_packets_dropped,
+            media_keyframe_requests,
+            media_datagrams_unrouted,
+            media_datagrams_dropped,
         }
     }
 

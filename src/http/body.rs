@@ -101,6 +101,62 @@ impl<'a> ApiExtractor<'a> for BinaryBody {
     }
 }
 
+/// An SDP body (`application/sdp`, WHIP and WHEP offers), read up to the body limit. The
+/// content type and text are checked by `sdp()`, which the operation calls after it has
+/// checked the caller, so that a refusal says 401, 403 or 404 before anything about the body.
+pub struct SdpBody {
+    content_type: Option<String>,
+    bytes: Vec<u8>,
+}
+
+impl SdpBody {
+    pub fn sdp(&self) -> Result<&str, Problem> {
+        let ct = self.content_type.as_deref().unwrap_or_default();
+        if !ct.trim_start().to_ascii_lowercase().starts_with("application/sdp") {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected application/sdp, got {}", if ct.is_empty() { "no content type" } else { ct }),
+            ));
+        }
+        let text = std::str::from_utf8(&self.bytes)
+            .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_sdp", "the offer is not UTF-8 text"))?;
+        if !text.trim_start().starts_with("v=0") {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_sdp",
+                "the offer is not SDP (it must start with v=0)",
+            ));
+        }
+        Ok(text)
+    }
+}
+
+impl<'a> ApiExtractor<'a> for SdpBody {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(_registry: &mut Registry) {}
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: None,
+            content: vec![MetaMediaType { content_type: "application/sdp", schema: <String as Type>::schema_ref() }],
+            required: true,
+        })
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let content_type = request.content_type().map(str::to_owned);
+        Ok(SdpBody { content_type, bytes: read_limited(request, body).await? })
+    }
+}
+
 /// The whole body, up to the limit in force (413 past it).
 async fn read_limited(request: &Request, body: &mut RequestBody) -> Result<Vec<u8>, Problem> {
     let limit = request.data::<BodyLimit>().map_or(1 << 20, |l| l.0);

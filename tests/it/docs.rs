@@ -29,7 +29,7 @@ pub struct Fixture {
     pub doc: String,
 }
 
-async fn setup(s: &TestServer) -> Fixture {
+pub async fn setup(s: &TestServer) -> Fixture {
     let (org_id, sl) = create_org(s).await;
     let mut logins = Vec::new();
     for name in ["host", "editor", "viewer", "outsider"] {

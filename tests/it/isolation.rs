@@ -151,7 +151,8 @@ async fn org_b_never_sees_org_a() {
             .replace("{depends_on_id}", &a_tasks[1])
             .replace("{comment_id}", &a_comment_id)
             .replace("{doc_id}", &a_doc_id)
-            .replace("{version_id}", &a_version_id);
+            .replace("{version_id}", &a_version_id)
+            .replace("{connection_id}", &uuid::Uuid::now_v7().to_string());
         assert!(!concrete.contains('{'), "isolation test does not know a parameter of {path}");
         for (method, op) in ops.as_object().unwrap() {
             let id = op["operationId"].as_str().unwrap();

@@ -1,5 +1,7 @@
-//! Media networking: the built-in TURN server relays, over UDP and over TCP, for a client that
-//! holds credentials from the API, and refuses credentials it did not sign.
+//! Media: WHIP publishing and WHEP playing with aiortc (an independent WebRTC stack) through
+//! the media relay, with who may publish and play; and the built-in TURN server, which relays
+//! over UDP and over TCP for a client that holds credentials from the API and refuses
+//! credentials it did not sign.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,7 @@ use turn::client::{Client, ClientConfig};
 use webrtc_util::Conn;
 
 use crate::identity::{create_org, login, operator_invite_and_accept};
-use crate::support::{TestServer, config_for, expect_problem};
+use crate::support::{TestServer, config_for, expect_problem, get_json};
 
 async fn turn_client(server: &str, username: &str, password: &str) -> Client {
     let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -148,5 +150,147 @@ async fn relays_do_not_reach_this_hosts_loopback_by_default() {
     let heard = tokio::time::timeout(Duration::from_millis(500), service.recv_from(&mut buf)).await;
     assert!(heard.is_err(), "a loopback service heard from the relay");
     client.close().await.unwrap();
+    s.stop().await;
+}
+
+const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+
+async fn post_sdp(s: &TestServer, token: &str, path: &str, content_type: &str, body: &str) -> reqwest::Response {
+    s.http
+        .post(s.url(path))
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Polls `f` until it holds (or fails after 10 s).
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or_else(|| panic!("no {name} in the metrics"), |v| v as u64)
+}
+
+/// Who may publish and play, and what bad offers get.
+#[tokio::test]
+async fn whip_and_whep_check_the_caller_and_the_offer() {
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let whip = format!("/v1/rooms/{}/whip", f.room);
+    let whep = format!("/v1/rooms/{}/whep", f.room);
+    // A viewer plays but does not publish; someone who never joined does neither.
+    let r = post_sdp(&s, &f.viewer.access, &whip, "application/sdp", OFFER).await;
+    expect_problem(r, 403, "forbidden").await;
+    for path in [&whip, &whep] {
+        let r = post_sdp(&s, &f.outsider.access, path, "application/sdp", OFFER).await;
+        expect_problem(r, 403, "forbidden").await;
+    }
+    // Bad offers: the wrong type, not SDP, SDP with nothing to send.
+    let r = post_sdp(&s, &f.editor.access, &whip, "application/json", "{}").await;
+    expect_problem(r, 415, "unsupported_media_type").await;
+    let r = post_sdp(&s, &f.editor.access, &whip, "application/sdp", "hello").await;
+    expect_problem(r, 400, "invalid_sdp").await;
+    let r = post_sdp(&s, &f.editor.access, &whip, "application/sdp", OFFER).await;
+    expect_problem(r, 400, "invalid_sdp").await;
+    let r = post_sdp(&s, &f.viewer.access, &whep, "application/sdp", OFFER).await;
+    expect_problem(r, 400, "invalid_sdp").await;
+    // Nothing was opened by any of it.
+    let list = get_json(&s, &f.viewer.access, &format!("/v1/rooms/{}/media/connections", f.room)).await;
+    assert_eq!(list["items"], serde_json::json!([]));
+    let r = s
+        .http
+        .delete(s.url(&format!("/v1/media/connections/{}", uuid::Uuid::now_v7())))
+        .bearer_auth(&f.editor.access)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 404, "not_found").await;
+    s.stop().await;
+}
+
+/// aiortc publishes a camera and a microphone through WHIP; another aiortc plays the room
+/// through WHEP and decodes both. Muting the microphone stops the sound at the player;
+/// someone else may not hang the publisher up; hanging up leaves no connection or track.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_publishes_through_whip_and_another_plays_through_whep() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
+    assert!(
+        std::path::Path::new(python).exists(),
+        "the peer clients are missing: `bash scripts/test-all.sh` installs them into .venv-peers"
+    );
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/whip_whep.py");
+    let mut child = tokio::process::Command::new(python)
+        .args([script, &s.base, &f.room, &f.editor.access, &f.viewer.access])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap();
+        serde_json::from_str(&line.expect("the client ended early")).unwrap()
+    };
+
+    let seen = next().await;
+    assert_eq!(seen["publisher_state"], "connected", "{seen}");
+    assert_eq!(seen["player_state"], "connected", "{seen}");
+    assert!(seen["video_frames"].as_u64().unwrap() >= 20, "{seen}");
+    assert_eq!(seen["video_size"], serde_json::json!([320, 240]), "{seen}");
+    assert!(seen["audio_frames"].as_u64().unwrap() >= 20, "{seen}");
+
+    let list = get_json(&s, &f.viewer.access, &format!("/v1/rooms/{}/media/connections", f.room)).await;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{list}");
+    let publisher = items.iter().find(|c| c["direction"] == "publish").unwrap();
+    assert_eq!(publisher["user_id"], f.editor.user_id.as_str());
+    assert_eq!(seen["publisher"], format!("/v1/media/connections/{}", publisher["id"].as_str().unwrap()));
+    let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&metrics, "outpost_media_tracks"), 2);
+    assert!(metric(&metrics, "outpost_media_packets_out_total") > 40);
+    assert!(metric(&metrics, "outpost_media_keyframe_requests_total") >= 1);
+
+    // The viewer may not hang up the editor's connection.
+    let r =
+        s.http.delete(s.url(seen["publisher"].as_str().unwrap())).bearer_auth(&f.viewer.access).send().await.unwrap();
+    expect_problem(r, 403, "forbidden").await;
+
+    stdin.write_all(b"mute\n").await.unwrap();
+    let muted = next().await;
+    assert_eq!(muted["audio_frames_while_muted"], 0, "{muted}");
+    assert!(muted["video_frames"].as_u64().unwrap() > seen["video_frames"].as_u64().unwrap(), "{muted}");
+
+    stdin.write_all(b"stop\n").await.unwrap();
+    assert_eq!(next().await["stopped"], true);
+    let list_path = format!("/v1/rooms/{}/media/connections", f.room);
+    until("the connections to end", || async {
+        get_json(&s, &f.viewer.access, &list_path).await["items"] == serde_json::json!([])
+    })
+    .await;
+    until("the tracks to go", || async {
+        let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        metric(&m, "outpost_media_tracks") == 0 && metric(&m, "outpost_media_sessions") == 0
+    })
+    .await;
+    let _ = child.wait().await;
     s.stop().await;
 }

@@ -311,8 +311,8 @@ fn the_protocol_document_matches_the_frames() {
         assert_eq!(serde_json::to_value(&f).unwrap(), *v, "round trip");
     }
     let ops = |vs: &[Value]| vs.iter().map(|v| v["op"].as_str().unwrap().to_owned()).collect::<HashSet<_>>();
-    assert_eq!(ops(&client), CLIENT_OPS.iter().map(|s| (*s).to_owned()).collect());
-    assert_eq!(ops(&server), SERVER_OPS.iter().map(|s| (*s).to_owned()).collect());
+    assert_eq!(ops(&client), CLIENT_OPS.iter().map(|s| (*s).to_owned()).collect::<std::collections::HashSet<String>>());
+    assert_eq!(ops(&server), SERVER_OPS.iter().map(|s| (*s).to_owned()).collect::<std::collections::HashSet<String>>());
     for code in [
         close::GOING_AWAY,
         close::UNAUTHORIZED,

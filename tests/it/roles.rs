@@ -142,7 +142,8 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                     .replace("{depends_on_id}", &task_ids[1])
                     .replace("{comment_id}", &comment_id)
                     .replace("{doc_id}", &doc_id)
-                    .replace("{version_id}", &version_id);
+                    .replace("{version_id}", &version_id)
+                    .replace("{connection_id}", &uuid::Uuid::now_v7().to_string());
                 let mut req =
                     s.http.request(method.to_uppercase().parse().unwrap(), s.url(&url)).bearer_auth(&me.access);
                 if !body.is_null() {

@@ -1,0 +1,182 @@
+"""WHIP publish and WHEP play with aiortc, an independent WebRTC stack.
+
+Usage: whip_whep.py BASE ROOM PUBLISHER_TOKEN PLAYER_TOKEN
+
+The publisher sends a synthetic camera (VP8) and microphone (Opus) through WHIP; the player
+receives through WHEP and decodes. Prints one JSON object with what the player decoded and
+the connection URLs, then waits for a line on stdin: "mute" stops the publisher's audio,
+"count" prints the player's counts again, "stop" hangs both up (DELETE) and exits.
+"""
+
+import asyncio
+import fractions
+import json
+import sys
+import time
+import urllib.request
+
+import aioice.ice
+import numpy
+from av import AudioFrame, VideoFrame
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+
+# aioice skips loopback addresses when gathering; the relay and the clients all live on
+# 127.0.0.1 here.
+aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+
+class Camera(MediaStreamTrack):
+    """A moving test pattern, 320x240 at 30 frames/s."""
+
+    kind = "video"
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+        self.start = None
+
+    async def recv(self):
+        if self.start is None:
+            self.start = time.time()
+        self.n += 1
+        wait = self.start + self.n / 30 - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        img = numpy.zeros((240, 320, 3), numpy.uint8)
+        img[:, (self.n * 4) % 320 :, 1] = 200
+        frame = VideoFrame.from_ndarray(img, format="bgr24")
+        frame.pts = self.n * 3000
+        frame.time_base = fractions.Fraction(1, 90000)
+        return frame
+
+
+class Microphone(MediaStreamTrack):
+    """A 440 Hz tone in 20 ms frames; `muted` sends nothing at all."""
+
+    kind = "audio"
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+        self.start = None
+        self.muted = asyncio.Event()
+
+    async def recv(self):
+        if self.start is None:
+            self.start = time.time()
+        while self.muted.is_set():
+            await asyncio.sleep(0.02)
+            self.n += 1
+            self.start = time.time() - self.n * 0.02
+        self.n += 1
+        wait = self.start + self.n * 0.02 - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        t = (numpy.arange(960) + self.n * 960) / 48000
+        samples = (numpy.sin(2 * numpy.pi * 440 * t) * 8000).astype(numpy.int16)
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 48000
+        frame.pts = self.n * 960
+        frame.time_base = fractions.Fraction(1, 48000)
+        return frame
+
+
+def http(method, url, token, body=None, content_type=None):
+    req = urllib.request.Request(url, data=body, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if content_type:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
+
+
+async def negotiate(pc, url, token):
+    await pc.setLocalDescription(await pc.createOffer())
+    status, headers, answer = await asyncio.to_thread(
+        http, "POST", url, token, pc.localDescription.sdp.encode(), "application/sdp"
+    )
+    if status != 201:
+        raise SystemExit(f"{url}: {status} {answer}")
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    return headers.get("Location"), headers
+
+
+async def main():
+    base, room, pub_token, play_token = sys.argv[1:5]
+    counts = {"video_frames": 0, "audio_frames": 0, "video_size": None, "audio_level_max": 0}
+    last_audio = {"at": None}
+
+    publisher = RTCPeerConnection()
+    mic, cam = Microphone(), Camera()
+    publisher.addTransceiver(mic, direction="sendonly")
+    publisher.addTransceiver(cam, direction="sendonly")
+    pub_location, pub_headers = await negotiate(publisher, f"{base}/v1/rooms/{room}/whip", pub_token)
+
+    player = RTCPeerConnection()
+    player.addTransceiver("audio", direction="recvonly")
+    player.addTransceiver("video", direction="recvonly")
+
+    async def consume(track):
+        while True:
+            try:
+                frame = await track.recv()
+            except Exception:
+                return
+            if track.kind == "video":
+                counts["video_frames"] += 1
+                counts["video_size"] = [frame.width, frame.height]
+            else:
+                # aiortc's decoder hands out silence when no packets come; count only real sound.
+                level = int(numpy.abs(frame.to_ndarray()).max())
+                counts["audio_level_max"] = max(counts["audio_level_max"], level)
+                if level > 1000:
+                    counts["audio_frames"] += 1
+                    last_audio["at"] = time.time()
+
+    tasks = []
+    player.on("track", lambda track: tasks.append(asyncio.ensure_future(consume(track))))
+    play_location, _ = await negotiate(player, f"{base}/v1/rooms/{room}/whep", play_token)
+
+    deadline = time.time() + 20
+    while time.time() < deadline and (counts["video_frames"] < 20 or counts["audio_frames"] < 20):
+        await asyncio.sleep(0.1)
+
+    def report(**extra):
+        out = dict(counts)
+        out.update(
+            publisher=pub_location,
+            player=play_location,
+            ice_links=pub_headers.get("Link"),
+            publisher_state=publisher.connectionState,
+            player_state=player.connectionState,
+            **extra,
+        )
+        print(json.dumps(out), flush=True)
+
+    report()
+    loop = asyncio.get_running_loop()
+    while True:
+        line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+        if line == "mute":
+            mic.muted.set()
+            await asyncio.sleep(1.5)
+            before = counts["audio_frames"]
+            await asyncio.sleep(2)
+            report(audio_frames_while_muted=counts["audio_frames"] - before)
+        elif line == "count":
+            report()
+        elif line == "stop" or not line:
+            for location, token in ((play_location, play_token), (pub_location, pub_token)):
+                await asyncio.to_thread(http, "DELETE", base + location, token)
+            await player.close()
+            await publisher.close()
+            for t in tasks:
+                t.cancel()
+            report(stopped=True)
+            return
+
+
+asyncio.run(main())
