@@ -101,6 +101,10 @@ impl App {
         )?;
         let turn = crate::media::turn::Turn::start(&config.media, vault.derive("turn")).await?.map(Arc::new);
         let sfu = crate::media::sfu::Sfu::start(&config.media, metrics.clone()).await?;
+        if let Some(sfu) = &sfu {
+            let hub = hub.clone();
+            sfu.set_state_sink(Arc::new(move |org, room, state| hub.call_state(org, room, &state)));
+        }
         let docs = crate::docs::Engine::new(store.clone(), writer.clone(), metrics.clone(), config.docs.clone());
         let app = Self {
             docs,

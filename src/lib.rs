@@ -61,6 +61,9 @@ pub async fn run(
     if let Some(turn) = app.turn.clone() {
         background.spawn(turn.watch(app.metrics.clone()));
     }
+    if let Some(sfu) = app.sfu.clone() {
+        background.spawn(sfu.follow_rooms(app.bus.subscribe()));
+    }
 
     let (stop_search, search_stopped) = tokio::sync::watch::channel(false);
     let search_task = start_search(&app, search_stopped).await?;

@@ -493,3 +493,56 @@ pub async fn participants(store: &Store, p: &Principal, id: Id) -> Result<Vec<Pa
         })
         .await
 }
+
+/// A moderator's act on a room's call.
+#[derive(Clone, Debug)]
+pub enum CallAction {
+    /// Stop (or resume) forwarding `target`'s tracks of `source` (all when `None`).
+    Mute { target: Id, source: Option<String>, muted: bool },
+    /// End `target`'s connections to the call (they stay in the room).
+    Remove { target: Id },
+    /// Let nobody new join the call (or let them again).
+    Lock { locked: bool },
+}
+
+/// Records a moderator's act on the call in `id`: an event on the room topic and an audit
+/// record. Muting and removing take a moderator (of a lower role than the target, as with
+/// kicks); locking takes a host. The media relay carries it out after the commit.
+pub async fn call_action(
+    writer: &Writer,
+    ctx: MutationCtx,
+    user: Id,
+    id: Id,
+    action: CallAction,
+) -> Result<(), DomainError> {
+    let org = ctx.scope.org();
+    writer
+        .submit(ctx, move |tx| {
+            let need = if matches!(action, CallAction::Lock { .. }) { RoomAction::Host } else { RoomAction::Moderate };
+            let (_, me) = load_for(tx, org, user, id, need)?;
+            let my_role = me.map_or(RoomRole::Viewer, |m| m.role);
+            if let CallAction::Mute { target, .. } | CallAction::Remove { target } = &action {
+                let p: Option<Participant> = tx
+                    .get(ROOM_PARTICIPANTS, &org_id_id_key(org, id, *target))?
+                    .map(|v| decode(ROOM_PARTICIPANTS, &v))
+                    .transpose()?;
+                let p = p.ok_or(DomainError::NotFound { what: "participant" })?;
+                if *target != user && p.role >= my_role && my_role != RoomRole::Host {
+                    return Err(DomainError::Forbidden {
+                        detail: "moderators act on participants of a lower role; hosts on anyone".into(),
+                    });
+                }
+            }
+            let (kind, audit, data) = match &action {
+                CallAction::Mute { target, source, muted } => {
+                    ("call.muted", "call.mute", json!({ "user": target, "source": source, "muted": muted }))
+                }
+                CallAction::Remove { target } => ("call.removed", "call.remove", json!({ "user": target })),
+                CallAction::Lock { locked } => ("call.locked", "call.lock", json!({ "locked": locked })),
+            };
+            tx.emit(room_topic(id), kind, data.clone());
+            tx.audit(audit, format!("room:{id}"), data);
+            Ok(())
+        })
+        .await
+}

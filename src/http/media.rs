@@ -14,9 +14,9 @@ use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::auth_api::NoContent;
-use super::body::SdpBody;
+use super::body::{JsonBody, SdpBody};
 use super::problem::Problem;
-use super::{ApiTags, UserAuth, parse_id};
+use super::{ApiTags, UserAuth, parse_id, user_ctx};
 use crate::app::App;
 use crate::auth::Principal;
 use crate::auth::policy::{Permission, RoomRole};
@@ -28,13 +28,18 @@ use crate::media::sfu::{Direction, SessionInfo, Sfu, SfuError};
 crate::problems!(MediaErrors: 401, 403, 409);
 crate::problems!(SignalErrors: 400, 401, 403, 404, 409, 413, 415);
 crate::problems!(ConnectionErrors: 401, 403, 404);
+crate::problems!(ModerateErrors: 400, 401, 403, 404, 409, 422);
 
 /// What a media connection does.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
 #[oai(rename = "MediaDirection", rename_all = "snake_case")]
 pub enum DirectionView {
+    /// WHIP: sends tracks.
     Publish,
+    /// WHEP: receives tracks.
     Play,
+    /// Over the realtime socket: sends and receives.
+    Call,
 }
 
 /// A media (WebRTC) connection in a room's call.
@@ -53,12 +58,125 @@ fn connection_view(s: &SessionInfo) -> ConnectionView {
         id: s.id.to_string(),
         room_id: s.room.to_string(),
         user_id: s.user.to_string(),
-        direction: match s.direction {
-            Direction::Publish => DirectionView::Publish,
-            Direction::Play => DirectionView::Play,
-        },
+        direction: direction_view(s.direction),
         created_at: rfc3339(s.created_at_ms),
     }
+}
+
+/// A published track in a call.
+#[derive(Object, Debug)]
+#[oai(rename = "CallTrack")]
+pub struct CallTrackView {
+    pub id: String,
+    /// `audio` or `video`.
+    pub kind: String,
+    /// The publisher's own id for the track.
+    pub track: String,
+    /// `mic`, `camera`, `screen` or `unknown`, as the publisher says.
+    pub source: String,
+    pub muted: bool,
+    pub muted_by_moderator: bool,
+}
+
+/// A connection in a call.
+#[derive(Object, Debug)]
+#[oai(rename = "CallParticipant")]
+pub struct CallParticipantView {
+    pub connection: String,
+    pub user_id: String,
+    pub direction: DirectionView,
+    pub tracks: Vec<CallTrackView>,
+    pub speaking: bool,
+    /// Client-supplied position, orientation and screen surfaces.
+    pub spatial: serde_json::Value,
+}
+
+/// A room's call: who is connected and what they publish (the same as the realtime
+/// `call_state` frame).
+#[derive(Object, Debug)]
+#[oai(rename = "CallState")]
+pub struct CallStateView {
+    pub participants: Vec<CallParticipantView>,
+    pub active_speaker: Option<String>,
+    pub locked: bool,
+}
+
+fn direction_view(d: Direction) -> DirectionView {
+    match d {
+        Direction::Publish => DirectionView::Publish,
+        Direction::Play => DirectionView::Play,
+        Direction::Call => DirectionView::Call,
+    }
+}
+
+fn call_state_view(s: &crate::media::sfu::CallState) -> CallStateView {
+    CallStateView {
+        participants: s
+            .participants
+            .iter()
+            .map(|p| CallParticipantView {
+                connection: p.connection.to_string(),
+                user_id: p.user.to_string(),
+                direction: direction_view(p.direction),
+                tracks: p
+                    .tracks
+                    .iter()
+                    .map(|t| CallTrackView {
+                        id: t.id.to_string(),
+                        kind: t.kind.as_str().to_owned(),
+                        track: t.client_track.clone(),
+                        source: t.source.clone(),
+                        muted: t.muted,
+                        muted_by_moderator: t.muted_by_moderator,
+                    })
+                    .collect(),
+                speaking: p.speaking,
+                spatial: p.spatial.clone(),
+            })
+            .collect(),
+        active_speaker: s.active_speaker.map(|c| c.to_string()),
+        locked: s.locked,
+    }
+}
+
+/// Which tracks of whom to mute or unmute.
+#[derive(Object, Debug, serde::Deserialize)]
+#[oai(rename = "CallMute")]
+#[serde(deny_unknown_fields)]
+pub struct CallMuteBody {
+    pub user_id: String,
+    /// `mic`, `camera` or `screen`; absent: all their tracks.
+    pub source: Option<String>,
+    /// False unmutes (default true).
+    #[serde(default = "yes")]
+    #[oai(default = "yes")]
+    pub muted: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Object, Debug, serde::Deserialize)]
+#[oai(rename = "CallRemove")]
+#[serde(deny_unknown_fields)]
+pub struct CallRemoveBody {
+    pub user_id: String,
+}
+
+#[derive(Object, Debug, serde::Deserialize)]
+#[oai(rename = "CallLock")]
+#[serde(deny_unknown_fields)]
+pub struct CallLockBody {
+    pub locked: bool,
+}
+
+/// What a moderation act changed.
+#[derive(Object, Debug)]
+#[oai(rename = "CallModerated")]
+pub struct ModeratedView {
+    /// Tracks muted or unmuted, or connections ended.
+    pub changed: u64,
 }
 
 #[derive(Object, Debug)]
@@ -87,6 +205,10 @@ impl From<SfuError> for Problem {
             SfuError::InvalidSdp(detail) => Problem::new(StatusCode::BAD_REQUEST, "invalid_sdp", detail),
             SfuError::CallFull(_) => Problem::new(StatusCode::CONFLICT, "call_full", e.to_string()),
             SfuError::ServerFull(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "media_full", e.to_string()),
+            SfuError::Locked => Problem::new(StatusCode::CONFLICT, "call_locked", e.to_string()),
+            SfuError::NotPublisher(detail) => Problem::new(StatusCode::FORBIDDEN, "forbidden", detail),
+            SfuError::NoConnection => Problem::not_found("media connection"),
+            SfuError::Conflict(detail) => Problem::new(StatusCode::CONFLICT, "media_busy", detail),
             SfuError::Listen { .. } => {
                 Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "media relay failure")
             }
@@ -120,6 +242,17 @@ fn call_role(app: &App, p: &Principal, room: Id, need: RoomRole) -> Result<RoomR
     Ok(role)
 }
 
+/// Refuses (403) unless the caller holds `need` in room `id`, before anything about the
+/// request's body is looked at; the writer checks again when it records the act.
+fn require_room_role(app: &App, p: &Principal, room: Id, need: RoomRole) -> Result<(), DomainError> {
+    let (_, part) = crate::domain::rooms::get(&app.store, p, room)?;
+    if part.filter(|x| x.joined_at_ms.is_some()).is_some_and(|x| x.role >= need) {
+        Ok(())
+    } else {
+        Err(DomainError::Forbidden { detail: format!("this takes the room role {} or above", need.as_str()) })
+    }
+}
+
 /// `Link` headers for the TURN server (RFC 9725 section 4.6), if there is one.
 fn ice_links(app: &App, user: Id) -> Option<String> {
     let turn = app.turn.as_ref()?;
@@ -150,7 +283,7 @@ async fn signal(
     call_role(app, &p, room, need)?;
     let sfu = sfu(app)?;
     let offer = body.sdp()?;
-    let answer = sfu.open(p.org, room, p.user, direction, offer).map_err(Problem::from)?;
+    let answer = sfu.open(p.org, room, p.user, direction, offer, true, None).map_err(Problem::from)?;
     let location = format!("/v1/media/connections/{}", answer.session.id);
     let etag = format!("\"{}\"", answer.session.id);
     Ok(SdpAnswer::Created(PlainText(answer.sdp), location, etag, ice_links(app, p.user)))
@@ -225,6 +358,106 @@ impl MediaApi {
         Ok(Json(ConnectionList { items: items.iter().map(connection_view).collect() }))
     }
 
+    /// The room's call: who is connected, what they publish (muted or not), who speaks, and
+    /// their spatial data.
+    ///
+    /// Permission: `rooms.read`. Room role: `viewer`.
+    #[oai(path = "/v1/rooms/:room_id/call", method = "get", operation_id = "getCall")]
+    async fn get_call(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        room_id: Path<String>,
+    ) -> Result<Json<CallStateView>, ConnectionErrors> {
+        let p = auth.require(&app, Permission::RoomsRead).await?;
+        let room = parse_id(&room_id.0, "room")?;
+        call_role(&app, &p, room, RoomRole::Viewer).or_else(|e| match e {
+            DomainError::Conflict { .. } => Ok(RoomRole::Viewer),
+            other => Err(other),
+        })?;
+        let state = app.sfu.as_ref().map(|s| s.state(room));
+        Ok(Json(
+            state.as_ref().map_or(
+                CallStateView { participants: Vec::new(), active_speaker: None, locked: false },
+                call_state_view,
+            ),
+        ))
+    }
+
+    /// Mute (stop forwarding) or unmute someone's tracks in the call; they are told
+    /// (`call_muted`) and the call state shows it. Audited.
+    ///
+    /// Permission: `rooms.read`. Room role: `moderator`.
+    #[oai(path = "/v1/rooms/:room_id/call/mute", method = "post", operation_id = "muteInCall")]
+    async fn mute(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &poem::Request,
+        room_id: Path<String>,
+        body: JsonBody<CallMuteBody>,
+    ) -> Result<Json<ModeratedView>, ModerateErrors> {
+        let p = auth.require(&app, Permission::RoomsRead).await?;
+        let room = parse_id(&room_id.0, "room")?;
+        require_room_role(&app, &p, room, RoomRole::Moderator)?;
+        let target = parse_id(&body.0.user_id, "participant")?;
+        let source = body.0.source.clone();
+        if source.as_deref().is_some_and(|s| !matches!(s, "mic" | "camera" | "screen")) {
+            return Err(DomainError::invalid("/source", "invalid", "source is mic, camera or screen").into());
+        }
+        let muted = body.0.muted;
+        let action = crate::domain::rooms::CallAction::Mute { target, source: source.clone(), muted };
+        crate::domain::rooms::call_action(&app.writer, user_ctx(req, &p), p.user, room, action).await?;
+        let changed = app.sfu.as_ref().map_or(0, |s| s.moderate(room, target, source.as_deref(), muted, p.user));
+        Ok(Json(ModeratedView { changed: changed as u64 }))
+    }
+
+    /// End someone's connections to the call (they stay in the room, and may join again
+    /// unless the call is locked). Audited.
+    ///
+    /// Permission: `rooms.read`. Room role: `moderator`.
+    #[oai(path = "/v1/rooms/:room_id/call/remove", method = "post", operation_id = "removeFromCall")]
+    async fn remove(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &poem::Request,
+        room_id: Path<String>,
+        body: JsonBody<CallRemoveBody>,
+    ) -> Result<Json<ModeratedView>, ModerateErrors> {
+        let p = auth.require(&app, Permission::RoomsRead).await?;
+        let room = parse_id(&room_id.0, "room")?;
+        require_room_role(&app, &p, room, RoomRole::Moderator)?;
+        let target = parse_id(&body.0.user_id, "participant")?;
+        let action = crate::domain::rooms::CallAction::Remove { target };
+        crate::domain::rooms::call_action(&app.writer, user_ctx(req, &p), p.user, room, action).await?;
+        let changed = app.sfu.as_ref().map_or(0, |s| s.close_user(room, target, "removed"));
+        Ok(Json(ModeratedView { changed: changed as u64 }))
+    }
+
+    /// Lock the call (nobody new joins; those in it stay) or unlock it. Audited.
+    ///
+    /// Permission: `rooms.read`. Room role: `host`.
+    #[oai(path = "/v1/rooms/:room_id/call/lock", method = "put", operation_id = "lockCall")]
+    async fn lock(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &poem::Request,
+        room_id: Path<String>,
+        body: JsonBody<CallLockBody>,
+    ) -> Result<Json<CallStateView>, ModerateErrors> {
+        let p = auth.require(&app, Permission::RoomsRead).await?;
+        let room = parse_id(&room_id.0, "room")?;
+        require_room_role(&app, &p, room, RoomRole::Host)?;
+        let locked = body.0.locked;
+        let action = crate::domain::rooms::CallAction::Lock { locked };
+        crate::domain::rooms::call_action(&app.writer, user_ctx(req, &p), p.user, room, action).await?;
+        let sfu = sfu(&app)?;
+        sfu.set_locked(room, p.org, locked);
+        Ok(Json(call_state_view(&sfu.state(room))))
+    }
+
     /// Hang up a media connection (the WHIP/WHEP resource). Its owner hangs up their own; a
     /// room moderator or host hangs up anyone's.
     ///
@@ -251,7 +484,7 @@ impl MediaApi {
                 .into());
             }
         }
-        sfu.close(id);
+        sfu.close(id, "removed");
         Ok(NoContent::Done)
     }
 

@@ -110,8 +110,10 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
         positions: BTreeMap::new(),
         here_since: BTreeMap::new(),
         budget: Budget::new(cfg.signals_per_s),
+        calls: super::calls::Calls::default(),
         sink,
     };
+    c.calls = super::calls::Calls::new(&c.app);
     if c.send(&c.welcome()).await.is_err() {
         return;
     }
@@ -224,6 +226,8 @@ struct Conn {
     here_since: BTreeMap<String, String>,
     /// Presence updates and signals this socket may still send now.
     budget: Budget,
+    /// The call connections this socket signals for.
+    calls: super::calls::Calls,
     sink: Sink,
 }
 
@@ -331,6 +335,35 @@ impl Conn {
                         format!("you do not hold {name} under that token"),
                         r#ref,
                     );
+                    self.send(&f).await?;
+                }
+            }
+            ClientFrame::CallJoin { room, sdp, r#ref } => {
+                let f = self.calls.join(&self.app, &self.p, self.reg.mailbox.clone(), &room, &sdp, r#ref);
+                self.send(&f).await?;
+            }
+            ClientFrame::CallAnswer { connection, sdp } => {
+                if let Err(f) = self.calls.sdp(&connection, sdp, false) {
+                    self.send(&f).await?;
+                }
+            }
+            ClientFrame::CallOffer { connection, sdp } => {
+                if let Err(f) = self.calls.sdp(&connection, sdp, true) {
+                    self.send(&f).await?;
+                }
+            }
+            ClientFrame::CallUpdate { connection, tracks, spatial } => {
+                let r = if self.budget.take() {
+                    self.calls.update(&connection, tracks, spatial)
+                } else {
+                    Err(ServerFrame::error("rate_limited", "too many presence updates, signals and call updates", None))
+                };
+                if let Err(f) = r {
+                    self.send(&f).await?;
+                }
+            }
+            ClientFrame::CallLeave { connection, r#ref } => {
+                if let Err(f) = self.calls.leave(&connection, r#ref) {
                     self.send(&f).await?;
                 }
             }

@@ -7,6 +7,7 @@
 //! for what it missed, so nothing is skipped. Sockets replay missed events from the log on
 //! `subscribe {since}` and drop duplicates at the seam by `seq`. See `openapi/realtime.md`.
 
+pub mod calls;
 pub mod conn;
 pub mod ephemeral;
 pub mod protocol;
@@ -86,6 +87,8 @@ struct Topics {
     presence: HashMap<TopicKey, BTreeMap<u64, Presence>>,
     /// Leased locks per topic.
     locks: HashMap<TopicKey, Locks>,
+    /// The latest `call_state` frame per room topic with a call.
+    calls: HashMap<TopicKey, Arc<str>>,
 }
 
 impl Topics {
@@ -99,6 +102,39 @@ impl Topics {
                 }
             }
         }
+    }
+}
+
+/// The `call_state` frame of a call's media state.
+pub fn call_state_frame(topic: &str, state: &crate::media::sfu::CallState) -> ServerFrame {
+    use self::protocol::{CallParticipant, CallTrack};
+    ServerFrame::CallState {
+        topic: topic.to_owned(),
+        participants: state
+            .participants
+            .iter()
+            .map(|p| CallParticipant {
+                connection: p.connection.to_string(),
+                user: p.user.to_string(),
+                direction: p.direction.as_str().to_owned(),
+                tracks: p
+                    .tracks
+                    .iter()
+                    .map(|t| CallTrack {
+                        id: t.id.to_string(),
+                        kind: t.kind.as_str().to_owned(),
+                        track: t.client_track.clone(),
+                        source: t.source.clone(),
+                        muted: t.muted,
+                        muted_by_moderator: t.muted_by_moderator,
+                    })
+                    .collect(),
+                speaking: p.speaking,
+                spatial: p.spatial.clone(),
+            })
+            .collect(),
+        active_speaker: state.active_speaker.map(|c| c.to_string()),
+        locked: state.locked,
     }
 }
 
@@ -204,6 +240,21 @@ impl Hub {
             mailbox: Arc::default(),
             topics: HashSet::default(),
         })
+    }
+
+    /// A call's media state changed: every follower of its room topic gets the new state
+    /// (the latest only), and so does whoever subscribes later while the call goes on.
+    pub fn call_state(&self, org: Id, room: Id, state: &crate::media::sfu::CallState) {
+        let topic = format!("room:{room}");
+        let frame = call_state_frame(&topic, state);
+        let key = (org, topic);
+        let mut t = self.lock();
+        if state.participants.is_empty() && !state.locked {
+            t.calls.remove(&key);
+        } else {
+            t.calls.insert(key.clone(), Arc::from(frame.to_text()));
+        }
+        t.broadcast(&key, "call_state", &frame, None);
     }
 
     /// Who is here on `topic` of `org`.
@@ -324,6 +375,9 @@ impl Registration {
             for (name, l) in locks.held() {
                 self.mailbox.put(format!("lock:{name}"), Arc::from(lock_state(topic, name, Some(l)).to_text()));
             }
+        }
+        if let Some(call) = t.calls.get(&key) {
+            self.mailbox.put("call_state".to_owned(), call.clone());
         }
     }
 

@@ -102,6 +102,72 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         r#ref: Option<String>,
     },
+    /// Joins the room's call with an SDP offer (the tracks to send; none to only receive).
+    CallJoin {
+        room: String,
+        sdp: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+    /// The answer to our `call_offer`.
+    CallAnswer { connection: String, sdp: String },
+    /// A renegotiation offer of the client's (it adds or removes tracks); answered with
+    /// `call_answer`.
+    CallOffer { connection: String, sdp: String },
+    /// Labels the client's tracks (`source`: mic, camera, screen), says which it muted, and
+    /// sets its spatial data (position, orientation, screen surfaces; at most 4 KiB of JSON).
+    CallUpdate {
+        connection: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tracks: Vec<CallTrackUpdate>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spatial: Option<serde_json::Value>,
+    },
+    /// Leaves the call (closing the socket leaves it too).
+    CallLeave {
+        connection: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+}
+
+/// What a client says about one of its tracks, by the track's own id.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallTrackUpdate {
+    /// The track's id in the client (`MediaStreamTrack.id`, the SDP's msid track id).
+    pub track: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted: Option<bool>,
+}
+
+/// One published track in a `call_state`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct CallTrack {
+    /// The relay's id for the track.
+    pub id: String,
+    /// `audio` or `video`.
+    pub kind: String,
+    /// The publisher's own id for it.
+    pub track: String,
+    /// `mic`, `camera`, `screen` or `unknown`.
+    pub source: String,
+    pub muted: bool,
+    pub muted_by_moderator: bool,
+}
+
+/// One connection in a `call_state`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct CallParticipant {
+    pub connection: String,
+    pub user: String,
+    /// `call`, `publish` (WHIP) or `play` (WHEP).
+    pub direction: String,
+    pub tracks: Vec<CallTrack>,
+    pub speaking: bool,
+    pub spatial: serde_json::Value,
 }
 
 /// What the server sends.
@@ -193,6 +259,26 @@ pub enum ServerFrame {
     },
     /// Sent just before the server closes the socket: why, and where to resume each topic.
     Closing { code: u16, reason: String, resume: BTreeMap<String, u64> },
+    /// You are in the call: the answer to your `call_join` offer, and your connection's id.
+    CallJoined {
+        room: String,
+        connection: String,
+        sdp: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        r#ref: Option<String>,
+    },
+    /// Our offer (others' tracks came or went): answer with `call_answer`.
+    CallOffer { room: String, connection: String, sdp: String },
+    /// Our answer to your `call_offer`.
+    CallAnswer { room: String, connection: String, sdp: String },
+    /// The call's media state on its room topic: who is connected, what they publish, who is
+    /// speaking, and spatial data. Sent on subscribe and whenever it changes (latest only).
+    CallState { topic: String, participants: Vec<CallParticipant>, active_speaker: Option<String>, locked: bool },
+    /// A moderator muted (or unmuted) one of your tracks: it is not forwarded while muted.
+    CallMuted { room: String, connection: String, track: String, muted: bool, by: String },
+    /// Your connection ended: `left`, `removed` (by a moderator), `failed` (the network),
+    /// `room_closed`.
+    CallEnded { room: String, connection: String, reason: String },
 }
 
 impl ServerFrame {
@@ -206,8 +292,22 @@ impl ServerFrame {
 }
 
 /// Every op, for the protocol document's check.
-pub const CLIENT_OPS: &[&str] =
-    &["auth", "subscribe", "unsubscribe", "ping", "presence", "signal", "lock", "unlock", "ack"];
+pub const CLIENT_OPS: &[&str] = &[
+    "auth",
+    "subscribe",
+    "unsubscribe",
+    "ping",
+    "presence",
+    "signal",
+    "lock",
+    "unlock",
+    "ack",
+    "call_join",
+    "call_answer",
+    "call_offer",
+    "call_update",
+    "call_leave",
+];
 pub const SERVER_OPS: &[&str] = &[
     "welcome",
     "subscribed",
@@ -222,4 +322,10 @@ pub const SERVER_OPS: &[&str] = &[
     "locked",
     "acked",
     "closing",
+    "call_joined",
+    "call_offer",
+    "call_answer",
+    "call_state",
+    "call_muted",
+    "call_ended",
 ];

@@ -27,6 +27,7 @@ pub struct Fixture {
     pub outsider: Login,
     pub room: String,
     pub doc: String,
+    pub org: String,
 }
 
 pub async fn setup(s: &TestServer) -> Fixture {
@@ -54,7 +55,7 @@ pub async fn setup(s: &TestServer) -> Fixture {
     }
     let d: Value = post_json(s, &editor.access, &format!("/v1/rooms/{room}/docs"), json!({ "name": "notes" })).await;
     assert_eq!(d["access"], "write", "{d}");
-    Fixture { host, editor, viewer, outsider, room, doc: d["id"].as_str().unwrap().to_owned() }
+    Fixture { host, editor, viewer, outsider, room, doc: d["id"].as_str().unwrap().to_owned(), org: org_id }
 }
 
 /// An update that inserts `text` at the start of text "text" and sets map "map"[key] = text,

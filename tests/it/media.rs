@@ -294,3 +294,155 @@ async fn aiortc_publishes_through_whip_and_another_plays_through_whep() {
     let _ = child.wait().await;
     s.stop().await;
 }
+
+/// A call over the realtime socket with aiortc on both ends: A publishes a camera and a
+/// microphone, B a microphone; each receives and decodes the other's media. The call state
+/// shows the tracks with their labels and spatial data; A's mute stops the sound at B; a
+/// moderator's mute stops A's camera at B and tells A; A leaving tells B; B closing its socket
+/// ends the call. The server's connection and track counts return to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_aiortc_participants_call_over_the_realtime_socket() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
+    assert!(
+        std::path::Path::new(python).exists(),
+        "the peer clients are missing: `bash scripts/test-all.sh` installs them into .venv-peers"
+    );
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/call_client.py");
+    // A: the editor (member); B: the host.
+    let mut child = tokio::process::Command::new(python)
+        .args([script, &s.base, &f.room, &f.editor.access, &f.host.access])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap();
+        serde_json::from_str(&line.expect("the client ended early")).unwrap()
+    };
+
+    let seen = next().await;
+    let (a, b) = (&seen["a"], &seen["b"]);
+    assert_eq!(a["pc"], "connected", "{seen}");
+    assert_eq!(b["pc"], "connected", "{seen}");
+    assert!(b["video_frames"].as_u64().unwrap() >= 20, "{seen}");
+    assert!(b["audio_frames"].as_u64().unwrap() >= 20, "{seen}");
+    assert!(a["audio_frames"].as_u64().unwrap() >= 20, "{seen}");
+    assert_eq!(a["errors"], serde_json::json!([]), "{seen}");
+    // The call state, as B sees it on the room topic and as REST tells it.
+    let state = &b["state"];
+    let parts = state["participants"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{state}");
+    let pa = parts.iter().find(|p| p["connection"] == a["connection"]).unwrap();
+    assert_eq!(pa["user"], f.editor.user_id.as_str());
+    assert_eq!(pa["direction"], "call");
+    assert_eq!(pa["spatial"]["position"], serde_json::json!([1, 0, 2]));
+    let mut sources: Vec<&str> =
+        pa["tracks"].as_array().unwrap().iter().map(|t| t["source"].as_str().unwrap()).collect();
+    sources.sort_unstable();
+    assert_eq!(sources, ["camera", "mic"], "{state}");
+    let rest = get_json(&s, &f.viewer.access, &format!("/v1/rooms/{}/call", f.room)).await;
+    assert_eq!(rest["participants"].as_array().unwrap().len(), 2, "{rest}");
+    let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&metrics, "outpost_media_tracks"), 3);
+
+    // A mutes its microphone: no sound reaches B, and the state says so.
+    stdin.write_all(b"mute-mic\n").await.unwrap();
+    let seen = next().await;
+    assert_eq!(seen["b_audio_while_muted"], 0, "{seen}");
+    let pa = seen["b"]["state"]["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["connection"] == seen["a"]["connection"])
+        .unwrap()
+        .clone();
+    let mic = pa["tracks"].as_array().unwrap().iter().find(|t| t["source"] == "mic").unwrap();
+    assert_eq!(mic["muted"], true, "{pa}");
+
+    // The host mutes A's camera: A is told, B's video stops.
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/rooms/{}/call/mute", f.room)))
+        .bearer_auth(&f.host.access)
+        .json(&serde_json::json!({ "user_id": f.editor.user_id, "source": "camera" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["changed"], 1);
+    stdin.write_all(b"video-stalls\n").await.unwrap();
+    let seen = next().await;
+    assert_eq!(seen["b_video_while_stopped"], 0, "{seen}");
+    let note = &seen["a"]["muted_notes"][0];
+    assert_eq!(note["muted"], true, "{seen}");
+    assert_eq!(note["track"], seen["a_tracks"]["camera"]);
+    assert_eq!(note["by"], f.host.user_id.as_str());
+    // A member may not mute the host.
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/rooms/{}/call/mute", f.room)))
+        .bearer_auth(&f.editor.access)
+        .json(&serde_json::json!({ "user_id": f.host.user_id }))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 403, "forbidden").await;
+
+    // A leaves: A is told, B's state loses A and its tracks.
+    stdin.write_all(b"a-leave\n").await.unwrap();
+    let seen = next().await;
+    assert_eq!(seen["a"]["ended"]["reason"], "left", "{seen}");
+    let parts = seen["b"]["state"]["participants"].as_array().unwrap();
+    assert_eq!(parts.len(), 1, "{seen}");
+    assert_eq!(parts[0]["user"], f.host.user_id.as_str());
+    // B closes its socket: the call is over.
+    stdin.write_all(b"b-close\n").await.unwrap();
+    next().await;
+    until("the call to end", || async {
+        let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        metric(&m, "outpost_media_tracks") == 0 && metric(&m, "outpost_media_sessions") == 0
+    })
+    .await;
+    // The moderation is in the audit trail.
+    let audit: Value =
+        s.get(&format!("/v1/orgs/{}/audit?limit=100", f.org)).send().await.unwrap().json().await.unwrap();
+    assert!(audit.to_string().contains("call.mute"), "{audit}");
+    stdin.write_all(b"quit\n").await.unwrap();
+    let _ = child.wait().await;
+    s.stop().await;
+}
+
+/// Joining a call takes a joined participant, sending takes `member`, and another
+/// organization's user cannot signal into the room at all.
+#[tokio::test]
+async fn call_join_checks_the_room_role() {
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let send_offer =
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\n";
+    let join = |sdp: &str| serde_json::json!({ "op": "call_join", "room": f.room, "sdp": sdp, "ref": "j" }).to_string();
+    let (other_org, other_slug) = create_org(&s).await;
+    operator_invite_and_accept(&s, &other_org, "eve@example.org", "owner").await;
+    let eve = login(&s, &other_slug, "eve").await;
+    for (who, sdp, code) in
+        [(&f.viewer, send_offer, "forbidden"), (&f.outsider, send_offer, "forbidden"), (&eve, send_offer, "not_found")]
+    {
+        let (mut ws, _) = crate::realtime::connect(&s, who).await;
+        futures_util::SinkExt::send(&mut ws, tokio_tungstenite::tungstenite::Message::text(join(sdp))).await.unwrap();
+        let f = crate::realtime::next(&mut ws).await;
+        assert_eq!(f["op"], "error", "{f}");
+        assert_eq!(f["code"], code, "{f}");
+        assert_eq!(f["ref"], "j");
+    }
+    let list = get_json(&s, &f.host.access, &format!("/v1/rooms/{}/media/connections", f.room)).await;
+    assert_eq!(list["items"], serde_json::json!([]));
+    s.stop().await;
+}

@@ -1,25 +1,30 @@
 //! The media relay (SFU): peer connections on one UDP port, tracks published into a room's
-//! call and forwarded, without decoding, to the connections that play them.
+//! call and forwarded, without decoding, to the connections that receive them.
 //!
 //! Built on `rtc`, the sans-I/O WebRTC core under the `webrtc` crate, rather than on `webrtc`'s
 //! async layer: that layer gives every connection its own sockets, while an SFU wants every
 //! connection on one port (`udp`) and one task per connection that owns its state (`peer`).
 //! With the core driven directly, the socket, the timers and the fan-out stay ours.
 //!
-//! The registry here knows, per room, the published tracks and the playing connections'
-//! slots; publishing binds free slots of the same kind to the new track, unpublishing moves
-//! them to the newest remaining one. A track's subscribers are a list its publisher's task
-//! reads per packet (`Outlets`), so forwarding never touches the registry lock.
+//! Three kinds of connection share a call. A WHIP connection publishes. A WHEP connection
+//! plays: it has fixed slots (one per media section it offered to receive), each bound to the
+//! newest published track of its kind from another user, moving on when that track ends. A
+//! call connection (signaled over the realtime socket) publishes and receives every other
+//! connection's tracks, renegotiating as they come and go.
+//!
+//! A track's receivers are a list its publisher's task reads per packet (`Outlets`), so
+//! forwarding never touches the registry lock. The registry also keeps the call's media state
+//! (who publishes what, muted, speaking, positions and surfaces) and hands a snapshot to the
+//! state sink whenever it changes.
 
 pub mod peer;
 mod udp;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::config::MediaConfig;
@@ -30,6 +35,8 @@ use peer::{PeerMsg, Source};
 /// Messages queued for one connection at most; past it datagrams are dropped like a full
 /// network queue would.
 const PEER_QUEUE: usize = 2048;
+/// Client-supplied spatial data per connection, at most (bytes of JSON).
+pub const SPATIAL_BYTES_MAX: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SfuError {
@@ -44,6 +51,18 @@ pub enum SfuError {
     /// This server has its maximum of connections (503).
     #[error("this server carries its maximum of {0} media connections")]
     ServerFull(usize),
+    /// A host locked the call (409).
+    #[error("the call is locked: nobody new may join")]
+    Locked,
+    /// The caller may receive but not send (403).
+    #[error("{0}")]
+    NotPublisher(String),
+    /// No such connection of the caller's (404).
+    #[error("no such media connection")]
+    NoConnection,
+    /// The request does not fit the connection's state (409), e.g. an offer while ours waits.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// What a connection does in its call.
@@ -51,8 +70,10 @@ pub enum SfuError {
 pub enum Direction {
     /// Sends tracks into the call (WHIP).
     Publish,
-    /// Receives the call's tracks (WHEP).
+    /// Receives the call's tracks in fixed slots (WHEP).
     Play,
+    /// Sends and receives everything, renegotiating (the realtime socket).
+    Call,
 }
 
 impl Direction {
@@ -60,7 +81,12 @@ impl Direction {
         match self {
             Direction::Publish => "publish",
             Direction::Play => "play",
+            Direction::Call => "call",
         }
+    }
+
+    fn publishes(self) -> bool {
+        matches!(self, Direction::Publish | Direction::Call)
     }
 }
 
@@ -69,6 +95,34 @@ pub enum Kind {
     Audio,
     Video,
 }
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Audio => "audio",
+            Kind::Video => "video",
+        }
+    }
+}
+
+/// What a connection's owner is told (the realtime socket that signals for it).
+#[derive(Clone, Debug)]
+pub enum Note {
+    /// A new offer from us (tracks came or went): answer it.
+    Offer { room: Id, connection: Id, sdp: String },
+    /// Our answer to the client's renegotiation offer.
+    Answer { room: Id, connection: Id, sdp: String },
+    /// The connection ended (`left`, `removed`, `failed`, `room_closed`).
+    Ended { room: Id, connection: Id, reason: &'static str },
+    /// A moderator muted (or unmuted) one of the connection's tracks.
+    Muted { room: Id, connection: Id, track: String, muted: bool, by: Id },
+}
+
+/// Where a connection's notes go.
+pub type NoteSink = Arc<dyn Fn(Note) + Send + Sync>;
+
+/// Where a call's media state goes when it changes (org, room, state).
+pub type StateSink = Arc<dyn Fn(Id, Id, CallState) + Send + Sync>;
 
 /// A connection as the API shows it.
 #[derive(Clone, Debug)]
@@ -81,43 +135,99 @@ pub struct SessionInfo {
     pub created_at_ms: i64,
 }
 
+/// One published track in the media state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrackState {
+    /// The source's id in the relay (stable while it is published).
+    pub id: u64,
+    pub kind: Kind,
+    /// The client's own id for the track (its `MediaStreamTrack.id`).
+    pub client_track: String,
+    /// `mic`, `camera`, `screen` or `unknown`, as the client says.
+    pub source: String,
+    /// The publisher says it is muted.
+    pub muted: bool,
+    /// A moderator stopped its forwarding.
+    pub muted_by_moderator: bool,
+}
+
+/// One connection in the media state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParticipantState {
+    pub connection: Id,
+    pub user: Id,
+    pub direction: Direction,
+    pub tracks: Vec<TrackState>,
+    /// Its audio is loud enough to count as speaking (from the audio level header extension).
+    pub speaking: bool,
+    /// Client-supplied position/orientation and screen-share surfaces (size-capped JSON).
+    pub spatial: serde_json::Value,
+}
+
+/// A call's media state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallState {
+    pub participants: Vec<ParticipantState>,
+    /// The connection speaking now, if anyone is.
+    pub active_speaker: Option<Id>,
+    pub locked: bool,
+}
+
 /// The answer to an offer: the new connection and the SDP to give back.
 pub struct Answer {
     pub session: SessionInfo,
     pub sdp: String,
 }
 
-/// A connection that receives a track's packets, and the local sender (slot) they go out on.
+/// A connection that receives a track's packets.
 #[derive(Clone)]
 pub(crate) struct Outlet {
     pub session: Id,
-    pub slot: usize,
     pub tx: mpsc::Sender<PeerMsg>,
 }
 
-/// A published track's subscribers, read by its publisher's task per packet.
+/// A published track's receivers, read by its publisher's task per packet.
 pub(crate) type Outlets = Arc<RwLock<Vec<Outlet>>>;
 
 struct Published {
     source: Arc<Source>,
     session: Id,
-    kind: Kind,
+    user: Id,
     outlets: Outlets,
+    state: TrackState,
+}
+
+enum Receiving {
+    /// WHEP: fixed slots, each with its kind and the source it is bound to.
+    Slots(Vec<(Kind, Option<u64>)>),
+    /// A call connection: every other connection's tracks.
+    All,
 }
 
 struct Player {
     session: Id,
+    user: Id,
     tx: mpsc::Sender<PeerMsg>,
-    /// Per local sender: its kind and the source it is bound to.
-    slots: Vec<(Kind, Option<u64>)>,
+    receiving: Receiving,
 }
 
 #[derive(Default)]
 struct Call {
+    org: Option<Id>,
     sessions: Vec<Id>,
-    /// In publishing order; players bind to the newest of a kind.
+    /// In publishing order; WHEP slots bind to the newest of a kind.
     tracks: Vec<Published>,
     players: Vec<Player>,
+    locked: bool,
+    /// Per connection: audio level and spatial data.
+    levels: HashMap<Id, u8>,
+    spatial: HashMap<Id, serde_json::Value>,
+    /// Client-declared track labels before the track shows up: (connection, client track) →
+    /// (source, muted).
+    labels: HashMap<(Id, String), (String, bool)>,
+    /// Moderator mutes by (connection, client track), kept across renegotiation.
+    moderator_muted: HashMap<(Id, String), Id>,
+    last_state: Option<CallState>,
 }
 
 struct Entry {
@@ -128,7 +238,7 @@ struct Entry {
 
 /// State the connections' tasks share with the registry.
 pub(crate) struct Shared {
-    socket: Arc<UdpSocket>,
+    socket: Arc<tokio::net::UdpSocket>,
     /// The address in our ICE candidate, and the local address of every datagram.
     host: SocketAddr,
     routes: Arc<RwLock<udp::Routes>>,
@@ -138,6 +248,7 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     sessions_max: usize,
     room_sessions_max: usize,
+    state_sink: RwLock<Option<StateSink>>,
 }
 
 /// The running media relay.
@@ -148,6 +259,10 @@ pub struct Sfu {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The address to advertise when listening on `listen`: the configured public address, the
@@ -173,7 +288,7 @@ impl Sfu {
             return Ok(None);
         };
         let listen_err = |e: std::io::Error| SfuError::Listen { addr, detail: e.to_string() };
-        let socket = Arc::new(UdpSocket::bind(addr).await.map_err(listen_err)?);
+        let socket = Arc::new(tokio::net::UdpSocket::bind(addr).await.map_err(listen_err)?);
         let local = socket.local_addr().map_err(listen_err)?;
         let host = SocketAddr::new(advertised(local, cfg.public_ip), local.port());
         let routes = Arc::new(RwLock::new(udp::Routes::default()));
@@ -190,8 +305,14 @@ impl Sfu {
                 metrics,
                 sessions_max: cfg.sessions_max,
                 room_sessions_max: cfg.room_sessions_max,
+                state_sink: RwLock::default(),
             }),
         }))
+    }
+
+    /// Where calls' media state goes from now on.
+    pub fn set_state_sink(&self, sink: StateSink) {
+        *write(&self.shared.state_sink) = Some(sink);
     }
 
     /// The address in our ICE candidates.
@@ -199,8 +320,19 @@ impl Sfu {
         self.shared.host
     }
 
-    /// Answers `offer` with a new connection in `room`'s call that publishes or plays.
-    pub fn open(&self, org: Id, room: Id, user: Id, direction: Direction, offer: &str) -> Result<Answer, SfuError> {
+    /// Answers `offer` with a new connection in `room`'s call. `may_publish` false refuses an
+    /// offer that sends (a viewer's); `notes` (call connections) hears offers and endings.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        &self,
+        org: Id,
+        room: Id,
+        user: Id,
+        direction: Direction,
+        offer: &str,
+        may_publish: bool,
+        notes: Option<NoteSink>,
+    ) -> Result<Answer, SfuError> {
         let sh = &self.shared;
         {
             let sessions = lock(&sh.sessions);
@@ -208,41 +340,64 @@ impl Sfu {
                 return Err(SfuError::ServerFull(sh.sessions_max));
             }
             let calls = lock(&sh.calls);
-            if calls.get(&room).is_some_and(|c| c.sessions.len() >= sh.room_sessions_max) {
-                return Err(SfuError::CallFull(sh.room_sessions_max));
+            if let Some(c) = calls.get(&room) {
+                if c.locked {
+                    return Err(SfuError::Locked);
+                }
+                if c.sessions.len() >= sh.room_sessions_max {
+                    return Err(SfuError::CallFull(sh.room_sessions_max));
+                }
             }
         }
-        let setup = peer::answer(offer, direction, sh.host)?;
+        let setup = peer::answer(offer, direction, sh.host, may_publish)?;
         let info = SessionInfo { id: Id::new(), org, room, user, direction, created_at_ms: crate::ids::now_ms() };
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         {
             let mut sessions = lock(&sh.sessions);
             let mut calls = lock(&sh.calls);
             let call = calls.entry(room).or_default();
+            call.org = Some(org);
+            if call.locked {
+                return Err(SfuError::Locked);
+            }
             if call.sessions.len() >= sh.room_sessions_max {
                 return Err(SfuError::CallFull(sh.room_sessions_max));
             }
             call.sessions.push(info.id);
-            if direction == Direction::Play {
-                let mut player = Player { session: info.id, tx: tx.clone(), slots: Vec::new() };
-                for (slot, kind) in setup.slots.iter().enumerate() {
-                    player.slots.push((*kind, None));
-                    if let Some(t) = call.tracks.iter().rev().find(|t| t.kind == *kind) {
-                        bind(&mut player, slot, t);
+            match direction {
+                Direction::Play => {
+                    let mut player = Player {
+                        session: info.id,
+                        user,
+                        tx: tx.clone(),
+                        receiving: Receiving::Slots(setup.slots.iter().map(|k| (*k, None)).collect()),
+                    };
+                    for slot in 0..setup.slots.len() {
+                        let kind = setup.slots[slot];
+                        if let Some(t) = call.tracks.iter().rev().find(|t| t.state.kind == kind && t.user != user) {
+                            bind_slot(&mut player, slot, t);
+                        }
                     }
+                    call.players.push(player);
                 }
-                call.players.push(player);
+                Direction::Call => {
+                    let player = Player { session: info.id, user, tx: tx.clone(), receiving: Receiving::All };
+                    for t in &call.tracks {
+                        add_outlet(&player, t);
+                    }
+                    call.players.push(player);
+                }
+                Direction::Publish => {}
             }
             sessions.insert(info.id, Entry { info: info.clone(), ufrag: setup.ufrag.clone(), tx: tx.clone() });
         }
-        sh.routes
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .add(setup.ufrag.clone(), udp::Route { session: info.id, tx: tx.clone() });
+        write(&sh.routes).add(setup.ufrag.clone(), udp::Route { session: info.id, tx: tx.clone() });
         sh.metrics.media_sessions.inc();
-        let task = peer::Peer::new(sh.clone(), info.clone(), setup.pc, tx);
+        let sdp = setup.sdp.clone();
+        let task = peer::Peer::new(sh.clone(), info.clone(), setup, tx, notes);
         tokio::spawn(task.run(rx));
-        Ok(Answer { session: info, sdp: setup.sdp })
+        sh.state_changed(room);
+        Ok(Answer { session: info, sdp })
     }
 
     /// The connection `id` of organization `org`.
@@ -259,14 +414,66 @@ impl Sfu {
         v
     }
 
-    /// Ends connection `id`; its task tears everything down. False when there is none.
-    pub fn close(&self, id: Id) -> bool {
+    /// Hands connection `id` a message from its owner.
+    fn send(&self, id: Id, msg: PeerMsg) -> Result<(), SfuError> {
+        let tx = lock(&self.shared.sessions).get(&id).map(|e| e.tx.clone()).ok_or(SfuError::NoConnection)?;
+        tx.try_send(msg).map_err(|_| SfuError::Conflict("the connection is busy; try again".into()))
+    }
+
+    /// The client's answer to our offer.
+    pub fn client_answer(&self, id: Id, sdp: String) -> Result<(), SfuError> {
+        self.send(id, PeerMsg::ClientSdp { offer: false, sdp })
+    }
+
+    /// A renegotiation offer from the client (it adds or removes tracks); the answer comes as a
+    /// note.
+    pub fn client_offer(&self, id: Id, sdp: String) -> Result<(), SfuError> {
+        self.send(id, PeerMsg::ClientSdp { offer: true, sdp })
+    }
+
+    /// The client's labels and mute flags for its tracks, and its spatial data.
+    pub fn update(
+        &self,
+        id: Id,
+        tracks: Vec<(String, Option<String>, Option<bool>)>,
+        spatial: Option<serde_json::Value>,
+    ) -> Result<(), SfuError> {
+        let room = {
+            let sessions = lock(&self.shared.sessions);
+            sessions.get(&id).map(|e| e.info.room).ok_or(SfuError::NoConnection)?
+        };
+        {
+            let mut calls = lock(&self.shared.calls);
+            let call = calls.get_mut(&room).ok_or(SfuError::NoConnection)?;
+            for (client_track, source, muted) in tracks {
+                let label = call.labels.entry((id, client_track.clone())).or_insert(("unknown".into(), false));
+                if let Some(s) = source {
+                    label.0 = s;
+                }
+                if let Some(m) = muted {
+                    label.1 = m;
+                }
+                let label = label.clone();
+                for t in call.tracks.iter_mut().filter(|t| t.session == id && t.state.client_track == client_track) {
+                    (t.state.source, t.state.muted) = label.clone();
+                }
+            }
+            if let Some(s) = spatial {
+                call.spatial.insert(id, s);
+            }
+        }
+        self.shared.state_changed(room);
+        Ok(())
+    }
+
+    /// Ends connection `id` (its task tears everything down); false when there is none.
+    pub fn close(&self, id: Id, reason: &'static str) -> bool {
         let tx = lock(&self.shared.sessions).get(&id).map(|e| e.tx.clone());
         match tx {
             Some(tx) => {
-                // A full queue still ends: the task also stops when every sender is gone,
-                // and the registry entry goes now.
-                if tx.try_send(PeerMsg::Close).is_err() {
+                // A full queue still ends: the registry entry goes now, and the task stops
+                // when it finds itself forgotten.
+                if tx.try_send(PeerMsg::Close(reason)).is_err() {
                     self.shared.ended(id);
                 }
                 true
@@ -275,11 +482,100 @@ impl Sfu {
         }
     }
 
+    /// Ends every connection of `user` in `room` (they left or were removed).
+    pub fn close_user(&self, room: Id, user: Id, reason: &'static str) -> usize {
+        let ids: Vec<Id> = lock(&self.shared.sessions)
+            .values()
+            .filter(|e| e.info.room == room && e.info.user == user)
+            .map(|e| e.info.id)
+            .collect();
+        for id in &ids {
+            self.close(*id, reason);
+        }
+        ids.len()
+    }
+
     /// Ends every connection in `room` (the room was deleted or archived).
     pub fn close_room(&self, room: Id) {
         let ids = lock(&self.shared.calls).get(&room).map(|c| c.sessions.clone()).unwrap_or_default();
         for id in ids {
-            self.close(id);
+            self.close(id, "room_closed");
+        }
+    }
+
+    /// Locks (or unlocks) the call in `room`: nobody new joins while it is locked.
+    pub fn set_locked(&self, room: Id, org: Id, locked: bool) {
+        {
+            let mut calls = lock(&self.shared.calls);
+            let call = calls.entry(room).or_default();
+            call.org = Some(org);
+            call.locked = locked;
+        }
+        self.shared.state_changed(room);
+    }
+
+    /// Mutes (stops forwarding) or unmutes `user`'s tracks of `source` (`mic`, `camera`,
+    /// `screen`; `None`: all) in `room`. Returns the tracks changed.
+    pub fn moderate(&self, room: Id, user: Id, source: Option<&str>, muted: bool, by: Id) -> usize {
+        let mut changed = Vec::new();
+        {
+            let mut calls = lock(&self.shared.calls);
+            let Some(call) = calls.get_mut(&room) else { return 0 };
+            for t in &mut call.tracks {
+                if t.user != user || source.is_some_and(|s| s != t.state.source) {
+                    continue;
+                }
+                if t.state.muted_by_moderator != muted {
+                    t.state.muted_by_moderator = muted;
+                    t.source.set_suspended(muted);
+                    changed.push((t.session, t.state.client_track.clone()));
+                }
+            }
+            for (session, track) in &changed {
+                if muted {
+                    call.moderator_muted.insert((*session, track.clone()), by);
+                } else {
+                    call.moderator_muted.remove(&(*session, track.clone()));
+                }
+            }
+        }
+        for (session, track) in &changed {
+            let _ = self.send(*session, PeerMsg::Moderated { track: track.clone(), muted, by });
+        }
+        if !changed.is_empty() {
+            self.shared.state_changed(room);
+        }
+        changed.len()
+    }
+
+    /// The media state of `room`'s call.
+    pub fn state(&self, room: Id) -> CallState {
+        self.shared.snapshot(room)
+    }
+
+    /// Ends calls as rooms change: whoever leaves or is removed from a room leaves its call;
+    /// an archived or deleted room's call ends. Runs until the bus closes.
+    pub async fn follow_rooms(self, mut bus: crate::store::events::BusReceiver) {
+        use crate::store::events::BusItem;
+        loop {
+            let e = match bus.recv().await {
+                BusItem::Event(e) => e,
+                // What was missed is not replayed: a stale connection still loses its room
+                // role checks at its next signal, and ends with its client.
+                BusItem::Lagged { .. } => continue,
+                BusItem::Closed => return,
+            };
+            let Some(room) = e.topic.strip_prefix("room:").and_then(|r| r.parse::<Id>().ok()) else { continue };
+            match e.kind.as_str() {
+                "participant.left" | "participant.kicked" => {
+                    if let Some(user) = e.data["user"].as_str().and_then(|u| u.parse().ok()) {
+                        let reason = if e.kind == "participant.left" { "left" } else { "removed" };
+                        self.close_user(room, user, reason);
+                    }
+                }
+                "room.archived" | "room.deleted" => self.close_room(room),
+                _ => {}
+            }
         }
     }
 
@@ -293,18 +589,25 @@ impl Sfu {
     }
 }
 
-fn bind(player: &mut Player, slot: usize, t: &Published) {
-    player.slots[slot].1 = Some(t.source.id);
-    t.outlets.write().unwrap_or_else(std::sync::PoisonError::into_inner).push(Outlet {
-        session: player.session,
-        slot,
-        tx: player.tx.clone(),
-    });
+fn bind_slot(player: &mut Player, slot: usize, t: &Published) {
+    let Receiving::Slots(slots) = &mut player.receiving else { return };
+    slots[slot].1 = Some(t.source.id);
+    add_outlet(player, t);
     let _ = player.tx.try_send(PeerMsg::Attach { slot, source: Some(t.source.clone()) });
 }
 
+fn add_outlet(player: &Player, t: &Published) {
+    if t.session == player.session {
+        return;
+    }
+    write(&t.outlets).push(Outlet { session: player.session, tx: player.tx.clone() });
+    if matches!(player.receiving, Receiving::All) {
+        let _ = player.tx.try_send(PeerMsg::AddSource(t.source.clone()));
+    }
+}
+
 impl Shared {
-    pub(crate) fn socket(&self) -> &UdpSocket {
+    pub(crate) fn socket(&self) -> &tokio::net::UdpSocket {
         &self.socket
     }
 
@@ -316,45 +619,92 @@ impl Shared {
         &self.metrics
     }
 
-    /// A new track from `session` in `room`: free player slots of its kind bind to it.
+    /// A new track from `session` in `room`: WHEP slots of its kind that are free bind to it,
+    /// call connections add it.
     pub(crate) fn publish(
         &self,
         room: Id,
         session: Id,
         kind: Kind,
+        client_track: &str,
         make: impl FnOnce(u64) -> Source,
     ) -> (Arc<Source>, Outlets) {
         let source = Arc::new(make(self.next_source.fetch_add(1, Ordering::Relaxed)));
         let outlets: Outlets = Arc::default();
-        let mut calls = lock(&self.calls);
-        let call = calls.entry(room).or_default();
-        let t = Published { source: source.clone(), session, kind, outlets: outlets.clone() };
-        for p in &mut call.players {
-            for slot in 0..p.slots.len() {
-                if p.slots[slot] == (kind, None) {
-                    bind(p, slot, &t);
+        // Sessions before calls, the order `open` takes them in.
+        let user = lock(&self.sessions).get(&session).map(|e| e.info.user).unwrap_or_default();
+        {
+            let mut calls = lock(&self.calls);
+            let call = calls.entry(room).or_default();
+            let (label, muted) =
+                call.labels.get(&(session, client_track.to_owned())).cloned().unwrap_or(("unknown".into(), false));
+            let moderated = call.moderator_muted.contains_key(&(session, client_track.to_owned()));
+            source.set_suspended(moderated);
+            let t = Published {
+                source: source.clone(),
+                session,
+                user,
+                outlets: outlets.clone(),
+                state: TrackState {
+                    id: source.id,
+                    kind,
+                    client_track: client_track.to_owned(),
+                    source: label,
+                    muted,
+                    muted_by_moderator: moderated,
+                },
+            };
+            for p in &mut call.players {
+                match &p.receiving {
+                    Receiving::Slots(slots) => {
+                        if p.user == user {
+                            continue;
+                        }
+                        if let Some(slot) = slots.iter().position(|s| *s == (kind, None)) {
+                            bind_slot(p, slot, &t);
+                        }
+                    }
+                    Receiving::All => add_outlet(p, &t),
                 }
             }
+            call.tracks.push(t);
         }
-        call.tracks.push(t);
         self.metrics.media_tracks.inc();
+        self.state_changed(room);
         (source, outlets)
     }
 
-    /// Track `source` is gone: its players move to the newest remaining track of its kind.
+    /// Track `source` is gone: its WHEP slots move to the newest remaining track of its kind,
+    /// call connections drop it.
     pub(crate) fn unpublish(&self, room: Id, source: u64) {
-        let mut calls = lock(&self.calls);
-        let Some(call) = calls.get_mut(&room) else { return };
-        let Some(at) = call.tracks.iter().position(|t| t.source.id == source) else { return };
-        let gone = call.tracks.remove(at);
-        self.metrics.media_tracks.dec();
-        let Call { tracks, players, .. } = call;
-        for p in players.iter_mut() {
-            for slot in 0..p.slots.len() {
-                if p.slots[slot].1 == Some(source) {
-                    p.slots[slot].1 = None;
-                    match tracks.iter().rev().find(|t| t.kind == gone.kind) {
-                        Some(t) => bind(p, slot, t),
+        {
+            let mut calls = lock(&self.calls);
+            let Some(call) = calls.get_mut(&room) else { return };
+            let Some(at) = call.tracks.iter().position(|t| t.source.id == source) else { return };
+            let gone = call.tracks.remove(at);
+            self.metrics.media_tracks.dec();
+            let Call { tracks, players, .. } = call;
+            for p in players.iter_mut() {
+                let bound: Vec<usize> = match &mut p.receiving {
+                    Receiving::Slots(slots) => slots
+                        .iter_mut()
+                        .enumerate()
+                        .filter(|(_, s)| s.1 == Some(source))
+                        .map(|(i, s)| {
+                            s.1 = None;
+                            i
+                        })
+                        .collect(),
+                    Receiving::All => {
+                        if p.session != gone.session {
+                            let _ = p.tx.try_send(PeerMsg::RemoveSource(source));
+                        }
+                        Vec::new()
+                    }
+                };
+                for slot in bound {
+                    match tracks.iter().rev().find(|t| t.state.kind == gone.state.kind && t.user != p.user) {
+                        Some(t) => bind_slot(p, slot, t),
                         None => {
                             let _ = p.tx.try_send(PeerMsg::Attach { slot, source: None });
                         }
@@ -362,30 +712,121 @@ impl Shared {
                 }
             }
         }
+        self.state_changed(room);
     }
 
     /// Connection `id` has ended: forget it everywhere.
     pub(crate) fn ended(&self, id: Id) {
         let Some(entry) = lock(&self.sessions).remove(&id) else { return };
         self.metrics.media_sessions.dec();
-        self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&entry.ufrag, id);
+        write(&self.routes).remove(&entry.ufrag, id);
         let room = entry.info.room;
         let sources: Vec<u64> = {
             let mut calls = lock(&self.calls);
             let Some(call) = calls.get_mut(&room) else { return };
             call.sessions.retain(|s| *s != id);
             call.players.retain(|p| p.session != id);
+            call.levels.remove(&id);
+            call.spatial.remove(&id);
+            call.labels.retain(|(s, _), _| *s != id);
+            call.moderator_muted.retain(|(s, _), _| *s != id);
             for t in &call.tracks {
-                t.outlets.write().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|o| o.session != id);
+                write(&t.outlets).retain(|o| o.session != id);
             }
             call.tracks.iter().filter(|t| t.session == id).map(|t| t.source.id).collect()
         };
         for s in sources {
             self.unpublish(room, s);
         }
-        let mut calls = lock(&self.calls);
-        if calls.get(&room).is_some_and(|c| c.sessions.is_empty()) {
-            calls.remove(&room);
+        {
+            let mut calls = lock(&self.calls);
+            if calls.get(&room).is_some_and(|c| c.sessions.is_empty() && !c.locked) {
+                calls.remove(&room);
+            }
+        }
+        self.state_changed(room);
+    }
+
+    /// A publisher's loudest recent audio level (0–127); the state goes out when the active
+    /// speaker changes.
+    pub(crate) fn audio_level(&self, room: Id, session: Id, level: u8) {
+        let changed = {
+            let mut calls = lock(&self.calls);
+            let Some(call) = calls.get_mut(&room) else { return };
+            let before = speaker(&call.levels);
+            call.levels.insert(session, level);
+            speaker(&call.levels) != before
+        };
+        if changed {
+            self.state_changed(room);
         }
     }
+
+    fn snapshot(&self, room: Id) -> CallState {
+        let sessions: Vec<SessionInfo> = {
+            let s = lock(&self.sessions);
+            s.values().filter(|e| e.info.room == room).map(|e| e.info.clone()).collect()
+        };
+        let calls = lock(&self.calls);
+        let Some(call) = calls.get(&room) else {
+            return CallState { participants: Vec::new(), active_speaker: None, locked: false };
+        };
+        let mut by_id: BTreeMap<Id, ParticipantState> = BTreeMap::new();
+        for s in sessions {
+            by_id.insert(
+                s.id,
+                ParticipantState {
+                    connection: s.id,
+                    user: s.user,
+                    direction: s.direction,
+                    tracks: Vec::new(),
+                    speaking: call.levels.get(&s.id).is_some_and(|l| *l >= SPEAKING),
+                    spatial: call.spatial.get(&s.id).cloned().unwrap_or(serde_json::Value::Null),
+                },
+            );
+        }
+        for t in &call.tracks {
+            if let Some(p) = by_id.get_mut(&t.session) {
+                p.tracks.push(t.state.clone());
+            }
+        }
+        CallState {
+            participants: by_id.into_values().collect(),
+            active_speaker: speaker(&call.levels),
+            locked: call.locked,
+        }
+    }
+
+    /// Hands the call's state to the sink if it changed.
+    pub(crate) fn state_changed(&self, room: Id) {
+        let state = self.snapshot(room);
+        let org = {
+            let mut calls = lock(&self.calls);
+            let org = calls.get(&room).and_then(|c| c.org);
+            if let Some(c) = calls.get_mut(&room) {
+                if c.last_state.as_ref() == Some(&state) {
+                    return;
+                }
+                c.last_state = Some(state.clone());
+            }
+            org
+        };
+        let sink = self.state_sink.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let (Some(sink), Some(org)) = (sink, org) {
+            sink(org, room, state);
+        }
+    }
+}
+
+/// The audio level (0–127, louder higher; 127 minus the -dBov of RFC 6464) that counts as
+/// speaking: about -40 dBov, above room noise and below a voice.
+const SPEAKING: u8 = 87;
+
+/// The connection speaking: the loudest at or above `SPEAKING`.
+fn speaker(levels: &HashMap<Id, u8>) -> Option<Id> {
+    levels
+        .iter()
+        .filter(|(_, l)| **l >= SPEAKING)
+        .max_by_key(|(id, l)| (**l, std::cmp::Reverse(**id)))
+        .map(|(id, _)| *id)
 }

@@ -1,17 +1,21 @@
 //! One peer connection: the offer/answer, then a task that owns the sans-I/O `rtc` connection
 //! and feeds it datagrams, timers and forwarded packets.
 //!
-//! A publishing connection hands each packet of a track to that track's outlets (the playing
-//! connections bound to it). A playing connection has one local sender (slot) per media
-//! section the client offered to receive; each slot is bound to at most one published track at
-//! a time, and rewrites what it forwards — SSRC, payload type, header extension ids, and
-//! sequence numbers and timestamps across a switch of source — so the receiver sees one
-//! continuous stream. Keyframe requests (PLI, FIR) from a player go to the publisher, at most
-//! one per track every `KEYFRAME_GAP`.
+//! A publishing connection hands each packet of a track to that track's outlets (the
+//! connections receiving it), unless a moderator suspended the track. A receiving connection
+//! has local senders (slots): a WHEP connection one per media section it offered to receive,
+//! each bound to at most one published track at a time; a call connection one per other
+//! connection's track, added and removed by renegotiating (we offer, the client answers; the
+//! server is the impolite side when offers cross, so the client rolls its own back). A slot
+//! rewrites what it forwards — SSRC, payload type, header extension ids, and sequence numbers
+//! and timestamps across a switch of source — so the receiver sees one continuous stream.
+//! Keyframe requests (PLI, FIR) from a receiver go to the publisher, at most one per track
+//! every `KEYFRAME_GAP`. Audio levels (RFC 6464 header extension) feed the active speaker.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -30,15 +34,16 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::RTCRtpReceiverId;
-use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc;
 
-use super::{Direction, Kind, Outlets, SessionInfo, SfuError, Shared};
+use super::{Direction, Kind, Note, NoteSink, Outlets, SessionInfo, SfuError, Shared};
 
 /// At most one keyframe request per published track in this time.
 const KEYFRAME_GAP: Duration = Duration::from_millis(500);
@@ -46,22 +51,34 @@ const KEYFRAME_GAP: Duration = Duration::from_millis(500);
 const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
 /// Queued messages handled before the connection's output is flushed.
 const BATCH: usize = 64;
+/// How often a publisher reports its loudest recent audio level.
+const LEVEL_WINDOW: Duration = Duration::from_millis(300);
+/// The audio level header extension (RFC 6464).
+const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 /// What a connection's task is sent.
 pub enum PeerMsg {
     /// A datagram from the shared socket.
     Datagram { data: BytesMut, from: SocketAddr, at: Instant },
-    /// A packet of source `source` for local sender `slot`.
-    Rtp { slot: usize, source: u64, packet: rtc::rtp::Packet },
-    /// Bind local sender `slot` to a published track, or unbind it.
+    /// A packet of published track `source`.
+    Rtp { source: u64, packet: rtc::rtp::Packet },
+    /// Bind WHEP slot `slot` to a published track, or unbind it.
     Attach { slot: usize, source: Option<Arc<Source>> },
+    /// A call connection receives a new track (renegotiation adds a sender).
+    AddSource(Arc<Source>),
+    /// A track a call connection received is gone.
+    RemoveSource(u64),
     /// Ask the remote publisher of local track `track` for a keyframe.
     Keyframe { track: Arc<str> },
-    /// End the connection.
-    Close,
+    /// The client's SDP: an answer to our offer, or an offer of its own.
+    ClientSdp { offer: bool, sdp: String },
+    /// A moderator muted or unmuted the client's track `track`.
+    Moderated { track: String, muted: bool, by: crate::ids::Id },
+    /// End the connection, saying why.
+    Close(&'static str),
 }
 
-/// A published track as its players see it.
+/// A published track as its receivers see it.
 pub struct Source {
     pub id: u64,
     pub kind: Kind,
@@ -73,6 +90,29 @@ pub struct Source {
     pub publisher: mpsc::Sender<PeerMsg>,
     /// The track's id on the publisher's connection.
     pub track: Arc<str>,
+    /// A moderator stopped its forwarding.
+    suspended: AtomicBool,
+}
+
+impl Source {
+    pub fn new(
+        id: u64,
+        kind: Kind,
+        mime: String,
+        extensions: Vec<(u8, String)>,
+        publisher: mpsc::Sender<PeerMsg>,
+        track: Arc<str>,
+    ) -> Self {
+        Self { id, kind, mime, extensions, publisher, track, suspended: AtomicBool::new(false) }
+    }
+
+    pub fn set_suspended(&self, on: bool) {
+        self.suspended.store(on, Ordering::Release);
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::Acquire)
+    }
 }
 
 /// An answered offer: the connection, our ICE username fragment, the answer, and (playing)
@@ -82,6 +122,8 @@ pub(super) struct Setup {
     pub ufrag: String,
     pub sdp: String,
     pub slots: Vec<Kind>,
+    /// The stream id of our local tracks.
+    pub stream: String,
 }
 
 /// The media sections of an SDP offer: kind and whether the client sends, receives.
@@ -140,22 +182,59 @@ fn invalid(e: impl std::fmt::Display) -> SfuError {
     SfuError::InvalidSdp(format!("the offer cannot be answered: {e}"))
 }
 
-/// Answers `offer` for a connection that publishes or plays, with one host candidate at
-/// `host`.
-pub(super) fn answer(offer: &str, direction: Direction, host: SocketAddr) -> Result<Setup, SfuError> {
+/// A local track to send on: a fresh SSRC, the codec of its kind.
+fn local_track(stream: &str, id: String, kind: Kind) -> MediaStreamTrack {
+    let (rtc_kind, codec) = match kind {
+        Kind::Audio => (RtpCodecKind::Audio, opus()),
+        Kind::Video => (RtpCodecKind::Video, vp8()),
+    };
+    let mut ssrc = [0u8; 4];
+    crate::ids::fill_random(&mut ssrc);
+    MediaStreamTrack::new(
+        stream.to_owned(),
+        id.clone(),
+        id,
+        rtc_kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(u32::from_be_bytes(ssrc)),
+                ..Default::default()
+            },
+            codec,
+            active: true,
+            ..Default::default()
+        }],
+    )
+}
+
+/// Answers `offer` for a connection that publishes, plays or calls, with one host candidate
+/// at `host`. `may_publish` false refuses an offer that sends.
+pub(super) fn answer(
+    offer: &str,
+    direction: Direction,
+    host: SocketAddr,
+    may_publish: bool,
+) -> Result<Setup, SfuError> {
     let sections = sections(offer);
+    let sends = sections.iter().any(|(_, s, _)| *s);
+    if sends && !may_publish && direction != Direction::Play {
+        return Err(SfuError::NotPublisher(
+            "the offer sends media, but your room role lets you receive only (send recvonly sections)".into(),
+        ));
+    }
     let usable: Vec<Kind> = sections
         .iter()
         .filter(|(_, sends, receives)| match direction {
             Direction::Publish => *sends,
             Direction::Play => *receives,
+            Direction::Call => true,
         })
         .map(|(k, _, _)| *k)
         .collect();
-    if usable.is_empty() {
+    if usable.is_empty() && direction != Direction::Call {
         return Err(SfuError::InvalidSdp(match direction {
             Direction::Publish => "the offer has no audio or video section the client sends".into(),
-            Direction::Play => "the offer has no audio or video section the client receives".into(),
+            _ => "the offer has no audio or video section the client receives".into(),
         }));
     }
     let now = Instant::now();
@@ -165,6 +244,13 @@ pub(super) fn answer(offer: &str, direction: Direction, host: SocketAddr) -> Res
         .map_err(invalid)?;
     media
         .register_codec(RTCRtpCodecParameters { rtp_codec: vp8(), payload_type: 96 }, RtpCodecKind::Video)
+        .map_err(invalid)?;
+    media
+        .register_header_extension(
+            RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() },
+            RtpCodecKind::Audio,
+            None,
+        )
         .map_err(invalid)?;
     let registry = register_default_interceptors(Registry::new(), &mut media).map_err(invalid)?;
     let ufrag = random_token(16);
@@ -177,32 +263,11 @@ pub(super) fn answer(offer: &str, direction: Direction, host: SocketAddr) -> Res
         .with_interceptor_registry(registry)
         .build(now)
         .map_err(invalid)?;
+    let stream = random_token(12);
     let mut slots = Vec::new();
     if direction == Direction::Play {
-        let stream = random_token(12);
         for (i, kind) in usable.iter().enumerate() {
-            let (rtc_kind, codec) = match kind {
-                Kind::Audio => (RtpCodecKind::Audio, opus()),
-                Kind::Video => (RtpCodecKind::Video, vp8()),
-            };
-            let mut ssrc = [0u8; 4];
-            crate::ids::fill_random(&mut ssrc);
-            let track = MediaStreamTrack::new(
-                stream.clone(),
-                slot_track(i),
-                slot_track(i),
-                rtc_kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(u32::from_be_bytes(ssrc)),
-                        ..Default::default()
-                    },
-                    codec,
-                    active: true,
-                    ..Default::default()
-                }],
-            );
-            pc.add_track(track).map_err(invalid)?;
+            pc.add_track(local_track(&stream, slot_track(i), *kind)).map_err(invalid)?;
             slots.push(*kind);
         }
     }
@@ -225,10 +290,10 @@ pub(super) fn answer(offer: &str, direction: Direction, host: SocketAddr) -> Res
     let answer = pc.create_answer(None).map_err(invalid)?;
     pc.set_local_description(now, answer).map_err(invalid)?;
     let sdp = pc.local_description().map(|d| d.sdp).ok_or_else(|| invalid("no local description"))?;
-    Ok(Setup { pc, ufrag, sdp, slots })
+    Ok(Setup { pc, ufrag, sdp, slots, stream })
 }
 
-/// The id of the local track on sender `slot`.
+/// The id of the local track on slot `slot`.
 fn slot_track(slot: usize) -> String {
     format!("outpost-{slot}")
 }
@@ -237,9 +302,13 @@ fn slot_track(slot: usize) -> String {
 struct Inbound {
     receiver: RTCRtpReceiverId,
     ssrc: u32,
-    source: Arc<super::peer::Source>,
+    source: Arc<Source>,
     outlets: Outlets,
     last_keyframe_request: Option<Instant>,
+    /// The audio level extension's id on this connection (audio tracks).
+    level_ext: Option<u8>,
+    /// The loudest level (0–127, louder higher) in the current window.
+    level_max: u8,
 }
 
 /// How a slot rewrites the packets of the source it is bound to.
@@ -252,7 +321,7 @@ struct Binding {
     ts_offset: u32,
 }
 
-/// A local sender of a playing connection.
+/// A local sender of a receiving connection.
 struct Slot {
     sender: RTCRtpSenderId,
     kind: Kind,
@@ -261,27 +330,42 @@ struct Slot {
     binding: Option<Binding>,
     last_seq: Option<u16>,
     last_ts: u32,
+    /// Bound in the registry but waiting for the client's answer before packets flow.
+    live: bool,
 }
 
 pub(super) struct Peer {
     shared: Arc<Shared>,
     info: SessionInfo,
     pc: RTCPeerConnection,
-    /// Our own queue, handed to players as the way back for keyframe requests.
+    stream: String,
+    /// Our own queue, handed to receivers as the way back for keyframe requests.
     me: mpsc::Sender<PeerMsg>,
+    notes: Option<NoteSink>,
     inbound: HashMap<String, Inbound>,
-    slots: Vec<Slot>,
+    slots: Vec<Option<Slot>>,
+    /// Which slot forwards each source.
+    by_source: HashMap<u64, usize>,
+    /// Renegotiation (call connections): sources to add and remove at the next offer.
+    to_add: Vec<Arc<Source>>,
+    to_remove: Vec<u64>,
+    /// Our offer waits for the client's answer.
+    offering: bool,
+    next_slot_id: usize,
     connected: bool,
-    ended: bool,
+    ended: Option<&'static str>,
+    levels_at: Instant,
 }
 
 impl Peer {
     pub(super) fn new(
         shared: Arc<Shared>,
         info: SessionInfo,
-        mut pc: RTCPeerConnection,
+        setup: Setup,
         me: mpsc::Sender<PeerMsg>,
+        notes: Option<NoteSink>,
     ) -> Self {
+        let Setup { mut pc, stream, .. } = setup;
         let mut slots = Vec::new();
         let senders: Vec<RTCRtpSenderId> = pc.get_senders().collect();
         for sender in senders {
@@ -289,7 +373,7 @@ impl Peer {
             let track = s.track();
             let Some(ssrc) = track.ssrcs().next() else { continue };
             let kind = if track.kind() == RtpCodecKind::Audio { Kind::Audio } else { Kind::Video };
-            slots.push(Slot {
+            slots.push(Some(Slot {
                 sender,
                 kind,
                 ssrc,
@@ -297,37 +381,69 @@ impl Peer {
                 binding: None,
                 last_seq: None,
                 last_ts: 0,
-            });
+                live: true,
+            }));
         }
-        slots.sort_by(|a, b| a.track.cmp(&b.track));
-        Self { shared, info, pc, me, inbound: HashMap::new(), slots, connected: false, ended: false }
+        slots.sort_by(|a, b| a.as_ref().map(|s| s.track.clone()).cmp(&b.as_ref().map(|s| s.track.clone())));
+        let next_slot_id = slots.len();
+        Self {
+            shared,
+            info,
+            pc,
+            stream,
+            me,
+            notes,
+            inbound: HashMap::new(),
+            slots,
+            by_source: HashMap::new(),
+            to_add: Vec::new(),
+            to_remove: Vec::new(),
+            offering: false,
+            next_slot_id,
+            connected: false,
+            ended: None,
+            levels_at: Instant::now(),
+        }
+    }
+
+    fn note(&self, note: Note) {
+        if let Some(n) = &self.notes {
+            n(note);
+        }
     }
 
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<PeerMsg>) {
         let deadline = Instant::now() + CONNECT_DEADLINE;
         tracing::info!(session = %self.info.id, room = %self.info.room, direction = self.info.direction.as_str(), "media connection opened");
-        while !self.ended {
+        while self.ended.is_none() {
             self.flush().await;
-            if self.ended {
+            if self.ended.is_some() {
                 break;
             }
             if !self.connected && Instant::now() >= deadline {
                 tracing::info!(session = %self.info.id, "media connection never connected; closing");
+                self.ended = Some("failed");
                 break;
             }
-            let wake = self.pc.poll_timeout().map_or(deadline, |t| t.min(if self.connected { t } else { deadline }));
+            let mut wake = self.pc.poll_timeout().unwrap_or(deadline);
+            if !self.connected {
+                wake = wake.min(deadline);
+            }
+            if !self.inbound.is_empty() {
+                wake = wake.min(self.levels_at + LEVEL_WINDOW);
+            }
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(wake));
             tokio::select! {
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
                     self.handle(msg);
                     for _ in 1..BATCH {
+                        if self.ended.is_some() {
+                            break;
+                        }
                         match rx.try_recv() {
                             Ok(msg) => self.handle(msg),
                             Err(_) => break,
-                        }
-                        if self.ended {
-                            break;
                         }
                     }
                 }
@@ -337,14 +453,17 @@ impl Peer {
                     }
                 }
             }
+            self.report_levels();
         }
+        let reason = self.ended.unwrap_or("failed");
         let _ = self.pc.close();
         self.flush().await;
         for (_, i) in self.inbound.drain() {
             self.shared.unpublish(self.info.room, i.source.id);
         }
         self.shared.ended(self.info.id);
-        tracing::info!(session = %self.info.id, "media connection closed");
+        self.note(Note::Ended { room: self.info.room, connection: self.info.id, reason });
+        tracing::info!(session = %self.info.id, reason, "media connection closed");
     }
 
     fn handle(&mut self, msg: PeerMsg) {
@@ -360,10 +479,33 @@ impl Peer {
                     tracing::debug!(session = %self.info.id, error = %e, "media datagram refused");
                 }
             }
-            PeerMsg::Rtp { slot, source, packet } => self.forward(slot, source, packet),
+            PeerMsg::Rtp { source, packet } => self.forward(source, packet),
             PeerMsg::Attach { slot, source } => self.attach(slot, source),
+            PeerMsg::AddSource(source) => {
+                self.to_remove.retain(|s| *s != source.id);
+                self.to_add.push(source);
+                self.renegotiate();
+            }
+            PeerMsg::RemoveSource(id) => {
+                if self.to_add.iter().any(|s| s.id == id) {
+                    self.to_add.retain(|s| s.id != id);
+                } else {
+                    self.to_remove.push(id);
+                    // Stop forwarding now; the sender goes at the next offer.
+                    if let Some(slot) =
+                        self.by_source.get(&id).and_then(|i| self.slots.get_mut(*i)).and_then(Option::as_mut)
+                    {
+                        slot.binding = None;
+                    }
+                    self.renegotiate();
+                }
+            }
             PeerMsg::Keyframe { track } => self.request_keyframe(&track),
-            PeerMsg::Close => self.ended = true,
+            PeerMsg::ClientSdp { offer, sdp } => self.client_sdp(offer, sdp),
+            PeerMsg::Moderated { track, muted, by } => {
+                self.note(Note::Muted { room: self.info.room, connection: self.info.id, track, muted, by });
+            }
+            PeerMsg::Close(reason) => self.ended = Some(reason),
         }
     }
 
@@ -401,13 +543,18 @@ impl Peer {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 tracing::debug!(session = %self.info.id, %state, "media connection state");
                 match state {
-                    RTCPeerConnectionState::Connected => self.connected = true,
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => self.ended = true,
+                    RTCPeerConnectionState::Connected => {
+                        self.connected = true;
+                        self.renegotiate();
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        self.ended.get_or_insert("failed");
+                    }
                     _ => {}
                 }
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                if self.info.direction != Direction::Publish || self.inbound.contains_key(&init.track_id) {
+                if !self.info.direction.publishes() || self.inbound.contains_key(&init.track_id) {
                     return;
                 }
                 let Some(mut receiver) = self.pc.rtp_receiver(init.receiver_id) else { return };
@@ -421,15 +568,15 @@ impl Peer {
                 let track = receiver.track();
                 let kind = if track.kind() == RtpCodecKind::Audio { Kind::Audio } else { Kind::Video };
                 let Some(mime) = track.codec(init.ssrc).map(|c| c.mime_type.clone()) else { return };
+                let level_ext = if kind == Kind::Audio {
+                    extensions.iter().find(|(_, uri)| uri == AUDIO_LEVEL_URI).map(|(id, _)| *id)
+                } else {
+                    None
+                };
                 let track_id: Arc<str> = Arc::from(init.track_id.as_str());
                 let me = self.me.clone();
-                let (source, outlets) = self.shared.publish(self.info.room, self.info.id, kind, |id| Source {
-                    id,
-                    kind,
-                    mime,
-                    extensions,
-                    publisher: me,
-                    track: track_id,
+                let (source, outlets) = self.shared.publish(self.info.room, self.info.id, kind, &init.track_id, |id| {
+                    Source::new(id, kind, mime, extensions, me, track_id)
                 });
                 tracing::info!(session = %self.info.id, track = %init.track_id, mime = %source.mime, "track published");
                 self.inbound.insert(
@@ -440,6 +587,8 @@ impl Peer {
                         source,
                         outlets,
                         last_keyframe_request: None,
+                        level_ext,
+                        level_max: 0,
                     },
                 );
             }
@@ -455,12 +604,22 @@ impl Peer {
     fn read(&mut self, read: TaggedRTCMessage) {
         match read.message {
             RTCMessage::RtpPacket(track_id, packet) => {
-                let Some(i) = self.inbound.get(&track_id) else { return };
+                let Some(i) = self.inbound.get_mut(&track_id) else { return };
                 let metrics = self.shared.metrics();
                 metrics.media_packets_in.inc();
+                if let Some(id) = i.level_ext
+                    && let Some(e) = packet.header.extensions.iter().find(|e| e.id == id)
+                    && let Some(b) = e.payload.first()
+                {
+                    // -dBov, 0 loudest and 127 silence: turned around so louder is higher.
+                    i.level_max = i.level_max.max(127 - (b & 0x7f));
+                }
+                if i.source.is_suspended() {
+                    return;
+                }
                 let outlets = i.outlets.read().unwrap_or_else(std::sync::PoisonError::into_inner);
                 for o in outlets.iter() {
-                    let msg = PeerMsg::Rtp { slot: o.slot, source: i.source.id, packet: packet.clone() };
+                    let msg = PeerMsg::Rtp { source: i.source.id, packet: packet.clone() };
                     if o.tx.try_send(msg).is_err() {
                         metrics.media_packets_dropped.inc();
                     }
@@ -474,8 +633,8 @@ impl Peer {
                 if !wants_keyframe {
                     return;
                 }
-                let Some(slot) = self.slots.iter().find(|s| *s.track == *track_id) else { return };
-                if let Some(b) = &slot.binding {
+                let slot = self.slots.iter().flatten().find(|s| *s.track == *track_id);
+                if let Some(b) = slot.and_then(|s| s.binding.as_ref()) {
                     let _ = b.source.publisher.try_send(PeerMsg::Keyframe { track: b.source.track.clone() });
                 }
             }
@@ -483,12 +642,30 @@ impl Peer {
         }
     }
 
-    fn attach(&mut self, slot: usize, source: Option<Arc<Source>>) {
-        let Some(s) = self.slots.get_mut(slot) else { return };
-        let Some(source) = source else {
-            s.binding = None;
+    /// Reports the loudest audio level of the last window to the registry.
+    fn report_levels(&mut self) {
+        if self.inbound.is_empty() || self.levels_at.elapsed() < LEVEL_WINDOW {
             return;
-        };
+        }
+        self.levels_at = Instant::now();
+        let mut loudest = None;
+        for i in self.inbound.values_mut().filter(|i| i.level_ext.is_some()) {
+            let level = if i.source.is_suspended() { 0 } else { i.level_max };
+            loudest = Some(loudest.unwrap_or(0).max(level));
+            i.level_max = 0;
+        }
+        if let Some(level) = loudest {
+            self.shared.audio_level(self.info.room, self.info.id, level);
+        }
+    }
+
+    /// Binds slot `slot` to `source` (or unbinds it).
+    fn attach(&mut self, slot: usize, source: Option<Arc<Source>>) {
+        let Some(Some(s)) = self.slots.get_mut(slot) else { return };
+        if let Some(old) = s.binding.take() {
+            self.by_source.remove(&old.source.id);
+        }
+        let Some(source) = source else { return };
         let Some(mut sender) = self.pc.rtp_sender(s.sender) else { return };
         let params = &sender.get_parameters().rtp_parameters;
         let Some(payload_type) = params
@@ -497,8 +674,7 @@ impl Peer {
             .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&source.mime))
             .map(|c| c.payload_type)
         else {
-            tracing::info!(session = %self.info.id, mime = %source.mime, "the player did not negotiate this codec");
-            s.binding = None;
+            tracing::info!(session = %self.info.id, mime = %source.mime, "the receiver did not negotiate this codec");
             return;
         };
         let extensions = source
@@ -509,13 +685,129 @@ impl Peer {
             })
             .collect();
         s.binding = Some(Binding { source: source.clone(), payload_type, extensions, seq_offset: None, ts_offset: 0 });
-        if source.kind == Kind::Video {
+        self.by_source.insert(source.id, slot);
+        if source.kind == Kind::Video && s.live {
             let _ = source.publisher.try_send(PeerMsg::Keyframe { track: source.track.clone() });
         }
     }
 
-    fn forward(&mut self, slot: usize, source: u64, mut packet: rtc::rtp::Packet) {
-        let Some(s) = self.slots.get_mut(slot) else { return };
+    /// Offers the senders added and removed since the last offer, if no offer is out and the
+    /// connection is up.
+    fn renegotiate(&mut self) {
+        if self.info.direction != Direction::Call
+            || self.offering
+            || !self.connected
+            || (self.to_add.is_empty() && self.to_remove.is_empty())
+        {
+            return;
+        }
+        let now = Instant::now();
+        for id in std::mem::take(&mut self.to_remove) {
+            if let Some(i) = self.by_source.remove(&id)
+                && let Some(slot) = self.slots.get_mut(i).and_then(Option::take)
+            {
+                let _ = self.pc.remove_track(slot.sender);
+            }
+        }
+        for source in std::mem::take(&mut self.to_add) {
+            let id = slot_track(self.next_slot_id);
+            self.next_slot_id += 1;
+            let track = local_track(&self.stream, id.clone(), source.kind);
+            let ssrc = track.ssrcs().next().unwrap_or_default();
+            // A transceiver of its own, never one of the client's: `add_track` would reuse the
+            // client's sending transceiver of the same kind, which it will not receive on.
+            let init = RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Sendonly,
+                streams: vec![self.stream.clone()],
+                send_encodings: vec![],
+            };
+            let Ok(transceiver) = self.pc.add_transceiver_from_track(track, Some(init)) else { continue };
+            let sender = RTCRtpSenderId::from(transceiver);
+            self.slots.push(Some(Slot {
+                sender,
+                kind: source.kind,
+                ssrc,
+                track: Arc::from(id.as_str()),
+                binding: None,
+                last_seq: None,
+                last_ts: 0,
+                live: false,
+            }));
+            self.attach(self.slots.len() - 1, Some(source));
+        }
+        let offer = match self.pc.create_offer(None) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(session = %self.info.id, error = %e, "creating a renegotiation offer failed");
+                return;
+            }
+        };
+        if let Err(e) = self.pc.set_local_description(now, offer) {
+            tracing::warn!(session = %self.info.id, error = %e, "setting our renegotiation offer failed");
+            return;
+        }
+        let Some(sdp) = self.pc.local_description().map(|d| d.sdp) else { return };
+        self.offering = true;
+        self.note(Note::Offer { room: self.info.room, connection: self.info.id, sdp });
+    }
+
+    /// The client's answer to our offer, or its own offer (we answer it).
+    fn client_sdp(&mut self, offer: bool, sdp: String) {
+        let now = Instant::now();
+        if offer {
+            if !self.info.direction.publishes() && sections(&sdp).iter().any(|(_, s, _)| *s) {
+                return;
+            }
+            if self.offering {
+                // Offers crossed: ours goes back, the client's is answered, ours comes again.
+                let rolled = RTCSessionDescription::rollback(None).and_then(|r| self.pc.set_local_description(now, r));
+                if rolled.is_err() {
+                    return;
+                }
+                self.offering = false;
+            }
+            let answered = RTCSessionDescription::offer(sdp)
+                .and_then(|o| self.pc.set_remote_description(now, o))
+                .and_then(|()| self.pc.create_answer(None))
+                .and_then(|a| self.pc.set_local_description(now, a));
+            match answered {
+                Ok(()) => {
+                    if let Some(sdp) = self.pc.local_description().map(|d| d.sdp) {
+                        self.note(Note::Answer { room: self.info.room, connection: self.info.id, sdp });
+                    }
+                }
+                Err(e) => tracing::info!(session = %self.info.id, error = %e, "the client's offer was refused"),
+            }
+        } else {
+            if !self.offering {
+                return;
+            }
+            let applied = RTCSessionDescription::answer(sdp).and_then(|a| self.pc.set_remote_description(now, a));
+            if let Err(e) = applied {
+                tracing::info!(session = %self.info.id, error = %e, "the client's answer was refused");
+                return;
+            }
+            self.offering = false;
+            for s in self.slots.iter_mut().flatten() {
+                if !s.live {
+                    s.live = true;
+                    if let Some(b) = &s.binding
+                        && s.kind == Kind::Video
+                    {
+                        let _ = b.source.publisher.try_send(PeerMsg::Keyframe { track: b.source.track.clone() });
+                    }
+                }
+            }
+        }
+        self.renegotiate();
+    }
+
+    fn forward(&mut self, source: u64, mut packet: rtc::rtp::Packet) {
+        let Some(&slot) = self.by_source.get(&source) else { return };
+        let Some(Some(s)) = self.slots.get_mut(slot) else { return };
+        if !s.live {
+            return;
+        }
         let Some(b) = s.binding.as_mut().filter(|b| b.source.id == source) else { return };
         let h = &mut packet.header;
         // A new source continues the old one's numbering, so the receiver sees one stream.
