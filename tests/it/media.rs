@@ -446,3 +446,49 @@ async fn call_join_checks_the_room_role() {
     assert_eq!(list["items"], serde_json::json!([]));
     s.stop().await;
 }
+
+/// A publisher that may use relay candidates only reaches the media relay through the built-in
+/// TURN server, with credentials from the API; a player receives its media as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_only_publisher_connects_through_the_built_in_turn_server() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.media.turn_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.media.turn_relay_port_min = 40_000;
+    config.media.turn_relay_port_max = 40_999;
+    // Everything lives on 127.0.0.1 here, the media relay too.
+    config.media.turn_allow_loopback_peers = true;
+    let s = TestServer::start_with(config).await;
+    let f = crate::docs::setup(&s).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/whip_whep.py");
+    let mut child = tokio::process::Command::new(python)
+        .args([script, &s.base, &f.room, &f.editor.access, &f.viewer.access, "relay"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap();
+    let seen: Value = serde_json::from_str(&line.expect("the client ended early")).unwrap();
+    assert_eq!(seen["publisher_candidates"], serde_json::json!(["relay"]), "{seen}");
+    assert_eq!(seen["publisher_state"], "connected", "{seen}");
+    assert!(seen["video_frames"].as_u64().unwrap() >= 20, "{seen}");
+    assert!(seen["audio_frames"].as_u64().unwrap() >= 20, "{seen}");
+    until("the TURN allocation to show", || async {
+        let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        metric(&m, "outpost_turn_allocations") >= 1
+    })
+    .await;
+    // The WHIP answer named the TURN server too (RFC 9725 Link headers).
+    assert!(seen["ice_links"].as_str().unwrap().contains("rel=\"ice-server\""), "{seen}");
+    stdin.write_all(b"stop\n").await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+    let _ = child.wait().await;
+    s.stop().await;
+}

@@ -1,6 +1,9 @@
 """WHIP publish and WHEP play with aiortc, an independent WebRTC stack.
 
-Usage: whip_whep.py BASE ROOM PUBLISHER_TOKEN PLAYER_TOKEN
+Usage: whip_whep.py BASE ROOM PUBLISHER_TOKEN PLAYER_TOKEN [relay]
+
+With `relay`, the publisher takes TURN credentials from the API and may use relay candidates
+only: its media reaches the relay through the built-in TURN server.
 
 The publisher sends a synthetic camera (VP8) and microphone (Opus) through WHIP; the player
 receives through WHEP and decodes. Prints one JSON object with what the player decoded and
@@ -15,7 +18,8 @@ import time
 import urllib.request
 
 import numpy
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from media_tracks import Camera, Microphone
 
@@ -48,7 +52,19 @@ async def main():
     counts = {"video_frames": 0, "audio_frames": 0, "video_size": None, "audio_level_max": 0}
     last_audio = {"at": None}
 
-    publisher = RTCPeerConnection()
+    relay = sys.argv[5:6] == ["relay"]
+    if relay:
+        status, _, body = await asyncio.to_thread(http, "POST", f"{base}/v1/media/turn-credentials", pub_token)
+        assert status == 200, body
+        creds = json.loads(body)
+        udp = [u for u in creds["urls"] if u.endswith("transport=udp")]
+        config = RTCConfiguration(
+            iceServers=[RTCIceServer(urls=udp, username=creds["username"], credential=creds["credential"])],
+            iceTransportPolicy=RTCIceTransportPolicy.RELAY,
+        )
+        publisher = RTCPeerConnection(configuration=config)
+    else:
+        publisher = RTCPeerConnection()
     mic, cam = Microphone(), Camera()
     publisher.addTransceiver(mic, direction="sendonly")
     publisher.addTransceiver(cam, direction="sendonly")
@@ -90,6 +106,13 @@ async def main():
             player=play_location,
             ice_links=pub_headers.get("Link"),
             publisher_state=publisher.connectionState,
+            publisher_candidates=sorted(
+                {
+                    c.type
+                    for t in publisher.getTransceivers()[:1]
+                    for c in t.sender.transport.transport.iceGatherer.getLocalCandidates()
+                }
+            ),
             player_state=player.connectionState,
             **extra,
         )
