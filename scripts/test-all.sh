@@ -37,9 +37,10 @@ if ! .venv-peers/bin/python -c 'import websockets, aiortc, numpy' >/dev/null 2>&
     .venv-peers/bin/pip install --quiet --disable-pip-version-check 'websockets>=15,<18' 'aiortc>=1.14,<2' 'numpy>=1.26,<3'
 fi
 
-say "peer clients (tests/peers/node_modules: yjs, y-websocket, ws)"
+say "peer clients (tests/peers/node_modules: yjs, y-websocket, ws, playwright-core; Debian chromium)"
 command -v node >/dev/null 2>&1 || apt_install nodejs npm
-if [ ! -d tests/peers/node_modules/y-websocket ]; then
+apt_install chromium
+if [ ! -d tests/peers/node_modules/y-websocket ] || [ ! -d tests/peers/node_modules/playwright-core ]; then
     (cd tests/peers && npm ci --no-audit --no-fund --silent)
 fi
 

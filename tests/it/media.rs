@@ -492,3 +492,72 @@ async fn a_relay_only_publisher_connects_through_the_built_in_turn_server() {
     let _ = child.wait().await;
     s.stop().await;
 }
+
+/// Headless Chromium (fake camera and microphone) and an aiortc client in the same call: each
+/// receives and decodes the other's media.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_and_aiortc_hear_and_see_each_other_in_a_call() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
+    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists()
+            && std::path::Path::new(&format!("{peers}/node_modules/playwright-core")).exists(),
+        "Chromium or playwright-core is missing: `bash scripts/test-all.sh` installs them"
+    );
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    // aiortc joins first and stays until Chromium has been in the call for a while.
+    let mut aiortc = tokio::process::Command::new(python)
+        .args([&format!("{peers}/call_client.py"), "solo", &s.base, &f.room, &f.editor.access])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut to_aiortc = aiortc.stdin.take().unwrap();
+    let mut from_aiortc = tokio::io::BufReader::new(aiortc.stdout.take().unwrap()).lines();
+    let mut aiortc_line = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(60), from_aiortc.next_line()).await.unwrap().unwrap();
+        serde_json::from_str(&line.expect("the aiortc client ended early")).unwrap()
+    };
+    assert!(aiortc_line().await["joined"].is_string());
+    let browser = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("node")
+            .args([&format!("{peers}/chromium_call.mjs"), &s.base, &f.room, &f.host.access, "8"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("Chromium did not finish")
+    .unwrap();
+    let text = String::from_utf8_lossy(&browser.stdout);
+    assert!(browser.status.success(), "{text}\n{}", String::from_utf8_lossy(&browser.stderr));
+    let b: Value = serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap();
+    to_aiortc.write_all(b"report\n").await.unwrap();
+    let a = aiortc_line().await;
+    eprintln!("aiortc: {a}\nchromium: {b}");
+    // Chromium decoded aiortc's 320x240 test pattern and received its tone.
+    assert_eq!(b["pc"], "connected", "{b}");
+    assert_eq!(b["errors"], serde_json::json!([]), "{b}");
+    assert!(b["video_frames_decoded"].as_u64().unwrap() >= 20, "{b}");
+    assert_eq!(b["video_width"], 320, "{b}");
+    assert!(b["audio_samples"].as_u64().unwrap() > 48_000, "{b}");
+    assert!(b["audio_energy"].as_f64().unwrap() > 0.0, "{b}");
+    // aiortc decoded Chromium's fake camera and its beeps.
+    assert_eq!(a["errors"], serde_json::json!([]), "{a}");
+    assert!(a["video_frames"].as_u64().unwrap() >= 20, "{a}");
+    assert!(a["audio_frames_any"].as_u64().unwrap() >= 50, "{a}");
+    assert!(a["audio_level_max"].as_u64().unwrap() > 1000, "{a}");
+    // Both were in the call state, Chromium's tracks labelled.
+    let parts = b["state"]["participants"].as_array().unwrap();
+    assert!(parts.iter().any(|p| p["user"] == f.editor.user_id.as_str()), "{b}");
+    let me = parts.iter().find(|p| p["connection"] == b["connection"]).unwrap();
+    let mut sources: Vec<&str> =
+        me["tracks"].as_array().unwrap().iter().map(|t| t["source"].as_str().unwrap()).collect();
+    sources.sort_unstable();
+    assert_eq!(sources, ["camera", "mic"], "{me}");
+    s.stop().await;
+}

@@ -3,6 +3,11 @@ describes: `call_join` with an offer, then `call_offer`/`call_answer` as tracks 
 `call_update` for labels and mute flags, `call_leave`.
 
 Usage: call_client.py BASE ROOM TOKEN_A TOKEN_B
+       call_client.py solo BASE ROOM TOKEN
+
+Solo: one participant publishes a camera and a microphone, prints a line once it is in the
+call, and at the next line on stdin reports what it received from the others (another client
+of the call, such as a browser) and leaves.
 
 A publishes a camera and a microphone; B publishes a microphone. Commands on stdin, one per
 line, each answered with one JSON line of what both have seen:
@@ -15,6 +20,8 @@ line, each answered with one JSON line of what both have seen:
 
 import asyncio
 import json
+import logging
+import os
 import sys
 import time
 
@@ -36,6 +43,8 @@ class Participant:
         self.offers = 0
         self.video_frames = 0
         self.audio_frames = 0
+        self.audio_frames_any = 0
+        self.audio_level_max = 0
         self.tasks = []
         self.joined = asyncio.Event()
         self.pc.on("track", lambda track: self.tasks.append(asyncio.ensure_future(self.consume(track))))
@@ -48,7 +57,11 @@ class Participant:
                 return
             if track.kind == "video":
                 self.video_frames += 1
-            elif loud(frame) > 1000:
+                continue
+            level = loud(frame)
+            self.audio_frames_any += 1
+            self.audio_level_max = max(self.audio_level_max, level)
+            if level > 1000:
                 self.audio_frames += 1
 
     async def open(self):
@@ -83,6 +96,7 @@ class Participant:
                     await self.send(
                         {"op": "call_answer", "connection": f["connection"], "sdp": self.pc.localDescription.sdp}
                     )
+                    logging.debug("OFFER:\n%s\nANSWER:\n%s", f["sdp"], self.pc.localDescription.sdp)
                 elif op == "call_state":
                     self.state = f
                 elif op == "call_muted":
@@ -99,6 +113,8 @@ class Participant:
             "connection": self.connection,
             "video_frames": self.video_frames,
             "audio_frames": self.audio_frames,
+            "audio_frames_any": self.audio_frames_any,
+            "audio_level_max": self.audio_level_max,
             "state": self.state,
             "muted_notes": self.muted_notes,
             "ended": self.ended,
@@ -109,7 +125,28 @@ class Participant:
         }
 
 
+if os.environ.get("CALL_CLIENT_DEBUG"):
+    logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+
+
+async def solo():
+    base, room, token = sys.argv[2:5]
+    a = Participant("a", base, room, token)
+    a.pc.addTransceiver(Microphone(), direction="sendonly")
+    a.pc.addTransceiver(Camera(), direction="sendonly")
+    await a.open()
+    await a.join()
+    print(json.dumps({"joined": a.connection}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    print(json.dumps(a.report()), flush=True)
+    await a.send({"op": "call_leave", "connection": a.connection})
+    await a.pc.close()
+    await a.ws.close()
+
+
 async def main():
+    if sys.argv[1] == "solo":
+        return await solo()
     base, room, token_a, token_b = sys.argv[1:5]
     a = Participant("a", base, room, token_a)
     b = Participant("b", base, room, token_b)

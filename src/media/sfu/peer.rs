@@ -40,6 +40,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
+use rtc::sdp::extmap::{SDES_MID_URI, SDES_REPAIR_RTP_STREAM_ID_URI, SDES_RTP_STREAM_ID_URI};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc;
 
@@ -314,11 +315,19 @@ struct Inbound {
 /// How a slot rewrites the packets of the source it is bound to.
 struct Binding {
     source: Arc<Source>,
+    /// Worked out from what was negotiated, at the first packet after it was.
+    rewrite: Option<Rewrite>,
+    seq_offset: Option<u16>,
+    ts_offset: u32,
+}
+
+/// What a slot writes into the packets it forwards, as negotiated with its receiver.
+struct Rewrite {
     payload_type: u8,
     /// (publisher's extension id, ours).
     extensions: Vec<(u8, u8)>,
-    seq_offset: Option<u16>,
-    ts_offset: u32,
+    /// Our MID header extension (id, value): receivers route bundled packets by it.
+    mid: Option<(u8, bytes::Bytes)>,
 }
 
 /// A local sender of a receiving connection.
@@ -666,8 +675,24 @@ impl Peer {
             self.by_source.remove(&old.source.id);
         }
         let Some(source) = source else { return };
-        let Some(mut sender) = self.pc.rtp_sender(s.sender) else { return };
-        let params = &sender.get_parameters().rtp_parameters;
+        s.binding = Some(Binding { source: source.clone(), rewrite: None, seq_offset: None, ts_offset: 0 });
+        self.by_source.insert(source.id, slot);
+        if source.kind == Kind::Video && s.live {
+            let _ = source.publisher.try_send(PeerMsg::Keyframe { track: source.track.clone() });
+        }
+    }
+
+    /// How `sender` rewrites packets of `source`, from what its receiver negotiated: the
+    /// payload type of the source's codec, the extensions both sides know (never the
+    /// publisher's MID and RIDs, which name its own sections and layers), and our MID.
+    fn rewrite_for(&mut self, sender: RTCRtpSenderId, source: &Source) -> Option<Rewrite> {
+        let transceivers: Vec<_> = self.pc.get_transceivers().collect();
+        let mid = transceivers.into_iter().find_map(|t| {
+            let t = self.pc.rtp_transceiver(t)?;
+            if t.sender() == Some(sender) { t.mid().clone() } else { None }
+        });
+        let mut s = self.pc.rtp_sender(sender)?;
+        let params = &s.get_parameters().rtp_parameters;
         let Some(payload_type) = params
             .codecs
             .iter()
@@ -675,20 +700,20 @@ impl Peer {
             .map(|c| c.payload_type)
         else {
             tracing::info!(session = %self.info.id, mime = %source.mime, "the receiver did not negotiate this codec");
-            return;
+            return None;
         };
+        let per_connection = [SDES_MID_URI, SDES_RTP_STREAM_ID_URI, SDES_REPAIR_RTP_STREAM_ID_URI];
         let extensions = source
             .extensions
             .iter()
+            .filter(|(_, uri)| !per_connection.contains(&uri.as_str()))
             .filter_map(|(from, uri)| {
                 params.header_extensions.iter().find(|h| h.uri == *uri).map(|h| (*from, h.id as u8))
             })
             .collect();
-        s.binding = Some(Binding { source: source.clone(), payload_type, extensions, seq_offset: None, ts_offset: 0 });
-        self.by_source.insert(source.id, slot);
-        if source.kind == Kind::Video && s.live {
-            let _ = source.publisher.try_send(PeerMsg::Keyframe { track: source.track.clone() });
-        }
+        let mid_id = params.header_extensions.iter().find(|h| h.uri == SDES_MID_URI).map(|h| h.id as u8);
+        let mid = mid_id.zip(mid).map(|(id, m)| (id, bytes::Bytes::from(m)));
+        Some(Rewrite { payload_type, extensions, mid })
     }
 
     /// Offers the senders added and removed since the last offer, if no offer is out and the
@@ -723,6 +748,8 @@ impl Peer {
             };
             let Ok(transceiver) = self.pc.add_transceiver_from_track(track, Some(init)) else { continue };
             let sender = RTCRtpSenderId::from(transceiver);
+            // The sender may have been given SSRCs of its own: send with the one it announces.
+            let ssrc = self.pc.rtp_sender(sender).and_then(|s| s.track().ssrcs().next()).unwrap_or(ssrc);
             self.slots.push(Some(Slot {
                 sender,
                 kind: source.kind,
@@ -789,6 +816,9 @@ impl Peer {
             }
             self.offering = false;
             for s in self.slots.iter_mut().flatten() {
+                if let Some(b) = &mut s.binding {
+                    b.rewrite = None;
+                }
                 if !s.live {
                     s.live = true;
                     if let Some(b) = &s.binding
@@ -804,11 +834,22 @@ impl Peer {
 
     fn forward(&mut self, source: u64, mut packet: rtc::rtp::Packet) {
         let Some(&slot) = self.by_source.get(&source) else { return };
-        let Some(Some(s)) = self.slots.get_mut(slot) else { return };
-        if !s.live {
-            return;
+        let unresolved = match self.slots.get(slot) {
+            Some(Some(s)) if s.live => match &s.binding {
+                Some(b) if b.source.id == source => b.rewrite.is_none().then(|| (s.sender, b.source.clone())),
+                _ => return,
+            },
+            _ => return,
+        };
+        if let Some((sender, src)) = unresolved {
+            let Some(rewrite) = self.rewrite_for(sender, &src) else { return };
+            if let Some(Some(Slot { binding: Some(b), .. })) = self.slots.get_mut(slot) {
+                b.rewrite = Some(rewrite);
+            }
         }
+        let Some(Some(s)) = self.slots.get_mut(slot) else { return };
         let Some(b) = s.binding.as_mut().filter(|b| b.source.id == source) else { return };
+        let Some(rw) = &b.rewrite else { return };
         let h = &mut packet.header;
         // A new source continues the old one's numbering, so the receiver sees one stream.
         let seq_offset = *b.seq_offset.get_or_insert_with(|| {
@@ -819,14 +860,19 @@ impl Peer {
         h.sequence_number = h.sequence_number.wrapping_add(seq_offset);
         h.timestamp = h.timestamp.wrapping_add(b.ts_offset);
         h.ssrc = s.ssrc;
-        h.payload_type = b.payload_type;
-        h.extensions.retain_mut(|e| match b.extensions.iter().find(|(from, _)| *from == e.id) {
+        h.payload_type = rw.payload_type;
+        h.extensions.retain_mut(|e| match rw.extensions.iter().find(|(from, _)| *from == e.id) {
             Some((_, to)) => {
                 e.id = *to;
                 true
             }
             None => false,
         });
+        if let Some((id, mid)) = &rw.mid {
+            let _ = h.set_extension(*id, mid.clone());
+        }
+        // The publisher's padding was for its own extensions; the writer pads ours to a word.
+        h.extensions_padding = 0;
         if h.extensions.is_empty() {
             h.extension = false;
         }

@@ -1,0 +1,153 @@
+// Headless Chromium in a room's call, with its fake camera and microphone, signaled over the
+// realtime socket as openapi/realtime.md describes. Prints one JSON line: what it sent and
+// what it received and decoded from the others (from getStats).
+//
+// Usage: node chromium_call.mjs BASE ROOM TOKEN SECONDS
+
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const [base, room, token, seconds] = process.argv.slice(2);
+// Never hang a test run: give up well after the call should have finished.
+setTimeout(() => {
+  process.stderr.write('chromium_call: timed out\n');
+  process.exit(2);
+}, (Number(seconds) + 40) * 1000).unref();
+const userDataDir = mkdtempSync(join(tmpdir(), 'outpost-chromium-'));
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--no-first-run',
+    '--use-fake-device-for-media-stream',
+    '--use-fake-ui-for-media-stream',
+    '--allow-loopback-in-peer-connection',
+    '--autoplay-policy=no-user-gesture-required',
+    // The test page and the server are both on 127.0.0.1; no local-network prompt to answer.
+    '--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests',
+  ],
+});
+const page = context.pages()[0] ?? (await context.newPage());
+page.on('console', (m) => process.stderr.write(`[chromium] ${m.text()}\n`));
+// A blank page at an address on 127.0.0.1 (a secure context, so media devices exist), served
+// by the browser itself: the server's own pages forbid scripts from connecting anywhere.
+const pageUrl = `${base}/__call_page__`;
+await page.route(pageUrl, (route) =>
+  route.fulfill({ status: 200, contentType: 'text/html', body: '<!doctype html><title>call</title>' }),
+);
+await page.goto(pageUrl);
+
+const result = await page.evaluate(
+  async ({ wsUrl, room, token, seconds }) => {
+    const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+    const gathered = (pc) =>
+      pc.iceGatheringState === 'complete'
+        ? Promise.resolve()
+        : new Promise((r) => pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && r()));
+
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });
+    const pc = new RTCPeerConnection();
+    // Received audio is decoded as it is played out: play every remote stream.
+    pc.ontrack = (e) => {
+      const el = document.createElement(e.track.kind);
+      el.autoplay = true;
+      el.muted = false;
+      el.srcObject = e.streams[0] || new MediaStream([e.track]);
+      document.body.appendChild(el);
+      el.play().catch((err) => console.log('play', String(err)));
+    };
+    for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });
+    const errors = [];
+    let connection = null;
+    let offers = 0;
+    let state = null;
+
+    const ws = new WebSocket(wsUrl, ['outpost.v1', 'access_token.' + token]);
+    const send = (f) => ws.send(JSON.stringify(f));
+    const joined = new Promise((resolve, reject) => {
+      ws.onmessage = async (m) => {
+        const f = JSON.parse(m.data);
+        try {
+          if (f.op !== 'call_state') console.log('frame', f.op);
+          if (f.op === 'welcome') {
+            send({ op: 'subscribe', topic: `room:${room}` });
+            await pc.setLocalDescription();
+            await Promise.race([gathered(pc), sleep(3000)]);
+            console.log('offer ready', pc.iceGatheringState);
+            send({ op: 'call_join', room, sdp: pc.localDescription.sdp, ref: 'join' });
+          } else if (f.op === 'call_joined') {
+            connection = f.connection;
+            await pc.setRemoteDescription({ type: 'answer', sdp: f.sdp });
+            const [mic] = stream.getAudioTracks();
+            const [cam] = stream.getVideoTracks();
+            send({
+              op: 'call_update',
+              connection,
+              tracks: [
+                { track: mic.id, source: 'mic' },
+                { track: cam.id, source: 'camera' },
+              ],
+            });
+            resolve();
+          } else if (f.op === 'call_offer') {
+            offers += 1;
+            await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
+            await pc.setLocalDescription();
+            send({ op: 'call_answer', connection: f.connection, sdp: pc.localDescription.sdp });
+          } else if (f.op === 'call_state') {
+            state = f;
+          } else if (f.op === 'error') {
+            errors.push(f);
+            if (f.ref === 'join') reject(new Error(JSON.stringify(f)));
+          }
+        } catch (e) {
+          errors.push(String(e));
+        }
+      };
+    });
+    await joined;
+
+    // Until something has been decoded from someone else, then for the time asked.
+    const stats = async () => {
+      const out = { video_frames_decoded: 0, video_width: 0, audio_samples: 0, audio_energy: 0, packets_sent: 0 };
+      (await pc.getStats()).forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'video') {
+          out.video_frames_decoded += s.framesDecoded || 0;
+          out.video_width = Math.max(out.video_width, s.frameWidth || 0);
+        }
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+          out.audio_samples += s.totalSamplesReceived || 0;
+          out.audio_energy += s.totalAudioEnergy || 0;
+          out.audio_packets = (out.audio_packets || 0) + (s.packetsReceived || 0);
+        }
+        if (s.type === 'inbound-rtp') (out.inbound = out.inbound || []).push([s.kind, s.mid, s.ssrc, s.packetsReceived, s.codecId]);
+        if (s.type === 'outbound-rtp') out.packets_sent += s.packetsSent || 0;
+      });
+      return out;
+    };
+    const until = Date.now() + seconds * 1000;
+    let s = await stats();
+    while (Date.now() < until) {
+      await sleep(250);
+      s = await stats();
+    }
+    const ice = pc.connectionState;
+    const stateInCall = state;
+    send({ op: 'call_leave', connection, ref: 'bye' });
+    await sleep(200);
+    pc.close();
+    ws.close();
+    return { ...s, connection, offers, errors, state: stateInCall, pc: ice };
+  },
+  { wsUrl: base.replace('http://', 'ws://') + '/v1/realtime', room, token, seconds: Number(seconds) },
+);
+console.log(JSON.stringify(result));
+await context.close();
