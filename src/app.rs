@@ -100,7 +100,8 @@ impl App {
             },
         )?;
         let turn = crate::media::turn::Turn::start(&config.media, vault.derive("turn")).await?.map(Arc::new);
-        let sfu = crate::media::sfu::Sfu::start(&config.media, metrics.clone()).await?;
+        let sfu =
+            crate::media::sfu::Sfu::start(&config.media, config.data_dir.join("recordings"), metrics.clone()).await?;
         if let Some(sfu) = &sfu {
             let hub = hub.clone();
             sfu.set_state_sink(Arc::new(move |org, room, state| hub.call_state(org, room, &state)));

@@ -503,6 +503,8 @@ pub enum CallAction {
     Remove { target: Id },
     /// Let nobody new join the call (or let them again).
     Lock { locked: bool },
+    /// Start (or stop) recording the call.
+    Record { recording: Id, started: bool, video: bool },
 }
 
 /// Records a moderator's act on the call in `id`: an event on the room topic and an audit
@@ -518,7 +520,11 @@ pub async fn call_action(
     let org = ctx.scope.org();
     writer
         .submit(ctx, move |tx| {
-            let need = if matches!(action, CallAction::Lock { .. }) { RoomAction::Host } else { RoomAction::Moderate };
+            let need = if matches!(action, CallAction::Lock { .. } | CallAction::Record { .. }) {
+                RoomAction::Host
+            } else {
+                RoomAction::Moderate
+            };
             let (_, me) = load_for(tx, org, user, id, need)?;
             let my_role = me.map_or(RoomRole::Viewer, |m| m.role);
             if let CallAction::Mute { target, .. } | CallAction::Remove { target } = &action {
@@ -539,6 +545,12 @@ pub async fn call_action(
                 }
                 CallAction::Remove { target } => ("call.removed", "call.remove", json!({ "user": target })),
                 CallAction::Lock { locked } => ("call.locked", "call.lock", json!({ "locked": locked })),
+                CallAction::Record { recording, started: true, video } => {
+                    ("call.recording_started", "call.record", json!({ "recording": recording, "video": video }))
+                }
+                CallAction::Record { recording, started: false, .. } => {
+                    ("call.recording_stopped", "call.record_stop", json!({ "recording": recording }))
+                }
             };
             tx.emit(room_topic(id), kind, data.clone());
             tx.audit(audit, format!("room:{id}"), data);

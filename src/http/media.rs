@@ -99,6 +99,8 @@ pub struct CallStateView {
     pub participants: Vec<CallParticipantView>,
     pub active_speaker: Option<String>,
     pub locked: bool,
+    /// The running recording's id, if the call is being recorded.
+    pub recording: Option<String>,
 }
 
 fn direction_view(d: Direction) -> DirectionView {
@@ -136,6 +138,7 @@ fn call_state_view(s: &crate::media::sfu::CallState) -> CallStateView {
             .collect(),
         active_speaker: s.active_speaker.map(|c| c.to_string()),
         locked: s.locked,
+        recording: s.recording.map(|r| r.to_string()),
     }
 }
 
@@ -209,6 +212,7 @@ impl From<SfuError> for Problem {
             SfuError::NotPublisher(detail) => Problem::new(StatusCode::FORBIDDEN, "forbidden", detail),
             SfuError::NoConnection => Problem::not_found("media connection"),
             SfuError::Conflict(detail) => Problem::new(StatusCode::CONFLICT, "media_busy", detail),
+            SfuError::Disk(detail) => Problem::new(StatusCode::INSUFFICIENT_STORAGE, "recording_failed", detail),
             SfuError::Listen { .. } => {
                 Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "media relay failure")
             }
@@ -216,7 +220,7 @@ impl From<SfuError> for Problem {
     }
 }
 
-fn sfu(app: &App) -> Result<&Sfu, DomainError> {
+pub(super) fn sfu(app: &App) -> Result<&Sfu, DomainError> {
     app.sfu.as_ref().ok_or_else(|| DomainError::Conflict {
         code: "media_disabled",
         detail: "this server runs no media relay (media.rtc_listen is not set)".into(),
@@ -244,7 +248,7 @@ fn call_role(app: &App, p: &Principal, room: Id, need: RoomRole) -> Result<RoomR
 
 /// Refuses (403) unless the caller holds `need` in room `id`, before anything about the
 /// request's body is looked at; the writer checks again when it records the act.
-fn require_room_role(app: &App, p: &Principal, room: Id, need: RoomRole) -> Result<(), DomainError> {
+pub(super) fn require_room_role(app: &App, p: &Principal, room: Id, need: RoomRole) -> Result<(), DomainError> {
     let (_, part) = crate::domain::rooms::get(&app.store, p, room)?;
     if part.filter(|x| x.joined_at_ms.is_some()).is_some_and(|x| x.role >= need) {
         Ok(())
@@ -376,12 +380,10 @@ impl MediaApi {
             other => Err(other),
         })?;
         let state = app.sfu.as_ref().map(|s| s.state(room));
-        Ok(Json(
-            state.as_ref().map_or(
-                CallStateView { participants: Vec::new(), active_speaker: None, locked: false },
-                call_state_view,
-            ),
-        ))
+        Ok(Json(state.as_ref().map_or(
+            CallStateView { participants: Vec::new(), active_speaker: None, locked: false, recording: None },
+            call_state_view,
+        )))
     }
 
     /// Mute (stop forwarding) or unmute someone's tracks in the call; they are told

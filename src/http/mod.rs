@@ -17,6 +17,7 @@ pub mod ops;
 pub mod orgs;
 pub mod problem;
 pub mod realtime;
+pub mod recordings;
 pub mod rendered;
 pub mod rooms;
 pub mod search;
@@ -68,7 +69,7 @@ pub enum ApiTags {
     Search,
     /// Shared (Yjs) documents in rooms, their state and versions.
     Docs,
-    /// Reaching media: TURN credentials.
+    /// Calls' media: WHIP and WHEP, call state and moderation, recordings, TURN credentials.
     Media,
 }
 
@@ -146,6 +147,7 @@ pub type Apis = (
     search::SearchApi,
     docs::DocsApi,
     media::MediaApi,
+    recordings::RecordingsApi,
 );
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
@@ -166,6 +168,7 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
             search::SearchApi,
             docs::DocsApi,
             media::MediaApi,
+            recordings::RecordingsApi,
         ),
         "Outpost",
         crate::VERSION,

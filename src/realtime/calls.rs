@@ -48,6 +48,7 @@ fn sfu_error(e: &SfuError, r#ref: Option<String>) -> ServerFrame {
         SfuError::NotPublisher(_) => "forbidden",
         SfuError::NoConnection => "not_found",
         SfuError::Conflict(_) => "media_busy",
+        SfuError::Disk(_) => "recording_failed",
         SfuError::Listen { .. } => "internal",
     };
     error(code, e.to_string(), r#ref)

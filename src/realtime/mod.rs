@@ -135,6 +135,7 @@ pub fn call_state_frame(topic: &str, state: &crate::media::sfu::CallState) -> Se
             .collect(),
         active_speaker: state.active_speaker.map(|c| c.to_string()),
         locked: state.locked,
+        recording: state.recording.map(|r| r.to_string()),
     }
 }
 
@@ -249,7 +250,7 @@ impl Hub {
         let frame = call_state_frame(&topic, state);
         let key = (org, topic);
         let mut t = self.lock();
-        if state.participants.is_empty() && !state.locked {
+        if state.participants.is_empty() && !state.locked && state.recording.is_none() {
             t.calls.remove(&key);
         } else {
             t.calls.insert(key.clone(), Arc::from(frame.to_text()));

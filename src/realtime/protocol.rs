@@ -273,7 +273,14 @@ pub enum ServerFrame {
     CallAnswer { room: String, connection: String, sdp: String },
     /// The call's media state on its room topic: who is connected, what they publish, who is
     /// speaking, and spatial data. Sent on subscribe and whenever it changes (latest only).
-    CallState { topic: String, participants: Vec<CallParticipant>, active_speaker: Option<String>, locked: bool },
+    CallState {
+        topic: String,
+        participants: Vec<CallParticipant>,
+        active_speaker: Option<String>,
+        locked: bool,
+        /// The running recording's id when the call is being recorded.
+        recording: Option<String>,
+    },
     /// A moderator muted (or unmuted) one of your tracks: it is not forwarded while muted.
     CallMuted { room: String, connection: String, track: String, muted: bool, by: String },
     /// Your connection ended: `left`, `removed` (by a moderator), `failed` (the network),

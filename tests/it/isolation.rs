@@ -152,7 +152,9 @@ async fn org_b_never_sees_org_a() {
             .replace("{comment_id}", &a_comment_id)
             .replace("{doc_id}", &a_doc_id)
             .replace("{version_id}", &a_version_id)
-            .replace("{connection_id}", &uuid::Uuid::now_v7().to_string());
+            .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{recording_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{name}", "00-audio-1.ogg");
         assert!(!concrete.contains('{'), "isolation test does not know a parameter of {path}");
         for (method, op) in ops.as_object().unwrap() {
             let id = op["operationId"].as_str().unwrap();

@@ -561,3 +561,118 @@ async fn chromium_and_aiortc_hear_and_see_each_other_in_a_call() {
     assert_eq!(sources, ["camera", "mic"], "{me}");
     s.stop().await;
 }
+
+/// Decodes a media file with PyAV (ffmpeg): frames decoded and, for video, the frame size.
+async fn decode_file(path: &std::path::Path) -> Value {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
+    let script = "import av, json, sys\nc = av.open(sys.argv[1])\ns = c.streams[0]\nn = 0\nsize = None\nfor f in c.decode(s):\n    n += 1\n    size = [f.width, f.height] if s.type == 'video' else None\nprint(json.dumps({'type': s.type, 'codec': s.codec_context.name, 'frames': n, 'size': size}))\n";
+    let out = tokio::process::Command::new(python).args(["-c", script]).arg(path).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A host records a call published with WHIP: the audio lands in an Ogg Opus file and the
+/// video in an IVF file, both decodable, listed and downloadable by REST; the call state says
+/// it is being recorded; only hosts start and stop it; it is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_records_the_call_to_decodable_files() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/whip_whep.py");
+    let mut child = tokio::process::Command::new(python)
+        .args([script, &s.base, &f.room, &f.editor.access, &f.viewer.access])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap();
+    let seen: Value = serde_json::from_str(&line.expect("the client ended early")).unwrap();
+    assert!(seen["video_frames"].as_u64().unwrap() >= 20, "{seen}");
+
+    let recordings = format!("/v1/rooms/{}/recordings", f.room);
+    // Only a host records.
+    let r = s
+        .http
+        .post(s.url(&recordings))
+        .bearer_auth(&f.editor.access)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 403, "forbidden").await;
+    let r = s
+        .http
+        .post(s.url(&recordings))
+        .bearer_auth(&f.host.access)
+        .json(&serde_json::json!({ "video": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let rec: Value = r.json().await.unwrap();
+    assert_eq!(rec["status"], "recording");
+    let id = rec["id"].as_str().unwrap().to_owned();
+    // One at a time, and everyone can see it is on.
+    let r =
+        s.http.post(s.url(&recordings)).bearer_auth(&f.host.access).json(&serde_json::json!({})).send().await.unwrap();
+    expect_problem(r, 409, "media_busy").await;
+    let call = get_json(&s, &f.viewer.access, &format!("/v1/rooms/{}/call", f.room)).await;
+    assert_eq!(call["recording"], id.as_str(), "{call}");
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = s.http.post(s.url(&format!("{recordings}/{id}/stop"))).bearer_auth(&f.host.access).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let done: Value = r.json().await.unwrap();
+    assert_eq!(done["status"], "done", "{done}");
+    let files = done["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2, "{done}");
+    let dir = tempfile::tempdir().unwrap();
+    for file in files {
+        assert_eq!(file["user_id"], f.editor.user_id.as_str());
+        assert!(file["packets"].as_u64().unwrap() > 20, "{file}");
+        let r = s.http.get(s.url(file["url"].as_str().unwrap())).bearer_auth(&f.viewer.access).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let bytes = r.bytes().await.unwrap();
+        assert_eq!(bytes.len() as u64, file["bytes"].as_u64().unwrap(), "{file}");
+        let path = dir.path().join(file["name"].as_str().unwrap());
+        std::fs::write(&path, &bytes).unwrap();
+        let decoded = decode_file(&path).await;
+        if file["kind"] == "audio" {
+            assert!(bytes.starts_with(b"OggS"), "{file}");
+            assert_eq!(decoded["codec"], "opus", "{decoded}");
+            assert!(decoded["frames"].as_u64().unwrap() >= 50, "{decoded}");
+        } else {
+            assert!(bytes.starts_with(b"DKIF"), "{file}");
+            assert_eq!(decoded["codec"], "vp8", "{decoded}");
+            assert!(decoded["frames"].as_u64().unwrap() >= 20, "{decoded}");
+            assert_eq!(decoded["size"], serde_json::json!([320, 240]), "{decoded}");
+        }
+    }
+    // Listed; nothing else in the directory is served.
+    let list = get_json(&s, &f.viewer.access, &recordings).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    let r = s
+        .http
+        .get(s.url(&format!("{recordings}/{id}/files/recording.json")))
+        .bearer_auth(&f.viewer.access)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 404, "not_found").await;
+    let call = get_json(&s, &f.viewer.access, &format!("/v1/rooms/{}/call", f.room)).await;
+    assert_eq!(call["recording"], Value::Null, "{call}");
+    let audit: Value =
+        s.get(&format!("/v1/orgs/{}/audit?limit=100", f.org)).send().await.unwrap().json().await.unwrap();
+    assert!(audit.to_string().contains("call.record_stop"), "{audit}");
+
+    stdin.write_all(b"stop\n").await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+    let _ = child.wait().await;
+    s.stop().await;
+}

@@ -143,7 +143,9 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                     .replace("{comment_id}", &comment_id)
                     .replace("{doc_id}", &doc_id)
                     .replace("{version_id}", &version_id)
-                    .replace("{connection_id}", &uuid::Uuid::now_v7().to_string());
+                    .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
+                    .replace("{recording_id}", &uuid::Uuid::now_v7().to_string())
+                    .replace("{name}", "00-audio-1.ogg");
                 let mut req =
                     s.http.request(method.to_uppercase().parse().unwrap(), s.url(&url)).bearer_auth(&me.access);
                 if !body.is_null() {

@@ -18,6 +18,7 @@
 //! state sink whenever it changes.
 
 pub mod peer;
+pub mod record;
 mod udp;
 
 use std::collections::{BTreeMap, HashMap};
@@ -51,6 +52,9 @@ pub enum SfuError {
     /// This server has its maximum of connections (503).
     #[error("this server carries its maximum of {0} media connections")]
     ServerFull(usize),
+    /// Writing a recording failed (507).
+    #[error("recording: {0}")]
+    Disk(String),
     /// A host locked the call (409).
     #[error("the call is locked: nobody new may join")]
     Locked,
@@ -171,6 +175,8 @@ pub struct CallState {
     /// The connection speaking now, if anyone is.
     pub active_speaker: Option<Id>,
     pub locked: bool,
+    /// A recording of the call is running (everyone in it should know).
+    pub recording: Option<Id>,
 }
 
 /// The answer to an offer: the new connection and the SDP to give back.
@@ -228,6 +234,14 @@ struct Call {
     /// Moderator mutes by (connection, client track), kept across renegotiation.
     moderator_muted: HashMap<(Id, String), Id>,
     last_state: Option<CallState>,
+    /// The running recording: its id, its queue, its thread.
+    recorder: Option<Recorder>,
+}
+
+struct Recorder {
+    id: Id,
+    tx: mpsc::Sender<PeerMsg>,
+    thread: std::thread::JoinHandle<record::Recording>,
 }
 
 struct Entry {
@@ -249,6 +263,8 @@ pub(crate) struct Shared {
     sessions_max: usize,
     room_sessions_max: usize,
     state_sink: RwLock<Option<StateSink>>,
+    /// Where recordings go: `<data dir>/recordings`.
+    recordings: std::path::PathBuf,
 }
 
 /// The running media relay.
@@ -283,7 +299,11 @@ fn advertised(listen: SocketAddr, public: Option<IpAddr>) -> IpAddr {
 
 impl Sfu {
     /// Binds the media port and starts reading it; `None` when `media.rtc_listen` is unset.
-    pub async fn start(cfg: &MediaConfig, metrics: Arc<Metrics>) -> Result<Option<Self>, SfuError> {
+    pub async fn start(
+        cfg: &MediaConfig,
+        recordings: std::path::PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Self>, SfuError> {
         let Some(addr) = cfg.rtc_listen else {
             return Ok(None);
         };
@@ -306,6 +326,7 @@ impl Sfu {
                 sessions_max: cfg.sessions_max,
                 room_sessions_max: cfg.room_sessions_max,
                 state_sink: RwLock::default(),
+                recordings,
             }),
         }))
     }
@@ -548,6 +569,76 @@ impl Sfu {
         changed.len()
     }
 
+    /// Where recordings are kept.
+    pub fn recordings_dir(&self) -> &std::path::Path {
+        &self.shared.recordings
+    }
+
+    /// Starts recording `room`'s call (audio, and video when `video`): what is published now
+    /// and whatever is published until it stops.
+    pub fn start_recording(&self, org: Id, room: Id, by: Id, video: bool) -> Result<record::Recording, SfuError> {
+        let sh = &self.shared;
+        let rec = record::Recording {
+            id: Id::new(),
+            org,
+            room,
+            started_by: by,
+            video,
+            started_at_ms: crate::ids::now_ms(),
+            ended_at_ms: None,
+            status: "recording".into(),
+            files: Vec::new(),
+        };
+        let (tx, rx) = mpsc::channel(PEER_QUEUE * 4);
+        {
+            let mut calls = lock(&sh.calls);
+            let call = calls.entry(room).or_default();
+            if let Some(r) = &call.recorder {
+                return Err(SfuError::Conflict(format!("the call is being recorded already ({})", r.id)));
+            }
+            record::save(&sh.recordings, &rec).map_err(|e| SfuError::Disk(e.to_string()))?;
+            call.org = Some(org);
+            let player = Player { session: rec.id, user: by, tx: tx.clone(), receiving: Receiving::All };
+            for t in &call.tracks {
+                add_outlet(&player, t);
+            }
+            call.players.push(player);
+            let root = sh.recordings.clone();
+            let started = rec.clone();
+            let thread = std::thread::Builder::new()
+                .name("outpost-recorder".into())
+                .spawn(move || record::run(&root, started, rx))
+                .map_err(|e| SfuError::Disk(e.to_string()))?;
+            call.recorder = Some(Recorder { id: rec.id, tx, thread });
+        }
+        sh.state_changed(room);
+        Ok(rec)
+    }
+
+    /// Stops recording `id` in `room` and returns its final metadata (`None`: it is not
+    /// running).
+    pub async fn stop_recording(&self, room: Id, id: Id) -> Option<record::Recording> {
+        let recorder = {
+            let mut calls = lock(&self.shared.calls);
+            let call = calls.get_mut(&room)?;
+            if call.recorder.as_ref().is_none_or(|r| r.id != id) {
+                return None;
+            }
+            call.players.retain(|p| p.session != id);
+            for t in &call.tracks {
+                write(&t.outlets).retain(|o| o.session != id);
+            }
+            call.recorder.take()?
+        };
+        let Recorder { tx, thread, .. } = recorder;
+        // Whatever is queued is written first; then the files close.
+        let _ = tx.send(PeerMsg::Close("stopped")).await;
+        drop(tx);
+        let done = tokio::task::spawn_blocking(move || thread.join().ok()).await.ok().flatten();
+        self.shared.state_changed(room);
+        done
+    }
+
     /// The media state of `room`'s call.
     pub fn state(&self, room: Id) -> CallState {
         self.shared.snapshot(room)
@@ -740,7 +831,7 @@ impl Shared {
         }
         {
             let mut calls = lock(&self.calls);
-            if calls.get(&room).is_some_and(|c| c.sessions.is_empty() && !c.locked) {
+            if calls.get(&room).is_some_and(|c| c.sessions.is_empty() && !c.locked && c.recorder.is_none()) {
                 calls.remove(&room);
             }
         }
@@ -769,7 +860,7 @@ impl Shared {
         };
         let calls = lock(&self.calls);
         let Some(call) = calls.get(&room) else {
-            return CallState { participants: Vec::new(), active_speaker: None, locked: false };
+            return CallState { participants: Vec::new(), active_speaker: None, locked: false, recording: None };
         };
         let mut by_id: BTreeMap<Id, ParticipantState> = BTreeMap::new();
         for s in sessions {
@@ -794,6 +885,7 @@ impl Shared {
             participants: by_id.into_values().collect(),
             active_speaker: speaker(&call.levels),
             locked: call.locked,
+            recording: call.recorder.as_ref().map(|r| r.id),
         }
     }
 

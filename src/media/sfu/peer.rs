@@ -91,6 +91,8 @@ pub struct Source {
     pub publisher: mpsc::Sender<PeerMsg>,
     /// The track's id on the publisher's connection.
     pub track: Arc<str>,
+    /// Whose track it is.
+    pub user: crate::ids::Id,
     /// A moderator stopped its forwarding.
     suspended: AtomicBool,
 }
@@ -103,8 +105,9 @@ impl Source {
         extensions: Vec<(u8, String)>,
         publisher: mpsc::Sender<PeerMsg>,
         track: Arc<str>,
+        user: crate::ids::Id,
     ) -> Self {
-        Self { id, kind, mime, extensions, publisher, track, suspended: AtomicBool::new(false) }
+        Self { id, kind, mime, extensions, publisher, track, user, suspended: AtomicBool::new(false) }
     }
 
     pub fn set_suspended(&self, on: bool) {
@@ -584,8 +587,9 @@ impl Peer {
                 };
                 let track_id: Arc<str> = Arc::from(init.track_id.as_str());
                 let me = self.me.clone();
+                let user = self.info.user;
                 let (source, outlets) = self.shared.publish(self.info.room, self.info.id, kind, &init.track_id, |id| {
-                    Source::new(id, kind, mime, extensions, me, track_id)
+                    Source::new(id, kind, mime, extensions, me, track_id, user)
                 });
                 tracing::info!(session = %self.info.id, track = %init.track_id, mime = %source.mime, "track published");
                 self.inbound.insert(
