@@ -47,6 +47,10 @@ pub struct MediaConfig {
     pub sessions_max: usize,
     /// Media connections in one room's call at most.
     pub room_sessions_max: usize,
+    /// Published tracks on this server, in one room's call, and from one connection at most.
+    pub tracks_max: usize,
+    pub room_tracks_max: usize,
+    pub connection_tracks_max: usize,
     /// Where the TURN server listens (UDP and TCP), e.g. `0.0.0.0:3478`; absent: no TURN server.
     pub turn_listen: Option<SocketAddr>,
     /// The address clients reach this server at (TURN URLs and relayed addresses): the public
@@ -71,6 +75,9 @@ impl Default for MediaConfig {
             rtc_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             sessions_max: 2000,
             room_sessions_max: 200,
+            tracks_max: 4000,
+            room_tracks_max: 400,
+            connection_tracks_max: 8,
             turn_listen: None,
             public_ip: None,
             turn_relay_port_min: 49_152,
@@ -148,6 +155,9 @@ impl MediaConfig {
         }
         if self.sessions_max == 0 || self.room_sessions_max == 0 {
             bad("media.sessions_max", "media.sessions_max and media.room_sessions_max must be at least 1");
+        }
+        if self.tracks_max == 0 || self.room_tracks_max == 0 || self.connection_tracks_max == 0 {
+            bad("media.tracks_max", "media.tracks_max, room_tracks_max and connection_tracks_max must be at least 1");
         }
         if self.turn_tcp_connections_max == 0 {
             bad("media.turn_tcp_connections_max", "must be at least 1");

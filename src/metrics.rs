@@ -66,6 +66,8 @@ pub struct Metrics {
     pub media_bytes_out: Counter,
     pub media_packets_dropped: Counter,
     pub media_keyframe_requests: Counter,
+    pub media_keyframe_requests_received: Counter,
+    pub media_nacks: Counter,
     pub media_datagrams_unrouted: Counter,
     pub media_datagrams_dropped: Counter,
 }
@@ -197,6 +199,18 @@ impl Metrics {
             "Keyframe requests (PLI) sent to publishers",
             media_keyframe_requests.clone(),
         );
+        let media_keyframe_requests_received = Counter::default();
+        registry.register(
+            "media_keyframe_requests_received",
+            "Keyframe requests (PLI, FIR) from receivers, relayed to publishers at most twice a second per track",
+            media_keyframe_requests_received.clone(),
+        );
+        let media_nacks = Counter::default();
+        registry.register(
+            "media_nacks",
+            "Retransmission requests (NACK) from receivers, answered from the send buffer",
+            media_nacks.clone(),
+        );
         let media_datagrams_unrouted = Counter::default();
         registry.register(
             "media_datagrams_unrouted",
@@ -244,6 +258,8 @@ impl Metrics {
             media_bytes_out,
             media_packets_dropped,
             media_keyframe_requests,
+            media_keyframe_requests_received,
+            media_nacks,
             media_datagrams_unrouted,
             media_datagrams_dropped,
         }

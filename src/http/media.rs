@@ -209,6 +209,7 @@ impl From<SfuError> for Problem {
             SfuError::CallFull(_) => Problem::new(StatusCode::CONFLICT, "call_full", e.to_string()),
             SfuError::ServerFull(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "media_full", e.to_string()),
             SfuError::Locked => Problem::new(StatusCode::CONFLICT, "call_locked", e.to_string()),
+            SfuError::TooManyTracks(detail) => Problem::new(StatusCode::CONFLICT, "too_many_tracks", detail),
             SfuError::NotPublisher(detail) => Problem::new(StatusCode::FORBIDDEN, "forbidden", detail),
             SfuError::NoConnection => Problem::not_found("media connection"),
             SfuError::Conflict(detail) => Problem::new(StatusCode::CONFLICT, "media_busy", detail),

@@ -45,6 +45,7 @@ fn sfu_error(e: &SfuError, r#ref: Option<String>) -> ServerFrame {
         SfuError::CallFull(_) => "call_full",
         SfuError::ServerFull(_) => "media_full",
         SfuError::Locked => "call_locked",
+        SfuError::TooManyTracks(_) => "too_many_tracks",
         SfuError::NotPublisher(_) => "forbidden",
         SfuError::NoConnection => "not_found",
         SfuError::Conflict(_) => "media_busy",

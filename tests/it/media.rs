@@ -184,10 +184,13 @@ fn metric(text: &str, name: &str) -> u64 {
         .map_or_else(|| panic!("no {name} in the metrics"), |v| v as u64)
 }
 
-/// Who may publish and play, and what bad offers get.
+/// Who may publish and play, and what bad offers (and too many tracks) get.
 #[tokio::test]
 async fn whip_and_whep_check_the_caller_and_the_offer() {
-    let s = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.media.connection_tracks_max = 1;
+    let s = TestServer::start_with(config).await;
     let f = crate::docs::setup(&s).await;
     let whip = format!("/v1/rooms/{}/whip", f.room);
     let whep = format!("/v1/rooms/{}/whep", f.room);
@@ -207,6 +210,12 @@ async fn whip_and_whep_check_the_caller_and_the_offer() {
     expect_problem(r, 400, "invalid_sdp").await;
     let r = post_sdp(&s, &f.viewer.access, &whep, "application/sdp", OFFER).await;
     expect_problem(r, 400, "invalid_sdp").await;
+    // More tracks than a connection may send.
+    let two = format!(
+        "{OFFER}m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n"
+    );
+    let r = post_sdp(&s, &f.editor.access, &whip, "application/sdp", &two).await;
+    expect_problem(r, 409, "too_many_tracks").await;
     // Nothing was opened by any of it.
     let list = get_json(&s, &f.viewer.access, &format!("/v1/rooms/{}/media/connections", f.room)).await;
     assert_eq!(list["items"], serde_json::json!([]));
@@ -223,7 +232,8 @@ async fn whip_and_whep_check_the_caller_and_the_offer() {
 
 /// aiortc publishes a camera and a microphone through WHIP; another aiortc plays the room
 /// through WHEP and decodes both. Muting the microphone stops the sound at the player;
-/// someone else may not hang the publisher up; hanging up leaves no connection or track.
+/// someone else may not hang the publisher up; removing the player from the room ends its
+/// connection; hanging up leaves no connection or track.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aiortc_publishes_through_whip_and_another_plays_through_whep() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -279,11 +289,26 @@ async fn aiortc_publishes_through_whip_and_another_plays_through_whep() {
     assert_eq!(muted["audio_frames_while_muted"], 0, "{muted}");
     assert!(muted["video_frames"].as_u64().unwrap() > seen["video_frames"].as_u64().unwrap(), "{muted}");
 
+    // The host removes the viewer from the room: their WHEP connection ends with it.
+    let r = s
+        .http
+        .delete(s.url(&format!("/v1/rooms/{}/participants/{}", f.room, f.viewer.user_id)))
+        .bearer_auth(&f.host.access)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let list_path = format!("/v1/rooms/{}/media/connections", f.room);
+    until("the removed viewer's connection to end", || async {
+        let items = get_json(&s, &f.host.access, &list_path).await["items"].clone();
+        items.as_array().is_some_and(|v| v.len() == 1 && v[0]["direction"] == "publish")
+    })
+    .await;
+
     stdin.write_all(b"stop\n").await.unwrap();
     assert_eq!(next().await["stopped"], true);
-    let list_path = format!("/v1/rooms/{}/media/connections", f.room);
     until("the connections to end", || async {
-        get_json(&s, &f.viewer.access, &list_path).await["items"] == serde_json::json!([])
+        get_json(&s, &f.host.access, &list_path).await["items"] == serde_json::json!([])
     })
     .await;
     until("the tracks to go", || async {

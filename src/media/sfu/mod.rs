@@ -55,6 +55,9 @@ pub enum SfuError {
     /// Writing a recording failed (507).
     #[error("recording: {0}")]
     Disk(String),
+    /// More tracks than a connection, a call or this server carries (409).
+    #[error("{0}")]
+    TooManyTracks(String),
     /// A host locked the call (409).
     #[error("the call is locked: nobody new may join")]
     Locked,
@@ -262,6 +265,9 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     sessions_max: usize,
     room_sessions_max: usize,
+    tracks_max: usize,
+    room_tracks_max: usize,
+    connection_tracks_max: usize,
     state_sink: RwLock<Option<StateSink>>,
     /// Where recordings go: `<data dir>/recordings`.
     recordings: std::path::PathBuf,
@@ -325,6 +331,9 @@ impl Sfu {
                 metrics,
                 sessions_max: cfg.sessions_max,
                 room_sessions_max: cfg.room_sessions_max,
+                tracks_max: cfg.tracks_max,
+                room_tracks_max: cfg.room_tracks_max,
+                connection_tracks_max: cfg.connection_tracks_max,
                 state_sink: RwLock::default(),
                 recordings,
             }),
@@ -370,7 +379,19 @@ impl Sfu {
                 }
             }
         }
-        let setup = peer::answer(offer, direction, sh.host, may_publish)?;
+        // Tracks this offer would add, against the call's and the server's caps.
+        let adding = offer.lines().filter(|l| l.trim_end() == "a=sendonly" || l.trim_end() == "a=sendrecv").count();
+        if direction != Direction::Play {
+            let in_room = lock(&sh.calls).get(&room).map_or(0, |c| c.tracks.len());
+            let total = usize::try_from(sh.metrics.media_tracks.get()).unwrap_or(0);
+            if in_room + adding > sh.room_tracks_max {
+                return Err(SfuError::TooManyTracks(format!("the call carries at most {} tracks", sh.room_tracks_max)));
+            }
+            if total + adding > sh.tracks_max {
+                return Err(SfuError::TooManyTracks(format!("this server carries at most {} tracks", sh.tracks_max)));
+            }
+        }
+        let setup = peer::answer(offer, direction, sh.host, may_publish, sh.connection_tracks_max)?;
         let info = SessionInfo { id: Id::new(), org, room, user, direction, created_at_ms: crate::ids::now_ms() };
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         {

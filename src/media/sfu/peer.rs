@@ -33,6 +33,7 @@ use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCI
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
@@ -218,9 +219,16 @@ pub(super) fn answer(
     direction: Direction,
     host: SocketAddr,
     may_publish: bool,
+    tracks_max: usize,
 ) -> Result<Setup, SfuError> {
     let sections = sections(offer);
     let sends = sections.iter().any(|(_, s, _)| *s);
+    let sending = sections.iter().filter(|(_, s, _)| *s).count();
+    if direction != Direction::Play && sending > tracks_max {
+        return Err(SfuError::TooManyTracks(format!(
+            "the offer sends {sending} tracks; a connection sends at most {tracks_max}"
+        )));
+    }
     if sends && !may_publish && direction != Direction::Play {
         return Err(SfuError::NotPublisher(
             "the offer sends media, but your room role lets you receive only (send recvonly sections)".into(),
@@ -639,6 +647,11 @@ impl Peer {
                 }
             }
             RTCMessage::RtcpPacket(track_id, packets) => {
+                let nacks =
+                    packets.iter().filter(|p| p.as_any().downcast_ref::<TransportLayerNack>().is_some()).count();
+                if nacks > 0 {
+                    self.shared.metrics().media_nacks.inc_by(nacks as u64);
+                }
                 let wants_keyframe = packets.iter().any(|p| {
                     p.as_any().downcast_ref::<PictureLossIndication>().is_some()
                         || p.as_any().downcast_ref::<FullIntraRequest>().is_some()
@@ -646,6 +659,7 @@ impl Peer {
                 if !wants_keyframe {
                     return;
                 }
+                self.shared.metrics().media_keyframe_requests_received.inc();
                 let slot = self.slots.iter().flatten().find(|s| *s.track == *track_id);
                 if let Some(b) = slot.and_then(|s| s.binding.as_ref()) {
                     let _ = b.source.publisher.try_send(PeerMsg::Keyframe { track: b.source.track.clone() });
