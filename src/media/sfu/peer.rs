@@ -868,6 +868,14 @@ impl Peer {
         let Some(Some(s)) = self.slots.get_mut(slot) else { return };
         let Some(b) = s.binding.as_mut().filter(|b| b.source.id == source) else { return };
         let Some(rw) = &b.rewrite else { return };
+        // Padding-only packets are the publisher's bandwidth probes to us, not media: dropped,
+        // and the numbering after them closed up so the receiver sees no loss.
+        if packet.payload.is_empty() {
+            if let Some(offset) = b.seq_offset.as_mut() {
+                *offset = offset.wrapping_sub(1);
+            }
+            return;
+        }
         let h = &mut packet.header;
         // A new source continues the old one's numbering, so the receiver sees one stream.
         let seq_offset = *b.seq_offset.get_or_insert_with(|| {
