@@ -68,6 +68,7 @@ pub struct Metrics {
     pub media_keyframe_requests: Counter,
     pub media_keyframe_requests_received: Counter,
     pub media_nacks: Counter,
+    pub media_layer_switches: Counter,
     pub media_datagrams_unrouted: Counter,
     pub media_datagrams_dropped: Counter,
 }
@@ -205,6 +206,12 @@ impl Metrics {
             "Keyframe requests (PLI, FIR) from receivers, relayed to publishers at most twice a second per track",
             media_keyframe_requests_received.clone(),
         );
+        let media_layer_switches = Counter::default();
+        registry.register(
+            "media_layer_switches",
+            "Simulcast layer switches made for receivers (at keyframes)",
+            media_layer_switches.clone(),
+        );
         let media_nacks = Counter::default();
         registry.register(
             "media_nacks",
@@ -260,6 +267,7 @@ impl Metrics {
             media_keyframe_requests,
             media_keyframe_requests_received,
             media_nacks,
+            media_layer_switches,
             media_datagrams_unrouted,
             media_datagrams_dropped,
         }

@@ -13,6 +13,7 @@ use crate::auth::Principal;
 use crate::auth::policy::{Permission, RoomRole};
 use crate::domain::rooms::RoomStatus;
 use crate::ids::Id;
+use crate::media::sfu::peer::Quality;
 use crate::media::sfu::{Direction, Note, NoteSink, SPATIAL_BYTES_MAX, Sfu, SfuError};
 
 /// Tracks a `call_update` may label at once.
@@ -170,6 +171,7 @@ impl Calls {
         connection: &str,
         tracks: Vec<CallTrackUpdate>,
         spatial: Option<serde_json::Value>,
+        video_quality: Option<&str>,
     ) -> Result<(), ServerFrame> {
         let id = self.owned(connection)?;
         if tracks.len() > TRACK_UPDATES_MAX {
@@ -188,8 +190,15 @@ impl Calls {
         {
             return Err(error("invalid_call_update", "spatial is at most 4 KiB of JSON", None));
         }
+        let quality = match video_quality {
+            None => None,
+            Some(q) => Some(
+                Quality::parse(q)
+                    .ok_or_else(|| error("invalid_call_update", "video_quality is low, medium or high", None))?,
+            ),
+        };
         let tracks = tracks.into_iter().map(|t| (t.track, t.source, t.muted)).collect();
-        self.sfu(None)?.update(id, tracks, spatial).map_err(|e| sfu_error(&e, None))
+        self.sfu(None)?.update(id, tracks, spatial, quality).map_err(|e| sfu_error(&e, None))
     }
 
     /// `call_leave`: the connection ends (`call_ended` follows).

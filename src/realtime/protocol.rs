@@ -122,6 +122,11 @@ pub enum ClientFrame {
         tracks: Vec<CallTrackUpdate>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         spatial: Option<serde_json::Value>,
+        /// The video quality to receive when publishers send several (simulcast): `low`,
+        /// `medium` or `high` (the default); the relay also stays within what the client's
+        /// bandwidth estimates (REMB) allow.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        video_quality: Option<String>,
     },
     /// Leaves the call (closing the socket leaves it too).
     CallLeave {

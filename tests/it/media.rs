@@ -701,3 +701,74 @@ async fn a_host_records_the_call_to_decodable_files() {
     let _ = child.wait().await;
     s.stop().await;
 }
+
+/// Simulcast: Chromium publishes its camera in several layers; an aiortc receiver that asks for
+/// low quality gets a reduced picture, and moves up to a larger one when it asks for high.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_gets_the_simulcast_layer_it_asks_for() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
+    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let mut aiortc = tokio::process::Command::new(python)
+        .args([&format!("{peers}/call_client.py"), "solo", &s.base, &f.room, &f.editor.access])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut to = aiortc.stdin.take().unwrap();
+    let mut from = tokio::io::BufReader::new(aiortc.stdout.take().unwrap()).lines();
+    let next = async |from: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>| -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(60), from.next_line()).await.unwrap().unwrap();
+        serde_json::from_str(&line.expect("the aiortc client ended early")).unwrap()
+    };
+    assert!(next(&mut from).await["joined"].is_string());
+    to.write_all(b"quality low\n").await.unwrap();
+    assert_eq!(next(&mut from).await["quality"], "low");
+    let browser = tokio::process::Command::new("node")
+        .args([&format!("{peers}/chromium_call.mjs"), &s.base, &f.room, &f.host.access, "25", "simulcast"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The received picture's size, every half second for up to 15 s, until `done` holds.
+    let mut seen = Vec::new();
+    let mut reached = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        to.write_all(b"size\n").await.unwrap();
+        let size = next(&mut from).await["video_size"].clone();
+        seen.push(size.clone());
+        // Three layers of a 1280x720 camera (Chromium may hold the top one back until its
+        // bandwidth estimate allows): low is the smallest picture.
+        if size[0].as_u64().is_some_and(|w| w > 0 && w <= 320) {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "never got a low layer: sizes seen {seen:?}");
+    let low_width = seen.last().and_then(|v| v[0].as_u64()).unwrap_or_default();
+    to.write_all(b"quality high\n").await.unwrap();
+    assert_eq!(next(&mut from).await["quality"], "high");
+    reached = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        to.write_all(b"size\n").await.unwrap();
+        let size = next(&mut from).await["video_size"].clone();
+        seen.push(size.clone());
+        if size[0].as_u64().is_some_and(|w| w > low_width) {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "never moved up from the low layer: sizes seen {seen:?}");
+    eprintln!("sizes seen: {seen:?}");
+    let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metric(&m, "outpost_media_layer_switches_total") >= 1, "{m}");
+    drop(browser);
+    s.stop().await;
+}

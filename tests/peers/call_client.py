@@ -5,9 +5,10 @@ describes: `call_join` with an offer, then `call_offer`/`call_answer` as tracks 
 Usage: call_client.py BASE ROOM TOKEN_A TOKEN_B
        call_client.py solo BASE ROOM TOKEN
 
-Solo: one participant publishes a camera and a microphone, prints a line once it is in the
-call, and at the next line on stdin reports what it received from the others (another client
-of the call, such as a browser) and leaves.
+Solo: one participant publishes a camera and a microphone and prints a line once it is in the
+call. On stdin, `quality low|medium|high` asks for a video quality (`call_update`), `size`
+reports what it has received so far; any other line reports what it received from the others
+(another client of the call, such as a browser) and leaves.
 
 A publishes a camera and a microphone; B publishes a microphone. Commands on stdin, one per
 line, each answered with one JSON line of what both have seen:
@@ -42,6 +43,7 @@ class Participant:
         self.errors = []
         self.offers = 0
         self.video_frames = 0
+        self.video_size = None
         self.audio_frames = 0
         self.audio_frames_any = 0
         self.audio_level_max = 0
@@ -57,6 +59,7 @@ class Participant:
                 return
             if track.kind == "video":
                 self.video_frames += 1
+                self.video_size = [frame.width, frame.height]
                 continue
             level = loud(frame)
             self.audio_frames_any += 1
@@ -112,6 +115,7 @@ class Participant:
         return {
             "connection": self.connection,
             "video_frames": self.video_frames,
+            "video_size": self.video_size,
             "audio_frames": self.audio_frames,
             "audio_frames_any": self.audio_frames_any,
             "audio_level_max": self.audio_level_max,
@@ -137,7 +141,17 @@ async def solo():
     await a.open()
     await a.join()
     print(json.dumps({"joined": a.connection}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    loop = asyncio.get_running_loop()
+    while True:
+        line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+        if line.startswith("quality "):
+            quality = line.split()[1]
+            await a.send({"op": "call_update", "connection": a.connection, "video_quality": quality})
+            print(json.dumps({"quality": quality}), flush=True)
+        elif line == "size":
+            print(json.dumps(a.report()), flush=True)
+        else:
+            break
     print(json.dumps(a.report()), flush=True)
     await a.send({"op": "call_leave", "connection": a.connection})
     await a.pc.close()

@@ -2,14 +2,17 @@
 // realtime socket as openapi/realtime.md describes. Prints one JSON line: what it sent and
 // what it received and decoded from the others (from getStats).
 //
-// Usage: node chromium_call.mjs BASE ROOM TOKEN SECONDS
+// Usage: node chromium_call.mjs BASE ROOM TOKEN SECONDS [simulcast]
+//
+// With `simulcast` the camera goes out in three layers (rids q, h, f: a quarter, half and the
+// whole 1280x720 picture).
 
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const [base, room, token, seconds] = process.argv.slice(2);
+const [base, room, token, seconds, mode] = process.argv.slice(2);
 // Never hang a test run: give up well after the call should have finished.
 setTimeout(() => {
   process.stderr.write('chromium_call: timed out\n');
@@ -46,14 +49,17 @@ await page.route(pageUrl, (route) =>
 await page.goto(pageUrl);
 
 const result = await page.evaluate(
-  async ({ wsUrl, room, token, seconds }) => {
+  async ({ wsUrl, room, token, seconds, simulcast }) => {
     const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
     const gathered = (pc) =>
       pc.iceGatheringState === 'complete'
         ? Promise.resolve()
         : new Promise((r) => pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && r()));
 
-    const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: true,
+      video: simulcast ? { width: 1280, height: 720 } : { width: 320, height: 240 },
+    });
     const pc = new RTCPeerConnection();
     // Received audio is decoded as it is played out: play every remote stream.
     pc.ontrack = (e) => {
@@ -64,7 +70,17 @@ const result = await page.evaluate(
       document.body.appendChild(el);
       el.play().catch((err) => console.log('play', String(err)));
     };
-    for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });
+    for (const t of stream.getTracks()) {
+      const init = { direction: 'sendonly', streams: [stream] };
+      if (simulcast && t.kind === 'video') {
+        init.sendEncodings = [
+          { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 100_000 },
+          { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 300_000 },
+          { rid: 'f', maxBitrate: 900_000 },
+        ];
+      }
+      pc.addTransceiver(t, init);
+    }
     const errors = [];
     let connection = null;
     let offers = 0;
@@ -147,7 +163,13 @@ const result = await page.evaluate(
     ws.close();
     return { ...s, connection, offers, errors, state: stateInCall, pc: ice };
   },
-  { wsUrl: base.replace('http://', 'ws://') + '/v1/realtime', room, token, seconds: Number(seconds) },
+  {
+    wsUrl: base.replace('http://', 'ws://') + '/v1/realtime',
+    room,
+    token,
+    seconds: Number(seconds),
+    simulcast: mode === 'simulcast',
+  },
 );
 console.log(JSON.stringify(result));
 await context.close();

@@ -479,7 +479,11 @@ impl Sfu {
         id: Id,
         tracks: Vec<(String, Option<String>, Option<bool>)>,
         spatial: Option<serde_json::Value>,
+        quality: Option<peer::Quality>,
     ) -> Result<(), SfuError> {
+        if let Some(q) = quality {
+            self.send(id, PeerMsg::Quality(q))?;
+        }
         let room = {
             let sessions = lock(&self.shared.sessions);
             sessions.get(&id).map(|e| e.info.room).ok_or(SfuError::NoConnection)?

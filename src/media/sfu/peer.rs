@@ -33,6 +33,7 @@ use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCI
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -62,20 +63,23 @@ const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 pub enum PeerMsg {
     /// A datagram from the shared socket.
     Datagram { data: BytesMut, from: SocketAddr, at: Instant },
-    /// A packet of published track `source`.
-    Rtp { source: u64, packet: rtc::rtp::Packet },
+    /// A packet of published track `source`, of its simulcast layer `layer` (0 when it has
+    /// one).
+    Rtp { source: u64, layer: u8, packet: rtc::rtp::Packet },
     /// Bind WHEP slot `slot` to a published track, or unbind it.
     Attach { slot: usize, source: Option<Arc<Source>> },
     /// A call connection receives a new track (renegotiation adds a sender).
     AddSource(Arc<Source>),
     /// A track a call connection received is gone.
     RemoveSource(u64),
-    /// Ask the remote publisher of local track `track` for a keyframe.
-    Keyframe { track: Arc<str> },
+    /// Ask the remote publisher of local track `track` for a keyframe (of one layer, or all).
+    Keyframe { track: Arc<str>, layer: Option<u8> },
     /// The client's SDP: an answer to our offer, or an offer of its own.
     ClientSdp { offer: bool, sdp: String },
     /// A moderator muted or unmuted the client's track `track`.
     Moderated { track: String, muted: bool, by: crate::ids::Id },
+    /// The video quality the client wants to receive.
+    Quality(Quality),
     /// End the connection, saying why.
     Close(&'static str),
 }
@@ -96,6 +100,8 @@ pub struct Source {
     pub user: crate::ids::Id,
     /// A moderator stopped its forwarding.
     suspended: AtomicBool,
+    /// Bits per second of each simulcast layer (by arrival order), measured by the publisher.
+    layer_bps: std::sync::Mutex<Vec<u64>>,
 }
 
 impl Source {
@@ -108,9 +114,96 @@ impl Source {
         track: Arc<str>,
         user: crate::ids::Id,
     ) -> Self {
-        Self { id, kind, mime, extensions, publisher, track, user, suspended: AtomicBool::new(false) }
+        Self {
+            id,
+            kind,
+            mime,
+            extensions,
+            publisher,
+            track,
+            user,
+            suspended: AtomicBool::new(false),
+            layer_bps: std::sync::Mutex::default(),
+        }
     }
 
+    /// The layers' bit rates, by arrival order.
+    pub fn layer_bps(&self) -> Vec<u64> {
+        self.layer_bps.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The layer a receiver that wants `quality` (and can take `cap_bps`) gets: the layers
+    /// ranked by bit rate, low (the lowest), medium (the next), high (the highest), and never
+    /// above the cap unless nothing fits.
+    pub fn pick_layer(&self, quality: Quality, cap_bps: Option<u64>) -> u8 {
+        let bps = self.layer_bps();
+        if bps.len() <= 1 {
+            return 0;
+        }
+        let mut ranked: Vec<usize> = (0..bps.len()).collect();
+        ranked.sort_by_key(|i| bps[*i]);
+        let most = match quality {
+            Quality::Low => 0,
+            Quality::Medium => 1.min(ranked.len() - 1),
+            Quality::High => ranked.len() - 1,
+        };
+        let mut rank = most;
+        if let Some(cap) = cap_bps {
+            while rank > 0 && bps[ranked[rank]] > cap {
+                rank -= 1;
+            }
+        }
+        ranked[rank] as u8
+    }
+}
+
+/// The video quality a receiver asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quality {
+    Low,
+    Medium,
+    High,
+}
+
+impl Quality {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "low" => Some(Quality::Low),
+            "medium" => Some(Quality::Medium),
+            "high" => Some(Quality::High),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a VP8 RTP payload starts a keyframe (RFC 7741: the payload descriptor, then the
+/// frame header's inverse key-frame bit, on the first packet of partition 0).
+pub fn vp8_keyframe_start(payload: &[u8]) -> bool {
+    let Some(&b0) = payload.first() else { return false };
+    let (start, partition) = (b0 & 0x10 != 0, b0 & 0x07);
+    if !start || partition != 0 {
+        return false;
+    }
+    let mut at = 1;
+    if b0 & 0x80 != 0 {
+        let Some(&x) = payload.get(at) else { return false };
+        at += 1;
+        if x & 0x80 != 0 {
+            // Picture id: 7 or 15 bits.
+            let Some(&p) = payload.get(at) else { return false };
+            at += if p & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            at += 1;
+        }
+        if x & 0x30 != 0 {
+            at += 1;
+        }
+    }
+    payload.get(at).is_some_and(|h| h & 0x01 == 0)
+}
+
+impl Source {
     pub fn set_suspended(&self, on: bool) {
         self.suspended.store(on, Ordering::Release);
     }
@@ -313,10 +406,14 @@ fn slot_track(slot: usize) -> String {
 /// A track this connection receives from its client.
 struct Inbound {
     receiver: RTCRtpReceiverId,
-    ssrc: u32,
+    /// Every layer's SSRC, by arrival order (one without simulcast).
+    layers: Vec<u32>,
+    /// Payload bytes per layer in the current window.
+    layer_bytes: Vec<u64>,
     source: Arc<Source>,
     outlets: Outlets,
-    last_keyframe_request: Option<Instant>,
+    /// When a keyframe was last asked for, per layer.
+    last_keyframe_request: Vec<Option<Instant>>,
     /// The audio level extension's id on this connection (audio tracks).
     level_ext: Option<u8>,
     /// The loudest level (0–127, louder higher) in the current window.
@@ -330,6 +427,9 @@ struct Binding {
     rewrite: Option<Rewrite>,
     seq_offset: Option<u16>,
     ts_offset: u32,
+    /// The simulcast layer forwarded now (`None`: none yet), and the one wanted.
+    layer: Option<u8>,
+    target: u8,
 }
 
 /// What a slot writes into the packets it forwards, as negotiated with its receiver.
@@ -375,6 +475,9 @@ pub(super) struct Peer {
     connected: bool,
     ended: Option<&'static str>,
     levels_at: Instant,
+    /// The video quality the client asked for, and the bit rate its last REMB allowed.
+    quality: Quality,
+    remb_bps: Option<u64>,
 }
 
 impl Peer {
@@ -423,6 +526,8 @@ impl Peer {
             connected: false,
             ended: None,
             levels_at: Instant::now(),
+            quality: Quality::High,
+            remb_bps: None,
         }
     }
 
@@ -449,9 +554,7 @@ impl Peer {
             if !self.connected {
                 wake = wake.min(deadline);
             }
-            if !self.inbound.is_empty() {
-                wake = wake.min(self.levels_at + LEVEL_WINDOW);
-            }
+            wake = wake.min(self.levels_at + LEVEL_WINDOW);
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(wake));
             tokio::select! {
                 msg = rx.recv() => {
@@ -499,7 +602,7 @@ impl Peer {
                     tracing::debug!(session = %self.info.id, error = %e, "media datagram refused");
                 }
             }
-            PeerMsg::Rtp { source, packet } => self.forward(source, packet),
+            PeerMsg::Rtp { source, layer, packet } => self.forward(source, layer, packet),
             PeerMsg::Attach { slot, source } => self.attach(slot, source),
             PeerMsg::AddSource(source) => {
                 self.to_remove.retain(|s| *s != source.id);
@@ -520,7 +623,11 @@ impl Peer {
                     self.renegotiate();
                 }
             }
-            PeerMsg::Keyframe { track } => self.request_keyframe(&track),
+            PeerMsg::Keyframe { track, layer } => self.request_keyframe(&track, layer),
+            PeerMsg::Quality(q) => {
+                self.quality = q;
+                self.retarget();
+            }
             PeerMsg::ClientSdp { offer, sdp } => self.client_sdp(offer, sdp),
             PeerMsg::Moderated { track, muted, by } => {
                 self.note(Note::Muted { room: self.info.room, connection: self.info.id, track, muted, by });
@@ -574,7 +681,17 @@ impl Peer {
                 }
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                if !self.info.direction.publishes() || self.inbound.contains_key(&init.track_id) {
+                if !self.info.direction.publishes() {
+                    return;
+                }
+                if let Some(i) = self.inbound.get_mut(&init.track_id) {
+                    // Another simulcast layer of a track already published.
+                    if !i.layers.contains(&init.ssrc) {
+                        i.layers.push(init.ssrc);
+                        i.layer_bytes.push(0);
+                        i.last_keyframe_request.push(None);
+                        tracing::info!(session = %self.info.id, track = %init.track_id, rid = ?init.rid, "simulcast layer");
+                    }
                     return;
                 }
                 let Some(mut receiver) = self.pc.rtp_receiver(init.receiver_id) else { return };
@@ -604,10 +721,11 @@ impl Peer {
                     init.track_id,
                     Inbound {
                         receiver: init.receiver_id,
-                        ssrc: init.ssrc,
+                        layers: vec![init.ssrc],
+                        layer_bytes: vec![0],
                         source,
                         outlets,
-                        last_keyframe_request: None,
+                        last_keyframe_request: vec![None],
                         level_ext,
                         level_max: 0,
                     },
@@ -635,18 +753,32 @@ impl Peer {
                     // -dBov, 0 loudest and 127 silence: turned around so louder is higher.
                     i.level_max = i.level_max.max(127 - (b & 0x7f));
                 }
+                let layer = if let Some(l) = i.layers.iter().position(|s| *s == packet.header.ssrc) {
+                    l
+                } else {
+                    i.layers.push(packet.header.ssrc);
+                    i.layer_bytes.push(0);
+                    i.last_keyframe_request.push(None);
+                    i.layers.len() - 1
+                };
+                i.layer_bytes[layer] += packet.payload.len() as u64;
                 if i.source.is_suspended() {
                     return;
                 }
                 let outlets = i.outlets.read().unwrap_or_else(std::sync::PoisonError::into_inner);
                 for o in outlets.iter() {
-                    let msg = PeerMsg::Rtp { source: i.source.id, packet: packet.clone() };
+                    let msg = PeerMsg::Rtp { source: i.source.id, layer: layer as u8, packet: packet.clone() };
                     if o.tx.try_send(msg).is_err() {
                         metrics.media_packets_dropped.inc();
                     }
                 }
             }
             RTCMessage::RtcpPacket(track_id, packets) => {
+                if let Some(remb) =
+                    packets.iter().find_map(|p| p.as_any().downcast_ref::<ReceiverEstimatedMaximumBitrate>())
+                {
+                    self.remb_bps = Some(remb.bitrate as u64);
+                }
                 let nacks =
                     packets.iter().filter(|p| p.as_any().downcast_ref::<TransportLayerNack>().is_some()).count();
                 if nacks > 0 {
@@ -662,7 +794,8 @@ impl Peer {
                 self.shared.metrics().media_keyframe_requests_received.inc();
                 let slot = self.slots.iter().flatten().find(|s| *s.track == *track_id);
                 if let Some(b) = slot.and_then(|s| s.binding.as_ref()) {
-                    let _ = b.source.publisher.try_send(PeerMsg::Keyframe { track: b.source.track.clone() });
+                    let layer = Some(b.layer.unwrap_or(b.target));
+                    let _ = b.source.publisher.try_send(PeerMsg::Keyframe { track: b.source.track.clone(), layer });
                 }
             }
             _ => {}
@@ -671,10 +804,17 @@ impl Peer {
 
     /// Reports the loudest audio level of the last window to the registry.
     fn report_levels(&mut self) {
-        if self.inbound.is_empty() || self.levels_at.elapsed() < LEVEL_WINDOW {
+        if self.levels_at.elapsed() < LEVEL_WINDOW {
             return;
         }
+        let window_ms = self.levels_at.elapsed().as_millis().max(1) as u64;
         self.levels_at = Instant::now();
+        for i in self.inbound.values_mut() {
+            let bps: Vec<u64> = i.layer_bytes.iter().map(|b| b * 8 * 1000 / window_ms).collect();
+            i.layer_bytes.iter_mut().for_each(|b| *b = 0);
+            *i.source.layer_bps.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = bps;
+        }
+        self.retarget();
         let mut loudest = None;
         for i in self.inbound.values_mut().filter(|i| i.level_ext.is_some()) {
             let level = if i.source.is_suspended() { 0 } else { i.level_max };
@@ -693,10 +833,18 @@ impl Peer {
             self.by_source.remove(&old.source.id);
         }
         let Some(source) = source else { return };
-        s.binding = Some(Binding { source: source.clone(), rewrite: None, seq_offset: None, ts_offset: 0 });
+        let target = source.pick_layer(self.quality, self.remb_bps);
+        s.binding = Some(Binding {
+            source: source.clone(),
+            rewrite: None,
+            seq_offset: None,
+            ts_offset: 0,
+            layer: None,
+            target,
+        });
         self.by_source.insert(source.id, slot);
         if source.kind == Kind::Video && s.live {
-            let _ = source.publisher.try_send(PeerMsg::Keyframe { track: source.track.clone() });
+            let _ = source.publisher.try_send(PeerMsg::Keyframe { track: source.track.clone(), layer: Some(target) });
         }
     }
 
@@ -842,7 +990,8 @@ impl Peer {
                     if let Some(b) = &s.binding
                         && s.kind == Kind::Video
                     {
-                        let _ = b.source.publisher.try_send(PeerMsg::Keyframe { track: b.source.track.clone() });
+                        let layer = Some(b.target);
+                        let _ = b.source.publisher.try_send(PeerMsg::Keyframe { track: b.source.track.clone(), layer });
                     }
                 }
             }
@@ -850,7 +999,27 @@ impl Peer {
         self.renegotiate();
     }
 
-    fn forward(&mut self, source: u64, mut packet: rtc::rtp::Packet) {
+    /// Points every video slot at the layer its receiver should get now; a change takes effect
+    /// at the target layer's next keyframe, which is asked for.
+    fn retarget(&mut self) {
+        let (quality, remb) = (self.quality, self.remb_bps);
+        for s in self.slots.iter_mut().flatten() {
+            let Some(b) = s.binding.as_mut() else { continue };
+            if s.kind != Kind::Video {
+                continue;
+            }
+            let target = b.source.pick_layer(quality, remb);
+            b.target = target;
+            // Until the switch is made, the target layer's keyframe is asked for again (the
+            // publisher's side keeps that to twice a second per layer).
+            if s.live && b.layer != Some(target) {
+                let layer = Some(target);
+                let _ = b.source.publisher.try_send(PeerMsg::Keyframe { track: b.source.track.clone(), layer });
+            }
+        }
+    }
+
+    fn forward(&mut self, source: u64, layer: u8, mut packet: rtc::rtp::Packet) {
         let Some(&slot) = self.by_source.get(&source) else { return };
         let unresolved = match self.slots.get(slot) {
             Some(Some(s)) if s.live => match &s.binding {
@@ -867,6 +1036,25 @@ impl Peer {
         }
         let Some(Some(s)) = self.slots.get_mut(slot) else { return };
         let Some(b) = s.binding.as_mut().filter(|b| b.source.id == source) else { return };
+        if b.layer != Some(layer) {
+            // Another layer: taken only when it is the one wanted and a keyframe starts. A
+            // single-layer track needs no keyframe to begin.
+            let single = b.source.layer_bps().len() <= 1 && layer == 0;
+            let switch = layer == b.target
+                && (single
+                    || b.source.kind != Kind::Video
+                    || (b.layer.is_none() && b.source.layer_bps().len() <= 1)
+                    || vp8_keyframe_start(&packet.payload));
+            if !switch {
+                return;
+            }
+            if b.layer.is_some() {
+                self.shared.metrics().media_layer_switches.inc();
+                // The new layer has numbering of its own: continue from where the last left.
+                b.seq_offset = None;
+            }
+            b.layer = Some(layer);
+        }
         let Some(rw) = &b.rewrite else { return };
         // Padding-only packets are the publisher's bandwidth probes to us, not media: dropped,
         // and the numbering after them closed up so the receiver sees no loss.
@@ -920,17 +1108,33 @@ impl Peer {
         }
     }
 
-    fn request_keyframe(&mut self, track: &str) {
+    fn request_keyframe(&mut self, track: &str, layer: Option<u8>) {
         let Some(i) = self.inbound.get_mut(track) else { return };
         let now = Instant::now();
-        if i.last_keyframe_request.is_some_and(|t| now.duration_since(t) < KEYFRAME_GAP) {
+        let wanted: Vec<usize> = match layer.map(usize::from).filter(|l| *l < i.layers.len()) {
+            Some(l) => vec![l],
+            None => (0..i.layers.len()).collect(),
+        };
+        let mut ssrcs = Vec::new();
+        for l in wanted {
+            if i.last_keyframe_request[l].is_some_and(|t| now.duration_since(t) < KEYFRAME_GAP) {
+                continue;
+            }
+            i.last_keyframe_request[l] = Some(now);
+            ssrcs.push(i.layers[l]);
+        }
+        if ssrcs.is_empty() {
             return;
         }
-        i.last_keyframe_request = Some(now);
-        let (receiver, ssrc) = (i.receiver, i.ssrc);
+        let receiver = i.receiver;
         let Some(mut r) = self.pc.rtp_receiver(receiver) else { return };
-        let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc };
-        if r.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
+        let plis: Vec<Box<dyn rtc::rtcp::Packet>> = ssrcs
+            .into_iter()
+            .map(|media_ssrc| {
+                Box::new(PictureLossIndication { sender_ssrc: 0, media_ssrc }) as Box<dyn rtc::rtcp::Packet>
+            })
+            .collect();
+        if r.write_rtcp(now, plis).is_ok() {
             self.shared.metrics().media_keyframe_requests.inc();
         }
     }
@@ -939,6 +1143,33 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_vp8_keyframes_behind_the_payload_descriptor() {
+        // S=1, partition 0, no extensions; frame header with the inverse key bit 0: a keyframe.
+        assert!(vp8_keyframe_start(&[0x10, 0x50, 0x01, 0x00]));
+        // The same with the key bit set: an interframe.
+        assert!(!vp8_keyframe_start(&[0x10, 0x51, 0x01, 0x00]));
+        // Not the start of a frame.
+        assert!(!vp8_keyframe_start(&[0x00, 0x50]));
+        // X, I (15-bit picture id), L, T: four descriptor bytes before the header.
+        assert!(vp8_keyframe_start(&[0x90, 0xE0, 0x81, 0x23, 0x05, 0x40, 0x50]));
+        assert!(!vp8_keyframe_start(&[0x90, 0xE0, 0x81]));
+        assert!(!vp8_keyframe_start(&[]));
+    }
+
+    #[test]
+    fn layers_are_picked_by_bit_rate_within_the_cap() {
+        let (tx, _rx) = mpsc::channel(1);
+        let s = Source::new(1, Kind::Video, "video/VP8".into(), vec![], tx, Arc::from("t"), crate::ids::Id::new());
+        assert_eq!(s.pick_layer(Quality::High, None), 0);
+        *s.layer_bps.lock().expect("not poisoned") = vec![300_000, 100_000, 900_000];
+        assert_eq!(s.pick_layer(Quality::Low, None), 1);
+        assert_eq!(s.pick_layer(Quality::Medium, None), 0);
+        assert_eq!(s.pick_layer(Quality::High, None), 2);
+        assert_eq!(s.pick_layer(Quality::High, Some(500_000)), 0);
+        assert_eq!(s.pick_layer(Quality::High, Some(50_000)), 1);
+    }
 
     #[test]
     fn reads_sections_and_directions() {

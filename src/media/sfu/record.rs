@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rtc::media::io::Writer;
 use rtc::media::io::ivf_reader::IVFFileHeader;
@@ -100,6 +101,9 @@ struct Track {
     file: usize,
     writer: Box<dyn Writer + Send>,
     last_seq: Option<u16>,
+    /// The one simulcast layer written (the best when the first keyframe came).
+    layer: Option<u8>,
+    source: Arc<Source>,
 }
 
 /// The recorder's thread: takes the call's packets until told to stop (the channel closes or
@@ -117,9 +121,19 @@ pub(super) fn run(root: &Path, mut rec: Recording, mut rx: mpsc::Receiver<PeerMs
                 match open(&dir, &source, rec.files.len()) {
                     Ok((name, writer)) => {
                         if source.kind == Kind::Video {
-                            let _ = source.publisher.try_send(PeerMsg::Keyframe { track: source.track.clone() });
+                            let layer = Some(source.pick_layer(super::peer::Quality::High, None));
+                            let _ = source.publisher.try_send(PeerMsg::Keyframe { track: source.track.clone(), layer });
                         }
-                        tracks.insert(source.id, Track { file: rec.files.len(), writer, last_seq: None });
+                        tracks.insert(
+                            source.id,
+                            Track {
+                                file: rec.files.len(),
+                                writer,
+                                last_seq: None,
+                                layer: None,
+                                source: source.clone(),
+                            },
+                        );
                         rec.files.push(RecordedFile {
                             name,
                             kind: source.kind.as_str().to_owned(),
@@ -144,8 +158,19 @@ pub(super) fn run(root: &Path, mut rec: Recording, mut rx: mpsc::Receiver<PeerMs
                     rec.files[t.file].ended_at_ms = Some(crate::ids::now_ms());
                 }
             }
-            PeerMsg::Rtp { source, packet } => {
+            PeerMsg::Rtp { source, layer, packet } => {
                 let Some(t) = tracks.get_mut(&source) else { continue };
+                if t.layer.is_none() {
+                    let best = t.source.pick_layer(super::peer::Quality::High, None);
+                    let video = t.source.kind == Kind::Video;
+                    if layer != best || (video && !super::peer::vp8_keyframe_start(&packet.payload)) {
+                        continue;
+                    }
+                    t.layer = Some(layer);
+                }
+                if t.layer != Some(layer) {
+                    continue;
+                }
                 let seq = packet.header.sequence_number;
                 if t.last_seq.is_some_and(|last| seq.wrapping_sub(last) == 0 || seq.wrapping_sub(last) >= 0x8000) {
                     continue;
