@@ -172,6 +172,7 @@ impl Calls {
         tracks: Vec<CallTrackUpdate>,
         spatial: Option<serde_json::Value>,
         video_quality: Option<&str>,
+        video: &std::collections::BTreeMap<String, String>,
     ) -> Result<(), ServerFrame> {
         let id = self.owned(connection)?;
         if tracks.len() > TRACK_UPDATES_MAX {
@@ -197,8 +198,29 @@ impl Calls {
                     .ok_or_else(|| error("invalid_call_update", "video_quality is low, medium or high", None))?,
             ),
         };
+        if video.len() > TRACK_UPDATES_MAX * 16 {
+            return Err(error("invalid_call_update", "video names at most 256 tracks", None));
+        }
+        let mut per_track = Vec::new();
+        for (track, q) in video {
+            let Ok(id) = track.parse::<u64>() else {
+                return Err(error("invalid_call_update", "video is keyed by the relay's track ids", None));
+            };
+            let q = match q.as_str() {
+                "off" => None,
+                other => Some(Quality::parse(other).ok_or_else(|| {
+                    error("invalid_call_update", "a track's video is off, low, medium or high", None)
+                })?),
+            };
+            per_track.push((id, q));
+        }
         let tracks = tracks.into_iter().map(|t| (t.track, t.source, t.muted)).collect();
-        self.sfu(None)?.update(id, tracks, spatial, quality).map_err(|e| sfu_error(&e, None))
+        let sfu = self.sfu(None)?;
+        sfu.update(id, tracks, spatial, quality).map_err(|e| sfu_error(&e, None))?;
+        if !per_track.is_empty() {
+            sfu.track_quality(id, per_track).map_err(|e| sfu_error(&e, None))?;
+        }
+        Ok(())
     }
 
     /// `call_leave`: the connection ends (`call_ended` follows).

@@ -352,9 +352,9 @@ impl Conn {
                     self.send(&f).await?;
                 }
             }
-            ClientFrame::CallUpdate { connection, tracks, spatial, video_quality } => {
+            ClientFrame::CallUpdate { connection, tracks, spatial, video_quality, video } => {
                 let r = if self.budget.take() {
-                    self.calls.update(&connection, tracks, spatial, video_quality.as_deref())
+                    self.calls.update(&connection, tracks, spatial, video_quality.as_deref(), &video)
                 } else {
                     Err(ServerFrame::error("rate_limited", "too many presence updates, signals and call updates", None))
                 };

@@ -127,6 +127,10 @@ pub enum ClientFrame {
         /// bandwidth estimates (REMB) allow.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         video_quality: Option<String>,
+        /// Per received video track (by the relay's id from `call_state`): `off` (not shown:
+        /// nothing is sent), `low`, `medium` or `high`.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        video: BTreeMap<String, String>,
     },
     /// Leaves the call (closing the socket leaves it too).
     CallLeave {

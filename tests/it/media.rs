@@ -703,7 +703,8 @@ async fn a_host_records_the_call_to_decodable_files() {
 }
 
 /// Simulcast: Chromium publishes its camera in several layers; an aiortc receiver that asks for
-/// low quality gets a reduced picture, and moves up to a larger one when it asks for high.
+/// low quality gets a reduced picture, and moves up to a larger one when it asks for high. A
+/// receiver that does not show a track pauses it: nothing arrives until it asks again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_gets_the_simulcast_layer_it_asks_for() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -766,7 +767,28 @@ async fn a_receiver_gets_the_simulcast_layer_it_asks_for() {
         }
     }
     assert!(reached, "never moved up from the low layer: sizes seen {seen:?}");
-    eprintln!("sizes seen: {seen:?}");
+    // Not shown: paused, nothing more arrives; shown again: it comes back.
+    to.write_all(b"video off\n").await.unwrap();
+    assert_eq!(next(&mut from).await["tracks"].as_array().map(Vec::len), Some(1));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    to.write_all(b"size\n").await.unwrap();
+    let before = next(&mut from).await["video_frames"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    to.write_all(b"size\n").await.unwrap();
+    let paused = next(&mut from).await["video_frames"].as_u64().unwrap();
+    assert_eq!(paused, before, "video kept coming while paused");
+    to.write_all(b"video high\n").await.unwrap();
+    next(&mut from).await;
+    reached = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        to.write_all(b"size\n").await.unwrap();
+        if next(&mut from).await["video_frames"].as_u64().unwrap() > paused + 10 {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "video did not come back after the pause");
     let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metric(&m, "outpost_media_layer_switches_total") >= 1, "{m}");
     drop(browser);

@@ -6,7 +6,8 @@ Usage: call_client.py BASE ROOM TOKEN_A TOKEN_B
        call_client.py solo BASE ROOM TOKEN
 
 Solo: one participant publishes a camera and a microphone and prints a line once it is in the
-call. On stdin, `quality low|medium|high` asks for a video quality (`call_update`), `size`
+call. On stdin, `quality low|medium|high` asks for a video quality (`call_update`), `video
+off|low|medium|high` sets it for every video track of the others (`off` pauses them), `size`
 reports what it has received so far; any other line reports what it received from the others
 (another client of the call, such as a browser) and leaves.
 
@@ -148,6 +149,18 @@ async def solo():
             quality = line.split()[1]
             await a.send({"op": "call_update", "connection": a.connection, "video_quality": quality})
             print(json.dumps({"quality": quality}), flush=True)
+        elif line.startswith("video "):
+            # Every video track of the others, by the relay's ids in the call state.
+            quality = line.split()[1]
+            ids = [
+                t["id"]
+                for p in (a.state or {}).get("participants", [])
+                if p["connection"] != a.connection
+                for t in p["tracks"]
+                if t["kind"] == "video"
+            ]
+            await a.send({"op": "call_update", "connection": a.connection, "video": {i: quality for i in ids}})
+            print(json.dumps({"video": quality, "tracks": ids}), flush=True)
         elif line == "size":
             print(json.dumps(a.report()), flush=True)
         else:

@@ -512,6 +512,11 @@ impl Sfu {
         Ok(())
     }
 
+    /// The video quality connection `id` wants for particular tracks; `None` pauses one.
+    pub fn track_quality(&self, id: Id, list: Vec<(u64, Option<peer::Quality>)>) -> Result<(), SfuError> {
+        self.send(id, PeerMsg::TrackQuality(list))
+    }
+
     /// Ends connection `id` (its task tears everything down); false when there is none.
     pub fn close(&self, id: Id, reason: &'static str) -> bool {
         let tx = lock(&self.shared.sessions).get(&id).map(|e| e.tx.clone());

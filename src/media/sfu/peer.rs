@@ -80,6 +80,9 @@ pub enum PeerMsg {
     Moderated { track: String, muted: bool, by: crate::ids::Id },
     /// The video quality the client wants to receive.
     Quality(Quality),
+    /// The quality it wants for particular tracks (by relay id); `None` pauses one (the
+    /// client does not show it).
+    TrackQuality(Vec<(u64, Option<Quality>)>),
     /// End the connection, saying why.
     Close(&'static str),
 }
@@ -430,6 +433,10 @@ struct Binding {
     /// The simulcast layer forwarded now (`None`: none yet), and the one wanted.
     layer: Option<u8>,
     target: u8,
+    /// The receiver does not show it: nothing is forwarded.
+    paused: bool,
+    /// The next packet forwarded must start a keyframe (after a pause or a layer change).
+    needs_keyframe: bool,
 }
 
 /// What a slot writes into the packets it forwards, as negotiated with its receiver.
@@ -478,6 +485,8 @@ pub(super) struct Peer {
     /// The video quality the client asked for, and the bit rate its last REMB allowed.
     quality: Quality,
     remb_bps: Option<u64>,
+    /// Per received track (relay id): its own quality, or paused (`None`).
+    per_source: HashMap<u64, Option<Quality>>,
 }
 
 impl Peer {
@@ -528,6 +537,7 @@ impl Peer {
             levels_at: Instant::now(),
             quality: Quality::High,
             remb_bps: None,
+            per_source: HashMap::new(),
         }
     }
 
@@ -626,6 +636,12 @@ impl Peer {
             PeerMsg::Keyframe { track, layer } => self.request_keyframe(&track, layer),
             PeerMsg::Quality(q) => {
                 self.quality = q;
+                self.retarget();
+            }
+            PeerMsg::TrackQuality(list) => {
+                for (id, q) in list {
+                    self.per_source.insert(id, q);
+                }
                 self.retarget();
             }
             PeerMsg::ClientSdp { offer, sdp } => self.client_sdp(offer, sdp),
@@ -841,6 +857,8 @@ impl Peer {
             ts_offset: 0,
             layer: None,
             target,
+            paused: false,
+            needs_keyframe: false,
         });
         self.by_source.insert(source.id, slot);
         if source.kind == Kind::Video && s.live {
@@ -1002,12 +1020,25 @@ impl Peer {
     /// Points every video slot at the layer its receiver should get now; a change takes effect
     /// at the target layer's next keyframe, which is asked for.
     fn retarget(&mut self) {
-        let (quality, remb) = (self.quality, self.remb_bps);
+        let (default, remb) = (self.quality, self.remb_bps);
         for s in self.slots.iter_mut().flatten() {
             let Some(b) = s.binding.as_mut() else { continue };
             if s.kind != Kind::Video {
                 continue;
             }
+            let quality = match self.per_source.get(&b.source.id) {
+                Some(None) => {
+                    if !b.paused {
+                        b.paused = true;
+                        b.layer = None;
+                        b.needs_keyframe = true;
+                    }
+                    continue;
+                }
+                Some(Some(q)) => *q,
+                None => default,
+            };
+            b.paused = false;
             let target = b.source.pick_layer(quality, remb);
             b.target = target;
             // Until the switch is made, the target layer's keyframe is asked for again (the
@@ -1036,24 +1067,25 @@ impl Peer {
         }
         let Some(Some(s)) = self.slots.get_mut(slot) else { return };
         let Some(b) = s.binding.as_mut().filter(|b| b.source.id == source) else { return };
+        if b.paused {
+            return;
+        }
         if b.layer != Some(layer) {
-            // Another layer: taken only when it is the one wanted and a keyframe starts. A
-            // single-layer track needs no keyframe to begin.
-            let single = b.source.layer_bps().len() <= 1 && layer == 0;
-            let switch = layer == b.target
-                && (single
-                    || b.source.kind != Kind::Video
-                    || (b.layer.is_none() && b.source.layer_bps().len() <= 1)
-                    || vp8_keyframe_start(&packet.payload));
-            if !switch {
+            // Another layer (or a resumption): taken only when it is the one wanted and, for
+            // video, at a keyframe. A single-layer track's first packets need none.
+            let keyframe_needed = b.source.kind == Kind::Video && (b.needs_keyframe || b.source.layer_bps().len() > 1);
+            if layer != b.target || (keyframe_needed && !vp8_keyframe_start(&packet.payload)) {
                 return;
             }
             if b.layer.is_some() {
                 self.shared.metrics().media_layer_switches.inc();
+            }
+            if b.layer.is_some() || b.needs_keyframe {
                 // The new layer has numbering of its own: continue from where the last left.
                 b.seq_offset = None;
             }
             b.layer = Some(layer);
+            b.needs_keyframe = false;
         }
         let Some(rw) = &b.rewrite else { return };
         // Padding-only packets are the publisher's bandwidth probes to us, not media: dropped,
