@@ -328,8 +328,8 @@ impl MediaApi {
     }
 
     /// Play the room's call (WHEP): send an SDP offer with the sections to receive (audio,
-    /// video), get the SDP answer. Each section plays the newest published track of its kind,
-    /// and moves on to the next newest when that one ends.
+    /// video), get the SDP answer. Each section plays the newest track of its kind published
+    /// by someone else: a newer one takes over, and when it ends the next newest plays.
     ///
     /// Permission: `rooms.read`. Room role: `viewer`.
     #[oai(path = "/v1/rooms/:room_id/whep", method = "post", operation_id = "whepPlay")]

@@ -8,7 +8,8 @@
 //!
 //! Three kinds of connection share a call. A WHIP connection publishes. A WHEP connection
 //! plays: it has fixed slots (one per media section it offered to receive), each bound to the
-//! newest published track of its kind from another user, moving on when that track ends. A
+//! newest published track of its kind from another user: a newer one takes the slot over, and
+//! when the bound track ends the slot moves to the newest remaining. A
 //! call connection (signaled over the realtime socket) publishes and receives every other
 //! connection's tracks, renegotiating as they come and go.
 //!
@@ -781,7 +782,13 @@ impl Shared {
                         if p.user == user {
                             continue;
                         }
-                        if let Some(slot) = slots.iter().position(|s| *s == (kind, None)) {
+                        // The newest track of a kind plays: a bound slot moves over too.
+                        if let Some(slot) = slots.iter().position(|s| s.0 == kind) {
+                            if let Some(old) = slots[slot].1
+                                && let Some(o) = call.tracks.iter().find(|x| x.source.id == old)
+                            {
+                                write(&o.outlets).retain(|x| x.session != p.session);
+                            }
                             bind_slot(p, slot, &t);
                         }
                     }

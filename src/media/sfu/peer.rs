@@ -52,6 +52,9 @@ use super::{Direction, Kind, Note, NoteSink, Outlets, SessionInfo, SfuError, Sha
 const KEYFRAME_GAP: Duration = Duration::from_millis(500);
 /// A connection that has not connected by then is given up.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
+/// A connection that loses its client (ICE disconnected) and does not get it back by then is
+/// ended, so its tracks stop holding the call's players.
+const RECONNECT_GRACE: Duration = Duration::from_secs(10);
 /// Queued messages handled before the connection's output is flushed.
 const BATCH: usize = 64;
 /// How often a publisher reports its loudest recent audio level.
@@ -487,6 +490,8 @@ pub(super) struct Peer {
     remb_bps: Option<u64>,
     /// Per received track (relay id): its own quality, or paused (`None`).
     per_source: HashMap<u64, Option<Quality>>,
+    /// When the client was lost (ICE disconnected), while it is.
+    lost_at: Option<Instant>,
 }
 
 impl Peer {
@@ -538,6 +543,7 @@ impl Peer {
             quality: Quality::High,
             remb_bps: None,
             per_source: HashMap::new(),
+            lost_at: None,
         }
     }
 
@@ -560,7 +566,15 @@ impl Peer {
                 self.ended = Some("failed");
                 break;
             }
+            if self.lost_at.is_some_and(|t| t.elapsed() >= RECONNECT_GRACE) {
+                tracing::info!(session = %self.info.id, "media connection lost its client; closing");
+                self.ended = Some("failed");
+                break;
+            }
             let mut wake = self.pc.poll_timeout().unwrap_or(deadline);
+            if let Some(t) = self.lost_at {
+                wake = wake.min(t + RECONNECT_GRACE);
+            }
             if !self.connected {
                 wake = wake.min(deadline);
             }
@@ -688,7 +702,11 @@ impl Peer {
                 match state {
                     RTCPeerConnectionState::Connected => {
                         self.connected = true;
+                        self.lost_at = None;
                         self.renegotiate();
+                    }
+                    RTCPeerConnectionState::Disconnected => {
+                        self.lost_at.get_or_insert_with(Instant::now);
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         self.ended.get_or_insert("failed");

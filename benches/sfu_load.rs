@@ -1,0 +1,471 @@
+//! Forwarding load on the media relay, driven by `benches/sfu.sh`: one publisher (WHIP) sends
+//! video at a set bit rate plus Opus-sized audio, and N players (WHEP) receive it, each its
+//! own WebRTC connection on its own UDP socket (the `rtc` core, no decoding). Reports, per N:
+//! packets forwarded per second, per busy server core and per player's share of a core, the
+//! added delay (publisher's send to a player's receive, p50/p99), join time (WHEP request to
+//! the first packet, p50/p99), loss, and the server's RSS.
+//!
+//! It makes its own organization, two users and a room through the API with the operator key.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use serde_json::{Value, json};
+use tokio::net::UdpSocket;
+
+struct Args {
+    base: String,
+    key: String,
+    subs: Vec<usize>,
+    seconds: f64,
+    video_kbps: u64,
+    pid: u32,
+}
+
+fn args() -> Args {
+    let mut a =
+        Args { base: String::new(), key: String::new(), subs: vec![10], seconds: 8.0, video_kbps: 1500, pid: 0 };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().unwrap_or_default();
+        match k.as_str() {
+            "--base" => a.base = v(),
+            "--key" => a.key = v(),
+            "--subs" => a.subs = v().split(',').map(|n| n.trim().parse().expect("--subs")).collect(),
+            "--seconds" => a.seconds = v().parse().expect("--seconds"),
+            "--video-kbps" => a.video_kbps = v().parse().expect("--video-kbps"),
+            "--pid" => a.pid = v().parse().expect("--pid"),
+            _ => {}
+        }
+    }
+    a
+}
+
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum::<f64>()) / 100.0
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+fn pct(v: &mut [u64], p: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+// ------------------------------------------------------------------ API ----
+
+struct Setup {
+    http: reqwest::Client,
+    base: String,
+    room: String,
+    publisher: String,
+    player: String,
+}
+
+async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> Value {
+    let r = http.post(url).bearer_auth(token).json(&body).send().await.expect("request");
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{status}: {v}");
+    v
+}
+
+async fn setup(base: &str, key: &str) -> Setup {
+    let http = reqwest::Client::new();
+    let slug = format!("sfu{}", now_us() % 1_000_000_000);
+    let org = post(&http, format!("{base}/v1/orgs"), key, json!({ "slug": slug, "name": slug })).await;
+    let org = org["id"].as_str().expect("org id").to_owned();
+    let mut tokens = Vec::new();
+    for who in ["pub", "play"] {
+        let inv = post(
+            &http,
+            format!("{base}/v1/orgs/{org}/invitations"),
+            key,
+            json!({ "email": format!("{who}@{slug}.example.org"), "role": "member" }),
+        )
+        .await;
+        let body =
+            json!({ "token": inv["token"], "username": format!("{who}-{slug}"), "password": "bench password 123" });
+        http.post(format!("{base}/v1/auth/invitations/accept")).json(&body).send().await.expect("accept");
+        let login = json!({ "org": slug, "login": format!("{who}-{slug}"), "password": "bench password 123" });
+        let t: Value = http
+            .post(format!("{base}/v1/auth/login"))
+            .json(&login)
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("json");
+        tokens.push(t["access_token"].as_str().expect("token").to_owned());
+    }
+    let room =
+        post(&http, format!("{base}/v1/rooms"), &tokens[0], json!({ "name": "bench", "visibility": "org" })).await;
+    let room = room["id"].as_str().expect("room id").to_owned();
+    let me: Value =
+        http.get(format!("{base}/v1/me")).bearer_auth(&tokens[1]).send().await.expect("me").json().await.expect("json");
+    let player_id = me["id"].as_str().or_else(|| me["user"]["id"].as_str()).expect("user id").to_owned();
+    post(
+        &http,
+        format!("{base}/v1/rooms/{room}/participants"),
+        &tokens[0],
+        json!({ "user_id": player_id, "role": "viewer" }),
+    )
+    .await;
+    post(&http, format!("{base}/v1/rooms/{room}/join"), &tokens[1], json!({})).await;
+    let player = tokens.pop().expect("player");
+    let publisher = tokens.pop().expect("publisher");
+    Setup { http, base: base.to_owned(), room, publisher, player }
+}
+
+// --------------------------------------------------------------- WebRTC ----
+
+fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn opus() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn new_pc() -> RTCPeerConnection {
+    let mut media = MediaEngine::default();
+    media
+        .register_codec(RTCRtpCodecParameters { rtp_codec: opus(), payload_type: 111 }, RtpCodecKind::Audio)
+        .expect("opus");
+    media
+        .register_codec(RTCRtpCodecParameters { rtp_codec: vp8(), payload_type: 96 }, RtpCodecKind::Video)
+        .expect("vp8");
+    let registry = register_default_interceptors(Registry::new(), &mut media).expect("interceptors");
+    RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .build(Instant::now())
+        .expect("peer connection")
+}
+
+/// Offers from `pc` (on `socket`) to `url` and applies the answer.
+async fn negotiate(pc: &mut RTCPeerConnection, local: SocketAddr, http: &reqwest::Client, url: &str, token: &str) {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: local.ip().to_string(),
+            port: local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .expect("candidate");
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().expect("json")).expect("local candidate");
+    let offer = pc.create_offer(None).expect("offer");
+    pc.set_local_description(Instant::now(), offer).expect("local");
+    let sdp = pc.local_description().expect("sdp").sdp;
+    let r = http
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/sdp")
+        .body(sdp)
+        .send()
+        .await
+        .expect("signal");
+    assert_eq!(r.status().as_u16(), 201, "{url}: {}", r.text().await.unwrap_or_default());
+    let answer = RTCSessionDescription::answer(r.text().await.expect("answer")).expect("answer sdp");
+    pc.set_remote_description(Instant::now(), answer).expect("remote");
+}
+
+/// Drives `pc` on `socket` until `stop`: datagrams, timers, and `on_tick` every 10 ms.
+async fn drive(
+    mut pc: RTCPeerConnection,
+    socket: UdpSocket,
+    stop: Arc<AtomicBool>,
+    mut on_tick: impl FnMut(&mut RTCPeerConnection, bool),
+    mut on_rtp: impl FnMut(&rtc::rtp::Packet),
+) {
+    let local = socket.local_addr().expect("addr");
+    let mut buf = vec![0u8; 2048];
+    let mut connected = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while !stop.load(Ordering::Relaxed) {
+        while let Some(out) = pc.poll_write() {
+            let _ = socket.send_to(&out.message, out.transport.peer_addr).await;
+        }
+        while let Some(e) = pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = e {
+                connected = s == RTCPeerConnectionState::Connected;
+            }
+        }
+        while let Some(m) = pc.poll_read() {
+            if let RTCMessage::RtpPacket(_, p) = m.message {
+                on_rtp(&p);
+            }
+        }
+        let wake = pc.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, from)) = r {
+                    let transport = TransportContext { local_addr: local, peer_addr: from, ecn: None, transport_protocol: TransportProtocol::UDP };
+                    let _ = pc.handle_read(TaggedBytesMut { now: Instant::now(), transport, message: BytesMut::from(&buf[..n]) });
+                }
+            }
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                let _ = pc.handle_timeout(Instant::now());
+            }
+            _ = tick.tick() => on_tick(&mut pc, connected),
+        }
+    }
+    let _ = pc.close();
+}
+
+fn track(kind: RtpCodecKind, id: &str, ssrc: u32) -> MediaStreamTrack {
+    let codec = if kind == RtpCodecKind::Video { vp8() } else { opus() };
+    MediaStreamTrack::new(
+        "bench".to_owned(),
+        id.to_owned(),
+        id.to_owned(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            codec,
+            active: true,
+            ..Default::default()
+        }],
+    )
+}
+
+/// The publisher: video at `kbps` in ~1,100-byte packets (30 frames a second) and 50 audio
+/// packets a second, each payload starting with its send time.
+async fn publisher(s: &Setup, kbps: u64, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let local = socket.local_addr().expect("addr");
+    let mut pc = new_pc();
+    let video: RTCRtpSenderId = pc.add_track(track(RtpCodecKind::Video, "v", 0x1111)).expect("video");
+    let audio: RTCRtpSenderId = pc.add_track(track(RtpCodecKind::Audio, "a", 0x2222)).expect("audio");
+    let url = format!("{}/v1/rooms/{}/whip", s.base, s.room);
+    negotiate(&mut pc, local, &s.http, &url, &s.publisher).await;
+    let per_frame = (kbps * 1000 / 8 / 1100 / 30).max(1) as usize;
+    tokio::spawn(async move {
+        let (mut vseq, mut aseq, mut ticks) = (0u16, 0u16, 0u64);
+        let pt = |pc: &mut RTCPeerConnection, s: RTCRtpSenderId| {
+            pc.rtp_sender(s).and_then(|mut x| x.get_parameters().rtp_parameters.codecs.first().map(|c| c.payload_type))
+        };
+        Box::pin(drive(
+            pc,
+            socket,
+            stop,
+            move |pc, connected| {
+                if !connected {
+                    return;
+                }
+                ticks += 1;
+                let now = Instant::now();
+                let mut stamp = [0u8; 9];
+                stamp[1..].copy_from_slice(&now_us().to_be_bytes());
+                if ticks % 2 == 0 {
+                    if let Some(p) = pt(pc, audio) {
+                        let mut payload = vec![0u8; 80];
+                        payload[..9].copy_from_slice(&stamp);
+                        let packet = rtc::rtp::Packet {
+                            header: rtc::rtp::Header {
+                                version: 2,
+                                payload_type: p,
+                                sequence_number: aseq,
+                                timestamp: (ticks * 480) as u32,
+                                ssrc: 0x2222,
+                                ..Default::default()
+                            },
+                            payload: Bytes::from(payload),
+                        };
+                        aseq = aseq.wrapping_add(1);
+                        if pc.rtp_sender(audio).is_some_and(|mut s| s.write_rtp(now, packet).is_ok()) {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                // 30 frames a second: every 3rd or 4th tick.
+                if ticks * 30 / 100 != (ticks - 1) * 30 / 100 {
+                    let Some(p) = pt(pc, video) else { return };
+                    for i in 0..per_frame {
+                        let mut payload = vec![0u8; 1100];
+                        payload[..9].copy_from_slice(&stamp);
+                        // VP8 payload descriptor: the first packet starts the frame.
+                        payload[0] = if i == 0 { 0x10 } else { 0x00 };
+                        let packet = rtc::rtp::Packet {
+                            header: rtc::rtp::Header {
+                                version: 2,
+                                marker: i + 1 == per_frame,
+                                payload_type: p,
+                                sequence_number: vseq,
+                                timestamp: (ticks * 900) as u32,
+                                ssrc: 0x1111,
+                                ..Default::default()
+                            },
+                            payload: Bytes::from(payload),
+                        };
+                        vseq = vseq.wrapping_add(1);
+                        if pc.rtp_sender(video).is_some_and(|mut s| s.write_rtp(now, packet).is_ok()) {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            },
+            |_| {},
+        ))
+        .await;
+    })
+}
+
+/// What the players saw.
+#[derive(Default)]
+struct Seen {
+    packets: AtomicU64,
+    measuring: AtomicBool,
+    delays_us: std::sync::Mutex<Vec<u64>>,
+    joins_ms: std::sync::Mutex<Vec<u64>>,
+}
+
+async fn player(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> tokio::task::JoinHandle<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let local = socket.local_addr().expect("addr");
+    let mut pc = new_pc();
+    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Recvonly,
+            streams: vec![],
+            send_encodings: vec![],
+        };
+        pc.add_transceiver_from_kind(kind, Some(init)).expect("transceiver");
+    }
+    let started = Instant::now();
+    let url = format!("{}/v1/rooms/{}/whep", s.base, s.room);
+    negotiate(&mut pc, local, &s.http, &url, &s.player).await;
+    tokio::spawn(async move {
+        let mut first = true;
+        let mut delays = Vec::new();
+        Box::pin(drive(
+            pc,
+            socket,
+            stop,
+            |_, _| {},
+            |p| {
+                if first {
+                    first = false;
+                    seen.joins_ms.lock().expect("lock").push(started.elapsed().as_millis() as u64);
+                }
+                if seen.measuring.load(Ordering::Relaxed) {
+                    seen.packets.fetch_add(1, Ordering::Relaxed);
+                    if let Some(b) = p.payload.get(1..9) {
+                        let sent = u64::from_be_bytes(b.try_into().unwrap_or_default());
+                        delays.push(now_us().saturating_sub(sent));
+                    }
+                }
+            },
+        ))
+        .await;
+        seen.delays_us.lock().expect("lock").append(&mut delays);
+    })
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let a = args();
+    let s = setup(&a.base, &a.key).await;
+    for &n in &a.subs {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(Seen::default());
+        let mut tasks = vec![publisher(&s, a.video_kbps, stop.clone(), sent.clone()).await];
+        for _ in 0..n {
+            tasks.push(player(&s, stop.clone(), seen.clone()).await);
+        }
+        // Everyone receiving, then a second to settle.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.joins_ms.lock().expect("lock").len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let joined = seen.joins_ms.lock().expect("lock").len();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (cpu0, sent0) = (cpu_s(a.pid), sent.load(Ordering::Relaxed));
+        seen.measuring.store(true, Ordering::Relaxed);
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await;
+        seen.measuring.store(false, Ordering::Relaxed);
+        let elapsed = t0.elapsed().as_secs_f64();
+        let cpu = cpu_s(a.pid) - cpu0;
+        let sent_n = sent.load(Ordering::Relaxed) - sent0;
+        let rss = rss_kb(a.pid);
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+        let got = seen.packets.load(Ordering::Relaxed);
+        let pps = got as f64 / elapsed;
+        let expected = sent_n * n as u64;
+        let loss = if expected == 0 { 0.0 } else { 1.0 - got as f64 / expected as f64 };
+        let mut delays = std::mem::take(&mut *seen.delays_us.lock().expect("lock"));
+        let mut joins = std::mem::take(&mut *seen.joins_ms.lock().expect("lock"));
+        let busy = cpu / elapsed;
+        println!(
+            "RESULT subs={n} joined={joined} forwarded_pps={pps:.0} per_busy_core_pps={:.0} cpu_cores={busy:.2} cpu_per_sub_pct={:.2} loss_pct={:.2} delay_p50_ms={:.2} delay_p99_ms={:.2} join_p50_ms={} join_p99_ms={} rss_kb={rss}",
+            if busy > 0.0 { pps / busy } else { 0.0 },
+            busy * 100.0 / n as f64,
+            loss.max(0.0) * 100.0,
+            pct(&mut delays, 0.5) as f64 / 1000.0,
+            pct(&mut delays, 0.99) as f64 / 1000.0,
+            pct(&mut joins, 0.5),
+            pct(&mut joins, 0.99),
+        );
+        // The server lets the connections go before the next round.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
