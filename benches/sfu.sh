@@ -25,7 +25,7 @@ LOAD=$(cd "$REPO_DIR" && cargo bench --bench sfu_load --no-run 2>&1 | awk '/Exec
 
 echo "== Outpost media relay: 1 publisher (${VIDEO_KBPS} kbit/s video + audio) -> N players =="
 echo "machine: $(machine_desc)"
-export OUTPOST_MEDIA__RTC_LISTEN="127.0.0.1:0" OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000
+export OUTPOST_MEDIA__RTC_LISTEN="127.0.0.1:0" OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000 OUTPOST_MEDIA__ROOM_SESSIONS_MAX=2000
 KEY=$(outpost_operator_key "$WORK/outpost-data")
 start_outpost "$WORK/outpost-data" "$OP_PORT"
 "$LOAD" --base "$OP_URL" --key "$KEY" --subs "$SUBS" --seconds "${DURATION:-8}" --video-kbps "$VIDEO_KBPS" --pid "$OP_PID" |

@@ -194,7 +194,14 @@ fn new_pc() -> RTCPeerConnection {
 }
 
 /// Offers from `pc` (on `socket`) to `url` and applies the answer.
-async fn negotiate(pc: &mut RTCPeerConnection, local: SocketAddr, http: &reqwest::Client, url: &str, token: &str) {
+/// Offers from `pc` (on `socket`) to `url`, applies the answer, returns the connection's URL.
+async fn negotiate(
+    pc: &mut RTCPeerConnection,
+    local: SocketAddr,
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> String {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
             network: "udp".to_owned(),
@@ -220,8 +227,10 @@ async fn negotiate(pc: &mut RTCPeerConnection, local: SocketAddr, http: &reqwest
         .await
         .expect("signal");
     assert_eq!(r.status().as_u16(), 201, "{url}: {}", r.text().await.unwrap_or_default());
+    let location = r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let answer = RTCSessionDescription::answer(r.text().await.expect("answer")).expect("answer sdp");
     pc.set_remote_description(Instant::now(), answer).expect("remote");
+    location
 }
 
 /// Drives `pc` on `socket` until `stop`: datagrams, timers, and `on_tick` every 10 ms.
@@ -285,16 +294,21 @@ fn track(kind: RtpCodecKind, id: &str, ssrc: u32) -> MediaStreamTrack {
 
 /// The publisher: video at `kbps` in ~1,100-byte packets (30 frames a second) and 50 audio
 /// packets a second, each payload starting with its send time.
-async fn publisher(s: &Setup, kbps: u64, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+async fn publisher(
+    s: &Setup,
+    kbps: u64,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+) -> (tokio::task::JoinHandle<()>, String) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let local = socket.local_addr().expect("addr");
     let mut pc = new_pc();
     let video: RTCRtpSenderId = pc.add_track(track(RtpCodecKind::Video, "v", 0x1111)).expect("video");
     let audio: RTCRtpSenderId = pc.add_track(track(RtpCodecKind::Audio, "a", 0x2222)).expect("audio");
     let url = format!("{}/v1/rooms/{}/whip", s.base, s.room);
-    negotiate(&mut pc, local, &s.http, &url, &s.publisher).await;
+    let location = negotiate(&mut pc, local, &s.http, &url, &s.publisher).await;
     let per_frame = (kbps * 1000 / 8 / 1100 / 30).max(1) as usize;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let (mut vseq, mut aseq, mut ticks) = (0u16, 0u16, 0u64);
         let pt = |pc: &mut RTCPeerConnection, s: RTCRtpSenderId| {
             pc.rtp_sender(s).and_then(|mut x| x.get_parameters().rtp_parameters.codecs.first().map(|c| c.payload_type))
@@ -362,7 +376,8 @@ async fn publisher(s: &Setup, kbps: u64, stop: Arc<AtomicBool>, sent: Arc<Atomic
             |_| {},
         ))
         .await;
-    })
+    });
+    (task, location)
 }
 
 /// What the players saw.
@@ -374,7 +389,7 @@ struct Seen {
     joins_ms: std::sync::Mutex<Vec<u64>>,
 }
 
-async fn player(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> tokio::task::JoinHandle<()> {
+async fn player(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> (tokio::task::JoinHandle<()>, String) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let local = socket.local_addr().expect("addr");
     let mut pc = new_pc();
@@ -388,8 +403,8 @@ async fn player(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> tokio::tas
     }
     let started = Instant::now();
     let url = format!("{}/v1/rooms/{}/whep", s.base, s.room);
-    negotiate(&mut pc, local, &s.http, &url, &s.player).await;
-    tokio::spawn(async move {
+    let location = negotiate(&mut pc, local, &s.http, &url, &s.player).await;
+    let task = tokio::spawn(async move {
         let mut first = true;
         let mut delays = Vec::new();
         Box::pin(drive(
@@ -413,7 +428,8 @@ async fn player(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> tokio::tas
         ))
         .await;
         seen.delays_us.lock().expect("lock").append(&mut delays);
-    })
+    });
+    (task, location)
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -424,9 +440,12 @@ async fn main() {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(Seen::default());
-        let mut tasks = vec![publisher(&s, a.video_kbps, stop.clone(), sent.clone()).await];
+        let (task, location) = publisher(&s, a.video_kbps, stop.clone(), sent.clone()).await;
+        let (mut tasks, mut hang_ups) = (vec![task], vec![(location, s.publisher.clone())]);
         for _ in 0..n {
-            tasks.push(player(&s, stop.clone(), seen.clone()).await);
+            let (task, location) = player(&s, stop.clone(), seen.clone()).await;
+            tasks.push(task);
+            hang_ups.push((location, s.player.clone()));
         }
         // Everyone receiving, then a second to settle.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -447,6 +466,10 @@ async fn main() {
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             let _ = t.await;
+        }
+        // Hang up, as clients do, before the next round.
+        for (location, token) in hang_ups {
+            let _ = s.http.delete(format!("{}{location}", s.base)).bearer_auth(token).send().await;
         }
         let got = seen.packets.load(Ordering::Relaxed);
         let pps = got as f64 / elapsed;
