@@ -794,3 +794,34 @@ async fn a_receiver_gets_the_simulcast_layer_it_asks_for() {
     drop(browser);
     s.stop().await;
 }
+
+/// A real offer (aiortc's: Opus and VP8, sendonly); the server answers it whether or not the
+/// client ever connects, which is all the room-change checks below need.
+const AIORTC_OFFER: &str = include_str!("fixtures/whip_offer.sdp");
+
+/// Calls follow the room: leaving it ends one's connections, archiving it ends the call.
+#[tokio::test]
+async fn leaving_or_archiving_the_room_ends_connections() {
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let whip = format!("/v1/rooms/{}/whip", f.room);
+    for who in [&f.editor, &f.host] {
+        let r = post_sdp(&s, &who.access, &whip, "application/sdp", AIORTC_OFFER).await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    let list = format!("/v1/rooms/{}/media/connections", f.room);
+    let count = async || get_json(&s, &f.host.access, &list).await["items"].as_array().map_or(0, Vec::len);
+    assert_eq!(count().await, 2);
+    let r =
+        s.http.post(s.url(&format!("/v1/rooms/{}/leave", f.room))).bearer_auth(&f.editor.access).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    until("the leaver's connection to end", || async { count().await == 1 }).await;
+    let r =
+        s.http.post(s.url(&format!("/v1/rooms/{}/archive", f.room))).bearer_auth(&f.host.access).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    until("the call to end", || async { count().await == 0 }).await;
+    // An archived room has no call to join.
+    let r = post_sdp(&s, &f.host.access, &whip, "application/sdp", AIORTC_OFFER).await;
+    expect_problem(r, 409, "room_archived").await;
+    s.stop().await;
+}
