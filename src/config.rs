@@ -43,6 +43,9 @@ pub struct MediaConfig {
     /// no calls. The default, `127.0.0.1:0`, takes a free port on loopback, as the HTTP default
     /// serves only this host.
     pub rtc_listen: Option<SocketAddr>,
+    /// ICE over TCP on the same port number (TCP), for clients whose networks let no UDP
+    /// through.
+    pub rtc_tcp: bool,
     /// Media connections (publishing or playing) on this server at most.
     pub sessions_max: usize,
     /// Media connections in one room's call at most.
@@ -73,6 +76,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             rtc_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            rtc_tcp: true,
             sessions_max: 2000,
             room_sessions_max: 200,
             tracks_max: 4000,

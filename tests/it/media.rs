@@ -825,3 +825,161 @@ async fn leaving_or_archiving_the_room_ends_connections() {
     expect_problem(r, 409, "room_archived").await;
     s.stop().await;
 }
+
+/// ICE over TCP: a client whose only candidate is TCP (an `rtc` client: aiortc does no
+/// ICE-TCP) reaches the relay on the media port over TCP, publishes, and its track shows in
+/// the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_udp_publishes_over_ice_tcp() {
+    use bytes::BytesMut;
+    use rtc::interceptor::Registry;
+    use rtc::media_stream::MediaStreamTrack;
+    use rtc::peer_connection::RTCPeerConnectionBuilder;
+    use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+    use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+    use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
+    use rtc::peer_connection::event::RTCPeerConnectionEvent;
+    use rtc::peer_connection::sdp::RTCSessionDescription;
+    use rtc::peer_connection::state::RTCPeerConnectionState;
+    use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+    use rtc::rtp_transceiver::rtp_sender::{
+        RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    };
+    use rtc::sansio::Protocol;
+    use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let opus = RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    };
+    let mut media = MediaEngine::default();
+    media
+        .register_codec(RTCRtpCodecParameters { rtp_codec: opus.clone(), payload_type: 111 }, RtpCodecKind::Audio)
+        .unwrap();
+    let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .build(Instant::now())
+        .unwrap();
+    let track = MediaStreamTrack::new(
+        "s".into(),
+        "mic".into(),
+        "mic".into(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(0x5151), ..Default::default() },
+            codec: opus,
+            active: true,
+            ..Default::default()
+        }],
+    );
+    let sender = pc.add_track(track).unwrap();
+    // Only an active TCP candidate: no UDP at all.
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "tcp".into(),
+            address: "127.0.0.1".into(),
+            port: 9,
+            component: 1,
+            ..Default::default()
+        },
+        tcp_type: rtc::ice::tcp_type::TcpType::Active,
+    }
+    .new_candidate_host()
+    .unwrap();
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().unwrap()).unwrap();
+    let offer = pc.create_offer(None).unwrap();
+    pc.set_local_description(Instant::now(), offer).unwrap();
+    let sdp = pc.local_description().unwrap().sdp;
+    let r = post_sdp(&s, &f.editor.access, &format!("/v1/rooms/{}/whip", f.room), "application/sdp", &sdp).await;
+    assert_eq!(r.status(), 201);
+    let answer = r.text().await.unwrap();
+    // The relay's passive TCP candidate: `a=candidate:… 1 tcp <prio> <ip> <port> typ host tcptype passive`.
+    let line = answer.lines().find(|l| l.contains(" tcp ") && l.contains("tcptype passive")).expect("a TCP candidate");
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    let server: std::net::SocketAddr = format!("{}:{}", parts[4], parts[5]).parse().unwrap();
+    pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer).unwrap()).unwrap();
+
+    let stream = tokio::net::TcpStream::connect(server).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
+    tokio::spawn(async move {
+        let mut len = [0u8; 2];
+        while rd.read_exact(&mut len).await.is_ok() {
+            let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            if rd.read_exact(&mut buf).await.is_err() || frames_tx.send(buf).await.is_err() {
+                return;
+            }
+        }
+    });
+    let ctx = |peer| TransportContext {
+        local_addr: std::net::SocketAddr::new(local.ip(), 9),
+        peer_addr: peer,
+        ecn: None,
+        transport_protocol: TransportProtocol::TCP,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut connected, mut sent, mut seq) = (false, 0, 0u16);
+    let call = format!("/v1/rooms/{}/call", f.room);
+    loop {
+        while let Some(out) = pc.poll_write() {
+            let n = u16::try_from(out.message.len()).unwrap();
+            wr.write_all(&n.to_be_bytes()).await.unwrap();
+            wr.write_all(&out.message).await.unwrap();
+        }
+        while let Some(e) = pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(st) = e {
+                connected |= st == RTCPeerConnectionState::Connected;
+            }
+        }
+        while pc.poll_read().is_some() {}
+        if connected {
+            // 20 ms of audio, until the relay shows the track.
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::Header {
+                    version: 2,
+                    payload_type: 111,
+                    sequence_number: seq,
+                    timestamp: u32::from(seq) * 960,
+                    ssrc: 0x5151,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from_static(&[0xfc, 0xff, 0xfe]),
+            };
+            seq = seq.wrapping_add(1);
+            if pc.rtp_sender(sender).is_some_and(|mut x| x.write_rtp(Instant::now(), packet).is_ok()) {
+                sent += 1;
+            }
+            if sent % 10 == 5 {
+                let state = get_json(&s, &f.editor.access, &call).await;
+                let tracks = state["participants"][0]["tracks"].as_array().map_or(0, Vec::len);
+                if tracks == 1 {
+                    break;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no media over ICE-TCP (connected: {connected}, sent: {sent})");
+        let wake = pc.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_millis(20));
+        let wait = wake.saturating_duration_since(Instant::now()).min(Duration::from_millis(20));
+        tokio::select! {
+            frame = frames.recv() => {
+                let frame = frame.expect("the relay closed the TCP connection");
+                let _ = pc.handle_read(TaggedBytesMut { now: Instant::now(), transport: ctx(server), message: BytesMut::from(&frame[..]) });
+            }
+            () = tokio::time::sleep(wait) => {
+                let _ = pc.handle_timeout(Instant::now());
+            }
+        }
+    }
+    s.stop().await;
+}

@@ -272,6 +272,9 @@ pub(crate) struct Shared {
     state_sink: RwLock<Option<StateSink>>,
     /// Where recordings go: `<data dir>/recordings`.
     recordings: std::path::PathBuf,
+    /// ICE over TCP is listening on the media port.
+    tcp: bool,
+    tcp_conns: udp::TcpConns,
 }
 
 /// The running media relay.
@@ -321,6 +324,25 @@ impl Sfu {
         let routes = Arc::new(RwLock::new(udp::Routes::default()));
         tokio::spawn(udp::read_loop(socket.clone(), routes.clone(), metrics.clone()));
         tracing::info!(%local, advertised = %host, "media relay listening (UDP)");
+        let tcp_conns = udp::TcpConns::default();
+        let tcp = if cfg.rtc_tcp {
+            // The same port number as UDP; a port taken by something else costs the fallback,
+            // not the relay.
+            match tokio::net::TcpListener::bind(local).await {
+                Ok(l) => {
+                    let conns = tcp_conns.clone();
+                    tokio::spawn(udp::tcp_accept_loop(l, routes.clone(), conns, metrics.clone(), cfg.sessions_max));
+                    tracing::info!(%local, "media relay listening (ICE over TCP)");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(%local, error = %e, "no ICE over TCP: the media port is taken for TCP");
+                    false
+                }
+            }
+        } else {
+            false
+        };
         Ok(Some(Self {
             shared: Arc::new(Shared {
                 socket,
@@ -337,6 +359,8 @@ impl Sfu {
                 connection_tracks_max: cfg.connection_tracks_max,
                 state_sink: RwLock::default(),
                 recordings,
+                tcp,
+                tcp_conns,
             }),
         }))
     }
@@ -392,7 +416,7 @@ impl Sfu {
                 return Err(SfuError::TooManyTracks(format!("this server carries at most {} tracks", sh.tracks_max)));
             }
         }
-        let setup = peer::answer(offer, direction, sh.host, may_publish, sh.connection_tracks_max)?;
+        let setup = peer::answer(offer, direction, sh.host, sh.tcp, may_publish, sh.connection_tracks_max)?;
         let info = SessionInfo { id: Id::new(), org, room, user, direction, created_at_ms: crate::ids::now_ms() };
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         {
@@ -735,6 +759,17 @@ impl Shared {
 
     pub(crate) fn host(&self) -> SocketAddr {
         self.host
+    }
+
+    /// Sends `frame` on the ICE-TCP connection from `to`, if there is one (dropped if its
+    /// queue is full, as a datagram would be).
+    pub(crate) fn send_tcp(&self, to: SocketAddr, frame: bytes::Bytes) {
+        let tx = self.tcp_conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&to).cloned();
+        if let Some(tx) = tx
+            && tx.try_send(frame).is_err()
+        {
+            self.metrics.media_datagrams_dropped.inc();
+        }
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

@@ -64,8 +64,8 @@ const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 /// What a connection's task is sent.
 pub enum PeerMsg {
-    /// A datagram from the shared socket.
-    Datagram { data: BytesMut, from: SocketAddr, at: Instant },
+    /// A datagram from the shared socket, or a frame from an ICE-TCP connection (`tcp`).
+    Datagram { data: BytesMut, from: SocketAddr, at: Instant, tcp: bool },
     /// A packet of published track `source`, of its simulcast layer `layer` (0 when it has
     /// one).
     Rtp { source: u64, layer: u8, packet: rtc::rtp::Packet },
@@ -317,6 +317,7 @@ pub(super) fn answer(
     offer: &str,
     direction: Direction,
     host: SocketAddr,
+    tcp: bool,
     may_publish: bool,
     tracks_max: usize,
 ) -> Result<Setup, SfuError> {
@@ -398,6 +399,23 @@ pub(super) fn answer(
     .map_err(invalid)?;
     let init = RTCIceCandidate::from(&candidate).to_json().map_err(invalid)?;
     pc.add_local_candidate(init).map_err(invalid)?;
+    if tcp {
+        // ICE over TCP on the same address and port, for networks that let no UDP through.
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "tcp".to_owned(),
+                address: host.ip().to_string(),
+                port: host.port(),
+                component: 1,
+                ..Default::default()
+            },
+            tcp_type: rtc::ice::tcp_type::TcpType::Passive,
+        }
+        .new_candidate_host()
+        .map_err(invalid)?;
+        let init = RTCIceCandidate::from(&candidate).to_json().map_err(invalid)?;
+        pc.add_local_candidate(init).map_err(invalid)?;
+    }
     let answer = pc.create_answer(None).map_err(invalid)?;
     pc.set_local_description(now, answer).map_err(invalid)?;
     let sdp = pc.local_description().map(|d| d.sdp).ok_or_else(|| invalid("no local description"))?;
@@ -615,12 +633,12 @@ impl Peer {
 
     fn handle(&mut self, msg: PeerMsg) {
         match msg {
-            PeerMsg::Datagram { data, from, at } => {
+            PeerMsg::Datagram { data, from, at, tcp } => {
                 let transport = TransportContext {
                     local_addr: self.shared.host(),
                     peer_addr: from,
                     ecn: None,
-                    transport_protocol: TransportProtocol::UDP,
+                    transport_protocol: if tcp { TransportProtocol::TCP } else { TransportProtocol::UDP },
                 };
                 if let Err(e) = self.pc.handle_read(TaggedBytesMut { now: at, transport, message: data }) {
                     tracing::debug!(session = %self.info.id, error = %e, "media datagram refused");
@@ -672,8 +690,12 @@ impl Peer {
             let mut progressed = false;
             while let Some(out) = self.pc.poll_write() {
                 progressed = true;
-                let socket = self.shared.socket();
                 let to = out.transport.peer_addr;
+                if out.transport.transport_protocol == TransportProtocol::TCP {
+                    self.shared.send_tcp(to, out.message.freeze());
+                    continue;
+                }
+                let socket = self.shared.socket();
                 // A send that fails otherwise is a lost datagram; retransmissions cover it.
                 if let Err(e) = socket.try_send_to(&out.message, to)
                     && e.kind() == std::io::ErrorKind::WouldBlock

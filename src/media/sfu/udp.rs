@@ -1,4 +1,5 @@
-//! One UDP socket for every peer connection (ICE multiplexing).
+//! One UDP socket for every peer connection (ICE multiplexing), and ICE over TCP on the same
+//! port number for networks that let no UDP through.
 //!
 //! Each peer connection has its own ICE username fragment. A STUN binding request names it in
 //! its USERNAME attribute (`<our ufrag>:<their ufrag>`), which tells which connection a new
@@ -6,14 +7,21 @@
 //! goes to the same connection. The ICE agent of that connection still checks the request's
 //! integrity with its password, so a guessed address mapping gains a stranger nothing: the
 //! agent drops what it cannot authenticate and DTLS refuses a peer without the fingerprint.
+//!
+//! Over TCP (RFC 6544, passive on our side), each accepted connection carries RFC 4571 frames
+//! (a 2-byte length, then a STUN, DTLS or SRTP packet); its first frame must be a binding
+//! request, which names the peer connection the whole TCP connection then belongs to.
+//! Outgoing frames for a remote address go to that address's TCP connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use tokio::net::UdpSocket;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 use super::peer::PeerMsg;
@@ -74,7 +82,7 @@ pub(super) async fn read_loop(socket: Arc<UdpSocket>, routes: Arc<RwLock<Routes>
             metrics.media_datagrams_unrouted.inc();
             continue;
         };
-        let msg = PeerMsg::Datagram { data: BytesMut::from(data), from, at: Instant::now() };
+        let msg = PeerMsg::Datagram { data: BytesMut::from(data), from, at: Instant::now(), tcp: false };
         if route.tx.try_send(msg).is_err() {
             metrics.media_datagrams_dropped.inc();
         }
@@ -92,6 +100,95 @@ fn route_for(routes: &RwLock<Routes>, data: &[u8], from: SocketAddr) -> Option<R
         return Some(route);
     }
     routes.read().unwrap_or_else(std::sync::PoisonError::into_inner).by_addr.get(&from).cloned()
+}
+
+/// The TCP connections' writers, by remote address.
+pub(super) type TcpConns = Arc<std::sync::Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
+
+/// A frame larger than this is not media: the connection is dropped.
+const TCP_FRAME_MAX: usize = 4096;
+/// Frames queued for one TCP connection at most.
+const TCP_QUEUE: usize = 1024;
+
+/// Accepts ICE-TCP connections until the listener fails, at most `max` at once.
+pub(super) async fn tcp_accept_loop(
+    listener: TcpListener,
+    routes: Arc<RwLock<Routes>>,
+    conns: TcpConns,
+    metrics: Arc<Metrics>,
+    max: usize,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "media TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
+        let _ = stream.set_nodelay(true);
+        let (routes, conns, metrics) = (routes.clone(), conns.clone(), metrics.clone());
+        tokio::spawn(async move {
+            serve_tcp(stream, from, &routes, &conns, &metrics).await;
+            conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&from);
+            drop(permit);
+        });
+    }
+}
+
+/// One RFC 4571 frame; `None` at the end, on an error or on a frame that is not media.
+async fn read_frame(rd: &mut OwnedReadHalf) -> Option<BytesMut> {
+    let mut len = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(60), rd.read_exact(&mut len)).await.ok()?.ok()?;
+    let n = usize::from(u16::from_be_bytes(len));
+    if n == 0 || n > TCP_FRAME_MAX {
+        return None;
+    }
+    let mut data = BytesMut::zeroed(n);
+    rd.read_exact(&mut data).await.ok()?;
+    Some(data)
+}
+
+async fn write_frames(mut wr: OwnedWriteHalf, mut out: mpsc::Receiver<Bytes>) {
+    while let Some(b) = out.recv().await {
+        let Ok(n) = u16::try_from(b.len()) else { continue };
+        if wr.write_all(&n.to_be_bytes()).await.is_err() || wr.write_all(&b).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn serve_tcp(
+    stream: tokio::net::TcpStream,
+    from: SocketAddr,
+    routes: &RwLock<Routes>,
+    conns: &TcpConns,
+    metrics: &Metrics,
+) {
+    let (mut rd, wr) = stream.into_split();
+    // The first frame names the connection; nothing comes before it.
+    let Some(first) = read_frame(&mut rd).await else { return };
+    let route = binding_request_ufrag(&first)
+        .and_then(|u| routes.read().unwrap_or_else(std::sync::PoisonError::into_inner).by_ufrag.get(u).cloned());
+    let Some(route) = route else {
+        metrics.media_datagrams_unrouted.inc();
+        return;
+    };
+    let (tx, out) = mpsc::channel::<Bytes>(TCP_QUEUE);
+    conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(from, tx);
+    let writer = tokio::spawn(write_frames(wr, out));
+    let mut frame = Some(first);
+    while let Some(data) = frame {
+        let msg = PeerMsg::Datagram { data, from, at: Instant::now(), tcp: true };
+        if route.tx.try_send(msg).is_err() {
+            metrics.media_datagrams_dropped.inc();
+        }
+        frame = read_frame(&mut rd).await;
+    }
+    writer.abort();
 }
 
 const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
