@@ -1,6 +1,12 @@
-//! Forwarding load on the media relay, driven by `benches/sfu.sh`: one publisher (WHIP) sends
-//! video at a set bit rate plus Opus-sized audio, and N players (WHEP) receive it, each its
-//! own WebRTC connection on its own UDP socket (the `rtc` core, no decoding). Reports, per N:
+//! Forwarding load on the media relay, driven by `benches/sfu.sh`, in one of two shapes:
+//!
+//! * `video`: one publisher (WHIP) sends video at a set bit rate plus Opus-sized audio, and N
+//!   players (WHEP) receive it;
+//! * `audio10`: ten publishers (WHIP) each send Opus-sized audio, and N call participants
+//!   (the realtime socket: `call_join`, then answering the relay's offers) receive all ten.
+//!
+//! Each client is its own WebRTC connection on its own UDP socket (the `rtc` core, no
+//! decoding). Reports, per N:
 //! packets forwarded per second, per busy server core and per player's share of a core, the
 //! added delay (publisher's send to a player's receive, p50/p99), join time (WHEP request to
 //! the first packet, p50/p99), loss, and the server's RSS.
@@ -36,6 +42,7 @@ use tokio::net::UdpSocket;
 struct Args {
     base: String,
     key: String,
+    shape: String,
     subs: Vec<usize>,
     seconds: f64,
     video_kbps: u64,
@@ -43,14 +50,22 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a =
-        Args { base: String::new(), key: String::new(), subs: vec![10], seconds: 8.0, video_kbps: 1500, pid: 0 };
+    let mut a = Args {
+        base: String::new(),
+        key: String::new(),
+        shape: "video".into(),
+        subs: vec![10],
+        seconds: 8.0,
+        video_kbps: 1500,
+        pid: 0,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().unwrap_or_default();
         match k.as_str() {
             "--base" => a.base = v(),
             "--key" => a.key = v(),
+            "--shape" => a.shape = v(),
             "--subs" => a.subs = v().split(',').map(|n| n.trim().parse().expect("--subs")).collect(),
             "--seconds" => a.seconds = v().parse().expect("--seconds"),
             "--video-kbps" => a.video_kbps = v().parse().expect("--video-kbps"),
@@ -297,13 +312,15 @@ fn track(kind: RtpCodecKind, id: &str, ssrc: u32) -> MediaStreamTrack {
 async fn publisher(
     s: &Setup,
     kbps: u64,
+    audio_only: bool,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
 ) -> (tokio::task::JoinHandle<()>, String) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let local = socket.local_addr().expect("addr");
     let mut pc = new_pc();
-    let video: RTCRtpSenderId = pc.add_track(track(RtpCodecKind::Video, "v", 0x1111)).expect("video");
+    let video: Option<RTCRtpSenderId> =
+        (!audio_only).then(|| pc.add_track(track(RtpCodecKind::Video, "v", 0x1111)).expect("video"));
     let audio: RTCRtpSenderId = pc.add_track(track(RtpCodecKind::Audio, "a", 0x2222)).expect("audio");
     let url = format!("{}/v1/rooms/{}/whip", s.base, s.room);
     let location = negotiate(&mut pc, local, &s.http, &url, &s.publisher).await;
@@ -347,7 +364,9 @@ async fn publisher(
                     }
                 }
                 // 30 frames a second: every 3rd or 4th tick.
-                if ticks * 30 / 100 != (ticks - 1) * 30 / 100 {
+                if let Some(video) = video
+                    && ticks * 30 / 100 != (ticks - 1) * 30 / 100
+                {
                     let Some(p) = pt(pc, video) else { return };
                     for i in 0..per_frame {
                         let mut payload = vec![0u8; 1100];
@@ -432,6 +451,108 @@ async fn player(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> (tokio::ta
     (task, location)
 }
 
+/// A call participant that only receives: joins over the realtime socket with a recvonly
+/// audio section and answers every offer the relay makes as tracks come.
+async fn caller(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> tokio::task::JoinHandle<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let local = socket.local_addr().expect("addr");
+    let mut pc = new_pc();
+    let init = RTCRtpTransceiverInit {
+        direction: RTCRtpTransceiverDirection::Recvonly,
+        streams: vec![],
+        send_encodings: vec![],
+    };
+    pc.add_transceiver_from_kind(RtpCodecKind::Audio, Some(init)).expect("transceiver");
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: local.ip().to_string(),
+            port: local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .expect("candidate");
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().expect("json")).expect("local candidate");
+    let offer = pc.create_offer(None).expect("offer");
+    pc.set_local_description(Instant::now(), offer).expect("local");
+    let sdp = pc.local_description().expect("sdp").sdp;
+    let mut req = format!("{}/v1/realtime", s.base.replace("http://", "ws://")).into_client_request().expect("request");
+    req.headers_mut()
+        .insert("sec-websocket-protocol", format!("outpost.v1, access_token.{}", s.player).parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("realtime socket");
+    let started = Instant::now();
+    let join = json!({ "op": "call_join", "room": s.room, "sdp": sdp });
+    ws.send(Message::text(join.to_string())).await.expect("join");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        let (mut first, mut delays) = (true, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            while let Some(out) = pc.poll_write() {
+                let _ = socket.send_to(&out.message, out.transport.peer_addr).await;
+            }
+            while pc.poll_event().is_some() {}
+            while let Some(m) = pc.poll_read() {
+                if let RTCMessage::RtpPacket(_, p) = m.message {
+                    if first {
+                        first = false;
+                        seen.joins_ms.lock().expect("lock").push(started.elapsed().as_millis() as u64);
+                    }
+                    if seen.measuring.load(Ordering::Relaxed) {
+                        seen.packets.fetch_add(1, Ordering::Relaxed);
+                        if let Some(b) = p.payload.get(1..9) {
+                            delays.push(now_us().saturating_sub(u64::from_be_bytes(b.try_into().unwrap_or_default())));
+                        }
+                    }
+                }
+            }
+            let wake = pc.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                r = socket.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = r {
+                        let transport = TransportContext { local_addr: local, peer_addr: from, ecn: None, transport_protocol: TransportProtocol::UDP };
+                        let _ = pc.handle_read(TaggedBytesMut { now: Instant::now(), transport, message: BytesMut::from(&buf[..n]) });
+                    }
+                }
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake.min(Instant::now() + Duration::from_millis(50)))) => {
+                    let _ = pc.handle_timeout(Instant::now());
+                }
+                frame = ws.next() => {
+                    let Some(Ok(Message::Text(text))) = frame else { continue };
+                    let f: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    let sdp = f["sdp"].as_str().unwrap_or_default().to_owned();
+                    match f["op"].as_str() {
+                        Some("call_joined") => {
+                            let answer = RTCSessionDescription::answer(sdp).expect("answer");
+                            pc.set_remote_description(Instant::now(), answer).expect("remote");
+                        }
+                        Some("call_offer") => {
+                            let offer = RTCSessionDescription::offer(sdp).expect("offer");
+                            pc.set_remote_description(Instant::now(), offer).expect("remote offer");
+                            let answer = pc.create_answer(None).expect("answer");
+                            pc.set_local_description(Instant::now(), answer).expect("local answer");
+                            let sdp = pc.local_description().expect("sdp").sdp;
+                            let reply = json!({ "op": "call_answer", "connection": f["connection"], "sdp": sdp });
+                            let _ = ws.send(Message::text(reply.to_string())).await;
+                        }
+                        Some("error") => panic!("{f}"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let _ = pc.close();
+        let _ = ws.close(None).await;
+        seen.delays_us.lock().expect("lock").append(&mut delays);
+    })
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let a = args();
@@ -440,12 +561,21 @@ async fn main() {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(Seen::default());
-        let (task, location) = publisher(&s, a.video_kbps, stop.clone(), sent.clone()).await;
-        let (mut tasks, mut hang_ups) = (vec![task], vec![(location, s.publisher.clone())]);
-        for _ in 0..n {
-            let (task, location) = player(&s, stop.clone(), seen.clone()).await;
+        let (mut tasks, mut hang_ups) = (Vec::new(), Vec::new());
+        let audio10 = a.shape == "audio10";
+        for _ in 0..if audio10 { 10 } else { 1 } {
+            let (task, location) = publisher(&s, a.video_kbps, audio10, stop.clone(), sent.clone()).await;
             tasks.push(task);
-            hang_ups.push((location, s.player.clone()));
+            hang_ups.push((location, s.publisher.clone()));
+        }
+        for _ in 0..n {
+            if audio10 {
+                tasks.push(caller(&s, stop.clone(), seen.clone()).await);
+            } else {
+                let (task, location) = player(&s, stop.clone(), seen.clone()).await;
+                tasks.push(task);
+                hang_ups.push((location, s.player.clone()));
+            }
         }
         // Everyone receiving, then a second to settle.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -479,7 +609,8 @@ async fn main() {
         let mut joins = std::mem::take(&mut *seen.joins_ms.lock().expect("lock"));
         let busy = cpu / elapsed;
         println!(
-            "RESULT subs={n} joined={joined} forwarded_pps={pps:.0} per_busy_core_pps={:.0} cpu_cores={busy:.2} cpu_per_sub_pct={:.2} loss_pct={:.2} delay_p50_ms={:.2} delay_p99_ms={:.2} join_p50_ms={} join_p99_ms={} rss_kb={rss}",
+            "RESULT shape={} subs={n} joined={joined} forwarded_pps={pps:.0} per_busy_core_pps={:.0} cpu_cores={busy:.2} cpu_per_sub_pct={:.2} loss_pct={:.2} delay_p50_ms={:.2} delay_p99_ms={:.2} join_p50_ms={} join_p99_ms={} rss_kb={rss}",
+            a.shape,
             if busy > 0.0 { pps / busy } else { 0.0 },
             busy * 100.0 / n as f64,
             loss.max(0.0) * 100.0,
