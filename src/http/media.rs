@@ -70,6 +70,8 @@ pub struct CallTrackView {
     pub id: String,
     /// `audio` or `video`.
     pub kind: String,
+    /// e.g. `video/VP8`, `video/H264`, `audio/opus`.
+    pub codec: String,
     /// The publisher's own id for the track.
     pub track: String,
     /// `mic`, `camera`, `screen` or `unknown`, as the publisher says.
@@ -126,6 +128,7 @@ fn call_state_view(s: &crate::media::sfu::CallState) -> CallStateView {
                     .map(|t| CallTrackView {
                         id: t.id.to_string(),
                         kind: t.kind.as_str().to_owned(),
+                        codec: t.codec.clone(),
                         track: t.client_track.clone(),
                         source: t.source.clone(),
                         muted: t.muted,
@@ -313,7 +316,7 @@ pub struct MediaApi;
 impl MediaApi {
     /// Publish into the room's call (WHIP, RFC 9725): send an SDP offer with the tracks to
     /// send, get the SDP answer. Joined participants with role `member` or above publish.
-    /// Codecs: Opus and VP8.
+    /// Codecs: Opus, VP8 and H.264 (constrained baseline, packetization mode 1).
     ///
     /// Permission: `rooms.read`. Room role: `member`.
     #[oai(path = "/v1/rooms/:room_id/whip", method = "post", operation_id = "whipPublish")]

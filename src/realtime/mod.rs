@@ -123,6 +123,7 @@ pub fn call_state_frame(topic: &str, state: &crate::media::sfu::CallState) -> Se
                     .map(|t| CallTrack {
                         id: t.id.to_string(),
                         kind: t.kind.as_str().to_owned(),
+                        codec: t.codec.clone(),
                         track: t.client_track.clone(),
                         source: t.source.clone(),
                         muted: t.muted,

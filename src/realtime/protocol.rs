@@ -159,6 +159,8 @@ pub struct CallTrack {
     pub id: String,
     /// `audio` or `video`.
     pub kind: String,
+    /// e.g. `video/VP8`, `video/H264`, `audio/opus`.
+    pub codec: String,
     /// The publisher's own id for it.
     pub track: String,
     /// `mic`, `camera`, `screen` or `unknown`.

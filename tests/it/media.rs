@@ -983,3 +983,39 @@ async fn a_client_without_udp_publishes_over_ice_tcp() {
     }
     s.stop().await;
 }
+
+/// H.264, what OBS, GStreamer and ffmpeg publish over WHIP: aiortc publishes its camera as
+/// H.264 and the player decodes it; the call state names the codec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h264_publisher_is_played_through_whep() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/whip_whep.py");
+    let mut child = tokio::process::Command::new(python)
+        .args([script, &s.base, &f.room, &f.editor.access, &f.viewer.access, "h264"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap();
+    let seen: Value = serde_json::from_str(&line.expect("the client ended early")).unwrap();
+    assert!(seen["video_frames"].as_u64().unwrap() >= 20, "{seen}");
+    assert_eq!(seen["video_size"], serde_json::json!([320, 240]), "{seen}");
+    let call = get_json(&s, &f.viewer.access, &format!("/v1/rooms/{}/call", f.room)).await;
+    let publisher =
+        call["participants"].as_array().unwrap().iter().find(|p| p["direction"] == "publish").unwrap().clone();
+    let mut codecs: Vec<&str> =
+        publisher["tracks"].as_array().unwrap().iter().map(|t| t["codec"].as_str().unwrap()).collect();
+    codecs.sort_unstable();
+    assert_eq!(codecs, ["audio/opus", "video/H264"], "{call}");
+    stdin.write_all(b"stop\n").await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+    let _ = child.wait().await;
+    s.stop().await;
+}

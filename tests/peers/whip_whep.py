@@ -1,9 +1,10 @@
 """WHIP publish and WHEP play with aiortc, an independent WebRTC stack.
 
-Usage: whip_whep.py BASE ROOM PUBLISHER_TOKEN PLAYER_TOKEN [relay]
+Usage: whip_whep.py BASE ROOM PUBLISHER_TOKEN PLAYER_TOKEN [relay] [h264]
 
 With `relay`, the publisher takes TURN credentials from the API and may use relay candidates
 only: its media reaches the relay through the built-in TURN server.
+With `h264`, the publisher sends its camera as H.264 instead of VP8.
 
 The publisher sends a synthetic camera (VP8) and microphone (Opus) through WHIP; the player
 receives through WHEP and decodes. Prints one JSON object with what the player decoded and
@@ -18,7 +19,7 @@ import time
 import urllib.request
 
 import numpy
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from media_tracks import Camera, Microphone
@@ -52,7 +53,7 @@ async def main():
     counts = {"video_frames": 0, "audio_frames": 0, "video_size": None, "audio_level_max": 0}
     last_audio = {"at": None}
 
-    relay = sys.argv[5:6] == ["relay"]
+    relay = "relay" in sys.argv[5:]
     if relay:
         status, _, body = await asyncio.to_thread(http, "POST", f"{base}/v1/media/turn-credentials", pub_token)
         assert status == 200, body
@@ -67,7 +68,10 @@ async def main():
         publisher = RTCPeerConnection()
     mic, cam = Microphone(), Camera()
     publisher.addTransceiver(mic, direction="sendonly")
-    publisher.addTransceiver(cam, direction="sendonly")
+    cam_transceiver = publisher.addTransceiver(cam, direction="sendonly")
+    if "h264" in sys.argv[5:]:
+        codecs = RTCRtpSender.getCapabilities("video").codecs
+        cam_transceiver.setCodecPreferences([c for c in codecs if c.mimeType == "video/H264"])
     pub_location, pub_headers = await negotiate(publisher, f"{base}/v1/rooms/{room}/whip", pub_token)
 
     player = RTCPeerConnection()

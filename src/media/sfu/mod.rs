@@ -149,6 +149,8 @@ pub struct TrackState {
     /// The source's id in the relay (stable while it is published).
     pub id: u64,
     pub kind: Kind,
+    /// e.g. `video/VP8`, `video/H264`, `audio/opus`.
+    pub codec: String,
     /// The client's own id for the track (its `MediaStreamTrack.id`).
     pub client_track: String,
     /// `mic`, `camera`, `screen` or `unknown`, as the client says.
@@ -805,6 +807,7 @@ impl Shared {
                 state: TrackState {
                     id: source.id,
                     kind,
+                    codec: source.mime.clone(),
                     client_track: client_track.to_owned(),
                     source: label,
                     muted,

@@ -23,7 +23,7 @@ use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
@@ -282,6 +282,46 @@ fn vp8() -> RTCRtpCodec {
     }
 }
 
+/// H.264 constrained baseline, packetization mode 1: what OBS, GStreamer and ffmpeg send over
+/// WHIP, and what every browser decodes.
+fn h264() -> RTCRtpCodec {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback { typ: typ.to_owned(), parameter: parameter.to_owned() };
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_H264.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f".to_owned(),
+        rtcp_feedback: vec![fb("goog-remb", ""), fb("ccm", "fir"), fb("nack", ""), fb("nack", "pli")],
+    }
+}
+
+/// Whether a video RTP payload starts a keyframe, for the codecs we carry.
+pub fn keyframe_start(mime: &str, payload: &[u8]) -> bool {
+    if mime.eq_ignore_ascii_case(MIME_TYPE_H264) { h264_keyframe_start(payload) } else { vp8_keyframe_start(payload) }
+}
+
+/// Whether an H.264 RTP payload (RFC 6184) starts an IDR picture: an IDR or SPS unit, alone,
+/// in a STAP-A, or starting an FU-A.
+pub fn h264_keyframe_start(payload: &[u8]) -> bool {
+    let key = |nal: u8| matches!(nal & 0x1f, 5 | 7);
+    match payload.first().map(|b| b & 0x1f) {
+        Some(24) => {
+            let mut at = 1;
+            while at + 2 < payload.len() {
+                let n = usize::from(u16::from_be_bytes([payload[at], payload[at + 1]]));
+                if payload.get(at + 2).is_some_and(|h| key(*h)) {
+                    return true;
+                }
+                at += 2 + n;
+            }
+            false
+        }
+        Some(28) => payload.get(1).is_some_and(|fu| fu & 0x80 != 0 && key(*fu)),
+        Some(_) => key(payload[0]),
+        None => false,
+    }
+}
+
 fn invalid(e: impl std::fmt::Display) -> SfuError {
     SfuError::InvalidSdp(format!("the offer cannot be answered: {e}"))
 }
@@ -309,6 +349,30 @@ fn local_track(stream: &str, id: String, kind: Kind) -> MediaStreamTrack {
             ..Default::default()
         }],
     )
+}
+
+/// The codecs and header extensions we negotiate, and the interceptors (NACK, RTCP reports,
+/// TWCC feedback to publishers).
+fn media_engine() -> Result<(MediaEngine, Registry), SfuError> {
+    let mut media = MediaEngine::default();
+    media
+        .register_codec(RTCRtpCodecParameters { rtp_codec: opus(), payload_type: 111 }, RtpCodecKind::Audio)
+        .map_err(invalid)?;
+    media
+        .register_codec(RTCRtpCodecParameters { rtp_codec: vp8(), payload_type: 96 }, RtpCodecKind::Video)
+        .map_err(invalid)?;
+    media
+        .register_codec(RTCRtpCodecParameters { rtp_codec: h264(), payload_type: 102 }, RtpCodecKind::Video)
+        .map_err(invalid)?;
+    media
+        .register_header_extension(
+            RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() },
+            RtpCodecKind::Audio,
+            None,
+        )
+        .map_err(invalid)?;
+    let registry = register_default_interceptors(Registry::new(), &mut media).map_err(invalid)?;
+    Ok((media, registry))
 }
 
 /// Answers `offer` for a connection that publishes, plays or calls, with one host candidate
@@ -350,21 +414,7 @@ pub(super) fn answer(
         }));
     }
     let now = Instant::now();
-    let mut media = MediaEngine::default();
-    media
-        .register_codec(RTCRtpCodecParameters { rtp_codec: opus(), payload_type: 111 }, RtpCodecKind::Audio)
-        .map_err(invalid)?;
-    media
-        .register_codec(RTCRtpCodecParameters { rtp_codec: vp8(), payload_type: 96 }, RtpCodecKind::Video)
-        .map_err(invalid)?;
-    media
-        .register_header_extension(
-            RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() },
-            RtpCodecKind::Audio,
-            None,
-        )
-        .map_err(invalid)?;
-    let registry = register_default_interceptors(Registry::new(), &mut media).map_err(invalid)?;
+    let (media, registry) = media_engine()?;
     let ufrag = random_token(16);
     let settings =
         SettingEngineBuilder::new().with_lite(true).with_ice_credentials(ufrag.clone(), random_token(32)).build();
@@ -1114,7 +1164,7 @@ impl Peer {
             // Another layer (or a resumption): taken only when it is the one wanted and, for
             // video, at a keyframe. A single-layer track's first packets need none.
             let keyframe_needed = b.source.kind == Kind::Video && (b.needs_keyframe || b.source.layer_bps().len() > 1);
-            if layer != b.target || (keyframe_needed && !vp8_keyframe_start(&packet.payload)) {
+            if layer != b.target || (keyframe_needed && !keyframe_start(&b.source.mime, &packet.payload)) {
                 return;
             }
             if b.layer.is_some() {
@@ -1228,6 +1278,21 @@ mod tests {
         assert!(vp8_keyframe_start(&[0x90, 0xE0, 0x81, 0x23, 0x05, 0x40, 0x50]));
         assert!(!vp8_keyframe_start(&[0x90, 0xE0, 0x81]));
         assert!(!vp8_keyframe_start(&[]));
+    }
+
+    #[test]
+    fn finds_h264_keyframes_alone_aggregated_and_fragmented() {
+        assert!(h264_keyframe_start(&[0x65, 0x88])); // IDR
+        assert!(h264_keyframe_start(&[0x67, 0x42])); // SPS
+        assert!(!h264_keyframe_start(&[0x41, 0x9a])); // a non-IDR slice
+        // STAP-A holding an SPS.
+        assert!(h264_keyframe_start(&[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce]));
+        // FU-A: the start of an IDR, and a middle part of one.
+        assert!(h264_keyframe_start(&[0x7c, 0x85, 0x88]));
+        assert!(!h264_keyframe_start(&[0x7c, 0x05, 0x88]));
+        assert!(!h264_keyframe_start(&[]));
+        assert!(keyframe_start("video/H264", &[0x65]));
+        assert!(keyframe_start("video/VP8", &[0x10, 0x50]));
     }
 
     #[test]

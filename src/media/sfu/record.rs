@@ -115,7 +115,8 @@ pub(super) fn run(root: &Path, mut rec: Recording, mut rx: mpsc::Receiver<PeerMs
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             PeerMsg::AddSource(source) => {
-                if source.kind == Kind::Video && !rec.video {
+                // IVF carries VP8; other video codecs are not recorded (yet).
+                if source.kind == Kind::Video && (!rec.video || !source.mime.eq_ignore_ascii_case("video/VP8")) {
                     continue;
                 }
                 match open(&dir, &source, rec.files.len()) {
