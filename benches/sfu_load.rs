@@ -209,14 +209,8 @@ fn new_pc() -> RTCPeerConnection {
 }
 
 /// Offers from `pc` (on `socket`) to `url` and applies the answer.
-/// Offers from `pc` (on `socket`) to `url`, applies the answer, returns the connection's URL.
-async fn negotiate(
-    pc: &mut RTCPeerConnection,
-    local: SocketAddr,
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-) -> String {
+/// Gives `pc` its one host candidate: the UDP socket at `local`.
+fn add_host_candidate(pc: &mut RTCPeerConnection, local: SocketAddr) {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
             network: "udp".to_owned(),
@@ -230,6 +224,17 @@ async fn negotiate(
     .new_candidate_host()
     .expect("candidate");
     pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().expect("json")).expect("local candidate");
+}
+
+/// Offers from `pc` (on `socket`) to `url`, applies the answer, returns the connection's URL.
+async fn negotiate(
+    pc: &mut RTCPeerConnection,
+    local: SocketAddr,
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> String {
+    add_host_candidate(pc, local);
     let offer = pc.create_offer(None).expect("offer");
     pc.set_local_description(Instant::now(), offer).expect("local");
     let sdp = pc.local_description().expect("sdp").sdp;
@@ -467,19 +472,7 @@ async fn caller(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> tokio::tas
         send_encodings: vec![],
     };
     pc.add_transceiver_from_kind(RtpCodecKind::Audio, Some(init)).expect("transceiver");
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: local.ip().to_string(),
-            port: local.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .expect("candidate");
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().expect("json")).expect("local candidate");
+    add_host_candidate(&mut pc, local);
     let offer = pc.create_offer(None).expect("offer");
     pc.set_local_description(Instant::now(), offer).expect("local");
     let sdp = pc.local_description().expect("sdp").sdp;

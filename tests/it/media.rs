@@ -153,6 +153,55 @@ async fn relays_do_not_reach_this_hosts_loopback_by_default() {
     s.stop().await;
 }
 
+/// A peer client script (`tests/peers/*.py`) under the test venv, spoken to a line at a time:
+/// commands on its stdin, one JSON object per line back.
+struct PyPeer {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl PyPeer {
+    fn start(script: &str, args: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
+        assert!(
+            std::path::Path::new(python).exists(),
+            "the peer clients are missing: `bash scripts/test-all.sh` installs them into .venv-peers"
+        );
+        let mut child = tokio::process::Command::new(python)
+            .arg(format!("{}/tests/peers/{script}", env!("CARGO_MANIFEST_DIR")))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Self { child, stdin, lines }
+    }
+
+    /// Its next line (within 60 s).
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line()).await.unwrap().unwrap();
+        serde_json::from_str(&line.expect("the client ended early")).unwrap()
+    }
+
+    async fn say(&mut self, command: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(format!("{command}\n").as_bytes()).await.unwrap();
+    }
+
+    /// Says `stop` and waits (bounded) for it to end.
+    async fn stop(mut self) {
+        self.say("stop").await;
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.lines.next_line()).await;
+        let _ = self.child.wait().await;
+    }
+}
+
 const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
 
 async fn post_sdp(s: &TestServer, token: &str, path: &str, content_type: &str, body: &str) -> reqwest::Response {
@@ -476,9 +525,6 @@ async fn call_join_checks_the_room_role() {
 /// TURN server, with credentials from the API; a player receives its media as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_only_publisher_connects_through_the_built_in_turn_server() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
     let dir = tempfile::tempdir().unwrap();
     let mut config = config_for(dir.path());
     config.media.turn_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -488,19 +534,8 @@ async fn a_relay_only_publisher_connects_through_the_built_in_turn_server() {
     config.media.turn_allow_loopback_peers = true;
     let s = TestServer::start_with(config).await;
     let f = crate::docs::setup(&s).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/whip_whep.py");
-    let mut child = tokio::process::Command::new(python)
-        .args([script, &s.base, &f.room, &f.editor.access, &f.viewer.access, "relay"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap();
-    let seen: Value = serde_json::from_str(&line.expect("the client ended early")).unwrap();
+    let mut peer = PyPeer::start("whip_whep.py", &[&s.base, &f.room, &f.editor.access, &f.viewer.access, "relay"]);
+    let seen = peer.next().await;
     assert_eq!(seen["publisher_candidates"], serde_json::json!(["relay"]), "{seen}");
     assert_eq!(seen["publisher_state"], "connected", "{seen}");
     assert!(seen["video_frames"].as_u64().unwrap() >= 20, "{seen}");
@@ -512,9 +547,7 @@ async fn a_relay_only_publisher_connects_through_the_built_in_turn_server() {
     .await;
     // The WHIP answer named the TURN server too (RFC 9725 Link headers).
     assert!(seen["ice_links"].as_str().unwrap().contains("rel=\"ice-server\""), "{seen}");
-    stdin.write_all(b"stop\n").await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
-    let _ = child.wait().await;
+    peer.stop().await;
     s.stop().await;
 }
 
@@ -601,23 +634,10 @@ async fn decode_file(path: &std::path::Path) -> Value {
 /// it is being recorded; only hosts start and stop it; it is audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_records_the_call_to_decodable_files() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
     let s = TestServer::start().await;
     let f = crate::docs::setup(&s).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/whip_whep.py");
-    let mut child = tokio::process::Command::new(python)
-        .args([script, &s.base, &f.room, &f.editor.access, &f.viewer.access])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap();
-    let seen: Value = serde_json::from_str(&line.expect("the client ended early")).unwrap();
+    let mut peer = PyPeer::start("whip_whep.py", &[&s.base, &f.room, &f.editor.access, &f.viewer.access]);
+    let seen = peer.next().await;
     assert!(seen["video_frames"].as_u64().unwrap() >= 20, "{seen}");
 
     let recordings = format!("/v1/rooms/{}/recordings", f.room);
@@ -696,9 +716,7 @@ async fn a_host_records_the_call_to_decodable_files() {
         s.get(&format!("/v1/orgs/{}/audit?limit=100", f.org)).send().await.unwrap().json().await.unwrap();
     assert!(audit.to_string().contains("call.record_stop"), "{audit}");
 
-    stdin.write_all(b"stop\n").await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
-    let _ = child.wait().await;
+    peer.stop().await;
     s.stop().await;
 }
 
@@ -988,23 +1006,10 @@ async fn a_client_without_udp_publishes_over_ice_tcp() {
 /// H.264 and the player decodes it; the call state names the codec.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h264_publisher_is_played_through_whep() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
     let s = TestServer::start().await;
     let f = crate::docs::setup(&s).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/whip_whep.py");
-    let mut child = tokio::process::Command::new(python)
-        .args([script, &s.base, &f.room, &f.editor.access, &f.viewer.access, "h264"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap();
-    let seen: Value = serde_json::from_str(&line.expect("the client ended early")).unwrap();
+    let mut peer = PyPeer::start("whip_whep.py", &[&s.base, &f.room, &f.editor.access, &f.viewer.access, "h264"]);
+    let seen = peer.next().await;
     assert!(seen["video_frames"].as_u64().unwrap() >= 20, "{seen}");
     assert_eq!(seen["video_size"], serde_json::json!([320, 240]), "{seen}");
     let call = get_json(&s, &f.viewer.access, &format!("/v1/rooms/{}/call", f.room)).await;
@@ -1014,8 +1019,6 @@ async fn an_h264_publisher_is_played_through_whep() {
         publisher["tracks"].as_array().unwrap().iter().map(|t| t["codec"].as_str().unwrap()).collect();
     codecs.sort_unstable();
     assert_eq!(codecs, ["audio/opus", "video/H264"], "{call}");
-    stdin.write_all(b"stop\n").await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
-    let _ = child.wait().await;
+    peer.stop().await;
     s.stop().await;
 }
