@@ -817,7 +817,8 @@ async fn a_receiver_gets_the_simulcast_layer_it_asks_for() {
 /// client ever connects, which is all the room-change checks below need.
 const AIORTC_OFFER: &str = include_str!("fixtures/whip_offer.sdp");
 
-/// Calls follow the room: leaving it ends one's connections, archiving it ends the call.
+/// Calls follow the room: leaving it ends one's connections, archiving it ends the call and
+/// its recording.
 #[tokio::test]
 async fn leaving_or_archiving_the_room_ends_connections() {
     let s = TestServer::start().await;
@@ -834,10 +835,19 @@ async fn leaving_or_archiving_the_room_ends_connections() {
         s.http.post(s.url(&format!("/v1/rooms/{}/leave", f.room))).bearer_auth(&f.editor.access).send().await.unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     until("the leaver's connection to end", || async { count().await == 1 }).await;
+    let recordings = format!("/v1/rooms/{}/recordings", f.room);
+    let r =
+        s.http.post(s.url(&recordings)).bearer_auth(&f.host.access).json(&serde_json::json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
     let r =
         s.http.post(s.url(&format!("/v1/rooms/{}/archive", f.room))).bearer_auth(&f.host.access).send().await.unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     until("the call to end", || async { count().await == 0 }).await;
+    // Its recording ended with it.
+    until("the recording to end", || async {
+        get_json(&s, &f.host.access, &recordings).await["items"][0]["status"] == "done"
+    })
+    .await;
     // An archived room has no call to join.
     let r = post_sdp(&s, &f.host.access, &whip, "application/sdp", AIORTC_OFFER).await;
     expect_problem(r, 409, "room_archived").await;

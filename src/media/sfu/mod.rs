@@ -702,7 +702,8 @@ impl Sfu {
     }
 
     /// Ends calls as rooms change: whoever leaves or is removed from a room leaves its call;
-    /// an archived or deleted room's call ends. Runs until the bus closes.
+    /// an archived or deleted room's call ends, and its recording with it. Runs until the bus
+    /// closes.
     pub async fn follow_rooms(self, mut bus: crate::store::events::BusReceiver) {
         use crate::store::events::BusItem;
         loop {
@@ -721,7 +722,13 @@ impl Sfu {
                         self.close_user(room, user, reason);
                     }
                 }
-                "room.archived" | "room.deleted" => self.close_room(room),
+                "room.archived" | "room.deleted" => {
+                    self.close_room(room);
+                    // A recording ends with its call: its files close and it says so.
+                    if let Some(id) = self.state(room).recording {
+                        self.stop_recording(room, id).await;
+                    }
+                }
                 _ => {}
             }
         }
