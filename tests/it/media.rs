@@ -285,32 +285,11 @@ async fn whip_and_whep_check_the_caller_and_the_offer() {
 /// connection; hanging up leaves no connection or track.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aiortc_publishes_through_whip_and_another_plays_through_whep() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
-    assert!(
-        std::path::Path::new(python).exists(),
-        "the peer clients are missing: `bash scripts/test-all.sh` installs them into .venv-peers"
-    );
     let s = TestServer::start().await;
     let f = crate::docs::setup(&s).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/whip_whep.py");
-    let mut child = tokio::process::Command::new(python)
-        .args([script, &s.base, &f.room, &f.editor.access, &f.viewer.access])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = async || -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap();
-        serde_json::from_str(&line.expect("the client ended early")).unwrap()
-    };
+    let mut peer = PyPeer::start("whip_whep.py", &[&s.base, &f.room, &f.editor.access, &f.viewer.access]);
 
-    let seen = next().await;
+    let seen = peer.next().await;
     assert_eq!(seen["publisher_state"], "connected", "{seen}");
     assert_eq!(seen["player_state"], "connected", "{seen}");
     assert!(seen["video_frames"].as_u64().unwrap() >= 20, "{seen}");
@@ -333,8 +312,8 @@ async fn aiortc_publishes_through_whip_and_another_plays_through_whep() {
         s.http.delete(s.url(seen["publisher"].as_str().unwrap())).bearer_auth(&f.viewer.access).send().await.unwrap();
     expect_problem(r, 403, "forbidden").await;
 
-    stdin.write_all(b"mute\n").await.unwrap();
-    let muted = next().await;
+    peer.say("mute").await;
+    let muted = peer.next().await;
     assert_eq!(muted["audio_frames_while_muted"], 0, "{muted}");
     assert!(muted["video_frames"].as_u64().unwrap() > seen["video_frames"].as_u64().unwrap(), "{muted}");
 
@@ -354,8 +333,8 @@ async fn aiortc_publishes_through_whip_and_another_plays_through_whep() {
     })
     .await;
 
-    stdin.write_all(b"stop\n").await.unwrap();
-    assert_eq!(next().await["stopped"], true);
+    peer.say("stop").await;
+    assert_eq!(peer.next().await["stopped"], true);
     until("the connections to end", || async {
         get_json(&s, &f.host.access, &list_path).await["items"] == serde_json::json!([])
     })
@@ -365,7 +344,7 @@ async fn aiortc_publishes_through_whip_and_another_plays_through_whep() {
         metric(&m, "outpost_media_tracks") == 0 && metric(&m, "outpost_media_sessions") == 0
     })
     .await;
-    let _ = child.wait().await;
+    let _ = peer.child.wait().await;
     s.stop().await;
 }
 
@@ -376,33 +355,12 @@ async fn aiortc_publishes_through_whip_and_another_plays_through_whep() {
 /// ends the call. The server's connection and track counts return to zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_aiortc_participants_call_over_the_realtime_socket() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
-    assert!(
-        std::path::Path::new(python).exists(),
-        "the peer clients are missing: `bash scripts/test-all.sh` installs them into .venv-peers"
-    );
     let s = TestServer::start().await;
     let f = crate::docs::setup(&s).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/call_client.py");
     // A: the editor (member); B: the host.
-    let mut child = tokio::process::Command::new(python)
-        .args([script, &s.base, &f.room, &f.editor.access, &f.host.access])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = async || -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap();
-        serde_json::from_str(&line.expect("the client ended early")).unwrap()
-    };
+    let mut peer = PyPeer::start("call_client.py", &[&s.base, &f.room, &f.editor.access, &f.host.access]);
 
-    let seen = next().await;
+    let seen = peer.next().await;
     let (a, b) = (&seen["a"], &seen["b"]);
     assert_eq!(a["pc"], "connected", "{seen}");
     assert_eq!(b["pc"], "connected", "{seen}");
@@ -428,8 +386,8 @@ async fn two_aiortc_participants_call_over_the_realtime_socket() {
     assert_eq!(metric(&metrics, "outpost_media_tracks"), 3);
 
     // A mutes its microphone: no sound reaches B, and the state says so.
-    stdin.write_all(b"mute-mic\n").await.unwrap();
-    let seen = next().await;
+    peer.say("mute-mic").await;
+    let seen = peer.next().await;
     assert_eq!(seen["b_audio_while_muted"], 0, "{seen}");
     let pa = seen["b"]["state"]["participants"]
         .as_array()
@@ -452,8 +410,8 @@ async fn two_aiortc_participants_call_over_the_realtime_socket() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["changed"], 1);
-    stdin.write_all(b"video-stalls\n").await.unwrap();
-    let seen = next().await;
+    peer.say("video-stalls").await;
+    let seen = peer.next().await;
     assert_eq!(seen["b_video_while_stopped"], 0, "{seen}");
     let note = &seen["a"]["muted_notes"][0];
     assert_eq!(note["muted"], true, "{seen}");
@@ -471,15 +429,15 @@ async fn two_aiortc_participants_call_over_the_realtime_socket() {
     expect_problem(r, 403, "forbidden").await;
 
     // A leaves: A is told, B's state loses A and its tracks.
-    stdin.write_all(b"a-leave\n").await.unwrap();
-    let seen = next().await;
+    peer.say("a-leave").await;
+    let seen = peer.next().await;
     assert_eq!(seen["a"]["ended"]["reason"], "left", "{seen}");
     let parts = seen["b"]["state"]["participants"].as_array().unwrap();
     assert_eq!(parts.len(), 1, "{seen}");
     assert_eq!(parts[0]["user"], f.host.user_id.as_str());
     // B closes its socket: the call is over.
-    stdin.write_all(b"b-close\n").await.unwrap();
-    next().await;
+    peer.say("b-close").await;
+    peer.next().await;
     until("the call to end", || async {
         let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
         metric(&m, "outpost_media_tracks") == 0 && metric(&m, "outpost_media_sessions") == 0
@@ -489,8 +447,8 @@ async fn two_aiortc_participants_call_over_the_realtime_socket() {
     let audit: Value =
         s.get(&format!("/v1/orgs/{}/audit?limit=100", f.org)).send().await.unwrap().json().await.unwrap();
     assert!(audit.to_string().contains("call.mute"), "{audit}");
-    stdin.write_all(b"quit\n").await.unwrap();
-    let _ = child.wait().await;
+    peer.say("quit").await;
+    let _ = peer.child.wait().await;
     s.stop().await;
 }
 
@@ -555,9 +513,6 @@ async fn a_relay_only_publisher_connects_through_the_built_in_turn_server() {
 /// receives and decodes the other's media.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_and_aiortc_hear_and_see_each_other_in_a_call() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
     let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
     assert!(
         std::path::Path::new("/usr/bin/chromium").exists()
@@ -567,20 +522,8 @@ async fn chromium_and_aiortc_hear_and_see_each_other_in_a_call() {
     let s = TestServer::start().await;
     let f = crate::docs::setup(&s).await;
     // aiortc joins first and stays until Chromium has been in the call for a while.
-    let mut aiortc = tokio::process::Command::new(python)
-        .args([&format!("{peers}/call_client.py"), "solo", &s.base, &f.room, &f.editor.access])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut to_aiortc = aiortc.stdin.take().unwrap();
-    let mut from_aiortc = tokio::io::BufReader::new(aiortc.stdout.take().unwrap()).lines();
-    let mut aiortc_line = async || -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(60), from_aiortc.next_line()).await.unwrap().unwrap();
-        serde_json::from_str(&line.expect("the aiortc client ended early")).unwrap()
-    };
-    assert!(aiortc_line().await["joined"].is_string());
+    let mut aiortc = PyPeer::start("call_client.py", &["solo", &s.base, &f.room, &f.editor.access]);
+    assert!(aiortc.next().await["joined"].is_string());
     let browser = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new("node")
@@ -594,8 +537,8 @@ async fn chromium_and_aiortc_hear_and_see_each_other_in_a_call() {
     let text = String::from_utf8_lossy(&browser.stdout);
     assert!(browser.status.success(), "{text}\n{}", String::from_utf8_lossy(&browser.stderr));
     let b: Value = serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap();
-    to_aiortc.write_all(b"report\n").await.unwrap();
-    let a = aiortc_line().await;
+    aiortc.say("report").await;
+    let a = aiortc.next().await;
     eprintln!("aiortc: {a}\nchromium: {b}");
     // Chromium decoded aiortc's 320x240 test pattern and received its tone.
     assert_eq!(b["pc"], "connected", "{b}");
@@ -725,28 +668,13 @@ async fn a_host_records_the_call_to_decodable_files() {
 /// receiver that does not show a track pauses it: nothing arrives until it asks again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_gets_the_simulcast_layer_it_asks_for() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
     let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
     let s = TestServer::start().await;
     let f = crate::docs::setup(&s).await;
-    let mut aiortc = tokio::process::Command::new(python)
-        .args([&format!("{peers}/call_client.py"), "solo", &s.base, &f.room, &f.editor.access])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut to = aiortc.stdin.take().unwrap();
-    let mut from = tokio::io::BufReader::new(aiortc.stdout.take().unwrap()).lines();
-    let next = async |from: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>| -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(60), from.next_line()).await.unwrap().unwrap();
-        serde_json::from_str(&line.expect("the aiortc client ended early")).unwrap()
-    };
-    assert!(next(&mut from).await["joined"].is_string());
-    to.write_all(b"quality low\n").await.unwrap();
-    assert_eq!(next(&mut from).await["quality"], "low");
+    let mut aiortc = PyPeer::start("call_client.py", &["solo", &s.base, &f.room, &f.editor.access]);
+    assert!(aiortc.next().await["joined"].is_string());
+    aiortc.say("quality low").await;
+    assert_eq!(aiortc.next().await["quality"], "low");
     let browser = tokio::process::Command::new("node")
         .args([&format!("{peers}/chromium_call.mjs"), &s.base, &f.room, &f.host.access, "25", "simulcast"])
         .stdout(std::process::Stdio::piped())
@@ -759,8 +687,8 @@ async fn a_receiver_gets_the_simulcast_layer_it_asks_for() {
     let mut reached = false;
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        to.write_all(b"size\n").await.unwrap();
-        let size = next(&mut from).await["video_size"].clone();
+        aiortc.say("size").await;
+        let size = aiortc.next().await["video_size"].clone();
         seen.push(size.clone());
         // Three layers of a 1280x720 camera (Chromium may hold the top one back until its
         // bandwidth estimate allows): low is the smallest picture.
@@ -771,13 +699,13 @@ async fn a_receiver_gets_the_simulcast_layer_it_asks_for() {
     }
     assert!(reached, "never got a low layer: sizes seen {seen:?}");
     let low_width = seen.last().and_then(|v| v[0].as_u64()).unwrap_or_default();
-    to.write_all(b"quality high\n").await.unwrap();
-    assert_eq!(next(&mut from).await["quality"], "high");
+    aiortc.say("quality high").await;
+    assert_eq!(aiortc.next().await["quality"], "high");
     reached = false;
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        to.write_all(b"size\n").await.unwrap();
-        let size = next(&mut from).await["video_size"].clone();
+        aiortc.say("size").await;
+        let size = aiortc.next().await["video_size"].clone();
         seen.push(size.clone());
         if size[0].as_u64().is_some_and(|w| w > low_width) {
             reached = true;
@@ -786,22 +714,22 @@ async fn a_receiver_gets_the_simulcast_layer_it_asks_for() {
     }
     assert!(reached, "never moved up from the low layer: sizes seen {seen:?}");
     // Not shown: paused, nothing more arrives; shown again: it comes back.
-    to.write_all(b"video off\n").await.unwrap();
-    assert_eq!(next(&mut from).await["tracks"].as_array().map(Vec::len), Some(1));
+    aiortc.say("video off").await;
+    assert_eq!(aiortc.next().await["tracks"].as_array().map(Vec::len), Some(1));
     tokio::time::sleep(Duration::from_millis(700)).await;
-    to.write_all(b"size\n").await.unwrap();
-    let before = next(&mut from).await["video_frames"].as_u64().unwrap();
+    aiortc.say("size").await;
+    let before = aiortc.next().await["video_frames"].as_u64().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    to.write_all(b"size\n").await.unwrap();
-    let paused = next(&mut from).await["video_frames"].as_u64().unwrap();
+    aiortc.say("size").await;
+    let paused = aiortc.next().await["video_frames"].as_u64().unwrap();
     assert_eq!(paused, before, "video kept coming while paused");
-    to.write_all(b"video high\n").await.unwrap();
-    next(&mut from).await;
+    aiortc.say("video high").await;
+    aiortc.next().await;
     reached = false;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        to.write_all(b"size\n").await.unwrap();
-        if next(&mut from).await["video_frames"].as_u64().unwrap() > paused + 10 {
+        aiortc.say("size").await;
+        if aiortc.next().await["video_frames"].as_u64().unwrap() > paused + 10 {
             reached = true;
             break;
         }
