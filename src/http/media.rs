@@ -63,42 +63,12 @@ fn connection_view(s: &SessionInfo) -> ConnectionView {
     }
 }
 
-/// A published track in a call.
-#[derive(Object, Debug)]
-#[oai(rename = "CallTrack")]
-pub struct CallTrackView {
-    pub id: String,
-    /// `audio` or `video`.
-    pub kind: String,
-    /// e.g. `video/VP8`, `video/H264`, `audio/opus`.
-    pub codec: String,
-    /// The publisher's own id for the track.
-    pub track: String,
-    /// `mic`, `camera`, `screen` or `unknown`, as the publisher says.
-    pub source: String,
-    pub muted: bool,
-    pub muted_by_moderator: bool,
-}
-
-/// A connection in a call.
-#[derive(Object, Debug)]
-#[oai(rename = "CallParticipant")]
-pub struct CallParticipantView {
-    pub connection: String,
-    pub user_id: String,
-    pub direction: DirectionView,
-    pub tracks: Vec<CallTrackView>,
-    pub speaking: bool,
-    /// Client-supplied position, orientation and screen surfaces.
-    pub spatial: serde_json::Value,
-}
-
 /// A room's call: who is connected and what they publish (the same as the realtime
 /// `call_state` frame).
 #[derive(Object, Debug)]
 #[oai(rename = "CallState")]
 pub struct CallStateView {
-    pub participants: Vec<CallParticipantView>,
+    pub participants: Vec<crate::realtime::protocol::CallParticipant>,
     pub active_speaker: Option<String>,
     pub locked: bool,
     /// The running recording's id, if the call is being recorded.
@@ -115,30 +85,7 @@ fn direction_view(d: Direction) -> DirectionView {
 
 fn call_state_view(s: &crate::media::sfu::CallState) -> CallStateView {
     CallStateView {
-        participants: s
-            .participants
-            .iter()
-            .map(|p| CallParticipantView {
-                connection: p.connection.to_string(),
-                user_id: p.user.to_string(),
-                direction: direction_view(p.direction),
-                tracks: p
-                    .tracks
-                    .iter()
-                    .map(|t| CallTrackView {
-                        id: t.id.to_string(),
-                        kind: t.kind.as_str().to_owned(),
-                        codec: t.codec.clone(),
-                        track: t.client_track.clone(),
-                        source: t.source.clone(),
-                        muted: t.muted,
-                        muted_by_moderator: t.muted_by_moderator,
-                    })
-                    .collect(),
-                speaking: p.speaking,
-                spatial: p.spatial.clone(),
-            })
-            .collect(),
+        participants: crate::realtime::call_participants(s),
         active_speaker: s.active_speaker.map(|c| c.to_string()),
         locked: s.locked,
         recording: s.recording.map(|r| r.to_string()),

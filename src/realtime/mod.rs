@@ -105,35 +105,40 @@ impl Topics {
     }
 }
 
+/// A call's participants as the wire shows them, in `call_state` and by REST.
+pub fn call_participants(state: &crate::media::sfu::CallState) -> Vec<protocol::CallParticipant> {
+    use self::protocol::{CallParticipant, CallTrack};
+    state
+        .participants
+        .iter()
+        .map(|p| CallParticipant {
+            connection: p.connection.to_string(),
+            user: p.user.to_string(),
+            direction: p.direction.as_str().to_owned(),
+            tracks: p
+                .tracks
+                .iter()
+                .map(|t| CallTrack {
+                    id: t.id.to_string(),
+                    kind: t.kind.as_str().to_owned(),
+                    codec: t.codec.clone(),
+                    track: t.client_track.clone(),
+                    source: t.source.clone(),
+                    muted: t.muted,
+                    muted_by_moderator: t.muted_by_moderator,
+                })
+                .collect(),
+            speaking: p.speaking,
+            spatial: p.spatial.clone(),
+        })
+        .collect()
+}
+
 /// The `call_state` frame of a call's media state.
 pub fn call_state_frame(topic: &str, state: &crate::media::sfu::CallState) -> ServerFrame {
-    use self::protocol::{CallParticipant, CallTrack};
     ServerFrame::CallState {
         topic: topic.to_owned(),
-        participants: state
-            .participants
-            .iter()
-            .map(|p| CallParticipant {
-                connection: p.connection.to_string(),
-                user: p.user.to_string(),
-                direction: p.direction.as_str().to_owned(),
-                tracks: p
-                    .tracks
-                    .iter()
-                    .map(|t| CallTrack {
-                        id: t.id.to_string(),
-                        kind: t.kind.as_str().to_owned(),
-                        codec: t.codec.clone(),
-                        track: t.client_track.clone(),
-                        source: t.source.clone(),
-                        muted: t.muted,
-                        muted_by_moderator: t.muted_by_moderator,
-                    })
-                    .collect(),
-                speaking: p.speaking,
-                spatial: p.spatial.clone(),
-            })
-            .collect(),
+        participants: call_participants(state),
         active_speaker: state.active_speaker.map(|c| c.to_string()),
         locked: state.locked,
         recording: state.recording.map(|r| r.to_string()),

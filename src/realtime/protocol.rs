@@ -152,8 +152,9 @@ pub struct CallTrackUpdate {
     pub muted: Option<bool>,
 }
 
-/// One published track in a `call_state`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+/// One published track in a `call_state` (and in `GET /v1/rooms/{id}/call`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, poem_openapi::Object)]
+#[oai(rename = "CallTrack")]
 pub struct CallTrack {
     /// The relay's id for the track.
     pub id: String,
@@ -169,8 +170,9 @@ pub struct CallTrack {
     pub muted_by_moderator: bool,
 }
 
-/// One connection in a `call_state`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+/// One connection in a `call_state` (and in `GET /v1/rooms/{id}/call`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, poem_openapi::Object)]
+#[oai(rename = "CallParticipant")]
 pub struct CallParticipant {
     pub connection: String,
     pub user: String,
