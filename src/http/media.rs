@@ -154,20 +154,20 @@ pub enum SdpAnswer {
 impl From<SfuError> for Problem {
     fn from(e: SfuError) -> Self {
         use poem::http::StatusCode;
-        match e {
-            SfuError::InvalidSdp(detail) => Problem::new(StatusCode::BAD_REQUEST, "invalid_sdp", detail),
-            SfuError::CallFull(_) => Problem::new(StatusCode::CONFLICT, "call_full", e.to_string()),
-            SfuError::ServerFull(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "media_full", e.to_string()),
-            SfuError::Locked => Problem::new(StatusCode::CONFLICT, "call_locked", e.to_string()),
-            SfuError::TooManyTracks(detail) => Problem::new(StatusCode::CONFLICT, "too_many_tracks", detail),
-            SfuError::NotPublisher(detail) => Problem::new(StatusCode::FORBIDDEN, "forbidden", detail),
-            SfuError::NoConnection => Problem::not_found("media connection"),
-            SfuError::Conflict(detail) => Problem::new(StatusCode::CONFLICT, "media_busy", detail),
-            SfuError::Disk(detail) => Problem::new(StatusCode::INSUFFICIENT_STORAGE, "recording_failed", detail),
-            SfuError::Listen { .. } => {
-                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "media relay failure")
+        let status = match e {
+            SfuError::InvalidSdp(_) => StatusCode::BAD_REQUEST,
+            SfuError::NotPublisher(_) => StatusCode::FORBIDDEN,
+            SfuError::NoConnection => return Problem::not_found("media connection"),
+            SfuError::CallFull(_) | SfuError::Locked | SfuError::TooManyTracks(_) | SfuError::Conflict(_) => {
+                StatusCode::CONFLICT
             }
-        }
+            SfuError::ServerFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SfuError::Disk(_) => StatusCode::INSUFFICIENT_STORAGE,
+            SfuError::Listen { .. } => {
+                return Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "media relay failure");
+            }
+        };
+        Problem::new(status, e.code(), e.to_string())
     }
 }
 

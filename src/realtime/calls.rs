@@ -41,19 +41,7 @@ fn error(code: &str, detail: impl Into<String>, r#ref: Option<String>) -> Server
 }
 
 fn sfu_error(e: &SfuError, r#ref: Option<String>) -> ServerFrame {
-    let code = match e {
-        SfuError::InvalidSdp(_) => "invalid_sdp",
-        SfuError::CallFull(_) => "call_full",
-        SfuError::ServerFull(_) => "media_full",
-        SfuError::Locked => "call_locked",
-        SfuError::TooManyTracks(_) => "too_many_tracks",
-        SfuError::NotPublisher(_) => "forbidden",
-        SfuError::NoConnection => "not_found",
-        SfuError::Conflict(_) => "media_busy",
-        SfuError::Disk(_) => "recording_failed",
-        SfuError::Listen { .. } => "internal",
-    };
-    error(code, e.to_string(), r#ref)
+    error(e.code(), e.to_string(), r#ref)
 }
 
 /// Where a connection's notes go: this socket's mailbox, latest per connection and kind.

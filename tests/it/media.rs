@@ -960,3 +960,37 @@ async fn an_h264_publisher_is_played_through_whep() {
     peer.stop().await;
     s.stop().await;
 }
+
+/// What a connection may say about its tracks is bounded: labels for at most 32 of them.
+#[tokio::test]
+async fn call_updates_label_a_bounded_number_of_tracks() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let (mut ws, _) = crate::realtime::connect(&s, &f.editor).await;
+    let join = serde_json::json!({ "op": "call_join", "room": f.room, "sdp": AIORTC_OFFER, "ref": "j" });
+    ws.send(Message::text(join.to_string())).await.unwrap();
+    let joined = crate::realtime::next(&mut ws).await;
+    assert_eq!(joined["op"], "call_joined", "{joined}");
+    let connection = joined["connection"].as_str().unwrap().to_owned();
+    let mut refused = None;
+    for batch in 0..3 {
+        let tracks: Vec<Value> =
+            (0..16).map(|i| serde_json::json!({ "track": format!("t{batch}-{i}"), "source": "camera" })).collect();
+        let update = serde_json::json!({ "op": "call_update", "connection": connection, "tracks": tracks });
+        ws.send(Message::text(update.to_string())).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_millis(500), crate::realtime::next(&mut ws)).await;
+        if let Ok(frame) = reply
+            && frame["op"] == "error"
+        {
+            refused = Some((batch, frame));
+            break;
+        }
+    }
+    let (batch, frame) = refused.expect("the 33rd label was taken");
+    assert_eq!(batch, 2, "{frame}");
+    assert_eq!(frame["code"], "too_many_tracks", "{frame}");
+    s.stop().await;
+}

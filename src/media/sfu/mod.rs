@@ -37,6 +37,8 @@ use peer::{PeerMsg, Source};
 /// Messages queued for one connection at most; past it datagrams are dropped like a full
 /// network queue would.
 const PEER_QUEUE: usize = 2048;
+/// Tracks one connection may label (`call_update`), at most.
+const LABELS_MAX: usize = 32;
 /// Client-supplied spatial data per connection, at most (bytes of JSON).
 pub const SPATIAL_BYTES_MAX: usize = 4096;
 
@@ -71,6 +73,24 @@ pub enum SfuError {
     /// The request does not fit the connection's state (409), e.g. an offer while ours waits.
     #[error("{0}")]
     Conflict(String),
+}
+
+impl SfuError {
+    /// The stable code clients see, by REST and on the realtime socket.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SfuError::InvalidSdp(_) => "invalid_sdp",
+            SfuError::CallFull(_) => "call_full",
+            SfuError::ServerFull(_) => "media_full",
+            SfuError::Locked => "call_locked",
+            SfuError::TooManyTracks(_) => "too_many_tracks",
+            SfuError::NotPublisher(_) => "forbidden",
+            SfuError::NoConnection => "not_found",
+            SfuError::Conflict(_) => "media_busy",
+            SfuError::Disk(_) => "recording_failed",
+            SfuError::Listen { .. } => "internal",
+        }
+    }
 }
 
 /// What a connection does in its call.
@@ -407,7 +427,7 @@ impl Sfu {
             }
         }
         // Tracks this offer would add, against the call's and the server's caps.
-        let adding = offer.lines().filter(|l| l.trim_end() == "a=sendonly" || l.trim_end() == "a=sendrecv").count();
+        let adding = peer::sections(offer).iter().filter(|(_, sends, _)| *sends).count();
         if direction != Direction::Play {
             let in_room = lock(&sh.calls).get(&room).map_or(0, |c| c.tracks.len());
             let total = usize::try_from(sh.metrics.media_tracks.get()).unwrap_or(0);
@@ -519,7 +539,12 @@ impl Sfu {
             let mut calls = lock(&self.shared.calls);
             let call = calls.get_mut(&room).ok_or(SfuError::NoConnection)?;
             for (client_track, source, muted) in tracks {
-                let label = call.labels.entry((id, client_track.clone())).or_insert(("unknown".into(), false));
+                let key = (id, client_track.clone());
+                if !call.labels.contains_key(&key) && call.labels.keys().filter(|(s, _)| *s == id).count() >= LABELS_MAX
+                {
+                    return Err(SfuError::TooManyTracks(format!("a connection labels at most {LABELS_MAX} tracks")));
+                }
+                let label = call.labels.entry(key).or_insert(("unknown".into(), false));
                 if let Some(s) = source {
                     label.0 = s;
                 }

@@ -133,6 +133,11 @@ impl Source {
         }
     }
 
+    /// How many layers it has (one without simulcast; none measured yet counts as one).
+    pub fn layer_count(&self) -> usize {
+        self.layer_bps.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len().max(1)
+    }
+
     /// The layers' bit rates, by arrival order.
     pub fn layer_bps(&self) -> Vec<u64> {
         self.layer_bps.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
@@ -231,7 +236,7 @@ pub(super) struct Setup {
 }
 
 /// The media sections of an SDP offer: kind and whether the client sends, receives.
-fn sections(sdp: &str) -> Vec<(Kind, bool, bool)> {
+pub(super) fn sections(sdp: &str) -> Vec<(Kind, bool, bool)> {
     let mut out: Vec<(Option<Kind>, bool, bool)> = Vec::new();
     for line in sdp.lines() {
         let line = line.trim_end();
@@ -724,6 +729,9 @@ impl Peer {
                 for (id, q) in list {
                     self.per_source.insert(id, q);
                 }
+                // Kept for tracks this connection receives, or is about to.
+                let (by_source, to_add) = (&self.by_source, &self.to_add);
+                self.per_source.retain(|id, _| by_source.contains_key(id) || to_add.iter().any(|s| s.id == *id));
                 self.retarget();
             }
             PeerMsg::ClientSdp { offer, sdp } => self.client_sdp(offer, sdp),
@@ -1163,8 +1171,11 @@ impl Peer {
         if b.layer != Some(layer) {
             // Another layer (or a resumption): taken only when it is the one wanted and, for
             // video, at a keyframe. A single-layer track's first packets need none.
-            let keyframe_needed = b.source.kind == Kind::Video && (b.needs_keyframe || b.source.layer_bps().len() > 1);
-            if layer != b.target || (keyframe_needed && !keyframe_start(&b.source.mime, &packet.payload)) {
+            if layer != b.target {
+                return;
+            }
+            let keyframe_needed = b.source.kind == Kind::Video && (b.needs_keyframe || b.source.layer_count() > 1);
+            if keyframe_needed && !keyframe_start(&b.source.mime, &packet.payload) {
                 return;
             }
             if b.layer.is_some() {
