@@ -312,6 +312,22 @@ fn track(kind: RtpCodecKind, id: &str, ssrc: u32) -> MediaStreamTrack {
     )
 }
 
+fn rtp_header(payload_type: u8, sequence_number: u16, timestamp: u32, ssrc: u32, marker: bool) -> rtc::rtp::Header {
+    rtc::rtp::Header { version: 2, marker, payload_type, sequence_number, timestamp, ssrc, ..Default::default() }
+}
+
+/// Sends one packet on `sender`; false if it was refused.
+fn send(
+    pc: &mut RTCPeerConnection,
+    sender: RTCRtpSenderId,
+    header: rtc::rtp::Header,
+    payload: Vec<u8>,
+    now: Instant,
+) -> bool {
+    let packet = rtc::rtp::Packet { header, payload: Bytes::from(payload) };
+    pc.rtp_sender(sender).is_some_and(|mut s| s.write_rtp(now, packet).is_ok())
+}
+
 /// The publisher: video at `kbps` in ~1,100-byte packets (30 frames a second) and 50 audio
 /// packets a second, each payload starting with its send time.
 async fn publisher(
@@ -351,19 +367,9 @@ async fn publisher(
                     if let Some(p) = pt(pc, audio) {
                         let mut payload = vec![0u8; 80];
                         payload[..9].copy_from_slice(&stamp);
-                        let packet = rtc::rtp::Packet {
-                            header: rtc::rtp::Header {
-                                version: 2,
-                                payload_type: p,
-                                sequence_number: aseq,
-                                timestamp: (ticks * 480) as u32,
-                                ssrc: 0x2222,
-                                ..Default::default()
-                            },
-                            payload: Bytes::from(payload),
-                        };
+                        let header = rtp_header(p, aseq, (ticks * 480) as u32, 0x2222, false);
                         aseq = aseq.wrapping_add(1);
-                        if pc.rtp_sender(audio).is_some_and(|mut s| s.write_rtp(now, packet).is_ok()) {
+                        if send(pc, audio, header, payload, now) {
                             sent.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -378,20 +384,9 @@ async fn publisher(
                         payload[..9].copy_from_slice(&stamp);
                         // VP8 payload descriptor: the first packet starts the frame.
                         payload[0] = if i == 0 { 0x10 } else { 0x00 };
-                        let packet = rtc::rtp::Packet {
-                            header: rtc::rtp::Header {
-                                version: 2,
-                                marker: i + 1 == per_frame,
-                                payload_type: p,
-                                sequence_number: vseq,
-                                timestamp: (ticks * 900) as u32,
-                                ssrc: 0x1111,
-                                ..Default::default()
-                            },
-                            payload: Bytes::from(payload),
-                        };
+                        let header = rtp_header(p, vseq, (ticks * 900) as u32, 0x1111, i + 1 == per_frame);
                         vseq = vseq.wrapping_add(1);
-                        if pc.rtp_sender(video).is_some_and(|mut s| s.write_rtp(now, packet).is_ok()) {
+                        if send(pc, video, header, payload, now) {
                             sent.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -411,6 +406,21 @@ struct Seen {
     measuring: AtomicBool,
     delays_us: std::sync::Mutex<Vec<u64>>,
     joins_ms: std::sync::Mutex<Vec<u64>>,
+}
+
+impl Seen {
+    /// A received packet: the first one's join time, and while measuring, its count and delay.
+    fn record(&self, first: &mut bool, started: Instant, delays: &mut Vec<u64>, p: &rtc::rtp::Packet) {
+        if std::mem::take(first) {
+            self.joins_ms.lock().expect("lock").push(started.elapsed().as_millis() as u64);
+        }
+        if self.measuring.load(Ordering::Relaxed) {
+            self.packets.fetch_add(1, Ordering::Relaxed);
+            if let Some(b) = p.payload.get(1..9) {
+                delays.push(now_us().saturating_sub(u64::from_be_bytes(b.try_into().unwrap_or_default())));
+            }
+        }
+    }
 }
 
 async fn player(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> (tokio::task::JoinHandle<()>, String) {
@@ -437,17 +447,7 @@ async fn player(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> (tokio::ta
             stop,
             |_, _| {},
             |p| {
-                if first {
-                    first = false;
-                    seen.joins_ms.lock().expect("lock").push(started.elapsed().as_millis() as u64);
-                }
-                if seen.measuring.load(Ordering::Relaxed) {
-                    seen.packets.fetch_add(1, Ordering::Relaxed);
-                    if let Some(b) = p.payload.get(1..9) {
-                        let sent = u64::from_be_bytes(b.try_into().unwrap_or_default());
-                        delays.push(now_us().saturating_sub(sent));
-                    }
-                }
+                seen.record(&mut first, started, &mut delays, p);
             },
         ))
         .await;
@@ -493,16 +493,7 @@ async fn caller(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> tokio::tas
             while pc.poll_event().is_some() {}
             while let Some(m) = pc.poll_read() {
                 if let RTCMessage::RtpPacket(_, p) = m.message {
-                    if first {
-                        first = false;
-                        seen.joins_ms.lock().expect("lock").push(started.elapsed().as_millis() as u64);
-                    }
-                    if seen.measuring.load(Ordering::Relaxed) {
-                        seen.packets.fetch_add(1, Ordering::Relaxed);
-                        if let Some(b) = p.payload.get(1..9) {
-                            delays.push(now_us().saturating_sub(u64::from_be_bytes(b.try_into().unwrap_or_default())));
-                        }
-                    }
+                    seen.record(&mut first, started, &mut delays, &p);
                 }
             }
             let wake = pc.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
