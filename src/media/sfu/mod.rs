@@ -20,7 +20,7 @@
 
 pub mod peer;
 pub mod record;
-mod udp;
+mod net;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -281,7 +281,7 @@ pub(crate) struct Shared {
     socket: Arc<tokio::net::UdpSocket>,
     /// The address in our ICE candidate, and the local address of every datagram.
     host: SocketAddr,
-    routes: Arc<RwLock<udp::Routes>>,
+    routes: Arc<RwLock<net::Routes>>,
     calls: Mutex<HashMap<Id, Call>>,
     sessions: Mutex<HashMap<Id, Entry>>,
     next_source: AtomicU64,
@@ -296,7 +296,7 @@ pub(crate) struct Shared {
     recordings: std::path::PathBuf,
     /// ICE over TCP is listening on the media port.
     tcp: bool,
-    tcp_conns: udp::TcpConns,
+    tcp_conns: net::TcpConns,
 }
 
 /// The running media relay.
@@ -343,17 +343,17 @@ impl Sfu {
         let socket = Arc::new(tokio::net::UdpSocket::bind(addr).await.map_err(listen_err)?);
         let local = socket.local_addr().map_err(listen_err)?;
         let host = SocketAddr::new(advertised(local, cfg.public_ip), local.port());
-        let routes = Arc::new(RwLock::new(udp::Routes::default()));
-        tokio::spawn(udp::read_loop(socket.clone(), routes.clone(), metrics.clone()));
+        let routes = Arc::new(RwLock::new(net::Routes::default()));
+        tokio::spawn(net::read_loop(socket.clone(), routes.clone(), metrics.clone()));
         tracing::info!(%local, advertised = %host, "media relay listening (UDP)");
-        let tcp_conns = udp::TcpConns::default();
+        let tcp_conns = net::TcpConns::default();
         let tcp = if cfg.rtc_tcp {
             // The same port number as UDP; a port taken by something else costs the fallback,
             // not the relay.
             match tokio::net::TcpListener::bind(local).await {
                 Ok(l) => {
                     let conns = tcp_conns.clone();
-                    tokio::spawn(udp::tcp_accept_loop(l, routes.clone(), conns, metrics.clone(), cfg.sessions_max));
+                    tokio::spawn(net::tcp_accept_loop(l, routes.clone(), conns, metrics.clone(), cfg.sessions_max));
                     tracing::info!(%local, "media relay listening (ICE over TCP)");
                     true
                 }
@@ -480,7 +480,7 @@ impl Sfu {
             }
             sessions.insert(info.id, Entry { info: info.clone(), ufrag: setup.ufrag.clone(), tx: tx.clone() });
         }
-        write(&sh.routes).add(setup.ufrag.clone(), udp::Route { session: info.id, tx: tx.clone() });
+        write(&sh.routes).add(setup.ufrag.clone(), net::Route { session: info.id, tx: tx.clone() });
         sh.metrics.media_sessions.inc();
         let sdp = setup.sdp.clone();
         let task = peer::Peer::new(sh.clone(), info.clone(), setup, tx, notes);
