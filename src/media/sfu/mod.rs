@@ -18,9 +18,9 @@
 //! (who publishes what, muted, speaking, positions and surfaces) and hands a snapshot to the
 //! state sink whenever it changes.
 
+mod net;
 pub mod peer;
 pub mod record;
-mod net;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
