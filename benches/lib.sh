@@ -15,7 +15,8 @@
 # Rounds:    run_measured (CPU/memory accounting around one load run),
 #            bench_order (alternating side order), record_row, report
 #
-# Everything listens on 127.0.0.1 only. bench_init installs an EXIT trap that
+# Everything listens on 127.0.0.1 only (sfu.sh puts the servers in a network namespace of
+# its own, see there). bench_init installs an EXIT trap that
 # stops whatever was started and removes the work directory (KEEP_WORK=1 keeps it).
 #
 # Environment (all optional):
@@ -138,6 +139,9 @@ wait_http_200() {
 
 # --------------------------------------------------------- work directory ----
 
+# Functions bench_cleanup runs first, for what a bench starts beyond the servers above.
+BENCH_CLEANUP_HOOKS=()
+
 bench_init() {
     mkdir -p "$BENCH_TMPDIR"
     WORK=$(mktemp -d "$BENCH_TMPDIR/outpost-bench.XXXXXX")
@@ -152,8 +156,9 @@ bench_init() {
 }
 
 bench_cleanup() {
-    local rc=$? peer
+    local rc=$? peer hook
     trap - EXIT
+    for hook in "${BENCH_CLEANUP_HOOKS[@]}"; do "$hook" || true; done
     [ -n "${MEMWATCH_PID:-}" ] && stop_pid "$MEMWATCH_PID" TERM 5 memwatch
     for peer in "${NODE_PEER_PIDS[@]}"; do stop_pid "$peer" TERM 10 "node peer"; done
     [ -n "${OP_PID:-}" ] && stop_outpost
@@ -272,16 +277,19 @@ outpost_member_token() {
 # start_outpost DIR PORT: serve with data dir DIR on 127.0.0.1:PORT, wait
 # for GET /health/ready == 200, export OP_PID and OP_URL.
 # Server output goes to DIR.log.
+# start_outpost DIR PORT: on 127.0.0.1, or on OP_HOST when set; OP_WRAP, when set, is a
+# command prefix that execs the server (e.g. `ip netns exec NS`, which keeps the PID).
 start_outpost() {
-    local dir=$1 port=$2
+    local dir=$1 port=$2 host=${OP_HOST:-127.0.0.1}
     require_outpost
-    require_port_free "$port"
+    [ "$host" != 127.0.0.1 ] || require_port_free "$port"
     mkdir -p "$(dirname "$dir")"
     mkdir -p -m 700 "$dir"
-    OUTPOST_LOG__LEVEL=warn "$OP_BIN" serve --data "$dir" --listen "127.0.0.1:$port" \
+    # shellcheck disable=SC2086 # OP_WRAP is a command prefix, split on purpose
+    OUTPOST_LOG__LEVEL=warn ${OP_WRAP:-} "$OP_BIN" serve --data "$dir" --listen "$host:$port" \
         >>"${dir%/}.log" 2>&1 &
     OP_PID=$!
-    OP_URL="http://127.0.0.1:$port"
+    OP_URL="http://$host:$port"
     export OP_PID OP_URL
     if ! wait_http_200 "$OP_URL/health/ready" 60 "$OP_PID"; then
         tail -n 20 "${dir%/}.log" >&2 || true

@@ -5,12 +5,14 @@
 #   postgresql  PostgreSQL 15 server + pgbench, peer for http_writes.sh
 #   fio         fsync-rate probe (fsync.sh)
 #   curl, file  readiness probes and binary inspection
+#   janus       Janus VideoRoom, peer for sfu.sh (iproute2 for its network namespace)
+#   coturn      TURN peer for turn.sh
 # Idempotent: does nothing when everything is present, and runs
 # `apt-get update` only when something has to be installed.
 # Needs root (or sudo) on a Debian/Ubuntu machine.
 set -euo pipefail
 
-PACKAGES=(wrk nginx postgresql fio curl file)
+PACKAGES=(wrk nginx postgresql fio curl file janus iproute2 coturn)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

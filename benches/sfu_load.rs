@@ -12,8 +12,13 @@
 //! the first packet, p50/p99), loss, and the server's RSS.
 //!
 //! It makes its own organization, two users and a room through the API with the operator key.
+//!
+//! With `--janus URL` it drives Janus VideoRoom over Janus's HTTP API instead, with the same
+//! clients and packets: one publisher per WHIP publisher of the Outpost run, one subscriber
+//! per player (in `audio10`, one subscriber of all ten publishers per call participant).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -47,6 +52,10 @@ struct Args {
     seconds: f64,
     video_kbps: u64,
     pid: u32,
+    /// The address the clients' sockets bind to.
+    local_ip: String,
+    /// Janus's HTTP API (`http://host:8088/janus`): drive Janus VideoRoom instead of Outpost.
+    janus: Option<String>,
 }
 
 fn args() -> Args {
@@ -58,6 +67,8 @@ fn args() -> Args {
         seconds: 8.0,
         video_kbps: 1500,
         pid: 0,
+        local_ip: "127.0.0.1".into(),
+        janus: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -70,6 +81,8 @@ fn args() -> Args {
             "--seconds" => a.seconds = v().parse().expect("--seconds"),
             "--video-kbps" => a.video_kbps = v().parse().expect("--video-kbps"),
             "--pid" => a.pid = v().parse().expect("--pid"),
+            "--local-ip" => a.local_ip = v(),
+            "--janus" => a.janus = Some(v()),
             _ => {}
         }
     }
@@ -167,6 +180,203 @@ async fn setup(base: &str, key: &str) -> Setup {
     let player = tokens.pop().expect("player");
     let publisher = tokens.pop().expect("publisher");
     Setup { http, base: base.to_owned(), room, publisher, player }
+}
+
+// ---------------------------------------------------------------- Janus ----
+
+/// Janus's HTTP API: one session, whose events a long poll hands to the handle they name.
+struct Janus {
+    http: reqwest::Client,
+    url: String,
+    session: u64,
+    handles: std::sync::Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<Value>>>,
+    transactions: AtomicU64,
+}
+
+impl Janus {
+    async fn connect(url: &str) -> Arc<Self> {
+        let mut janus = Self {
+            http: reqwest::Client::new(),
+            url: url.trim_end_matches('/').to_owned(),
+            session: 0,
+            handles: std::sync::Mutex::default(),
+            transactions: AtomicU64::new(0),
+        };
+        janus.session = janus.request("", json!({ "janus": "create" })).await["data"]["id"].as_u64().expect("session");
+        let janus = Arc::new(janus);
+        tokio::spawn(janus.clone().poll());
+        janus
+    }
+
+    async fn request(&self, path: &str, mut body: Value) -> Value {
+        body["transaction"] = json!(format!("t{}", self.transactions.fetch_add(1, Ordering::Relaxed)));
+        let r = self.http.post(format!("{}{path}", self.url)).json(&body).send().await.expect("janus request");
+        let v: Value = r.json().await.expect("janus json");
+        assert_ne!(v["janus"], "error", "janus: {v}");
+        v
+    }
+
+    async fn poll(self: Arc<Self>) {
+        let url = format!("{}/{}?maxev=64", self.url, self.session);
+        loop {
+            let Ok(r) = self.http.get(&url).send().await else { return };
+            let Ok(v) = r.json::<Value>().await else { return };
+            let events = if let Value::Array(a) = v { a } else { vec![v] };
+            let handles = self.handles.lock().expect("lock");
+            for e in events {
+                if let Some(tx) = e["sender"].as_u64().and_then(|h| handles.get(&h)) {
+                    let _ = tx.send(e);
+                }
+            }
+        }
+    }
+
+    async fn attach(&self) -> (u64, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+        let body = json!({ "janus": "attach", "plugin": "janus.plugin.videoroom" });
+        let handle = self.request(&format!("/{}", self.session), body).await["data"]["id"].as_u64().expect("handle");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.handles.lock().expect("lock").insert(handle, tx);
+        (handle, rx)
+    }
+
+    /// A VideoRoom request: synchronous ones answer here, the others with an event later.
+    async fn message(&self, handle: u64, body: Value, jsep: Option<Value>) -> Value {
+        let mut m = json!({ "janus": "message", "body": body });
+        if let Some(jsep) = jsep {
+            m["jsep"] = jsep;
+        }
+        self.request(&format!("/{}/{handle}", self.session), m).await
+    }
+
+    /// The handle's next VideoRoom event (core events such as `webrtcup` are skipped).
+    async fn event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .expect("janus event in time")
+                .expect("janus events");
+            if e["janus"] == "event" {
+                assert!(e["plugindata"]["data"].get("error").is_none(), "janus: {e}");
+                return e;
+            }
+        }
+    }
+
+    async fn trickle_done(&self, handle: u64) {
+        let body = json!({ "janus": "trickle", "candidate": { "completed": true } });
+        self.request(&format!("/{}/{handle}", self.session), body).await;
+    }
+
+    async fn detach(&self, handle: u64) {
+        let _ = self
+            .http
+            .post(format!("{}/{}/{handle}", self.url, self.session))
+            .json(&json!({ "janus": "detach", "transaction": "d" }))
+            .send()
+            .await;
+        self.handles.lock().expect("lock").remove(&handle);
+    }
+
+    /// A room for one round: every publisher of it, no bit rate cap, no keyframe timer.
+    async fn create_room(&self, room: u64) {
+        let (handle, _events) = self.attach().await;
+        let body = json!({ "request": "create", "room": room, "publishers": 16, "bitrate": 0, "fir_freq": 0,
+            "audiocodec": "opus", "videocodec": "vp8", "notify_joining": false });
+        let v = self.message(handle, body, None).await;
+        assert_eq!(v["plugindata"]["data"]["videoroom"], "created", "{v}");
+        self.detach(handle).await;
+    }
+
+    /// Joins `room` as a publisher and publishes what `pc` offers; returns the handle, the feed
+    /// and the handle's events (Janus takes subscribers once they say `webrtcup`).
+    async fn publish(
+        &self,
+        room: u64,
+        pc: &mut RTCPeerConnection,
+        local: SocketAddr,
+    ) -> (u64, u64, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+        let (handle, mut events) = self.attach().await;
+        self.message(handle, json!({ "request": "join", "ptype": "publisher", "room": room }), None).await;
+        let joined = Self::event(&mut events).await;
+        let feed = joined["plugindata"]["data"]["id"].as_u64().expect("publisher id");
+        add_host_candidate(pc, local);
+        let offer = pc.create_offer(None).expect("offer");
+        pc.set_local_description(Instant::now(), offer).expect("local");
+        let sdp = pc.local_description().expect("sdp").sdp;
+        self.message(handle, json!({ "request": "publish" }), Some(json!({ "type": "offer", "sdp": sdp }))).await;
+        let configured = Self::event(&mut events).await;
+        let answer = configured["jsep"]["sdp"].as_str().expect("answer").to_owned();
+        pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer).expect("answer sdp"))
+            .expect("remote");
+        self.trickle_done(handle).await;
+        (handle, feed, events)
+    }
+
+    /// Waits for the handle's connection to be up.
+    async fn webrtc_up(mut events: tokio::sync::mpsc::UnboundedReceiver<Value>) {
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(20), events.recv())
+                .await
+                .expect("janus webrtcup in time")
+                .expect("janus events");
+            if e["janus"] == "webrtcup" {
+                return;
+            }
+        }
+    }
+
+    /// Subscribes to `feeds` in `room`: Janus offers, a new connection answers.
+    async fn subscribe(&self, room: u64, feeds: &[u64], local: SocketAddr) -> (RTCPeerConnection, u64) {
+        let (handle, mut events) = self.attach().await;
+        let streams: Vec<Value> = feeds.iter().map(|f| json!({ "feed": f })).collect();
+        let join = json!({ "request": "join", "ptype": "subscriber", "room": room, "streams": streams });
+        self.message(handle, join, None).await;
+        let attached = Self::event(&mut events).await;
+        let offer = attached["jsep"]["sdp"].as_str().expect("offer").to_owned();
+        let mut pc = new_pc();
+        pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(offer).expect("offer sdp"))
+            .expect("remote");
+        add_host_candidate(&mut pc, local);
+        let answer = pc.create_answer(None).expect("answer");
+        pc.set_local_description(Instant::now(), answer).expect("local");
+        let sdp = pc.local_description().expect("sdp").sdp;
+        self.message(handle, json!({ "request": "start" }), Some(json!({ "type": "answer", "sdp": sdp }))).await;
+        Self::event(&mut events).await;
+        self.trickle_done(handle).await;
+        (pc, handle)
+    }
+}
+
+/// Whom the clients signal to.
+enum Signal {
+    Outpost(Setup),
+    Janus(Arc<Janus>),
+}
+
+struct Server {
+    signal: Signal,
+    /// The address the clients' sockets bind to.
+    local_ip: IpAddr,
+    /// This round's Janus room.
+    janus_room: u64,
+}
+
+/// How a client hangs up after a round.
+enum HangUp {
+    Http { url: String, token: String },
+    Janus(u64),
+}
+
+impl Server {
+    async fn hang_up(&self, h: HangUp) {
+        match (h, &self.signal) {
+            (HangUp::Http { url, token }, Signal::Outpost(s)) => {
+                let _ = s.http.delete(url).bearer_auth(token).send().await;
+            }
+            (HangUp::Janus(handle), Signal::Janus(j)) => j.detach(handle).await,
+            _ => {}
+        }
+    }
 }
 
 // --------------------------------------------------------------- WebRTC ----
@@ -331,20 +541,29 @@ fn send(
 /// The publisher: video at `kbps` in ~1,100-byte packets (30 frames a second) and 50 audio
 /// packets a second, each payload starting with its send time.
 async fn publisher(
-    s: &Setup,
+    server: &Server,
     kbps: u64,
     audio_only: bool,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
-) -> (tokio::task::JoinHandle<()>, String) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+) -> (tokio::task::JoinHandle<()>, HangUp, Option<(u64, tokio::sync::mpsc::UnboundedReceiver<Value>)>) {
+    let socket = UdpSocket::bind((server.local_ip, 0)).await.expect("bind");
     let local = socket.local_addr().expect("addr");
     let mut pc = new_pc();
     let video: Option<RTCRtpSenderId> =
         (!audio_only).then(|| pc.add_track(track(RtpCodecKind::Video, "v", 0x1111)).expect("video"));
     let audio: RTCRtpSenderId = pc.add_track(track(RtpCodecKind::Audio, "a", 0x2222)).expect("audio");
-    let url = format!("{}/v1/rooms/{}/whip", s.base, s.room);
-    let location = negotiate(&mut pc, local, &s.http, &url, &s.publisher).await;
+    let (hang_up, feed) = match &server.signal {
+        Signal::Outpost(s) => {
+            let url = format!("{}/v1/rooms/{}/whip", s.base, s.room);
+            let location = negotiate(&mut pc, local, &s.http, &url, &s.publisher).await;
+            (HangUp::Http { url: format!("{}{location}", s.base), token: s.publisher.clone() }, None)
+        }
+        Signal::Janus(j) => {
+            let (handle, feed, events) = j.publish(server.janus_room, &mut pc, local).await;
+            (HangUp::Janus(handle), Some((feed, events)))
+        }
+    };
     let per_frame = (kbps * 1000 / 8 / 1100 / 30).max(1) as usize;
     let task = tokio::spawn(async move {
         let (mut vseq, mut aseq, mut ticks) = (0u16, 0u16, 0u64);
@@ -396,7 +615,7 @@ async fn publisher(
         ))
         .await;
     });
-    (task, location)
+    (task, hang_up, feed)
 }
 
 /// What the players saw.
@@ -423,21 +642,36 @@ impl Seen {
     }
 }
 
-async fn player(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> (tokio::task::JoinHandle<()>, String) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+/// A player: a WHEP connection to Outpost, or a subscriber of `feeds` in Janus.
+async fn player(
+    server: &Server,
+    feeds: &[u64],
+    stop: Arc<AtomicBool>,
+    seen: Arc<Seen>,
+) -> (tokio::task::JoinHandle<()>, HangUp) {
+    let socket = UdpSocket::bind((server.local_ip, 0)).await.expect("bind");
     let local = socket.local_addr().expect("addr");
-    let mut pc = new_pc();
-    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-        let init = RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Recvonly,
-            streams: vec![],
-            send_encodings: vec![],
-        };
-        pc.add_transceiver_from_kind(kind, Some(init)).expect("transceiver");
-    }
     let started = Instant::now();
-    let url = format!("{}/v1/rooms/{}/whep", s.base, s.room);
-    let location = negotiate(&mut pc, local, &s.http, &url, &s.player).await;
+    let (pc, hang_up) = match &server.signal {
+        Signal::Outpost(s) => {
+            let mut pc = new_pc();
+            for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+                let init = RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                };
+                pc.add_transceiver_from_kind(kind, Some(init)).expect("transceiver");
+            }
+            let url = format!("{}/v1/rooms/{}/whep", s.base, s.room);
+            let location = negotiate(&mut pc, local, &s.http, &url, &s.player).await;
+            (pc, HangUp::Http { url: format!("{}{location}", s.base), token: s.player.clone() })
+        }
+        Signal::Janus(j) => {
+            let (pc, handle) = j.subscribe(server.janus_room, feeds, local).await;
+            (pc, HangUp::Janus(handle))
+        }
+    };
     let task = tokio::spawn(async move {
         let mut first = true;
         let mut delays = Vec::new();
@@ -453,17 +687,17 @@ async fn player(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> (tokio::ta
         .await;
         seen.delays_us.lock().expect("lock").append(&mut delays);
     });
-    (task, location)
+    (task, hang_up)
 }
 
 /// A call participant that only receives: joins over the realtime socket with a recvonly
 /// audio section and answers every offer the relay makes as tracks come.
-async fn caller(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> tokio::task::JoinHandle<()> {
+async fn caller(s: &Setup, local_ip: IpAddr, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> tokio::task::JoinHandle<()> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let socket = UdpSocket::bind((local_ip, 0)).await.expect("bind");
     let local = socket.local_addr().expect("addr");
     let mut pc = new_pc();
     let init = RTCRtpTransceiverInit {
@@ -540,25 +774,42 @@ async fn caller(s: &Setup, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> tokio::tas
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let a = args();
-    let s = setup(&a.base, &a.key).await;
+    let signal = match &a.janus {
+        Some(url) => Signal::Janus(Janus::connect(url).await),
+        None => Signal::Outpost(setup(&a.base, &a.key).await),
+    };
+    let mut server = Server { signal, local_ip: a.local_ip.parse().expect("--local-ip"), janus_room: 0 };
+    let name = if a.janus.is_some() { "janus" } else { "outpost" };
     for &n in &a.subs {
+        if let Signal::Janus(j) = &server.signal {
+            server.janus_room = now_us() % 1_000_000_000;
+            j.create_room(server.janus_room).await;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(Seen::default());
         let (mut tasks, mut hang_ups) = (Vec::new(), Vec::new());
         let audio10 = a.shape == "audio10";
+        let mut feeds = Vec::new();
         for _ in 0..if audio10 { 10 } else { 1 } {
-            let (task, location) = publisher(&s, a.video_kbps, audio10, stop.clone(), sent.clone()).await;
+            let (task, hang_up, feed) = publisher(&server, a.video_kbps, audio10, stop.clone(), sent.clone()).await;
             tasks.push(task);
-            hang_ups.push((location, s.publisher.clone()));
+            hang_ups.push(hang_up);
+            if let Some((feed, events)) = feed {
+                Janus::webrtc_up(events).await;
+                feeds.push(feed);
+            }
         }
         for _ in 0..n {
-            if audio10 {
-                tasks.push(caller(&s, stop.clone(), seen.clone()).await);
-            } else {
-                let (task, location) = player(&s, stop.clone(), seen.clone()).await;
-                tasks.push(task);
-                hang_ups.push((location, s.player.clone()));
+            match &server.signal {
+                Signal::Outpost(s) if audio10 => {
+                    tasks.push(caller(s, server.local_ip, stop.clone(), seen.clone()).await);
+                }
+                _ => {
+                    let (task, hang_up) = player(&server, &feeds, stop.clone(), seen.clone()).await;
+                    tasks.push(task);
+                    hang_ups.push(hang_up);
+                }
             }
         }
         // Everyone receiving, then a second to settle.
@@ -582,8 +833,8 @@ async fn main() {
             let _ = t.await;
         }
         // Hang up, as clients do, before the next round.
-        for (location, token) in hang_ups {
-            let _ = s.http.delete(format!("{}{location}", s.base)).bearer_auth(token).send().await;
+        for h in hang_ups {
+            server.hang_up(h).await;
         }
         let got = seen.packets.load(Ordering::Relaxed);
         let pps = got as f64 / elapsed;
@@ -593,7 +844,7 @@ async fn main() {
         let mut joins = std::mem::take(&mut *seen.joins_ms.lock().expect("lock"));
         let busy = cpu / elapsed;
         println!(
-            "RESULT shape={} subs={n} joined={joined} forwarded_pps={pps:.0} per_busy_core_pps={:.0} cpu_cores={busy:.2} cpu_per_sub_pct={:.2} loss_pct={:.2} delay_p50_ms={:.2} delay_p99_ms={:.2} join_p50_ms={} join_p99_ms={} rss_kb={rss}",
+            "RESULT server={name} shape={} subs={n} joined={joined} forwarded_pps={pps:.0} per_busy_core_pps={:.0} cpu_cores={busy:.2} cpu_per_sub_pct={:.2} loss_pct={:.2} delay_p50_ms={:.2} delay_p99_ms={:.2} join_p50_ms={} join_p99_ms={} rss_kb={rss}",
             a.shape,
             if busy > 0.0 { pps / busy } else { 0.0 },
             busy * 100.0 / n as f64,
