@@ -62,7 +62,7 @@ pub async fn run(
         background.spawn(turn.watch(app.metrics.clone()));
     }
     if let Some(sfu) = app.sfu.clone() {
-        background.spawn(sfu.follow_rooms(app.bus.subscribe()));
+        background.spawn(sfu.follow_rooms(app.bus.subscribe(), app.store.clone(), app.bus.head_gseq()));
     }
 
     let (stop_search, search_stopped) = tokio::sync::watch::channel(false);

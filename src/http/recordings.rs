@@ -27,8 +27,10 @@ crate::problems!(RecordingReadErrors: 401, 403, 404);
 #[oai(rename = "RecordedFile")]
 pub struct FileView {
     pub name: String,
-    /// `audio` (Ogg Opus) or `video` (IVF, VP8).
+    /// `audio` (Ogg Opus) or `video` (IVF for VP8, an Annex B `.h264` stream for H.264).
     pub kind: String,
+    /// The track's media type: `audio/opus`, `video/VP8` or `video/H264`.
+    pub codec: String,
     pub user_id: String,
     /// The publisher's own id for the track.
     pub track: String,
@@ -89,6 +91,11 @@ fn file_view(rec: &Recording, f: &RecordedFile) -> FileView {
     FileView {
         name: f.name.clone(),
         kind: f.kind.clone(),
+        codec: match (f.codec.is_empty(), f.kind.as_str()) {
+            (false, _) => f.codec.clone(),
+            (true, "audio") => "audio/opus".to_owned(),
+            (true, _) => "video/VP8".to_owned(),
+        },
         user_id: f.user.to_string(),
         track: f.track.clone(),
         bytes: f.bytes,
@@ -220,7 +227,7 @@ impl RecordingsApi {
         Ok(Json(view(&find(&app, p.org, room, &recording_id.0).await?)))
     }
 
-    /// Download one of a recording's files (`audio/ogg` or IVF), as an attachment.
+    /// Download one of a recording's files (Ogg Opus, IVF or H.264), as an attachment.
     ///
     /// Permission: `rooms.read`. Room role: `viewer`.
     #[oai(

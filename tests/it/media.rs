@@ -637,6 +637,7 @@ async fn a_host_records_the_call_to_decodable_files() {
             assert!(decoded["frames"].as_u64().unwrap() >= 50, "{decoded}");
         } else {
             assert!(bytes.starts_with(b"DKIF"), "{file}");
+            assert_eq!(file["codec"], "video/VP8", "{file}");
             assert_eq!(decoded["codec"], "vp8", "{decoded}");
             assert!(decoded["frames"].as_u64().unwrap() >= 20, "{decoded}");
             assert_eq!(decoded["size"], serde_json::json!([320, 240]), "{decoded}");
@@ -941,7 +942,8 @@ async fn a_client_without_udp_publishes_over_ice_tcp() {
 }
 
 /// H.264, what OBS, GStreamer and ffmpeg publish over WHIP: aiortc publishes its camera as
-/// H.264 and the player decodes it; the call state names the codec.
+/// H.264 and the player decodes it; the call state names the codec; a recording keeps it as
+/// an H.264 stream that decodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h264_publisher_is_played_through_whep() {
     let s = TestServer::start().await;
@@ -957,6 +959,29 @@ async fn an_h264_publisher_is_played_through_whep() {
         publisher["tracks"].as_array().unwrap().iter().map(|t| t["codec"].as_str().unwrap()).collect();
     codecs.sort_unstable();
     assert_eq!(codecs, ["audio/opus", "video/H264"], "{call}");
+
+    let recordings = format!("/v1/rooms/{}/recordings", f.room);
+    let body = serde_json::json!({ "video": true });
+    let r = s.http.post(s.url(&recordings)).bearer_auth(&f.host.access).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = s.http.post(s.url(&format!("{recordings}/{id}/stop"))).bearer_auth(&f.host.access).send().await.unwrap();
+    let done: Value = r.json().await.unwrap();
+    assert_eq!(done["status"], "done", "{done}");
+    let video = done["files"].as_array().unwrap().iter().find(|f| f["kind"] == "video").expect("a video file").clone();
+    assert_eq!(video["codec"], "video/H264", "{done}");
+    assert!(video["name"].as_str().unwrap().rsplit_once('.').is_some_and(|(_, ext)| ext == "h264"), "{done}");
+    let r = s.http.get(s.url(video["url"].as_str().unwrap())).bearer_auth(&f.viewer.access).send().await.unwrap();
+    let bytes = r.bytes().await.unwrap();
+    assert!(bytes.starts_with(&[0, 0, 0, 1]), "an Annex B stream starts with a start code");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(video["name"].as_str().unwrap());
+    std::fs::write(&path, &bytes).unwrap();
+    let decoded = decode_file(&path).await;
+    assert_eq!(decoded["codec"], "h264", "{decoded}");
+    assert!(decoded["frames"].as_u64().unwrap() >= 20, "{decoded}");
+    assert_eq!(decoded["size"], serde_json::json!([320, 240]), "{decoded}");
     peer.stop().await;
     s.stop().await;
 }

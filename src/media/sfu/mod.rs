@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use crate::config::MediaConfig;
 use crate::ids::Id;
 use crate::metrics::Metrics;
+use crate::store::Store;
 use peer::{PeerMsg, Source};
 
 /// Messages queued for one connection at most; past it datagrams are dropped like a full
@@ -728,34 +729,56 @@ impl Sfu {
 
     /// Ends calls as rooms change: whoever leaves or is removed from a room leaves its call;
     /// an archived or deleted room's call ends, and its recording with it. Runs until the bus
-    /// closes.
-    pub async fn follow_rooms(self, mut bus: crate::store::events::BusReceiver) {
+    /// closes; whatever the bus drops for being behind is read back from the log.
+    pub async fn follow_rooms(self, mut bus: crate::store::events::BusReceiver, store: Store, from_gseq: u64) {
         use crate::store::events::BusItem;
+        let mut last = from_gseq;
         loop {
-            let e = match bus.recv().await {
-                BusItem::Event(e) => e,
-                // What was missed is not replayed: a stale connection still loses its room
-                // role checks at its next signal, and ends with its client.
-                BusItem::Lagged { .. } => continue,
+            match bus.recv().await {
+                BusItem::Event(e) => {
+                    if e.gseq > last {
+                        last = e.gseq;
+                        self.on_room_event(&e).await;
+                    }
+                }
+                BusItem::Lagged { .. } => loop {
+                    let after = last;
+                    match store.read(move |r| r.events_after_gseq(after, 1000)).await {
+                        Ok(batch) if batch.is_empty() => break,
+                        Ok(batch) => {
+                            for e in batch {
+                                last = e.gseq;
+                                self.on_room_event(&e).await;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "media relay cannot read the log");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
+                },
                 BusItem::Closed => return,
-            };
-            let Some(room) = e.topic.strip_prefix("room:").and_then(|r| r.parse::<Id>().ok()) else { continue };
-            match e.kind.as_str() {
-                "participant.left" | "participant.kicked" => {
-                    if let Some(user) = e.data["user"].as_str().and_then(|u| u.parse().ok()) {
-                        let reason = if e.kind == "participant.left" { "left" } else { "removed" };
-                        self.close_user(room, user, reason);
-                    }
-                }
-                "room.archived" | "room.deleted" => {
-                    self.close_room(room);
-                    // A recording ends with its call: its files close and it says so.
-                    if let Some(id) = self.state(room).recording {
-                        self.stop_recording(room, id).await;
-                    }
-                }
-                _ => {}
             }
+        }
+    }
+
+    async fn on_room_event(&self, e: &crate::store::events::Event) {
+        let Some(room) = e.topic.strip_prefix("room:").and_then(|r| r.parse::<Id>().ok()) else { return };
+        match e.kind.as_str() {
+            "participant.left" | "participant.kicked" => {
+                if let Some(user) = e.data["user"].as_str().and_then(|u| u.parse().ok()) {
+                    let reason = if e.kind == "participant.left" { "left" } else { "removed" };
+                    self.close_user(room, user, reason);
+                }
+            }
+            "room.archived" | "room.deleted" => {
+                self.close_room(room);
+                // A recording ends with its call: its files close and it says so.
+                if let Some(id) = self.state(room).recording {
+                    self.stop_recording(room, id).await;
+                }
+            }
+            _ => {}
         }
     }
 

@@ -1,5 +1,6 @@
 //! Recording a room's call: every audio track to its own Ogg Opus file and, when asked, every
-//! video track to an IVF (VP8) file, in `<data dir>/recordings/<org>/<recording>/`.
+//! video track to a file of its own (VP8 in IVF, H.264 as an Annex B byte stream), in
+//! `<data dir>/recordings/<org>/<recording>/`.
 //!
 //! A recorder receives a call's tracks the way a call connection does (as an outlet of each,
 //! told of tracks that come and go), and writes on a thread of its own so the disk never
@@ -17,9 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rtc::media::io::Writer;
+use rtc::media::io::h26x_writer::H26xWriter;
 use rtc::media::io::ivf_reader::IVFFileHeader;
 use rtc::media::io::ivf_writer::IVFWriter;
 use rtc::media::io::ogg_writer::OggWriter;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -32,8 +35,12 @@ use crate::ids::Id;
 pub struct RecordedFile {
     /// The file's name in the recording's directory.
     pub name: String,
-    /// `audio` (Ogg Opus) or `video` (IVF, VP8).
+    /// `audio` (Ogg Opus) or `video` (IVF for VP8, an Annex B `.h264` stream for H.264).
     pub kind: String,
+    /// The track's media type (`audio/opus`, `video/VP8`, `video/H264`); metadata written
+    /// before this was kept has none, and was Opus or VP8.
+    #[serde(default)]
+    pub codec: String,
     /// The user whose track it is.
     pub user: Id,
     /// The publisher's own id for the track.
@@ -115,8 +122,7 @@ pub(super) fn run(root: &Path, mut rec: Recording, mut rx: mpsc::Receiver<PeerMs
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             PeerMsg::AddSource(source) => {
-                // IVF carries VP8; other video codecs are not recorded (yet).
-                if source.kind == Kind::Video && (!rec.video || !source.mime.eq_ignore_ascii_case("video/VP8")) {
+                if source.kind == Kind::Video && !rec.video {
                     continue;
                 }
                 match open(&dir, &source, rec.files.len()) {
@@ -138,6 +144,7 @@ pub(super) fn run(root: &Path, mut rec: Recording, mut rx: mpsc::Receiver<PeerMs
                         rec.files.push(RecordedFile {
                             name,
                             kind: source.kind.as_str().to_owned(),
+                            codec: source.mime.clone(),
                             user: source.user,
                             track: source.track.to_string(),
                             bytes: 0,
@@ -164,7 +171,7 @@ pub(super) fn run(root: &Path, mut rec: Recording, mut rx: mpsc::Receiver<PeerMs
                 if t.layer.is_none() {
                     let best = t.source.pick_layer(super::peer::Quality::High, None);
                     let video = t.source.kind == Kind::Video;
-                    if layer != best || (video && !super::peer::vp8_keyframe_start(&packet.payload)) {
+                    if layer != best || (video && !super::peer::keyframe_start(&t.source.mime, &packet.payload)) {
                         continue;
                     }
                     t.layer = Some(layer);
@@ -221,6 +228,11 @@ fn open(dir: &Path, source: &Source, n: usize) -> std::io::Result<Opened> {
         Kind::Audio => {
             let name = format!("{n:02}-audio-{}.ogg", source.id);
             let w = OggWriter::new(BufWriter::new(File::create(dir.join(&name))?), 48_000, 2).map_err(to_io)?;
+            Ok((name, Box::new(w)))
+        }
+        Kind::Video if source.mime.eq_ignore_ascii_case(MIME_TYPE_H264) => {
+            let name = format!("{n:02}-video-{}.h264", source.id);
+            let w = H26xWriter::new(BufWriter::new(File::create(dir.join(&name))?), false);
             Ok((name, Box::new(w)))
         }
         Kind::Video => {
