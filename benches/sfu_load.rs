@@ -189,7 +189,7 @@ struct Janus {
     http: reqwest::Client,
     url: String,
     session: u64,
-    handles: std::sync::Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<Value>>>,
+    handles: std::sync::Mutex<HashMap<u64, tokio::sync::mpsc::Sender<Value>>>,
     transactions: AtomicU64,
 }
 
@@ -225,16 +225,16 @@ impl Janus {
             let handles = self.handles.lock().expect("lock");
             for e in events {
                 if let Some(tx) = e["sender"].as_u64().and_then(|h| handles.get(&h)) {
-                    let _ = tx.send(e);
+                    let _ = tx.try_send(e);
                 }
             }
         }
     }
 
-    async fn attach(&self) -> (u64, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    async fn attach(&self) -> (u64, tokio::sync::mpsc::Receiver<Value>) {
         let body = json!({ "janus": "attach", "plugin": "janus.plugin.videoroom" });
         let handle = self.request(&format!("/{}", self.session), body).await["data"]["id"].as_u64().expect("handle");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
         self.handles.lock().expect("lock").insert(handle, tx);
         (handle, rx)
     }
@@ -249,7 +249,7 @@ impl Janus {
     }
 
     /// The handle's next VideoRoom event (core events such as `webrtcup` are skipped).
-    async fn event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
+    async fn event(rx: &mut tokio::sync::mpsc::Receiver<Value>) -> Value {
         loop {
             let e = tokio::time::timeout(Duration::from_secs(20), rx.recv())
                 .await
@@ -294,7 +294,7 @@ impl Janus {
         room: u64,
         pc: &mut RTCPeerConnection,
         local: SocketAddr,
-    ) -> (u64, u64, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    ) -> (u64, u64, tokio::sync::mpsc::Receiver<Value>) {
         let (handle, mut events) = self.attach().await;
         self.message(handle, json!({ "request": "join", "ptype": "publisher", "room": room }), None).await;
         let joined = Self::event(&mut events).await;
@@ -313,7 +313,7 @@ impl Janus {
     }
 
     /// Waits for the handle's connection to be up.
-    async fn webrtc_up(mut events: tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    async fn webrtc_up(mut events: tokio::sync::mpsc::Receiver<Value>) {
         loop {
             let e = tokio::time::timeout(Duration::from_secs(20), events.recv())
                 .await
@@ -546,7 +546,7 @@ async fn publisher(
     audio_only: bool,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
-) -> (tokio::task::JoinHandle<()>, HangUp, Option<(u64, tokio::sync::mpsc::UnboundedReceiver<Value>)>) {
+) -> (tokio::task::JoinHandle<()>, HangUp, Option<(u64, tokio::sync::mpsc::Receiver<Value>)>) {
     let socket = UdpSocket::bind((server.local_ip, 0)).await.expect("bind");
     let local = socket.local_addr().expect("addr");
     let mut pc = new_pc();

@@ -153,6 +153,12 @@ impl Calls {
         sent.map_err(|e| sfu_error(&e, None))
     }
 
+    /// `call_candidate`.
+    pub fn candidate(&self, connection: &str, candidate: String) -> Result<(), ServerFrame> {
+        let id = self.owned(connection)?;
+        self.sfu(None)?.client_candidate(id, candidate).map_err(|e| sfu_error(&e, None))
+    }
+
     /// `call_update`.
     pub fn update(
         &self,

@@ -352,6 +352,11 @@ impl Conn {
                     self.send(&f).await?;
                 }
             }
+            ClientFrame::CallCandidate { connection, candidate, .. } => {
+                if let Err(f) = self.calls.candidate(&connection, candidate) {
+                    self.send(&f).await?;
+                }
+            }
             ClientFrame::CallUpdate { connection, tracks, spatial, video_quality, video } => {
                 let r = if self.budget.take() {
                     self.calls.update(&connection, tracks, spatial, video_quality.as_deref(), &video)

@@ -114,6 +114,17 @@ pub enum ClientFrame {
     /// A renegotiation offer of the client's (it adds or removes tracks); answered with
     /// `call_answer`.
     CallOffer { connection: String, sdp: String },
+    /// A trickled ICE candidate of the client's: `candidate` as `RTCIceCandidate.candidate`
+    /// gives it (`candidate:…`), empty at the end of gathering. Optional: the relay also learns
+    /// the client's addresses from its connectivity checks.
+    CallCandidate {
+        connection: String,
+        candidate: String,
+        #[serde(default, skip_serializing_if = "Option::is_none", rename = "sdpMid")]
+        sdp_mid: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none", rename = "sdpMLineIndex")]
+        sdp_m_line_index: Option<u16>,
+    },
     /// Labels the client's tracks (`source`: mic, camera, screen), says which it muted, and
     /// sets its spatial data (position, orientation, screen surfaces; at most 4 KiB of JSON).
     CallUpdate {
@@ -325,6 +336,7 @@ pub const CLIENT_OPS: &[&str] = &[
     "call_join",
     "call_answer",
     "call_offer",
+    "call_candidate",
     "call_update",
     "call_leave",
 ];

@@ -542,7 +542,9 @@ async fn chromium_and_aiortc_hear_and_see_each_other_in_a_call() {
     eprintln!("aiortc: {a}\nchromium: {b}");
     // Chromium decoded aiortc's 320x240 test pattern and received its tone.
     assert_eq!(b["pc"], "connected", "{b}");
+    // It offered before gathering and trickled its candidates, all taken.
     assert_eq!(b["errors"], serde_json::json!([]), "{b}");
+    assert!(b["trickled"].as_u64().unwrap() >= 1, "{b}");
     assert!(b["video_frames_decoded"].as_u64().unwrap() >= 20, "{b}");
     assert_eq!(b["video_width"], 320, "{b}");
     assert!(b["audio_samples"].as_u64().unwrap() > 48_000, "{b}");
@@ -987,6 +989,7 @@ async fn an_h264_publisher_is_played_through_whep() {
 }
 
 /// What a connection may say about its tracks is bounded: labels for at most 32 of them.
+/// Trickled candidates are checked, and only the connection's owner may send them.
 #[tokio::test]
 async fn call_updates_label_a_bounded_number_of_tracks() {
     use futures_util::SinkExt;
@@ -1017,5 +1020,25 @@ async fn call_updates_label_a_bounded_number_of_tracks() {
     let (batch, frame) = refused.expect("the 33rd label was taken");
     assert_eq!(batch, 2, "{frame}");
     assert_eq!(frame["code"], "too_many_tracks", "{frame}");
+
+    // Trickled candidates: a real one and the end of gathering are taken silently, anything
+    // else is refused; someone else's connection is not found.
+    let candidate = |connection: &str, line: &str| {
+        let c =
+            serde_json::json!({ "op": "call_candidate", "connection": connection, "candidate": line, "sdpMid": "0" });
+        Message::text(c.to_string())
+    };
+    ws.send(candidate(&connection, "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host")).await.unwrap();
+    ws.send(candidate(&connection, "")).await.unwrap();
+    ws.send(Message::text(serde_json::json!({ "op": "ping", "ref": "p" }).to_string())).await.unwrap();
+    let pong = crate::realtime::next(&mut ws).await;
+    assert_eq!(pong["op"], "pong", "{pong}");
+    ws.send(candidate(&connection, "candidate:not a candidate")).await.unwrap();
+    let refused = crate::realtime::next(&mut ws).await;
+    assert_eq!(refused["code"], "invalid_sdp", "{refused}");
+    let (mut other, _) = crate::realtime::connect(&s, &f.host).await;
+    other.send(candidate(&connection, "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host")).await.unwrap();
+    let refused = crate::realtime::next(&mut other).await;
+    assert_eq!(refused["code"], "not_found", "{refused}");
     s.stop().await;
 }

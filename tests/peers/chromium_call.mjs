@@ -51,11 +51,6 @@ await page.goto(pageUrl);
 const result = await page.evaluate(
   async ({ wsUrl, room, token, seconds, simulcast }) => {
     const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-    const gathered = (pc) =>
-      pc.iceGatheringState === 'complete'
-        ? Promise.resolve()
-        : new Promise((r) => pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && r()));
-
     const stream = await navigator.mediaDevices.getUserMedia({
       audio: true,
       video: simulcast ? { width: 1280, height: 720 } : { width: 320, height: 240 },
@@ -88,6 +83,21 @@ const result = await page.evaluate(
 
     const ws = new WebSocket(wsUrl, ['outpost.v1', 'access_token.' + token]);
     const send = (f) => ws.send(JSON.stringify(f));
+    // Trickle ICE: the offer goes at once, candidates follow as they are gathered (held until
+    // the connection has an id).
+    const pending = [];
+    let trickled = 0;
+    const trickle = (c) => {
+      send({ op: 'call_candidate', connection, ...c });
+      trickled += 1;
+    };
+    pc.onicecandidate = (e) => {
+      const c = e.candidate
+        ? { candidate: e.candidate.candidate, sdpMid: e.candidate.sdpMid, sdpMLineIndex: e.candidate.sdpMLineIndex }
+        : { candidate: '' };
+      if (connection) trickle(c);
+      else pending.push(c);
+    };
     const joined = new Promise((resolve, reject) => {
       ws.onmessage = async (m) => {
         const f = JSON.parse(m.data);
@@ -96,11 +106,11 @@ const result = await page.evaluate(
           if (f.op === 'welcome') {
             send({ op: 'subscribe', topic: `room:${room}` });
             await pc.setLocalDescription();
-            await Promise.race([gathered(pc), sleep(3000)]);
             console.log('offer ready', pc.iceGatheringState);
             send({ op: 'call_join', room, sdp: pc.localDescription.sdp, ref: 'join' });
           } else if (f.op === 'call_joined') {
             connection = f.connection;
+            for (const c of pending.splice(0)) trickle(c);
             await pc.setRemoteDescription({ type: 'answer', sdp: f.sdp });
             const [mic] = stream.getAudioTracks();
             const [cam] = stream.getVideoTracks();
@@ -161,7 +171,7 @@ const result = await page.evaluate(
     await sleep(200);
     pc.close();
     ws.close();
-    return { ...s, connection, offers, errors, state: stateInCall, pc: ice };
+    return { ...s, connection, offers, errors, trickled, state: stateInCall, pc: ice };
   },
   {
     wsUrl: base.replace('http://', 'ws://') + '/v1/realtime',

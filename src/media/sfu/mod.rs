@@ -42,6 +42,8 @@ const PEER_QUEUE: usize = 2048;
 const LABELS_MAX: usize = 32;
 /// Client-supplied spatial data per connection, at most (bytes of JSON).
 pub const SPATIAL_BYTES_MAX: usize = 4096;
+/// The longest trickled candidate line taken.
+const CANDIDATE_BYTES_MAX: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SfuError {
@@ -519,6 +521,18 @@ impl Sfu {
     /// note.
     pub fn client_offer(&self, id: Id, sdp: String) -> Result<(), SfuError> {
         self.send(id, PeerMsg::ClientSdp { offer: true, sdp })
+    }
+
+    /// A candidate the client trickled (`candidate:…`, or empty at the end of gathering).
+    pub fn client_candidate(&self, id: Id, candidate: String) -> Result<(), SfuError> {
+        let value = candidate.strip_prefix("candidate:").unwrap_or(&candidate);
+        if value.is_empty() {
+            return Ok(());
+        }
+        if candidate.len() > CANDIDATE_BYTES_MAX || rtc::ice::candidate::unmarshal_candidate(value).is_err() {
+            return Err(SfuError::InvalidSdp("not an ICE candidate line".into()));
+        }
+        self.send(id, PeerMsg::Candidate(candidate))
     }
 
     /// The client's labels and mute flags for its tracks, and its spatial data.

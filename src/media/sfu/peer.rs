@@ -29,7 +29,7 @@ use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -60,6 +60,8 @@ const BATCH: usize = 64;
 /// How often a publisher reports its loudest recent audio level.
 const LEVEL_WINDOW: Duration = Duration::from_millis(300);
 /// The audio level header extension (RFC 6464).
+/// Trickled candidates taken per connection.
+const REMOTE_CANDIDATES_MAX: usize = 32;
 const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 /// What a connection's task is sent.
@@ -79,6 +81,8 @@ pub enum PeerMsg {
     Keyframe { track: Arc<str>, layer: Option<u8> },
     /// The client's SDP: an answer to our offer, or an offer of its own.
     ClientSdp { offer: bool, sdp: String },
+    /// A candidate the client trickled.
+    Candidate(String),
     /// A moderator muted or unmuted the client's track `track`.
     Moderated { track: String, muted: bool, by: crate::ids::Id },
     /// The video quality the client wants to receive.
@@ -565,6 +569,8 @@ pub(super) struct Peer {
     per_source: HashMap<u64, Option<Quality>>,
     /// When the client was lost (ICE disconnected), while it is.
     lost_at: Option<Instant>,
+    /// Candidates the client trickled.
+    remote_candidates: usize,
 }
 
 impl Peer {
@@ -616,6 +622,7 @@ impl Peer {
             quality: Quality::High,
             remb_bps: None,
             per_source: HashMap::new(),
+            remote_candidates: 0,
             lost_at: None,
         }
     }
@@ -735,6 +742,16 @@ impl Peer {
                 self.retarget();
             }
             PeerMsg::ClientSdp { offer, sdp } => self.client_sdp(offer, sdp),
+            PeerMsg::Candidate(candidate) => {
+                // A bounded number: a lite agent needs none, and each is checked against.
+                if self.remote_candidates < REMOTE_CANDIDATES_MAX {
+                    self.remote_candidates += 1;
+                    let init = RTCIceCandidateInit { candidate, ..Default::default() };
+                    if let Err(e) = self.pc.add_remote_candidate(init) {
+                        tracing::debug!(connection = %self.info.id, error = %e, "a trickled candidate was not taken");
+                    }
+                }
+            }
             PeerMsg::Moderated { track, muted, by } => {
                 self.note(Note::Muted { room: self.info.room, connection: self.info.id, track, muted, by });
             }
