@@ -667,10 +667,12 @@ async fn a_host_records_the_call_to_decodable_files() {
 }
 
 /// Simulcast: Chromium publishes its camera in several layers; an aiortc receiver that asks for
-/// low quality gets a reduced picture, and moves up to a larger one when it asks for high. A
-/// receiver that does not show a track pauses it: nothing arrives until it asks again.
+/// low quality gets a reduced picture, and moves up to a larger one when it asks for high.
+/// Limited in bandwidth (its estimate, REMB, says 150 kbit/s), it gets the low layer again, and
+/// moves up when the limit lifts. A receiver that does not show a track pauses it: nothing
+/// arrives until it asks again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_gets_the_simulcast_layer_it_asks_for() {
+async fn a_receiver_gets_the_simulcast_layer_its_request_and_bandwidth_allow() {
     let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
     let s = TestServer::start().await;
     let f = crate::docs::setup(&s).await;
@@ -679,7 +681,7 @@ async fn a_receiver_gets_the_simulcast_layer_it_asks_for() {
     aiortc.say("quality low").await;
     assert_eq!(aiortc.next().await["quality"], "low");
     let browser = tokio::process::Command::new("node")
-        .args([&format!("{peers}/chromium_call.mjs"), &s.base, &f.room, &f.host.access, "25", "simulcast"])
+        .args([&format!("{peers}/chromium_call.mjs"), &s.base, &f.room, &f.host.access, "60", "simulcast"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -716,6 +718,39 @@ async fn a_receiver_gets_the_simulcast_layer_it_asks_for() {
         }
     }
     assert!(reached, "never moved up from the low layer: sizes seen {seen:?}");
+    let high_width = seen.last().and_then(|v| v[0].as_u64()).unwrap_or_default();
+    // A slow link: the estimate caps what the relay sends, whatever the request.
+    aiortc.say("bandwidth 150000").await;
+    assert_eq!(aiortc.next().await["bandwidth"], 150_000);
+    reached = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        aiortc.say("size").await;
+        let size = aiortc.next().await["video_size"].clone();
+        seen.push(size.clone());
+        if size[0].as_u64().is_some_and(|w| w > 0 && w < high_width && w <= 320) {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "a 150 kbit/s estimate never brought the low layer: sizes seen {seen:?}, {}", {
+        aiortc.say("size").await;
+        aiortc.next().await
+    });
+    aiortc.say("bandwidth 20000000").await;
+    assert_eq!(aiortc.next().await["bandwidth"], 20_000_000);
+    reached = false;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        aiortc.say("size").await;
+        let size = aiortc.next().await["video_size"].clone();
+        seen.push(size.clone());
+        if size[0].as_u64().is_some_and(|w| w > 320) {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "never moved up when the limit lifted: sizes seen {seen:?}");
     // Not shown: paused, nothing more arrives; shown again: it comes back.
     aiortc.say("video off").await;
     assert_eq!(aiortc.next().await["tracks"].as_array().map(Vec::len), Some(1));

@@ -7,9 +7,11 @@ Usage: call_client.py BASE ROOM TOKEN_A TOKEN_B
 
 Solo: one participant publishes a camera and a microphone and prints a line once it is in the
 call. On stdin, `quality low|medium|high` asks for a video quality (`call_update`), `video
-off|low|medium|high` sets it for every video track of the others (`off` pauses them), `size`
-reports what it has received so far; any other line reports what it received from the others
-(another client of the call, such as a browser) and leaves.
+off|low|medium|high` sets it for every video track of the others (`off` pauses them),
+`bandwidth BPS` makes its receive-side bandwidth estimate (REMB, every 200 ms) say BPS, as a
+receiver on a slow link would, `size` reports what it has received so far; any other line
+reports what it received from the others (another client of the call, such as a browser) and
+leaves.
 
 A publishes a camera and a microphone; B publishes a microphone. Commands on stdin, one per
 line, each answered with one JSON line of what both have seen:
@@ -28,6 +30,7 @@ import sys
 import time
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 from websockets.asyncio.client import connect
 
 from media_tracks import Camera, Microphone, loud
@@ -134,9 +137,31 @@ if os.environ.get("CALL_CLIENT_DEBUG"):
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
 
 
+async def report_bandwidth(pc, cap):
+    """Sends a REMB of cap[0] bits/s for every video track received, every 200 ms."""
+    while True:
+        await asyncio.sleep(0.2)
+        if not cap[0]:
+            continue
+        for t in pc.getTransceivers():
+            r = t.receiver
+            ssrc = getattr(r, "_RTCRtpReceiver__rtcp_ssrc", None)
+            sources = [s.source for s in r.getSynchronizationSources()]
+            if t.kind != "video" or ssrc is None or not sources:
+                continue
+            packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=ssrc, media_ssrc=0, fci=pack_remb_fci(cap[0], sources))
+            try:
+                await r._send_rtcp(packet)
+                cap[1] += 1
+            except Exception:
+                pass
+
+
 async def solo():
     base, room, token = sys.argv[2:5]
     a = Participant("a", base, room, token)
+    cap = [0, 0]
+    a.tasks.append(asyncio.ensure_future(report_bandwidth(a.pc, cap)))
     a.pc.addTransceiver(Microphone(), direction="sendonly")
     a.pc.addTransceiver(Camera(), direction="sendonly")
     await a.open()
@@ -161,8 +186,11 @@ async def solo():
             ]
             await a.send({"op": "call_update", "connection": a.connection, "video": {i: quality for i in ids}})
             print(json.dumps({"video": quality, "tracks": ids}), flush=True)
+        elif line.startswith("bandwidth "):
+            cap[0] = int(line.split()[1])
+            print(json.dumps({"bandwidth": cap[0]}), flush=True)
         elif line == "size":
-            print(json.dumps(a.report()), flush=True)
+            print(json.dumps({**a.report(), "remb_sent": cap[1]}), flush=True)
         else:
             break
     print(json.dumps(a.report()), flush=True)

@@ -18,6 +18,7 @@
 //! (who publishes what, muted, speaking, positions and surfaces) and hands a snapshot to the
 //! state sink whenever it changes.
 
+mod feedback;
 mod net;
 pub mod peer;
 pub mod record;

@@ -361,7 +361,7 @@ fn local_track(stream: &str, id: String, kind: Kind) -> MediaStreamTrack {
 }
 
 /// The codecs and header extensions we negotiate, and the interceptors (NACK, RTCP reports,
-/// TWCC feedback to publishers).
+/// TWCC feedback to publishers, and the tap that lets receivers' feedback through to us).
 fn media_engine() -> Result<(MediaEngine, Registry), SfuError> {
     let mut media = MediaEngine::default();
     media
@@ -381,6 +381,7 @@ fn media_engine() -> Result<(MediaEngine, Registry), SfuError> {
         )
         .map_err(invalid)?;
     let registry = register_default_interceptors(Registry::new(), &mut media).map_err(invalid)?;
+    let registry = registry.with(super::feedback::SLOT.into(), super::feedback::FeedbackTap::default());
     Ok((media, registry))
 }
 
