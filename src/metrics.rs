@@ -68,6 +68,7 @@ pub struct Metrics {
     pub media_keyframe_requests: Counter,
     pub media_keyframe_requests_received: Counter,
     pub media_nacks: Counter,
+    pub media_bandwidth_estimates: Counter,
     pub media_layer_switches: Counter,
     pub media_datagrams_unrouted: Counter,
     pub media_datagrams_dropped: Counter,
@@ -218,6 +219,12 @@ impl Metrics {
             "Retransmission requests (NACK) from receivers, answered from the send buffer",
             media_nacks.clone(),
         );
+        let media_bandwidth_estimates = Counter::default();
+        registry.register(
+            "media_bandwidth_estimates",
+            "Bandwidth estimates (REMB) from receivers, which cap the simulcast layer each gets",
+            media_bandwidth_estimates.clone(),
+        );
         let media_datagrams_unrouted = Counter::default();
         registry.register(
             "media_datagrams_unrouted",
@@ -267,6 +274,7 @@ impl Metrics {
             media_keyframe_requests,
             media_keyframe_requests_received,
             media_nacks,
+            media_bandwidth_estimates,
             media_layer_switches,
             media_datagrams_unrouted,
             media_datagrams_dropped,

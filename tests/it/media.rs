@@ -549,6 +549,9 @@ async fn chromium_and_aiortc_hear_and_see_each_other_in_a_call() {
     assert_eq!(b["video_width"], 320, "{b}");
     assert!(b["audio_samples"].as_u64().unwrap() > 48_000, "{b}");
     assert!(b["audio_energy"].as_f64().unwrap() > 0.0, "{b}");
+    // Its bandwidth estimates reached the relay (what caps the simulcast layer it would get).
+    let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metric(&m, "outpost_media_bandwidth_estimates_total") >= 1, "{m}");
     // aiortc decoded Chromium's fake camera and its beeps.
     assert_eq!(a["errors"], serde_json::json!([]), "{a}");
     assert!(a["video_frames"].as_u64().unwrap() >= 20, "{a}");

@@ -42,7 +42,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
-use rtc::sdp::extmap::{SDES_MID_URI, SDES_REPAIR_RTP_STREAM_ID_URI, SDES_RTP_STREAM_ID_URI};
+use rtc::sdp::extmap::{SDES_MID_URI, SDES_REPAIR_RTP_STREAM_ID_URI, SDES_RTP_STREAM_ID_URI, TRANSPORT_CC_URI};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc;
 
@@ -910,6 +910,7 @@ impl Peer {
                     packets.iter().find_map(|p| p.as_any().downcast_ref::<ReceiverEstimatedMaximumBitrate>())
                 {
                     self.remb_bps = Some(remb.bitrate as u64);
+                    self.shared.metrics().media_bandwidth_estimates.inc();
                 }
                 let nacks =
                     packets.iter().filter(|p| p.as_any().downcast_ref::<TransportLayerNack>().is_some()).count();
@@ -984,7 +985,9 @@ impl Peer {
 
     /// How `sender` rewrites packets of `source`, from what its receiver negotiated: the
     /// payload type of the source's codec, the extensions both sides know (never the
-    /// publisher's MID and RIDs, which name its own sections and layers), and our MID.
+    /// publisher's MID and RIDs, which name its own sections and layers, nor its transport-wide
+    /// sequence numbers, which count its own transport: without them a receiver estimates its
+    /// bandwidth itself and says so in REMB), and our MID.
     fn rewrite_for(&mut self, sender: RTCRtpSenderId, source: &Source) -> Option<Rewrite> {
         let transceivers: Vec<_> = self.pc.get_transceivers().collect();
         let mid = transceivers.into_iter().find_map(|t| {
@@ -1002,7 +1005,7 @@ impl Peer {
             tracing::info!(session = %self.info.id, mime = %source.mime, "the receiver did not negotiate this codec");
             return None;
         };
-        let per_connection = [SDES_MID_URI, SDES_RTP_STREAM_ID_URI, SDES_REPAIR_RTP_STREAM_ID_URI];
+        let per_connection = [SDES_MID_URI, SDES_RTP_STREAM_ID_URI, SDES_REPAIR_RTP_STREAM_ID_URI, TRANSPORT_CC_URI];
         let extensions = source
             .extensions
             .iter()
