@@ -568,6 +568,33 @@ async fn chromium_and_aiortc_hear_and_see_each_other_in_a_call() {
     s.stop().await;
 }
 
+/// Two browsers call each other through the relay: each decodes the other's camera, and their
+/// bandwidth estimates (REMB, what caps the simulcast layer each gets) reach the relay, which
+/// takes a receiver not being handed the publisher's transport-wide sequence numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chromium_browsers_see_each_other_and_report_their_bandwidth() {
+    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let browser = |token: &str| {
+        tokio::process::Command::new("node")
+            .args([&format!("{peers}/chromium_call.mjs"), &s.base, &f.room, token, "8"])
+            .kill_on_drop(true)
+            .output()
+    };
+    let (a, b) = tokio::join!(browser(&f.host.access), browser(&f.editor.access));
+    for out in [a.unwrap(), b.unwrap()] {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        let r: Value = serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap();
+        assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+        assert!(r["video_frames_decoded"].as_u64().unwrap() >= 20, "{r}");
+    }
+    let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metric(&m, "outpost_media_bandwidth_estimates_total") >= 1, "{m}");
+    s.stop().await;
+}
+
 /// Decodes a media file with PyAV (ffmpeg): frames decoded and, for video, the frame size.
 async fn decode_file(path: &std::path::Path) -> Value {
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");

@@ -102,7 +102,7 @@ const result = await page.evaluate(
       ws.onmessage = async (m) => {
         const f = JSON.parse(m.data);
         try {
-          if (f.op !== 'call_state') console.log('frame', f.op);
+          if (f.op !== 'call_state') console.log('frame', f.op, f.op === 'call_ended' || f.op === 'error' ? JSON.stringify(f) : '');
           if (f.op === 'welcome') {
             send({ op: 'subscribe', topic: `room:${room}` });
             await pc.setLocalDescription();
@@ -159,11 +159,18 @@ const result = await page.evaluate(
       });
       return out;
     };
+    // The most each count reached: a sender that leaves first takes its receivers' stats with
+    // it when the relay renegotiates its tracks away.
     const until = Date.now() + seconds * 1000;
     let s = await stats();
+    const keep = (now) => {
+      for (const [k, v] of Object.entries(now)) {
+        if (typeof v !== 'number' || !(v < s[k])) s[k] = v;
+      }
+    };
     while (Date.now() < until) {
       await sleep(250);
-      s = await stats();
+      keep(await stats());
     }
     const ice = pc.connectionState;
     const stateInCall = state;
