@@ -113,7 +113,7 @@ pub fn create_operator_key(config: &Config, name: &str) -> Result<(String, Strin
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StoreError::from)?;
     rt.block_on(async {
-        let (app, _) = App::start(config.clone()).await?;
+        let (app, _) = App::start(offline(config)).await?;
         let created = operators::create_key(&app.writer, "cli:local", name).await;
         app.writer.shutdown().await;
         let created = created.map_err(|e| CommandError::Refused(e.to_string()))?;
@@ -164,11 +164,20 @@ where
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StoreError::from)?;
     rt.block_on(async {
-        let (app, _) = App::start(config.clone()).await?;
+        let (app, _) = App::start(offline(config)).await?;
         let out = local(app.clone()).await;
         app.writer.shutdown().await;
         out
     })
+}
+
+/// The configuration a command runs on when no server does: the store only. The media relay
+/// and the TURN server listen on the network, and a command has no use for them.
+fn offline(config: &Config) -> Config {
+    let mut c = config.clone();
+    c.media.rtc_listen = None;
+    c.media.turn_listen = None;
+    c
 }
 
 fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, CommandError> {
