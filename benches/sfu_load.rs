@@ -248,18 +248,24 @@ impl Janus {
         self.request(&format!("/{}/{handle}", self.session), m).await
     }
 
-    /// The handle's next VideoRoom event (core events such as `webrtcup` are skipped).
-    async fn event(rx: &mut tokio::sync::mpsc::Receiver<Value>) -> Value {
+    /// The handle's next event of kind `kind` (`event` for VideoRoom's, `webrtcup` when its
+    /// connection is up); others are skipped.
+    async fn next(rx: &mut tokio::sync::mpsc::Receiver<Value>, kind: &str) -> Value {
         loop {
             let e = tokio::time::timeout(Duration::from_secs(20), rx.recv())
                 .await
-                .expect("janus event in time")
+                .unwrap_or_else(|_| panic!("no janus {kind} in time"))
                 .expect("janus events");
-            if e["janus"] == "event" {
+            if e["janus"] == kind {
                 assert!(e["plugindata"]["data"].get("error").is_none(), "janus: {e}");
                 return e;
             }
         }
+    }
+
+    /// The handle's next VideoRoom event.
+    async fn event(rx: &mut tokio::sync::mpsc::Receiver<Value>) -> Value {
+        Self::next(rx, "event").await
     }
 
     async fn trickle_done(&self, handle: u64) {
@@ -314,15 +320,7 @@ impl Janus {
 
     /// Waits for the handle's connection to be up.
     async fn webrtc_up(mut events: tokio::sync::mpsc::Receiver<Value>) {
-        loop {
-            let e = tokio::time::timeout(Duration::from_secs(20), events.recv())
-                .await
-                .expect("janus webrtcup in time")
-                .expect("janus events");
-            if e["janus"] == "webrtcup" {
-                return;
-            }
-        }
+        Self::next(&mut events, "webrtcup").await;
     }
 
     /// Subscribes to `feeds` in `room`: Janus offers, a new connection answers.
