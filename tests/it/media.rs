@@ -595,6 +595,36 @@ async fn two_chromium_browsers_see_each_other_and_report_their_bandwidth() {
     s.stop().await;
 }
 
+/// A browser receiving another's simulcast camera on a link with room to spare gets a high
+/// layer and stays on it: its own bandwidth estimates (REMB) reach the relay, and an estimate
+/// near a layer's bit rate does not flip it between two layers (it did, every second or so,
+/// before the margins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_receiving_simulcast_keeps_a_steady_layer() {
+    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let browser = |token: &str, seconds: &str, mode: &str| {
+        tokio::process::Command::new("node")
+            .args([&format!("{peers}/chromium_call.mjs"), &s.base, &f.room, token, seconds, mode])
+            .kill_on_drop(true)
+            .output()
+    };
+    let (_, b) = tokio::join!(browser(&f.host.access, "16", "simulcast"), browser(&f.editor.access, "12", "plain"));
+    let b = b.unwrap();
+    let text = String::from_utf8_lossy(&b.stdout);
+    assert!(b.status.success(), "{text}\n{}", String::from_utf8_lossy(&b.stderr));
+    let r: Value = serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap();
+    // Not held at the low layer (a 1280x720 camera's quarter); the top one unless the sending
+    // browser, short of CPU here, stopped sending it.
+    assert!(r["video_width_last"].as_u64().unwrap() >= 640, "{r}");
+    let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metric(&m, "outpost_media_bandwidth_estimates_total") >= 1, "{m}");
+    let switches = metric(&m, "outpost_media_layer_switches_total");
+    assert!(switches <= 4, "{switches} layer switches in 12 s: {r}");
+    s.stop().await;
+}
+
 /// Decodes a media file with PyAV (ffmpeg): frames decoded and, for video, the frame size.
 async fn decode_file(path: &std::path::Path) -> Value {
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");

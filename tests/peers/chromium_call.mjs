@@ -168,10 +168,14 @@ const result = await page.evaluate(
         if (typeof v !== 'number' || !(v < s[k])) s[k] = v;
       }
     };
+    let last = s;
     while (Date.now() < until) {
       await sleep(250);
-      keep(await stats());
+      last = await stats();
+      keep(last);
     }
+    // What it was getting at the end (a simulcast receiver's layer).
+    s.video_width_last = last.video_width;
     const ice = pc.connectionState;
     const stateInCall = state;
     send({ op: 'call_leave', connection, ref: 'bye' });

@@ -151,6 +151,14 @@ impl Source {
     /// ranked by bit rate, low (the lowest), medium (the next), high (the highest), and never
     /// above the cap unless nothing fits.
     pub fn pick_layer(&self, quality: Quality, cap_bps: Option<u64>) -> u8 {
+        self.pick_layer_from(quality, cap_bps, None)
+    }
+
+    /// As `pick_layer` for a receiver getting `current` now, with a margin each way so an
+    /// estimate near a layer's bit rate does not flip between two layers: it keeps its layer
+    /// while the estimate covers 85% of it, and moves up only to a layer the estimate exceeds
+    /// by 15%.
+    pub fn pick_layer_from(&self, quality: Quality, cap_bps: Option<u64>, current: Option<u8>) -> u8 {
         let bps = self.layer_bps();
         if bps.len() <= 1 {
             return 0;
@@ -162,6 +170,15 @@ impl Source {
             Quality::Medium => 1.min(ranked.len() - 1),
             Quality::High => ranked.len() - 1,
         };
+        let kept = current.and_then(|c| ranked.iter().position(|i| *i == usize::from(c))).filter(|r| *r <= most);
+        if let (Some(cap), Some(mut rank)) = (cap_bps, kept)
+            && bps[ranked[rank]] * 85 / 100 <= cap
+        {
+            while rank < most && bps[ranked[rank + 1]] * 115 / 100 <= cap {
+                rank += 1;
+            }
+            return ranked[rank] as u8;
+        }
         let mut rank = most;
         if let Some(cap) = cap_bps {
             while rank > 0 && bps[ranked[rank]] > cap {
@@ -943,9 +960,14 @@ impl Peer {
         let window_ms = self.levels_at.elapsed().as_millis().max(1) as u64;
         self.levels_at = Instant::now();
         for i in self.inbound.values_mut() {
-            let bps: Vec<u64> = i.layer_bytes.iter().map(|b| b * 8 * 1000 / window_ms).collect();
-            i.layer_bytes.iter_mut().for_each(|b| *b = 0);
-            *i.source.layer_bps.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = bps;
+            // Smoothed over about a second: a keyframe's burst is not a layer's bit rate.
+            let mut bps = i.source.layer_bps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            bps.resize(i.layer_bytes.len(), 0);
+            for (rate, bytes) in bps.iter_mut().zip(&mut i.layer_bytes) {
+                let now = *bytes * 8 * 1000 / window_ms;
+                *rate = if *rate == 0 { now } else { (*rate * 2 + now) / 3 };
+                *bytes = 0;
+            }
         }
         self.retarget();
         let mut loudest = None;
@@ -1158,7 +1180,7 @@ impl Peer {
                 None => default,
             };
             b.paused = false;
-            let target = b.source.pick_layer(quality, remb);
+            let target = b.source.pick_layer_from(quality, remb, b.layer);
             b.target = target;
             // Until the switch is made, the target layer's keyframe is asked for again (the
             // publisher's side keeps that to twice a second per layer).
@@ -1338,6 +1360,14 @@ mod tests {
         assert_eq!(s.pick_layer(Quality::High, None), 2);
         assert_eq!(s.pick_layer(Quality::High, Some(500_000)), 0);
         assert_eq!(s.pick_layer(Quality::High, Some(50_000)), 1);
+        // Receiving the top layer, an estimate a little under it keeps it; well under, not.
+        assert_eq!(s.pick_layer_from(Quality::High, Some(800_000), Some(2)), 2);
+        assert_eq!(s.pick_layer_from(Quality::High, Some(700_000), Some(2)), 0);
+        // Receiving the middle one, an estimate just over the top layer is not enough to move.
+        assert_eq!(s.pick_layer_from(Quality::High, Some(950_000), Some(0)), 0);
+        assert_eq!(s.pick_layer_from(Quality::High, Some(1_100_000), Some(0)), 2);
+        // A request below the current layer is followed at once.
+        assert_eq!(s.pick_layer_from(Quality::Low, Some(1_100_000), Some(2)), 1);
     }
 
     #[test]
