@@ -26,7 +26,7 @@ use crate::domain::DomainError;
 use crate::ids::Id;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::store::events::{BusItem, BusReceiver, Event};
+use crate::store::events::{BusReceiver, Event};
 
 /// Why a socket is being told to stop, set by whoever decided it.
 pub struct Signal {
@@ -328,36 +328,12 @@ impl Hub {
 
     /// Fans out the bus until it closes. Whatever the bus drops for being behind is read back
     /// from the log.
-    pub async fn run(self: Arc<Self>, mut bus: BusReceiver, store: Store, from_gseq: u64) {
-        let mut last = from_gseq;
-        loop {
-            match bus.recv().await {
-                BusItem::Event(e) => {
-                    if e.gseq > last {
-                        last = e.gseq;
-                        self.dispatch(&e);
-                    }
-                }
-                BusItem::Lagged { .. } => loop {
-                    let after = last;
-                    let read = store.read(move |r| r.events_after_gseq(after, 1000)).await;
-                    match read {
-                        Ok(batch) if batch.is_empty() => break,
-                        Ok(batch) => {
-                            for e in batch {
-                                last = e.gseq;
-                                self.dispatch(&Arc::new(e));
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "realtime hub cannot read the log");
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        }
-                    }
-                },
-                BusItem::Closed => break,
-            }
-        }
+    pub async fn run(self: Arc<Self>, bus: BusReceiver, store: Store, from_gseq: u64) {
+        crate::store::events::follow(bus, store, from_gseq, "realtime hub", |e| {
+            self.dispatch(&e);
+            std::future::ready(())
+        })
+        .await;
     }
 }
 

@@ -124,6 +124,44 @@ impl BusReceiver {
     }
 }
 
+/// Hands `on_event` every event committed after `from_gseq`, in commit order: from the bus as
+/// they come, and from the log whatever the bus drops for this follower being behind. Returns
+/// when the bus closes. `name` says who follows, in errors.
+pub async fn follow<F, Fut>(mut bus: BusReceiver, store: Store, from_gseq: u64, name: &str, mut on_event: F)
+where
+    F: FnMut(Arc<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut last = from_gseq;
+    loop {
+        match bus.recv().await {
+            BusItem::Event(e) => {
+                if e.gseq > last {
+                    last = e.gseq;
+                    on_event(e).await;
+                }
+            }
+            BusItem::Lagged { .. } => loop {
+                let after = last;
+                match store.read(move |r| r.events_after_gseq(after, 1000)).await {
+                    Ok(batch) if batch.is_empty() => break,
+                    Ok(batch) => {
+                        for e in batch {
+                            last = e.gseq;
+                            on_event(Arc::new(e)).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(follower = name, error = %e, "cannot read the log");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            },
+            BusItem::Closed => return,
+        }
+    }
+}
+
 /// The state of one org's log, for clients deciding between resume and reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct LogBounds {

@@ -726,6 +726,21 @@ async fn a_host_records_the_call_to_decodable_files() {
     s.stop().await;
 }
 
+/// Asks the solo call client what it received every half second, for up to 15 s, until the
+/// picture's width satisfies `ok`; that width, or a failure saying `what` with every size seen.
+async fn until_width(peer: &mut PyPeer, seen: &mut Vec<Value>, what: &str, ok: impl Fn(u64) -> bool) -> u64 {
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peer.say("size").await;
+        let size = peer.next().await["video_size"].clone();
+        seen.push(size.clone());
+        if let Some(w) = size[0].as_u64().filter(|w| *w > 0 && ok(*w)) {
+            return w;
+        }
+    }
+    panic!("{what}: sizes seen {seen:?}");
+}
+
 /// Simulcast: Chromium publishes its camera in several layers; an aiortc receiver that asks for
 /// low quality gets a reduced picture, and moves up to a larger one when it asks for high.
 /// Limited in bandwidth (its estimate, REMB, says 150 kbit/s), it gets the low layer again, and
@@ -747,70 +762,21 @@ async fn a_receiver_gets_the_simulcast_layer_its_request_and_bandwidth_allow() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // The received picture's size, every half second for up to 15 s, until `done` holds.
     let mut seen = Vec::new();
-    let mut reached = false;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        aiortc.say("size").await;
-        let size = aiortc.next().await["video_size"].clone();
-        seen.push(size.clone());
-        // Three layers of a 1280x720 camera (Chromium may hold the top one back until its
-        // bandwidth estimate allows): low is the smallest picture.
-        if size[0].as_u64().is_some_and(|w| w > 0 && w <= 320) {
-            reached = true;
-            break;
-        }
-    }
-    assert!(reached, "never got a low layer: sizes seen {seen:?}");
-    let low_width = seen.last().and_then(|v| v[0].as_u64()).unwrap_or_default();
+    // Three layers of a 1280x720 camera (Chromium may hold the top one back until its
+    // bandwidth estimate allows): low is the smallest picture.
+    let low = until_width(&mut aiortc, &mut seen, "never got a low layer", |w| w <= 320).await;
     aiortc.say("quality high").await;
     assert_eq!(aiortc.next().await["quality"], "high");
-    reached = false;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        aiortc.say("size").await;
-        let size = aiortc.next().await["video_size"].clone();
-        seen.push(size.clone());
-        if size[0].as_u64().is_some_and(|w| w > low_width) {
-            reached = true;
-            break;
-        }
-    }
-    assert!(reached, "never moved up from the low layer: sizes seen {seen:?}");
-    let high_width = seen.last().and_then(|v| v[0].as_u64()).unwrap_or_default();
+    let high = until_width(&mut aiortc, &mut seen, "never moved up from the low layer", |w| w > low).await;
     // A slow link: the estimate caps what the relay sends, whatever the request.
     aiortc.say("bandwidth 150000").await;
     assert_eq!(aiortc.next().await["bandwidth"], 150_000);
-    reached = false;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        aiortc.say("size").await;
-        let size = aiortc.next().await["video_size"].clone();
-        seen.push(size.clone());
-        if size[0].as_u64().is_some_and(|w| w > 0 && w < high_width && w <= 320) {
-            reached = true;
-            break;
-        }
-    }
-    assert!(reached, "a 150 kbit/s estimate never brought the low layer: sizes seen {seen:?}, {}", {
-        aiortc.say("size").await;
-        aiortc.next().await
-    });
+    let capped = "a 150 kbit/s estimate never brought the low layer";
+    until_width(&mut aiortc, &mut seen, capped, |w| w < high && w <= 320).await;
     aiortc.say("bandwidth 20000000").await;
     assert_eq!(aiortc.next().await["bandwidth"], 20_000_000);
-    reached = false;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        aiortc.say("size").await;
-        let size = aiortc.next().await["video_size"].clone();
-        seen.push(size.clone());
-        if size[0].as_u64().is_some_and(|w| w > 320) {
-            reached = true;
-            break;
-        }
-    }
-    assert!(reached, "never moved up when the limit lifted: sizes seen {seen:?}");
+    until_width(&mut aiortc, &mut seen, "never moved up when the limit lifted", |w| w > 320).await;
     // Not shown: paused, nothing more arrives; shown again: it comes back.
     aiortc.say("video off").await;
     assert_eq!(aiortc.next().await["tracks"].as_array().map(Vec::len), Some(1));
@@ -823,7 +789,7 @@ async fn a_receiver_gets_the_simulcast_layer_its_request_and_bandwidth_allow() {
     assert_eq!(paused, before, "video kept coming while paused");
     aiortc.say("video high").await;
     aiortc.next().await;
-    reached = false;
+    let mut reached = false;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         aiortc.say("size").await;

@@ -745,36 +745,12 @@ impl Sfu {
     /// Ends calls as rooms change: whoever leaves or is removed from a room leaves its call;
     /// an archived or deleted room's call ends, and its recording with it. Runs until the bus
     /// closes; whatever the bus drops for being behind is read back from the log.
-    pub async fn follow_rooms(self, mut bus: crate::store::events::BusReceiver, store: Store, from_gseq: u64) {
-        use crate::store::events::BusItem;
-        let mut last = from_gseq;
-        loop {
-            match bus.recv().await {
-                BusItem::Event(e) => {
-                    if e.gseq > last {
-                        last = e.gseq;
-                        self.on_room_event(&e).await;
-                    }
-                }
-                BusItem::Lagged { .. } => loop {
-                    let after = last;
-                    match store.read(move |r| r.events_after_gseq(after, 1000)).await {
-                        Ok(batch) if batch.is_empty() => break,
-                        Ok(batch) => {
-                            for e in batch {
-                                last = e.gseq;
-                                self.on_room_event(&e).await;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "media relay cannot read the log");
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        }
-                    }
-                },
-                BusItem::Closed => return,
-            }
-        }
+    pub async fn follow_rooms(self, bus: crate::store::events::BusReceiver, store: Store, from_gseq: u64) {
+        let this = &self;
+        crate::store::events::follow(bus, store, from_gseq, "media relay", |e| async move {
+            this.on_room_event(&e).await;
+        })
+        .await;
     }
 
     async fn on_room_event(&self, e: &crate::store::events::Event) {
