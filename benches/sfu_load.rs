@@ -416,7 +416,6 @@ fn new_pc() -> RTCPeerConnection {
         .expect("peer connection")
 }
 
-/// Offers from `pc` (on `socket`) to `url` and applies the answer.
 /// Gives `pc` its one host candidate: the UDP socket at `local`.
 fn add_host_candidate(pc: &mut RTCPeerConnection, local: SocketAddr) {
     let candidate = CandidateHostConfig {
@@ -461,6 +460,33 @@ async fn negotiate(
     location
 }
 
+/// Sends what `pc` has to send, and hands its events and received RTP packets on.
+async fn pump(
+    pc: &mut RTCPeerConnection,
+    socket: &UdpSocket,
+    mut on_event: impl FnMut(RTCPeerConnectionEvent),
+    mut on_rtp: impl FnMut(&rtc::rtp::Packet),
+) {
+    while let Some(out) = pc.poll_write() {
+        let _ = socket.send_to(&out.message, out.transport.peer_addr).await;
+    }
+    while let Some(e) = pc.poll_event() {
+        on_event(e);
+    }
+    while let Some(m) = pc.poll_read() {
+        if let RTCMessage::RtpPacket(_, p) = m.message {
+            on_rtp(&p);
+        }
+    }
+}
+
+/// Gives `pc` a datagram that came to `local` from `from`.
+fn take_datagram(pc: &mut RTCPeerConnection, local: SocketAddr, from: SocketAddr, data: &[u8]) {
+    let transport =
+        TransportContext { local_addr: local, peer_addr: from, ecn: None, transport_protocol: TransportProtocol::UDP };
+    let _ = pc.handle_read(TaggedBytesMut { now: Instant::now(), transport, message: BytesMut::from(data) });
+}
+
 /// Drives `pc` on `socket` until `stop`: datagrams, timers, and `on_tick` every 10 ms.
 async fn drive(
     mut pc: RTCPeerConnection,
@@ -474,25 +500,17 @@ async fn drive(
     let mut connected = false;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     while !stop.load(Ordering::Relaxed) {
-        while let Some(out) = pc.poll_write() {
-            let _ = socket.send_to(&out.message, out.transport.peer_addr).await;
-        }
-        while let Some(e) = pc.poll_event() {
+        let on_event = |e| {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = e {
                 connected = s == RTCPeerConnectionState::Connected;
             }
-        }
-        while let Some(m) = pc.poll_read() {
-            if let RTCMessage::RtpPacket(_, p) = m.message {
-                on_rtp(&p);
-            }
-        }
+        };
+        pump(&mut pc, &socket, on_event, &mut on_rtp).await;
         let wake = pc.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, from)) = r {
-                    let transport = TransportContext { local_addr: local, peer_addr: from, ecn: None, transport_protocol: TransportProtocol::UDP };
-                    let _ = pc.handle_read(TaggedBytesMut { now: Instant::now(), transport, message: BytesMut::from(&buf[..n]) });
+                    take_datagram(&mut pc, local, from, &buf[..n]);
                 }
             }
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
@@ -719,21 +737,12 @@ async fn caller(s: &Setup, local_ip: IpAddr, stop: Arc<AtomicBool>, seen: Arc<Se
         let mut buf = vec![0u8; 2048];
         let (mut first, mut delays) = (true, Vec::new());
         while !stop.load(Ordering::Relaxed) {
-            while let Some(out) = pc.poll_write() {
-                let _ = socket.send_to(&out.message, out.transport.peer_addr).await;
-            }
-            while pc.poll_event().is_some() {}
-            while let Some(m) = pc.poll_read() {
-                if let RTCMessage::RtpPacket(_, p) = m.message {
-                    seen.record(&mut first, started, &mut delays, &p);
-                }
-            }
+            pump(&mut pc, &socket, |_| {}, |p| seen.record(&mut first, started, &mut delays, p)).await;
             let wake = pc.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
                 r = socket.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
-                        let transport = TransportContext { local_addr: local, peer_addr: from, ecn: None, transport_protocol: TransportProtocol::UDP };
-                        let _ = pc.handle_read(TaggedBytesMut { now: Instant::now(), transport, message: BytesMut::from(&buf[..n]) });
+                        take_datagram(&mut pc, local, from, &buf[..n]);
                     }
                 }
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake.min(Instant::now() + Duration::from_millis(50)))) => {
