@@ -103,7 +103,8 @@ pub struct DocsConfig {
     pub document_bytes_max: u64,
     /// All of one organization's documents at most, in bytes.
     pub org_bytes_max: u64,
-    /// Stored updates after the snapshot that make the document due for compaction.
+    /// Stored updates after the snapshot that make the document due for compaction (once they
+    /// also add up to a quarter of the snapshot's size).
     pub compact_after_updates: u64,
     /// Documents kept loaded in memory at most.
     pub loaded_max: usize,
@@ -192,6 +193,10 @@ pub struct RealtimeConfig {
     pub subscriptions_per_connection_max: usize,
     /// Presence updates and signals one socket may send per second (bursts of twice this).
     pub signals_per_s: u32,
+    /// A socket that wrote within this many milliseconds holds further frames until they have
+    /// passed, then writes them together (also on document sockets); a quiet socket writes at
+    /// once. 0 writes every frame as it comes.
+    pub write_coalesce_ms: u64,
 }
 
 impl Default for RealtimeConfig {
@@ -205,6 +210,7 @@ impl Default for RealtimeConfig {
             connections_per_org_max: 20_000,
             subscriptions_per_connection_max: 256,
             signals_per_s: 60,
+            write_coalesce_ms: 20,
         }
     }
 }
@@ -475,6 +481,9 @@ impl Config {
         }
         if rt.connections_per_user_max == 0 || rt.connections_per_org_max == 0 {
             bad("realtime.connections_per_user_max", "caps must be at least 1");
+        }
+        if rt.write_coalesce_ms > 1000 {
+            bad("realtime.write_coalesce_ms", "must be at most 1000");
         }
         if rt.signals_per_s == 0 {
             bad("realtime.signals_per_s", "must be at least 1");

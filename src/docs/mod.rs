@@ -11,7 +11,8 @@
 //!
 //! Loaded documents are bounded (`docs.loaded_max`) and unloaded when nobody has been connected
 //! for `docs.idle_unload_s`. A document whose stored updates pass `docs.compact_after_updates`
-//! is compacted in the background: its snapshot and updates are merged, from one snapshot of
+//! (and a quarter of its snapshot's size, so that a large document is not rebuilt every few
+//! edits) is compacted in the background: its snapshot and updates are merged, from one snapshot of
 //! the store, and swapped in through the writer atomically. The `doc.changed` events owed for
 //! a burst's last changes are logged a second after it ends.
 

@@ -326,11 +326,20 @@ pub async fn append(
             Ok(Appended {
                 stored: updates.len() as u64,
                 update_seq: doc.update_seq,
-                compact: doc.tail_updates >= compact_after,
+                compact: due_for_compaction(&doc, compact_after),
                 unannounced: doc.unannounced_updates > 0,
             })
         })
         .await
+}
+
+/// Whether a document's stored updates should be merged into its snapshot: `compact_after` of
+/// them at least, and together a quarter of the snapshot's size at least. Merging rebuilds the
+/// whole document, so for a large one it waits until the work is worth it: the merging done per
+/// byte appended stays bounded however large the document grows (a rule of every N updates
+/// would make a document's compactions cost in proportion to its size times its edits).
+pub fn due_for_compaction(doc: &Document, compact_after: u64) -> bool {
+    doc.tail_updates >= compact_after && doc.tail_bytes.saturating_mul(4) >= doc.snapshot_bytes
 }
 
 /// Writes updates after the document's log and moves its counters, within the caps.

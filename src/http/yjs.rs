@@ -20,6 +20,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use poem::web::Data;
 use poem::web::websocket::{Message as WsMessage, WebSocket, WebSocketConfig, WebSocketStream};
 use poem::{IntoResponse, Request, handler};
+use tokio::time::Instant;
 use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 
@@ -33,6 +34,7 @@ use crate::domain::DomainError;
 use crate::domain::docs::{self, Access, EditSession};
 use crate::ids::{self, Id};
 use crate::realtime::conn::{Budget, Lapsed, Sink, Stream, bye, recheck_token, socket_ctx};
+use crate::realtime::pace::Pacer;
 use crate::store::StoreError;
 use crate::tenancy::OrgScope;
 
@@ -59,7 +61,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames already waiting on the socket taken into one commit at most.
 const DRAIN_MAX: usize = 64;
 /// Queued frames written with one flush at most.
-const WRITE_BATCH_MAX: usize = 64;
+const WRITE_BATCH_MAX: usize = 256;
 
 /// Serves one upgraded socket of user `p` (already checked: may read `live`, with `access`)
 /// until it closes.
@@ -123,6 +125,9 @@ impl Session {
         let mut flush = tokio::time::interval(flush_every);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let cut = self.joined.cut.clone();
+        let mut pacer = Pacer::new(Duration::from_millis(self.app.config.realtime.write_coalesce_ms));
+        // Frames taken from the queue and not yet written (held while the pacer says wait).
+        let mut held: Vec<Frame> = Vec::new();
         let end = loop {
             tokio::select! {
                 frame = stream.next() => {
@@ -136,15 +141,16 @@ impl Session {
                         break end;
                     }
                 }
-                Some(f) = self.joined.rx.recv() => {
-                    let mut batch = vec![f];
-                    while batch.len() < WRITE_BATCH_MAX {
-                        match self.joined.rx.try_recv() {
-                            Ok(f) => batch.push(f),
-                            Err(_) => break,
-                        }
+                // While the pacer holds, relayed frames wait in the queue: they go out together
+                // when it is due.
+                Some(f) = self.joined.rx.recv(), if !pacer.holding() => {
+                    held.push(f);
+                    if pacer.ready(Instant::now()) && self.write_out(&mut held, &mut pacer).await.is_err() {
+                        break End::Gone;
                     }
-                    if self.write(&batch).await.is_err() {
+                }
+                () = pacer.due() => {
+                    if self.write_out(&mut held, &mut pacer).await.is_err() {
                         break End::Gone;
                     }
                 }
@@ -288,6 +294,24 @@ impl Session {
             Err(DomainError::Store(_)) => Ok(()),
             Err(_) => Err(End::Close(close::REVOKED, "you may no longer see this document, or it was deleted".into())),
         }
+    }
+
+    /// Writes `held` and what queued behind it, with one flush.
+    async fn write_out(&mut self, held: &mut Vec<Frame>, pacer: &mut Pacer) -> Result<(), ()> {
+        while held.len() < WRITE_BATCH_MAX {
+            match self.joined.rx.try_recv() {
+                Ok(f) => held.push(f),
+                Err(_) => break,
+            }
+        }
+        let batch = std::mem::take(held);
+        self.write(&batch).await?;
+        pacer.wrote(Instant::now(), batch.len());
+        if !self.joined.rx.is_empty() {
+            // More than one batch was waiting: the rest goes at the end of the window.
+            pacer.ready(Instant::now());
+        }
+        Ok(())
     }
 
     async fn write(&mut self, frames: &[Frame]) -> Result<(), ()> {

@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use poem::web::websocket::{CloseCode, Message, WebSocketStream};
 use tokio::sync::mpsc;
 
+use super::pace::Pacer;
 use super::protocol::{ClientFrame, FRAME_BYTES_MAX, ServerFrame, close};
 use super::{Delivery, Hub, Registration, ephemeral, event_frame, may_change_access, may_follow};
 use crate::app::App;
@@ -31,7 +32,7 @@ pub(crate) type Sink = SplitSink<WebSocketStream, Message>;
 pub(crate) type Stream = SplitStream<WebSocketStream>;
 
 /// Queued events written together at most (one flush for all of them).
-const WRITE_BATCH_MAX: usize = 64;
+const WRITE_BATCH_MAX: usize = 256;
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -124,6 +125,9 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
     let mut heard = Instant::now();
     let signal = c.reg.signal.clone();
     let mailbox = c.reg.mailbox.clone();
+    let mut pacer = Pacer::new(Duration::from_millis(cfg.write_coalesce_ms));
+    // Deliveries taken from the queue and not yet written (held while the pacer says wait).
+    let mut held: Vec<Arc<Delivery>> = Vec::new();
     loop {
         tokio::select! {
             frame = stream.next() => {
@@ -153,24 +157,22 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
                     return c.end(&mut stream, end).await;
                 }
             }
-            Some(d) = rx.recv() => {
-                // Under load, what is queued behind this event goes out in the same write.
-                let mut batch = vec![d];
-                while batch.len() < WRITE_BATCH_MAX {
-                    match rx.try_recv() {
-                        Ok(d) => batch.push(d),
-                        Err(_) => break,
-                    }
-                }
-                if c.deliver_all(&batch).await.is_err() {
+            // While the pacer holds, deliveries and signals wait in their queues: they go out
+            // together when it is due.
+            Some(d) = rx.recv(), if !pacer.holding() => {
+                held.push(d);
+                if pacer.ready(tokio::time::Instant::now()) && c.write_out(&mut held, &mut rx, &mailbox, &mut pacer).await.is_err() {
                     return;
                 }
             }
-            () = mailbox.notify.notified() => {
-                for text in mailbox.take() {
-                    if c.send_text(text.to_string()).await.is_err() {
-                        return;
-                    }
+            () = mailbox.notify.notified(), if !pacer.holding() => {
+                if pacer.ready(tokio::time::Instant::now()) && c.write_out(&mut held, &mut rx, &mailbox, &mut pacer).await.is_err() {
+                    return;
+                }
+            }
+            () = pacer.due() => {
+                if c.write_out(&mut held, &mut rx, &mailbox, &mut pacer).await.is_err() {
+                    return;
                 }
             }
             () = signal.notified() => {
@@ -583,9 +585,51 @@ impl Conn {
         Ok(self.send(&ServerFrame::Subscribed { topic, seq: last, unread, r#ref }).await?)
     }
 
-    /// Writes the deliveries still wanted (in order, once each) and flushes once.
-    async fn deliver_all(&mut self, batch: &[Arc<Delivery>]) -> Result<(), WriteFailed> {
-        let mut wrote = false;
+    /// Writes what is waiting: `held` and what queued behind it, then the signals in the
+    /// mailbox, with one flush for all of it.
+    async fn write_out(
+        &mut self,
+        held: &mut Vec<Arc<Delivery>>,
+        rx: &mut mpsc::Receiver<Arc<Delivery>>,
+        mailbox: &ephemeral::Mailbox,
+        pacer: &mut Pacer,
+    ) -> Result<(), WriteFailed> {
+        while held.len() < WRITE_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(d) => held.push(d),
+                Err(_) => break,
+            }
+        }
+        let batch = std::mem::take(held);
+        // One time limit for the whole write, not one timer per frame.
+        let write = async {
+            let mut wrote = self.deliver_all(&batch).await?;
+            for text in mailbox.take() {
+                self.sink.feed(Message::Text(text.to_string())).await.map_err(|_| WriteFailed)?;
+                wrote += 1;
+            }
+            if wrote > 0 {
+                self.sink.flush().await.map_err(|_| WriteFailed)?;
+            }
+            Ok(wrote)
+        };
+        let wrote = tokio::time::timeout(WRITE_TIMEOUT, write).await.map_err(|_| WriteFailed)??;
+        if wrote == 0 {
+            pacer.cancel();
+            return Ok(());
+        }
+        pacer.wrote(tokio::time::Instant::now(), wrote);
+        if !rx.is_empty() {
+            // More than one batch was waiting: the rest goes at the end of the window.
+            pacer.ready(tokio::time::Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Feeds the deliveries still wanted (in order, once each); how many it fed. Not flushed
+    /// unless an event may change who sees its topic. The caller puts a time limit on it.
+    async fn deliver_all(&mut self, batch: &[Arc<Delivery>]) -> Result<usize, WriteFailed> {
+        let mut wrote = 0;
         for d in batch {
             let e = &d.event;
             let Some(last) = self.positions.get_mut(&e.topic) else { continue };
@@ -593,20 +637,15 @@ impl Conn {
                 continue;
             }
             *last = e.seq;
-            match tokio::time::timeout(WRITE_TIMEOUT, self.sink.feed(Message::Text(d.text.clone()))).await {
-                Ok(Ok(())) => wrote = true,
-                _ => return Err(WriteFailed),
-            }
+            self.sink.feed(Message::Text(d.text.clone())).await.map_err(|_| WriteFailed)?;
+            wrote += 1;
             self.app.metrics.realtime_events_sent.inc();
             if may_change_access(&e.kind) {
                 self.flush().await?;
                 self.recheck_access(&e.topic).await?;
             }
         }
-        if wrote {
-            self.flush().await?;
-        }
-        Ok(())
+        Ok(wrote)
     }
 
     async fn flush(&mut self) -> Result<(), WriteFailed> {

@@ -7,10 +7,11 @@
 //! mailbox is bounded; beyond its size the oldest keys are dropped (ephemeral data is
 //! replaced soon anyway).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use indexmap::IndexMap;
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -28,9 +29,10 @@ pub const LEASE_MAX: Duration = Duration::from_secs(600);
 /// Locks per room at most.
 pub const LOCKS_PER_TOPIC_MAX: usize = 1000;
 
-/// The latest ephemeral frame per key, waiting for one socket.
-/// Keys in arrival order, and the latest frame of each.
-type Pending = (VecDeque<String>, HashMap<String, Arc<str>>);
+/// The latest frame of each key, keys in the order they first arrived. Every relayed signal
+/// passes through here, so the hash is a fast one (foldhash, seeded per process); the map is
+/// bounded by `MAILBOX_KEYS_MAX`.
+type Pending = IndexMap<Arc<str>, Arc<str>, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 pub struct Mailbox {
@@ -41,17 +43,14 @@ pub struct Mailbox {
 impl Mailbox {
     /// Leaves `frame` (written once for every receiver) under `key`, replacing an older one
     /// not yet taken.
-    pub fn put(&self, key: String, frame: Arc<str>) {
+    pub fn put(&self, key: impl Into<Arc<str>>, frame: Arc<str>) {
+        let key = key.into();
         {
-            let mut guard = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (order, frames) = &mut *guard;
-            if frames.insert(key.clone(), frame).is_none() {
-                order.push_back(key);
-                while order.len() > MAILBOX_KEYS_MAX {
-                    if let Some(old) = order.pop_front() {
-                        frames.remove(&old);
-                    }
-                }
+            let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A key already waiting keeps its place and takes the newer frame.
+            pending.insert(key, frame);
+            if pending.len() > MAILBOX_KEYS_MAX {
+                pending.shift_remove_index(0);
             }
         }
         self.notify.notify_one();
@@ -59,9 +58,8 @@ impl Mailbox {
 
     /// Everything waiting, oldest key first.
     pub fn take(&self) -> Vec<Arc<str>> {
-        let mut guard = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (order, frames) = &mut *guard;
-        order.drain(..).filter_map(|k| frames.remove(&k)).collect()
+        let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        pending.drain(..).map(|(_, frame)| frame).collect()
     }
 }
 
@@ -227,9 +225,9 @@ mod tests {
     fn a_mailbox_keeps_the_latest_per_key() {
         let m = Mailbox::default();
         for x in 0..100 {
-            m.put("cursor:ana".into(), Arc::from(x.to_string()));
+            m.put("cursor:ana", Arc::from(x.to_string()));
         }
-        m.put("cursor:ben".into(), Arc::from("b"));
+        m.put("cursor:ben", Arc::from("b"));
         assert_eq!(m.take(), vec![Arc::from("99"), Arc::from("b")]);
         assert!(m.take().is_empty());
     }

@@ -10,6 +10,7 @@
 pub mod calls;
 pub mod conn;
 pub mod ephemeral;
+pub mod pace;
 pub mod protocol;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -94,11 +95,18 @@ struct Topics {
 impl Topics {
     /// Leaves `frame` in the mailbox of every subscriber of `key` but `except`.
     fn broadcast(&self, key: &TopicKey, mailbox_key: &str, frame: &ServerFrame, except: Option<u64>) {
+        if self.subs.contains_key(key) {
+            self.broadcast_text(key, mailbox_key, &Arc::from(frame.to_text()), except);
+        }
+    }
+
+    /// [`Topics::broadcast`] of a frame already written out (done before taking the hub's lock).
+    fn broadcast_text(&self, key: &TopicKey, mailbox_key: &str, text: &Arc<str>, except: Option<u64>) {
         if let Some(subs) = self.subs.get(key) {
-            let text: Arc<str> = Arc::from(frame.to_text());
+            let mailbox_key: Arc<str> = Arc::from(mailbox_key);
             for (id, sub) in subs {
                 if Some(*id) != except {
-                    sub.mailbox.put(mailbox_key.to_owned(), text.clone());
+                    sub.mailbox.put(mailbox_key.clone(), text.clone());
                 }
             }
         }
@@ -377,8 +385,10 @@ impl Registration {
 
     /// Relays a signal to the topic's other subscribers (latest per sender and kind).
     pub fn signal(&self, topic: &str, kind: &str, frame: &ServerFrame) {
+        let (key, mailbox_key) = ((self.org, topic.to_owned()), format!("signal:{}:{kind}", self.id));
+        let text = Arc::from(frame.to_text());
         let t = self.hub.lock();
-        t.broadcast(&(self.org, topic.to_owned()), &format!("signal:{}:{kind}", self.id), frame, Some(self.id));
+        t.broadcast_text(&key, &mailbox_key, &text, Some(self.id));
     }
 
     /// Takes or renews lock `name` on `topic`.
