@@ -9,6 +9,8 @@
 #
 #   bash benches/realtime.sh          # DURATION=8 PUBLISHERS=64 IDLE=10000
 #   SHAPES="100 10" FANOUT_ONLY=1 PUBLISHERS=256 bash benches/realtime.sh   # one shape, no idle/resume
+#   PUBLISH=signal SIDES=outpost …    # Outpost's relayed signals only (PUBLISH: post, signal or both)
+#   RATE=6000 …                       # publishers paced to 6,000 publishes/s in all (latency at a set load)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -16,6 +18,7 @@ OP_PORT=${OP_PORT:-18080}
 SIO_PORT=${SIO_PORT:-18090}
 PUBLISHERS=${PUBLISHERS:-64}
 IDLE=${IDLE:-10000}
+PUBLISH=${PUBLISH:-post signal}
 require_outpost
 require_cmd node
 require_cmd npm
@@ -50,15 +53,16 @@ for _ in $(seq 1 100); do grep -q listening "$WORK/socketio.log" 2>/dev/null && 
 log "socket.io ready: pid $SIO_PID"
 trap 'kill $SIO_PID 2>/dev/null || true; bench_cleanup' EXIT
 
-run() { "$LOAD" "$@" | grep '^RESULT' || true; }
+run() { "$LOAD" "$@" ${RATE:+--rate "$RATE"} | grep '^RESULT' || true; }
 IFS=, read -r -a SHAPE_LIST <<<"${SHAPES:-1 1000,100 10}"
 for shape in "${SHAPE_LIST[@]}"; do
     set -- $shape
     echo "== fan-out: $1 room(s) × $2 subscribers, $PUBLISHERS publishers, ${DURATION:-8} s =="
-    run --mode fanout --target outpost --url "$OP_URL" --token "$TOKEN" --channels "$CHANNELS" \
-        --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$OP_PID"
-    run --mode fanout --target outpost --publish signal --url "$OP_URL" --token "$TOKEN" --channels "$CHANNELS" \
-        --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$OP_PID"
+    for publish in $PUBLISH; do
+        run --mode fanout --target outpost --publish "$publish" --url "$OP_URL" --token "$TOKEN" --channels "$CHANNELS" \
+            --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$OP_PID"
+    done
+    [ "${SIDES:-both}" = outpost ] && continue
     run --mode fanout --target socketio --url "http://127.0.0.1:$SIO_PORT" \
         --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$SIO_PID"
 done

@@ -21,6 +21,12 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Client sockets read into a 4 KiB buffer: the library's default (128 KiB) is zeroed on every
+/// read, which made the generator spend a tenth of the machine in `memset`.
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
+}
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 #[derive(Clone)]
@@ -40,6 +46,9 @@ struct Args {
     pid: u32,
     /// Outpost: `post` (durable messages over HTTP) or `signal` (relayed, never stored).
     publish: String,
+    /// Publishes a second over all publishers, each still waiting for its acknowledgement;
+    /// 0: as fast as acknowledgements come back.
+    rate: f64,
 }
 
 fn args() -> Args {
@@ -57,6 +66,7 @@ fn args() -> Args {
         events: 10_000,
         pid: 0,
         publish: "post".into(),
+        rate: 0.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -75,6 +85,7 @@ fn args() -> Args {
             "--events" => a.events = v().parse().unwrap_or(10_000),
             "--pid" => a.pid = v().parse().unwrap_or(0),
             "--publish" => a.publish = v(),
+            "--rate" => a.rate = v().parse().unwrap_or(0.0),
             _ => {}
         }
     }
@@ -100,26 +111,31 @@ async fn text(ws: &mut Ws) -> Option<String> {
     }
 }
 
-/// A connected subscriber of `room` (index), ready for messages.
-async fn join(a: &Args, room: usize) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(ws_url(a), None, true).await.expect("connect");
+/// A connected client, subscribed to `room` (index) if one is given, ready for messages.
+async fn join(a: &Args, room: Option<usize>) -> Ws {
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(ws_url(a), Some(ws_config()), true).await.expect("connect");
     if a.target == "socketio" {
         let open = text(&mut ws).await.expect("open");
         assert!(open.starts_with('0'), "{open}");
         ws.send(Message::text("40")).await.expect("send");
         let ok = text(&mut ws).await.expect("connect ack");
         assert!(ok.starts_with("40"), "{ok}");
-        ws.send(Message::text(format!("42[\"join\",\"r{room}\"]"))).await.expect("join");
+        if let Some(room) = room {
+            ws.send(Message::text(format!("42[\"join\",\"r{room}\"]"))).await.expect("join");
+        }
     } else {
         ws.send(Message::text(json!({ "op": "auth", "token": a.token }).to_string())).await.expect("auth");
         let w = text(&mut ws).await.expect("welcome");
         assert!(w.contains("\"welcome\""), "{w}");
-        let topic = format!("channel:{}", a.channels[room]);
-        ws.send(Message::text(json!({ "op": "subscribe", "topic": topic }).to_string())).await.expect("sub");
-        loop {
-            let f = text(&mut ws).await.expect("subscribed");
-            if f.contains("\"subscribed\"") {
-                break;
+        if let Some(room) = room {
+            let topic = format!("channel:{}", a.channels[room]);
+            ws.send(Message::text(json!({ "op": "subscribe", "topic": topic }).to_string())).await.expect("sub");
+            loop {
+                let f = text(&mut ws).await.expect("subscribed");
+                if f.contains("\"subscribed\"") {
+                    break;
+                }
             }
         }
     }
@@ -173,7 +189,7 @@ async fn connect_all(a: &Args, n: usize, rooms: usize) -> Vec<Ws> {
     let mut out = Vec::with_capacity(n);
     let mut i = 0;
     while i < n {
-        let batch: Vec<_> = (i..(i + 200).min(n)).map(|k| join(a, k % rooms)).collect();
+        let batch: Vec<_> = (i..(i + 200).min(n)).map(|k| join(a, Some(k % rooms))).collect();
         out.extend(futures_util::future::join_all(batch).await);
         i += 200;
     }
@@ -220,17 +236,22 @@ async fn fanout(a: Args) {
         pubs.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let signals = a.target == "outpost" && a.publish == "signal";
-            let mut ws = if a.target == "socketio" || signals { Some(join(&a, 0).await) } else { None };
-            // A signal publisher follows the rooms it publishes to: with signals, publisher p
-            // takes rooms p, p + P, p + 2P, …, so each room has one publisher (or, with fewer
-            // rooms than publishers, every publisher shares room 0).
-            let mine: Vec<usize> = if signals && a.rooms > a.publishers {
-                (p..a.rooms).step_by(a.publishers).collect()
+            // Publisher p takes rooms p, p + P, p + 2P, … (each room one publisher), or with
+            // fewer rooms than publishers room p mod R (each room P/R publishers).
+            let mine: Vec<usize> =
+                if a.rooms > a.publishers { (p..a.rooms).step_by(a.publishers).collect() } else { vec![p % a.rooms] };
+            // A signal publisher must follow the rooms it signals to (so it also receives the
+            // signals of the room's other publishers, which are not counted); a Socket.IO
+            // publisher joins no room.
+            let mut ws = if signals {
+                Some(join(&a, Some(mine[0])).await)
+            } else if a.target == "socketio" {
+                Some(join(&a, None).await)
             } else {
-                vec![if a.rooms > 1 { p % a.rooms } else { 0 }]
+                None
             };
             if let (true, Some(ws)) = (signals, ws.as_mut()) {
-                for &r in mine.iter().filter(|r| **r != 0) {
+                for &r in &mine[1..] {
                     let topic = format!("channel:{}", a.channels[r]);
                     ws.send(Message::text(json!({ "op": "subscribe", "topic": topic }).to_string()))
                         .await
@@ -239,12 +260,15 @@ async fn fanout(a: Args) {
                 }
             }
             let mut n = 0u64;
+            // With a rate, publisher p publishes every P/rate seconds, the publishers staggered.
+            let every = (a.rate > 0.0).then(|| Duration::from_secs_f64(a.publishers as f64 / a.rate));
+            let mut next = every.map(|e| tokio::time::Instant::now() + e.mul_f64(p as f64 / a.publishers as f64));
             while !stop.load(Ordering::Relaxed) {
-                let room = if signals {
-                    mine[(n as usize) % mine.len()]
-                } else {
-                    ((p as u64 + n * a.publishers as u64) % a.rooms as u64) as usize
-                };
+                if let (Some(at), Some(e)) = (next.as_mut(), every) {
+                    tokio::time::sleep_until(*at).await;
+                    *at += e;
+                }
+                let room = mine[(n as usize) % mine.len()];
                 let at = Instant::now();
                 if let (true, Some(ws)) = (signals, ws.as_mut()) {
                     // Relay a signal, then a ping: the pong comes back once the relay is done
@@ -254,8 +278,10 @@ async fn fanout(a: Args) {
                     let topic = format!("channel:{}", a.channels[room]);
                     let kind = format!("custom:m{}", n % 256);
                     let sig = json!({ "op": "signal", "topic": topic, "kind": kind, "data": { "id": id } });
-                    ws.send(Message::text(sig.to_string())).await.expect("signal");
-                    ws.send(Message::text("{\"op\":\"ping\"}")).await.expect("ping");
+                    // Both frames in one write, as a client sending them back to back would.
+                    ws.feed(Message::text(sig.to_string())).await.expect("signal");
+                    ws.feed(Message::text("{\"op\":\"ping\"}")).await.expect("ping");
+                    ws.flush().await.expect("flush");
                     loop {
                         let t = text(ws).await.expect("pong");
                         assert!(!t.contains("\"error\""), "{t}");
@@ -358,11 +384,12 @@ async fn idle(a: Args) {
 }
 
 async fn resume(a: Args) {
-    let mut ws = join(&a, 0).await;
+    let mut ws = join(&a, Some(0)).await;
     let topic = format!("channel:{}", a.channels[0]);
     ws.send(Message::text(json!({ "op": "ping" }).to_string())).await.expect("ping");
     let welcome_epoch = {
-        let (mut w, _) = tokio_tungstenite::connect_async_with_config(ws_url(&a), None, true).await.expect("connect");
+        let (mut w, _) =
+            tokio_tungstenite::connect_async_with_config(ws_url(&a), Some(ws_config()), true).await.expect("connect");
         w.send(Message::text(json!({ "op": "auth", "token": a.token }).to_string())).await.expect("auth");
         let v: Value = serde_json::from_str(&text(&mut w).await.expect("welcome")).expect("json");
         v["epoch"].as_u64().expect("epoch")
@@ -398,7 +425,8 @@ async fn resume(a: Args) {
     for p in posters {
         p.await.expect("poster");
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(ws_url(&a), None, true).await.expect("connect");
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(ws_url(&a), Some(ws_config()), true).await.expect("connect");
     ws.send(Message::text(json!({ "op": "auth", "token": a.token }).to_string())).await.expect("auth");
     text(&mut ws).await.expect("welcome");
     let t0 = Instant::now();
