@@ -524,19 +524,7 @@ async fn chromium_and_aiortc_hear_and_see_each_other_in_a_call() {
     // aiortc joins first and stays until Chromium has been in the call for a while.
     let mut aiortc = PyPeer::start("call_client.py", &["solo", &s.base, &f.room, &f.editor.access]);
     assert!(aiortc.next().await["joined"].is_string());
-    let browser = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new("node")
-            .args([&format!("{peers}/chromium_call.mjs"), &s.base, &f.room, &f.host.access, "8"])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("Chromium did not finish")
-    .unwrap();
-    let text = String::from_utf8_lossy(&browser.stdout);
-    assert!(browser.status.success(), "{text}\n{}", String::from_utf8_lossy(&browser.stderr));
-    let b: Value = serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap();
+    let b = chromium_report(&chromium_call(&s, &f.room, &f.host.access, &["8"]).await);
     aiortc.say("report").await;
     let a = aiortc.next().await;
     eprintln!("aiortc: {a}\nchromium: {b}");
@@ -573,20 +561,14 @@ async fn chromium_and_aiortc_hear_and_see_each_other_in_a_call() {
 /// takes a receiver not being handed the publisher's transport-wide sequence numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chromium_browsers_see_each_other_and_report_their_bandwidth() {
-    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
     let s = TestServer::start().await;
     let f = crate::docs::setup(&s).await;
-    let browser = |token: &str| {
-        tokio::process::Command::new("node")
-            .args([&format!("{peers}/chromium_call.mjs"), &s.base, &f.room, token, "8"])
-            .kill_on_drop(true)
-            .output()
-    };
-    let (a, b) = tokio::join!(browser(&f.host.access), browser(&f.editor.access));
-    for out in [a.unwrap(), b.unwrap()] {
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-        let r: Value = serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap();
+    let (a, b) = tokio::join!(
+        chromium_call(&s, &f.room, &f.host.access, &["8"]),
+        chromium_call(&s, &f.room, &f.editor.access, &["8"])
+    );
+    for out in [a, b] {
+        let r = chromium_report(&out);
         assert_eq!(r["errors"], serde_json::json!([]), "{r}");
         assert!(r["video_frames_decoded"].as_u64().unwrap() >= 20, "{r}");
     }
@@ -601,20 +583,13 @@ async fn two_chromium_browsers_see_each_other_and_report_their_bandwidth() {
 /// before the margins).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_receiving_simulcast_keeps_a_steady_layer() {
-    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
     let s = TestServer::start().await;
     let f = crate::docs::setup(&s).await;
-    let browser = |token: &str, seconds: &str, mode: &str| {
-        tokio::process::Command::new("node")
-            .args([&format!("{peers}/chromium_call.mjs"), &s.base, &f.room, token, seconds, mode])
-            .kill_on_drop(true)
-            .output()
-    };
-    let (_, b) = tokio::join!(browser(&f.host.access, "16", "simulcast"), browser(&f.editor.access, "12", "plain"));
-    let b = b.unwrap();
-    let text = String::from_utf8_lossy(&b.stdout);
-    assert!(b.status.success(), "{text}\n{}", String::from_utf8_lossy(&b.stderr));
-    let r: Value = serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap();
+    let (_, b) = tokio::join!(
+        chromium_call(&s, &f.room, &f.host.access, &["16", "simulcast"]),
+        chromium_call(&s, &f.room, &f.editor.access, &["12", "plain"])
+    );
+    let r = chromium_report(&b);
     // Not held at the low layer (a 1280x720 camera's quarter); the top one unless the sending
     // browser, short of CPU here, stopped sending it.
     assert!(r["video_width_last"].as_u64().unwrap() >= 640, "{r}");
@@ -623,6 +598,26 @@ async fn a_browser_receiving_simulcast_keeps_a_steady_layer() {
     let switches = metric(&m, "outpost_media_layer_switches_total");
     assert!(switches <= 4, "{switches} layer switches in 12 s: {r}");
     s.stop().await;
+}
+
+/// Runs `tests/peers/chromium_call.mjs` for `token` in `room` (its arguments after those:
+/// seconds, then optionally a mode) to the end, within two minutes.
+async fn chromium_call(s: &TestServer, room: &str, token: &str, args: &[&str]) -> std::process::Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/chromium_call.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg(script)
+        .args([&s.base, room, token])
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(120), run).await.expect("Chromium did not finish").unwrap()
+}
+
+/// The report a `chromium_call` run ended with (its last line), once it succeeded.
+fn chromium_report(out: &std::process::Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap()
 }
 
 /// Decodes a media file with PyAV (ffmpeg): frames decoded and, for video, the frame size.
