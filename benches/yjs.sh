@@ -12,6 +12,7 @@
 #   bash benches/yjs.sh                     # DURATION=8 (seconds measured per run)
 #   PEERS_ONLY=1 bash benches/yjs.sh        # the peers alone, no Outpost binary needed
 #   SHAPES="1 50 10" bash benches/yjs.sh    # "docs editors rate", comma-separated
+#   SIDES=outpost bash benches/yjs.sh       # Outpost alone (SIDES=peer: the peers alone)
 #   GENERATOR=rust SHAPES="1 50 40,1 50 80" bash benches/yjs.sh
 #                                           # capacity: the light generator (benches/yjs_capacity.rs),
 #                                           # which finds timestamps in relayed bytes instead of
@@ -23,8 +24,9 @@ OP_PORT=${OP_PORT:-18080}
 HP_PORT=${HP_PORT:-18091}
 YWS_PORT=${YWS_PORT:-18092}
 PEERS_ONLY=${PEERS_ONLY:-0}
+[ "$PEERS_ONLY" = 1 ] && SIDES=peer
 IFS=, read -r -a SHAPE_LIST <<<"${SHAPES:-1 50 10,200 5 2}"
-[ "$PEERS_ONLY" = 1 ] || require_outpost
+side_enabled outpost && require_outpost
 require_cmd node npm curl
 bench_init
 ulimit -n 65536 2>/dev/null || log "could not raise the open-files limit; 1,000 sockets may fail"
@@ -69,7 +71,7 @@ outpost_docs() {
     printf '%s\n' "$ids"
 }
 
-[ "$PEERS_ONLY" = 1 ] || outpost_setup
+if side_enabled outpost; then outpost_setup; fi
 
 # ------------------------------------------------------------------ peers ----
 # Fresh peer servers for each shape, so their memory figures belong to that shape alone.
@@ -101,11 +103,12 @@ for n in "${!SHAPE_LIST[@]}"; do
     read -r docs editors rate <<<"${SHAPE_LIST[$n]}"
     shape_args=(--docs "$docs" --editors "$editors" --rate "$rate")
     echo "== $docs document(s) × $editors editors, $rate changes/s each, $DURATION s =="
-    if [ "$PEERS_ONLY" != 1 ]; then
+    if side_enabled outpost; then
         ids=$(outpost_docs "$docs" "bench-$n")
         run --target outpost --url "ws://127.0.0.1:$OP_PORT/v1/yjs" --token "$TOKEN" --doc-ids "$ids" \
             "${shape_args[@]}" --pid "$OP_PID"
     fi
+    side_enabled peer || continue
     start_peers
     run --target hocuspocus --url "ws://127.0.0.1:$HP_PORT" "${shape_args[@]}" --pid "$HP_PID"
     run --target yws --url "ws://127.0.0.1:$YWS_PORT" "${shape_args[@]}" --pid "$YWS_PID"
