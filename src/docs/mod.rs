@@ -391,19 +391,26 @@ impl Engine {
         let mut relayed = 0;
         {
             let mut inner = lock(&live.inner);
-            for bytes in decoded.iter() {
-                let size = bytes.len() as u64;
-                let Ok(update) = Update::decode_v1(bytes) else { continue };
-                if let Err(e) = inner.doc.transact_mut().apply_update(update) {
-                    // Stored, but it does not fit this document (it names parents that are not
-                    // shared types): loading skips it the same way.
-                    tracing::warn!(doc = %live.id, error = %e, "a stored update does not apply");
-                    continue;
+            // Applied in one transaction. (Decoded again: a decoded update cannot be held
+            // across the commit's await, it is not `Send`.)
+            let mut applied = Vec::with_capacity(decoded.len());
+            {
+                let mut txn = inner.doc.transact_mut();
+                for b in decoded.iter() {
+                    let Ok(update) = Update::decode_v1(b) else { continue };
+                    match txn.apply_update(update) {
+                        Ok(()) => applied.push(b),
+                        // Stored, but it does not fit this document (it names parents that are
+                        // not shared types): loading skips it the same way.
+                        Err(e) => tracing::warn!(doc = %live.id, error = %e, "a stored update does not apply"),
+                    }
                 }
+            }
+            for b in applied {
+                let size = b.len() as u64;
                 inner.bytes += size;
                 self.metrics.docs_loaded_bytes.inc_by(size as i64);
-                let frame = update_frame(bytes);
-                relayed += Self::relay(&mut inner, &frame, from);
+                relayed += Self::relay(&mut inner, &update_frame(b), from);
             }
         }
         self.metrics.docs_updates.inc_by(n);
