@@ -94,20 +94,25 @@ struct Topics {
 
 impl Topics {
     /// Leaves `frame` in the mailbox of every subscriber of `key` but `except`.
+    /// Written out only if the topic has subscribers.
     fn broadcast(&self, key: &TopicKey, mailbox_key: &str, frame: &ServerFrame, except: Option<u64>) {
-        if self.subs.contains_key(key) {
-            self.broadcast_text(key, mailbox_key, &Arc::from(frame.to_text()), except);
+        if let Some(subs) = self.subs.get(key) {
+            Self::deliver(subs, mailbox_key, &Arc::from(frame.to_text()), except);
         }
     }
 
     /// [`Topics::broadcast`] of a frame already written out (done before taking the hub's lock).
     fn broadcast_text(&self, key: &TopicKey, mailbox_key: &str, text: &Arc<str>, except: Option<u64>) {
         if let Some(subs) = self.subs.get(key) {
-            let mailbox_key: Arc<str> = Arc::from(mailbox_key);
-            for (id, sub) in subs {
-                if Some(*id) != except {
-                    sub.mailbox.put(mailbox_key.clone(), text.clone());
-                }
+            Self::deliver(subs, mailbox_key, text, except);
+        }
+    }
+
+    fn deliver(subs: &HashMap<u64, Sub>, mailbox_key: &str, text: &Arc<str>, except: Option<u64>) {
+        let mailbox_key: Arc<str> = Arc::from(mailbox_key);
+        for (id, sub) in subs {
+            if Some(*id) != except {
+                sub.mailbox.put(mailbox_key.clone(), text.clone());
             }
         }
     }

@@ -561,20 +561,13 @@ async fn chromium_and_aiortc_hear_and_see_each_other_in_a_call() {
 /// takes a receiver not being handed the publisher's transport-wide sequence numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chromium_browsers_see_each_other_and_report_their_bandwidth() {
-    let s = TestServer::start().await;
-    let f = crate::docs::setup(&s).await;
-    let (a, b) = tokio::join!(
-        chromium_call(&s, &f.room, &f.host.access, &["8"]),
-        chromium_call(&s, &f.room, &f.editor.access, &["8"])
-    );
-    for out in [a, b] {
+    let (outs, m) = two_chromium_calls(&["8"], &["8"]).await;
+    for out in outs {
         let r = chromium_report(&out);
         assert_eq!(r["errors"], serde_json::json!([]), "{r}");
         assert!(r["video_frames_decoded"].as_u64().unwrap() >= 20, "{r}");
     }
-    let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metric(&m, "outpost_media_bandwidth_estimates_total") >= 1, "{m}");
-    s.stop().await;
 }
 
 /// A browser receiving another's simulcast camera on a link with room to spare gets a high
@@ -583,21 +576,29 @@ async fn two_chromium_browsers_see_each_other_and_report_their_bandwidth() {
 /// before the margins).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_receiving_simulcast_keeps_a_steady_layer() {
-    let s = TestServer::start().await;
-    let f = crate::docs::setup(&s).await;
-    let (_, b) = tokio::join!(
-        chromium_call(&s, &f.room, &f.host.access, &["16", "simulcast"]),
-        chromium_call(&s, &f.room, &f.editor.access, &["12", "plain"])
-    );
+    let ([_, b], m) = two_chromium_calls(&["16", "simulcast"], &["12", "plain"]).await;
     let r = chromium_report(&b);
     // Not held at the low layer (a 1280x720 camera's quarter); the top one unless the sending
     // browser, short of CPU here, stopped sending it.
     assert!(r["video_width_last"].as_u64().unwrap() >= 640, "{r}");
-    let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metric(&m, "outpost_media_bandwidth_estimates_total") >= 1, "{m}");
     let switches = metric(&m, "outpost_media_layer_switches_total");
     assert!(switches <= 4, "{switches} layer switches in 12 s: {r}");
+}
+
+/// A fresh server, and a room's host and an editor calling each other from two browsers at
+/// once (`chromium_call` with `host_args` and `editor_args`): how both runs ended, and the
+/// server's metrics after them.
+async fn two_chromium_calls(host_args: &[&str], editor_args: &[&str]) -> ([std::process::Output; 2], String) {
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let (a, b) = tokio::join!(
+        chromium_call(&s, &f.room, &f.host.access, host_args),
+        chromium_call(&s, &f.room, &f.editor.access, editor_args)
+    );
+    let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
     s.stop().await;
+    ([a, b], m)
 }
 
 /// Runs `tests/peers/chromium_call.mjs` for `token` in `room` (its arguments after those:
