@@ -306,11 +306,7 @@ impl Session {
         }
         let batch = std::mem::take(held);
         self.write(&batch).await?;
-        pacer.wrote(Instant::now(), batch.len());
-        if !self.joined.rx.is_empty() {
-            // More than one batch was waiting: the rest goes at the end of the window.
-            pacer.ready(Instant::now());
-        }
+        pacer.wrote(Instant::now(), batch.len(), !self.joined.rx.is_empty());
         Ok(())
     }
 

@@ -618,11 +618,7 @@ impl Conn {
             pacer.cancel();
             return Ok(());
         }
-        pacer.wrote(tokio::time::Instant::now(), wrote);
-        if !rx.is_empty() {
-            // More than one batch was waiting: the rest goes at the end of the window.
-            pacer.ready(tokio::time::Instant::now());
-        }
+        pacer.wrote(tokio::time::Instant::now(), wrote, !rx.is_empty());
         Ok(())
     }
 

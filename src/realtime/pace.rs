@@ -69,8 +69,9 @@ impl Pacer {
         }
     }
 
-    /// The socket wrote `frames` at `now`.
-    pub fn wrote(&mut self, now: Instant, frames: usize) {
+    /// The socket wrote `frames` at `now`; with `more_waiting` (more than one write's worth had
+    /// queued), what waits is held for the next window rather than written at once.
+    pub fn wrote(&mut self, now: Instant, frames: usize, more_waiting: bool) {
         if let Some(last) = self.last {
             // A long quiet spell counts as one window's worth, so the rate falls fast but not to 0.
             let gap = now.duration_since(last).as_secs_f64().clamp(1e-4, self.window.as_secs_f64().max(1e-3) * 4.0);
@@ -80,6 +81,9 @@ impl Pacer {
         }
         self.last = Some(now);
         self.due = None;
+        if more_waiting {
+            self.ready(now);
+        }
     }
 
     /// Nothing was left to write after all: hold nothing, and leave the window as it was.
@@ -102,7 +106,7 @@ mod tests {
         for _ in 0..50 {
             t += 15 * MS;
             assert!(p.ready(t), "a frame every 15 ms goes out at once");
-            p.wrote(t, 1);
+            p.wrote(t, 1, false);
         }
         assert!(!p.holding());
     }
@@ -114,19 +118,23 @@ mod tests {
         // write per eight frames or so.
         let start = Instant::now() - 20 * MS;
         for i in 0..20 {
-            p.wrote(start + i * MS, 1);
+            p.wrote(start + i * MS, 1, false);
         }
         assert!(p.rate > 300.0, "rate {}", p.rate);
         let t0 = Instant::now();
-        p.wrote(t0, 1);
+        p.wrote(t0, 1, false);
         assert!(!p.ready(t0 + 3 * MS), "held within the window");
         assert!(p.holding());
         assert!(!p.ready(t0 + 6 * MS));
         p.due().await;
         let held = Instant::now() - t0;
         assert!(held > 6 * MS && held <= 10 * MS, "due once about eight frames came, within the window: {held:?}");
-        p.wrote(Instant::now(), 10);
+        p.wrote(Instant::now(), 10, false);
         assert!(!p.holding());
+        // A write that left a backlog behind: the rest waits for the next window.
+        p.wrote(Instant::now(), 10, true);
+        assert!(p.holding(), "a backlog is held for the next window");
+        p.cancel();
         // Quiet for longer than the window: the next frame goes out at once again.
         assert!(p.ready(Instant::now() + 25 * MS));
     }
@@ -137,7 +145,7 @@ mod tests {
         let t0 = Instant::now();
         for _ in 0..100 {
             assert!(p.ready(t0));
-            p.wrote(t0, 5);
+            p.wrote(t0, 5, false);
         }
         assert!(!p.holding());
         let due = tokio::time::timeout(Duration::from_secs(1), p.due()).await;
