@@ -142,9 +142,17 @@ async fn join(a: &Args, room: Option<usize>) -> Ws {
     ws
 }
 
-/// The id a delivery carries, if it is one. Found by search, not parsed: the generator shares
-/// the machine with the server and must stay cheap per frame.
-fn delivery_id(target: &str, t: &str) -> Option<String> {
+/// What a delivery says of when it was sent.
+enum Stamp {
+    /// A relayed signal or a Socket.IO message carries its send time (µs since the run began).
+    Sent(u64),
+    /// A message post carries the id the server gave it; its send time is looked up by that.
+    Id(String),
+}
+
+/// The stamp a delivery carries, if it is one. Found by search, not parsed: the generator
+/// shares the machine with the server and must stay cheap per frame.
+fn delivery_stamp(target: &str, t: &str) -> Option<Stamp> {
     let from = if target == "socketio" {
         if !t.starts_with("42[\"msg\"") {
             return None;
@@ -157,9 +165,28 @@ fn delivery_id(target: &str, t: &str) -> Option<String> {
         t.find("\"data\":")?
     };
     let rest = &t[from..];
+    if let Some(at) = rest.find("\"t\":") {
+        let digits = &rest[at + 4..];
+        let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+        return digits[..end].parse().ok().map(Stamp::Sent);
+    }
     let at = rest.find("\"id\":\"")? + 6;
     let end = rest[at..].find('"')?;
-    Some(rest[at..at + end].to_owned())
+    Some(Stamp::Id(rest[at..at + end].to_owned()))
+}
+
+/// Microseconds since `base`, as stamped into what a publisher sends.
+fn micros_since(base: Instant) -> u64 {
+    u64::try_from(base.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// What one subscriber received while measuring.
+#[derive(Default)]
+struct Log {
+    /// Send-to-receipt delays of stamped deliveries, µs.
+    delays_us: Vec<u64>,
+    /// Message posts: id and receipt time, matched with the send times afterwards.
+    by_id: Vec<(String, Instant)>,
 }
 
 fn cpu_s(pid: u32) -> f64 {
@@ -205,20 +232,29 @@ async fn fanout(a: Args) {
     let measuring = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     let mut logs = Vec::new();
+    // Send times are stamped relative to this, receipts measured against it.
+    let base = Instant::now();
     for mut ws in clients {
         let (received, measuring, target) = (received.clone(), measuring.clone(), a.target.clone());
-        let log: Arc<std::sync::Mutex<Vec<(String, Instant)>>> = Arc::default();
+        let log: Arc<std::sync::Mutex<Log>> = Arc::default();
         logs.push(log.clone());
+        // No time limit per frame (a timer each costs more than the rest of the frame): the
+        // readers are stopped when the run ends.
         readers.push(tokio::spawn(async move {
-            while let Some(t) = text(&mut ws).await {
-                if t == "2" {
+            while let Some(Ok(m)) = ws.next().await {
+                let Message::Text(t) = &m else { continue };
+                if t.as_str() == "2" {
                     let _ = ws.send(Message::text("3")).await;
                     continue;
                 }
-                if let Some(id) = delivery_id(&target, &t) {
+                if let Some(stamp) = delivery_stamp(&target, t) {
                     if measuring.load(Ordering::Relaxed) {
                         received.fetch_add(1, Ordering::Relaxed);
-                        log.lock().expect("log").push((id, Instant::now()));
+                        let mut log = log.lock().expect("log");
+                        match stamp {
+                            Stamp::Sent(sent) => log.delays_us.push(micros_since(base).saturating_sub(sent)),
+                            Stamp::Id(id) => log.by_id.push((id, Instant::now())),
+                        }
                     }
                 }
             }
@@ -228,6 +264,7 @@ async fn fanout(a: Args) {
     let stop = Arc::new(AtomicBool::new(false));
     let published = Arc::new(AtomicU64::new(0));
     let cpu0 = cpu_s(a.pid);
+    let own_cpu0 = cpu_s(std::process::id());
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let mut pubs = Vec::new();
@@ -274,10 +311,10 @@ async fn fanout(a: Args) {
                     // Relay a signal, then a ping: the pong comes back once the relay is done
                     // (frames of one socket are handled in order), like Socket.IO's ack.
                     let id = format!("p{p}-{n}");
-                    sent.lock().await.insert(id.clone(), at);
                     let topic = format!("channel:{}", a.channels[room]);
                     let kind = format!("custom:m{}", n % 256);
-                    let sig = json!({ "op": "signal", "topic": topic, "kind": kind, "data": { "id": id } });
+                    let t = micros_since(base);
+                    let sig = json!({ "op": "signal", "topic": topic, "kind": kind, "data": { "id": id, "t": t } });
                     // Both frames in one write, as a client sending them back to back would.
                     ws.feed(Message::text(sig.to_string())).await.expect("signal");
                     ws.feed(Message::text("{\"op\":\"ping\"}")).await.expect("ping");
@@ -291,9 +328,9 @@ async fn fanout(a: Args) {
                     }
                 } else if let Some(ws) = ws.as_mut() {
                     let id = format!("p{p}-{n}");
-                    sent.lock().await.insert(id.clone(), at);
                     let ack = n % 1_000_000;
-                    let frame = format!("42{ack}[\"publish\",{{\"room\":\"r{room}\",\"id\":\"{id}\"}}]");
+                    let t = micros_since(base);
+                    let frame = format!("42{ack}[\"publish\",{{\"room\":\"r{room}\",\"id\":\"{id}\",\"t\":{t}}}]");
                     ws.send(Message::text(frame)).await.expect("publish");
                     let want = format!("43{ack}");
                     loop {
@@ -336,6 +373,7 @@ async fn fanout(a: Args) {
     }
     let delivered_s = started.elapsed().as_secs_f64();
     let cpu = cpu_s(a.pid) - cpu0;
+    let own_cpu = cpu_s(std::process::id()) - own_cpu0;
     measuring.store(false, Ordering::Relaxed);
     let got = received.load(Ordering::Relaxed);
     for r in &readers {
@@ -344,7 +382,9 @@ async fn fanout(a: Args) {
     let sent = sent.lock().await;
     let mut lat = Vec::new();
     for log in logs {
-        for (id, at) in log.lock().expect("log").iter() {
+        let log = log.lock().expect("log");
+        lat.extend(log.delays_us.iter().map(|&us| us as f64 / 1000.0));
+        for (id, at) in &log.by_id {
             if let Some(t0) = sent.get(id) {
                 lat.push(at.duration_since(*t0).as_secs_f64() * 1000.0);
             }
@@ -352,7 +392,7 @@ async fn fanout(a: Args) {
     }
     lat.sort_by(f64::total_cmp);
     println!(
-        "RESULT target={}{} rooms={} subs={} publishers={} published={} published_per_s={:.0} delivered={got} expected={expect} delivered_per_s={:.0} p50_ms={:.2} p99_ms={:.2} cpu_s={cpu:.2} rss_kb={} hwm_kb={}",
+        "RESULT target={}{} rooms={} subs={} publishers={} published={} published_per_s={:.0} delivered={got} expected={expect} delivered_per_s={:.0} p50_ms={:.2} p99_ms={:.2} cpu_s={cpu:.2} rss_kb={} hwm_kb={} generator_cpu_s={own_cpu:.2}",
         a.target,
         if a.target == "outpost" { format!("/{}", a.publish) } else { String::new() },
         a.rooms,
