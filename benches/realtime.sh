@@ -39,8 +39,14 @@ export OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000000 OUTPOST_LIMITS__ORG_REQUEST
 KEY=$(outpost_operator_key "$WORK/outpost-data")
 start_outpost "$WORK/outpost-data" "$OP_PORT"
 TOKEN=$(outpost_member_token "$KEY" bench-rt)
+IFS=, read -r -a SHAPE_LIST <<<"${SHAPES:-1 1000,100 10}"
+ROOMS_MAX=100
+for shape in "${SHAPE_LIST[@]}"; do
+    set -- $shape
+    [ "$1" -gt "$ROOMS_MAX" ] && ROOMS_MAX=$1
+done
 CHANNELS=""
-for i in $(seq 0 99); do
+for i in $(seq 0 $((ROOMS_MAX - 1))); do
     id=$(curl -fsS -X POST "$OP_URL/v1/channels" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
         --data "{\"kind\":\"public\",\"name\":\"room-$i\"}" | "${BENCHSTAT[@]}" json-get id)
     CHANNELS="$CHANNELS${CHANNELS:+,}$id"
@@ -54,7 +60,6 @@ log "socket.io ready: pid $SIO_PID"
 trap 'kill $SIO_PID 2>/dev/null || true; bench_cleanup' EXIT
 
 run() { "$LOAD" "$@" ${RATE:+--rate "$RATE"} | grep '^RESULT' || true; }
-IFS=, read -r -a SHAPE_LIST <<<"${SHAPES:-1 1000,100 10}"
 for shape in "${SHAPE_LIST[@]}"; do
     set -- $shape
     echo "== fan-out: $1 room(s) × $2 subscribers, $PUBLISHERS publishers, ${DURATION:-8} s =="
