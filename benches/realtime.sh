@@ -11,6 +11,7 @@
 #   SHAPES="100 10" FANOUT_ONLY=1 PUBLISHERS=256 bash benches/realtime.sh   # one shape, no idle/resume
 #   PUBLISH=signal SIDES=outpost …    # Outpost's relayed signals only (PUBLISH: post, signal or both)
 #   RATE=6000 …                       # publishers paced to 6,000 publishes/s in all (latency at a set load)
+#   MULTIPLE=5 (default; 0: off)      # after each Socket.IO run, Outpost's signals paced to 5× its publishes/s
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -68,8 +69,18 @@ for shape in "${SHAPE_LIST[@]}"; do
             --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$OP_PID"
     done
     [ "${SIDES:-both}" = outpost ] && continue
-    run --mode fanout --target socketio --url "http://127.0.0.1:$SIO_PORT" \
-        --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$SIO_PID"
+    sio=$(run --mode fanout --target socketio --url "http://127.0.0.1:$SIO_PORT" \
+        --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$SIO_PID")
+    echo "$sio"
+    # Outpost's relayed signals again, paced to MULTIPLE × the publishes Socket.IO just managed:
+    # its latency at that multiple of the peer's ceiling, beside the peer's at its ceiling.
+    sio_pps=$(sed -n 's/.* published_per_s=\([0-9]*\).*/\1/p' <<<"$sio")
+    if [ "${MULTIPLE:-5}" != 0 ] && [ -n "$sio_pps" ] && [ -z "${RATE:-}" ] && [[ " $PUBLISH " == *" signal "* ]]; then
+        echo "-- Outpost's signals paced at ${MULTIPLE:-5} × Socket.IO's $sio_pps publishes/s --"
+        "$LOAD" --mode fanout --target outpost --publish signal --url "$OP_URL" --token "$TOKEN" --channels "$CHANNELS" \
+            --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$OP_PID" \
+            --rate $((sio_pps * ${MULTIPLE:-5})) | grep '^RESULT' || true
+    fi
 done
 [ "${FANOUT_ONLY:-0}" = 1 ] && { stop_outpost; exit 0; }
 echo "== $IDLE idle connections =="
