@@ -238,6 +238,8 @@ impl App {
     pub fn refresh_gauges(&self) {
         let m = &self.metrics;
         m.writer_queue_len.set(self.writer.queue_len() as i64);
+        #[allow(clippy::cast_possible_truncation)] // 0 to 1000
+        m.runtime_workers_busy_permille.set((self.hub.busy.get() * 1000.0).round() as i64);
         let head = self.bus.head_gseq();
         m.event_log_head_gseq.set(head as i64);
         for (name, pos, _) in self.followers.snapshot() {

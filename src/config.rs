@@ -195,7 +195,8 @@ pub struct RealtimeConfig {
     pub signals_per_s: u32,
     /// A socket that wrote within this many milliseconds holds further frames until they have
     /// passed, then writes them together (also on document sockets); a quiet socket writes at
-    /// once. 0 writes every frame as it comes.
+    /// once. The hold scales with how busy the server is: all of it once the workers are nearly
+    /// always busy, none while they are idle half the time. 0 writes every frame as it comes.
     pub write_coalesce_ms: u64,
 }
 

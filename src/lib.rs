@@ -57,6 +57,7 @@ pub async fn run(
     background.spawn(ops::watchdog(app.clone()));
     background.spawn(app.hub.clone().run(app.bus.subscribe(), app.store.clone(), app.bus.head_gseq()));
     background.spawn(app.hub.clone().expire_locks());
+    background.spawn(app.hub.busy.clone().sample());
     background.spawn(app.docs.clone().janitor());
     if let Some(turn) = app.turn.clone() {
         background.spawn(turn.watch(app.metrics.clone()));

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub realtime_cut_off_slow: Counter,
     pub realtime_fanout_seconds: Histogram,
     pub realtime_send_queue_deepest: Gauge,
+    pub runtime_workers_busy_permille: Gauge,
     pub docs_loaded: Gauge,
     pub docs_loaded_bytes: Gauge,
     pub docs_connections: Gauge,
@@ -142,6 +143,12 @@ impl Metrics {
             "realtime_fanout_seconds",
             "From an event's commit to its hand-off to every subscriber's queue",
             realtime_fanout_seconds.clone(),
+        );
+        let runtime_workers_busy_permille = Gauge::default();
+        registry.register(
+            "runtime_workers_busy_permille",
+            "Share of the time the async runtime's workers were busy lately, per mille (write pacing follows it)",
+            runtime_workers_busy_permille.clone(),
         );
         let realtime_send_queue_deepest = Gauge::default();
         registry.register(
@@ -256,6 +263,7 @@ impl Metrics {
             realtime_cut_off_slow,
             realtime_fanout_seconds,
             realtime_send_queue_deepest,
+            runtime_workers_busy_permille,
             docs_loaded,
             docs_loaded_bytes,
             docs_connections,

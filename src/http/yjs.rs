@@ -125,7 +125,8 @@ impl Session {
         let mut flush = tokio::time::interval(flush_every);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let cut = self.joined.cut.clone();
-        let mut pacer = Pacer::new(Duration::from_millis(self.app.config.realtime.write_coalesce_ms));
+        let mut pacer =
+            Pacer::new(Duration::from_millis(self.app.config.realtime.write_coalesce_ms), self.app.hub.busy.clone());
         // Frames taken from the queue and not yet written (held while the pacer says wait).
         let mut held: Vec<Frame> = Vec::new();
         let end = loop {

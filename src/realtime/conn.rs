@@ -125,7 +125,7 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
     let mut heard = Instant::now();
     let signal = c.reg.signal.clone();
     let mailbox = c.reg.mailbox.clone();
-    let mut pacer = Pacer::new(Duration::from_millis(cfg.write_coalesce_ms));
+    let mut pacer = Pacer::new(Duration::from_millis(cfg.write_coalesce_ms), hub.busy.clone());
     // Deliveries taken from the queue and not yet written (held while the pacer says wait).
     let mut held: Vec<Arc<Delivery>> = Vec::new();
     loop {

@@ -188,6 +188,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Turns true when the server shuts down: every socket says going-away.
     stop: tokio::sync::watch::Sender<bool>,
+    /// How busy the runtime's workers are, for every socket's write pacing.
+    pub busy: pace::Busy,
 }
 
 /// A socket's registration; dropping it removes every subscription and frees its place.
@@ -214,6 +216,7 @@ impl Hub {
             next_token: AtomicU64::new(seed),
             metrics,
             stop,
+            busy: pace::Busy::new(),
         })
     }
 
