@@ -11,6 +11,7 @@
 #   SHAPES="100 10" FANOUT_ONLY=1 PUBLISHERS=256 bash benches/realtime.sh   # one shape, no idle/resume
 #   PUBLISH=signal SIDES=outpost …    # Outpost's relayed signals only (PUBLISH: post, signal or both)
 #   RATE=6000 …                       # publishers paced to 6,000 publishes/s in all (latency at a set load)
+#   SHAPES=none …                     # idle sockets and resume only
 #   MULTIPLE=5 (default; 0: off)      # after each Socket.IO run, Outpost's signals paced to 5× its publishes/s
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -41,6 +42,7 @@ KEY=$(outpost_operator_key "$WORK/outpost-data")
 start_outpost "$WORK/outpost-data" "$OP_PORT"
 TOKEN=$(outpost_member_token "$KEY" bench-rt)
 IFS=, read -r -a SHAPE_LIST <<<"${SHAPES:-1 1000,100 10}"
+[ "${SHAPES:-}" = none ] && SHAPE_LIST=()
 ROOMS_MAX=100
 for shape in "${SHAPE_LIST[@]}"; do
     set -- $shape
@@ -83,6 +85,18 @@ for shape in "${SHAPE_LIST[@]}"; do
     fi
 done
 [ "${FANOUT_ONLY:-0}" = 1 ] && { stop_outpost; exit 0; }
+# Idle memory on freshly started servers: after the fan-out runs, memory they freed would be
+# reused by the new sockets and hide part of what each costs.
+if [ ${#SHAPE_LIST[@]} -gt 0 ]; then
+    stop_outpost
+    start_outpost "$WORK/outpost-data" "$OP_PORT"
+    kill "$SIO_PID" 2>/dev/null || true
+    wait "$SIO_PID" 2>/dev/null || true
+    : >"$WORK/socketio.log"
+    node "$PEER_DIR/socketio_server.js" "$SIO_PORT" >"$WORK/socketio.log" 2>&1 &
+    SIO_PID=$!
+    for _ in $(seq 1 100); do grep -q listening "$WORK/socketio.log" 2>/dev/null && break; sleep 0.1; done
+fi
 echo "== $IDLE idle connections =="
 run --mode idle --target outpost --url "$OP_URL" --token "$TOKEN" --channels "$FIRST" --conns "$IDLE" --pid "$OP_PID"
 run --mode idle --target socketio --url "http://127.0.0.1:$SIO_PORT" --conns "$IDLE" --pid "$SIO_PID"

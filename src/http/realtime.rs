@@ -30,7 +30,7 @@ pub fn realtime(req: &Request, ws: WebSocket, app: Data<&App>) -> impl IntoRespo
     // Small buffers: an idle socket should cost kilobytes, not the library's 128 KiB defaults;
     // frames are small and bounded.
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(2048)
         .write_buffer_size(4096)
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(FRAME_BYTES_MAX))

@@ -93,7 +93,9 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
             Err(_) => return bye(&mut sink, &mut stream, close::UNAUTHORIZED, "no auth frame in time").await,
         }
     };
-    let (p, exp) = match authenticate(&app, &token).await {
+    // The larger steps are boxed, so a socket's task keeps only what its wait loop needs for
+    // as long as it is open (an idle socket costs kilobytes; see benches/realtime.sh).
+    let (p, exp) = match Box::pin(authenticate(&app, &token)).await {
         Ok(x) => x,
         Err(e) => return bye(&mut sink, &mut stream, close::UNAUTHORIZED, &e.to_string()).await,
     };
@@ -136,12 +138,12 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Binary(_))) => {
-                        return c.close(&mut stream, close::PROTOCOL, "frames are JSON text").await;
+                        return Box::pin(c.close(&mut stream, close::PROTOCOL, "frames are JSON text")).await;
                     }
                     Some(Ok(Message::Close(_)) | Err(_)) | None => return,
                 };
                 if text.len() > FRAME_BYTES_MAX {
-                    return c.close(&mut stream, close::PROTOCOL, "frame too large").await;
+                    return Box::pin(c.close(&mut stream, close::PROTOCOL, "frame too large")).await;
                 }
                 let frame = match serde_json::from_str::<ClientFrame>(&text) {
                     Ok(f) => f,
@@ -153,8 +155,8 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
                         continue;
                     }
                 };
-                if let Err(end) = c.handle(frame).await {
-                    return c.end(&mut stream, end).await;
+                if let Err(end) = Box::pin(c.handle(frame)).await {
+                    return Box::pin(c.end(&mut stream, end)).await;
                 }
             }
             // While the pacer holds, deliveries and signals wait in their queues: they go out
@@ -177,18 +179,18 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
             }
             () = signal.notified() => {
                 if signal.is_slow() {
-                    return c.close(&mut stream, close::TOO_SLOW, "the client did not keep up; resume from the positions given").await;
+                    return Box::pin(c.close(&mut stream, close::TOO_SLOW, "the client did not keep up; resume from the positions given")).await;
                 }
             }
             _ = stopping.changed() => {
-                return c.close(&mut stream, close::GOING_AWAY, "the server is shutting down; resume from the positions given").await;
+                return Box::pin(c.close(&mut stream, close::GOING_AWAY, "the server is shutting down; resume from the positions given")).await;
             }
             _ = tick.tick() => {
                 if heard.elapsed() > idle {
-                    return c.close(&mut stream, close::IDLE, "nothing heard from the client").await;
+                    return Box::pin(c.close(&mut stream, close::IDLE, "nothing heard from the client")).await;
                 }
-                if let Err(end) = c.recheck().await {
-                    return c.end(&mut stream, end).await;
+                if let Err(end) = Box::pin(c.recheck()).await {
+                    return Box::pin(c.end(&mut stream, end)).await;
                 }
                 // Keep-alive: intermediaries see traffic, and a dead peer shows up as a failed write.
                 let ping = tokio::time::timeout(WRITE_TIMEOUT, c.sink.send(Message::Ping(Vec::new()))).await;
