@@ -344,30 +344,48 @@ impl Sfu {
             return Ok(None);
         };
         let listen_err = |e: std::io::Error| SfuError::Listen { addr, detail: e.to_string() };
-        let socket = Arc::new(tokio::net::UdpSocket::bind(addr).await.map_err(listen_err)?);
-        let local = socket.local_addr().map_err(listen_err)?;
+        // ICE over TCP uses the same port number as UDP. With port 0 the system picks the UDP
+        // port, and that number may already be taken for TCP (by any outgoing connection): pick
+        // again a few times before going without. A fixed port taken for TCP by something else
+        // costs the fallback, not the relay.
+        let attempts = if cfg.rtc_tcp && addr.port() == 0 { 8 } else { 1 };
+        let mut bound = None;
+        for attempt in 1..=attempts {
+            let socket = tokio::net::UdpSocket::bind(addr).await.map_err(listen_err)?;
+            let local = socket.local_addr().map_err(listen_err)?;
+            if !cfg.rtc_tcp {
+                bound = Some((socket, local, None));
+                break;
+            }
+            match tokio::net::TcpListener::bind(local).await {
+                Ok(l) => {
+                    bound = Some((socket, local, Some(l)));
+                    break;
+                }
+                Err(e) if attempt == attempts => {
+                    tracing::warn!(%local, error = %e, "no ICE over TCP: the media port is taken for TCP");
+                    bound = Some((socket, local, None));
+                }
+                Err(_) => {}
+            }
+        }
+        let Some((socket, local, tcp_listener)) = bound else {
+            return Err(listen_err(std::io::Error::other("no port could be bound")));
+        };
+        let socket = Arc::new(socket);
         let host = SocketAddr::new(advertised(local, cfg.public_ip), local.port());
         let routes = Arc::new(RwLock::new(net::Routes::default()));
         tokio::spawn(net::read_loop(socket.clone(), routes.clone(), metrics.clone()));
         tracing::info!(%local, advertised = %host, "media relay listening (UDP)");
         let tcp_conns = net::TcpConns::default();
-        let tcp = if cfg.rtc_tcp {
-            // The same port number as UDP; a port taken by something else costs the fallback,
-            // not the relay.
-            match tokio::net::TcpListener::bind(local).await {
-                Ok(l) => {
-                    let conns = tcp_conns.clone();
-                    tokio::spawn(net::tcp_accept_loop(l, routes.clone(), conns, metrics.clone(), cfg.sessions_max));
-                    tracing::info!(%local, "media relay listening (ICE over TCP)");
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!(%local, error = %e, "no ICE over TCP: the media port is taken for TCP");
-                    false
-                }
+        let tcp = match tcp_listener {
+            Some(l) => {
+                let conns = tcp_conns.clone();
+                tokio::spawn(net::tcp_accept_loop(l, routes.clone(), conns, metrics.clone(), cfg.sessions_max));
+                tracing::info!(%local, "media relay listening (ICE over TCP)");
+                true
             }
-        } else {
-            false
+            None => false,
         };
         Ok(Some(Self {
             shared: Arc::new(Shared {
