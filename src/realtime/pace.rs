@@ -37,6 +37,7 @@ impl Busy {
     }
 
     /// A gauge fixed at `fraction` (0 to 1), for tests.
+    #[cfg(test)]
     pub fn fixed(fraction: f64) -> Self {
         let b = Self::new();
         b.set(fraction);
