@@ -21,8 +21,13 @@ use tokio::time::Instant;
 const BUSY_LOW: f64 = 0.5;
 /// Busyness from which the whole configured window is used.
 const BUSY_HIGH: f64 = 0.85;
-/// How often [`Busy::sample`] looks at the runtime.
+/// How often [`Busy::sample`] looks at the runtime while it is doing anything.
 const SAMPLE_EVERY: Duration = Duration::from_millis(25);
+/// How often it looks while the runtime is idle, so an idle server is not woken 40 times a
+/// second for nothing (the pacing only matters once the workers are busy).
+const IDLE_SAMPLE_EVERY: Duration = Duration::from_millis(250);
+/// Busyness under which the runtime counts as idle for sampling.
+const IDLE_BELOW: f64 = 0.05;
 
 /// How busy the runtime's workers have been lately: the share of their time spent running
 /// tasks rather than parked, smoothed over about a tenth of a second. Shared by every socket's
@@ -61,17 +66,16 @@ impl Busy {
         ((self.get() - BUSY_LOW) / (BUSY_HIGH - BUSY_LOW)).clamp(0.0, 1.0)
     }
 
-    /// Reads the runtime's worker busy time every [`SAMPLE_EVERY`] for as long as the server
-    /// runs (call on the runtime whose workers serve the sockets).
+    /// Reads the runtime's worker busy time every [`SAMPLE_EVERY`] (every
+    /// [`IDLE_SAMPLE_EVERY`] while it is idle) for as long as the server runs (call on the
+    /// runtime whose workers serve the sockets).
     pub async fn sample(self) {
         let metrics = tokio::runtime::Handle::current().metrics();
         let workers = metrics.num_workers().max(1);
         let busy_total = || (0..workers).map(|w| metrics.worker_total_busy_duration(w)).sum::<Duration>();
         let (mut at, mut busy) = (Instant::now(), busy_total());
-        let mut tick = tokio::time::interval(SAMPLE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::time::sleep(if self.get() < IDLE_BELOW { IDLE_SAMPLE_EVERY } else { SAMPLE_EVERY }).await;
             let (now, total) = (Instant::now(), busy_total());
             let wall = now.duration_since(at).as_secs_f64();
             if wall > 0.0 {
@@ -269,7 +273,8 @@ mod tests {
         // Keep the runtime's only worker busy for a while (the test body itself runs beside the
         // workers, not on one), then let it idle.
         let spin = tokio::spawn(async {
-            let spin_until = std::time::Instant::now() + Duration::from_millis(300);
+            // Longer than an idle sampling period, so the fast sampling has begun well before.
+            let spin_until = std::time::Instant::now() + IDLE_SAMPLE_EVERY + Duration::from_millis(300);
             while std::time::Instant::now() < spin_until {
                 // A millisecond of work per poll, like a socket task writing a batch.
                 let poll_until = std::time::Instant::now() + Duration::from_millis(1);
