@@ -56,10 +56,13 @@ for i in $(seq 0 $((ROOMS_MAX - 1))); do
 done
 FIRST=${CHANNELS%%,*}
 
-node "$PEER_DIR/socketio_server.js" "$SIO_PORT" >"$WORK/socketio.log" 2>&1 &
-SIO_PID=$!
-for _ in $(seq 1 100); do grep -q listening "$WORK/socketio.log" 2>/dev/null && break; sleep 0.1; done
-log "socket.io ready: pid $SIO_PID"
+start_socketio() {
+    node "$PEER_DIR/socketio_server.js" "$SIO_PORT" >"$WORK/socketio.log" 2>&1 &
+    SIO_PID=$!
+    for _ in $(seq 1 100); do grep -q listening "$WORK/socketio.log" 2>/dev/null && break; sleep 0.1; done
+    log "socket.io ready: pid $SIO_PID"
+}
+start_socketio
 trap 'kill $SIO_PID 2>/dev/null || true; bench_cleanup' EXIT
 
 run() { "$LOAD" "$@" ${RATE:+--rate "$RATE"} | grep '^RESULT' || true; }
@@ -79,9 +82,9 @@ for shape in "${SHAPE_LIST[@]}"; do
     sio_pps=$(sed -n 's/.* published_per_s=\([0-9]*\).*/\1/p' <<<"$sio")
     if [ "${MULTIPLE:-5}" != 0 ] && [ -n "$sio_pps" ] && [ -z "${RATE:-}" ] && [[ " $PUBLISH " == *" signal "* ]]; then
         echo "-- Outpost's signals paced at ${MULTIPLE:-5} × Socket.IO's $sio_pps publishes/s --"
-        "$LOAD" --mode fanout --target outpost --publish signal --url "$OP_URL" --token "$TOKEN" --channels "$CHANNELS" \
-            --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" --seconds "${DURATION:-8}" --pid "$OP_PID" \
-            --rate $((sio_pps * ${MULTIPLE:-5})) | grep '^RESULT' || true
+        RATE=$((sio_pps * ${MULTIPLE:-5})) run --mode fanout --target outpost --publish signal --url "$OP_URL" \
+            --token "$TOKEN" --channels "$CHANNELS" --rooms "$1" --subs "$2" --publishers "$PUBLISHERS" \
+            --seconds "${DURATION:-8}" --pid "$OP_PID"
     fi
 done
 [ "${FANOUT_ONLY:-0}" = 1 ] && { stop_outpost; exit 0; }
@@ -92,10 +95,7 @@ if [ ${#SHAPE_LIST[@]} -gt 0 ]; then
     start_outpost "$WORK/outpost-data" "$OP_PORT"
     kill "$SIO_PID" 2>/dev/null || true
     wait "$SIO_PID" 2>/dev/null || true
-    : >"$WORK/socketio.log"
-    node "$PEER_DIR/socketio_server.js" "$SIO_PORT" >"$WORK/socketio.log" 2>&1 &
-    SIO_PID=$!
-    for _ in $(seq 1 100); do grep -q listening "$WORK/socketio.log" 2>/dev/null && break; sleep 0.1; done
+    start_socketio
 fi
 echo "== $IDLE idle connections =="
 run --mode idle --target outpost --url "$OP_URL" --token "$TOKEN" --channels "$FIRST" --conns "$IDLE" --pid "$OP_PID"
