@@ -215,10 +215,11 @@ impl Turn {
             return Ok(None);
         };
         let listen_err = |e: std::io::Error| TurnError::Listen { addr, detail: e.to_string() };
-        let conn = tokio::net::UdpSocket::bind(addr).await.map_err(listen_err)?;
-        let local = conn.local_addr().map_err(listen_err)?;
         // TCP on the same port (with port 0, the one UDP was given).
-        let tcp_listener = TcpListener::bind(local).await.map_err(listen_err)?;
+        let (conn, tcp_listener) = super::bind_udp_and_tcp(addr, true).await.map_err(listen_err)?;
+        let tcp_listener =
+            tcp_listener.unwrap_or_else(|| Err(std::io::Error::other("no TCP listener"))).map_err(listen_err)?;
+        let local = conn.local_addr().map_err(listen_err)?;
         let public = cfg.public_ip.unwrap_or(if addr.ip().is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         } else {

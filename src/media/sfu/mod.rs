@@ -344,34 +344,13 @@ impl Sfu {
             return Ok(None);
         };
         let listen_err = |e: std::io::Error| SfuError::Listen { addr, detail: e.to_string() };
-        // ICE over TCP uses the same port number as UDP. With port 0 the system picks the UDP
-        // port, and that number may already be taken for TCP (by any outgoing connection): pick
-        // again a few times before going without. A fixed port taken for TCP by something else
-        // costs the fallback, not the relay.
-        let attempts = if cfg.rtc_tcp && addr.port() == 0 { 8 } else { 1 };
-        let mut bound = None;
-        for attempt in 1..=attempts {
-            let socket = tokio::net::UdpSocket::bind(addr).await.map_err(listen_err)?;
-            let local = socket.local_addr().map_err(listen_err)?;
-            if !cfg.rtc_tcp {
-                bound = Some((socket, local, None));
-                break;
-            }
-            match tokio::net::TcpListener::bind(local).await {
-                Ok(l) => {
-                    bound = Some((socket, local, Some(l)));
-                    break;
-                }
-                Err(e) if attempt == attempts => {
-                    tracing::warn!(%local, error = %e, "no ICE over TCP: the media port is taken for TCP");
-                    bound = Some((socket, local, None));
-                }
-                Err(_) => {}
-            }
-        }
-        let Some((socket, local, tcp_listener)) = bound else {
-            return Err(listen_err(std::io::Error::other("no port could be bound")));
-        };
+        let (socket, tcp_listener) = super::bind_udp_and_tcp(addr, cfg.rtc_tcp).await.map_err(listen_err)?;
+        let local = socket.local_addr().map_err(listen_err)?;
+        // A port taken for TCP by something else costs the fallback, not the relay.
+        let tcp_listener = tcp_listener.and_then(|l| {
+            l.inspect_err(|e| tracing::warn!(%local, error = %e, "no ICE over TCP: the media port is taken for TCP"))
+                .ok()
+        });
         let socket = Arc::new(socket);
         let host = SocketAddr::new(advertised(local, cfg.public_ip), local.port());
         let routes = Arc::new(RwLock::new(net::Routes::default()));
