@@ -120,7 +120,7 @@ async fn run(req: Request, app: App, progress: mpsc::Sender<Value>) -> Result<Va
         Request::Reindex => {
             let Some(index) = app.search.get().cloned() else { return Err("search is not running".into()) };
             let mut report = report;
-            crate::reindex(&app, &index, &mut report)
+            crate::search::reindex(&app.store, &app.writer, &index, &mut report)
                 .await
                 .map(|n| json!({ "documents": n }))
                 .map_err(|e| e.to_string())

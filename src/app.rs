@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
+
 use crate::auth::KeyCache;
 use crate::auth::keys::{self, KeyError, Keys};
 use crate::auth::password::Hasher;
@@ -10,7 +12,8 @@ use crate::config::Config;
 use crate::domain::sessions::SessionPolicy;
 use crate::limits::Limits;
 use crate::metrics::{FollowerLabels, Metrics};
-use crate::store::events::{self, EventBus, FollowerRegistry, Retention};
+use crate::store::events::EventBus;
+use crate::store::followers::{self, FollowerRegistry, Retention};
 use crate::store::writer::{Writer, WriterOptions};
 use crate::store::{OpenReport, Store, StoreError};
 use crate::vault::{Vault, VaultError};
@@ -19,6 +22,18 @@ use crate::vault::{Vault, VaultError};
 const TRIM_INTERVAL: Duration = Duration::from_secs(60);
 /// Most events one retention pass removes (then it runs again soon).
 const TRIM_BATCH_MAX: usize = 10_000;
+
+/// How long a follower may sit behind the head without advancing before it counts as stalled.
+pub const FOLLOWER_STALL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub store_writable: bool,
+    pub free_disk_bytes: Option<u64>,
+    pub min_free_disk_bytes: u64,
+    pub stalled_followers: Vec<String>,
+}
 
 #[derive(Clone)]
 pub struct App {
@@ -45,8 +60,6 @@ pub struct App {
     pub turn: Option<Arc<crate::media::turn::Turn>>,
     /// The media relay; `None` without `media.rtc_listen`.
     pub sfu: Option<crate::media::sfu::Sfu>,
-    /// Rendered channel history pages (see `http::rendered`).
-    pub history_pages: Arc<crate::http::rendered::PageCache<crate::http::chat::HistoryKey>>,
     /// When each API key's last use was written down, so that is done once a minute at most.
     key_uses: Arc<std::sync::Mutex<std::collections::HashMap<crate::ids::Id, std::time::Instant>>>,
 }
@@ -123,13 +136,30 @@ impl App {
             hasher: Hasher::default(),
             limits: Arc::new(Limits::new(config_limits)),
             hub,
-            history_pages: Arc::default(),
             key_uses: Arc::default(),
             verified_tokens: Arc::default(),
             search: Arc::default(),
         };
         app.load_keys().await?;
         Ok((app, report))
+    }
+
+    /// What `/health/ready` reports: the store takes writes, the disk has room, no follower
+    /// is stalled.
+    pub fn readiness(&self) -> Readiness {
+        let writer = self.writer.state();
+        let store_writable = writer.alive() && writer.last_commit_ok();
+        let free = crate::store::free_disk_bytes(&self.config.data_dir);
+        let floor = self.config.store.min_free_disk_bytes;
+        let disk_ok = floor == 0 || free.is_some_and(|f| f >= floor);
+        let stalled = self.followers.stalled(self.bus.head_gseq(), FOLLOWER_STALL);
+        Readiness {
+            ready: store_writable && disk_ok && stalled.is_empty(),
+            store_writable,
+            free_disk_bytes: free,
+            min_free_disk_bytes: floor,
+            stalled_followers: stalled,
+        }
     }
 
     /// (Re)loads the signing keys, making the first one when there is none.
@@ -218,7 +248,7 @@ impl App {
         loop {
             tick.tick().await;
             loop {
-                match events::trim(&self.writer, self.retention()).await {
+                match followers::trim(&self.writer, self.retention()).await {
                     Ok(n) => {
                         self.metrics.events_trimmed.inc_by(n);
                         if (n as usize) < TRIM_BATCH_MAX {

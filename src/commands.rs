@@ -135,7 +135,7 @@ pub fn reindex(config: &Config) -> Result<String, CommandError> {
         let index = crate::search::SearchIndex::open(&dir).map_err(|e| CommandError::Refused(e.to_string()))?;
         let index = std::sync::Arc::new(index);
         let mut progress = Progress::new("reindex");
-        let n = crate::reindex(&app, &index, &mut |d, t| progress.update(d, t))
+        let n = crate::search::reindex(&app.store, &app.writer, &index, &mut |d, t| progress.update(d, t))
             .await
             .map_err(|e| CommandError::Refused(e.to_string()))?;
         progress.finish();

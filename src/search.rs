@@ -24,11 +24,13 @@ use crate::domain::rooms::{Room, RoomStatus, Visibility};
 use crate::domain::tasks::Task;
 use crate::domain::users::{User, UserStatus};
 use crate::ids::Id;
-use crate::store::events::{Event, Follower};
+use crate::store::events::{Event, EventBus};
+use crate::store::followers::{Follower, FollowerRegistry};
 use crate::store::tables::{
     self, CHANNEL_MEMBERS, CHANNELS, MESSAGE_IDS, MESSAGES, ROOM_PARTICIPANTS, ROOMS, TASKS, USERS,
 };
-use crate::store::{Reader, StoreError, decode};
+use crate::store::writer::Writer;
+use crate::store::{Reader, Store, StoreError, decode};
 
 /// The follower's name (its checkpoint in the store).
 pub const FOLLOWER: &str = "search";
@@ -475,9 +477,16 @@ pub fn each_doc(
 
 /// Follows the event log into the index until `stop` turns true (between batches: a batch
 /// being indexed is always finished and checkpointed first).
-pub async fn follow(app: crate::App, index: Arc<SearchIndex>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn follow(
+    store: Store,
+    bus: EventBus,
+    writer: Writer,
+    followers: Arc<FollowerRegistry>,
+    index: Arc<SearchIndex>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut follower = loop {
-        match Follower::open(FOLLOWER, app.store.clone(), app.writer.clone(), app.followers.clone()).await {
+        match Follower::open(FOLLOWER, store.clone(), writer.clone(), followers.clone()).await {
             Ok(f) => break f,
             Err(e) => {
                 tracing::error!(error = %e, "search follower cannot start; retrying");
@@ -485,7 +494,7 @@ pub async fn follow(app: crate::App, index: Arc<SearchIndex>, mut stop: tokio::s
             }
         }
     };
-    let mut bus = app.bus.subscribe();
+    let mut bus = bus.subscribe();
     let mut last_commit = tokio::time::Instant::now() - COMMIT_EVERY;
     let mut behind = false;
     while !*stop.borrow() {
@@ -509,7 +518,7 @@ pub async fn follow(app: crate::App, index: Arc<SearchIndex>, mut stop: tokio::s
         };
         behind = batch.len() == BATCH_MAX;
         let Some(last) = batch.last().map(|e| e.gseq) else { continue };
-        let (store, idx) = (app.store.clone(), index.clone());
+        let (store, idx) = (store.clone(), index.clone());
         let applied = tokio::task::spawn_blocking(move || -> Result<(), SearchError> {
             let ops = ops_for(&store.reader()?, &batch)?;
             idx.apply(ops)
@@ -531,14 +540,27 @@ pub async fn follow(app: crate::App, index: Arc<SearchIndex>, mut stop: tokio::s
     }
 }
 
+/// Rebuilds `index` from the store and moves the search follower to the log head it saw.
+pub async fn reindex(
+    store: &Store,
+    writer: &Writer,
+    index: &Arc<SearchIndex>,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<u64, SearchError> {
+    let (store, idx) = (store.clone(), index.clone());
+    // The progress callback stays on this side; the blocking task reports totals only.
+    let head = tokio::task::spawn_blocking(move || rebuild(&store, &idx, &mut |_, _| {}))
+        .await
+        .map_err(|e| SearchError::Dir(e.to_string()))??;
+    progress(index.len(), index.len());
+    crate::store::followers::set_checkpoint(writer, FOLLOWER, head).await?;
+    Ok(index.len())
+}
+
 /// Rebuilds the index from the store's tables and moves the follower's checkpoint to the log
 /// head the rebuild saw (blocking). Documents stream from one snapshot into the index writer;
 /// the old contents stay searchable until the one commit at the end.
-pub fn rebuild(
-    store: &crate::store::Store,
-    index: &SearchIndex,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<u64, SearchError> {
+pub fn rebuild(store: &Store, index: &SearchIndex, progress: &mut dyn FnMut(u64, u64)) -> Result<u64, SearchError> {
     let r = store.reader()?;
     let head = r.meta_u64("gseq")?.unwrap_or(0);
     let mut w = index.lock()?;

@@ -1,9 +1,12 @@
 //! `OrgScope`: the organization a piece of work is confined to.
 //!
 //! Tenancy is a type, not a habit. Store access for org data takes an `OrgScope`, and the only
-//! ways to get one are from an authenticated principal (`auth`), from operator code that names
-//! the organization it reaches into (`OrgScope::operator`), or the instance's own scope for
-//! operator-level records. No function takes a bare org id from a request body.
+//! ways to get one are from an authenticated principal (`OrgScope::member`, defined beside
+//! `Principal` in `auth`), from operator code that names the organization it reaches into
+//! (`OrgScope::operator`, beside `Operator`), from a credential checked against the
+//! organization's own records, or the instance's own scope for operator-level records. This
+//! module sits at the bottom of the layers (the store checks every key against a scope), so it
+//! knows no principal type itself. No function takes a bare org id from a request body.
 
 use crate::ids::Id;
 
@@ -17,15 +20,11 @@ impl OrgScope {
     /// The instance's own scope (the nil organization): operator keys, instance settings.
     pub const INSTANCE: Self = Self { org: Id::NIL };
 
-    /// An operator reaching into one organization. Only call this with a checked operator
-    /// principal in hand; the argument makes that visible at every call site.
-    pub fn operator(org: Id, _operator: &crate::auth::Operator) -> Self {
+    /// A scope for an organization whose authority was checked by the caller. Only the
+    /// principals' own constructors use it (`OrgScope::operator` and `OrgScope::member`, beside
+    /// `Operator` and `Principal` in `auth`); the layer test holds every call site to that.
+    pub(crate) fn vouched(org: Id) -> Self {
         Self { org }
-    }
-
-    /// The organization of an authenticated user.
-    pub fn member(principal: &crate::auth::Principal) -> Self {
-        Self { org: principal.org }
     }
 
     /// The organization named inside a credential that is checked against that organization's

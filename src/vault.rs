@@ -75,7 +75,7 @@ impl Vault {
 
     /// The current master key's id, as hex.
     pub fn key_id(&self) -> String {
-        crate::store::audit::hex(&self.keys[0].id)
+        crate::ids::hex(&self.keys[0].id)
     }
 
     /// Seals `plain` for `purpose` under the current key.
@@ -112,11 +112,7 @@ impl Vault {
         }
         let (id, rest) = sealed.split_at(8);
         let (nonce, ct) = rest.split_at(NONCE_LEN);
-        let k = self
-            .keys
-            .iter()
-            .find(|k| k.id == id)
-            .ok_or_else(|| VaultError::UnknownKey(crate::store::audit::hex(id)))?;
+        let k = self.keys.iter().find(|k| k.id == id).ok_or_else(|| VaultError::UnknownKey(crate::ids::hex(id)))?;
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| VaultError::Malformed)?;
         let mut buf = ct.to_vec();
         let plain =
@@ -167,7 +163,7 @@ fn write_key_file(path: &Path, keys: &[[u8; 32]]) -> std::io::Result<()> {
     )?;
     for raw in keys {
         let id = MasterKey::new(*raw).id;
-        writeln!(f, "{} {}", crate::store::audit::hex(&id), STANDARD.encode(raw))?;
+        writeln!(f, "{} {}", crate::ids::hex(&id), STANDARD.encode(raw))?;
     }
     f.sync_all()?;
     std::fs::rename(&tmp, path)

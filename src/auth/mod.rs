@@ -17,15 +17,15 @@ use std::time::{Duration, Instant};
 
 pub mod keys;
 pub mod password;
-pub mod policy;
 pub mod tokens;
 
 use crate::domain::api_keys::{self, KeyCheck};
 use crate::domain::operators::{self, KeyRefusal};
+use crate::domain::policy::{self, Permission, Role};
 use crate::domain::sessions::{self, Standing};
 use crate::ids::Id;
 use crate::store::{Store, StoreError};
-use policy::{Permission, Role};
+use crate::tenancy::OrgScope;
 use tokens::TokenError;
 
 /// How long a checked key is trusted without looking again. Key revocation (when it exists)
@@ -108,6 +108,21 @@ impl Principal {
         } else {
             Err(AuthError::Forbidden(permission.as_str()))
         }
+    }
+}
+
+// The scopes a principal may mint. They are `OrgScope`'s constructors, written here because
+// only this module knows the principals; `tenancy` sits below the store and knows none.
+impl OrgScope {
+    /// An operator reaching into one organization. Only call this with a checked operator
+    /// principal in hand; the argument makes that visible at every call site.
+    pub fn operator(org: Id, _operator: &Operator) -> Self {
+        Self::vouched(org)
+    }
+
+    /// The organization of an authenticated user.
+    pub fn member(principal: &Principal) -> Self {
+        Self::vouched(principal.org)
     }
 }
 

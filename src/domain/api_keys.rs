@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::users::{self, UserStatus, sha256};
 use super::{DomainError, FieldError, check};
-use crate::auth::policy::{self, Permission, Role};
+use crate::domain::policy::{self, Permission, Role};
 use crate::ids::{self, Id};
 use crate::store::tables::{API_KEYS, org_id_key};
 use crate::store::writer::{MutationCtx, Writer};
@@ -105,7 +105,7 @@ pub async fn create(
     ids::fill_random(&mut secret);
     let secret_text = URL_SAFE_NO_PAD.encode(secret);
     let token = format!("{PREFIX}{}_{}_{secret_text}", org.0.simple(), id.0.simple());
-    let digest = crate::store::audit::hex(&sha256(secret_text.as_bytes()));
+    let digest = crate::ids::hex(&sha256(secret_text.as_bytes()));
     let key = writer
         .submit(ctx, move |tx| {
             let existing = tx.range(API_KEYS, org.as_bytes(), &prefix_end(org.as_bytes()), KEYS_PER_ORG_MAX)?.len();
@@ -200,7 +200,7 @@ pub fn parse(token: &str) -> Option<(Id, Id, String)> {
     let org = Id(uuid::Uuid::try_parse(parts.next()?).ok()?);
     let id = Id(uuid::Uuid::try_parse(parts.next()?).ok()?);
     let secret = parts.next()?;
-    (secret.len() == 43).then(|| (org, id, crate::store::audit::hex(&sha256(secret.as_bytes()))))
+    (secret.len() == 43).then(|| (org, id, crate::ids::hex(&sha256(secret.as_bytes()))))
 }
 
 /// What checking a key found: the key and the role it acts with, or why it fails.

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::paging::{self, Page, PageRequest};
 use super::rooms::{Participant, Room, RoomStatus};
 use super::{DomainError, FieldError, check};
-use crate::auth::policy::{self, RoomAction, RoomRole};
+use crate::domain::policy::{self, RoomAction, RoomRole};
 use crate::ids::Id;
 use crate::store::tables::{
     DOC_SNAPSHOTS, DOC_UPDATES, DOC_USAGE, DOC_VERSION_STATES, DOC_VERSIONS, DOCS, ROOM_DOCS, org_id_id_key,

@@ -12,6 +12,7 @@ pub mod inbox;
 pub mod operators;
 pub mod orgs;
 pub mod paging;
+pub mod policy;
 pub mod rooms;
 pub mod sessions;
 pub mod tasks;

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::DomainError;
+use crate::ids::hex;
 use crate::ids::{self, Id};
 use crate::store::tables::{OPERATOR_KEYS, org_id_key};
 use crate::store::writer::{MutationCtx, Writer};
-use crate::store::{Store, StoreError, audit::hex, decode, encode};
+use crate::store::{Store, StoreError, decode, encode};
 use crate::tenancy::OrgScope;
 
 pub const KEY_PREFIX: &str = "opk_";

@@ -10,8 +10,7 @@ use serde_json::json;
 
 use super::paging::{self, Page, PageRequest};
 use super::{DomainError, FieldError, check};
-use crate::auth::Principal;
-use crate::auth::policy::{self, RoomAction, RoomRole};
+use crate::domain::policy::{self, RoomAction, RoomRole};
 use crate::ids::Id;
 use crate::store::tables::{ROOM_PARTICIPANTS, ROOMS, USER_ROOMS, org_id_id_key, org_id_key};
 use crate::store::writer::{MutationCtx, Tx, Writer};
@@ -145,9 +144,8 @@ pub async fn create(writer: &Writer, ctx: MutationCtx, owner: Id, f: RoomFields)
         .await
 }
 
-/// A room the principal may see, and their part in it.
-pub fn get(store: &Store, p: &Principal, id: Id) -> Result<(Room, Option<Participant>), DomainError> {
-    let (scope, user) = (OrgScope::member(p), p.user);
+/// A room `user` of `scope` may see, and their part in it.
+pub fn get(store: &Store, scope: OrgScope, user: Id, id: Id) -> Result<(Room, Option<Participant>), DomainError> {
     store.peek(|r| visible(r, scope.org(), user, id))
 }
 
@@ -174,14 +172,15 @@ pub struct RoomFilter {
     pub text: Option<String>,
 }
 
-/// Rooms the principal may see.
+/// Rooms `user` of `scope` may see.
 pub async fn list(
     store: &Store,
-    p: &Principal,
+    scope: OrgScope,
+    user: Id,
     page: PageRequest,
     filter: RoomFilter,
 ) -> Result<Page<(Room, Option<Participant>)>, DomainError> {
-    let (org, user) = (p.org, p.user);
+    let org = scope.org();
     store
         .read(move |r| {
             let start = page.after.as_deref().map_or_else(|| org.as_bytes().to_vec(), paging::key_after);
@@ -479,9 +478,9 @@ pub async fn change_role(
         .await
 }
 
-/// The participants of a room the principal may see.
-pub async fn participants(store: &Store, p: &Principal, id: Id) -> Result<Vec<Participant>, DomainError> {
-    let (org, user) = (p.org, p.user);
+/// The participants of a room `user` of `scope` may see.
+pub async fn participants(store: &Store, scope: OrgScope, user: Id, id: Id) -> Result<Vec<Participant>, DomainError> {
+    let org = scope.org();
     store
         .read(move |r| {
             visible(r, org, user, id)?;

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::paging::{self, Page, PageRequest};
 use super::{DomainError, FieldError, check};
-use crate::auth::policy::{self, Role};
+use crate::domain::policy::{self, Role};
 use crate::ids::{self, Id};
 use crate::store::tables::{ONE_TIME_TOKENS, USER_LOGINS, USERS, org_bytes_key, org_id_key};
 use crate::store::writer::{MutationCtx, Tx, Writer};

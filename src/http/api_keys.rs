@@ -13,9 +13,9 @@ use super::body::JsonBody;
 use super::users::RoleView;
 use super::{ApiTags, UserAuth, parse_id, user_ctx};
 use crate::app::App;
-use crate::auth::policy::{Permission, Role};
 use crate::domain::DomainError;
 use crate::domain::api_keys::{self, ApiKey, NewKey};
+use crate::domain::policy::{Permission, Role};
 use crate::ids::rfc3339;
 use crate::tenancy::OrgScope;
 

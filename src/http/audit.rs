@@ -251,7 +251,7 @@ impl OrgAuditApi {
         /// Page size, 1–1000 (default 100).
         limit: Query<Option<u32>>,
     ) -> Result<Json<AuditPage>, OrgAuditErrors> {
-        let p = auth.require(&app, crate::auth::policy::Permission::AuditRead).await?;
+        let p = auth.require(&app, crate::domain::policy::Permission::AuditRead).await?;
         let filter = audit_filter(actor.0, action.0, target.0, since.0, until.0)?;
         let limit = page_limit(limit.0)?;
         let page =
@@ -275,7 +275,7 @@ impl OrgAuditApi {
         since: Query<Option<String>>,
         until: Query<Option<String>>,
     ) -> Result<AuditExport, OrgAuditErrors> {
-        let p = auth.require(&app, crate::auth::policy::Permission::AuditRead).await?;
+        let p = auth.require(&app, crate::domain::policy::Permission::AuditRead).await?;
         let filter = audit_filter(actor.0, action.0, target.0, since.0, until.0)?;
         let (store, scope) = (app.store.clone(), OrgScope::member(&p));
         let pages = futures_util::stream::unfold(Some(0u64), move |after| {

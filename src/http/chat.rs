@@ -11,15 +11,15 @@ use super::auth_api::NoContent;
 use super::body::JsonBody;
 use super::problem::Problem;
 use super::realtime::{PresenceList, presence_list};
-use super::rendered::Rendered;
+use super::rendered::{PageCache, Rendered};
 use super::{ApiTags, UserAuth, parse_id, user_ctx};
 use crate::app::App;
 use crate::auth::Principal;
-use crate::auth::policy::{self, Permission, Role};
 use crate::domain::DomainError;
 use crate::domain::chat::{
     self, Anchor, Channel, ChannelKind, Member, Message, MessageChange, NewChannel, NewMessage, Place,
 };
+use crate::domain::policy::{self, Permission};
 use crate::ids::{Id, rfc3339};
 
 crate::problems!(ChatReadErrors: 400, 401, 403, 404, 422);
@@ -264,7 +264,12 @@ async fn channel_for(app: &App, auth: &UserAuth, channel_id: &str) -> Result<(Pr
     Ok((p, id))
 }
 
-pub struct ChatApi;
+/// Chat's operations, with the rendered history pages they keep (see `rendered`): one cache per
+/// served API, so each server in a process has its own.
+#[derive(Default)]
+pub struct ChatApi {
+    history_pages: PageCache<HistoryKey>,
+}
 
 #[OpenApi(tag = "ApiTags::Chat")]
 #[allow(clippy::too_many_arguments)] // query parameters are arguments by the framework's design
@@ -373,7 +378,8 @@ impl ChatApi {
         channel_id: Path<String>,
     ) -> Result<Json<ChannelView>, ChatWriteErrors> {
         let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
-        let (ch, me) = chat::archive(&app.writer, user_ctx(req, &p), p.user, is_admin(&p), id).await?;
+        let (ch, me) =
+            chat::archive(&app.writer, user_ctx(req, &p), p.user, policy::moderates_channels(p.role), id).await?;
         Ok(Json(channel_view(ch, me.as_ref())))
     }
 
@@ -412,7 +418,8 @@ impl ChatApi {
     ) -> Result<NoContent, ChatWriteErrors> {
         let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
         let target = user_id.0.parse().unwrap_or(Id::NIL);
-        chat::remove_member(&app.writer, user_ctx(req, &p), p.user, is_admin(&p), id, target).await?;
+        chat::remove_member(&app.writer, user_ctx(req, &p), p.user, policy::moderates_channels(p.role), id, target)
+            .await?;
         Ok(NoContent::Done)
     }
 
@@ -485,7 +492,7 @@ impl ChatApi {
         // generation before the store, so a page is never newer-labelled than its content.
         let key = HistoryKey { org: p.org, channel: id, anchor: anchor_key(anchor), thread, limit };
         let generation = app.bus.generation(p.org, &format!("channel:{id}"));
-        if let Some(page) = app.history_pages.get(&key, generation) {
+        if let Some(page) = self.history_pages.get(&key, generation) {
             // Who may read it is decided afresh every time.
             chat::get(&app.store, p.org, p.user, id)?;
             return Ok(Rendered::from_bytes(page));
@@ -493,7 +500,7 @@ impl ChatApi {
         let items =
             chat::history(&app.store, p.org, p.user, Place::Channel(id), anchor, thread, limit as usize).await?;
         let page = Rendered::of(&MessagePage { items: items.into_iter().map(message_view).collect() });
-        app.history_pages.put(key, generation, page.bytes());
+        self.history_pages.put(key, generation, page.bytes());
         Ok(page)
     }
 
@@ -658,11 +665,6 @@ pub(super) fn anchor(before: Option<u64>, after: Option<u64>, around: Option<u64
     }
 }
 
-/// Organization admins moderate channels they can see.
-pub(super) fn is_admin(p: &Principal) -> bool {
-    policy::allows(p.role, Permission::UsersManage) && p.role >= Role::Admin
-}
-
 async fn change(
     app: &App,
     auth: &UserAuth,
@@ -675,6 +677,15 @@ async fn change(
     let message = parse_id(message_id, "message")?;
     // Not found before not allowed: the message must be there for the caller to act on it.
     chat::message(&app.store, p.org, p.user, Place::Channel(id), message).await?;
-    let m = chat::change(&app.writer, user_ctx(req, &p), p.user, is_admin(&p), Place::Channel(id), message, c).await?;
+    let m = chat::change(
+        &app.writer,
+        user_ctx(req, &p),
+        p.user,
+        policy::moderates_channels(p.role),
+        Place::Channel(id),
+        message,
+        c,
+    )
+    .await?;
     Ok(Json(message_view(m)))
 }

@@ -18,10 +18,10 @@ use super::auth_api::NoContent;
 use super::body::{BinaryBody, JsonBody};
 use super::{ApiTags, UserAuth, parse_id, user_ctx};
 use crate::app::App;
-use crate::auth::policy::Permission;
 use crate::domain::DomainError;
 use crate::domain::docs::{self, Access, DocVersion, Document, EditSession};
 use crate::domain::paging::PageRequest;
+use crate::domain::policy::Permission;
 use crate::ids::{Id, rfc3339};
 use crate::tenancy::OrgScope;
 

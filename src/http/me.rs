@@ -13,8 +13,8 @@ use super::users::{Preferences, RoleView, UserView, user_view};
 use super::{ApiTags, UserAuth, parse_if_match, user_ctx};
 use crate::app::App;
 use crate::auth::password;
-use crate::auth::policy::{self, Permission};
 use crate::domain::DomainError;
+use crate::domain::policy::{self, Permission};
 use crate::domain::users::{self, ProfilePatch};
 use crate::tenancy::OrgScope;
 

@@ -19,11 +19,12 @@ use super::problem::Problem;
 use super::{ApiTags, UserAuth, parse_id, user_ctx};
 use crate::app::App;
 use crate::auth::Principal;
-use crate::auth::policy::{Permission, RoomRole};
 use crate::domain::DomainError;
+use crate::domain::policy::{Permission, RoomRole};
 use crate::domain::rooms::RoomStatus;
 use crate::ids::{Id, rfc3339};
 use crate::media::sfu::{Direction, SessionInfo, Sfu, SfuError};
+use crate::tenancy::OrgScope;
 
 crate::problems!(MediaErrors: 401, 403, 409);
 crate::problems!(SignalErrors: 400, 401, 403, 404, 409, 413, 415);
@@ -68,11 +69,70 @@ fn connection_view(s: &SessionInfo) -> ConnectionView {
 #[derive(Object, Debug)]
 #[oai(rename = "CallState")]
 pub struct CallStateView {
-    pub participants: Vec<crate::realtime::protocol::CallParticipant>,
+    pub participants: Vec<CallParticipantView>,
     pub active_speaker: Option<String>,
     pub locked: bool,
     /// The running recording's id, if the call is being recorded.
     pub recording: Option<String>,
+}
+
+/// One connection in a call (as in the realtime `call_state` frame).
+#[derive(Object, Debug)]
+#[oai(rename = "CallParticipant")]
+pub struct CallParticipantView {
+    pub connection: String,
+    pub user: String,
+    /// `call`, `publish` (WHIP) or `play` (WHEP).
+    pub direction: String,
+    pub tracks: Vec<CallTrackView>,
+    pub speaking: bool,
+    pub spatial: serde_json::Value,
+}
+
+/// One published track in a call (as in the realtime `call_state` frame).
+#[derive(Object, Debug)]
+#[oai(rename = "CallTrack")]
+pub struct CallTrackView {
+    /// The relay's id for the track.
+    pub id: String,
+    /// `audio` or `video`.
+    pub kind: String,
+    /// e.g. `video/VP8`, `video/H264`, `audio/opus`.
+    pub codec: String,
+    /// The publisher's own id for it.
+    pub track: String,
+    /// `mic`, `camera`, `screen` or `unknown`.
+    pub source: String,
+    pub muted: bool,
+    pub muted_by_moderator: bool,
+}
+
+// The realtime frame's shapes are the engine's; REST answers carry the same fields as API
+// objects.
+impl From<crate::realtime::protocol::CallParticipant> for CallParticipantView {
+    fn from(p: crate::realtime::protocol::CallParticipant) -> Self {
+        let tracks = p
+            .tracks
+            .into_iter()
+            .map(|t| CallTrackView {
+                id: t.id,
+                kind: t.kind,
+                codec: t.codec,
+                track: t.track,
+                source: t.source,
+                muted: t.muted,
+                muted_by_moderator: t.muted_by_moderator,
+            })
+            .collect();
+        Self {
+            connection: p.connection,
+            user: p.user,
+            direction: p.direction,
+            tracks,
+            speaking: p.speaking,
+            spatial: p.spatial,
+        }
+    }
 }
 
 fn direction_view(d: Direction) -> DirectionView {
@@ -85,7 +145,7 @@ fn direction_view(d: Direction) -> DirectionView {
 
 fn call_state_view(s: &crate::media::sfu::CallState) -> CallStateView {
     CallStateView {
-        participants: crate::realtime::call_participants(s),
+        participants: crate::realtime::call_participants(s).into_iter().map(CallParticipantView::from).collect(),
         active_speaker: s.active_speaker.map(|c| c.to_string()),
         locked: s.locked,
         recording: s.recording.map(|r| r.to_string()),
@@ -181,7 +241,7 @@ pub(super) fn sfu(app: &App) -> Result<&Sfu, DomainError> {
 /// The caller's joined role in room `id` if it is at least `need` (403 otherwise, 404 when
 /// they may not see it), and the room is live (409 when archived).
 fn call_role(app: &App, p: &Principal, room: Id, need: RoomRole) -> Result<RoomRole, DomainError> {
-    let (r, part) = crate::domain::rooms::get(&app.store, p, room)?;
+    let (r, part) = crate::domain::rooms::get(&app.store, OrgScope::member(p), p.user, room)?;
     let role = part.filter(|x| x.joined_at_ms.is_some()).map(|x| x.role);
     let Some(role) = role.filter(|r| *r >= need) else {
         return Err(DomainError::Forbidden {
@@ -200,7 +260,7 @@ fn call_role(app: &App, p: &Principal, room: Id, need: RoomRole) -> Result<RoomR
 /// Refuses (403) unless the caller holds `need` in room `id`, before anything about the
 /// request's body is looked at; the writer checks again when it records the act.
 pub(super) fn require_room_role(app: &App, p: &Principal, room: Id, need: RoomRole) -> Result<(), DomainError> {
-    let (_, part) = crate::domain::rooms::get(&app.store, p, room)?;
+    let (_, part) = crate::domain::rooms::get(&app.store, OrgScope::member(p), p.user, room)?;
     if part.filter(|x| x.joined_at_ms.is_some()).is_some_and(|x| x.role >= need) {
         Ok(())
     } else {
@@ -428,7 +488,8 @@ impl MediaApi {
         let Some(sfu) = app.sfu.as_ref() else { return Err(not_found.into()) };
         let Some(s) = sfu.session(p.org, id) else { return Err(not_found.into()) };
         if s.user != p.user {
-            let (_, part) = crate::domain::rooms::get(&app.store, &p, s.room).map_err(|_| not_found)?;
+            let (_, part) =
+                crate::domain::rooms::get(&app.store, OrgScope::member(&p), p.user, s.room).map_err(|_| not_found)?;
             let role = part.filter(|x| x.joined_at_ms.is_some()).map(|x| x.role);
             if role.is_none_or(|r| r < RoomRole::Moderator) {
                 return Err(DomainError::Forbidden {

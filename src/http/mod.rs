@@ -21,6 +21,7 @@ pub mod recordings;
 pub mod rendered;
 pub mod rooms;
 pub mod search;
+pub mod socket;
 pub mod tasks;
 pub mod tls;
 pub mod users;
@@ -35,9 +36,9 @@ use poem_openapi::{OpenApiService, OperationId, SecurityScheme, Tags};
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::auth::policy::Permission;
 use crate::auth::{self, Operator, Principal};
 use crate::domain::DomainError;
+use crate::domain::policy::Permission;
 use crate::ids::Id;
 use crate::metrics::{RouteLabels, RouteOnly};
 use crate::store::writer::MutationCtx;
@@ -163,7 +164,7 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
             users::UsersApi,
             api_keys::ApiKeysApi,
             rooms::RoomsApi,
-            chat::ChatApi,
+            chat::ChatApi::default(),
             tasks::TasksApi,
             search::SearchApi,
             docs::DocsApi,

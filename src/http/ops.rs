@@ -54,7 +54,7 @@ impl OpsApi {
     /// Readiness probe
     #[oai(path = "/health/ready", method = "get", operation_id = "getReadiness")]
     async fn ready(&self, app: Data<&App>) -> ReadyResponse {
-        let r = crate::ops::readiness(&app);
+        let r = app.readiness();
         let view = ReadyView {
             ready: r.ready,
             store_writable: r.store_writable,

@@ -16,10 +16,11 @@ use super::realtime::{PresenceList, presence_list};
 use super::{ApiTags, UserAuth, parse_id, parse_if_match, user_ctx};
 use crate::app::App;
 use crate::auth::Principal;
-use crate::auth::policy::{Permission, RoomRole};
 use crate::domain::paging::PageRequest;
+use crate::domain::policy::{Permission, RoomRole};
 use crate::domain::rooms::{self, Participant, Room, RoomFields, RoomFilter, RoomStatus, Visibility};
 use crate::ids::{Id, rfc3339};
+use crate::tenancy::OrgScope;
 
 crate::problems!(RoomReadErrors: 400, 401, 403, 404);
 crate::problems!(RoomWriteErrors: 400, 401, 403, 404, 409, 412, 413, 415, 422, 507);
@@ -281,7 +282,7 @@ impl RoomsApi {
             mine: mine.0.unwrap_or(false),
             text: q.0,
         };
-        let page = rooms::list(&app.store, &p, page, filter).await?;
+        let page = rooms::list(&app.store, OrgScope::member(&p), p.user, page, filter).await?;
         Ok(Json(RoomPage {
             items: page.items.into_iter().map(|(r, me)| view(r, me.as_ref())).collect(),
             next_cursor: page.next_cursor,
@@ -299,7 +300,7 @@ impl RoomsApi {
         room_id: Path<String>,
     ) -> Result<Json<RoomView>, RoomReadErrors> {
         let p = auth.check(&app).await?;
-        let (room, me) = rooms::get(&app.store, &p, parse_id(&room_id.0, "room")?)?;
+        let (room, me) = rooms::get(&app.store, OrgScope::member(&p), p.user, parse_id(&room_id.0, "room")?)?;
         p.require(Permission::RoomsRead)?;
         Ok(Json(view(room, me.as_ref())))
     }
@@ -422,7 +423,7 @@ impl RoomsApi {
         room_id: Path<String>,
     ) -> Result<Json<ParticipantList>, RoomReadErrors> {
         let (p, id) = room_for(&app, &auth, &room_id.0).await?;
-        let items = rooms::participants(&app.store, &p, id).await?;
+        let items = rooms::participants(&app.store, OrgScope::member(&p), p.user, id).await?;
         Ok(Json(ParticipantList { items: items.into_iter().map(participant_view).collect() }))
     }
 
@@ -509,7 +510,7 @@ impl RoomsApi {
 async fn room_for(app: &App, auth: &UserAuth, room_id: &str) -> Result<(Principal, Id), Problem> {
     let p = auth.check(app).await?;
     let id = parse_id(room_id, "room")?;
-    rooms::get(&app.store, &p, id)?;
+    rooms::get(&app.store, OrgScope::member(&p), p.user, id)?;
     p.require(Permission::RoomsRead)?;
     Ok((p, id))
 }

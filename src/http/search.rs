@@ -8,8 +8,8 @@ use poem_openapi::{Object, OpenApi};
 use super::problem::Problem;
 use super::{ApiTags, UserAuth};
 use crate::app::App;
-use crate::auth::policy::Permission;
 use crate::domain::DomainError;
+use crate::domain::policy::Permission;
 use crate::search;
 
 crate::problems!(SearchErrors: 400, 401, 403, 422);

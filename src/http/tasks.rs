@@ -9,15 +9,15 @@ use serde::Deserialize;
 
 use super::auth_api::NoContent;
 use super::body::JsonBody;
-use super::chat::{EditBody, MessagePage, MessageView, Posted, anchor, ids, is_admin, message_view};
+use super::chat::{EditBody, MessagePage, MessageView, Posted, anchor, ids, message_view};
 use super::problem::Problem;
 use super::{ApiTags, UserAuth, parse_id, parse_if_match, user_ctx};
 use crate::app::App;
 use crate::auth::Principal;
-use crate::auth::policy::Permission;
 use crate::domain::DomainError;
 use crate::domain::chat::{self, MessageChange, NewMessage, Place};
 use crate::domain::paging::PageRequest;
+use crate::domain::policy::Permission;
 use crate::domain::tasks::{self, Priority, Task, TaskFields, TaskFilter, TaskStatus};
 use crate::ids::{Id, rfc3339};
 use crate::tenancy::OrgScope;
@@ -560,7 +560,16 @@ async fn change_comment(
 ) -> Result<Json<MessageView>, TaskWriteErrors> {
     let (p, id) = task_for(app, auth, task_id, Permission::TasksWrite).await?;
     let comment = parse_id(comment_id, "message")?;
-    let m = chat::change(&app.writer, user_ctx(req, &p), p.user, is_admin(&p), Place::Task(id), comment, c).await?;
+    let m = chat::change(
+        &app.writer,
+        user_ctx(req, &p),
+        p.user,
+        crate::domain::policy::moderates_channels(p.role),
+        Place::Task(id),
+        comment,
+        c,
+    )
+    .await?;
     Ok(Json(message_view(m)))
 }
 

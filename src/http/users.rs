@@ -12,10 +12,10 @@ use serde::Deserialize;
 use super::body::JsonBody;
 use super::{ApiTags, UserAuth, parse_id, user_ctx};
 use crate::app::App;
-use crate::auth::policy::{Permission, Role};
 use crate::domain::paging::PageRequest;
+use crate::domain::policy::{Permission, Role};
+use crate::domain::sessions;
 use crate::domain::users::{self, AdminChange, NewInvite, User, UserFilter, UserStatus};
-use crate::domain::{DomainError, sessions};
 
 use crate::ids::rfc3339;
 use crate::tenancy::OrgScope;
@@ -306,12 +306,7 @@ impl UsersApi {
         let (p, target) = resolve(&app, &auth, &user_id.0).await?;
         p.require(Permission::UsersManage)?;
         let id = target.id;
-        if !crate::auth::policy::may_assign(p.role, target.role) {
-            return Err(DomainError::Forbidden {
-                detail: format!("your role cannot manage a {}", target.role.as_str()),
-            }
-            .into());
-        }
+        crate::domain::policy::require_may_manage(p.role, target.role)?;
         let n = sessions::revoke_all(&app.writer, user_ctx(req, &p), id).await?;
         Ok(Json(RevokedView { revoked: n as u64 }))
     }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use poem::web::Data;
 use poem::web::websocket::{Message as WsMessage, WebSocket, WebSocketConfig, WebSocketStream};
 use poem::{IntoResponse, Request, handler};
@@ -26,14 +26,14 @@ use yrs::updates::decoder::Decode;
 
 use super::parse_id;
 use super::problem::Problem;
+use super::socket::{self, Budget, End, LapseCodes, Sink, Stream, WriteFailed, bye, socket_ctx};
 use crate::app::App;
 use crate::auth::Principal;
-use crate::auth::policy::Permission;
 use crate::docs::{Engine, Frame, Joined, LiveDoc, encode};
 use crate::domain::DomainError;
 use crate::domain::docs::{self, Access, EditSession};
+use crate::domain::policy::Permission;
 use crate::ids::{self, Id};
-use crate::realtime::conn::{Budget, Lapsed, Sink, Stream, bye, recheck_token, socket_ctx};
 use crate::realtime::pace::Pacer;
 use crate::store::StoreError;
 use crate::tenancy::OrgScope;
@@ -56,8 +56,12 @@ pub mod close {
     pub const NOT_FOUND: u16 = 4404;
 }
 
-/// A write the client does not take within this long ends the connection.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How a lapsed token closes a sync socket.
+const LAPSE: LapseCodes = LapseCodes {
+    expired: close::UNAUTHORIZED,
+    expired_reason: "the access token expired; reconnect with a fresh one",
+    revoked: close::REVOKED,
+};
 /// Frames already waiting on the socket taken into one commit at most.
 const DRAIN_MAX: usize = 64;
 /// Queued frames written with one flush at most.
@@ -104,12 +108,6 @@ struct Session {
     budget: Budget,
     /// Awareness held back by the rate limit: the latest entry per client.
     held: HashMap<u64, yrs::sync::awareness::AwarenessUpdateEntry>,
-}
-
-/// Why a socket ends.
-enum End {
-    Gone,
-    Close(u16, String),
 }
 
 impl Session {
@@ -205,7 +203,7 @@ impl Session {
                 let Ok(f) = self.engine.step2(&self.joined.live, sv).await else {
                     return Err(End::Close(close::TRY_LATER, "the document could not be read".into()));
                 };
-                self.write(&[f]).await.map_err(|()| End::Gone)?;
+                self.write(&[f]).await?;
             }
             Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u)) => {
                 if self.access == Access::Write {
@@ -220,7 +218,7 @@ impl Session {
             Message::Awareness(update) => self.awareness(update),
             Message::AwarenessQuery => {
                 if let Some(f) = self.engine.awareness_all(&self.joined.live) {
-                    self.write(&[f]).await.map_err(|()| End::Gone)?;
+                    self.write(&[f]).await?;
                 }
             }
             Message::Auth(_) | Message::Custom(..) => {}
@@ -270,22 +268,14 @@ impl Session {
     /// Tells the client its change was refused (the protocol's permission-denied message).
     async fn deny(&mut self, reason: &str) -> Result<(), End> {
         let f = encode(&Message::Auth(Some(reason.to_owned())));
-        self.write(&[f]).await.map_err(|()| End::Gone)
+        Ok(self.write(&[f]).await?)
     }
 
     /// The token, session and user are still good, and the document still readable (and
     /// what the caller may do with it now).
     async fn recheck(&mut self) -> Result<(), End> {
-        match recheck_token(&self.app, &self.token).await {
-            Ok(Some(p)) => self.p = p,
-            Ok(None) => {}
-            Err(Lapsed::Expired) => {
-                return Err(End::Close(
-                    close::UNAUTHORIZED,
-                    "the access token expired; reconnect with a fresh one".into(),
-                ));
-            }
-            Err(Lapsed::Revoked(why)) => return Err(End::Close(close::REVOKED, why)),
+        if let Some(p) = socket::recheck_token(&self.app, &self.token, &LAPSE).await? {
+            self.p = p;
         }
         match docs::get(&self.app.store, OrgScope::member(&self.p), self.p.user, self.joined.live.id) {
             Ok((_, access)) => {
@@ -298,7 +288,7 @@ impl Session {
     }
 
     /// Writes `held` and what queued behind it, with one flush.
-    async fn write_out(&mut self, held: &mut Vec<Frame>, pacer: &mut Pacer) -> Result<(), ()> {
+    async fn write_out(&mut self, held: &mut Vec<Frame>, pacer: &mut Pacer) -> Result<(), WriteFailed> {
         while held.len() < WRITE_BATCH_MAX {
             match self.joined.rx.try_recv() {
                 Ok(f) => held.push(f),
@@ -311,17 +301,9 @@ impl Session {
         Ok(())
     }
 
-    async fn write(&mut self, frames: &[Frame]) -> Result<(), ()> {
-        let send = async {
-            for f in frames {
-                self.sink.feed(WsMessage::Binary(f.to_vec())).await?;
-            }
-            self.sink.flush().await
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, send).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(()),
-        }
+    async fn write(&mut self, frames: &[Frame]) -> Result<(), WriteFailed> {
+        let messages = frames.iter().map(|f| WsMessage::Binary(f.to_vec())).collect();
+        socket::write_all(&mut self.sink, messages).await.map(|_| ())
     }
 
     /// Closes the editing session in the audit chain.

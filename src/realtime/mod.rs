@@ -7,8 +7,6 @@
 //! for what it missed, so nothing is skipped. Sockets replay missed events from the log on
 //! `subscribe {since}` and drop duplicates at the seam by `seq`. See `openapi/realtime.md`.
 
-pub mod calls;
-pub mod conn;
 pub mod ephemeral;
 pub mod pace;
 pub mod protocol;
@@ -22,12 +20,13 @@ use tokio::sync::{Notify, mpsc};
 use self::ephemeral::{Lock, LockRefusal, Locks, Mailbox, Presence};
 use self::protocol::ServerFrame;
 use crate::auth::Principal;
-use crate::auth::policy::Permission;
 use crate::domain::DomainError;
+use crate::domain::policy::Permission;
 use crate::ids::Id;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::events::{BusReceiver, Event};
+use crate::tenancy::OrgScope;
 
 /// Why a socket is being told to stop, set by whoever decided it.
 pub struct Signal {
@@ -500,7 +499,7 @@ pub fn may_follow(store: &Store, p: &Principal, topic: &str) -> Result<(), Domai
         "user" if id()? == p.user => Ok(()),
         "user" => Err(DomainError::Forbidden { detail: "only your own inbox".into() }),
         "room" => {
-            crate::domain::rooms::get(store, p, id()?)?;
+            crate::domain::rooms::get(store, OrgScope::member(p), p.user, id()?)?;
             p.require(Permission::RoomsRead).map_err(|_| DomainError::Forbidden { detail: "rooms.read".into() })
         }
         "channel" => {

@@ -164,8 +164,7 @@ pub struct CallTrackUpdate {
 }
 
 /// One published track in a `call_state` (and in `GET /v1/rooms/{id}/call`).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, poem_openapi::Object)]
-#[oai(rename = "CallTrack")]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 pub struct CallTrack {
     /// The relay's id for the track.
     pub id: String,
@@ -182,8 +181,7 @@ pub struct CallTrack {
 }
 
 /// One connection in a `call_state` (and in `GET /v1/rooms/{id}/call`).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, poem_openapi::Object)]
-#[oai(rename = "CallParticipant")]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 pub struct CallParticipant {
     pub connection: String,
     pub user: String,

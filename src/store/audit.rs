@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tables::{self, AUDIT, AUDIT_HEADS};
 use super::{Reader, StoreError, decode, prefix_end};
-use crate::ids::Id;
+use crate::ids::{Id, hex, unhex32 as unhex};
 use crate::tenancy::OrgScope;
 
 /// One audit record, as stored.
@@ -253,23 +253,4 @@ impl Reader {
         })?;
         Ok(orphan)
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
-    }
-    Some(out)
 }

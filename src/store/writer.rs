@@ -660,7 +660,7 @@ impl DiskCheck {
         }
         if self.checked.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
             self.checked = Some(Instant::now());
-            self.low = crate::ops::free_disk_bytes(&opts.data_dir).is_some_and(|free| free < opts.min_free_disk_bytes);
+            self.low = super::free_disk_bytes(&opts.data_dir).is_some_and(|free| free < opts.min_free_disk_bytes);
         }
         self.low
     }

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use outpost::domain::DomainError;
-use outpost::store::events::{self, BusItem, Follower, Retention};
+use outpost::store::events::BusItem;
+use outpost::store::followers::{self, Follower, Retention};
 use outpost::store::writer::MutationCtx;
 use outpost::tenancy::OrgScope;
 use serde_json::json;
@@ -68,12 +69,12 @@ async fn retention_trims_by_count_but_waits_for_followers() {
     emit(&app, 30).await;
     f.checkpoint(12).await.unwrap();
     let retention = Retention { age: Duration::from_secs(3600), count_max: 5, batch_max: 1000 };
-    let removed = events::trim(&app.writer, retention).await.unwrap();
+    let removed = followers::trim(&app.writer, retention).await.unwrap();
     assert_eq!(removed, 12, "only what the follower has applied goes");
     let bounds = app.store.reader().unwrap().log_bounds(&OrgScope::INSTANCE).unwrap();
     assert_eq!((bounds.first_seq, bounds.head_seq), (13, 31));
     f.checkpoint(31).await.unwrap();
-    let removed = events::trim(&app.writer, retention).await.unwrap();
+    let removed = followers::trim(&app.writer, retention).await.unwrap();
     assert_eq!(removed, 14);
     let reader = app.store.reader().unwrap();
     let left = reader.events_after(&OrgScope::INSTANCE, None, 0, 100).unwrap();
@@ -85,7 +86,7 @@ async fn retention_trims_by_count_but_waits_for_followers() {
     // By age: everything older than the limit goes (the follower has applied it all).
     tokio::time::sleep(Duration::from_millis(5)).await;
     let by_age = Retention { age: Duration::ZERO, count_max: u64::MAX, batch_max: 1000 };
-    assert_eq!(events::trim(&app.writer, by_age).await.unwrap(), 5);
+    assert_eq!(followers::trim(&app.writer, by_age).await.unwrap(), 5);
     let bounds = app.store.reader().unwrap().log_bounds(&OrgScope::INSTANCE).unwrap();
     assert_eq!((bounds.first_seq, bounds.head_seq), (0, 31), "the head stays after trimming");
     // New events continue the sequence.

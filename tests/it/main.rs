@@ -15,6 +15,7 @@ mod events;
 mod identity;
 mod isolation;
 mod journey;
+mod layers;
 mod media;
 mod openapi;
 mod orgs;

@@ -4,7 +4,7 @@
 //! name a room role (`Room role: \`…\``), when the caller holds it in the room — and refused
 //! with 403 otherwise.
 
-use outpost::auth::policy::{self, Permission, Role, RoomRole};
+use outpost::domain::policy::{self, Permission, Role, RoomRole};
 use serde_json::Value;
 
 use crate::identity::{create_org, login, operator_invite_and_accept};

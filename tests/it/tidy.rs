@@ -55,3 +55,26 @@ fn architecture_names_every_module() {
         .collect();
     assert!(missing.is_empty(), "ARCHITECTURE.md's code map lacks: {missing:?}");
 }
+
+/// Only the transport knows poem: `src/http`, and `src/server.rs`, which serves it.
+#[test]
+fn only_the_transport_knows_poem() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let mut problems = Vec::new();
+    for f in &files {
+        let name = f.strip_prefix(root).unwrap().display().to_string();
+        if name.starts_with("src/http/") || name == "src/server.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains("poem::") || code.contains("poem_openapi") {
+                problems.push(format!("{name}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "poem outside the transport:\n{}", problems.join("\n"));
+}

@@ -6,15 +6,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::ephemeral::Mailbox;
-use super::protocol::{CallTrackUpdate, ServerFrame};
 use crate::app::App;
 use crate::auth::Principal;
-use crate::auth::policy::{Permission, RoomRole};
+use crate::domain::policy::{Permission, RoomRole};
 use crate::domain::rooms::RoomStatus;
 use crate::ids::Id;
 use crate::media::sfu::peer::Quality;
 use crate::media::sfu::{Direction, Note, NoteSink, SPATIAL_BYTES_MAX, Sfu, SfuError};
+use crate::realtime::ephemeral::Mailbox;
+use crate::realtime::protocol::{CallTrackUpdate, ServerFrame};
+use crate::tenancy::OrgScope;
 
 /// Tracks a `call_update` may label at once.
 const TRACK_UPDATES_MAX: usize = 16;
@@ -119,7 +120,7 @@ impl Calls {
         let Ok(room_id) = room.parse::<Id>() else {
             return error("not_found", "no such room", r#ref);
         };
-        let (r, part) = match crate::domain::rooms::get(&app.store, p, room_id) {
+        let (r, part) = match crate::domain::rooms::get(&app.store, OrgScope::member(p), p.user, room_id) {
             Ok(x) => x,
             Err(crate::domain::DomainError::NotFound { .. }) => return error("not_found", "no such room", r#ref),
             Err(e) => return error("unavailable", e.to_string(), r#ref),

@@ -2,6 +2,9 @@
 //! documented in `openapi/realtime.md`, not in the OpenAPI document (which cannot describe a
 //! socket's frames).
 
+pub mod calls;
+pub mod conn;
+
 use poem::web::Data;
 use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::{IntoResponse, Request, handler};
@@ -37,7 +40,7 @@ pub fn realtime(req: &Request, ws: WebSocket, app: Data<&App>) -> impl IntoRespo
         .max_frame_size(Some(FRAME_BYTES_MAX));
     ws.protocols([SUBPROTOCOL])
         .config(config)
-        .on_upgrade(move |socket| crate::realtime::conn::serve(app, hub, socket, offered.or(bearer)))
+        .on_upgrade(move |socket| conn::serve(app, hub, socket, offered.or(bearer)))
 }
 
 /// Someone here on a room or channel (a socket with presence set).

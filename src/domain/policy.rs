@@ -179,6 +179,22 @@ pub fn may_assign(actor: Role, target_role: Role) -> bool {
     }
 }
 
+/// Refuses (403) unless `actor` may manage a user who holds `target_role` (revoke their
+/// sessions, change them): `may_assign` as a domain error.
+pub fn require_may_manage(actor: Role, target_role: Role) -> Result<(), super::DomainError> {
+    if may_assign(actor, target_role) {
+        Ok(())
+    } else {
+        Err(super::DomainError::Forbidden { detail: format!("your role cannot manage a {}", target_role.as_str()) })
+    }
+}
+
+/// Organization admins (and owners) moderate the channels they can see: archive them, remove
+/// members, change others' messages.
+pub fn moderates_channels(role: Role) -> bool {
+    allows(role, Permission::UsersManage) && role >= Role::Admin
+}
+
 /// Every permission `role` holds.
 pub fn permissions(role: Role) -> Vec<Permission> {
     Permission::ALL.into_iter().filter(|p| allows(role, *p)).collect()

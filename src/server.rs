@@ -1,0 +1,180 @@
+//! The server: `run` serves one data dir on one listener until its shutdown future resolves.
+//!
+//! It starts the running parts (`App`), the admin socket, the background loops (retention, the
+//! realtime dispatcher, the document janitor, the media followers, the search indexer, systemd's
+//! watchdog), serves HTTP, and on shutdown drains requests, closes sockets with going-away,
+//! stops the followers and flushes the writer. This is the top of the layers: it may use any
+//! module, and none uses it.
+//!
+//! `sd_notify` messages go out only when systemd asked for them (`NOTIFY_SOCKET` set);
+//! otherwise they are no-ops.
+
+use std::future::Future;
+use std::time::Duration;
+
+use poem::listener::{Acceptor, AcceptorExt, TcpAcceptor};
+
+use crate::app::{self, App};
+use crate::config::Config;
+use crate::{admin, http, search, store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot start: {0}")]
+    Start(#[from] app::StartError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves `config` on `listener` until `shutdown` resolves, then stops accepting, drains
+/// in-flight requests (up to the configured bound), commits everything queued and returns.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let (app, report) = App::start(config).await?;
+    let admin_path = app.config.admin_socket();
+    let admin = admin::bind(&admin_path)?;
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(admin::serve(admin, app.clone()));
+    background.spawn(app.clone().retention_loop());
+    background.spawn(watchdog(app.clone()));
+    background.spawn(app.hub.clone().run(app.bus.subscribe(), app.store.clone(), app.bus.head_gseq()));
+    background.spawn(app.hub.clone().expire_locks());
+    background.spawn(app.hub.busy.clone().sample());
+    background.spawn(app.docs.clone().janitor());
+    if let Some(turn) = app.turn.clone() {
+        background.spawn(turn.watch(app.metrics.clone()));
+    }
+    if let Some(sfu) = app.sfu.clone() {
+        background.spawn(sfu.follow_rooms(app.bus.subscribe(), app.store.clone(), app.bus.head_gseq()));
+    }
+
+    let (stop_search, search_stopped) = tokio::sync::watch::channel(false);
+    let search_task = start_search(&app, search_stopped).await?;
+
+    let tcp = http::tls::NoDelay(TcpAcceptor::from_tokio(listener)?);
+    let acceptor = match (&app.config.tls.cert_file, &app.config.tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let tls = http::tls::Reloadable::open(cert, key)
+                .map_err(|e| RunError::Io(std::io::Error::other(e.to_string())))?;
+            background.spawn(tls.clone().watch(Duration::from_secs(app.config.tls.reload_interval_s.max(1))));
+            http::tls::TlsAcceptor::new(tcp, tls).boxed()
+        }
+        _ => tcp.boxed(),
+    };
+    let addr = acceptor
+        .local_addr()
+        .iter()
+        .find_map(|a| a.as_socket_addr().copied())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(
+        listen = %addr,
+        data_dir = %app.config.data_dir.display(),
+        epoch = report.epoch,
+        created = report.created,
+        version = crate::VERSION,
+        "outpost is ready"
+    );
+    if !has_operator_key(&app) {
+        tracing::info!(
+            "no operator key yet: create one with `outpost operator create-key --data {}`",
+            app.config.data_dir.display()
+        );
+    }
+    notify_ready();
+
+    let drain = Duration::from_millis(app.config.shutdown.drain_timeout_ms);
+    let hub = app.hub.clone();
+    let stopping = async move {
+        shutdown.await;
+        notify_stopping();
+        // Realtime sockets close with going-away and their resume positions.
+        hub.shutdown();
+        tracing::info!("stopping: draining requests");
+    };
+    let served = poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(http::routes(app.clone()), stopping, Some(drain))
+        .await;
+    background.shutdown().await;
+    if let Some(turn) = &app.turn {
+        turn.close().await;
+    }
+    // The indexer finishes the batch it is on (it holds the store until then).
+    let _ = stop_search.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(30), search_task).await;
+    let _ = std::fs::remove_file(&admin_path);
+    app.writer.shutdown().await;
+    // Tasks that held the app (connections being torn down, finished reads) let go of it
+    // within moments; wait for that, so the data dir is free for whoever comes next.
+    let store = app.store.clone();
+    drop(app);
+    let released = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.handles() > 1 && tokio::time::Instant::now() < released {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(store);
+    tracing::info!("stopped");
+    served.map_err(RunError::from)
+}
+
+/// Opens the search index (filling a new one from the store first) and starts its follower.
+async fn start_search(
+    app: &App,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
+    let search_err = |e: search::SearchError| RunError::Io(std::io::Error::other(e.to_string()));
+    let dir = app.config.data_dir.join("search");
+    let index = tokio::task::spawn_blocking(move || search::SearchIndex::open(&dir))
+        .await
+        .map_err(|e| RunError::Io(std::io::Error::other(e.to_string())))?
+        .map_err(search_err)?;
+    let index = std::sync::Arc::new(index);
+    if index.created {
+        search::reindex(&app.store, &app.writer, &index, &mut |_, _| {}).await.map_err(search_err)?;
+        tracing::info!(documents = index.len(), "search index built from the store");
+    }
+    let _ = app.search.set(index.clone());
+    Ok(tokio::spawn(search::follow(
+        app.store.clone(),
+        app.bus.clone(),
+        app.writer.clone(),
+        app.followers.clone(),
+        index,
+        stop,
+    )))
+}
+
+fn has_operator_key(app: &App) -> bool {
+    app.store
+        .reader()
+        .and_then(|r| r.range(store::tables::OPERATOR_KEYS, &[], &[0xff; 33], false, 1))
+        .is_ok_and(|rows| !rows.is_empty())
+}
+
+/// Tells systemd the server is ready (no-op outside systemd).
+pub fn notify_ready() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// Tells systemd the server is stopping (no-op outside systemd).
+pub fn notify_stopping() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+/// Pets systemd's watchdog at half its interval while the store stays writable. Returns when
+/// no watchdog is configured.
+pub async fn watchdog(app: App) {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval / 2);
+    loop {
+        tick.tick().await;
+        if app.writer.state().alive() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }
+}
