@@ -80,7 +80,8 @@ pub async fn run(
     );
     if !has_operator_key(&app) {
         tracing::info!(
-            "no operator key yet: create one with `outpost operator create-key --data {}`",
+            "no operator key yet: create one with `{} operator create-key --data {}`",
+            this_binary(),
             app.config.data_dir.display()
         );
     }
@@ -145,6 +146,15 @@ async fn start_search(
         index,
         stop,
     )))
+}
+
+/// How to run this binary again, as it was started: `target/release/outpost` under
+/// `cargo run`, `outpost` when it was found on the `PATH` (or when the server runs inside
+/// another program, such as a test).
+fn this_binary() -> String {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    let ours = std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "outpost");
+    if ours { argv0 } else { "outpost".to_owned() }
 }
 
 fn has_operator_key(app: &App) -> bool {

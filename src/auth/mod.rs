@@ -1,15 +1,19 @@
 //! Authentication: turning presented credentials into principals.
 //!
-//! For now the instance's operators, who authenticate with an operator API key as a bearer
-//! token. An `Operator` value is proof that a key was checked; operator code needs one to make
-//! an `OrgScope` for the organization it reaches into.
+//! Three kinds of credential. The instance's operators present an operator API key as a bearer
+//! token; an `Operator` value is proof that a key was checked, and operator code needs one to
+//! make an `OrgScope` for the organization it reaches into. Users present a PASETO access
+//! token (`tokens`), checked against the key ring (`keys`) and then against the store: the
+//! session must stand, the user and the organization must be active. Apps and service accounts
+//! present an API key, checked against its stored hash, expiry and owner. The result is a
+//! `Principal`, which the transport turns into the ids and `OrgScope` the domain takes.
 //!
-//! Users authenticate with a PASETO access token (`tokens`), checked against the key ring
-//! (`keys`) and then against the store: the session must stand, the user and the organization
-//! must be active. The result is a `Principal`, the only way domain code learns who is asking.
+//! This layer sits above the domain: it reads the domain's records (sessions, users, keys) to
+//! decide, and the domain never sees a credential.
 //!
-//! Checked keys are remembered in a small bounded cache (by the SHA-256 of the presented
-//! text, for `KEY_CACHE_TTL`), so a busy client does not cost a store read per request.
+//! Checked operator keys are remembered in a small bounded cache (by the SHA-256 of the
+//! presented text, for `KEY_CACHE_TTL`), so a busy client does not cost a store read per
+//! request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,8 +32,8 @@ use crate::store::{Store, StoreError};
 use crate::tenancy::OrgScope;
 use tokens::TokenError;
 
-/// How long a checked key is trusted without looking again. Key revocation (when it exists)
-/// must also clear the cache.
+/// How long a checked key is trusted without looking again. Operator keys are created and never
+/// revoked by any command; one that did revoke them would have to clear this cache too.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
 /// Most keys remembered; a full cache is emptied rather than grown.
 pub const KEY_CACHE_LEN_MAX: usize = 4096;

@@ -1,10 +1,9 @@
 //! The policy: who may do what. Every operation names the `Permission` it needs; this module
 //! alone decides which roles hold it.
 //!
-//! Organization roles are ordered (guest < member < admin < owner). Room roles arrive with
-//! rooms as a second axis decided here too: a check will name the resource it is about (a
-//! viewer in one room, a host in another), and handlers keep asking this module only, never
-//! comparing roles themselves.
+//! Organization roles are ordered (guest < member < admin < owner). Room roles are a second
+//! axis decided here too: a check names the room it is about (a viewer in one room, a host in
+//! another), and handlers ask this module, never comparing roles themselves.
 
 use serde::{Deserialize, Serialize};
 

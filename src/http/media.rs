@@ -76,7 +76,7 @@ pub struct CallStateView {
     pub recording: Option<String>,
 }
 
-/// One connection in a call (as in the realtime `call_state` frame).
+/// One connection in a `call_state` (and in `GET /v1/rooms/{id}/call`).
 #[derive(Object, Debug)]
 #[oai(rename = "CallParticipant")]
 pub struct CallParticipantView {
@@ -89,7 +89,7 @@ pub struct CallParticipantView {
     pub spatial: serde_json::Value,
 }
 
-/// One published track in a call (as in the realtime `call_state` frame).
+/// One published track in a `call_state` (and in `GET /v1/rooms/{id}/call`).
 #[derive(Object, Debug)]
 #[oai(rename = "CallTrack")]
 pub struct CallTrackView {
