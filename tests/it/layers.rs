@@ -7,7 +7,9 @@
 //! children (`http` to its handlers), and only the children's imports of anything else count.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::tidy::rust_files;
 
 /// One reference from a module to another.
 #[derive(Debug, Clone)]
@@ -47,17 +49,6 @@ fn layer_index(layers: &[(String, Vec<String>)], module: &str) -> Option<usize> 
         }
     }
     best.map(|(_, i)| i)
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|e| e == "rs") {
-            out.push(p);
-        }
-    }
 }
 
 /// `src/a/b.rs` → `a::b`, `src/a/mod.rs` → `a`, `src/lib.rs` → `` (the crate root).
