@@ -267,6 +267,7 @@ impl App {
     /// Brings state gauges up to date before a scrape.
     pub fn refresh_gauges(&self) {
         let m = &self.metrics;
+        m.catch_up();
         m.writer_queue_len.set(self.writer.queue_len() as i64);
         #[allow(clippy::cast_possible_truncation)] // 0 to 1000
         m.runtime_workers_busy_permille.set((self.hub.busy.get() * 1000.0).round() as i64);

@@ -1,7 +1,7 @@
 //! The `outpost` command line. Only argument parsing, logging set-up and dispatch live here;
 //! every command's work is in the library.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -154,7 +154,7 @@ fn main() -> ExitCode {
         }),
         Command::Restore { from, force } => {
             let Some(data) = cli.data.clone() else {
-                eprintln!("error: restore needs --data DIR (the data dir to restore into)");
+                say_err("error: restore needs --data DIR (the data dir to restore into)");
                 return ExitCode::from(2);
             };
             report(commands::restore(&from, &data, force).map(|s| {
@@ -193,7 +193,7 @@ fn main() -> ExitCode {
         Command::Operator { command: OperatorCommand::CreateKey { name } } => with_config(load(), |c| {
             let (id, token) = commands::create_operator_key(&c, &name)?;
             if std::io::stdout().is_terminal() {
-                eprintln!("created operator key {id}; it is shown only this once:");
+                say_err(&format!("created operator key {id}; it is shown only this once:"));
             }
             println!("{token}");
             Ok(ExitCode::SUCCESS)
@@ -206,7 +206,7 @@ fn serve(config: Config) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            say_err(&format!("error: cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -223,7 +223,7 @@ fn serve(config: Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "outpost failed");
-            eprintln!("error: {e}");
+            say_err(&format!("error: {e}"));
             ExitCode::FAILURE
         }
     }
@@ -255,8 +255,14 @@ fn init_logging(config: &Config) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(std::io::stdout().is_terminal());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_writer(|| LogOut)
+        // A failed write is counted by `LogOut`; reporting it on stderr would fail the same way
+        // when both go to the same full disk, and a failed report there panics.
+        .log_internal_errors(false);
     if json {
         builder.json().with_current_span(true).with_span_list(false).init();
     } else {
@@ -264,8 +270,32 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// Where log lines go: standard output, and a line that cannot be written (output closed, disk
+/// full) is dropped and counted (`outpost_log_lines_dropped`), never an error that could stop
+/// the server.
+struct LogOut;
+
+impl Write for LogOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::io::stdout().write_all(buf).is_err() {
+            outpost::metrics::log_line_dropped();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stdout().flush();
+        Ok(())
+    }
+}
+
+/// A message for the operator on standard error; nothing to do when that cannot be written.
+fn say_err(message: &str) {
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
 fn config_failed(e: &outpost::config::ConfigError) -> ExitCode {
-    eprintln!("error: {e}");
+    say_err(&format!("error: {e}"));
     ExitCode::from(2)
 }
 
@@ -281,7 +311,7 @@ fn with_config(
 
 fn report(r: Result<ExitCode, commands::CommandError>) -> ExitCode {
     r.unwrap_or_else(|e| {
-        eprintln!("error: {e}");
+        say_err(&format!("error: {e}"));
         ExitCode::FAILURE
     })
 }

@@ -4,12 +4,29 @@
 //! Gauges that describe state elsewhere (queue depths, log head, follower lag) are refreshed
 //! when `/metrics` is rendered.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+/// Log lines the process could not write (its output gone, or on a full disk). The one
+/// process-wide count: logging itself is process-wide. Each server's `log_lines_dropped`
+/// catches up with it when `/metrics` is rendered.
+static LOG_LINES_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a log line that could not be written.
+pub fn log_line_dropped() {
+    LOG_LINES_DROPPED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Log lines dropped so far in this process.
+pub fn log_lines_dropped() -> u64 {
+    LOG_LINES_DROPPED.load(Ordering::Relaxed)
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -73,6 +90,7 @@ pub struct Metrics {
     pub media_layer_switches: Counter,
     pub media_datagrams_unrouted: Counter,
     pub media_datagrams_dropped: Counter,
+    pub log_lines_dropped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -244,6 +262,12 @@ impl Metrics {
             "Datagrams on the media port dropped because their connection's queue was full",
             media_datagrams_dropped.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines that could not be written (output closed or disk full) and were dropped",
+            log_lines_dropped.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -286,6 +310,15 @@ impl Metrics {
             media_layer_switches,
             media_datagrams_unrouted,
             media_datagrams_dropped,
+            log_lines_dropped,
+        }
+    }
+
+    /// Brings the process-wide counts (dropped log lines) up to date.
+    pub fn catch_up(&self) {
+        let behind = log_lines_dropped().saturating_sub(self.log_lines_dropped.get());
+        if behind > 0 {
+            self.log_lines_dropped.inc_by(behind);
         }
     }
 

@@ -19,6 +19,7 @@ mod layers;
 mod media;
 mod openapi;
 mod orgs;
+mod output;
 mod realtime;
 mod roles;
 mod rooms;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::BIN;
 
-fn wait_for(sock: &UnixDatagram, want: &str) -> Vec<String> {
+pub fn wait_for(sock: &UnixDatagram, want: &str) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
