@@ -500,6 +500,15 @@ impl Config {
         if issues.is_empty() { Ok(()) } else { Err(ConfigError(issues)) }
     }
 
+    /// Reads a configuration file's text over the defaults and validates it (no environment,
+    /// no overrides): what `load` does with the file alone.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let fig = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        let config: Config = fig.extract().map_err(|e| ConfigError(e.into_iter().map(|e| issue(&e)).collect()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// The effective configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod docs;
 pub mod domain;
+pub mod fuzzing;
 pub mod http;
 pub mod ids;
 pub mod limits;

@@ -107,7 +107,7 @@ struct Session {
     bytes: u64,
     budget: Budget,
     /// Awareness held back by the rate limit: the latest entry per client.
-    held: HashMap<u64, yrs::sync::awareness::AwarenessUpdateEntry>,
+    held: HashMap<yrs::ClientID, yrs::sync::awareness::AwarenessUpdateEntry>,
 }
 
 impl Session {

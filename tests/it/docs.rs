@@ -172,7 +172,7 @@ async fn denied(ws: &mut Ws) -> String {
 /// Client `client`'s state in the next awareness message that names it.
 async fn awareness_of(ws: &mut Ws, client: u64) -> String {
     until(ws, |m| match m {
-        Message::Awareness(u) => u.clients.get(&client).map(|e| e.json.to_string()),
+        Message::Awareness(u) => u.clients.get(&yrs::ClientID::new(client)).map(|e| e.json.to_string()),
         _ => None,
     })
     .await
@@ -303,7 +303,11 @@ async fn sync_socket_relays_only_what_is_durable_and_refuses_viewers() {
     assert_eq!(read(&state(&s.base, &s.http, &f.outsider.access, &doc).await).0, "one");
     // Awareness goes to the others, and goes away when its socket does.
     let aw = yrs::sync::AwarenessUpdate {
-        clients: [(77, yrs::sync::awareness::AwarenessUpdateEntry { clock: 1, json: r#"{"user":"a"}"#.into() })].into(),
+        clients: [(
+            yrs::ClientID::new(77),
+            yrs::sync::awareness::AwarenessUpdateEntry { clock: 1, json: r#"{"user":"a"}"#.into() },
+        )]
+        .into(),
     };
     send(&mut a, &Message::Awareness(aw)).await;
     assert_eq!(awareness_of(&mut b, 77).await, r#"{"user":"a"}"#);
@@ -582,4 +586,25 @@ async fn lost_access_closes_sockets_and_idle_documents_unload() {
     assert_eq!(loaded, 0);
     assert_eq!(metric("docs_connections ").await, 0);
     s.stop().await;
+}
+
+/// Updates that decode but never integrate (what they build on does not exist) are stored, and
+/// never break reading the document: found by fuzzing, this one made yrs panic when the state
+/// was encoded with its pending structures (every sync and every compaction), which stops a
+/// release server (it aborts on panic).
+#[tokio::test]
+async fn an_update_that_never_integrates_leaves_the_document_readable() {
+    let s = TestServer::start().await;
+    let f = setup(&s).await;
+    let base = state(&s.base, &s.http, &f.editor.access, &f.doc).await;
+    let r = apply(&s, &f.editor.access, &f.doc, edit(&base, "k", "kept")).await;
+    assert_eq!(r.status(), 200);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let finding = std::fs::read(root.join("fuzz/corpus/yjs_update/finding-pending-merge-panic.bin")).unwrap();
+    let r = apply(&s, &f.editor.access, &f.doc, finding).await;
+    assert!(r.status() == 200 || r.status() == 400, "stored or refused: {}", r.status());
+    let (text, map, _) = read(&state(&s.base, &s.http, &f.editor.access, &f.doc).await);
+    assert_eq!((text.as_str(), &map["k"]), ("kept", &json!("kept")));
+    let (_ws, synced_state) = synced(&s.base, &f.host.access, &f.doc).await;
+    assert_eq!(read(&synced_state).0, "kept");
 }

@@ -12,6 +12,7 @@ mod crash;
 mod docs;
 mod errors;
 mod events;
+mod fuzz;
 mod identity;
 mod isolation;
 mod journey;

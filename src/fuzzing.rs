@@ -1,0 +1,157 @@
+//! Fuzz targets: every parser that takes bytes from outside, as a function that must return
+//! (with an error or not) on any input, never panic, hang or grow without bound.
+//!
+//! Two harnesses drive them: `fuzz/` (cargo-fuzz, libFuzzer on a nightly toolchain) for long
+//! coverage-guided runs, and `tests/it/fuzz.rs`, which replays the corpora in `fuzz/corpus/`
+//! and a bounded number of mutations of them on every test run. A finding is kept as a file in
+//! the target's corpus, so it is replayed from then on.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey};
+use pasetors::paserk::{FormatAsPaserk, Id as Pid};
+use pasetors::version4::V4;
+use yrs::Transact;
+use yrs::updates::decoder::Decode;
+
+use crate::auth::keys::{KeyRing, Signer, SigningKeyRecord, Verifier};
+use crate::auth::tokens::{self, AccessClaims};
+use crate::ids::Id;
+
+/// A fuzz target: takes any bytes.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name of its corpus folder and its cargo-fuzz binary.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("realtime_frame", realtime_frame),
+    ("yjs_message", yjs_message),
+    ("yjs_update", yjs_update),
+    ("access_token", access_token),
+    ("api_key", api_key),
+    ("json_body", json_body),
+    ("config_file", config_file),
+    ("backup_archive", backup_archive),
+];
+
+/// A frame a realtime client sends (JSON text).
+pub fn realtime_frame(data: &[u8]) {
+    let _ = serde_json::from_slice::<crate::realtime::protocol::ClientFrame>(data);
+}
+
+/// A y-websocket message (sync step 1 and 2, update, awareness, query), decoded as the sync
+/// socket does, with any update in it decoded and applied as the engine applies it.
+pub fn yjs_message(data: &[u8]) {
+    use yrs::sync::{Message, SyncMessage};
+    match Message::decode_v1(data) {
+        Ok(Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u))) => yjs_update(&u),
+        Ok(Message::Sync(SyncMessage::SyncStep1(sv))) => {
+            let _ = crate::docs::state_update(&yrs::Doc::new(), &sv);
+        }
+        Ok(Message::Awareness(update)) => {
+            let mut awareness = yrs::sync::Awareness::new(yrs::Doc::new());
+            let _ = awareness.apply_update(update);
+        }
+        _ => {}
+    }
+}
+
+/// A Yjs update (v1): checked as the server checks what it stores, then applied to a document
+/// and read back as JSON, as loading, compaction and `GET …/json` do.
+pub fn yjs_update(data: &[u8]) {
+    if crate::docs::decode_updates(vec![data.to_vec()]).is_err() {
+        return;
+    }
+    let Ok(update) = yrs::Update::decode_v1(data) else { return };
+    let doc = yrs::Doc::new();
+    let applied = doc.transact_mut().apply_update(update);
+    if applied.is_ok() {
+        let _ = crate::docs::state_update(&doc, &yrs::StateVector::default());
+        let _ = crate::docs::content::to_json(&doc);
+    }
+}
+
+/// A bearer token presented as an access token, verified against a ring holding one real key
+/// (so well-formed tokens reach the signature and claim checks).
+pub fn access_token(data: &[u8]) {
+    let Ok(token) = std::str::from_utf8(data) else { return };
+    let _ = tokens::verify(ring(), token, Duration::from_secs(900));
+}
+
+/// A bearer token presented as an API key.
+pub fn api_key(data: &[u8]) {
+    let Ok(token) = std::str::from_utf8(data) else { return };
+    let _ = crate::domain::api_keys::parse(token);
+}
+
+/// A request body: parsed into a free-form value and into two typed bodies (one with nested
+/// enums and lists, one with text), each failure located with a JSON pointer.
+pub fn json_body(data: &[u8]) {
+    let _ = crate::http::body::parse::<serde_json::Value>(data);
+    let _ = crate::http::body::parse::<crate::http::tasks::TaskBody>(data);
+    let _ = crate::http::body::parse::<crate::http::chat::PostBody>(data);
+}
+
+/// A configuration file.
+pub fn config_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let _ = crate::config::Config::from_toml(text);
+}
+
+/// A backup archive given to `restore`: checked, then restored into an empty data dir.
+pub fn backup_archive(data: &[u8]) {
+    let Ok(dir) = tempfile_dir() else { return };
+    let archive = dir.join("backup.opb");
+    if std::fs::write(&archive, data).is_err() {
+        return;
+    }
+    if crate::store::backup::check_file(&archive).is_ok() {
+        let _ = crate::store::backup::restore(&archive, &dir.join("data"), &mut |_, _| {});
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh directory under the system's temporary directory.
+fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("outpost-fuzz-{}", Id::new()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// One signing key, the same in every process (a fixed seed), so the tokens kept in the corpus
+/// pass the signature check and the fuzzer reaches the claims behind it.
+fn ring() -> &'static KeyRing {
+    static RING: OnceLock<KeyRing> = OnceLock::new();
+    RING.get_or_init(|| {
+        use ring::signature::KeyPair;
+        let seed = [7u8; 32];
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).expect("a valid seed");
+        let public_bytes = pair.public_key().as_ref().to_vec();
+        let secret = AsymmetricSecretKey::<V4>::from(&[&seed[..], &public_bytes].concat()).expect("a 64-byte key");
+        let public = AsymmetricPublicKey::<V4>::from(&public_bytes).expect("a 32-byte key");
+        let pair = AsymmetricKeyPair { public, secret };
+        let pid = Pid::from(&pair.public);
+        let (mut kid, mut public) = (String::new(), String::new());
+        let _ = pid.fmt(&mut kid);
+        let _ = pair.public.fmt(&mut public);
+        let record = SigningKeyRecord {
+            id: Id::new(),
+            kid: kid.clone(),
+            public,
+            sealed_secret: String::new(),
+            created_at_ms: crate::ids::now_ms(),
+            retired_at_ms: None,
+        };
+        let mut verifiers = HashMap::new();
+        verifiers.insert(kid.clone(), Verifier { key: pair.public.clone(), record });
+        KeyRing { signing: Some(Signer { kid, pid, secret: pair.secret }), verifiers }
+    })
+}
+
+/// An access token of the fuzzing key ring that expires in `ttl`, to seed the `access_token`
+/// corpus (`fuzz/seed.sh`).
+pub fn sample_access_token(ttl: Duration) -> Option<String> {
+    let claims = AccessClaims { org: Id::new(), user: Id::new(), role: "member".into(), session: Id::new(), exp_s: 0 };
+    tokens::issue(ring(), &claims, ttl).ok()
+}
