@@ -9,7 +9,7 @@ use crate::auth::KeyCache;
 use crate::auth::keys::{self, KeyError, Keys};
 use crate::auth::password::Hasher;
 use crate::config::Config;
-use crate::domain::sessions::SessionPolicy;
+use crate::domain::login::SessionPolicy;
 use crate::limits::Limits;
 use crate::metrics::{FollowerLabels, Metrics};
 use crate::store::events::EventBus;

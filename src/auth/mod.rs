@@ -24,9 +24,9 @@ pub mod password;
 pub mod tokens;
 
 use crate::domain::api_keys::{self, KeyCheck};
+use crate::domain::login::{self, Standing};
 use crate::domain::operators::{self, KeyRefusal};
 use crate::domain::policy::{self, Permission, Role};
-use crate::domain::sessions::{self, Standing};
 use crate::ids::Id;
 use crate::store::{Store, StoreError};
 use crate::tenancy::OrgScope;
@@ -143,7 +143,7 @@ pub async fn user(
     }
     let claims = cache.verify(ring, bearer, access_ttl)?;
     let (org, user, session) = (claims.org, claims.user, claims.session);
-    let standing = store.peek(|r| sessions::standing(r, org, user, session))?;
+    let standing = store.peek(|r| login::standing(r, org, user, session))?;
     match standing {
         Standing::Ok(account) => {
             Ok(Principal { org, user, role: account.role, session, api_key: None, account: Some(Arc::from(account)) })

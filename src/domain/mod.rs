@@ -9,6 +9,7 @@ pub mod audit;
 pub mod chat;
 pub mod docs;
 pub mod inbox;
+pub mod login;
 pub mod operators;
 pub mod orgs;
 pub mod paging;

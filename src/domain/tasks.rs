@@ -10,11 +10,10 @@ use std::collections::{HashSet, VecDeque};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::chat::Message;
 use super::paging::{self, Page, PageRequest};
 use super::{DomainError, FieldError, check};
 use crate::ids::Id;
-use crate::store::tables::{MESSAGE_IDS, MESSAGES, TASKS, org_id_key};
+use crate::store::tables::{TASKS, org_id_key};
 use crate::store::writer::{MutationCtx, Tx, Writer};
 use crate::store::{Store, decode, encode, prefix_end};
 use crate::tenancy::OrgScope;
@@ -350,12 +349,7 @@ pub async fn delete(writer: &Writer, ctx: MutationCtx, id: Id) -> Result<(), Dom
             let t = load(tx, org, id)?.ok_or(DomainError::NotFound { what: "task" })?;
             tx.delete(TASKS, &org_id_key(org, id))?;
             // Its comments go with it (search drops them with the task's scope).
-            let base = org_id_key(org, id);
-            for (k, v) in tx.range(MESSAGES, &base, &prefix_end(&base), usize::MAX)? {
-                let m: Message = decode(MESSAGES, &v)?;
-                tx.delete(MESSAGES, &k)?;
-                tx.delete(MESSAGE_IDS, &org_id_key(org, m.id))?;
-            }
+            super::chat::messages::delete_in(tx, org, id)?;
             for topic in topics(&t) {
                 tx.emit(topic, "task.deleted", json!({ "id": id }));
             }

@@ -14,8 +14,9 @@ use super::{ApiTags, UserAuth, origin, parse_id, user_ctx};
 use crate::app::App;
 use crate::auth::password;
 use crate::auth::tokens::{self, AccessClaims};
+use crate::domain::login::{self, Granted, Refreshed};
 use crate::domain::policy::Permission;
-use crate::domain::sessions::{self, Granted, Refreshed, Session};
+use crate::domain::sessions::{self, Session};
 use crate::domain::{DomainError, users};
 use crate::ids::rfc3339;
 use crate::tenancy::OrgScope;
@@ -143,7 +144,7 @@ impl AuthApi {
     ) -> Result<Json<TokenPair>, LoginErrors> {
         let b = body.0;
         let addr = req.remote_addr().as_socket_addr().map(std::net::SocketAddr::ip);
-        let found = sessions::find_login(&app.store, b.org, b.login.clone()).await?;
+        let found = login::find_login(&app.store, b.org, b.login.clone()).await?;
         let (org, user) = match found {
             Some((org, user)) => (Some(org), user),
             None => (None, None),
@@ -156,15 +157,8 @@ impl AuthApi {
         let (Some(org), Some(user), true) = (org, user.clone(), ok) else {
             if let Some(org) = org {
                 let tripped = app.limits.login_failed(org, &b.login);
-                sessions::record_failed_login(
-                    &app.writer,
-                    org,
-                    user.map(|u| u.id),
-                    b.login,
-                    origin(req),
-                    tripped.err(),
-                )
-                .await?;
+                login::record_failed_login(&app.writer, org, user.map(|u| u.id), b.login, origin(req), tripped.err())
+                    .await?;
                 if let Err(l) = tripped {
                     return Err(super::limited(&app, l).into());
                 }
@@ -174,7 +168,7 @@ impl AuthApi {
             );
         };
         app.limits.login_succeeded(org, &b.login);
-        let granted = sessions::start(&app.writer, org, user, app.session_policy(), origin(req)).await?;
+        let granted = login::start(&app.writer, org, user, app.session_policy(), origin(req)).await?;
         Ok(Json(token_pair(&app, granted)?))
     }
 
@@ -189,7 +183,7 @@ impl AuthApi {
         req: &Request,
         body: JsonBody<RefreshBody>,
     ) -> Result<Json<TokenPair>, LoginErrors> {
-        match sessions::refresh(&app.writer, &body.0.refresh_token, app.session_policy(), origin(req)).await? {
+        match login::refresh(&app.writer, &body.0.refresh_token, app.session_policy(), origin(req)).await? {
             Refreshed::Granted(g) => Ok(Json(token_pair(&app, *g)?)),
             Refreshed::ReuseDetected => Err(Problem::unauthenticated(
                 "refresh_token_reused",

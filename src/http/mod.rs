@@ -388,8 +388,8 @@ pub fn user_ctx(req: &Request, p: &Principal) -> MutationCtx {
 }
 
 /// The caller's address, user agent and request id.
-pub fn origin(req: &Request) -> crate::domain::sessions::Origin {
-    crate::domain::sessions::Origin {
+pub fn origin(req: &Request) -> crate::domain::login::Origin {
+    crate::domain::login::Origin {
         user_agent: req.header("user-agent").map(|s| s.chars().take(200).collect()),
         client_addr: req.remote_addr().as_socket_addr().map(|a| a.ip().to_string()),
         request_id: req.data::<RequestId>().map(|r| r.0.clone()),

@@ -346,8 +346,8 @@ fn org_scopes_are_minted_only_where_credentials_are_checked() {
     rust_files(&root.join("src"), &mut files);
     let allowed: &[(&str, &[&str])] = &[
         ("vouched(", &["src/auth/mod.rs"]),
-        ("for_login(", &["src/domain/sessions.rs"]),
-        ("from_credential(", &["src/domain/sessions.rs", "src/domain/users.rs"]),
+        ("for_login(", &["src/domain/login.rs"]),
+        ("from_credential(", &["src/domain/login.rs", "src/domain/users.rs"]),
     ];
     let mut problems = Vec::new();
     for f in &files {
