@@ -5,7 +5,8 @@
 #   bash fuzz/run.sh                 # every target, 600 s each
 #   SECONDS_EACH=60 bash fuzz/run.sh yjs_update access_token
 #
-# Each target starts from its committed corpus (fuzz/corpus/<target>, copied into
+# Targets are built optimized without debug assertions (-O), as the server ships: what stops
+# them is what would stop a release server. Each target starts from its committed corpus (fuzz/corpus/<target>, copied into
 # fuzz/work/<target>, which is not committed) and stops at the first crash, hang (10 s) or
 # out-of-memory (2 GiB), leaving the input in fuzz/artifacts/<target>/. A fixed finding's input
 # goes into fuzz/corpus/<target>/, where tests/it/fuzz.rs replays it on every test run.
@@ -30,7 +31,7 @@ for t in "${targets[@]}"; do
     cp -n corpus/"$t"/* "work/$t/" 2>/dev/null || true
     printf '\n==> %s for %s s\n' "$t" "$seconds"
     log="artifacts/$t/last-run.log"
-    if cargo +nightly fuzz run "$t" "work/$t" -- \
+    if cargo +nightly fuzz run -O "$t" "work/$t" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
         -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1; then
         grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb|^Done' "$log" | sed "s/^/$t: /"

@@ -195,6 +195,8 @@ trait Job: Send {
     /// Applies the Mutation; the result is kept inside until `finish`. Returns whether it
     /// succeeded.
     fn apply(&mut self, tx: &mut Tx<'_, '_>) -> bool;
+    /// Replaces the kept result with a refusal: the writer left this Mutation out of the batch.
+    fn refuse(&mut self, why: StoreError);
     /// Sends the caller its answer: its kept result if `committed` is Ok, else the error.
     fn finish(self: Box<Self>, committed: Result<(), &StoreError>);
 }
@@ -224,6 +226,9 @@ where
         let ok = r.is_ok();
         self.result = Some(r);
         ok
+    }
+    fn refuse(&mut self, why: StoreError) {
+        self.result = Some(Err(E::from(why)));
     }
     fn finish(mut self: Box<Self>, committed: Result<(), &StoreError>) {
         let answer = match (committed, self.result.take()) {
@@ -281,6 +286,8 @@ pub struct Tx<'a, 'txn> {
     dirty: bool,
     events: Vec<PendingEvent>,
     audit: Option<PendingAudit>,
+    /// How many audit records the Mutation declared (more than one is refused).
+    audits: u32,
 }
 
 struct PendingEvent {
@@ -343,6 +350,7 @@ impl Tx<'_, '_> {
 
     /// Sets this Mutation's audit record (exactly one per audited Mutation).
     pub fn audit(&mut self, action: &str, target: impl Into<String>, details: serde_json::Value) {
+        self.audits += 1;
         self.audit = Some(PendingAudit { action: action.to_owned(), target: target.into(), details });
     }
 
@@ -496,9 +504,10 @@ impl WriterThread {
                 dirty: false,
                 events: Vec::new(),
                 audit: None,
+                audits: 0,
             };
             let ok = job.apply(&mut tx);
-            let (dirty, kind) = (tx.dirty, tx.kind);
+            let (dirty, kind, audits) = (tx.dirty, tx.kind, tx.audits);
             let (events, audit) = (std::mem::take(&mut tx.events), tx.audit.take());
             if !ok {
                 if dirty {
@@ -510,9 +519,19 @@ impl WriterThread {
                 }
                 continue;
             }
-            if kind == JobKind::Audited && audit.is_none() {
-                // A programmer error: every audited Mutation declares its record.
-                tracing::error!(actor = %ctx.actor, "mutation without an audit record");
+            // A Mutation that found nothing to change (an idempotent repeat) writes nothing and
+            // needs no record; one that changes something declares exactly one.
+            let changed = dirty || !events.is_empty();
+            let wrong_audit = match (kind, audits) {
+                (JobKind::Audited, 0) if changed => Some("changes something but declares no audit record"),
+                (_, n) if n > 1 => Some("declares more than one audit record"),
+                _ => None,
+            };
+            if let Some(wrong) = wrong_audit {
+                // A programmer error: every audited Mutation declares exactly one record. It is
+                // left out of the batch and its caller told so; the others go on without it.
+                tracing::error!(actor = %ctx.actor, audits, "a mutation {wrong}");
+                job.refuse(StoreError::Storage(format!("the change was not made: it {wrong}")));
                 excluded[i] = true;
                 drop(open);
                 let _ = txn.abort();

@@ -5,7 +5,7 @@
 //! with 403 otherwise.
 
 use outpost::domain::policy::{self, Permission, Role, RoomRole};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::identity::{create_org, login, operator_invite_and_accept};
 use crate::isolation::sample;
@@ -35,14 +35,17 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
     config.limits.login_per_addr_per_min = 100_000;
     config.limits.user_requests_per_s = 100_000;
     config.auth.sessions_per_user_max = 100_000;
+    // TURN on, so its credentials can be handed out.
+    config.media.turn_listen = Some("127.0.0.1:0".parse().unwrap());
     let s = TestServer::start_with(config).await;
     let (org_id, sl) = create_org(&s).await;
     for role in Role::ALL {
         operator_invite_and_accept(&s, &org_id, &format!("{}@example.org", role.as_str()), role.as_str()).await;
     }
     let doc: Value = s.http.get(s.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
-    let owner = login(&s, &sl, "owner").await;
+    let mut owner = login(&s, &sl, "owner").await;
     let mut checked = 0;
+    let mut failures = Vec::new();
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
             if !op["security"].to_string().contains("UserAuth") {
@@ -51,22 +54,15 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
             let permission = permission_of(op);
             let room_role = room_role_of(op);
             let channel_member_needed = needs_channel_membership(op);
-            let body = op["requestBody"]["content"]["application/json"]["schema"].clone();
+            let body_schema = op["requestBody"]["content"]["application/json"]["schema"].clone();
             for role in Role::ALL {
                 // A fresh session and a fresh target each time: some operations end sessions
                 // or change their target.
                 let me = login(&s, &sl, role.as_str()).await;
-                let target = s
-                    .post(
-                        &format!("/v1/orgs/{org_id}/invitations"),
-                        &serde_json::json!({ "email": format!("{}@example.org", slug("t")), "role": "guest" }),
-                    )
-                    .send()
-                    .await
-                    .unwrap()
-                    .json::<Value>()
-                    .await
-                    .unwrap();
+                // An active guest to act on (a fresh one: some operations change or end it).
+                let target =
+                    operator_invite_and_accept(&s, &org_id, &format!("{}@example.org", slug("t")), "guest").await;
+                let target_id = target["user"]["id"].as_str().or(target["id"].as_str()).unwrap().to_owned();
                 // A fresh room: the caller's own when they may make one (they host it), else one
                 // of the owner's that everyone may see (where the caller takes no part).
                 let (maker, my_room_role) = if policy::allows(role, Permission::RoomsCreate) {
@@ -132,7 +128,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                 .await;
                 let version_id = v["id"].as_str().unwrap().to_owned();
                 let url = path
-                    .replace("{user_id}", target["user"]["id"].as_str().unwrap())
+                    .replace("{user_id}", &target_id)
                     .replace("{session_id}", &me.session_id)
                     .replace("{room_id}", &room_id)
                     .replace("{channel_id}", &channel_id)
@@ -146,21 +142,45 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                     .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
                     .replace("{recording_id}", &uuid::Uuid::now_v7().to_string())
                     .replace("{name}", "00-audio-1.ogg");
+                let id = op["operationId"].as_str().unwrap();
+                let (url, body) = prepare(
+                    &s,
+                    Prepare { id, role, me: &me, owner: &owner.access, target: &target_id },
+                    Places {
+                        room: (&room_id, maker),
+                        channel: (&channel_id, chan_maker),
+                        tasks: (&task_ids, task_maker),
+                    },
+                    url,
+                )
+                .await;
                 let mut req =
                     s.http.request(method.to_uppercase().parse().unwrap(), s.url(&url)).bearer_auth(&me.access);
-                if !body.is_null() {
-                    req = req.json(&sample(&doc, &body));
-                }
+                req = match body {
+                    Some(Body::Json(v)) => req.json(&v),
+                    Some(Body::Bytes(kind, bytes)) => req.header("content-type", kind).body(bytes),
+                    None if !body_schema.is_null() => req.json(&sample(&doc, &body_schema)),
+                    None => req,
+                };
                 let status = req.send().await.unwrap().status().as_u16();
-                let id = op["operationId"].as_str().unwrap();
+                if id == "changeMyPassword" && (200..300).contains(&status) {
+                    // Back to the password the next logins use.
+                    let back = json!({ "current_password": NEW_PASSWORD, "new_password": crate::identity::PASSWORD });
+                    let r = s.http.post(s.url("/v1/me/password")).bearer_auth(&me.access).json(&back).send().await;
+                    assert!(r.unwrap().status().is_success(), "changing the password back");
+                    // A password change ends the user's other sessions: the owner's among them.
+                    owner = login(&s, &sl, "owner").await;
+                }
                 let room_ok = room_role.is_none_or(|need| policy::room_allows(my_room_role, room_role_action(need)));
                 let channel_ok = !channel_member_needed || channel_member;
                 if policy::allows(role, permission) && room_ok && channel_ok {
-                    assert!(
-                        status != 401 && status != 403,
-                        "{id} as {}: {status}, but the policy allows it",
-                        role.as_str()
-                    );
+                    // Allowed means done: the success status the document declares for it.
+                    let declared = op["responses"].as_object().unwrap().contains_key(&status.to_string());
+                    let excused = NOT_DONE_HERE.iter().any(|(op_id, st, _)| *op_id == id && *st == status);
+                    let done = (200..300).contains(&status) && declared;
+                    if !done && !excused {
+                        failures.push(format!("{id} as {}: {status}, but the policy allows it", role.as_str()));
+                    }
                 } else {
                     assert_eq!(status, 403, "{id} as {}: the policy refuses it", role.as_str());
                 }
@@ -168,8 +188,118 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
             }
         }
     }
+    assert!(failures.is_empty(), "allowed calls that did not succeed:\n{}", failures.join("\n"));
     assert!(checked >= 150, "only {checked} checks");
     s.stop().await;
+}
+
+/// Allowed calls that cannot succeed in this harness, with the status they give and why; each
+/// one's success is tested where it can be.
+const NOT_DONE_HERE: &[(&str, u16, &str)] = &[
+    ("whipPublish", 415, "needs an SDP offer from a WebRTC stack: media.rs publishes with aiortc and Chromium"),
+    ("whepPlay", 415, "needs an SDP offer from a WebRTC stack: media.rs plays with aiortc"),
+    ("muteInCall", 404, "needs someone in a call: media.rs mutes an aiortc publisher"),
+    ("removeFromCall", 404, "needs someone in a call: media.rs removes an aiortc participant"),
+    ("deleteMediaConnection", 404, "needs a live media connection: media.rs hangs one up"),
+    ("getRecording", 404, "needs a recording of a call: media.rs records one and reads it back"),
+    ("stopRecording", 404, "needs a running recording: media.rs starts and stops one"),
+    ("downloadRecordingFile", 404, "needs a recorded file: media.rs downloads and decodes them"),
+];
+
+/// The password `changeMyPassword` sets (and the test then sets back).
+const NEW_PASSWORD: &str = "another long passphrase";
+
+/// A request body other than the sample the document's schema gives.
+enum Body {
+    Json(Value),
+    Bytes(&'static str, Vec<u8>),
+}
+
+/// Who calls what, on whom.
+struct Prepare<'a> {
+    id: &'a str,
+    role: Role,
+    me: &'a crate::identity::Login,
+    owner: &'a str,
+    target: &'a str,
+}
+
+/// The fresh room, channel and tasks, each with the token of whoever made it.
+struct Places<'a> {
+    room: (&'a str, &'a str),
+    channel: (&'a str, &'a str),
+    tasks: (&'a [String], &'a str),
+}
+
+/// What an allowed call needs to succeed: a body the operation takes, query parameters, and
+/// the state it acts on (a participant to remove, a dependency to drop, a key to revoke).
+async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String) -> (String, Option<Body>) {
+    let post = |token: &str, path: String, body: Value| {
+        let req = s.http.post(s.url(&path)).bearer_auth(token).json(&body);
+        async move { assert!(req.send().await.unwrap().status().is_success(), "setting up {path}") }
+    };
+    let body = match p.id {
+        "search" => {
+            url.push_str("?q=hello");
+            None
+        }
+        "changeMyPassword" => {
+            Some(json!({ "current_password": crate::identity::PASSWORD, "new_password": NEW_PASSWORD }))
+        }
+        "createApiKey" => Some(json!({ "name": "k", "scopes": [policy::permissions(p.role)[0].as_str()] })),
+        "createChannel" => Some(json!({ "kind": "public", "name": slug("c") })),
+        "createTask" => Some(json!({ "title": "t" })),
+        "createInvitation" => Some(json!({ "email": format!("{}@example.org", slug("i")), "role": "guest" })),
+        "inviteParticipant" => Some(json!({ "user_id": p.target, "role": "member" })),
+        "addChannelMember" => Some(json!({ "user_id": p.target })),
+        "applyDocumentUpdate" => return (url, Some(Body::Bytes("application/octet-stream", yjs_update()))),
+        "changeParticipantRole" | "removeParticipant" => {
+            let (room, maker) = at.room;
+            post(maker, format!("/v1/rooms/{room}/participants"), json!({ "user_id": p.target })).await;
+            None
+        }
+        "removeChannelMember" => {
+            let (channel, maker) = at.channel;
+            post(maker, format!("/v1/channels/{channel}/members"), json!({ "user_id": p.target })).await;
+            None
+        }
+        "removeTaskDependency" => {
+            let (tasks, maker) = at.tasks;
+            let path = format!("/v1/tasks/{}/dependencies/{}", tasks[0], tasks[1]);
+            let r = s.http.put(s.url(&path)).bearer_auth(maker).send().await.unwrap();
+            assert!(r.status().is_success(), "setting up {path}");
+            None
+        }
+        "reactivateUser" => {
+            post(p.owner, format!("/v1/users/{}/suspend", p.target), json!({})).await;
+            None
+        }
+        "revokeApiKey" => {
+            let key: Value = crate::support::post_json(
+                s,
+                &p.me.access,
+                "/v1/api-keys",
+                json!({ "name": "k", "scopes": [policy::permissions(p.role)[0].as_str()] }),
+            )
+            .await;
+            let key_id = key["id"].as_str().or(key["key"]["id"].as_str());
+            url = url.replace("{key_id}", key_id.unwrap_or_else(|| panic!("no API key made: {key}")));
+            None
+        }
+        _ => None,
+    };
+    (url, body.map(Body::Json))
+}
+
+/// An update that writes one word into a fresh document's text.
+fn yjs_update() -> Vec<u8> {
+    use yrs::{GetString, Text, Transact};
+    let doc = yrs::Doc::new();
+    let text = doc.get_or_insert_text("text");
+    let mut txn = doc.transact_mut();
+    text.insert(&mut txn, 0, "hello");
+    let _ = text.get_string(&txn);
+    txn.encode_update_v1()
 }
 
 fn room_role_action(need: RoomRole) -> policy::RoomAction {

@@ -105,3 +105,42 @@ async fn writes_after_shutdown_are_refused_not_lost() {
         .await;
     assert!(matches!(r, Err(DomainError::Store(outpost::store::StoreError::Closed))), "{r:?}");
 }
+
+/// Every audited Mutation that changes something declares exactly one audit record: one that
+/// declares two (or none) is refused, its caller is told, nothing of it is stored, and
+/// Mutations beside it commit. One that changes nothing (an idempotent repeat) needs none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_with_two_audit_records_or_none_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _) = outpost::App::start(config_for(dir.path())).await.unwrap();
+    let write = |audits: usize| {
+        let writer = app.writer.clone();
+        async move {
+            let id = Id::new();
+            let r = writer
+                .submit(MutationCtx::system(OrgScope::INSTANCE), move |tx| {
+                    tx.put(OPERATOR_KEYS, &org_id_key(Id::NIL, id), b"{}")?;
+                    for n in 0..audits {
+                        tx.audit("test.write", format!("key:{id}"), json!({ "n": n }));
+                    }
+                    Ok::<_, DomainError>(())
+                })
+                .await;
+            (id, r)
+        }
+    };
+    let records = || app.store.reader().unwrap().verify_audit(&mut |_, _| {}).unwrap().records;
+    let before = records();
+    let ((two, r2), (none, r0), (one, r1)) = tokio::join!(write(2), write(0), write(1));
+    assert!(r2.is_err(), "two audit records: {r2:?}");
+    assert!(r0.is_err(), "no audit record: {r0:?}");
+    assert!(r1.is_ok(), "one audit record: {r1:?}");
+    let noop = app.writer.submit(MutationCtx::system(OrgScope::INSTANCE), |_| Ok::<_, DomainError>(())).await;
+    assert!(noop.is_ok(), "a Mutation that changes nothing: {noop:?}");
+    let reader = app.store.reader().unwrap();
+    let stored = |id: Id| reader.get(OPERATOR_KEYS, &org_id_key(Id::NIL, id)).unwrap().is_some();
+    assert!(!stored(two) && !stored(none), "nothing of a refused Mutation is stored");
+    assert!(stored(one));
+    assert_eq!(records(), before + 1, "the chain holds the one good record only");
+    app.writer.shutdown().await;
+}
