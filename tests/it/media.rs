@@ -283,6 +283,23 @@ async fn whip_and_whep_check_the_caller_and_the_offer() {
 /// through WHEP and decodes both. Muting the microphone stops the sound at the player;
 /// someone else may not hang the publisher up; removing the player from the room ends its
 /// connection; hanging up leaves no connection or track.
+/// A streamer who publishes with WHIP and plays the room with WHEP under the same account (to
+/// monitor their own stream) gets every track: a WHEP session is a connection of its own and
+/// leaves out only its own session's tracks, never its user's.
+#[tokio::test]
+async fn the_publishing_user_plays_their_own_stream_through_whep() {
+    let s = TestServer::start().await;
+    let f = crate::docs::setup(&s).await;
+    let mut peer = PyPeer::start("whip_whep.py", &[&s.base, &f.room, &f.editor.access, &f.editor.access]);
+    let seen = peer.next().await;
+    assert_eq!(seen["player_state"], "connected", "{seen}");
+    assert!(seen["video_frames"].as_u64().unwrap() >= 20, "{seen}");
+    assert!(seen["audio_frames"].as_u64().unwrap() >= 20, "{seen}");
+    peer.say("stop").await;
+    assert_eq!(peer.next().await["stopped"], true);
+    let _ = peer.child.wait().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aiortc_publishes_through_whip_and_another_plays_through_whep() {
     let s = TestServer::start().await;

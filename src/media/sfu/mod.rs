@@ -242,7 +242,6 @@ enum Receiving {
 
 struct Player {
     session: Id,
-    user: Id,
     tx: mpsc::Sender<PeerMsg>,
     receiving: Receiving,
 }
@@ -458,20 +457,22 @@ impl Sfu {
                 Direction::Play => {
                     let mut player = Player {
                         session: info.id,
-                        user,
                         tx: tx.clone(),
                         receiving: Receiving::Slots(setup.slots.iter().map(|k| (*k, None)).collect()),
                     };
                     for slot in 0..setup.slots.len() {
                         let kind = setup.slots[slot];
-                        if let Some(t) = call.tracks.iter().rev().find(|t| t.state.kind == kind && t.user != user) {
+                        // A WHEP session plays every track of the call, its own user's too (a
+                        // streamer monitors their own stream that way): it publishes none itself.
+                        if let Some(t) = call.tracks.iter().rev().find(|t| t.state.kind == kind && t.session != info.id)
+                        {
                             bind_slot(&mut player, slot, t);
                         }
                     }
                     call.players.push(player);
                 }
                 Direction::Call => {
-                    let player = Player { session: info.id, user, tx: tx.clone(), receiving: Receiving::All };
+                    let player = Player { session: info.id, tx: tx.clone(), receiving: Receiving::All };
                     for t in &call.tracks {
                         add_outlet(&player, t);
                     }
@@ -693,7 +694,7 @@ impl Sfu {
             }
             record::save(&sh.recordings, &rec).map_err(|e| SfuError::Disk(e.to_string()))?;
             call.org = Some(org);
-            let player = Player { session: rec.id, user: by, tx: tx.clone(), receiving: Receiving::All };
+            let player = Player { session: rec.id, tx: tx.clone(), receiving: Receiving::All };
             for t in &call.tracks {
                 add_outlet(&player, t);
             }
@@ -860,7 +861,7 @@ impl Shared {
             for p in &mut call.players {
                 match &p.receiving {
                     Receiving::Slots(slots) => {
-                        if p.user == user {
+                        if p.session == session {
                             continue;
                         }
                         // The newest track of a kind plays: a bound slot moves over too.
@@ -912,7 +913,7 @@ impl Shared {
                     }
                 };
                 for slot in bound {
-                    match tracks.iter().rev().find(|t| t.state.kind == gone.state.kind && t.user != p.user) {
+                    match tracks.iter().rev().find(|t| t.state.kind == gone.state.kind && t.session != p.session) {
                         Some(t) => bind_slot(p, slot, t),
                         None => {
                             let _ = p.tx.try_send(PeerMsg::Attach { slot, source: None });
