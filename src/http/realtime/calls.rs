@@ -11,7 +11,7 @@ use crate::auth::Principal;
 use crate::domain::policy::{Permission, RoomRole};
 use crate::domain::rooms::RoomStatus;
 use crate::ids::Id;
-use crate::media::sfu::peer::Quality;
+use crate::media::sfu::simulcast::Quality;
 use crate::media::sfu::{Direction, Note, NoteSink, SPATIAL_BYTES_MAX, Sfu, SfuError};
 use crate::realtime::ephemeral::Mailbox;
 use crate::realtime::protocol::{CallTrackUpdate, ServerFrame};

@@ -8,7 +8,7 @@
 //!
 //! Three kinds of connection share a call. A WHIP connection publishes. A WHEP connection
 //! plays: it has fixed slots (one per media section it offered to receive), each bound to the
-//! newest published track of its kind from another user: a newer one takes the slot over, and
+//! newest published track of its kind (any but its own session's): a newer one takes the slot over, and
 //! when the bound track ends the slot moves to the newest remaining. A
 //! call connection (signaled over the realtime socket) publishes and receives every other
 //! connection's tracks, renegotiating as they come and go.
@@ -19,13 +19,19 @@
 //! state sink whenever it changes.
 
 mod feedback;
+pub mod keyframe;
+mod model;
 mod net;
 pub mod peer;
 pub mod record;
+mod rewrite;
+mod routing;
+mod sdp;
+pub mod simulcast;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
@@ -34,7 +40,12 @@ use crate::config::MediaConfig;
 use crate::ids::Id;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use peer::{PeerMsg, Source};
+use peer::{Outlets, PeerMsg, Source};
+use routing::{add_outlet, bind_slot};
+
+pub use model::{
+    Answer, CallState, Direction, Kind, Note, NoteSink, ParticipantState, SessionInfo, SfuError, StateSink, TrackState,
+};
 
 /// Messages queued for one connection at most; past it datagrams are dropped like a full
 /// network queue would.
@@ -45,185 +56,6 @@ const LABELS_MAX: usize = 32;
 pub const SPATIAL_BYTES_MAX: usize = 4096;
 /// The longest trickled candidate line taken.
 const CANDIDATE_BYTES_MAX: usize = 512;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SfuError {
-    #[error("media listen address {addr}: {detail}")]
-    Listen { addr: SocketAddr, detail: String },
-    /// The offer is not SDP we can answer (400).
-    #[error("{0}")]
-    InvalidSdp(String),
-    /// The room's call has its maximum of connections (409).
-    #[error("the call in this room has its maximum of {0} connections")]
-    CallFull(usize),
-    /// This server has its maximum of connections (503).
-    #[error("this server carries its maximum of {0} media connections")]
-    ServerFull(usize),
-    /// Writing a recording failed (507).
-    #[error("recording: {0}")]
-    Disk(String),
-    /// More tracks than a connection, a call or this server carries (409).
-    #[error("{0}")]
-    TooManyTracks(String),
-    /// A host locked the call (409).
-    #[error("the call is locked: nobody new may join")]
-    Locked,
-    /// The caller may receive but not send (403).
-    #[error("{0}")]
-    NotPublisher(String),
-    /// No such connection of the caller's (404).
-    #[error("no such media connection")]
-    NoConnection,
-    /// The request does not fit the connection's state (409), e.g. an offer while ours waits.
-    #[error("{0}")]
-    Conflict(String),
-}
-
-impl SfuError {
-    /// The stable code clients see, by REST and on the realtime socket.
-    pub fn code(&self) -> &'static str {
-        match self {
-            SfuError::InvalidSdp(_) => "invalid_sdp",
-            SfuError::CallFull(_) => "call_full",
-            SfuError::ServerFull(_) => "media_full",
-            SfuError::Locked => "call_locked",
-            SfuError::TooManyTracks(_) => "too_many_tracks",
-            SfuError::NotPublisher(_) => "forbidden",
-            SfuError::NoConnection => "not_found",
-            SfuError::Conflict(_) => "media_busy",
-            SfuError::Disk(_) => "recording_failed",
-            SfuError::Listen { .. } => "internal",
-        }
-    }
-}
-
-/// What a connection does in its call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// Sends tracks into the call (WHIP).
-    Publish,
-    /// Receives the call's tracks in fixed slots (WHEP).
-    Play,
-    /// Sends and receives everything, renegotiating (the realtime socket).
-    Call,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Publish => "publish",
-            Direction::Play => "play",
-            Direction::Call => "call",
-        }
-    }
-
-    fn publishes(self) -> bool {
-        matches!(self, Direction::Publish | Direction::Call)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Audio,
-    Video,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Audio => "audio",
-            Kind::Video => "video",
-        }
-    }
-}
-
-/// What a connection's owner is told (the realtime socket that signals for it).
-#[derive(Clone, Debug)]
-pub enum Note {
-    /// A new offer from us (tracks came or went): answer it.
-    Offer { room: Id, connection: Id, sdp: String },
-    /// Our answer to the client's renegotiation offer.
-    Answer { room: Id, connection: Id, sdp: String },
-    /// The connection ended (`left`, `removed`, `failed`, `room_closed`).
-    Ended { room: Id, connection: Id, reason: &'static str },
-    /// A moderator muted (or unmuted) one of the connection's tracks.
-    Muted { room: Id, connection: Id, track: String, muted: bool, by: Id },
-}
-
-/// Where a connection's notes go.
-pub type NoteSink = Arc<dyn Fn(Note) + Send + Sync>;
-
-/// Where a call's media state goes when it changes (org, room, state).
-pub type StateSink = Arc<dyn Fn(Id, Id, CallState) + Send + Sync>;
-
-/// A connection as the API shows it.
-#[derive(Clone, Debug)]
-pub struct SessionInfo {
-    pub id: Id,
-    pub org: Id,
-    pub room: Id,
-    pub user: Id,
-    pub direction: Direction,
-    pub created_at_ms: i64,
-}
-
-/// One published track in the media state.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrackState {
-    /// The source's id in the relay (stable while it is published).
-    pub id: u64,
-    pub kind: Kind,
-    /// e.g. `video/VP8`, `video/H264`, `audio/opus`.
-    pub codec: String,
-    /// The client's own id for the track (its `MediaStreamTrack.id`).
-    pub client_track: String,
-    /// `mic`, `camera`, `screen` or `unknown`, as the client says.
-    pub source: String,
-    /// The publisher says it is muted.
-    pub muted: bool,
-    /// A moderator stopped its forwarding.
-    pub muted_by_moderator: bool,
-}
-
-/// One connection in the media state.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ParticipantState {
-    pub connection: Id,
-    pub user: Id,
-    pub direction: Direction,
-    pub tracks: Vec<TrackState>,
-    /// Its audio is loud enough to count as speaking (from the audio level header extension).
-    pub speaking: bool,
-    /// Client-supplied position/orientation and screen-share surfaces (size-capped JSON).
-    pub spatial: serde_json::Value,
-}
-
-/// A call's media state.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CallState {
-    pub participants: Vec<ParticipantState>,
-    /// The connection speaking now, if anyone is.
-    pub active_speaker: Option<Id>,
-    pub locked: bool,
-    /// A recording of the call is running (everyone in it should know).
-    pub recording: Option<Id>,
-}
-
-/// The answer to an offer: the new connection and the SDP to give back.
-pub struct Answer {
-    pub session: SessionInfo,
-    pub sdp: String,
-}
-
-/// A connection that receives a track's packets.
-#[derive(Clone)]
-pub(crate) struct Outlet {
-    pub session: Id,
-    pub tx: mpsc::Sender<PeerMsg>,
-}
-
-/// A published track's receivers, read by its publisher's task per packet.
-pub(crate) type Outlets = Arc<RwLock<Vec<Outlet>>>;
 
 struct Published {
     source: Arc<Source>,
@@ -427,7 +259,7 @@ impl Sfu {
             }
         }
         // Tracks this offer would add, against the call's and the server's caps.
-        let adding = peer::sections(offer).iter().filter(|(_, sends, _)| *sends).count();
+        let adding = sdp::sections(offer).iter().filter(|(_, sends, _)| *sends).count();
         if direction != Direction::Play {
             let in_room = lock(&sh.calls).get(&room).map_or(0, |c| c.tracks.len());
             let total = usize::try_from(sh.metrics.media_tracks.get()).unwrap_or(0);
@@ -438,7 +270,7 @@ impl Sfu {
                 return Err(SfuError::TooManyTracks(format!("this server carries at most {} tracks", sh.tracks_max)));
             }
         }
-        let setup = peer::answer(offer, direction, sh.host, sh.tcp, may_publish, sh.connection_tracks_max)?;
+        let setup = sdp::answer(offer, direction, sh.host, sh.tcp, may_publish, sh.connection_tracks_max)?;
         let info = SessionInfo { id: Id::new(), org, room, user, direction, created_at_ms: crate::ids::now_ms() };
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         {
@@ -540,7 +372,7 @@ impl Sfu {
         id: Id,
         tracks: Vec<(String, Option<String>, Option<bool>)>,
         spatial: Option<serde_json::Value>,
-        quality: Option<peer::Quality>,
+        quality: Option<simulcast::Quality>,
     ) -> Result<(), SfuError> {
         if let Some(q) = quality {
             self.send(id, PeerMsg::Quality(q))?;
@@ -579,7 +411,7 @@ impl Sfu {
     }
 
     /// The video quality connection `id` wants for particular tracks; `None` pauses one.
-    pub fn track_quality(&self, id: Id, list: Vec<(u64, Option<peer::Quality>)>) -> Result<(), SfuError> {
+    pub fn track_quality(&self, id: Id, list: Vec<(u64, Option<simulcast::Quality>)>) -> Result<(), SfuError> {
         self.send(id, PeerMsg::TrackQuality(list))
     }
 
@@ -781,23 +613,6 @@ impl Sfu {
     }
 }
 
-fn bind_slot(player: &mut Player, slot: usize, t: &Published) {
-    let Receiving::Slots(slots) = &mut player.receiving else { return };
-    slots[slot].1 = Some(t.source.id);
-    add_outlet(player, t);
-    let _ = player.tx.try_send(PeerMsg::Attach { slot, source: Some(t.source.clone()) });
-}
-
-fn add_outlet(player: &Player, t: &Published) {
-    if t.session == player.session {
-        return;
-    }
-    write(&t.outlets).push(Outlet { session: player.session, tx: player.tx.clone() });
-    if matches!(player.receiving, Receiving::All) {
-        let _ = player.tx.try_send(PeerMsg::AddSource(t.source.clone()));
-    }
-}
-
 impl Shared {
     pub(crate) fn socket(&self) -> &tokio::net::UdpSocket {
         &self.socket
@@ -821,223 +636,20 @@ impl Shared {
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
-
-    /// A new track from `session` in `room`: WHEP slots of its kind that are free bind to it,
-    /// call connections add it.
-    pub(crate) fn publish(
-        &self,
-        room: Id,
-        session: Id,
-        kind: Kind,
-        client_track: &str,
-        make: impl FnOnce(u64) -> Source,
-    ) -> (Arc<Source>, Outlets) {
-        let source = Arc::new(make(self.next_source.fetch_add(1, Ordering::Relaxed)));
-        let outlets: Outlets = Arc::default();
-        // Sessions before calls, the order `open` takes them in.
-        let user = lock(&self.sessions).get(&session).map(|e| e.info.user).unwrap_or_default();
-        {
-            let mut calls = lock(&self.calls);
-            let call = calls.entry(room).or_default();
-            let (label, muted) =
-                call.labels.get(&(session, client_track.to_owned())).cloned().unwrap_or(("unknown".into(), false));
-            let moderated = call.moderator_muted.contains_key(&(session, client_track.to_owned()));
-            source.set_suspended(moderated);
-            let t = Published {
-                source: source.clone(),
-                session,
-                user,
-                outlets: outlets.clone(),
-                state: TrackState {
-                    id: source.id,
-                    kind,
-                    codec: source.mime.clone(),
-                    client_track: client_track.to_owned(),
-                    source: label,
-                    muted,
-                    muted_by_moderator: moderated,
-                },
-            };
-            for p in &mut call.players {
-                match &p.receiving {
-                    Receiving::Slots(slots) => {
-                        if p.session == session {
-                            continue;
-                        }
-                        // The newest track of a kind plays: a bound slot moves over too.
-                        if let Some(slot) = slots.iter().position(|s| s.0 == kind) {
-                            if let Some(old) = slots[slot].1
-                                && let Some(o) = call.tracks.iter().find(|x| x.source.id == old)
-                            {
-                                write(&o.outlets).retain(|x| x.session != p.session);
-                            }
-                            bind_slot(p, slot, &t);
-                        }
-                    }
-                    Receiving::All => add_outlet(p, &t),
-                }
-            }
-            call.tracks.push(t);
-        }
-        self.metrics.media_tracks.inc();
-        self.state_changed(room);
-        (source, outlets)
-    }
-
-    /// Track `source` is gone: its WHEP slots move to the newest remaining track of its kind,
-    /// call connections drop it.
-    pub(crate) fn unpublish(&self, room: Id, source: u64) {
-        {
-            let mut calls = lock(&self.calls);
-            let Some(call) = calls.get_mut(&room) else { return };
-            let Some(at) = call.tracks.iter().position(|t| t.source.id == source) else { return };
-            let gone = call.tracks.remove(at);
-            self.metrics.media_tracks.dec();
-            let Call { tracks, players, .. } = call;
-            for p in players.iter_mut() {
-                let bound: Vec<usize> = match &mut p.receiving {
-                    Receiving::Slots(slots) => slots
-                        .iter_mut()
-                        .enumerate()
-                        .filter(|(_, s)| s.1 == Some(source))
-                        .map(|(i, s)| {
-                            s.1 = None;
-                            i
-                        })
-                        .collect(),
-                    Receiving::All => {
-                        if p.session != gone.session {
-                            let _ = p.tx.try_send(PeerMsg::RemoveSource(source));
-                        }
-                        Vec::new()
-                    }
-                };
-                for slot in bound {
-                    match tracks.iter().rev().find(|t| t.state.kind == gone.state.kind && t.session != p.session) {
-                        Some(t) => bind_slot(p, slot, t),
-                        None => {
-                            let _ = p.tx.try_send(PeerMsg::Attach { slot, source: None });
-                        }
-                    }
-                }
-            }
-        }
-        self.state_changed(room);
-    }
-
-    /// Connection `id` has ended: forget it everywhere.
-    pub(crate) fn ended(&self, id: Id) {
-        let Some(entry) = lock(&self.sessions).remove(&id) else { return };
-        self.metrics.media_sessions.dec();
-        write(&self.routes).remove(&entry.ufrag, id);
-        let room = entry.info.room;
-        let sources: Vec<u64> = {
-            let mut calls = lock(&self.calls);
-            let Some(call) = calls.get_mut(&room) else { return };
-            call.sessions.retain(|s| *s != id);
-            call.players.retain(|p| p.session != id);
-            call.levels.remove(&id);
-            call.spatial.remove(&id);
-            call.labels.retain(|(s, _), _| *s != id);
-            call.moderator_muted.retain(|(s, _), _| *s != id);
-            for t in &call.tracks {
-                write(&t.outlets).retain(|o| o.session != id);
-            }
-            call.tracks.iter().filter(|t| t.session == id).map(|t| t.source.id).collect()
-        };
-        for s in sources {
-            self.unpublish(room, s);
-        }
-        {
-            let mut calls = lock(&self.calls);
-            if calls.get(&room).is_some_and(|c| c.sessions.is_empty() && !c.locked && c.recorder.is_none()) {
-                calls.remove(&room);
-            }
-        }
-        self.state_changed(room);
-    }
-
-    /// A publisher's loudest recent audio level (0–127); the state goes out when the active
-    /// speaker changes.
-    pub(crate) fn audio_level(&self, room: Id, session: Id, level: u8) {
-        let changed = {
-            let mut calls = lock(&self.calls);
-            let Some(call) = calls.get_mut(&room) else { return };
-            let before = speaker(&call.levels);
-            call.levels.insert(session, level);
-            speaker(&call.levels) != before
-        };
-        if changed {
-            self.state_changed(room);
-        }
-    }
-
-    fn snapshot(&self, room: Id) -> CallState {
-        let sessions: Vec<SessionInfo> = {
-            let s = lock(&self.sessions);
-            s.values().filter(|e| e.info.room == room).map(|e| e.info.clone()).collect()
-        };
-        let calls = lock(&self.calls);
-        let Some(call) = calls.get(&room) else {
-            return CallState { participants: Vec::new(), active_speaker: None, locked: false, recording: None };
-        };
-        let mut by_id: BTreeMap<Id, ParticipantState> = BTreeMap::new();
-        for s in sessions {
-            by_id.insert(
-                s.id,
-                ParticipantState {
-                    connection: s.id,
-                    user: s.user,
-                    direction: s.direction,
-                    tracks: Vec::new(),
-                    speaking: call.levels.get(&s.id).is_some_and(|l| *l >= SPEAKING),
-                    spatial: call.spatial.get(&s.id).cloned().unwrap_or(serde_json::Value::Null),
-                },
-            );
-        }
-        for t in &call.tracks {
-            if let Some(p) = by_id.get_mut(&t.session) {
-                p.tracks.push(t.state.clone());
-            }
-        }
-        CallState {
-            participants: by_id.into_values().collect(),
-            active_speaker: speaker(&call.levels),
-            locked: call.locked,
-            recording: call.recorder.as_ref().map(|r| r.id),
-        }
-    }
-
-    /// Hands the call's state to the sink if it changed.
-    pub(crate) fn state_changed(&self, room: Id) {
-        let state = self.snapshot(room);
-        let org = {
-            let mut calls = lock(&self.calls);
-            let org = calls.get(&room).and_then(|c| c.org);
-            if let Some(c) = calls.get_mut(&room) {
-                if c.last_state.as_ref() == Some(&state) {
-                    return;
-                }
-                c.last_state = Some(state.clone());
-            }
-            org
-        };
-        let sink = self.state_sink.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        if let (Some(sink), Some(org)) = (sink, org) {
-            sink(org, room, state);
-        }
-    }
 }
 
-/// The audio level (0–127, louder higher; 127 minus the -dBov of RFC 6464) that counts as
-/// speaking: about -40 dBov, above room noise and below a voice.
-const SPEAKING: u8 = 87;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The connection speaking: the loudest at or above `SPEAKING`.
-fn speaker(levels: &HashMap<Id, u8>) -> Option<Id> {
-    levels
-        .iter()
-        .filter(|(_, l)| **l >= SPEAKING)
-        .max_by_key(|(id, l)| (**l, std::cmp::Reverse(**id)))
-        .map(|(id, _)| *id)
+    #[test]
+    fn the_advertised_address_is_the_public_one_then_the_listen_one() {
+        let public: IpAddr = "203.0.113.7".parse().expect("an address");
+        let listen: SocketAddr = "127.0.0.1:3478".parse().expect("an address");
+        assert_eq!(advertised(listen, Some(public)), public);
+        assert_eq!(advertised(listen, None), listen.ip());
+        // Listening everywhere: an address of this host, never the unspecified one.
+        let any: SocketAddr = "0.0.0.0:3478".parse().expect("an address");
+        assert!(!advertised(any, None).is_unspecified());
+    }
 }

@@ -14,42 +14,35 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rtc::interceptor::Registry;
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::RTCRtpReceiverId;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RTCRtpHeaderExtensionCapability, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::sdp::extmap::{SDES_MID_URI, SDES_REPAIR_RTP_STREAM_ID_URI, SDES_RTP_STREAM_ID_URI, TRANSPORT_CC_URI};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc;
 
-use super::{Direction, Kind, Note, NoteSink, Outlets, SessionInfo, SfuError, Shared};
+use super::{Direction, Kind, Note, NoteSink, SessionInfo, Shared};
 
-/// At most one keyframe request per published track in this time.
-const KEYFRAME_GAP: Duration = Duration::from_millis(500);
+use super::keyframe::{KeyframeRequests, keyframe_start};
+use super::rewrite::{self, Rewrite};
+use super::sdp::{AUDIO_LEVEL_URI, Setup, local_track, sections, slot_track};
+use super::simulcast::{self, Quality};
 /// A connection that has not connected by then is given up.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
 /// A connection that loses its client (ICE disconnected) and does not get it back by then is
@@ -59,10 +52,8 @@ const RECONNECT_GRACE: Duration = Duration::from_secs(10);
 const BATCH: usize = 64;
 /// How often a publisher reports its loudest recent audio level.
 const LEVEL_WINDOW: Duration = Duration::from_millis(300);
-/// The audio level header extension (RFC 6464).
 /// Trickled candidates taken per connection.
 const REMOTE_CANDIDATES_MAX: usize = 32;
-const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 /// What a connection's task is sent.
 pub enum PeerMsg {
@@ -94,6 +85,16 @@ pub enum PeerMsg {
     Close(&'static str),
 }
 
+/// A connection that receives a track's packets.
+#[derive(Clone)]
+pub struct Outlet {
+    pub session: crate::ids::Id,
+    pub tx: mpsc::Sender<PeerMsg>,
+}
+
+/// A published track's receivers, read by its publisher's task per packet.
+pub type Outlets = Arc<RwLock<Vec<Outlet>>>;
+
 /// A published track as its receivers see it.
 pub struct Source {
     pub id: u64,
@@ -111,7 +112,7 @@ pub struct Source {
     /// A moderator stopped its forwarding.
     suspended: AtomicBool,
     /// Bits per second of each simulcast layer (by arrival order), measured by the publisher.
-    layer_bps: std::sync::Mutex<Vec<u64>>,
+    pub(super) layer_bps: std::sync::Mutex<Vec<u64>>,
 }
 
 impl Source {
@@ -154,85 +155,10 @@ impl Source {
         self.pick_layer_from(quality, cap_bps, None)
     }
 
-    /// As `pick_layer` for a receiver getting `current` now, with a margin each way so an
-    /// estimate near a layer's bit rate does not flip between two layers: it keeps its layer
-    /// while the estimate covers 85% of it, and moves up only to a layer the estimate exceeds
-    /// by 15%.
+    /// As `pick_layer` for a receiver getting `current` now (`simulcast::choose`).
     pub fn pick_layer_from(&self, quality: Quality, cap_bps: Option<u64>, current: Option<u8>) -> u8 {
-        let bps = self.layer_bps();
-        if bps.len() <= 1 {
-            return 0;
-        }
-        let mut ranked: Vec<usize> = (0..bps.len()).collect();
-        ranked.sort_by_key(|i| bps[*i]);
-        let most = match quality {
-            Quality::Low => 0,
-            Quality::Medium => 1.min(ranked.len() - 1),
-            Quality::High => ranked.len() - 1,
-        };
-        let kept = current.and_then(|c| ranked.iter().position(|i| *i == usize::from(c))).filter(|r| *r <= most);
-        if let (Some(cap), Some(mut rank)) = (cap_bps, kept)
-            && bps[ranked[rank]] * 85 / 100 <= cap
-        {
-            while rank < most && bps[ranked[rank + 1]] * 115 / 100 <= cap {
-                rank += 1;
-            }
-            return ranked[rank] as u8;
-        }
-        let mut rank = most;
-        if let Some(cap) = cap_bps {
-            while rank > 0 && bps[ranked[rank]] > cap {
-                rank -= 1;
-            }
-        }
-        ranked[rank] as u8
+        simulcast::choose(&self.layer_bps(), quality, cap_bps, current)
     }
-}
-
-/// The video quality a receiver asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Quality {
-    Low,
-    Medium,
-    High,
-}
-
-impl Quality {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "low" => Some(Quality::Low),
-            "medium" => Some(Quality::Medium),
-            "high" => Some(Quality::High),
-            _ => None,
-        }
-    }
-}
-
-/// Whether a VP8 RTP payload starts a keyframe (RFC 7741: the payload descriptor, then the
-/// frame header's inverse key-frame bit, on the first packet of partition 0).
-pub fn vp8_keyframe_start(payload: &[u8]) -> bool {
-    let Some(&b0) = payload.first() else { return false };
-    let (start, partition) = (b0 & 0x10 != 0, b0 & 0x07);
-    if !start || partition != 0 {
-        return false;
-    }
-    let mut at = 1;
-    if b0 & 0x80 != 0 {
-        let Some(&x) = payload.get(at) else { return false };
-        at += 1;
-        if x & 0x80 != 0 {
-            // Picture id: 7 or 15 bits.
-            let Some(&p) = payload.get(at) else { return false };
-            at += if p & 0x80 != 0 { 2 } else { 1 };
-        }
-        if x & 0x40 != 0 {
-            at += 1;
-        }
-        if x & 0x30 != 0 {
-            at += 1;
-        }
-    }
-    payload.get(at).is_some_and(|h| h & 0x01 == 0)
 }
 
 impl Source {
@@ -245,265 +171,6 @@ impl Source {
     }
 }
 
-/// An answered offer: the connection, our ICE username fragment, the answer, and (playing)
-/// the kind of each local sender.
-pub(super) struct Setup {
-    pub pc: RTCPeerConnection,
-    pub ufrag: String,
-    pub sdp: String,
-    pub slots: Vec<Kind>,
-    /// The stream id of our local tracks.
-    pub stream: String,
-}
-
-/// The media sections of an SDP offer: kind and whether the client sends, receives.
-pub(super) fn sections(sdp: &str) -> Vec<(Kind, bool, bool)> {
-    let mut out: Vec<(Option<Kind>, bool, bool)> = Vec::new();
-    for line in sdp.lines() {
-        let line = line.trim_end();
-        if let Some(m) = line.strip_prefix("m=") {
-            let kind = match m.split(' ').next() {
-                Some("audio") => Some(Kind::Audio),
-                Some("video") => Some(Kind::Video),
-                _ => None,
-            };
-            out.push((kind, true, true));
-        } else if let Some(last) = out.last_mut() {
-            match line {
-                "a=sendonly" => (last.1, last.2) = (true, false),
-                "a=recvonly" => (last.1, last.2) = (false, true),
-                "a=inactive" => (last.1, last.2) = (false, false),
-                _ => {}
-            }
-        }
-    }
-    out.into_iter().filter_map(|(k, s, r)| k.map(|k| (k, s, r))).collect()
-}
-
-fn random_token(len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = vec![0u8; len];
-    crate::ids::fill_random(&mut bytes);
-    bytes.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
-}
-
-fn opus() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_OPUS.to_owned(),
-        clock_rate: 48_000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-        rtcp_feedback: vec![],
-    }
-}
-
-fn vp8() -> RTCRtpCodec {
-    let fb = |typ: &str, parameter: &str| RTCPFeedback { typ: typ.to_owned(), parameter: parameter.to_owned() };
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_VP8.to_owned(),
-        clock_rate: 90_000,
-        channels: 0,
-        sdp_fmtp_line: String::new(),
-        rtcp_feedback: vec![fb("goog-remb", ""), fb("ccm", "fir"), fb("nack", ""), fb("nack", "pli")],
-    }
-}
-
-/// H.264 constrained baseline, packetization mode 1: what OBS, GStreamer and ffmpeg send over
-/// WHIP, and what every browser decodes.
-fn h264() -> RTCRtpCodec {
-    let fb = |typ: &str, parameter: &str| RTCPFeedback { typ: typ.to_owned(), parameter: parameter.to_owned() };
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_H264.to_owned(),
-        clock_rate: 90_000,
-        channels: 0,
-        sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f".to_owned(),
-        rtcp_feedback: vec![fb("goog-remb", ""), fb("ccm", "fir"), fb("nack", ""), fb("nack", "pli")],
-    }
-}
-
-/// Whether a video RTP payload starts a keyframe, for the codecs we carry.
-pub fn keyframe_start(mime: &str, payload: &[u8]) -> bool {
-    if mime.eq_ignore_ascii_case(MIME_TYPE_H264) { h264_keyframe_start(payload) } else { vp8_keyframe_start(payload) }
-}
-
-/// Whether an H.264 RTP payload (RFC 6184) starts an IDR picture: an IDR or SPS unit, alone,
-/// in a STAP-A, or starting an FU-A.
-pub fn h264_keyframe_start(payload: &[u8]) -> bool {
-    let key = |nal: u8| matches!(nal & 0x1f, 5 | 7);
-    match payload.first().map(|b| b & 0x1f) {
-        Some(24) => {
-            let mut at = 1;
-            while at + 2 < payload.len() {
-                let n = usize::from(u16::from_be_bytes([payload[at], payload[at + 1]]));
-                if payload.get(at + 2).is_some_and(|h| key(*h)) {
-                    return true;
-                }
-                at += 2 + n;
-            }
-            false
-        }
-        Some(28) => payload.get(1).is_some_and(|fu| fu & 0x80 != 0 && key(*fu)),
-        Some(_) => key(payload[0]),
-        None => false,
-    }
-}
-
-fn invalid(e: impl std::fmt::Display) -> SfuError {
-    SfuError::InvalidSdp(format!("the offer cannot be answered: {e}"))
-}
-
-/// A local track to send on: a fresh SSRC, the codec of its kind.
-fn local_track(stream: &str, id: String, kind: Kind) -> MediaStreamTrack {
-    let (rtc_kind, codec) = match kind {
-        Kind::Audio => (RtpCodecKind::Audio, opus()),
-        Kind::Video => (RtpCodecKind::Video, vp8()),
-    };
-    let mut ssrc = [0u8; 4];
-    crate::ids::fill_random(&mut ssrc);
-    MediaStreamTrack::new(
-        stream.to_owned(),
-        id.clone(),
-        id,
-        rtc_kind,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(u32::from_be_bytes(ssrc)),
-                ..Default::default()
-            },
-            codec,
-            active: true,
-            ..Default::default()
-        }],
-    )
-}
-
-/// The codecs and header extensions we negotiate, and the interceptors (NACK, RTCP reports,
-/// TWCC feedback to publishers, and the tap that lets receivers' feedback through to us).
-fn media_engine() -> Result<(MediaEngine, Registry), SfuError> {
-    let mut media = MediaEngine::default();
-    media
-        .register_codec(RTCRtpCodecParameters { rtp_codec: opus(), payload_type: 111 }, RtpCodecKind::Audio)
-        .map_err(invalid)?;
-    media
-        .register_codec(RTCRtpCodecParameters { rtp_codec: vp8(), payload_type: 96 }, RtpCodecKind::Video)
-        .map_err(invalid)?;
-    media
-        .register_codec(RTCRtpCodecParameters { rtp_codec: h264(), payload_type: 102 }, RtpCodecKind::Video)
-        .map_err(invalid)?;
-    media
-        .register_header_extension(
-            RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.to_owned() },
-            RtpCodecKind::Audio,
-            None,
-        )
-        .map_err(invalid)?;
-    let registry = register_default_interceptors(Registry::new(), &mut media).map_err(invalid)?;
-    let registry = registry.with(super::feedback::SLOT.into(), super::feedback::FeedbackTap::default());
-    Ok((media, registry))
-}
-
-/// Answers `offer` for a connection that publishes, plays or calls, with one host candidate
-/// at `host`. `may_publish` false refuses an offer that sends.
-pub(super) fn answer(
-    offer: &str,
-    direction: Direction,
-    host: SocketAddr,
-    tcp: bool,
-    may_publish: bool,
-    tracks_max: usize,
-) -> Result<Setup, SfuError> {
-    let sections = sections(offer);
-    let sends = sections.iter().any(|(_, s, _)| *s);
-    let sending = sections.iter().filter(|(_, s, _)| *s).count();
-    if direction != Direction::Play && sending > tracks_max {
-        return Err(SfuError::TooManyTracks(format!(
-            "the offer sends {sending} tracks; a connection sends at most {tracks_max}"
-        )));
-    }
-    if sends && !may_publish && direction != Direction::Play {
-        return Err(SfuError::NotPublisher(
-            "the offer sends media, but your room role lets you receive only (send recvonly sections)".into(),
-        ));
-    }
-    let usable: Vec<Kind> = sections
-        .iter()
-        .filter(|(_, sends, receives)| match direction {
-            Direction::Publish => *sends,
-            Direction::Play => *receives,
-            Direction::Call => true,
-        })
-        .map(|(k, _, _)| *k)
-        .collect();
-    if usable.is_empty() && direction != Direction::Call {
-        return Err(SfuError::InvalidSdp(match direction {
-            Direction::Publish => "the offer has no audio or video section the client sends".into(),
-            _ => "the offer has no audio or video section the client receives".into(),
-        }));
-    }
-    let now = Instant::now();
-    let (media, registry) = media_engine()?;
-    let ufrag = random_token(16);
-    let settings =
-        SettingEngineBuilder::new().with_lite(true).with_ice_credentials(ufrag.clone(), random_token(32)).build();
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_setting_engine(settings)
-        .with_media_engine(media)
-        .with_interceptor_registry(registry)
-        .build(now)
-        .map_err(invalid)?;
-    let stream = random_token(12);
-    let mut slots = Vec::new();
-    if direction == Direction::Play {
-        for (i, kind) in usable.iter().enumerate() {
-            pc.add_track(local_track(&stream, slot_track(i), *kind)).map_err(invalid)?;
-            slots.push(*kind);
-        }
-    }
-    let offer = RTCSessionDescription::offer(offer.to_owned()).map_err(invalid)?;
-    pc.set_remote_description(now, offer).map_err(invalid)?;
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: host.ip().to_string(),
-            port: host.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .map_err(invalid)?;
-    let init = RTCIceCandidate::from(&candidate).to_json().map_err(invalid)?;
-    pc.add_local_candidate(init).map_err(invalid)?;
-    if tcp {
-        // ICE over TCP on the same address and port, for networks that let no UDP through.
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "tcp".to_owned(),
-                address: host.ip().to_string(),
-                port: host.port(),
-                component: 1,
-                ..Default::default()
-            },
-            tcp_type: rtc::ice::tcp_type::TcpType::Passive,
-        }
-        .new_candidate_host()
-        .map_err(invalid)?;
-        let init = RTCIceCandidate::from(&candidate).to_json().map_err(invalid)?;
-        pc.add_local_candidate(init).map_err(invalid)?;
-    }
-    let answer = pc.create_answer(None).map_err(invalid)?;
-    pc.set_local_description(now, answer).map_err(invalid)?;
-    let sdp = pc.local_description().map(|d| d.sdp).ok_or_else(|| invalid("no local description"))?;
-    Ok(Setup { pc, ufrag, sdp, slots, stream })
-}
-
-/// The id of the local track on slot `slot`.
-fn slot_track(slot: usize) -> String {
-    format!("outpost-{slot}")
-}
-
 /// A track this connection receives from its client.
 struct Inbound {
     receiver: RTCRtpReceiverId,
@@ -514,7 +181,7 @@ struct Inbound {
     source: Arc<Source>,
     outlets: Outlets,
     /// When a keyframe was last asked for, per layer.
-    last_keyframe_request: Vec<Option<Instant>>,
+    last_keyframe_request: KeyframeRequests,
     /// The audio level extension's id on this connection (audio tracks).
     level_ext: Option<u8>,
     /// The loudest level (0–127, louder higher) in the current window.
@@ -535,15 +202,6 @@ struct Binding {
     paused: bool,
     /// The next packet forwarded must start a keyframe (after a pause or a layer change).
     needs_keyframe: bool,
-}
-
-/// What a slot writes into the packets it forwards, as negotiated with its receiver.
-struct Rewrite {
-    payload_type: u8,
-    /// (publisher's extension id, ours).
-    extensions: Vec<(u8, u8)>,
-    /// Our MID header extension (id, value): receivers route bundled packets by it.
-    mid: Option<(u8, bytes::Bytes)>,
 }
 
 /// A local sender of a receiving connection.
@@ -838,7 +496,7 @@ impl Peer {
                     if !i.layers.contains(&init.ssrc) {
                         i.layers.push(init.ssrc);
                         i.layer_bytes.push(0);
-                        i.last_keyframe_request.push(None);
+                        i.last_keyframe_request.add_layer();
                         tracing::info!(session = %self.info.id, track = %init.track_id, rid = ?init.rid, "simulcast layer");
                     }
                     return;
@@ -874,7 +532,7 @@ impl Peer {
                         layer_bytes: vec![0],
                         source,
                         outlets,
-                        last_keyframe_request: vec![None],
+                        last_keyframe_request: KeyframeRequests::new(1),
                         level_ext,
                         level_max: 0,
                     },
@@ -907,7 +565,7 @@ impl Peer {
                 } else {
                     i.layers.push(packet.header.ssrc);
                     i.layer_bytes.push(0);
-                    i.last_keyframe_request.push(None);
+                    i.last_keyframe_request.add_layer();
                     i.layers.len() - 1
                 };
                 i.layer_bytes[layer] += packet.payload.len() as u64;
@@ -1244,31 +902,16 @@ impl Peer {
         // A new source continues the old one's numbering, so the receiver sees one stream.
         let seq_offset = *b.seq_offset.get_or_insert_with(|| {
             let step = if s.kind == Kind::Video { 3000 } else { 960 };
-            b.ts_offset = s.last_seq.map_or(0, |_| s.last_ts.wrapping_add(step).wrapping_sub(h.timestamp));
-            s.last_seq.map_or(0, |last| last.wrapping_add(1).wrapping_sub(h.sequence_number))
+            let (seq_offset, ts_offset) =
+                rewrite::offsets(s.last_seq.map(|q| (q, s.last_ts)), h.sequence_number, h.timestamp, step);
+            b.ts_offset = ts_offset;
+            seq_offset
         });
         h.sequence_number = h.sequence_number.wrapping_add(seq_offset);
         h.timestamp = h.timestamp.wrapping_add(b.ts_offset);
-        h.ssrc = s.ssrc;
-        h.payload_type = rw.payload_type;
-        h.extensions.retain_mut(|e| match rw.extensions.iter().find(|(from, _)| *from == e.id) {
-            Some((_, to)) => {
-                e.id = *to;
-                true
-            }
-            None => false,
-        });
-        if let Some((id, mid)) = &rw.mid {
-            let _ = h.set_extension(*id, mid.clone());
-        }
-        // The publisher's padding was for its own extensions; the writer pads ours to a word.
-        h.extensions_padding = 0;
-        if h.extensions.is_empty() {
-            h.extension = false;
-        }
+        rewrite::apply(h, rw, s.ssrc);
         let (seq, ts) = (h.sequence_number, h.timestamp);
-        let newer = s.last_seq.is_none_or(|last| seq.wrapping_sub(last) < 0x8000);
-        if newer {
+        if rewrite::is_newer(seq, s.last_seq) {
             s.last_seq = Some(seq);
             s.last_ts = ts;
         }
@@ -1291,14 +934,7 @@ impl Peer {
             Some(l) => vec![l],
             None => (0..i.layers.len()).collect(),
         };
-        let mut ssrcs = Vec::new();
-        for l in wanted {
-            if i.last_keyframe_request[l].is_some_and(|t| now.duration_since(t) < KEYFRAME_GAP) {
-                continue;
-            }
-            i.last_keyframe_request[l] = Some(now);
-            ssrcs.push(i.layers[l]);
-        }
+        let ssrcs: Vec<u32> = i.last_keyframe_request.due(wanted, now).into_iter().map(|l| i.layers[l]).collect();
         if ssrcs.is_empty() {
             return;
         }
@@ -1313,69 +949,5 @@ impl Peer {
         if r.write_rtcp(now, plis).is_ok() {
             self.shared.metrics().media_keyframe_requests.inc();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_vp8_keyframes_behind_the_payload_descriptor() {
-        // S=1, partition 0, no extensions; frame header with the inverse key bit 0: a keyframe.
-        assert!(vp8_keyframe_start(&[0x10, 0x50, 0x01, 0x00]));
-        // The same with the key bit set: an interframe.
-        assert!(!vp8_keyframe_start(&[0x10, 0x51, 0x01, 0x00]));
-        // Not the start of a frame.
-        assert!(!vp8_keyframe_start(&[0x00, 0x50]));
-        // X, I (15-bit picture id), L, T: four descriptor bytes before the header.
-        assert!(vp8_keyframe_start(&[0x90, 0xE0, 0x81, 0x23, 0x05, 0x40, 0x50]));
-        assert!(!vp8_keyframe_start(&[0x90, 0xE0, 0x81]));
-        assert!(!vp8_keyframe_start(&[]));
-    }
-
-    #[test]
-    fn finds_h264_keyframes_alone_aggregated_and_fragmented() {
-        assert!(h264_keyframe_start(&[0x65, 0x88])); // IDR
-        assert!(h264_keyframe_start(&[0x67, 0x42])); // SPS
-        assert!(!h264_keyframe_start(&[0x41, 0x9a])); // a non-IDR slice
-        // STAP-A holding an SPS.
-        assert!(h264_keyframe_start(&[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce]));
-        // FU-A: the start of an IDR, and a middle part of one.
-        assert!(h264_keyframe_start(&[0x7c, 0x85, 0x88]));
-        assert!(!h264_keyframe_start(&[0x7c, 0x05, 0x88]));
-        assert!(!h264_keyframe_start(&[]));
-        assert!(keyframe_start("video/H264", &[0x65]));
-        assert!(keyframe_start("video/VP8", &[0x10, 0x50]));
-    }
-
-    #[test]
-    fn layers_are_picked_by_bit_rate_within_the_cap() {
-        let (tx, _rx) = mpsc::channel(1);
-        let s = Source::new(1, Kind::Video, "video/VP8".into(), vec![], tx, Arc::from("t"), crate::ids::Id::new());
-        assert_eq!(s.pick_layer(Quality::High, None), 0);
-        *s.layer_bps.lock().expect("not poisoned") = vec![300_000, 100_000, 900_000];
-        assert_eq!(s.pick_layer(Quality::Low, None), 1);
-        assert_eq!(s.pick_layer(Quality::Medium, None), 0);
-        assert_eq!(s.pick_layer(Quality::High, None), 2);
-        assert_eq!(s.pick_layer(Quality::High, Some(500_000)), 0);
-        assert_eq!(s.pick_layer(Quality::High, Some(50_000)), 1);
-        // Receiving the top layer, an estimate a little under it keeps it; well under, not.
-        assert_eq!(s.pick_layer_from(Quality::High, Some(800_000), Some(2)), 2);
-        assert_eq!(s.pick_layer_from(Quality::High, Some(700_000), Some(2)), 0);
-        // Receiving the middle one, an estimate just over the top layer is not enough to move.
-        assert_eq!(s.pick_layer_from(Quality::High, Some(950_000), Some(0)), 0);
-        assert_eq!(s.pick_layer_from(Quality::High, Some(1_100_000), Some(0)), 2);
-        // A request below the current layer is followed at once.
-        assert_eq!(s.pick_layer_from(Quality::Low, Some(1_100_000), Some(2)), 1);
-    }
-
-    #[test]
-    fn reads_sections_and_directions() {
-        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nm=video 9 x 96\r\n";
-        assert_eq!(
-            sections(sdp),
-            vec![(Kind::Audio, true, false), (Kind::Video, false, true), (Kind::Video, true, true)]
-        );
     }
 }

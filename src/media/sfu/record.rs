@@ -128,7 +128,7 @@ pub(super) fn run(root: &Path, mut rec: Recording, mut rx: mpsc::Receiver<PeerMs
                 match open(&dir, &source, rec.files.len()) {
                     Ok((name, writer)) => {
                         if source.kind == Kind::Video {
-                            let layer = Some(source.pick_layer(super::peer::Quality::High, None));
+                            let layer = Some(source.pick_layer(super::simulcast::Quality::High, None));
                             let _ = source.publisher.try_send(PeerMsg::Keyframe { track: source.track.clone(), layer });
                         }
                         tracks.insert(
@@ -169,9 +169,9 @@ pub(super) fn run(root: &Path, mut rec: Recording, mut rx: mpsc::Receiver<PeerMs
             PeerMsg::Rtp { source, layer, packet } => {
                 let Some(t) = tracks.get_mut(&source) else { continue };
                 if t.layer.is_none() {
-                    let best = t.source.pick_layer(super::peer::Quality::High, None);
+                    let best = t.source.pick_layer(super::simulcast::Quality::High, None);
                     let video = t.source.kind == Kind::Video;
-                    if layer != best || (video && !super::peer::keyframe_start(&t.source.mime, &packet.payload)) {
+                    if layer != best || (video && !super::keyframe::keyframe_start(&t.source.mime, &packet.payload)) {
                         continue;
                     }
                     t.layer = Some(layer);
