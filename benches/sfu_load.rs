@@ -33,7 +33,6 @@ use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -418,19 +417,8 @@ fn new_pc() -> RTCPeerConnection {
 
 /// Gives `pc` its one host candidate: the UDP socket at `local`.
 fn add_host_candidate(pc: &mut RTCPeerConnection, local: SocketAddr) {
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: local.ip().to_string(),
-            port: local.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .expect("candidate");
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().expect("json")).expect("local candidate");
+    let candidate = outpost::media::sfu::host_candidate(local, false).expect("candidate");
+    pc.add_local_candidate(candidate).expect("local candidate");
 }
 
 /// Offers from `pc` (on `socket`) to `url`, applies the answer, returns the connection's URL.

@@ -73,6 +73,7 @@ pub enum KeyCreated {
     Created(Json<CreatedKeyView>),
 }
 
+#[derive(Default)]
 pub struct ApiKeysApi;
 
 #[OpenApi(tag = "ApiTags::Me")]

@@ -96,6 +96,7 @@ pub struct BrokenLinkView {
     pub reason: String,
 }
 
+#[derive(Default)]
 pub struct AuditApi;
 
 #[OpenApi(tag = "ApiTags::Audit")]
@@ -220,6 +221,7 @@ pub enum AuditExport {
 /// Page size of an export's internal reads.
 const EXPORT_PAGE: usize = 1000;
 
+#[derive(Default)]
 pub struct OrgAuditApi;
 
 #[OpenApi(tag = "ApiTags::Audit")]

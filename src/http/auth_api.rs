@@ -127,6 +127,7 @@ pub enum NoContent {
     Done,
 }
 
+#[derive(Default)]
 pub struct AuthApi;
 
 #[OpenApi(tag = "ApiTags::Auth")]

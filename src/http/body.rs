@@ -31,11 +31,7 @@ impl<'a, T: Type + DeserializeOwned + Send> ApiExtractor<'a> for JsonBody<T> {
     }
 
     fn request_meta() -> Option<MetaRequest> {
-        Some(MetaRequest {
-            description: None,
-            content: vec![MetaMediaType { content_type: "application/json", schema: T::schema_ref() }],
-            required: true,
-        })
+        Some(required_body("application/json", T::schema_ref()))
     }
 
     async fn from_request(
@@ -48,12 +44,7 @@ impl<'a, T: Type + DeserializeOwned + Send> ApiExtractor<'a> for JsonBody<T> {
                 m.type_() == "application" && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json"))
             });
             if !json {
-                return Err(Problem::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    format!("expected application/json, got {ct}"),
-                )
-                .into());
+                return Err(wrong_type("application/json", ct).into());
             }
         }
         let bytes = read_limited(request, body).await?;
@@ -72,14 +63,7 @@ impl<'a> ApiExtractor<'a> for BinaryBody {
     fn register(_registry: &mut Registry) {}
 
     fn request_meta() -> Option<MetaRequest> {
-        Some(MetaRequest {
-            description: None,
-            content: vec![MetaMediaType {
-                content_type: "application/octet-stream",
-                schema: <poem_openapi::types::Binary<Vec<u8>> as Type>::schema_ref(),
-            }],
-            required: true,
-        })
+        Some(required_body("application/octet-stream", <poem_openapi::types::Binary<Vec<u8>> as Type>::schema_ref()))
     }
 
     async fn from_request(
@@ -89,12 +73,7 @@ impl<'a> ApiExtractor<'a> for BinaryBody {
     ) -> poem::Result<Self> {
         if let Some(ct) = request.content_type() {
             if !ct.starts_with("application/octet-stream") {
-                return Err(Problem::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    format!("expected application/octet-stream, got {ct}"),
-                )
-                .into());
+                return Err(wrong_type("application/octet-stream", ct).into());
             }
         }
         Ok(BinaryBody(read_limited(request, body).await?))
@@ -113,11 +92,7 @@ impl SdpBody {
     pub fn sdp(&self) -> Result<&str, Problem> {
         let ct = self.content_type.as_deref().unwrap_or_default();
         if !ct.trim_start().to_ascii_lowercase().starts_with("application/sdp") {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                format!("expected application/sdp, got {}", if ct.is_empty() { "no content type" } else { ct }),
-            ));
+            return Err(wrong_type("application/sdp", if ct.is_empty() { "no content type" } else { ct }));
         }
         let text = std::str::from_utf8(&self.bytes)
             .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_sdp", "the offer is not UTF-8 text"))?;
@@ -140,11 +115,7 @@ impl<'a> ApiExtractor<'a> for SdpBody {
     fn register(_registry: &mut Registry) {}
 
     fn request_meta() -> Option<MetaRequest> {
-        Some(MetaRequest {
-            description: None,
-            content: vec![MetaMediaType { content_type: "application/sdp", schema: <String as Type>::schema_ref() }],
-            required: true,
-        })
+        Some(required_body("application/sdp", <String as Type>::schema_ref()))
     }
 
     async fn from_request(
@@ -173,6 +144,20 @@ async fn read_limited(request: &Request, body: &mut RequestBody) -> Result<Vec<u
         return Err(too_large(limit));
     }
     Ok(bytes)
+}
+
+/// A required request body of `content_type` with `schema`, as the API document shows it.
+fn required_body(content_type: &'static str, schema: poem_openapi::registry::MetaSchemaRef) -> MetaRequest {
+    MetaRequest { description: None, content: vec![MetaMediaType { content_type, schema }], required: true }
+}
+
+/// 415 for a body that is not of the `expected` content type.
+fn wrong_type(expected: &str, got: &str) -> Problem {
+    Problem::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("expected {expected}, got {got}"),
+    )
 }
 
 pub fn too_large(limit: u64) -> Problem {

@@ -183,6 +183,7 @@ pub enum Restored {
     Created(Json<DocView>, #[oai(header = "Location")] String),
 }
 
+#[derive(Default)]
 pub struct DocsApi;
 
 #[OpenApi(tag = "ApiTags::Docs")]

@@ -65,6 +65,7 @@ pub struct PasswordBody {
     pub new_password: String,
 }
 
+#[derive(Default)]
 pub struct MeApi;
 
 #[OpenApi(tag = "ApiTags::Me")]

@@ -317,6 +317,7 @@ pub struct TurnCredentialsView {
     pub expires_at: String,
 }
 
+#[derive(Default)]
 pub struct MediaApi;
 
 #[OpenApi(tag = "ApiTags::Media")]
@@ -339,7 +340,8 @@ impl MediaApi {
 
     /// Play the room's call (WHEP): send an SDP offer with the sections to receive (audio,
     /// video), get the SDP answer. Each section plays the newest track of its kind published
-    /// by someone else: a newer one takes over, and when it ends the next newest plays.
+    /// in the call, your own WHIP stream's too (to monitor it): a newer one takes over, and
+    /// when it ends the next newest plays.
     ///
     /// Permission: `rooms.read`. Room role: `viewer`.
     #[oai(path = "/v1/rooms/:room_id/whep", method = "post", operation_id = "whepPlay")]

@@ -131,50 +131,33 @@ pub fn limited(app: &App, l: crate::limits::Limited) -> Problem {
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
-/// The API document's service (its paths carry their full `/v1/...` prefix).
+/// The API document's service (its paths carry their full `/v1/...` prefix): two groups, as
+/// a tuple is `Default` up to twelve members.
 pub type Apis = (
-    orgs::OrgsApi,
-    orgs::OrgInvitesApi,
-    audit::AuditApi,
-    audit::OrgAuditApi,
-    ops::OpsApi,
-    auth_api::AuthApi,
-    me::MeApi,
-    users::UsersApi,
-    api_keys::ApiKeysApi,
-    rooms::RoomsApi,
-    chat::ChatApi,
-    tasks::TasksApi,
-    search::SearchApi,
-    docs::DocsApi,
-    media::MediaApi,
-    recordings::RecordingsApi,
+    (
+        orgs::OrgsApi,
+        orgs::OrgInvitesApi,
+        audit::AuditApi,
+        audit::OrgAuditApi,
+        ops::OpsApi,
+        auth_api::AuthApi,
+        me::MeApi,
+        users::UsersApi,
+        api_keys::ApiKeysApi,
+    ),
+    (
+        rooms::RoomsApi,
+        chat::ChatApi,
+        tasks::TasksApi,
+        search::SearchApi,
+        docs::DocsApi,
+        media::MediaApi,
+        recordings::RecordingsApi,
+    ),
 );
 
 pub fn api_service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new(
-        (
-            orgs::OrgsApi,
-            orgs::OrgInvitesApi,
-            audit::AuditApi,
-            audit::OrgAuditApi,
-            ops::OpsApi,
-            auth_api::AuthApi,
-            me::MeApi,
-            users::UsersApi,
-            api_keys::ApiKeysApi,
-            rooms::RoomsApi,
-            chat::ChatApi::default(),
-            tasks::TasksApi,
-            search::SearchApi,
-            docs::DocsApi,
-            media::MediaApi,
-            recordings::RecordingsApi,
-        ),
-        "Outpost",
-        crate::VERSION,
-    )
-    .description(
+    OpenApiService::new(Apis::default(), "Outpost", crate::VERSION).description(
         "Multi-tenant real-time collaboration. Errors are application/problem+json with a stable \
              `code`; lists are cursor-paginated; updates take `If-Match`.",
     )

@@ -40,6 +40,7 @@ pub enum ReadyResponse {
     NotReady(Json<ReadyView>),
 }
 
+#[derive(Default)]
 pub struct OpsApi;
 
 #[OpenApi(tag = "ApiTags::Operations")]

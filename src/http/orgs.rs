@@ -102,6 +102,7 @@ pub enum OrgDeleted {
     NoContent,
 }
 
+#[derive(Default)]
 pub struct OrgsApi;
 
 #[OpenApi(tag = "ApiTags::Organizations")]
@@ -240,6 +241,7 @@ pub enum OperatorInvited {
 
 crate::problems!(OrgInviteErrors: 400, 401, 404, 409, 413, 415, 422, 507);
 
+#[derive(Default)]
 pub struct OrgInvitesApi;
 
 #[OpenApi(tag = "ApiTags::Organizations")]

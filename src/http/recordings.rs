@@ -128,6 +128,7 @@ async fn find(app: &App, org: Id, room: Id, id: &str) -> Result<Recording, Domai
     found.filter(|r| r.room == room).ok_or(not_found)
 }
 
+#[derive(Default)]
 pub struct RecordingsApi;
 
 #[OpenApi(tag = "ApiTags::Media")]

@@ -214,6 +214,7 @@ fn map_json(m: Option<BTreeMap<String, serde_json::Value>>) -> Option<serde_json
     m.map(|m| m.into_iter().collect())
 }
 
+#[derive(Default)]
 pub struct RoomsApi;
 
 #[OpenApi(tag = "ApiTags::Rooms")]

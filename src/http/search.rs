@@ -38,6 +38,7 @@ pub struct SearchPage {
     pub next_offset: Option<u32>,
 }
 
+#[derive(Default)]
 pub struct SearchApi;
 
 #[OpenApi(tag = "ApiTags::Search")]

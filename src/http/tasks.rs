@@ -222,6 +222,7 @@ pub struct CommentBody {
     pub mention_ids: Option<Vec<String>>,
 }
 
+#[derive(Default)]
 pub struct TasksApi;
 
 #[OpenApi(tag = "ApiTags::Tasks")]

@@ -161,6 +161,7 @@ pub enum UserDeleted {
     NoContent,
 }
 
+#[derive(Default)]
 pub struct UsersApi;
 
 #[OpenApi(tag = "ApiTags::Users")]

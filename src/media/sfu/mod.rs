@@ -43,6 +43,8 @@ use crate::store::Store;
 use peer::{Outlets, PeerMsg, Source};
 use routing::{add_outlet, bind_slot};
 
+pub use sdp::host_candidate;
+
 pub use model::{
     Answer, CallState, Direction, Kind, Note, NoteSink, ParticipantState, SessionInfo, SfuError, StateSink, TrackState,
 };

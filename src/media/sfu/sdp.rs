@@ -215,36 +215,10 @@ pub(super) fn answer(
     }
     let offer = RTCSessionDescription::offer(offer.to_owned()).map_err(invalid)?;
     pc.set_remote_description(now, offer).map_err(invalid)?;
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: host.ip().to_string(),
-            port: host.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .map_err(invalid)?;
-    let init = RTCIceCandidate::from(&candidate).to_json().map_err(invalid)?;
-    pc.add_local_candidate(init).map_err(invalid)?;
+    pc.add_local_candidate(host_candidate(host, false)?).map_err(invalid)?;
     if tcp {
         // ICE over TCP on the same address and port, for networks that let no UDP through.
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "tcp".to_owned(),
-                address: host.ip().to_string(),
-                port: host.port(),
-                component: 1,
-                ..Default::default()
-            },
-            tcp_type: rtc::ice::tcp_type::TcpType::Passive,
-        }
-        .new_candidate_host()
-        .map_err(invalid)?;
-        let init = RTCIceCandidate::from(&candidate).to_json().map_err(invalid)?;
-        pc.add_local_candidate(init).map_err(invalid)?;
+        pc.add_local_candidate(host_candidate(host, true)?).map_err(invalid)?;
     }
     let answer = pc.create_answer(None).map_err(invalid)?;
     pc.set_local_description(now, answer).map_err(invalid)?;
@@ -255,6 +229,27 @@ pub(super) fn answer(
 /// The id of the local track on slot `slot`.
 pub(super) fn slot_track(slot: usize) -> String {
     format!("outpost-{slot}")
+}
+
+/// Our host candidate at `host`: UDP, or passive TCP (ICE over TCP on the same port).
+pub fn host_candidate(
+    host: SocketAddr,
+    tcp: bool,
+) -> Result<rtc::peer_connection::transport::RTCIceCandidateInit, SfuError> {
+    let (network, tcp_type) = if tcp {
+        ("tcp", rtc::ice::tcp_type::TcpType::Passive)
+    } else {
+        ("udp", rtc::ice::tcp_type::TcpType::default())
+    };
+    let base_config = CandidateConfig {
+        network: network.to_owned(),
+        address: host.ip().to_string(),
+        port: host.port(),
+        component: 1,
+        ..Default::default()
+    };
+    let candidate = CandidateHostConfig { base_config, tcp_type }.new_candidate_host().map_err(invalid)?;
+    RTCIceCandidate::from(&candidate).to_json().map_err(invalid)
 }
 
 #[cfg(test)]
