@@ -1,4 +1,5 @@
-//! Fuzz targets: every parser that takes bytes from outside, as a function that must return
+//! Fuzz targets: every parser that takes bytes from outside (the API, the sockets, the media
+//! port, files an operator hands over), as a function that must return
 //! (with an error or not) on any input, never panic, hang or grow without bound.
 //!
 //! Two harnesses drive them: `fuzz/` (cargo-fuzz, libFuzzer on a nightly toolchain) for long
@@ -33,6 +34,10 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("json_body", json_body),
     ("config_file", config_file),
     ("backup_archive", backup_archive),
+    ("sdp_offer", sdp_offer),
+    ("rtp_packet", rtp_packet),
+    ("rtcp_packet", rtcp_packet),
+    ("stun_binding", stun_binding),
 ];
 
 /// A frame a realtime client sends (JSON text).
@@ -110,6 +115,38 @@ pub fn backup_archive(data: &[u8]) {
         let _ = crate::store::backup::restore(&archive, &dir.join("data"), &mut |_, _| {});
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An SDP offer given to WHIP, WHEP or `call_join`: answered as the relay answers it, for each
+/// direction.
+pub fn sdp_offer(data: &[u8]) {
+    use crate::media::sfu::Direction;
+    let Ok(offer) = std::str::from_utf8(data) else { return };
+    let host = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    for direction in [Direction::Publish, Direction::Play, Direction::Call] {
+        let _ = crate::media::sfu::sdp::answer(offer, direction, host, true, true, 16);
+    }
+}
+
+/// An RTP packet from a publisher: parsed, and its payload checked for a keyframe start as
+/// VP8 and as H.264.
+pub fn rtp_packet(data: &[u8]) {
+    use rtc::shared::marshal::Unmarshal;
+    let Ok(packet) = rtc::rtp::Packet::unmarshal(&mut &data[..]) else { return };
+    for mime in ["video/VP8", "video/H264"] {
+        let _ = crate::media::sfu::keyframe::keyframe_start(mime, &packet.payload);
+    }
+}
+
+/// An RTCP compound packet from a receiver or publisher (reports, PLI, FIR, NACK, REMB).
+pub fn rtcp_packet(data: &[u8]) {
+    let _ = rtc::rtcp::packet::unmarshal(&mut &data[..]);
+}
+
+/// A datagram on the media port, read for the ICE username of a STUN binding request (how the
+/// relay routes a new client's first packets).
+pub fn stun_binding(data: &[u8]) {
+    let _ = crate::media::sfu::net::binding_request_ufrag(data);
 }
 
 /// A fresh directory under the system's temporary directory.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Mutated inputs per target, and the time each may take at most.
-const MUTATIONS: usize = 20_000;
+const MUTATIONS: usize = 10_000;
 const BUDGET: Duration = Duration::from_secs(20);
 
 /// xorshift64*: small, seeded, good enough to pick mutations.
@@ -100,5 +100,21 @@ fn every_target_has_a_fuzz_binary_and_a_corpus() {
     for (name, _) in outpost::fuzzing::TARGETS {
         assert!(manifest.contains(&format!("name = \"{name}\"")), "fuzz/Cargo.toml has no [[bin]] {name}");
         assert!(root.join("corpus").join(name).is_dir(), "no fuzz/corpus/{name}");
+    }
+}
+
+/// The SDP seeds are offers the relay answers, so mutations start from the paths real clients
+/// take, not only from the refusals.
+#[test]
+fn the_sdp_seeds_are_answered() {
+    use outpost::media::sfu::Direction;
+    let host = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    for (name, direction) in
+        [("publish.sdp", Direction::Publish), ("play.sdp", Direction::Play), ("call.sdp", Direction::Call)]
+    {
+        let (_, offer) = corpus("sdp_offer").into_iter().find(|(p, _)| p.ends_with(name)).unwrap();
+        let offer = String::from_utf8(offer).unwrap();
+        let answered = outpost::media::sfu::sdp::answer(&offer, direction, host, true, true, 16);
+        assert!(answered.is_ok(), "{name}: {:?}", answered.err());
     }
 }

@@ -21,12 +21,12 @@
 mod feedback;
 pub mod keyframe;
 mod model;
-mod net;
+pub mod net;
 pub mod peer;
 pub mod record;
 mod rewrite;
 mod routing;
-mod sdp;
+pub mod sdp;
 pub mod simulcast;
 
 use std::collections::HashMap;

@@ -196,7 +196,7 @@ const BINDING_REQUEST: u16 = 0x0001;
 const ATTR_USERNAME: u16 = 0x0006;
 
 /// Our ufrag from a STUN binding request's USERNAME (`ours:theirs`), if `data` is one.
-pub(super) fn binding_request_ufrag(data: &[u8]) -> Option<&str> {
+pub fn binding_request_ufrag(data: &[u8]) -> Option<&str> {
     if data.len() < 20 || data[4..8] != MAGIC_COOKIE {
         return None;
     }

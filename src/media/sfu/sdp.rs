@@ -27,7 +27,7 @@ pub(super) const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-
 
 /// An answered offer: the connection, our ICE username fragment, the answer, and (playing)
 /// the kind of each local sender.
-pub(super) struct Setup {
+pub struct Setup {
     pub pc: RTCPeerConnection,
     pub ufrag: String,
     pub sdp: String,
@@ -37,7 +37,7 @@ pub(super) struct Setup {
 }
 
 /// The media sections of an SDP offer: kind and whether the client sends, receives.
-pub(super) fn sections(sdp: &str) -> Vec<(Kind, bool, bool)> {
+pub fn sections(sdp: &str) -> Vec<(Kind, bool, bool)> {
     let mut out: Vec<(Option<Kind>, bool, bool)> = Vec::new();
     for line in sdp.lines() {
         let line = line.trim_end();
@@ -157,7 +157,7 @@ fn media_engine() -> Result<(MediaEngine, Registry), SfuError> {
 
 /// Answers `offer` for a connection that publishes, plays or calls, with one host candidate
 /// at `host`. `may_publish` false refuses an offer that sends.
-pub(super) fn answer(
+pub fn answer(
     offer: &str,
     direction: Direction,
     host: SocketAddr,
