@@ -233,6 +233,17 @@ fn load_for(
     Ok((room, part))
 }
 
+/// `target`'s part in room `id`, which a change about them needs (404 without one).
+fn participant(tx: &Tx<'_, '_>, org: Id, id: Id, target: Id) -> Result<Participant, DomainError> {
+    tx.record(ROOM_PARTICIPANTS, &org_id_id_key(org, id, target))?.ok_or(DomainError::NotFound { what: "participant" })
+}
+
+/// Whether a participant of room role `actor` may act on one of role `target` (remove them,
+/// mute them): moderators act on lower roles, hosts on anyone.
+fn acts_on(actor: RoomRole, target: RoomRole) -> bool {
+    actor == RoomRole::Host || target < actor
+}
+
 fn put_room(tx: &mut Tx<'_, '_>, org: Id, room: &Room) -> Result<(), DomainError> {
     tx.put(ROOMS, &org_id_key(org, room.id), &encode(room))?;
     Ok(())
@@ -405,11 +416,7 @@ pub async fn invite(
             if !active {
                 return Err(DomainError::NotFound { what: "user" });
             }
-            if let Some(p) = tx
-                .get(ROOM_PARTICIPANTS, &org_id_id_key(org, id, target))?
-                .map(|v| decode::<Participant>(ROOM_PARTICIPANTS, &v))
-                .transpose()?
-            {
+            if let Some(p) = tx.record::<Participant>(ROOM_PARTICIPANTS, &org_id_id_key(org, id, target))? {
                 return Ok(p);
             }
             let p = Participant { user: target, role, joined_at_ms: None, last_seen_at_ms: tx.now_ms() };
@@ -429,12 +436,8 @@ pub async fn kick(writer: &Writer, ctx: MutationCtx, user: Id, id: Id, target: I
         .submit(ctx, move |tx| {
             let (mut room, me) = load_for(tx, org, user, id, RoomAction::Moderate)?;
             let my_role = me.map_or(RoomRole::Viewer, |m| m.role);
-            let p: Participant = tx
-                .get(ROOM_PARTICIPANTS, &org_id_id_key(org, id, target))?
-                .map(|v| decode(ROOM_PARTICIPANTS, &v))
-                .transpose()?
-                .ok_or(DomainError::NotFound { what: "participant" })?;
-            if target == user || (p.role >= my_role && my_role != RoomRole::Host) {
+            let p = participant(tx, org, id, target)?;
+            if target == user || !acts_on(my_role, p.role) {
                 return Err(DomainError::Forbidden { detail: "you cannot remove this participant".into() });
             }
             if p.joined_at_ms.is_some() {
@@ -463,11 +466,7 @@ pub async fn change_role(
     writer
         .submit(ctx, move |tx| {
             load_for(tx, org, user, id, RoomAction::Host)?;
-            let mut p: Participant = tx
-                .get(ROOM_PARTICIPANTS, &org_id_id_key(org, id, target))?
-                .map(|v| decode(ROOM_PARTICIPANTS, &v))
-                .transpose()?
-                .ok_or(DomainError::NotFound { what: "participant" })?;
+            let mut p = participant(tx, org, id, target)?;
             let from = p.role;
             p.role = role;
             put_participant(tx, org, id, &p)?;
@@ -527,12 +526,8 @@ pub async fn call_action(
             let (_, me) = load_for(tx, org, user, id, need)?;
             let my_role = me.map_or(RoomRole::Viewer, |m| m.role);
             if let CallAction::Mute { target, .. } | CallAction::Remove { target } = &action {
-                let p: Option<Participant> = tx
-                    .get(ROOM_PARTICIPANTS, &org_id_id_key(org, id, *target))?
-                    .map(|v| decode(ROOM_PARTICIPANTS, &v))
-                    .transpose()?;
-                let p = p.ok_or(DomainError::NotFound { what: "participant" })?;
-                if *target != user && p.role >= my_role && my_role != RoomRole::Host {
+                let p = participant(tx, org, id, *target)?;
+                if *target != user && !acts_on(my_role, p.role) {
                     return Err(DomainError::Forbidden {
                         detail: "moderators act on participants of a lower role; hosts on anyone".into(),
                     });
