@@ -86,6 +86,15 @@ impl<'a> Journey<'a> {
         answer
     }
 
+    /// Posts `body` to `path` with `idempotency_key`, then sends the same request again as a
+    /// client retrying after a timeout would; records both steps and answers the first body.
+    pub async fn post_and_retry(&mut self, who: &Login, path: &str, idempotency_key: &str, body: Value) -> Value {
+        let headers = [("Idempotency-Key", idempotency_key)];
+        let first = self.step_with(who, M::POST, path, &headers, Some(body.clone())).await;
+        self.step_with(who, M::POST, path, &headers, Some(body)).await;
+        first
+    }
+
     /// The recorded steps, for `insta::assert_json_snapshot!`.
     pub fn steps(&self) -> &[Value] {
         &self.steps
@@ -222,24 +231,15 @@ async fn chat_journey() {
     let general = j.step(&tia, M::POST, "/v1/channels", Some(json!({ "kind": "public", "name": "general" }))).await;
     let c = id(&general);
     j.step(&max, M::POST, &format!("/v1/channels/{c}/join"), None).await;
+    // The retry after a timeout: the same message, not a second one.
     let hello = j
-        .step_with(
+        .post_and_retry(
             &tia,
-            M::POST,
             &format!("/v1/channels/{c}/messages"),
-            &[("Idempotency-Key", "k-1")],
-            Some(json!({ "text": "Hello @max", "mention_ids": [max.user_id] })),
+            "k-1",
+            json!({ "text": "Hello @max", "mention_ids": [max.user_id] }),
         )
         .await;
-    // The retry after a timeout: the same message, not a second one.
-    j.step_with(
-        &tia,
-        M::POST,
-        &format!("/v1/channels/{c}/messages"),
-        &[("Idempotency-Key", "k-1")],
-        Some(json!({ "text": "Hello @max", "mention_ids": [max.user_id] })),
-    )
-    .await;
     let m = id(&hello);
     j.step(&max, M::POST, &format!("/v1/channels/{c}/messages"), Some(json!({ "text": "Hi!", "thread_parent_id": m })))
         .await;
@@ -311,22 +311,13 @@ async fn task_journey() {
 
     // Comments are messages.
     let note = j
-        .step_with(
+        .post_and_retry(
             &max,
-            M::POST,
             &format!("/v1/tasks/{a}/comments"),
-            &[("Idempotency-Key", "c-1")],
-            Some(json!({ "text": "Draft is up, @tia", "mention_ids": [tia.user_id] })),
+            "c-1",
+            json!({ "text": "Draft is up, @tia", "mention_ids": [tia.user_id] }),
         )
         .await;
-    j.step_with(
-        &max,
-        M::POST,
-        &format!("/v1/tasks/{a}/comments"),
-        &[("Idempotency-Key", "c-1")],
-        Some(json!({ "text": "Draft is up, @tia", "mention_ids": [tia.user_id] })),
-    )
-    .await;
     let n = id(&note);
     j.step(&tia, M::POST, &format!("/v1/tasks/{a}/comments"), Some(json!({ "text": "Thanks!" }))).await;
     j.step(&gus, M::POST, &format!("/v1/tasks/{a}/comments"), Some(json!({ "text": "me too" }))).await;

@@ -4,7 +4,7 @@ use reqwest::Method as M;
 use serde_json::{Value, json};
 
 use crate::identity::{Login, create_org, login, operator_invite_and_accept};
-use crate::support::{TestServer, config_for, expect_problem};
+use crate::support::{TestServer, config_for, expect_problem, get_json};
 
 async fn users(s: &TestServer, n: usize) -> (String, Vec<Login>) {
     let (org_id, sl) = create_org(s).await;
@@ -72,26 +72,17 @@ async fn a_rooms_life() {
         call(M::PATCH, &guest.access, &format!("/v1/rooms/{id}"), Some(json!({ "name": "mine now" }))).await.unwrap();
     expect_problem(r, 403, "forbidden").await;
 
-    // The host edits with If-Match, promotes, kicks.
-    let r = s
-        .http
-        .patch(s.url(&format!("/v1/rooms/{id}")))
-        .bearer_auth(&host.access)
-        .header("if-match", "\"1\"")
-        .json(&json!({ "description": "weekly" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = s
-        .http
-        .patch(s.url(&format!("/v1/rooms/{id}")))
-        .bearer_auth(&host.access)
-        .header("if-match", "\"1\"")
-        .json(&json!({ "description": "stale" }))
-        .send()
-        .await
-        .unwrap();
+    // The host edits with If-Match (a second edit of version 1 is stale), promotes, kicks.
+    let edit_version_1 = |body: Value| {
+        s.http
+            .patch(s.url(&format!("/v1/rooms/{id}")))
+            .bearer_auth(&host.access)
+            .header("if-match", "\"1\"")
+            .json(&body)
+            .send()
+    };
+    assert_eq!(edit_version_1(json!({ "description": "weekly" })).await.unwrap().status(), 200);
+    let r = edit_version_1(json!({ "description": "stale" })).await.unwrap();
     expect_problem(r, 412, "version_conflict").await;
     let r = call(
         M::PUT,
@@ -197,27 +188,9 @@ async fn racing_joins_fill_exactly_the_capacity() {
         }
     }
     assert_eq!((ok, full), (5, 7), "the host holds one of six places");
-    let room: Value = s
-        .http
-        .get(s.url(&format!("/v1/rooms/{id}")))
-        .bearer_auth(&u[0].access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let room = get_json(&s, &u[0].access, &format!("/v1/rooms/{id}")).await;
     assert_eq!(room["participant_count"], 6);
-    let parts: Value = s
-        .http
-        .get(s.url(&format!("/v1/rooms/{id}/participants")))
-        .bearer_auth(&u[0].access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let parts = get_json(&s, &u[0].access, &format!("/v1/rooms/{id}/participants")).await;
     assert_eq!(parts["items"].as_array().unwrap().len(), 6);
     s.stop().await;
 }

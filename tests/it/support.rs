@@ -214,11 +214,12 @@ pub fn slug(prefix: &str) -> String {
     format!("{prefix}-{}", &outpost::ids::Id::new().0.simple().to_string()[20..])
 }
 
-/// POSTs `body` to `path` with `token` and returns the JSON answer (whatever its status).
+/// GETs `path` with `token` and returns the JSON answer (whatever its status).
 pub async fn get_json(s: &TestServer, token: &str, path: &str) -> Value {
     s.http.get(s.url(path)).bearer_auth(token).send().await.expect("send").json().await.expect("json")
 }
 
+/// POSTs `body` to `path` with `token` and returns the JSON answer (whatever its status).
 pub async fn post_json(s: &TestServer, token: &str, path: &str, body: Value) -> Value {
     s.http.post(s.url(path)).bearer_auth(token).json(&body).send().await.expect("send").json().await.expect("json")
 }
