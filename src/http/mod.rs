@@ -5,6 +5,28 @@
 //! is sane, else a new UUIDv7), opens the request's tracing span, bounds its time, turns every
 //! error into problem+json, echoes the request id, and counts it in `/metrics` by operationId.
 
+/// `From` both ways between a wire enum and the domain enum it mirrors variant for variant;
+/// the matches are exhaustive, so a variant added on one side only does not compile.
+macro_rules! mirror_enum {
+    ($wire:ident <=> $domain:ident { $($variant:ident),+ $(,)? }) => {
+        impl From<$wire> for $domain {
+            fn from(v: $wire) -> Self {
+                match v {
+                    $($wire::$variant => $domain::$variant,)+
+                }
+            }
+        }
+
+        impl From<$domain> for $wire {
+            fn from(v: $domain) -> Self {
+                match v {
+                    $($domain::$variant => $wire::$variant,)+
+                }
+            }
+        }
+    };
+}
+
 pub mod api_keys;
 pub mod audit;
 pub mod auth_api;

@@ -52,34 +52,8 @@ pub enum RoomRoleView {
     Host,
 }
 
-impl From<RoomRoleView> for RoomRole {
-    fn from(r: RoomRoleView) -> Self {
-        match r {
-            RoomRoleView::Viewer => RoomRole::Viewer,
-            RoomRoleView::Member => RoomRole::Member,
-            RoomRoleView::Moderator => RoomRole::Moderator,
-            RoomRoleView::Host => RoomRole::Host,
-        }
-    }
-}
-
-impl From<RoomRole> for RoomRoleView {
-    fn from(r: RoomRole) -> Self {
-        match r {
-            RoomRole::Viewer => RoomRoleView::Viewer,
-            RoomRole::Member => RoomRoleView::Member,
-            RoomRole::Moderator => RoomRoleView::Moderator,
-            RoomRole::Host => RoomRoleView::Host,
-        }
-    }
-}
-
-fn vis(v: VisibilityView) -> Visibility {
-    match v {
-        VisibilityView::Private => Visibility::Private,
-        VisibilityView::Org => Visibility::Org,
-    }
-}
+mirror_enum!(VisibilityView <=> Visibility { Private, Org });
+mirror_enum!(RoomRoleView <=> RoomRole { Viewer, Member, Moderator, Host });
 
 /// A room: where people meet.
 #[derive(Object, Debug)]
@@ -109,10 +83,7 @@ fn view(r: Room, me: Option<&Participant>) -> RoomView {
         name: r.name,
         description: r.description,
         owner_id: r.owner.to_string(),
-        visibility: match r.visibility {
-            Visibility::Private => VisibilityView::Private,
-            Visibility::Org => VisibilityView::Org,
-        },
+        visibility: r.visibility.into(),
         status: if r.status == RoomStatus::Archived { StatusView::Archived } else { StatusView::Active },
         max_participants: r.max_participants,
         participant_count: r.joined,
@@ -238,7 +209,7 @@ impl RoomsApi {
         let f = RoomFields {
             name: Some(b.name),
             description: b.description,
-            visibility: b.visibility.map(vis),
+            visibility: b.visibility.map(Visibility::from),
             max_participants: b.max_participants,
             settings: map_json(b.settings),
             metadata: map_json(b.metadata),
@@ -279,7 +250,7 @@ impl RoomsApi {
         let page = PageRequest::parse(limit.0, cursor.0.as_deref())?;
         let filter = RoomFilter {
             status: status.0.map(|s| if s == StatusView::Archived { RoomStatus::Archived } else { RoomStatus::Active }),
-            visibility: visibility.0.map(vis),
+            visibility: visibility.0.map(Visibility::from),
             mine: mine.0.unwrap_or(false),
             text: q.0,
         };
@@ -300,9 +271,7 @@ impl RoomsApi {
         auth: UserAuth,
         room_id: Path<String>,
     ) -> Result<Json<RoomView>, RoomReadErrors> {
-        let p = auth.check(&app).await?;
-        let (room, me) = rooms::get(&app.store, OrgScope::member(&p), p.user, parse_id(&room_id.0, "room")?)?;
-        p.require(Permission::RoomsRead)?;
+        let (_, room, me) = room_in_path(&app, &auth, &room_id.0).await?;
         Ok(Json(view(room, me.as_ref())))
     }
 
@@ -324,7 +293,7 @@ impl RoomsApi {
         let f = RoomFields {
             name: b.name,
             description: b.description,
-            visibility: b.visibility.map(vis),
+            visibility: b.visibility.map(Visibility::from),
             max_participants: b.max_participants,
             settings: map_json(b.settings),
             metadata: map_json(b.metadata),
@@ -345,7 +314,7 @@ impl RoomsApi {
         req: &Request,
         room_id: Path<String>,
     ) -> Result<Json<RoomView>, RoomWriteErrors> {
-        status(&app, auth, req, &room_id.0, RoomStatus::Archived).await.map(|(r, me)| Json(view(r, me.as_ref())))
+        status(&app, auth, req, &room_id.0, RoomStatus::Archived).await
     }
 
     /// Restore an archived room
@@ -359,7 +328,7 @@ impl RoomsApi {
         req: &Request,
         room_id: Path<String>,
     ) -> Result<Json<RoomView>, RoomWriteErrors> {
-        status(&app, auth, req, &room_id.0, RoomStatus::Active).await.map(|(r, me)| Json(view(r, me.as_ref())))
+        status(&app, auth, req, &room_id.0, RoomStatus::Active).await
     }
 
     /// Delete a room
@@ -507,13 +476,23 @@ impl RoomsApi {
     }
 }
 
-/// The caller, and the room in the path if they may see it (not found before not allowed).
-async fn room_for(app: &App, auth: &UserAuth, room_id: &str) -> Result<(Principal, Id), Problem> {
+/// The caller, and the room in the path with their place in it, if they may see it (not found
+/// before not allowed).
+async fn room_in_path(
+    app: &App,
+    auth: &UserAuth,
+    room_id: &str,
+) -> Result<(Principal, Room, Option<Participant>), Problem> {
     let p = auth.check(app).await?;
-    let id = parse_id(room_id, "room")?;
-    rooms::get(&app.store, OrgScope::member(&p), p.user, id)?;
+    let (room, me) = rooms::get(&app.store, OrgScope::member(&p), p.user, parse_id(room_id, "room")?)?;
     p.require(Permission::RoomsRead)?;
-    Ok((p, id))
+    Ok((p, room, me))
+}
+
+/// The caller and the id of the room in the path, as `room_in_path`.
+async fn room_for(app: &App, auth: &UserAuth, room_id: &str) -> Result<(Principal, Id), Problem> {
+    let (p, room, _) = room_in_path(app, auth, room_id).await?;
+    Ok((p, room.id))
 }
 
 async fn status(
@@ -522,7 +501,8 @@ async fn status(
     req: &Request,
     room_id: &str,
     to: RoomStatus,
-) -> Result<(Room, Option<Participant>), RoomWriteErrors> {
+) -> Result<Json<RoomView>, RoomWriteErrors> {
     let (p, id) = room_for(app, &auth, room_id).await?;
-    Ok(rooms::set_status(&app.writer, user_ctx(req, &p), p.user, id, to).await?)
+    let (room, me) = rooms::set_status(&app.writer, user_ctx(req, &p), p.user, id, to).await?;
+    Ok(Json(view(room, me.as_ref())))
 }

@@ -33,27 +33,7 @@ pub enum RoleView {
     Owner,
 }
 
-impl From<RoleView> for Role {
-    fn from(r: RoleView) -> Self {
-        match r {
-            RoleView::Guest => Role::Guest,
-            RoleView::Member => Role::Member,
-            RoleView::Admin => Role::Admin,
-            RoleView::Owner => Role::Owner,
-        }
-    }
-}
-
-impl From<Role> for RoleView {
-    fn from(r: Role) -> Self {
-        match r {
-            Role::Guest => RoleView::Guest,
-            Role::Member => RoleView::Member,
-            Role::Admin => RoleView::Admin,
-            Role::Owner => RoleView::Owner,
-        }
-    }
-}
+mirror_enum!(RoleView <=> Role { Guest, Member, Admin, Owner });
 
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
 #[oai(rename = "UserStatus", rename_all = "snake_case")]
@@ -226,8 +206,7 @@ impl UsersApi {
         auth: UserAuth,
         user_id: Path<String>,
     ) -> Result<Json<UserView>, UserReadErrors> {
-        let (p, user) = resolve(&app, &auth, &user_id.0).await?;
-        p.require(Permission::UsersRead)?;
+        let (_, user) = resolve(&app, &auth, &user_id.0, Permission::UsersRead).await?;
         Ok(Json(user_view(user)))
     }
 
@@ -304,11 +283,9 @@ impl UsersApi {
         req: &Request,
         user_id: Path<String>,
     ) -> Result<Json<RevokedView>, UserWriteErrors> {
-        let (p, target) = resolve(&app, &auth, &user_id.0).await?;
-        p.require(Permission::UsersManage)?;
-        let id = target.id;
+        let (p, target) = resolve(&app, &auth, &user_id.0, Permission::UsersManage).await?;
         crate::domain::policy::require_may_manage(p.role, target.role)?;
-        let n = sessions::revoke_all(&app.writer, user_ctx(req, &p), id).await?;
+        let n = sessions::revoke_all(&app.writer, user_ctx(req, &p), target.id).await?;
         Ok(Json(RevokedView { revoked: n as u64 }))
     }
 
@@ -323,10 +300,8 @@ impl UsersApi {
         req: &Request,
         user_id: Path<String>,
     ) -> Result<Json<ResetView>, UserWriteErrors> {
-        let (p, target) = resolve(&app, &auth, &user_id.0).await?;
-        p.require(Permission::UsersManage)?;
-        let id = target.id;
-        let token = users::issue_reset(&app.writer, user_ctx(req, &p), p.role, id).await?;
+        let (p, target) = resolve(&app, &auth, &user_id.0, Permission::UsersManage).await?;
+        let token = users::issue_reset(&app.writer, user_ctx(req, &p), p.role, target.id).await?;
         Ok(Json(ResetView { token }))
     }
 }
@@ -338,23 +313,24 @@ async fn administer(
     user_id: &str,
     change: AdminChange,
 ) -> Result<Json<UserView>, UserWriteErrors> {
-    let (p, target) = resolve(app, &auth, user_id).await?;
-    p.require(Permission::UsersManage)?;
-    let id = target.id;
-    let user = users::administer(&app.writer, user_ctx(req, &p), p.user, p.role, id, change).await?;
+    let (p, target) = resolve(app, &auth, user_id, Permission::UsersManage).await?;
+    let user = users::administer(&app.writer, user_ctx(req, &p), p.user, p.role, target.id, change).await?;
     Ok(Json(user_view(user)))
 }
 
-/// The caller and the user named in the path, found in the caller's organization. Not found
-/// comes before not allowed, so nobody learns whether an id exists elsewhere.
+/// The caller holding `needs`, and the user named in the path, found in the caller's
+/// organization. Not found comes before not allowed, so nobody learns whether an id exists
+/// elsewhere.
 async fn resolve(
     app: &App,
     auth: &UserAuth,
     user_id: &str,
+    needs: Permission,
 ) -> Result<(crate::auth::Principal, User), super::problem::Problem> {
     let p = auth.check(app).await?;
     let id = parse_id(user_id, "user")?;
     let user = users::get(&app.store, OrgScope::member(&p), id).await?;
+    p.require(needs)?;
     Ok((p, user))
 }
 
