@@ -37,6 +37,8 @@ pub enum KindView {
     Direct,
 }
 
+mirror_enum!(KindView <=> ChannelKind { Public, Private, Direct });
+
 /// A channel.
 #[derive(Object, Debug)]
 #[oai(rename = "Channel")]
@@ -62,11 +64,7 @@ fn channel_view(c: Channel, me: Option<&Member>) -> ChannelView {
     let unread = me.map(|m| c.last_seq.saturating_sub(m.read_seq));
     ChannelView {
         id: c.id.to_string(),
-        kind: match c.kind {
-            ChannelKind::Public => KindView::Public,
-            ChannelKind::Private => KindView::Private,
-            ChannelKind::Direct => KindView::Direct,
-        },
+        kind: c.kind.into(),
         name: c.name,
         topic: c.topic,
         archived: c.archived,
@@ -255,13 +253,37 @@ pub(super) fn ids(v: Option<Vec<String>>, pointer: &str) -> Result<Vec<Id>, Doma
         .collect()
 }
 
-/// The caller, and the channel in the path if they may see it (404 before 403).
-async fn channel_for(app: &App, auth: &UserAuth, channel_id: &str) -> Result<(Principal, Id), Problem> {
+/// The caller, and the channel in the path with their membership, if they may see it (404
+/// before 403).
+async fn channel_in_path(
+    app: &App,
+    auth: &UserAuth,
+    channel_id: &str,
+) -> Result<(Principal, Channel, Option<Member>), Problem> {
     let p = auth.check(app).await?;
-    let id = parse_id(channel_id, "channel")?;
-    chat::get(&app.store, p.org, p.user, id)?;
+    let (channel, me) = chat::get(&app.store, p.org, p.user, parse_id(channel_id, "channel")?)?;
     p.require(Permission::ChatUse)?;
-    Ok((p, id))
+    Ok((p, channel, me))
+}
+
+/// The caller and the id of the channel in the path, as `channel_in_path`.
+async fn channel_for(app: &App, auth: &UserAuth, channel_id: &str) -> Result<(Principal, Id), Problem> {
+    let (p, channel, _) = channel_in_path(app, auth, channel_id).await?;
+    Ok((p, channel.id))
+}
+
+/// Applies `c` to a message of `place` as the caller (a channel moderator may act on anyone's).
+pub(super) async fn change_message(
+    app: &App,
+    req: &Request,
+    p: &Principal,
+    place: Place,
+    message: Id,
+    c: MessageChange,
+) -> Result<Json<MessageView>, DomainError> {
+    let moderates = policy::moderates_channels(p.role);
+    let m = chat::change(&app.writer, user_ctx(req, p), p.user, moderates, place, message, c).await?;
+    Ok(Json(message_view(m)))
 }
 
 /// Chat's operations, with the rendered history pages they keep (see `rendered`): one cache per
@@ -289,12 +311,12 @@ impl ChatApi {
     ) -> Result<ChannelMade, ChatWriteErrors> {
         let p = auth.require(&app, Permission::ChannelsCreate).await?;
         let b = body.0;
-        let kind = match b.kind {
-            KindView::Public => ChannelKind::Public,
-            KindView::Private => ChannelKind::Private,
-            KindView::Direct => ChannelKind::Direct,
+        let new = NewChannel {
+            kind: b.kind.into(),
+            name: b.name,
+            topic: b.topic,
+            members: ids(b.member_ids, "/member_ids")?,
         };
-        let new = NewChannel { kind, name: b.name, topic: b.topic, members: ids(b.member_ids, "/member_ids")? };
         let (ch, me, made) = chat::create(&app.writer, user_ctx(req, &p), p.user, new).await?;
         let v = channel_view(ch, Some(&me));
         Ok(if made { ChannelMade::Created(Json(v)) } else { ChannelMade::Existing(Json(v)) })
@@ -322,10 +344,8 @@ impl ChatApi {
         auth: UserAuth,
         channel_id: Path<String>,
     ) -> Result<Json<ChannelView>, ChatReadErrors> {
-        let p = auth.check(&app).await?;
-        let (c, m) = chat::get(&app.store, p.org, p.user, parse_id(&channel_id.0, "channel")?)?;
-        p.require(Permission::ChatUse)?;
-        Ok(Json(channel_view(c, m.as_ref())))
+        let (_, c, me) = channel_in_path(&app, &auth, &channel_id.0).await?;
+        Ok(Json(channel_view(c, me.as_ref())))
     }
 
     /// Join a public channel
@@ -677,15 +697,5 @@ async fn change(
     let message = parse_id(message_id, "message")?;
     // Not found before not allowed: the message must be there for the caller to act on it.
     chat::message(&app.store, p.org, p.user, Place::Channel(id), message).await?;
-    let m = chat::change(
-        &app.writer,
-        user_ctx(req, &p),
-        p.user,
-        policy::moderates_channels(p.role),
-        Place::Channel(id),
-        message,
-        c,
-    )
-    .await?;
-    Ok(Json(message_view(m)))
+    Ok(change_message(app, req, &p, Place::Channel(id), message, c).await?)
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::auth_api::NoContent;
 use super::body::JsonBody;
-use super::chat::{EditBody, MessagePage, MessageView, Posted, anchor, ids, message_view};
+use super::chat::{EditBody, MessagePage, MessageView, Posted, anchor, change_message, ids, message_view};
 use super::problem::Problem;
 use super::{ApiTags, UserAuth, parse_id, parse_if_match, user_ctx};
 use crate::app::App;
@@ -46,43 +46,8 @@ pub enum PriorityView {
     Urgent,
 }
 
-fn status(s: StatusView) -> TaskStatus {
-    match s {
-        StatusView::Todo => TaskStatus::Todo,
-        StatusView::InProgress => TaskStatus::InProgress,
-        StatusView::Blocked => TaskStatus::Blocked,
-        StatusView::Done => TaskStatus::Done,
-        StatusView::Cancelled => TaskStatus::Cancelled,
-    }
-}
-
-fn status_view(s: TaskStatus) -> StatusView {
-    match s {
-        TaskStatus::Todo => StatusView::Todo,
-        TaskStatus::InProgress => StatusView::InProgress,
-        TaskStatus::Blocked => StatusView::Blocked,
-        TaskStatus::Done => StatusView::Done,
-        TaskStatus::Cancelled => StatusView::Cancelled,
-    }
-}
-
-fn priority(p: PriorityView) -> Priority {
-    match p {
-        PriorityView::Low => Priority::Low,
-        PriorityView::Normal => Priority::Normal,
-        PriorityView::High => Priority::High,
-        PriorityView::Urgent => Priority::Urgent,
-    }
-}
-
-fn priority_view(p: Priority) -> PriorityView {
-    match p {
-        Priority::Low => PriorityView::Low,
-        Priority::Normal => PriorityView::Normal,
-        Priority::High => PriorityView::High,
-        Priority::Urgent => PriorityView::Urgent,
-    }
-}
+mirror_enum!(StatusView <=> TaskStatus { Todo, InProgress, Blocked, Done, Cancelled });
+mirror_enum!(PriorityView <=> Priority { Low, Normal, High, Urgent });
 
 /// A task.
 #[derive(Object, Debug)]
@@ -115,8 +80,8 @@ fn view(t: Task, deps: Option<Vec<Task>>) -> TaskView {
         id: t.id.to_string(),
         title: t.title,
         description: t.description,
-        status: status_view(t.status),
-        priority: priority_view(t.priority),
+        status: t.status.into(),
+        priority: t.priority.into(),
         assignee_ids: t.assignees.iter().map(ToString::to_string).collect(),
         due_at: t.due_at_ms.map(rfc3339),
         labels: t.labels,
@@ -186,8 +151,8 @@ fn fields(b: TaskBody, if_match: Option<&str>) -> Result<TaskFields, DomainError
     Ok(TaskFields {
         title: b.title,
         description: b.description,
-        status: b.status.map(status),
-        priority: b.priority.map(priority),
+        status: b.status.map(TaskStatus::from),
+        priority: b.priority.map(Priority::from),
         assignees,
         due_at_ms: b.due_at.map(|d| time_ms(&d, "/due_at").map(Some)).transpose()?,
         labels: b.labels,
@@ -274,10 +239,11 @@ impl TasksApi {
     ) -> Result<Json<TaskPage>, TaskReadErrors> {
         let p = auth.require(&app, Permission::TasksRead).await?;
         let page = PageRequest::parse(limit.0, cursor.0.as_deref())?;
-        let parse_status =
-            |s: &str| serde_json::from_value::<StatusView>(serde_json::Value::String(s.into())).ok().map(self::status);
+        let parse_status = |s: &str| {
+            serde_json::from_value::<StatusView>(serde_json::Value::String(s.into())).ok().map(TaskStatus::from)
+        };
         let parse_priority = |s: &str| {
-            serde_json::from_value::<PriorityView>(serde_json::Value::String(s.into())).ok().map(self::priority)
+            serde_json::from_value::<PriorityView>(serde_json::Value::String(s.into())).ok().map(Priority::from)
         };
         let filter = TaskFilter {
             statuses: list_of(status.0, "status", parse_status)?,
@@ -333,10 +299,7 @@ impl TasksApi {
         #[oai(name = "If-Match")] if_match: Header<Option<String>>,
         body: JsonBody<TaskBody>,
     ) -> Result<Json<TaskView>, TaskWriteErrors> {
-        let p = auth.check(&app).await?;
-        let id = parse_id(&task_id.0, "task")?;
-        tasks::get(&app.store, OrgScope::member(&p), id, false).await?;
-        p.require(Permission::TasksWrite)?;
+        let (p, id) = task_for(&app, &auth, &task_id.0, Permission::TasksWrite).await?;
         let t = tasks::update(&app.writer, user_ctx(req, &p), id, fields(body.0, if_match.0.as_deref())?).await?;
         Ok(Json(view(t, None)))
     }
@@ -352,10 +315,7 @@ impl TasksApi {
         req: &Request,
         task_id: Path<String>,
     ) -> Result<NoContent, TaskWriteErrors> {
-        let p = auth.check(&app).await?;
-        let id = parse_id(&task_id.0, "task")?;
-        tasks::get(&app.store, OrgScope::member(&p), id, false).await?;
-        p.require(Permission::TasksWrite)?;
+        let (p, id) = task_for(&app, &auth, &task_id.0, Permission::TasksWrite).await?;
         tasks::delete(&app.writer, user_ctx(req, &p), id).await?;
         Ok(NoContent::Done)
     }
@@ -561,17 +521,7 @@ async fn change_comment(
 ) -> Result<Json<MessageView>, TaskWriteErrors> {
     let (p, id) = task_for(app, auth, task_id, Permission::TasksWrite).await?;
     let comment = parse_id(comment_id, "message")?;
-    let m = chat::change(
-        &app.writer,
-        user_ctx(req, &p),
-        p.user,
-        crate::domain::policy::moderates_channels(p.role),
-        Place::Task(id),
-        comment,
-        c,
-    )
-    .await?;
-    Ok(Json(message_view(m)))
+    Ok(change_message(app, req, &p, Place::Task(id), comment, c).await?)
 }
 
 async fn dependency(
@@ -582,10 +532,7 @@ async fn dependency(
     dep: &str,
     add: bool,
 ) -> Result<Json<TaskView>, TaskWriteErrors> {
-    let p = auth.check(app).await?;
-    let id = parse_id(task, "task")?;
-    tasks::get(&app.store, OrgScope::member(&p), id, false).await?;
-    p.require(Permission::TasksWrite)?;
+    let (p, id) = task_for(app, auth, task, Permission::TasksWrite).await?;
     let dep = parse_id(dep, "task")?;
     Ok(Json(view(tasks::dependency(&app.writer, user_ctx(req, &p), id, dep, add).await?, None)))
 }
