@@ -4,6 +4,8 @@
 //! States and updates travel as Yjs updates (v1 encoding) in `application/octet-stream`
 //! bodies.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use poem::Request;
@@ -16,10 +18,13 @@ use yrs::updates::decoder::Decode;
 
 use super::auth_api::NoContent;
 use super::body::{BinaryBody, JsonBody};
+use super::problem::Problem;
 use super::{ApiTags, UserAuth, parse_id, user_ctx};
 use crate::app::App;
+use crate::auth::Principal;
+use crate::docs::LiveDoc;
 use crate::domain::DomainError;
-use crate::domain::docs::{self, Access, DocVersion, Document, EditSession};
+use crate::domain::docs::{self, Access, Appended, DocVersion, Document, EditSession};
 use crate::domain::paging::PageRequest;
 use crate::domain::policy::Permission;
 use crate::ids::{Id, rfc3339};
@@ -234,8 +239,7 @@ impl DocsApi {
     /// Permission: `rooms.read` (and to see the document's room).
     #[oai(path = "/v1/docs/:doc_id", method = "get", operation_id = "getDocument")]
     async fn get(&self, app: Data<&App>, auth: UserAuth, doc_id: Path<String>) -> Result<Json<DocView>, DocReadErrors> {
-        let p = auth.require(&app, Permission::RoomsRead).await?;
-        let (d, access) = docs::get(&app.store, OrgScope::member(&p), p.user, parse_id(&doc_id.0, "document")?)?;
+        let (_, _, d, access) = doc_for(&app, &auth, &doc_id.0).await?;
         Ok(Json(view(&d, access)))
     }
 
@@ -268,10 +272,7 @@ impl DocsApi {
         doc_id: Path<String>,
         state_vector: Query<Option<String>>,
     ) -> Result<Binary<Vec<u8>>, DocReadErrors> {
-        let p = auth.require(&app, Permission::RoomsRead).await?;
-        let scope = OrgScope::member(&p);
-        let id = parse_id(&doc_id.0, "document")?;
-        docs::get(&app.store, scope, p.user, id)?;
+        let (_, scope, d, _) = doc_for(&app, &auth, &doc_id.0).await?;
         let sv = match state_vector.0.as_deref() {
             None => yrs::StateVector::default(),
             Some(s) => {
@@ -280,7 +281,7 @@ impl DocsApi {
                 })?
             }
         };
-        let live = app.docs.open(scope, id).await?;
+        let live = app.docs.open(scope, d.id).await?;
         Ok(Binary(app.docs.diff(&live, sv).await?))
     }
 
@@ -295,11 +296,8 @@ impl DocsApi {
         auth: UserAuth,
         doc_id: Path<String>,
     ) -> Result<Json<serde_json::Value>, DocReadErrors> {
-        let p = auth.require(&app, Permission::RoomsRead).await?;
-        let scope = OrgScope::member(&p);
-        let id = parse_id(&doc_id.0, "document")?;
-        docs::get(&app.store, scope, p.user, id)?;
-        let live = app.docs.open(scope, id).await?;
+        let (_, scope, d, _) = doc_for(&app, &auth, &doc_id.0).await?;
+        let live = app.docs.open(scope, d.id).await?;
         Ok(Json(app.docs.json(&live).await?))
     }
 
@@ -316,16 +314,10 @@ impl DocsApi {
         doc_id: Path<String>,
         body: BinaryBody,
     ) -> Result<Json<AppliedView>, DocWriteErrors> {
-        let p = auth.require(&app, Permission::RoomsRead).await?;
-        let scope = OrgScope::member(&p);
-        let id = parse_id(&doc_id.0, "document")?;
-        let (d, access) = docs::get(&app.store, scope, p.user, id)?;
-        if access != Access::Write {
-            return Err(docs::read_only().into());
-        }
-        let live = app.docs.open(scope, id).await?;
-        let session = EditSession { id: Id::new(), via: "rest" };
-        let applied = app.docs.apply(&live, user_ctx(req, &p), p.user, vec![body.0], None, Some(session)).await?;
+        let (p, scope, d, access) = doc_for(&app, &auth, &doc_id.0).await?;
+        let d = writable(d, access)?;
+        let live = app.docs.open(scope, d.id).await?;
+        let applied = apply_update(&app, req, &p, &live, body.0).await?;
         Ok(Json(match applied {
             Some(a) => AppliedView { update_seq: a.update_seq, stored: true },
             None => AppliedView { update_seq: d.update_seq, stored: false },
@@ -344,13 +336,9 @@ impl DocsApi {
         doc_id: Path<String>,
         body: JsonBody<NewVersionBody>,
     ) -> Result<VersionCreated, DocWriteErrors> {
-        let p = auth.require(&app, Permission::RoomsRead).await?;
-        let scope = OrgScope::member(&p);
-        let id = parse_id(&doc_id.0, "document")?;
-        let (d, access) = docs::get(&app.store, scope, p.user, id)?;
-        if access != Access::Write {
-            return Err(docs::read_only().into());
-        }
+        let (p, scope, d, access) = doc_for(&app, &auth, &doc_id.0).await?;
+        let d = writable(d, access)?;
+        let id = d.id;
         let live = app.docs.open(scope, id).await?;
         let state = app.docs.diff(&live, yrs::StateVector::default()).await?;
         let caps = app.docs.caps();
@@ -426,9 +414,7 @@ impl DocsApi {
         let (id, vid) = (parse_id(&doc_id.0, "document")?, parse_id(&version_id.0, "version")?);
         let (v, state) = docs::version(&app.store, scope, p.user, id, vid).await?;
         let (d, access) = docs::get(&app.store, scope, p.user, id)?;
-        if access != Access::Write {
-            return Err(docs::read_only().into());
-        }
+        let d = writable(d, access)?;
         let caps = app.docs.caps();
         match body.0.mode {
             RestoreMode::NewDocument => {
@@ -440,11 +426,36 @@ impl DocsApi {
             RestoreMode::Update => {
                 let live = app.docs.open(scope, id).await?;
                 let update = app.docs.revert_to(&live, state).await?;
-                let session = EditSession { id: Id::new(), via: "rest" };
-                app.docs.apply(&live, user_ctx(req, &p), p.user, vec![update], None, Some(session)).await?;
+                apply_update(&app, req, &p, &live, update).await?;
                 let (d, access) = docs::get(&app.store, scope, p.user, id)?;
                 Ok(Restored::Updated(Json(view(&d, access))))
             }
         }
     }
+}
+
+/// The caller (holding `rooms.read`), the scope they work in, and the document in the path
+/// with what they may do with it.
+async fn doc_for(app: &App, auth: &UserAuth, doc_id: &str) -> Result<(Principal, OrgScope, Document, Access), Problem> {
+    let p = auth.require(app, Permission::RoomsRead).await?;
+    let scope = OrgScope::member(&p);
+    let (d, access) = docs::get(&app.store, scope, p.user, parse_id(doc_id, "document")?)?;
+    Ok((p, scope, d, access))
+}
+
+/// The document, if the caller may change it.
+fn writable(d: Document, access: Access) -> Result<Document, DomainError> {
+    if access == Access::Write { Ok(d) } else { Err(docs::read_only()) }
+}
+
+/// Applies one update made over REST (its own edit session), durably.
+async fn apply_update(
+    app: &App,
+    req: &Request,
+    p: &Principal,
+    live: &Arc<LiveDoc>,
+    update: Vec<u8>,
+) -> Result<Option<Appended>, DomainError> {
+    let session = EditSession { id: Id::new(), via: "rest" };
+    app.docs.apply(live, user_ctx(req, p), p.user, vec![update], None, Some(session)).await
 }
