@@ -129,7 +129,7 @@ impl AuditApi {
                 Ok::<_, DomainError>((r.events_after(&scope, topic.as_deref(), after, limit)?, r.log_bounds(&scope)?))
             })
             .await?;
-        let next_after = (items.len() == limit).then(|| items.last().map(|e| e.seq)).flatten();
+        let next_after = next_after(&items, limit, |e| e.seq);
         Ok(Json(EventPage {
             epoch: epoch.to_string(),
             first_seq: bounds.first_seq,
@@ -158,7 +158,7 @@ impl AuditApi {
         if items.is_empty() && after == 0 {
             return Err(DomainError::NotFound { what: "organization" }.into());
         }
-        let next_after = (items.len() == limit).then(|| items.last().map(|r| r.n)).flatten();
+        let next_after = next_after(&items, limit, |r| r.n);
         Ok(Json(AuditPage { items: items.into_iter().map(audit_view).collect(), next_after }))
     }
 
@@ -172,6 +172,11 @@ impl AuditApi {
         let v = app.store.read(|r| r.verify_audit(&mut |_, _| {})).await?;
         Ok(Json(verification_view(v)))
     }
+}
+
+/// Where the next page starts: after the last item of a full page; none after a short one.
+fn next_after<T>(items: &[T], limit: usize, position: impl Fn(&T) -> u64) -> Option<u64> {
+    if items.len() == limit { items.last().map(position) } else { None }
 }
 
 fn page_limit(limit: Option<u32>) -> Result<usize, DomainError> {

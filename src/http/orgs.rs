@@ -153,9 +153,7 @@ impl OrgsApi {
     #[oai(path = "/v1/orgs/:org_id", method = "get", operation_id = "getOrganization")]
     async fn get(&self, app: Data<&App>, auth: OperatorAuth, org_id: Path<String>) -> Result<OrgOk, OrgReadErrors> {
         let (_, scope) = auth.org_scope(&app, &org_id.0).await?;
-        let org = orgs::get(&app.store, scope).await?;
-        let etag = etag(org.version);
-        Ok(OrgOk::Ok(Json(view(org)), etag))
+        Ok(ok(orgs::get(&app.store, scope).await?))
     }
 
     /// Update an organization
@@ -175,9 +173,7 @@ impl OrgsApi {
         let b = body.0;
         let expected_version = parse_if_match(if_match.0.as_deref())?.or(b.version);
         let patch = OrgPatch { name: b.name, settings: b.settings.map(|s| s.into_iter().collect()), expected_version };
-        let org = orgs::update(&app.writer, mutation_ctx(req, scope, op.actor()), patch).await?;
-        let etag = etag(org.version);
-        Ok(OrgOk::Ok(Json(view(org)), etag))
+        Ok(ok(orgs::update(&app.writer, mutation_ctx(req, scope, op.actor()), patch).await?))
     }
 
     /// Suspend an organization
@@ -276,9 +272,13 @@ async fn set_suspended(
     suspended: bool,
 ) -> Result<OrgOk, OrgActionErrors> {
     let (op, scope) = auth.org_scope(app, org_id).await?;
-    let org = orgs::set_suspended(&app.writer, mutation_ctx(req, scope, op.actor()), suspended).await?;
+    Ok(ok(orgs::set_suspended(&app.writer, mutation_ctx(req, scope, op.actor()), suspended).await?))
+}
+
+/// The organization with its version as the `ETag`.
+fn ok(org: Organization) -> OrgOk {
     let etag = etag(org.version);
-    Ok(OrgOk::Ok(Json(view(org)), etag))
+    OrgOk::Ok(Json(view(org)), etag)
 }
 
 fn etag(version: u64) -> String {
