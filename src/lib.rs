@@ -2,7 +2,7 @@
 //!
 //! `run` (in `server`) serves one data dir on one listener until `shutdown` resolves. The
 //! modules form layers, and an import only ever points down them: ground (`ids`, `limits`,
-//! `metrics`, `config`, `tenancy`, `progress`) → `store` → `vault` → `domain` → `auth` →
+//! `metrics`, `config`, `config_file`, `tenancy`, `progress`) → `store` → `vault` → `domain` → `auth` →
 //! engines (`search`, `docs`, `realtime`, `media`) → `app` → transport (`http`, `admin`) →
 //! `server` → `commands`. ARCHITECTURE.md has the table; a test holds the code to it.
 
@@ -11,6 +11,7 @@ pub mod app;
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod config_file;
 pub mod docs;
 pub mod domain;
 pub mod fuzzing;

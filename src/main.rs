@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use outpost::config::{Config, LogFormat, Overrides};
 use outpost::{commands, http};
 
@@ -80,6 +80,22 @@ enum Command {
     Reindex,
     /// Print the version.
     Version,
+    /// Write the man page, shell completions or the documented configuration file (packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        command: GenerateCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GenerateCommand {
+    /// Write the man page, outpost.1, into DIR.
+    Man { dir: PathBuf },
+    /// Write the completion script for SHELL into DIR (outpost.bash, _outpost, outpost.fish).
+    Completions { shell: clap_complete::Shell, dir: PathBuf },
+    /// Print the configuration file with every key, its meaning and its default.
+    Config,
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,6 +148,10 @@ fn main() -> ExitCode {
             println!("outpost {}", outpost::VERSION);
             ExitCode::SUCCESS
         }
+        Command::Generate { command } => generate(command).unwrap_or_else(|e| {
+            say_err(&format!("error: {e}"));
+            ExitCode::FAILURE
+        }),
         Command::Openapi => {
             print!("{}", http::openapi_json());
             ExitCode::SUCCESS
@@ -199,6 +219,50 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
     }
+}
+
+/// Where a packaged install keeps things, appended to outpost.1.
+const MAN_FILES: &str = r#".SH FILES
+.TP
+/etc/outpost/outpost.toml
+The configuration the service reads: every key with its meaning and default.
+.TP
+/var/lib/outpost
+The data directory: the store, the search index, recordings, the admin socket and the vault's
+master key (master.key: keep a copy apart from the backups).
+.TP
+/usr/lib/systemd/system/outpost.service
+The unit: Type=notify with a watchdog, hardened; logs go to the journal (journalctl -u outpost).
+.SH EXAMPLES
+.nf
+sudo -u outpost outpost operator create-key --config /etc/outpost/outpost.toml
+sudo -u outpost outpost backup --config /etc/outpost/outpost.toml --out /var/lib/outpost/x.backup
+outpost config check --config /etc/outpost/outpost.toml
+.fi
+.SH "SEE ALSO"
+systemctl(1), journalctl(1)
+"#;
+
+/// The operator documentation the packages ship, made from the command-line definition and the
+/// configuration types themselves.
+fn generate(what: GenerateCommand) -> Result<ExitCode, String> {
+    let io = |e: std::io::Error| e.to_string();
+    match what {
+        GenerateCommand::Man { dir } => {
+            // outpost.1 and one page per subcommand (outpost-operator-create-key.1, ...).
+            clap_mangen::generate_to(Cli::command(), &dir).map_err(io)?;
+            let main_page = dir.join("outpost.1");
+            let mut page = std::fs::OpenOptions::new().append(true).open(&main_page).map_err(io)?;
+            page.write_all(MAN_FILES.as_bytes()).map_err(io)?;
+            println!("{}", main_page.display());
+        }
+        GenerateCommand::Completions { shell, dir } => {
+            let path = clap_complete::generate_to(shell, &mut Cli::command(), "outpost", &dir).map_err(io)?;
+            println!("{}", path.display());
+        }
+        GenerateCommand::Config => print!("{}", outpost::config_file::render_packaged().map_err(|e| e.to_string())?),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(config: Config) -> ExitCode {

@@ -21,6 +21,7 @@ mod media;
 mod openapi;
 mod orgs;
 mod output;
+mod packaging;
 mod realtime;
 mod roles;
 mod rooms;
