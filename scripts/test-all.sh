@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs (if missing) and runs all of it: formatting, lints,
-# unit and integration tests, the API document check, and the static release build.
+# unit and integration tests, the API document check, the static release build, and the
+# packages built from it (scripts/package-test.sh: deb and rpm, amd64 and arm64, under systemd).
 # Safe to run again: installs are skipped when present. Needs root (or sudo) for apt-get the
 # first time on a fresh machine.
 set -euo pipefail
@@ -67,4 +68,7 @@ if ! file "$bin" | grep -Eq 'static(-pie)? linked|statically linked'; then
 fi
 "$bin" version
 ls -l "$bin"
+
+say "packages: .deb and .rpm for amd64 and arm64, lint, install and run under systemd (scripts/package-test.sh)"
+bash scripts/package-test.sh
 say "all checks passed"

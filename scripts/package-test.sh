@@ -1,0 +1,549 @@
+#!/usr/bin/env bash
+# The package test: builds the .deb and .rpm from the static musl binaries (amd64 and arm64),
+# lints them, installs the .deb on a Debian system booted under systemd (systemd-nspawn -b) and
+# runs it there (start, READY, operator key, reload/restart/stop, watchdog, sandboxing,
+# upgrade with data kept, remove, purge), installs the .rpm into an rpm root and checks its
+# scriptlets and file list, and smoke-tests the arm64 binary under qemu-user.
+#
+# Called by scripts/test-all.sh after the x86_64 musl release build. Installs what it needs when
+# missing (apt packages, cargo-deb and cargo-generate-rpm pinned into .cache/tools, a debootstrap
+# root in .cache/debootstrap) and builds the aarch64 binary itself. Prints PASS/FAIL and the time
+# of every step, and ends with "N passed, M failed". Needs root.
+#
+#   bash scripts/package-test.sh            everything
+#   SKIP_ARM64=1 bash scripts/package-test.sh   without the aarch64 build and smoke test
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+
+CARGO_DEB_VERSION=3.8.0
+CARGO_GENERATE_RPM_VERSION=0.21.1
+DEBIAN_SUITE=bookworm
+ROOT_PACKAGES=systemd,systemd-sysv,dbus,ca-certificates,curl,man-db,sudo
+
+CACHE=$REPO/.cache
+TOOLS=$CACHE/tools
+ROOT=$CACHE/debootstrap/$DEBIAN_SUITE
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+WORK=$TARGET_DIR/package-test
+X86=x86_64-unknown-linux-musl
+ARM=aarch64-unknown-linux-musl
+VERSION=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["packages"][0]["version"])')
+NEXT_VERSION="$VERSION+1"   # the upgrade's N+1: same tree, bumped package version
+export PATH="$TOOLS/bin:$PATH"
+
+passed=0
+failed=0
+failures=()
+
+# step NAME COMMAND...: runs COMMAND, its output indented; PASS or FAIL with the time it took.
+step() {
+    local name=$1
+    shift
+    printf '\n--- %s\n' "$name"
+    local t0 rc dt
+    t0=$(date +%s.%N)
+    # The step runs in this shell (not a pipeline's subshell), so what it sets stays set.
+    "$@" > >(sed 's/^/    /') 2>&1
+    rc=$?
+    wait $! 2>/dev/null
+    dt=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
+    if [ "$rc" = 0 ]; then
+        passed=$((passed + 1))
+        printf 'PASS %s (%s s)\n' "$name" "$dt"
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        printf 'FAIL %s (%s s, exit %s)\n' "$name" "$dt" "$rc"
+    fi
+    return "$rc"
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+
+tools() {
+    if [ "${SKIP_ARM64:-}" != 1 ] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        as_root dpkg --add-architecture arm64
+        as_root apt-get update -qq
+    fi
+    local pkgs=(lintian rpm rpmlint systemd-container debootstrap file)
+    [ "${SKIP_ARM64:-}" = 1 ] || pkgs+=(gcc-aarch64-linux-gnu musl-dev:arm64 qemu-user)
+    apt_install "${pkgs[@]}" || return 1
+    # cargo install builds in a temporary folder of its own, not the project's target dir.
+    if ! cargo-deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+        env -u CARGO_TARGET_DIR cargo install --locked --quiet --root "$TOOLS" --version "$CARGO_DEB_VERSION" cargo-deb || return 1
+    fi
+    if ! cargo-generate-rpm --version 2>/dev/null | grep -q "$CARGO_GENERATE_RPM_VERSION"; then
+        env -u CARGO_TARGET_DIR cargo install --locked --quiet --root "$TOOLS" --version "$CARGO_GENERATE_RPM_VERSION" cargo-generate-rpm || return 1
+    fi
+    if [ "${SKIP_ARM64:-}" != 1 ] && ! rustup target list --installed | grep -qx "$ARM"; then
+        rustup target add "$ARM" || return 1
+    fi
+    cargo-deb --version && cargo-generate-rpm --version && lintian --version && rpmlint --version | head -1
+}
+
+# The Debian root the containers boot, made once and kept in .cache (never booted writable).
+debian_root() {
+    if [ -f "$ROOT/.outpost-root" ] && [ "$(cat "$ROOT/.outpost-root")" = "$ROOT_PACKAGES" ]; then
+        echo "cached: $ROOT ($(du -sh "$ROOT" | cut -f1))"
+        return 0
+    fi
+    local mirror
+    mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+    [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list)
+    rm -rf "$ROOT" "$ROOT.partial"
+    mkdir -p "$(dirname "$ROOT")"
+    debootstrap --variant=minbase --include="$ROOT_PACKAGES" "$DEBIAN_SUITE" "$ROOT.partial" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
+        || { tail -20 "$CACHE/debootstrap.log"; return 1; }
+    echo "$ROOT_PACKAGES" >"$ROOT.partial/.outpost-root"
+    mv "$ROOT.partial" "$ROOT"
+    echo "made $ROOT ($(du -sh "$ROOT" | cut -f1))"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Building and linting
+
+arm64_binary() {
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-musl-gcc \
+        cargo build --release --locked --target "$ARM" || return 1
+    local bin=$TARGET_DIR/$ARM/release/outpost
+    file "$bin"
+    file "$bin" | grep -q 'ARM aarch64' && file "$bin" | grep -Eq 'static(-pie)? linked|statically linked'
+}
+
+# The man page and completions, made by the binary from its own command-line definition; the
+# package metadata picks them up from target/<triple>/release/pkg/.
+assets() {
+    local triple=$1 pkg=$TARGET_DIR/$1/release/pkg
+    local gen=$TARGET_DIR/$X86/release/outpost
+    rm -rf "$pkg" && mkdir -p "$pkg"
+    mkdir -p "$pkg/man"
+    "$gen" generate man "$pkg/man" && gzip -9n "$pkg"/man/*.1 || return 1
+    for shell in bash zsh fish; do
+        "$gen" generate completions "$shell" "$pkg" || return 1
+    done
+    ls -l "$pkg" && ls "$pkg/man" | tr '\n' ' ' && echo
+}
+
+build_deb() {
+    local triple=$1 version=${2:-} out
+    local args=(--no-build --no-strip --target "$triple")
+    [ -n "$version" ] && args+=(--deb-version "$version-1" --output "$WORK/outpost_${version}-1_next.deb")
+    out=$(cargo deb "${args[@]}") || return 1
+    echo "$out"
+    ls -l "$out"
+}
+
+build_rpm() {
+    local triple=$1
+    cargo generate-rpm --target "$triple" || return 1
+    ls -l "$TARGET_DIR/$triple"/generate-rpm/*.rpm
+}
+
+deb_file() { ls -t "$TARGET_DIR/$1"/debian/outpost_"$VERSION"-1_*.deb | head -1; }
+rpm_file() { ls -t "$TARGET_DIR/$1"/generate-rpm/outpost-"$VERSION"-1.*.rpm | head -1; }
+
+lint_deb() {
+    local deb
+    deb=$(deb_file "$1")
+    dpkg-deb --info "$deb" | sed -n '/Package:/,$p'
+    # Errors fail; warnings are shown.
+    lintian --fail-on error --display-level '>=warning' "$deb"
+}
+
+lint_rpm() {
+    local rpm
+    rpm=$(rpm_file "$1")
+    rpm -qpi "$rpm" 2>/dev/null | head -12
+    local out rc
+    out=$(rpmlint "$rpm" 2>&1)
+    rc=$?
+    echo "$out"
+    # rpmlint exits non-zero on errors (and on a badness over the threshold).
+    [ "$rc" = 0 ] && ! echo "$out" | grep -q ' E: '
+}
+
+# ---------------------------------------------------------------------------------------------
+# The .deb under a real systemd
+
+NSPAWN_PID=
+CPID=
+
+boot() {
+    [ -z "$NSPAWN_PID" ] || return 0
+    rm -rf "$WORK/share" && mkdir -p "$WORK/share"
+    cp "$(deb_file $X86)" "$WORK/share/outpost_${VERSION}-1_amd64.deb"
+    cp "$WORK/outpost_${NEXT_VERSION}-1_next.deb" "$WORK/share/"
+    cp "$REPO/scripts/package-client.py" "$WORK/share/"
+    # --volatile=overlay: changes go to a tmpfs over the cached root, gone at power-off.
+    # --private-network: the container has its own loopback, so its ports are its own.
+    systemd-nspawn -b -D "$ROOT" -M outpost-pkgtest --register=no --keep-unit --volatile=overlay \
+        --private-network --bind-ro="$WORK/share:/var/tmp/pkg" --console=read-only \
+        </dev/null >"$WORK/nspawn.log" 2>&1 &
+    NSPAWN_PID=$!
+    local i state=
+    for i in $(seq 1 300); do
+        for c in $(pgrep -P "$NSPAWN_PID"); do
+            [ "$(cat /proc/"$c"/comm 2>/dev/null)" = systemd ] && CPID=$c
+        done
+        if [ -n "$CPID" ]; then
+            state=$(in_ct systemctl is-system-running 2>/dev/null)
+            case "$state" in running | degraded) break ;; esac
+        fi
+        kill -0 "$NSPAWN_PID" 2>/dev/null || { cat "$WORK/nspawn.log"; return 1; }
+        sleep 0.1
+    done
+    echo "container PID 1 is $CPID: $state"
+    [ "$state" = running ] || { in_ct systemctl --failed; return 1; }
+    in_ct cat /etc/debian_version
+}
+
+poweroff() {
+    [ -n "$NSPAWN_PID" ] || return 0
+    [ -n "$CPID" ] && in_ct systemctl poweroff >/dev/null 2>&1
+    local i
+    for i in $(seq 1 300); do
+        kill -0 "$NSPAWN_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$NSPAWN_PID" 2>/dev/null && kill "$NSPAWN_PID"
+    wait "$NSPAWN_PID" 2>/dev/null
+    NSPAWN_PID=
+    CPID=
+}
+
+# A command inside the container, with a clean environment.
+in_ct() { nsenter -t "$CPID" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
+# The host's python client inside the container's network namespace only.
+client() { nsenter -t "$CPID" -n python3 "$REPO/scripts/package-client.py" "$@"; }
+BASE=http://127.0.0.1:8080
+
+main_pid() { in_ct systemctl show -P MainPID outpost; }
+
+install_deb() {
+    in_ct env DEBIAN_FRONTEND=noninteractive apt-get install -y "/var/tmp/pkg/outpost_${VERSION}-1_amd64.deb" | tee "$WORK/install.log" \
+        || return 1
+    in_ct dpkg -s outpost | grep -E '^(Status|Version|Architecture)'
+    in_ct systemctl is-enabled outpost
+    in_ct id outpost
+    in_ct ls -ld /var/lib/outpost /etc/outpost
+    # Installed, enabled, not started.
+    [ "$(in_ct systemctl is-active outpost)" = inactive ]
+}
+
+start_ready() {
+    local t0 t1
+    t0=$(date +%s%N)
+    in_ct systemctl start outpost || { in_ct journalctl -u outpost --no-pager | tail -20; return 1; }
+    t1=$(date +%s%N)
+    echo "systemctl start returned after $(((t1 - t0) / 1000000)) ms"
+    in_ct systemctl show outpost -p Type -p ActiveState -p SubState -p NotifyAccess -p WatchdogUSec
+    [ "$(in_ct systemctl show -P ActiveState outpost)" = active ] || return 1
+    # Type=notify: start returns once READY=1 came, and by then the server answers at once.
+    client ready "$BASE" 0.5 || return 1
+    local exec active
+    exec=$(in_ct systemctl show -P ExecMainStartTimestampMonotonic outpost)
+    active=$(in_ct systemctl show -P ActiveEnterTimestampMonotonic outpost)
+    echo "from exec to READY (active): $(((active - exec) / 1000)) ms"
+    echo "$(((active - exec) / 1000))" >"$WORK/ready_ms"
+    in_ct journalctl -u outpost --no-pager -o cat | grep -E 'outpost is ready|no operator key' | cut -c1-200
+}
+
+operator_key() {
+    # The command exactly as the post-install script printed it.
+    local cmd
+    cmd=$(grep -A1 'Create an operator key' "$WORK/install.log" | tail -1 | sed 's/^ *//')
+    echo "printed: $cmd"
+    case "$cmd" in "sudo -u outpost outpost operator create-key"*) ;; *) echo "no command found"; return 1 ;; esac
+    in_ct sh -c "$cmd" >"$WORK/operator.key" || return 1
+    echo "key: $(cut -c1-12 "$WORK/operator.key")…"
+    grep -q '^opk_' "$WORK/operator.key"
+}
+
+seed_data() {
+    client seed "$BASE" "$(cat "$WORK/operator.key")" "$WORK/share-state.json"
+}
+
+check_data() { client check "$BASE" "$WORK/share-state.json"; }
+
+sandbox() {
+    local pid
+    pid=$(main_pid)
+    echo "MainPID $pid"
+    # (minbase has no ps: /proc says the same.)
+    in_ct sh -c "stat -c '%U %G' /proc/$pid; tr '\\0' ' ' </proc/$pid/cmdline; echo" | tee "$WORK/ps" || return 1
+    grep -qx 'outpost outpost' "$WORK/ps" && grep -q '^/usr/bin/outpost serve' "$WORK/ps" || return 1
+    in_ct grep -E '^(NoNewPrivs|Seccomp|CapEff|CapBnd):' /proc/"$pid"/status | tee "$WORK/status"
+    grep -Eq 'NoNewPrivs:\s+1' "$WORK/status" && grep -Eq 'Seccomp:\s+2' "$WORK/status" \
+        && grep -Eq 'CapEff:\s+0+$' "$WORK/status" && grep -Eq 'CapBnd:\s+0+$' "$WORK/status" || return 1
+    # ProtectSystem=strict: the service sees /usr and /etc read-only, its state dir writable.
+    in_ct nsenter -t "$pid" -m sh -c 'touch /etc/outpost/x 2>&1; touch /usr/x 2>&1; grep " /var/lib/outpost " /proc/self/mountinfo | head -1' | cut -c1-160
+    in_ct systemd-analyze security outpost --no-pager | tee "$WORK/security" | tail -3
+    local exposure
+    exposure=$(sed -n 's/.*Overall exposure level for outpost.service: \([0-9.]*\) .*/\1/p' "$WORK/security")
+    echo "$exposure" >"$WORK/exposure"
+    python3 -c "import sys; sys.exit(0 if float('$exposure') <= 2.0 else 1)"
+}
+
+reload_restart_stop() {
+    local before after
+    before=$(main_pid)
+    # The unit has no ExecReload: systemd refuses a reload and leaves the server running as it was.
+    if in_ct systemctl reload outpost 2>"$WORK/reload.err"; then
+        echo "reload unexpectedly accepted"
+        return 1
+    fi
+    cat "$WORK/reload.err"
+    grep -q 'not applicable' "$WORK/reload.err" || return 1
+    [ "$(main_pid)" = "$before" ] && [ "$(in_ct systemctl is-active outpost)" = active ] || return 1
+    echo "reload refused; still active, same MainPID $before"
+    in_ct systemctl restart outpost || return 1
+    after=$(main_pid)
+    echo "restart: MainPID $before -> $after"
+    [ "$after" != "$before" ] || return 1
+    client ready "$BASE" 0.5 && check_data || return 1
+    in_ct systemctl stop outpost || return 1
+    in_ct systemctl show outpost -p ActiveState -p Result -p ExecMainCode -p ExecMainStatus | tee "$WORK/stopped"
+    grep -qx 'Result=success' "$WORK/stopped" && grep -qx 'ExecMainStatus=0' "$WORK/stopped" || return 1
+    in_ct journalctl -u outpost --no-pager -o cat | grep -Ei 'stopping|stopped|drain' | tail -3 | cut -c1-200
+    in_ct systemctl start outpost && client ready "$BASE" 5 && check_data
+}
+
+watchdog() {
+    local before after n0
+    before=$(main_pid)
+    n0=$(in_ct systemctl show -P NRestarts outpost)
+    # A process that stops answering: frozen, it sends no WATCHDOG=1 (WatchdogSec=30s).
+    in_ct systemctl kill --kill-whom=main --signal=SIGSTOP outpost
+    local i
+    for i in $(seq 1 600); do
+        after=$(main_pid)
+        [ -n "$after" ] && [ "$after" != 0 ] && [ "$after" != "$before" ] && [ "$(in_ct systemctl is-active outpost)" = active ] && break
+        sleep 0.1
+    done
+    echo "MainPID $before -> $after after $((i / 10)) s; NRestarts $n0 -> $(in_ct systemctl show -P NRestarts outpost)"
+    in_ct journalctl -u outpost --no-pager -o cat | grep -i 'watchdog' | tail -2
+    [ "$after" != "$before" ] && [ "$(in_ct systemctl show -P NRestarts outpost)" -gt "$n0" ] || return 1
+    client ready "$BASE" 10 && check_data
+}
+
+man_and_completions() {
+    in_ct dpkg -L outpost | grep -E 'man1|completions|vendor_completions|/usr/share/outpost/'
+    in_ct sh -c 'MANPAGER=cat MANWIDTH=100 man outpost' >"$WORK/man.txt" 2>&1 || { cat "$WORK/man.txt"; return 1; }
+    head -12 "$WORK/man.txt"
+    grep -q 'operator' "$WORK/man.txt" && grep -q 'serve' "$WORK/man.txt" || return 1
+    in_ct test -s /usr/share/bash-completion/completions/outpost \
+        && in_ct test -s /usr/share/zsh/vendor-completions/_outpost \
+        && in_ct test -s /usr/share/fish/vendor_completions.d/outpost.fish
+}
+
+upgrade() {
+    # A local edit to the conffile survives the upgrade.
+    in_ct sh -c 'sed -i "s/^level = \"info\"/level = \"info,outpost=info\"/" /etc/outpost/outpost.toml && grep -n "^level" /etc/outpost/outpost.toml'
+    local before after
+    before=$(main_pid)
+    in_ct env DEBIAN_FRONTEND=noninteractive apt-get install -y "/var/tmp/pkg/outpost_${NEXT_VERSION}-1_next.deb" | tail -4 || return 1
+    in_ct dpkg -s outpost | grep '^Version'
+    [ "$(in_ct dpkg-query -W -f '${Version}' outpost)" = "${NEXT_VERSION}-1" ] || return 1
+    after=$(main_pid)
+    echo "restarted by the upgrade: MainPID $before -> $after"
+    [ "$after" != "$before" ] && [ "$(in_ct systemctl is-active outpost)" = active ] || return 1
+    in_ct grep -q '^level = "info,outpost=info"' /etc/outpost/outpost.toml || { echo "local config edit lost"; return 1; }
+    echo "local config edit kept"
+    client ready "$BASE" 10 && check_data
+}
+
+remove_keeps() {
+    in_ct env DEBIAN_FRONTEND=noninteractive apt-get remove -y outpost | tail -3 || return 1
+    in_ct dpkg -s outpost 2>/dev/null | grep '^Status'
+    [ "$(in_ct systemctl is-active outpost)" != active ] || return 1
+    in_ct test ! -e /usr/bin/outpost || return 1
+    in_ct ls -l /etc/outpost/outpost.toml || return 1
+    in_ct ls /var/lib/outpost || return 1
+    in_ct test -s /var/lib/outpost/outpost.redb
+}
+
+purge_says() {
+    in_ct env DEBIAN_FRONTEND=noninteractive apt-get purge -y outpost | tee "$WORK/purge.log" | tail -8 || return 1
+    in_ct test ! -e /etc/outpost/outpost.toml || { echo "config still there"; return 1; }
+    echo "/etc/outpost: $(in_ct ls -d /etc/outpost 2>&1)"
+    in_ct test -s /var/lib/outpost/outpost.redb || { echo "data deleted"; return 1; }
+    grep -q 'kept /var/lib/outpost' "$WORK/purge.log" || { echo "purge did not say where the data is"; return 1; }
+    echo "data kept and named"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The .rpm in an rpm root
+
+rpm_scripts() {
+    local rpm
+    rpm=$(rpm_file $X86)
+    rpm -qp --scripts "$rpm" 2>/dev/null | tee "$WORK/rpm-scripts" | head -40
+    for s in postinstall preuninstall postuninstall; do
+        grep -q "^$s scriptlet" "$WORK/rpm-scripts" || { echo "no $s scriptlet"; return 1; }
+    done
+    # Each scriptlet parses as POSIX sh.
+    python3 - "$WORK/rpm-scripts" "$WORK" <<'PY' || return 1
+import re, subprocess, sys
+text = open(sys.argv[1]).read()
+parts = re.split(r"^(\w+) scriptlet \(using (\S+)\):\n", text, flags=re.M)
+for name, shell, body in zip(parts[1::3], parts[2::3], parts[3::3]):
+    r = subprocess.run(["sh", "-n"], input=body, text=True, capture_output=True)
+    print(f"{name} ({shell}): sh -n {'ok' if r.returncode == 0 else 'FAILED ' + r.stderr}")
+    if r.returncode:
+        sys.exit(1)
+PY
+}
+
+# Installs the .rpm into an overlay of the Debian root (so its scriptlets have a shell,
+# systemd-sysusers and systemd-tmpfiles), with its own rpm database, then erases it.
+rpm_root() {
+    local rpm mnt=$WORK/rpmroot
+    rpm=$(rpm_file $X86)
+    rm -rf "$mnt" "$WORK/rpm-upper" "$WORK/rpm-work"
+    mkdir -p "$mnt" "$WORK/rpm-upper" "$WORK/rpm-work"
+    mount -t overlay overlay -o "lowerdir=$ROOT,upperdir=$WORK/rpm-upper,workdir=$WORK/rpm-work" "$mnt" || return 1
+    local rc=0
+    (
+        set -e
+        r=(rpm --root "$mnt" --dbpath /var/lib/rpm)
+        "${r[@]}" --initdb
+        # --nodeps: the database is empty, so even /bin/sh is not "provided" in it.
+        "${r[@]}" -i --nodeps "$rpm"
+        "${r[@]}" -q outpost
+        "${r[@]}" -V outpost && echo "rpm -V: no differences"
+        grep '^outpost:' "$mnt/etc/passwd"
+        stat -c '%n %U:%G %a' "$mnt/var/lib/outpost" "$mnt/etc/outpost" "$mnt/usr/bin/outpost"
+        [ "$(stat -c %U "$mnt/var/lib/outpost")" = outpost ]
+        chroot "$mnt" /usr/bin/outpost version
+        # The local edit survives an erase as .rpmsave (config noreplace); data is never touched.
+        echo "# local edit" >>"$mnt/etc/outpost/outpost.toml"
+        mkdir -p "$mnt/var/lib/outpost/marker"
+        "${r[@]}" -e outpost
+        ! "${r[@]}" -q outpost >/dev/null
+        [ ! -e "$mnt/usr/bin/outpost" ] && [ -d "$mnt/var/lib/outpost/marker" ]
+        ls "$mnt/etc/outpost/"
+        echo "erased; /var/lib/outpost kept"
+    ) || rc=1
+    umount "$mnt"
+    return $rc
+}
+
+# The two packages install the same files (the zsh completion goes where each family's zsh
+# looks; the deb adds its copyright, changelog and lintian overrides, which rpm keeps elsewhere).
+same_files() {
+    rpm -qpl "$(rpm_file $X86)" 2>/dev/null | sed 's#/usr/share/zsh/site-functions/#/usr/share/zsh/COMPLETIONS/#' | sort >"$WORK/files.rpm"
+    dpkg-deb -c "$(deb_file $X86)" | awk '$1 !~ /^d/ { print $6 }' | sed 's#^\.##' \
+        | grep -v -e '^/usr/share/doc/' -e '^/usr/share/lintian/' \
+        | sed 's#/usr/share/zsh/vendor-completions/#/usr/share/zsh/COMPLETIONS/#' | sort >"$WORK/files.deb"
+    cat "$WORK/files.rpm"
+    diff -u "$WORK/files.deb" "$WORK/files.rpm" && echo "the same $(wc -l <"$WORK/files.rpm") files"
+}
+
+# ---------------------------------------------------------------------------------------------
+# arm64 under qemu-user
+
+arm64_smoke() {
+    local dir=$WORK/arm64 port
+    rm -rf "$dir" && mkdir -p "$dir/extract" "$dir/run"
+    dpkg-deb -x "$(deb_file $ARM)" "$dir/extract" || return 1
+    local bin=$dir/extract/usr/bin/outpost
+    file "$bin"
+    qemu-aarch64 "$bin" version || return 1
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # Zero configuration: no file, no environment; only a free port instead of 8080.
+    (cd "$dir/run" && exec qemu-aarch64 "$bin" serve --listen "127.0.0.1:$port" >"$dir/server.log" 2>&1) &
+    local pid=$!
+    local rc=0
+    (
+        set -e
+        python3 "$REPO/scripts/package-client.py" ready "http://127.0.0.1:$port" 60
+        grep -o '"outpost is ready"' "$dir/server.log" | head -1
+        key=$(cd "$dir/run" && qemu-aarch64 "$bin" operator create-key --name edge)
+        echo "operator key ${key:0:12}…"
+        python3 "$REPO/scripts/package-client.py" seed "http://127.0.0.1:$port" "$key" "$dir/state.json"
+        python3 "$REPO/scripts/package-client.py" check "http://127.0.0.1:$port" "$dir/state.json"
+    ) || rc=1
+    kill -TERM "$pid"
+    wait "$pid"
+    local code=$?
+    echo "server exit code after SIGTERM: $code"
+    tail -2 "$dir/server.log" | cut -c1-200
+    [ "$rc" = 0 ] && [ "$code" = 0 ]
+}
+
+# ---------------------------------------------------------------------------------------------
+
+on_exit() { poweroff; }
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+t_start=$(date +%s)
+mkdir -p "$WORK" "$CACHE"
+printf 'package test: outpost %s (upgrade to %s), target dir %s\n' "$VERSION" "$NEXT_VERSION" "$TARGET_DIR"
+
+[ -x "$TARGET_DIR/$X86/release/outpost" ] || cargo build --release --locked --target "$X86"
+
+step "tools (apt, cargo-deb $CARGO_DEB_VERSION, cargo-generate-rpm $CARGO_GENERATE_RPM_VERSION)" tools
+step "debian root (debootstrap $DEBIAN_SUITE, cached)" debian_root
+step "amd64: man page and completions" assets $X86
+step "amd64: build .deb" build_deb $X86
+step "amd64: build .deb N+1 ($NEXT_VERSION)" build_deb $X86 "$NEXT_VERSION"
+step "amd64: build .rpm" build_rpm $X86
+step "amd64: lintian" lint_deb $X86
+step "amd64: rpmlint" lint_rpm $X86
+step "rpm: scriptlets (rpm -qp --scripts)" rpm_scripts
+step "rpm: install and erase in an rpm root" rpm_root
+step "rpm: file list matches the deb's" same_files
+
+if step "systemd: boot Debian under systemd-nspawn" boot; then
+    step "systemd: install the .deb" install_deb \
+        && step "systemd: start reaches active after READY" start_ready \
+        && step "systemd: the printed operator-key command" operator_key \
+        && step "systemd: write data (org, user, channel, message, document)" seed_data
+    step "systemd: runs as outpost, sandboxed, systemd-analyze security" sandbox
+    step "systemd: reload, restart, graceful stop" reload_restart_stop
+    step "systemd: watchdog restarts a frozen process" watchdog
+    step "systemd: man page and completions installed, man outpost renders" man_and_completions
+    step "systemd: upgrade to N+1 keeps data and config" upgrade
+    step "systemd: apt remove keeps data and config" remove_keeps
+    step "systemd: apt purge removes config, keeps data and says so" purge_says
+fi
+poweroff
+
+if [ "${SKIP_ARM64:-}" != 1 ]; then
+    if step "arm64: static aarch64 musl binary" arm64_binary; then
+        step "arm64: man page and completions" assets $ARM
+        step "arm64: build .deb" build_deb $ARM
+        step "arm64: build .rpm" build_rpm $ARM
+        step "arm64: lintian" lint_deb $ARM
+        step "arm64: rpmlint" lint_rpm $ARM
+        step "arm64: smoke test under qemu-user" arm64_smoke
+    fi
+fi
+
+printf '\n=== package test summary\n'
+for f in "$(deb_file $X86 2>/dev/null)" "$(rpm_file $X86 2>/dev/null)" "$(deb_file $ARM 2>/dev/null)" "$(rpm_file $ARM 2>/dev/null)"; do
+    [ -f "$f" ] && printf '%10s bytes  %s\n' "$(stat -c %s "$f")" "$(basename "$f")"
+done
+[ -f "$WORK/ready_ms" ] && echo "systemctl start: exec to READY $(cat "$WORK/ready_ms") ms"
+[ -f "$WORK/exposure" ] && echo "systemd-analyze security: exposure $(cat "$WORK/exposure")"
+echo "package test took $(($(date +%s) - t_start)) s"
+for f in "${failures[@]}"; do echo "failed: $f"; done
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
