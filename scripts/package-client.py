@@ -68,7 +68,7 @@ def seed(base, key, state_file):
         call(base, "POST", "/v1/channels/%s/messages" % channel["id"], token, {"text": "kept across upgrades"}),
         "post message",
     )
-    room = must(201, call(base, "POST", "/v1/rooms", token, {"name": "Ops", "visibility": "public"}), "create room")
+    room = must(201, call(base, "POST", "/v1/rooms", token, {"name": "Ops", "visibility": "org"}), "create room")
     doc = must(201, call(base, "POST", "/v1/rooms/%s/docs" % room["id"], token, {"name": "Runbook"}), "create document")
     state = {"slug": slug, "org": org["id"], "channel": channel["id"], "message": msg["id"], "room": room["id"], "doc": doc["id"]}
     with open(state_file, "w") as f:

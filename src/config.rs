@@ -400,11 +400,13 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            if !path.exists() {
-                return Err(ConfigError(vec![ConfigIssue {
-                    key: "--config".into(),
-                    reason: format!("file {} does not exist", path.display()),
-                }]));
+            // `Path::exists` says "no" for a file this user may not read, too: tell them apart.
+            if let Err(e) = std::fs::metadata(path).and_then(|_| std::fs::File::open(path)) {
+                let reason = match e.kind() {
+                    std::io::ErrorKind::NotFound => format!("file {} does not exist", path.display()),
+                    _ => format!("cannot read {}: {e}", path.display()),
+                };
+                return Err(ConfigError(vec![ConfigIssue { key: "--config".into(), reason }]));
             }
             fig = fig.merge(Toml::file_exact(path));
         }

@@ -79,8 +79,15 @@ pub async fn run(
         "outpost is ready"
     );
     if !has_operator_key(&app) {
+        // Under a service manager the server runs as its own user (systemd sets USER): the key
+        // must be made as that user too, or the files it writes belong to whoever ran it.
+        let as_user = std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty() && u != "root" && std::env::var_os("NOTIFY_SOCKET").is_some())
+            .map(|u| format!("sudo -u {u} "))
+            .unwrap_or_default();
         tracing::info!(
-            "no operator key yet: create one with `{} operator create-key --data {}`",
+            "no operator key yet: create one with `{as_user}{} operator create-key --data {}`",
             this_binary(),
             app.config.data_dir.display()
         );
