@@ -16,7 +16,7 @@
 #   OUTPOST_BIN        the server binary (default target/debug/outpost)
 #   CONTRACT_OPENAPI   the document (default openapi/outpost.json)
 #   CONTRACT_OUT       where everything generated goes (default target/contract)
-#   CONTRACT_EXAMPLES  schemathesis examples per operation (default 10)
+#   CONTRACT_EXAMPLES  schemathesis examples per operation (default 30)
 #   CONTRACT_SEED      schemathesis seed (default: a new one each run, printed)
 #   CONTRACT_WORKERS   schemathesis workers (default 1: with more, Python 3.11's compile() can
 #                      fail in a worker thread with "AST constructor recursion depth mismatch")
@@ -37,7 +37,7 @@ NODE_DIR="$ROOT/tests/contract"
 OUT="$(realpath -m "${CONTRACT_OUT:-target/contract}")"
 DOC="$(realpath "${CONTRACT_OPENAPI:-openapi/outpost.json}")"
 BIN="$(realpath -m "${OUTPOST_BIN:-target/debug/outpost}")"
-EXAMPLES="${CONTRACT_EXAMPLES:-10}"
+EXAMPLES="${CONTRACT_EXAMPLES:-30}"
 WORKERS="${CONTRACT_WORKERS:-1}"
 PYTHON="${CONTRACT_PYTHON:-python3}"
 SEED="${CONTRACT_SEED:-$(python3 -c 'import random; print(random.getrandbits(63))')}"
@@ -168,8 +168,10 @@ gen_ts() {
   mkdir -p "$OUT/ts"
   (cd "$NODE_DIR" && CONTRACT_OPENAPI="$DOC" CONTRACT_TS_OUT="$OUT/ts/client" NO_COLOR=1 FORCE_COLOR=0 \
     npx --no-install openapi-ts -f openapi-ts.config.ts) >"$OUT/ts-generate.log" 2>&1 || echo "ERROR: openapi-ts exited with $?" >>"$OUT/ts-generate.log"
-  # The generated code imports zod and the journey yjs: both resolve from tests/contract.
+  # The journey and its tsconfig.json go next to the generated client; the generated code imports
+  # zod and the journey yjs, both resolved from tests/contract/node_modules.
   ln -sfn "$NODE_DIR/node_modules" "$OUT/ts/node_modules"
+  cp "$NODE_DIR/journey.ts" "$NODE_DIR/tsconfig.json" "$OUT/ts/"
   TS_WARNINGS="$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/ts-generate.log" | grep -ciE 'warn|error|⚠|✖|❌|unsupported|skipp' || true)"
   [[ -f "$OUT/ts/client/sdk.gen.ts" ]] || TS_WARNINGS=$((TS_WARNINGS + 1))
 }
@@ -181,7 +183,7 @@ part_ts() {
   sed 's/\x1b\[[0-9;]*m//g' "$OUT/ts-generate.log" | grep -iE 'warn|error|⚠|✖|❌|unsupported|skipp' | sed 's/^/    /' || true
   echo "@hey-api/openapi-ts: $TS_WARNINGS warnings (full output: $OUT/ts-generate.log)"
   # The generated client and the journey, type-checked together.
-  (cd "$NODE_DIR" && npx --no-install tsc -p tsconfig.json --strict --noEmit) >"$OUT/tsc.log" 2>&1 || true
+  "$NODE_DIR/node_modules/.bin/tsc" -p "$OUT/ts/tsconfig.json" --strict --noEmit >"$OUT/tsc.log" 2>&1 || true
   TS_ERRORS="$(grep -c 'error TS' "$OUT/tsc.log" || true)"
   head -n 20 "$OUT/tsc.log" | sed 's/^/    /'
   echo "tsc --strict: $TS_ERRORS type errors (full output: $OUT/tsc.log)"
@@ -197,6 +199,7 @@ part_journeys() {
   local t0; t0="$(now)"
   [[ -d "$OUT/python/outpost_client" ]] || gen_python
   [[ -f "$OUT/ts/client/sdk.gen.ts" ]] || gen_ts
+  cp "$NODE_DIR/journey.ts" "$OUT/ts/"
   start_server
   local py=ok tsj=ok
   echo "-- Python"
@@ -204,7 +207,7 @@ part_journeys() {
     py=FAILED
   fi
   echo "-- TypeScript"
-  if ! (cd "$NODE_DIR" && npx --no-install tsx journey.ts "$OUT/principals.json") 2>&1 | tee "$OUT/journey-ts.log"; then
+  if ! (cd "$OUT/ts" && "$NODE_DIR/node_modules/.bin/tsx" journey.ts "$OUT/principals.json") 2>&1 | tee "$OUT/journey-ts.log"; then
     tsj=FAILED
   fi
   check_panics || py="$py (server panicked)"
@@ -234,6 +237,7 @@ st_run() {
     --workers "$WORKERS" \
     --request-timeout 20 \
     --no-color \
+    --generation-database none \
     --report json,ndjson,junit --report-dir "$dir" \
     "$@" >"$dir/output.txt" 2>&1 || true
   tail -n 4 "$dir/output.txt" | sed 's/^/    /'

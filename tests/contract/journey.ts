@@ -1,6 +1,7 @@
 // One scripted journey through the API with the TypeScript client @hey-api/openapi-ts generated
-// from openapi/outpost.json into target/contract/ts/client (types, an SDK over fetch, and zod
-// schemas the SDK checks every successful answer against).
+// from openapi/outpost.json (types, an SDK over fetch, and zod schemas the SDK checks every
+// successful answer against). scripts/contract-test.sh copies this file and tsconfig.json next to
+// the generated client (target/contract/ts/client) and runs it there:
 //
 //     tsx journey.ts PRINCIPALS.json
 //
@@ -14,7 +15,7 @@ import { readFileSync } from "node:fs";
 import { randomUUID } from "node:crypto";
 import * as Y from "yjs";
 
-import { createClient } from "../../target/contract/ts/client/client/index.js";
+import { createClient } from "./client/client/index.js";
 import {
   acceptInvitation,
   addTaskDependency,
@@ -39,9 +40,9 @@ import {
   postMessage,
   refreshTokens,
   search,
-} from "../../target/contract/ts/client/index.js";
-import type { Problem } from "../../target/contract/ts/client/index.js";
-import { zProblem } from "../../target/contract/ts/client/zod.gen.js";
+} from "./client/index.js";
+import type { Problem } from "./client/index.js";
+import { zProblem } from "./client/zod.gen.js";
 
 type Answer<T, E> = { data?: T; error?: E; response?: Response };
 
