@@ -228,7 +228,7 @@ st_run() {
   mkdir -p "$dir"
   t0="$(now)"
   echo "-- $name"
-  "$VENV/bin/st" --config-file "$NODE_DIR/schemathesis.toml" run "$DOC" --url "$BASE_URL" \
+  SCHEMATHESIS_HOOKS="$NODE_DIR/st_hooks.py" "$VENV/bin/st" --config-file "$NODE_DIR/schemathesis.toml" run "$DOC" --url "$BASE_URL" \
     -H "Authorization: Bearer $token" \
     --phases examples,coverage,fuzzing,stateful \
     --checks all \
