@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""One scripted journey through the API with the Python client openapi-python-client generated
+from openapi/outpost.json (the package `outpost_client`, put on PYTHONPATH by the harness).
+
+    journey.py PRINCIPALS.json
+
+Uses the base URL and the operator key from PRINCIPALS.json (written by provision.py) and makes
+everything else itself: operator creates an org -> invites an owner -> accept -> login ->
+refresh -> create room -> join -> channel -> post with an Idempotency-Key (the retry answers the
+same message) -> history -> task with a dependency -> search -> document create + binary Yjs
+update + versions -> API key -> a deliberate 404 read as a typed Problem -> logout.
+
+Every answer is read through the generated types: a step fails when the status is not the one
+expected or when the parsed value is not of the generated class.
+"""
+
+import io
+import json
+import sys
+import time
+import uuid
+
+from outpost_client import AuthenticatedClient, Client
+from outpost_client.api.auth import accept_invitation, login, logout, refresh_tokens
+from outpost_client.api.chat import create_channel, list_messages, post_message
+from outpost_client.api.docs import (
+    apply_document_update,
+    create_document,
+    create_document_version,
+    get_document_json,
+    list_document_versions,
+)
+from outpost_client.api.me import create_api_key, get_me
+from outpost_client.api.organizations import create_organization, create_organization_invitation
+from outpost_client.api.rooms import create_room, get_room, join_room, list_rooms
+from outpost_client.api.search import search
+from outpost_client.api.tasks import add_task_dependency, create_task
+from outpost_client.models import (
+    AcceptInvitation,
+    AppliedUpdate,
+    Channel,
+    ChannelKind,
+    CreateApiKey,
+    CreateChannel,
+    CreatedApiKey,
+    CreateOrganization,
+    CreateRoom,
+    Document,
+    DocumentVersion,
+    DocumentVersionPage,
+    Invitation,
+    LoginRequest,
+    Me,
+    Message,
+    MessagePage,
+    NewDocument,
+    NewDocumentVersion,
+    OperatorInvitation,
+    Organization,
+    Participant,
+    PostMessage,
+    Problem,
+    RefreshRequest,
+    Role,
+    Room,
+    RoomPage,
+    RoomVisibility,
+    SearchPage,
+    Task,
+    TaskFields,
+    TokenPair,
+    User,
+)
+from outpost_client.types import File
+
+# A Yjs v1 update made by a fresh client (id 424242) that inserts this text at the start of the
+# root text type "text": encodeStateAsUpdate of that document, as stock Yjs 13.6 writes it.
+TEXT = "hello from the contract journey"
+YJS_UPDATE = bytes.fromhex(
+    "0101b2f21900040104746578741f68656c6c6f2066726f6d2074686520636f6e7472616374206a6f75726e657900"
+)
+
+STEPS = []
+
+
+def step(name, resp, status, typ):
+    """The parsed answer of `resp`, which must have `status` and parse to the generated `typ`."""
+    ok = int(resp.status_code) == status and isinstance(resp.parsed, typ)
+    STEPS.append((name, int(resp.status_code), ok))
+    if not ok:
+        body = resp.content.decode(errors="replace")[:600]
+        raise SystemExit(
+            f"journey.py: {name}: expected {status} {typ.__name__}, got {int(resp.status_code)} "
+            f"{type(resp.parsed).__name__}: {body}"
+        )
+    print(f"  ok  {name}: {int(resp.status_code)} {typ.__name__}")
+    return resp.parsed
+
+
+def main():
+    with open(sys.argv[1]) as f:
+        env = json.load(f)
+    base = env["base_url"]
+    tag = uuid.uuid4().hex[:8]
+    slug, username, password = f"journey-py-{tag}", f"ada-{tag}", "a long passphrase for ada"
+
+    operator = AuthenticatedClient(base_url=base, token=env["operator_key"])
+    anonymous = Client(base_url=base)
+
+    org = step(
+        "operator creates an organization",
+        create_organization.sync_detailed(client=operator, body=CreateOrganization(slug=slug, name="Journey (Python)")),
+        201,
+        Organization,
+    )
+    inv = step(
+        "operator invites an owner",
+        create_organization_invitation.sync_detailed(
+            org.id, client=operator, body=OperatorInvitation(email=f"ada-{tag}@example.org", role=Role.OWNER)
+        ),
+        201,
+        Invitation,
+    )
+    user = step(
+        "the owner accepts",
+        accept_invitation.sync_detailed(
+            client=anonymous, body=AcceptInvitation(token=inv.token, username=username, password=password)
+        ),
+        200,
+        User,
+    )
+    pair = step(
+        "the owner logs in",
+        login.sync_detailed(client=anonymous, body=LoginRequest(org=slug, login=username, password=password)),
+        200,
+        TokenPair,
+    )
+    assert pair.user.id == user.id
+    pair = step(
+        "refresh",
+        refresh_tokens.sync_detailed(client=anonymous, body=RefreshRequest(refresh_token=pair.refresh_token)),
+        200,
+        TokenPair,
+    )
+    ada = AuthenticatedClient(base_url=base, token=pair.access_token)
+
+    room = step(
+        "create a room",
+        create_room.sync_detailed(client=ada, body=CreateRoom(name="Journey room", visibility=RoomVisibility.ORG)),
+        201,
+        Room,
+    )
+    step("join the room", join_room.sync_detailed(room.id, client=ada), 200, Participant)
+
+    channel = step(
+        "create a channel",
+        create_channel.sync_detailed(client=ada, body=CreateChannel(kind=ChannelKind.PUBLIC, name=f"journey-{tag}")),
+        201,
+        Channel,
+    )
+    key = f"journey-{tag}"
+    first = step(
+        "post a message with an Idempotency-Key",
+        post_message.sync_detailed(channel.id, client=ada, body=PostMessage(text=f"hello {tag}"), idempotency_key=key),
+        201,
+        Message,
+    )
+    again = step(
+        "retry the post with the same key",
+        post_message.sync_detailed(channel.id, client=ada, body=PostMessage(text=f"hello {tag}"), idempotency_key=key),
+        201,
+        Message,
+    )
+    assert again.id == first.id, f"the retry made another message: {again.id} != {first.id}"
+    history = step("read the history", list_messages.sync_detailed(channel.id, client=ada, limit=50), 200, MessagePage)
+    assert [m.id for m in history.items].count(first.id) == 1, "the message is in the history once"
+
+    base_task = step(
+        "create a task",
+        create_task.sync_detailed(client=ada, body=TaskFields(title=f"prepare the journey {tag}", room_id=room.id)),
+        201,
+        Task,
+    )
+    task = step(
+        "create a second task",
+        create_task.sync_detailed(client=ada, body=TaskFields(title=f"run the journey {tag}", room_id=room.id)),
+        201,
+        Task,
+    )
+    task = step(
+        "make the second depend on the first",
+        add_task_dependency.sync_detailed(task.id, base_task.id, client=ada),
+        200,
+        Task,
+    )
+
+    # The search index follows the event log: give it a moment.
+    deadline, found = time.monotonic() + 15, False
+    while not found:
+        page = step("search", search.sync_detailed(client=ada, q=tag), 200, SearchPage)
+        found = any(h.id in (first.id, task.id, base_task.id) for h in page.items)
+        if not found:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"journey.py: search for {tag} found nothing in 15 s")
+            time.sleep(0.5)
+
+    doc = step(
+        "create a document",
+        create_document.sync_detailed(room.id, client=ada, body=NewDocument(name="journey notes")),
+        201,
+        Document,
+    )
+    step(
+        "apply a binary Yjs update",
+        apply_document_update.sync_detailed(
+            doc.id, client=ada, body=File(payload=io.BytesIO(YJS_UPDATE), mime_type="application/octet-stream")
+        ),
+        200,
+        AppliedUpdate,
+    )
+    content = get_document_json.sync_detailed(doc.id, client=ada)
+    assert int(content.status_code) == 200 and TEXT in content.content.decode(), content.content[:300]
+    version = step(
+        "save a version",
+        create_document_version.sync_detailed(doc.id, client=ada, body=NewDocumentVersion(label="first draft")),
+        201,
+        DocumentVersion,
+    )
+    versions = step(
+        "list the versions", list_document_versions.sync_detailed(doc.id, client=ada), 200, DocumentVersionPage
+    )
+    assert version.id in [v.id for v in versions.items]
+
+    created = step(
+        "create an API key",
+        create_api_key.sync_detailed(client=ada, body=CreateApiKey(name="journey", scopes=["rooms.read"])),
+        201,
+        CreatedApiKey,
+    )
+    keyed = AuthenticatedClient(base_url=base, token=created.token)
+    rooms = step("list rooms with the API key", list_rooms.sync_detailed(client=keyed), 200, RoomPage)
+    assert room.id in [r.id for r in rooms.items]
+
+    problem = step(
+        "a room that does not exist is a typed Problem",
+        get_room.sync_detailed(str(uuid.uuid4()), client=ada),
+        404,
+        Problem,
+    )
+    assert problem.status == 404 and problem.code, problem
+
+    step("log out", logout.sync_detailed(client=ada), 204, object)
+    problem = step("the token no longer works", get_me.sync_detailed(client=ada), 401, Problem)
+    assert problem.code, problem
+    print(f"journey.py: {len(STEPS)} steps passed")
+
+
+if __name__ == "__main__":
+    main()

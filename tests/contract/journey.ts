@@ -1,0 +1,182 @@
+// One scripted journey through the API with the TypeScript client @hey-api/openapi-ts generated
+// from openapi/outpost.json (types, an SDK over fetch, and zod schemas the SDK checks every
+// successful answer against). scripts/contract-test.sh copies this file and tsconfig.json next to
+// the generated client (target/contract/ts/client) and runs it there:
+//
+//     tsx journey.ts PRINCIPALS.json
+//
+// Uses the base URL and the operator key from PRINCIPALS.json (written by provision.py) and makes
+// everything else itself: operator creates an org -> invites an owner -> accept -> login ->
+// refresh -> create room -> join -> channel -> post with an Idempotency-Key (the retry answers
+// the same message) -> history -> task with a dependency -> search -> document create + binary
+// Yjs update + versions -> API key -> a deliberate 404 read as a typed Problem -> logout.
+
+import { readFileSync } from "node:fs";
+import { randomUUID } from "node:crypto";
+import * as Y from "yjs";
+
+import { createClient } from "./client/client/index.js";
+import {
+  acceptInvitation,
+  addTaskDependency,
+  applyDocumentUpdate,
+  createApiKey,
+  createChannel,
+  createDocument,
+  createDocumentVersion,
+  createOrganization,
+  createOrganizationInvitation,
+  createRoom,
+  createTask,
+  getDocumentJson,
+  getMe,
+  getRoom,
+  joinRoom,
+  listDocumentVersions,
+  listMessages,
+  listRooms,
+  login,
+  logout,
+  postMessage,
+  refreshTokens,
+  search,
+} from "./client/index.js";
+import type { Problem } from "./client/index.js";
+import { zProblem } from "./client/zod.gen.js";
+
+type Answer<T, E> = { data?: T; error?: E; response?: Response };
+
+let steps = 0;
+
+/** The typed data of a successful answer with `status`; anything else ends the journey. */
+async function step<T, E>(name: string, status: number, call: Promise<Answer<T, E>>): Promise<T> {
+  let answer: Answer<T, E>;
+  try {
+    answer = await call;
+  } catch (e) {
+    // The SDK's zod validator refused the answer: the server sent what the document does not say.
+    throw new Error(`journey.ts: ${name}: the answer does not match the document: ${e}`);
+  }
+  const got = answer.response?.status;
+  if (got !== status || answer.error !== undefined || answer.data === undefined) {
+    throw new Error(`journey.ts: ${name}: expected ${status}, got ${got}: ${JSON.stringify(answer.error)}`);
+  }
+  steps += 1;
+  console.log(`  ok  ${name}: ${got}`);
+  return answer.data;
+}
+
+/** The typed Problem of an answer that must fail with `status`. */
+async function problem<T, E>(name: string, status: number, call: Promise<Answer<T, E>>): Promise<Problem> {
+  const answer = await call;
+  const got = answer.response?.status;
+  if (got !== status || answer.error === undefined) {
+    throw new Error(`journey.ts: ${name}: expected a ${status} problem, got ${got}`);
+  }
+  const parsed = zProblem.safeParse(answer.error);
+  if (!parsed.success) {
+    throw new Error(`journey.ts: ${name}: the ${got} body is not a Problem: ${parsed.error.message}: ${JSON.stringify(answer.error)}`);
+  }
+  const p: Problem = answer.error as Problem;
+  if (p.status !== status || !p.code) throw new Error(`journey.ts: ${name}: ${JSON.stringify(p)}`);
+  steps += 1;
+  console.log(`  ok  ${name}: ${got} Problem ${p.code}`);
+  return p;
+}
+
+async function main(): Promise<void> {
+  const env = JSON.parse(readFileSync(process.argv[2], "utf8")) as { base_url: string; operator_key: string };
+  const baseUrl = env.base_url;
+  const tag = randomUUID().slice(0, 8);
+  const slug = `journey-ts-${tag}`;
+  const username = `grace-${tag}`;
+  const password = "a long passphrase for grace";
+
+  const operator = createClient({ baseUrl, auth: env.operator_key });
+  const anonymous = createClient({ baseUrl });
+
+  const org = await step("operator creates an organization", 201,
+    createOrganization({ client: operator, body: { slug, name: "Journey (TypeScript)" } }));
+  const inv = await step("operator invites an owner", 201,
+    createOrganizationInvitation({ client: operator, path: { org_id: org.id }, body: { email: `grace-${tag}@example.org`, role: "owner" } }));
+  const user = await step("the owner accepts", 200,
+    acceptInvitation({ client: anonymous, body: { token: inv.token, username, password } }));
+  let pair = await step("the owner logs in", 200,
+    login({ client: anonymous, body: { org: slug, login: username, password } }));
+  if (pair.user.id !== user.id) throw new Error("login answered another user");
+  pair = await step("refresh", 200, refreshTokens({ client: anonymous, body: { refresh_token: pair.refresh_token } }));
+  const grace = createClient({ baseUrl, auth: pair.access_token });
+
+  const room = await step("create a room", 201,
+    createRoom({ client: grace, body: { name: "Journey room", visibility: "org" } }));
+  await step("join the room", 200, joinRoom({ client: grace, path: { room_id: room.id } }));
+
+  const channel = await step("create a channel", 201,
+    createChannel({ client: grace, body: { kind: "public", name: `journey-${tag}` } }));
+  const key = `journey-${tag}`;
+  const send = () => postMessage({
+    client: grace,
+    path: { channel_id: channel.id },
+    headers: { "Idempotency-Key": key },
+    body: { text: `hello ${tag}` },
+  });
+  const first = await step("post a message with an Idempotency-Key", 201, send());
+  const again = await step("retry the post with the same key", 201, send());
+  if (again.id !== first.id) throw new Error(`the retry made another message: ${again.id} != ${first.id}`);
+  const history = await step("read the history", 200,
+    listMessages({ client: grace, path: { channel_id: channel.id }, query: { limit: 50 } }));
+  if (history.items.filter((m) => m.id === first.id).length !== 1) throw new Error("the message is not in the history once");
+
+  const before = await step("create a task", 201,
+    createTask({ client: grace, body: { title: `prepare the journey ${tag}`, room_id: room.id } }));
+  let task = await step("create a second task", 201,
+    createTask({ client: grace, body: { title: `run the journey ${tag}`, room_id: room.id } }));
+  task = await step("make the second depend on the first", 200,
+    addTaskDependency({ client: grace, path: { task_id: task.id, depends_on_id: before.id } }));
+  if (!task.depends_on.includes(before.id)) throw new Error("the dependency is not on the task");
+
+  // The search index follows the event log: give it a moment.
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const page = await step("search", 200, search({ client: grace, query: { q: tag } }));
+    if (page.items.some((h) => [first.id, task.id, before.id].includes(h.id))) break;
+    if (Date.now() > deadline) throw new Error(`search for ${tag} found nothing in 15 s`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+
+  const doc = await step("create a document", 201,
+    createDocument({ client: grace, path: { room_id: room.id }, body: { name: "journey notes" } }));
+  const ydoc = new Y.Doc();
+  ydoc.getText("text").insert(0, `hello from the TypeScript journey ${tag}`);
+  const update = Y.encodeStateAsUpdate(ydoc);
+  await step("apply a binary Yjs update", 200,
+    applyDocumentUpdate({ client: grace, path: { doc_id: doc.id }, body: new Blob([new Uint8Array(update)]) }));
+  const content = await getDocumentJson({ client: grace, path: { doc_id: doc.id } });
+  if (content.response?.status !== 200 || !JSON.stringify(content.data).includes(tag)) {
+    throw new Error(`the document does not hold the update: ${JSON.stringify(content.data)}`);
+  }
+  const version = await step("save a version", 201,
+    createDocumentVersion({ client: grace, path: { doc_id: doc.id }, body: { label: "first draft" } }));
+  const versions = await step("list the versions", 200, listDocumentVersions({ client: grace, path: { doc_id: doc.id } }));
+  if (!versions.items.some((v) => v.id === version.id)) throw new Error("the version is not listed");
+
+  const created = await step("create an API key", 201,
+    createApiKey({ client: grace, body: { name: "journey", scopes: ["rooms.read"] } }));
+  const keyed = createClient({ baseUrl, auth: created.token });
+  const rooms = await step("list rooms with the API key", 200, listRooms({ client: keyed }));
+  if (!rooms.items.some((r) => r.id === room.id)) throw new Error("the API key does not see the room");
+
+  await problem("a room that does not exist is a typed Problem", 404, getRoom({ client: grace, path: { room_id: randomUUID() } }));
+
+  const out = await logout({ client: grace });
+  if (out.response?.status !== 204) throw new Error(`logout answered ${out.response?.status}`);
+  steps += 1;
+  console.log("  ok  log out: 204");
+  await problem("the token no longer works", 401, getMe({ client: grace }));
+  console.log(`journey.ts: ${steps} steps passed`);
+}
+
+main().catch((e) => {
+  console.error(e instanceof Error ? e.message : e);
+  process.exit(1);
+});
