@@ -257,7 +257,8 @@ impl SearchIndex {
         let want = offset + limit + 1;
         // Exact words first; only when they fall short are one-letter typos let in (fuzzy
         // matches are many and unranked, so they fill up rather than compete).
-        let mut picked: Vec<(f32, DocAddress)> = Vec::with_capacity(want);
+        // Grown as hits come, never sized by the caller's numbers alone.
+        let mut picked: Vec<(f32, DocAddress)> = Vec::with_capacity(want.min(1024));
         for fuzzy in [false, true] {
             if fuzzy && (picked.len() >= want || q.contains('"')) {
                 break;

@@ -18,7 +18,7 @@ pub const M_COST_KIB: u32 = 19 * 1024;
 pub const T_COST: u32 = 2;
 pub const P_COST: u32 = 1;
 pub const PASSWORD_CHARS_MIN: usize = 10;
-pub const PASSWORD_BYTES_MAX: usize = 1024;
+pub const PASSWORD_CHARS_MAX: usize = 1024;
 /// Concurrent hash computations at most (each takes `M_COST_KIB` of memory).
 pub const HASHES_AT_ONCE: usize = 2;
 
@@ -111,8 +111,8 @@ pub fn check_new(password: &str) -> Option<String> {
     if password.chars().count() < PASSWORD_CHARS_MIN {
         return Some(format!("at least {PASSWORD_CHARS_MIN} characters"));
     }
-    if password.len() > PASSWORD_BYTES_MAX {
-        return Some(format!("at most {PASSWORD_BYTES_MAX} bytes"));
+    if password.chars().count() > PASSWORD_CHARS_MAX {
+        return Some(format!("at most {PASSWORD_CHARS_MAX} characters"));
     }
     None
 }

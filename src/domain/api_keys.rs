@@ -20,6 +20,9 @@ use crate::store::writer::{MutationCtx, Writer};
 use crate::store::{Reader, Store, StoreError, decode, encode, prefix_end};
 use crate::tenancy::OrgScope;
 
+/// Longest key name, in characters.
+pub const NAME_CHARS_MAX: usize = 100;
+
 pub const PREFIX: &str = "oak_";
 /// Keys per organization at most.
 pub const KEYS_PER_ORG_MAX: usize = 10_000;
@@ -64,8 +67,8 @@ pub async fn create(
     new: NewKey,
 ) -> Result<(ApiKey, String), DomainError> {
     let mut errors = Vec::new();
-    if new.name.trim().is_empty() || new.name.chars().count() > 100 {
-        errors.push(FieldError::new("/name", "invalid_length", "1–100 characters"));
+    if new.name.trim().is_empty() || new.name.chars().count() > NAME_CHARS_MAX {
+        errors.push(FieldError::new("/name", "invalid_length", format!("1–{NAME_CHARS_MAX} characters")));
     }
     let effective_role = new.service_role.unwrap_or(caller_role);
     for (i, s) in new.scopes.iter().enumerate() {

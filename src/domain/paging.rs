@@ -28,7 +28,7 @@ impl PageRequest {
         let limit = limit.unwrap_or(LIMIT_DEFAULT);
         if limit == 0 || limit > LIMIT_MAX {
             return Err(DomainError::invalid(
-                "/limit",
+                "?limit",
                 "out_of_range",
                 format!("limit must be between 1 and {LIMIT_MAX}"),
             ));
@@ -36,7 +36,7 @@ impl PageRequest {
         let after = match cursor {
             None | Some("") => None,
             Some(c) => Some(URL_SAFE_NO_PAD.decode(c).map_err(|_| {
-                DomainError::invalid("/cursor", "invalid_cursor", "the cursor is not one this server gave out")
+                DomainError::invalid("?cursor", "invalid_cursor", "the cursor is not one this server gave out")
             })?),
         };
         Ok(Self { limit: limit as usize, after })

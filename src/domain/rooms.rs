@@ -412,9 +412,9 @@ pub async fn invite(
             if role >= RoomRole::Moderator && me.map(|m| m.role) != Some(RoomRole::Host) {
                 return Err(DomainError::Forbidden { detail: "only a host makes hosts and moderators".into() });
             }
-            let active = super::users::active(tx, org, target)?;
-            if !active {
-                return Err(DomainError::NotFound { what: "user" });
+            // The room is what the path names and it exists; the user is a field of the body.
+            if !super::users::active(tx, org, target)? {
+                return Err(DomainError::invalid("/user_id", "unknown_user", "no active user with this id here"));
             }
             if let Some(p) = tx.record::<Participant>(ROOM_PARTICIPANTS, &org_id_id_key(org, id, target))? {
                 return Ok(p);

@@ -18,6 +18,13 @@ use crate::store::writer::{MutationCtx, Tx, Writer};
 use crate::store::{Lookup, Store, StoreError, decode, encode, prefix_end};
 use crate::tenancy::OrgScope;
 
+/// Longest display name, in characters.
+pub const DISPLAY_NAME_CHARS_MAX: usize = 100;
+/// Longest email address, in characters.
+pub const EMAIL_CHARS_MAX: usize = 254;
+/// Longest avatar, time zone or locale, in characters.
+pub const PROFILE_FIELD_CHARS_MAX: usize = 200;
+
 pub const INVITE_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 pub const RESET_TTL_MS: i64 = 24 * 3600 * 1000;
 pub const PREFERENCES_BYTES_MAX: usize = 16 * 1024;
@@ -405,8 +412,8 @@ pub async fn update_profile(
         validate_display_name(n, &mut errors);
     }
     for (ptr, v) in [("/avatar", &patch.avatar), ("/time_zone", &patch.time_zone), ("/locale", &patch.locale)] {
-        if v.as_ref().is_some_and(|v| v.len() > 200) {
-            errors.push(FieldError::new(ptr, "too_long", "at most 200 bytes"));
+        if v.as_ref().is_some_and(|v| v.chars().count() > PROFILE_FIELD_CHARS_MAX) {
+            errors.push(FieldError::new(ptr, "too_long", format!("at most {PROFILE_FIELD_CHARS_MAX} characters")));
         }
     }
     if patch
@@ -540,7 +547,7 @@ pub async fn redeem_reset(
 
 fn validate_email(email: &str, errors: &mut Vec<FieldError>) {
     let e = email.trim();
-    let ok = e.len() <= 254
+    let ok = e.chars().count() <= EMAIL_CHARS_MAX
         && e.split_once('@')
             .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
         && !e.contains(char::is_whitespace);
@@ -564,7 +571,11 @@ fn validate_username(name: &str, errors: &mut Vec<FieldError>) {
 
 fn validate_display_name(name: &str, errors: &mut Vec<FieldError>) {
     let n = name.trim().chars().count();
-    if n == 0 || name.chars().count() > 100 {
-        errors.push(FieldError::new("/display_name", "invalid_length", "1–100 characters"));
+    if n == 0 || name.chars().count() > DISPLAY_NAME_CHARS_MAX {
+        errors.push(FieldError::new(
+            "/display_name",
+            "invalid_length",
+            format!("1–{DISPLAY_NAME_CHARS_MAX} characters"),
+        ));
     }
 }

@@ -13,10 +13,10 @@ use crate::store::audit::{AuditRecord, Verification};
 use crate::store::events::Event;
 use crate::tenancy::OrgScope;
 
-crate::problems!(LogReadErrors: 400, 401, 404);
+crate::problems!(LogReadErrors: 400, 401, 404, 422);
 crate::problems!(VerifyErrors: 401);
 
-const PAGE_MAX: u32 = 1000;
+pub const PAGE_MAX: u32 = 1000;
 
 /// One committed event of an organization's log.
 #[derive(Object, Debug, Clone)]

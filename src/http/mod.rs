@@ -33,6 +33,7 @@ pub mod auth_api;
 pub mod body;
 pub mod chat;
 pub mod docs;
+pub mod document;
 pub mod me;
 pub mod media;
 pub mod ops;
@@ -185,17 +186,21 @@ pub fn api_service() -> OpenApiService<Apis, ()> {
     )
 }
 
-/// The API document as pretty JSON (what `openapi/outpost.json` holds).
+/// The API document as pretty JSON (what `openapi/outpost.json` holds), made exact by
+/// `document`.
 pub fn openapi_json() -> String {
-    let mut s = api_service().spec();
-    s.push('\n');
-    s
+    document::DOCUMENT.clone()
+}
+
+/// `GET /v1/openapi.json`.
+#[poem::handler]
+fn serve_document() -> Response {
+    Response::builder().content_type("application/json; charset=utf-8").body(document::DOCUMENT.as_str())
 }
 
 /// The whole HTTP application over `app`.
 pub fn routes(app: App) -> impl Endpoint + 'static {
     let api = api_service();
-    let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let limit = app.config.http.body_limit_bytes;
     let timeout = Duration::from_millis(app.config.http.request_timeout_ms);
@@ -210,7 +215,7 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
     });
     Route::new()
         .nest("/", api)
-        .at("/v1/openapi.json", spec)
+        .at("/v1/openapi.json", poem::get(serve_document))
         .nest("/docs", docs)
         .at("/metrics", ops::metrics)
         .at("/v1/realtime", poem::get(realtime::realtime))
@@ -290,6 +295,12 @@ impl<E: Endpoint> Endpoint for Edge<E> {
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert("x-request-id", v);
+        }
+        // RFC 9110: a 405 says which methods the resource does answer.
+        if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+            if let Some(allow) = document::allowed_methods(&path).and_then(|a| HeaderValue::from_str(&a).ok()) {
+                resp.headers_mut().insert("allow", allow);
+            }
         }
         security_headers(&mut resp, &path, self.tls);
         let status = resp.status().as_u16();

@@ -19,6 +19,7 @@ use crate::tenancy::OrgScope;
 
 crate::problems!(OrgCreateErrors: 400, 401, 409, 413, 415, 422, 507);
 crate::problems!(OrgReadErrors: 400, 401, 404);
+crate::problems!(OrgListErrors: 400, 401, 422);
 crate::problems!(OrgUpdateErrors: 400, 401, 404, 412, 413, 415, 422, 507);
 crate::problems!(OrgActionErrors: 401, 404, 507);
 
@@ -138,7 +139,7 @@ impl OrgsApi {
         cursor: Query<Option<String>>,
         /// Only organizations with this status.
         status: Query<Option<OrgStatusView>>,
-    ) -> Result<Json<OrgPage>, OrgReadErrors> {
+    ) -> Result<Json<OrgPage>, OrgListErrors> {
         auth.check(&app).await?;
         let page = PageRequest::parse(limit.0, cursor.0.as_deref())?;
         let status = status.0.map(|s| match s {

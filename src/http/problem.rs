@@ -43,7 +43,8 @@ pub struct ProblemBody {
     /// Stable, machine-readable error code. Branch on this.
     pub code: String,
     /// Invalid inputs, each located by a JSON pointer into the body (or a parameter name).
-    #[oai(skip_serializing_if_is_empty)]
+    /// Absent when the problem is not about particular inputs.
+    #[oai(default, skip_serializing_if_is_empty)]
     pub errors: Vec<FieldProblem>,
     /// On `version_conflict`: the entity's current version.
     #[oai(skip_serializing_if_is_none)]

@@ -23,6 +23,7 @@ use crate::ids::{Id, rfc3339};
 use crate::tenancy::OrgScope;
 
 crate::problems!(RoomReadErrors: 400, 401, 403, 404);
+crate::problems!(RoomListErrors: 400, 401, 403, 422);
 crate::problems!(RoomWriteErrors: 400, 401, 403, 404, 409, 412, 413, 415, 422, 507);
 
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -245,7 +246,7 @@ impl RoomsApi {
         mine: Query<Option<bool>>,
         /// Matches name or description (case-insensitive substring).
         q: Query<Option<String>>,
-    ) -> Result<Json<RoomPage>, RoomReadErrors> {
+    ) -> Result<Json<RoomPage>, RoomListErrors> {
         let p = auth.require(&app, Permission::RoomsRead).await?;
         let page = PageRequest::parse(limit.0, cursor.0.as_deref())?;
         let filter = RoomFilter {

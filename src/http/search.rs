@@ -14,6 +14,13 @@ use crate::search;
 
 crate::problems!(SearchErrors: 400, 401, 403, 422);
 
+/// Most hits one page holds.
+pub const LIMIT_MAX: u32 = 50;
+/// Deepest page start: ranking reads `offset + limit` hits, so deep pages are refused.
+pub const OFFSET_MAX: u32 = 1_000;
+/// Longest query, in characters.
+pub const Q_CHARS_MAX: usize = 500;
+
 /// One hit.
 #[derive(Object, Debug)]
 #[oai(rename = "SearchHit")]
@@ -64,11 +71,23 @@ impl SearchApi {
     ) -> Result<Json<SearchPage>, SearchErrors> {
         let p = auth.require(&app, Permission::SearchUse).await?;
         let q = q.0;
-        if q.trim().is_empty() || q.len() > 500 {
-            return Err(DomainError::invalid("?q", "invalid_length", "1–500 characters").into());
+        if q.trim().is_empty() || q.chars().count() > Q_CHARS_MAX {
+            return Err(DomainError::invalid("?q", "invalid_length", format!("1–{Q_CHARS_MAX} characters")).into());
         }
-        let limit = limit.0.unwrap_or(20).clamp(1, 50) as usize;
-        let offset = offset.0.unwrap_or(0) as usize;
+        let limit = match limit.0.unwrap_or(20) {
+            n @ 1..=LIMIT_MAX => n as usize,
+            _ => {
+                let detail = format!("limit must be between 1 and {LIMIT_MAX}");
+                return Err(DomainError::invalid("?limit", "out_of_range", detail).into());
+            }
+        };
+        let offset = match offset.0.unwrap_or(0) {
+            n @ 0..=OFFSET_MAX => n as usize,
+            _ => {
+                let detail = format!("offset must be at most {OFFSET_MAX}; narrow the query instead");
+                return Err(DomainError::invalid("?offset", "out_of_range", detail).into());
+            }
+        };
         let kinds: Vec<String> =
             kinds.0.map(|k| k.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default();
         if let Some(bad) = kinds.iter().find(|k| !["message", "task", "room", "user"].contains(&k.as_str())) {

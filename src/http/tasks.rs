@@ -104,12 +104,48 @@ pub struct TaskPage {
     pub next_cursor: Option<String>,
 }
 
-/// A new task, or changes to one (absent fields: unchanged / default).
+/// A new task (absent fields: the defaults).
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "NewTask", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct NewTaskBody {
+    pub title: String,
+    pub description: Option<String>,
+    pub status: Option<StatusView>,
+    pub priority: Option<PriorityView>,
+    pub assignee_ids: Option<Vec<String>>,
+    /// RFC 3339.
+    pub due_at: Option<String>,
+    pub labels: Option<Vec<String>>,
+    pub room_id: Option<String>,
+    pub channel_id: Option<String>,
+    /// Create it done even though tasks it depends on are open.
+    pub force: Option<bool>,
+}
+
+impl From<NewTaskBody> for TaskBody {
+    fn from(b: NewTaskBody) -> Self {
+        Self {
+            title: Some(b.title),
+            description: b.description,
+            status: b.status,
+            priority: b.priority,
+            assignee_ids: b.assignee_ids,
+            due_at: b.due_at,
+            labels: b.labels,
+            room_id: b.room_id,
+            channel_id: b.channel_id,
+            force: b.force,
+            version: None,
+        }
+    }
+}
+
+/// Changes to a task (absent fields: unchanged).
 #[derive(Object, Debug, Deserialize)]
 #[oai(rename = "TaskFields", deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct TaskBody {
-    /// Required when creating.
     pub title: Option<String>,
     pub description: Option<String>,
     pub status: Option<StatusView>,
@@ -202,10 +238,10 @@ impl TasksApi {
         app: Data<&App>,
         auth: UserAuth,
         req: &Request,
-        body: JsonBody<TaskBody>,
+        body: JsonBody<NewTaskBody>,
     ) -> Result<TaskCreated, TaskWriteErrors> {
         let p = auth.require(&app, Permission::TasksWrite).await?;
-        let t = tasks::create(&app.writer, user_ctx(req, &p), p.user, fields(body.0, None)?).await?;
+        let t = tasks::create(&app.writer, user_ctx(req, &p), p.user, fields(body.0.into(), None)?).await?;
         let location = format!("/v1/tasks/{}", t.id);
         Ok(TaskCreated::Created(Json(view(t, None)), location))
     }

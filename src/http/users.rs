@@ -21,6 +21,7 @@ use crate::ids::rfc3339;
 use crate::tenancy::OrgScope;
 
 crate::problems!(UserReadErrors: 400, 401, 403, 404);
+crate::problems!(UserListErrors: 400, 401, 403, 422);
 crate::problems!(UserWriteErrors: 400, 401, 403, 404, 409, 413, 415, 422, 507);
 
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -180,7 +181,7 @@ impl UsersApi {
         role: Query<Option<RoleView>>,
         /// Matches email, username or display name (case-insensitive substring).
         q: Query<Option<String>>,
-    ) -> Result<Json<UserPage>, UserReadErrors> {
+    ) -> Result<Json<UserPage>, UserListErrors> {
         let p = auth.require(&app, Permission::UsersRead).await?;
         let page = PageRequest::parse(limit.0, cursor.0.as_deref())?;
         let filter = UserFilter {

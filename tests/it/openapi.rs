@@ -40,3 +40,26 @@ async fn document_is_served_and_every_operation_is_documented() {
     assert!(docs.text().await.unwrap().contains("swagger"));
     s.stop().await;
 }
+
+/// RFC 9110: a 405 names the methods the resource answers, read off the same paths as the
+/// document; a path nothing serves stays a 404.
+#[tokio::test]
+async fn a_405_carries_allow() {
+    let s = TestServer::start().await;
+    for (method, path, allow) in [
+        ("PUT", "/v1/rooms", "GET, POST"),
+        ("POST", "/v1/rooms/01a23f92-9d69-7626-9365-cc42f4c6b382", "DELETE, GET, PATCH"),
+        ("DELETE", "/health/live", "GET"),
+        ("POST", "/v1/openapi.json", "GET"),
+    ] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = s.http.request(m, s.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        assert_eq!(resp.headers().get("allow").and_then(|v| v.to_str().ok()), Some(allow), "{method} {path}");
+        assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/problem+json"));
+    }
+    let resp = s.http.put(s.url("/v1/nothing-here")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp.headers().get("allow").is_none());
+    s.stop().await;
+}

@@ -133,7 +133,7 @@ async fn lists_are_cursor_paginated() {
     assert_eq!(seen, ids);
     let r = s.get("/v1/orgs?limit=101").send().await.unwrap();
     let p = expect_problem(r, 422, "validation_failed").await;
-    assert_eq!(p["errors"][0]["pointer"], "/limit");
+    assert_eq!(p["errors"][0]["pointer"], "?limit");
     let r = s.get("/v1/orgs?cursor=***").send().await.unwrap();
     expect_problem(r, 422, "validation_failed").await;
     s.stop().await;

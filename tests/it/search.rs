@@ -290,3 +290,26 @@ async fn the_index_catches_up_after_a_crash() {
     }
     server.kill9();
 }
+
+/// Deep pages and oversized pages are refused with a problem before the index is asked: an
+/// `offset` of 2^32 - 1 once made ranking reserve room for four billion hits and abort.
+#[tokio::test]
+async fn page_bounds_are_refused_before_the_index_is_asked() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "sam@example.org", "member").await;
+    let sam = login(&s, &sl, "sam").await;
+    for (query, pointer) in [
+        ("q=roadmap&offset=4294967295", "?offset"),
+        ("q=roadmap&offset=1001", "?offset"),
+        ("q=roadmap&limit=51", "?limit"),
+        ("q=roadmap&limit=0", "?limit"),
+    ] {
+        let resp = s.http.get(s.url(&format!("/v1/search?{query}"))).bearer_auth(&sam.access).send().await.unwrap();
+        let p = crate::support::expect_problem(resp, 422, "validation_failed").await;
+        assert_eq!(p["errors"][0]["pointer"], pointer, "{query}: {p}");
+    }
+    let ok = s.http.get(s.url("/v1/search?q=roadmap&offset=1000&limit=50")).bearer_auth(&sam.access).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    s.stop().await;
+}

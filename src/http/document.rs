@@ -1,0 +1,433 @@
+//! The API document as client developers and their generators read it.
+//!
+//! poem-openapi writes the document from the handlers and the wire types. This module makes it
+//! say what the derive cannot, each rule read off how the server really behaves:
+//!
+//! - a documented field that refers to a schema is a plain `$ref` with its description beside it
+//!   (generators cannot take the `allOf: [$ref, {description}]` wrapper the derive writes);
+//! - ids are UUIDs and times RFC 3339 (`format: uuid`, `format: date-time`);
+//! - an optional field of an answer may be `null` (`nullable`), as poem-openapi sends `None`;
+//! - request bodies refuse unknown fields (`additionalProperties: false`);
+//! - unsigned numbers are not negative, page sizes have the bounds the server checks, and
+//!   `If-Match` is an ETag;
+//! - every answer carries `X-Request-Id`, 429 and 503 carry `Retry-After`, and an operation a
+//!   user's token reaches may answer 429 (the request budgets);
+//! - a create links to the operations on what it made (OpenAPI links), so SDK docs and stateful
+//!   tests can chain them.
+//!
+//! The same paths give a 405 its `Allow` header (`allowed_methods`).
+
+use std::collections::BTreeSet;
+use std::sync::LazyLock;
+
+use serde_json::{Map, Value, json};
+
+use super::audit::PAGE_MAX as LOG_PAGE_MAX;
+use super::search::{LIMIT_MAX as SEARCH_LIMIT_MAX, OFFSET_MAX as SEARCH_OFFSET_MAX, Q_CHARS_MAX};
+use crate::auth::password::{PASSWORD_CHARS_MAX, PASSWORD_CHARS_MIN};
+use crate::domain::chat::{channels, posts};
+use crate::domain::paging::LIMIT_MAX;
+use crate::domain::{api_keys, docs, orgs, rooms, tasks, users};
+
+/// The document, pretty-printed with a final newline: what `openapi/outpost.json` holds and
+/// `/v1/openapi.json` serves.
+pub static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    let raw: Value = serde_json::from_str(&super::api_service().spec()).expect("poem-openapi writes JSON");
+    let mut s = serde_json::to_string_pretty(&exact(raw)).expect("a JSON value serializes");
+    s.push('\n');
+    s
+});
+
+/// Operations on the organization's event log and audit trail, whose pages are larger.
+const LOG_PAGES: &[&str] = &["listOrganizationEvents", "listOrganizationAudit", "queryAudit"];
+
+/// Makes poem-openapi's document exact (see the module doc).
+pub fn exact(mut doc: Value) -> Value {
+    doc["servers"] = json!([{
+        "url": "http://127.0.0.1:8080",
+        "description": "The default listen address (`listen` in the configuration); use your server's base URL."
+    }]);
+    doc["components"]["headers"] = json!({
+        "X-Request-Id": {
+            "description": "The request's id: the client's own `X-Request-Id` if it sent a usable one, else a new UUIDv7. Logged with the request.",
+            "schema": { "type": "string" }
+        },
+        "Retry-After": {
+            "description": "Seconds to wait before trying again.",
+            "schema": { "type": "integer", "minimum": 0 }
+        }
+    });
+    let bodies = request_body_schemas(&doc);
+    let from_requests = reachable(&doc, &bodies);
+    if let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) {
+        for (name, schema) in schemas.iter_mut() {
+            exact_schema(name, schema, bodies.contains(name), !from_requests.contains(name));
+        }
+    }
+    let links = links(&doc);
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else { continue };
+            for (method, op) in item.iter_mut() {
+                let id = op["operationId"].as_str().unwrap_or_default().to_owned();
+                exact_parameters(op, &id);
+                exact_responses(op);
+                if let Some(l) = links.iter().find(|l| l.path == *path && l.method == *method) {
+                    if let Some(created) = op.pointer_mut("/responses/201") {
+                        created["links"] = Value::Object(l.links.clone());
+                    }
+                }
+            }
+        }
+    }
+    doc
+}
+
+/// Schemas named directly as a JSON request body.
+fn request_body_schemas(doc: &Value) -> BTreeSet<String> {
+    operations(doc)
+        .filter_map(|(_, _, op)| op.pointer("/requestBody/content"))
+        .filter_map(Value::as_object)
+        .flat_map(|content| content.iter())
+        .filter(|(ct, _)| ct.starts_with("application/json"))
+        .filter_map(|(_, media)| media.pointer("/schema/$ref").and_then(Value::as_str))
+        .map(|r| schema_name(r).to_owned())
+        .collect()
+}
+
+/// Every schema reachable from `roots` through `$ref`s.
+fn reachable(doc: &Value, roots: &BTreeSet<String>) -> BTreeSet<String> {
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+                    out.push(schema_name(r).to_owned());
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<String> = roots.iter().cloned().collect();
+    while let Some(name) = todo.pop() {
+        if seen.insert(name.clone()) {
+            if let Some(s) = doc.pointer(&format!("/components/schemas/{name}")) {
+                refs(s, &mut todo);
+            }
+        }
+    }
+    seen
+}
+
+fn schema_name(reference: &str) -> &str {
+    reference.rsplit('/').next().unwrap_or(reference)
+}
+
+fn operations(doc: &Value) -> impl Iterator<Item = (&str, &str, &Value)> {
+    doc["paths"].as_object().into_iter().flat_map(|paths| {
+        paths.iter().flat_map(|(path, item)| {
+            item.as_object().into_iter().flat_map(move |ops| ops.iter().map(move |(m, op)| (path.as_str(), m.as_str(), op)))
+        })
+    })
+}
+
+/// What the domain checks of a request's text fields, stated where the fields are. Lengths count
+/// characters, as the domain does; "not only spaces" is the pattern `\S`.
+fn field_rule(schema: &str, field: &str) -> Option<Value> {
+    let text = |max: usize| json!({ "minLength": 1, "maxLength": max, "pattern": r"\S" });
+    let at_most = |max: usize| json!({ "maxLength": max });
+    Some(match (schema, field) {
+        ("CreateApiKey", "name") => text(api_keys::NAME_CHARS_MAX),
+        ("CreateRoom" | "UpdateRoom", "name") => text(rooms::NAME_CHARS_MAX),
+        ("CreateRoom" | "UpdateRoom", "description") => at_most(rooms::DESCRIPTION_CHARS_MAX),
+        ("CreateChannel" | "UpdateChannel", "name") => text(channels::NAME_CHARS_MAX),
+        ("CreateChannel" | "UpdateChannel", "topic") => at_most(channels::TOPIC_CHARS_MAX),
+        ("CreateOrganization" | "UpdateOrganization", "name") => text(orgs::NAME_CHARS_MAX),
+        ("CreateOrganization", "slug") => json!({ "pattern": "^[a-z0-9][a-z0-9-]{0,61}[a-z0-9]$" }),
+        ("NewDocument" | "RestoreVersion", "name") => text(docs::NAME_CHARS_MAX),
+        ("NewDocumentVersion", "label") => text(docs::LABEL_CHARS_MAX),
+        ("NewTask" | "TaskFields", "title") => text(tasks::TITLE_CHARS_MAX),
+        ("NewTask" | "TaskFields", "description") => at_most(tasks::DESCRIPTION_CHARS_MAX),
+        ("PostMessage" | "EditMessage" | "PostComment", "text") => text(posts::TEXT_CHARS_MAX),
+        (_, "display_name") => text(users::DISPLAY_NAME_CHARS_MAX),
+        ("UpdateMe", "avatar" | "time_zone" | "locale") => at_most(users::PROFILE_FIELD_CHARS_MAX),
+        ("CreateInvitation" | "OperatorInvitation", "email") => json!({
+            "maxLength": users::EMAIL_CHARS_MAX,
+            "pattern": r"^[^@\s]+@[^\s.][^\s]*\.[^\s]*[^\s.]$"
+        }),
+        ("AcceptInvitation", "username") => json!({ "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{1,39}$" }),
+        ("AcceptInvitation" | "RedeemPasswordReset", "password") | ("ChangePassword", "new_password") => {
+            json!({ "minLength": PASSWORD_CHARS_MIN, "maxLength": PASSWORD_CHARS_MAX })
+        }
+        _ => return None,
+    })
+}
+
+fn exact_schema(name: &str, schema: &mut Value, request_body: bool, answer_only: bool) {
+    let required: BTreeSet<String> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default();
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        for (field, prop) in props.iter_mut() {
+            unwrap_all_of(prop);
+            formats_by_name(field, prop);
+            unsigned_bounds(prop);
+            if let (Some(rule), Some(p)) = (field_rule(name, field), prop.as_object_mut()) {
+                p.extend(rule.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            if answer_only && !required.contains(field) {
+                nullable(prop);
+            }
+        }
+    }
+    if request_body && schema.get("properties").is_some() {
+        schema["additionalProperties"] = Value::Bool(false);
+    }
+}
+
+/// `{description, allOf: [{$ref}, {description}]}` → `{$ref, description}`.
+fn unwrap_all_of(prop: &mut Value) {
+    let Some(all_of) = prop.get("allOf").and_then(Value::as_array) else { return };
+    let [first, rest @ ..] = all_of.as_slice() else { return };
+    let Some(reference) = first.get("$ref").cloned() else { return };
+    let only_notes = rest.iter().all(|s| s.as_object().is_some_and(|m| m.keys().all(|k| k == "description")));
+    if !only_notes {
+        return;
+    }
+    let mut plain = Map::new();
+    plain.insert("$ref".into(), reference);
+    if let Some(d) = prop.get("description").cloned() {
+        plain.insert("description".into(), d);
+    }
+    *prop = Value::Object(plain);
+}
+
+/// Ids (`id`, `…_id`, `…_ids`; not a client's `request_id`) are UUIDs; `…_at` and `at` are RFC
+/// 3339 times.
+fn formats_by_name(name: &str, prop: &mut Value) {
+    let is_id = name == "id" || (name.ends_with("_id") && name != "request_id");
+    let is_time = name == "at" || name.ends_with("_at");
+    match prop["type"].as_str() {
+        Some("string") if prop.get("format").is_none() => {
+            if is_id {
+                prop["format"] = json!("uuid");
+            } else if is_time {
+                prop["format"] = json!("date-time");
+            }
+        }
+        Some("array") if name.ends_with("_ids") => {
+            if prop["items"]["type"] == "string" {
+                prop["items"]["format"] = json!("uuid");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// poem-openapi writes `format: uint32` without the bounds that format implies.
+fn unsigned_bounds(prop: &mut Value) {
+    if let Some(items) = prop.get_mut("items") {
+        unsigned_bounds(items);
+    }
+    let max = match prop["format"].as_str() {
+        Some("uint8") => u64::from(u8::MAX),
+        Some("uint16") => u64::from(u16::MAX),
+        Some("uint32") => u64::from(u32::MAX),
+        Some("uint64") => u64::MAX,
+        _ => return,
+    };
+    if prop.get("minimum").is_none() {
+        prop["minimum"] = json!(0);
+    }
+    if prop.get("maximum").is_none() {
+        prop["maximum"] = json!(max);
+    }
+}
+
+fn nullable(prop: &mut Value) {
+    if let Some(reference) = prop.get("$ref").cloned() {
+        let mut wrapped = Map::new();
+        wrapped.insert("oneOf".into(), json!([{ "$ref": reference }]));
+        wrapped.insert("nullable".into(), Value::Bool(true));
+        if let Some(d) = prop.get("description").cloned() {
+            wrapped.insert("description".into(), d);
+        }
+        *prop = Value::Object(wrapped);
+    } else if prop.is_object() {
+        prop["nullable"] = Value::Bool(true);
+    }
+}
+
+fn exact_parameters(op: &mut Value, operation: &str) {
+    let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else { return };
+    for p in params {
+        let name = p["name"].as_str().unwrap_or_default().to_owned();
+        let place = p["in"].as_str().unwrap_or_default().to_owned();
+        let Some(schema) = p.get_mut("schema") else { continue };
+        unsigned_bounds(schema);
+        match (place.as_str(), name.as_str()) {
+            ("path", n) if n.ends_with("_id") => schema["format"] = json!("uuid"),
+            ("query", "q") if operation == "search" => {
+                schema["minLength"] = json!(1);
+                schema["maxLength"] = json!(Q_CHARS_MAX);
+                schema["pattern"] = json!(r"\S");
+            }
+            ("query", "offset") if operation == "search" => schema["maximum"] = json!(SEARCH_OFFSET_MAX),
+            ("query", "assignee") => schema["format"] = json!("uuid"),
+            ("query", "since" | "until" | "due_after" | "due_before") => schema["format"] = json!("date-time"),
+            ("query", "limit") => {
+                let max = if LOG_PAGES.contains(&operation) {
+                    LOG_PAGE_MAX
+                } else if operation == "search" {
+                    SEARCH_LIMIT_MAX
+                } else {
+                    LIMIT_MAX
+                };
+                schema["minimum"] = json!(1);
+                schema["maximum"] = json!(max);
+            }
+            // What `parse_if_match` takes: `*`, or a version as `"3"`, `W/"3"` or `3`.
+            ("header", "If-Match") => schema["pattern"] = json!(r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#),
+            _ => {}
+        }
+    }
+}
+
+fn exact_responses(op: &mut Value) {
+    let by_users = op["security"]
+        .as_array()
+        .is_some_and(|reqs| reqs.iter().any(|r| r.get("UserAuth").is_some()));
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { return };
+    // Every user request spends the user's and the organization's request budgets.
+    if by_users && !responses.contains_key("429") {
+        if let Some(problem) = responses.values().find(|r| r.pointer("/content/application~1problem+json").is_some()) {
+            let mut limited = problem.clone();
+            limited["description"] = json!("Too Many Requests: a request budget is spent; retry after `Retry-After` seconds.");
+            responses.insert("429".into(), limited);
+            sort_statuses(responses);
+        }
+    }
+    for (status, answer) in responses.iter_mut() {
+        let Some(answer) = answer.as_object_mut() else { continue };
+        let headers = answer.entry("headers").or_insert_with(|| json!({}));
+        headers["X-Request-Id"] = json!({ "$ref": "#/components/headers/X-Request-Id" });
+        if status == "429" || status == "503" {
+            headers["Retry-After"] = json!({ "$ref": "#/components/headers/Retry-After" });
+        }
+    }
+}
+
+fn sort_statuses(responses: &mut Map<String, Value>) {
+    let mut all: Vec<(String, Value)> = std::mem::take(responses).into_iter().collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    responses.extend(all);
+}
+
+/// The links of one create operation's 201 answer.
+struct Links {
+    path: String,
+    method: String,
+    links: Map<String, Value>,
+}
+
+/// For each `POST` answering 201 with an object that has an `id`: links to every operation on
+/// the made thing, found under the create's own path (`/v1/rooms` → `/v1/rooms/{room_id}…`) or,
+/// for a thing made inside another, under its own collection (`/v1/rooms/{room_id}/docs` →
+/// `/v1/docs/{doc_id}…`). The new id fills the target's first parameter; parameters the create's
+/// path shares are passed on from the request.
+fn links(doc: &Value) -> Vec<Links> {
+    let schemas = &doc["components"]["schemas"];
+    let mut out = Vec::new();
+    for (path, method, op) in operations(doc) {
+        if method != "post" {
+            continue;
+        }
+        let Some(created) = op.pointer("/responses/201/content/application~1json; charset=utf-8/schema/$ref") else {
+            continue;
+        };
+        let made = &schemas[schema_name(created.as_str().unwrap_or_default())];
+        if made.pointer("/properties/id").is_none() {
+            continue;
+        }
+        let collection = path.rsplit('/').next().unwrap_or_default();
+        let prefixes = [path.to_owned(), format!("/v1/{collection}")];
+        let mut links = Map::new();
+        for prefix in prefixes {
+            for (target_path, target_method, target) in operations(doc) {
+                let Some(rest) = target_path.strip_prefix(&format!("{prefix}/{{")) else { continue };
+                let Some((param, _)) = rest.split_once('}') else { continue };
+                let mut parameters = Map::new();
+                let mut complete = true;
+                for p in target["parameters"].as_array().into_iter().flatten().filter(|p| p["in"] == "path") {
+                    let name = p["name"].as_str().unwrap_or_default();
+                    if name == param {
+                        parameters.insert(name.into(), json!("$response.body#/id"));
+                    } else if path.contains(&format!("{{{name}}}")) {
+                        parameters.insert(name.into(), json!(format!("$request.path.{name}")));
+                    } else {
+                        complete = false;
+                    }
+                }
+                let id = target["operationId"].as_str().unwrap_or_default();
+                if complete && !id.is_empty() && !(target_path == path && target_method == method) {
+                    links.insert(
+                        id.to_owned(),
+                        json!({ "operationId": id, "parameters": parameters, "description": format!("{}: the one this made.", target["summary"].as_str().unwrap_or(id)) }),
+                    );
+                }
+            }
+            if !links.is_empty() {
+                break;
+            }
+        }
+        if !links.is_empty() {
+            out.push(Links { path: path.to_owned(), method: method.to_owned(), links });
+        }
+    }
+    out
+}
+
+/// Routes outside the API document, with their methods.
+const OTHER_ROUTES: &[(&str, &str)] =
+    &[("/v1/openapi.json", "GET"), ("/metrics", "GET"), ("/v1/realtime", "GET"), ("/v1/yjs/{doc_id}", "GET")];
+
+/// Path templates (split at `/`, `None` for a parameter) and the methods each answers.
+type RouteTable = Vec<(Vec<Option<String>>, Vec<String>)>;
+
+static ROUTES: LazyLock<RouteTable> = LazyLock::new(|| {
+    let doc: Value = serde_json::from_str(&DOCUMENT).expect("the document is JSON");
+    let split = |p: &str| -> Vec<Option<String>> {
+        p.split('/').map(|s| (!s.starts_with('{')).then(|| s.to_owned())).collect()
+    };
+    let mut table: RouteTable = Vec::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        let methods = item.as_object().into_iter().flat_map(|m| m.keys()).map(|m| m.to_uppercase()).collect();
+        table.push((split(path), methods));
+    }
+    for (path, method) in OTHER_ROUTES {
+        table.push((split(path), vec![(*method).to_owned()]));
+    }
+    table
+});
+
+/// The methods `path` answers, as an `Allow` header value; `None` for a path nothing serves.
+pub fn allowed_methods(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut methods: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(template, _)| {
+            template.len() == segments.len()
+                && template.iter().zip(&segments).all(|(t, s)| t.as_deref().is_none_or(|t| t == *s))
+        })
+        .flat_map(|(_, m)| m.iter().map(String::as_str))
+        .collect();
+    if methods.is_empty() {
+        return None;
+    }
+    methods.sort_unstable();
+    methods.dedup();
+    Some(methods.join(", "))
+}
