@@ -33,9 +33,10 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 
 say "peer clients (.venv-peers: websockets, aiortc)"
 apt_install python3-venv
-if ! .venv-peers/bin/python -c 'import websockets, aiortc, numpy' >/dev/null 2>&1; then
+if ! .venv-peers/bin/python -c 'import websockets, aiortc, numpy, jsonschema, rfc3339_validator' >/dev/null 2>&1; then
     [ -x .venv-peers/bin/pip ] || python3 -m venv .venv-peers
-    .venv-peers/bin/pip install --quiet --disable-pip-version-check 'websockets>=15,<18' 'aiortc>=1.14,<2' 'numpy>=1.26,<3'
+    .venv-peers/bin/pip install --quiet --disable-pip-version-check 'websockets>=15,<18' 'aiortc>=1.14,<2' 'numpy>=1.26,<3' \
+        'jsonschema>=4.23,<5' 'rfc3339-validator>=0.1.4,<0.2'
 fi
 
 say "peer clients (tests/peers/node_modules: yjs, y-websocket, ws, playwright-core; Debian chromium)"
@@ -57,6 +58,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --locked --no-fail-fast
 fi
+
+say "API contract: generated Python and TypeScript clients, their journeys, schemathesis (scripts/contract-test.sh)"
+bash scripts/contract-test.sh
 
 say "static release binary (x86_64-unknown-linux-musl)"
 cargo build --release --locked --target x86_64-unknown-linux-musl

@@ -22,6 +22,8 @@ pub const TITLE_CHARS_MAX: usize = 300;
 pub const DESCRIPTION_CHARS_MAX: usize = 20_000;
 pub const ASSIGNEES_MAX: usize = 50;
 pub const LABELS_MAX: usize = 50;
+/// Longest label, in characters.
+pub const LABEL_CHARS_MAX: usize = 50;
 pub const DEPENDENCIES_MAX: usize = 200;
 /// Most tasks one cycle check visits.
 pub const GRAPH_VISIT_MAX: usize = 100_000;
@@ -112,8 +114,9 @@ fn validate(f: &TaskFields, creating: bool) -> Result<(), DomainError> {
             errors.push(FieldError::new("/labels", "too_many", format!("at most {LABELS_MAX}")));
         }
         for (i, l) in labels.iter().enumerate() {
-            if l.trim().is_empty() || l.chars().count() > 50 {
-                errors.push(FieldError::new(&format!("/labels/{i}"), "invalid_length", "1–50 characters"));
+            if l.trim().is_empty() || l.chars().count() > LABEL_CHARS_MAX {
+                let detail = format!("1–{LABEL_CHARS_MAX} characters");
+                errors.push(FieldError::new(&format!("/labels/{i}"), "invalid_length", detail));
             }
         }
     }

@@ -24,6 +24,7 @@ use crate::ids::{Id, rfc3339};
 
 crate::problems!(ChatReadErrors: 400, 401, 403, 404, 422);
 crate::problems!(ChatWriteErrors: 400, 401, 403, 404, 409, 413, 415, 422, 507);
+crate::problems!(ChannelUpdateErrors: 400, 401, 403, 404, 409, 412, 413, 415, 422, 507);
 
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[oai(rename = "ChannelKind", rename_all = "snake_case")]
@@ -376,7 +377,7 @@ impl ChatApi {
         channel_id: Path<String>,
         #[oai(name = "If-Match")] if_match: Header<Option<String>>,
         body: JsonBody<UpdateChannelBody>,
-    ) -> Result<Json<ChannelView>, ChatWriteErrors> {
+    ) -> Result<Json<ChannelView>, ChannelUpdateErrors> {
         let (p, id) = channel_for(&app, &auth, &channel_id.0).await?;
         let b = body.0;
         let version = super::parse_if_match(if_match.0.as_deref())?.or(b.version);
@@ -507,7 +508,7 @@ impl ChatApi {
         let id = parse_id(&channel_id.0, "channel")?;
         let anchor = anchor(before.0, after.0, around.0)?;
         let thread = thread.0.map(|t| parse_id(&t, "message")).transpose()?;
-        let limit = limit.0.unwrap_or(20).clamp(1, chat::HISTORY_LIMIT_MAX as u32);
+        let limit = history_limit(limit.0)?;
         // Pages are kept rendered while nothing is published on the channel's topic; read the
         // generation before the store, so a page is never newer-labelled than its content.
         let key = HistoryKey { org: p.org, channel: id, anchor: anchor_key(anchor), thread, limit };
@@ -698,4 +699,16 @@ async fn change(
     // Not found before not allowed: the message must be there for the caller to act on it.
     chat::message(&app.store, p.org, p.user, Place::Channel(id), message).await?;
     Ok(change_message(app, req, &p, Place::Channel(id), message, c).await?)
+}
+
+/// A history page's size: 1–`HISTORY_LIMIT_MAX` (default 20), as the document says.
+pub fn history_limit(limit: Option<u32>) -> Result<u32, DomainError> {
+    match limit.unwrap_or(20) {
+        n @ 1..=chat::HISTORY_LIMIT_MAX_U32 => Ok(n),
+        _ => Err(DomainError::invalid(
+            "?limit",
+            "out_of_range",
+            format!("limit must be between 1 and {}", chat::HISTORY_LIMIT_MAX),
+        )),
+    }
 }

@@ -6,7 +6,8 @@
 //! - a documented field that refers to a schema is a plain `$ref` with its description beside it
 //!   (generators cannot take the `allOf: [$ref, {description}]` wrapper the derive writes);
 //! - ids are UUIDs and times RFC 3339 (`format: uuid`, `format: date-time`);
-//! - an optional field of an answer may be `null` (`nullable`), as poem-openapi sends `None`;
+//! - an optional field may be `null` (`nullable`): poem-openapi sends `None` as `null`, and a
+//!   request's `null` means the same as leaving the field out;
 //! - request bodies refuse unknown fields (`additionalProperties: false`);
 //! - unsigned numbers are not negative, page sizes have the bounds the server checks, and
 //!   `If-Match` is an ETag;
@@ -27,6 +28,7 @@ use super::search::{LIMIT_MAX as SEARCH_LIMIT_MAX, OFFSET_MAX as SEARCH_OFFSET_M
 use crate::auth::password::{PASSWORD_CHARS_MAX, PASSWORD_CHARS_MIN};
 use crate::domain::chat::{channels, posts};
 use crate::domain::paging::LIMIT_MAX;
+use crate::domain::policy::Permission;
 use crate::domain::{api_keys, docs, orgs, rooms, tasks, users};
 
 /// The document, pretty-printed with a final newline: what `openapi/outpost.json` holds and
@@ -37,6 +39,17 @@ pub static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
     s.push('\n');
     s
 });
+
+/// A pattern for comma-separated values of the enum schema `name` (empty items are skipped), as
+/// the task filters take them.
+fn comma_list(doc: &Value, name: &str) -> String {
+    let values: Vec<&str> = doc["components"]["schemas"][name]["enum"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let one = values.join("|");
+    format!("^({one})?(,({one})?)*$")
+}
 
 /// Operations on the organization's event log and audit trail, whose pages are larger.
 const LOG_PAGES: &[&str] = &["listOrganizationEvents", "listOrganizationAudit", "queryAudit"];
@@ -57,24 +70,30 @@ pub fn exact(mut doc: Value) -> Value {
             "schema": { "type": "integer", "minimum": 0 }
         }
     });
+    doc["components"]["schemas"]["Permission"] = json!({
+        "type": "string",
+        "title": "Permission",
+        "description": "A permission an organization role holds; API keys are scoped to some of them.",
+        "enum": Permission::ALL.map(Permission::as_str)
+    });
     let bodies = request_body_schemas(&doc);
-    let from_requests = reachable(&doc, &bodies);
     if let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) {
         for (name, schema) in schemas.iter_mut() {
-            exact_schema(name, schema, bodies.contains(name), !from_requests.contains(name));
+            exact_schema(name, schema, bodies.contains(name));
         }
     }
     let links = links(&doc);
+    let filters = [("status", comma_list(&doc, "TaskStatus")), ("priority", comma_list(&doc, "TaskPriority"))];
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
         for (path, item) in paths.iter_mut() {
             let Some(item) = item.as_object_mut() else { continue };
             for (method, op) in item.iter_mut() {
                 let id = op["operationId"].as_str().unwrap_or_default().to_owned();
-                exact_parameters(op, &id);
+                exact_parameters(op, &id, &filters);
                 exact_responses(op);
                 if let Some(l) = links.iter().find(|l| l.path == *path && l.method == *method) {
                     if let Some(created) = op.pointer_mut("/responses/201") {
-                        created["links"] = Value::Object(l.links.clone());
+                        created["links"] = Value::Object(l.to.clone());
                     }
                 }
             }
@@ -95,32 +114,6 @@ fn request_body_schemas(doc: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every schema reachable from `roots` through `$ref`s.
-fn reachable(doc: &Value, roots: &BTreeSet<String>) -> BTreeSet<String> {
-    fn refs(v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::Object(m) => {
-                if let Some(r) = m.get("$ref").and_then(Value::as_str) {
-                    out.push(schema_name(r).to_owned());
-                }
-                m.values().for_each(|v| refs(v, out));
-            }
-            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
-            _ => {}
-        }
-    }
-    let mut seen = BTreeSet::new();
-    let mut todo: Vec<String> = roots.iter().cloned().collect();
-    while let Some(name) = todo.pop() {
-        if seen.insert(name.clone()) {
-            if let Some(s) = doc.pointer(&format!("/components/schemas/{name}")) {
-                refs(s, &mut todo);
-            }
-        }
-    }
-    seen
-}
-
 fn schema_name(reference: &str) -> &str {
     reference.rsplit('/').next().unwrap_or(reference)
 }
@@ -128,15 +121,28 @@ fn schema_name(reference: &str) -> &str {
 fn operations(doc: &Value) -> impl Iterator<Item = (&str, &str, &Value)> {
     doc["paths"].as_object().into_iter().flat_map(|paths| {
         paths.iter().flat_map(|(path, item)| {
-            item.as_object().into_iter().flat_map(move |ops| ops.iter().map(move |(m, op)| (path.as_str(), m.as_str(), op)))
+            item.as_object()
+                .into_iter()
+                .flat_map(move |ops| ops.iter().map(move |(m, op)| (path.as_str(), m.as_str(), op)))
         })
     })
 }
 
+/// Unicode's White_Space, what `str::trim` and `char::is_whitespace` take, as a regex class body
+/// (regex `\s` differs between languages: ECMAScript's lacks U+0085, Python's has U+001C). Less
+/// U+2028 and U+2029: a TypeScript generator writes the class into a regex literal, where those
+/// two end the line; text of nothing but them is the one case the schema lets through.
+const WHITE_SPACE: &str = r"\t-\r \u0085\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000";
+
+/// "Not only spaces": one character outside White_Space.
+fn not_space() -> String {
+    format!("[^{WHITE_SPACE}]")
+}
+
 /// What the domain checks of a request's text fields, stated where the fields are. Lengths count
-/// characters, as the domain does; "not only spaces" is the pattern `\S`.
+/// characters, as the domain does.
 fn field_rule(schema: &str, field: &str) -> Option<Value> {
-    let text = |max: usize| json!({ "minLength": 1, "maxLength": max, "pattern": r"\S" });
+    let text = |max: usize| json!({ "type": "string", "minLength": 1, "maxLength": max, "pattern": not_space() });
     let at_most = |max: usize| json!({ "maxLength": max });
     Some(match (schema, field) {
         ("CreateApiKey", "name") => text(api_keys::NAME_CHARS_MAX),
@@ -155,8 +161,25 @@ fn field_rule(schema: &str, field: &str) -> Option<Value> {
         ("UpdateMe", "avatar" | "time_zone" | "locale") => at_most(users::PROFILE_FIELD_CHARS_MAX),
         ("CreateInvitation" | "OperatorInvitation", "email") => json!({
             "maxLength": users::EMAIL_CHARS_MAX,
-            "pattern": r"^[^@\s]+@[^\s.][^\s]*\.[^\s]*[^\s.]$"
+            "pattern": format!(r"^[^@{w}]+@[^{w}.][^{w}]*\.[^{w}]*[^{w}.]$", w = WHITE_SPACE)
         }),
+        ("CreateRoom" | "UpdateRoom", "max_participants") => {
+            json!({ "minimum": 1, "maximum": rooms::PARTICIPANTS_MAX })
+        }
+        ("NewTask" | "TaskFields", "labels") => {
+            json!({ "maxItems": tasks::LABELS_MAX, "items": text(tasks::LABEL_CHARS_MAX) })
+        }
+        ("NewTask" | "TaskFields", "assignee_ids") => {
+            json!({ "maxItems": tasks::ASSIGNEES_MAX, "items": { "type": "string", "format": "uuid" } })
+        }
+        ("PostMessage" | "PostComment", "mention_ids") => {
+            json!({ "maxItems": posts::MENTIONS_MAX, "items": { "type": "string", "format": "uuid" } })
+        }
+        ("PostMessage" | "PostComment", "idempotency_key") => {
+            json!({ "minLength": 1, "maxLength": posts::IDEMPOTENCY_KEY_CHARS_MAX })
+        }
+        ("CreateApiKey", "scopes") => json!({ "minItems": 1, "items": { "$ref": "#/components/schemas/Permission" } }),
+        ("CallMute", "source") => json!({ "enum": ["mic", "camera", "screen"] }),
         ("AcceptInvitation", "username") => json!({ "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{1,39}$" }),
         ("AcceptInvitation" | "RedeemPasswordReset", "password") | ("ChangePassword", "new_password") => {
             json!({ "minLength": PASSWORD_CHARS_MIN, "maxLength": PASSWORD_CHARS_MAX })
@@ -165,7 +188,7 @@ fn field_rule(schema: &str, field: &str) -> Option<Value> {
     })
 }
 
-fn exact_schema(name: &str, schema: &mut Value, request_body: bool, answer_only: bool) {
+fn exact_schema(name: &str, schema: &mut Value, request_body: bool) {
     let required: BTreeSet<String> = schema["required"]
         .as_array()
         .map(|r| r.iter().filter_map(Value::as_str).map(str::to_owned).collect())
@@ -178,7 +201,8 @@ fn exact_schema(name: &str, schema: &mut Value, request_body: bool, answer_only:
             if let (Some(rule), Some(p)) = (field_rule(name, field), prop.as_object_mut()) {
                 p.extend(rule.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
             }
-            if answer_only && !required.contains(field) {
+            // Optional fields are `Option`s; a field with a default is not, and refuses `null`.
+            if !required.contains(field) && prop.get("default").is_none() {
                 nullable(prop);
             }
         }
@@ -218,10 +242,8 @@ fn formats_by_name(name: &str, prop: &mut Value) {
                 prop["format"] = json!("date-time");
             }
         }
-        Some("array") if name.ends_with("_ids") => {
-            if prop["items"]["type"] == "string" {
-                prop["items"]["format"] = json!("uuid");
-            }
+        Some("array") if name.ends_with("_ids") && prop["items"]["type"] == "string" => {
+            prop["items"]["format"] = json!("uuid");
         }
         _ => {}
     }
@@ -261,7 +283,7 @@ fn nullable(prop: &mut Value) {
     }
 }
 
-fn exact_parameters(op: &mut Value, operation: &str) {
+fn exact_parameters(op: &mut Value, operation: &str, task_filters: &[(&str, String)]) {
     let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else { return };
     for p in params {
         let name = p["name"].as_str().unwrap_or_default().to_owned();
@@ -270,17 +292,38 @@ fn exact_parameters(op: &mut Value, operation: &str) {
         unsigned_bounds(schema);
         match (place.as_str(), name.as_str()) {
             ("path", n) if n.ends_with("_id") => schema["format"] = json!("uuid"),
+            ("header", "Idempotency-Key") => {
+                schema["minLength"] = json!(1);
+                schema["maxLength"] = json!(posts::IDEMPOTENCY_KEY_CHARS_MAX);
+            }
+            // What a reaction may be (`posts::change`): 1–32 characters without spaces.
+            ("path", "emoji") => {
+                schema["minLength"] = json!(1);
+                schema["maxLength"] = json!(posts::EMOJI_CHARS_MAX);
+                schema["pattern"] = json!(format!("^{}+$", not_space()));
+            }
             ("query", "q") if operation == "search" => {
                 schema["minLength"] = json!(1);
                 schema["maxLength"] = json!(Q_CHARS_MAX);
-                schema["pattern"] = json!(r"\S");
+                schema["pattern"] = json!(not_space());
             }
             ("query", "offset") if operation == "search" => schema["maximum"] = json!(SEARCH_OFFSET_MAX),
-            ("query", "assignee") => schema["format"] = json!("uuid"),
+            ("query", "assignee" | "room" | "channel") if operation == "listTasks" => schema["format"] = json!("uuid"),
+            ("query", filter) if operation == "listTasks" && task_filters.iter().any(|(f, _)| *f == filter) => {
+                let pattern = task_filters.iter().find(|(f, _)| *f == filter).map(|(_, p)| p.clone());
+                schema["pattern"] = json!(pattern);
+            }
+            // What `PageRequest::parse` decodes: canonical URL-safe base64 without padding.
+            ("query", "cursor") => {
+                schema["pattern"] =
+                    json!("^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-][AQgw]|[A-Za-z0-9_-]{2}[AEIMQUYcgkosw048])?$");
+            }
             ("query", "since" | "until" | "due_after" | "due_before") => schema["format"] = json!("date-time"),
             ("query", "limit") => {
                 let max = if LOG_PAGES.contains(&operation) {
                     LOG_PAGE_MAX
+                } else if matches!(operation, "listMessages" | "listTaskComments") {
+                    posts::HISTORY_LIMIT_MAX_U32
                 } else if operation == "search" {
                     SEARCH_LIMIT_MAX
                 } else {
@@ -297,15 +340,14 @@ fn exact_parameters(op: &mut Value, operation: &str) {
 }
 
 fn exact_responses(op: &mut Value) {
-    let by_users = op["security"]
-        .as_array()
-        .is_some_and(|reqs| reqs.iter().any(|r| r.get("UserAuth").is_some()));
+    let by_users = op["security"].as_array().is_some_and(|reqs| reqs.iter().any(|r| r.get("UserAuth").is_some()));
     let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { return };
     // Every user request spends the user's and the organization's request budgets.
     if by_users && !responses.contains_key("429") {
         if let Some(problem) = responses.values().find(|r| r.pointer("/content/application~1problem+json").is_some()) {
             let mut limited = problem.clone();
-            limited["description"] = json!("Too Many Requests: a request budget is spent; retry after `Retry-After` seconds.");
+            limited["description"] =
+                json!("Too Many Requests: a request budget is spent; retry after `Retry-After` seconds.");
             responses.insert("429".into(), limited);
             sort_statuses(responses);
         }
@@ -327,10 +369,10 @@ fn sort_statuses(responses: &mut Map<String, Value>) {
 }
 
 /// The links of one create operation's 201 answer.
-struct Links {
+struct CreateLinks {
     path: String,
     method: String,
-    links: Map<String, Value>,
+    to: Map<String, Value>,
 }
 
 /// For each `POST` answering 201 with an object that has an `id`: links to every operation on
@@ -338,7 +380,7 @@ struct Links {
 /// for a thing made inside another, under its own collection (`/v1/rooms/{room_id}/docs` →
 /// `/v1/docs/{doc_id}…`). The new id fills the target's first parameter; parameters the create's
 /// path shares are passed on from the request.
-fn links(doc: &Value) -> Vec<Links> {
+fn links(doc: &Value) -> Vec<CreateLinks> {
     let schemas = &doc["components"]["schemas"];
     let mut out = Vec::new();
     for (path, method, op) in operations(doc) {
@@ -384,7 +426,7 @@ fn links(doc: &Value) -> Vec<Links> {
             }
         }
         if !links.is_empty() {
-            out.push(Links { path: path.to_owned(), method: method.to_owned(), links });
+            out.push(CreateLinks { path: path.to_owned(), method: method.to_owned(), to: links });
         }
     }
     out

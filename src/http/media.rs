@@ -415,14 +415,16 @@ impl MediaApi {
         let p = auth.require(&app, Permission::RoomsRead).await?;
         let room = parse_id(&room_id.0, "room")?;
         require_room_role(&app, &p, room, RoomRole::Moderator)?;
-        let target = parse_id(&body.0.user_id, "participant")?;
+        let target = body_user(&body.0.user_id)?;
         let source = body.0.source.clone();
         if source.as_deref().is_some_and(|s| !matches!(s, "mic" | "camera" | "screen")) {
             return Err(DomainError::invalid("/source", "invalid", "source is mic, camera or screen").into());
         }
         let muted = body.0.muted;
         let action = crate::domain::rooms::CallAction::Mute { target, source: source.clone(), muted };
-        crate::domain::rooms::call_action(&app.writer, user_ctx(req, &p), p.user, room, action).await?;
+        crate::domain::rooms::call_action(&app.writer, user_ctx(req, &p), p.user, room, action)
+            .await
+            .map_err(not_a_participant)?;
         let changed = app.sfu.as_ref().map_or(0, |s| s.moderate(room, target, source.as_deref(), muted, p.user));
         Ok(Json(ModeratedView { changed: changed as u64 }))
     }
@@ -443,9 +445,11 @@ impl MediaApi {
         let p = auth.require(&app, Permission::RoomsRead).await?;
         let room = parse_id(&room_id.0, "room")?;
         require_room_role(&app, &p, room, RoomRole::Moderator)?;
-        let target = parse_id(&body.0.user_id, "participant")?;
+        let target = body_user(&body.0.user_id)?;
         let action = crate::domain::rooms::CallAction::Remove { target };
-        crate::domain::rooms::call_action(&app.writer, user_ctx(req, &p), p.user, room, action).await?;
+        crate::domain::rooms::call_action(&app.writer, user_ctx(req, &p), p.user, room, action)
+            .await
+            .map_err(not_a_participant)?;
         let changed = app.sfu.as_ref().map_or(0, |s| s.close_user(room, target, "removed"));
         Ok(Json(ModeratedView { changed: changed as u64 }))
     }
@@ -527,5 +531,21 @@ impl MediaApi {
             ttl_s: app.config.media.turn_credential_ttl_s,
             expires_at: rfc3339(c.expires_at_s as i64 * 1000),
         }))
+    }
+}
+
+/// The user a call moderation names in its body. It is a field, not the resource: a malformed id
+/// is 422 at `/user_id`, like one who does not take part (`not_a_participant`), while the room
+/// in the path stays a 404 when missing.
+fn body_user(id: &str) -> Result<Id, DomainError> {
+    id.parse().map_err(|_| DomainError::invalid("/user_id", "invalid_id", "not an id"))
+}
+
+fn not_a_participant(e: DomainError) -> DomainError {
+    match e {
+        DomainError::NotFound { what: "participant" } => {
+            DomainError::invalid("/user_id", "not_a_participant", "this user does not take part in the room")
+        }
+        e => e,
     }
 }

@@ -74,20 +74,18 @@ impl SearchApi {
         if q.trim().is_empty() || q.chars().count() > Q_CHARS_MAX {
             return Err(DomainError::invalid("?q", "invalid_length", format!("1–{Q_CHARS_MAX} characters")).into());
         }
-        let limit = match limit.0.unwrap_or(20) {
-            n @ 1..=LIMIT_MAX => n as usize,
-            _ => {
-                let detail = format!("limit must be between 1 and {LIMIT_MAX}");
-                return Err(DomainError::invalid("?limit", "out_of_range", detail).into());
-            }
-        };
-        let offset = match offset.0.unwrap_or(0) {
-            n @ 0..=OFFSET_MAX => n as usize,
-            _ => {
-                let detail = format!("offset must be at most {OFFSET_MAX}; narrow the query instead");
-                return Err(DomainError::invalid("?offset", "out_of_range", detail).into());
-            }
-        };
+        let limit = limit.0.unwrap_or(20);
+        if !(1..=LIMIT_MAX).contains(&limit) {
+            let detail = format!("limit must be between 1 and {LIMIT_MAX}");
+            return Err(DomainError::invalid("?limit", "out_of_range", detail).into());
+        }
+        let limit = limit as usize;
+        let offset = offset.0.unwrap_or(0);
+        if offset > OFFSET_MAX {
+            let detail = format!("offset must be at most {OFFSET_MAX}; narrow the query instead");
+            return Err(DomainError::invalid("?offset", "out_of_range", detail).into());
+        }
+        let offset = offset as usize;
         let kinds: Vec<String> =
             kinds.0.map(|k| k.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default();
         if let Some(bad) = kinds.iter().find(|k| !["message", "task", "room", "user"].contains(&k.as_str())) {

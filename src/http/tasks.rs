@@ -441,7 +441,7 @@ impl TasksApi {
     ) -> Result<Json<MessagePage>, TaskReadErrors> {
         let (p, id) = task_for(&app, &auth, &task_id.0, Permission::TasksRead).await?;
         let anchor = anchor(before.0, after.0, around.0)?;
-        let limit = limit.0.unwrap_or(20) as usize;
+        let limit = super::chat::history_limit(limit.0)? as usize;
         let items = chat::history(&app.store, p.org, p.user, Place::Task(id), anchor, None, limit).await?;
         Ok(Json(MessagePage { items: items.into_iter().map(message_view).collect() }))
     }

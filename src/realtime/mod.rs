@@ -490,10 +490,13 @@ impl Drop for Registration {
 }
 
 /// Whether `p` may follow `topic`: `org`, `user:{me}`, `room:{id}` it can see, `channel:{id}`
-/// it can see. 404-like for rooms and channels it cannot see, like the REST API.
+/// it can see. 404-like for rooms and channels it cannot see, like the REST API. Ids are
+/// spelled as the server writes them (lowercase, hyphenated): events are routed by that
+/// spelling, so another one would be a subscription that never delivers.
 pub fn may_follow(store: &Store, p: &Principal, topic: &str) -> Result<(), DomainError> {
     let (kind, rest) = topic.split_once(':').unwrap_or((topic, ""));
-    let id = || rest.parse::<Id>().map_err(|_| DomainError::NotFound { what: "topic" });
+    let id =
+        || rest.parse::<Id>().ok().filter(|id| id.to_string() == rest).ok_or(DomainError::NotFound { what: "topic" });
     match kind {
         "org" if rest.is_empty() => Ok(()),
         "user" if id()? == p.user => Ok(()),

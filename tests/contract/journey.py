@@ -67,7 +67,8 @@ from outpost_client.models import (
     RoomVisibility,
     SearchPage,
     Task,
-    TaskFields,
+    NewTask,
+    Permission,
     TokenPair,
     User,
 )
@@ -177,13 +178,13 @@ def main():
 
     base_task = step(
         "create a task",
-        create_task.sync_detailed(client=ada, body=TaskFields(title=f"prepare the journey {tag}", room_id=room.id)),
+        create_task.sync_detailed(client=ada, body=NewTask(title=f"prepare the journey {tag}", room_id=room.id)),
         201,
         Task,
     )
     task = step(
         "create a second task",
-        create_task.sync_detailed(client=ada, body=TaskFields(title=f"run the journey {tag}", room_id=room.id)),
+        create_task.sync_detailed(client=ada, body=NewTask(title=f"run the journey {tag}", room_id=room.id)),
         201,
         Task,
     )
@@ -233,7 +234,7 @@ def main():
 
     created = step(
         "create an API key",
-        create_api_key.sync_detailed(client=ada, body=CreateApiKey(name="journey", scopes=["rooms.read"])),
+        create_api_key.sync_detailed(client=ada, body=CreateApiKey(name="journey", scopes=[Permission.ROOMS_READ])),
         201,
         CreatedApiKey,
     )

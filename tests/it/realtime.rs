@@ -415,6 +415,40 @@ async fn a_stalled_client_is_cut_off_and_the_others_carry_on() {
     s.stop().await;
 }
 
+/// `openapi/realtime.schema.json` is a valid JSON Schema with a definition for every frame the
+/// document shows, and the document's examples validate against it.
+#[test]
+fn the_frame_schema_covers_the_document() {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
+    assert!(
+        std::path::Path::new(python).exists(),
+        "the peer clients are missing: `bash scripts/test-all.sh` installs them into .venv-peers"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/check_realtime_schema.py");
+    let out = std::process::Command::new(python).arg(script).arg(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A topic id spelled other than the server writes it (uppercase, no hyphens) is refused:
+/// events are routed by the canonical spelling, so it would never deliver.
+#[tokio::test]
+async fn a_topic_in_another_spelling_is_refused_not_silent() {
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
+    let ana = login(&s, &sl, "ana").await;
+    let ch = post_json(&s, &ana.access, "/v1/channels", json!({ "kind": "public", "name": "spell" })).await;
+    let id = ch["id"].as_str().unwrap().to_owned();
+    let (mut ws, _) = connect(&s, &ana).await;
+    for topic in [format!("channel:{}", id.to_uppercase()), format!("channel:{}", id.replace('-', ""))] {
+        let f = subscribe(&mut ws, &topic, None, None).await.pop().unwrap();
+        assert_eq!((f["op"].as_str(), f["code"].as_str()), (Some("error"), Some("not_found")), "{topic}: {f}");
+    }
+    let f = subscribe(&mut ws, &format!("channel:{id}"), None, None).await.pop().unwrap();
+    assert_eq!(f["op"], "subscribed", "{f}");
+    s.stop().await;
+}
+
 /// An independent client (Python `websockets`) written from the protocol document alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_independent_python_client_follows_the_document() {

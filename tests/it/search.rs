@@ -309,7 +309,8 @@ async fn page_bounds_are_refused_before_the_index_is_asked() {
         let p = crate::support::expect_problem(resp, 422, "validation_failed").await;
         assert_eq!(p["errors"][0]["pointer"], pointer, "{query}: {p}");
     }
-    let ok = s.http.get(s.url("/v1/search?q=roadmap&offset=1000&limit=50")).bearer_auth(&sam.access).send().await.unwrap();
+    let ok =
+        s.http.get(s.url("/v1/search?q=roadmap&offset=1000&limit=50")).bearer_auth(&sam.access).send().await.unwrap();
     assert_eq!(ok.status(), 200);
     s.stop().await;
 }

@@ -21,8 +21,13 @@ use crate::store::{Lookup, Store, decode, encode, prefix_end};
 /// What posting asks for.
 pub const TEXT_CHARS_MAX: usize = 10_000;
 pub const MENTIONS_MAX: usize = 50;
+/// Longest reaction, in characters.
+pub const EMOJI_CHARS_MAX: usize = 32;
+/// Longest idempotency key, in characters.
+pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 200;
 pub const REACTIONS_MAX: usize = 50;
 pub const HISTORY_LIMIT_MAX: usize = 100;
+pub const HISTORY_LIMIT_MAX_U32: u32 = HISTORY_LIMIT_MAX as u32;
 
 pub struct NewMessage {
     pub text: String,
@@ -48,8 +53,9 @@ pub async fn post(
     if new.mentions.len() > MENTIONS_MAX {
         errors.push(FieldError::new("/mention_ids", "too_many", format!("at most {MENTIONS_MAX}")));
     }
-    if new.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 200) {
-        errors.push(FieldError::new("/idempotency_key", "invalid_length", "1–200 bytes"));
+    if new.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX) {
+        let detail = format!("1–{IDEMPOTENCY_KEY_CHARS_MAX} characters");
+        errors.push(FieldError::new("/idempotency_key", "invalid_length", detail));
     }
     if matches!(place, Place::Task(_)) && new.thread_parent.is_some() {
         errors.push(FieldError::new("/thread_parent_id", "not_allowed", "task comments have no threads"));
@@ -190,8 +196,9 @@ pub async fn change(
         }
     }
     if let MessageChange::React { emoji, .. } = &change {
-        if emoji.is_empty() || emoji.chars().count() > 32 || emoji.contains(char::is_whitespace) {
-            return Err(DomainError::invalid("/emoji", "invalid_emoji", "1–32 characters without spaces"));
+        if emoji.is_empty() || emoji.chars().count() > EMOJI_CHARS_MAX || emoji.contains(char::is_whitespace) {
+            let detail = format!("1–{EMOJI_CHARS_MAX} characters without spaces");
+            return Err(DomainError::invalid("/emoji", "invalid_emoji", detail));
         }
     }
     let org = ctx.scope.org();

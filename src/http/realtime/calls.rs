@@ -136,7 +136,7 @@ impl Calls {
             Ok(answer) => {
                 self.owned.insert(answer.session.id, room_id);
                 ServerFrame::CallJoined {
-                    room: room.to_owned(),
+                    room: room_id.to_string(),
                     connection: answer.session.id.to_string(),
                     sdp: answer.sdp,
                     r#ref,
