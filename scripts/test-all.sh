@@ -7,7 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '\n==> %s\n' "$*"; }
+# Each section prints how long the one before it took, so a run's log says what each part adds.
+last_section=$SECONDS
+say() {
+    printf '\n==> %s   (previous section: %d s; %d s in all)\n' "$*" $((SECONDS - last_section)) "$SECONDS"
+    last_section=$SECONDS
+}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
