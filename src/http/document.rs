@@ -77,6 +77,12 @@ pub fn exact(mut doc: Value) -> Value {
         "enum": Permission::ALL.map(Permission::as_str)
     });
     let bodies = request_body_schemas(&doc);
+    // Request bodies that carry the version a change is based on (the alternative to If-Match).
+    let versioned_schemas: BTreeSet<String> = bodies
+        .iter()
+        .filter(|b| doc.pointer(&format!("/components/schemas/{b}/properties/version")).is_some())
+        .cloned()
+        .collect();
     if let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) {
         for (name, schema) in schemas.iter_mut() {
             exact_schema(name, schema, bodies.contains(name));
@@ -90,7 +96,14 @@ pub fn exact(mut doc: Value) -> Value {
             for (method, op) in item.iter_mut() {
                 let id = op["operationId"].as_str().unwrap_or_default().to_owned();
                 exact_parameters(op, &id, &filters);
-                exact_responses(op);
+                let versioned_body = op
+                    .pointer("/requestBody/content")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flat_map(|c| c.values())
+                    .filter_map(|m| m.pointer("/schema/$ref").and_then(Value::as_str))
+                    .any(|r| versioned_schemas.contains(schema_name(r)));
+                exact_responses(op, versioned_body);
                 if let Some(l) = links.iter().find(|l| l.path == *path && l.method == *method) {
                     if let Some(created) = op.pointer_mut("/responses/201") {
                         created["links"] = Value::Object(l.to.clone());
@@ -339,12 +352,45 @@ fn exact_parameters(op: &mut Value, operation: &str, task_filters: &[(&str, Stri
     }
 }
 
-fn exact_responses(op: &mut Value) {
+/// Statuses an operation cannot answer, whatever happens: the problem types are shared by
+/// operations of a kind, and some members of a kind take no body (no 415), no If-Match and no
+/// version (no 412), nothing a client could get wrong beyond the path, where a malformed id is
+/// a 404 (no 400), or nothing at all (no 422).
+fn impossible_statuses(op: &Value, versioned_body: bool) -> Vec<&'static str> {
+    let params = op["parameters"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let has_body = op.get("requestBody").is_some();
+    let mut out = Vec::new();
+    if !has_body {
+        out.push("415");
+    }
+    if !versioned_body && !params.iter().any(|p| p["name"] == "If-Match") {
+        out.push("412");
+    }
+    if !has_body && params.iter().all(|p| p["in"] == "path") {
+        out.push("400");
+    }
+    if !has_body && params.is_empty() {
+        out.push("422");
+    }
+    out
+}
+
+fn exact_responses(op: &mut Value, versioned_body: bool) {
     let by_users = op["security"].as_array().is_some_and(|reqs| reqs.iter().any(|r| r.get("UserAuth").is_some()));
+    let impossible = impossible_statuses(op, versioned_body);
     let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { return };
+    responses.retain(|status, _| !impossible.contains(&status.as_str()));
+    let problem = responses.values().find(|r| r.pointer("/content/application~1problem+json").is_some()).cloned();
+    // The edge refuses a declared Content-Length over the body limit before any operation runs.
+    if let (Some(problem), false) = (&problem, responses.contains_key("413")) {
+        let mut too_large = problem.clone();
+        too_large["description"] = json!(super::problem::describe(413));
+        responses.insert("413".into(), too_large);
+        sort_statuses(responses);
+    }
     // Every user request spends the user's and the organization's request budgets.
     if by_users && !responses.contains_key("429") {
-        if let Some(problem) = responses.values().find(|r| r.pointer("/content/application~1problem+json").is_some()) {
+        if let Some(problem) = &problem {
             let mut limited = problem.clone();
             limited["description"] =
                 json!("Too Many Requests: a request budget is spent; retry after `Retry-After` seconds.");

@@ -232,7 +232,7 @@ impl poem::error::ResponseError for Problem {
 }
 
 /// The documented meaning of each status an operation may answer with a problem.
-fn describe(status: u16) -> &'static str {
+pub fn describe(status: u16) -> &'static str {
     match status {
         400 => "Malformed request: invalid JSON, unknown field, wrong type, bad parameter",
         401 => "Missing, invalid or revoked credentials",

@@ -63,3 +63,50 @@ async fn a_405_carries_allow() {
     assert!(resp.headers().get("allow").is_none());
     s.stop().await;
 }
+
+/// Every status the document lists for an operation is one it can answer, by what it takes:
+/// the other direction (every answer is documented) is the contract run's `status_code_conformance`.
+#[test]
+fn documented_statuses_are_ones_the_operation_can_answer() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/outpost.json");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let mut wrong = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let named = |place: &str| params.iter().any(|p| p["in"] == place);
+            let body = op.get("requestBody").is_some();
+            let body_has = |field: &str| {
+                op["requestBody"]["content"].as_object().into_iter().flatten().any(|(_, m)| {
+                    m["schema"]["$ref"]
+                        .as_str()
+                        .is_some_and(|r| schemas[r.rsplit('/').next().unwrap()]["properties"].get(field).is_some())
+                })
+            };
+            let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+            let by_users = op["security"].as_array().is_some_and(|s| s.iter().any(|r| r.get("UserAuth").is_some()));
+            let public = PUBLIC.contains(&id);
+            let writes = method != "get";
+            for status in op["responses"].as_object().unwrap().keys() {
+                let possible = match status.as_str() {
+                    "400" => body || named("query") || named("header"),
+                    "401" => secured || public,
+                    "403" => secured,
+                    "404" => named("path") || body || named("query") || secured,
+                    "409" | "507" => writes,
+                    "412" => params.iter().any(|p| p["name"] == "If-Match") || body_has("version"),
+                    "415" => body,
+                    "422" => body || named("query") || named("header") || named("path"),
+                    "429" => by_users || public,
+                    _ => true,
+                };
+                if !possible {
+                    wrong.push(format!("{method} {path} ({id}) documents {status}"));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "statuses the operation cannot answer:\n{}", wrong.join("\n"));
+}

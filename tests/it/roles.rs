@@ -198,8 +198,8 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
 const NOT_DONE_HERE: &[(&str, u16, &str)] = &[
     ("whipPublish", 415, "needs an SDP offer from a WebRTC stack: media.rs publishes with aiortc and Chromium"),
     ("whepPlay", 415, "needs an SDP offer from a WebRTC stack: media.rs plays with aiortc"),
-    ("muteInCall", 404, "needs someone in a call: media.rs mutes an aiortc publisher"),
-    ("removeFromCall", 404, "needs someone in a call: media.rs removes an aiortc participant"),
+    ("muteInCall", 422, "needs someone in a call (else 422 at /user_id): media.rs mutes an aiortc publisher"),
+    ("removeFromCall", 422, "needs someone in a call (else 422 at /user_id): media.rs removes an aiortc participant"),
     ("deleteMediaConnection", 404, "needs a live media connection: media.rs hangs one up"),
     ("getRecording", 404, "needs a recording of a call: media.rs records one and reads it back"),
     ("stopRecording", 404, "needs a running recording: media.rs starts and stops one"),
