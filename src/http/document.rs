@@ -70,6 +70,12 @@ pub fn exact(mut doc: Value) -> Value {
             "schema": { "type": "integer", "minimum": 0 }
         }
     });
+    doc["components"]["schemas"]["JsonObject"] = json!({
+        "type": "object",
+        "title": "JsonObject",
+        "description": "A JSON object whose keys and values are the client's own.",
+        "additionalProperties": {}
+    });
     doc["components"]["schemas"]["Permission"] = json!({
         "type": "string",
         "title": "Permission",
@@ -209,6 +215,7 @@ fn exact_schema(name: &str, schema: &mut Value, request_body: bool) {
     if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
         for (field, prop) in props.iter_mut() {
             unwrap_all_of(prop);
+            name_free_form(prop);
             formats_by_name(field, prop);
             unsigned_bounds(prop);
             if let (Some(rule), Some(p)) = (field_rule(name, field), prop.as_object_mut()) {
@@ -223,6 +230,22 @@ fn exact_schema(name: &str, schema: &mut Value, request_body: bool) {
     if request_body && schema.get("properties").is_some() {
         schema["additionalProperties"] = Value::Bool(false);
     }
+}
+
+/// A free-form JSON object (settings, metadata, preferences) refers to one named schema, so a
+/// generated SDK has one `JsonObject` type instead of one made-up name per field and variant.
+fn name_free_form(prop: &mut Value) {
+    let free =
+        prop["type"] == "object" && prop.get("properties").is_none() && prop["additionalProperties"] == json!({});
+    if !free {
+        return;
+    }
+    let mut named = Map::new();
+    named.insert("$ref".into(), json!("#/components/schemas/JsonObject"));
+    if let Some(d) = prop.get("description").cloned() {
+        named.insert("description".into(), d);
+    }
+    *prop = Value::Object(named);
 }
 
 /// `{description, allOf: [{$ref}, {description}]}` → `{$ref, description}`.
