@@ -274,9 +274,11 @@ pub fn register(registry: &mut Registry) {
     <ProblemBody as Type>::register(registry);
 }
 
-/// Declares a problem type that documents exactly the listed statuses (plus the ones every
-/// operation can answer: 400, 413, 415 for bodies are listed by the operations that take one;
-/// 500 and 503 everywhere).
+/// Declares a problem type that documents the listed statuses, plus 500 and 503, which every
+/// operation can answer. Operations of a kind share a type; `http::document` then adds what
+/// holds for each operation (413 everywhere, 429 where a user's budget is spent) and drops what
+/// an operation cannot answer by what it takes (415 without a body, 412 without If-Match or a
+/// version, 400 and 422 without inputs).
 #[macro_export]
 macro_rules! problems {
     ($name:ident: $($status:literal),+) => {
