@@ -36,7 +36,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 fn open_direct(data_dir: &Path) -> Result<Store, CommandError> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        match Store::open(data_dir, &mut |l| eprintln!("{l}")) {
+        match Store::open(data_dir, &mut say_err) {
             Err(StoreError::Locked) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
@@ -78,7 +78,7 @@ pub fn restore(from: &Path, data_dir: &Path, force: bool) -> Result<BackupSummar
     let summary = backup::restore(from, data_dir, &mut |d, t| progress.update(d, t))?;
     progress.finish();
     // The restored store must open, migrate and verify like any other.
-    let (store, _) = Store::open(data_dir, &mut |l| eprintln!("{l}"))?;
+    let (store, _) = Store::open(data_dir, &mut say_err)?;
     let v = store.reader()?.verify_audit(&mut |_, _| {})?;
     if let Some(b) = v.first_broken {
         return Err(CommandError::Refused(format!(
@@ -186,4 +186,11 @@ fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, CommandErro
 
 fn absolute(p: &Path) -> Result<std::path::PathBuf, CommandError> {
     std::path::absolute(p).map_err(|e| CommandError::Store(e.into()))
+}
+
+/// A line for the operator on stderr; a closed or full stderr drops it rather than failing the
+/// command.
+fn say_err(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

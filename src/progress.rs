@@ -1,6 +1,6 @@
 //! Progress of long commands: a bar on a terminal, plain lines otherwise (logs, CI, pipes).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -38,7 +38,8 @@ impl Progress {
         if due || done >= total {
             self.last_line = Some(Instant::now());
             let pct = (done * 100).checked_div(total).unwrap_or(100);
-            eprintln!("{}: {done}/{total} ({pct}%)", self.label);
+            // A progress line is worth no failure: a closed or full stderr drops it.
+            let _ = writeln!(std::io::stderr(), "{}: {done}/{total} ({pct}%)", self.label);
         }
     }
 
