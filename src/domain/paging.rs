@@ -23,16 +23,19 @@ pub struct PageRequest {
     pub after: Option<Vec<u8>>,
 }
 
+/// A page size: `default` when absent, else 1–`max`; out of range is 422 at `?limit`. Every list
+/// checks its size here, so each answers the same problem and the document states each `max`.
+pub fn limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, DomainError> {
+    let limit = limit.unwrap_or(default);
+    if limit == 0 || limit > max {
+        return Err(DomainError::invalid("?limit", "out_of_range", format!("limit must be between 1 and {max}")));
+    }
+    Ok(limit)
+}
+
 impl PageRequest {
     pub fn parse(limit: Option<u32>, cursor: Option<&str>) -> Result<Self, DomainError> {
-        let limit = limit.unwrap_or(LIMIT_DEFAULT);
-        if limit == 0 || limit > LIMIT_MAX {
-            return Err(DomainError::invalid(
-                "?limit",
-                "out_of_range",
-                format!("limit must be between 1 and {LIMIT_MAX}"),
-            ));
-        }
+        let limit = self::limit(limit, LIMIT_DEFAULT, LIMIT_MAX)?;
         let after = match cursor {
             None | Some("") => None,
             Some(c) => Some(URL_SAFE_NO_PAD.decode(c).map_err(|_| {

@@ -180,10 +180,7 @@ fn next_after<T>(items: &[T], limit: usize, position: impl Fn(&T) -> u64) -> Opt
 }
 
 fn page_limit(limit: Option<u32>) -> Result<usize, DomainError> {
-    match limit.unwrap_or(100) {
-        n @ 1..=PAGE_MAX => Ok(n as usize),
-        _ => Err(DomainError::invalid("?limit", "out_of_range", format!("limit must be between 1 and {PAGE_MAX}"))),
-    }
+    crate::domain::paging::limit(limit, 100, PAGE_MAX).map(|n| n as usize)
 }
 
 pub fn event_view(e: Event) -> EventView {

@@ -703,12 +703,5 @@ async fn change(
 
 /// A history page's size: 1–`HISTORY_LIMIT_MAX` (default 20), as the document says.
 pub fn history_limit(limit: Option<u32>) -> Result<u32, DomainError> {
-    match limit.unwrap_or(20) {
-        n @ 1..=chat::HISTORY_LIMIT_MAX_U32 => Ok(n),
-        _ => Err(DomainError::invalid(
-            "?limit",
-            "out_of_range",
-            format!("limit must be between 1 and {}", chat::HISTORY_LIMIT_MAX),
-        )),
-    }
+    crate::domain::paging::limit(limit, 20, chat::HISTORY_LIMIT_MAX_U32)
 }

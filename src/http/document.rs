@@ -34,10 +34,15 @@ use crate::domain::{api_keys, docs, orgs, rooms, tasks, users};
 /// The document, pretty-printed with a final newline: what `openapi/outpost.json` holds and
 /// `/v1/openapi.json` serves.
 pub static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    let raw: Value = serde_json::from_str(&super::api_service().spec()).expect("poem-openapi writes JSON");
-    let mut s = serde_json::to_string_pretty(&exact(raw)).expect("a JSON value serializes");
+    let mut s = serde_json::to_string_pretty(&*EXACT).expect("a JSON value serializes");
     s.push('\n');
     s
+});
+
+/// The document as a value, made once: the text above and the route table below read it.
+static EXACT: LazyLock<Value> = LazyLock::new(|| {
+    let raw: Value = serde_json::from_str(&super::api_service().spec()).expect("poem-openapi writes JSON");
+    exact(raw)
 });
 
 /// A pattern for comma-separated values of the enum schema `name` (empty items are skipped), as
@@ -509,7 +514,7 @@ const OTHER_ROUTES: &[(&str, &str)] =
 type RouteTable = Vec<(Vec<Option<String>>, Vec<String>)>;
 
 static ROUTES: LazyLock<RouteTable> = LazyLock::new(|| {
-    let doc: Value = serde_json::from_str(&DOCUMENT).expect("the document is JSON");
+    let doc = &*EXACT;
     let split = |p: &str| -> Vec<Option<String>> {
         p.split('/').map(|s| (!s.starts_with('{')).then(|| s.to_owned())).collect()
     };

@@ -74,12 +74,7 @@ impl SearchApi {
         if q.trim().is_empty() || q.chars().count() > Q_CHARS_MAX {
             return Err(DomainError::invalid("?q", "invalid_length", format!("1–{Q_CHARS_MAX} characters")).into());
         }
-        let limit = limit.0.unwrap_or(20);
-        if !(1..=LIMIT_MAX).contains(&limit) {
-            let detail = format!("limit must be between 1 and {LIMIT_MAX}");
-            return Err(DomainError::invalid("?limit", "out_of_range", detail).into());
-        }
-        let limit = limit as usize;
+        let limit = crate::domain::paging::limit(limit.0, 20, LIMIT_MAX)? as usize;
         let offset = offset.0.unwrap_or(0);
         if offset > OFFSET_MAX {
             let detail = format!("offset must be at most {OFFSET_MAX}; narrow the query instead");

@@ -164,11 +164,7 @@ struct PyPeer {
 impl PyPeer {
     fn start(script: &str, args: &[&str]) -> Self {
         use tokio::io::AsyncBufReadExt;
-        let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
-        assert!(
-            std::path::Path::new(python).exists(),
-            "the peer clients are missing: `bash scripts/test-all.sh` installs them into .venv-peers"
-        );
+        let python = crate::support::peer_python();
         let mut child = tokio::process::Command::new(python)
             .arg(format!("{}/tests/peers/{script}", env!("CARGO_MANIFEST_DIR")))
             .args(args)
@@ -640,7 +636,7 @@ fn chromium_report(out: &std::process::Output) -> Value {
 
 /// Decodes a media file with PyAV (ffmpeg): frames decoded and, for video, the frame size.
 async fn decode_file(path: &std::path::Path) -> Value {
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
+    let python = crate::support::peer_python();
     let script = "import av, json, sys\nc = av.open(sys.argv[1])\ns = c.streams[0]\nn = 0\nsize = None\nfor f in c.decode(s):\n    n += 1\n    size = [f.width, f.height] if s.type == 'video' else None\nprint(json.dumps({'type': s.type, 'codec': s.codec_context.name, 'frames': n, 'size': size}))\n";
     let out = tokio::process::Command::new(python).args(["-c", script]).arg(path).output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

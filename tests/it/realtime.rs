@@ -419,11 +419,7 @@ async fn a_stalled_client_is_cut_off_and_the_others_carry_on() {
 /// document shows, and the document's examples validate against it.
 #[test]
 fn the_frame_schema_covers_the_document() {
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
-    assert!(
-        std::path::Path::new(python).exists(),
-        "the peer clients are missing: `bash scripts/test-all.sh` installs them into .venv-peers"
-    );
+    let python = crate::support::peer_python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/check_realtime_schema.py");
     let out = std::process::Command::new(python).arg(script).arg(env!("CARGO_MANIFEST_DIR")).output().unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -452,11 +448,7 @@ async fn a_topic_in_another_spelling_is_refused_not_silent() {
 /// An independent client (Python `websockets`) written from the protocol document alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_independent_python_client_follows_the_document() {
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
-    assert!(
-        std::path::Path::new(python).exists(),
-        "the peer clients are missing: `bash scripts/test-all.sh` installs them into .venv-peers"
-    );
+    let python = crate::support::peer_python();
     let s = TestServer::start().await;
     let (org_id, sl) = create_org(&s).await;
     operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;

@@ -223,3 +223,13 @@ pub async fn get_json(s: &TestServer, token: &str, path: &str) -> Value {
 pub async fn post_json(s: &TestServer, token: &str, path: &str, body: Value) -> Value {
     s.http.post(s.url(path)).bearer_auth(token).json(&body).send().await.expect("send").json().await.expect("json")
 }
+
+/// The Python of the peer clients (`.venv-peers`), which the test command installs.
+pub fn peer_python() -> &'static str {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-peers/bin/python");
+    assert!(
+        Path::new(python).exists(),
+        "the peer clients are missing: `bash scripts/test-all.sh` installs them into .venv-peers"
+    );
+    python
+}
