@@ -80,6 +80,9 @@ const result = await page.evaluate(
     let connection = null;
     let offers = 0;
     let state = null;
+    // Set once this side sends `call_leave`: a renegotiation the relay sent before it saw the
+    // leave is not answered (the connection is gone by the time an answer would arrive).
+    let leaving = false;
 
     const ws = new WebSocket(wsUrl, ['outpost.v1', 'access_token.' + token]);
     const send = (f) => ws.send(JSON.stringify(f));
@@ -124,6 +127,7 @@ const result = await page.evaluate(
             });
             resolve();
           } else if (f.op === 'call_offer') {
+            if (leaving) return;
             offers += 1;
             await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
             await pc.setLocalDescription();
@@ -141,6 +145,9 @@ const result = await page.evaluate(
     });
     await joined;
 
+    // The narrowest each video layer was sent at over the call (a browser short of CPU scales
+    // its layers down for a while).
+    const sentMin = {};
     // Until something has been decoded from someone else, then for the time asked.
     const stats = async () => {
       const out = { video_frames_decoded: 0, video_width: 0, audio_samples: 0, audio_energy: 0, packets_sent: 0 };
@@ -156,6 +163,10 @@ const result = await page.evaluate(
         }
         if (s.type === 'inbound-rtp') (out.inbound = out.inbound || []).push([s.kind, s.mid, s.ssrc, s.packetsReceived, s.codecId]);
         if (s.type === 'outbound-rtp') out.packets_sent += s.packetsSent || 0;
+        if (s.type === 'outbound-rtp' && s.kind === 'video' && s.frameWidth) {
+          const rid = s.rid || 'single';
+          sentMin[rid] = Math.min(sentMin[rid] ?? Infinity, s.frameWidth);
+        }
       });
       return out;
     };
@@ -178,11 +189,14 @@ const result = await page.evaluate(
     s.video_width_last = last.video_width;
     const ice = pc.connectionState;
     const stateInCall = state;
+    s.sent_widths_min = sentMin;
+    const errorsInCall = errors.slice();
+    leaving = true;
     send({ op: 'call_leave', connection, ref: 'bye' });
     await sleep(200);
     pc.close();
     ws.close();
-    return { ...s, connection, offers, errors, trickled, state: stateInCall, pc: ice };
+    return { ...s, connection, offers, errors: errorsInCall, trickled, state: stateInCall, pc: ice };
   },
   {
     wsUrl: base.replace('http://', 'ws://') + '/v1/realtime',
