@@ -60,6 +60,10 @@ pub struct App {
     pub turn: Option<Arc<crate::media::turn::Turn>>,
     /// The media relay; `None` without `media.rtc_listen`.
     pub sfu: Option<crate::media::sfu::Sfu>,
+    /// Resumable uploads in progress, and the blob store they finish into.
+    pub uploads: crate::uploads::Uploads,
+    /// The key signed download URLs are made and checked with (derived from the vault's).
+    pub download_url_key: Arc<[u8; 32]>,
     /// When each API key's last use was written down, so that is done once a minute at most.
     key_uses: Arc<std::sync::Mutex<std::collections::HashMap<crate::ids::Id, std::time::Instant>>>,
 }
@@ -120,7 +124,14 @@ impl App {
             sfu.set_state_sink(Arc::new(move |org, room, state| hub.call_state(org, room, &state)));
         }
         let docs = crate::docs::Engine::new(store.clone(), writer.clone(), metrics.clone(), config.docs.clone());
+        let blobs =
+            crate::blobs::Blobs::open(&config.data_dir).map_err(|e| StoreError::Storage(format!("blobs: {e}")))?;
+        let uploads = crate::uploads::Uploads::open(&config.data_dir, blobs, config.files.clone(), metrics.clone())
+            .map_err(|e| StoreError::Storage(format!("uploads: {e}")))?;
+        let download_url_key = Arc::new(vault.derive("download-urls"));
         let app = Self {
+            uploads,
+            download_url_key,
             docs,
             turn,
             sfu,

@@ -30,6 +30,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub realtime: RealtimeConfig,
     pub docs: DocsConfig,
+    pub files: FilesConfig,
     pub media: MediaConfig,
 }
 
@@ -90,6 +91,85 @@ impl Default for MediaConfig {
             turn_tcp_connections_max: 1024,
             turn_allow_loopback_peers: false,
         }
+    }
+}
+
+/// Files: the content-addressed blob store under `data_dir/blobs`, resumable (tus) uploads
+/// staged under `data_dir/uploads`, and downloads. An organization's `settings` may lower the
+/// limits for itself (`files_max_bytes`, `files_quota_bytes`, `files_allowed_types`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// One file at most, in bytes.
+    pub file_bytes_max: u64,
+    /// All of one organization's stored files at most, in bytes (identical files count once),
+    /// uploads in progress included.
+    pub org_bytes_max: u64,
+    /// Media types accepted, as `type/subtype` or `type/*`; empty accepts any.
+    pub allowed_types: Vec<String>,
+    /// Seconds an unfinished upload is kept after its last byte arrived; then it is removed.
+    pub upload_expiry_s: u64,
+    /// Uploads in progress per organization at most.
+    pub uploads_per_org_max: usize,
+    /// Seconds a signed download URL stays valid at most (the default when none is asked).
+    pub signed_url_ttl_s: u64,
+    /// Seconds an upload request may wait for its next bytes before it is ended; what arrived
+    /// is kept and the client resumes from it.
+    pub upload_idle_timeout_s: u64,
+    /// Bytes the blob store's disk must keep free: an upload that would go below is refused
+    /// (507) before its bytes are written.
+    pub disk_reserve_bytes: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            file_bytes_max: 16 << 30,
+            org_bytes_max: 64 << 30,
+            allowed_types: Vec::new(),
+            upload_expiry_s: 86_400,
+            uploads_per_org_max: 1000,
+            signed_url_ttl_s: 300,
+            upload_idle_timeout_s: 60,
+            disk_reserve_bytes: 256 << 20,
+        }
+    }
+}
+
+impl FilesConfig {
+    fn check(&self, bad: &mut impl FnMut(&str, &str)) {
+        if self.file_bytes_max == 0 || self.file_bytes_max > self.org_bytes_max {
+            bad("files.file_bytes_max", "must be at least 1 and at most files.org_bytes_max");
+        }
+        for (i, t) in self.allowed_types.iter().enumerate() {
+            if !media_type_pattern(t) {
+                bad(&format!("files.allowed_types.{i}"), "must be a media type like image/png or image/*");
+            }
+        }
+        if !(60..=30 * 86_400).contains(&self.upload_expiry_s) {
+            bad("files.upload_expiry_s", "must be between 60 and 2592000");
+        }
+        if self.uploads_per_org_max == 0 {
+            bad("files.uploads_per_org_max", "must be at least 1");
+        }
+        if !(10..=7 * 86_400).contains(&self.signed_url_ttl_s) {
+            bad("files.signed_url_ttl_s", "must be between 10 and 604800");
+        }
+        if !(5..=3600).contains(&self.upload_idle_timeout_s) {
+            bad("files.upload_idle_timeout_s", "must be between 5 and 3600");
+        }
+    }
+}
+
+/// `type/subtype` or `type/*`, lowercase letters, digits and `.+-`.
+pub fn media_type_pattern(t: &str) -> bool {
+    let ok = |s: &str| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+    };
+    match t.split_once('/') {
+        Some((ty, "*")) => ok(ty),
+        Some((ty, sub)) => ok(ty) && ok(sub),
+        None => false,
     }
 }
 
@@ -336,6 +416,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             realtime: RealtimeConfig::default(),
             docs: DocsConfig::default(),
+            files: FilesConfig::default(),
             media: MediaConfig::default(),
         }
     }
@@ -495,6 +576,7 @@ impl Config {
             bad("realtime.subscriptions_per_connection_max", "must be at least 1");
         }
         self.docs.check(&mut bad);
+        self.files.check(&mut bad);
         self.media.check(&mut bad);
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad("log.level", "is not a valid filter (try `info` or `outpost=debug,info`)");

@@ -173,6 +173,30 @@ const DOCS: &[Doc] = &[
         "docs.send_queue_len",
         "Frames queued for one sync socket at most; a client that lets it fill is closed and syncs again when it reconnects.",
     ),
+    doc(
+        "files",
+        "Files: stored once per organization by content (SHA-256) under data_dir/blobs; resumable uploads (tus 1.0) staged under data_dir/uploads. An organization's settings may lower the limits for itself: files_max_bytes, files_quota_bytes, files_allowed_types.",
+    ),
+    doc("files.file_bytes_max", "One file at most, in bytes."),
+    doc(
+        "files.org_bytes_max",
+        "All of one organization's stored files at most, in bytes (identical files count once), uploads in progress included.",
+    ),
+    doc("files.allowed_types", "Media types accepted, as type/subtype or type/*; an empty list accepts any."),
+    doc(
+        "files.upload_expiry_s",
+        "Seconds an unfinished upload is kept after its last bytes arrived; then it is removed.",
+    ),
+    doc("files.uploads_per_org_max", "Uploads in progress per organization at most."),
+    doc("files.signed_url_ttl_s", "Seconds a signed download URL stays valid at most."),
+    doc(
+        "files.upload_idle_timeout_s",
+        "Seconds an upload request may wait for its next bytes before it is ended; what arrived is kept and the client resumes from there.",
+    ),
+    doc(
+        "files.disk_reserve_bytes",
+        "Bytes the disk under data_dir must keep free: an upload that would go below is refused (507) before its bytes are written.",
+    ),
     doc("media", "Calls: the media relay (SFU) and the built-in TURN server."),
     doc(
         "media.rtc_listen",

@@ -2,13 +2,14 @@
 //!
 //! `run` (in `server`) serves one data dir on one listener until `shutdown` resolves. The
 //! modules form layers, and an import only ever points down them: ground (`ids`, `limits`,
-//! `metrics`, `config`, `config_file`, `tenancy`, `progress`) → `store` → `vault` → `domain` → `auth` →
-//! engines (`search`, `docs`, `realtime`, `media`) → `app` → transport (`http`, `admin`) →
+//! `metrics`, `config`, `config_file`, `tenancy`, `progress`) → `store`, `blobs` → `vault` → `domain` →
+//! `auth` → engines (`search`, `docs`, `realtime`, `media`, `uploads`) → `app` → transport (`http`, `admin`) →
 //! `server` → `commands`. ARCHITECTURE.md has the table; a test holds the code to it.
 
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod blobs;
 pub mod commands;
 pub mod config;
 pub mod config_file;
@@ -26,6 +27,7 @@ pub mod search;
 pub mod server;
 pub mod store;
 pub mod tenancy;
+pub mod uploads;
 pub mod vault;
 
 pub use app::App;

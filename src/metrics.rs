@@ -69,6 +69,9 @@ pub struct Metrics {
     pub realtime_send_queue_deepest: Gauge,
     pub runtime_workers_busy_permille: Gauge,
     pub docs_loaded: Gauge,
+    pub uploads_in_progress: Gauge,
+    pub file_bytes_in: Counter,
+    pub file_bytes_out: Counter,
     pub docs_loaded_bytes: Gauge,
     pub docs_connections: Gauge,
     pub docs_updates: Counter,
@@ -174,6 +177,16 @@ impl Metrics {
             "The fullest subscriber send queue at the last event fanned out (frames)",
             realtime_send_queue_deepest.clone(),
         );
+        let uploads_in_progress = Gauge::default();
+        registry.register(
+            "uploads_in_progress",
+            "Resumable uploads begun and not yet finished",
+            uploads_in_progress.clone(),
+        );
+        let file_bytes_in = Counter::default();
+        registry.register("file_bytes_in", "File bytes received by uploads", file_bytes_in.clone());
+        let file_bytes_out = Counter::default();
+        registry.register("file_bytes_out", "File bytes sent by downloads", file_bytes_out.clone());
         let docs_loaded = Gauge::default();
         registry.register("docs_loaded", "Shared documents loaded in memory", docs_loaded.clone());
         let docs_loaded_bytes = Gauge::default();
@@ -289,6 +302,9 @@ impl Metrics {
             realtime_send_queue_deepest,
             runtime_workers_busy_permille,
             docs_loaded,
+            uploads_in_progress,
+            file_bytes_in,
+            file_bytes_out,
             docs_loaded_bytes,
             docs_connections,
             docs_updates,

@@ -4,7 +4,8 @@
 //! ways to get one are from an authenticated principal (`OrgScope::member`, defined beside
 //! `Principal` in `auth`), from operator code that names the organization it reaches into
 //! (`OrgScope::operator`, beside `Operator`), from a credential checked against the
-//! organization's own records, or the instance's own scope for operator-level records. This
+//! organization's own records, from a record the server wrote after such a check, or the
+//! instance's own scope for operator-level records. This
 //! module sits at the bottom of the layers (the store checks every key against a scope), so it
 //! knows no principal type itself. No function takes a bare org id from a request body.
 
@@ -37,6 +38,13 @@ impl OrgScope {
     /// An organization found by its public slug at login, before anyone is authenticated; the
     /// login then proves the password against that organization's own records.
     pub(crate) fn for_login(org: Id) -> Self {
+        Self { org }
+    }
+
+    /// The organization named in a record this server itself wrote under its data directory
+    /// after checking the caller's principal (an upload interrupted by a stop, finished at the
+    /// next start on behalf of the user who began it).
+    pub(crate) fn from_own_record(org: Id) -> Self {
         Self { org }
     }
 

@@ -5,6 +5,7 @@
 //! status codes and stable error codes in one table.
 
 pub mod api_keys;
+pub mod assets;
 pub mod audit;
 pub mod chat;
 pub mod docs;
@@ -52,6 +53,9 @@ pub enum DomainError {
     /// A size or quota cap: the thing is too large to take (413).
     #[error("{detail}")]
     TooLarge { code: &'static str, detail: String },
+    /// Storage the organization or the disk has left would be exceeded (507).
+    #[error("{detail}")]
+    NoRoom { code: &'static str, detail: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -59,10 +59,14 @@ pub enum Permission {
     TasksWrite,
     /// Search what one may see.
     SearchUse,
+    /// Download one's own files (and those shared with one).
+    FilesRead,
+    /// Upload files and delete one's own (guests too: a file is shared the way a message is).
+    FilesWrite,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 12] = [
+    pub const ALL: [Permission; 14] = [
         Permission::SelfManage,
         Permission::UsersRead,
         Permission::UsersInvite,
@@ -75,6 +79,8 @@ impl Permission {
         Permission::TasksRead,
         Permission::TasksWrite,
         Permission::SearchUse,
+        Permission::FilesRead,
+        Permission::FilesWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +97,8 @@ impl Permission {
             Permission::TasksRead => "tasks.read",
             Permission::TasksWrite => "tasks.write",
             Permission::SearchUse => "search.use",
+            Permission::FilesRead => "files.read",
+            Permission::FilesWrite => "files.write",
         }
     }
 
@@ -105,7 +113,9 @@ impl Permission {
             | Permission::RoomsRead
             | Permission::ChatUse
             | Permission::TasksRead
-            | Permission::SearchUse => Role::Guest,
+            | Permission::SearchUse
+            | Permission::FilesRead
+            | Permission::FilesWrite => Role::Guest,
             Permission::UsersRead | Permission::RoomsCreate | Permission::ChannelsCreate | Permission::TasksWrite => {
                 Role::Member
             }

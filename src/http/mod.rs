@@ -34,6 +34,7 @@ pub mod body;
 pub mod chat;
 pub mod docs;
 pub mod document;
+pub mod files;
 pub mod me;
 pub mod media;
 pub mod ops;
@@ -95,6 +96,8 @@ pub enum ApiTags {
     Docs,
     /// Calls' media: WHIP and WHEP, call state and moderation, recordings, TURN credentials.
     Media,
+    /// Files: resumable (tus) and one-request uploads, records, downloads, signed links.
+    Files,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -176,6 +179,7 @@ pub type Apis = (
         docs::DocsApi,
         media::MediaApi,
         recordings::RecordingsApi,
+        files::FilesApi,
     ),
 );
 
@@ -208,9 +212,37 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
     let cors = (!origins.is_empty()).then(|| {
         poem::middleware::Cors::new()
             .allow_origins(origins)
-            .allow_methods(["GET", "POST", "PUT", "PATCH", "DELETE"])
-            .allow_headers(["authorization", "content-type", "if-match", "x-request-id"])
-            .expose_headers(["etag", "location", "x-request-id", "retry-after"])
+            .allow_methods(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+            .allow_headers([
+                "authorization",
+                "content-type",
+                "if-match",
+                "x-request-id",
+                "tus-resumable",
+                "upload-length",
+                "upload-offset",
+                "upload-metadata",
+                "upload-checksum",
+                "range",
+                "if-none-match",
+                "if-range",
+            ])
+            .expose_headers([
+                "etag",
+                "location",
+                "x-request-id",
+                "retry-after",
+                "tus-resumable",
+                "tus-version",
+                "tus-extension",
+                "tus-max-size",
+                "upload-offset",
+                "upload-length",
+                "upload-expires",
+                "upload-metadata",
+                "content-range",
+                "content-disposition",
+            ])
             .max_age(600)
     });
     Route::new()
@@ -266,10 +298,15 @@ impl<E: Endpoint> Endpoint for Edge<E> {
         let path = req.uri().path().to_owned();
         let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
         // A declared length over the limit is refused before anything reads the body;
-        // `JsonBody` also stops reading at the limit when no length was declared.
+        // `JsonBody` also stops reading at the limit when no length was declared. Uploads
+        // stream their bodies to disk under their own limits, and are bounded by an idle time
+        // rather than a total one (a large file takes as long as it takes).
+        let upload = is_upload(&method, &path);
         let declared = req.header("content-length").and_then(|v| v.parse::<u64>().ok());
-        let result = if declared.is_some_and(|n| n > self.limit) {
+        let result = if declared.is_some_and(|n| n > self.limit) && !upload {
             Ok(Err(body::too_large(self.limit).into()))
+        } else if upload {
+            Ok(self.inner.call(req).instrument(span.clone()).await)
         } else {
             tokio::time::timeout(self.timeout, self.inner.call(req)).instrument(span.clone()).await
         };
@@ -303,6 +340,11 @@ impl<E: Endpoint> Endpoint for Edge<E> {
             }
         }
         security_headers(&mut resp, &path, self.tls);
+        if path.starts_with("/v1/uploads") {
+            let h = resp.headers_mut();
+            h.insert("tus-resumable", HeaderValue::from_static(files::TUS_VERSION));
+            h.insert("tus-version", HeaderValue::from_static(files::TUS_VERSION));
+        }
         let status = resp.status().as_u16();
         let route = route.unwrap_or(if path == "/metrics" || path.starts_with("/docs") || path == "/v1/openapi.json" {
             "static"
@@ -320,6 +362,13 @@ impl<E: Endpoint> Endpoint for Edge<E> {
         });
         Ok(resp)
     }
+}
+
+/// Whether a request streams a file's bytes (a tus creation or append, a one-request upload).
+fn is_upload(method: &poem::http::Method, path: &str) -> bool {
+    use poem::http::Method;
+    (*method == Method::PATCH && path.starts_with("/v1/uploads/"))
+        || (*method == Method::POST && (path == "/v1/uploads" || path == "/v1/assets"))
 }
 
 /// Headers every answer carries. API answers are never cached and never framed or rendered as

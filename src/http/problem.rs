@@ -120,6 +120,7 @@ impl From<DomainError> for Problem {
             DomainError::Forbidden { detail } => Self::new(StatusCode::FORBIDDEN, "forbidden", detail),
             DomainError::Unauthorized { code, detail } => Self::unauthenticated(code, &detail),
             DomainError::TooLarge { code, detail } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, detail),
+            DomainError::NoRoom { code, detail } => Self::new(StatusCode::INSUFFICIENT_STORAGE, code, detail),
             DomainError::Store(e) => e.into(),
         }
     }

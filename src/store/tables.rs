@@ -122,6 +122,16 @@ pub const DOC_VERSION_STATES: Table = org("doc_version_states", 35);
 /// org → bytes (u64 BE): the stored size of all the organization's documents, for its cap.
 pub const DOC_USAGE: Table = org("doc_usage", 36);
 
+/// org ‖ asset → `Asset` JSON: a stored file's record (name, type, size, digest, owner).
+pub const ASSETS: Table = org("assets", 37);
+/// org ‖ user ‖ asset → empty: the files a user uploaded, for listing.
+pub const USER_ASSETS: Table = org("user_assets", 38);
+/// org ‖ SHA-256 (32 bytes) → `BlobRecord` JSON: a blob the organization holds, its size and
+/// how many live assets name it.
+pub const ASSET_BLOBS: Table = org("asset_blobs", 39);
+/// org → bytes (u64 BE): the organization's stored file bytes (each blob once), for its quota.
+pub const ASSET_USAGE: Table = org("asset_usage", 40);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -166,6 +176,10 @@ pub const ALL: &[Table] = &[
     DOC_VERSIONS,
     DOC_VERSION_STATES,
     DOC_USAGE,
+    ASSETS,
+    USER_ASSETS,
+    ASSET_BLOBS,
+    ASSET_USAGE,
 ];
 
 /// `org ‖ a ‖ b`.

@@ -12,6 +12,7 @@ mod crash;
 mod docs;
 mod errors;
 mod events;
+mod files;
 mod fuzz;
 mod identity;
 mod isolation;

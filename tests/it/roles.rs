@@ -127,7 +127,11 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                 )
                 .await;
                 let version_id = v["id"].as_str().unwrap().to_owned();
+                // A file and an upload in progress of the caller's own (every role may upload).
+                let (asset_id, upload_id) = my_file_and_upload(&s, &me.access).await;
                 let url = path
+                    .replace("{asset_id}", &asset_id)
+                    .replace("{upload_id}", &upload_id)
                     .replace("{user_id}", &target_id)
                     .replace("{session_id}", &me.session_id)
                     .replace("{room_id}", &room_id)
@@ -159,6 +163,16 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                 req = match body {
                     Some(Body::Json(v)) => req.json(&v),
                     Some(Body::Bytes(kind, bytes)) => req.header("content-type", kind).body(bytes),
+                    Some(Body::Tus(headers, bytes)) => {
+                        let mut r = req.header("tus-resumable", "1.0.0");
+                        for (k, v) in headers {
+                            r = r.header(k, v);
+                        }
+                        match bytes {
+                            Some(b) => r.header("content-type", "application/offset+octet-stream").body(b),
+                            None => r,
+                        }
+                    }
                     None if !body_schema.is_null() => req.json(&sample(&doc, &body_schema)),
                     None => req,
                 };
@@ -213,6 +227,27 @@ const NEW_PASSWORD: &str = "another long passphrase";
 enum Body {
     Json(Value),
     Bytes(&'static str, Vec<u8>),
+    /// A tus request: its headers (beside `Tus-Resumable`) and bytes, if any.
+    Tus(Vec<(&'static str, String)>, Option<Vec<u8>>),
+}
+
+/// A stored file of `token`'s user and an upload of theirs in progress: their ids.
+async fn my_file_and_upload(s: &TestServer, token: &str) -> (String, String) {
+    let r = s.http.post(s.url("/v1/assets?name=a.txt")).bearer_auth(token).body("hello").send().await.unwrap();
+    assert_eq!(r.status(), 201, "uploading a file");
+    let asset: Value = r.json().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/v1/uploads"))
+        .bearer_auth(token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "beginning an upload");
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    (asset["id"].as_str().unwrap().to_owned(), location.rsplit('/').next().unwrap().to_owned())
 }
 
 /// Who calls what, on whom.
@@ -253,6 +288,16 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         "inviteParticipant" => Some(json!({ "user_id": p.target, "role": "member" })),
         "addChannelMember" => Some(json!({ "user_id": p.target })),
         "applyDocumentUpdate" => return (url, Some(Body::Bytes("application/octet-stream", yjs_update()))),
+        "uploadAsset" => {
+            url.push_str("?name=b.txt");
+            return (url, Some(Body::Bytes("text/plain", b"hello".to_vec())));
+        }
+        "createUpload" => return (url, Some(Body::Tus(vec![("upload-length", "5".into())], None))),
+        "getUploadOffset" | "terminateUpload" => return (url, Some(Body::Tus(vec![], None))),
+        "appendUpload" => {
+            return (url, Some(Body::Tus(vec![("upload-offset", "0".into())], Some(b"hello".to_vec()))));
+        }
+        "signAssetUrl" => Some(json!({})),
         "changeParticipantRole" | "removeParticipant" => {
             let (room, maker) = at.room;
             post(maker, format!("/v1/rooms/{room}/participants"), json!({ "user_id": p.target })).await;

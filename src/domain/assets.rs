@@ -1,0 +1,243 @@
+//! Assets: the records of stored files. An asset names its bytes by digest (the blob store
+//! holds them, once per organization); its record is committed only after the blob is durable.
+//!
+//! An asset belongs to the user who uploaded it; that user (and the organization's admins)
+//! read and delete it. Usage is counted per organization by distinct blob, so a file uploaded
+//! twice costs its bytes once, and the quota is checked in the same commit that adds a blob.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::DomainError;
+use super::paging::{Page, PageRequest, encode_cursor};
+use crate::ids::Id;
+use crate::store::tables::{ASSET_BLOBS, ASSET_USAGE, ASSETS, USER_ASSETS, org_bytes_key, org_id_id_key, org_id_key};
+use crate::store::writer::{MutationCtx, Tx, Writer};
+use crate::store::{Reader, Store, StoreError, decode, encode, prefix_end};
+use crate::tenancy::OrgScope;
+
+/// Longest file name, in characters.
+pub const NAME_CHARS_MAX: usize = 255;
+/// Longest media type, in characters.
+pub const TYPE_CHARS_MAX: usize = 127;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Asset {
+    pub id: Id,
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+    /// SHA-256 of the bytes, hexadecimal: the blob's name and the download's strong ETag.
+    pub sha256: String,
+    pub created_by: Id,
+    pub created_at_ms: i64,
+    #[serde(default)]
+    pub deleted_at_ms: Option<i64>,
+}
+
+/// A blob the organization holds: its size and how many live assets name it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub size: u64,
+    pub refs: u64,
+    /// When the last asset naming it was deleted (the collector's grace period starts there).
+    #[serde(default)]
+    pub unreferenced_at_ms: Option<i64>,
+}
+
+/// What an upload that reached its end turns into.
+#[derive(Clone, Debug)]
+pub struct NewAsset {
+    pub id: Id,
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub created_by: Id,
+    /// The organization's storage quota in bytes.
+    pub quota: u64,
+}
+
+/// A file name fit to store and to send back in `Content-Disposition`: 1–255 characters, no
+/// control characters, no path.
+pub fn check_name(name: &str) -> Result<(), DomainError> {
+    let n = name.chars().count();
+    if n == 0 || n > NAME_CHARS_MAX || name.trim().is_empty() {
+        return Err(DomainError::invalid("/name", "invalid_length", format!("1–{NAME_CHARS_MAX} characters")));
+    }
+    if name.chars().any(|c| c.is_control() || c == '/' || c == '\\') || name == "." || name == ".." {
+        return Err(DomainError::invalid("/name", "invalid_name", "a file name without control characters or slashes"));
+    }
+    Ok(())
+}
+
+/// A media type as `type/subtype` (parameters allowed), lowercased.
+pub fn check_type(t: &str) -> Result<String, DomainError> {
+    let bad = || DomainError::invalid("/content_type", "invalid_content_type", "a media type like image/png");
+    if t.chars().count() > TYPE_CHARS_MAX {
+        return Err(bad());
+    }
+    let m = t.parse::<mime::Mime>().map_err(|_| bad())?;
+    Ok(m.essence_str().to_ascii_lowercase())
+}
+
+/// The stored bytes of `org`.
+pub fn usage(r: &Reader, org: Id) -> Result<u64, StoreError> {
+    Ok(r.get(ASSET_USAGE, org.as_bytes())?.map_or(0, |v| u64_of(&v)))
+}
+
+fn u64_of(v: &[u8]) -> u64 {
+    v.try_into().map_or(0, u64::from_be_bytes)
+}
+
+/// Commits the record of a durable blob as asset `new.id`. Committing the same id again (a
+/// retry after a lost answer) returns the asset already stored.
+pub async fn create(writer: &Writer, ctx: MutationCtx, new: NewAsset) -> Result<Asset, DomainError> {
+    check_name(&new.name)?;
+    let org = ctx.scope.org();
+    writer
+        .submit(ctx, move |tx| {
+            let key = org_id_key(org, new.id);
+            if let Some(v) = tx.get(ASSETS, &key)? {
+                return Ok(decode(ASSETS, &v)?);
+            }
+            let added = take_blob(tx, org, &new.sha256, new.size, new.quota)?;
+            let asset = Asset {
+                id: new.id,
+                name: new.name.clone(),
+                content_type: new.content_type.clone(),
+                size: new.size,
+                sha256: crate::ids::hex(&new.sha256),
+                created_by: new.created_by,
+                created_at_ms: tx.now_ms(),
+                deleted_at_ms: None,
+            };
+            tx.put(ASSETS, &key, &encode(&asset))?;
+            tx.put(USER_ASSETS, &org_id_id_key(org, asset.created_by, asset.id), &[])?;
+            tx.emit(
+                format!("user:{}", asset.created_by),
+                "asset.created",
+                json!({ "id": asset.id, "name": asset.name, "content_type": asset.content_type, "size": asset.size }),
+            );
+            tx.audit(
+                "asset.create",
+                format!("asset:{}", asset.id),
+                json!({ "name": asset.name, "size": asset.size, "sha256": asset.sha256, "new_blob": added }),
+            );
+            Ok(asset)
+        })
+        .await
+}
+
+/// Counts one more reference to blob `sha` (adding it, and its bytes to the usage, if it is
+/// new to the organization). Returns whether it was new.
+fn take_blob(tx: &mut Tx<'_, '_>, org: Id, sha: &[u8; 32], size: u64, quota: u64) -> Result<bool, DomainError> {
+    let key = org_bytes_key(org, sha);
+    let mut rec: BlobRecord = tx
+        .get(ASSET_BLOBS, &key)?
+        .map(|v| decode(ASSET_BLOBS, &v))
+        .transpose()?
+        .unwrap_or(BlobRecord { size, refs: 0, unreferenced_at_ms: None });
+    // Usage counts the blobs live assets name; one that lost its last asset and was not
+    // collected yet counts again.
+    let counted = rec.refs > 0;
+    if !counted {
+        let used = tx.get(ASSET_USAGE, org.as_bytes())?.map_or(0, |v| u64_of(&v));
+        if used.saturating_add(size) > quota {
+            return Err(quota_exceeded(quota, used));
+        }
+        tx.put(ASSET_USAGE, org.as_bytes(), &(used + size).to_be_bytes())?;
+    }
+    rec.refs += 1;
+    rec.unreferenced_at_ms = None;
+    tx.put(ASSET_BLOBS, &key, &encode(&rec))?;
+    Ok(!counted)
+}
+
+/// 507 `storage_quota_exceeded`.
+pub fn quota_exceeded(quota: u64, used: u64) -> DomainError {
+    DomainError::NoRoom {
+        code: "storage_quota_exceeded",
+        detail: format!("the organization's files may take {quota} bytes and {used} are in use or reserved"),
+    }
+}
+
+/// Asset `id` as `caller` may see it: their own, or any with `manager` (deleted ones are gone).
+pub fn get(r: &Reader, scope: OrgScope, caller: Id, manager: bool, id: Id) -> Result<Asset, DomainError> {
+    let org = scope.org();
+    r.get(ASSETS, &org_id_key(org, id))?
+        .map(|v| decode::<Asset>(ASSETS, &v))
+        .transpose()?
+        .filter(|a| a.deleted_at_ms.is_none() && (manager || a.created_by == caller))
+        .ok_or(DomainError::NotFound { what: "asset" })
+}
+
+/// The stored asset `id`, whoever uploaded it (for an upload that finished, and for signed
+/// URLs, which were checked when they were made).
+pub fn find(r: &Reader, scope: OrgScope, id: Id) -> Result<Option<Asset>, StoreError> {
+    r.get(ASSETS, &org_id_key(scope.org(), id))?.map(|v| decode::<Asset>(ASSETS, &v)).transpose()
+}
+
+/// The caller's own files, newest first.
+pub async fn list(store: &Store, scope: OrgScope, caller: Id, page: PageRequest) -> Result<Page<Asset>, DomainError> {
+    store
+        .read(move |r| {
+            let prefix = org_id_key(scope.org(), caller);
+            // Newest first: a page goes on strictly before the last key the previous one gave.
+            let end = page.after.clone().filter(|a| a.starts_with(&prefix)).unwrap_or_else(|| prefix_end(&prefix));
+            let rows = r.range(USER_ASSETS, &prefix, &end, true, page.limit + 1)?;
+            let more = rows.len() > page.limit;
+            let mut items = Vec::new();
+            let mut last_key = None;
+            for (k, _) in rows.into_iter().take(page.limit) {
+                let id = k
+                    .get(32..48)
+                    .and_then(Id::from_slice)
+                    .ok_or(StoreError::Corrupt { table: "user_assets".into(), detail: "short key".into() })?;
+                if let Some(a) = find(r, scope, id)?.filter(|a| a.deleted_at_ms.is_none()) {
+                    items.push(a);
+                }
+                last_key = Some(k);
+            }
+            let next_cursor = if more { last_key.map(|k| encode_cursor(&k)) } else { None };
+            Ok(Page { items, next_cursor })
+        })
+        .await
+}
+
+/// Deletes an asset (the caller's own, or any with `manager`). The record is kept, marked
+/// deleted; when no live asset names its blob any more, the blob's bytes leave the usage (the
+/// blob itself is removed by the collector after its grace period).
+pub async fn delete(writer: &Writer, ctx: MutationCtx, caller: Id, manager: bool, id: Id) -> Result<(), DomainError> {
+    let org = ctx.scope.org();
+    writer
+        .submit(ctx, move |tx| {
+            let key = org_id_key(org, id);
+            let mut a: Asset = tx
+                .get(ASSETS, &key)?
+                .map(|v| decode(ASSETS, &v))
+                .transpose()?
+                .filter(|a: &Asset| a.deleted_at_ms.is_none() && (manager || a.created_by == caller))
+                .ok_or(DomainError::NotFound { what: "asset" })?;
+            a.deleted_at_ms = Some(tx.now_ms());
+            tx.put(ASSETS, &key, &encode(&a))?;
+            tx.delete(USER_ASSETS, &org_id_id_key(org, a.created_by, id))?;
+            let sha = crate::blobs::Sha256::parse_hex(&a.sha256)
+                .ok_or(StoreError::Corrupt { table: "assets".into(), detail: "digest".into() })?;
+            let bkey = org_bytes_key(org, &sha.0);
+            if let Some(v) = tx.get(ASSET_BLOBS, &bkey)? {
+                let mut rec: BlobRecord = decode(ASSET_BLOBS, &v)?;
+                rec.refs = rec.refs.saturating_sub(1);
+                if rec.refs == 0 {
+                    rec.unreferenced_at_ms = Some(tx.now_ms());
+                    let used = tx.get(ASSET_USAGE, org.as_bytes())?.map_or(0, |v| u64_of(&v));
+                    tx.put(ASSET_USAGE, org.as_bytes(), &used.saturating_sub(rec.size).to_be_bytes())?;
+                }
+                tx.put(ASSET_BLOBS, &bkey, &encode(&rec))?;
+            }
+            tx.emit(format!("user:{}", a.created_by), "asset.deleted", json!({ "id": id }));
+            tx.audit("asset.delete", format!("asset:{id}"), json!({ "name": a.name }));
+            Ok(())
+        })
+        .await
+}

@@ -1,0 +1,1014 @@
+//! Files over HTTP: resumable uploads by the tus 1.0 protocol (`/v1/uploads`, with the
+//! creation, creation-with-upload, termination, checksum and expiration extensions), a
+//! one-request upload for small files, asset records, and downloads with ranges, validators
+//! and signed URLs (`/v1/download/...`, for `<img src>` and other places a bearer header cannot
+//! go).
+//!
+//! An upload's id is its asset's id: once the last byte is durable, `GET /v1/assets/{id}`
+//! answers.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use poem::http::{HeaderValue, StatusCode};
+use poem::web::Data;
+use poem::{Body, Request, RequestBody, Response};
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::registry::{
+    MetaHeader, MetaMediaType, MetaRequest, MetaResponse, MetaResponses, MetaSchemaRef, Registry,
+};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, Object, OpenApi};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
+
+use super::body::JsonBody;
+use super::problem::Problem;
+use super::{ApiTags, UserAuth, parse_id, user_ctx};
+use crate::app::App;
+use crate::auth::Principal;
+use crate::blobs::Sha256;
+use crate::domain::DomainError;
+use crate::domain::assets::{self, Asset};
+use crate::domain::paging::PageRequest;
+use crate::domain::policy::Permission;
+use crate::ids::{self, Id, rfc3339};
+use crate::tenancy::OrgScope;
+use crate::uploads::{AppendError, ChunkChecksum, OrgLimits, UploadInfo};
+
+/// The tus protocol version spoken here.
+pub const TUS_VERSION: &str = "1.0.0";
+/// The tus extensions supported.
+pub const TUS_EXTENSIONS: &str = "creation,creation-with-upload,termination,checksum,expiration";
+/// The checksum algorithms taken for `Upload-Checksum`.
+pub const CHECKSUM_ALGORITHMS: &str = "sha1,sha256";
+/// The body type of tus appends.
+const OFFSET_STREAM: &str = "application/offset+octet-stream";
+/// Bytes one read of a download's file takes.
+const READ_CHUNK: usize = 256 << 10;
+/// Longest `Upload-Metadata` header kept, in bytes.
+const METADATA_BYTES_MAX: usize = 4096;
+
+crate::problems!(UploadErrors: 400, 401, 403, 404, 409, 410, 412, 413, 415, 422, 460, 507);
+crate::problems!(AssetErrors: 400, 401, 403, 404, 422);
+crate::problems!(AssetUploadErrors: 400, 401, 403, 409, 411, 413, 422, 507);
+crate::problems!(DownloadErrors: 400, 401, 403, 404);
+crate::problems!(SignedDownloadErrors: 400, 403, 404);
+
+/// A stored file.
+#[derive(Object, Debug)]
+#[oai(rename = "Asset")]
+pub struct AssetView {
+    pub id: String,
+    pub name: String,
+    /// The media type the uploader declared (or `application/octet-stream`).
+    pub content_type: String,
+    pub size: u64,
+    /// SHA-256 of the content, hexadecimal; the download's `ETag` is this, quoted.
+    pub sha256: String,
+    pub created_by: String,
+    pub created_at: String,
+    /// Where to download it (with the bearer token); `POST .../signed-url` makes a link
+    /// that works without one.
+    pub content_url: String,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "AssetPage")]
+pub struct AssetPage {
+    pub items: Vec<AssetView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Object, Debug, serde::Deserialize)]
+#[oai(rename = "NewSignedUrl")]
+#[serde(deny_unknown_fields)]
+pub struct NewSignedUrl {
+    /// Seconds the link works for: 1 up to the server's `files.signed_url_ttl_s` (its
+    /// default).
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "SignedUrl")]
+pub struct SignedUrl {
+    /// A path on this server (`/v1/download/...`) that downloads the file without credentials
+    /// until `expires_at`.
+    pub url: String,
+    pub expires_at: String,
+}
+
+fn view(a: &Asset) -> AssetView {
+    AssetView {
+        id: a.id.to_string(),
+        name: a.name.clone(),
+        content_type: a.content_type.clone(),
+        size: a.size,
+        sha256: a.sha256.clone(),
+        created_by: a.created_by.to_string(),
+        created_at: rfc3339(a.created_at_ms),
+        content_url: format!("/v1/assets/{}/content", a.id),
+    }
+}
+
+/// A streamed request body, read by the operation as it goes (never held whole). `REQUIRED`
+/// says whether the document shows it as required.
+pub struct StreamBody<const REQUIRED: bool> {
+    pub content_type: Option<String>,
+    pub body: Option<Body>,
+}
+
+impl<const REQUIRED: bool> StreamBody<REQUIRED> {
+    fn reader(&mut self) -> impl AsyncRead + Unpin + Send + 'static {
+        self.body.take().unwrap_or_else(Body::empty).into_async_read()
+    }
+}
+
+impl<'a, const REQUIRED: bool> ApiExtractor<'a> for StreamBody<REQUIRED> {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(_registry: &mut Registry) {}
+
+    fn request_meta() -> Option<MetaRequest> {
+        let content_type = if REQUIRED { OFFSET_STREAM } else { "application/octet-stream" };
+        Some(MetaRequest {
+            description: None,
+            content: vec![MetaMediaType {
+                content_type,
+                schema: <poem_openapi::types::Binary<Vec<u8>> as Type>::schema_ref(),
+            }],
+            required: REQUIRED,
+        })
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        Ok(Self { content_type: request.content_type().map(str::to_owned), body: body.take().ok() })
+    }
+}
+
+/// The creation body of tus (`application/offset+octet-stream`, optional).
+pub type CreationBody = StreamBody<false>;
+
+fn tus_checked(v: Option<&str>) -> Result<(), Problem> {
+    if v.map(str::trim) == Some(TUS_VERSION) {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::PRECONDITION_FAILED,
+        "tus_version_unsupported",
+        format!("send Tus-Resumable: {TUS_VERSION} (the version this server speaks)"),
+    ))
+}
+
+/// The `Upload-Metadata` header: comma-separated `key base64value` pairs.
+fn parse_metadata(raw: &str) -> Result<Vec<(String, String)>, Problem> {
+    let bad = |d: &str| {
+        Problem::new(StatusCode::BAD_REQUEST, "invalid_upload_metadata", format!("Upload-Metadata: {d}"))
+            .with_errors(vec![Problem::field("?Upload-Metadata", "invalid_upload_metadata", d.to_owned())])
+    };
+    if raw.len() > METADATA_BYTES_MAX {
+        return Err(bad("longer than 4096 bytes"));
+    }
+    let mut out = Vec::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !str::is_empty(p)) {
+        let (key, value) = pair.split_once(' ').unwrap_or((pair, ""));
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad("keys are ASCII without spaces or commas"));
+        }
+        let value = STANDARD.decode(value.trim()).map_err(|_| bad("values are base64"))?;
+        let value = String::from_utf8(value).map_err(|_| bad("values are UTF-8 text"))?;
+        if out.iter().any(|(k, _)| k == key) {
+            return Err(bad("a key appears twice"));
+        }
+        out.push((key.to_owned(), value));
+    }
+    Ok(out)
+}
+
+fn parse_checksum(v: Option<&str>) -> Result<Option<ChunkChecksum>, Problem> {
+    let Some(v) = v else { return Ok(None) };
+    let (alg, digest) = v.trim().split_once(' ').unwrap_or((v, ""));
+    let digest = STANDARD.decode(digest.trim()).ok();
+    let checksum = match (alg.to_ascii_lowercase().as_str(), digest) {
+        ("sha1", Some(d)) if d.len() == 20 => ChunkChecksum::Sha1(d),
+        ("sha256", Some(d)) if d.len() == 32 => ChunkChecksum::Sha256(d),
+        ("sha1" | "sha256", _) => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_checksum",
+                "Upload-Checksum: the algorithm, a space, and the base64 digest",
+            ));
+        }
+        _ => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "checksum_algorithm_unsupported",
+                format!("Upload-Checksum: one of {CHECKSUM_ALGORITHMS}"),
+            ));
+        }
+    };
+    Ok(Some(checksum))
+}
+
+fn http_date(ms: i64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+/// The limits the caller's organization holds uploads to.
+async fn limits(app: &App, p: &Principal) -> Result<OrgLimits, Problem> {
+    let org = crate::domain::orgs::get(&app.store, OrgScope::member(p)).await?;
+    Ok(OrgLimits::of(&app.config.files, &org.settings))
+}
+
+/// Whether the caller may see every file of the organization (its admins).
+fn manager(p: &Principal) -> bool {
+    p.require(Permission::UsersManage).is_ok()
+}
+
+fn append_problem(e: AppendError) -> Problem {
+    match e {
+        AppendError::Domain(d) => d.into(),
+        AppendError::OffsetMismatch { current } => Problem::new(
+            StatusCode::CONFLICT,
+            "offset_mismatch",
+            format!("the upload is at offset {current}; ask with HEAD and go on from there"),
+        ),
+        AppendError::ChecksumMismatch => Problem::new(
+            StatusCode::from_u16(460).expect("460"),
+            "checksum_mismatch",
+            "the bytes do not match Upload-Checksum; they were dropped, send them again",
+        ),
+        AppendError::TooLong { length } => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "upload_too_long",
+            format!("the upload was declared {length} bytes long; the bytes within it were kept"),
+        ),
+        AppendError::Superseded => Problem::new(
+            StatusCode::CONFLICT,
+            "upload_superseded",
+            "another request for this upload took over; ask with HEAD where it is",
+        ),
+        AppendError::Interrupted(why) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "upload_interrupted",
+            format!("{why}; the bytes that arrived were kept, ask with HEAD and go on"),
+        ),
+        AppendError::Io(e) if e.raw_os_error() == Some(28) => Problem::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            "the server's disk is full; the bytes written before were kept",
+        ),
+        AppendError::Io(e) => {
+            tracing::error!(error = %e, "writing an upload failed");
+            Problem::new(StatusCode::INSUFFICIENT_STORAGE, "storage_failed", "the server could not write the bytes")
+        }
+    }
+}
+
+/// Finishes `info` into its asset when `offset` reached its length.
+async fn finish_if_complete(
+    app: &App,
+    req: &Request,
+    p: &Principal,
+    info: &UploadInfo,
+    offset: u64,
+) -> Result<Option<Asset>, Problem> {
+    if offset < info.length {
+        return Ok(None);
+    }
+    let quota = limits(app, p).await?.quota;
+    Ok(Some(app.uploads.finish(&app.writer, user_ctx(req, p), quota, info).await?))
+}
+
+#[derive(ApiResponse)]
+pub enum UploadCreated {
+    /// The upload exists; `Location` is where to send its bytes (`PATCH`), `Upload-Offset` how
+    /// many arrived with this request. With every byte sent, the asset (same id) is stored.
+    #[oai(status = 201)]
+    Created(
+        #[oai(header = "Location")] String,
+        #[oai(header = "Upload-Offset")] u64,
+        #[oai(header = "Upload-Expires")] String,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum UploadState {
+    /// Where the upload is. `Upload-Offset` equal to `Upload-Length`: it is complete.
+    #[oai(status = 200)]
+    Ok(
+        #[oai(header = "Upload-Offset")] u64,
+        #[oai(header = "Upload-Length")] u64,
+        #[oai(header = "Upload-Metadata")] Option<String>,
+        #[oai(header = "Upload-Expires")] Option<String>,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum UploadAppended {
+    /// The bytes are durable; `Upload-Offset` is the new offset.
+    #[oai(status = 204)]
+    NoContent(#[oai(header = "Upload-Offset")] u64, #[oai(header = "Upload-Expires")] Option<String>),
+}
+
+#[derive(ApiResponse)]
+pub enum TusOptions {
+    /// What this server speaks of tus.
+    #[oai(status = 204)]
+    NoContent(
+        #[oai(header = "Tus-Version")] String,
+        #[oai(header = "Tus-Extension")] String,
+        #[oai(header = "Tus-Max-Size")] u64,
+        #[oai(header = "Tus-Checksum-Algorithm")] String,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum Deleted {
+    #[oai(status = 204)]
+    NoContent,
+}
+
+#[derive(ApiResponse)]
+pub enum AssetCreated {
+    #[oai(status = 201)]
+    Created(Json<AssetView>, #[oai(header = "Location")] String),
+}
+
+#[derive(Default)]
+pub struct FilesApi;
+
+#[OpenApi(tag = "ApiTags::Files")]
+impl FilesApi {
+    /// What this server supports of the tus resumable-upload protocol (no credentials needed).
+    #[oai(path = "/v1/uploads", method = "options", operation_id = "uploadOptions")]
+    #[allow(clippy::unused_async)] // operations are async, even one that only answers
+    async fn options(&self, app: Data<&App>) -> TusOptions {
+        TusOptions::NoContent(
+            TUS_VERSION.into(),
+            TUS_EXTENSIONS.into(),
+            app.config.files.file_bytes_max,
+            CHECKSUM_ALGORITHMS.into(),
+        )
+    }
+
+    /// Begin a resumable upload (tus 1.0 creation; bytes may come along, creation-with-upload).
+    /// `Upload-Metadata` names the file (`filename`, or `name`) and its type (`filetype`, or
+    /// `type`); the length is checked against the file size limit, the organization's quota
+    /// and the disk's reserve before any byte is taken.
+    ///
+    /// Permission: `files.write`.
+    #[oai(path = "/v1/uploads", method = "post", operation_id = "createUpload")]
+    #[allow(clippy::too_many_arguments)]
+    async fn create(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        #[oai(name = "Tus-Resumable")] tus: Header<Option<String>>,
+        #[oai(name = "Upload-Length")] length: Header<Option<u64>>,
+        #[oai(name = "Upload-Metadata")] metadata: Header<Option<String>>,
+        #[oai(name = "Upload-Checksum")] checksum: Header<Option<String>>,
+        mut body: CreationBody,
+    ) -> Result<UploadCreated, UploadErrors> {
+        let p = auth.require(&app, Permission::FilesWrite).await?;
+        tus_checked(tus.0.as_deref())?;
+        let Some(length) = length.0 else {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "upload_length_required",
+                "send Upload-Length (deferred lengths are not supported)",
+            )
+            .into());
+        };
+        let raw = metadata.0.unwrap_or_default();
+        let meta = parse_metadata(&raw)?;
+        let get = |keys: &[&str]| meta.iter().find(|(k, _)| keys.contains(&k.as_str())).map(|(_, v)| v.clone());
+        let name = get(&["filename", "name"]).unwrap_or_else(|| "upload".to_owned());
+        assets::check_name(&name)?;
+        let content_type = match get(&["filetype", "type", "contentType"]) {
+            Some(t) if !t.is_empty() => assets::check_type(&t)?,
+            _ => "application/octet-stream".to_owned(),
+        };
+        let checksum = parse_checksum(checksum.0.as_deref())?;
+        let limits = limits(&app, &p).await?;
+        app.uploads.admit(&app.store, p.org, &limits, length, &content_type).await?;
+        let now = ids::now_ms();
+        let info = UploadInfo {
+            id: Id::new(),
+            org: p.org,
+            user: p.user,
+            length,
+            name,
+            content_type,
+            metadata: raw,
+            created_at_ms: now,
+            touched_at_ms: now,
+            sha256: None,
+        };
+        let info = app.uploads.create(info).await?;
+        let location = format!("/v1/uploads/{}", info.id);
+        let mut offset = 0;
+        if body.body.is_some() && body.content_type.as_deref() == Some(OFFSET_STREAM) {
+            offset = app.uploads.append(&info, 0, body.reader(), checksum).await.map_err(append_problem)?;
+        }
+        finish_if_complete(&app, req, &p, &info, offset).await?;
+        Ok(UploadCreated::Created(location, offset, http_date(app.uploads.expires_at_ms(&info))))
+    }
+
+    /// Where an upload is (tus 1.0 `HEAD`): its offset and length. Only its uploader sees it;
+    /// a finished upload answers with its whole length.
+    ///
+    /// Permission: `files.write`.
+    #[oai(path = "/v1/uploads/:upload_id", method = "head", operation_id = "getUploadOffset")]
+    async fn head(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        upload_id: Path<String>,
+        #[oai(name = "Tus-Resumable")] tus: Header<Option<String>>,
+    ) -> Result<UploadState, UploadErrors> {
+        let p = auth.require(&app, Permission::FilesWrite).await?;
+        tus_checked(tus.0.as_deref())?;
+        let id = parse_id(&upload_id.0, "upload")?;
+        if let Some((info, offset)) = app.uploads.find(p.org, p.user, id).await {
+            let meta = (!info.metadata.is_empty()).then(|| info.metadata.clone());
+            let expires = http_date(app.uploads.expires_at_ms(&info));
+            return Ok(UploadState::Ok(offset, info.length, meta, Some(expires)));
+        }
+        let (scope, user) = (OrgScope::member(&p), p.user);
+        let done = app.store.read(move |r| assets::find(r, scope, id)).await?;
+        match done.filter(|a| a.created_by == user && a.deleted_at_ms.is_none()) {
+            Some(a) => Ok(UploadState::Ok(a.size, a.size, None, None)),
+            None => Err(DomainError::NotFound { what: "upload" }.into()),
+        }
+    }
+
+    /// Send an upload's next bytes (tus 1.0 `PATCH`), from `Upload-Offset`, which must be
+    /// where it is (409 otherwise). With `Upload-Checksum: sha256 <base64>` (or sha1) bytes that do not
+    /// match are dropped (460). What arrived is durable before the answer; a request cut off
+    /// keeps what it delivered. The last byte stores the asset (same id as the upload).
+    ///
+    /// Permission: `files.write`.
+    #[oai(path = "/v1/uploads/:upload_id", method = "patch", operation_id = "appendUpload")]
+    #[allow(clippy::too_many_arguments)]
+    async fn append(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        upload_id: Path<String>,
+        #[oai(name = "Tus-Resumable")] tus: Header<Option<String>>,
+        #[oai(name = "Upload-Offset")] offset: Header<u64>,
+        #[oai(name = "Upload-Checksum")] checksum: Header<Option<String>>,
+        mut body: StreamBody<true>,
+    ) -> Result<UploadAppended, UploadErrors> {
+        let p = auth.require(&app, Permission::FilesWrite).await?;
+        tus_checked(tus.0.as_deref())?;
+        let id = parse_id(&upload_id.0, "upload")?;
+        if body.content_type.as_deref() != Some(OFFSET_STREAM) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("an upload's bytes come as {OFFSET_STREAM}"),
+            )
+            .into());
+        }
+        let checksum = parse_checksum(checksum.0.as_deref())?;
+        let Some((info, _)) = app.uploads.find(p.org, p.user, id).await else {
+            return Err(DomainError::NotFound { what: "upload" }.into());
+        };
+        let at = app.uploads.append(&info, offset.0, body.reader(), checksum).await.map_err(append_problem)?;
+        finish_if_complete(&app, req, &p, &info, at).await?;
+        let expires = (at < info.length).then(|| http_date(app.uploads.expires_at_ms(&info)));
+        Ok(UploadAppended::NoContent(at, expires))
+    }
+
+    /// End an upload in progress and drop its bytes (tus 1.0 termination).
+    ///
+    /// Permission: `files.write`.
+    #[oai(path = "/v1/uploads/:upload_id", method = "delete", operation_id = "terminateUpload")]
+    async fn terminate(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        upload_id: Path<String>,
+        #[oai(name = "Tus-Resumable")] tus: Header<Option<String>>,
+    ) -> Result<Deleted, UploadErrors> {
+        let p = auth.require(&app, Permission::FilesWrite).await?;
+        tus_checked(tus.0.as_deref())?;
+        let id = parse_id(&upload_id.0, "upload")?;
+        let Some((info, _)) = app.uploads.find(p.org, p.user, id).await else {
+            return Err(DomainError::NotFound { what: "upload" }.into());
+        };
+        app.uploads.terminate(&info).await?;
+        Ok(Deleted::NoContent)
+    }
+
+    /// Upload a file in one request: the body is the file (up to the file size limit, with a
+    /// `Content-Length`); `name` names it, `content_type` (else the request's `Content-Type`
+    /// unless it is `application/octet-stream`) types it.
+    ///
+    /// Permission: `files.write`.
+    #[oai(path = "/v1/assets", method = "post", operation_id = "uploadAsset")]
+    async fn upload(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        name: Query<String>,
+        content_type: Query<Option<String>>,
+        mut body: StreamBody<false>,
+    ) -> Result<AssetCreated, AssetUploadErrors> {
+        let p = auth.require(&app, Permission::FilesWrite).await?;
+        let name = name.0;
+        assets::check_name(&name).map_err(|e| at_query(e, "?name"))?;
+        let declared = content_type.0.or_else(|| body.content_type.clone());
+        let content_type = match declared.as_deref() {
+            Some(t) if !t.trim().is_empty() => assets::check_type(t).map_err(|e| at_query(e, "?content_type"))?,
+            _ => "application/octet-stream".to_owned(),
+        };
+        let Some(length) = req.header("content-length").and_then(|v| v.parse::<u64>().ok()) else {
+            return Err(Problem::new(
+                StatusCode::LENGTH_REQUIRED,
+                "length_required",
+                "send Content-Length (or upload with tus, at /v1/uploads)",
+            )
+            .into());
+        };
+        let limits = limits(&app, &p).await?;
+        app.uploads.admit(&app.store, p.org, &limits, length, &content_type).await?;
+        let now = ids::now_ms();
+        let info = UploadInfo {
+            id: Id::new(),
+            org: p.org,
+            user: p.user,
+            length,
+            name,
+            content_type,
+            metadata: String::new(),
+            created_at_ms: now,
+            touched_at_ms: now,
+            sha256: None,
+        };
+        let info = app.uploads.create(info).await?;
+        let at = match app.uploads.append(&info, 0, body.reader(), None).await {
+            Ok(at) => at,
+            Err(e) => {
+                let _ = app.uploads.terminate(&info).await;
+                return Err(append_problem(e).into());
+            }
+        };
+        if at < length {
+            let _ = app.uploads.terminate(&info).await;
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "body_shorter_than_declared",
+                format!("Content-Length said {length} bytes and {at} arrived"),
+            )
+            .into());
+        }
+        let asset = app.uploads.finish(&app.writer, user_ctx(req, &p), limits.quota, &info).await?;
+        let location = format!("/v1/assets/{}", asset.id);
+        Ok(AssetCreated::Created(Json(view(&asset)), location))
+    }
+
+    /// The caller's files, newest first.
+    ///
+    /// Permission: `files.read`.
+    #[oai(path = "/v1/assets", method = "get", operation_id = "listAssets")]
+    async fn list(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        limit: Query<Option<u32>>,
+        cursor: Query<Option<String>>,
+    ) -> Result<Json<AssetPage>, AssetErrors> {
+        let p = auth.require(&app, Permission::FilesRead).await?;
+        let page = PageRequest::parse(limit.0, cursor.0.as_deref())?;
+        let page = assets::list(&app.store, OrgScope::member(&p), p.user, page).await?;
+        Ok(Json(AssetPage { items: page.items.iter().map(view).collect(), next_cursor: page.next_cursor }))
+    }
+
+    /// One file's record: its uploader's, or any for the organization's admins.
+    ///
+    /// Permission: `files.read`.
+    #[oai(path = "/v1/assets/:asset_id", method = "get", operation_id = "getAsset")]
+    async fn get(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        asset_id: Path<String>,
+    ) -> Result<Json<AssetView>, AssetErrors> {
+        let p = auth.require(&app, Permission::FilesRead).await?;
+        Ok(Json(view(&visible(&app, &p, &asset_id.0).await?)))
+    }
+
+    /// Delete a file (the uploader's own, or any for admins). Its bytes leave the
+    /// organization's usage once no other file has the same content.
+    ///
+    /// Permission: `files.write`.
+    #[oai(path = "/v1/assets/:asset_id", method = "delete", operation_id = "deleteAsset")]
+    async fn delete(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        asset_id: Path<String>,
+    ) -> Result<Deleted, AssetErrors> {
+        let p = auth.require(&app, Permission::FilesWrite).await?;
+        let id = parse_id(&asset_id.0, "asset")?;
+        assets::delete(&app.writer, user_ctx(req, &p), p.user, manager(&p), id).await?;
+        Ok(Deleted::NoContent)
+    }
+
+    /// A link that downloads the file without credentials until it expires (for `<img src>`,
+    /// `<video src>` and the like). It names this file of this organization only.
+    ///
+    /// Permission: `files.read`.
+    #[oai(path = "/v1/assets/:asset_id/signed-url", method = "post", operation_id = "signAssetUrl")]
+    async fn sign(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        asset_id: Path<String>,
+        body: JsonBody<NewSignedUrl>,
+    ) -> Result<Json<SignedUrl>, AssetErrors> {
+        let p = auth.require(&app, Permission::FilesRead).await?;
+        let a = visible(&app, &p, &asset_id.0).await?;
+        let max = app.config.files.signed_url_ttl_s;
+        let ttl = body.0.ttl_s.unwrap_or(max);
+        if !(1..=max).contains(&ttl) {
+            return Err(DomainError::invalid("/ttl_s", "out_of_range", format!("between 1 and {max} seconds")).into());
+        }
+        let expires = unix_now() + ttl;
+        let sig = signature(&app.download_url_key, p.org, a.id, expires);
+        Ok(Json(SignedUrl {
+            url: format!("/v1/download/{}/{}?expires={expires}&signature={sig}", p.org, a.id),
+            expires_at: rfc3339((expires * 1000) as i64),
+        }))
+    }
+
+    /// Download a file: `Range` (one range; 206, or 416 past the end), `If-None-Match` (304),
+    /// `If-Range`; `ETag` is the content's SHA-256. Types that a browser would run (HTML, SVG,
+    /// scripts) and images whose bytes are not what they claim come as attachments.
+    ///
+    /// Permission: `files.read`.
+    #[oai(path = "/v1/assets/:asset_id/content", method = "get", operation_id = "downloadAsset")]
+    #[allow(clippy::too_many_arguments)]
+    async fn download(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        asset_id: Path<String>,
+        #[oai(name = "Range")] _range: Header<Option<String>>,
+        #[oai(name = "If-None-Match")] _inm: Header<Option<String>>,
+        #[oai(name = "If-Range")] _if_range: Header<Option<String>>,
+    ) -> Result<Download, DownloadErrors> {
+        let p = auth.require(&app, Permission::FilesRead).await?;
+        let a = visible(&app, &p, &asset_id.0).await?;
+        Ok(serve(&app, req, p.org, &a, "private, no-cache".into()).await?)
+    }
+
+    /// Download a file by a signed link (from `signAssetUrl`), without credentials; as
+    /// `downloadAsset` otherwise.
+    #[oai(path = "/v1/download/:org_id/:asset_id", method = "get", operation_id = "downloadSignedAsset")]
+    #[allow(clippy::too_many_arguments)]
+    async fn download_signed(
+        &self,
+        app: Data<&App>,
+        req: &Request,
+        org_id: Path<String>,
+        asset_id: Path<String>,
+        expires: Query<u64>,
+        signature: Query<String>,
+        #[oai(name = "Range")] _range: Header<Option<String>>,
+        #[oai(name = "If-None-Match")] _inm: Header<Option<String>>,
+        #[oai(name = "If-Range")] _if_range: Header<Option<String>>,
+    ) -> Result<Download, SignedDownloadErrors> {
+        let not_found = || DomainError::NotFound { what: "asset" };
+        let org = parse_id(&org_id.0, "asset")?;
+        let id = parse_id(&asset_id.0, "asset")?;
+        let now = unix_now();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, app.download_url_key.as_ref());
+        let sig = URL_SAFE_NO_PAD.decode(signature.0.as_bytes()).map_err(|_| forbidden_link())?;
+        ring::hmac::verify(&key, signed_text(org, id, expires.0).as_bytes(), &sig).map_err(|_| forbidden_link())?;
+        if expires.0 <= now {
+            return Err(Problem::new(StatusCode::FORBIDDEN, "link_expired", "this download link has expired").into());
+        }
+        // The organization comes from a link this server signed after checking the caller.
+        let scope = OrgScope::from_credential(org);
+        let a = app
+            .store
+            .read(move |r| assets::find(r, scope, id))
+            .await?
+            .filter(|a| a.deleted_at_ms.is_none())
+            .ok_or_else(not_found)?;
+        let left = expires.0.saturating_sub(now);
+        Ok(serve(&app, req, org, &a, format!("private, max-age={left}")).await?)
+    }
+}
+
+fn forbidden_link() -> Problem {
+    Problem::new(StatusCode::FORBIDDEN, "invalid_signature", "this download link is not one this server made")
+}
+
+/// A field error reported at a query parameter instead of a body field.
+fn at_query(e: DomainError, pointer: &str) -> DomainError {
+    match e {
+        DomainError::Invalid(mut fields) => {
+            for f in &mut fields {
+                pointer.clone_into(&mut f.pointer);
+            }
+            DomainError::Invalid(fields)
+        }
+        other => other,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn signed_text(org: Id, asset: Id, expires: u64) -> String {
+    format!("outpost-download\n{org}\n{asset}\n{expires}")
+}
+
+fn signature(key: &[u8; 32], org: Id, asset: Id, expires: u64) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, signed_text(org, asset, expires).as_bytes()).as_ref())
+}
+
+/// The asset `id` as the caller may see it.
+async fn visible(app: &App, p: &Principal, id: &str) -> Result<Asset, DomainError> {
+    let id = parse_id(id, "asset")?;
+    let (scope, user, manager) = (OrgScope::member(p), p.user, manager(p));
+    app.store.read(move |r| assets::get(r, scope, user, manager, id)).await
+}
+
+/// A download's answer: 200, 206, 304 or 416, with the file streamed from disk in bounded
+/// chunks.
+pub struct Download(Response);
+
+impl poem::IntoResponse for Download {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl ApiResponse for Download {
+    fn meta() -> MetaResponses {
+        let header = |name: &str, description: &str| MetaHeader {
+            name: name.to_owned(),
+            description: Some(description.to_owned()),
+            required: true,
+            deprecated: false,
+            schema: <String as Type>::schema_ref(),
+        };
+        let binary = || {
+            vec![MetaMediaType {
+                content_type: "application/octet-stream",
+                schema: <poem_openapi::types::Binary<Vec<u8>> as Type>::schema_ref(),
+            }]
+        };
+        let with_body = |status: u16, description: &'static str, extra: Option<MetaHeader>| MetaResponse {
+            description,
+            status: Some(status),
+            status_range: None,
+            content: binary(),
+            headers: [
+                header("ETag", "The content's SHA-256, quoted"),
+                header("Content-Disposition", "inline or attachment, with the file's name"),
+                header("Accept-Ranges", "bytes"),
+            ]
+            .into_iter()
+            .chain(extra)
+            .collect(),
+        };
+        MetaResponses {
+            responses: vec![
+                with_body(200, "The file (its declared type as Content-Type)", None),
+                with_body(206, "The range asked for", Some(header("Content-Range", "bytes first-last/size"))),
+                MetaResponse {
+                    description: "Not modified: the `If-None-Match` ETag is current",
+                    status: Some(304),
+                    status_range: None,
+                    content: vec![],
+                    headers: vec![header("ETag", "The content's SHA-256, quoted")],
+                },
+                MetaResponse {
+                    description: "The range starts past the end of the file",
+                    status: Some(416),
+                    status_range: None,
+                    content: vec![MetaMediaType {
+                        content_type: super::problem::CONTENT_TYPE,
+                        schema: MetaSchemaRef::Reference("Problem".into()),
+                    }],
+                    headers: vec![header("Content-Range", "bytes */size")],
+                },
+            ],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        super::problem::register(registry);
+    }
+}
+
+/// The byte range a `Range` header asks of a file of `size` bytes: `None` to send it whole,
+/// `Some(Err(()))` when unsatisfiable.
+fn range_of(header: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        // Several ranges: the whole file is a valid answer (RFC 9110 §14.2).
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        let n: u64 = last.parse().ok()?;
+        if n == 0 || size == 0 {
+            return Some(Err(()));
+        }
+        return Some(Ok((size.saturating_sub(n), size - 1)));
+    }
+    let first: u64 = first.parse().ok()?;
+    let last = if last.is_empty() { u64::MAX } else { last.parse::<u64>().ok()? };
+    if last < first {
+        return None;
+    }
+    if first >= size {
+        return Some(Err(()));
+    }
+    Some(Ok((first, last.min(size - 1))))
+}
+
+/// Whether an `If-None-Match` or `If-Range` list names `etag` (or `*`).
+fn etag_listed(header: &str, etag: &str) -> bool {
+    header.split(',').map(str::trim).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+}
+
+/// Media types a browser shows without running anything; the rest come as attachments.
+fn inline_safe(content_type: &str) -> bool {
+    matches!(
+        content_type,
+        "image/png"
+            | "image/jpeg"
+            | "image/gif"
+            | "image/webp"
+            | "image/avif"
+            | "application/pdf"
+            | "text/plain"
+            | "audio/mpeg"
+            | "audio/ogg"
+            | "audio/wav"
+            | "audio/webm"
+            | "video/mp4"
+            | "video/webm"
+            | "video/ogg"
+    )
+}
+
+/// Whether the first bytes of a file are what an image type claims.
+fn image_bytes_match(content_type: &str, head: &[u8]) -> bool {
+    match content_type {
+        "image/png" => head.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "image/jpeg" => head.starts_with(&[0xFF, 0xD8, 0xFF]),
+        "image/gif" => head.starts_with(b"GIF87a") || head.starts_with(b"GIF89a"),
+        "image/webp" => head.len() >= 12 && &head[..4] == b"RIFF" && &head[8..12] == b"WEBP",
+        "image/avif" => head.len() >= 12 && &head[4..8] == b"ftyp",
+        _ => true,
+    }
+}
+
+/// `Content-Disposition` for `name` (RFC 6266 with an RFC 8187 UTF-8 form).
+fn disposition(kind: &str, name: &str) -> String {
+    use std::fmt::Write;
+    let ascii: String =
+        name.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }).collect();
+    let mut encoded = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            let _ = write!(encoded, "%{b:02X}");
+        }
+    }
+    format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+async fn serve(app: &App, req: &Request, org: Id, a: &Asset, cache: String) -> Result<Download, Problem> {
+    let etag = format!("\"{}\"", a.sha256);
+    let sha = Sha256::parse_hex(&a.sha256).ok_or_else(|| Problem::from(DomainError::NotFound { what: "asset" }))?;
+    let mut builder = Response::builder()
+        .header("etag", etag.as_str())
+        .header("cache-control", cache.as_str())
+        .header("accept-ranges", "bytes");
+    if let Some(inm) = req.header("if-none-match") {
+        if etag_listed(inm, &etag) {
+            return Ok(Download(builder.status(StatusCode::NOT_MODIFIED).finish()));
+        }
+    }
+    let path = app.uploads.blobs().path(org, &sha);
+    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
+        tracing::error!(asset = %a.id, error = %e, "a stored file's bytes are missing");
+        Problem::from(DomainError::NotFound { what: "asset" })
+    })?;
+    let size = a.size;
+    let mut head = [0u8; 16];
+    let n = file.read(&mut head).await.unwrap_or(0);
+    file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| Problem::from(crate::store::StoreError::from(e)))?;
+    let honest = image_bytes_match(&a.content_type, &head[..n]);
+    let (content_type, kind) = if inline_safe(&a.content_type) && honest {
+        (a.content_type.as_str(), "inline")
+    } else if honest {
+        (a.content_type.as_str(), "attachment")
+    } else {
+        ("application/octet-stream", "attachment")
+    };
+    builder = builder.content_type(content_type).header("content-disposition", disposition(kind, &a.name));
+    let if_range_ok = req.header("if-range").is_none_or(|v| etag_listed(v, &etag) && !v.trim().starts_with("W/"));
+    let range = req.header("range").filter(|_| if_range_ok).and_then(|h| range_of(h, size));
+    let (status, first, len) = match range {
+        None => (StatusCode::OK, 0, size),
+        Some(Ok((first, last))) => {
+            builder = builder.header("content-range", format!("bytes {first}-{last}/{size}"));
+            (StatusCode::PARTIAL_CONTENT, first, last - first + 1)
+        }
+        Some(Err(())) => {
+            let mut resp = poem::IntoResponse::into_response(Problem::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("the file has {size} bytes"),
+            ));
+            let h = resp.headers_mut();
+            h.insert("content-range", HeaderValue::from_str(&format!("bytes */{size}")).expect("digits"));
+            h.insert("etag", HeaderValue::from_str(&etag).expect("hex etag"));
+            return Ok(Download(resp));
+        }
+    };
+    if first > 0 {
+        file.seek(std::io::SeekFrom::Start(first))
+            .await
+            .map_err(|e| Problem::from(crate::store::StoreError::from(e)))?;
+    }
+    let out = app.metrics.file_bytes_out.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_CHUNK);
+    let stream = futures_util::StreamExt::inspect(stream, move |chunk| {
+        if let Ok(c) = chunk {
+            out.inc_by(c.len() as u64);
+        }
+    });
+    let resp = builder.status(status).header("content-length", len.to_string()).body(Body::from_bytes_stream(stream));
+    Ok(Download(resp))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_read_as_rfc_9110_says() {
+        assert_eq!(range_of("bytes=0-9", 100), Some(Ok((0, 9))));
+        assert_eq!(range_of("bytes=90-", 100), Some(Ok((90, 99))));
+        assert_eq!(range_of("bytes=-10", 100), Some(Ok((90, 99))));
+        assert_eq!(range_of("bytes=-1000", 100), Some(Ok((0, 99))));
+        assert_eq!(range_of("bytes=50-1000", 100), Some(Ok((50, 99))));
+        assert_eq!(range_of("bytes=100-", 100), Some(Err(())));
+        assert_eq!(range_of("bytes=-0", 100), Some(Err(())));
+        assert_eq!(range_of("bytes=0-1,5-6", 100), None);
+        assert_eq!(range_of("items=0-1", 100), None);
+        assert_eq!(range_of("bytes=9-1", 100), None);
+    }
+
+    #[test]
+    fn metadata_is_pairs_of_key_and_base64() {
+        let m = parse_metadata("filename d29ybGRfZG9taW5hdGlvbl9wbGFuLnBkZg==,is_confidential").unwrap();
+        assert_eq!(
+            m,
+            [("filename".into(), "world_domination_plan.pdf".into()), ("is_confidential".into(), String::new())]
+        );
+        assert_eq!(parse_metadata("").unwrap(), []);
+        assert!(parse_metadata("a !!!").is_err());
+        assert!(parse_metadata("a YQ==,a YQ==").is_err());
+    }
+
+    #[test]
+    fn names_are_quoted_safely() {
+        assert_eq!(disposition("inline", "a b.png"), "inline; filename=\"a b.png\"; filename*=UTF-8''a%20b.png");
+        assert_eq!(
+            disposition("attachment", "é\".txt"),
+            "attachment; filename=\"__.txt\"; filename*=UTF-8''%C3%A9%22.txt"
+        );
+    }
+}

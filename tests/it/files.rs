@@ -1,0 +1,470 @@
+//! Files: a stock tus client resuming after both it and the server were killed, the tus
+//! protocol's edges, downloads as curl sees them, signed links, limits and quotas, dedup.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::identity::{create_org, login, operator_invite_and_accept};
+use crate::support::{ChildServer, TestServer, config_for, expect_problem, get_json, peer_python};
+
+const TUS: (&str, &str) = ("tus-resumable", "1.0.0");
+
+/// An organization with one member, logged in: (org id, access token).
+async fn member(s: &TestServer) -> (String, String) {
+    let (org, _, token) = member_and_slug(s).await;
+    (org, token)
+}
+
+/// As `member`, with the organization's slug: (org id, slug, access token).
+async fn member_and_slug(s: &TestServer) -> (String, String, String) {
+    let (org, sl) = create_org(s).await;
+    operator_invite_and_accept(s, &org, "mia@example.org", "member").await;
+    let token = login(s, &sl, "mia").await.access;
+    (org, sl, token)
+}
+
+/// Bytes that do not repeat in any way a compressor or a dedup could exploit.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    outpost::blobs::Sha256::of(bytes).hex()
+}
+
+/// Uploads `bytes` in one request as `name`; the asset.
+async fn put_file(s: &TestServer, token: &str, name: &str, bytes: Vec<u8>) -> reqwest::Response {
+    s.http.post(s.url(&format!("/v1/assets?name={name}"))).bearer_auth(token).body(bytes).send().await.unwrap()
+}
+
+/// Runs the tus peer with `args`; its JSON line.
+async fn tus_peer(args: &[&str]) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/tus_upload.py");
+    let out = tokio::process::Command::new(peer_python()).arg(script).args(args).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap()
+}
+
+/// tuspy uploads a file in 1 MiB chunks and is killed after 10 MiB; the server is SIGKILLed
+/// too. Both start again: the client asks where the upload is, goes on from exactly what was
+/// acknowledged (with checksums now), and the stored file is the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_tus_client_resumes_after_it_and_the_server_were_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config_for(dir.path())).await;
+    let (_, token) = member(&s).await;
+    s.stop().await;
+    let file = dir.path().join("big.bin");
+    let bytes = noise(24 << 20, 1);
+    std::fs::write(&file, &bytes).unwrap();
+    let file = file.to_str().unwrap();
+
+    let server = ChildServer::start(dir.path());
+    let first = tus_peer(&[&server.base, &token, file, "1048576", "--stop-after", "10485760"]).await;
+    let url = first["url"].as_str().unwrap().to_owned();
+    let acked = first["offset"].as_u64().unwrap();
+    assert!(acked >= 10 << 20, "{first}");
+
+    let old_base = server.base.clone();
+    server.kill9();
+
+    // The same upload on the restarted server (a new port here; the same path).
+    let server = ChildServer::start(dir.path());
+    let url = url.replace(&old_base, &server.base);
+    let second = tus_peer(&[&server.base, &token, file, "4194304", "--resume", &url, "--checksum"]).await;
+    assert_eq!(second["started"].as_u64(), Some(acked), "resumed from what was acknowledged: {second}");
+    assert_eq!(second["offset"].as_u64(), Some(bytes.len() as u64), "{second}");
+
+    let id = url.rsplit('/').next().unwrap();
+    let http = reqwest::Client::new();
+    let asset: Value = http
+        .get(format!("{}/v1/assets/{id}", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(asset["sha256"], sha256_hex(&bytes), "{asset}");
+    assert_eq!(asset["name"], "big.bin");
+    assert_eq!(asset["size"], bytes.len());
+    let got = http.get(format!("{}/v1/assets/{id}/content", server.base)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(sha256_hex(&got.bytes().await.unwrap()), sha256_hex(&bytes));
+    // The upload's staging is gone; the bytes are one blob.
+    assert_eq!(count_files(&dir.path().join("uploads")), 0);
+    assert_eq!(count_files(&dir.path().join("blobs")), 1);
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.map(|e| e.unwrap().path()).map(|p| if p.is_dir() { count_files(&p) } else { 1 }).sum()
+}
+
+/// What the tus protocol says of the edges: discovery, versions, offsets, checksums, body
+/// types, owners, termination, creation with the bytes.
+#[tokio::test]
+async fn the_tus_protocol_edges_answer_as_the_protocol_says() {
+    let s = TestServer::start().await;
+    let (org, sl, token) = member_and_slug(&s).await;
+    operator_invite_and_accept(&s, &org, "otto@example.org", "member").await;
+    let other = login(&s, &sl, "otto").await.access;
+    let r = s.http.request(reqwest::Method::OPTIONS, s.url("/v1/uploads")).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["tus-resumable"], "1.0.0");
+    assert_eq!(r.headers()["tus-version"], "1.0.0");
+    let ext = r.headers()["tus-extension"].to_str().unwrap().to_owned();
+    for e in ["creation", "creation-with-upload", "termination", "checksum", "expiration"] {
+        assert!(ext.split(',').any(|x| x == e), "{ext}");
+    }
+    assert!(r.headers()["tus-checksum-algorithm"].to_str().unwrap().contains("sha1"));
+
+    let create = |len: &str| {
+        s.http.post(s.url("/v1/uploads")).bearer_auth(&token).header(TUS.0, TUS.1).header("upload-length", len)
+    };
+    // No Tus-Resumable: 412.
+    let r = s.http.post(s.url("/v1/uploads")).bearer_auth(&token).header("upload-length", "5").send().await.unwrap();
+    expect_problem(r, 412, "tus_version_unsupported").await;
+    // Metadata that is not base64: 400.
+    let r = create("5").header("upload-metadata", "filename !!!").send().await.unwrap();
+    expect_problem(r, 400, "invalid_upload_metadata").await;
+
+    let r =
+        create("10").header("upload-metadata", "filename aGVsbG8udHh0,filetype dGV4dC9wbGFpbg==").send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["upload-offset"], "0");
+    assert!(r.headers().contains_key("upload-expires"));
+    let url = s.url(r.headers()["location"].to_str().unwrap());
+    let patch = |offset: &str, body: &'static [u8]| {
+        s.http
+            .patch(&url)
+            .bearer_auth(&token)
+            .header(TUS.0, TUS.1)
+            .header("upload-offset", offset)
+            .header("content-type", "application/offset+octet-stream")
+            .body(body)
+    };
+    let offset = || async {
+        let r = s.http.head(&url).bearer_auth(&token).header(TUS.0, TUS.1).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        r.headers()["upload-offset"].to_str().unwrap().parse::<u64>().unwrap()
+    };
+    let r = patch("0", b"hello").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["upload-offset"], "5");
+    // Not where the upload is: 409, nothing taken.
+    expect_problem(patch("3", b"xx").send().await.unwrap(), 409, "offset_mismatch").await;
+    // Bytes that do not match their checksum: 460, dropped.
+    let bad =
+        patch("5", b"world").header("upload-checksum", format!("sha256 {}", b64(&[0u8; 32]))).send().await.unwrap();
+    expect_problem(bad, 460, "checksum_mismatch").await;
+    assert_eq!(offset().await, 5);
+    // Not the offset stream type: 415.
+    let r = s
+        .http
+        .patch(&url)
+        .bearer_auth(&token)
+        .header(TUS.0, TUS.1)
+        .header("upload-offset", "5")
+        .header("content-type", "text/plain")
+        .body("world")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 415, "unsupported_media_type").await;
+    // Someone else's upload is not there for them.
+    let r = s.http.head(&url).bearer_auth(&other).header(TUS.0, TUS.1).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // The right checksum (sha1, which tus requires, as tuspy sends it) completes it.
+    let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, b"world");
+    let r =
+        patch("5", b"world").header("upload-checksum", format!("sha1 {}", b64(sha1.as_ref()))).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(offset().await, 10);
+    let id = url.rsplit('/').next().unwrap();
+    let a = get_json(&s, &token, &format!("/v1/assets/{id}")).await;
+    assert_eq!(a["name"], "hello.txt");
+    assert_eq!(a["content_type"], "text/plain");
+    assert_eq!(a["sha256"], sha256_hex(b"helloworld"));
+    // Past the declared length: 413, the bytes within kept.
+    let r = create("3").send().await.unwrap();
+    let url2 = s.url(r.headers()["location"].to_str().unwrap());
+    let r = s
+        .http
+        .patch(&url2)
+        .bearer_auth(&token)
+        .header(TUS.0, TUS.1)
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body("abcdef")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 413, "upload_too_long").await;
+    // Creation with the whole upload in it: stored at once.
+    let r = create("4").header("content-type", "application/offset+octet-stream").body("data").send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["upload-offset"], "4");
+    let id3 = r.headers()["location"].to_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    assert_eq!(get_json(&s, &token, &format!("/v1/assets/{id3}")).await["size"], 4);
+    // Terminated: gone.
+    let r = create("8").send().await.unwrap();
+    let url4 = s.url(r.headers()["location"].to_str().unwrap());
+    let r = s.http.delete(&url4).bearer_auth(&token).header(TUS.0, TUS.1).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = s.http.head(&url4).bearer_auth(&token).header(TUS.0, TUS.1).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // The files list shows the caller's files, newest first.
+    let mine = get_json(&s, &token, "/v1/assets").await;
+    let ids: Vec<&str> = mine["items"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [id3.as_str(), id]);
+    assert_eq!(get_json(&s, &other, "/v1/assets").await["items"], json!([]));
+    s.stop().await;
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Runs curl with `args` (loopback only); (status, headers lowercased, body).
+async fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-D", "/dev/stderr", "--noproxy", "*"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
+    let status = headers.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, headers, out.stdout)
+}
+
+/// Ranges, validators and HEAD, as curl sends them.
+#[tokio::test]
+async fn downloads_answer_ranges_and_validators_as_curl_sees_them() {
+    let s = TestServer::start().await;
+    let (_, token) = member(&s).await;
+    let bytes = noise(100_000, 2);
+    let r = put_file(&s, &token, "data.bin", bytes.clone()).await;
+    assert_eq!(r.status(), 201);
+    let a: Value = r.json().await.unwrap();
+    let url = s.url(a["content_url"].as_str().unwrap());
+    let auth = format!("Authorization: Bearer {token}");
+    let etag = format!("\"{}\"", sha256_hex(&bytes));
+
+    let (status, h, body) = curl(&["-H", &auth, &url]).await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(body, bytes);
+    assert!(h.contains(&format!("etag: {etag}")), "{h}");
+    assert!(h.contains("accept-ranges: bytes"), "{h}");
+    assert!(h.contains("content-disposition: attachment; filename=\"data.bin\""), "{h}");
+
+    let (status, h, body) = curl(&["-H", &auth, "-r", "10-19", &url]).await;
+    assert_eq!(status, 206, "{h}");
+    assert!(h.contains("content-range: bytes 10-19/100000"), "{h}");
+    assert_eq!(body, &bytes[10..20]);
+    let (status, _, body) = curl(&["-H", &auth, "-r", "-5", &url]).await;
+    assert_eq!((status, body.as_slice()), (206, &bytes[99_995..]));
+
+    let (status, h, body) = curl(&["-H", &auth, "-H", &format!("If-None-Match: {etag}"), &url]).await;
+    assert_eq!(status, 304, "{h}");
+    assert!(body.is_empty());
+    // If-Range with the current ETag: the range; with another: the whole file.
+    let (status, _, _) = curl(&["-H", &auth, "-H", &format!("If-Range: {etag}"), "-r", "0-0", &url]).await;
+    assert_eq!(status, 206);
+    let (status, _, body) = curl(&["-H", &auth, "-H", "If-Range: \"stale\"", "-r", "0-0", &url]).await;
+    assert_eq!((status, body.len()), (200, bytes.len()));
+    // Past the end: 416 with the size.
+    let (status, h, _) = curl(&["-H", &auth, "-r", "200000-", &url]).await;
+    assert_eq!(status, 416, "{h}");
+    assert!(h.contains("content-range: bytes */100000"), "{h}");
+    // HEAD: the headers, the length, no body.
+    let (status, h, body) = curl(&["-H", &auth, "-I", &url]).await;
+    assert_eq!(status, 200, "{h}");
+    assert!(h.contains("content-length: 100000"), "{h}");
+    assert!(body.is_empty() || String::from_utf8_lossy(&body).to_ascii_lowercase().contains("content-length"));
+    // Without the token: 401.
+    let (status, _, _) = curl(&[&url]).await;
+    assert_eq!(status, 401);
+
+    // An image whose bytes are not an image comes as an attachment of no particular type; a
+    // real one (PNG signature) inline.
+    let r = s
+        .http
+        .post(s.url("/v1/assets?name=x.png&content_type=image/png"))
+        .bearer_auth(&token)
+        .body("<svg onload=alert(1)>")
+        .send()
+        .await
+        .unwrap();
+    let fake: Value = r.json().await.unwrap();
+    let r = s.http.get(s.url(fake["content_url"].as_str().unwrap())).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert!(r.headers()["content-disposition"].to_str().unwrap().starts_with("attachment"));
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&[0; 32]);
+    let r = s
+        .http
+        .post(s.url("/v1/assets?name=y.png&content_type=image/png"))
+        .bearer_auth(&token)
+        .body(png)
+        .send()
+        .await
+        .unwrap();
+    let real: Value = r.json().await.unwrap();
+    let r = s.http.get(s.url(real["content_url"].as_str().unwrap())).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert!(r.headers()["content-disposition"].to_str().unwrap().starts_with("inline"));
+    s.stop().await;
+}
+
+/// A signed link downloads without credentials until it expires, and only the file and the
+/// organization it was made for.
+#[tokio::test]
+async fn signed_links_expire_and_name_one_file_of_one_organization() {
+    let s = TestServer::start().await;
+    let (org, token) = member(&s).await;
+    let (org2, token2) = member(&s).await;
+    let mut ids = Vec::new();
+    for (t, body) in [(&token, "a"), (&token, "b"), (&token2, "c")] {
+        let a: Value = put_file(&s, t, "f.txt", body.as_bytes().to_vec()).await.json().await.unwrap();
+        ids.push(a["id"].as_str().unwrap().to_owned());
+    }
+    let sign = |id: &str, ttl: u64| {
+        s.http
+            .post(s.url(&format!("/v1/assets/{id}/signed-url")))
+            .bearer_auth(&token)
+            .json(&json!({ "ttl_s": ttl }))
+            .send()
+    };
+    let link: Value = sign(&ids[0], 60).await.unwrap().json().await.unwrap();
+    let url = link["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with(&format!("/v1/download/{org}/{}", ids[0])), "{url}");
+    let r = s.http.get(s.url(&url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["cache-control"].to_str().unwrap().starts_with("private, max-age="));
+    assert_eq!(r.text().await.unwrap(), "a");
+    // The same signature for another file of the organization, or the same file id under
+    // another organization: refused.
+    let other_file = url.replace(&ids[0], &ids[1]);
+    expect_problem(s.http.get(s.url(&other_file)).send().await.unwrap(), 403, "invalid_signature").await;
+    let other_org = url.replace(&org, &org2);
+    expect_problem(s.http.get(s.url(&other_org)).send().await.unwrap(), 403, "invalid_signature").await;
+    let other_both = url.replace(&org, &org2).replace(&ids[0], &ids[2]);
+    expect_problem(s.http.get(s.url(&other_both)).send().await.unwrap(), 403, "invalid_signature").await;
+    // A later expiry is a different text: refused.
+    let (head, _) = url.split_once("expires=").unwrap();
+    let stretched = format!("{head}expires=99999999999&{}", url.split('&').nth(1).unwrap());
+    expect_problem(s.http.get(s.url(&stretched)).send().await.unwrap(), 403, "invalid_signature").await;
+    // Someone else's file cannot be signed by the caller.
+    assert_eq!(sign(&ids[2], 60).await.unwrap().status(), 404);
+    // A link lives as long as asked.
+    let short: Value = sign(&ids[1], 1).await.unwrap().json().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = s.http.get(s.url(short["url"].as_str().unwrap())).send().await.unwrap();
+    expect_problem(r, 403, "link_expired").await;
+    // A deleted file is gone from its links too.
+    let r = s.http.delete(s.url(&format!("/v1/assets/{}", ids[0]))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(s.http.get(s.url(&url)).send().await.unwrap().status(), 404);
+    s.stop().await;
+}
+
+/// The organization's limits refuse before bytes are written, and what was stored stays.
+#[tokio::test]
+async fn size_limits_and_quotas_refuse_before_writing_and_lose_nothing() {
+    let s = TestServer::start().await;
+    let (org, token) = member(&s).await;
+    let r = s
+        .http
+        .patch(s.url(&format!("/v1/orgs/{org}")))
+        .bearer_auth(&s.key)
+        .json(&json!({ "settings": { "files_quota_bytes": 10_000, "files_max_bytes": 6_000 } }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let a = noise(4_000, 3);
+    let b = noise(5_000, 4);
+    assert_eq!(put_file(&s, &token, "a", a.clone()).await.status(), 201);
+    // Over the file size limit: 413 whichever way it comes.
+    expect_problem(put_file(&s, &token, "big", noise(7_000, 5)).await, 413, "file_too_large").await;
+    let r = s
+        .http
+        .post(s.url("/v1/uploads"))
+        .bearer_auth(&token)
+        .header(TUS.0, TUS.1)
+        .header("upload-length", "7000")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 413, "file_too_large").await;
+    let b_asset: Value = put_file(&s, &token, "b", b.clone()).await.json().await.unwrap();
+    // 9,000 of 10,000 used: 2,000 more is refused, before any byte is written.
+    expect_problem(put_file(&s, &token, "c", noise(2_000, 6)).await, 507, "storage_quota_exceeded").await;
+    // An upload in progress holds its length: a second one does not fit beside it.
+    let r = s
+        .http
+        .post(s.url("/v1/uploads"))
+        .bearer_auth(&token)
+        .header(TUS.0, TUS.1)
+        .header("upload-length", "1000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let held = s.url(r.headers()["location"].to_str().unwrap());
+    expect_problem(put_file(&s, &token, "d", noise(500, 7)).await, 507, "storage_quota_exceeded").await;
+    let r = s.http.delete(&held).bearer_auth(&token).header(TUS.0, TUS.1).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(put_file(&s, &token, "d", noise(500, 7)).await.status(), 201);
+    // Everything acknowledged is there, byte for byte.
+    let mine = get_json(&s, &token, "/v1/assets").await;
+    assert_eq!(mine["items"].as_array().unwrap().len(), 3, "{mine}");
+    let got = s
+        .http
+        .get(s.url(b_asset["content_url"].as_str().unwrap()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.as_ref(), b.as_slice());
+    // Deleting frees the quota.
+    let r = s.http.delete(s.url(&format!("/v1/assets/{}", b_asset["id"].as_str().unwrap()))).bearer_auth(&token);
+    assert_eq!(r.send().await.unwrap().status(), 204);
+    assert_eq!(put_file(&s, &token, "e", noise(5_000, 8)).await.status(), 201);
+    s.stop().await;
+}
+
+/// The same content twice in one organization is one blob; in another organization, another.
+#[tokio::test]
+async fn identical_files_are_stored_once_per_organization() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config_for(dir.path())).await;
+    let (_, t1) = member(&s).await;
+    let (_, t2) = member(&s).await;
+    let bytes = noise(50_000, 9);
+    for t in [&t1, &t1, &t2] {
+        assert_eq!(put_file(&s, t, "same.bin", bytes.clone()).await.status(), 201);
+    }
+    assert_eq!(get_json(&s, &t1, "/v1/assets").await["items"].as_array().unwrap().len(), 2);
+    assert_eq!(count_files(&dir.path().join("blobs")), 2);
+    s.stop().await;
+}
