@@ -26,6 +26,7 @@ pub enum Request {
     Ping,
     Backup { out: PathBuf },
     AuditVerify,
+    Fsck,
     CreateOperatorKey { name: String },
     RotateSigningKey,
     RotateVault,
@@ -110,6 +111,15 @@ async fn run(req: Request, app: App, progress: mpsc::Sender<Value>) -> Result<Va
             let mut report = report;
             app.store
                 .read(move |r| r.verify_audit(&mut report))
+                .await
+                .map(|v| json!(v))
+                .map_err(|e: crate::store::StoreError| e.to_string())
+        }
+        Request::Fsck => {
+            let mut report = report;
+            let blobs = app.uploads.blobs().clone();
+            app.store
+                .read(move |r| crate::store::fsck::check(r, &blobs, &mut report))
                 .await
                 .map(|v| json!(v))
                 .map_err(|e: crate::store::StoreError| e.to_string())

@@ -102,6 +102,20 @@ pub fn audit_verify(config: &Config) -> Result<Verification, CommandError> {
     Ok(v)
 }
 
+/// Checks every file's bytes against its record, and every record against its bytes.
+pub fn fsck(config: &Config) -> Result<crate::store::fsck::FsckReport, CommandError> {
+    let mut progress = Progress::new("fsck");
+    let v = if admin::server_running(&config.admin_socket()) {
+        from_value(admin::call(&config.admin_socket(), &Request::Fsck, &mut |d, t| progress.update(d, t))?)?
+    } else {
+        let store = open_direct(&config.data_dir)?;
+        let blobs = crate::blobs::Blobs::open(&config.data_dir).map_err(StoreError::from)?;
+        crate::store::fsck::check(&store.reader()?, &blobs, &mut |d, t| progress.update(d, t))?
+    };
+    progress.finish();
+    Ok(v)
+}
+
 /// A new operator key: (key id, the key text shown once).
 pub fn create_operator_key(config: &Config, name: &str) -> Result<(String, String), CommandError> {
     if admin::server_running(&config.admin_socket()) {

@@ -76,6 +76,9 @@ enum Command {
         #[command(subcommand)]
         command: VaultCommand,
     },
+    /// Check every stored file against its digest and every file record against its bytes;
+    /// exit 1 if anything is missing or damaged.
+    Fsck,
     /// Rebuild the search index from the store.
     Reindex,
     /// Print the version.
@@ -194,6 +197,17 @@ fn main() -> ExitCode {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }),
+        Command::Fsck => with_config(load(), |c| {
+            let r = commands::fsck(&c)?;
+            println!(
+                "fsck: {} files ({} bytes) checked, {} file records, {} unnamed on disk",
+                r.blobs, r.bytes, r.assets, r.unnamed
+            );
+            for f in &r.findings {
+                println!("DAMAGED: organization {}: {}: {}", f.org, f.what, f.problem);
+            }
+            Ok(if r.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }),
         Command::Reindex => with_config(load(), |c| {
             let n = commands::reindex(&c)?;

@@ -29,7 +29,7 @@ use crate::auth::password::{PASSWORD_CHARS_MAX, PASSWORD_CHARS_MIN};
 use crate::domain::chat::{channels, posts};
 use crate::domain::paging::LIMIT_MAX;
 use crate::domain::policy::Permission;
-use crate::domain::{api_keys, docs, orgs, rooms, tasks, users};
+use crate::domain::{api_keys, assets, docs, orgs, rooms, tasks, users};
 
 /// The document, pretty-printed with a final newline: what `openapi/outpost.json` holds and
 /// `/v1/openapi.json` serves.
@@ -170,6 +170,7 @@ fn field_rule(schema: &str, field: &str) -> Option<Value> {
     let at_most = |max: usize| json!({ "maxLength": max });
     Some(match (schema, field) {
         ("CreateApiKey", "name") => text(api_keys::NAME_CHARS_MAX),
+        ("NewSignedUrl", "ttl_s") => json!({ "minimum": 1 }),
         ("CreateRoom" | "UpdateRoom", "name") => text(rooms::NAME_CHARS_MAX),
         ("CreateRoom" | "UpdateRoom", "description") => at_most(rooms::DESCRIPTION_CHARS_MAX),
         ("CreateChannel" | "UpdateChannel", "name") => text(channels::NAME_CHARS_MAX),
@@ -329,6 +330,7 @@ fn exact_parameters(op: &mut Value, operation: &str, task_filters: &[(&str, Stri
     for p in params {
         let name = p["name"].as_str().unwrap_or_default().to_owned();
         let place = p["in"].as_str().unwrap_or_default().to_owned();
+        let mut required = false;
         let Some(schema) = p.get_mut("schema") else { continue };
         unsigned_bounds(schema);
         match (place.as_str(), name.as_str()) {
@@ -375,10 +377,36 @@ fn exact_parameters(op: &mut Value, operation: &str, task_filters: &[(&str, Stri
             }
             // What `parse_if_match` takes: `*`, or a version as `"3"`, `W/"3"` or `3`.
             ("header", "If-Match") => schema["pattern"] = json!(r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#),
+            // tus: the one version spoken (another, or none, is a 412 as the protocol says).
+            ("header", "Tus-Resumable") => {
+                schema["enum"] = json!([crate::http::files::TUS_VERSION]);
+                required = true;
+            }
+            ("header", "Upload-Length") => required = true,
+            ("header", "Upload-Metadata") => schema["maxLength"] = json!(crate::http::files::METADATA_BYTES_MAX),
+            ("header", "Upload-Checksum") => schema["pattern"] = json!("^(sha1|sha256) [A-Za-z0-9+/]+={0,2}$"),
+            ("query", "name") if operation == "uploadAsset" => {
+                schema["minLength"] = json!(1);
+                schema["maxLength"] = json!(assets::NAME_CHARS_MAX);
+                schema["pattern"] = json!(format!("^[^{CONTROL}]*[^{WHITE_SPACE}{CONTROL}][^{CONTROL}]*$"));
+            }
+            ("query", "content_type") if operation == "uploadAsset" => {
+                schema["maxLength"] = json!(assets::TYPE_CHARS_MAX);
+                schema["pattern"] = json!(format!("^{t}/{t}$", t = MEDIA_TYPE_TOKEN));
+            }
             _ => {}
+        }
+        if required {
+            p["required"] = json!(true);
         }
     }
 }
+
+/// Unicode's control characters (`char::is_control`), as a regex class body.
+const CONTROL: &str = r"\u0000-\u001f\u007f-\u009f";
+
+/// One side of a media type (`assets::check_type`): a letter or digit, then token characters.
+const MEDIA_TYPE_TOKEN: &str = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*";
 
 /// Statuses an operation cannot answer, whatever happens: the problem types are shared by
 /// operations of a kind, and some members of a kind take no body (no 415), no If-Match and no
@@ -391,7 +419,7 @@ fn impossible_statuses(op: &Value, versioned_body: bool) -> Vec<&'static str> {
     if !has_body {
         out.push("415");
     }
-    if !versioned_body && !params.iter().any(|p| p["name"] == "If-Match") {
+    if !versioned_body && !params.iter().any(|p| p["name"] == "If-Match" || p["name"] == "Tus-Resumable") {
         out.push("412");
     }
     if !has_body && params.iter().all(|p| p["in"] == "path") {

@@ -48,7 +48,7 @@ const OFFSET_STREAM: &str = "application/offset+octet-stream";
 /// Bytes one read of a download's file takes.
 const READ_CHUNK: usize = 256 << 10;
 /// Longest `Upload-Metadata` header kept, in bytes.
-const METADATA_BYTES_MAX: usize = 4096;
+pub const METADATA_BYTES_MAX: usize = 4096;
 
 crate::problems!(UploadErrors: 400, 401, 403, 404, 409, 410, 412, 413, 415, 422, 460, 507);
 crate::problems!(AssetErrors: 400, 401, 403, 404, 422);
@@ -85,8 +85,8 @@ pub struct AssetPage {
 #[oai(rename = "NewSignedUrl")]
 #[serde(deny_unknown_fields)]
 pub struct NewSignedUrl {
-    /// Seconds the link works for: 1 up to the server's `files.signed_url_ttl_s` (its
-    /// default).
+    /// Seconds the link works for, at least 1; the server's `files.signed_url_ttl_s` is the
+    /// default and the most given (a longer ask gets that).
     #[serde(default)]
     pub ttl_s: Option<u64>,
 }
@@ -113,20 +113,21 @@ fn view(a: &Asset) -> AssetView {
     }
 }
 
-/// A streamed request body, read by the operation as it goes (never held whole). `REQUIRED`
-/// says whether the document shows it as required.
-pub struct StreamBody<const REQUIRED: bool> {
+/// A streamed request body, read by the operation as it goes (never held whole). `TUS` bodies
+/// are `application/offset+octet-stream` (required for an append, optional on creation);
+/// others are the file itself, documented as `application/octet-stream` and taken of any type.
+pub struct StreamBody<const TUS: bool, const REQUIRED: bool> {
     pub content_type: Option<String>,
     pub body: Option<Body>,
 }
 
-impl<const REQUIRED: bool> StreamBody<REQUIRED> {
+impl<const TUS: bool, const REQUIRED: bool> StreamBody<TUS, REQUIRED> {
     fn reader(&mut self) -> impl AsyncRead + Unpin + Send + 'static {
         self.body.take().unwrap_or_else(Body::empty).into_async_read()
     }
 }
 
-impl<'a, const REQUIRED: bool> ApiExtractor<'a> for StreamBody<REQUIRED> {
+impl<'a, const TUS: bool, const REQUIRED: bool> ApiExtractor<'a> for StreamBody<TUS, REQUIRED> {
     const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
     type ParamType = ();
     type ParamRawType = ();
@@ -134,7 +135,7 @@ impl<'a, const REQUIRED: bool> ApiExtractor<'a> for StreamBody<REQUIRED> {
     fn register(_registry: &mut Registry) {}
 
     fn request_meta() -> Option<MetaRequest> {
-        let content_type = if REQUIRED { OFFSET_STREAM } else { "application/octet-stream" };
+        let content_type = if TUS { OFFSET_STREAM } else { "application/octet-stream" };
         Some(MetaRequest {
             description: None,
             content: vec![MetaMediaType {
@@ -155,7 +156,11 @@ impl<'a, const REQUIRED: bool> ApiExtractor<'a> for StreamBody<REQUIRED> {
 }
 
 /// The creation body of tus (`application/offset+octet-stream`, optional).
-pub type CreationBody = StreamBody<false>;
+pub type CreationBody = StreamBody<true, false>;
+/// An append's body (`application/offset+octet-stream`).
+pub type AppendBody = StreamBody<true, true>;
+/// A one-request upload's body: the file.
+pub type FileBody = StreamBody<false, false>;
 
 fn tus_checked(v: Option<&str>) -> Result<(), Problem> {
     if v.map(str::trim) == Some(TUS_VERSION) {
@@ -395,7 +400,7 @@ impl FilesApi {
         let name = get(&["filename", "name"]).unwrap_or_else(|| "upload".to_owned());
         assets::check_name(&name)?;
         let content_type = match get(&["filetype", "type", "contentType"]) {
-            Some(t) if !t.is_empty() => assets::check_type(&t)?,
+            Some(t) if !t.is_empty() => assets::check_type(&essence(&t))?,
             _ => "application/octet-stream".to_owned(),
         };
         let checksum = parse_checksum(checksum.0.as_deref())?;
@@ -469,7 +474,7 @@ impl FilesApi {
         #[oai(name = "Tus-Resumable")] tus: Header<Option<String>>,
         #[oai(name = "Upload-Offset")] offset: Header<u64>,
         #[oai(name = "Upload-Checksum")] checksum: Header<Option<String>>,
-        mut body: StreamBody<true>,
+        mut body: AppendBody,
     ) -> Result<UploadAppended, UploadErrors> {
         let p = auth.require(&app, Permission::FilesWrite).await?;
         tus_checked(tus.0.as_deref())?;
@@ -526,14 +531,16 @@ impl FilesApi {
         req: &Request,
         name: Query<String>,
         content_type: Query<Option<String>>,
-        mut body: StreamBody<false>,
+        mut body: FileBody,
     ) -> Result<AssetCreated, AssetUploadErrors> {
         let p = auth.require(&app, Permission::FilesWrite).await?;
         let name = name.0;
         assets::check_name(&name).map_err(|e| at_query(e, "?name"))?;
-        let declared = content_type.0.or_else(|| body.content_type.clone());
-        let content_type = match declared.as_deref() {
-            Some(t) if !t.trim().is_empty() => assets::check_type(t).map_err(|e| at_query(e, "?content_type"))?,
+        // The query's type is checked as given; the request's own Content-Type only for its
+        // media type (parameters such as a charset dropped).
+        let content_type = match (content_type.0, body.content_type.as_deref().map(essence)) {
+            (Some(t), _) => assets::check_type(&t).map_err(|e| at_query(e, "?content_type"))?,
+            (None, Some(t)) if assets::check_type(&t).is_ok() => assets::check_type(&t)?,
             _ => "application/octet-stream".to_owned(),
         };
         let Some(length) = req.header("content-length").and_then(|v| v.parse::<u64>().ok()) else {
@@ -645,9 +652,9 @@ impl FilesApi {
         let p = auth.require(&app, Permission::FilesRead).await?;
         let a = visible(&app, &p, &asset_id.0).await?;
         let max = app.config.files.signed_url_ttl_s;
-        let ttl = body.0.ttl_s.unwrap_or(max);
-        if !(1..=max).contains(&ttl) {
-            return Err(DomainError::invalid("/ttl_s", "out_of_range", format!("between 1 and {max} seconds")).into());
+        let ttl = body.0.ttl_s.unwrap_or(max).min(max);
+        if ttl == 0 {
+            return Err(DomainError::invalid("/ttl_s", "out_of_range", "at least 1 second").into());
         }
         let expires = unix_now() + ttl;
         let sig = signature(&app.download_url_key, p.org, a.id, expires);
@@ -718,6 +725,11 @@ impl FilesApi {
     }
 }
 
+/// A media type without its parameters (`text/plain; charset=utf-8` → `text/plain`).
+fn essence(t: &str) -> String {
+    t.split(';').next().unwrap_or_default().trim().to_owned()
+}
+
 fn forbidden_link() -> Problem {
     Problem::new(StatusCode::FORBIDDEN, "invalid_signature", "this download link is not one this server made")
 }
@@ -774,9 +786,10 @@ impl ApiResponse for Download {
             deprecated: false,
             schema: <String as Type>::schema_ref(),
         };
+        // The file's own type, whatever it is.
         let binary = || {
             vec![MetaMediaType {
-                content_type: "application/octet-stream",
+                content_type: "*/*",
                 schema: <poem_openapi::types::Binary<Vec<u8>> as Type>::schema_ref(),
             }]
         };

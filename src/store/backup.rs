@@ -2,10 +2,13 @@
 //!
 //! A backup is one snapshot read transaction streamed to a file, so it is consistent while
 //! writes go on. The file: a magic line, a JSON header (schema version, source epoch, entry
-//! count), then `(table, key, value)` entries, an end mark, and a SHA-256 of everything before
-//! it. Restore checks the digest before it writes anything, loads the entries into a fresh
-//! store, gives it a new epoch (so clients holding positions from the old store reset) and
-//! verifies the audit chains.
+//! count), then `(table, key, value)` entries, then the bytes of every file the snapshot's
+//! records name (`blob mark, org, digest, length, bytes`), an end mark, and a SHA-256 of
+//! everything before it. A blob is durable before any record names it, so each one the
+//! snapshot names is there to copy. Restore checks the digest before it writes anything, loads
+//! the entries into a fresh store, writes each blob back after checking its own digest, gives
+//! the store a new epoch (so clients holding positions from the old store reset) and verifies
+//! the audit chains.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -20,6 +23,8 @@ use crate::ids;
 
 const MAGIC: &[u8] = b"OUTPOST-BACKUP 1\n";
 const END: u16 = u16::MAX;
+/// Marks a blob's bytes (after the table entries).
+const BLOB: u16 = u16::MAX - 1;
 /// Entries per write transaction during restore.
 const RESTORE_TXN_ENTRIES: u64 = 20_000;
 
@@ -30,6 +35,11 @@ pub struct BackupHeader {
     pub taken_at_ms: i64,
     pub entries: u64,
     pub tables: Vec<String>,
+    /// Files' blobs that follow the entries, and their bytes.
+    #[serde(default)]
+    pub blobs: u64,
+    #[serde(default)]
+    pub blob_bytes: u64,
 }
 
 /// What a backup or restore did.
@@ -48,6 +58,16 @@ pub fn backup(store: &Store, out: &Path, progress: &mut dyn FnMut(u64, u64)) -> 
     for t in tables::ALL {
         total += reader.len(*t)?;
     }
+    // The blobs the snapshot names: every organization's, with their sizes.
+    let mut blobs = Vec::new();
+    reader.for_each(tables::ASSET_BLOBS, |k, v| {
+        let rec: BlobSize = serde_json::from_slice(v).unwrap_or_default();
+        if let (Some(org), Ok(sha)) = (super::key_org(k), <[u8; 32]>::try_from(&k[16..])) {
+            blobs.push((org, crate::blobs::Sha256(sha), rec.size));
+        }
+        Ok(true)
+    })?;
+    let blob_store = data_dir_of(store).map(|d| crate::blobs::Blobs::open(&d)).transpose()?;
     let tmp = out.with_extension("partial");
     let file = File::create(&tmp)?;
     let mut w = HashingWriter::new(BufWriter::new(file));
@@ -58,6 +78,8 @@ pub fn backup(store: &Store, out: &Path, progress: &mut dyn FnMut(u64, u64)) -> 
         taken_at_ms: ids::now_ms(),
         entries: total,
         tables: tables::ALL.iter().map(|t| redb::TableHandle::name(&t.def).to_owned()).collect(),
+        blobs: blobs.len() as u64,
+        blob_bytes: blobs.iter().map(|b| b.2).sum(),
     };
     let header_bytes = super::encode(&header);
     w.write_all(&(header_bytes.len() as u32).to_be_bytes())?;
@@ -85,6 +107,28 @@ pub fn backup(store: &Store, out: &Path, progress: &mut dyn FnMut(u64, u64)) -> 
         })?;
         if let Some(e) = io_err {
             return Err(e.into());
+        }
+    }
+    if let Some(blob_store) = &blob_store {
+        let mut buf = vec![0u8; 1 << 20];
+        for (org, sha, size) in &blobs {
+            let mut f = File::open(blob_store.path(*org, sha)).map_err(|e| {
+                StoreError::Storage(format!("the bytes of file {} of organization {org} are missing: {e}", sha.hex()))
+            })?;
+            w.write_all(&BLOB.to_be_bytes())?;
+            w.write_all(org.as_bytes())?;
+            w.write_all(&sha.0)?;
+            w.write_all(&size.to_be_bytes())?;
+            let mut left = *size;
+            while left > 0 {
+                let want = left.min(buf.len() as u64) as usize;
+                let n = f.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(StoreError::Storage(format!("file {} is shorter than its record says", sha.hex())));
+                }
+                w.write_all(&buf[..n])?;
+                left -= n as u64;
+            }
         }
     }
     w.write_all(&END.to_be_bytes())?;
@@ -124,10 +168,15 @@ pub fn restore(from: &Path, data_dir: &Path, progress: &mut dyn FnMut(u64, u64))
     let mut done = 0u64;
     let mut txn = db.begin_write()?;
     txn.set_durability(redb::Durability::None).map_err(|e| StoreError::Storage(e.to_string()))?;
+    let blob_store = crate::blobs::Blobs::open(data_dir)?;
     loop {
         let idx = read_u16(&mut r)?;
         if idx == END {
             break;
+        }
+        if idx == BLOB {
+            restore_blob(&mut r, &blob_store)?;
+            continue;
         }
         let table = table_of(idx)?;
         let key = read_chunk(&mut r)?;
@@ -160,6 +209,48 @@ pub fn restore(from: &Path, data_dir: &Path, progress: &mut dyn FnMut(u64, u64))
     drop(db);
     progress(done, header.entries);
     Ok(BackupSummary { entries: done, bytes: std::fs::metadata(from)?.len(), epoch })
+}
+
+/// What a backup reads of an `asset_blobs` record: the blob's size.
+#[derive(Deserialize, Default)]
+struct BlobSize {
+    size: u64,
+}
+
+/// The data directory a store lives in.
+fn data_dir_of(store: &Store) -> Option<std::path::PathBuf> {
+    store.path().parent().map(Path::to_path_buf)
+}
+
+/// Writes one blob of a backup back into the blob store, checking its digest first.
+fn restore_blob(r: &mut impl Read, blobs: &crate::blobs::Blobs) -> Result<(), StoreError> {
+    let mut head = [0u8; 16 + 32 + 8];
+    r.read_exact(&mut head)?;
+    let org = ids::Id::from_slice(&head[..16]).ok_or_else(|| corrupt("blob without organization".into()))?;
+    let sha = crate::blobs::Sha256(head[16..48].try_into().expect("32 bytes"));
+    let size = u64::from_be_bytes(head[48..].try_into().expect("8 bytes"));
+    let staged = blobs.root().join(format!(".restore-{}", ids::Id::new()));
+    let mut out = File::create(&staged)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = r.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(corrupt("a file's bytes end early".into()));
+        }
+        ctx.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    out.sync_all()?;
+    if ctx.finish().as_ref() != sha.0 {
+        let _ = std::fs::remove_file(&staged);
+        return Err(corrupt(format!("file {} does not match its digest", sha.hex())));
+    }
+    blobs.adopt(org, &staged, &sha)?;
+    Ok(())
 }
 
 /// Reads the header and checks the whole file's digest, before anything is written.

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod backup;
 pub mod events;
 pub mod followers;
+pub mod fsck;
 pub mod tables;
 pub mod writer;
 

@@ -19,6 +19,7 @@ import { createClient } from "./client/client/index.js";
 import {
   acceptInvitation,
   addTaskDependency,
+  appendUpload,
   applyDocumentUpdate,
   createApiKey,
   createChannel,
@@ -28,6 +29,9 @@ import {
   createOrganizationInvitation,
   createRoom,
   createTask,
+  createUpload,
+  downloadAsset,
+  getAsset,
   getDocumentJson,
   getMe,
   getRoom,
@@ -40,6 +44,7 @@ import {
   postMessage,
   refreshTokens,
   search,
+  uploadAsset,
 } from "./client/index.js";
 import type { Problem } from "./client/index.js";
 import { zProblem } from "./client/zod.gen.js";
@@ -165,6 +170,49 @@ async function main(): Promise<void> {
   const keyed = createClient({ baseUrl, auth: created.token });
   const rooms = await step("list rooms with the API key", 200, listRooms({ client: keyed }));
   if (!rooms.items.some((r) => r.id === room.id)) throw new Error("the API key does not see the room");
+
+  // Files: a resumable (tus) upload in two appends, a one-request upload, a ranged download.
+  const data = new TextEncoder().encode(`a file from the journey ${tag}\n`.repeat(40));
+  const b64 = (t: string) => Buffer.from(t).toString("base64");
+  const begun = await createUpload({
+    client: grace,
+    headers: {
+      "Tus-Resumable": "1.0.0",
+      "Upload-Length": data.length,
+      "Upload-Metadata": `filename ${b64("journey.txt")},filetype ${b64("text/plain")}`,
+    },
+  });
+  const location = begun.response?.headers.get("location");
+  if (begun.response?.status !== 201 || !location) throw new Error(`createUpload answered ${begun.response?.status}`);
+  steps += 1;
+  console.log("  ok  begin a resumable upload: 201");
+  const uploadId = location.split("/").pop() as string;
+  const half = Math.floor(data.length / 2);
+  for (const [start, chunk] of [[0, data.slice(0, half)], [half, data.slice(half)]] as const) {
+    const sent = await appendUpload({
+      client: grace,
+      path: { upload_id: uploadId },
+      headers: { "Tus-Resumable": "1.0.0", "Upload-Offset": start },
+      body: new Blob([chunk]),
+    });
+    const offset = Number(sent.response?.headers.get("upload-offset"));
+    if (sent.response?.status !== 204 || offset !== start + chunk.length) {
+      throw new Error(`appendUpload answered ${sent.response?.status} at ${offset}`);
+    }
+    steps += 1;
+    console.log(`  ok  send bytes from ${start}: 204`);
+  }
+  const asset = await step("the upload is a file", 200, getAsset({ client: grace, path: { asset_id: uploadId } }));
+  if (asset.size !== data.length || asset.content_type !== "text/plain") throw new Error(JSON.stringify(asset));
+  const small = await step("upload a small file in one request", 201,
+    uploadAsset({ client: grace, query: { name: "note.txt", content_type: "text/plain" }, body: new Blob(["a note"]) }));
+  if (small.size !== 6) throw new Error(JSON.stringify(small));
+  const part = await downloadAsset({ client: grace, path: { asset_id: asset.id }, headers: { Range: "bytes=0-9" } });
+  if (part.response?.status !== 206 || part.data !== new TextDecoder().decode(data.slice(0, 10))) {
+    throw new Error(`downloadAsset answered ${part.response?.status}: ${JSON.stringify(part.data)}`);
+  }
+  steps += 1;
+  console.log("  ok  download a range: 206");
 
   await problem("a room that does not exist is a typed Problem", 404, getRoom({ client: grace, path: { room_id: randomUUID() } }));
 
