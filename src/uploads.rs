@@ -365,7 +365,12 @@ impl Uploads {
 
     /// When `info` expires, in ms.
     pub fn expires_at_ms(&self, info: &UploadInfo) -> i64 {
-        info.touched_at_ms + self.expiry_ms()
+        self.expiry_from(info.touched_at_ms)
+    }
+
+    /// When an upload that last received bytes at `touched_at_ms` expires.
+    pub fn expiry_from(&self, touched_at_ms: i64) -> i64 {
+        touched_at_ms + self.expiry_ms()
     }
 
     fn slot(&self, id: Id) -> Arc<Slot> {

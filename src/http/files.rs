@@ -479,6 +479,9 @@ impl FilesApi {
         let p = auth.require(&app, Permission::FilesWrite).await?;
         tus_checked(tus.0.as_deref())?;
         let id = parse_id(&upload_id.0, "upload")?;
+        let Some((info, _)) = app.uploads.find(p.org, p.user, id).await else {
+            return Err(DomainError::NotFound { what: "upload" }.into());
+        };
         if body.content_type.as_deref() != Some(OFFSET_STREAM) {
             return Err(Problem::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -488,12 +491,10 @@ impl FilesApi {
             .into());
         }
         let checksum = parse_checksum(checksum.0.as_deref())?;
-        let Some((info, _)) = app.uploads.find(p.org, p.user, id).await else {
-            return Err(DomainError::NotFound { what: "upload" }.into());
-        };
         let at = app.uploads.append(&info, offset.0, body.reader(), checksum).await.map_err(append_problem)?;
         finish_if_complete(&app, req, &p, &info, at).await?;
-        let expires = (at < info.length).then(|| http_date(app.uploads.expires_at_ms(&info)));
+        let touched = if at > offset.0 { ids::now_ms() } else { info.touched_at_ms };
+        let expires = (at < info.length).then(|| http_date(app.uploads.expiry_from(touched)));
         Ok(UploadAppended::NoContent(at, expires))
     }
 

@@ -6,7 +6,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::identity::populated_org;
-use crate::openapi::PUBLIC;
+use crate::openapi::{OPEN, PUBLIC};
 use crate::support::TestServer;
 
 /// A minimal body that passes parsing for `schema` (so the refusal, not the parser, answers).
@@ -107,6 +107,21 @@ async fn org_b_never_sees_org_a() {
     )
     .await;
     let a_version_id = a_version["id"].as_str().unwrap().to_owned();
+    // A file of A's member, and an upload of theirs in progress.
+    let r = s.http.post(s.url("/v1/assets?name=a.txt")).bearer_auth(&a_member.access).body("a's").send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let a_asset_id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let r = s
+        .http
+        .post(s.url("/v1/uploads"))
+        .bearer_auth(&a_member.access)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let a_upload_id = r.headers()["location"].to_str().unwrap().rsplit('/').next().unwrap().to_owned();
     let mut principals: Vec<(String, String)> = Vec::new();
     for (role, login) in &b {
         principals.push(((*role).to_owned(), login.access.clone()));
@@ -152,6 +167,8 @@ async fn org_b_never_sees_org_a() {
             .replace("{comment_id}", &a_comment_id)
             .replace("{doc_id}", &a_doc_id)
             .replace("{version_id}", &a_version_id)
+            .replace("{asset_id}", &a_asset_id)
+            .replace("{upload_id}", &a_upload_id)
             .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{recording_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{name}", "00-audio-1.ogg");
@@ -159,11 +176,31 @@ async fn org_b_never_sees_org_a() {
         for (method, op) in ops.as_object().unwrap() {
             let id = op["operationId"].as_str().unwrap();
             assert!(!PUBLIC.contains(&id));
+            // A signed download link carries no token: the signature names the organization,
+            // and files.rs shows another organization's (or a forged) one refused.
+            if OPEN.contains(&id) {
+                continue;
+            }
+            // Required headers (the tus protocol's) with their sample values, so that the
+            // refusal, not a missing header, answers.
+            let headers: Vec<(String, String)> = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "header" && p["required"] == true)
+                .map(|p| {
+                    let value = p["schema"]["enum"][0].as_str().map_or_else(|| "0".to_owned(), str::to_owned);
+                    (p["name"].as_str().unwrap().to_owned(), value)
+                })
+                .collect();
             let operator_only = op["security"].to_string().contains("OperatorAuth");
             let body = op["requestBody"]["content"]["application/json"]["schema"].clone();
             for (role, token) in &principals {
                 let mut req =
                     s.http.request(method.to_uppercase().parse().unwrap(), s.url(&concrete)).bearer_auth(token);
+                for (name, value) in &headers {
+                    req = req.header(name, value);
+                }
                 if !body.is_null() {
                     req = req.json(&sample(&doc, &body));
                 }

@@ -101,7 +101,10 @@ fn documented_statuses_are_ones_the_operation_can_answer() {
                     "403" => secured || OPEN.contains(&id),
                     "404" => named("path") || body || named("query") || secured,
                     "409" | "507" => writes,
-                    "412" => params.iter().any(|p| p["name"] == "If-Match") || body_has("version"),
+                    "412" => {
+                        params.iter().any(|p| p["name"] == "If-Match" || p["name"] == "Tus-Resumable")
+                            || body_has("version")
+                    }
                     "415" => body,
                     "422" => body || named("query") || named("header") || named("path"),
                     "429" => by_users || public,
