@@ -62,6 +62,8 @@ pub struct App {
     pub sfu: Option<crate::media::sfu::Sfu>,
     /// Resumable uploads in progress, and the blob store they finish into.
     pub uploads: crate::uploads::Uploads,
+    /// Thumbnails of stored images.
+    pub thumbs: crate::thumbs::Thumbs,
     /// The key signed download URLs are made and checked with (derived from the vault's).
     pub download_url_key: Arc<[u8; 32]>,
     /// When each API key's last use was written down, so that is done once a minute at most.
@@ -126,11 +128,15 @@ impl App {
         let docs = crate::docs::Engine::new(store.clone(), writer.clone(), metrics.clone(), config.docs.clone());
         let blobs =
             crate::blobs::Blobs::open(&config.data_dir).map_err(|e| StoreError::Storage(format!("blobs: {e}")))?;
+        let thumbs = crate::thumbs::Thumbs::open(&config.data_dir, metrics.clone())
+            .map_err(|e| StoreError::Storage(format!("thumbnails: {e}")))?;
         let uploads = crate::uploads::Uploads::open(&config.data_dir, blobs, config.files.clone(), metrics.clone())
-            .map_err(|e| StoreError::Storage(format!("uploads: {e}")))?;
+            .map_err(|e| StoreError::Storage(format!("uploads: {e}")))?
+            .with_thumbs(thumbs.clone());
         let download_url_key = Arc::new(vault.derive("download-urls"));
         let app = Self {
             uploads,
+            thumbs,
             download_url_key,
             docs,
             turn,

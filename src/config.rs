@@ -119,6 +119,11 @@ pub struct FilesConfig {
     /// Bytes the blob store's disk must keep free: an upload that would go below is refused
     /// (507) before its bytes are written.
     pub disk_reserve_bytes: u64,
+    /// Seconds a file's bytes are kept after the last record naming them is deleted (a backup
+    /// or a restore in between still finds them); then the collector removes them.
+    pub gc_grace_s: u64,
+    /// How often, in seconds, the collector looks for bytes to remove.
+    pub gc_interval_s: u64,
 }
 
 impl Default for FilesConfig {
@@ -132,6 +137,8 @@ impl Default for FilesConfig {
             signed_url_ttl_s: 300,
             upload_idle_timeout_s: 60,
             disk_reserve_bytes: 256 << 20,
+            gc_grace_s: 86_400,
+            gc_interval_s: 600,
         }
     }
 }
@@ -157,6 +164,12 @@ impl FilesConfig {
         }
         if !(5..=3600).contains(&self.upload_idle_timeout_s) {
             bad("files.upload_idle_timeout_s", "must be between 5 and 3600");
+        }
+        if self.gc_grace_s > 365 * 86_400 {
+            bad("files.gc_grace_s", "must be at most 31536000 (a year)");
+        }
+        if !(1..=86_400).contains(&self.gc_interval_s) {
+            bad("files.gc_interval_s", "must be between 1 and 86400");
         }
     }
 }

@@ -194,6 +194,11 @@ const DOCS: &[Doc] = &[
         "Seconds an upload request may wait for its next bytes before it is ended; what arrived is kept and the client resumes from there.",
     ),
     doc(
+        "files.gc_grace_s",
+        "Seconds a file's bytes are kept after the last record naming them is deleted; then the collector removes them.",
+    ),
+    doc("files.gc_interval_s", "How often, in seconds, the collector looks for file bytes to remove."),
+    doc(
         "files.disk_reserve_bytes",
         "Bytes the disk under data_dir must keep free: an upload that would go below is refused (507) before its bytes are written.",
     ),

@@ -3,7 +3,8 @@
 //! `run` (in `server`) serves one data dir on one listener until `shutdown` resolves. The
 //! modules form layers, and an import only ever points down them: ground (`ids`, `limits`,
 //! `metrics`, `config`, `config_file`, `tenancy`, `progress`) → `store`, `blobs` → `vault` → `domain` →
-//! `auth` → engines (`search`, `docs`, `realtime`, `media`, `uploads`) → `app` → transport (`http`, `admin`) →
+//! `auth` → engines (`search`, `docs`, `realtime`, `media`, `uploads`,
+//! `thumbs`) → `app` → transport (`http`, `admin`) →
 //! `server` → `commands`. ARCHITECTURE.md has the table; a test holds the code to it.
 
 pub mod admin;
@@ -27,6 +28,7 @@ pub mod search;
 pub mod server;
 pub mod store;
 pub mod tenancy;
+pub mod thumbs;
 pub mod uploads;
 pub mod vault;
 

@@ -72,6 +72,9 @@ pub struct Metrics {
     pub uploads_in_progress: Gauge,
     pub file_bytes_in: Counter,
     pub file_bytes_out: Counter,
+    pub file_blobs_collected: Counter,
+    pub thumbnails_made: Counter,
+    pub thumbnails_served_cached: Counter,
     pub docs_loaded_bytes: Gauge,
     pub docs_connections: Gauge,
     pub docs_updates: Counter,
@@ -187,6 +190,20 @@ impl Metrics {
         registry.register("file_bytes_in", "File bytes received by uploads", file_bytes_in.clone());
         let file_bytes_out = Counter::default();
         registry.register("file_bytes_out", "File bytes sent by downloads", file_bytes_out.clone());
+        let file_blobs_collected = Counter::default();
+        registry.register(
+            "file_blobs_collected",
+            "Files' bytes removed by the collector (no record named them for the grace period)",
+            file_blobs_collected.clone(),
+        );
+        let thumbnails_made = Counter::default();
+        registry.register("thumbnails_made", "Thumbnails decoded and encoded", thumbnails_made.clone());
+        let thumbnails_served_cached = Counter::default();
+        registry.register(
+            "thumbnails_served_cached",
+            "Thumbnails served from the cache on disk",
+            thumbnails_served_cached.clone(),
+        );
         let docs_loaded = Gauge::default();
         registry.register("docs_loaded", "Shared documents loaded in memory", docs_loaded.clone());
         let docs_loaded_bytes = Gauge::default();
@@ -305,6 +322,9 @@ impl Metrics {
             uploads_in_progress,
             file_bytes_in,
             file_bytes_out,
+            file_blobs_collected,
+            thumbnails_made,
+            thumbnails_served_cached,
             docs_loaded_bytes,
             docs_connections,
             docs_updates,

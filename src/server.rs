@@ -44,7 +44,7 @@ pub async fn run(
     background.spawn(app.hub.clone().expire_locks());
     background.spawn(app.hub.busy.clone().sample());
     background.spawn(app.docs.clone().janitor());
-    background.spawn(app.uploads.clone().run(app.writer.clone()));
+    background.spawn(app.uploads.clone().run(app.store.clone(), app.writer.clone()));
     if let Some(turn) = app.turn.clone() {
         background.spawn(turn.watch(app.metrics.clone()));
     }

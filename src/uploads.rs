@@ -168,6 +168,8 @@ struct Inner {
     /// Held while one digest of one organization is adopted and committed (or collected).
     adopting: Mutex<DigestLocks>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Thumbnails to drop with the bytes they were made of.
+    thumbs: Option<crate::thumbs::Thumbs>,
 }
 
 #[derive(Clone)]
@@ -199,12 +201,22 @@ impl Uploads {
                 reserved: Mutex::new(HashMap::new()),
                 adopting: Mutex::new(HashMap::new()),
                 metrics,
+                thumbs: None,
             }),
         };
         for info in me.all_infos()? {
             me.reserve(info.org, info.length);
         }
         Ok(me)
+    }
+
+    /// Drops `thumbs`' thumbnails of the bytes the collector removes. Call before sharing.
+    #[must_use]
+    pub fn with_thumbs(mut self, thumbs: crate::thumbs::Thumbs) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.thumbs = Some(thumbs);
+        }
+        self
     }
 
     pub fn blobs(&self) -> &Blobs {
@@ -626,9 +638,71 @@ impl Uploads {
         stale.len()
     }
 
-    /// Finishes what a crash interrupted, then sweeps expired uploads every minute (until the
-    /// server stops the task).
-    pub async fn run(self, writer: Writer) {
+    /// Removes the bytes no record has named for `files.gc_grace_s`: blobs whose last asset was
+    /// deleted that long ago, and blobs on disk that no record names at all (left by a commit
+    /// that never happened) once they are that old. Each goes under its digest's lock, so an
+    /// upload of the same bytes finishing meanwhile either keeps the blob or makes it anew.
+    /// Returns how many blobs were removed.
+    pub async fn collect(&self, store: &Store, writer: &Writer) -> Result<usize, DomainError> {
+        let grace_ms = (self.inner.cfg.gc_grace_s as i64) * 1000;
+        let now = ids::now_ms();
+        let due = store.read(move |r| assets::collectable(r, now, grace_ms)).await?;
+        let mut removed = 0;
+        for (org, sha) in due {
+            let sha = Sha256(sha);
+            let lock = self.adopting(org, sha);
+            let _held = lock.lock().await;
+            if assets::forget_blob(writer, org, sha.0, now, grace_ms).await? {
+                self.remove_blob(org, sha).await;
+                removed += 1;
+            }
+        }
+        // Bytes on disk no record names, older than the grace period, that no interrupted
+        // upload is about to commit.
+        let blobs = self.inner.blobs.clone();
+        let on_disk = tokio::task::spawn_blocking(move || blobs.list()).await.map_err(io_error)?.map_err(io_error)?;
+        let pending: std::collections::HashSet<(Id, String)> =
+            self.pending().into_iter().filter_map(|i| i.sha256.map(|s| (i.org, s))).collect();
+        for (org, sha, _) in on_disk {
+            if pending.contains(&(org, sha.hex())) || !self.older_than(org, &sha, grace_ms) {
+                continue;
+            }
+            let lock = self.adopting(org, sha);
+            let _held = lock.lock().await;
+            if !store.read(move |r| assets::blob_named(r, org, &sha.0)).await? {
+                tracing::info!(org = %org, blob = %sha.hex(), "removing file bytes no record names");
+                self.remove_blob(org, sha).await;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn older_than(&self, org: Id, sha: &Sha256, grace_ms: i64) -> bool {
+        std::fs::metadata(self.inner.blobs.path(org, sha))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_millis() as i64 >= grace_ms)
+    }
+
+    async fn remove_blob(&self, org: Id, sha: Sha256) {
+        let blobs = self.inner.blobs.clone();
+        match tokio::task::spawn_blocking(move || blobs.remove(org, &sha)).await {
+            Ok(Ok(())) => {
+                self.inner.metrics.file_blobs_collected.inc();
+                if let Some(t) = &self.inner.thumbs {
+                    t.forget(org, &sha);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(org = %org, blob = %sha.hex(), error = %e, "could not remove file bytes"),
+            Err(e) => tracing::warn!(error = %e, "the collector's task failed"),
+        }
+    }
+
+    /// Finishes what a crash interrupted, then sweeps expired uploads every minute and collects
+    /// unnamed bytes every `files.gc_interval_s` (until the server stops the task).
+    pub async fn run(self, store: Store, writer: Writer) {
         for info in self.pending() {
             let ctx = MutationCtx::system(OrgScope::from_own_record(info.org));
             // Its length was admitted against the quota when it began.
@@ -637,9 +711,22 @@ impl Uploads {
                 Err(e) => tracing::warn!(upload = %info.id, error = %e, "an interrupted upload could not be finished"),
             }
         }
+        let sweep_every = Duration::from_secs(60);
+        let collect_every = Duration::from_secs(self.inner.cfg.gc_interval_s);
+        let (mut swept, mut collected) = (std::time::Instant::now(), std::time::Instant::now());
+        self.sweep().await;
         loop {
-            self.sweep().await;
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            tokio::time::sleep(sweep_every.min(collect_every)).await;
+            if swept.elapsed() >= sweep_every {
+                self.sweep().await;
+                swept = std::time::Instant::now();
+            }
+            if collected.elapsed() >= collect_every {
+                if let Err(e) = self.collect(&store, &writer).await {
+                    tracing::warn!(error = %e, "collecting unnamed file bytes failed; trying again later");
+                }
+                collected = std::time::Instant::now();
+            }
         }
     }
 }

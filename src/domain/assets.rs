@@ -249,3 +249,47 @@ pub async fn delete(writer: &Writer, ctx: MutationCtx, caller: Id, manager: bool
         })
         .await
 }
+
+/// Blobs that no live asset has named for at least `grace_ms`: (org, digest), for the
+/// collector.
+pub fn collectable(r: &Reader, now_ms: i64, grace_ms: i64) -> Result<Vec<(Id, [u8; 32])>, StoreError> {
+    let mut out = Vec::new();
+    r.for_each(ASSET_BLOBS, |k, v| {
+        let rec: BlobRecord = decode(ASSET_BLOBS, v)?;
+        let due = rec.refs == 0 && rec.unreferenced_at_ms.is_some_and(|t| t + grace_ms <= now_ms);
+        if let (true, Some(org), Ok(sha)) = (due, crate::store::key_org(k), <[u8; 32]>::try_from(&k[16..])) {
+            out.push((org, sha));
+        }
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// Drops the record of blob `sha` of `org` if no live asset names it still; returns whether it
+/// did (then its bytes may go). Bookkeeping: no event, no audit record (the deletion that
+/// left it unnamed was audited).
+pub async fn forget_blob(
+    writer: &Writer,
+    org: Id,
+    sha: [u8; 32],
+    now_ms: i64,
+    grace_ms: i64,
+) -> Result<bool, StoreError> {
+    writer
+        .maintain(move |tx| {
+            let key = org_bytes_key(org, &sha);
+            let Some(v) = tx.get(ASSET_BLOBS, &key)? else { return Ok(false) };
+            let rec: BlobRecord = decode(ASSET_BLOBS, &v)?;
+            if rec.refs > 0 || rec.unreferenced_at_ms.is_none_or(|t| t + grace_ms > now_ms) {
+                return Ok(false);
+            }
+            tx.delete(ASSET_BLOBS, &key)?;
+            Ok(true)
+        })
+        .await
+}
+
+/// Whether the organization holds a record of blob `sha`.
+pub fn blob_named(r: &Reader, org: Id, sha: &[u8; 32]) -> Result<bool, StoreError> {
+    Ok(r.get(ASSET_BLOBS, &org_bytes_key(org, sha))?.is_some())
+}

@@ -55,6 +55,29 @@ crate::problems!(AssetErrors: 400, 401, 403, 404, 422);
 crate::problems!(AssetUploadErrors: 400, 401, 403, 409, 411, 413, 422, 507);
 crate::problems!(DownloadErrors: 400, 401, 403, 404);
 crate::problems!(SignedDownloadErrors: 400, 403, 404);
+crate::problems!(ThumbnailErrors: 400, 401, 403, 404, 422);
+
+/// The box a thumbnail fits in, keeping the picture's proportions.
+#[derive(poem_openapi::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[oai(rename = "ThumbnailSize", rename_all = "lowercase")]
+pub enum ThumbnailSize {
+    /// 128 pixels.
+    Small,
+    /// 512 pixels.
+    Medium,
+    /// 1024 pixels.
+    Large,
+}
+
+impl From<ThumbnailSize> for crate::thumbs::Size {
+    fn from(s: ThumbnailSize) -> Self {
+        match s {
+            ThumbnailSize::Small => Self::Small,
+            ThumbnailSize::Medium => Self::Medium,
+            ThumbnailSize::Large => Self::Large,
+        }
+    }
+}
 
 /// A stored file.
 #[derive(Object, Debug)]
@@ -687,6 +710,55 @@ impl FilesApi {
         Ok(serve(&app, req, p.org, &a, "private, no-cache".into()).await?)
     }
 
+    /// A thumbnail of an image (PNG, JPEG, GIF, WebP): `small` (128 px), `medium` (512) or
+    /// `large` (1024, the default) on its longer side, upright (EXIF orientation applied),
+    /// without the original's metadata; JPEG, or PNG where the picture has transparency. Made
+    /// on first request and kept. An image too large to decode within the server's bounds, or
+    /// not an image, is 422.
+    ///
+    /// Permission: `files.read`.
+    #[oai(path = "/v1/assets/:asset_id/thumbnail", method = "get", operation_id = "getAssetThumbnail")]
+    async fn thumbnail(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        asset_id: Path<String>,
+        size: Query<Option<ThumbnailSize>>,
+    ) -> Result<Thumbnail, ThumbnailErrors> {
+        let p = auth.require(&app, Permission::FilesRead).await?;
+        let a = visible(&app, &p, &asset_id.0).await?;
+        let size = crate::thumbs::Size::from(size.0.unwrap_or(ThumbnailSize::Large));
+        let sha = Sha256::parse_hex(&a.sha256).ok_or(DomainError::NotFound { what: "asset" })?;
+        let etag = format!("\"{}-{}\"", a.sha256, size.as_str());
+        if req.header("if-none-match").is_some_and(|v| etag_listed(v, &etag)) {
+            return Ok(Thumbnail(Response::builder().status(StatusCode::NOT_MODIFIED).header("etag", etag).finish()));
+        }
+        let blob = app.uploads.blobs().path(p.org, &sha);
+        let thumb = app.thumbs.get(p.org, &sha, &a.content_type, blob, size).await.map_err(|e| match e {
+            crate::thumbs::ThumbError::NotAnImage => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "not_an_image", e.to_string())
+            }
+            crate::thumbs::ThumbError::TooLarge(_) => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "image_too_large", e.to_string())
+            }
+            crate::thumbs::ThumbError::Undecodable(_) => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "undecodable_image", e.to_string())
+            }
+            crate::thumbs::ThumbError::Io(e) => Problem::from(crate::store::StoreError::from(e)),
+        })?;
+        let bytes = tokio::fs::read(&thumb.path).await.map_err(|e| Problem::from(crate::store::StoreError::from(e)))?;
+        app.metrics.file_bytes_out.inc_by(bytes.len() as u64);
+        Ok(Thumbnail(
+            Response::builder()
+                .content_type(thumb.content_type)
+                .header("etag", etag)
+                .header("cache-control", "private, no-cache")
+                .header("content-disposition", disposition("inline", &format!("thumbnail-{}", a.name)))
+                .body(bytes),
+        ))
+    }
+
     /// Download a file by a signed link (from `signAssetUrl`), without credentials; as
     /// `downloadAsset` otherwise.
     #[oai(path = "/v1/download/:org_id/:asset_id", method = "get", operation_id = "downloadSignedAsset")]
@@ -836,6 +908,51 @@ impl ApiResponse for Download {
     fn register(registry: &mut Registry) {
         super::problem::register(registry);
     }
+}
+
+/// A thumbnail's answer: 200 (JPEG or PNG) or 304.
+pub struct Thumbnail(Response);
+
+impl poem::IntoResponse for Thumbnail {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl ApiResponse for Thumbnail {
+    fn meta() -> MetaResponses {
+        let etag = || MetaHeader {
+            name: "ETag".to_owned(),
+            description: Some("The image's SHA-256 and the size, quoted".to_owned()),
+            required: true,
+            deprecated: false,
+            schema: <String as Type>::schema_ref(),
+        };
+        let image = |content_type| MetaMediaType {
+            content_type,
+            schema: <poem_openapi::types::Binary<Vec<u8>> as Type>::schema_ref(),
+        };
+        MetaResponses {
+            responses: vec![
+                MetaResponse {
+                    description: "The thumbnail",
+                    status: Some(200),
+                    status_range: None,
+                    content: vec![image("image/jpeg"), image("image/png")],
+                    headers: vec![etag()],
+                },
+                MetaResponse {
+                    description: "Not modified: the `If-None-Match` ETag is current",
+                    status: Some(304),
+                    status_range: None,
+                    content: vec![],
+                    headers: vec![etag()],
+                },
+            ],
+        }
+    }
+
+    fn register(_registry: &mut Registry) {}
 }
 
 /// The byte range a `Range` header asks of a file of `size` bytes: `None` to send it whole,

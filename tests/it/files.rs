@@ -548,3 +548,160 @@ async fn fsck_finds_a_flipped_byte() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("DAMAGED: organization") && out.contains(&sha), "{out}");
 }
+
+/// Deleted files' bytes are collected after the grace period, unless another file still has
+/// the same content; the same content uploaded again afterwards is stored anew.
+#[tokio::test]
+async fn the_collector_removes_bytes_no_record_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.files.gc_grace_s = 0;
+    config.files.gc_interval_s = 1;
+    let s = TestServer::start_with(config).await;
+    let (_, token) = member(&s).await;
+    let (lone, shared) = (noise(5_000, 14), noise(6_000, 15));
+    let id = |v: Value| v["id"].as_str().unwrap().to_owned();
+    let a = id(put_file(&s, &token, "lone", lone.clone()).await.json().await.unwrap());
+    let b1 = id(put_file(&s, &token, "shared1", shared.clone()).await.json().await.unwrap());
+    let _b2 = id(put_file(&s, &token, "shared2", shared.clone()).await.json().await.unwrap());
+    assert_eq!(count_files(&dir.path().join("blobs")), 2);
+    for asset in [&a, &b1] {
+        let r = s.http.delete(s.url(&format!("/v1/assets/{asset}"))).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    // The lone file's bytes go; the shared content stays for the file that still has it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count_files(&dir.path().join("blobs")) != 1 {
+        assert!(std::time::Instant::now() < deadline, "the collector did not remove the bytes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mine = get_json(&s, &token, "/v1/assets").await;
+    let left = &mine["items"][0];
+    let got = s.http.get(s.url(left["content_url"].as_str().unwrap())).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap().as_ref(), shared.as_slice());
+    // Uploaded again, the lone content is stored anew and reads back.
+    let again: Value = put_file(&s, &token, "lone again", lone.clone()).await.json().await.unwrap();
+    let got = s.http.get(s.url(again["content_url"].as_str().unwrap())).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap().as_ref(), lone.as_slice());
+    let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("outpost_file_blobs_collected_total 1"), "{m}");
+    s.stop().await;
+}
+
+/// An image's thumbnails: fitted to the size asked, turned upright by the EXIF orientation,
+/// cached; a file that declares a huge picture (a decompression bomb) is refused before any
+/// pixel is decoded; a file that is not an image is refused.
+#[tokio::test]
+async fn thumbnails_are_upright_bounded_and_cached() {
+    use image::{ImageEncoder, Rgb, RgbImage};
+    let s = TestServer::start().await;
+    let (_, token) = member(&s).await;
+    let upload = |name: &str, ty: &str, bytes: Vec<u8>| {
+        s.http.post(s.url(&format!("/v1/assets?name={name}&content_type={ty}"))).bearer_auth(&token).body(bytes).send()
+    };
+    let thumb = |id: String, size: &'static str| {
+        s.http.get(s.url(&format!("/v1/assets/{id}/thumbnail?size={size}"))).bearer_auth(&token).send()
+    };
+    let id = |v: Value| v["id"].as_str().unwrap().to_owned();
+
+    // A 300x100 picture stored as PNG: its small thumbnail is 128 wide, proportions kept.
+    let picture = RgbImage::from_fn(300, 100, |x, _| if x < 150 { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) });
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&picture, 300, 100, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let png_id = id(upload("wide.png", "image/png", png).await.unwrap().json().await.unwrap());
+    let r = thumb(png_id.clone(), "small").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let t = image::load_from_memory(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!((t.width(), t.height()), (128, 43));
+    // Asked again: the same bytes from the cache; with its ETag: 304.
+    assert_eq!(thumb(png_id.clone(), "small").await.unwrap().status(), 200);
+    let r = s
+        .http
+        .get(s.url(&format!("/v1/assets/{png_id}/thumbnail?size=small")))
+        .bearer_auth(&token)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    // The same picture as a JPEG whose EXIF says "rotate 90°": the thumbnail stands upright
+    // (taller than wide) and carries no EXIF of its own.
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .write_image(&picture, 300, 100, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let rotated = with_exif_orientation(&jpeg, 6);
+    let jpg_id = id(upload("photo.jpg", "image/jpeg", rotated).await.unwrap().json().await.unwrap());
+    let r = thumb(jpg_id, "small").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    let t = image::load_from_memory(&bytes).unwrap();
+    assert_eq!((t.width(), t.height()), (43, 128));
+    assert!(!bytes.windows(6).any(|w| w == b"Exif\0\0"), "the thumbnail carries EXIF");
+
+    // 30000 x 30000 pixels declared in a file of a few dozen bytes: refused unread.
+    let bomb_id =
+        id(upload("bomb.png", "image/png", png_declaring(30_000, 30_000)).await.unwrap().json().await.unwrap());
+    expect_problem(thumb(bomb_id, "large").await.unwrap(), 422, "image_too_large").await;
+    let text_id = id(upload("a.txt", "text/plain", b"words".to_vec()).await.unwrap().json().await.unwrap());
+    expect_problem(thumb(text_id, "small").await.unwrap(), 422, "not_an_image").await;
+    let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("outpost_thumbnails_made_total 2"), "{m}");
+    assert!(m.contains("outpost_thumbnails_served_cached_total 1"), "{m}");
+    s.stop().await;
+}
+
+/// `jpeg` with an APP1 Exif segment saying `orientation` inserted after its start marker.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    // TIFF, little-endian: header, one IFD with one entry (0x0112 Orientation, SHORT, 1).
+    let mut tiff = b"II*\0\x08\0\0\0".to_vec();
+    tiff.extend_from_slice(&1u16.to_le_bytes());
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
+    tiff.extend_from_slice(&3u16.to_le_bytes());
+    tiff.extend_from_slice(&1u32.to_le_bytes());
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// A PNG that declares `w` x `h` 8-bit RGBA pixels and holds almost none of them.
+fn png_declaring(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 == 1 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    fn chunk(out: &mut Vec<u8>, kind: [u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 6, 0, 0, 0]);
+    chunk(&mut out, *b"IHDR", &ihdr);
+    // A zlib stream of a few zero bytes (stored block).
+    chunk(&mut out, *b"IDAT", &[0x78, 0x01, 0x01, 0x04, 0x00, 0xFB, 0xFF, 0, 0, 0, 0, 0x00, 0x04, 0x00, 0x01]);
+    chunk(&mut out, *b"IEND", &[]);
+    out
+}

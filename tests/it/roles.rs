@@ -298,6 +298,25 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
             return (url, Some(Body::Tus(vec![("upload-offset", "0".into())], Some(b"hello".to_vec()))));
         }
         "signAssetUrl" => Some(json!({})),
+        "getAssetThumbnail" => {
+            // A picture of the caller's own (the fixture's file is text).
+            use image::ImageEncoder;
+            let mut png = Vec::new();
+            image::codecs::png::PngEncoder::new(&mut png)
+                .write_image(&[0u8; 12], 2, 2, image::ExtendedColorType::Rgb8)
+                .unwrap();
+            let r = s
+                .http
+                .post(s.url("/v1/assets?name=p.png&content_type=image/png"))
+                .bearer_auth(&p.me.access)
+                .body(png)
+                .send()
+                .await
+                .unwrap();
+            let picture: Value = r.json().await.unwrap();
+            url = format!("/v1/assets/{}/thumbnail", picture["id"].as_str().unwrap());
+            None
+        }
         "changeParticipantRole" | "removeParticipant" => {
             let (room, maker) = at.room;
             post(maker, format!("/v1/rooms/{room}/participants"), json!({ "user_id": p.target })).await;
