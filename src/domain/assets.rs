@@ -2,7 +2,8 @@
 //! holds them, once per organization); its record is committed only after the blob is durable.
 //!
 //! An asset belongs to the user who uploaded it; that user (and the organization's admins)
-//! read and delete it. Usage is counted per organization by distinct blob, so a file uploaded
+//! read and delete it, and whoever reads a place it was shared in (attached to a message or a
+//! comment there) reads it too. Usage is counted per organization by distinct blob, so a file uploaded
 //! twice costs its bytes once, and the quota is checked in the same commit that adds a blob.
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,52 @@ pub struct Asset {
     pub created_at_ms: i64,
     #[serde(default)]
     pub deleted_at_ms: Option<i64>,
+    /// Where it was shared (attached to a message or comment there): whoever reads one of
+    /// these places reads the file too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_in: Vec<SharedIn>,
+}
+
+/// A place a file was shared in.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedIn {
+    Channel(Id),
+    Task(Id),
+}
+
+/// Places one file may be shared in at most.
+pub const SHARED_IN_MAX: usize = 1000;
+
+/// Shares the file `id` of `owner` in `place` (in the transaction of the message that carries
+/// it): the file must be the owner's own and not deleted (else 422 at `pointer`).
+pub fn share(
+    tx: &mut Tx<'_, '_>,
+    org: Id,
+    owner: Id,
+    id: Id,
+    place: SharedIn,
+    pointer: &str,
+) -> Result<Asset, DomainError> {
+    let key = org_id_key(org, id);
+    let mut a: Asset = tx
+        .get(ASSETS, &key)?
+        .map(|v| decode(ASSETS, &v))
+        .transpose()?
+        .filter(|a: &Asset| a.deleted_at_ms.is_none() && a.created_by == owner)
+        .ok_or_else(|| DomainError::invalid(pointer, "unknown_asset", "no file of yours has this id"))?;
+    if !a.shared_in.contains(&place) {
+        if a.shared_in.len() >= SHARED_IN_MAX {
+            return Err(DomainError::invalid(
+                pointer,
+                "too_widely_shared",
+                format!("a file is shared in {SHARED_IN_MAX} places at most"),
+            ));
+        }
+        a.shared_in.push(place);
+        tx.put(ASSETS, &key, &encode(&a))?;
+    }
+    Ok(a)
 }
 
 /// A blob the organization holds: its size and how many live assets name it.
@@ -119,6 +166,7 @@ pub async fn create(writer: &Writer, ctx: MutationCtx, new: NewAsset) -> Result<
                 created_by: new.created_by,
                 created_at_ms: tx.now_ms(),
                 deleted_at_ms: None,
+                shared_in: Vec::new(),
             };
             tx.put(ASSETS, &key, &encode(&asset))?;
             tx.put(USER_ASSETS, &org_id_id_key(org, asset.created_by, asset.id), &[])?;
@@ -168,16 +216,6 @@ pub fn quota_exceeded(quota: u64, used: u64) -> DomainError {
         code: "storage_quota_exceeded",
         detail: format!("the organization's files may take {quota} bytes and {used} are in use or reserved"),
     }
-}
-
-/// Asset `id` as `caller` may see it: their own, or any with `manager` (deleted ones are gone).
-pub fn get(r: &Reader, scope: OrgScope, caller: Id, manager: bool, id: Id) -> Result<Asset, DomainError> {
-    let org = scope.org();
-    r.get(ASSETS, &org_id_key(org, id))?
-        .map(|v| decode::<Asset>(ASSETS, &v))
-        .transpose()?
-        .filter(|a| a.deleted_at_ms.is_none() && (manager || a.created_by == caller))
-        .ok_or(DomainError::NotFound { what: "asset" })
 }
 
 /// The stored asset `id`, whoever uploaded it (for an upload that finished, and for signed

@@ -118,6 +118,20 @@ pub struct MessageView {
     pub created_at: String,
     pub edited_at: Option<String>,
     pub deleted_at: Option<String>,
+    /// Files attached to it.
+    pub attachments: Vec<AttachmentView>,
+}
+
+/// A file attached to a message.
+#[derive(Object, Debug, Serialize)]
+#[oai(rename = "Attachment")]
+pub struct AttachmentView {
+    pub id: String,
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+    /// Where to download it (whoever reads the message may).
+    pub content_url: String,
 }
 
 pub(super) fn message_view(m: Message) -> MessageView {
@@ -148,6 +162,17 @@ pub(super) fn message_view(m: Message) -> MessageView {
         created_at: rfc3339(m.created_at_ms),
         edited_at: m.edited_at_ms.map(rfc3339),
         deleted_at: m.deleted_at_ms.map(rfc3339),
+        attachments: m
+            .attachments
+            .into_iter()
+            .map(|a| AttachmentView {
+                content_url: format!("/v1/assets/{}/content", a.id),
+                id: a.id.to_string(),
+                name: a.name,
+                content_type: a.content_type,
+                size: a.size,
+            })
+            .collect(),
     }
 }
 
@@ -188,6 +213,9 @@ pub struct PostBody {
     pub thread_parent_id: Option<String>,
     /// Users to notify in their inbox.
     pub mention_ids: Option<Vec<String>>,
+    /// Files of the author's own (uploaded first) to attach; the channel's readers may then
+    /// download them.
+    pub attachment_ids: Option<Vec<String>>,
 }
 
 #[derive(Object, Debug, Deserialize)]
@@ -248,9 +276,7 @@ pub(super) fn ids(v: Option<Vec<String>>, pointer: &str) -> Result<Vec<Id>, Doma
     v.unwrap_or_default()
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            s.parse().map_err(|_| DomainError::invalid(&format!("{pointer}/{i}"), "invalid_id", "not a user id"))
-        })
+        .map(|(i, s)| s.parse().map_err(|_| DomainError::invalid(&format!("{pointer}/{i}"), "invalid_id", "not an id")))
         .collect()
 }
 
@@ -477,6 +503,7 @@ impl ChatApi {
             thread_parent,
             mentions: ids(b.mention_ids, "/mention_ids")?,
             idempotency_key: idempotency_key.0,
+            attachments: ids(b.attachment_ids, "/attachment_ids")?,
         };
         Ok(Posted::Created(Json(message_view(
             chat::post(&app.writer, user_ctx(req, &p), p.user, Place::Channel(id), new).await?,

@@ -197,6 +197,9 @@ fn field_rule(schema: &str, field: &str) -> Option<Value> {
         ("NewTask" | "TaskFields", "assignee_ids") => {
             json!({ "maxItems": tasks::ASSIGNEES_MAX, "items": { "type": "string", "format": "uuid" } })
         }
+        ("PostMessage" | "PostComment", "attachment_ids") => {
+            json!({ "maxItems": posts::ATTACHMENTS_MAX, "items": { "type": "string", "format": "uuid" } })
+        }
         ("PostMessage" | "PostComment", "mention_ids") => {
             json!({ "maxItems": posts::MENTIONS_MAX, "items": { "type": "string", "format": "uuid" } })
         }

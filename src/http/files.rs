@@ -30,7 +30,7 @@ use crate::app::App;
 use crate::auth::Principal;
 use crate::blobs::Sha256;
 use crate::domain::DomainError;
-use crate::domain::assets::{self, Asset};
+use crate::domain::assets::{self, Asset, SharedIn};
 use crate::domain::paging::PageRequest;
 use crate::domain::policy::Permission;
 use crate::ids::{self, Id, rfc3339};
@@ -629,7 +629,8 @@ impl FilesApi {
         Ok(Json(AssetPage { items: page.items.iter().map(view).collect(), next_cursor: page.next_cursor }))
     }
 
-    /// One file's record: its uploader's, or any for the organization's admins.
+    /// One file's record: the caller's own, any for the organization's admins, or one attached
+    /// to a message or comment the caller may read.
     ///
     /// Permission: `files.read`.
     #[oai(path = "/v1/assets/:asset_id", method = "get", operation_id = "getAsset")]
@@ -833,11 +834,36 @@ fn signature(key: &[u8; 32], org: Id, asset: Id, expires: u64) -> String {
     URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, signed_text(org, asset, expires).as_bytes()).as_ref())
 }
 
-/// The asset `id` as the caller may see it.
+/// The asset `id` as the caller may see it: their own, any for the organization's admins, or
+/// one shared in a place they read (a channel they may see, the organization's tasks).
 async fn visible(app: &App, p: &Principal, id: &str) -> Result<Asset, DomainError> {
+    let not_found = || DomainError::NotFound { what: "asset" };
     let id = parse_id(id, "asset")?;
-    let (scope, user, manager) = (OrgScope::member(p), p.user, manager(p));
-    app.store.read(move |r| assets::get(r, scope, user, manager, id)).await
+    let scope = OrgScope::member(p);
+    let a = app
+        .store
+        .read(move |r| assets::find(r, scope, id))
+        .await?
+        .filter(|a| a.deleted_at_ms.is_none())
+        .ok_or_else(not_found)?;
+    if a.created_by == p.user || manager(p) {
+        return Ok(a);
+    }
+    for place in &a.shared_in {
+        let reads = match *place {
+            SharedIn::Channel(c) => {
+                p.require(Permission::ChatUse).is_ok() && crate::domain::chat::get(&app.store, p.org, p.user, c).is_ok()
+            }
+            SharedIn::Task(t) => {
+                p.require(Permission::TasksRead).is_ok()
+                    && crate::domain::tasks::get(&app.store, scope, t, false).await.is_ok()
+            }
+        };
+        if reads {
+            return Ok(a);
+        }
+    }
+    Err(not_found())
 }
 
 /// A download's answer: 200, 206, 304 or 416, with the file streamed from disk in bounded

@@ -221,6 +221,9 @@ pub struct CommentBody {
     pub text: String,
     /// Users to notify in their inbox.
     pub mention_ids: Option<Vec<String>>,
+    /// Files of the author's own (uploaded first) to attach; whoever reads the organization's
+    /// tasks may then download them.
+    pub attachment_ids: Option<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -416,6 +419,7 @@ impl TasksApi {
             thread_parent: None,
             mentions: ids(b.mention_ids, "/mention_ids")?,
             idempotency_key: idempotency_key.0,
+            attachments: ids(b.attachment_ids, "/attachment_ids")?,
         };
         let m = chat::post(&app.writer, user_ctx(req, &p), p.user, Place::Task(id), new).await?;
         Ok(Posted::Created(Json(message_view(m))))

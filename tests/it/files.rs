@@ -705,3 +705,81 @@ fn png_declaring(w: u32, h: u32) -> Vec<u8> {
     chunk(&mut out, *b"IEND", &[]);
     out
 }
+
+/// A file attached to a message in a private channel is readable by the channel's members and
+/// nobody else; one attached to a task's comment by whoever reads the tasks. Only one's own
+/// files can be attached.
+#[tokio::test]
+async fn attachments_are_visible_where_their_message_is() {
+    let s = TestServer::start().await;
+    let (org, sl, ann_token) = member_and_slug(&s).await;
+    let mut users = Vec::new();
+    for name in ["bob", "cat"] {
+        let u = operator_invite_and_accept(&s, &org, &format!("{name}@example.org"), "member").await;
+        users.push((
+            u["user"]["id"].as_str().or(u["id"].as_str()).unwrap().to_owned(),
+            login(&s, &sl, name).await.access,
+        ));
+    }
+    let [(bob_id, bob), (_, cat)] = [users[0].clone(), users[1].clone()];
+    let file: Value = put_file(&s, &ann_token, "plan.txt", b"the plan".to_vec()).await.json().await.unwrap();
+    let file_id = file["id"].as_str().unwrap().to_owned();
+    let chan: Value = crate::support::post_json(
+        &s,
+        &ann_token,
+        "/v1/channels",
+        json!({ "kind": "private", "name": "planning", "member_ids": [bob_id] }),
+    )
+    .await;
+    let chan_id = chan["id"].as_str().unwrap().to_owned();
+    let posted = s
+        .http
+        .post(s.url(&format!("/v1/channels/{chan_id}/messages")))
+        .bearer_auth(&ann_token)
+        .json(&json!({ "text": "here it is", "attachment_ids": [file_id] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+    let posted: Value = posted.json().await.unwrap();
+    assert_eq!(posted["attachments"][0]["name"], "plan.txt", "{posted}");
+    // Bob, in the channel, sees it in the history and downloads it.
+    let history = get_json(&s, &bob, &format!("/v1/channels/{chan_id}/messages")).await;
+    let att = &history["items"][0]["attachments"][0];
+    assert_eq!(att["id"], file_id.as_str(), "{history}");
+    let r = s.http.get(s.url(att["content_url"].as_str().unwrap())).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "the plan");
+    // Cat, not in the channel, finds nothing.
+    for path in [format!("/v1/assets/{file_id}"), format!("/v1/assets/{file_id}/content")] {
+        let r = s.http.get(s.url(&path)).bearer_auth(&cat).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    // Someone else's file cannot be attached.
+    let cats: Value = put_file(&s, &cat, "cat.txt", b"mine".to_vec()).await.json().await.unwrap();
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/channels/{chan_id}/messages")))
+        .bearer_auth(&ann_token)
+        .json(&json!({ "text": "borrowed", "attachment_ids": [cats["id"]] }))
+        .send()
+        .await
+        .unwrap();
+    let p = expect_problem(r, 422, "validation_failed").await;
+    assert_eq!(p["errors"][0]["pointer"], "/attachment_ids/0", "{p}");
+    // A task's comment shares its file with whoever reads the tasks: Cat too.
+    let task: Value = crate::support::post_json(&s, &ann_token, "/v1/tasks", json!({ "title": "ship it" })).await;
+    let notes: Value = put_file(&s, &ann_token, "notes.txt", b"notes".to_vec()).await.json().await.unwrap();
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/tasks/{}/comments", task["id"].as_str().unwrap())))
+        .bearer_auth(&ann_token)
+        .json(&json!({ "text": "see notes", "attachment_ids": [notes["id"]] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s.http.get(s.url(notes["content_url"].as_str().unwrap())).bearer_auth(&cat).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    s.stop().await;
+}

@@ -18,6 +18,15 @@ pub struct Version {
     pub at_ms: i64,
 }
 
+/// A file attached to a message, as the message shows it (the file's record has the rest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub id: Id,
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub id: Id,
@@ -41,6 +50,9 @@ pub struct Message {
     pub created_at_ms: i64,
     pub edited_at_ms: Option<i64>,
     pub deleted_at_ms: Option<i64>,
+    /// Files attached when it was posted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 /// `org ‖ channel ‖ seq`.

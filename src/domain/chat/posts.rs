@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::channels::{ChannelKind, DIRECT_MEMBERS_MAX, Member};
-use super::messages::{Message, Version, message_key};
+use super::messages::{Attachment, Message, Version, message_key};
 use super::{Opened, Place, find_message, open};
 use crate::domain::users::sha256;
 use crate::domain::{DomainError, FieldError, check};
@@ -26,6 +26,8 @@ pub const EMOJI_CHARS_MAX: usize = 32;
 /// Longest idempotency key, in characters.
 pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 200;
 pub const REACTIONS_MAX: usize = 50;
+/// Files one message may carry.
+pub const ATTACHMENTS_MAX: usize = 10;
 pub const HISTORY_LIMIT_MAX: usize = 100;
 pub const HISTORY_LIMIT_MAX_U32: u32 = HISTORY_LIMIT_MAX as u32;
 
@@ -34,6 +36,8 @@ pub struct NewMessage {
     pub thread_parent: Option<Id>,
     pub mentions: Vec<Id>,
     pub idempotency_key: Option<String>,
+    /// The author's own files to attach; whoever reads the place then reads them too.
+    pub attachments: Vec<Id>,
 }
 
 /// Posts a message (in a channel: members only). With an idempotency key, a repeat returns
@@ -56,6 +60,9 @@ pub async fn post(
     if new.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.chars().count() > IDEMPOTENCY_KEY_CHARS_MAX) {
         let detail = format!("1–{IDEMPOTENCY_KEY_CHARS_MAX} characters");
         errors.push(FieldError::new("/idempotency_key", "invalid_length", detail));
+    }
+    if new.attachments.len() > ATTACHMENTS_MAX {
+        errors.push(FieldError::new("/attachment_ids", "too_many", format!("at most {ATTACHMENTS_MAX}")));
     }
     if matches!(place, Place::Task(_)) && new.thread_parent.is_some() {
         errors.push(FieldError::new("/thread_parent_id", "not_allowed", "task comments have no threads"));
@@ -103,6 +110,19 @@ pub async fn post(
                     mentions.push(*m);
                 }
             }
+            let shared_in = match place {
+                Place::Channel(c) => crate::domain::assets::SharedIn::Channel(c),
+                Place::Task(t) => crate::domain::assets::SharedIn::Task(t),
+            };
+            let mut attachments: Vec<Attachment> = Vec::new();
+            for (i, file) in new.attachments.iter().enumerate() {
+                if attachments.iter().any(|a| a.id == *file) {
+                    continue;
+                }
+                let pointer = format!("/attachment_ids/{i}");
+                let a = crate::domain::assets::share(tx, org, author, *file, shared_in, &pointer)?;
+                attachments.push(Attachment { id: a.id, name: a.name, content_type: a.content_type, size: a.size });
+            }
             let seq = opened.next_seq(tx, org)?;
             let now = tx.now_ms();
             let msg = Message {
@@ -120,6 +140,7 @@ pub async fn post(
                 created_at_ms: now,
                 edited_at_ms: None,
                 deleted_at_ms: None,
+                attachments,
             };
             let at = message_key(org, container, msg.seq);
             tx.put(MESSAGES, &at, &encode(&msg))?;
