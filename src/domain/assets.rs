@@ -12,7 +12,9 @@ use serde_json::json;
 use super::DomainError;
 use super::paging::{Page, PageRequest, encode_cursor};
 use crate::ids::Id;
-use crate::store::tables::{ASSET_BLOBS, ASSET_USAGE, ASSETS, USER_ASSETS, org_bytes_key, org_id_id_key, org_id_key};
+use crate::store::tables::{
+    ASSET_BLOBS, ASSET_USAGE, ASSETS, ROOM_ASSETS, USER_ASSETS, org_bytes_key, org_id_id_key, org_id_key,
+};
 use crate::store::writer::{MutationCtx, Tx, Writer};
 use crate::store::{Reader, Store, StoreError, decode, encode, prefix_end};
 use crate::tenancy::OrgScope;
@@ -46,6 +48,7 @@ pub struct Asset {
 pub enum SharedIn {
     Channel(Id),
     Task(Id),
+    Room(Id),
 }
 
 /// Places one file may be shared in at most.
@@ -330,4 +333,103 @@ pub async fn forget_blob(
 /// Whether the organization holds a record of blob `sha`.
 pub fn blob_named(r: &Reader, org: Id, sha: &[u8; 32]) -> Result<bool, StoreError> {
     Ok(r.get(ASSET_BLOBS, &org_bytes_key(org, sha))?.is_some())
+}
+
+/// Versions one named room file keeps at most.
+pub const ROOM_VERSIONS_MAX: usize = 1000;
+/// Named files one room lists at most.
+pub const ROOM_ASSETS_MAX: usize = 500;
+
+/// A room's named file (a scene's model, a texture) and every version of it, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoomAsset {
+    pub room: Id,
+    pub name: String,
+    pub versions: Vec<RoomAssetVersion>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoomAssetVersion {
+    pub version: u32,
+    pub asset: Id,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+    pub added_by: Id,
+    pub added_at_ms: i64,
+}
+
+fn room_asset_key(org: Id, room: Id, name: &str) -> Vec<u8> {
+    let mut k = org_id_key(org, room).to_vec();
+    k.extend_from_slice(&crate::blobs::Sha256::of(name.as_bytes()).0);
+    k
+}
+
+/// Makes the caller's file `asset` the newest version of the room's file `name` (the older
+/// versions stay); whoever reads the room reads every version. The caller's room role was
+/// checked by the caller.
+pub async fn add_room_version(
+    writer: &Writer,
+    ctx: MutationCtx,
+    owner: Id,
+    room: Id,
+    name: String,
+    asset: Id,
+) -> Result<RoomAsset, DomainError> {
+    check_name(&name)?;
+    let org = ctx.scope.org();
+    writer
+        .submit(ctx, move |tx| {
+            let key = room_asset_key(org, room, &name);
+            let mut ra: RoomAsset = if let Some(v) = tx.get(ROOM_ASSETS, &key)? {
+                decode(ROOM_ASSETS, &v)?
+            } else {
+                let base = org_id_key(org, room);
+                if tx.range(ROOM_ASSETS, &base, &prefix_end(&base), ROOM_ASSETS_MAX)?.len() >= ROOM_ASSETS_MAX {
+                    return Err(DomainError::Conflict {
+                        code: "too_many_room_assets",
+                        detail: format!("a room has {ROOM_ASSETS_MAX} named files at most"),
+                    });
+                }
+                RoomAsset { room, name: name.clone(), versions: Vec::new() }
+            };
+            if ra.versions.len() >= ROOM_VERSIONS_MAX {
+                return Err(DomainError::Conflict {
+                    code: "too_many_versions",
+                    detail: format!("a room's file keeps {ROOM_VERSIONS_MAX} versions at most"),
+                });
+            }
+            let a = share(tx, org, owner, asset, SharedIn::Room(room), "/asset_id")?;
+            let version = ra.versions.last().map_or(1, |v| v.version + 1);
+            ra.versions.push(RoomAssetVersion {
+                version,
+                asset: a.id,
+                content_type: a.content_type.clone(),
+                size: a.size,
+                sha256: a.sha256.clone(),
+                added_by: owner,
+                added_at_ms: tx.now_ms(),
+            });
+            tx.put(ROOM_ASSETS, &key, &encode(&ra))?;
+            let data = json!({ "room": room, "name": ra.name, "version": version, "asset": a.id });
+            tx.emit(format!("room:{room}"), "room_asset.added", data.clone());
+            tx.audit("room_asset.add", format!("room:{room}"), data);
+            Ok(ra)
+        })
+        .await
+}
+
+/// The room's named files, each with its versions.
+pub async fn room_assets(store: &Store, scope: OrgScope, room: Id) -> Result<Vec<RoomAsset>, DomainError> {
+    store
+        .read(move |r| {
+            let base = org_id_key(scope.org(), room);
+            let mut out: Vec<RoomAsset> = Vec::new();
+            for (_, v) in r.range(ROOM_ASSETS, &base, &prefix_end(&base), false, ROOM_ASSETS_MAX)? {
+                out.push(decode(ROOM_ASSETS, &v)?);
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+        .await
 }

@@ -171,6 +171,12 @@ fn field_rule(schema: &str, field: &str) -> Option<Value> {
     Some(match (schema, field) {
         ("CreateApiKey", "name") => text(api_keys::NAME_CHARS_MAX),
         ("NewSignedUrl", "ttl_s") => json!({ "minimum": 1 }),
+        ("NewRoomAssetVersion", "name") => json!({
+            "minLength": 1,
+            "maxLength": assets::NAME_CHARS_MAX,
+            "pattern": format!("^[^{CONTROL}]*[^{WHITE_SPACE}{CONTROL}][^{CONTROL}]*$")
+        }),
+        ("NewRoomAssetVersion", "asset_id") => json!({ "format": "uuid" }),
         ("CreateRoom" | "UpdateRoom", "name") => text(rooms::NAME_CHARS_MAX),
         ("CreateRoom" | "UpdateRoom", "description") => at_most(rooms::DESCRIPTION_CHARS_MAX),
         ("CreateChannel" | "UpdateChannel", "name") => text(channels::NAME_CHARS_MAX),

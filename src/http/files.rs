@@ -56,6 +56,76 @@ crate::problems!(AssetUploadErrors: 400, 401, 403, 409, 411, 413, 422, 507);
 crate::problems!(DownloadErrors: 400, 401, 403, 404);
 crate::problems!(SignedDownloadErrors: 400, 403, 404);
 crate::problems!(ThumbnailErrors: 400, 401, 403, 404, 422);
+crate::problems!(RoomAssetErrors: 400, 401, 403, 404, 409, 422);
+crate::problems!(RoomAssetReadErrors: 401, 403, 404);
+
+/// Adds a version of a room's named file.
+#[derive(Object, Debug, serde::Deserialize)]
+#[oai(rename = "NewRoomAssetVersion", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct NewRoomAssetVersion {
+    /// The room's name for the file (`scene.glb`, `floor texture`): a new name starts at
+    /// version 1, a known one gets its next version.
+    pub name: String,
+    /// A file of the caller's own (uploaded first).
+    pub asset_id: String,
+}
+
+/// One version of a room's named file.
+#[derive(Object, Debug)]
+#[oai(rename = "RoomAssetVersion")]
+pub struct RoomAssetVersionView {
+    pub version: u32,
+    pub asset_id: String,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+    pub added_by: String,
+    pub added_at: String,
+    /// Where to download this version (whoever reads the room may).
+    pub content_url: String,
+}
+
+/// A room's named file and its versions, oldest first (the last is the current one).
+#[derive(Object, Debug)]
+#[oai(rename = "RoomAsset")]
+pub struct RoomAssetView {
+    pub name: String,
+    pub versions: Vec<RoomAssetVersionView>,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "RoomAssetList")]
+pub struct RoomAssetList {
+    /// By name.
+    pub items: Vec<RoomAssetView>,
+}
+
+fn room_asset_view(ra: assets::RoomAsset) -> RoomAssetView {
+    RoomAssetView {
+        name: ra.name,
+        versions: ra
+            .versions
+            .into_iter()
+            .map(|v| RoomAssetVersionView {
+                version: v.version,
+                content_url: format!("/v1/assets/{}/content", v.asset),
+                asset_id: v.asset.to_string(),
+                content_type: v.content_type,
+                size: v.size,
+                sha256: v.sha256,
+                added_by: v.added_by.to_string(),
+                added_at: rfc3339(v.added_at_ms),
+            })
+            .collect(),
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum RoomAssetAdded {
+    #[oai(status = 201)]
+    Created(Json<RoomAssetView>),
+}
 
 /// The box a thumbnail fits in, keeping the picture's proportions.
 #[derive(poem_openapi::Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -760,6 +830,49 @@ impl FilesApi {
         ))
     }
 
+    /// Add a version of one of the room's named files (a scene's model, a texture): a file of
+    /// the caller's own becomes the newest version of `name`; earlier versions stay. Everyone
+    /// who reads the room reads every version. Audited; `room_asset.added` on the room's topic.
+    ///
+    /// Permission: `files.write`. Room role: `member`.
+    #[oai(path = "/v1/rooms/:room_id/assets", method = "post", operation_id = "addRoomAssetVersion")]
+    async fn add_room_version(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        room_id: Path<String>,
+        body: JsonBody<NewRoomAssetVersion>,
+    ) -> Result<RoomAssetAdded, RoomAssetErrors> {
+        let p = auth.require(&app, Permission::FilesWrite).await?;
+        let room = parse_id(&room_id.0, "room")?;
+        super::media::require_room_role(&app, &p, room, crate::domain::policy::RoomRole::Member)?;
+        let b = body.0;
+        let asset = b
+            .asset_id
+            .parse()
+            .map_err(|_| DomainError::invalid("/asset_id", "unknown_asset", "no file of yours has this id"))?;
+        let ra = assets::add_room_version(&app.writer, user_ctx(req, &p), p.user, room, b.name, asset).await?;
+        Ok(RoomAssetAdded::Created(Json(room_asset_view(ra))))
+    }
+
+    /// The room's named files, each with all its versions.
+    ///
+    /// Permission: `files.read`. Room role: `viewer`.
+    #[oai(path = "/v1/rooms/:room_id/assets", method = "get", operation_id = "listRoomAssets")]
+    async fn list_room_assets(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        room_id: Path<String>,
+    ) -> Result<Json<RoomAssetList>, RoomAssetReadErrors> {
+        let p = auth.require(&app, Permission::FilesRead).await?;
+        let room = parse_id(&room_id.0, "room")?;
+        super::media::require_room_role(&app, &p, room, crate::domain::policy::RoomRole::Viewer)?;
+        let items = assets::room_assets(&app.store, OrgScope::member(&p), room).await?;
+        Ok(Json(RoomAssetList { items: items.into_iter().map(room_asset_view).collect() }))
+    }
+
     /// Download a file by a signed link (from `signAssetUrl`), without credentials; as
     /// `downloadAsset` otherwise.
     #[oai(path = "/v1/download/:org_id/:asset_id", method = "get", operation_id = "downloadSignedAsset")]
@@ -835,7 +948,8 @@ fn signature(key: &[u8; 32], org: Id, asset: Id, expires: u64) -> String {
 }
 
 /// The asset `id` as the caller may see it: their own, any for the organization's admins, or
-/// one shared in a place they read (a channel they may see, the organization's tasks).
+/// one shared in a place they read (a channel they may see, the organization's tasks, a room
+/// they take part in).
 async fn visible(app: &App, p: &Principal, id: &str) -> Result<Asset, DomainError> {
     let not_found = || DomainError::NotFound { what: "asset" };
     let id = parse_id(id, "asset")?;
@@ -857,6 +971,10 @@ async fn visible(app: &App, p: &Principal, id: &str) -> Result<Asset, DomainErro
             SharedIn::Task(t) => {
                 p.require(Permission::TasksRead).is_ok()
                     && crate::domain::tasks::get(&app.store, scope, t, false).await.is_ok()
+            }
+            SharedIn::Room(r) => {
+                p.require(Permission::RoomsRead).is_ok()
+                    && super::media::require_room_role(app, p, r, crate::domain::policy::RoomRole::Viewer).is_ok()
             }
         };
         if reads {

@@ -132,6 +132,9 @@ pub const ASSET_BLOBS: Table = org("asset_blobs", 39);
 /// org → bytes (u64 BE): the organization's stored file bytes (each blob once), for its quota.
 pub const ASSET_USAGE: Table = org("asset_usage", 40);
 
+/// org ‖ room ‖ SHA-256 of the name → `RoomAsset` JSON: a room's named file and its versions.
+pub const ROOM_ASSETS: Table = org("room_assets", 41);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -180,6 +183,7 @@ pub const ALL: &[Table] = &[
     USER_ASSETS,
     ASSET_BLOBS,
     ASSET_USAGE,
+    ROOM_ASSETS,
 ];
 
 /// `org ‖ a ‖ b`.

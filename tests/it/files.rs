@@ -783,3 +783,100 @@ async fn attachments_are_visible_where_their_message_is() {
     assert_eq!(r.status(), 200);
     s.stop().await;
 }
+
+/// A room's named file keeps its versions; the room's participants read every version, others
+/// nothing.
+#[tokio::test]
+async fn a_rooms_files_keep_their_versions_for_its_participants() {
+    let s = TestServer::start().await;
+    let (org, sl, ann) = member_and_slug(&s).await;
+    let mut others = Vec::new();
+    for name in ["bob", "cat"] {
+        let u = operator_invite_and_accept(&s, &org, &format!("{name}@example.org"), "member").await;
+        others.push((
+            u["user"]["id"].as_str().or(u["id"].as_str()).unwrap().to_owned(),
+            login(&s, &sl, name).await.access,
+        ));
+    }
+    let [(bob_id, bob), (_, cat)] = [others[0].clone(), others[1].clone()];
+    let room: Value =
+        crate::support::post_json(&s, &ann, "/v1/rooms", json!({ "name": "studio", "visibility": "private" })).await;
+    let room_id = room["id"].as_str().unwrap().to_owned();
+    assert!(
+        s.http
+            .post(s.url(&format!("/v1/rooms/{room_id}/join")))
+            .bearer_auth(&ann)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/rooms/{room_id}/participants")))
+        .bearer_auth(&ann)
+        .json(&json!({ "user_id": bob_id, "role": "viewer" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    assert!(
+        s.http
+            .post(s.url(&format!("/v1/rooms/{room_id}/join")))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let mut versions = Vec::new();
+    for body in ["model one", "model two"] {
+        let f: Value = put_file(&s, &ann, "scene.glb", body.as_bytes().to_vec()).await.json().await.unwrap();
+        let r = s
+            .http
+            .post(s.url(&format!("/v1/rooms/{room_id}/assets")))
+            .bearer_auth(&ann)
+            .json(&json!({ "name": "scene.glb", "asset_id": f["id"] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        versions.push(f["id"].as_str().unwrap().to_owned());
+    }
+    let list = get_json(&s, &bob, &format!("/v1/rooms/{room_id}/assets")).await;
+    let item = &list["items"][0];
+    assert_eq!(item["name"], "scene.glb", "{list}");
+    let got: Vec<(u64, &str)> = item["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["version"].as_u64().unwrap(), v["asset_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, [(1, versions[0].as_str()), (2, versions[1].as_str())]);
+    // Bob, a viewer in the room, reads the first version; Cat, outside it, reads neither.
+    let first = item["versions"][0]["content_url"].as_str().unwrap();
+    let r = s.http.get(s.url(first)).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "model one");
+    for v in &versions {
+        let r = s.http.get(s.url(&format!("/v1/assets/{v}/content"))).bearer_auth(&cat).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    assert_eq!(
+        s.http.get(s.url(&format!("/v1/rooms/{room_id}/assets"))).bearer_auth(&cat).send().await.unwrap().status(),
+        404
+    );
+    // A viewer may not add versions.
+    let f: Value = put_file(&s, &bob, "mine.glb", b"bob's".to_vec()).await.json().await.unwrap();
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/rooms/{room_id}/assets")))
+        .bearer_auth(&bob)
+        .json(&json!({ "name": "scene.glb", "asset_id": f["id"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    s.stop().await;
+}

@@ -149,7 +149,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                 let id = op["operationId"].as_str().unwrap();
                 let (url, body) = prepare(
                     &s,
-                    Prepare { id, role, me: &me, owner: &owner.access, target: &target_id },
+                    Prepare { id, role, me: &me, owner: &owner.access, target: &target_id, asset: &asset_id },
                     Places {
                         room: (&room_id, maker),
                         channel: (&channel_id, chan_maker),
@@ -257,6 +257,8 @@ struct Prepare<'a> {
     me: &'a crate::identity::Login,
     owner: &'a str,
     target: &'a str,
+    /// A file of the caller's own.
+    asset: &'a str,
 }
 
 /// The fresh room, channel and tasks, each with the token of whoever made it.
@@ -298,6 +300,7 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
             return (url, Some(Body::Tus(vec![("upload-offset", "0".into())], Some(b"hello".to_vec()))));
         }
         "signAssetUrl" => Some(json!({})),
+        "addRoomAssetVersion" => Some(json!({ "name": "scene.glb", "asset_id": p.asset })),
         "getAssetThumbnail" => {
             // A picture of the caller's own (the fixture's file is text).
             use image::ImageEncoder;
