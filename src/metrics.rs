@@ -73,6 +73,7 @@ pub struct Metrics {
     pub file_bytes_in: Counter,
     pub file_bytes_out: Counter,
     pub file_blobs_collected: Counter,
+    pub file_bytes_stored: Family<OrgLabels, Gauge>,
     pub thumbnails_made: Counter,
     pub thumbnails_served_cached: Counter,
     pub docs_loaded_bytes: Gauge,
@@ -97,6 +98,11 @@ pub struct Metrics {
     pub media_datagrams_unrouted: Counter,
     pub media_datagrams_dropped: Counter,
     pub log_lines_dropped: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrgLabels {
+    pub org: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -195,6 +201,12 @@ impl Metrics {
             "file_blobs_collected",
             "Files' bytes removed by the collector (no record named them for the grace period)",
             file_blobs_collected.clone(),
+        );
+        let file_bytes_stored = Family::<OrgLabels, Gauge>::default();
+        registry.register(
+            "file_bytes_stored",
+            "Bytes of files each organization stores (identical files once), as its quota counts them",
+            file_bytes_stored.clone(),
         );
         let thumbnails_made = Counter::default();
         registry.register("thumbnails_made", "Thumbnails decoded and encoded", thumbnails_made.clone());
@@ -323,6 +335,7 @@ impl Metrics {
             file_bytes_in,
             file_bytes_out,
             file_blobs_collected,
+            file_bytes_stored,
             thumbnails_made,
             thumbnails_served_cached,
             docs_loaded_bytes,

@@ -1,5 +1,5 @@
 //! Search: one tantivy index per store (the organization a field every query filters on) over
-//! messages, tasks, rooms and users, kept up to date by a durable follower of the event log.
+//! messages (with their attachments' names), tasks, rooms, users and files, kept up to date by a durable follower of the event log.
 //!
 //! The follower reads committed events in order, loads the current state of what they name
 //! from the store, upserts or deletes it in the index (by its key, so doing it twice is
@@ -27,7 +27,7 @@ use crate::ids::Id;
 use crate::store::events::{Event, EventBus};
 use crate::store::followers::{Follower, FollowerRegistry};
 use crate::store::tables::{
-    self, CHANNEL_MEMBERS, CHANNELS, MESSAGE_IDS, MESSAGES, ROOM_PARTICIPANTS, ROOMS, TASKS, USERS,
+    self, ASSETS, CHANNEL_MEMBERS, CHANNELS, MESSAGE_IDS, MESSAGES, ROOM_PARTICIPANTS, ROOMS, TASKS, USERS,
 };
 use crate::store::writer::Writer;
 use crate::store::{Reader, Store, StoreError, decode};
@@ -350,6 +350,8 @@ pub fn may_see(r: &Reader, org: Id, user: Id, scope: &str) -> Result<bool, Store
         }
         // A task's comments: whoever sees tasks, while the task exists.
         "task" => Ok(r.get(TASKS, &tables::org_id_key(org, id))?.is_some()),
+        // One's own files.
+        "user" => Ok(id == user),
         _ => Ok(false),
     }
 }
@@ -365,7 +367,28 @@ fn message_doc(org: Id, m: &Message) -> Op {
         kind: "message",
         scope: if m.on_task { format!("task:{}", m.channel) } else { format!("channel:{}", m.channel) },
         title: String::new(),
-        body: m.text.clone(),
+        body: m.attachments.iter().fold(m.text.clone(), |mut body, a| {
+            body.push(' ');
+            body.push_str(&a.name);
+            body
+        }),
+    })
+}
+
+/// A file, found by its name and type by its owner (where it is attached, its message is
+/// found by the name too).
+fn asset_doc(org: Id, a: &crate::domain::assets::Asset) -> Op {
+    let key = format!("file:{}", a.id);
+    if a.deleted_at_ms.is_some() {
+        return Op::Delete(key);
+    }
+    Op::Upsert(Doc {
+        key,
+        org,
+        kind: "file",
+        scope: format!("user:{}", a.created_by),
+        title: a.name.clone(),
+        body: a.content_type.clone(),
     })
 }
 
@@ -432,6 +455,11 @@ pub fn ops_for(r: &Reader, events: &[Event]) -> Result<Vec<Op>, StoreError> {
             if let Some(v) = r.get(ROOMS, &tables::org_id_key(org, id))? {
                 ops.push(room_doc(org, &decode(ROOMS, &v)?));
             }
+        } else if kind.starts_with("asset.") {
+            match r.get(ASSETS, &tables::org_id_key(org, id))? {
+                Some(v) => ops.push(asset_doc(org, &decode(ASSETS, &v)?)),
+                None => ops.push(Op::Delete(format!("file:{id}"))),
+            }
         } else if kind.starts_with("user.") {
             if let Some(v) = r.get(USERS, &tables::org_id_key(org, id))? {
                 ops.push(user_doc(org, &decode(USERS, &v)?));
@@ -448,7 +476,7 @@ pub fn each_doc(
     progress: &mut dyn FnMut(u64, u64),
     each: &mut dyn FnMut(Op) -> Result<(), SearchError>,
 ) -> Result<u64, SearchError> {
-    let total = r.len(MESSAGES)? + r.len(TASKS)? + r.len(ROOMS)? + r.len(USERS)?;
+    let total = r.len(MESSAGES)? + r.len(TASKS)? + r.len(ROOMS)? + r.len(USERS)? + r.len(ASSETS)?;
     let mut done = 0u64;
     let org_of = |k: &[u8]| Id::from_slice(&k[..16]);
     let mut error = None;
@@ -469,6 +497,7 @@ pub fn each_doc(
     r.for_each(TASKS, |k, v| visit(k, &|org| Ok(task_doc(org, &decode(TASKS, v)?))))?;
     r.for_each(ROOMS, |k, v| visit(k, &|org| Ok(room_doc(org, &decode(ROOMS, v)?))))?;
     r.for_each(USERS, |k, v| visit(k, &|org| Ok(user_doc(org, &decode(USERS, v)?))))?;
+    r.for_each(ASSETS, |k, v| visit(k, &|org| Ok(asset_doc(org, &decode(ASSETS, v)?))))?;
     if let Some(e) = error {
         return Err(e);
     }

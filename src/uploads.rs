@@ -92,6 +92,15 @@ pub fn type_allowed(patterns: &[String], content_type: &str) -> bool {
         })
 }
 
+/// A file the server made, to store as an asset (`Uploads::import`).
+pub struct Import<'a> {
+    /// Whose file it becomes.
+    pub owner: Id,
+    pub file: &'a Path,
+    pub name: &'a str,
+    pub content_type: &'a str,
+}
+
 /// Why appending bytes stopped short of what the client sent.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -601,6 +610,54 @@ impl Uploads {
         self.release(org, length);
     }
 
+    /// Stores a file the server itself made (a call recording) as an asset of `owner`, without
+    /// copying its bytes: the file is hard-linked as an upload's part and finished like one,
+    /// so the blob and the original are the same bytes on disk. Admitted against `limits` like
+    /// any upload.
+    pub async fn import(
+        &self,
+        store: &Store,
+        writer: &Writer,
+        ctx: MutationCtx,
+        what: Import<'_>,
+        limits: &OrgLimits,
+    ) -> Result<Asset, DomainError> {
+        let Import { owner, file, name, content_type } = what;
+        let org = ctx.scope.org();
+        let length = tokio::fs::metadata(file).await.map_err(io_error)?.len();
+        self.admit(store, org, limits, length, content_type).await?;
+        let now = ids::now_ms();
+        let info = UploadInfo {
+            id: Id::new(),
+            org,
+            user: owner,
+            length,
+            name: name.to_owned(),
+            content_type: content_type.to_owned(),
+            metadata: String::new(),
+            created_at_ms: now,
+            touched_at_ms: now,
+            sha256: None,
+        };
+        let (me, made, from) = (self.clone(), info.clone(), file.to_owned());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let dir = me.dir(made.org);
+            std::fs::create_dir_all(&dir)?;
+            let part = me.part_path(made.org, made.id);
+            if std::fs::hard_link(&from, &part).is_err() {
+                // Another filesystem: a copy, made durable.
+                std::fs::copy(&from, &part)?;
+                std::fs::File::open(&part)?.sync_all()?;
+            }
+            blobs::write_atomic(&me.info_path(made.org, made.id), &serde_json::to_vec(&made).expect("json"))
+        })
+        .await
+        .map_err(io_error)?
+        .map_err(io_error)?;
+        self.reserve(org, length);
+        self.finish(writer, ctx, limits.quota, &info).await
+    }
+
     /// Ends an upload in progress and removes its bytes (the tus termination extension).
     pub async fn terminate(&self, info: &UploadInfo) -> Result<(), DomainError> {
         let slot = self.slot(info.id);
@@ -700,6 +757,16 @@ impl Uploads {
         }
     }
 
+    /// Sets `/metrics`' bytes stored per organization from the store.
+    async fn report_usage(&self, store: &Store) {
+        if let Ok(all) = store.read(assets::usage_all).await {
+            for (org, bytes) in all {
+                let labels = crate::metrics::OrgLabels { org: org.to_string() };
+                self.inner.metrics.file_bytes_stored.get_or_create(&labels).set(bytes as i64);
+            }
+        }
+    }
+
     /// Finishes what a crash interrupted, then sweeps expired uploads every minute and collects
     /// unnamed bytes every `files.gc_interval_s` (until the server stops the task).
     pub async fn run(self, store: Store, writer: Writer) {
@@ -711,6 +778,7 @@ impl Uploads {
                 Err(e) => tracing::warn!(upload = %info.id, error = %e, "an interrupted upload could not be finished"),
             }
         }
+        self.report_usage(&store).await;
         let sweep_every = Duration::from_secs(60);
         let collect_every = Duration::from_secs(self.inner.cfg.gc_interval_s);
         let (mut swept, mut collected) = (std::time::Instant::now(), std::time::Instant::now());
@@ -719,6 +787,7 @@ impl Uploads {
             tokio::time::sleep(sweep_every.min(collect_every)).await;
             if swept.elapsed() >= sweep_every {
                 self.sweep().await;
+                self.report_usage(&store).await;
                 swept = std::time::Instant::now();
             }
             if collected.elapsed() >= collect_every {

@@ -49,6 +49,8 @@ pub enum SharedIn {
     Channel(Id),
     Task(Id),
     Room(Id),
+    /// Someone's avatar: every member of the organization reads it.
+    Avatar,
 }
 
 /// Places one file may be shared in at most.
@@ -142,6 +144,18 @@ pub fn check_type(t: &str) -> Result<String, DomainError> {
 /// The stored bytes of `org`.
 pub fn usage(r: &Reader, org: Id) -> Result<u64, StoreError> {
     Ok(r.get(ASSET_USAGE, org.as_bytes())?.map_or(0, |v| u64_of(&v)))
+}
+
+/// Every organization's stored file bytes (those that store any).
+pub fn usage_all(r: &Reader) -> Result<Vec<(Id, u64)>, StoreError> {
+    let mut out = Vec::new();
+    r.for_each(ASSET_USAGE, |k, v| {
+        if let Some(org) = Id::from_slice(k) {
+            out.push((org, u64_of(v)));
+        }
+        Ok(true)
+    })?;
+    Ok(out)
 }
 
 fn u64_of(v: &[u8]) -> u64 {

@@ -437,6 +437,21 @@ pub async fn update_profile(
                 user.display_name.clone_from(n);
             }
             if patch.avatar.is_some() {
+                // An avatar that names a file: the user's own image, which every member of the
+                // organization may then read.
+                if let Some(file) = patch.avatar.as_deref().and_then(|a| a.parse::<Id>().ok()) {
+                    let a = crate::domain::assets::share(
+                        tx,
+                        org,
+                        id,
+                        file,
+                        crate::domain::assets::SharedIn::Avatar,
+                        "/avatar",
+                    )?;
+                    if !a.content_type.starts_with("image/") {
+                        return Err(DomainError::invalid("/avatar", "not_an_image", "an avatar is an image file"));
+                    }
+                }
                 user.profile.avatar.clone_from(&patch.avatar);
             }
             if patch.time_zone.is_some() {

@@ -949,7 +949,7 @@ fn signature(key: &[u8; 32], org: Id, asset: Id, expires: u64) -> String {
 
 /// The asset `id` as the caller may see it: their own, any for the organization's admins, or
 /// one shared in a place they read (a channel they may see, the organization's tasks, a room
-/// they take part in).
+/// they take part in, anyone's avatar).
 async fn visible(app: &App, p: &Principal, id: &str) -> Result<Asset, DomainError> {
     let not_found = || DomainError::NotFound { what: "asset" };
     let id = parse_id(id, "asset")?;
@@ -976,6 +976,7 @@ async fn visible(app: &App, p: &Principal, id: &str) -> Result<Asset, DomainErro
                 p.require(Permission::RoomsRead).is_ok()
                     && super::media::require_room_role(app, p, r, crate::domain::policy::RoomRole::Viewer).is_ok()
             }
+            SharedIn::Avatar => true,
         };
         if reads {
             return Ok(a);

@@ -46,7 +46,8 @@ pub struct PermissionsView {
 #[serde(deny_unknown_fields)]
 pub struct UpdateMeBody {
     pub display_name: Option<String>,
-    /// A reference to an avatar (an asset id or URL).
+    /// The avatar: the id of one of the caller's image files (uploaded first; every member of
+    /// the organization may then read it, and its thumbnails), or a URL.
     pub avatar: Option<String>,
     /// IANA time zone, e.g. `Europe/Berlin`.
     pub time_zone: Option<String>,

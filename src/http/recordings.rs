@@ -128,6 +128,36 @@ async fn find(app: &App, org: Id, room: Id, id: &str) -> Result<Recording, Domai
     found.filter(|r| r.room == room).ok_or(not_found)
 }
 
+/// Makes each file of a finished recording one of the room's files (`recordings/{id}/{name}`),
+/// owned by whoever started it, so the room's participants find and keep it with the rest. The
+/// recording's own downloads stay as they are; a file the organization's limits refuse is
+/// logged and left there.
+async fn keep_as_room_files(app: &App, req: &poem::Request, p: &crate::auth::Principal, rec: &Recording) {
+    let Some(root) = app.sfu.as_ref().map(|s| s.recordings_dir().to_owned()) else { return };
+    let scope = crate::tenancy::OrgScope::member(p);
+    let limits = match crate::domain::orgs::get(&app.store, scope).await {
+        Ok(org) => crate::uploads::OrgLimits::of(&app.config.files, &org.settings),
+        Err(e) => {
+            tracing::warn!(recording = %rec.id, error = %e, "the recording's files were not kept as room files");
+            return;
+        }
+    };
+    for f in &rec.files {
+        let path = Recording::dir(&root, rec.org, rec.id).join(&f.name);
+        let content_type = if f.kind == "audio" { "audio/ogg" } else { "video/x-ivf" };
+        let name = format!("recordings/{}/{}", rec.id, f.name);
+        let ctx = user_ctx(req, p);
+        let kept = async {
+            let what = crate::uploads::Import { owner: rec.started_by, file: &path, name: &f.name, content_type };
+            let asset = app.uploads.import(&app.store, &app.writer, ctx.clone(), what, &limits).await?;
+            crate::domain::assets::add_room_version(&app.writer, ctx, rec.started_by, rec.room, name, asset.id).await
+        };
+        if let Err(e) = kept.await {
+            tracing::warn!(recording = %rec.id, file = %f.name, error = %e, "a recorded file was not kept as a room file");
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct RecordingsApi;
 
@@ -162,7 +192,8 @@ impl RecordingsApi {
         Ok(RecordingStarted::Created(Json(view(&rec)), location))
     }
 
-    /// Stop a running recording; the answer lists its files.
+    /// Stop a running recording; the answer lists its files. Each file also becomes one of the
+    /// room's files (`recordings/{recording id}/{file name}`), owned by whoever started it.
     ///
     /// Permission: `rooms.read`. Room role: `host`.
     #[oai(path = "/v1/rooms/:room_id/recordings/:recording_id/stop", method = "post", operation_id = "stopRecording")]
@@ -187,6 +218,9 @@ impl RecordingsApi {
             Some(s) => s.stop_recording(room, rec.id).await,
             None => None,
         };
+        if let Some(done) = &done {
+            keep_as_room_files(&app, req, &p, done).await;
+        }
         Ok(Json(view(&done.unwrap_or(rec))))
     }
 

@@ -62,7 +62,7 @@ impl SearchApi {
         app: Data<&App>,
         auth: UserAuth,
         q: Query<String>,
-        /// Comma-separated: `message,task,room,user` (default all).
+        /// Comma-separated: `message,task,room,user,file` (default all).
         #[oai(name = "type")]
         kinds: Query<Option<String>>,
         /// 1–50 (default 20).
@@ -83,7 +83,7 @@ impl SearchApi {
         let offset = offset as usize;
         let kinds: Vec<String> =
             kinds.0.map(|k| k.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default();
-        if let Some(bad) = kinds.iter().find(|k| !["message", "task", "room", "user"].contains(&k.as_str())) {
+        if let Some(bad) = kinds.iter().find(|k| !["message", "task", "room", "user", "file"].contains(&k.as_str())) {
             return Err(DomainError::invalid("?type", "invalid_value", format!("unknown type '{bad}'")).into());
         }
         let Some(index) = app.search.get().cloned() else {

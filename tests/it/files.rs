@@ -880,3 +880,79 @@ async fn a_rooms_files_keep_their_versions_for_its_participants() {
     assert_eq!(r.status(), 403);
     s.stop().await;
 }
+
+/// File names are found by search: one's own files by their owner, and the message a file is
+/// attached to by whoever reads its channel.
+#[tokio::test]
+async fn search_finds_files_by_name_for_those_who_may_read_them() {
+    let s = TestServer::start().await;
+    let (org, sl, ann) = member_and_slug(&s).await;
+    operator_invite_and_accept(&s, &org, "bob@example.org", "member").await;
+    let bob = login(&s, &sl, "bob").await.access;
+    let f: Value = put_file(&s, &ann, "quarterly-figures.pdf", b"%PDF-1.7".to_vec()).await.json().await.unwrap();
+    let find = |token: String, q: &'static str| {
+        let req = s.http.get(s.url(&format!("/v1/search?q={q}"))).bearer_auth(token);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let hits = find(ann.clone(), "quarterly").await;
+        if hits["items"].as_array().is_some_and(|h| h.iter().any(|h| h["type"] == "file" && h["id"] == f["id"])) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the owner's file was not found: {hits}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(find(bob.clone(), "quarterly").await["items"], json!([]));
+    let chan: Value =
+        crate::support::post_json(&s, &ann, "/v1/channels", json!({ "kind": "public", "name": "finance" })).await;
+    let msg: Value = crate::support::post_json(
+        &s,
+        &ann,
+        &format!("/v1/channels/{}/messages", chan["id"].as_str().unwrap()),
+        json!({ "text": "for the review", "attachment_ids": [f["id"]] }),
+    )
+    .await;
+    loop {
+        let hits = find(bob.clone(), "quarterly").await;
+        let items = hits["items"].as_array().cloned().unwrap_or_default();
+        if items.iter().any(|h| h["type"] == "message" && h["id"] == msg["id"]) {
+            assert!(!items.iter().any(|h| h["type"] == "file"), "{hits}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the message with the file was not found: {hits}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.stop().await;
+}
+
+/// An avatar that names an image file of one's own: every member then reads it (and its
+/// thumbnails); a file that is not an image is refused.
+#[tokio::test]
+async fn an_avatar_is_an_image_file_every_member_reads() {
+    use image::ImageEncoder;
+    let s = TestServer::start().await;
+    let (org, sl, ann) = member_and_slug(&s).await;
+    operator_invite_and_accept(&s, &org, "bob@example.org", "guest").await;
+    let bob = login(&s, &sl, "bob").await.access;
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&[200u8; 64 * 64 * 3], 64, 64, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let r =
+        s.http.post(s.url("/v1/assets?name=me.png&content_type=image/png")).bearer_auth(&ann).body(png).send().await;
+    let pic: Value = r.unwrap().json().await.unwrap();
+    let text: Value = put_file(&s, &ann, "bio.txt", b"hello".to_vec()).await.json().await.unwrap();
+    let set = |v: &Value| s.http.patch(s.url("/v1/me")).bearer_auth(&ann).json(&json!({ "avatar": v["id"] })).send();
+    let p = expect_problem(set(&text).await.unwrap(), 422, "validation_failed").await;
+    assert_eq!(p["errors"][0]["code"], "not_an_image", "{p}");
+    assert_eq!(set(&pic).await.unwrap().status(), 200);
+    let r = s.http.get(s.url(&format!("/v1/assets/{}/thumbnail?size=small", pic["id"].as_str().unwrap())));
+    let r = r.bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    // The text file stays private.
+    let r = s.http.get(s.url(&format!("/v1/assets/{}", text["id"].as_str().unwrap()))).bearer_auth(&bob).send().await;
+    assert_eq!(r.unwrap().status(), 404);
+    s.stop().await;
+}

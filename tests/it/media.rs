@@ -719,6 +719,18 @@ async fn a_host_records_the_call_to_decodable_files() {
             assert_eq!(decoded["size"], serde_json::json!([320, 240]), "{decoded}");
         }
     }
+    // Each recorded file is one of the room's files too, the same bytes.
+    let room_files = get_json(&s, &f.viewer.access, &format!("/v1/rooms/{}/assets", f.room)).await;
+    for file in files {
+        let name = format!("recordings/{id}/{}", file["name"].as_str().unwrap());
+        let items = room_files["items"].as_array().unwrap();
+        let item = items.iter().find(|i| i["name"] == name.as_str()).unwrap_or_else(|| panic!("{name}: {room_files}"));
+        let v = &item["versions"][0];
+        assert_eq!(v["size"], file["bytes"], "{item}");
+        let r =
+            s.http.get(s.url(v["content_url"].as_str().unwrap())).bearer_auth(&f.viewer.access).send().await.unwrap();
+        assert_eq!(r.bytes().await.unwrap().len() as u64, file["bytes"].as_u64().unwrap());
+    }
     // Listed; nothing else in the directory is served.
     let list = get_json(&s, &f.viewer.access, &recordings).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
