@@ -186,8 +186,10 @@ pub struct Uploads {
     inner: Arc<Inner>,
 }
 
-/// The bytes one read of the request body asks for.
+/// The bytes gathered from the request body before each write.
 const CHUNK: usize = 1 << 20;
+/// How a read of the body says a newer request for the upload took over.
+const SUPERSEDED: &str = "superseded by a newer request for this upload";
 
 impl Uploads {
     /// Opens the upload area under `data_dir`, counting what is in progress there. Returns the
@@ -451,30 +453,36 @@ impl Uploads {
         let mut at = start;
         let mut buf = vec![0u8; CHUNK];
         let mut outcome: Result<(), AppendError> = Ok(());
-        loop {
+        let mut ended = false;
+        while !ended {
             if slot.generation.load(Ordering::SeqCst) != generation {
                 outcome = Err(AppendError::Superseded);
                 break;
             }
-            let read = tokio::select! {
-                r = tokio::time::timeout(idle, body.read(&mut buf)) => r,
-                () = slot.stop.notified() => {
-                    outcome = Err(AppendError::Superseded);
+            // Fill the buffer (the body comes in small frames), so the disk and the digest see
+            // large writes; whatever arrived before the body ended or failed is kept.
+            let mut n = 0;
+            while n < buf.len() {
+                let read = tokio::select! {
+                    r = tokio::time::timeout(idle, body.read(&mut buf[n..])) => r,
+                    () = slot.stop.notified() => Ok(Err(std::io::Error::other(SUPERSEDED))),
+                };
+                match read {
+                    Ok(Ok(0)) => ended = true,
+                    Ok(Ok(got)) => n += got,
+                    Ok(Err(e)) if e.to_string() == SUPERSEDED => outcome = Err(AppendError::Superseded),
+                    Ok(Err(e)) => {
+                        outcome = Err(AppendError::Interrupted(format!("reading the request failed: {e}")));
+                    }
+                    Err(_) => {
+                        outcome = Err(AppendError::Interrupted(format!("no bytes arrived for {} s", idle.as_secs())));
+                    }
+                }
+                if ended || outcome.is_err() {
+                    ended = true;
                     break;
                 }
-            };
-            let n = match read {
-                Ok(Ok(0)) => break,
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => {
-                    outcome = Err(AppendError::Interrupted(format!("reading the request failed: {e}")));
-                    break;
-                }
-                Err(_) => {
-                    outcome = Err(AppendError::Interrupted(format!("no bytes arrived for {} s", idle.as_secs())));
-                    break;
-                }
-            };
+            }
             let room = info.length - at;
             let take = (n as u64).min(room) as usize;
             if take > 0 {
