@@ -15,16 +15,20 @@
 #             (sendfile, open_file_cache) serving the same bytes; and one 64-connection run of
 #             1 MiB ranges of the large file.
 #
+#   Large:    with BIG_MB set (e.g. 10240), one more upload of that size in one PATCH and its
+#             download, timed, with the server's RSS before, its peak during both, and VmHWM.
+#
 # ROUNDS rounds after a warm-up; sides alternate. Numbers are medians with min-max.
 #
 #   bash benches/files.sh
-#   SIZE_MB=2048 DURATION=8 ROUNDS=3 OP_PORT=18080 NGINX_PORT=18081
+#   SIZE_MB=2048 DURATION=8 ROUNDS=3 BIG_MB=0 OP_PORT=18080 NGINX_PORT=18081
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 OP_PORT=${OP_PORT:-18080}
 NGINX_PORT=${NGINX_PORT:-18081}
 SIZE_MB=${SIZE_MB:-2048}
+BIG_MB=${BIG_MB:-0}
 ROUNDS=${ROUNDS:-3}
 
 require_cmd wrk curl python3 nginx dd
@@ -142,3 +146,29 @@ run_measured "$out" "$OP_PID" self -- wrk -t"$THREADS" -c64 -d"${DURATION}s" --l
 log "64 range readers (1 MiB each, random offsets in ${SIZE_MB} MiB): $(wrk_ok_rps "$out") req/s," \
     "$(awk -v r="$(wrk_ok_rps "$out")" 'BEGIN{printf "%.0f", r}') MiB/s, non-2xx $(wrk_non2xx "$out")," \
     "p50/p99 $(wrk_latency_p50_p99 "$out"), cpu ${RUN_CPU_S}s, RSS peak ${RUN_HWM_KB} kB"
+
+# One large upload and its download, memory watched throughout.
+if [ "$BIG_MB" -gt 0 ]; then
+    big=$((BIG_MB * 1024 * 1024))
+    loc=$(curl -fsS -D - -o /dev/null -X POST "$OP_URL/v1/uploads" -H "$AUTH" -H 'Tus-Resumable: 1.0.0' \
+        -H "Upload-Length: $big" | awk 'tolower($1) == "location:" {print $2}' | tr -d '\r')
+    idle=$(proc_rss_kb "$OP_PID")
+    (
+        while :; do
+            proc_rss_kb "$OP_PID"
+            sleep 0.2
+        done
+    ) >"$WORK/rss.big" 2>/dev/null &
+    sampler=$!
+    t0=$(date +%s.%N)
+    head -c "$big" /dev/zero | curl -fsS -o /dev/null -X PATCH "$OP_URL$loc" -H "$AUTH" -H 'Tus-Resumable: 1.0.0' \
+        -H 'Upload-Offset: 0' -H 'Content-Type: application/offset+octet-stream' -H "Content-Length: $big" -T -
+    t1=$(date +%s.%N)
+    curl -fsS -o /dev/null "$OP_URL/v1/assets/${loc##*/}/content" -H "$AUTH"
+    t2=$(date +%s.%N)
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    log "${BIG_MB} MiB: upload $(rate "$big" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')") MiB/s," \
+        "download $(rate "$big" "$(awk -v a="$t1" -v b="$t2" 'BEGIN{print b - a}')") MiB/s;" \
+        "RSS idle ${idle} kB, peak $(sort -n "$WORK/rss.big" | tail -n 1) kB, VmHWM $(proc_rss_peak_kb "$OP_PID") kB"
+fi

@@ -48,6 +48,25 @@ pub struct UploadInfo {
     pub sha256: Option<String>,
 }
 
+impl UploadInfo {
+    /// A new upload of `length` bytes by `user` of `org`, begun now.
+    pub fn new(org: Id, user: Id, length: u64, name: String, content_type: String, metadata: String) -> Self {
+        let now = ids::now_ms();
+        Self {
+            id: Id::new(),
+            org,
+            user,
+            length,
+            name,
+            content_type,
+            metadata,
+            created_at_ms: now,
+            touched_at_ms: now,
+            sha256: None,
+        }
+    }
+}
+
 /// The limits an organization's uploads are held to: the instance's, lowered by the
 /// organization's own settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -634,19 +653,7 @@ impl Uploads {
         let org = ctx.scope.org();
         let length = tokio::fs::metadata(file).await.map_err(io_error)?.len();
         self.admit(store, org, limits, length, content_type).await?;
-        let now = ids::now_ms();
-        let info = UploadInfo {
-            id: Id::new(),
-            org,
-            user: owner,
-            length,
-            name: name.to_owned(),
-            content_type: content_type.to_owned(),
-            metadata: String::new(),
-            created_at_ms: now,
-            touched_at_ms: now,
-            sha256: None,
-        };
+        let info = UploadInfo::new(org, owner, length, name.to_owned(), content_type.to_owned(), String::new());
         let (me, made, from) = (self.clone(), info.clone(), file.to_owned());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let dir = me.dir(made.org);

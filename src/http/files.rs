@@ -501,19 +501,7 @@ impl FilesApi {
         let checksum = parse_checksum(checksum.0.as_deref())?;
         let limits = limits(&app, &p).await?;
         app.uploads.admit(&app.store, p.org, &limits, length, &content_type).await?;
-        let now = ids::now_ms();
-        let info = UploadInfo {
-            id: Id::new(),
-            org: p.org,
-            user: p.user,
-            length,
-            name,
-            content_type,
-            metadata: raw,
-            created_at_ms: now,
-            touched_at_ms: now,
-            sha256: None,
-        };
+        let info = UploadInfo::new(p.org, p.user, length, name, content_type, raw);
         let info = app.uploads.create(info).await?;
         let location = format!("/v1/uploads/{}", info.id);
         let mut offset = 0;
@@ -649,19 +637,7 @@ impl FilesApi {
         };
         let limits = limits(&app, &p).await?;
         app.uploads.admit(&app.store, p.org, &limits, length, &content_type).await?;
-        let now = ids::now_ms();
-        let info = UploadInfo {
-            id: Id::new(),
-            org: p.org,
-            user: p.user,
-            length,
-            name,
-            content_type,
-            metadata: String::new(),
-            created_at_ms: now,
-            touched_at_ms: now,
-            sha256: None,
-        };
+        let info = UploadInfo::new(p.org, p.user, length, name, content_type, String::new());
         let info = app.uploads.create(info).await?;
         let at = match app.uploads.append(&info, 0, body.reader(), None).await {
             Ok(at) => at,
