@@ -540,6 +540,33 @@ impl Uploads {
         outcome.map(|()| at)
     }
 
+    /// Ends an upload whose declared length was only a bound (a form's file, whose size the
+    /// request does not say) at `length`, where its bytes ended, named and typed as the form
+    /// said at its end; the rest of its reservation is given back.
+    pub async fn settle(
+        &self,
+        info: &UploadInfo,
+        length: u64,
+        name: String,
+        content_type: String,
+    ) -> Result<UploadInfo, DomainError> {
+        debug_assert!(length <= info.length);
+        let mut settled = info.clone();
+        settled.length = length.min(info.length);
+        settled.name = name;
+        settled.content_type = content_type;
+        let path = self.info_path(info.org, info.id);
+        let bytes = serde_json::to_vec(&settled).expect("json");
+        tokio::task::spawn_blocking(move || blobs::write_atomic(&path, &bytes))
+            .await
+            .map_err(io_error)?
+            .map_err(io_error)?;
+        if let Some(e) = self.inner.reserved.lock().expect("reserved").get_mut(&info.org) {
+            e.0 = e.0.saturating_sub(info.length - settled.length);
+        }
+        Ok(settled)
+    }
+
     /// Moves the upload's expiry on: bytes arrived.
     async fn touch(&self, info: &UploadInfo) {
         let mut info = info.clone();

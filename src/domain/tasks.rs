@@ -10,6 +10,8 @@ use std::collections::{HashSet, VecDeque};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::assets::{self, SharedIn};
+use super::chat::messages::Attachment;
 use super::paging::{self, Page, PageRequest};
 use super::{DomainError, FieldError, check};
 use crate::ids::Id;
@@ -25,6 +27,8 @@ pub const LABELS_MAX: usize = 50;
 /// Longest label, in characters.
 pub const LABEL_CHARS_MAX: usize = 50;
 pub const DEPENDENCIES_MAX: usize = 200;
+/// Files one task carries at most.
+pub const ATTACHMENTS_MAX: usize = 50;
 /// Most tasks one cycle check visits.
 pub const GRAPH_VISIT_MAX: usize = 100_000;
 
@@ -74,6 +78,9 @@ pub struct Task {
     pub comment_seq: u64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Files attached to the task itself (a spec, a mock-up); comments carry their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 /// A new task, or changes to one (absent: unchanged / default).
@@ -89,6 +96,9 @@ pub struct TaskFields {
     pub labels: Option<Vec<String>>,
     pub room: Option<Option<Id>>,
     pub channel: Option<Option<Id>>,
+    /// The files the task carries, all of them (those not there before must be the changer's
+    /// own; those left out are detached).
+    pub attachments: Option<Vec<Id>>,
     /// Marking done while dependencies are open.
     pub force: bool,
     pub expected_version: Option<u64>,
@@ -120,7 +130,35 @@ fn validate(f: &TaskFields, creating: bool) -> Result<(), DomainError> {
             }
         }
     }
+    if f.attachments.as_ref().is_some_and(|a| a.len() > ATTACHMENTS_MAX) {
+        errors.push(FieldError::new("/attachment_ids", "too_many", format!("at most {ATTACHMENTS_MAX}")));
+    }
     check(errors)
+}
+
+/// The task's files after a change to `ids`: those it carried stay as they were, new ones must
+/// be `me`'s own live files and are shared in the task (so whoever reads tasks reads them).
+fn attach(
+    tx: &mut Tx<'_, '_>,
+    org: Id,
+    me: Id,
+    task: Id,
+    had: &[Attachment],
+    ids: &[Id],
+) -> Result<Vec<Attachment>, DomainError> {
+    let mut out: Vec<Attachment> = Vec::with_capacity(ids.len());
+    for (i, file) in ids.iter().enumerate() {
+        if out.iter().any(|a| a.id == *file) {
+            continue;
+        }
+        if let Some(kept) = had.iter().find(|a| a.id == *file) {
+            out.push(kept.clone());
+            continue;
+        }
+        let a = assets::share(tx, org, me, *file, SharedIn::Task(task), &format!("/attachment_ids/{i}"))?;
+        out.push(Attachment { id: a.id, name: a.name, content_type: a.content_type, size: a.size });
+    }
+    Ok(out)
 }
 
 fn load(tx: &Tx<'_, '_>, org: Id, id: Id) -> Result<Option<Task>, DomainError> {
@@ -158,6 +196,7 @@ pub async fn create(writer: &Writer, ctx: MutationCtx, me: Id, f: TaskFields) ->
             check_assignees(tx, org, &assignees)?;
             assignees.sort_unstable();
             assignees.dedup();
+            let attachments = attach(tx, org, me, id, &[], f.attachments.as_deref().unwrap_or_default())?;
             let now = tx.now_ms();
             let t = Task {
                 id,
@@ -176,6 +215,7 @@ pub async fn create(writer: &Writer, ctx: MutationCtx, me: Id, f: TaskFields) ->
                 comment_seq: 0,
                 created_at_ms: now,
                 updated_at_ms: now,
+                attachments,
             };
             tx.put(TASKS, &org_id_key(org, id), &encode(&t))?;
             for topic in topics(&t) {
@@ -271,7 +311,7 @@ pub async fn list(
         .await
 }
 
-pub async fn update(writer: &Writer, ctx: MutationCtx, id: Id, f: TaskFields) -> Result<Task, DomainError> {
+pub async fn update(writer: &Writer, ctx: MutationCtx, me: Id, id: Id, f: TaskFields) -> Result<Task, DomainError> {
     validate(&f, false)?;
     let org = ctx.scope.org();
     writer
@@ -328,6 +368,9 @@ pub async fn update(writer: &Writer, ctx: MutationCtx, id: Id, f: TaskFields) ->
             }
             if let Some(x) = f.channel {
                 t.channel = x;
+            }
+            if let Some(ids) = &f.attachments {
+                t.attachments = attach(tx, org, me, id, &t.attachments, ids)?;
             }
             t.version += 1;
             t.updated_at_ms = tx.now_ms();

@@ -17,7 +17,7 @@ use crate::app::App;
 use crate::auth::Principal;
 use crate::domain::DomainError;
 use crate::domain::chat::{
-    self, Anchor, Channel, ChannelKind, Member, Message, MessageChange, NewChannel, NewMessage, Place,
+    self, Anchor, Attachment, Channel, ChannelKind, Member, Message, MessageChange, NewChannel, NewMessage, Place,
 };
 use crate::domain::policy::{self, Permission};
 use crate::ids::{Id, rfc3339};
@@ -162,17 +162,19 @@ pub(super) fn message_view(m: Message) -> MessageView {
         created_at: rfc3339(m.created_at_ms),
         edited_at: m.edited_at_ms.map(rfc3339),
         deleted_at: m.deleted_at_ms.map(rfc3339),
-        attachments: m
-            .attachments
-            .into_iter()
-            .map(|a| AttachmentView {
-                content_url: format!("/v1/assets/{}/content", a.id),
-                id: a.id.to_string(),
-                name: a.name,
-                content_type: a.content_type,
-                size: a.size,
-            })
-            .collect(),
+        attachments: m.attachments.into_iter().map(AttachmentView::from).collect(),
+    }
+}
+
+impl From<Attachment> for AttachmentView {
+    fn from(a: Attachment) -> Self {
+        Self {
+            content_url: format!("/v1/assets/{}/content", a.id),
+            id: a.id.to_string(),
+            name: a.name,
+            content_type: a.content_type,
+            size: a.size,
+        }
     }
 }
 

@@ -87,7 +87,8 @@ pub fn exact(mut doc: Value) -> Value {
         "description": "A permission an organization role holds; API keys are scoped to some of them.",
         "enum": Permission::ALL.map(Permission::as_str)
     });
-    let bodies = request_body_schemas(&doc);
+    let bodies = request_body_schemas(&doc, "application/json");
+    let forms = request_body_schemas(&doc, "multipart/form-data");
     // Request bodies that carry the version a change is based on (the alternative to If-Match).
     let versioned_schemas: BTreeSet<String> = bodies
         .iter()
@@ -96,7 +97,12 @@ pub fn exact(mut doc: Value) -> Value {
         .collect();
     if let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) {
         for (name, schema) in schemas.iter_mut() {
-            exact_schema(name, schema, bodies.contains(name));
+            let kind = if forms.contains(name) {
+                Some(BodyKind::Form)
+            } else {
+                bodies.contains(name).then_some(BodyKind::Json)
+            };
+            exact_schema(name, schema, kind);
         }
     }
     let links = links(&doc);
@@ -127,12 +133,12 @@ pub fn exact(mut doc: Value) -> Value {
 }
 
 /// Schemas named directly as a JSON request body.
-fn request_body_schemas(doc: &Value) -> BTreeSet<String> {
+fn request_body_schemas(doc: &Value, media_type: &str) -> BTreeSet<String> {
     operations(doc)
         .filter_map(|(_, _, op)| op.pointer("/requestBody/content"))
         .filter_map(Value::as_object)
         .flat_map(|content| content.iter())
-        .filter(|(ct, _)| ct.starts_with("application/json"))
+        .filter(|(ct, _)| ct.starts_with(media_type))
         .filter_map(|(_, media)| media.pointer("/schema/$ref").and_then(Value::as_str))
         .map(|r| schema_name(r).to_owned())
         .collect()
@@ -171,12 +177,16 @@ fn field_rule(schema: &str, field: &str) -> Option<Value> {
     Some(match (schema, field) {
         ("CreateApiKey", "name") => text(api_keys::NAME_CHARS_MAX),
         ("NewSignedUrl", "ttl_s") => json!({ "minimum": 1 }),
-        ("NewRoomAssetVersion", "name") => json!({
+        ("NewRoomAssetVersion" | "AssetForm", "name") => json!({
             "minLength": 1,
             "maxLength": assets::NAME_CHARS_MAX,
             "pattern": format!("^[^{CONTROL}]*[^{WHITE_SPACE}{CONTROL}][^{CONTROL}]*$")
         }),
         ("NewRoomAssetVersion", "asset_id") => json!({ "format": "uuid" }),
+        ("AssetForm", "content_type") => json!({
+            "maxLength": assets::TYPE_CHARS_MAX,
+            "pattern": format!("^{t}/{t}$", t = MEDIA_TYPE_TOKEN)
+        }),
         ("CreateRoom" | "UpdateRoom", "name") => text(rooms::NAME_CHARS_MAX),
         ("CreateRoom" | "UpdateRoom", "description") => at_most(rooms::DESCRIPTION_CHARS_MAX),
         ("CreateChannel" | "UpdateChannel", "name") => text(channels::NAME_CHARS_MAX),
@@ -203,6 +213,9 @@ fn field_rule(schema: &str, field: &str) -> Option<Value> {
         ("NewTask" | "TaskFields", "assignee_ids") => {
             json!({ "maxItems": tasks::ASSIGNEES_MAX, "items": { "type": "string", "format": "uuid" } })
         }
+        ("NewTask" | "TaskFields", "attachment_ids") => {
+            json!({ "maxItems": tasks::ATTACHMENTS_MAX, "items": { "type": "string", "format": "uuid" } })
+        }
         ("PostMessage" | "PostComment", "attachment_ids") => {
             json!({ "maxItems": posts::ATTACHMENTS_MAX, "items": { "type": "string", "format": "uuid" } })
         }
@@ -222,7 +235,15 @@ fn field_rule(schema: &str, field: &str) -> Option<Value> {
     })
 }
 
-fn exact_schema(name: &str, schema: &mut Value, request_body: bool) {
+/// How a request body that a schema describes is sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    /// `multipart/form-data`: a part is there or not, never `null`.
+    Form,
+}
+
+fn exact_schema(name: &str, schema: &mut Value, request_body: Option<BodyKind>) {
     let required: BTreeSet<String> = schema["required"]
         .as_array()
         .map(|r| r.iter().filter_map(Value::as_str).map(str::to_owned).collect())
@@ -237,12 +258,12 @@ fn exact_schema(name: &str, schema: &mut Value, request_body: bool) {
                 p.extend(rule.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
             }
             // Optional fields are `Option`s; a field with a default is not, and refuses `null`.
-            if !required.contains(field) && prop.get("default").is_none() {
+            if !required.contains(field) && prop.get("default").is_none() && request_body != Some(BodyKind::Form) {
                 nullable(prop);
             }
         }
     }
-    if request_body && schema.get("properties").is_some() {
+    if request_body.is_some() && schema.get("properties").is_some() {
         schema["additionalProperties"] = Value::Bool(false);
     }
 }
@@ -567,16 +588,21 @@ static ROUTES: LazyLock<RouteTable> = LazyLock::new(|| {
 });
 
 /// The methods `path` answers, as an `Allow` header value; `None` for a path nothing serves.
+/// Where a fixed segment and a parameter both match (`/v1/assets/form`, `/v1/assets/{id}`),
+/// the router takes the fixed one, and so does this.
 pub fn allowed_methods(path: &str) -> Option<String> {
     let segments: Vec<&str> = path.split('/').collect();
-    let mut methods: Vec<&str> = ROUTES
+    let matching: Vec<&(Vec<Option<String>>, Vec<String>)> = ROUTES
         .iter()
         .filter(|(template, _)| {
             template.len() == segments.len()
                 && template.iter().zip(&segments).all(|(t, s)| t.as_deref().is_none_or(|t| t == *s))
         })
-        .flat_map(|(_, m)| m.iter().map(String::as_str))
         .collect();
+    let fixed = |template: &[Option<String>]| template.iter().map(Option::is_some).collect::<Vec<bool>>();
+    let best = matching.iter().map(|(t, _)| fixed(t)).max()?;
+    let mut methods: Vec<&str> =
+        matching.iter().filter(|(t, _)| fixed(t) == best).flat_map(|(_, m)| m.iter().map(String::as_str)).collect();
     if methods.is_empty() {
         return None;
     }

@@ -55,6 +55,7 @@ pub const METADATA_BYTES_MAX: usize = 4096;
 crate::problems!(UploadErrors: 400, 401, 403, 404, 409, 410, 412, 413, 415, 422, 460, 507);
 crate::problems!(AssetErrors: 400, 401, 403, 404, 422);
 crate::problems!(AssetUploadErrors: 400, 401, 403, 409, 411, 413, 422, 507);
+crate::problems!(AssetFormErrors: 400, 401, 403, 409, 411, 413, 415, 422, 507);
 crate::problems!(DownloadErrors: 400, 401, 403, 404);
 crate::problems!(SignedDownloadErrors: 400, 403, 404);
 crate::problems!(ThumbnailErrors: 400, 401, 403, 404, 422);
@@ -257,6 +258,88 @@ pub type AppendBody = StreamBody<true, true>;
 /// A one-request upload's body: the file.
 pub type FileBody = StreamBody<false, false>;
 
+/// The name of the form's schema in the API document.
+const FORM_SCHEMA: &str = "AssetForm";
+/// A form's text parts are at most this many bytes.
+const FORM_TEXT_BYTES_MAX: u64 = 4096;
+
+/// A one-request upload as a form (`multipart/form-data`), read part by part as it arrives.
+pub struct FormBody {
+    content_type: Option<String>,
+    body: Option<Body>,
+}
+
+/// How the form of `uploadAssetForm` is documented (the operation reads it as a stream).
+#[derive(poem_openapi::Multipart, Debug)]
+#[allow(dead_code)] // only its schema is used
+struct AssetForm {
+    /// The file's name (1–255 characters); the file part's own file name if absent, else `file`.
+    name: Option<String>,
+    /// Its media type, `type/subtype`; the file part's own type if absent.
+    content_type: Option<String>,
+    /// The file.
+    file: poem_openapi::types::multipart::Upload,
+}
+
+impl FormBody {
+    /// The form's parts, or 415 when the body is not a form.
+    fn form(self) -> Result<multer::Multipart<'static>, Problem> {
+        let content_type = self.content_type.unwrap_or_default();
+        let boundary = match multer::parse_boundary(&content_type) {
+            Ok(b) if essence(&content_type).eq_ignore_ascii_case("multipart/form-data") => b,
+            _ => {
+                return Err(Problem::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!("expected multipart/form-data with a boundary, got {}", essence(&content_type)),
+                ));
+            }
+        };
+        let limits = multer::SizeLimit::new()
+            .for_field("name", FORM_TEXT_BYTES_MAX)
+            .for_field("content_type", FORM_TEXT_BYTES_MAX);
+        let constraints = multer::Constraints::new().size_limit(limits);
+        let stream = tokio_util::io::ReaderStream::new(self.body.unwrap_or_else(Body::empty).into_async_read());
+        Ok(multer::Multipart::with_constraints(stream, boundary, constraints))
+    }
+}
+
+impl<'a> ApiExtractor<'a> for FormBody {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    /// The form's schema is named (`AssetForm`), so a generated SDK has one type for it.
+    fn register(registry: &mut Registry) {
+        <AssetForm as poem_openapi::payload::Payload>::register(registry);
+        registry.create_schema::<AssetForm, _>(FORM_SCHEMA.to_owned(), |_| {
+            match <AssetForm as poem_openapi::payload::Payload>::schema_ref() {
+                MetaSchemaRef::Inline(schema) => *schema,
+                MetaSchemaRef::Reference(_) => unreachable!("a form's schema is inline"),
+            }
+        });
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: None,
+            content: vec![MetaMediaType {
+                content_type: "multipart/form-data",
+                schema: MetaSchemaRef::Reference(FORM_SCHEMA.to_owned()),
+            }],
+            required: true,
+        })
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        Ok(Self { content_type: request.content_type().map(str::to_owned), body: body.take().ok() })
+    }
+}
+
 fn tus_checked(v: Option<&str>) -> Result<(), Problem> {
     if v.map(str::trim) == Some(TUS_VERSION) {
         return Ok(());
@@ -370,6 +453,132 @@ fn append_problem(e: AppendError) -> Problem {
             tracing::error!(error = %e, "writing an upload failed");
             Problem::new(StatusCode::INSUFFICIENT_STORAGE, "storage_failed", "the server could not write the bytes")
         }
+    }
+}
+
+/// What a form carried: its text parts and the file, stored as an upload of `at` bytes.
+struct ReadForm {
+    name: Option<String>,
+    content_type: Option<String>,
+    part_name: Option<String>,
+    part_type: Option<String>,
+    info: UploadInfo,
+    at: u64,
+}
+
+/// Reads a form's parts as they come, streaming the file into an upload (put in `held` as soon
+/// as it exists, for the caller to drop if anything fails).
+async fn read_form(
+    app: &App,
+    p: &Principal,
+    limits: &OrgLimits,
+    length: u64,
+    mut form: multer::Multipart<'static>,
+    held: &mut Option<UploadInfo>,
+) -> Result<ReadForm, Problem> {
+    let (mut name, mut content_type, mut file) = (None, None, None);
+    while let Some(field) = form.next_field().await.map_err(form_problem)? {
+        match field.name() {
+            Some("name") if name.is_none() => name = Some(field.text().await.map_err(form_problem)?),
+            Some("content_type") if content_type.is_none() => {
+                content_type = Some(field.text().await.map_err(form_problem)?);
+            }
+            Some("file") if file.is_none() => {
+                let part_name = field.file_name().map(str::to_owned);
+                let part_type = field.content_type().map(|m| essence(m.as_ref()));
+                let ty = form_type(content_type.as_deref(), part_type.as_deref())?;
+                // The file's own size is not said: the request's length bounds it, and the
+                // size limit holds it as it comes.
+                let bound = length.min(limits.file_bytes_max);
+                app.uploads.admit(&app.store, p.org, limits, bound, &ty).await?;
+                let provisional = part_name.clone().unwrap_or_else(|| "file".into());
+                let info = UploadInfo::new(p.org, p.user, bound, provisional, ty, String::new());
+                let info = app.uploads.create(info).await?;
+                *held = Some(info.clone());
+                let reader = tokio_util::io::StreamReader::new(futures_util::TryStreamExt::map_err(field, |e| {
+                    std::io::Error::other(e.to_string())
+                }));
+                let at = match app.uploads.append(&info, 0, reader, None).await {
+                    Ok(at) => at,
+                    Err(AppendError::TooLong { .. }) => {
+                        return Err(DomainError::TooLarge {
+                            code: "file_too_large",
+                            detail: format!("a file may have {} bytes at most", limits.file_bytes_max),
+                        }
+                        .into());
+                    }
+                    Err(e) => return Err(one_request_problem(e)),
+                };
+                file = Some((part_name, part_type, info, at));
+            }
+            _ => {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_form",
+                    "a form's parts are file, name and content_type, each once",
+                ));
+            }
+        }
+    }
+    let Some((part_name, part_type, info, at)) = file else {
+        return Err(DomainError::invalid("/file", "missing_field", "the form has no part named file").into());
+    };
+    Ok(ReadForm { name, content_type, part_name, part_type, info, at })
+}
+
+impl ReadForm {
+    /// The upload, ended at its bytes, named and typed by the form (the type checked again if a
+    /// part after the file changed it).
+    async fn settle(self, app: &App, limits: &OrgLimits) -> Result<UploadInfo, Problem> {
+        let name = self.name.or(self.part_name).unwrap_or_else(|| "file".into());
+        assets::check_name(&name)?;
+        let ty = form_type(self.content_type.as_deref(), self.part_type.as_deref())?;
+        if ty != self.info.content_type && !crate::uploads::type_allowed(&limits.allowed_types, &ty) {
+            return Err(DomainError::invalid(
+                "/content_type",
+                "type_not_allowed",
+                format!("{ty} is not one of {}", limits.allowed_types.join(", ")),
+            )
+            .into());
+        }
+        Ok(app.uploads.settle(&self.info, self.at, name, ty).await?)
+    }
+}
+
+/// A form's file type: its `content_type` part as given, else the file part's own type if it
+/// is a media type, else `application/octet-stream`.
+fn form_type(field: Option<&str>, part: Option<&str>) -> Result<String, DomainError> {
+    match (field, part.map(assets::check_type)) {
+        (Some(t), _) => assets::check_type(t),
+        (None, Some(Ok(t))) => Ok(t),
+        _ => Ok("application/octet-stream".to_owned()),
+    }
+}
+
+/// A one-request upload that failed: nothing of it is kept (there is no upload to go on with).
+fn one_request_problem(e: AppendError) -> Problem {
+    match e {
+        AppendError::Interrupted(why) => {
+            Problem::new(StatusCode::BAD_REQUEST, "upload_interrupted", format!("{why}; nothing was stored"))
+        }
+        other => append_problem(other),
+    }
+}
+
+/// A form that cannot be read (400 `invalid_form`), or a part over its limit (413).
+fn form_problem(e: multer::Error) -> Problem {
+    match e {
+        multer::Error::FieldSizeExceeded { field_name, limit } => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the part {} is over {limit} bytes", field_name.unwrap_or_default()),
+        ),
+        multer::Error::UnknownField { .. } => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_form",
+            "the form's parts are file, and before it name and content_type",
+        ),
+        other => Problem::new(StatusCode::BAD_REQUEST, "invalid_form", format!("the form cannot be read: {other}")),
     }
 }
 
@@ -643,7 +852,7 @@ impl FilesApi {
             Ok(at) => at,
             Err(e) => {
                 let _ = app.uploads.terminate(&info).await;
-                return Err(append_problem(e).into());
+                return Err(one_request_problem(e).into());
             }
         };
         if at < length {
@@ -655,6 +864,51 @@ impl FilesApi {
             )
             .into());
         }
+        let asset = app.uploads.finish(&app.writer, user_ctx(req, &p), limits.quota, &info).await?;
+        let location = format!("/v1/assets/{}", asset.id);
+        Ok(AssetCreated::Created(Json(view(&asset)), location))
+    }
+
+    /// Upload a file in one request as a form (`multipart/form-data`, what a browser's
+    /// `FormData` sends): the part `file` is the file; the optional parts `name` and
+    /// `content_type`, before or after it, name and type it, else the file part's own file
+    /// name and type do. The request needs a `Content-Length`; the file is held to the size
+    /// limit and the quota as it arrives, and nothing is kept of a form that fails.
+    ///
+    /// Permission: `files.write`.
+    #[oai(path = "/v1/assets/form", method = "post", operation_id = "uploadAssetForm")]
+    async fn upload_form(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        body: FormBody,
+    ) -> Result<AssetCreated, AssetFormErrors> {
+        let p = auth.require(&app, Permission::FilesWrite).await?;
+        let Some(length) = req.header("content-length").and_then(|v| v.parse::<u64>().ok()) else {
+            return Err(Problem::new(
+                StatusCode::LENGTH_REQUIRED,
+                "length_required",
+                "send Content-Length (or upload with tus, at /v1/uploads)",
+            )
+            .into());
+        };
+        let form = body.form()?;
+        let limits = limits(&app, &p).await?;
+        let mut held = None;
+        let settled = match read_form(&app, &p, &limits, length, form, &mut held).await {
+            Ok(f) => f.settle(&app, &limits).await,
+            Err(e) => Err(e),
+        };
+        let info = match settled {
+            Ok(info) => info,
+            Err(problem) => {
+                if let Some(info) = held {
+                    let _ = app.uploads.terminate(&info).await;
+                }
+                return Err(problem.into());
+            }
+        };
         let asset = app.uploads.finish(&app.writer, user_ctx(req, &p), limits.quota, &info).await?;
         let location = format!("/v1/assets/{}", asset.id);
         Ok(AssetCreated::Created(Json(view(&asset)), location))

@@ -368,7 +368,7 @@ impl<E: Endpoint> Endpoint for Edge<E> {
 fn is_upload(method: &poem::http::Method, path: &str) -> bool {
     use poem::http::Method;
     (*method == Method::PATCH && path.starts_with("/v1/uploads/"))
-        || (*method == Method::POST && (path == "/v1/uploads" || path == "/v1/assets"))
+        || (*method == Method::POST && (path == "/v1/uploads" || path == "/v1/assets" || path == "/v1/assets/form"))
 }
 
 /// Headers every answer carries. API answers are never cached and never framed or rendered as

@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use super::auth_api::NoContent;
 use super::body::JsonBody;
-use super::chat::{EditBody, MessagePage, MessageView, Posted, anchor, change_message, ids, message_view};
+use super::chat::{
+    AttachmentView, EditBody, MessagePage, MessageView, Posted, anchor, change_message, ids, message_view,
+};
 use super::problem::Problem;
 use super::{ApiTags, UserAuth, parse_id, parse_if_match, user_ctx};
 use crate::app::App;
@@ -71,6 +73,8 @@ pub struct TaskView {
     pub version: u64,
     /// Comments posted so far (the newest comment's number).
     pub comment_count: u64,
+    /// Files attached to the task itself.
+    pub attachments: Vec<AttachmentView>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -92,6 +96,7 @@ fn view(t: Task, deps: Option<Vec<Task>>) -> TaskView {
         created_by: t.created_by.to_string(),
         version: t.version,
         comment_count: t.comment_seq,
+        attachments: t.attachments.into_iter().map(AttachmentView::from).collect(),
         created_at: rfc3339(t.created_at_ms),
         updated_at: rfc3339(t.updated_at_ms),
     }
@@ -119,6 +124,9 @@ pub struct NewTaskBody {
     pub labels: Option<Vec<String>>,
     pub room_id: Option<String>,
     pub channel_id: Option<String>,
+    /// Files of the creator's own (uploaded first) to attach, at most 50; whoever reads the
+    /// organization's tasks may then download them.
+    pub attachment_ids: Option<Vec<String>>,
     /// Create it done even though tasks it depends on are open.
     pub force: Option<bool>,
 }
@@ -135,6 +143,7 @@ impl From<NewTaskBody> for TaskBody {
             labels: b.labels,
             room_id: b.room_id,
             channel_id: b.channel_id,
+            attachment_ids: b.attachment_ids,
             force: b.force,
             version: None,
         }
@@ -156,6 +165,9 @@ pub struct TaskBody {
     pub labels: Option<Vec<String>>,
     pub room_id: Option<String>,
     pub channel_id: Option<String>,
+    /// All the files the task carries: those it did not carry before must be the caller's own
+    /// (uploaded first); those left out are detached.
+    pub attachment_ids: Option<Vec<String>>,
     /// Mark done even though tasks it depends on are open.
     pub force: Option<bool>,
     pub version: Option<u64>,
@@ -194,6 +206,7 @@ fn fields(b: TaskBody, if_match: Option<&str>) -> Result<TaskFields, DomainError
         labels: b.labels,
         room: b.room_id.map(|r| id_at(&r, "/room_id").map(Some)).transpose()?,
         channel: b.channel_id.map(|c| id_at(&c, "/channel_id").map(Some)).transpose()?,
+        attachments: b.attachment_ids.map(|v| ids(Some(v), "/attachment_ids")).transpose()?,
         force: b.force.unwrap_or(false),
         expected_version: parse_if_match(if_match)?.or(b.version),
     })
@@ -339,7 +352,8 @@ impl TasksApi {
         body: JsonBody<TaskBody>,
     ) -> Result<Json<TaskView>, TaskWriteErrors> {
         let (p, id) = task_for(&app, &auth, &task_id.0, Permission::TasksWrite).await?;
-        let t = tasks::update(&app.writer, user_ctx(req, &p), id, fields(body.0, if_match.0.as_deref())?).await?;
+        let t =
+            tasks::update(&app.writer, user_ctx(req, &p), p.user, id, fields(body.0, if_match.0.as_deref())?).await?;
         Ok(Json(view(t, None)))
     }
 

@@ -24,7 +24,14 @@ import uuid
 from outpost_client import AuthenticatedClient, Client
 from outpost_client.api.auth import accept_invitation, login, logout, refresh_tokens
 from outpost_client.api.chat import create_channel, list_messages, post_message
-from outpost_client.api.files import append_upload, create_upload, download_asset, get_asset, upload_asset
+from outpost_client.api.files import (
+    append_upload,
+    create_upload,
+    download_asset,
+    get_asset,
+    upload_asset,
+    upload_asset_form,
+)
 from outpost_client.api.docs import (
     apply_document_update,
     create_document,
@@ -40,6 +47,7 @@ from outpost_client.api.tasks import add_task_dependency, create_task
 from outpost_client.models import (
     AppendUploadTusResumable,
     Asset,
+    AssetForm,
     CreateUploadTusResumable,
     AcceptInvitation,
     AppliedUpdate,
@@ -247,7 +255,7 @@ def main():
     rooms = step("list rooms with the API key", list_rooms.sync_detailed(client=keyed), 200, RoomPage)
     assert room.id in [r.id for r in rooms.items]
 
-    # Files: a resumable (tus) upload in two appends, a one-request upload, a ranged download.
+    # Files: a resumable (tus) upload in two appends, a one-request upload, a form, a ranged download.
     data = f"a file from the journey {tag}\n".encode() * 40
     b64 = lambda t: base64.b64encode(t.encode()).decode()
     resp = create_upload.sync_detailed(
@@ -280,6 +288,19 @@ def main():
         Asset,
     )
     assert small.size == 6, small
+    form = step(
+        "upload a file as a form",
+        upload_asset_form.sync_detailed(
+            client=ada,
+            body=AssetForm(
+                file=File(payload=io.BytesIO(b"a form's file"), file_name="form.txt", mime_type="text/plain"),
+                name="from a form.txt",
+            ),
+        ),
+        201,
+        Asset,
+    )
+    assert (form.name, form.size, form.content_type) == ("from a form.txt", 13, "text/plain"), form
     part = download_asset.sync_detailed(asset.id, client=ada, range_="bytes=0-9")
     STEPS.append(("download a range", int(part.status_code), int(part.status_code) == 206))
     assert int(part.status_code) == 206 and part.content == data[:10], (part.status_code, part.content[:40])

@@ -45,6 +45,7 @@ import {
   refreshTokens,
   search,
   uploadAsset,
+  uploadAssetForm,
 } from "./client/index.js";
 import type { Problem } from "./client/index.js";
 import { zProblem } from "./client/zod.gen.js";
@@ -171,7 +172,7 @@ async function main(): Promise<void> {
   const rooms = await step("list rooms with the API key", 200, listRooms({ client: keyed }));
   if (!rooms.items.some((r) => r.id === room.id)) throw new Error("the API key does not see the room");
 
-  // Files: a resumable (tus) upload in two appends, a one-request upload, a ranged download.
+  // Files: a resumable (tus) upload in two appends, a one-request upload, a form, a ranged download.
   const data = new TextEncoder().encode(`a file from the journey ${tag}\n`.repeat(40));
   const b64 = (t: string) => Buffer.from(t).toString("base64");
   const begun = await createUpload({
@@ -207,6 +208,11 @@ async function main(): Promise<void> {
   const small = await step("upload a small file in one request", 201,
     uploadAsset({ client: grace, query: { name: "note.txt", content_type: "text/plain" }, body: new Blob(["a note"]) }));
   if (small.size !== 6) throw new Error(JSON.stringify(small));
+  const form = await step("upload a file as a form", 201,
+    uploadAssetForm({ client: grace, body: { name: "from a form.txt", file: new Blob(["a form's file"], { type: "text/plain" }) } }));
+  if (form.name !== "from a form.txt" || form.size !== 13 || form.content_type !== "text/plain") {
+    throw new Error(JSON.stringify(form));
+  }
   const part = await downloadAsset({ client: grace, path: { asset_id: asset.id }, headers: { Range: "bytes=0-9" } });
   // Typed as a Blob; the client reads a text/plain answer as text.
   const got: unknown = part.data;

@@ -253,6 +253,104 @@ async fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
     (status, headers, out.stdout)
 }
 
+/// A browser's form (here curl's `-F`) uploads a file in one request: named and typed by its
+/// part or by the form's other parts, held to the size limit and the quota as it arrives, and
+/// nothing kept of a form that fails.
+#[tokio::test]
+async fn a_form_uploads_a_file_in_one_request() {
+    let s = TestServer::start().await;
+    let (org, token) = member(&s).await;
+    let r = s
+        .http
+        .patch(s.url(&format!("/v1/orgs/{org}")))
+        .bearer_auth(&s.key)
+        .json(&json!({ "settings": { "files_quota_bytes": 10_000, "files_max_bytes": 6_000 } }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.pdf");
+    let bytes = noise(5_000, 21);
+    std::fs::write(&report, &bytes).unwrap();
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, noise(7_000, 22)).unwrap();
+    let url = s.url("/v1/assets/form");
+    let auth = format!("Authorization: Bearer {token}");
+    let file = |p: &std::path::Path, ty: &str| format!("file=@{};type={ty}", p.display());
+    // An upload held open keeps the organization's reservations counting through the forms.
+    let r = s
+        .http
+        .post(s.url("/v1/uploads"))
+        .bearer_auth(&token)
+        .header(TUS.0, TUS.1)
+        .header("upload-length", "100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // Over the file size limit: refused as it arrives, nothing kept.
+    let big_form = file(&big, "application/octet-stream");
+    let (status, _, body) = curl(&["-H", &auth, "-F", &big_form, &url]).await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["code"], "file_too_large");
+
+    let (status, h, body) = curl(&["-H", &auth, "-F", &file(&report, "application/pdf"), &url]).await;
+    assert_eq!(status, 201, "{h}{}", String::from_utf8_lossy(&body));
+    let a: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((a["name"].as_str(), a["content_type"].as_str()), (Some("report.pdf"), Some("application/pdf")));
+    assert_eq!(a["size"], 5_000);
+    assert_eq!(a["sha256"], sha256_hex(&bytes).as_str());
+    let got = s.http.get(s.url(a["content_url"].as_str().unwrap())).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap().as_ref(), bytes.as_slice());
+
+    // The form's fields, before or after the file, name and type it over the part's own.
+    let notes = dir.path().join("notes.pdf");
+    std::fs::write(&notes, noise(1_000, 23)).unwrap();
+    let (status, _, body) = curl(&[
+        "-H",
+        &auth,
+        "-F",
+        "name=notes for Ann.txt",
+        "-F",
+        &file(&notes, "application/pdf"),
+        "-F",
+        "content_type=text/plain",
+        &url,
+    ])
+    .await;
+    assert_eq!(status, 201);
+    let b: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((b["name"].as_str(), b["content_type"].as_str()), (Some("notes for Ann.txt"), Some("text/plain")));
+
+    // Forms that cannot be taken, each with its code; none leaves anything behind.
+    let after = format!("file=@{}", notes.display());
+    let cases: [(Vec<&str>, u16, &str); 4] = [
+        (vec!["-F", after.as_str(), "-F", after.as_str()], 400, "invalid_form"),
+        (vec!["-F", "name=nothing.txt"], 422, "validation_failed"),
+        (vec!["-F", "colour=blue", "-F", after.as_str()], 400, "invalid_form"),
+        (vec!["-H", "Content-Type: text/plain", "--data-binary", "hello"], 415, "unsupported_media_type"),
+    ];
+    for (args, want_status, want_code) in &cases {
+        let mut all = vec!["-H", auth.as_str()];
+        all.extend(args);
+        all.push(&url);
+        let (status, _, body) = curl(&all).await;
+        let p: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((status, p["code"].as_str().unwrap()), (*want_status, *want_code), "{args:?}: {p}");
+    }
+    // The form's path is its own, not a file's id.
+    let r = s.http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["allow"].to_str().unwrap()), (405, "POST"));
+    // 6,000 of 10,000 bytes stored and 100 held: 3,800 more fit only if every form gave back
+    // all it held beyond its file.
+    let mine = get_json(&s, &token, "/v1/assets").await;
+    assert_eq!(mine["items"].as_array().unwrap().len(), 2, "{mine}");
+    assert_eq!(put_file(&s, &token, "more", noise(3_800, 24)).await.status(), 201);
+    s.stop().await;
+}
+
 /// Ranges, validators and HEAD, as curl sends them.
 #[tokio::test]
 async fn downloads_answer_ranges_and_validators_as_curl_sees_them() {
@@ -781,6 +879,56 @@ async fn attachments_are_visible_where_their_message_is() {
     assert_eq!(r.status(), 201);
     let r = s.http.get(s.url(notes["content_url"].as_str().unwrap())).bearer_auth(&cat).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    s.stop().await;
+}
+
+/// A task carries files of its own: whoever reads the tasks reads them; a change keeps the
+/// files it names (whoever attached them) and detaches the rest; only one's own files are added.
+#[tokio::test]
+async fn a_task_carries_files_its_readers_download() {
+    let s = TestServer::start().await;
+    let (org, sl, ann) = member_and_slug(&s).await;
+    operator_invite_and_accept(&s, &org, "bob@example.org", "member").await;
+    let bob = login(&s, &sl, "bob").await.access;
+    let spec: Value = put_file(&s, &ann, "spec.md", b"# spec".to_vec()).await.json().await.unwrap();
+    let spec_url = spec["content_url"].as_str().unwrap().to_owned();
+    let r = s.http.get(s.url(&spec_url)).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.status(), 404, "not shared yet");
+    let task: Value = crate::support::post_json(
+        &s,
+        &ann,
+        "/v1/tasks",
+        json!({ "title": "write it", "attachment_ids": [spec["id"]] }),
+    )
+    .await;
+    assert_eq!(task["attachments"][0]["name"], "spec.md", "{task}");
+    let task_path = format!("/v1/tasks/{}", task["id"].as_str().unwrap());
+    let seen = get_json(&s, &bob, &task_path).await;
+    assert_eq!(seen["attachments"][0]["content_url"], spec_url.as_str(), "{seen}");
+    let r = s.http.get(s.url(&spec_url)).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "# spec");
+    // Bob adds his mock-up and keeps Ann's spec; Ann's other file he cannot add.
+    let mock: Value = put_file(&s, &bob, "mock.png.txt", b"mock".to_vec()).await.json().await.unwrap();
+    let hidden: Value = put_file(&s, &ann, "diary.txt", b"private".to_vec()).await.json().await.unwrap();
+    let patch = |body: Value| s.http.patch(s.url(&task_path)).bearer_auth(&bob).json(&body).send();
+    let r = patch(json!({ "attachment_ids": [spec["id"], hidden["id"]] })).await.unwrap();
+    let p = expect_problem(r, 422, "validation_failed").await;
+    assert_eq!(p["errors"][0]["pointer"], "/attachment_ids/1", "{p}");
+    let r = patch(json!({ "attachment_ids": [spec["id"], mock["id"], mock["id"]] })).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    let names: Vec<&str> = t["attachments"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["spec.md", "mock.png.txt"], "{t}");
+    let r = s.http.get(s.url(mock["content_url"].as_str().unwrap())).bearer_auth(&ann).send().await.unwrap();
+    assert_eq!(r.status(), 200, "Ann reads the file Bob attached");
+    // Detaching leaves the task without them; 51 files are too many.
+    let r = patch(json!({ "attachment_ids": [] })).await.unwrap();
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["attachments"], json!([]), "{t}");
+    let many: Vec<Value> = (0..51).map(|_| mock["id"].clone()).collect();
+    let r = patch(json!({ "attachment_ids": many })).await.unwrap();
+    expect_problem(r, 422, "validation_failed").await;
     s.stop().await;
 }
 

@@ -294,6 +294,11 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
             url.push_str("?name=b.txt");
             return (url, Some(Body::Bytes("text/plain", b"hello".to_vec())));
         }
+        "uploadAssetForm" => {
+            let form = "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.txt\"\r\n\
+                        Content-Type: text/plain\r\n\r\nhello\r\n--B--\r\n";
+            return (url, Some(Body::Bytes("multipart/form-data; boundary=B", form.as_bytes().to_vec())));
+        }
         "createUpload" => return (url, Some(Body::Tus(vec![("upload-length", "5".into())], None))),
         "getUploadOffset" | "terminateUpload" => return (url, Some(Body::Tus(vec![], None))),
         "appendUpload" => {

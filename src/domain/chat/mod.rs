@@ -23,7 +23,7 @@ pub use channels::{
     update,
 };
 pub use channels::{DIRECT_MEMBERS_MAX, MEMBERS_MAX, NAME_CHARS_MAX, TOPIC_CHARS_MAX};
-pub use messages::{Message, Version};
+pub use messages::{Attachment, Message, Version};
 pub use posts::{Anchor, MessageChange, NewMessage, change, history, message, post};
 pub use posts::{HISTORY_LIMIT_MAX, HISTORY_LIMIT_MAX_U32, MENTIONS_MAX, REACTIONS_MAX, TEXT_CHARS_MAX};
 
