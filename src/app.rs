@@ -126,8 +126,9 @@ impl App {
             sfu.set_state_sink(Arc::new(move |org, room, state| hub.call_state(org, room, &state)));
         }
         let docs = crate::docs::Engine::new(store.clone(), writer.clone(), metrics.clone(), config.docs.clone());
-        let blobs =
-            crate::blobs::Blobs::open(&config.data_dir).map_err(|e| StoreError::Storage(format!("blobs: {e}")))?;
+        let blobs = crate::blobs::Blobs::open(&config.data_dir)
+            .map_err(|e| StoreError::Storage(format!("blobs: {e}")))?
+            .keep_in_memory(config.files.memory_cache_bytes);
         let thumbs = crate::thumbs::Thumbs::open(&config.data_dir, metrics.clone())
             .map_err(|e| StoreError::Storage(format!("thumbnails: {e}")))?;
         let uploads = crate::uploads::Uploads::open(&config.data_dir, blobs, config.files.clone(), metrics.clone())

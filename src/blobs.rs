@@ -6,10 +6,17 @@
 //! the blob survives a power cut. Records that name a blob are committed after that, so the
 //! store never holds a row whose bytes are missing. Identical content in one organization is
 //! one blob; organizations never share a blob, so nothing one does is visible to another.
+//!
+//! Small blobs once read are kept in memory, within a byte budget, least recently read out
+//! first: a blob never changes (its name is its content), so a kept copy is never stale, and a
+//! download of a popular avatar or attachment costs no file system call.
 
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use crate::ids::Id;
 
@@ -85,14 +92,81 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[derive(Clone, Debug)]
 pub struct Blobs {
     root: PathBuf,
+    hot: Arc<Mutex<Hot>>,
+}
+
+/// Small blobs kept in memory: at most `budget` bytes, each at most a sixteenth of it.
+#[derive(Debug)]
+struct Hot {
+    kept: lru::LruCache<(Id, Sha256), Bytes>,
+    bytes: u64,
+    budget: u64,
+}
+
+impl Hot {
+    fn file_max(&self) -> u64 {
+        self.budget / 16
+    }
+
+    fn keep(&mut self, key: (Id, Sha256), bytes: Bytes) {
+        let len = bytes.len() as u64;
+        if len > self.file_max() {
+            return;
+        }
+        if let Some(old) = self.kept.put(key, bytes) {
+            self.bytes -= old.len() as u64;
+        }
+        self.bytes += len;
+        while self.bytes > self.budget {
+            let Some((_, out)) = self.kept.pop_lru() else { break };
+            self.bytes -= out.len() as u64;
+        }
+    }
 }
 
 impl Blobs {
-    /// The blob store under `data_dir`, its directory made if missing.
+    /// The blob store under `data_dir`, its directory made if missing; no blob is kept in
+    /// memory until `keep_in_memory` says how much.
     pub fn open(data_dir: &Path) -> io::Result<Self> {
         let root = data_dir.join("blobs");
         fs::create_dir_all(&root)?;
-        Ok(Self { root })
+        let hot = Hot { kept: lru::LruCache::unbounded(), bytes: 0, budget: 0 };
+        Ok(Self { root, hot: Arc::new(Mutex::new(hot)) })
+    }
+
+    /// Keeps small blobs once read in memory, `budget` bytes of them at most (0: none).
+    #[must_use]
+    pub fn keep_in_memory(self, budget: u64) -> Self {
+        self.hot.lock().expect("hot blobs").budget = budget;
+        self
+    }
+
+    /// The largest blob kept in memory once read (0 when none is).
+    pub fn memory_file_max(&self) -> u64 {
+        self.hot.lock().expect("hot blobs").file_max()
+    }
+
+    /// Blob `sha` of `org` if it is kept in memory.
+    pub fn in_memory(&self, org: Id, sha: &Sha256) -> Option<Bytes> {
+        self.hot.lock().expect("hot blobs").kept.get(&(org, *sha)).cloned()
+    }
+
+    /// Reads blob `sha` of `org`, which has `size` bytes, whole (blocking), and keeps it in
+    /// memory if it is small enough. A file of another length is an error: the blob is damaged.
+    pub fn read_whole(&self, org: Id, sha: &Sha256, size: u64) -> io::Result<Bytes> {
+        use std::io::Read;
+        let mut f = File::open(self.path(org, sha))?;
+        let mut buf = Vec::with_capacity(size as usize);
+        (&mut f).take(size + 1).read_to_end(&mut buf)?;
+        if buf.len() as u64 != size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob {} has {} bytes where its record says {size}", sha.hex(), buf.len()),
+            ));
+        }
+        let bytes = Bytes::from(buf);
+        self.hot.lock().expect("hot blobs").keep((org, *sha), bytes.clone());
+        Ok(bytes)
     }
 
     pub fn root(&self) -> &Path {
@@ -136,6 +210,11 @@ impl Blobs {
 
     /// Removes a blob no record names any more.
     pub fn remove(&self, org: Id, sha: &Sha256) -> io::Result<()> {
+        let mut hot = self.hot.lock().expect("hot blobs");
+        if let Some(out) = hot.kept.pop(&(org, *sha)) {
+            hot.bytes -= out.len() as u64;
+        }
+        drop(hot);
         match fs::remove_file(self.path(org, sha)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -181,5 +260,43 @@ mod tests {
         assert_eq!(hash_file(&blobs.path(a, &sha)).unwrap(), sha);
         assert_eq!(blobs.list().unwrap().len(), 2);
         assert_eq!(Sha256::parse_hex(&sha.hex()), Some(sha));
+    }
+
+    /// Small blobs read once are kept within the budget, least recently read out first; a
+    /// removed blob leaves memory too, and a damaged one (another length) is an error.
+    #[test]
+    fn small_blobs_are_kept_in_memory_within_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap().keep_in_memory(64);
+        assert_eq!(blobs.memory_file_max(), 4);
+        let org = Id::new();
+        let mut shas = Vec::new();
+        for i in 0..20u8 {
+            let body = [i; 4];
+            let sha = Sha256::of(&body);
+            let staged = dir.path().join("staged");
+            fs::write(&staged, body).unwrap();
+            blobs.adopt(org, &staged, &sha).unwrap();
+            assert_eq!(blobs.read_whole(org, &sha, 4).unwrap().as_ref(), &body);
+            shas.push(sha);
+        }
+        // 16 blobs of 4 bytes fit in 64: the first four read went out.
+        assert!(shas[..4].iter().all(|s| blobs.in_memory(org, s).is_none()));
+        assert!(shas[4..].iter().all(|s| blobs.in_memory(org, s).is_some()));
+        assert_eq!(blobs.hot.lock().unwrap().bytes, 64);
+        // Another organization's blob of the same content is not this one.
+        assert!(blobs.in_memory(Id::new(), &shas[19]).is_none());
+        blobs.remove(org, &shas[19]).unwrap();
+        assert!(blobs.in_memory(org, &shas[19]).is_none());
+        assert_eq!(blobs.hot.lock().unwrap().bytes, 60);
+        // A blob over the per-file limit is read but not kept.
+        let big = Sha256::of(b"12345");
+        let staged = dir.path().join("staged");
+        fs::write(&staged, b"12345").unwrap();
+        blobs.adopt(org, &staged, &big).unwrap();
+        assert_eq!(blobs.read_whole(org, &big, 5).unwrap().as_ref(), b"12345");
+        assert!(blobs.in_memory(org, &big).is_none());
+        let err = blobs.read_whole(org, &shas[5], 3).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }

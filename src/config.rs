@@ -124,6 +124,9 @@ pub struct FilesConfig {
     pub gc_grace_s: u64,
     /// How often, in seconds, the collector looks for bytes to remove.
     pub gc_interval_s: u64,
+    /// Bytes of small files kept in memory once downloaded, least recently read out first
+    /// (each file at most a sixteenth of this); 0 keeps none.
+    pub memory_cache_bytes: u64,
 }
 
 impl Default for FilesConfig {
@@ -139,6 +142,7 @@ impl Default for FilesConfig {
             disk_reserve_bytes: 256 << 20,
             gc_grace_s: 86_400,
             gc_interval_s: 600,
+            memory_cache_bytes: 64 << 20,
         }
     }
 }

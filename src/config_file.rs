@@ -199,6 +199,10 @@ const DOCS: &[Doc] = &[
     ),
     doc("files.gc_interval_s", "How often, in seconds, the collector looks for file bytes to remove."),
     doc(
+        "files.memory_cache_bytes",
+        "Bytes of small files kept in memory once downloaded, least recently read out first (each file at most a sixteenth of this); 0 keeps none.",
+    ),
+    doc(
         "files.disk_reserve_bytes",
         "Bytes the disk under data_dir must keep free: an upload that would go below is refused (507) before its bytes are written.",
     ),

@@ -72,6 +72,7 @@ pub struct Metrics {
     pub uploads_in_progress: Gauge,
     pub file_bytes_in: Counter,
     pub file_bytes_out: Counter,
+    pub file_reads_from_memory: Counter,
     pub file_blobs_collected: Counter,
     pub file_bytes_stored: Family<OrgLabels, Gauge>,
     pub thumbnails_made: Counter,
@@ -196,6 +197,12 @@ impl Metrics {
         registry.register("file_bytes_in", "File bytes received by uploads", file_bytes_in.clone());
         let file_bytes_out = Counter::default();
         registry.register("file_bytes_out", "File bytes sent by downloads", file_bytes_out.clone());
+        let file_reads_from_memory = Counter::default();
+        registry.register(
+            "file_reads_from_memory",
+            "Downloads of small files answered from memory (files.memory_cache_bytes), not from disk",
+            file_reads_from_memory.clone(),
+        );
         let file_blobs_collected = Counter::default();
         registry.register(
             "file_blobs_collected",
@@ -334,6 +341,7 @@ impl Metrics {
             uploads_in_progress,
             file_bytes_in,
             file_bytes_out,
+            file_reads_from_memory,
             file_blobs_collected,
             file_bytes_stored,
             thumbnails_made,

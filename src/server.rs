@@ -12,7 +12,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use poem::listener::{Acceptor, AcceptorExt, TcpAcceptor};
+use poem::listener::{Acceptor, TcpAcceptor};
+use poem::{Endpoint, EndpointExt, IntoEndpoint};
 
 use crate::app::{self, App};
 use crate::config::Config;
@@ -61,9 +62,9 @@ pub async fn run(
             let tls = http::tls::Reloadable::open(cert, key)
                 .map_err(|e| RunError::Io(std::io::Error::other(e.to_string())))?;
             background.spawn(tls.clone().watch(Duration::from_secs(app.config.tls.reload_interval_s.max(1))));
-            http::tls::TlsAcceptor::new(tcp, tls).boxed()
+            Listening::Tls(http::tls::TlsAcceptor::new(tcp, tls))
         }
-        _ => tcp.boxed(),
+        _ => Listening::Plain(tcp),
     };
     let addr = acceptor
         .local_addr()
@@ -104,9 +105,11 @@ pub async fn run(
         hub.shutdown();
         tracing::info!("stopping: draining requests");
     };
-    let served = poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(http::routes(app.clone()), stopping, Some(drain))
-        .await;
+    let routes = http::routes(app.clone());
+    let served = match acceptor {
+        Listening::Tls(a) => serve_http(a, routes, stopping, drain).await,
+        Listening::Plain(a) => serve_http(a, routes, stopping, drain).await,
+    };
     background.shutdown().await;
     if let Some(turn) = &app.turn {
         turn.close().await;
@@ -127,6 +130,77 @@ pub async fn run(
     drop(store);
     tracing::info!("stopped");
     served.map_err(RunError::from)
+}
+
+/// The listener: plain TCP, or TLS over it.
+enum Listening {
+    Plain(http::tls::NoDelay),
+    Tls(http::tls::TlsAcceptor<http::tls::NoDelay>),
+}
+
+impl Listening {
+    fn local_addr(&self) -> Vec<poem::web::LocalAddr> {
+        match self {
+            Self::Plain(a) => a.local_addr(),
+            Self::Tls(a) => a.local_addr(),
+        }
+    }
+}
+
+/// Serves `routes` on the connections `acceptor` gives until `stop` resolves; then stops
+/// accepting, asks every connection to finish its request in flight and close, and waits for
+/// them up to `drain`.
+///
+/// Each connection keeps its own type (poem's server boxes them, which hides the socket's
+/// vectored writes from hyper, so every answer's body would be copied once more into hyper's
+/// buffer before the kernel copies it again: a megabyte per download of a megabyte).
+async fn serve_http<A: Acceptor>(
+    mut acceptor: A,
+    routes: impl IntoEndpoint<Endpoint: 'static>,
+    stop: impl Future<Output = ()>,
+    drain: Duration,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    type Answer = hyper::Response<http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>>;
+
+    let routes = std::sync::Arc::new(routes.into_endpoint().map_to_response());
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            accepted = acceptor.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let (io, local, remote, scheme) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: the listener stays; try again shortly.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let routes = routes.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let routes = routes.clone();
+            let req = poem::Request::from((req, local.clone(), remote.clone(), scheme.clone()));
+            async move { Ok::<Answer, std::convert::Infallible>(routes.get_response(req).await.into()) }
+        });
+        let conn = auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        let conn = connections.watch(conn);
+        tokio::spawn(async move {
+            // A connection's end (the peer gone, a broken request) is the peer's business.
+            let _ = conn.await;
+        });
+    }
+    drop(acceptor);
+    if tokio::time::timeout(drain, connections.shutdown()).await.is_err() {
+        tracing::info!(drain_ms = drain.as_millis() as u64, "stopping: requests still in flight after the drain bound");
+    }
+    Ok(())
 }
 
 /// Opens the search index (filling a new one from the store first) and starts its follower.

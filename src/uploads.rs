@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::blobs::{self, Blobs, Sha256};
 use crate::config::FilesConfig;
@@ -168,6 +168,56 @@ impl ChunkChecksum {
     }
 }
 
+/// Where an append's bytes go: the part file, the running digest of the whole upload, and the
+/// digest of this request's bytes when the client sent a checksum.
+struct Sink {
+    file: std::fs::File,
+    whole: Option<ring::digest::Context>,
+    chunk: Option<ring::digest::Context>,
+}
+
+impl Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        if let Some(h) = self.whole.as_mut() {
+            h.update(bytes);
+        }
+        if let Some(h) = self.chunk.as_mut() {
+            h.update(bytes);
+        }
+        self.file.write_all(bytes)
+    }
+}
+
+/// A write on the blocking pool: it gives the sink and the buffer back, with its outcome.
+type Writing = tokio::task::JoinHandle<(Sink, Vec<u8>, std::io::Result<()>)>;
+
+/// Reads `body` into `buf` until it is full, the body ends (fewer bytes than the buffer holds),
+/// the body fails or falls silent for `idle`, or a newer request for the upload wakes `stop`.
+async fn fill(
+    body: &mut (impl AsyncRead + Unpin),
+    buf: &mut [u8],
+    idle: Duration,
+    stop: &tokio::sync::Notify,
+) -> (usize, Option<AppendError>) {
+    let mut n = 0;
+    while n < buf.len() {
+        let read = tokio::select! {
+            r = tokio::time::timeout(idle, body.read(&mut buf[n..])) => r,
+            () = stop.notified() => return (n, Some(AppendError::Superseded)),
+        };
+        match read {
+            Ok(Ok(0)) => break,
+            Ok(Ok(got)) => n += got,
+            Ok(Err(e)) => return (n, Some(AppendError::Interrupted(format!("reading the request failed: {e}")))),
+            Err(_) => {
+                return (n, Some(AppendError::Interrupted(format!("no bytes arrived for {} s", idle.as_secs()))));
+            }
+        }
+    }
+    (n, None)
+}
+
 /// One upload's live state, shared by the requests that touch it.
 struct Slot {
     /// Serializes the requests appending to it; a newer request asks the older one to stop.
@@ -207,8 +257,6 @@ pub struct Uploads {
 
 /// The bytes gathered from the request body before each write.
 const CHUNK: usize = 1 << 20;
-/// How a read of the body says a newer request for the upload took over.
-const SUPERSEDED: &str = "superseded by a newer request for this upload";
 
 impl Uploads {
     /// Opens the upload area under `data_dir`, counting what is in progress there. Returns the
@@ -448,29 +496,23 @@ impl Uploads {
         let Ok(mut progress) = tokio::time::timeout(Duration::from_secs(10), slot.busy.lock()).await else {
             return Err(AppendError::Interrupted("another request for this upload did not stop".into()));
         };
-        let part_path = self.part_path(info.org, info.id);
-        let mut file = match tokio::fs::OpenOptions::new().append(true).open(&part_path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(DomainError::NotFound { what: "upload" }.into());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let start = file.metadata().await?.len();
-        if start != offset {
-            return Err(AppendError::OffsetMismatch { current: start });
-        }
+        let (file, start) = self.open_part(info, offset).await?;
         // The digest of the whole file goes on from where the last request left it, if it did.
-        let mut whole = match progress.hasher.take() {
+        let whole = match progress.hasher.take() {
             Some((at, ctx)) if at == start => Some(ctx),
             _ if start == 0 => Some(ring::digest::Context::new(&ring::digest::SHA256)),
             _ => None,
         };
         let before = whole.clone();
-        let mut chunk_digest = checksum.as_ref().map(ChunkChecksum::context);
+        let chunk = checksum.as_ref().map(ChunkChecksum::context);
         let idle = Duration::from_secs(self.inner.cfg.upload_idle_timeout_s);
+        // The request's bytes are gathered into one buffer while the one before is hashed and
+        // written on the blocking pool: the network, the digest and the disk work side by side.
+        let mut sink = Some(Sink { file, whole, chunk });
+        let mut writing: Option<Writing> = None;
         let mut at = start;
         let mut buf = vec![0u8; CHUNK];
+        let mut spare = Some(vec![0u8; CHUNK]);
         let mut outcome: Result<(), AppendError> = Ok(());
         let mut ended = false;
         while !ended {
@@ -480,41 +522,34 @@ impl Uploads {
             }
             // Fill the buffer (the body comes in small frames), so the disk and the digest see
             // large writes; whatever arrived before the body ended or failed is kept.
-            let mut n = 0;
-            while n < buf.len() {
-                let read = tokio::select! {
-                    r = tokio::time::timeout(idle, body.read(&mut buf[n..])) => r,
-                    () = slot.stop.notified() => Ok(Err(std::io::Error::other(SUPERSEDED))),
-                };
-                match read {
-                    Ok(Ok(0)) => ended = true,
-                    Ok(Ok(got)) => n += got,
-                    Ok(Err(e)) if e.to_string() == SUPERSEDED => outcome = Err(AppendError::Superseded),
-                    Ok(Err(e)) => {
-                        outcome = Err(AppendError::Interrupted(format!("reading the request failed: {e}")));
-                    }
-                    Err(_) => {
-                        outcome = Err(AppendError::Interrupted(format!("no bytes arrived for {} s", idle.as_secs())));
-                    }
-                }
-                if ended || outcome.is_err() {
-                    ended = true;
+            let (n, failed) = fill(&mut body, &mut buf, idle, &slot.stop).await;
+            if let Some(e) = failed {
+                outcome = Err(e);
+                ended = true;
+            } else if n < buf.len() {
+                ended = true;
+            }
+            // The write before must be done before this one starts (they share the file and
+            // the digests).
+            if let Some(w) = writing.take() {
+                let (back, used, result) = w.await.map_err(std::io::Error::other)?;
+                sink = Some(back);
+                spare = Some(used);
+                if let Err(e) = result {
+                    outcome = Err(e.into());
                     break;
                 }
             }
             let room = info.length - at;
             let take = (n as u64).min(room) as usize;
             if take > 0 {
-                if let Err(e) = file.write_all(&buf[..take]).await {
-                    outcome = Err(e.into());
-                    break;
-                }
-                if let Some(h) = whole.as_mut() {
-                    h.update(&buf[..take]);
-                }
-                if let Some(h) = chunk_digest.as_mut() {
-                    h.update(&buf[..take]);
-                }
+                let mut s = sink.take().expect("the sink is back");
+                let next = spare.take().unwrap_or_else(|| vec![0u8; CHUNK]);
+                let full = std::mem::replace(&mut buf, next);
+                writing = Some(tokio::task::spawn_blocking(move || {
+                    let result = s.write(&full[..take]);
+                    (s, full, result)
+                }));
                 at += take as u64;
                 self.inner.metrics.file_bytes_in.inc_by(take as u64);
             }
@@ -523,17 +558,35 @@ impl Uploads {
                 break;
             }
         }
-        if let (Some(want), Some(got)) = (checksum, chunk_digest) {
-            if outcome.is_ok() && got.finish().as_ref() != want.expected() {
-                file.set_len(start).await?;
-                file.sync_all().await?;
-                progress.hasher = before.map(|c| (start, c));
-                return Err(AppendError::ChecksumMismatch);
+        if let Some(w) = writing.take() {
+            let (back, _, result) = w.await.map_err(std::io::Error::other)?;
+            sink = Some(back);
+            if let Err(e) = result {
+                if outcome.is_ok() {
+                    outcome = Err(e.into());
+                }
             }
         }
-        file.flush().await?;
-        file.sync_data().await?;
-        progress.hasher = whole.map(|c| (at, c));
+        let Sink { file, whole, chunk } = sink.expect("the sink is back");
+        // A failed write leaves the file's length, not `at`, as the offset to resume from.
+        let written_ok = !matches!(outcome, Err(AppendError::Io(_)));
+        let mismatch = match (&checksum, chunk) {
+            (Some(want), Some(got)) if outcome.is_ok() => got.finish().as_ref() != want.expected(),
+            _ => false,
+        };
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if mismatch {
+                file.set_len(start)?;
+            }
+            file.sync_data()
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if mismatch {
+            progress.hasher = before.map(|c| (start, c));
+            return Err(AppendError::ChecksumMismatch);
+        }
+        progress.hasher = if written_ok { whole.map(|c| (at, c)) } else { None };
         if at > start {
             self.touch(info).await;
         }
@@ -565,6 +618,26 @@ impl Uploads {
             e.0 = e.0.saturating_sub(info.length - settled.length);
         }
         Ok(settled)
+    }
+
+    /// The upload's part file, open for appending, and its length, which must be `offset`.
+    async fn open_part(&self, info: &UploadInfo, offset: u64) -> Result<(std::fs::File, u64), AppendError> {
+        let part_path = self.part_path(info.org, info.id);
+        let opened = tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().append(true).open(&part_path))
+            .await
+            .map_err(std::io::Error::other)?;
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DomainError::NotFound { what: "upload" }.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let start = file.metadata()?.len();
+        if start != offset {
+            return Err(AppendError::OffsetMismatch { current: start });
+        }
+        Ok((file, start))
     }
 
     /// Moves the upload's expiry on: bytes arrived.

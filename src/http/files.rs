@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use bytes::Bytes;
 use poem::http::{HeaderValue, StatusCode};
 use poem::web::Data;
 use poem::{Body, Request, RequestBody, Response};
@@ -47,7 +48,7 @@ pub const CHECKSUM_ALGORITHMS: &str = "sha1,sha256";
 const OFFSET_STREAM: &str = "application/offset+octet-stream";
 /// Bytes one read of a download's file takes.
 const READ_CHUNK: usize = 256 << 10;
-/// A download of at most this many bytes is read in one go.
+/// A download (a file or a range) of at most this many bytes is read in one go.
 const WHOLE_READ_MAX: u64 = 1 << 20;
 /// Longest `Upload-Metadata` header kept, in bytes.
 pub const METADATA_BYTES_MAX: usize = 4096;
@@ -1135,8 +1136,7 @@ impl FilesApi {
         let scope = OrgScope::from_credential(org);
         let a = app
             .store
-            .read(move |r| assets::find(r, scope, id))
-            .await?
+            .peek(|r| assets::find(r, scope, id))?
             .filter(|a| a.deleted_at_ms.is_none())
             .ok_or_else(not_found)?;
         let left = expires.0.saturating_sub(now);
@@ -1186,12 +1186,9 @@ async fn visible(app: &App, p: &Principal, id: &str) -> Result<Asset, DomainErro
     let not_found = || DomainError::NotFound { what: "asset" };
     let id = parse_id(id, "asset")?;
     let scope = OrgScope::member(p);
-    let a = app
-        .store
-        .read(move |r| assets::find(r, scope, id))
-        .await?
-        .filter(|a| a.deleted_at_ms.is_none())
-        .ok_or_else(not_found)?;
+    // One point read, like the credential's: no hop to the blocking pool.
+    let a =
+        app.store.peek(|r| assets::find(r, scope, id))?.filter(|a| a.deleted_at_ms.is_none()).ok_or_else(not_found)?;
     if a.created_by == p.user || manager(p) {
         return Ok(a);
     }
@@ -1414,6 +1411,75 @@ fn disposition(kind: &str, name: &str) -> String {
     format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
+/// Where a download's bytes come from: all of them at hand (a small file, from memory or one
+/// read), a range read in one go, or a file streamed from disk.
+enum Source {
+    Whole(Bytes),
+    Part { head: Vec<u8>, bytes: Bytes },
+    File(tokio::fs::File),
+}
+
+/// A blob that cannot be read: missing (404, logged, it should not be) or unreadable.
+fn unreadable(a: &Asset, e: &std::io::Error) -> Problem {
+    tracing::error!(asset = %a.id, error = %e, "a stored file's bytes cannot be read");
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Problem::from(DomainError::NotFound { what: "asset" })
+    } else {
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_failed", "the file's bytes cannot be read")
+    }
+}
+
+/// Opens a download's bytes: a small file whole (from memory, or read in one trip to the
+/// blocking pool and kept in memory for the next download), a small range of a large file in
+/// one positioned read, or a large file to stream.
+async fn source(
+    app: &App,
+    org: Id,
+    a: &Asset,
+    sha: Sha256,
+    first: u64,
+    len: u64,
+    image: bool,
+) -> Result<Source, Problem> {
+    let size = a.size;
+    let blobs = app.uploads.blobs().clone();
+    let source = if size <= WHOLE_READ_MAX.max(blobs.memory_file_max()) {
+        match blobs.in_memory(org, &sha) {
+            Some(bytes) => {
+                app.metrics.file_reads_from_memory.inc();
+                Source::Whole(bytes)
+            }
+            None => Source::Whole(
+                tokio::task::spawn_blocking(move || blobs.read_whole(org, &sha, size))
+                    .await
+                    .map_err(|e| Problem::from(crate::store::StoreError::from(std::io::Error::other(e))))?
+                    .map_err(|e| unreadable(a, &e))?,
+            ),
+        }
+    } else if len <= WHOLE_READ_MAX {
+        // A small range of a large file: one trip, one positioned read.
+        let path = blobs.path(org, &sha);
+        let read = move || -> std::io::Result<(Vec<u8>, Bytes)> {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(&path)?;
+            let mut head = vec![0u8; if image { 16 } else { 0 }];
+            f.read_exact_at(&mut head, 0)?;
+            let mut bytes = vec![0u8; len as usize];
+            f.read_exact_at(&mut bytes, first)?;
+            Ok((head, Bytes::from(bytes)))
+        };
+        let (head, bytes) = tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| Problem::from(crate::store::StoreError::from(std::io::Error::other(e))))?
+            .map_err(|e| unreadable(a, &e))?;
+        Source::Part { head, bytes }
+    } else {
+        let path = blobs.path(org, &sha);
+        Source::File(tokio::fs::File::open(&path).await.map_err(|e| unreadable(a, &e))?)
+    };
+    Ok(source)
+}
+
 async fn serve(app: &App, req: &Request, org: Id, a: &Asset, cache: String) -> Result<Download, Problem> {
     let etag = format!("\"{}\"", a.sha256);
     let sha = Sha256::parse_hex(&a.sha256).ok_or_else(|| Problem::from(DomainError::NotFound { what: "asset" }))?;
@@ -1426,38 +1492,12 @@ async fn serve(app: &App, req: &Request, org: Id, a: &Asset, cache: String) -> R
             return Ok(Download(builder.status(StatusCode::NOT_MODIFIED).finish()));
         }
     }
-    let path = app.uploads.blobs().path(org, &sha);
-    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
-        tracing::error!(asset = %a.id, error = %e, "a stored file's bytes are missing");
-        Problem::from(DomainError::NotFound { what: "asset" })
-    })?;
     let size = a.size;
-    // Only an image's first bytes are checked against its type: other downloads read nothing
-    // more than what they send.
-    let honest = if a.content_type.starts_with("image/") {
-        let mut head = [0u8; 16];
-        let n = file.read(&mut head).await.unwrap_or(0);
-        file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| Problem::from(crate::store::StoreError::from(e)))?;
-        image_bytes_match(&a.content_type, &head[..n])
-    } else {
-        true
-    };
-    let (content_type, kind) = if inline_safe(&a.content_type) && honest {
-        (a.content_type.as_str(), "inline")
-    } else if honest {
-        (a.content_type.as_str(), "attachment")
-    } else {
-        ("application/octet-stream", "attachment")
-    };
-    builder = builder.content_type(content_type).header("content-disposition", disposition(kind, &a.name));
     let if_range_ok = req.header("if-range").is_none_or(|v| etag_listed(v, &etag) && !v.trim().starts_with("W/"));
     let range = req.header("range").filter(|_| if_range_ok).and_then(|h| range_of(h, size));
     let (status, first, len) = match range {
         None => (StatusCode::OK, 0, size),
-        Some(Ok((first, last))) => {
-            builder = builder.header("content-range", format!("bytes {first}-{last}/{size}"));
-            (StatusCode::PARTIAL_CONTENT, first, last - first + 1)
-        }
+        Some(Ok((first, last))) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
         Some(Err(())) => {
             let mut resp = poem::IntoResponse::into_response(Problem::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
@@ -1470,28 +1510,61 @@ async fn serve(app: &App, req: &Request, org: Id, a: &Asset, cache: String) -> R
             return Ok(Download(resp));
         }
     };
-    if first > 0 {
-        file.seek(std::io::SeekFrom::Start(first))
-            .await
-            .map_err(|e| Problem::from(crate::store::StoreError::from(e)))?;
-    }
-    let out = app.metrics.file_bytes_out.clone();
-    if len <= WHOLE_READ_MAX {
-        // A small file (or range) in one read: one trip to the blocking pool, not one per chunk.
-        let mut whole = Vec::with_capacity(len as usize);
-        file.take(len).read_to_end(&mut whole).await.map_err(|e| Problem::from(crate::store::StoreError::from(e)))?;
-        out.inc_by(whole.len() as u64);
-        // Said outright: a HEAD answer (this one, its body dropped) still carries the length.
-        return Ok(Download(builder.status(status).header("content-length", len.to_string()).body(whole)));
-    }
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_CHUNK);
-    let stream = futures_util::StreamExt::inspect(stream, move |chunk| {
-        if let Ok(c) = chunk {
-            out.inc_by(c.len() as u64);
+    // Only an image's first bytes are checked against its type: other downloads read nothing
+    // more than what they send.
+    let image = a.content_type.starts_with("image/");
+    let mut source = source(app, org, a, sha, first, len, image).await?;
+    let honest = match &mut source {
+        _ if !image => true,
+        Source::Whole(b) => image_bytes_match(&a.content_type, &b[..b.len().min(16)]),
+        Source::Part { head, .. } => image_bytes_match(&a.content_type, head),
+        Source::File(file) => {
+            let mut head = [0u8; 16];
+            let n = file.read(&mut head).await.unwrap_or(0);
+            file.seek(std::io::SeekFrom::Start(0))
+                .await
+                .map_err(|e| Problem::from(crate::store::StoreError::from(e)))?;
+            image_bytes_match(&a.content_type, &head[..n])
         }
-    });
-    let resp = builder.status(status).header("content-length", len.to_string()).body(Body::from_bytes_stream(stream));
-    Ok(Download(resp))
+    };
+    let (content_type, kind) = if inline_safe(&a.content_type) && honest {
+        (a.content_type.as_str(), "inline")
+    } else if honest {
+        (a.content_type.as_str(), "attachment")
+    } else {
+        ("application/octet-stream", "attachment")
+    };
+    builder = builder.content_type(content_type).header("content-disposition", disposition(kind, &a.name));
+    if status == StatusCode::PARTIAL_CONTENT {
+        builder = builder.header("content-range", format!("bytes {first}-{}/{size}", first + len - 1));
+    }
+    // The length is said outright: a HEAD answer (this one, its body dropped) still carries it.
+    builder = builder.status(status).header("content-length", len.to_string());
+    let out = app.metrics.file_bytes_out.clone();
+    let body = match source {
+        Source::Whole(bytes) => {
+            out.inc_by(len);
+            Body::from_bytes(bytes.slice(first as usize..(first + len) as usize))
+        }
+        Source::Part { bytes, .. } => {
+            out.inc_by(len);
+            Body::from_bytes(bytes)
+        }
+        Source::File(mut file) => {
+            if first > 0 {
+                file.seek(std::io::SeekFrom::Start(first))
+                    .await
+                    .map_err(|e| Problem::from(crate::store::StoreError::from(e)))?;
+            }
+            let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_CHUNK);
+            Body::from_bytes_stream(futures_util::StreamExt::inspect(stream, move |chunk| {
+                if let Ok(c) = chunk {
+                    out.inc_by(c.len() as u64);
+                }
+            }))
+        }
+    };
+    Ok(Download(builder.body(body)))
 }
 
 #[cfg(test)]
