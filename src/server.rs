@@ -2,7 +2,8 @@
 //!
 //! It starts the running parts (`App`), the admin socket, the background loops (retention, the
 //! realtime dispatcher, the document janitor, the media followers, the search indexer, systemd's
-//! watchdog), serves HTTP, and on shutdown drains requests, closes sockets with going-away,
+//! watchdog), serves HTTP (hyper's connections, each with its socket's own type, running the
+//! poem routes), and on shutdown drains requests, closes sockets with going-away,
 //! stops the followers and flushes the writer. This is the top of the layers: it may use any
 //! module, and none uses it.
 //!
