@@ -38,6 +38,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("rtp_packet", rtp_packet),
     ("rtcp_packet", rtcp_packet),
     ("stun_binding", stun_binding),
+    ("file_headers", file_headers),
+    ("upload_form", upload_form),
 ];
 
 /// A frame a realtime client sends (JSON text).
@@ -191,4 +193,17 @@ fn ring() -> &'static KeyRing {
 pub fn sample_access_token(ttl: Duration) -> Option<String> {
     let claims = AccessClaims { org: Id::new(), user: Id::new(), role: "member".into(), session: Id::new(), exp_s: 0 };
     tokens::issue(ring(), &claims, ttl).ok()
+}
+
+/// Upload and download headers (`Upload-Metadata`, `Upload-Checksum`, `Range`,
+/// `If-None-Match`), media types and file names, one per line.
+pub fn file_headers(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        crate::http::files::fuzz_headers(text);
+    }
+}
+
+/// A form upload's body (`multipart/form-data`).
+pub fn upload_form(data: &[u8]) {
+    crate::http::files::fuzz_form(data);
 }

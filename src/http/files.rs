@@ -1357,6 +1357,65 @@ fn range_of(header: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
     Some(Ok((first, last.min(size - 1))))
 }
 
+/// The parsers of uploads' and downloads' headers, for the fuzz target `file_headers`: each
+/// line of `text` is tried as `Upload-Metadata`, `Upload-Checksum`, `Range` (against a few
+/// sizes), an `If-None-Match` list, a media type and a file name, and what must hold of each
+/// answer is asserted.
+pub fn fuzz_headers(text: &str) {
+    for line in text.lines() {
+        if let Ok(pairs) = parse_metadata(line) {
+            assert!(pairs.iter().all(|(k, _)| !k.is_empty()));
+        }
+        let _ = parse_checksum(Some(line));
+        for size in [0, 1, 100, u64::MAX] {
+            if let Some(Ok((first, last))) = range_of(line, size) {
+                assert!(first <= last && last < size, "{line:?} of {size} bytes gave {first}-{last}");
+            }
+        }
+        let _ = etag_listed(line, "\"0a\"");
+        if let Ok(t) = form_type(Some(line), None) {
+            assert!(t.len() <= assets::TYPE_CHARS_MAX && t.contains('/'));
+        }
+        if assets::check_name(line).is_ok() {
+            // A stored name always makes a header a response can carry.
+            assert!(HeaderValue::from_str(&disposition("attachment", line)).is_ok(), "{line:?}");
+        }
+    }
+}
+
+/// A form upload's body (`multipart/form-data; boundary=B`), for the fuzz target
+/// `upload_form`: read part by part as `uploadAssetForm` reads it, within its limits.
+pub fn fuzz_form(body: &[u8]) {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime =
+            tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+    }
+    let form = FormBody {
+        content_type: Some("multipart/form-data; boundary=B".into()),
+        body: Some(Body::from_vec(body.to_vec())),
+    };
+    let Ok(mut form) = form.form() else { return };
+    RUNTIME.with(|rt| {
+        rt.block_on(async move {
+            while let Ok(Some(field)) = form.next_field().await {
+                let part_type = field.content_type().map(|m| essence(m.as_ref()));
+                let _ = form_type(None, part_type.as_deref());
+                let _ = field.file_name().map(assets::check_name);
+                match field.name() {
+                    Some("name" | "content_type") => {
+                        if let Ok(text) = field.text().await {
+                            assert!(text.len() as u64 <= FORM_TEXT_BYTES_MAX);
+                        }
+                    }
+                    _ => {
+                        let _ = field.bytes().await;
+                    }
+                }
+            }
+        });
+    });
+}
+
 /// Whether an `If-None-Match` or `If-Range` list names `etag` (or `*`).
 fn etag_listed(header: &str, etag: &str) -> bool {
     header.split(',').map(str::trim).any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
