@@ -12,6 +12,7 @@ mod crash;
 mod docs;
 mod errors;
 mod events;
+mod faults;
 mod files;
 mod fuzz;
 mod identity;

@@ -1,0 +1,192 @@
+//! Faults an edge box meets, on a real server process: here, a disk that fills up.
+//!
+//! The server runs on a 96 MiB tmpfs of its own, mounted in a user and mount namespace
+//! (`unshare`), so the test needs no privilege and touches no real disk. A shell in that
+//! namespace fills and frees the disk and restarts the server when the test asks it to, by a
+//! file appearing beside the namespace's mount.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::BIN;
+
+/// What the shell in the namespace runs: mount the disk, make an operator key, serve; then act
+/// on the test's requests (`fill`, `free`, `restart`, as files in `$3`).
+const SCRIPT: &str = r#"
+set -e
+mount -t tmpfs -o size=96m tmpfs "$1"
+"$2" operator create-key --data "$1/data" --name faults > "$3/key"
+"$2" serve --listen 127.0.0.1:0 --data "$1/data" &
+pid=$!
+while :; do
+    if [ -e "$3/fill" ]; then
+        rm "$3/fill"
+        # Leave 8 MiB: below the server's 16 MiB floor, above nothing.
+        avail=$(df -k --output=avail "$1" | tail -n 1)
+        dd if=/dev/zero of="$1/filler" bs=1M count=$(( avail / 1024 - 8 )) 2>/dev/null || true
+        touch "$3/filled"
+    fi
+    if [ -e "$3/free" ]; then
+        rm "$3/free" "$1/filler"
+        touch "$3/freed"
+    fi
+    if [ -e "$3/restart" ]; then
+        kill -TERM $pid
+        wait $pid || true
+        exec "$2" serve --listen 127.0.0.1:0 --data "$1/data"
+    fi
+    sleep 0.05
+done
+"#;
+
+/// The namespace's shell and the server in it; its stdout's ready lines come through `ready`.
+struct Boxed {
+    child: Child,
+    ready: mpsc::Receiver<String>,
+}
+
+impl Boxed {
+    fn start(control: &Path) -> Self {
+        let disk = control.join("disk");
+        std::fs::create_dir(&disk).unwrap();
+        let mut child = Command::new("unshare")
+            // Its own PID namespace too: when the shell goes, everything in it goes.
+            .args(["--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", SCRIPT, "sh"])
+            .arg(&disk)
+            .arg(BIN)
+            .arg(control)
+            .env("OUTPOST_LOG__FORMAT", "json")
+            .env("OUTPOST_LOG__LEVEL", "info")
+            .env("OUTPOST_STORE__MIN_FREE_DISK_BYTES", (16u64 << 20).to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("unshare (util-linux) runs the server in a namespace");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, ready) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+                if v["fields"]["message"] == "outpost is ready" {
+                    let _ = tx.send(format!("http://{}", v["fields"]["listen"].as_str().unwrap()));
+                }
+            }
+        });
+        Self { child, ready }
+    }
+
+    fn next_ready(&self) -> String {
+        self.ready.recv_timeout(Duration::from_secs(30)).expect("the server in the namespace is ready")
+    }
+}
+
+impl Drop for Boxed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asks the namespace's shell for `what` and waits for it to say it is done (`done`, if any).
+async fn ask(control: &Path, what: &str, done: Option<&str>) {
+    std::fs::write(control.join(what), b"").unwrap();
+    let Some(done) = done else { return };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !control.join(done).exists() {
+        assert!(Instant::now() < deadline, "the namespace did not {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `f` until it is true (generous bound: the writer looks at the disk twice a second).
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A disk filled from outside: writes are refused with 507 `insufficient_storage` and lose
+/// nothing, reads and liveness go on, readiness says why; once space is freed, writes resume by
+/// themselves, and after a restart every acknowledged write is there.
+#[tokio::test]
+async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
+    let control = tempfile::tempdir().unwrap();
+    let boxed = Boxed::start(control.path());
+    let base = boxed.next_ready();
+    let key = std::fs::read_to_string(control.path().join("key")).unwrap().trim().to_owned();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let mut acked: Vec<String> = Vec::new();
+    let create = |base: &str, n: usize| {
+        let req = http
+            .post(format!("{base}/v1/orgs"))
+            .bearer_auth(&key)
+            .json(&json!({ "slug": format!("disk{n}"), "name": "Disk" }));
+        async move { req.send().await.unwrap() }
+    };
+    let mut n = 0;
+    for _ in 0..20 {
+        let r = create(&base, n).await;
+        n += 1;
+        assert_eq!(r.status(), 201);
+        acked.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+
+    ask(control.path(), "fill", Some("filled")).await;
+    let mut refused = None;
+    eventually("writes are refused on a full disk", async || {
+        let r = create(&base, n).await;
+        n += 1;
+        match r.status().as_u16() {
+            201 => {
+                acked.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+                false
+            }
+            507 => {
+                refused = Some(r.json::<Value>().await.unwrap());
+                true
+            }
+            other => panic!("a write on a full disk answered {other}"),
+        }
+    })
+    .await;
+    assert_eq!(refused.unwrap()["code"], "insufficient_storage");
+    // Reads and liveness go on; readiness says why it is not ready.
+    let r = http.get(format!("{base}/v1/orgs/{}", acked[0])).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(http.get(format!("{base}/health/live")).send().await.unwrap().status(), 200);
+    let r = http.get(format!("{base}/health/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let ready: Value = r.json().await.unwrap();
+    assert!(ready["free_disk_bytes"].as_u64().unwrap() < ready["min_free_disk_bytes"].as_u64().unwrap(), "{ready}");
+    assert_eq!(ready["store_writable"], true, "refusing is not failing: {ready}");
+
+    // Space comes back: writes resume by themselves.
+    ask(control.path(), "free", Some("freed")).await;
+    eventually("writes resume once space is freed", async || {
+        let r = create(&base, n).await;
+        n += 1;
+        let ok = r.status() == 201;
+        if ok {
+            acked.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+        }
+        ok
+    })
+    .await;
+    assert_eq!(http.get(format!("{base}/health/ready")).send().await.unwrap().status(), 200);
+
+    // Every acknowledged write is there after a restart.
+    ask(control.path(), "restart", None).await;
+    let base = boxed.next_ready();
+    for id in &acked {
+        let r = http.get(format!("{base}/v1/orgs/{id}")).bearer_auth(&key).send().await.unwrap();
+        assert_eq!(r.status(), 200, "acknowledged org {id} is gone");
+    }
+    assert!(acked.len() > 20, "{}", acked.len());
+}
