@@ -12,6 +12,7 @@ pub mod fsck;
 pub mod tables;
 pub mod writer;
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -99,6 +100,70 @@ struct Inner {
     epoch: u64,
 }
 
+/// The fault hook of the fsync-failure test: with this variable naming a file, the store's
+/// next fsync after that file appears fails (and removes it). Nothing else changes.
+pub const FSYNC_FAULT_ENV: &str = "FSYNC_FAULT_MARKER";
+
+/// The store file, with one injected fsync failure on demand (`FSYNC_FAULT_ENV`).
+#[derive(Debug)]
+struct FsyncFault {
+    file: redb::backends::FileBackend,
+    marker: PathBuf,
+}
+
+impl redb::StorageBackend for FsyncFault {
+    fn len(&self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.file.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        if std::fs::remove_file(&self.marker).is_ok() {
+            return Err(std::io::Error::other("fsync failed (injected)"));
+        }
+        self.file.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.file.write(offset, data)
+    }
+
+    fn close(&self) -> std::io::Result<()> {
+        self.file.close()
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
+        self.file.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
+        self.file.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+        self.file.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+        self.file.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+        self.file.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
+        self.file.query_lock_range(start, end)
+    }
+}
+
 /// What opening the store found and did, for the start-up log.
 #[derive(Debug, Clone)]
 pub struct OpenReport {
@@ -122,7 +187,17 @@ impl Store {
     ) -> Result<(Self, OpenReport), StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join(DB_FILE);
-        let db = redb::Database::builder().set_cache_size(cache_bytes).create(&path)?;
+        let mut builder = redb::Database::builder();
+        builder.set_cache_size(cache_bytes);
+        let db = match std::env::var_os(FSYNC_FAULT_ENV) {
+            Some(marker) => {
+                let file =
+                    std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+                let file = redb::backends::FileBackend::new(file)?;
+                builder.create_with_backend(FsyncFault { file, marker: marker.into() })?
+            }
+            None => builder.create(&path)?,
+        };
         let report = init_or_migrate(&db, progress)?;
         let store = Self { inner: Arc::new(Inner { db, path, epoch: report.epoch }) };
         Ok((store, report))

@@ -1,4 +1,5 @@
-//! Faults an edge box meets, on a real server process: here, a disk that fills up.
+//! Faults an edge box meets, on a real server process: a disk that fills up, an fsync that
+//! fails.
 //!
 //! The server runs on a 96 MiB tmpfs of its own, mounted in a user and mount namespace
 //! (`unshare`), so the test needs no privilege and touches no real disk. A shell in that
@@ -189,4 +190,68 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
         assert_eq!(r.status(), 200, "acknowledged org {id} is gone");
     }
     assert!(acked.len() > 20, "{}", acked.len());
+}
+
+/// An fsync that fails: the write it carried is not acknowledged, and no later write is either,
+/// though the disk would take them (a failed fsync may have lost pages the next fsync would not
+/// report: the PostgreSQL "fsyncgate" lesson). Readiness says the store is not writable. A
+/// restart recovers a consistent store with every acknowledged write, and takes writes again.
+#[tokio::test]
+async fn a_failed_fsync_stops_writes_until_a_restart_recovers() {
+    use crate::support::{ChildServer, cli};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (code, key, _) = cli(&["operator", "create-key", "--data", data.to_str().unwrap()], &[], None);
+    assert_eq!(code, 0);
+    let key = key.trim().to_owned();
+    let marker = dir.path().join("fail-next-fsync");
+    let marker_env = marker.to_str().unwrap();
+    let server = ChildServer::start_with_env(&data, &[(outpost::store::FSYNC_FAULT_ENV, marker_env)]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let create = |base: String, n: usize| {
+        let req = http
+            .post(format!("{base}/v1/orgs"))
+            .bearer_auth(&key)
+            .json(&json!({ "slug": format!("f{n}"), "name": "F" }));
+        async move { req.send().await.unwrap() }
+    };
+    let mut acked = Vec::new();
+    for n in 0..10 {
+        let r = create(server.base.clone(), n).await;
+        assert_eq!(r.status(), 201);
+        acked.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    std::fs::write(&marker, b"").unwrap();
+    let r = create(server.base.clone(), 10).await;
+    let status = r.status().as_u16();
+    let failed: Value = r.json().await.unwrap();
+    assert!(!marker.exists(), "the write's fsync ran");
+    assert_eq!((status, failed["code"].as_str()), (500, Some("storage_error")), "{failed}");
+    // The disk would take the next ones; they are refused all the same.
+    for n in 11..14 {
+        let r = create(server.base.clone(), n).await;
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (500, Some("storage_error")),
+            "a write after a failed fsync: {body}"
+        );
+    }
+    let r = http.get(format!("{}/health/ready", server.base)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let ready: Value = r.json().await.unwrap();
+    assert_eq!(ready["store_writable"], false, "{ready}");
+    assert_eq!(http.get(format!("{}/health/live", server.base)).send().await.unwrap().status(), 200);
+
+    server.kill9();
+    let server = ChildServer::start(&data);
+    for id in &acked {
+        let r = http.get(format!("{}/v1/orgs/{id}", server.base)).bearer_auth(&key).send().await.unwrap();
+        assert_eq!(r.status(), 200, "acknowledged org {id} is gone");
+    }
+    let r = create(server.base.clone(), 20).await;
+    assert_eq!(r.status(), 201, "writes again after the restart");
+    let (code, out, err) = cli(&["audit", "verify", "--data", data.to_str().unwrap()], &[], None);
+    assert_eq!(code, 0, "{out}{err}");
 }
