@@ -142,7 +142,11 @@ impl From<StoreError> for Problem {
             }
             other => {
                 tracing::error!(error = %other, "store error");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", "the store failed; nothing was changed")
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage_error",
+                    "the store failed; a change this request asked for is not acknowledged (it may or may not have been saved)",
+                )
             }
         }
     }
