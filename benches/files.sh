@@ -58,26 +58,46 @@ disk_round() {
 
 # One upload of BYTES (zeros, or with SEED a different first byte so each round is new
 # content, not a dedup hit); prints "MiB/s peak_rss_kb idle_rss_kb".
-upload_round() {
-    local seed=$1 loc id t0 t1 idle peak=0 sampler
+# Begins a tus upload of BYTES; prints its path.
+begin_upload() {
+    local loc
     loc=$(curl -fsS -D - -o /dev/null -X POST "$OP_URL/v1/uploads" -H "$AUTH" -H 'Tus-Resumable: 1.0.0' \
-        -H "Upload-Length: $BYTES" | awk 'tolower($1) == "location:" {print $2}' | tr -d '\r')
+        -H "Upload-Length: $1" | awk 'tolower($1) == "location:" {print $2}' | tr -d '\r')
     [ -n "$loc" ] || die "no upload location"
-    idle=$(proc_rss_kb "$OP_PID")
+    echo "$loc"
+}
+
+# Sends standard input as the whole of upload PATH, of BYTES, in one PATCH.
+send_upload() {
+    curl -fsS -o /dev/null -X PATCH "$OP_URL$1" -H "$AUTH" -H 'Tus-Resumable: 1.0.0' -H 'Upload-Offset: 0' \
+        -H 'Content-Type: application/offset+octet-stream' -H "Content-Length: $2" -T -
+}
+
+# Samples the server's RSS every SECONDS into FILE in the background; sets SAMPLER to its pid.
+start_rss_sampler() {
     (
         while :; do
             proc_rss_kb "$OP_PID"
-            sleep 0.1
+            sleep "$2"
         done
-    ) >"$WORK/rss.$seed" 2>/dev/null &
-    sampler=$!
+    ) >"$1" 2>/dev/null &
+    SAMPLER=$!
+}
+
+stop_rss_sampler() {
+    kill "$SAMPLER" 2>/dev/null || true
+    wait "$SAMPLER" 2>/dev/null || true
+}
+
+upload_round() {
+    local seed=$1 loc id t0 t1 idle peak=0
+    loc=$(begin_upload "$BYTES")
+    idle=$(proc_rss_kb "$OP_PID")
+    start_rss_sampler "$WORK/rss.$seed" 0.1
     t0=$(date +%s.%N)
-    { printf "\\x$(printf %02x $((seed % 256)))"; head -c $((BYTES - 1)) /dev/zero; } |
-        curl -fsS -o /dev/null -X PATCH "$OP_URL$loc" -H "$AUTH" -H 'Tus-Resumable: 1.0.0' -H 'Upload-Offset: 0' \
-            -H 'Content-Type: application/offset+octet-stream' -H "Content-Length: $BYTES" -T -
+    { printf "\\x$(printf %02x $((seed % 256)))"; head -c $((BYTES - 1)) /dev/zero; } | send_upload "$loc" "$BYTES"
     t1=$(date +%s.%N)
-    kill "$sampler" 2>/dev/null || true
-    wait "$sampler" 2>/dev/null || true
+    stop_rss_sampler
     peak=$(sort -n "$WORK/rss.$seed" | tail -n 1)
     id=${loc##*/}
     curl -fsS -o /dev/null -X DELETE "$OP_URL/v1/assets/$id" -H "$AUTH"
@@ -150,24 +170,15 @@ log "64 range readers (1 MiB each, random offsets in ${SIZE_MB} MiB): $(wrk_ok_r
 # One large upload and its download, memory watched throughout.
 if [ "$BIG_MB" -gt 0 ]; then
     big=$((BIG_MB * 1024 * 1024))
-    loc=$(curl -fsS -D - -o /dev/null -X POST "$OP_URL/v1/uploads" -H "$AUTH" -H 'Tus-Resumable: 1.0.0' \
-        -H "Upload-Length: $big" | awk 'tolower($1) == "location:" {print $2}' | tr -d '\r')
+    loc=$(begin_upload "$big")
     idle=$(proc_rss_kb "$OP_PID")
-    (
-        while :; do
-            proc_rss_kb "$OP_PID"
-            sleep 0.2
-        done
-    ) >"$WORK/rss.big" 2>/dev/null &
-    sampler=$!
+    start_rss_sampler "$WORK/rss.big" 0.2
     t0=$(date +%s.%N)
-    head -c "$big" /dev/zero | curl -fsS -o /dev/null -X PATCH "$OP_URL$loc" -H "$AUTH" -H 'Tus-Resumable: 1.0.0' \
-        -H 'Upload-Offset: 0' -H 'Content-Type: application/offset+octet-stream' -H "Content-Length: $big" -T -
+    head -c "$big" /dev/zero | send_upload "$loc" "$big"
     t1=$(date +%s.%N)
     curl -fsS -o /dev/null "$OP_URL/v1/assets/${loc##*/}/content" -H "$AUTH"
     t2=$(date +%s.%N)
-    kill "$sampler" 2>/dev/null || true
-    wait "$sampler" 2>/dev/null || true
+    stop_rss_sampler
     log "${BIG_MB} MiB: upload $(rate "$big" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')") MiB/s," \
         "download $(rate "$big" "$(awk -v a="$t1" -v b="$t2" 'BEGIN{print b - a}')") MiB/s;" \
         "RSS idle ${idle} kB, peak $(sort -n "$WORK/rss.big" | tail -n 1) kB, VmHWM $(proc_rss_peak_kb "$OP_PID") kB"

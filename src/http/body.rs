@@ -147,7 +147,7 @@ async fn read_limited(request: &Request, body: &mut RequestBody) -> Result<Vec<u
 }
 
 /// A required request body of `content_type` with `schema`, as the API document shows it.
-fn required_body(content_type: &'static str, schema: poem_openapi::registry::MetaSchemaRef) -> MetaRequest {
+pub(super) fn required_body(content_type: &'static str, schema: poem_openapi::registry::MetaSchemaRef) -> MetaRequest {
     MetaRequest { description: None, content: vec![MetaMediaType { content_type, schema }], required: true }
 }
 

@@ -264,11 +264,9 @@ const FORM_SCHEMA: &str = "AssetForm";
 /// A form's text parts are at most this many bytes.
 const FORM_TEXT_BYTES_MAX: u64 = 4096;
 
-/// A one-request upload as a form (`multipart/form-data`), read part by part as it arrives.
-pub struct FormBody {
-    content_type: Option<String>,
-    body: Option<Body>,
-}
+/// A one-request upload as a form (`multipart/form-data`), read part by part as it arrives:
+/// the streamed body, documented as the form.
+pub struct FormBody(FileBody);
 
 /// How the form of `uploadAssetForm` is documented (the operation reads it as a stream).
 #[derive(poem_openapi::Multipart, Debug)]
@@ -284,8 +282,8 @@ struct AssetForm {
 
 impl FormBody {
     /// The form's parts, or 415 when the body is not a form.
-    fn form(self) -> Result<multer::Multipart<'static>, Problem> {
-        let content_type = self.content_type.unwrap_or_default();
+    fn form(mut self) -> Result<multer::Multipart<'static>, Problem> {
+        let content_type = self.0.content_type.take().unwrap_or_default();
         let boundary = match multer::parse_boundary(&content_type) {
             Ok(b) if essence(&content_type).eq_ignore_ascii_case("multipart/form-data") => b,
             _ => {
@@ -300,7 +298,7 @@ impl FormBody {
             .for_field("name", FORM_TEXT_BYTES_MAX)
             .for_field("content_type", FORM_TEXT_BYTES_MAX);
         let constraints = multer::Constraints::new().size_limit(limits);
-        let stream = tokio_util::io::ReaderStream::new(self.body.unwrap_or_else(Body::empty).into_async_read());
+        let stream = tokio_util::io::ReaderStream::new(self.0.reader());
         Ok(multer::Multipart::with_constraints(stream, boundary, constraints))
     }
 }
@@ -322,22 +320,15 @@ impl<'a> ApiExtractor<'a> for FormBody {
     }
 
     fn request_meta() -> Option<MetaRequest> {
-        Some(MetaRequest {
-            description: None,
-            content: vec![MetaMediaType {
-                content_type: "multipart/form-data",
-                schema: MetaSchemaRef::Reference(FORM_SCHEMA.to_owned()),
-            }],
-            required: true,
-        })
+        Some(super::body::required_body("multipart/form-data", MetaSchemaRef::Reference(FORM_SCHEMA.to_owned())))
     }
 
     async fn from_request(
         request: &'a Request,
         body: &mut RequestBody,
-        _opts: ExtractParamOptions<Self::ParamType>,
+        opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        Ok(Self { content_type: request.content_type().map(str::to_owned), body: body.take().ok() })
+        FileBody::from_request(request, body, opts).await.map(Self)
     }
 }
 
@@ -1390,10 +1381,10 @@ pub fn fuzz_form(body: &[u8]) {
         static RUNTIME: tokio::runtime::Runtime =
             tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
     }
-    let form = FormBody {
+    let form = FormBody(StreamBody {
         content_type: Some("multipart/form-data; boundary=B".into()),
         body: Some(Body::from_vec(body.to_vec())),
-    };
+    });
     let Ok(mut form) = form.form() else { return };
     RUNTIME.with(|rt| {
         rt.block_on(async move {

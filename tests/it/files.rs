@@ -47,6 +47,25 @@ async fn put_file(s: &TestServer, token: &str, name: &str, bytes: Vec<u8>) -> re
     s.http.post(s.url(&format!("/v1/assets?name={name}"))).bearer_auth(token).body(bytes).send().await.unwrap()
 }
 
+/// Holds `org` to files of 6,000 bytes at most and 10,000 in all.
+async fn limit_files(s: &TestServer, org: &str) {
+    let r = s
+        .http
+        .patch(s.url(&format!("/v1/orgs/{org}")))
+        .bearer_auth(&s.key)
+        .json(&json!({ "settings": { "files_quota_bytes": 10_000, "files_max_bytes": 6_000 } }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+/// Begins a tus upload of `length` bytes (creation without bytes).
+async fn begin_upload(s: &TestServer, token: &str, length: &str) -> reqwest::Response {
+    let req = s.http.post(s.url("/v1/uploads")).bearer_auth(token).header(TUS.0, TUS.1);
+    req.header("upload-length", length).send().await.unwrap()
+}
+
 /// Runs the tus peer with `args`; its JSON line.
 async fn tus_peer(args: &[&str]) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/tus_upload.py");
@@ -260,15 +279,7 @@ async fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
 async fn a_form_uploads_a_file_in_one_request() {
     let s = TestServer::start().await;
     let (org, token) = member(&s).await;
-    let r = s
-        .http
-        .patch(s.url(&format!("/v1/orgs/{org}")))
-        .bearer_auth(&s.key)
-        .json(&json!({ "settings": { "files_quota_bytes": 10_000, "files_max_bytes": 6_000 } }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    limit_files(&s, &org).await;
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.pdf");
     let bytes = noise(5_000, 21);
@@ -279,15 +290,7 @@ async fn a_form_uploads_a_file_in_one_request() {
     let auth = format!("Authorization: Bearer {token}");
     let file = |p: &std::path::Path, ty: &str| format!("file=@{};type={ty}", p.display());
     // An upload held open keeps the organization's reservations counting through the forms.
-    let r = s
-        .http
-        .post(s.url("/v1/uploads"))
-        .bearer_auth(&token)
-        .header(TUS.0, TUS.1)
-        .header("upload-length", "100")
-        .send()
-        .await
-        .unwrap();
+    let r = begin_upload(&s, &token, "100").await;
     assert_eq!(r.status(), 201);
 
     // Over the file size limit: refused as it arrives, nothing kept.
@@ -487,43 +490,19 @@ async fn signed_links_expire_and_name_one_file_of_one_organization() {
 async fn size_limits_and_quotas_refuse_before_writing_and_lose_nothing() {
     let s = TestServer::start().await;
     let (org, token) = member(&s).await;
-    let r = s
-        .http
-        .patch(s.url(&format!("/v1/orgs/{org}")))
-        .bearer_auth(&s.key)
-        .json(&json!({ "settings": { "files_quota_bytes": 10_000, "files_max_bytes": 6_000 } }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    limit_files(&s, &org).await;
     let a = noise(4_000, 3);
     let b = noise(5_000, 4);
     assert_eq!(put_file(&s, &token, "a", a.clone()).await.status(), 201);
     // Over the file size limit: 413 whichever way it comes.
     expect_problem(put_file(&s, &token, "big", noise(7_000, 5)).await, 413, "file_too_large").await;
-    let r = s
-        .http
-        .post(s.url("/v1/uploads"))
-        .bearer_auth(&token)
-        .header(TUS.0, TUS.1)
-        .header("upload-length", "7000")
-        .send()
-        .await
-        .unwrap();
+    let r = begin_upload(&s, &token, "7000").await;
     expect_problem(r, 413, "file_too_large").await;
     let b_asset: Value = put_file(&s, &token, "b", b.clone()).await.json().await.unwrap();
     // 9,000 of 10,000 used: 2,000 more is refused, before any byte is written.
     expect_problem(put_file(&s, &token, "c", noise(2_000, 6)).await, 507, "storage_quota_exceeded").await;
     // An upload in progress holds its length: a second one does not fit beside it.
-    let r = s
-        .http
-        .post(s.url("/v1/uploads"))
-        .bearer_auth(&token)
-        .header(TUS.0, TUS.1)
-        .header("upload-length", "1000")
-        .send()
-        .await
-        .unwrap();
+    let r = begin_upload(&s, &token, "1000").await;
     assert_eq!(r.status(), 201);
     let held = s.url(r.headers()["location"].to_str().unwrap());
     expect_problem(put_file(&s, &token, "d", noise(500, 7)).await, 507, "storage_quota_exceeded").await;
