@@ -9,6 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::DomainError;
+use crate::store::prefix_end;
 
 pub const LIMIT_DEFAULT: u32 = 20;
 pub const LIMIT_MAX: u32 = 100;
@@ -43,6 +44,33 @@ impl PageRequest {
             })?),
         };
         Ok(Self { limit: limit as usize, after })
+    }
+
+    /// Where a page over the keys under `prefix` starts: at `prefix`, or strictly after the
+    /// cursor's key. A cursor from outside `prefix` (another organization's, room's or list's)
+    /// is refused, so a page never leaves the range it lists.
+    pub fn start_in(&self, prefix: &[u8]) -> Result<Vec<u8>, DomainError> {
+        match &self.after {
+            None => Ok(prefix.to_vec()),
+            Some(key) => Ok(key_after(inside(key, prefix)?)),
+        }
+    }
+
+    /// Where a newest-first page over the keys under `prefix` ends (exclusive): after the last
+    /// key, or strictly before the cursor's key. A cursor from outside `prefix` is refused.
+    pub fn end_in(&self, prefix: &[u8]) -> Result<Vec<u8>, DomainError> {
+        match &self.after {
+            None => Ok(prefix_end(prefix)),
+            Some(key) => Ok(inside(key, prefix)?.to_vec()),
+        }
+    }
+}
+
+fn inside<'k>(key: &'k [u8], prefix: &[u8]) -> Result<&'k [u8], DomainError> {
+    if key.len() > prefix.len() && key.starts_with(prefix) {
+        Ok(key)
+    } else {
+        Err(DomainError::invalid("?cursor", "invalid_cursor", "the cursor is not one this list gave out"))
     }
 }
 

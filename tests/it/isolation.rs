@@ -244,3 +244,62 @@ async fn org_b_never_sees_org_a() {
     assert_eq!(s.http.get(s.url("/v1/me")).bearer_auth(&a_member.access).send().await.unwrap().status(), 200);
     s.stop().await;
 }
+
+/// A cursor is opaque but comes back from the client: one crafted to point before the caller's
+/// range (another organization's, room's or document's keys) is refused, never followed. Every
+/// paginated list in the document is tried, so a list added later is covered too.
+#[tokio::test]
+async fn a_cursor_never_leaves_its_list() {
+    use base64::Engine as _;
+    let s = TestServer::start().await;
+    let (_org_a, a) = populated_org(&s).await;
+    let (_org_b, b) = populated_org(&s).await;
+    let a_admin = &a.iter().find(|(r, _)| *r == "admin").unwrap().1;
+    let b_admin = &b.iter().find(|(r, _)| *r == "admin").unwrap().1;
+    // A's records, made before B's so their keys sort before B's.
+    let secret = "a-secret-title";
+    crate::support::post_json(&s, &a_admin.access, "/v1/tasks", json!({ "title": secret })).await;
+    crate::support::post_json(&s, &a_admin.access, "/v1/rooms", json!({ "name": secret, "visibility": "org" })).await;
+    let b_room: Value =
+        crate::support::post_json(&s, &b_admin.access, "/v1/rooms", json!({ "name": "b", "visibility": "org" })).await;
+    let b_room_id = b_room["id"].as_str().unwrap().to_owned();
+    let b_doc: Value =
+        crate::support::post_json(&s, &b_admin.access, &format!("/v1/rooms/{b_room_id}/docs"), json!({ "name": "d" }))
+            .await;
+    let b_doc_id = b_doc["id"].as_str().unwrap().to_owned();
+
+    let doc: Value = s.http.get(s.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let mut checked = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        let Some(op) = ops.get("get") else { continue };
+        if !op["parameters"].as_array().into_iter().flatten().any(|p| p["name"] == "cursor") {
+            continue;
+        }
+        if op["security"].to_string().contains("OperatorAuth") {
+            continue; // the operators' list of organizations spans every organization by design
+        }
+        let concrete = path.replace("{room_id}", &b_room_id).replace("{doc_id}", &b_doc_id);
+        assert!(!concrete.contains('{'), "cursor test does not know a parameter of {path}");
+        // The smallest key there is, and one just below B's own id range.
+        for raw in [vec![0u8], vec![0u8; 17]] {
+            let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
+            let r = s
+                .http
+                .get(s.url(&concrete))
+                .query(&[("cursor", cursor.as_str())])
+                .bearer_auth(&b_admin.access)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            assert!(!body.contains(secret), "{path} followed a crafted cursor into A's records: {body}");
+            assert_eq!(status, 422, "{path}: {body}");
+            let problem: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(problem["errors"][0]["code"], "invalid_cursor", "{path}");
+            assert_eq!(problem["errors"][0]["pointer"], "?cursor", "{path}");
+        }
+        checked.push(path.clone());
+    }
+    assert!(checked.len() >= 6, "lists checked: {checked:?}");
+}
