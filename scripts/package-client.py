@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """A small HTTP client for the package tests (standard library only).
 
-  package-client.py seed  BASE OPERATOR_KEY STATE   create an organization, an owner (invite,
-                                                    accept, log in), a channel with a message, a
-                                                    room with a document; write ids to STATE
-  package-client.py check BASE STATE                log in again and find all of it
+  package-client.py seed  BASE OPERATOR_KEY STATE   create an organization, an owner and a member
+                                                    (invite, accept, log in), a channel with a
+                                                    message, a room with a document, a file and a
+                                                    task assigned to the member; write ids to STATE
+  package-client.py check BASE STATE                log in again and find all of it (the task
+                                                    through the list filtered by assignee)
   package-client.py ready BASE [SECONDS]            wait for /health/ready to answer 200
 
 The package test runs it on the host, inside a container's network namespace (nsenter -n) or
@@ -20,17 +22,20 @@ import urllib.request
 PASSWORD = "a long passphrase for the package test"
 
 
-def call(base, method, path, token=None, body=None):
-    data = None if body is None else json.dumps(body).encode()
+def call(base, method, path, token=None, body=None, raw=None, content_type=None):
+    """JSON `body` or bytes `raw`; answers (status, JSON), or (status, bytes) for a non-JSON answer."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     req = urllib.request.Request(base + path, data=data, method=method)
     if data is not None:
-        req.add_header("content-type", "application/json")
+        req.add_header("content-type", content_type or "application/json")
     if token:
         req.add_header("authorization", "Bearer " + token)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            text = resp.read().decode()
-            return resp.status, (json.loads(text) if text else None)
+            content = resp.read()
+            if "json" not in resp.headers.get("content-type", ""):
+                return resp.status, content
+            return resp.status, (json.loads(content) if content else None)
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
 
@@ -43,24 +48,32 @@ def must(status_want, result, what):
     return body
 
 
-def login(base, slug):
-    body = must(200, call(base, "POST", "/v1/auth/login", body={"org": slug, "login": "ada", "password": PASSWORD}), "log in as ada")
+FILE = b"kept across upgrades\n" * 4096
+
+
+def login(base, slug, who="ada"):
+    body = must(200, call(base, "POST", "/v1/auth/login", body={"org": slug, "login": who, "password": PASSWORD}), "log in as " + who)
     return body["access_token"]
+
+
+def join(base, key, org, who, role):
+    inv = must(
+        201,
+        call(base, "POST", "/v1/orgs/%s/invitations" % org, key, {"email": who + "@example.org", "role": role}),
+        "invite %s as %s" % (who, role),
+    )
+    return must(
+        200,
+        call(base, "POST", "/v1/auth/invitations/accept", body={"token": inv["token"], "username": who, "password": PASSWORD}),
+        who + " accepts",
+    )
 
 
 def seed(base, key, state_file):
     slug = "acme%d" % (time.time_ns() % 1_000_000)
     org = must(201, call(base, "POST", "/v1/orgs", key, {"slug": slug, "name": "Acme Inc."}), "create organization " + slug)
-    inv = must(
-        201,
-        call(base, "POST", "/v1/orgs/%s/invitations" % org["id"], key, {"email": "ada@example.org", "role": "owner"}),
-        "invite ada as owner",
-    )
-    must(
-        200,
-        call(base, "POST", "/v1/auth/invitations/accept", body={"token": inv["token"], "username": "ada", "password": PASSWORD}),
-        "ada accepts",
-    )
+    join(base, key, org["id"], "ada", "owner")
+    bob = join(base, key, org["id"], "bob", "member")
     token = login(base, slug)
     channel = must(201, call(base, "POST", "/v1/channels", token, {"kind": "public", "name": "general"}), "create channel")
     msg = must(
@@ -70,7 +83,19 @@ def seed(base, key, state_file):
     )
     room = must(201, call(base, "POST", "/v1/rooms", token, {"name": "Ops", "visibility": "org"}), "create room")
     doc = must(201, call(base, "POST", "/v1/rooms/%s/docs" % room["id"], token, {"name": "Runbook"}), "create document")
-    state = {"slug": slug, "org": org["id"], "channel": channel["id"], "message": msg["id"], "room": room["id"], "doc": doc["id"]}
+    asset = must(201, call(base, "POST", "/v1/assets?name=notes.txt", token, raw=FILE, content_type="text/plain"), "upload a file")
+    task = must(201, call(base, "POST", "/v1/tasks", token, {"title": "Rotate keys", "assignee_ids": [bob["id"]]}), "create a task for bob")
+    state = {
+        "slug": slug,
+        "org": org["id"],
+        "bob": bob["id"],
+        "channel": channel["id"],
+        "message": msg["id"],
+        "room": room["id"],
+        "doc": doc["id"],
+        "asset": asset["id"],
+        "task": task["id"],
+    }
     with open(state_file, "w") as f:
         json.dump(state, f)
     print("seeded", json.dumps(state))
@@ -80,6 +105,7 @@ def check(base, state_file):
     with open(state_file) as f:
         state = json.load(f)
     token = login(base, state["slug"])
+    login(base, state["slug"], "bob")
     page = must(200, call(base, "GET", "/v1/channels/%s/messages" % state["channel"], token), "list messages")
     texts = [m.get("text") for m in page["items"]]
     if "kept across upgrades" not in texts:
@@ -87,7 +113,13 @@ def check(base, state_file):
     docs = must(200, call(base, "GET", "/v1/rooms/%s/docs" % state["room"], token), "list documents")
     if state["doc"] not in [d["id"] for d in docs["items"]]:
         sys.exit("the document is missing: %r" % docs)
-    print("found organization %s, its message and its document" % state["slug"])
+    content = must(200, call(base, "GET", "/v1/assets/%s/content" % state["asset"], token), "download the file")
+    if content != FILE:
+        sys.exit("the file came back different: %d bytes" % len(content))
+    tasks = must(200, call(base, "GET", "/v1/tasks?assignee=%s" % state["bob"], token), "list bob's tasks")
+    if [t["id"] for t in tasks["items"]] != [state["task"]]:
+        sys.exit("bob's task is missing: %r" % tasks)
+    print("found organization %s: both users, the message, the document, the file and bob's task" % state["slug"])
 
 
 def ready(base, seconds):

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The package test: builds the .deb and .rpm from the static musl binaries (amd64 and arm64),
 # lints them, installs the .deb on a Debian system booted under systemd (systemd-nspawn -b) and
-# runs it there (start, READY, operator key, reload/restart/stop, watchdog, sandboxing,
-# upgrade with data kept, remove, purge), installs the .rpm into an rpm root and checks its
-# scriptlets and file list, and smoke-tests the arm64 binary under qemu-user.
+# runs it there (an upgrade from the build before the last schema change, with data kept and
+# the migration run once; start, READY, operator key, reload/restart/stop, watchdog,
+# sandboxing, remove, purge, install again on the kept data), installs the .rpm into an rpm
+# root and checks its scriptlets and file list, and smoke-tests the arm64 binary under qemu-user.
 #
 # Called by scripts/test-all.sh after the x86_64 musl release build. Installs what it needs when
 # missing (apt packages, cargo-deb and cargo-generate-rpm pinned into .cache/tools, a debootstrap
@@ -29,7 +30,12 @@ WORK=$TARGET_DIR/package-test
 X86=x86_64-unknown-linux-musl
 ARM=aarch64-unknown-linux-musl
 VERSION=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["packages"][0]["version"])')
-NEXT_VERSION="$VERSION+1"   # the upgrade's N+1: same tree, bumped package version
+# The upgrade's N: this repository at the last commit before the newest schema migration
+# (schema 1 → 2, tasks indexed by assignee), packaged with a lower version. N+1 is this tree's
+# package. When a later migration lands, point this at the commit before it.
+UPGRADE_FROM=922bf54f4c76043894de97b28741fc30e46c7a3d
+PREV_VERSION="$VERSION~schema1"
+PREV_DEB=outpost_${PREV_VERSION}-1_amd64.deb
 export PATH="$TOOLS/bin:$PATH"
 
 passed=0
@@ -136,12 +142,33 @@ assets() {
 }
 
 build_deb() {
-    local triple=$1 version=${2:-} out
-    local args=(--no-build --no-strip --target "$triple")
-    [ -n "$version" ] && args+=(--deb-version "$version-1" --output "$WORK/outpost_${version}-1_next.deb")
-    out=$(cargo deb "${args[@]}") || return 1
+    local triple=$1 out
+    out=$(cargo deb --no-build --no-strip --target "$triple") || return 1
     echo "$out"
     ls -l "$out"
+}
+
+# N: the tree at UPGRADE_FROM, built for the same target with its own code unoptimized (the
+# dependencies are the release build's, already compiled, so this takes a minute, not three),
+# packaged by that tree's own packaging. Its binary passes through the target dir's release
+# binary path, where cargo-deb looks; this tree's binary goes back there afterwards.
+build_prev() {
+    local src=$WORK/prev-src bin=$TARGET_DIR/$X86/release/outpost rc=0
+    rm -rf "$src" && mkdir -p "$src"
+    git -C "$REPO" archive "$UPGRADE_FROM" | tar -x -C "$src" || return 1
+    cp "$bin" "$WORK/outpost.current" || return 1
+    (
+        export CARGO_TARGET_DIR=$TARGET_DIR
+        cd "$src" \
+            && cargo build --release --locked --quiet --target "$X86" \
+                --config 'profile.release.package.outpost.opt-level=0' \
+                --config 'profile.release.package.outpost.codegen-units=16' \
+            && "$bin" --version \
+            && assets "$X86" >/dev/null \
+            && cargo deb --no-build --no-strip --target "$X86" --deb-version "$PREV_VERSION-1" --output "$WORK/$PREV_DEB"
+    ) || rc=1
+    cp --remove-destination "$WORK/outpost.current" "$bin" || return 1
+    [ "$rc" = 0 ] && ls -l "$WORK/$PREV_DEB"
 }
 
 build_rpm() {
@@ -183,7 +210,7 @@ boot() {
     [ -z "$NSPAWN_PID" ] || return 0
     rm -rf "$WORK/share" && mkdir -p "$WORK/share"
     cp "$(deb_file $X86)" "$WORK/share/outpost_${VERSION}-1_amd64.deb"
-    cp "$WORK/outpost_${NEXT_VERSION}-1_next.deb" "$WORK/share/"
+    cp "$WORK/$PREV_DEB" "$WORK/share/"
     cp "$REPO/scripts/package-client.py" "$WORK/share/"
     # --volatile=overlay: changes go to a tmpfs over the cached root, gone at power-off.
     # --private-network: the container has its own loopback, so its ports are its own.
@@ -230,8 +257,9 @@ BASE=http://127.0.0.1:8080
 
 main_pid() { in_ct systemctl show -P MainPID outpost; }
 
+# install_deb FILE: a first install (or one after a purge), its output kept in install.log.
 install_deb() {
-    in_ct env DEBIAN_FRONTEND=noninteractive apt-get install -y "/var/tmp/pkg/outpost_${VERSION}-1_amd64.deb" | tee "$WORK/install.log" \
+    in_ct env DEBIAN_FRONTEND=noninteractive apt-get install -y "/var/tmp/pkg/$1" | tee "$WORK/install.log" \
         || return 1
     in_ct dpkg -s outpost | grep -E '^(Status|Version|Architecture)'
     in_ct systemctl is-enabled outpost
@@ -241,7 +269,8 @@ install_deb() {
     [ "$(in_ct systemctl is-active outpost)" = inactive ]
 }
 
-start_ready() {
+# Starts the service, and measures the time from exec to READY.
+start_timed() {
     local t0 t1
     t0=$(date +%s%N)
     in_ct systemctl start outpost || { in_ct journalctl -u outpost --no-pager | tail -20; return 1; }
@@ -256,6 +285,10 @@ start_ready() {
     active=$(in_ct systemctl show -P ActiveEnterTimestampMonotonic outpost)
     echo "from exec to READY (active): $(((active - exec) / 1000)) ms"
     echo "$(((active - exec) / 1000))" >"$WORK/ready_ms"
+}
+
+start_ready() {
+    start_timed || return 1
     in_ct journalctl -u outpost --no-pager -o cat | grep -E 'outpost is ready|no operator key' | cut -c1-200
     # The hint names the service's user, so the key's files belong to it.
     in_ct journalctl -u outpost --no-pager -o cat | grep -q 'sudo -u outpost /usr/bin/outpost operator create-key'
@@ -357,20 +390,34 @@ man_and_completions() {
         && in_ct test -s /usr/share/fish/vendor_completions.d/outpost.fish
 }
 
+# The journal's lines about the store's schema migration.
+migration_lines() { in_ct journalctl -u outpost --no-pager -o cat | grep -E 'migrat|store schema' | cut -c1-200; }
+
 upgrade() {
     # A local edit to the conffile survives the upgrade.
     in_ct sh -c 'sed -i "s/^level = \"info\"/level = \"info,outpost=info\"/" /etc/outpost/outpost.toml && grep -n "^level" /etc/outpost/outpost.toml'
     local before after
     before=$(main_pid)
-    in_ct env DEBIAN_FRONTEND=noninteractive apt-get install -y "/var/tmp/pkg/outpost_${NEXT_VERSION}-1_next.deb" | tail -4 || return 1
+    in_ct env DEBIAN_FRONTEND=noninteractive apt-get install -y "/var/tmp/pkg/outpost_${VERSION}-1_amd64.deb" | tail -4 || return 1
     in_ct dpkg -s outpost | grep '^Version'
-    [ "$(in_ct dpkg-query -W -f '${Version}' outpost)" = "${NEXT_VERSION}-1" ] || return 1
+    [ "$(in_ct dpkg-query -W -f '${Version}' outpost)" = "${VERSION}-1" ] || return 1
     after=$(main_pid)
     echo "restarted by the upgrade: MainPID $before -> $after"
     [ "$after" != "$before" ] && [ "$(in_ct systemctl is-active outpost)" = active ] || return 1
     in_ct grep -q '^level = "info,outpost=info"' /etc/outpost/outpost.toml || { echo "local config edit lost"; return 1; }
     echo "local config edit kept"
-    client ready "$BASE" 10 && check_data
+    client ready "$BASE" 10 || return 1
+    migration_lines | tee "$WORK/migration"
+    [ "$(grep -c 'migrating store schema 1 → 2' "$WORK/migration")" = 1 ] || { echo "the migration did not run once"; return 1; }
+    grep -q 'migrated store schema to 2 (1 rows written)' "$WORK/migration" || return 1
+    check_data
+}
+
+# After the restarts, the watchdog's kill and the stops since the upgrade, the migration has
+# still run once.
+migrated_once() {
+    migration_lines | tee "$WORK/migration"
+    [ "$(grep -c 'migrating store schema' "$WORK/migration")" = 1 ]
 }
 
 remove_keeps() {
@@ -390,6 +437,14 @@ purge_says() {
     in_ct test -s /var/lib/outpost/outpost.redb || { echo "data deleted"; return 1; }
     grep -q 'kept /var/lib/outpost' "$WORK/purge.log" || { echo "purge did not say where the data is"; return 1; }
     echo "data kept and named"
+}
+
+# After a purge, the package installs again onto the data the purge kept: the post-install
+# script prints the operator-key command, the service starts (the READY time reported is this
+# build's) and serves the data written before, and the printed command works.
+reinstall() {
+    install_deb "outpost_${VERSION}-1_amd64.deb" || return 1
+    start_timed && client ready "$BASE" 1 && check_data && operator_key
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -500,15 +555,15 @@ trap 'exit 130' INT TERM
 
 t_start=$(date +%s)
 mkdir -p "$WORK" "$CACHE"
-printf 'package test: outpost %s (upgrade to %s), target dir %s\n' "$VERSION" "$NEXT_VERSION" "$TARGET_DIR"
+printf 'package test: outpost %s (upgrade from %s), target dir %s\n' "$VERSION" "$PREV_VERSION" "$TARGET_DIR"
 
 [ -x "$TARGET_DIR/$X86/release/outpost" ] || cargo build --release --locked --target "$X86"
 
 step "tools (apt, cargo-deb $CARGO_DEB_VERSION, cargo-generate-rpm $CARGO_GENERATE_RPM_VERSION)" tools
 step "debian root (debootstrap $DEBIAN_SUITE, cached)" debian_root
+step "amd64: build N, the commit before schema 2 (${UPGRADE_FROM:0:10}), as $PREV_VERSION" build_prev
 step "amd64: man page and completions" assets $X86
 step "amd64: build .deb" build_deb $X86
-step "amd64: build .deb N+1 ($NEXT_VERSION)" build_deb $X86 "$NEXT_VERSION"
 step "amd64: build .rpm" build_rpm $X86
 step "amd64: lintian" lint_deb $X86
 step "amd64: rpmlint" lint_rpm $X86
@@ -517,17 +572,19 @@ step "rpm: install and erase in an rpm root" rpm_root
 step "rpm: file list matches the deb's" same_files
 
 if step "systemd: boot Debian under systemd-nspawn" boot; then
-    step "systemd: install the .deb" install_deb \
+    step "systemd: install N ($PREV_VERSION)" install_deb "$PREV_DEB" \
         && step "systemd: start reaches active after READY" start_ready \
         && step "systemd: the printed operator-key command" operator_key \
-        && step "systemd: write data (org, user, channel, message, document)" seed_data
+        && step "systemd: write data (org, users, channel, message, document, file, task)" seed_data \
+        && step "systemd: upgrade to N+1 ($VERSION) migrates the store once, keeps data and config" upgrade
     step "systemd: runs as outpost, sandboxed, systemd-analyze security" sandbox
     step "systemd: reload, restart, graceful stop" reload_restart_stop
     step "systemd: watchdog restarts a frozen process" watchdog
     step "systemd: man page and completions installed, man outpost renders" man_and_completions
-    step "systemd: upgrade to N+1 keeps data and config" upgrade
+    step "systemd: the migration ran once across every restart" migrated_once
     step "systemd: apt remove keeps data and config" remove_keeps
     step "systemd: apt purge removes config, keeps data and says so" purge_says
+    step "systemd: install again after the purge, onto the kept data" reinstall
 fi
 poweroff
 

@@ -15,9 +15,9 @@ use super::chat::messages::Attachment;
 use super::paging::{self, Page, PageRequest};
 use super::{DomainError, FieldError, check};
 use crate::ids::Id;
-use crate::store::tables::{TASKS, org_id_key};
+use crate::store::tables::{TASK_ASSIGNEES, TASKS, org_id_id_key, org_id_key};
 use crate::store::writer::{MutationCtx, Tx, Writer};
-use crate::store::{Store, decode, encode, prefix_end};
+use crate::store::{Lookup, Rows, Store, StoreError, decode, encode, prefix_end};
 use crate::tenancy::OrgScope;
 
 pub const TITLE_CHARS_MAX: usize = 300;
@@ -165,6 +165,17 @@ fn load(tx: &Tx<'_, '_>, org: Id, id: Id) -> Result<Option<Task>, DomainError> {
     Ok(tx.get(TASKS, &org_id_key(org, id))?.map(|v| decode(TASKS, &v)).transpose()?)
 }
 
+/// Keeps `task_assignees` true to a task whose assignees go from `before` to `after`.
+fn index_assignees(tx: &mut Tx<'_, '_>, org: Id, task: Id, before: &[Id], after: &[Id]) -> Result<(), DomainError> {
+    for gone in before.iter().filter(|u| !after.contains(u)) {
+        tx.delete(TASK_ASSIGNEES, &org_id_id_key(org, *gone, task))?;
+    }
+    for new in after.iter().filter(|u| !before.contains(u)) {
+        tx.put(TASK_ASSIGNEES, &org_id_id_key(org, *new, task), &[])?;
+    }
+    Ok(())
+}
+
 fn check_assignees(tx: &Tx<'_, '_>, org: Id, assignees: &[Id]) -> Result<(), DomainError> {
     for (i, a) in assignees.iter().enumerate() {
         if !super::users::active(tx, org, *a)? {
@@ -218,6 +229,7 @@ pub async fn create(writer: &Writer, ctx: MutationCtx, me: Id, f: TaskFields) ->
                 attachments,
             };
             tx.put(TASKS, &org_id_key(org, id), &encode(&t))?;
+            index_assignees(tx, org, id, &[], &t.assignees)?;
             for topic in topics(&t) {
                 tx.emit(topic, "task.created", json!({ "id": id, "title": t.title }));
             }
@@ -291,24 +303,52 @@ pub async fn list(
     store
         .read(move |r| {
             let org = scope.org();
-            let start = page.start_in(org.as_bytes())?;
-            let rows = r.range(TASKS, &start, &prefix_end(org.as_bytes()), false, paging::SCAN_MAX)?;
-            let mut items = Vec::new();
-            let mut last = None;
-            for (k, v) in &rows {
-                last = Some(k.clone());
-                let t: Task = decode(TASKS, v)?;
-                if filter.matches(&t) {
-                    items.push(t);
-                    if items.len() == page.limit {
-                        break;
-                    }
-                }
+            // Filtered by assignee, the list walks that user's index entries; else every task.
+            if let Some(user) = filter.assignee {
+                let prefix = org_id_key(org, user);
+                let rows =
+                    r.range(TASK_ASSIGNEES, &page.start_in(&prefix)?, &prefix_end(&prefix), false, paging::SCAN_MAX)?;
+                collect(&rows, &page, &filter, |k, _| {
+                    let task = k.get(32..48).and_then(Id::from_slice).ok_or_else(|| StoreError::Corrupt {
+                        table: "task_assignees".into(),
+                        detail: "short key".into(),
+                    })?;
+                    r.record(TASKS, &org_id_key(org, task))
+                })
+            } else {
+                let rows = r.range(
+                    TASKS,
+                    &page.start_in(org.as_bytes())?,
+                    &prefix_end(org.as_bytes()),
+                    false,
+                    paging::SCAN_MAX,
+                )?;
+                collect(&rows, &page, &filter, |_, v| decode(TASKS, v).map(Some))
             }
-            let more = rows.len() == paging::SCAN_MAX || items.len() == page.limit;
-            Ok(Page { items, next_cursor: if more { last.map(|k| paging::encode_cursor(&k)) } else { None } })
         })
         .await
+}
+
+/// One page of the tasks `rows` lead to that match `filter`; the cursor is the last row's key.
+fn collect(
+    rows: &Rows,
+    page: &PageRequest,
+    filter: &TaskFilter,
+    mut task: impl FnMut(&[u8], &[u8]) -> Result<Option<Task>, StoreError>,
+) -> Result<Page<Task>, DomainError> {
+    let mut items = Vec::new();
+    let mut last = None;
+    for (k, v) in rows {
+        last = Some(k.clone());
+        if let Some(t) = task(k, v)?.filter(|t| filter.matches(t)) {
+            items.push(t);
+            if items.len() == page.limit {
+                break;
+            }
+        }
+    }
+    let more = rows.len() == paging::SCAN_MAX || items.len() == page.limit;
+    Ok(Page { items, next_cursor: if more { last.map(|k| paging::encode_cursor(&k)) } else { None } })
 }
 
 pub async fn update(writer: &Writer, ctx: MutationCtx, me: Id, id: Id, f: TaskFields) -> Result<Task, DomainError> {
@@ -346,6 +386,7 @@ pub async fn update(writer: &Writer, ctx: MutationCtx, me: Id, id: Id, f: TaskFi
                 for new in a.iter().filter(|x| !t.assignees.contains(x)) {
                     tx.emit(format!("user:{new}"), "task.assigned", json!({ "task": id, "title": t.title }));
                 }
+                index_assignees(tx, org, id, &t.assignees, &a)?;
                 t.assignees = a;
             }
             if let Some(x) = &f.title {
@@ -394,6 +435,7 @@ pub async fn delete(writer: &Writer, ctx: MutationCtx, id: Id) -> Result<(), Dom
         .submit(ctx, move |tx| {
             let t = load(tx, org, id)?.ok_or(DomainError::NotFound { what: "task" })?;
             tx.delete(TASKS, &org_id_key(org, id))?;
+            index_assignees(tx, org, id, &t.assignees, &[])?;
             // Its comments go with it (search drops them with the task's scope).
             super::chat::messages::delete_in(tx, org, id)?;
             for topic in topics(&t) {

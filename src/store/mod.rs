@@ -9,6 +9,7 @@ pub mod backup;
 pub mod events;
 pub mod followers;
 pub mod fsck;
+mod migrations;
 pub mod tables;
 pub mod writer;
 
@@ -21,14 +22,8 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetada
 use crate::ids::{self, Id};
 use tables::{META, Table};
 
-/// The schema this build reads and writes. Raise it with a migration in `MIGRATIONS`.
-pub const SCHEMA_VERSION: u32 = 1;
-
-/// Upgrades from `version - 1` to `version`, applied in order at start-up.
-/// Each runs in one write transaction with the schema version bump, so a crash mid-way leaves
-/// the previous version intact.
-type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
-const MIGRATIONS: &[(u32, &str, Migration)] = &[];
+use migrations::MIGRATIONS;
+pub use migrations::SCHEMA_VERSION;
 
 /// Key-value rows as read from a table.
 pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
@@ -428,9 +423,10 @@ fn init_or_migrate(db: &redb::Database, progress: &mut dyn FnMut(&str)) -> Resul
         for (to, what, migrate) in MIGRATIONS.iter().filter(|(to, _, _)| *to > from) {
             progress(&format!("migrating store schema {} → {to}: {what}", to - 1));
             let txn = db.begin_write()?;
-            migrate(&txn)?;
+            let rows = migrate(&txn)?;
             txn.open_table(META.def)?.insert(b"schema_version".as_slice(), to.to_be_bytes().as_slice())?;
             txn.commit()?;
+            progress(&format!("migrated store schema to {to} ({rows} rows written)"));
         }
         progress(&format!("store schema is now version {SCHEMA_VERSION}"));
     }

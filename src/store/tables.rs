@@ -101,6 +101,10 @@ pub const MESSAGE_IDEMPOTENCY: Table = org("message_idempotency", 27);
 /// org ‖ task → `Task` JSON (its dependencies inside).
 pub const TASKS: Table = org("tasks", 28);
 
+/// org ‖ user ‖ task → empty: the tasks assigned to each user, for the task list's `assignee`
+/// filter (schema 2; migration 2 builds it for a store made before).
+pub const TASK_ASSIGNEES: Table = org("task_assignees", 42);
+
 /// org ‖ user ‖ device name → seq (u64 BE): how far each of a user's devices has acknowledged
 /// the inbox (`user:{id}`).
 pub const INBOX_ACKS: Table = org("inbox_acks", 29);
@@ -184,6 +188,7 @@ pub const ALL: &[Table] = &[
     ASSET_BLOBS,
     ASSET_USAGE,
     ROOM_ASSETS,
+    TASK_ASSIGNEES,
 ];
 
 /// `org ‖ a ‖ b`.

@@ -1,10 +1,13 @@
-//! Store start-up: a store written by a newer build is refused, not guessed at; a second
-//! process on the same data dir is refused while the first has it open.
+//! Store start-up: a store written by a newer build is refused, not guessed at; an older one
+//! is migrated, once; a second process on the same data dir is refused while the first has it
+//! open.
 
-use outpost::store::tables::META;
+use outpost::store::tables::{META, TASK_ASSIGNEES};
 use outpost::store::{SCHEMA_VERSION, Store, StoreError};
+use serde_json::{Value, json};
 
-use crate::support::cli;
+use crate::identity::populated_org;
+use crate::support::{TestServer, cli, config_for};
 
 #[test]
 fn a_newer_schema_is_refused_with_a_clear_message() {
@@ -37,4 +40,92 @@ fn one_process_per_store() {
     drop(store);
     let (_, report) = Store::open(dir.path(), &mut |_| {}).unwrap();
     assert!(!report.created);
+}
+
+/// A store made at schema 1, before tasks were indexed by assignee, is brought to schema 2 at
+/// its next start, once: the index is built from the tasks already there, the filtered list
+/// reads it, and it follows later changes. (The package test upgrades a real schema-1 server.)
+#[tokio::test]
+async fn a_schema_1_store_is_migrated_once() {
+    assert_eq!(SCHEMA_VERSION, 2, "a new schema version needs its own migration test");
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config_for(dir.path())).await;
+    let (_, people) = populated_org(&s).await;
+    let admin = &people.iter().find(|(r, _)| *r == "admin").unwrap().1;
+    let member = &people.iter().find(|(r, _)| *r == "member").unwrap().1;
+    let mut ids = Vec::new();
+    for (title, assignees) in
+        [("both", vec![&admin.user_id, &member.user_id]), ("member's", vec![&member.user_id]), ("no one's", vec![])]
+    {
+        let t = crate::support::post_json(
+            &s,
+            &admin.access,
+            "/v1/tasks",
+            json!({ "title": title, "assignee_ids": assignees }),
+        )
+        .await;
+        ids.push(t["id"].as_str().unwrap().to_owned());
+    }
+    s.stop().await;
+
+    // What schema 1 was: the same tables, less the index.
+    {
+        let db = redb::Database::open(dir.path().join("outpost.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        assert!(txn.delete_table(TASK_ASSIGNEES.def).unwrap());
+        txn.open_table(META.def).unwrap().insert(b"schema_version".as_slice(), 1u32.to_be_bytes().as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    let mut lines = Vec::new();
+    let (store, report) = Store::open(dir.path(), &mut |l| lines.push(l.to_owned())).unwrap();
+    assert_eq!(report.migrated_from, Some(1));
+    assert!(lines.contains(&"migrating store schema 1 → 2: index tasks by assignee".to_owned()), "{lines:?}");
+    assert!(lines.contains(&"migrated store schema to 2 (3 rows written)".to_owned()), "{lines:?}");
+    drop(store);
+    {
+        use redb::ReadableDatabase as _;
+        let db = redb::Database::open(dir.path().join("outpost.redb")).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META.def).unwrap();
+        assert_eq!(meta.get(b"schema_version".as_slice()).unwrap().unwrap().value(), 2u32.to_be_bytes());
+    }
+    lines.clear();
+    let (store, report) = Store::open(dir.path(), &mut |l| lines.push(l.to_owned())).unwrap();
+    assert_eq!(report.migrated_from, None);
+    assert!(lines.iter().all(|l| !l.contains("migrat")), "migrated again: {lines:?}");
+    drop(store);
+
+    let s = TestServer::start_with(config_for(dir.path())).await;
+    let titles = |who: String| {
+        let s = &s;
+        let token = admin.access.clone();
+        async move {
+            let page = crate::support::get_json(s, &token, &format!("/v1/tasks?assignee={who}")).await;
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["title"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(titles(member.user_id.clone()).await, ["both", "member's"]);
+    assert_eq!(titles(admin.user_id.clone()).await, ["both"]);
+    // Later changes keep the index true: a reassignment and a deletion.
+    let r = s
+        .http
+        .patch(s.url(&format!("/v1/tasks/{}", ids[0])))
+        .bearer_auth(&admin.access)
+        .json(&json!({ "assignee_ids": [admin.user_id] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = s.http.delete(s.url(&format!("/v1/tasks/{}", ids[1]))).bearer_auth(&admin.access).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(titles(member.user_id.clone()).await.is_empty());
+    assert_eq!(titles(admin.user_id.clone()).await, ["both"]);
+    let all: Value = crate::support::get_json(&s, &admin.access, "/v1/tasks").await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 2);
+    s.stop().await;
 }

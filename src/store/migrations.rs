@@ -1,0 +1,59 @@
+//! Schema migrations: what a store made by an older build needs before this one serves it.
+//!
+//! A store records its schema version in `meta`. At open, every migration above it runs in
+//! order, each in one write transaction together with the version bump, so a crash part-way
+//! leaves the store at the previous version and the next start runs that migration again from
+//! the beginning. A migration reads and writes tables directly (below the writer: nothing
+//! else runs yet, and it adds no events or audit records, since it changes no one's data).
+//!
+//! To change the schema: add the table or encoding in `tables`, raise `SCHEMA_VERSION`, and add
+//! the step that brings an older store there. Never edit a migration that has shipped.
+
+use redb::ReadableTable;
+use serde::Deserialize;
+
+use super::StoreError;
+use super::tables::{self, TASK_ASSIGNEES, TASKS};
+use crate::ids::Id;
+
+/// The schema this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Upgrades from `version - 1` to `version`.
+pub type Migration = fn(&redb::WriteTransaction) -> Result<u64, StoreError>;
+
+/// Every migration: the version it brings a store to, what it does, and the step (which
+/// returns how many rows it wrote).
+pub const MIGRATIONS: &[(u32, &str, Migration)] = &[(2, "index tasks by assignee", index_tasks_by_assignee)];
+
+/// Schema 2: `task_assignees` lists each user's tasks, so the task list filtered by assignee
+/// reads that user's tasks instead of scanning the organization's.
+fn index_tasks_by_assignee(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    /// What the migration reads of a task record.
+    #[derive(Deserialize)]
+    struct Assigned {
+        #[serde(default)]
+        assignees: Vec<Id>,
+    }
+    let tasks = txn.open_table(TASKS.def)?;
+    let mut index = txn.open_table(TASK_ASSIGNEES.def)?;
+    let mut written = 0;
+    for row in tasks.iter()? {
+        let (k, v) = row?;
+        let key = k.value();
+        let (Some(org), Some(task)) = (tables_key_id(key, 0), tables_key_id(key, 16)) else {
+            return Err(StoreError::Corrupt { table: "tasks".into(), detail: "short key".into() });
+        };
+        let t: Assigned = serde_json::from_slice(v.value())
+            .map_err(|e| StoreError::Corrupt { table: "tasks".into(), detail: e.to_string() })?;
+        for user in t.assignees {
+            index.insert(tables::org_id_id_key(org, user, task).as_slice(), [].as_slice())?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+fn tables_key_id(key: &[u8], at: usize) -> Option<Id> {
+    Id::from_slice(key.get(at..at + 16)?)
+}
