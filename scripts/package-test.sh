@@ -155,7 +155,10 @@ build_deb() {
 build_prev() {
     local src=$WORK/prev-src bin=$TARGET_DIR/$X86/release/outpost rc=0
     rm -rf "$src" && mkdir -p "$src"
-    git -C "$REPO" archive "$UPGRADE_FROM" | tar -x -C "$src" || return 1
+    # -m: the files get the time of extraction, not of the commit. Cargo sees this tree and ours
+    # as one package (a path package is known by its path in the workspace), so an old mtime
+    # would let it take an earlier build of another commit as up to date.
+    git -C "$REPO" archive "$UPGRADE_FROM" | tar -x -m -C "$src" || return 1
     cp "$bin" "$WORK/outpost.current" || return 1
     (
         export CARGO_TARGET_DIR=$TARGET_DIR
