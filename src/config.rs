@@ -366,6 +366,14 @@ pub struct HttpConfig {
     /// Browser origins allowed to call the API (CORS), e.g. `https://app.example.org`.
     /// Empty: no cross-origin access.
     pub cors_allowed_origins: Vec<String>,
+    /// Connections held open at once, at most; a connection beyond it is answered 503
+    /// `overloaded` (with `Retry-After`) and closed.
+    pub connections_max: usize,
+    /// Connections held open at once from one client address, at most; beyond it, the same.
+    pub connections_per_addr_max: usize,
+    /// Longest a client may take to send a request's headers, in milliseconds (a slow sender
+    /// holds a connection); on a kept-alive connection, counted from the previous answer.
+    pub header_read_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -441,7 +449,14 @@ impl Default for Config {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { body_limit_bytes: 1 << 20, request_timeout_ms: 30_000, cors_allowed_origins: Vec::new() }
+        Self {
+            body_limit_bytes: 1 << 20,
+            request_timeout_ms: 30_000,
+            cors_allowed_origins: Vec::new(),
+            connections_max: 10_000,
+            connections_per_addr_max: 1_000,
+            header_read_timeout_ms: 30_000,
+        }
     }
 }
 
@@ -539,6 +554,15 @@ impl Config {
         }
         if self.http.request_timeout_ms < 100 {
             bad("http.request_timeout_ms", "must be at least 100");
+        }
+        if self.http.connections_max == 0 {
+            bad("http.connections_max", "must be at least 1");
+        }
+        if self.http.connections_per_addr_max == 0 {
+            bad("http.connections_per_addr_max", "must be at least 1");
+        }
+        if self.http.header_read_timeout_ms < 100 {
+            bad("http.header_read_timeout_ms", "must be at least 100");
         }
         if self.store.queue_len_max == 0 {
             bad("store.queue_len_max", "must be at least 1");

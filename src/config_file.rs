@@ -77,6 +77,18 @@ const DOCS: &[Doc] = &[
         "http.cors_allowed_origins",
         "Browser origins allowed to call the API (CORS), e.g. [\"https://app.example.org\"]; empty: none.",
     ),
+    doc(
+        "http.connections_max",
+        "Connections held open at once, at most; one more is answered 503 overloaded (Retry-After: 1) and closed.",
+    ),
+    doc(
+        "http.connections_per_addr_max",
+        "Connections held open at once from one client address, at most (many users behind one NAT share it); beyond it, the same 503.",
+    ),
+    doc(
+        "http.header_read_timeout_ms",
+        "Time a client has to send a request's headers (on a kept-alive connection: from the previous answer), in milliseconds; then it is disconnected.",
+    ),
     doc("store", "The embedded store and its one writer."),
     doc(
         "store.queue_len_max",

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub follower_lag: Family<FollowerLabels, Gauge>,
     pub events_trimmed: Counter,
     pub rate_limited: Family<LimiterLabels, Counter>,
+    pub connections_open: Gauge,
+    pub connections_shed: Counter,
     pub realtime_connections: Gauge,
     pub realtime_subscriptions: Gauge,
     pub realtime_events_sent: Counter,
@@ -186,6 +188,14 @@ impl Metrics {
             "realtime_send_queue_deepest",
             "The fullest subscriber send queue at the last event fanned out (frames)",
             realtime_send_queue_deepest.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register("connections_open", "HTTP connections open and served", connections_open.clone());
+        let connections_shed = Counter::default();
+        registry.register(
+            "connections_shed",
+            "Connections answered 503 overloaded and closed: over http.connections_max or http.connections_per_addr_max",
+            connections_shed.clone(),
         );
         let uploads_in_progress = Gauge::default();
         registry.register(
@@ -329,6 +339,8 @@ impl Metrics {
             follower_lag,
             events_trimmed,
             rate_limited,
+            connections_open,
+            connections_shed,
             realtime_connections,
             realtime_subscriptions,
             realtime_events_sent,

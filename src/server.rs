@@ -107,9 +107,18 @@ pub async fn run(
         tracing::info!("stopping: draining requests");
     };
     let routes = http::routes(app.clone());
+    let edge = Edge {
+        gate: http::gate::Gate::new(
+            app.config.http.connections_max,
+            app.config.http.connections_per_addr_max,
+            app.metrics.clone(),
+        ),
+        header_read_timeout: Duration::from_millis(app.config.http.header_read_timeout_ms),
+        drain,
+    };
     let served = match acceptor {
-        Listening::Tls(a) => serve_http(a, routes, stopping, drain).await,
-        Listening::Plain(a) => serve_http(a, routes, stopping, drain).await,
+        Listening::Tls(a) => serve_http(a, routes, stopping, edge).await,
+        Listening::Plain(a) => serve_http(a, routes, stopping, edge).await,
     };
     background.shutdown().await;
     if let Some(turn) = &app.turn {
@@ -148,9 +157,18 @@ impl Listening {
     }
 }
 
+/// What bounds the connections before any request: the gate, the time to send headers, and
+/// how long a stop waits for requests in flight.
+struct Edge {
+    gate: http::gate::Gate,
+    header_read_timeout: Duration,
+    drain: Duration,
+}
+
 /// Serves `routes` on the connections `acceptor` gives until `stop` resolves; then stops
 /// accepting, asks every connection to finish its request in flight and close, and waits for
-/// them up to `drain`.
+/// them up to the drain bound. A connection the gate does not admit gets one `overloaded`
+/// answer instead.
 ///
 /// Each connection keeps its own type (poem's server boxes them, which hides the socket's
 /// vectored writes from hyper, so every answer's body would be copied once more into hyper's
@@ -159,14 +177,18 @@ async fn serve_http<A: Acceptor>(
     mut acceptor: A,
     routes: impl IntoEndpoint<Endpoint: 'static>,
     stop: impl Future<Output = ()>,
-    drain: Duration,
+    edge: Edge,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto;
     type Answer = hyper::Response<http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>>;
 
     let routes = std::sync::Arc::new(routes.into_endpoint().map_to_response());
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(edge.header_read_timeout);
+    let mut shed_builder = auto::Builder::new(TokioExecutor::new());
+    shed_builder.http1().timer(TokioTimer::new()).header_read_timeout(http::gate::SHED_FOR).keep_alive(false);
     let mut stop = std::pin::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -182,24 +204,41 @@ async fn serve_http<A: Acceptor>(
                 continue;
             }
         };
+        let admitted = match edge.gate.admit(remote.as_socket_addr().map(std::net::SocketAddr::ip)) {
+            http::gate::Admission::Served(admitted) => admitted,
+            http::gate::Admission::Shed(shedding) => {
+                let service = hyper::service::service_fn(|_req: hyper::Request<hyper::body::Incoming>| async {
+                    Ok::<Answer, std::convert::Infallible>(http::gate::overloaded().into())
+                });
+                let conn = shed_builder.serve_connection(TokioIo::new(io), service).into_owned();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(http::gate::SHED_FOR, conn).await;
+                    drop(shedding);
+                });
+                continue;
+            }
+            http::gate::Admission::Dropped => continue,
+        };
         let routes = routes.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let routes = routes.clone();
             let req = poem::Request::from((req, local.clone(), remote.clone(), scheme.clone()));
             async move { Ok::<Answer, std::convert::Infallible>(routes.get_response(req).await.into()) }
         });
-        let conn = auto::Builder::new(TokioExecutor::new())
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         let conn = connections.watch(conn);
         tokio::spawn(async move {
             // A connection's end (the peer gone, a broken request) is the peer's business.
             let _ = conn.await;
+            drop(admitted);
         });
     }
     drop(acceptor);
-    if tokio::time::timeout(drain, connections.shutdown()).await.is_err() {
-        tracing::info!(drain_ms = drain.as_millis() as u64, "stopping: requests still in flight after the drain bound");
+    if tokio::time::timeout(edge.drain, connections.shutdown()).await.is_err() {
+        tracing::info!(
+            drain_ms = edge.drain.as_millis() as u64,
+            "stopping: requests still in flight after the drain bound"
+        );
     }
     Ok(())
 }

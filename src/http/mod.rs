@@ -35,6 +35,7 @@ pub mod chat;
 pub mod docs;
 pub mod document;
 pub mod files;
+pub mod gate;
 pub mod me;
 pub mod media;
 pub mod ops;

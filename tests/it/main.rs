@@ -23,6 +23,7 @@ mod media;
 mod openapi;
 mod orgs;
 mod output;
+mod overload;
 mod packaging;
 mod realtime;
 mod roles;

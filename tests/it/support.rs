@@ -38,6 +38,12 @@ impl TestServer {
         s
     }
 
+    /// A handle on a server running elsewhere (a `ChildServer`), for the helpers that take a
+    /// `TestServer`; stopping it is the caller's business.
+    pub fn attached(base: String, key: String) -> Self {
+        Self { base, key, config: Config::default(), http: reqwest::Client::new(), stop: None, task: None, dir: None }
+    }
+
     /// Starts on an existing data dir (which the caller keeps alive).
     pub async fn start_with(config: Config) -> Self {
         Self::start_with_scheme(config, "http").await
