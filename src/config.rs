@@ -374,6 +374,10 @@ pub struct HttpConfig {
     /// Longest a client may take to send a request's headers, in milliseconds (a slow sender
     /// holds a connection); on a kept-alive connection, counted from the previous answer.
     pub header_read_timeout_ms: u64,
+    /// After a 429 on an HTTP/1 connection, read nothing more from it until its `Retry-After`
+    /// has passed, so a client that ignores it is slowed to its budget. Turn off behind a
+    /// reverse proxy that carries many users' requests on one connection.
+    pub pace_after_429: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -456,6 +460,7 @@ impl Default for HttpConfig {
             connections_max: 10_000,
             connections_per_addr_max: 1_000,
             header_read_timeout_ms: 30_000,
+            pace_after_429: true,
         }
     }
 }

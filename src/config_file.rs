@@ -89,6 +89,10 @@ const DOCS: &[Doc] = &[
         "http.header_read_timeout_ms",
         "Time a client has to send a request's headers (on a kept-alive connection: from the previous answer), in milliseconds; then it is disconnected.",
     ),
+    doc(
+        "http.pace_after_429",
+        "After a 429 on an HTTP/1 connection, read nothing more from it until its Retry-After has passed, so a client that ignores it is slowed to its budget; turn off behind a reverse proxy that carries many users' requests on one connection.",
+    ),
     doc("store", "The embedded store and its one writer."),
     doc(
         "store.queue_len_max",

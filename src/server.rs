@@ -114,6 +114,7 @@ pub async fn run(
             app.metrics.clone(),
         ),
         header_read_timeout: Duration::from_millis(app.config.http.header_read_timeout_ms),
+        pace_after_429: app.config.http.pace_after_429,
         drain,
     };
     let served = match acceptor {
@@ -157,11 +158,12 @@ impl Listening {
     }
 }
 
-/// What bounds the connections before any request: the gate, the time to send headers, and
-/// how long a stop waits for requests in flight.
+/// What bounds the connections before any request: the gate, the time to send headers, the
+/// pause after a 429, and how long a stop waits for requests in flight.
 struct Edge {
     gate: http::gate::Gate,
     header_read_timeout: Duration,
+    pace_after_429: bool,
     drain: Duration,
 }
 
@@ -220,10 +222,20 @@ async fn serve_http<A: Acceptor>(
             http::gate::Admission::Dropped => continue,
         };
         let routes = routes.clone();
+        let pause = std::sync::Arc::new(http::gate::Pause::default());
+        let io = http::gate::Paced::new(io, pause.clone());
+        let pace = edge.pace_after_429;
         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let routes = routes.clone();
+            let (routes, pause) = (routes.clone(), pause.clone());
+            let version = req.version();
             let req = poem::Request::from((req, local.clone(), remote.clone(), scheme.clone()));
-            async move { Ok::<Answer, std::convert::Infallible>(routes.get_response(req).await.into()) }
+            async move {
+                let resp = routes.get_response(req).await;
+                if let Some(wait) = http::gate::pause_for(version, &resp).filter(|_| pace) {
+                    pause.set(wait);
+                }
+                Ok::<Answer, std::convert::Infallible>(resp.into())
+            }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         let conn = connections.watch(conn);

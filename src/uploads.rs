@@ -479,6 +479,20 @@ impl Uploads {
             .clone()
     }
 
+    /// Whether the disk has room for more bytes: it may have filled since the upload was
+    /// admitted (from outside, or by others); the bytes then wait until there is room again,
+    /// as the store's writes do.
+    fn room_to_append(&self) -> Result<(), DomainError> {
+        let free = crate::store::free_disk_bytes(&self.inner.root).unwrap_or(u64::MAX);
+        if free < self.inner.cfg.disk_reserve_bytes {
+            return Err(DomainError::NoRoom {
+                code: "insufficient_storage",
+                detail: "the server's disk is too full to take more bytes now; resume once space is freed".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Appends the bytes of `body` to upload `info` at `offset` (which must be where it is),
     /// up to its length, durably; returns the new offset. A request already appending to it
     /// is asked to stop first (its client has most likely gone and come back).
@@ -489,6 +503,7 @@ impl Uploads {
         mut body: impl AsyncRead + Unpin + Send,
         checksum: Option<ChunkChecksum>,
     ) -> Result<u64, AppendError> {
+        self.room_to_append()?;
         let slot = self.slot(info.id);
         let generation = slot.generation.fetch_add(1, Ordering::SeqCst) + 1;
         // A request still appending (its client most likely gone) stops at once.

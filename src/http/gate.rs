@@ -8,13 +8,22 @@
 //! clients that already hold a connection keep being served.
 //!
 //! Requests on admitted connections meet the rate limits (`limits`) and the writer's queue
-//! bound; this gate bounds what comes before any request is read.
+//! bound; this gate bounds what comes before any request is read. And a connection that was
+//! just answered 429 is read no further until its `Retry-After` has passed (`Paced`): a client
+//! that ignores it, asking again at once, is slowed to what it is allowed instead of taking
+//! the server's time from everyone else (`http.pace_after_429`; HTTP/1 only, where a
+//! connection carries one client's requests in turn).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
@@ -150,6 +159,106 @@ pub fn overloaded() -> Response {
     resp
 }
 
+/// Longest a connection is paused after a 429, whatever its `Retry-After` says.
+pub const PAUSE_MAX: Duration = Duration::from_secs(5);
+
+/// When a connection may be read again: set by the answer, read by the connection.
+#[derive(Default)]
+pub struct Pause {
+    base: std::sync::OnceLock<Instant>,
+    /// Milliseconds after `base`; 0: not paused.
+    until_ms: AtomicU64,
+}
+
+impl Pause {
+    fn base(&self) -> Instant {
+        *self.base.get_or_init(Instant::now)
+    }
+
+    /// Reads nothing more for `for_` (at most `PAUSE_MAX`).
+    pub fn set(&self, for_: Duration) {
+        let until = Instant::now() + for_.min(PAUSE_MAX);
+        let ms = until.duration_since(self.base()).as_millis() as u64;
+        self.until_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    fn until(&self) -> Option<Instant> {
+        match self.until_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.base() + Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// A connection whose reads wait while its `Pause` is set; writes (the answer) go on.
+pub struct Paced<T> {
+    inner: T,
+    pause: Arc<Pause>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Paced<T> {
+    pub fn new(inner: T, pause: Arc<Pause>) -> Self {
+        Self { inner, pause, sleep: None }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Paced<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(until) = self.pause.until() {
+            if Instant::now() < until {
+                let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                if sleep.deadline() != until {
+                    sleep.as_mut().reset(until);
+                }
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            // Cleared unless a newer pause was set meanwhile.
+            let ms = until.duration_since(self.pause.base()).as_millis() as u64;
+            let _ = self.pause.until_ms.compare_exchange(ms, 0, Ordering::Relaxed, Ordering::Relaxed);
+            self.sleep = None;
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Paced<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The pause an answer asks for: a 429's `Retry-After`, on HTTP/1.
+pub fn pause_for(version: poem::http::Version, resp: &Response) -> Option<Duration> {
+    if resp.status() != StatusCode::TOO_MANY_REQUESTS || version >= poem::http::Version::HTTP_2 {
+        return None;
+    }
+    let secs: u64 = resp.headers().get(poem::http::header::RETRY_AFTER)?.to_str().ok()?.parse().ok()?;
+    Some(Duration::from_secs(secs))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -178,6 +287,34 @@ mod tests {
         drop((a2, b1));
         assert!(g.inner.by_addr.lock().unwrap().is_empty(), "a closed address leaves no entry");
         assert_eq!(g.open(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_connection_reads_nothing_until_its_time() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(64);
+        let pause = Arc::new(Pause::default());
+        let mut paced = Paced::new(near, pause.clone());
+        far.write_all(b"one").await.unwrap();
+        let mut buf = [0u8; 3];
+        paced.read_exact(&mut buf).await.unwrap();
+        pause.set(Duration::from_secs(1));
+        far.write_all(b"two").await.unwrap();
+        let t0 = Instant::now();
+        paced.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"two");
+        assert!(t0.elapsed() >= Duration::from_secs(1), "read before the pause ended");
+        // Writes are not paused, and once it has passed the pause is gone.
+        pause.set(Duration::from_secs(60));
+        paced.write_all(b"answer").await.unwrap();
+        let mut answer = [0u8; 6];
+        far.read_exact(&mut answer).await.unwrap();
+        far.write_all(b"three").await.unwrap();
+        let t0 = Instant::now();
+        let mut three = [0u8; 5];
+        paced.read_exact(&mut three).await.unwrap();
+        assert_eq!(t0.elapsed().as_secs(), PAUSE_MAX.as_secs(), "a pause is at most PAUSE_MAX");
+        assert!(pause.until().is_none());
     }
 
     #[test]

@@ -304,6 +304,8 @@ impl<E: Endpoint> Endpoint for Edge<E> {
         // rather than a total one (a large file takes as long as it takes).
         let upload = is_upload(&method, &path);
         let declared = req.header("content-length").and_then(|v| v.parse::<u64>().ok());
+        let has_body = declared.is_some_and(|n| n > 0) || req.header("transfer-encoding").is_some();
+        let http1 = req.version() < poem::http::Version::HTTP_2;
         let result = if declared.is_some_and(|n| n > self.limit) && !upload {
             Ok(Err(body::too_large(self.limit).into()))
         } else if upload {
@@ -339,6 +341,12 @@ impl<E: Endpoint> Endpoint for Edge<E> {
             if let Some(allow) = document::allowed_methods(&path).and_then(|a| HeaderValue::from_str(&a).ok()) {
                 resp.headers_mut().insert("allow", allow);
             }
+        }
+        // An error may be answered before the request's body was read (a refused upload, a
+        // body over the limit); the connection then cannot carry another request, and saying
+        // so keeps a client from sending its next one down a connection about to close.
+        if http1 && has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+            resp.headers_mut().insert(poem::http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         security_headers(&mut resp, &path, self.tls);
         if path.starts_with("/v1/uploads") {

@@ -64,6 +64,7 @@ impl Boxed {
             .env("OUTPOST_LOG__FORMAT", "json")
             .env("OUTPOST_LOG__LEVEL", "info")
             .env("OUTPOST_STORE__MIN_FREE_DISK_BYTES", (16u64 << 20).to_string())
+            .env("OUTPOST_FILES__DISK_RESERVE_BYTES", (16u64 << 20).to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -190,6 +191,128 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
         assert_eq!(r.status(), 200, "acknowledged org {id} is gone");
     }
     assert!(acked.len() > 20, "{}", acked.len());
+}
+
+/// A document update and an upload in progress meet a full disk: the update is refused with 507
+/// and the document keeps what it had; the upload's next bytes are refused with 507 before any
+/// is written, its offset stays where it was, and a new upload is refused too. Once space is
+/// freed, the update goes in and the upload resumes from its offset to the end; after a
+/// restart, the document and the file are whole.
+#[tokio::test]
+async fn a_full_disk_holds_document_updates_and_uploads_until_space_returns() {
+    use yrs::updates::decoder::Decode as _;
+    use yrs::{Doc, GetString as _, Text as _, Transact as _, Update};
+
+    let control = tempfile::tempdir().unwrap();
+    let boxed = Boxed::start(control.path());
+    let base = boxed.next_ready();
+    let key = std::fs::read_to_string(control.path().join("key")).unwrap().trim().to_owned();
+    let s = crate::support::TestServer::attached(base.clone(), key);
+    let (org, slug) = crate::identity::create_org(&s).await;
+    crate::identity::operator_invite_and_accept(&s, &org, "dee@example.org", "member").await;
+    let token = crate::identity::login(&s, &slug, "dee").await.access;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let room: Value = crate::support::post_json(&s, &token, "/v1/rooms", json!({ "name": "r" })).await;
+    let doc: Value = crate::support::post_json(
+        &s,
+        &token,
+        &format!("/v1/rooms/{}/docs", room["id"].as_str().unwrap()),
+        json!({ "name": "d" }),
+    )
+    .await;
+    let doc = doc["id"].as_str().unwrap().to_owned();
+    // Two edits from one client: the first before the disk fills, the second while it is full.
+    let client = Doc::new();
+    let text = client.get_or_insert_text("text");
+    let edit = |at: u32, what: &str| {
+        let mut txn = client.transact_mut();
+        text.insert(&mut txn, at, what);
+        txn.encode_update_v1()
+    };
+    let update = |bytes: Vec<u8>| {
+        http.post(format!("{base}/v1/docs/{doc}/updates"))
+            .bearer_auth(&token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+    };
+    assert!(update(edit(0, "before ")).await.unwrap().status().is_success());
+    let file: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let r = http
+        .post(format!("{base}/v1/uploads"))
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", file.len().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let upload = format!("{base}{}", r.headers()["location"].to_str().unwrap());
+    let patch = |from: usize, to: usize| {
+        http.patch(&upload)
+            .bearer_auth(&token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-offset", from.to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .body(file[from..to].to_vec())
+            .send()
+    };
+    let offset = || async {
+        let r = http.head(&upload).bearer_auth(&token).header("tus-resumable", "1.0.0").send().await.unwrap();
+        r.headers()["upload-offset"].to_str().unwrap().parse::<usize>().unwrap()
+    };
+    assert_eq!(patch(0, 1 << 20).await.unwrap().status(), 204);
+
+    ask(control.path(), "fill", Some("filled")).await;
+    let refused_edit = edit(7, "during ");
+    let mut refused = None;
+    eventually("a document update is refused on a full disk", async || {
+        let r = update(refused_edit.clone()).await.unwrap();
+        assert!(r.status() == 507 || r.status().is_success(), "{}", r.status());
+        if r.status() == 507 {
+            refused = Some(r.json::<Value>().await.unwrap());
+        }
+        refused.is_some()
+    })
+    .await;
+    assert_eq!(refused.unwrap()["code"], "insufficient_storage");
+    let r = patch(1 << 20, 2 << 20).await.unwrap();
+    assert_eq!(r.status(), 507);
+    // Refused before its body was read: the connection cannot carry another request.
+    assert_eq!(r.headers()["connection"], "close");
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "insufficient_storage");
+    assert_eq!(offset().await, 1 << 20, "no byte of a refused request is taken");
+    let r = http
+        .post(format!("{base}/v1/uploads"))
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "1024")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 507, "a new upload on a full disk");
+
+    ask(control.path(), "free", Some("freed")).await;
+    eventually("the document update goes in once space is freed", async || {
+        update(refused_edit.clone()).await.unwrap().status().is_success()
+    })
+    .await;
+    let r = patch(1 << 20, file.len()).await.unwrap();
+    assert_eq!(r.status(), 204, "the upload resumes from its offset");
+    assert_eq!(offset().await, file.len());
+
+    ask(control.path(), "restart", None).await;
+    let base = boxed.next_ready();
+    let id = upload.rsplit('/').next().unwrap();
+    let r = http.get(format!("{base}/v1/assets/{id}/content")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap() == file, "the file came back different");
+    let state = http.get(format!("{base}/v1/docs/{doc}/state")).bearer_auth(&token).send().await.unwrap();
+    let state = state.bytes().await.unwrap();
+    let server = Doc::new();
+    server.transact_mut().apply_update(Update::decode_v1(&state).unwrap()).unwrap();
+    let t = server.get_or_insert_text("text");
+    assert_eq!(t.get_string(&server.transact()), "before during ");
 }
 
 /// An fsync that fails: the write it carried is not acknowledged, and no later write is either,

@@ -106,6 +106,7 @@ async fn a_flood_is_shed_and_the_rest_are_served() {
     let unloaded = legit(20).await;
 
     let stop = Arc::new(AtomicBool::new(false));
+    let flood_began = Instant::now();
     let rss_before = status(pid, "VmRSS");
     let rss_max = Arc::new(AtomicU64::new(rss_before));
     let threads_max = Arc::new(AtomicU64::new(0));
@@ -224,8 +225,13 @@ async fn a_flood_is_shed_and_the_rest_are_served() {
         rss / 1024,
         threads_max.load(Ordering::Relaxed),
     );
-    assert!(limited > created, "most of the flood is shed: {created} created, {limited} limited");
-    assert!(login_limited > refused, "most login attempts are shed: {refused} refused, {login_limited} limited");
+    // The flooding user got no more than its budget (20/s, a burst of 40); a connection that
+    // was answered 429 was read no further until its Retry-After (which is why the shed
+    // counts are small: the flood is slowed, not just refused).
+    let budget = 40 + 20 * flood_began.elapsed().as_secs() + 20;
+    assert!(created <= budget, "the flooding user got {created} writes in, over its budget {budget}");
+    assert!(limited >= 16, "every flooding connection met the limit: {limited}");
+    assert!(refused <= 30 && login_limited >= 4, "logins: {refused} refused, {login_limited} limited");
     assert!(rss < RSS_BOUND_KB, "server RSS {rss} kB over the bound");
     // A generous bound only: the ratio is the benchmark's to report.
     assert!(p99(loaded) < Duration::from_secs(2), "the legitimate client waited too long");
