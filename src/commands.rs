@@ -50,7 +50,12 @@ pub fn backup(config: &Config, out: &Path) -> Result<BackupSummary, CommandError
     let out = absolute(out)?;
     let mut progress = Progress::new("backup");
     let summary = if admin::server_running(&config.admin_socket()) {
-        let v = admin::call(&config.admin_socket(), &Request::Backup { out }, &mut |d, t| progress.update(d, t))?;
+        let partial = out.with_extension("partial");
+        let v = admin::call(&config.admin_socket(), &Request::Backup { out }, &mut |d, t| progress.update(d, t))
+            .inspect_err(|_| {
+                // A server that stopped (or died) mid-way could not remove what it had written.
+                let _ = std::fs::remove_file(&partial);
+            })?;
         from_value(v)?
     } else {
         let store = open_direct(&config.data_dir)?;

@@ -69,73 +69,66 @@ pub fn backup(store: &Store, out: &Path, progress: &mut dyn FnMut(u64, u64)) -> 
     })?;
     let blob_store = data_dir_of(store).map(|d| crate::blobs::Blobs::open(&d)).transpose()?;
     let tmp = out.with_extension("partial");
-    let file = File::create(&tmp)?;
-    let mut w = HashingWriter::new(BufWriter::new(file));
-    w.write_all(MAGIC)?;
-    let header = BackupHeader {
-        schema_version: SCHEMA_VERSION,
-        source_epoch: store.epoch(),
-        taken_at_ms: ids::now_ms(),
-        entries: total,
-        tables: tables::ALL.iter().map(|t| redb::TableHandle::name(&t.def).to_owned()).collect(),
-        blobs: blobs.len() as u64,
-        blob_bytes: blobs.iter().map(|b| b.2).sum(),
-    };
-    let header_bytes = super::encode(&header);
-    w.write_all(&(header_bytes.len() as u32).to_be_bytes())?;
-    w.write_all(&header_bytes)?;
-    let mut done = 0u64;
-    for (i, t) in tables::ALL.iter().enumerate() {
-        let mut io_err = None;
-        reader.for_each(*t, |k, v| {
-            let r = (|| -> std::io::Result<()> {
-                w.write_all(&(i as u16).to_be_bytes())?;
-                w.write_all(&(k.len() as u32).to_be_bytes())?;
-                w.write_all(k)?;
-                w.write_all(&(v.len() as u32).to_be_bytes())?;
-                w.write_all(v)
-            })();
-            if let Err(e) = r {
-                io_err = Some(e);
-                return Ok(false);
-            }
-            done += 1;
-            if done % 10_000 == 0 {
-                progress(done, total);
-            }
-            Ok(true)
-        })?;
-        if let Some(e) = io_err {
-            return Err(e.into());
-        }
-    }
-    if let Some(blob_store) = &blob_store {
-        let mut buf = vec![0u8; 1 << 20];
-        for (org, sha, size) in &blobs {
-            let mut f = File::open(blob_store.path(*org, sha)).map_err(|e| {
-                StoreError::Storage(format!("the bytes of file {} of organization {org} are missing: {e}", sha.hex()))
-            })?;
-            w.write_all(&BLOB.to_be_bytes())?;
-            w.write_all(org.as_bytes())?;
-            w.write_all(&sha.0)?;
-            w.write_all(&size.to_be_bytes())?;
-            let mut left = *size;
-            while left > 0 {
-                let want = left.min(buf.len() as u64) as usize;
-                let n = f.read(&mut buf[..want])?;
-                if n == 0 {
-                    return Err(StoreError::Storage(format!("file {} is shorter than its record says", sha.hex())));
+    // What was written of a backup that fails goes: a partial file is never left to be
+    // mistaken for a backup, or to fill the disk.
+    let written = (|| -> Result<(u64, u64), StoreError> {
+        let file = File::create(&tmp)?;
+        let mut w = HashingWriter::new(BufWriter::new(file));
+        w.write_all(MAGIC)?;
+        let header = BackupHeader {
+            schema_version: SCHEMA_VERSION,
+            source_epoch: store.epoch(),
+            taken_at_ms: ids::now_ms(),
+            entries: total,
+            tables: tables::ALL.iter().map(|t| redb::TableHandle::name(&t.def).to_owned()).collect(),
+            blobs: blobs.len() as u64,
+            blob_bytes: blobs.iter().map(|b| b.2).sum(),
+        };
+        let header_bytes = super::encode(&header);
+        w.write_all(&(header_bytes.len() as u32).to_be_bytes())?;
+        w.write_all(&header_bytes)?;
+        let mut done = 0u64;
+        for (i, t) in tables::ALL.iter().enumerate() {
+            let mut io_err = None;
+            reader.for_each(*t, |k, v| {
+                let r = (|| -> std::io::Result<()> {
+                    w.write_all(&(i as u16).to_be_bytes())?;
+                    w.write_all(&(k.len() as u32).to_be_bytes())?;
+                    w.write_all(k)?;
+                    w.write_all(&(v.len() as u32).to_be_bytes())?;
+                    w.write_all(v)
+                })();
+                if let Err(e) = r {
+                    io_err = Some(e);
+                    return Ok(false);
                 }
-                w.write_all(&buf[..n])?;
-                left -= n as u64;
+                done += 1;
+                if done % 10_000 == 0 {
+                    progress(done, total);
+                }
+                Ok(true)
+            })?;
+            if let Some(e) = io_err {
+                return Err(e.into());
             }
         }
-    }
-    w.write_all(&END.to_be_bytes())?;
-    let (mut inner, digest, bytes) = w.finish();
-    inner.write_all(&digest)?;
-    let file = inner.into_inner().map_err(|e| StoreError::Storage(e.to_string()))?;
-    file.sync_all()?;
+        if let Some(blob_store) = &blob_store {
+            write_blobs(&mut w, blob_store, &blobs)?;
+        }
+        w.write_all(&END.to_be_bytes())?;
+        let (mut inner, digest, bytes) = w.finish();
+        inner.write_all(&digest)?;
+        let file = inner.into_inner().map_err(|e| StoreError::Storage(e.to_string()))?;
+        file.sync_all()?;
+        Ok((done, bytes))
+    })();
+    let (done, bytes) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     std::fs::rename(&tmp, out)?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         File::open(dir)?.sync_all()?;
@@ -209,6 +202,35 @@ pub fn restore(from: &Path, data_dir: &Path, progress: &mut dyn FnMut(u64, u64))
     drop(db);
     progress(done, header.entries);
     Ok(BackupSummary { entries: done, bytes: std::fs::metadata(from)?.len(), epoch })
+}
+
+/// Writes the bytes of every blob in `blobs` (organization, digest, size) after its header.
+fn write_blobs(
+    w: &mut impl Write,
+    blob_store: &crate::blobs::Blobs,
+    blobs: &[(ids::Id, crate::blobs::Sha256, u64)],
+) -> Result<(), StoreError> {
+    let mut buf = vec![0u8; 1 << 20];
+    for (org, sha, size) in blobs {
+        let mut f = File::open(blob_store.path(*org, sha)).map_err(|e| {
+            StoreError::Storage(format!("the bytes of file {} of organization {org} are missing: {e}", sha.hex()))
+        })?;
+        w.write_all(&BLOB.to_be_bytes())?;
+        w.write_all(org.as_bytes())?;
+        w.write_all(&sha.0)?;
+        w.write_all(&size.to_be_bytes())?;
+        let mut left = *size;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = f.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(StoreError::Storage(format!("file {} is shorter than its record says", sha.hex())));
+            }
+            w.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// What a backup reads of an `asset_blobs` record: the blob's size.
