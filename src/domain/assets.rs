@@ -247,7 +247,7 @@ pub async fn list(store: &Store, scope: OrgScope, caller: Id, page: PageRequest)
         .read(move |r| {
             let prefix = org_id_key(scope.org(), caller);
             // Newest first: a page goes on strictly before the last key the previous one gave.
-            let end = page.end_in(&prefix)?;
+            let end = page.end_in(&prefix);
             let rows = r.range(USER_ASSETS, &prefix, &end, true, page.limit + 1)?;
             let more = rows.len() > page.limit;
             let mut items = Vec::new();

@@ -225,7 +225,7 @@ pub async fn list(
             let (found, part) = super::rooms::visible(r, org, user, room)?;
             let (access, _) = standing_in(&found, part);
             let prefix = org_id_key(org, room);
-            let start = page.start_in(&prefix)?;
+            let start = page.start_in(&prefix);
             let rows = r.range(ROOM_DOCS, &start, &prefix_end(&prefix), false, paging::SCAN_MAX)?;
             let mut items = Vec::new();
             let mut last = None;
@@ -583,7 +583,7 @@ pub async fn list_versions(
         .read(move |r| {
             access(r, org, user, id)?;
             let prefix = org_id_key(org, id);
-            let start = page.start_in(&prefix)?;
+            let start = page.start_in(&prefix);
             let rows = r.range(DOC_VERSIONS, &start, &prefix_end(&prefix), false, page.limit)?;
             let items = rows.iter().map(|(_, v)| decode(DOC_VERSIONS, v)).collect::<Result<Vec<DocVersion>, _>>()?;
             let next_cursor =

@@ -117,7 +117,7 @@ pub async fn list(
     store
         .read(move |r| {
             // The nil org holds the instance's own records and is not a tenant.
-            let start = page.start_in(&[])?.max(paging::key_after(Id::NIL.as_bytes()));
+            let start = page.start_in(&[]).max(paging::key_after(Id::NIL.as_bytes()));
             let rows = r.range(ORGS, &start, &prefix_end(&[0xff; 16]), false, paging::SCAN_MAX)?;
             let mut items = Vec::new();
             let mut last_key = None;

@@ -47,30 +47,27 @@ impl PageRequest {
     }
 
     /// Where a page over the keys under `prefix` starts: at `prefix`, or strictly after the
-    /// cursor's key. A cursor from outside `prefix` (another organization's, room's or list's)
-    /// is refused, so a page never leaves the range it lists.
-    pub fn start_in(&self, prefix: &[u8]) -> Result<Vec<u8>, DomainError> {
+    /// cursor's key. A cursor from outside `prefix` (another organization's, room's or list's,
+    /// or made up) never leads out of it: one before the range starts the list over, one after
+    /// it gives an empty page.
+    pub fn start_in(&self, prefix: &[u8]) -> Vec<u8> {
         match &self.after {
-            None => Ok(prefix.to_vec()),
-            Some(key) => Ok(key_after(inside(key, prefix)?)),
+            None => prefix.to_vec(),
+            Some(key) if key.starts_with(prefix) => key_after(key),
+            Some(key) if key.as_slice() < prefix => prefix.to_vec(),
+            Some(_) => prefix_end(prefix),
         }
     }
 
     /// Where a newest-first page over the keys under `prefix` ends (exclusive): after the last
-    /// key, or strictly before the cursor's key. A cursor from outside `prefix` is refused.
-    pub fn end_in(&self, prefix: &[u8]) -> Result<Vec<u8>, DomainError> {
+    /// key, or at the cursor's key. A cursor from outside `prefix` never leads out of it: one
+    /// after the range starts the list over, one before it gives an empty page.
+    pub fn end_in(&self, prefix: &[u8]) -> Vec<u8> {
         match &self.after {
-            None => Ok(prefix_end(prefix)),
-            Some(key) => Ok(inside(key, prefix)?.to_vec()),
+            Some(key) if key.starts_with(prefix) => key.clone(),
+            Some(key) if key.as_slice() < prefix => prefix.to_vec(),
+            None | Some(_) => prefix_end(prefix),
         }
-    }
-}
-
-fn inside<'k>(key: &'k [u8], prefix: &[u8]) -> Result<&'k [u8], DomainError> {
-    if key.len() > prefix.len() && key.starts_with(prefix) {
-        Ok(key)
-    } else {
-        Err(DomainError::invalid("?cursor", "invalid_cursor", "the cursor is not one this list gave out"))
     }
 }
 

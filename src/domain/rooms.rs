@@ -183,7 +183,7 @@ pub async fn list(
     let org = scope.org();
     store
         .read(move |r| {
-            let start = page.start_in(org.as_bytes())?;
+            let start = page.start_in(org.as_bytes());
             let rows = r.range(ROOMS, &start, &prefix_end(org.as_bytes()), false, paging::SCAN_MAX)?;
             let text = filter.text.as_ref().map(|t| t.to_lowercase());
             let mut items = Vec::new();

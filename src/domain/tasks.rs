@@ -307,7 +307,7 @@ pub async fn list(
             if let Some(user) = filter.assignee {
                 let prefix = org_id_key(org, user);
                 let rows =
-                    r.range(TASK_ASSIGNEES, &page.start_in(&prefix)?, &prefix_end(&prefix), false, paging::SCAN_MAX)?;
+                    r.range(TASK_ASSIGNEES, &page.start_in(&prefix), &prefix_end(&prefix), false, paging::SCAN_MAX)?;
                 collect(&rows, &page, &filter, |k, _| {
                     let task = k.get(32..48).and_then(Id::from_slice).ok_or_else(|| StoreError::Corrupt {
                         table: "task_assignees".into(),
@@ -318,7 +318,7 @@ pub async fn list(
             } else {
                 let rows = r.range(
                     TASKS,
-                    &page.start_in(org.as_bytes())?,
+                    &page.start_in(org.as_bytes()),
                     &prefix_end(org.as_bytes()),
                     false,
                     paging::SCAN_MAX,

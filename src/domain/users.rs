@@ -282,7 +282,7 @@ pub async fn list(
     store
         .read(move |r| {
             let org = scope.org();
-            let start = page.start_in(org.as_bytes())?;
+            let start = page.start_in(org.as_bytes());
             let rows = r.range(USERS, &start, &prefix_end(org.as_bytes()), false, paging::SCAN_MAX)?;
             let text = filter.text.as_ref().map(|t| t.to_lowercase());
             let mut items = Vec::new();
