@@ -401,9 +401,13 @@ upgrade() {
     in_ct sh -c 'sed -i "s/^level = \"info\"/level = \"info,outpost=info\"/" /etc/outpost/outpost.toml && grep -n "^level" /etc/outpost/outpost.toml'
     local before after
     before=$(main_pid)
-    in_ct env DEBIAN_FRONTEND=noninteractive apt-get install -y "/var/tmp/pkg/outpost_${VERSION}-1_amd64.deb" | tail -4 || return 1
-    in_ct dpkg -s outpost | grep '^Version'
-    [ "$(in_ct dpkg-query -W -f '${Version}' outpost)" = "${VERSION}-1" ] || return 1
+    # Unattended, as an operator's automation runs it: the new default config beside the
+    # edited one (outpost.toml.dpkg-dist), the edited one kept, no prompt.
+    in_ct env DEBIAN_FRONTEND=noninteractive apt-get install -y -o Dpkg::Options::=--force-confdef \
+        -o Dpkg::Options::=--force-confold "/var/tmp/pkg/outpost_${VERSION}-1_amd64.deb" | tail -4 || return 1
+    in_ct dpkg -s outpost | grep -E '^(Status|Version)'
+    [ "$(in_ct dpkg-query -W -f '${Status} ${Version}' outpost)" = "install ok installed ${VERSION}-1" ] || return 1
+    in_ct ls /etc/outpost
     after=$(main_pid)
     echo "restarted by the upgrade: MainPID $before -> $after"
     [ "$after" != "$before" ] && [ "$(in_ct systemctl is-active outpost)" = active ] || return 1
