@@ -395,14 +395,7 @@ impl Uploads {
         if used.saturating_add(reserved).saturating_add(length) > limits.quota {
             return Err(assets::quota_exceeded(limits.quota, used + reserved));
         }
-        let free = crate::store::free_disk_bytes(&self.inner.root).unwrap_or(u64::MAX);
-        if free.saturating_sub(length) < self.inner.cfg.disk_reserve_bytes {
-            return Err(DomainError::NoRoom {
-                code: "insufficient_storage",
-                detail: "the server's disk is too full to take this file".into(),
-            });
-        }
-        Ok(())
+        self.room_for(length, "the server's disk is too full to take this file")
     }
 
     /// Starts an upload (already admitted): its record and an empty part, both durable.
@@ -479,16 +472,14 @@ impl Uploads {
             .clone()
     }
 
-    /// Whether the disk has room for more bytes: it may have filled since the upload was
-    /// admitted (from outside, or by others); the bytes then wait until there is room again,
-    /// as the store's writes do.
-    fn room_to_append(&self) -> Result<(), DomainError> {
+    /// Whether the disk keeps its reserve after `length` more bytes. An upload is admitted
+    /// with its whole length; each request for it asks again with none, since the disk may have
+    /// filled since (from outside, or by others): its bytes then wait until there is room, as
+    /// the store's writes do.
+    fn room_for(&self, length: u64, detail: &str) -> Result<(), DomainError> {
         let free = crate::store::free_disk_bytes(&self.inner.root).unwrap_or(u64::MAX);
-        if free < self.inner.cfg.disk_reserve_bytes {
-            return Err(DomainError::NoRoom {
-                code: "insufficient_storage",
-                detail: "the server's disk is too full to take more bytes now; resume once space is freed".into(),
-            });
+        if free.saturating_sub(length) < self.inner.cfg.disk_reserve_bytes {
+            return Err(DomainError::NoRoom { code: "insufficient_storage", detail: detail.into() });
         }
         Ok(())
     }
@@ -503,7 +494,7 @@ impl Uploads {
         mut body: impl AsyncRead + Unpin + Send,
         checksum: Option<ChunkChecksum>,
     ) -> Result<u64, AppendError> {
-        self.room_to_append()?;
+        self.room_for(0, "the server's disk is too full to take more bytes now; resume once space is freed")?;
         let slot = self.slot(info.id);
         let generation = slot.generation.fetch_add(1, Ordering::SeqCst) + 1;
         // A request still appending (its client most likely gone) stops at once.

@@ -41,7 +41,7 @@ fn index_tasks_by_assignee(txn: &redb::WriteTransaction) -> Result<u64, StoreErr
     for row in tasks.iter()? {
         let (k, v) = row?;
         let key = k.value();
-        let (Some(org), Some(task)) = (tables_key_id(key, 0), tables_key_id(key, 16)) else {
+        let (Some(org), Some(task)) = (super::key_org(key), key.get(16..32).and_then(Id::from_slice)) else {
             return Err(StoreError::Corrupt { table: "tasks".into(), detail: "short key".into() });
         };
         let t: Assigned = serde_json::from_slice(v.value())
@@ -52,8 +52,4 @@ fn index_tasks_by_assignee(txn: &redb::WriteTransaction) -> Result<u64, StoreErr
         }
     }
     Ok(written)
-}
-
-fn tables_key_id(key: &[u8], at: usize) -> Option<Id> {
-    Id::from_slice(key.get(at..at + 16)?)
 }
