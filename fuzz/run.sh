@@ -8,7 +8,8 @@
 # Targets are built optimized without debug assertions (-O), as the server ships: what stops
 # them is what would stop a release server. Each target starts from its committed corpus (fuzz/corpus/<target>, copied into
 # fuzz/work/<target>, which is not committed) and stops at the first crash, hang (10 s) or
-# out-of-memory (2 GiB), leaving the input in fuzz/artifacts/<target>/. A fixed finding's input
+# out-of-memory (2 GiB), leaving the input in fuzz/artifacts/<target>/ and libFuzzer's output in
+# fuzz/work/<target>.log. A fixed finding's input
 # goes into fuzz/corpus/<target>/, where tests/it/fuzz.rs replays it on every test run.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,7 +38,7 @@ for t in "${targets[@]}"; do
     mkdir -p "work/$t" "artifacts/$t"
     cp -n corpus/"$t"/* "work/$t/" 2>/dev/null || true
     printf '\n==> %s for %s s\n' "$t" "$seconds"
-    log="artifacts/$t/last-run.log"
+    log="work/$t.log"
     if cargo +nightly fuzz run -O "$t" "work/$t" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1048576 -max_len=65536 \
         -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1; then
@@ -45,7 +46,7 @@ for t in "${targets[@]}"; do
     else
         status=1
         echo "$t: FAILED (see fuzz/$log and fuzz/artifacts/$t/)"
-        tail -30 "$log"
+        grep -a -E 'panicked at|^SUMMARY|ERROR: libFuzzer|^artifact_prefix|Test unit written' "$log" | head -10
     fi
 done
 exit "$status"

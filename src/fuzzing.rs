@@ -64,18 +64,21 @@ pub fn yjs_message(data: &[u8]) {
     }
 }
 
-/// A Yjs update (v1): checked as the server checks what it stores, then applied to a document
-/// and read back as JSON, as loading, compaction and `GET …/json` do.
+/// A Yjs update (v1): checked as the server checks what it stores (which integrates it into an
+/// empty document, containing a panic of the engine's), then applied to a document and read
+/// back as JSON, as loading, compaction and `GET …/json` do, each contained as the server
+/// contains it. The harness aborts on any panic outside [`crate::panics::contain`].
 pub fn yjs_update(data: &[u8]) {
-    if crate::docs::decode_updates(vec![data.to_vec()]).is_err() {
+    let Ok(checked) = crate::docs::decode_updates(vec![data.to_vec()]) else { return };
+    if checked.is_empty() {
         return;
     }
     let Ok(update) = yrs::Update::decode_v1(data) else { return };
     let doc = yrs::Doc::new();
-    let applied = doc.transact_mut().apply_update(update);
-    if applied.is_ok() {
-        let _ = crate::docs::state_update(&doc, &yrs::StateVector::default());
-        let _ = crate::docs::content::to_json(&doc);
+    let applied = crate::panics::contain(|| doc.transact_mut().apply_update(update).is_ok());
+    if applied == Ok(true) {
+        let _ = crate::panics::contain(|| crate::docs::state_update(&doc, &yrs::StateVector::default()));
+        let _ = crate::panics::contain(|| crate::docs::content::to_json(&doc));
     }
 }
 

@@ -22,6 +22,7 @@ pub mod ids;
 pub mod limits;
 pub mod media;
 pub mod metrics;
+pub mod panics;
 pub mod progress;
 pub mod realtime;
 pub mod search;

@@ -140,6 +140,7 @@ enum OperatorCommand {
 }
 
 fn main() -> ExitCode {
+    outpost::panics::install_hook();
     let cli = Cli::parse();
     let listen = match &cli.command {
         Command::Serve { listen } | Command::Config { command: ConfigCommand::Check { listen } } => *listen,

@@ -35,6 +35,7 @@ use crate::domain::DomainError;
 use crate::domain::docs::{self, Appended, Caps, EditSession};
 use crate::ids::Id;
 use crate::metrics::Metrics;
+use crate::panics;
 use crate::store::writer::{MutationCtx, Writer};
 use crate::store::{Store, StoreError};
 use crate::tenancy::OrgScope;
@@ -124,15 +125,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Checks that updates decode, refusing the lot if one does not. Empty updates are dropped.
+/// Checks that updates decode and that the engine can integrate each on its own (into an empty
+/// document, under [`panics::contain`]: yrs panics on some malformed updates), refusing the lot
+/// if one fails. Empty updates are dropped.
 pub fn decode_updates(raw: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, DomainError> {
     let mut out = Vec::with_capacity(raw.len());
     for bytes in raw {
         let u = Update::decode_v1(&bytes)
             .map_err(|e| DomainError::invalid("", "invalid_update", format!("not a Yjs update (v1): {e}")))?;
-        if !u.is_empty() {
-            out.push(bytes);
+        if u.is_empty() {
+            continue;
         }
+        let trial = panics::contain(|| Doc::new().transact_mut().apply_update(u).is_ok());
+        if trial.is_err() {
+            return Err(DomainError::invalid(
+                "",
+                "invalid_update",
+                "this update is malformed: the document engine cannot integrate it".to_owned(),
+            ));
+        }
+        out.push(bytes);
     }
     Ok(out)
 }
@@ -215,6 +227,24 @@ impl Engine {
                 idle_since: Some(Instant::now()),
             }),
         }))
+    }
+
+    /// Rebuilds a loaded document from the store, keeping its sockets.
+    async fn reload(&self, live: &Arc<LiveDoc>) -> Result<(), DomainError> {
+        let (org, id) = (live.scope.org(), live.id);
+        let state = self
+            .store
+            .read(move |r| docs::stored_state(r, org, id))
+            .await?
+            .ok_or(DomainError::NotFound { what: "document" })?;
+        let (doc, bytes) = tokio::task::spawn_blocking(move || build(&state))
+            .await
+            .map_err(|e| StoreError::Storage(format!("reloading a document failed: {e}")))?;
+        let mut inner = lock(&live.inner);
+        self.metrics.docs_loaded_bytes.inc_by(bytes as i64 - inner.bytes as i64);
+        inner.doc = doc;
+        inner.bytes = bytes;
+        Ok(())
     }
 
     /// Unloads documents nobody has used for `idle` (all idle ones with `Duration::ZERO`).
@@ -398,13 +428,14 @@ impl Engine {
             }
         };
         let mut relayed = 0;
-        {
+        let broken = {
             let mut inner = lock(&live.inner);
             // Applied in one transaction. (Decoded again: a decoded update cannot be held
             // across the commit's await, it is not `Send`.)
-            let mut applied = Vec::with_capacity(decoded.len());
-            {
-                let mut txn = inner.doc.transact_mut();
+            let doc = &inner.doc;
+            let applied = panics::contain(|| {
+                let mut applied = Vec::with_capacity(decoded.len());
+                let mut txn = doc.transact_mut();
                 for b in decoded.iter() {
                     let Ok(update) = Update::decode_v1(b) else { continue };
                     match txn.apply_update(update) {
@@ -414,13 +445,29 @@ impl Engine {
                         Err(e) => tracing::warn!(doc = %live.id, error = %e, "a stored update does not apply"),
                     }
                 }
+                applied
+            });
+            match applied {
+                Ok(applied) => {
+                    for b in applied {
+                        let size = b.len() as u64;
+                        inner.bytes += size;
+                        self.metrics.docs_loaded_bytes.inc_by(size as i64);
+                        relayed += Self::relay(&mut inner, &update_frame(b), from);
+                    }
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(doc = %live.id, error = %e, "a stored update broke the loaded document; reloading it");
+                    true
+                }
             }
-            for b in applied {
-                let size = b.len() as u64;
-                inner.bytes += size;
-                self.metrics.docs_loaded_bytes.inc_by(size as i64);
-                relayed += Self::relay(&mut inner, &update_frame(b), from);
-            }
+        };
+        if broken {
+            // Stored, but the engine panicked integrating it with this document's state: the
+            // loaded copy may be half-changed, so it is rebuilt from the store, where loading
+            // skips that update as it skips any that does not apply.
+            self.reload(live).await?;
         }
         self.metrics.docs_updates.inc_by(n);
         self.metrics.docs_relayed.inc_by(relayed);
@@ -505,9 +552,10 @@ impl Engine {
         let expected = state.doc.snapshot_through;
         let snapshot = tokio::task::spawn_blocking(move || {
             let (doc, _) = build(&state);
-            state_update(&doc, &StateVector::default())
+            panics::contain(|| state_update(&doc, &StateVector::default()))
         })
         .await
+        .map_err(|e| StoreError::Storage(format!("compaction failed: {e}")))?
         .map_err(|e| StoreError::Storage(format!("compaction failed: {e}")))?;
         let saved = docs::compact(&self.writer, scope, id, expected, through, snapshot).await?;
         self.metrics.docs_compactions.inc();
@@ -522,9 +570,13 @@ async fn read_doc<T: Send + 'static>(
     f: impl FnOnce(&Doc) -> T + Send + 'static,
 ) -> Result<T, DomainError> {
     let live = live.clone();
-    tokio::task::spawn_blocking(move || f(&lock(&live.inner).doc))
-        .await
-        .map_err(|e| StoreError::Storage(format!("reading a document failed: {e}")).into())
+    tokio::task::spawn_blocking(move || {
+        let inner = lock(&live.inner);
+        panics::contain(|| f(&inner.doc))
+    })
+    .await
+    .map_err(|e| StoreError::Storage(format!("reading a document failed: {e}")))?
+    .map_err(|e| StoreError::Storage(format!("reading a document failed: {e}")).into())
 }
 
 /// An update as the sync protocol's update message.
@@ -563,25 +615,52 @@ fn awareness_frame(inner: &Inner) -> Option<Frame> {
 }
 
 /// Builds a document from its stored state: the snapshot, then the updates after it. An update
-/// that does not apply is skipped (and logged). Answers it with its stored size.
+/// that does not apply is skipped (and logged); so is one the engine panics on (contained),
+/// after which the build starts over without it, each update in its own transaction. Answers
+/// the document with its stored size.
 pub fn build(state: &docs::StoredState) -> (Doc, u64) {
-    let doc = Doc::new();
-    let mut bytes = 0u64;
-    let parts =
-        state.snapshot.iter().map(|s| (0u64, s.as_slice())).chain(state.tail.iter().map(|(n, u)| (*n, u.as_slice())));
-    {
-        let mut txn = doc.transact_mut();
-        for (n, raw) in parts {
-            bytes += raw.len() as u64;
-            match Update::decode_v1(raw) {
-                Ok(u) => {
-                    if let Err(e) = txn.apply_update(u) {
-                        tracing::warn!(doc = %state.doc.id, update = n, error = %e, "skipped a stored update");
-                    }
-                }
-                Err(e) => tracing::warn!(doc = %state.doc.id, update = n, error = %e, "skipped a stored update"),
+    let parts: Vec<(u64, &[u8])> = state
+        .snapshot
+        .iter()
+        .map(|s| (0u64, s.as_slice()))
+        .chain(state.tail.iter().map(|(n, u)| (*n, u.as_slice())))
+        .collect();
+    let bytes = parts.iter().map(|(_, raw)| raw.len() as u64).sum();
+    let apply = |txn: &mut yrs::TransactionMut<'_>, n: u64, raw: &[u8]| match Update::decode_v1(raw) {
+        Ok(u) => {
+            if let Err(e) = txn.apply_update(u) {
+                tracing::warn!(doc = %state.doc.id, update = n, error = %e, "skipped a stored update");
             }
         }
+        Err(e) => tracing::warn!(doc = %state.doc.id, update = n, error = %e, "skipped a stored update"),
+    };
+    // The common case: every part in one transaction.
+    let whole = panics::contain(|| {
+        let doc = Doc::new();
+        {
+            let mut txn = doc.transact_mut();
+            for (n, raw) in &parts {
+                apply(&mut txn, *n, raw);
+            }
+        }
+        doc
+    });
+    if let Ok(doc) = whole {
+        return (doc, bytes);
     }
-    (doc, bytes)
+    let mut skipped: Vec<usize> = Vec::new();
+    'again: loop {
+        let doc = Doc::new();
+        for (i, (n, raw)) in parts.iter().enumerate() {
+            if skipped.contains(&i) {
+                continue;
+            }
+            if let Err(e) = panics::contain(|| apply(&mut doc.transact_mut(), *n, raw)) {
+                tracing::warn!(doc = %state.doc.id, update = n, error = %e, "skipped a stored update the engine cannot integrate");
+                skipped.push(i);
+                continue 'again;
+            }
+        }
+        return (doc, bytes);
+    }
 }

@@ -608,3 +608,84 @@ async fn an_update_that_never_integrates_leaves_the_document_readable() {
     let (_ws, synced_state) = synced(&s.base, &f.host.access, &f.doc).await;
     assert_eq!(read(&synced_state).0, "kept");
 }
+
+/// Updates the Yjs engine panics on (found by fuzzing; kept in the fuzz corpora): one it cannot
+/// integrate at all, and one it integrates but cannot read back as JSON.
+fn poison() -> (Vec<u8>, Vec<u8>) {
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus");
+    let block_store = std::fs::read(format!("{corpus}/yjs_update/finding-block-store-index.bin")).unwrap();
+    let message = std::fs::read(format!("{corpus}/yjs_message/finding-xml-tag-undefined.bin")).unwrap();
+    let Ok(Message::Sync(SyncMessage::Update(xml) | SyncMessage::SyncStep2(xml))) = Message::decode_v1(&message) else {
+        panic!("the XML finding is an update message")
+    };
+    (block_store, xml)
+}
+
+/// The real binary (whose panic hook aborts on any panic it does not contain): a malformed
+/// update is refused with 422 and costs nothing else; one that is stored but cannot be read as
+/// JSON costs that read a 500, and the server, the document's state and its other readers carry on.
+#[tokio::test]
+async fn a_malformed_update_costs_itself_not_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (code, key, err) = crate::support::cli(&["operator", "create-key", "--data", data], &[], None);
+    assert_eq!(code, 0, "{err}");
+    let mut server = ChildServer::start(dir.path());
+    let s = TestServer::attached(server.base.clone(), key.trim().to_owned());
+    let f = setup(&s).await;
+    let (block_store, xml) = poison();
+    assert_eq!(apply(&s, &f.editor.access, &f.doc, edit(&[], "a", "hello")).await.status(), 200);
+    let p =
+        expect_problem(apply(&s, &f.editor.access, &f.doc, block_store.clone()).await, 422, "validation_failed").await;
+    assert_eq!(p["errors"][0]["code"], "invalid_update", "{p}");
+    assert_eq!(read(&state(&s.base, &s.http, &f.viewer.access, &f.doc).await).0, "hello");
+
+    // Stored in a document of its own, the XML update breaks reading that document as JSON, and
+    // only that.
+    let other: Value =
+        post_json(&s, &f.editor.access, &format!("/v1/rooms/{}/docs", f.room), json!({ "name": "xml" })).await;
+    let other = other["id"].as_str().unwrap();
+    assert_eq!(apply(&s, &f.editor.access, other, xml).await.status(), 200);
+    let r = s.http.get(s.url(&format!("/v1/docs/{other}/json"))).bearer_auth(&f.viewer.access).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    let j: Value = get_json(&s, &f.viewer.access, &format!("/v1/docs/{}/json", f.doc)).await;
+    assert_eq!(j["text"], "hello");
+    assert_eq!(s.http.get(s.url("/health/live")).send().await.unwrap().status(), 200);
+    assert!(server.child.try_wait().unwrap().is_none(), "the server is still running");
+    let _ = server.child.kill();
+}
+
+/// A stored update the engine panics on (stored before the check existed, or by a future
+/// engine) is skipped when the document loads; the updates around it are kept.
+#[test]
+fn loading_skips_a_stored_update_the_engine_panics_on() {
+    let (block_store, _) = poison();
+    let first = edit(&[], "a", "world");
+    let second = edit(&first, "b", "hello ");
+    let now = outpost::ids::now_ms();
+    let doc = outpost::domain::docs::Document {
+        id: outpost::ids::Id::new(),
+        room: outpost::ids::Id::new(),
+        name: "notes".into(),
+        created_by: outpost::ids::Id::new(),
+        created_at_ms: now,
+        updated_at_ms: now,
+        deleted_at_ms: None,
+        update_seq: 3,
+        snapshot_through: 0,
+        snapshot_bytes: 0,
+        tail_updates: 3,
+        tail_bytes: 0,
+        compactions: 0,
+        announced_at_ms: now,
+        unannounced_updates: 0,
+        unannounced_bytes: 0,
+    };
+    let state = outpost::domain::docs::StoredState {
+        doc,
+        snapshot: None,
+        tail: vec![(1, block_store), (2, first), (3, second)],
+    };
+    let (built, _) = outpost::docs::build(&state);
+    assert_eq!(built.get_or_insert_text("text").get_string(&built.transact()), "hello world");
+}
