@@ -1,16 +1,20 @@
 //! Overload: floods far over what one user or one address is allowed (writes from one user,
-//! login attempts from one address, idle connections from another) are shed with 429 or 503
-//! and `Retry-After`, while a client of another organization at a normal rate is served every
-//! time; liveness stays green, the server's memory stays under a bound, and the flooders are
-//! served again once they stop. (`benches/overload.sh` measures the latencies.)
+//! login attempts from one address, idle connections from another; from a second user,
+//! document updates, WHIP offers and realtime connects with subscriptions) are shed with 429 or
+//! 503 and `Retry-After` (sockets over the user's cap are closed with 4029), while a client of
+//! another organization at a normal rate is served every time and its realtime socket keeps
+//! delivering; liveness stays green, the server's memory stays under a bound, and the flooders
+//! are served again once they stop. (`benches/overload.sh` measures the latencies.)
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::identity::{create_org, login, operator_invite_and_accept};
 use crate::support::{ChildServer, TestServer, cli};
@@ -21,6 +25,40 @@ use crate::support::{ChildServer, TestServer, cli};
 const RSS_BOUND_KB: u64 = 384 * 1024;
 /// Connections one address may hold (configured small, so the test's flood is far over it).
 const PER_ADDR: usize = 32;
+/// Realtime sockets one user may hold (the default).
+const PER_USER_SOCKETS: u64 = 32;
+/// A real WHIP offer (aiortc's: one audio and one video track).
+const OFFER: &str = include_str!("fixtures/whip_offer.sdp");
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A realtime socket from `ip`, authenticated and following `org`; Err with what happened
+/// instead (`503` when the connection was shed, the close code when the socket was closed).
+async fn follow_org(ip: [u8; 4], to: SocketAddr, token: &str) -> Result<Ws, String> {
+    let tcp = connect_from(ip, to).await;
+    let url = format!("ws://{to}/v1/realtime");
+    let (mut ws, _) = match tokio_tungstenite::client_async(url, tcp).await {
+        Ok(ok) => ok,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => return Err(r.status().as_u16().to_string()),
+        Err(e) => return Err(e.to_string()),
+    };
+    ws.send(Message::text(json!({ "op": "auth", "token": token }).to_string())).await.map_err(|e| e.to_string())?;
+    ws.send(Message::text(json!({ "op": "subscribe", "topic": "org" }).to_string()))
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"subscribed\"") => return Ok(ws),
+            Ok(Some(Ok(Message::Close(f)))) => {
+                return Err(f.map_or_else(|| "closed".into(), |f| u16::from(f.code).to_string()));
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(None) => return Err("ended".into()),
+            Err(_) => return Err("timed out".into()),
+        }
+    }
+}
 
 /// A number from the server's `/proc/PID/status` (`VmRSS` in kB, `Threads`).
 fn status(pid: u32, field: &str) -> u64 {
@@ -77,6 +115,21 @@ async fn a_flood_is_shed_and_the_rest_are_served() {
     let (org_b, slug_b) = create_org(&s).await;
     operator_invite_and_accept(&s, &org_b, "lea@example.org", "member").await;
     let lea = login(&s, &slug_b, "lea").await;
+    operator_invite_and_accept(&s, &org_a, "gus@example.org", "member").await;
+    let gus = login(&s, &slug_a, "gus").await;
+    let room: Value = crate::support::post_json(&s, &gus.access, "/v1/rooms", json!({ "name": "stage" })).await;
+    let gus_room = room["id"].as_str().unwrap().to_owned();
+    let doc: Value =
+        crate::support::post_json(&s, &gus.access, &format!("/v1/rooms/{gus_room}/docs"), json!({ "name": "n" })).await;
+    let gus_doc = doc["id"].as_str().unwrap().to_owned();
+    let typing = {
+        use yrs::{Text, Transact};
+        let doc = yrs::Doc::new();
+        let text = doc.get_or_insert_text("text");
+        let mut txn = doc.transact_mut();
+        text.insert(&mut txn, 0, "a");
+        txn.encode_update_v1()
+    };
 
     // The legitimate client: a write and a read, ten requests a second, from 127.0.0.1.
     let legit = |n: usize| {
@@ -168,6 +221,90 @@ async fn a_flood_is_shed_and_the_rest_are_served() {
             }
         }));
     }
+    // From a second user of A (a budget of its own): document updates and WHIP offers from
+    // 127.0.0.4, and realtime sockets (connect, authenticate, follow `org`, hold) from 127.0.0.5,
+    // over both the address's connection cap and the user's socket cap.
+    let doc_updates = Arc::new([(); 2].map(|()| AtomicU64::new(0))); // applied, limited
+    for _ in 0..4 {
+        let (stop, counts, http) = (stop.clone(), doc_updates.clone(), client_from([127, 0, 0, 4]));
+        let (url, token, update) =
+            (format!("{}/v1/docs/{gus_doc}/updates", server.base), gus.access.clone(), typing.clone());
+        flooders.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/octet-stream")
+                    .body(update.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                let i = match r.status().as_u16() {
+                    200 => 0,
+                    429 => {
+                        assert!(r.headers().contains_key("retry-after"), "a 429 without Retry-After");
+                        1
+                    }
+                    other => {
+                        panic!("a flooding document update answered {other}: {}", r.text().await.unwrap_or_default())
+                    }
+                };
+                counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let whip = Arc::new([(); 3].map(|()| AtomicU64::new(0))); // created, limited, call full
+    for _ in 0..2 {
+        let (stop, counts, http) = (stop.clone(), whip.clone(), client_from([127, 0, 0, 4]));
+        let (url, token) = (format!("{}/v1/rooms/{gus_room}/whip", server.base), gus.access.clone());
+        flooders.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/sdp")
+                    .body(OFFER)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let i = match status {
+                    201 => 0,
+                    429 => {
+                        assert!(r.headers().contains_key("retry-after"), "a 429 without Retry-After");
+                        1
+                    }
+                    409 | 503 => {
+                        let p: Value = r.json().await.unwrap();
+                        assert!(p["code"] == "call_full" || p["code"] == "media_full", "{p}");
+                        2
+                    }
+                    other => panic!("a flooding WHIP offer answered {other}: {}", r.text().await.unwrap_or_default()),
+                };
+                counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let sockets = Arc::new([(); 3].map(|()| AtomicU64::new(0))); // following, closed 4029, shed 503
+    {
+        let (stop, counts, token) = (stop.clone(), sockets.clone(), gus.access.clone());
+        flooders.push(tokio::spawn(async move {
+            let mut open = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match follow_org([127, 0, 0, 5], addr, &token).await {
+                    Ok(ws) => {
+                        counts[0].fetch_add(1, Ordering::Relaxed);
+                        open.push(ws);
+                    }
+                    Err(e) if e == "4029" => drop(counts[1].fetch_add(1, Ordering::Relaxed)),
+                    Err(e) if e == "503" => drop(counts[2].fetch_add(1, Ordering::Relaxed)),
+                    Err(e) => panic!("a flooding socket: {e}"),
+                }
+            }
+            drop(open);
+        }));
+    }
+
     // Connections from 127.0.0.3: four times what one address may hold. The first PER_ADDR
     // are served (and held open, idle, through the flood); the rest are shed at once.
     let mut held = Vec::new();
@@ -198,7 +335,20 @@ async fn a_flood_is_shed_and_the_rest_are_served() {
             answers
         }
     });
+    // The legitimate client's socket keeps delivering: its own write arrives on it.
+    let mut lea_ws = follow_org([127, 0, 0, 1], addr, &lea.access).await.expect("the legitimate socket");
     let loaded = legit(30).await;
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match lea_ws.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("task.created") => return true,
+                Some(Ok(_)) => {}
+                _ => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "the legitimate socket delivered the client's own task");
     assert!(live.await.unwrap().iter().all(|s| *s == 200), "liveness failed during the flood");
     // The held connections are still served.
     let answers = futures_util::future::join_all(held.into_iter().map(ask)).await;
@@ -214,6 +364,27 @@ async fn a_flood_is_shed_and_the_rest_are_served() {
     let (created, limited) = (created.load(Ordering::Relaxed), limited.load(Ordering::Relaxed));
     let [refused, login_limited] = &*logins;
     let (refused, login_limited) = (refused.load(Ordering::Relaxed), login_limited.load(Ordering::Relaxed));
+    let [applied, updates_limited] = &*doc_updates;
+    let (applied, updates_limited) = (applied.load(Ordering::Relaxed), updates_limited.load(Ordering::Relaxed));
+    let [offers, offers_limited, call_full] = &*whip;
+    let (offers, offers_limited, call_full) =
+        (offers.load(Ordering::Relaxed), offers_limited.load(Ordering::Relaxed), call_full.load(Ordering::Relaxed));
+    let [following, closed, sockets_shed] = &*sockets;
+    let (following, closed, sockets_shed) =
+        (following.load(Ordering::Relaxed), closed.load(Ordering::Relaxed), sockets_shed.load(Ordering::Relaxed));
+    println!(
+        "overload: document updates {applied} applied, {updates_limited} shed (429); WHIP offers {offers} answered, \
+         {offers_limited} shed (429), {call_full} call full; sockets {following} following, {closed} closed 4029, {sockets_shed} shed (503)"
+    );
+    let budget = 40 + 20 * flood_began.elapsed().as_secs() + 20;
+    assert!(
+        applied + offers <= budget,
+        "the second flooding user got {} requests in, over its budget {budget}",
+        applied + offers
+    );
+    assert!(updates_limited >= 4 && offers_limited >= 2, "every flooding connection met the limit");
+    assert!(following <= PER_USER_SOCKETS, "{following} sockets over the user's cap");
+    assert!(closed + sockets_shed > 0, "no socket was refused");
     let rss = rss_max.load(Ordering::Relaxed);
     println!(
         "overload: flooding writes {created} created, {limited} shed (429); logins {refused} refused, {login_limited} shed (429); \
