@@ -234,7 +234,15 @@ async fn setup(api: &Api, key: &str, users: usize, rooms: usize) -> (Vec<Person>
 // ---------------------------------------------------------------- people ----
 
 /// One person's HTTP work until `end`; hands fresh access tokens to their socket.
-async fn work(api: Arc<Api>, n: usize, mut person: Person, room: Arc<Room>, token_tx: watch::Sender<String>, end: Instant) {
+#[allow(clippy::too_many_lines)] // one person's day, in the order it happens
+async fn work(
+    api: Arc<Api>,
+    n: usize,
+    mut person: Person,
+    room: Arc<Room>,
+    token_tx: watch::Sender<String>,
+    end: Instant,
+) {
     let counts = api.counts.clone();
     let replica = Doc::new();
     let text = replica.get_or_insert_text("text");
@@ -250,7 +258,10 @@ async fn work(api: Arc<Api>, n: usize, mut person: Person, room: Arc<Room>, toke
         let token = person.access.clone();
         if second % 3 == 0 {
             let body = format!("message {second} from {n}: the build on the edge box is green again");
-            if api.post(&format!("/v1/channels/{}/messages", room.channel), &token, json!({ "text": body })).await.is_some()
+            if api
+                .post(&format!("/v1/channels/{}/messages", room.channel), &token, json!({ "text": body }))
+                .await
+                .is_some()
             {
                 add(&counts.messages, 1);
                 add(&counts.payload_bytes, body.len() as u64);
@@ -291,7 +302,10 @@ async fn work(api: Arc<Api>, n: usize, mut person: Person, room: Arc<Room>, toke
             if open.len() > 3 {
                 let task = open.pop_front().expect("open task");
                 let patch = json!({ "status": "done" });
-                if api.call(reqwest::Method::PATCH, &format!("/v1/tasks/{task}"), &token, Some(patch), 200).await.is_some()
+                if api
+                    .call(reqwest::Method::PATCH, &format!("/v1/tasks/{task}"), &token, Some(patch), 200)
+                    .await
+                    .is_some()
                 {
                     add(&counts.tasks_done, 1);
                     done.push_back(task);
@@ -306,7 +320,13 @@ async fn work(api: Arc<Api>, n: usize, mut person: Person, room: Arc<Room>, toke
         }
         if second % 30 == 0
             && api
-                .call(reqwest::Method::GET, &format!("/v1/channels/{}/messages?limit=50", room.channel), &token, None, 200)
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/channels/{}/messages?limit=50", room.channel),
+                    &token,
+                    None,
+                    200,
+                )
                 .await
                 .is_some()
         {
