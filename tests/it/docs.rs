@@ -588,10 +588,10 @@ async fn lost_access_closes_sockets_and_idle_documents_unload() {
     s.stop().await;
 }
 
-/// Updates that decode but never integrate (what they build on does not exist) are stored, and
-/// never break reading the document: found by fuzzing, this one made yrs panic when the state
-/// was encoded with its pending structures (every sync and every compaction), which stops a
-/// release server (it aborts on panic).
+/// Updates that decode but never integrate (what they build on does not exist) are stored or
+/// refused, and never break reading the document: found by fuzzing, this one made yrs panic
+/// when the state was encoded with its pending structures (every sync and every compaction).
+/// It names a client's structures out of order, so it is now refused before the engine sees it.
 #[tokio::test]
 async fn an_update_that_never_integrates_leaves_the_document_readable() {
     let s = TestServer::start().await;
@@ -602,7 +602,7 @@ async fn an_update_that_never_integrates_leaves_the_document_readable() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let finding = std::fs::read(root.join("fuzz/corpus/yjs_update/finding-pending-merge-panic.bin")).unwrap();
     let r = apply(&s, &f.editor.access, &f.doc, finding).await;
-    assert!(r.status() == 200 || r.status() == 400, "stored or refused: {}", r.status());
+    assert!(r.status() == 200 || r.status() == 422, "stored or refused: {}", r.status());
     let (text, map, _) = read(&state(&s.base, &s.http, &f.editor.access, &f.doc).await);
     assert_eq!((text.as_str(), &map["k"]), ("kept", &json!("kept")));
     let (_ws, synced_state) = synced(&s.base, &f.host.access, &f.doc).await;
@@ -638,6 +638,16 @@ async fn a_malformed_update_costs_itself_not_the_server() {
     let p =
         expect_problem(apply(&s, &f.editor.access, &f.doc, block_store.clone()).await, 422, "validation_failed").await;
     assert_eq!(p["errors"][0]["code"], "invalid_update", "{p}");
+    // One that names a client's structures twice, overlapping (integrating it would free a
+    // structure the document still points to), is refused before the engine sees it.
+    let overlapping = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz/corpus/yjs_update/finding-overlapping-client-use-after-free.bin"
+    ))
+    .unwrap();
+    assert!(!outpost::docs::one_run_per_client(&Update::decode_v1(&overlapping).unwrap()));
+    let p = expect_problem(apply(&s, &f.editor.access, &f.doc, overlapping).await, 422, "validation_failed").await;
+    assert!(p["errors"][0]["detail"].as_str().unwrap().contains("overlap"), "{p}");
     assert_eq!(read(&state(&s.base, &s.http, &f.viewer.access, &f.doc).await).0, "hello");
 
     // Stored in a document of its own, the XML update breaks reading that document as JSON, and
