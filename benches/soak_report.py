@@ -56,9 +56,12 @@ def main():
         f"{last['presence']:.0f} presence moves, {last['reads']:.0f} list reads, {last['refreshes']:.0f} token refreshes, "
         f"{last['reconnects']:.0f} reconnects, {last['events']:.0f} realtime events received"
     )
+    half = [r for r in rows if r["t_s"] >= last["t_s"] / 2]
+    half_slope = slope([r["t_s"] / 3600 for r in half], [r["rss_kib"] / 1024 for r in half])
     print(
         f"rss: {first['rss_kib'] / 1024:.1f} MiB after warm-up, {last['rss_kib'] / 1024:.1f} MiB at the end, "
-        f"max {max(r['rss_kib'] for r in rows) / 1024:.1f} MiB; slope after warm-up {rss_slope:+.2f} MiB/h"
+        f"max {max(r['rss_kib'] for r in rows) / 1024:.1f} MiB; slope after warm-up {rss_slope:+.2f} MiB/h, "
+        f"over the second half {half_slope:+.2f} MiB/h"
     )
     print(
         f"descriptors: {min(r['fds'] for r in after):.0f}..{max(r['fds'] for r in after):.0f} after warm-up "
