@@ -227,16 +227,21 @@ impl Engine {
         Ok(live.clone())
     }
 
-    async fn load(&self, scope: OrgScope, id: Id) -> Result<Arc<LiveDoc>, DomainError> {
+    /// The document as the store has it, built on the blocking pool, with its stored size.
+    async fn build_stored(&self, scope: OrgScope, id: Id) -> Result<(Doc, u64), DomainError> {
         let org = scope.org();
         let state = self
             .store
             .read(move |r| docs::stored_state(r, org, id))
             .await?
             .ok_or(DomainError::NotFound { what: "document" })?;
-        let (doc, bytes) = tokio::task::spawn_blocking(move || build(&state))
+        Ok(tokio::task::spawn_blocking(move || build(&state))
             .await
-            .map_err(|e| StoreError::Storage(format!("loading a document failed: {e}")))?;
+            .map_err(|e| StoreError::Storage(format!("loading a document failed: {e}")))?)
+    }
+
+    async fn load(&self, scope: OrgScope, id: Id) -> Result<Arc<LiveDoc>, DomainError> {
+        let (doc, bytes) = self.build_stored(scope, id).await?;
         self.metrics.docs_loaded.inc();
         self.metrics.docs_loaded_bytes.inc_by(bytes as i64);
         Ok(Arc::new(LiveDoc {
@@ -255,15 +260,7 @@ impl Engine {
 
     /// Rebuilds a loaded document from the store, keeping its sockets.
     async fn reload(&self, live: &Arc<LiveDoc>) -> Result<(), DomainError> {
-        let (org, id) = (live.scope.org(), live.id);
-        let state = self
-            .store
-            .read(move |r| docs::stored_state(r, org, id))
-            .await?
-            .ok_or(DomainError::NotFound { what: "document" })?;
-        let (doc, bytes) = tokio::task::spawn_blocking(move || build(&state))
-            .await
-            .map_err(|e| StoreError::Storage(format!("reloading a document failed: {e}")))?;
+        let (doc, bytes) = self.build_stored(live.scope, live.id).await?;
         let mut inner = lock(&live.inner);
         self.metrics.docs_loaded_bytes.inc_by(bytes as i64 - inner.bytes as i64);
         inner.doc = doc;
