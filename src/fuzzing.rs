@@ -51,7 +51,7 @@ pub fn realtime_frame(data: &[u8]) {
 /// socket does, with any update in it decoded and applied as the engine applies it.
 pub fn yjs_message(data: &[u8]) {
     use yrs::sync::{Message, SyncMessage};
-    match Message::decode_v1(data) {
+    match crate::docs::v1::message(data) {
         Ok(Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u))) => yjs_update(&u),
         Ok(Message::Sync(SyncMessage::SyncStep1(sv))) => {
             let _ = crate::docs::state_update(&yrs::Doc::new(), &sv);
@@ -64,14 +64,23 @@ pub fn yjs_message(data: &[u8]) {
     }
 }
 
-/// A Yjs update (v1): checked as the server checks what it stores (which integrates it into an
-/// empty document, containing a panic of the engine's), then applied to a document and read
+/// A Yjs update (v1): checked as the server checks what it stores (its shape, how deep its
+/// types nest, and integrating it into an empty document, containing a panic of the engine's), then applied to a document and read
 /// back as JSON, as loading, compaction and `GET …/json` do, each contained as the server
 /// contains it. The harness aborts on any panic outside [`crate::panics::contain`].
 pub fn yjs_update(data: &[u8]) {
     let Ok(checked) = crate::docs::decode_updates(vec![data.to_vec()]) else { return };
     if checked.is_empty() {
         return;
+    }
+    // Into an empty document, as the engine bounds how deep its types nest.
+    let mut items = Vec::new();
+    if crate::docs::v1::items(data, &mut items).is_err() {
+        return;
+    }
+    match crate::docs::nesting::deepest(&mut items, &|_, _| false, 0) {
+        Ok(d) if d <= crate::docs::nesting::NESTING_MAX => {}
+        _ => return,
     }
     let Ok(update) = yrs::Update::decode_v1(data) else { return };
     let doc = yrs::Doc::new();

@@ -17,6 +17,8 @@
 //! a burst's last changes are logged a second after it ends.
 
 pub mod content;
+pub mod nesting;
+pub mod v1;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +92,8 @@ struct Inner {
     bytes: u64,
     /// Changes in flight (committed or about to be, not yet applied): the document stays loaded.
     pins: usize,
+    /// How deep its deepest shared type sits, at most (see [`nesting`]).
+    deepest: u32,
     idle_since: Option<Instant>,
 }
 
@@ -125,13 +129,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Checks that updates decode and that the engine can integrate each on its own (into an empty
+/// Checks that updates decode (through [`v1::update`]) and that the engine can integrate each on its own (into an empty
 /// document, under [`panics::contain`]: yrs panics on some malformed updates), refusing the lot
 /// if one fails. Empty updates are dropped.
 pub fn decode_updates(raw: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, DomainError> {
     let mut out = Vec::with_capacity(raw.len());
     for bytes in raw {
-        let u = Update::decode_v1(&bytes)
+        let u = v1::update(&bytes)
             .map_err(|e| DomainError::invalid("", "invalid_update", format!("not a Yjs update (v1): {e}")))?;
         if u.is_empty() {
             continue;
@@ -228,20 +232,27 @@ impl Engine {
     }
 
     /// The document as the store has it, built on the blocking pool, with its stored size.
-    async fn build_stored(&self, scope: OrgScope, id: Id) -> Result<(Doc, u64), DomainError> {
+    async fn build_stored(&self, scope: OrgScope, id: Id) -> Result<(Doc, u64, u32), DomainError> {
         let org = scope.org();
         let state = self
             .store
             .read(move |r| docs::stored_state(r, org, id))
             .await?
             .ok_or(DomainError::NotFound { what: "document" })?;
-        Ok(tokio::task::spawn_blocking(move || build(&state))
-            .await
-            .map_err(|e| StoreError::Storage(format!("loading a document failed: {e}")))?)
+        Ok(tokio::task::spawn_blocking(move || {
+            let (doc, bytes) = build(&state);
+            let deepest = deepest_type(&doc);
+            if deepest > nesting::NESTING_MAX {
+                tracing::warn!(doc = %state.doc.id, deepest, "shared types nest deeper than is now taken");
+            }
+            (doc, bytes, deepest)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("loading a document failed: {e}")))?)
     }
 
     async fn load(&self, scope: OrgScope, id: Id) -> Result<Arc<LiveDoc>, DomainError> {
-        let (doc, bytes) = self.build_stored(scope, id).await?;
+        let (doc, bytes, deepest) = self.build_stored(scope, id).await?;
         self.metrics.docs_loaded.inc();
         self.metrics.docs_loaded_bytes.inc_by(bytes as i64);
         Ok(Arc::new(LiveDoc {
@@ -253,6 +264,7 @@ impl Engine {
                 awareness: HashMap::new(),
                 bytes,
                 pins: 0,
+                deepest,
                 idle_since: Some(Instant::now()),
             }),
         }))
@@ -260,11 +272,12 @@ impl Engine {
 
     /// Rebuilds a loaded document from the store, keeping its sockets.
     async fn reload(&self, live: &Arc<LiveDoc>) -> Result<(), DomainError> {
-        let (doc, bytes) = self.build_stored(live.scope, live.id).await?;
+        let (doc, bytes, deepest) = self.build_stored(live.scope, live.id).await?;
         let mut inner = lock(&live.inner);
         self.metrics.docs_loaded_bytes.inc_by(bytes as i64 - inner.bytes as i64);
         inner.doc = doc;
         inner.bytes = bytes;
+        inner.deepest = deepest;
         Ok(())
     }
 
@@ -427,6 +440,13 @@ impl Engine {
         if decoded.is_empty() {
             return Ok(None);
         }
+        let deepest = match check_nesting(live, &decoded) {
+            Ok(d) => d,
+            Err(e) => {
+                self.metrics.docs_refused.inc();
+                return Err(e);
+            }
+        };
         let _pin = Pin::new(live);
         let decoded: Arc<[Vec<u8>]> = decoded.into();
         let n = decoded.len() as u64;
@@ -470,6 +490,7 @@ impl Engine {
             });
             match applied {
                 Ok(applied) => {
+                    inner.deepest = inner.deepest.max(deepest);
                     for b in applied {
                         let size = b.len() as u64;
                         inner.bytes += size;
@@ -639,6 +660,44 @@ fn awareness_frame(inner: &Inner) -> Option<Frame> {
 /// that does not apply is skipped (and logged); so is one the engine panics on (contained),
 /// after which the build starts over without it, each update in its own transaction. Answers
 /// the document with its stored size.
+/// How deep the shared types of `updates` (one batch, for `live`) would sit at most: refused
+/// (422 `invalid_update`) past [`nesting::NESTING_MAX`] or when a new type's parent is nowhere.
+fn check_nesting(live: &LiveDoc, updates: &[Vec<u8>]) -> Result<u32, DomainError> {
+    let refuse = |why: String| DomainError::invalid("", "invalid_update", why);
+    let mut items = Vec::new();
+    for u in updates {
+        v1::items(u, &mut items).map_err(|e| refuse(format!("not a Yjs update (v1): {e}")))?;
+    }
+    let inner = lock(&live.inner);
+    if !items.iter().any(|i| i.is_type) {
+        return Ok(inner.deepest);
+    }
+    let sv = inner.doc.transact().state_vector();
+    let in_doc = |client: u64, clock: u64| clock < u64::from(sv.get(&yrs::ClientID::new(client)));
+    match nesting::deepest(&mut items, &in_doc, inner.deepest) {
+        Ok(d) if d > nesting::NESTING_MAX => Err(refuse(format!(
+            "shared types would nest {d} levels deep; {} is the most a document takes",
+            nesting::NESTING_MAX
+        ))),
+        Ok(d) => Ok(d),
+        Err(nesting::Unplaced::ParentMissing) => {
+            Err(refuse("this update creates a shared type inside one the document does not have".to_owned()))
+        }
+        Err(nesting::Unplaced::Circular) => Err(refuse("this update's items name each other as parents".to_owned())),
+    }
+}
+
+/// How deep the deepest shared type of `doc` sits, from its whole state.
+pub fn deepest_type(doc: &Doc) -> u32 {
+    let state = doc.transact().encode_state_as_update_v1(&StateVector::default());
+    let mut items = Vec::new();
+    if v1::items(&state, &mut items).is_err() {
+        return 0;
+    }
+    // Every link of a whole state is inside it; one that is not counts as the top.
+    nesting::deepest(&mut items, &|_, _| true, 0).unwrap_or(0)
+}
+
 pub fn build(state: &docs::StoredState) -> (Doc, u64) {
     let parts: Vec<(u64, &[u8])> = state
         .snapshot

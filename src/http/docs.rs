@@ -14,7 +14,6 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde::Deserialize;
-use yrs::updates::decoder::Decode;
 
 use super::auth_api::NoContent;
 use super::body::{BinaryBody, JsonBody};
@@ -275,11 +274,9 @@ impl DocsApi {
         let (_, scope, d, _) = doc_for(&app, &auth, &doc_id.0).await?;
         let sv = match state_vector.0.as_deref() {
             None => yrs::StateVector::default(),
-            Some(s) => {
-                URL_SAFE_NO_PAD.decode(s).ok().and_then(|b| yrs::StateVector::decode_v1(&b).ok()).ok_or_else(|| {
-                    DomainError::invalid("/state_vector", "invalid_state_vector", "base64url of a Yjs state vector")
-                })?
-            }
+            Some(s) => URL_SAFE_NO_PAD.decode(s).ok().and_then(|b| crate::docs::v1::state_vector(&b).ok()).ok_or_else(
+                || DomainError::invalid("/state_vector", "invalid_state_vector", "base64url of a Yjs state vector"),
+            )?,
         };
         let live = app.docs.open(scope, d.id).await?;
         Ok(Binary(app.docs.diff(&live, sv).await?))

@@ -22,7 +22,6 @@ use poem::web::websocket::{Message as WsMessage, WebSocket, WebSocketConfig, Web
 use poem::{IntoResponse, Request, handler};
 use tokio::time::Instant;
 use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
-use yrs::updates::decoder::Decode;
 
 use super::parse_id;
 use super::problem::Problem;
@@ -196,7 +195,7 @@ impl Session {
 
     /// Handles one message; updates are collected into `updates` for the caller to commit.
     async fn handle(&mut self, raw: &[u8], updates: &mut Vec<Vec<u8>>) -> Result<(), End> {
-        let msg = Message::decode_v1(raw)
+        let msg = crate::docs::v1::message(raw)
             .map_err(|e| End::Close(close::INVALID, format!("not a y-websocket message: {e}")))?;
         match msg {
             Message::Sync(SyncMessage::SyncStep1(sv)) => {

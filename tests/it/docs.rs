@@ -611,6 +611,20 @@ async fn an_update_that_never_integrates_leaves_the_document_readable() {
 
 /// Updates the Yjs engine panics on (found by fuzzing; kept in the fuzz corpora): one it cannot
 /// integrate at all, and one it integrates but cannot read back as JSON.
+/// `levels` maps nested in `map` (under the key "k"), one transaction; answers the deepest.
+fn nest(doc: &Doc, map: &yrs::MapRef, levels: usize) -> yrs::MapRef {
+    let mut txn = doc.transact_mut();
+    let mut m = map.clone();
+    for _ in 0..levels {
+        m = m.insert(&mut txn, "k", yrs::MapPrelim::default());
+    }
+    m
+}
+
+fn full(doc: &Doc) -> Vec<u8> {
+    doc.transact().encode_state_as_update_v1(&StateVector::default())
+}
+
 fn poison() -> (Vec<u8>, Vec<u8>) {
     let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus");
     let block_store = std::fs::read(format!("{corpus}/yjs_update/finding-block-store-index.bin")).unwrap();
@@ -649,6 +663,52 @@ async fn a_malformed_update_costs_itself_not_the_server() {
     let p = expect_problem(apply(&s, &f.editor.access, &f.doc, overlapping).await, 422, "validation_failed").await;
     assert!(p["errors"][0]["detail"].as_str().unwrap().contains("overlap"), "{p}");
     assert_eq!(read(&state(&s.base, &s.http, &f.viewer.access, &f.doc).await).0, "hello");
+
+    // Bytes that declare more than they hold (73 bytes declaring 245 million clients, which
+    // the engine would reserve room for) and values nested deeper than the engine's recursion
+    // can take are refused before it sees them.
+    for (finding, why) in
+        [("declared-count-allocation", "more elements"), ("deep-values-stack-overflow", "nest too deep")]
+    {
+        let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/yjs_update");
+        let bytes = std::fs::read(format!("{corpus}/finding-{finding}.bin")).unwrap();
+        let p = expect_problem(apply(&s, &f.editor.access, &f.doc, bytes).await, 422, "validation_failed").await;
+        assert!(p["errors"][0]["detail"].as_str().unwrap().contains(why), "{p}");
+    }
+
+    // Shared types nest at most 256 levels deep, whether in one update or one more level per
+    // update; at the limit the document is read and deleted as usual (deleting a nested type
+    // and reading it as JSON recurse as deep as it nests).
+    let deep: Value =
+        post_json(&s, &f.editor.access, &format!("/v1/rooms/{}/docs", f.room), json!({ "name": "deep" })).await;
+    let deep = deep["id"].as_str().unwrap();
+    let too_deep = Doc::new();
+    nest(&too_deep, &too_deep.get_or_insert_map("deep"), 300);
+    let p = expect_problem(apply(&s, &f.editor.access, deep, full(&too_deep)).await, 422, "validation_failed").await;
+    assert!(p["errors"][0]["detail"].as_str().unwrap().contains("nest 300 levels"), "{p}");
+    let client = Doc::new();
+    let root = client.get_or_insert_map("deep");
+    let mut bottom = nest(&client, &root, 255);
+    assert_eq!(apply(&s, &f.editor.access, deep, full(&client)).await.status(), 200);
+    let before = client.transact().state_vector();
+    bottom = nest(&client, &bottom, 1);
+    assert_eq!(apply(&s, &f.editor.access, deep, client.transact().encode_diff_v1(&before)).await.status(), 200);
+    let before = client.transact().state_vector();
+    nest(&client, &bottom, 1);
+    let p = expect_problem(
+        apply(&s, &f.editor.access, deep, client.transact().encode_diff_v1(&before)).await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert!(p["errors"][0]["detail"].as_str().unwrap().contains("nest 257 levels"), "{p}");
+    let r = s.http.get(s.url(&format!("/v1/docs/{deep}/json"))).bearer_auth(&f.viewer.access).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let before = client.transact().state_vector();
+    root.remove(&mut client.transact_mut(), "k");
+    assert_eq!(apply(&s, &f.editor.access, deep, client.transact().encode_diff_v1(&before)).await.status(), 200);
+    let j: Value = get_json(&s, &f.viewer.access, &format!("/v1/docs/{deep}/json")).await;
+    assert_eq!(j["deep"], json!({}), "{j}");
 
     // Stored in a document of its own, the XML update breaks reading that document as JSON, and
     // only that.
