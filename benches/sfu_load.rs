@@ -55,6 +55,8 @@ struct Args {
     local_ip: String,
     /// Janus's HTTP API (`http://host:8088/janus`): drive Janus VideoRoom instead of Outpost.
     janus: Option<String>,
+    /// How often a call participant renews its socket's token (tokens last 15 minutes).
+    renew: Duration,
 }
 
 fn args() -> Args {
@@ -68,6 +70,7 @@ fn args() -> Args {
         pid: 0,
         local_ip: "127.0.0.1".into(),
         janus: None,
+        renew: Duration::from_secs(600),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -82,6 +85,7 @@ fn args() -> Args {
             "--pid" => a.pid = v().parse().expect("--pid"),
             "--local-ip" => a.local_ip = v(),
             "--janus" => a.janus = Some(v()),
+            "--renew-s" => a.renew = Duration::from_secs(v().parse().expect("--renew-s")),
             _ => {}
         }
     }
@@ -123,6 +127,8 @@ struct Setup {
     room: String,
     publisher: String,
     player: String,
+    /// The player's login (each call participant signs in on its own, with its own session).
+    player_login: Value,
 }
 
 async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> Value {
@@ -139,6 +145,7 @@ async fn setup(base: &str, key: &str) -> Setup {
     let org = post(&http, format!("{base}/v1/orgs"), key, json!({ "slug": slug, "name": slug })).await;
     let org = org["id"].as_str().expect("org id").to_owned();
     let mut tokens = Vec::new();
+    let mut player_login = Value::Null;
     for who in ["pub", "play"] {
         let inv = post(
             &http,
@@ -161,6 +168,7 @@ async fn setup(base: &str, key: &str) -> Setup {
             .await
             .expect("json");
         tokens.push(t["access_token"].as_str().expect("token").to_owned());
+        player_login = login;
     }
     let room =
         post(&http, format!("{base}/v1/rooms"), &tokens[0], json!({ "name": "bench", "visibility": "org" })).await;
@@ -178,7 +186,7 @@ async fn setup(base: &str, key: &str) -> Setup {
     post(&http, format!("{base}/v1/rooms/{room}/join"), &tokens[1], json!({})).await;
     let player = tokens.pop().expect("player");
     let publisher = tokens.pop().expect("publisher");
-    Setup { http, base: base.to_owned(), room, publisher, player }
+    Setup { http, base: base.to_owned(), room, publisher, player, player_login }
 }
 
 // ---------------------------------------------------------------- Janus ----
@@ -696,7 +704,13 @@ async fn player(
 
 /// A call participant that only receives: joins over the realtime socket with a recvonly
 /// audio section and answers every offer the relay makes as tracks come.
-async fn caller(s: &Setup, local_ip: IpAddr, stop: Arc<AtomicBool>, seen: Arc<Seen>) -> tokio::task::JoinHandle<()> {
+async fn caller(
+    s: &Setup,
+    local_ip: IpAddr,
+    renew: Duration,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Seen>,
+) -> tokio::task::JoinHandle<()> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -714,16 +728,33 @@ async fn caller(s: &Setup, local_ip: IpAddr, stop: Arc<AtomicBool>, seen: Arc<Se
     let offer = pc.create_offer(None).expect("offer");
     pc.set_local_description(Instant::now(), offer).expect("local");
     let sdp = pc.local_description().expect("sdp").sdp;
+    let session: Value = s
+        .http
+        .post(format!("{}/v1/auth/login", s.base))
+        .json(&s.player_login)
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("login json");
+    let access = session["access_token"].as_str().expect("token");
     let mut req = format!("{}/v1/realtime", s.base.replace("http://", "ws://")).into_client_request().expect("request");
     req.headers_mut()
-        .insert("sec-websocket-protocol", format!("outpost.v1, access_token.{}", s.player).parse().expect("header"));
+        .insert("sec-websocket-protocol", format!("outpost.v1, access_token.{access}").parse().expect("header"));
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("realtime socket");
     let started = Instant::now();
     let join = json!({ "op": "call_join", "room": s.room, "sdp": sdp });
     ws.send(Message::text(join.to_string())).await.expect("join");
+    let (http, base) = (s.http.clone(), s.base.clone());
+    let mut refresh = session["refresh_token"].as_str().expect("refresh token").to_owned();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 2048];
         let (mut first, mut delays) = (true, Vec::new());
+        // The call lasts as long as the socket: its token is renewed before it expires (15
+        // minutes), as a client does.
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + renew, renew);
+        let mut open = true;
         while !stop.load(Ordering::Relaxed) {
             pump(&mut pc, &socket, |_| {}, |p| seen.record(&mut first, started, &mut delays, p)).await;
             let wake = pc.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -736,8 +767,29 @@ async fn caller(s: &Setup, local_ip: IpAddr, stop: Arc<AtomicBool>, seen: Arc<Se
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake.min(Instant::now() + Duration::from_millis(50)))) => {
                     let _ = pc.handle_timeout(Instant::now());
                 }
-                frame = ws.next() => {
-                    let Some(Ok(Message::Text(text))) = frame else { continue };
+                _ = renew.tick() => {
+                    let pair = http
+                        .post(format!("{base}/v1/auth/refresh"))
+                        .json(&json!({ "refresh_token": refresh }))
+                        .send()
+                        .await
+                        .expect("refresh");
+                    let pair: Value = pair.json().await.expect("refresh json");
+                    pair["refresh_token"].as_str().expect("refresh token").clone_into(&mut refresh);
+                    let auth = json!({ "op": "auth", "token": pair["access_token"] });
+                    let _ = ws.send(Message::text(auth.to_string())).await;
+                }
+                frame = ws.next(), if open => {
+                    let text = match frame {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(_)) => continue,
+                        // Not polled again once it ended (it would answer at once, for ever).
+                        Some(Err(_)) | None => {
+                            eprintln!("the call participant's socket ended");
+                            open = false;
+                            continue;
+                        }
+                    };
                     let f: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                     let sdp = f["sdp"].as_str().unwrap_or_default().to_owned();
                     match f["op"].as_str() {
@@ -798,7 +850,7 @@ async fn main() {
         for _ in 0..n {
             match &server.signal {
                 Signal::Outpost(s) if audio10 => {
-                    tasks.push(caller(s, server.local_ip, stop.clone(), seen.clone()).await);
+                    tasks.push(caller(s, server.local_ip, a.renew, stop.clone(), seen.clone()).await);
                 }
                 _ => {
                     let (task, hang_up) = player(&server, &feeds, stop.clone(), seen.clone()).await;
