@@ -16,6 +16,13 @@
 #   2-4 run twice: as shipped, where a connection answered 429 is read no further until its
 #   Retry-After (so wrk's closed loop is slowed to the user's budget), and with that pacing
 #   off (http.pace_after_429 = false), where the flood takes all the CPU it can.
+#   5. Every kind at once, as shipped: the flooding user creates tasks (FLOOD_CONNECTIONS/4
+#      connections), sends Yjs updates to a document and WHIP offers to a room (wrk, 32 and 16
+#      connections), its password is guessed (wrk, 64 connections), and realtime sockets
+#      connect, authenticate, subscribe and go as fast as REALTIME_LOOPS loops can from
+#      127.0.0.4 (python websockets from .venv-peers, made by scripts/test-all.sh), beside the
+#      HELD idle connections. The legitimate client's p99 against its unloaded one, as above,
+#      with what each flood got answered. ONLY_EVERY=1 runs 1 and 5 alone.
 #
 #   bash benches/overload.sh
 #   DURATION=8 PROBES=200 FLOOD_CONNECTIONS=256 HELD=3000 OP_PORT=18080
@@ -26,9 +33,12 @@ OP_PORT=${OP_PORT:-18080}
 PROBES=${PROBES:-200}
 FLOOD_CONNECTIONS=${FLOOD_CONNECTIONS:-256}
 HELD=${HELD:-3000}
+REALTIME_LOOPS=${REALTIME_LOOPS:-32}
+PY_PEERS=${PY_PEERS:-$REPO_DIR/.venv-peers/bin/python}
 
 require_cmd wrk curl python3
 require_outpost
+[ -x "$PY_PEERS" ] || die "no $PY_PEERS (scripts/test-all.sh makes it)"
 bench_init
 log "machine: $(machine_desc)"
 
@@ -86,7 +96,50 @@ for s in conns:
 print(served, shed)
 EOF
 
+# wrk scripts for the other floods: a body from a file (binary-safe), and a login that fails.
+cat >"$WORK/body_post.lua" <<'EOF'
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.method = "POST"
+wrk.headers["Content-Type"] = os.getenv("BODY_TYPE")
+wrk.body = f:read("*a")
+f:close()
+EOF
+# One Yjs update (v1): the text "x" in the root text "t", as client 1 at clock 0.
+printf '\x01\x01\x01\x00\x04\x01\x01t\x01x\x00' >"$WORK/update.bin"
+
+# Realtime sockets from 127.0.0.4 in LOOPS loops for SECONDS: connect, authenticate,
+# subscribe to the organization, close; prints "subscribed refused".
+cat >"$WORK/realtime_flood.py" <<'EOF'
+import asyncio, json, sys, time
+import websockets
+url, token, loops, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+done = {"subscribed": 0, "refused": 0}
+async def loop(end):
+    while time.monotonic() < end:
+        try:
+            async with websockets.connect(url, open_timeout=5, close_timeout=1,
+                                          local_addr=("127.0.0.4", 0)) as ws:
+                await ws.send(json.dumps({"op": "auth", "token": token}))
+                await ws.send(json.dumps({"op": "subscribe", "topic": "org"}))
+                while True:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                    if frame.get("op") == "subscribed":
+                        done["subscribed"] += 1
+                        break
+        except Exception:
+            done["refused"] += 1
+            await asyncio.sleep(0.01)
+async def main():
+    end = time.monotonic() + seconds
+    await asyncio.gather(*(loop(end) for _ in range(loops)))
+asyncio.run(main())
+print(done["subscribed"], done["refused"])
+EOF
+
 probe() { python3 "$WORK/probe.py" 127.0.0.1 "$OP_PORT" "$1" "$PROBES"; }
+
+# wrk_codes FILE: "answered non2xx" of a wrk run.
+wrk_codes() { echo "$(wrk_requests "$1") $(awk '/Non-2xx or 3xx responses:/{print $5}' "$1" | grep . || echo 0)"; }
 
 # 1. Capacity, limits lifted.
 export OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000000 OUTPOST_LIMITS__ORG_REQUESTS_PER_S=100000000
@@ -147,8 +200,77 @@ flood_round() {
     [ "$UERR" = 0 ] && [ "$LERR" = 0 ] && [ "$RERR" = 0 ] && [ "$AFTER" = 201 ]
 }
 
+# 5. Every kind of flood at once, as shipped.
+every_kind() {
+    local dir=$WORK/data-every
+    KEY=$(outpost_operator_key "$dir")
+    start_outpost "$dir" "$OP_PORT"
+    FLOODER=$(outpost_member_token "$KEY" flood)
+    LEGIT=$(outpost_member_token "$KEY" legit)
+    local room doc
+    room=$(curl -fsS -X POST "$OP_URL/v1/rooms" -H "Authorization: Bearer $FLOODER" -H 'Content-Type: application/json' \
+        --data '{"name":"flood"}' | "${BENCHSTAT[@]}" json-get id)
+    doc=$(curl -fsS -X POST "$OP_URL/v1/rooms/$room/docs" -H "Authorization: Bearer $FLOODER" \
+        -H 'Content-Type: application/json' --data '{"name":"flood"}' | "${BENCHSTAT[@]}" json-get id)
+    read -r U50 U99 UERR <<<"$(probe "$LEGIT")"
+    log "every kind, unloaded: p50 ${U50} ms, p99 ${U99} ms, $UERR errors"
+
+    local flood_s=$((PROBES / 10 + 6)) pids=()
+    python3 "$WORK/held.py" 127.0.0.1 "$OP_PORT" "$HELD" 1 >"$WORK/held-every.txt" &
+    pids+=($!)
+    wrk -t1 -c$((FLOOD_CONNECTIONS / 4)) -d"${flood_s}s" -s "$WORK/tasks_post.lua" -H "Authorization: Bearer $FLOODER" \
+        "$OP_URL/v1/tasks" >"$WORK/every-tasks.txt" &
+    pids+=($!)
+    BODY_FILE=$WORK/update.bin BODY_TYPE=application/octet-stream wrk -t1 -c32 -d"${flood_s}s" -s "$WORK/body_post.lua" \
+        -H "Authorization: Bearer $FLOODER" "$OP_URL/v1/docs/$doc/updates" >"$WORK/every-updates.txt" &
+    pids+=($!)
+    BODY_FILE=$REPO_DIR/tests/it/fixtures/whip_offer.sdp BODY_TYPE=application/sdp wrk -t1 -c16 -d"${flood_s}s" \
+        -s "$WORK/body_post.lua" -H "Authorization: Bearer $FLOODER" "$OP_URL/v1/rooms/$room/whip" >"$WORK/every-whip.txt" &
+    pids+=($!)
+    printf '{"org":"flood","login":"flood-user","password":"a wrong guess"}' >"$WORK/login.json"
+    BODY_FILE=$WORK/login.json BODY_TYPE=application/json wrk -t1 -c64 -d"${flood_s}s" -s "$WORK/body_post.lua" \
+        "$OP_URL/v1/auth/login" >"$WORK/every-logins.txt" &
+    pids+=($!)
+    "$PY_PEERS" "$WORK/realtime_flood.py" "${OP_URL/http:/ws:}/v1/realtime" "$FLOODER" "$REALTIME_LOOPS" "$flood_s" \
+        >"$WORK/every-realtime.txt" 2>"$WORK/every-realtime.err" &
+    pids+=($!)
+    sleep 2
+    read -r L50 L99 LERR <<<"$(probe "$LEGIT")"
+    wait "${pids[@]}"
+    local rss_peak
+    rss_peak=$(proc_rss_peak_kb "$OP_PID")
+    sleep 1
+    read -r R50 R99 RERR <<<"$(probe "$LEGIT")"
+    AFTER=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$OP_URL/v1/tasks" -H "Authorization: Bearer $FLOODER" \
+        -H 'Content-Type: application/json' --data '{"title":"after"}')
+    stop_outpost
+
+    printf '\n== every kind at once (as shipped)\n'
+    local kind all refused
+    for kind in tasks updates whip logins; do
+        read -r all refused <<<"$(wrk_codes "$WORK/every-$kind.txt")"
+        printf '%-44s %s answered in %s s, %s refused (%s%%)\n' "flood: $kind" "$all" "$flood_s" "$refused" \
+            "$(python3 -c "print(f'{100 * $refused / max(1, $all):.2f}')")"
+    done
+    read -r all refused <"$WORK/every-realtime.txt"
+    printf '%-44s %s subscribed, %s refused or shed\n' "flood: realtime ($REALTIME_LOOPS loops)" "$all" "$refused"
+    read -r all refused <"$WORK/held-every.txt"
+    printf '%-44s %s served, %s shed with 503\n' "idle connections from one address ($HELD)" "$all" "$refused"
+    printf '%-44s p50 %s ms, p99 %s ms (%s errors)\n' "legitimate client, unloaded" "$U50" "$U99" "$UERR"
+    printf '%-44s p50 %s ms, p99 %s ms (%s errors); p99 ratio %s\n' "legitimate client, flooded" "$L50" "$L99" "$LERR" \
+        "$(python3 -c "print(f'{$L99 / $U99:.2f}')")"
+    printf '%-44s p50 %s ms, p99 %s ms (%s errors); flooder next write %s\n' "legitimate client, after" "$R50" "$R99" "$RERR" "$AFTER"
+    printf '%-44s %s MiB\n' "server RSS peak" "$((rss_peak / 1024))"
+    [ "$UERR" = 0 ] && [ "$LERR" = 0 ] && [ "$RERR" = 0 ] && [ "$AFTER" = 201 ]
+}
+
 printf '\n%-44s %s req/s\n' "task-write capacity (limits lifted)" "$CAPACITY"
 ok=0
+if [ -n "${ONLY_EVERY:-}" ]; then
+    every_kind || ok=1
+    exit "$ok"
+fi
 flood_round paced || ok=1
 OUTPOST_HTTP__PACE_AFTER_429=false flood_round unpaced || ok=1
+every_kind || ok=1
 exit "$ok"

@@ -702,6 +702,19 @@ async fn player(
     (task, hang_up)
 }
 
+/// A fresh access token for the session `refresh` belongs to (which moves on to the new one).
+async fn renewed(http: &reqwest::Client, base: &str, refresh: &mut String) -> Value {
+    let pair = http
+        .post(format!("{base}/v1/auth/refresh"))
+        .json(&json!({ "refresh_token": refresh }))
+        .send()
+        .await
+        .expect("refresh");
+    let pair: Value = pair.json().await.expect("refresh json");
+    pair["refresh_token"].as_str().expect("refresh token").clone_into(refresh);
+    pair["access_token"].clone()
+}
+
 /// A call participant that only receives: joins over the realtime socket with a recvonly
 /// audio section and answers every offer the relay makes as tracks come.
 async fn caller(
@@ -768,15 +781,7 @@ async fn caller(
                     let _ = pc.handle_timeout(Instant::now());
                 }
                 _ = renew.tick() => {
-                    let pair = http
-                        .post(format!("{base}/v1/auth/refresh"))
-                        .json(&json!({ "refresh_token": refresh }))
-                        .send()
-                        .await
-                        .expect("refresh");
-                    let pair: Value = pair.json().await.expect("refresh json");
-                    pair["refresh_token"].as_str().expect("refresh token").clone_into(&mut refresh);
-                    let auth = json!({ "op": "auth", "token": pair["access_token"] });
+                    let auth = json!({ "op": "auth", "token": renewed(&http, &base, &mut refresh).await });
                     let _ = ws.send(Message::text(auth.to_string())).await;
                 }
                 frame = ws.next(), if open => {

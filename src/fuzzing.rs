@@ -14,7 +14,6 @@ use std::time::Duration;
 use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey};
 use pasetors::paserk::{FormatAsPaserk, Id as Pid};
 use pasetors::version4::V4;
-use yrs::Transact;
 use yrs::updates::decoder::Decode;
 
 use crate::auth::keys::{KeyRing, Signer, SigningKeyRecord, Verifier};
@@ -84,7 +83,7 @@ pub fn yjs_update(data: &[u8]) {
     }
     let Ok(update) = yrs::Update::decode_v1(data) else { return };
     let doc = yrs::Doc::new();
-    let applied = crate::panics::contain(|| doc.transact_mut().apply_update(update).is_ok());
+    let applied = crate::docs::transact_contained(&doc, |txn| txn.apply_update(update).is_ok());
     if applied == Ok(true) {
         let _ = crate::panics::contain(|| crate::docs::state_update(&doc, &yrs::StateVector::default()));
         let _ = crate::panics::contain(|| crate::docs::content::to_json(&doc));

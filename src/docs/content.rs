@@ -56,10 +56,10 @@ pub fn to_json(doc: &Doc) -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
+/// Converted directly (not through JSON text, whose parser stops at 128 levels: types nest up to
+/// 256, with values up to 128 deep in them).
 fn any_to_json(any: &yrs::Any) -> serde_json::Value {
-    let mut s = String::new();
-    any.to_json(&mut s);
-    serde_json::from_str(&s).unwrap_or(serde_json::Value::Null)
+    serde_json::to_value(any).unwrap_or(serde_json::Value::Null)
 }
 
 /// Changes `doc` so its top-level texts, maps and arrays hold what `old`'s do (types `old`

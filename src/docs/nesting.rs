@@ -238,6 +238,20 @@ mod tests {
         assert_eq!(deepest(&mut items(&[&u]), &|_, _| false, 0), Err(Unplaced::Circular));
     }
 
+    /// yrs panics on this update (its delete set names clocks before a client's first
+    /// structure), and then again in the transaction's drop: while unwinding, that aborts, so
+    /// the transaction is dropped only once the first panic is caught. The door refuses the
+    /// update first (its clocks run past 2^32, which yrs wraps).
+    #[test]
+    fn a_panic_in_the_engine_does_not_panic_again_in_the_transactions_drop() {
+        let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/yjs_update");
+        let bytes = std::fs::read(format!("{corpus}/finding-delete-before-first-clock-double-panic.bin")).unwrap();
+        assert!(v1::update(&bytes).unwrap_err().to_string().contains("2^32"));
+        let u = Update::decode_v1(&bytes).unwrap();
+        let r = crate::docs::transact_contained(&Doc::new(), |txn| txn.apply_update(u));
+        assert!(r.unwrap_err().0.contains("index out of bounds"));
+    }
+
     /// The limit is safe where the server runs yrs: deleting and reading as JSON a document
     /// nested [`NESTING_MAX`] deep fits a tokio worker's 2 MiB stack with room to spare.
     #[test]
@@ -249,7 +263,13 @@ mod tests {
                 nested(&doc, NESTING_MAX as usize);
                 assert_eq!(crate::docs::deepest_type(&doc), NESTING_MAX);
                 let _ = doc.get_or_insert_map("deep").to_json(&doc.transact());
-                let _ = crate::docs::content::to_json(&doc);
+                let mut json = &crate::docs::content::to_json(&doc)["deep"];
+                let mut levels = 0;
+                while let Some(inner) = json.get("k") {
+                    json = inner;
+                    levels += 1;
+                }
+                assert_eq!(levels, NESTING_MAX, "read as JSON whole");
                 doc.get_or_insert_map("deep").remove(&mut doc.transact_mut(), "k");
             })
             .unwrap()

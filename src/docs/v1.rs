@@ -20,6 +20,8 @@ use yrs::{StateVector, Update};
 /// How deep values may nest in an update (serde_json's own limit for JSON).
 pub const DEPTH_MAX: u32 = 128;
 
+const CLOCK_MAX: u64 = u32::MAX as u64;
+
 /// Why bytes were refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed(String);
@@ -146,8 +148,17 @@ impl<'a> Walk<'a, '_> {
         self.take(n)
     }
 
+    /// A clock (or a length of clocks): yrs keeps them in 32 bits and would wrap a larger one.
+    fn clock(&mut self) -> Result<u64, Malformed> {
+        let c = self.var()?;
+        if c > CLOCK_MAX {
+            return refuse("a clock past 2^32");
+        }
+        Ok(c)
+    }
+
     fn id(&mut self) -> Result<(u64, u64), Malformed> {
-        Ok((self.var()?, self.var()?))
+        Ok((self.var()?, self.clock()?))
     }
 
     fn update(&mut self) -> Result<(), Malformed> {
@@ -156,7 +167,10 @@ impl<'a> Walk<'a, '_> {
             let blocks = self.count(2)?;
             let (client, mut clock) = self.id()?;
             for _ in 0..blocks {
-                clock = clock.saturating_add(self.block(client, clock)?);
+                clock += self.block(client, clock)?;
+                if clock > CLOCK_MAX {
+                    return refuse("a clock past 2^32");
+                }
             }
         }
         self.delete_set()
@@ -171,7 +185,7 @@ impl<'a> Walk<'a, '_> {
         const HAS_PARENT_SUB: u8 = 0x20;
         let info = self.u8()?;
         if info == GC || info == SKIP {
-            let len = self.var()?;
+            let len = self.clock()?;
             if info == GC {
                 self.push(Item { client, start: clock, len, parent: Parent::Unknown, is_type: false });
             }
@@ -214,7 +228,7 @@ impl<'a> Walk<'a, '_> {
     fn content(&mut self, kind: u8) -> Result<u64, Malformed> {
         match kind {
             // Deleted: a length.
-            1 => self.var(),
+            1 => self.clock(),
             // JSON: yrs reads one string more than the count says.
             2 => {
                 let n = self.count(1)?.saturating_add(1);
@@ -302,7 +316,10 @@ impl<'a> Walk<'a, '_> {
         for _ in 0..self.count(2)? {
             self.var()?;
             for _ in 0..self.count(2)? {
-                self.id()?;
+                let (start, len) = (self.clock()?, self.clock()?);
+                if start + len > CLOCK_MAX {
+                    return refuse("a deleted range past 2^32");
+                }
             }
         }
         Ok(())
