@@ -148,9 +148,9 @@ pub fn transact_contained<T>(
     Ok(out)
 }
 
-/// Checks that updates decode (through [`v1::update`]) and that the engine can integrate each on its own (into an empty
-/// document, under [`panics::contain`]: yrs panics on some malformed updates), refusing the lot
-/// if one fails. Empty updates are dropped.
+/// Checks that updates decode (through [`v1::update`]) and that the engine can integrate each
+/// on its own (into an empty document, contained: yrs panics on some malformed updates),
+/// refusing the lot if one fails. Empty updates are dropped.
 pub fn decode_updates(raw: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, DomainError> {
     let mut out = Vec::with_capacity(raw.len());
     for bytes in raw {
