@@ -84,7 +84,7 @@ fn render<T: ReadTxn>(value: &Out, txn: &T) -> serde_json::Value {
             Kind::Array => list(*b, txn),
             Kind::Map => map(&MapRef::from(*b), txn),
         },
-        _ => Value::Null,
+        Out::YDoc(_) => Value::Null,
     }
 }
 
