@@ -704,6 +704,37 @@ async fn caps_and_revocation_close_sockets() {
     s.stop().await;
 }
 
+/// Opening a socket counts against the user's request budget: a flood of connects (each closed
+/// at once, so no cap on open sockets is reached) is shed with 4029.
+#[tokio::test]
+async fn a_flood_of_connects_is_shed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config_for(dir.path());
+    config.limits.user_requests_per_s = 2;
+    let s = TestServer::start_with(config).await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
+    let ana = login(&s, &sl, "ana").await;
+    let url = s.base.replace("http://", "ws://") + "/v1/realtime";
+    let mut welcomed = 0;
+    let mut shed = false;
+    for _ in 0..20 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+        ws.send(Message::text(json!({ "op": "auth", "token": ana.access }).to_string())).await.unwrap();
+        let f = next(&mut ws).await;
+        if f["op"] == "welcome" {
+            welcomed += 1;
+            let _ = ws.close(None).await;
+        } else {
+            assert_eq!(f, json!({ "op": "socket_closed", "code": 4029 }));
+            shed = true;
+            break;
+        }
+    }
+    assert!(shed && welcomed <= 4, "{welcomed} sockets welcomed before the budget (2/s, bursts of 4) ran out");
+    s.stop().await;
+}
+
 /// A restore from backup is a new epoch: positions from before cannot be resumed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_store_says_reset() {

@@ -66,6 +66,13 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
         Ok(x) => x,
         Err(e) => return bye(&mut sink, &mut stream, close::UNAUTHORIZED, &e.to_string()).await,
     };
+    // Opening a socket is a request against the user's and organization's budgets, like any
+    // other: a flood of connects is shed here, before it subscribes to anything.
+    if let Err(l) = app.limits.request(p.org, p.user) {
+        let why =
+            format!("too many requests ({} limit): retry in {} s", l.limiter.as_str(), l.retry_after.as_secs().max(1));
+        return bye(&mut sink, &mut stream, close::TOO_MANY, &why).await;
+    }
     let (tx, mut rx) = mpsc::channel::<Arc<Delivery>>(cfg.send_queue_len);
     let Some(reg) = hub.register(p.org, p.user, tx, (cfg.connections_per_user_max, cfg.connections_per_org_max)) else {
         return bye(&mut sink, &mut stream, close::TOO_MANY, "too many open sockets for this user or organization")
