@@ -277,6 +277,9 @@ impl<E: Endpoint> poem::Middleware<E> for EdgeMiddleware {
     }
 }
 
+/// Bodies up to this size are read whole before their request is handled (see `Edge::call`).
+const SMALL_BODY_BYTES: u64 = 64 << 10;
+
 pub struct Edge<E> {
     inner: E,
     limit: u64,
@@ -306,13 +309,26 @@ impl<E: Endpoint> Endpoint for Edge<E> {
         let declared = req.header("content-length").and_then(|v| v.parse::<u64>().ok());
         let has_body = declared.is_some_and(|n| n > 0) || req.header("transfer-encoding").is_some();
         let http1 = req.version() < poem::http::Version::HTTP_2;
+        // A small body is read whole before the request is handled, so that an answer refusing
+        // it early (429, 403, ...) leaves the connection able to carry the next request: a
+        // client answered 429 then stays on its connection, where it is paced (`gate::Paced`),
+        // instead of opening a fresh one for every request.
+        let buffered = !upload && declared.is_some_and(|n| n > 0 && n <= SMALL_BODY_BYTES);
         let result = if declared.is_some_and(|n| n > self.limit) && !upload {
             Ok(Err(body::too_large(self.limit).into()))
         } else if upload {
             Ok(self.inner.call(req).instrument(span.clone()).await)
         } else {
-            tokio::time::timeout(self.timeout, self.inner.call(req)).instrument(span.clone()).await
+            let handle = async {
+                if buffered {
+                    let bytes = req.take_body().into_bytes().await?;
+                    req.set_body(bytes);
+                }
+                self.inner.call(req).await
+            };
+            tokio::time::timeout(self.timeout, handle).instrument(span.clone()).await
         };
+        let has_body = has_body && !buffered;
         let (mut resp, route) = match result {
             Ok(Ok(r)) => {
                 let resp = r.into_response();
