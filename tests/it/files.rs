@@ -329,8 +329,13 @@ async fn a_form_uploads_a_file_in_one_request() {
 
     // Forms that cannot be taken, each with its code; none leaves anything behind.
     let after = format!("file=@{}", notes.display());
-    let cases: [(Vec<&str>, u16, &str); 4] = [
+    // A name that is not UTF-8 (curl's `<` sends a file's bytes as the part's text).
+    let garbled = dir.path().join("garbled-name");
+    std::fs::write(&garbled, [0xf2, 0xf2, b'x', 0xff]).unwrap();
+    let garbled = format!("name=<{}", garbled.display());
+    let cases: [(Vec<&str>, u16, &str); 5] = [
         (vec!["-F", after.as_str(), "-F", after.as_str()], 400, "invalid_form"),
+        (vec!["-F", garbled.as_str(), "-F", after.as_str()], 400, "invalid_form"),
         (vec!["-F", "name=nothing.txt"], 422, "validation_failed"),
         (vec!["-F", "colour=blue", "-F", after.as_str()], 400, "invalid_form"),
         (vec!["-H", "Content-Type: text/plain", "--data-binary", "hello"], 415, "unsupported_media_type"),
