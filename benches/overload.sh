@@ -136,6 +136,18 @@ asyncio.run(main())
 print(done["subscribed"], done["refused"])
 EOF
 
+# legit_report RSS_PEAK_KB: the legitimate client's figures (U*, L*, R*: unloaded, flooded,
+# after), the flooder's next write (AFTER) and the RSS peak; fails if any probe erred or the
+# flooder is not served again.
+legit_report() {
+    printf '%-44s p50 %s ms, p99 %s ms (%s errors)\n' "legitimate client, unloaded" "$U50" "$U99" "$UERR"
+    printf '%-44s p50 %s ms, p99 %s ms (%s errors); p99 ratio %s\n' "legitimate client, flooded" "$L50" "$L99" "$LERR" \
+        "$(python3 -c "print(f'{$L99 / $U99:.2f}')")"
+    printf '%-44s p50 %s ms, p99 %s ms (%s errors); flooder next write %s\n' "legitimate client, after" "$R50" "$R99" "$RERR" "$AFTER"
+    printf '%-44s %s MiB\n' "server RSS peak" "$(($1 / 1024))"
+    [ "$UERR" = 0 ] && [ "$LERR" = 0 ] && [ "$RERR" = 0 ] && [ "$AFTER" = 201 ]
+}
+
 probe() { python3 "$WORK/probe.py" 127.0.0.1 "$OP_PORT" "$1" "$PROBES"; }
 
 # wrk_codes FILE: "answered non2xx" of a wrk run.
@@ -192,12 +204,7 @@ flood_round() {
         "$(python3 -c "print(f'{100 * ${flood_non2xx:-0} / max(1, $flood_all):.2f}')")"
     printf '%-44s %s served, %s shed with 503 (metric %s)\n' "idle connections from one address ($HELD)" \
         "$held_served" "$held_shed" "$shed_metric"
-    printf '%-44s p50 %s ms, p99 %s ms (%s errors)\n' "legitimate client, unloaded" "$U50" "$U99" "$UERR"
-    printf '%-44s p50 %s ms, p99 %s ms (%s errors); p99 ratio %s\n' "legitimate client, flooded" "$L50" "$L99" "$LERR" \
-        "$(python3 -c "print(f'{$L99 / $U99:.2f}')")"
-    printf '%-44s p50 %s ms, p99 %s ms (%s errors); flooder next write %s\n' "legitimate client, after" "$R50" "$R99" "$RERR" "$AFTER"
-    printf '%-44s %s MiB\n' "server RSS peak" "$((rss_peak / 1024))"
-    [ "$UERR" = 0 ] && [ "$LERR" = 0 ] && [ "$RERR" = 0 ] && [ "$AFTER" = 201 ]
+    legit_report "$rss_peak"
 }
 
 # 5. Every kind of flood at once, as shipped.
@@ -256,12 +263,7 @@ every_kind() {
     printf '%-44s %s subscribed, %s refused or shed\n' "flood: realtime ($REALTIME_LOOPS loops)" "$all" "$refused"
     read -r all refused <"$WORK/held-every.txt"
     printf '%-44s %s served, %s shed with 503\n' "idle connections from one address ($HELD)" "$all" "$refused"
-    printf '%-44s p50 %s ms, p99 %s ms (%s errors)\n' "legitimate client, unloaded" "$U50" "$U99" "$UERR"
-    printf '%-44s p50 %s ms, p99 %s ms (%s errors); p99 ratio %s\n' "legitimate client, flooded" "$L50" "$L99" "$LERR" \
-        "$(python3 -c "print(f'{$L99 / $U99:.2f}')")"
-    printf '%-44s p50 %s ms, p99 %s ms (%s errors); flooder next write %s\n' "legitimate client, after" "$R50" "$R99" "$RERR" "$AFTER"
-    printf '%-44s %s MiB\n' "server RSS peak" "$((rss_peak / 1024))"
-    [ "$UERR" = 0 ] && [ "$LERR" = 0 ] && [ "$RERR" = 0 ] && [ "$AFTER" = 201 ]
+    legit_report "$rss_peak"
 }
 
 printf '\n%-44s %s req/s\n' "task-write capacity (limits lifted)" "$CAPACITY"
