@@ -32,6 +32,7 @@ pub struct Config {
     pub docs: DocsConfig,
     pub files: FilesConfig,
     pub media: MediaConfig,
+    pub egress: crate::egress::EgressConfig,
 }
 
 /// Media networking: the media relay (SFU) on one UDP port, and the built-in TURN server (UDP and TCP on one
@@ -447,6 +448,7 @@ impl Default for Config {
             docs: DocsConfig::default(),
             files: FilesConfig::default(),
             media: MediaConfig::default(),
+            egress: crate::egress::EgressConfig::default(),
         }
     }
 }
@@ -624,6 +626,9 @@ impl Config {
         self.docs.check(&mut bad);
         self.files.check(&mut bad);
         self.media.check(&mut bad);
+        for (key, reason) in self.egress.issues() {
+            bad(&key, &reason);
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad("log.level", "is not a valid filter (try `info` or `outpost=debug,info`)");
         }

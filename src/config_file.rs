@@ -253,6 +253,20 @@ const DOCS: &[Doc] = &[
         "media.turn_allow_loopback_peers",
         "Relays never reach this host's loopback addresses unless this is true (tests, one-box setups).",
     ),
+    doc(
+        "egress",
+        "Calls Outpost makes to the outside (webhooks, health checks, the service gateway, identity providers).",
+    ),
+    doc(
+        "egress.allow_cidrs",
+        "Non-public address ranges calls may reach, as CIDRs, e.g. [\"10.20.0.0/16\", \"127.0.0.1/32\"]. Loopback, private, link-local (cloud metadata) and other non-public addresses are refused before any connection unless listed here.",
+    ),
+    doc("egress.connect_timeout_ms", "How long opening a connection may take, in milliseconds."),
+    doc("egress.timeout_ms", "How long a whole call may take, in milliseconds."),
+    doc("egress.response_bytes_max", "An answer's body is read up to this many bytes."),
+    doc("egress.redirects_max", "Redirects followed at most, each target checked again; 0 follows none."),
+    doc("egress.concurrency_max", "Calls in flight at once, overall."),
+    doc("egress.per_host_concurrency_max", "Calls in flight at once to one host."),
 ];
 
 /// A key the code has and this file does not document, or the other way round.

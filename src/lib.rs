@@ -16,6 +16,7 @@ pub mod config;
 pub mod config_file;
 pub mod docs;
 pub mod domain;
+pub mod egress;
 pub mod fuzzing;
 pub mod http;
 pub mod ids;
