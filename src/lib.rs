@@ -33,6 +33,7 @@ pub mod tenancy;
 pub mod thumbs;
 pub mod uploads;
 pub mod vault;
+pub mod webhooks;
 
 pub use app::App;
 pub use config::Config;

@@ -36,4 +36,5 @@ mod tasks;
 mod tidy;
 mod tls;
 mod tokens;
+mod webhooks;
 mod writer;
