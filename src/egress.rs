@@ -153,12 +153,17 @@ impl Cidr {
     }
 }
 
-const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8) -> (Ipv4Addr, u8) {
-    (Ipv4Addr::new(a, b, c, d), len)
+const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8) -> Cidr {
+    Cidr { net: IpAddr::V4(Ipv4Addr::new(a, b, c, d)), len }
 }
 
-/// IPv4 ranges that are not the public internet, with the reason each is refused.
-const REFUSED_V4: &[((Ipv4Addr, u8), &str)] = &[
+const fn v6(a: u16, b: u16, c: u16, d: u16, len: u8) -> Cidr {
+    Cidr { net: IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0)), len }
+}
+
+/// Ranges that are not the public internet, with the reason each is refused. IPv6 forms that
+/// carry an IPv4 address (mapped, NAT64, 6to4) are judged by that address first.
+const REFUSED: &[(Cidr, &str)] = &[
     (v4(0, 0, 0, 0, 8), "\"this network\" (0.0.0.0/8)"),
     (v4(10, 0, 0, 0, 8), "private (10.0.0.0/8)"),
     (v4(100, 64, 0, 0, 10), "shared address space (100.64.0.0/10)"),
@@ -174,68 +179,41 @@ const REFUSED_V4: &[((Ipv4Addr, u8), &str)] = &[
     (v4(203, 0, 113, 0, 24), "documentation (203.0.113.0/24)"),
     (v4(224, 0, 0, 0, 4), "multicast (224.0.0.0/4)"),
     (v4(240, 0, 0, 0, 4), "reserved (240.0.0.0/4)"),
+    (v6(0, 0, 0, 0, 96), "unspecified, loopback or IPv4-compatible (::/96)"),
+    (v6(0x64, 0xff9b, 1, 0, 48), "local-use NAT64 (64:ff9b:1::/48)"),
+    (v6(0x100, 0, 0, 0, 64), "discard-only (100::/64)"),
+    (v6(0x2001, 0, 0, 0, 32), "Teredo (2001::/32)"),
+    (v6(0x2001, 0xdb8, 0, 0, 32), "documentation (2001:db8::/32)"),
+    (v6(0xfc00, 0, 0, 0, 7), "unique local, private (fc00::/7)"),
+    (v6(0xfe80, 0, 0, 0, 10), "link-local (fe80::/10)"),
+    (v6(0xfec0, 0, 0, 0, 10), "site-local (fec0::/10, deprecated)"),
+    (v6(0xff00, 0, 0, 0, 8), "multicast (ff00::/8)"),
 ];
 
-fn v4_in(ip: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
-    Cidr { net: IpAddr::V4(net), len }.contains(IpAddr::V4(ip))
+/// The IPv4 address an IPv6 address carries, and in which form: mapped (::ffff:0:0/96), NAT64
+/// (64:ff9b::/96), 6to4 (2002::/16).
+fn carried_v4(a: Ipv6Addr) -> Option<(Ipv4Addr, &'static str)> {
+    let s = a.segments();
+    let low32 = Ipv4Addr::from((u128::from(a) & 0xffff_ffff) as u32);
+    if let Some(inner) = a.to_ipv4_mapped() {
+        Some((inner, "an IPv4-mapped address"))
+    } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some((low32, "a NAT64 address"))
+    } else if s[0] == 0x2002 {
+        Some((Ipv4Addr::from((u32::from(s[1]) << 16) | u32::from(s[2])), "a 6to4 address"))
+    } else {
+        None
+    }
 }
 
 /// Why `ip` is not a public address, or `None` if it is one.
 pub fn not_public(ip: IpAddr) -> Option<String> {
-    match ip {
-        IpAddr::V4(a) => REFUSED_V4.iter().find(|(range, _)| v4_in(a, *range)).map(|(_, why)| (*why).to_owned()),
-        IpAddr::V6(a) => not_public_v6(a),
-    }
-}
-
-fn not_public_v6(a: Ipv6Addr) -> Option<String> {
-    let s = a.segments();
-    let bits = u128::from(a);
-    let carried = |inner: Ipv4Addr, form: &str| not_public(IpAddr::V4(inner)).map(|why| format!("{why}, as {form}"));
-    if bits == 0 {
-        return Some("unspecified (::)".into());
-    }
-    if bits == 1 {
-        return Some("loopback (::1)".into());
-    }
-    if let Some(inner) = a.to_ipv4_mapped() {
-        return carried(inner, "an IPv4-mapped address");
-    }
-    let low32 = Ipv4Addr::from((bits & 0xffff_ffff) as u32);
-    if bits >> 32 == 0 {
-        return Some("IPv4-compatible (::/96, deprecated)".into());
-    }
-    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-        return carried(low32, "a NAT64 address");
-    }
-    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
-        return Some("local-use NAT64 (64:ff9b:1::/48)".into());
-    }
-    if s[0] == 0x2002 {
-        let inner = Ipv4Addr::from((u32::from(s[1]) << 16) | u32::from(s[2]));
-        return carried(inner, "a 6to4 address");
-    }
-    if s[0] == 0x2001 && s[1] == 0 {
-        return Some("Teredo (2001::/32)".into());
-    }
-    if s[0] == 0x2001 && s[1] == 0x0db8 {
-        return Some("documentation (2001:db8::/32)".into());
-    }
-    let prefixes: &[(u16, u16, &str)] = &[
-        (0xffc0, 0xfe80, "link-local (fe80::/10)"),
-        (0xffc0, 0xfec0, "site-local (fec0::/10, deprecated)"),
-        (0xfe00, 0xfc00, "unique local, private (fc00::/7)"),
-        (0xff00, 0xff00, "multicast (ff00::/8)"),
-    ];
-    for (mask, value, why) in prefixes {
-        if s[0] & mask == *value {
-            return Some((*why).into());
+    if let IpAddr::V6(a) = ip {
+        if let Some((inner, form)) = carried_v4(a) {
+            return not_public(IpAddr::V4(inner)).map(|why| format!("{why}, as {form}"));
         }
     }
-    if s[0] == 0x0100 && s[1..4] == [0, 0, 0] {
-        return Some("discard-only (100::/64)".into());
-    }
-    None
+    REFUSED.iter().find(|(range, _)| range.contains(ip)).map(|(_, why)| (*why).to_owned())
 }
 
 /// Which addresses outbound calls may reach: public ones, and the operator's allow-list.
@@ -273,8 +251,6 @@ pub enum EgressError {
     BadUrl(String),
     #[error("refused before connecting: {0}")]
     Refused(String),
-    #[error("no address for {0}")]
-    NoAddress(String),
     #[error("could not connect: {0}")]
     Connect(String),
     #[error("no complete answer within {0} ms")]
@@ -423,10 +399,6 @@ impl Egress {
                 hosts: Mutex::new(HashMap::new()),
             }),
         })
-    }
-
-    pub fn policy(&self) -> &AddressPolicy {
-        &self.inner.policy
     }
 
     /// A request to build; send it with [`Egress::send`].

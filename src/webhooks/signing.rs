@@ -47,10 +47,6 @@ impl Secret {
         format!("{PREFIX}{}", STANDARD.encode(&self.0))
     }
 
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-
     /// `v1,<signature>` of one delivery.
     fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
