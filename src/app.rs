@@ -16,7 +16,7 @@ use crate::store::events::EventBus;
 use crate::store::followers::{self, FollowerRegistry, Retention};
 use crate::store::writer::{Writer, WriterOptions};
 use crate::store::{OpenReport, Store, StoreError};
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Vault, VaultCell, VaultError};
 
 /// How often retention runs.
 const TRIM_INTERVAL: Duration = Duration::from_secs(60);
@@ -45,7 +45,11 @@ pub struct App {
     pub followers: Arc<FollowerRegistry>,
     pub operator_keys: Arc<KeyCache>,
     /// The vault; swapped as a whole by a rotation.
-    vault: Arc<std::sync::RwLock<Arc<Vault>>>,
+    vault: VaultCell,
+    /// The one way out (webhooks, health checks, the gateway).
+    pub egress: crate::egress::Egress,
+    /// Outbound webhooks: the follower that queues messages and the deliverers.
+    pub webhooks: crate::webhooks::Webhooks,
     pub keys: Keys,
     pub hasher: Hasher,
     pub limits: Arc<Limits>,
@@ -83,6 +87,8 @@ pub enum StartError {
     Turn(#[from] crate::media::turn::TurnError),
     #[error(transparent)]
     Sfu(#[from] crate::media::sfu::SfuError),
+    #[error("egress: {0}")]
+    Egress(String),
 }
 
 impl App {
@@ -135,6 +141,17 @@ impl App {
             .map_err(|e| StoreError::Storage(format!("uploads: {e}")))?
             .with_thumbs(thumbs.clone());
         let download_url_key = Arc::new(vault.derive("download-urls"));
+        let vault_cell = VaultCell::new(vault);
+        let egress = crate::egress::Egress::new(&config.egress).map_err(StartError::Egress)?;
+        let webhooks = crate::webhooks::Webhooks::new(crate::webhooks::Parts {
+            store: store.clone(),
+            writer: writer.clone(),
+            bus: bus.clone(),
+            egress: egress.clone(),
+            vault: vault_cell.clone(),
+            metrics: metrics.clone(),
+            config: config.webhooks.clone(),
+        });
         let app = Self {
             uploads,
             thumbs,
@@ -149,7 +166,9 @@ impl App {
             metrics,
             followers: Arc::default(),
             operator_keys: Arc::default(),
-            vault: Arc::new(std::sync::RwLock::new(vault)),
+            vault: vault_cell,
+            egress,
+            webhooks,
             keys: Keys::empty(),
             hasher: Hasher::default(),
             limits: Arc::new(Limits::new(config_limits)),
@@ -217,7 +236,7 @@ impl App {
 
     /// The vault in force.
     pub fn vault(&self) -> Arc<Vault> {
-        self.vault.read().map_or_else(|p| p.into_inner().clone(), |v| v.clone())
+        self.vault.get()
     }
 
     /// Adds a new current signing key (the others retire) and loads it.
@@ -231,14 +250,15 @@ impl App {
     pub async fn rotate_vault(&self, actor: &str) -> Result<String, KeyError> {
         let old = self.vault();
         let new = Arc::new(old.begin_rotation()?);
+        // The new vault opens values sealed under either key, so it serves from now on.
+        self.vault.set(new.clone());
         keys::reseal_all(&self.writer, new.clone(), actor).await?;
+        self.webhooks
+            .reseal(new.clone(), actor)
+            .await
+            .map_err(|e| KeyError::Damaged(format!("webhook signing secrets: {e}")))?;
         new.finish_rotation()?;
-        let id = new.key_id();
-        match self.vault.write() {
-            Ok(mut g) => *g = new,
-            Err(p) => *p.into_inner() = new,
-        }
-        Ok(id)
+        Ok(new.key_id())
     }
 
     pub fn access_ttl(&self) -> Duration {
@@ -294,5 +314,6 @@ impl App {
         for (name, pos, _) in self.followers.snapshot() {
             m.follower_lag.get_or_create(&FollowerLabels { follower: name }).set(head.saturating_sub(pos) as i64);
         }
+        self.webhooks.refresh_gauges();
     }
 }

@@ -33,6 +33,83 @@ pub struct Config {
     pub files: FilesConfig,
     pub media: MediaConfig,
     pub egress: crate::egress::EgressConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// Outbound webhooks: how deliveries are retried, when a failing endpoint is switched off, and
+/// the bounds on endpoints, backlogs and logs. Calls go out under `egress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Deliver at all; false keeps every message queued (and new ones queueing) until it is
+    /// true again.
+    pub enabled: bool,
+    /// Waits before each retry of a failed delivery, in milliseconds; when they run out the
+    /// message is given up. The default spreads 10 attempts over about three days.
+    pub retry_schedule_ms: Vec<u64>,
+    /// Each wait is moved by up to this share of itself, at random, so retries spread out.
+    pub retry_jitter_percent: u8,
+    /// An endpoint whose every attempt failed for this long is switched off (an event and an
+    /// audit record say so), in milliseconds.
+    pub disable_after_ms: u64,
+    /// Endpoints per organization at most.
+    pub endpoints_per_org_max: usize,
+    /// Messages waiting for one endpoint at most; an endpoint that reaches it is switched off
+    /// (recover replays what it missed, from the log).
+    pub backlog_per_endpoint_max: usize,
+    /// Delivery attempts each endpoint's log keeps at most (the newest).
+    pub attempts_kept_per_endpoint: usize,
+    /// Seconds an attempt stays in an endpoint's log at most.
+    pub attempts_kept_s: u64,
+    /// Deliveries in flight at once, overall (each endpoint has one at a time, in order).
+    pub in_flight_max: usize,
+    /// Seconds the secrets a rotation replaces may go on signing at most.
+    pub rotation_overlap_max_s: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retry_schedule_ms: vec![
+                5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000, 72_000_000, 86_400_000,
+            ],
+            retry_jitter_percent: 20,
+            disable_after_ms: 5 * 86_400_000,
+            endpoints_per_org_max: 100,
+            backlog_per_endpoint_max: 100_000,
+            attempts_kept_per_endpoint: 1_000,
+            attempts_kept_s: 30 * 86_400,
+            in_flight_max: 64,
+            rotation_overlap_max_s: 7 * 86_400,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    fn check(&self, bad: &mut impl FnMut(&str, &str)) {
+        if self.retry_schedule_ms.len() > 100 {
+            bad("webhooks.retry_schedule_ms", "at most 100 retries");
+        }
+        if self.retry_schedule_ms.iter().any(|&w| w == 0 || w > 30 * 86_400_000) {
+            bad("webhooks.retry_schedule_ms", "each wait must be between 1 ms and 30 days");
+        }
+        if self.retry_jitter_percent > 100 {
+            bad("webhooks.retry_jitter_percent", "must be at most 100");
+        }
+        if self.disable_after_ms == 0 {
+            bad("webhooks.disable_after_ms", "must be at least 1");
+        }
+        if self.endpoints_per_org_max == 0 || self.backlog_per_endpoint_max == 0 {
+            bad("webhooks.endpoints_per_org_max", "caps must be at least 1");
+        }
+        if self.attempts_kept_per_endpoint == 0 {
+            bad("webhooks.attempts_kept_per_endpoint", "must be at least 1");
+        }
+        if self.in_flight_max == 0 {
+            bad("webhooks.in_flight_max", "must be at least 1");
+        }
+    }
 }
 
 /// Media networking: the media relay (SFU) on one UDP port, and the built-in TURN server (UDP and TCP on one
@@ -449,6 +526,7 @@ impl Default for Config {
             files: FilesConfig::default(),
             media: MediaConfig::default(),
             egress: crate::egress::EgressConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -626,6 +704,7 @@ impl Config {
         self.docs.check(&mut bad);
         self.files.check(&mut bad);
         self.media.check(&mut bad);
+        self.webhooks.check(&mut bad);
         for (key, reason) in self.egress.issues() {
             bad(&key, &reason);
         }

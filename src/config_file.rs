@@ -267,6 +267,29 @@ const DOCS: &[Doc] = &[
     doc("egress.redirects_max", "Redirects followed at most, each target checked again; 0 follows none."),
     doc("egress.concurrency_max", "Calls in flight at once, overall."),
     doc("egress.per_host_concurrency_max", "Calls in flight at once to one host."),
+    doc(
+        "webhooks",
+        "Outbound webhooks: retries, switching off failing endpoints, and the bounds on endpoints, backlogs and logs.",
+    ),
+    doc("webhooks.enabled", "Deliver at all; false keeps every message queued until it is true again."),
+    doc(
+        "webhooks.retry_schedule_ms",
+        "Waits before each retry of a failed delivery, in milliseconds; when they run out the message is given up. The default makes 10 attempts over about three days.",
+    ),
+    doc("webhooks.retry_jitter_percent", "Each wait is moved by up to this share of itself, at random."),
+    doc(
+        "webhooks.disable_after_ms",
+        "An endpoint whose every attempt failed for this long is switched off, with an event and an audit record, in milliseconds.",
+    ),
+    doc("webhooks.endpoints_per_org_max", "Webhook endpoints per organization at most."),
+    doc(
+        "webhooks.backlog_per_endpoint_max",
+        "Messages waiting for one endpoint at most; one that reaches it is switched off (recover replays what it missed).",
+    ),
+    doc("webhooks.attempts_kept_per_endpoint", "Delivery attempts each endpoint's log keeps at most (the newest)."),
+    doc("webhooks.attempts_kept_s", "Seconds an attempt stays in an endpoint's log at most."),
+    doc("webhooks.in_flight_max", "Deliveries in flight at once, overall; each endpoint has one at a time, in order."),
+    doc("webhooks.rotation_overlap_max_s", "Seconds the secrets a rotation replaces may go on signing at most."),
 ];
 
 /// A key the code has and this file does not document, or the other way round.

@@ -401,6 +401,11 @@ impl Egress {
         })
     }
 
+    /// The address policy calls are held to (for checking a URL when it is registered).
+    pub fn policy(&self) -> &AddressPolicy {
+        &self.inner.policy
+    }
+
     /// A request to build; send it with [`Egress::send`].
     pub fn request(&self, method: reqwest::Method, url: reqwest::Url) -> reqwest::RequestBuilder {
         self.inner.client.request(method, url)

@@ -101,6 +101,22 @@ pub struct Metrics {
     pub media_datagrams_unrouted: Counter,
     pub media_datagrams_dropped: Counter,
     pub log_lines_dropped: Counter,
+    pub webhook_deliveries: Family<OutcomeLabels, Counter>,
+    pub webhook_delivery_seconds: Histogram,
+    pub webhook_backlog: Family<EndpointLabels, Gauge>,
+    pub webhook_lag_seconds: Family<EndpointLabels, Gauge>,
+    pub webhook_endpoints_disabled: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub org: String,
+    pub endpoint: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -327,6 +343,36 @@ impl Metrics {
             "Log lines that could not be written (output closed or disk full) and were dropped",
             log_lines_dropped.clone(),
         );
+        let webhook_deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by outcome (delivered, failed, exhausted)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_delivery_seconds = latency_histogram();
+        registry.register(
+            "webhook_delivery_duration_seconds",
+            "Time from sending a webhook to its answer",
+            webhook_delivery_seconds.clone(),
+        );
+        let webhook_backlog = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "webhook_backlog_messages",
+            "Messages waiting for a webhook endpoint",
+            webhook_backlog.clone(),
+        );
+        let webhook_lag_seconds = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "webhook_lag_seconds",
+            "Age of the oldest message waiting for a webhook endpoint",
+            webhook_lag_seconds.clone(),
+        );
+        let webhook_endpoints_disabled = Counter::default();
+        registry.register(
+            "webhook_endpoints_disabled",
+            "Webhook endpoints the server switched off (failing, or backlog full)",
+            webhook_endpoints_disabled.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -380,6 +426,11 @@ impl Metrics {
             media_datagrams_unrouted,
             media_datagrams_dropped,
             log_lines_dropped,
+            webhook_deliveries,
+            webhook_delivery_seconds,
+            webhook_backlog,
+            webhook_lag_seconds,
+            webhook_endpoints_disabled,
         }
     }
 

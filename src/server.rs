@@ -40,23 +40,10 @@ pub async fn run(
     let admin = admin::bind(&admin_path)?;
     let mut background = tokio::task::JoinSet::new();
     background.spawn(admin::serve(admin, app.clone()));
-    background.spawn(app.clone().retention_loop());
-    background.spawn(watchdog(app.clone()));
-    background.spawn(app.hub.clone().run(app.bus.subscribe(), app.store.clone(), app.bus.head_gseq()));
-    background.spawn(app.hub.clone().expire_locks());
-    background.spawn(app.hub.busy.clone().sample());
-    background.spawn(app.docs.clone().janitor());
-    background.spawn(app.uploads.clone().run(app.store.clone(), app.writer.clone()));
-    if let Some(turn) = app.turn.clone() {
-        background.spawn(turn.watch(app.metrics.clone()));
-    }
-    if let Some(sfu) = app.sfu.clone() {
-        background.spawn(sfu.follow_rooms(app.bus.subscribe(), app.store.clone(), app.bus.head_gseq()));
-    }
-
+    spawn_background(&app, &mut background);
     let (stop_search, search_stopped) = tokio::sync::watch::channel(false);
     let search_task = start_search(&app, search_stopped).await?;
-
+    let webhooks_task = tokio::spawn(app.webhooks.clone().run(app.followers.clone()));
     let tcp = http::tls::NoDelay(TcpAcceptor::from_tokio(listener)?);
     let acceptor = match (&app.config.tls.cert_file, &app.config.tls.key_file) {
         (Some(cert), Some(key)) => {
@@ -127,7 +114,8 @@ pub async fn run(
     }
     // The indexer finishes the batch it is on (it holds the store until then).
     let _ = stop_search.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(30), search_task).await;
+    app.webhooks.stop();
+    let _ = tokio::time::timeout(Duration::from_secs(30), async { (search_task.await, webhooks_task.await) }).await;
     let _ = std::fs::remove_file(&admin_path);
     app.writer.shutdown().await;
     // Tasks that held the app (connections being torn down, finished reads) let go of it
@@ -253,6 +241,23 @@ async fn serve_http<A: Acceptor>(
         );
     }
     Ok(())
+}
+
+/// The background work that runs while the server does (stopped with the set).
+fn spawn_background(app: &App, background: &mut tokio::task::JoinSet<()>) {
+    background.spawn(app.clone().retention_loop());
+    background.spawn(watchdog(app.clone()));
+    background.spawn(app.hub.clone().run(app.bus.subscribe(), app.store.clone(), app.bus.head_gseq()));
+    background.spawn(app.hub.clone().expire_locks());
+    background.spawn(app.hub.busy.clone().sample());
+    background.spawn(app.docs.clone().janitor());
+    background.spawn(app.uploads.clone().run(app.store.clone(), app.writer.clone()));
+    if let Some(turn) = app.turn.clone() {
+        background.spawn(turn.watch(app.metrics.clone()));
+    }
+    if let Some(sfu) = app.sfu.clone() {
+        background.spawn(sfu.follow_rooms(app.bus.subscribe(), app.store.clone(), app.bus.head_gseq()));
+    }
 }
 
 /// Opens the search index (filling a new one from the store first) and starts its follower.

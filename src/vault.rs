@@ -139,6 +139,27 @@ impl Vault {
     }
 }
 
+/// The vault in force, shared by the parts that seal and open: a rotation swaps it as a whole.
+#[derive(Clone)]
+pub struct VaultCell(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Vault>>>);
+
+impl VaultCell {
+    pub fn new(vault: std::sync::Arc<Vault>) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(vault)))
+    }
+
+    pub fn get(&self) -> std::sync::Arc<Vault> {
+        self.0.read().map_or_else(|p| p.into_inner().clone(), |v| v.clone())
+    }
+
+    pub fn set(&self, vault: std::sync::Arc<Vault>) {
+        match self.0.write() {
+            Ok(mut g) => *g = vault,
+            Err(p) => *p.into_inner() = vault,
+        }
+    }
+}
+
 impl MasterKey {
     fn new(raw: [u8; 32]) -> Self {
         let digest = ring::digest::digest(&ring::digest::SHA256, &raw);

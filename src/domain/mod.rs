@@ -19,6 +19,7 @@ pub mod rooms;
 pub mod sessions;
 pub mod tasks;
 pub mod users;
+pub mod webhooks;
 
 use crate::store::StoreError;
 

@@ -63,10 +63,12 @@ pub enum Permission {
     FilesRead,
     /// Upload files and delete one's own (guests too: a file is shared the way a message is).
     FilesWrite,
+    /// Register webhook endpoints, see their deliveries, resend and recover messages.
+    WebhooksManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 15] = [
         Permission::SelfManage,
         Permission::UsersRead,
         Permission::UsersInvite,
@@ -81,6 +83,7 @@ impl Permission {
         Permission::SearchUse,
         Permission::FilesRead,
         Permission::FilesWrite,
+        Permission::WebhooksManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -99,6 +102,7 @@ impl Permission {
             Permission::SearchUse => "search.use",
             Permission::FilesRead => "files.read",
             Permission::FilesWrite => "files.write",
+            Permission::WebhooksManage => "webhooks.manage",
         }
     }
 
@@ -119,7 +123,9 @@ impl Permission {
             Permission::UsersRead | Permission::RoomsCreate | Permission::ChannelsCreate | Permission::TasksWrite => {
                 Role::Member
             }
-            Permission::UsersInvite | Permission::UsersManage | Permission::AuditRead => Role::Admin,
+            Permission::UsersInvite | Permission::UsersManage | Permission::AuditRead | Permission::WebhooksManage => {
+                Role::Admin
+            }
         }
     }
 }

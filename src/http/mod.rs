@@ -50,6 +50,7 @@ pub mod socket;
 pub mod tasks;
 pub mod tls;
 pub mod users;
+pub mod webhooks;
 pub mod yjs;
 
 use std::time::{Duration, Instant};
@@ -99,6 +100,8 @@ pub enum ApiTags {
     Media,
     /// Files: resumable (tus) and one-request uploads, records, downloads, signed links.
     Files,
+    /// Outbound webhooks: endpoints, signing secrets, deliveries, resending and recovery.
+    Webhooks,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -181,6 +184,7 @@ pub type Apis = (
         media::MediaApi,
         recordings::RecordingsApi,
         files::FilesApi,
+        webhooks::WebhooksApi,
     ),
 );
 

@@ -112,6 +112,27 @@ impl Follower {
         Ok(())
     }
 
+    /// Like [`Follower::checkpoint`], with `f`'s writes in the same commit: what the follower
+    /// derived from the events up to `gseq` becomes durable exactly when its checkpoint does.
+    pub async fn checkpoint_with<T, F>(&mut self, gseq: u64, mut f: F) -> Result<T, StoreError>
+    where
+        F: FnMut(&mut super::writer::Tx<'_, '_>) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let name = self.name.clone();
+        let out = self
+            .writer
+            .maintain(move |tx| {
+                let out = f(tx)?;
+                tx.put(FOLLOWERS, name.as_bytes(), &gseq.to_be_bytes())?;
+                Ok(out)
+            })
+            .await?;
+        self.position = gseq;
+        self.registry.report(&self.name, gseq);
+        Ok(out)
+    }
+
     pub fn position(&self) -> u64 {
         self.position
     }

@@ -139,6 +139,14 @@ pub const ASSET_USAGE: Table = org("asset_usage", 40);
 /// org ‖ room ‖ SHA-256 of the name → `RoomAsset` JSON: a room's named file and its versions.
 pub const ROOM_ASSETS: Table = org("room_assets", 41);
 
+/// org ‖ endpoint → `Endpoint` JSON: a webhook endpoint (its signing secrets sealed in the vault).
+pub const WEBHOOK_ENDPOINTS: Table = org("webhook_endpoints", 43);
+/// org ‖ endpoint ‖ gseq (u64 BE) → `Pending` JSON: messages an endpoint has yet to take, in
+/// commit order.
+pub const WEBHOOK_QUEUE: Table = org("webhook_queue", 44);
+/// org ‖ endpoint ‖ attempt (UUIDv7) → `Attempt` JSON: an endpoint's log of delivery attempts.
+pub const WEBHOOK_ATTEMPTS: Table = org("webhook_attempts", 45);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -189,6 +197,9 @@ pub const ALL: &[Table] = &[
     ASSET_USAGE,
     ROOM_ASSETS,
     TASK_ASSIGNEES,
+    WEBHOOK_ENDPOINTS,
+    WEBHOOK_QUEUE,
+    WEBHOOK_ATTEMPTS,
 ];
 
 /// `org ‖ a ‖ b`.

@@ -32,6 +32,11 @@ impl Secret {
         Self(key)
     }
 
+    /// A secret of these key bytes (as kept sealed in the vault).
+    pub fn from_key(key: Vec<u8>) -> Self {
+        Self(key)
+    }
+
     /// Reads a written secret (`whsec_…`); keys of 24 to 64 bytes, as the standard allows.
     pub fn parse(written: &str) -> Result<Self, &'static str> {
         let b64 = written.strip_prefix(PREFIX).ok_or("a signing secret starts with whsec_")?;

@@ -122,6 +122,17 @@ async fn org_b_never_sees_org_a() {
         .unwrap();
     assert_eq!(r.status(), 201);
     let a_upload_id = r.headers()["location"].to_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    // A webhook endpoint of A's (made by its admin), and a message id of A's log.
+    let a_admin = &a.iter().find(|(r, _)| *r == "admin").unwrap().1;
+    let a_hook: Value = crate::support::post_json(
+        &s,
+        &a_admin.access,
+        "/v1/webhooks/endpoints",
+        json!({ "url": "http://localhost:9/hook", "event_types": ["nothing.here"] }),
+    )
+    .await;
+    let a_endpoint_id = a_hook["endpoint"]["id"].as_str().unwrap().to_owned();
+    let a_msg_ref = format!("msg_{}_1", org_a.replace('-', ""));
     let mut principals: Vec<(String, String)> = Vec::new();
     for (role, login) in &b {
         principals.push(((*role).to_owned(), login.access.clone()));
@@ -169,6 +180,8 @@ async fn org_b_never_sees_org_a() {
             .replace("{version_id}", &a_version_id)
             .replace("{asset_id}", &a_asset_id)
             .replace("{upload_id}", &a_upload_id)
+            .replace("{endpoint_id}", &a_endpoint_id)
+            .replace("{msg_id}", &a_msg_ref)
             .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{recording_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{name}", "00-audio-1.ogg");

@@ -149,7 +149,15 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                 let id = op["operationId"].as_str().unwrap();
                 let (url, body) = prepare(
                     &s,
-                    Prepare { id, role, me: &me, owner: &owner.access, target: &target_id, asset: &asset_id },
+                    Prepare {
+                        id,
+                        role,
+                        org: &org_id,
+                        me: &me,
+                        owner: &owner.access,
+                        target: &target_id,
+                        asset: &asset_id,
+                    },
                     Places {
                         room: (&room_id, maker),
                         channel: (&channel_id, chan_maker),
@@ -254,6 +262,7 @@ async fn my_file_and_upload(s: &TestServer, token: &str) -> (String, String) {
 struct Prepare<'a> {
     id: &'a str,
     role: Role,
+    org: &'a str,
     me: &'a crate::identity::Login,
     owner: &'a str,
     target: &'a str,
@@ -275,7 +284,22 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         let req = s.http.post(s.url(&path)).bearer_auth(token).json(&body);
         async move { assert!(req.send().await.unwrap().status().is_success(), "setting up {path}") }
     };
+    if url.contains("{endpoint_id}") {
+        // A fresh endpoint of the owner's that takes no event (its queue stays empty).
+        let made: Value = crate::support::post_json(
+            s,
+            p.owner,
+            "/v1/webhooks/endpoints",
+            json!({ "url": "http://localhost:9/hook", "event_types": ["nothing.here"] }),
+        )
+        .await;
+        let id = made["endpoint"]["id"].as_str().unwrap_or_else(|| panic!("no endpoint made: {made}"));
+        // The organization's first event (its creation) names the message.
+        url = url.replace("{endpoint_id}", id).replace("{msg_id}", &format!("msg_{}_1", p.org.replace('-', "")));
+    }
     let body = match p.id {
+        "createWebhookEndpoint" => Some(json!({ "url": "http://localhost:9/hook", "event_types": ["nothing.here"] })),
+        "recoverWebhookMessages" => Some(json!({ "since": outpost::ids::rfc3339(outpost::ids::now_ms() - 60_000) })),
         "search" => {
             url.push_str("?q=hello");
             None
