@@ -258,14 +258,14 @@ outpost_operator_key() {
     printf '%s\n' "$key"
 }
 
-# outpost_member_token KEY SLUG: with operator key KEY, create organization SLUG
-# and a member `SLUG-user` in it, log them in, and print their access token
+# outpost_member_token KEY SLUG [ROLE]: with operator key KEY, create organization SLUG
+# and a user `SLUG-user` in it (a member, or ROLE), log them in, and print their access token
 outpost_member_token() {
-    local key=$1 slug=$2 org inv pw='bench password 123'
+    local key=$1 slug=$2 role=${3:-member} org inv pw='bench password 123'
     org=$(curl -fsS -X POST "$OP_URL/v1/orgs" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
         --data "{\"slug\":\"$slug\",\"name\":\"$slug\"}" | "${BENCHSTAT[@]}" json-get id)
     inv=$(curl -fsS -X POST "$OP_URL/v1/orgs/$org/invitations" -H "Authorization: Bearer $key" \
-        -H 'Content-Type: application/json' --data "{\"email\":\"$slug@example.org\",\"role\":\"member\"}" |
+        -H 'Content-Type: application/json' --data "{\"email\":\"$slug@example.org\",\"role\":\"$role\"}" |
         "${BENCHSTAT[@]}" json-get token)
     curl -fsS -o /dev/null -X POST "$OP_URL/v1/auth/invitations/accept" -H 'Content-Type: application/json' \
         --data "{\"token\":\"$inv\",\"username\":\"$slug-user\",\"password\":\"$pw\"}"

@@ -274,7 +274,17 @@ async fn a_cursor_never_leaves_its_list() {
     let secret = "a-secret-title";
     crate::support::post_json(&s, &a_admin.access, "/v1/tasks", json!({ "title": secret })).await;
     crate::support::post_json(&s, &a_admin.access, "/v1/rooms", json!({ "name": secret, "visibility": "org" })).await;
-    let a_marks: Vec<String> = a.iter().map(|(_, l)| l.user_id.clone()).chain([secret.to_owned()]).collect();
+    let mut a_marks: Vec<String> = a.iter().map(|(_, l)| l.user_id.clone()).chain([secret.to_owned()]).collect();
+    // A webhook endpoint of each, A's with an attempt in its log.
+    let hook = json!({ "url": "http://localhost:9/hook", "event_types": ["nothing.here"] });
+    let a_hook: Value = crate::support::post_json(&s, &a_admin.access, "/v1/webhooks/endpoints", hook.clone()).await;
+    let a_hook_id = a_hook["endpoint"]["id"].as_str().unwrap();
+    let a_try: Value =
+        crate::support::post_json(&s, &a_admin.access, &format!("/v1/webhooks/endpoints/{a_hook_id}/test"), json!({}))
+            .await;
+    a_marks.push(a_try["msg_id"].as_str().unwrap().to_owned());
+    let b_hook: Value = crate::support::post_json(&s, &b_admin.access, "/v1/webhooks/endpoints", hook).await;
+    let b_hook_id = b_hook["endpoint"]["id"].as_str().unwrap().to_owned();
     let b_room: Value =
         crate::support::post_json(&s, &b_admin.access, "/v1/rooms", json!({ "name": "b", "visibility": "org" })).await;
     let b_room_id = b_room["id"].as_str().unwrap().to_owned();
@@ -293,7 +303,8 @@ async fn a_cursor_never_leaves_its_list() {
         if op["security"].to_string().contains("OperatorAuth") {
             continue; // the operators' list of organizations spans every organization by design
         }
-        let concrete = path.replace("{room_id}", &b_room_id).replace("{doc_id}", &b_doc_id);
+        let concrete =
+            path.replace("{room_id}", &b_room_id).replace("{doc_id}", &b_doc_id).replace("{endpoint_id}", &b_hook_id);
         assert!(!concrete.contains('{'), "cursor test does not know a parameter of {path}");
         let page = |raw: Vec<u8>| {
             let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
