@@ -38,14 +38,14 @@ async fn hook(body: poem::Body, seen: Data<&Arc<Received>>) -> poem::http::Statu
             .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64);
         if let Some(at) = at {
             let lag = u32::try_from((now - at).max(0)).unwrap_or(u32::MAX);
-            seen.lags_ms.lock().unwrap().push(lag);
+            seen.lags_ms.lock().expect("load program").push(lag);
         }
     }
     poem::http::StatusCode::NO_CONTENT
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("load program").as_millis() as i64
 }
 
 fn arg(name: &str, default: &str) -> String {
@@ -57,14 +57,14 @@ fn arg(name: &str, default: &str) -> String {
 }
 
 async fn start_receiver(seen: Arc<Received>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("load program");
+    let port = listener.local_addr().expect("load program").port();
     drop(listener);
     let app = Route::new().at("/hook/:n", post(hook)).data(seen);
     let addr = format!("127.0.0.1:{port}");
     let bind = addr.clone();
     tokio::spawn(async move {
-        poem::Server::new(poem::listener::TcpListener::bind(bind)).run(app).await.unwrap();
+        poem::Server::new(poem::listener::TcpListener::bind(bind)).run(app).await.expect("load program");
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     format!("http://{addr}")
@@ -98,7 +98,7 @@ async fn ceiling(base: &str, conns: usize, seconds: f64, seen: &Arc<Received>) {
         }));
     }
     for t in tasks {
-        t.await.unwrap();
+        t.await.expect("load program");
     }
     let n = seen.count.load(Ordering::Relaxed);
     println!("ceiling_rps={:.0}", n as f64 / start.elapsed().as_secs_f64());
@@ -106,7 +106,7 @@ async fn ceiling(base: &str, conns: usize, seconds: f64, seen: &Arc<Received>) {
 
 async fn post_task(client: &reqwest::Client, url: &str, token: &str, i: u64) {
     let r = client.post(format!("{url}/v1/tasks")).bearer_auth(token).json(&json!({ "title": format!("t{i}") })).send();
-    let r = r.await.unwrap();
+    let r = r.await.expect("load program");
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
 }
 
@@ -122,10 +122,10 @@ async fn wait_count(seen: &Received, n: u64, limit: Duration) -> bool {
 }
 
 async fn deliver(url: &str, token: &str, receiver: &str, seen: &Arc<Received>) {
-    let endpoints: u64 = arg("endpoints", "100").parse().unwrap();
-    let burst: u64 = arg("burst", "200").parse().unwrap();
-    let rate: f64 = arg("rate", "20").parse().unwrap();
-    let seconds: f64 = arg("seconds", "10").parse().unwrap();
+    let endpoints: u64 = arg("endpoints", "100").parse().expect("load program");
+    let burst: u64 = arg("burst", "200").parse().expect("load program");
+    let rate: f64 = arg("rate", "20").parse().expect("load program");
+    let seconds: f64 = arg("seconds", "10").parse().expect("load program");
     let client = reqwest::Client::new();
     for i in 0..endpoints {
         let r = client
@@ -134,7 +134,7 @@ async fn deliver(url: &str, token: &str, receiver: &str, seen: &Arc<Received>) {
             .json(&json!({ "url": format!("{receiver}/hook/{i}"), "event_types": ["task.created"] }))
             .send()
             .await
-            .unwrap();
+            .expect("load program");
         assert_eq!(r.status(), 201, "{:?}", r.text().await);
     }
     // Burst: posted by 8 clients as fast as they are taken.
@@ -154,7 +154,7 @@ async fn deliver(url: &str, token: &str, receiver: &str, seen: &Arc<Received>) {
         }));
     }
     for p in posters {
-        p.await.unwrap();
+        p.await.expect("load program");
     }
     let posted = start.elapsed();
     let want = burst * endpoints;
@@ -180,7 +180,7 @@ async fn deliver(url: &str, token: &str, receiver: &str, seen: &Arc<Received>) {
         tokio::spawn(async move { post_task(&client, &url, &token, burst + i).await });
     }
     let done = wait_count(seen, before + total * endpoints, Duration::from_secs(120)).await;
-    let mut lags = seen.lags_ms.lock().unwrap().clone();
+    let mut lags = seen.lags_ms.lock().expect("load program").clone();
     lags.sort_unstable();
     println!(
         "steady_rate={rate} endpoints={endpoints} deliveries_per_s={:.0} all_delivered={done} lag_p50_ms={} lag_p99_ms={} lag_max_ms={}",
@@ -201,7 +201,7 @@ async fn main() {
     let receiver = start_receiver(seen.clone()).await;
     match arg("mode", "deliver").as_str() {
         "ceiling" => {
-            ceiling(&receiver, arg("conns", "64").parse().unwrap(), arg("seconds", "8").parse().unwrap(), &seen).await;
+            ceiling(&receiver, arg("conns", "64").parse().expect("load program"), arg("seconds", "8").parse().expect("load program"), &seen).await;
         }
         _ => deliver(&arg("url", ""), &arg("token", ""), &receiver, &seen).await,
     }

@@ -50,6 +50,8 @@ pub struct App {
     pub egress: crate::egress::Egress,
     /// Outbound webhooks: the follower that queues messages and the deliverers.
     pub webhooks: crate::webhooks::Webhooks,
+    /// The service registry's health checkers.
+    pub registry: crate::registry::Registry,
     pub keys: Keys,
     pub hasher: Hasher,
     pub limits: Arc<Limits>,
@@ -152,6 +154,13 @@ impl App {
             metrics: metrics.clone(),
             config: config.webhooks.clone(),
         });
+        let registry = crate::registry::Registry::new(crate::registry::Parts {
+            store: store.clone(),
+            writer: writer.clone(),
+            egress: egress.clone(),
+            vault: vault_cell.clone(),
+            metrics: metrics.clone(),
+        });
         let app = Self {
             uploads,
             thumbs,
@@ -169,6 +178,7 @@ impl App {
             vault: vault_cell,
             egress,
             webhooks,
+            registry,
             keys: Keys::empty(),
             hasher: Hasher::default(),
             limits: Arc::new(Limits::new(config_limits)),
@@ -257,6 +267,10 @@ impl App {
             .reseal(new.clone(), actor)
             .await
             .map_err(|e| KeyError::Damaged(format!("webhook signing secrets: {e}")))?;
+        self.registry
+            .reseal(new.clone(), actor)
+            .await
+            .map_err(|e| KeyError::Damaged(format!("service credentials: {e}")))?;
         new.finish_rotation()?;
         Ok(new.key_id())
     }

@@ -34,6 +34,23 @@ pub struct Config {
     pub media: MediaConfig,
     pub egress: crate::egress::EgressConfig,
     pub webhooks: WebhooksConfig,
+    pub services: ServicesConfig,
+}
+
+/// The service registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicesConfig {
+    /// Registered services per organization at most.
+    pub per_org_max: usize,
+    /// Check services' health (each has its own interval); false leaves every status unknown.
+    pub health_checks: bool,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self { per_org_max: 200, health_checks: true }
+    }
 }
 
 /// Outbound webhooks: how deliveries are retried, when a failing endpoint is switched off, and
@@ -527,6 +544,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             egress: crate::egress::EgressConfig::default(),
             webhooks: WebhooksConfig::default(),
+            services: ServicesConfig::default(),
         }
     }
 }
@@ -705,6 +723,9 @@ impl Config {
         self.files.check(&mut bad);
         self.media.check(&mut bad);
         self.webhooks.check(&mut bad);
+        if self.services.per_org_max == 0 {
+            bad("services.per_org_max", "must be at least 1");
+        }
         for (key, reason) in self.egress.issues() {
             bad(&key, &reason);
         }

@@ -290,6 +290,12 @@ const DOCS: &[Doc] = &[
     doc("webhooks.attempts_kept_s", "Seconds an attempt stays in an endpoint's log at most."),
     doc("webhooks.in_flight_max", "Deliveries in flight at once, overall; each endpoint has one at a time, in order."),
     doc("webhooks.rotation_overlap_max_s", "Seconds the secrets a rotation replaces may go on signing at most."),
+    doc("services", "The service registry: services organizations register, their credentials and health checks."),
+    doc("services.per_org_max", "Registered services per organization at most."),
+    doc(
+        "services.health_checks",
+        "Check services' health (each on its own interval); false leaves every status unknown.",
+    ),
 ];
 
 /// A key the code has and this file does not document, or the other way round.

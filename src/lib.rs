@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod panics;
 pub mod progress;
 pub mod realtime;
+pub mod registry;
 pub mod search;
 pub mod server;
 pub mod store;

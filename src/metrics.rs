@@ -106,6 +106,15 @@ pub struct Metrics {
     pub webhook_backlog: Family<EndpointLabels, Gauge>,
     pub webhook_lag_seconds: Family<EndpointLabels, Gauge>,
     pub webhook_endpoints_disabled: Counter,
+    pub service_health: Family<ServiceLabels, Gauge>,
+    pub service_health_checks: Family<OutcomeLabels, Counter>,
+    pub service_health_check_seconds: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub org: String,
+    pub service: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -373,6 +382,24 @@ impl Metrics {
             "Webhook endpoints the server switched off (failing, or backlog full)",
             webhook_endpoints_disabled.clone(),
         );
+        let service_health = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "service_health",
+            "A registered service's health: 0 unknown, 1 up, 2 degraded, 3 down",
+            service_health.clone(),
+        );
+        let service_health_checks = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "service_health_checks",
+            "Health checks of registered services, by outcome (ok, slow, failed)",
+            service_health_checks.clone(),
+        );
+        let service_health_check_seconds = latency_histogram();
+        registry.register(
+            "service_health_check_duration_seconds",
+            "Time a registered service's health check took",
+            service_health_check_seconds.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -431,6 +458,9 @@ impl Metrics {
             webhook_backlog,
             webhook_lag_seconds,
             webhook_endpoints_disabled,
+            service_health,
+            service_health_checks,
+            service_health_check_seconds,
         }
     }
 

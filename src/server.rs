@@ -44,6 +44,9 @@ pub async fn run(
     let (stop_search, search_stopped) = tokio::sync::watch::channel(false);
     let search_task = start_search(&app, search_stopped).await?;
     let webhooks_task = tokio::spawn(app.webhooks.clone().run(app.followers.clone()));
+    if app.config.services.health_checks {
+        background.spawn(app.registry.clone().run(stop_search.subscribe()));
+    }
     let tcp = http::tls::NoDelay(TcpAcceptor::from_tokio(listener)?);
     let acceptor = match (&app.config.tls.cert_file, &app.config.tls.key_file) {
         (Some(cert), Some(key)) => {

@@ -65,10 +65,14 @@ pub enum Permission {
     FilesWrite,
     /// Register webhook endpoints, see their deliveries, resend and recover messages.
     WebhooksManage,
+    /// See the registered services and their health.
+    ServicesRead,
+    /// Register, change and remove services and their credentials.
+    ServicesManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 15] = [
+    pub const ALL: [Permission; 17] = [
         Permission::SelfManage,
         Permission::UsersRead,
         Permission::UsersInvite,
@@ -84,6 +88,8 @@ impl Permission {
         Permission::FilesRead,
         Permission::FilesWrite,
         Permission::WebhooksManage,
+        Permission::ServicesRead,
+        Permission::ServicesManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +109,8 @@ impl Permission {
             Permission::FilesRead => "files.read",
             Permission::FilesWrite => "files.write",
             Permission::WebhooksManage => "webhooks.manage",
+            Permission::ServicesRead => "services.read",
+            Permission::ServicesManage => "services.manage",
         }
     }
 
@@ -120,12 +128,16 @@ impl Permission {
             | Permission::SearchUse
             | Permission::FilesRead
             | Permission::FilesWrite => Role::Guest,
-            Permission::UsersRead | Permission::RoomsCreate | Permission::ChannelsCreate | Permission::TasksWrite => {
-                Role::Member
-            }
-            Permission::UsersInvite | Permission::UsersManage | Permission::AuditRead | Permission::WebhooksManage => {
-                Role::Admin
-            }
+            Permission::UsersRead
+            | Permission::RoomsCreate
+            | Permission::ChannelsCreate
+            | Permission::TasksWrite
+            | Permission::ServicesRead => Role::Member,
+            Permission::UsersInvite
+            | Permission::UsersManage
+            | Permission::AuditRead
+            | Permission::WebhooksManage
+            | Permission::ServicesManage => Role::Admin,
         }
     }
 }

@@ -220,11 +220,9 @@ fn check_url_field(policy: &AddressPolicy, url: &str, errors: &mut Vec<FieldErro
         Err(e) => errors.push(FieldError::new("/url", "invalid_url", format!("not a URL: {e}"))),
         Ok(u) => match check_url(policy, &u) {
             Ok(()) => {}
-            Err(crate::egress::EgressError::Refused(why)) => errors.push(FieldError::new(
-                "/url",
-                "address_refused",
-                format!("{why}; an operator may allow it with egress.allow_cidrs"),
-            )),
+            Err(crate::egress::EgressError::Refused(why)) => {
+                errors.push(FieldError::new("/url", "address_refused", why));
+            }
             Err(e) => errors.push(FieldError::new("/url", "invalid_url", e.to_string())),
         },
     }

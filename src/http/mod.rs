@@ -46,6 +46,7 @@ pub mod recordings;
 pub mod rendered;
 pub mod rooms;
 pub mod search;
+pub mod services;
 pub mod socket;
 pub mod tasks;
 pub mod tls;
@@ -102,6 +103,8 @@ pub enum ApiTags {
     Files,
     /// Outbound webhooks: endpoints, signing secrets, deliveries, resending and recovery.
     Webhooks,
+    /// The service registry: services, their credentials (never answered) and health.
+    Services,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -185,6 +188,7 @@ pub type Apis = (
         recordings::RecordingsApi,
         files::FilesApi,
         webhooks::WebhooksApi,
+        services::ServicesApi,
     ),
 );
 

@@ -147,6 +147,11 @@ pub const WEBHOOK_QUEUE: Table = org("webhook_queue", 44);
 /// org ‖ endpoint ‖ attempt (UUIDv7) → `Attempt` JSON: an endpoint's log of delivery attempts.
 pub const WEBHOOK_ATTEMPTS: Table = org("webhook_attempts", 45);
 
+/// org ‖ service → `Service` JSON: a registered service (its credential sealed in the vault).
+pub const SERVICES: Table = org("services", 46);
+/// org ‖ service ‖ change (UUIDv7) → `HealthChange` JSON: a service's health history.
+pub const SERVICE_HEALTH: Table = org("service_health", 47);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -200,6 +205,8 @@ pub const ALL: &[Table] = &[
     WEBHOOK_ENDPOINTS,
     WEBHOOK_QUEUE,
     WEBHOOK_ATTEMPTS,
+    SERVICES,
+    SERVICE_HEALTH,
 ];
 
 /// `org ‖ a ‖ b`.

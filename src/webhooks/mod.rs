@@ -525,7 +525,12 @@ fn plan(
         if let std::collections::btree_map::Entry::Vacant(slot) = endpoints.entry(event.org) {
             slot.insert(domain::endpoints_of(r, event.org, per_org_max)?);
         }
-        let wanted: Vec<Id> = endpoints[&event.org].iter().filter(|e| e.wants(event)).map(|e| e.id).collect();
+        // An endpoint takes events from its making on (recover reaches further back).
+        let wanted: Vec<Id> = endpoints[&event.org]
+            .iter()
+            .filter(|e| e.wants(event) && event.at_ms >= e.created_at_ms)
+            .map(|e| e.id)
+            .collect();
         if wanted.is_empty() {
             continue;
         }

@@ -133,6 +133,14 @@ async fn org_b_never_sees_org_a() {
     .await;
     let a_endpoint_id = a_hook["endpoint"]["id"].as_str().unwrap().to_owned();
     let a_msg_ref = format!("msg_{}_1", org_a.replace('-', ""));
+    let a_service: Value = crate::support::post_json(
+        &s,
+        &a_admin.access,
+        "/v1/services",
+        json!({ "name": "A's service", "base_url": "http://localhost:9" }),
+    )
+    .await;
+    let a_service_id = a_service["id"].as_str().unwrap().to_owned();
     let mut principals: Vec<(String, String)> = Vec::new();
     for (role, login) in &b {
         principals.push(((*role).to_owned(), login.access.clone()));
@@ -182,6 +190,7 @@ async fn org_b_never_sees_org_a() {
             .replace("{upload_id}", &a_upload_id)
             .replace("{endpoint_id}", &a_endpoint_id)
             .replace("{msg_id}", &a_msg_ref)
+            .replace("{service_id}", &a_service_id)
             .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{recording_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{name}", "00-audio-1.ogg");
@@ -285,6 +294,14 @@ async fn a_cursor_never_leaves_its_list() {
     a_marks.push(a_try["msg_id"].as_str().unwrap().to_owned());
     let b_hook: Value = crate::support::post_json(&s, &b_admin.access, "/v1/webhooks/endpoints", hook).await;
     let b_hook_id = b_hook["endpoint"]["id"].as_str().unwrap().to_owned();
+    let b_service: Value = crate::support::post_json(
+        &s,
+        &b_admin.access,
+        "/v1/services",
+        json!({ "name": "b", "base_url": "http://localhost:9" }),
+    )
+    .await;
+    let b_service_id = b_service["id"].as_str().unwrap().to_owned();
     let b_room: Value =
         crate::support::post_json(&s, &b_admin.access, "/v1/rooms", json!({ "name": "b", "visibility": "org" })).await;
     let b_room_id = b_room["id"].as_str().unwrap().to_owned();
@@ -303,8 +320,11 @@ async fn a_cursor_never_leaves_its_list() {
         if op["security"].to_string().contains("OperatorAuth") {
             continue; // the operators' list of organizations spans every organization by design
         }
-        let concrete =
-            path.replace("{room_id}", &b_room_id).replace("{doc_id}", &b_doc_id).replace("{endpoint_id}", &b_hook_id);
+        let concrete = path
+            .replace("{room_id}", &b_room_id)
+            .replace("{doc_id}", &b_doc_id)
+            .replace("{endpoint_id}", &b_hook_id)
+            .replace("{service_id}", &b_service_id);
         assert!(!concrete.contains('{'), "cursor test does not know a parameter of {path}");
         let page = |raw: Vec<u8>| {
             let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);

@@ -29,6 +29,7 @@ mod realtime;
 mod roles;
 mod rooms;
 mod search;
+mod services;
 mod store;
 mod support;
 mod systemd;

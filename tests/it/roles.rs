@@ -297,7 +297,18 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         // The organization's first event (its creation) names the message.
         url = url.replace("{endpoint_id}", id).replace("{msg_id}", &format!("msg_{}_1", p.org.replace('-', "")));
     }
+    if url.contains("{service_id}") {
+        let made: Value = crate::support::post_json(
+            s,
+            p.owner,
+            "/v1/services",
+            json!({ "name": "s", "base_url": "http://localhost:9" }),
+        )
+        .await;
+        url = url.replace("{service_id}", made["id"].as_str().unwrap_or_else(|| panic!("no service made: {made}")));
+    }
     let body = match p.id {
+        "createService" => Some(json!({ "name": "s", "base_url": "http://localhost:9" })),
         "createWebhookEndpoint" => Some(json!({ "url": "http://localhost:9/hook", "event_types": ["nothing.here"] })),
         "recoverWebhookMessages" => Some(json!({ "since": outpost::ids::rfc3339(outpost::ids::now_ms() - 60_000) })),
         "search" => {

@@ -354,3 +354,27 @@ async fn queued_deliveries_survive_sigkill_in_order() {
     assert!(accepted(&got).iter().all(|r| r["verified"] == json!([0])));
     drop(server);
 }
+
+#[tokio::test]
+async fn signing_secrets_survive_a_vault_rotation_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config_for(dir.path());
+    config.egress.allow_cidrs = vec!["127.0.0.1/32".into()];
+    let s = crate::support::TestServer::start_with(config.clone()).await;
+    let rx = Receiver::start().await;
+    let (_, _, owner) = owner_of_new_org(&s).await;
+    let (v, secret) =
+        create_endpoint(&s, &owner, json!({ "url": rx.hook("v"), "event_types": ["nothing.here"] })).await;
+    rx.setup("v", json!({ "secrets": [secret] })).await;
+    let test = format!("/v1/webhooks/endpoints/{v}/test");
+    let c = config.clone();
+    tokio::task::spawn_blocking(move || outpost::commands::rotate_vault(&c)).await.unwrap().unwrap();
+    let t = crate::support::post_json(&s, &owner, &test, json!({})).await;
+    assert_eq!(t["status"], 204, "{t}");
+    s.stop().await;
+    let s = crate::support::TestServer::start_with(config).await;
+    let t = crate::support::post_json(&s, &owner, &test, json!({})).await;
+    assert_eq!(t["status"], 204, "{t}");
+    assert!(accepted(&rx.received("v").await).iter().all(|r| r["verified"] == json!([0])));
+    s.stop().await;
+}

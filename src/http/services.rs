@@ -1,0 +1,460 @@
+//! `/v1/services`: the service registry: services an organization registers, their sealed
+//! credentials (never answered), health checks and health history.
+
+use std::collections::BTreeMap;
+
+use poem::Request;
+use poem::web::Data;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use serde::Deserialize;
+
+use super::auth_api::NoContent;
+use super::body::JsonBody;
+use super::problem::Problem;
+use super::users::RoleView;
+use super::{ApiTags, UserAuth, parse_id, parse_if_match, user_ctx};
+use crate::app::App;
+use crate::auth::Principal;
+use crate::domain::DomainError;
+use crate::domain::paging::PageRequest;
+use crate::domain::policy::{Permission, Role};
+use crate::domain::services::{
+    self, CredentialKind, Health, HealthChange, HealthCheck, NewCredential, Service, ServiceFields,
+};
+use crate::ids::rfc3339;
+use crate::tenancy::OrgScope;
+
+crate::problems!(ServiceReadErrors: 400, 401, 403, 404, 422);
+crate::problems!(ServiceWriteErrors: 400, 401, 403, 404, 409, 412, 413, 415, 422, 507);
+
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[oai(rename = "ServiceCredentialKind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKindView {
+    /// The secret in a header of its own (`header`).
+    ApiKey,
+    /// `Authorization: Bearer <secret>`.
+    Bearer,
+    /// `Authorization: Basic` of `username` and the secret.
+    Basic,
+}
+
+/// A credential to store (sealed; never answered).
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "ServiceCredentialInput", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialBody {
+    pub kind: CredentialKindView,
+    /// The API key, token or password.
+    #[oai(write_only)]
+    pub secret: String,
+    /// For `api_key`: the header that carries it (default `X-Api-Key`).
+    pub header: Option<String>,
+    /// For `basic`.
+    pub username: Option<String>,
+}
+
+/// A stored credential: what kind, never its secret.
+#[derive(Object, Debug)]
+#[oai(rename = "ServiceCredential")]
+pub struct CredentialView {
+    pub kind: CredentialKindView,
+    pub header: Option<String>,
+    pub username: Option<String>,
+}
+
+/// How the server checks a service's health (absent fields: the defaults).
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "ServiceHealthCheckInput", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckBody {
+    /// Path under the base URL answered 2xx when healthy (default `/health`).
+    pub path: Option<String>,
+    /// Default 10000 (100–86400000).
+    pub interval_ms: Option<u64>,
+    /// Default 2000 (10–60000, at most the interval).
+    pub timeout_ms: Option<u64>,
+    /// A 2xx slower than this counts as degraded (default 1000).
+    pub degraded_ms: Option<u64>,
+    /// Good checks in a row before a down service is up again (default 2).
+    pub healthy_threshold: Option<u32>,
+    /// Failed checks in a row before it is down (default 3).
+    pub unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "ServiceHealthCheck")]
+pub struct HealthCheckView {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub degraded_ms: u64,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename = "ServiceHealth", rename_all = "snake_case")]
+pub enum HealthView {
+    Unknown,
+    Up,
+    Degraded,
+    Down,
+}
+
+mirror_enum!(HealthView <=> Health { Unknown, Up, Degraded, Down });
+
+/// A service to register.
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "NewService", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct NewServiceBody {
+    pub name: String,
+    /// http or https, held to the egress policy (loopback and private addresses only when the
+    /// operator allows them).
+    pub base_url: String,
+    /// What sort of service (free text: `rest`, `ticketing`, `ci`).
+    pub kind: Option<String>,
+    pub description: Option<String>,
+    pub capabilities: Option<Vec<String>>,
+    /// How interface clients render it: a JSON object of at most 64 KiB.
+    pub ui: Option<serde_json::Value>,
+    /// Roles that may call it through the gateway (default member, admin, owner).
+    pub callers: Option<Vec<RoleView>>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub credential: Option<CredentialBody>,
+    /// Absent: not checked (health stays `unknown`).
+    pub health_check: Option<HealthCheckBody>,
+}
+
+/// Changes to a service: each field present is replaced.
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "ServiceChanges", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct PatchServiceBody {
+    pub name: Option<String>,
+    pub base_url: Option<String>,
+    pub kind: Option<String>,
+    pub description: Option<String>,
+    pub capabilities: Option<Vec<String>>,
+    pub ui: Option<serde_json::Value>,
+    pub callers: Option<Vec<RoleView>>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub credential: Option<CredentialBody>,
+    /// Drop the stored credential.
+    pub remove_credential: Option<bool>,
+    pub health_check: Option<HealthCheckBody>,
+    /// Stop checking its health.
+    pub remove_health_check: Option<bool>,
+    /// The version this change is based on (or `If-Match`).
+    pub version: Option<u64>,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "Service")]
+pub struct ServiceView {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    pub description: String,
+    pub capabilities: Vec<String>,
+    pub ui: serde_json::Value,
+    pub callers: Vec<RoleView>,
+    pub metadata: BTreeMap<String, String>,
+    /// Its kind only: the secret is never answered.
+    pub credential: Option<CredentialView>,
+    pub health_check: Option<HealthCheckView>,
+    pub health: HealthView,
+    pub health_since: String,
+    pub created_by: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: u64,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "ServiceList")]
+pub struct ServiceList {
+    pub items: Vec<ServiceView>,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "ServiceHealthChange")]
+pub struct HealthChangeView {
+    pub id: String,
+    pub at: String,
+    pub from: HealthView,
+    pub to: HealthView,
+    /// What the deciding check saw (`status 503`, `no answer within 2000 ms`, …).
+    pub detail: String,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "ServiceHealthPage")]
+pub struct HealthPage {
+    pub items: Vec<HealthChangeView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum ServiceCreated {
+    #[oai(status = 201)]
+    Created(Json<ServiceView>, #[oai(header = "Location")] String),
+}
+
+fn credential(c: CredentialBody) -> Result<NewCredential, DomainError> {
+    let kind = match c.kind {
+        CredentialKindView::ApiKey => CredentialKind::ApiKey { header: c.header.unwrap_or_else(|| "X-Api-Key".into()) },
+        CredentialKindView::Bearer => CredentialKind::Bearer,
+        CredentialKindView::Basic => CredentialKind::Basic {
+            username: c.username.ok_or_else(|| {
+                DomainError::invalid("/credential/username", "required", "basic credentials name a username")
+            })?,
+        },
+    };
+    Ok(NewCredential { kind, secret: c.secret })
+}
+
+fn health_check(h: HealthCheckBody) -> HealthCheck {
+    let d = HealthCheck::default();
+    HealthCheck {
+        path: h.path.unwrap_or(d.path),
+        interval_ms: h.interval_ms.unwrap_or(d.interval_ms),
+        timeout_ms: h.timeout_ms.unwrap_or(d.timeout_ms),
+        degraded_ms: h.degraded_ms.unwrap_or(d.degraded_ms),
+        healthy_threshold: h.healthy_threshold.unwrap_or(d.healthy_threshold),
+        unhealthy_threshold: h.unhealthy_threshold.unwrap_or(d.unhealthy_threshold),
+    }
+}
+
+fn roles(v: Option<Vec<RoleView>>) -> Option<Vec<Role>> {
+    v.map(|v| v.into_iter().map(Role::from).collect())
+}
+
+fn view(s: Service) -> ServiceView {
+    ServiceView {
+        id: s.id.to_string(),
+        name: s.name,
+        kind: s.kind,
+        base_url: s.base_url,
+        description: s.description,
+        capabilities: s.capabilities,
+        ui: s.ui,
+        callers: s.callers.into_iter().map(RoleView::from).collect(),
+        metadata: s.metadata,
+        credential: s.credential.map(|c| match c.kind {
+            CredentialKind::ApiKey { header } => {
+                CredentialView { kind: CredentialKindView::ApiKey, header: Some(header), username: None }
+            }
+            CredentialKind::Bearer => CredentialView { kind: CredentialKindView::Bearer, header: None, username: None },
+            CredentialKind::Basic { username } => {
+                CredentialView { kind: CredentialKindView::Basic, header: None, username: Some(username) }
+            }
+        }),
+        health_check: s.health_check.map(|h| HealthCheckView {
+            path: h.path,
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            degraded_ms: h.degraded_ms,
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+        }),
+        health: s.health.into(),
+        health_since: rfc3339(s.health_since_ms),
+        created_by: s.created_by.to_string(),
+        created_at: rfc3339(s.created_at_ms),
+        updated_at: rfc3339(s.updated_at_ms),
+        version: s.version,
+    }
+}
+
+fn change_view(c: HealthChange) -> HealthChangeView {
+    HealthChangeView {
+        id: c.id.to_string(),
+        at: rfc3339(c.at_ms),
+        from: c.from.into(),
+        to: c.to.into(),
+        detail: c.detail,
+    }
+}
+
+/// The caller, the service (404 unless it is in the caller's organization), then the
+/// permission.
+async fn service_for(app: &App, auth: &UserAuth, id: &str, needs: Permission) -> Result<(Principal, Service), Problem> {
+    let p = auth.check(app).await?;
+    let s = services::get(&app.store, OrgScope::member(&p), parse_id(id, "service")?)?;
+    p.require(needs)?;
+    Ok((p, s))
+}
+
+#[derive(Default)]
+pub struct ServicesApi;
+
+#[OpenApi(tag = "ApiTags::Services")]
+impl ServicesApi {
+    /// Register a service
+    ///
+    /// Its credential is sealed in the vault and never answered; only its kind shows.
+    ///
+    /// Permission: `services.manage`.
+    #[oai(path = "/v1/services", method = "post", operation_id = "createService")]
+    async fn create(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        body: JsonBody<NewServiceBody>,
+    ) -> Result<ServiceCreated, ServiceWriteErrors> {
+        let p = auth.require(&app, Permission::ServicesManage).await?;
+        let b = body.0;
+        let fields = ServiceFields {
+            name: Some(b.name),
+            kind: b.kind,
+            base_url: Some(b.base_url),
+            description: b.description,
+            capabilities: b.capabilities,
+            ui: b.ui,
+            callers: roles(b.callers),
+            metadata: b.metadata,
+            credential: b.credential.map(credential).transpose()?.map(Some),
+            health_check: b.health_check.map(|h| Some(health_check(h))),
+            expected_version: None,
+        };
+        let cap = app.config.services.per_org_max;
+        let s =
+            services::create(&app.writer, &app.vault(), app.egress.policy(), user_ctx(req, &p), p.user, fields, cap)
+                .await?;
+        app.registry.poke();
+        let location = format!("/v1/services/{}", s.id);
+        Ok(ServiceCreated::Created(Json(view(s)), location))
+    }
+
+    /// List services
+    ///
+    /// Permission: `services.read`.
+    #[oai(path = "/v1/services", method = "get", operation_id = "listServices")]
+    async fn list(&self, app: Data<&App>, auth: UserAuth) -> Result<Json<ServiceList>, ServiceReadErrors> {
+        let p = auth.require(&app, Permission::ServicesRead).await?;
+        let all = services::list(&app.store, OrgScope::member(&p), app.config.services.per_org_max).await?;
+        Ok(Json(ServiceList { items: all.into_iter().map(view).collect() }))
+    }
+
+    /// Get a service
+    ///
+    /// Permission: `services.read`.
+    #[oai(path = "/v1/services/:service_id", method = "get", operation_id = "getService")]
+    async fn get(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        service_id: Path<String>,
+    ) -> Result<Json<ServiceView>, ServiceReadErrors> {
+        let (_, s) = service_for(&app, &auth, &service_id.0, Permission::ServicesRead).await?;
+        Ok(Json(view(s)))
+    }
+
+    /// Change a service
+    ///
+    /// A new base URL or health check starts its health over (`unknown`).
+    ///
+    /// Permission: `services.manage`.
+    #[oai(path = "/v1/services/:service_id", method = "patch", operation_id = "updateService")]
+    async fn update(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        service_id: Path<String>,
+        #[oai(name = "If-Match")] if_match: Header<Option<String>>,
+        body: JsonBody<PatchServiceBody>,
+    ) -> Result<Json<ServiceView>, ServiceWriteErrors> {
+        let (p, s) = service_for(&app, &auth, &service_id.0, Permission::ServicesManage).await?;
+        let b = body.0;
+        let credential = match (b.credential, b.remove_credential.unwrap_or(false)) {
+            (Some(_), true) => {
+                return Err(DomainError::invalid(
+                    "/remove_credential",
+                    "conflicting",
+                    "give a credential or remove it",
+                )
+                .into());
+            }
+            (Some(c), false) => Some(Some(credential(c)?)),
+            (None, true) => Some(None),
+            (None, false) => None,
+        };
+        let health = match (b.health_check, b.remove_health_check.unwrap_or(false)) {
+            (Some(_), true) => {
+                return Err(DomainError::invalid(
+                    "/remove_health_check",
+                    "conflicting",
+                    "give a health check or remove it",
+                )
+                .into());
+            }
+            (Some(h), false) => Some(Some(health_check(h))),
+            (None, true) => Some(None),
+            (None, false) => None,
+        };
+        let fields = ServiceFields {
+            name: b.name,
+            kind: b.kind,
+            base_url: b.base_url,
+            description: b.description,
+            capabilities: b.capabilities,
+            ui: b.ui,
+            callers: roles(b.callers),
+            metadata: b.metadata,
+            credential,
+            health_check: health,
+            expected_version: parse_if_match(if_match.0.as_deref())?.or(b.version),
+        };
+        let s =
+            services::update(&app.writer, &app.vault(), app.egress.policy(), user_ctx(req, &p), s.id, fields).await?;
+        app.registry.poke();
+        Ok(Json(view(s)))
+    }
+
+    /// Remove a service
+    ///
+    /// Its health history goes with it.
+    ///
+    /// Permission: `services.manage`.
+    #[oai(path = "/v1/services/:service_id", method = "delete", operation_id = "deleteService")]
+    async fn delete(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        service_id: Path<String>,
+    ) -> Result<NoContent, ServiceWriteErrors> {
+        let (p, s) = service_for(&app, &auth, &service_id.0, Permission::ServicesManage).await?;
+        services::delete(&app.writer, user_ctx(req, &p), s.id).await?;
+        app.registry.poke();
+        Ok(NoContent::Done)
+    }
+
+    /// List a service's health changes
+    ///
+    /// Newest first; each service keeps its last 100.
+    ///
+    /// Permission: `services.read`.
+    #[oai(path = "/v1/services/:service_id/health", method = "get", operation_id = "listServiceHealth")]
+    async fn health(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        service_id: Path<String>,
+        /// 1–100, default 20.
+        limit: Query<Option<u32>>,
+        cursor: Query<Option<String>>,
+    ) -> Result<Json<HealthPage>, ServiceReadErrors> {
+        let (p, s) = service_for(&app, &auth, &service_id.0, Permission::ServicesRead).await?;
+        let page = PageRequest::parse(limit.0, cursor.0.as_deref())?;
+        let page = services::history(&app.store, OrgScope::member(&p), s.id, page).await?;
+        Ok(Json(HealthPage { items: page.items.into_iter().map(change_view).collect(), next_cursor: page.next_cursor }))
+    }
+}
