@@ -10,6 +10,7 @@
 #   OP_BIN=target/x86_64-unknown-linux-musl/release/outpost bash benches/webhooks.sh
 #   ENDPOINTS=100 BURST=200 RATE=20 DURATION=10 ROUNDS=3 …
 #   PER_HOST=16 …   egress.per_host_concurrency_max (every endpoint here is on one host)
+#   LOAD=target/release/deps/webhooks_load-… …   a load program already built
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -22,8 +23,11 @@ PER_HOST=${PER_HOST:-16}
 require_outpost
 bench_init
 
-(cd "$REPO_DIR" && cargo bench --bench webhooks_load --no-run -q 2>/dev/null)
-LOAD=$(cd "$REPO_DIR" && cargo bench --bench webhooks_load --no-run 2>&1 | awk '/Executable/{gsub(/[()]/,"",$NF); print $NF}' | tail -1)
+# LOAD=path skips building the load program (it changes far less often than the server).
+if [ -z "${LOAD:-}" ]; then
+    (cd "$REPO_DIR" && cargo bench --bench webhooks_load --no-run -q 2>/dev/null)
+    LOAD=$(cd "$REPO_DIR" && cargo bench --bench webhooks_load --no-run 2>&1 | awk '/Executable/{gsub(/[()]/,"",$NF); print $NF}' | tail -1)
+fi
 [ -x "$LOAD" ] || die "no load generator built"
 
 export OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000000 OUTPOST_LIMITS__ORG_REQUESTS_PER_S=100000000 \

@@ -617,6 +617,17 @@ pub fn enqueue(tx: &mut Tx<'_, '_>, org: Id, endpoint: Id, gseq: u64, pending: &
     Ok(true)
 }
 
+/// A pending message as stored.
+pub fn encode_pending(p: &Pending) -> Vec<u8> {
+    encode(p)
+}
+
+/// Queues an already encoded message for an endpoint at the event's position (the follower's
+/// way: a message already there, from a recovery that ran ahead of it, is the same message).
+pub fn enqueue_new(tx: &mut Tx<'_, '_>, org: Id, endpoint: Id, gseq: u64, encoded: &[u8]) -> Result<(), StoreError> {
+    tx.put(WEBHOOK_QUEUE, &org_id_seq_key(org, endpoint, gseq), encoded)
+}
+
 /// The first message in an endpoint's queue and its position.
 pub fn head(r: &Reader, org: Id, endpoint: Id) -> Result<Option<(u64, Pending)>, StoreError> {
     let prefix = org_id_key(org, endpoint);

@@ -74,9 +74,9 @@ pub struct HealthCheckBody {
     pub path: Option<String>,
     /// Default 10000 (100–86400000).
     pub interval_ms: Option<u64>,
-    /// Default 2000 (10–60000, at most the interval).
+    /// Default 2000, or the interval when shorter (10–60000, at most the interval).
     pub timeout_ms: Option<u64>,
-    /// A 2xx slower than this counts as degraded (default 1000).
+    /// A 2xx slower than this counts as degraded (default 1000, or half the timeout when shorter).
     pub degraded_ms: Option<u64>,
     /// Good checks in a row before a down service is up again (default 2).
     pub healthy_threshold: Option<u32>,
@@ -220,11 +220,14 @@ fn credential(c: CredentialBody) -> Result<NewCredential, DomainError> {
 
 fn health_check(h: HealthCheckBody) -> HealthCheck {
     let d = HealthCheck::default();
+    let interval_ms = h.interval_ms.unwrap_or(d.interval_ms);
+    // Defaults that fit inside a shorter interval given alone.
+    let timeout_ms = h.timeout_ms.unwrap_or(d.timeout_ms.min(interval_ms));
     HealthCheck {
         path: h.path.unwrap_or(d.path),
-        interval_ms: h.interval_ms.unwrap_or(d.interval_ms),
-        timeout_ms: h.timeout_ms.unwrap_or(d.timeout_ms),
-        degraded_ms: h.degraded_ms.unwrap_or(d.degraded_ms),
+        interval_ms,
+        timeout_ms,
+        degraded_ms: h.degraded_ms.unwrap_or(d.degraded_ms.min(timeout_ms / 2)),
         healthy_threshold: h.healthy_threshold.unwrap_or(d.healthy_threshold),
         unhealthy_threshold: h.unhealthy_threshold.unwrap_or(d.unhealthy_threshold),
     }

@@ -37,7 +37,7 @@ use signing::Secret;
 /// The follower's name (its checkpoint in the store).
 pub const FOLLOWER: &str = "webhooks";
 /// Events per follower batch at most (each may queue a message for every endpoint).
-const BATCH_MAX: usize = 256;
+const BATCH_MAX: usize = 128;
 /// Bytes of a receiver's answer kept in the log.
 const EXCERPT_BYTES: usize = 1024;
 /// The longest wait a receiver's `Retry-After` may ask for.
@@ -290,28 +290,35 @@ impl Inner {
         // The backlog cap, against what is known to be queued.
         let cap = self.parts.config.backlog_per_endpoint_max;
         let mut full = HashSet::new();
-        let mut take = Vec::with_capacity(plan.len());
+        let mut take: Vec<(Id, u64, Vec<Id>, Arc<[u8]>)> = Vec::with_capacity(plan.len());
+        let now = ids::now_ms();
         {
             let mut backlog = lock(&self.backlog);
-            for item in plan {
-                let key = (item.0, item.1);
-                let n = backlog.entry(key).or_insert(0);
-                if *n >= cap {
-                    full.insert(key);
-                    continue;
+            for (event, endpoints) in plan {
+                let mut to = Vec::with_capacity(endpoints.len());
+                for ep in endpoints {
+                    let n = backlog.entry((event.org, ep)).or_insert(0);
+                    if *n >= cap {
+                        full.insert((event.org, ep));
+                    } else {
+                        *n += 1;
+                        to.push(ep);
+                    }
                 }
-                *n += 1;
-                take.push(item);
+                // One message body per event, whatever the number of endpoints.
+                let bytes: Arc<[u8]> = domain::encode_pending(&domain::pending_for(&event, Trigger::Event, now)).into();
+                take.push((event.org, event.gseq, to, bytes));
             }
             backlog.retain(|_, n| *n > 0);
         }
         let take = Arc::new(take);
         let items = take.clone();
-        let now = ids::now_ms();
         let written = follower
             .checkpoint_with(last, move |tx| {
-                for (org, ep, gseq, event) in items.iter() {
-                    domain::enqueue(tx, *org, *ep, *gseq, &domain::pending_for(event, Trigger::Event, now))?;
+                for (org, gseq, endpoints, bytes) in items.iter() {
+                    for ep in endpoints {
+                        domain::enqueue_new(tx, *org, *ep, *gseq, bytes)?;
+                    }
                 }
                 Ok(())
             })
@@ -319,14 +326,17 @@ impl Inner {
         if let Err(e) = written {
             // Nothing was queued: undo the counts, and the batch is read again.
             let mut backlog = lock(&self.backlog);
-            for (org, ep, _, _) in take.iter() {
-                if let Some(n) = backlog.get_mut(&(*org, *ep)) {
-                    *n = n.saturating_sub(1);
+            for (org, _, endpoints, _) in take.iter() {
+                for ep in endpoints {
+                    if let Some(n) = backlog.get_mut(&(*org, *ep)) {
+                        *n = n.saturating_sub(1);
+                    }
                 }
             }
             return Err(e);
         }
-        let touched: HashSet<Key> = take.iter().map(|(o, e, _, _)| (*o, *e)).collect();
+        let touched: HashSet<Key> =
+            take.iter().flat_map(|(org, _, endpoints, _)| endpoints.iter().map(move |ep| (*org, *ep))).collect();
         for (org, ep) in touched {
             self.poke(org, ep);
         }
@@ -509,12 +519,9 @@ impl Inner {
     }
 }
 
-/// What a batch of events puts in which queue: (org, endpoint, gseq, event), in commit order.
-fn plan(
-    r: &crate::store::Reader,
-    batch: &[Event],
-    per_org_max: usize,
-) -> Result<Vec<(Id, Id, u64, Event)>, StoreError> {
+/// What a batch of events puts in which queues: each event with the endpoints that take it,
+/// in commit order.
+fn plan(r: &crate::store::Reader, batch: &[Event], per_org_max: usize) -> Result<Vec<(Event, Vec<Id>)>, StoreError> {
     let mut endpoints: BTreeMap<Id, Vec<Endpoint>> = BTreeMap::new();
     let mut shared: HashMap<(Id, String), bool> = HashMap::new();
     let mut out = Vec::new();
@@ -543,7 +550,7 @@ fn plan(
             v
         };
         if open {
-            out.extend(wanted.into_iter().map(|ep| (event.org, ep, event.gseq, event.clone())));
+            out.push((event.clone(), wanted));
         }
     }
     Ok(out)
