@@ -201,7 +201,13 @@ async fn main() {
     let receiver = start_receiver(seen.clone()).await;
     match arg("mode", "deliver").as_str() {
         "ceiling" => {
-            ceiling(&receiver, arg("conns", "64").parse().expect("load program"), arg("seconds", "8").parse().expect("load program"), &seen).await;
+            ceiling(
+                &receiver,
+                arg("conns", "64").parse().expect("load program"),
+                arg("seconds", "8").parse().expect("load program"),
+                &seen,
+            )
+            .await;
         }
         _ => deliver(&arg("url", ""), &arg("token", ""), &receiver, &seen).await,
     }

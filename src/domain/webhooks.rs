@@ -390,7 +390,7 @@ fn load(tx: &Tx<'_, '_>, org: Id, id: Id) -> Result<Endpoint, DomainError> {
 }
 
 /// Changes an endpoint. Turning a disabled endpoint on clears why it was off and its failure
-/// streak; its backlog is delivered from where it stopped.
+/// streak; its backlog is delivered from where it stopped, the first message at once.
 pub async fn update(
     writer: &Writer,
     policy: &AddressPolicy,
@@ -447,6 +447,13 @@ pub async fn update(
                 if on && !was_enabled {
                     e.disabled_reason = None;
                     e.failing_since_ms = None;
+                    // The first message (the only one tried: delivery is in order) is due now.
+                    let prefix = org_id_key(org, id);
+                    if let Some((k, v)) = tx.range(WEBHOOK_QUEUE, &prefix, &prefix_end(&prefix), 1)?.pop() {
+                        let mut p: Pending = decode(WEBHOOK_QUEUE, &v)?;
+                        p.next_at_ms = tx.now_ms();
+                        tx.put(WEBHOOK_QUEUE, &k, &encode(&p))?;
+                    }
                 }
             }
             e.version += 1;

@@ -66,6 +66,9 @@ struct Slot {
 
 type Key = (Id, Id);
 
+/// One event's message for its endpoints: (org, position, endpoints, the encoded message).
+type Queued = (Id, u64, Vec<Id>, Arc<[u8]>);
+
 struct Inner {
     parts: Parts,
     slots: Mutex<HashMap<Key, Arc<Slot>>>,
@@ -290,7 +293,7 @@ impl Inner {
         // The backlog cap, against what is known to be queued.
         let cap = self.parts.config.backlog_per_endpoint_max;
         let mut full = HashSet::new();
-        let mut take: Vec<(Id, u64, Vec<Id>, Arc<[u8]>)> = Vec::with_capacity(plan.len());
+        let mut take: Vec<Queued> = Vec::with_capacity(plan.len());
         let now = ids::now_ms();
         {
             let mut backlog = lock(&self.backlog);

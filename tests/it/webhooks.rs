@@ -378,3 +378,58 @@ async fn signing_secrets_survive_a_vault_rotation_and_a_restart() {
     assert!(accepted(&rx.received("v").await).iter().all(|r| r["verified"] == json!([0])));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_backlog_switches_the_endpoint_off_and_recover_brings_back_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config_for(dir.path());
+    config.egress.allow_cidrs = vec!["127.0.0.0/8".into()];
+    config.webhooks.backlog_per_endpoint_max = 3;
+    config.webhooks.retry_schedule_ms = vec![60_000];
+    let s = crate::support::TestServer::start_with(config).await;
+    let rx = Receiver::start().await;
+    let (_, _, owner) = owner_of_new_org(&s).await;
+    let (f, f1) = create_endpoint(&s, &owner, json!({ "url": rx.hook("f"), "event_types": ["task.created"] })).await;
+    rx.setup("f", json!({ "secrets": [f1], "always_fail": true })).await;
+    // Three fit in the backlog; the two after them do not.
+    post_tasks(&s, &owner, 3).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let since = outpost::ids::rfc3339(outpost::ids::now_ms());
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    post_tasks(&s, &owner, 2).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let e = loop {
+        let e = crate::support::get_json(&s, &owner, &format!("/v1/webhooks/endpoints/{f}")).await;
+        if e["enabled"] == false {
+            break e;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still on: {e}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!((e["disabled_reason"].as_str(), e["backlog"].as_u64()), (Some("backlog_full"), Some(3)), "{e}");
+    // Back on, the receiver up: the backlog goes out at once; then what did not fit is
+    // recovered: all five, in order.
+    rx.setup("f", json!({ "secrets": [f1] })).await;
+    let r = s
+        .http
+        .patch(s.url(&format!("/v1/webhooks/endpoints/{f}")))
+        .bearer_auth(&owner)
+        .json(&json!({ "enabled": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    rx.wait_accepted("f", 3).await;
+    let r = crate::support::post_json(
+        &s,
+        &owner,
+        &format!("/v1/webhooks/endpoints/{f}/recover"),
+        json!({ "since": since }),
+    )
+    .await;
+    assert_eq!((r["queued"].as_u64(), r["truncated"].as_bool()), (Some(2), Some(false)), "{r}");
+    let got = rx.wait_accepted("f", 5).await;
+    let order = seqs(&got);
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    s.stop().await;
+}
