@@ -78,6 +78,8 @@ pub struct WebhooksConfig {
     pub attempts_kept_per_endpoint: usize,
     /// Seconds an attempt stays in an endpoint's log at most.
     pub attempts_kept_s: u64,
+    /// How often the logs are trimmed to those bounds, in milliseconds.
+    pub attempts_trim_interval_ms: u64,
     /// Deliveries in flight at once, overall (each endpoint has one at a time, in order).
     pub in_flight_max: usize,
     /// Seconds the secrets a rotation replaces may go on signing at most.
@@ -97,6 +99,7 @@ impl Default for WebhooksConfig {
             backlog_per_endpoint_max: 100_000,
             attempts_kept_per_endpoint: 1_000,
             attempts_kept_s: 30 * 86_400,
+            attempts_trim_interval_ms: 60_000,
             in_flight_max: 64,
             rotation_overlap_max_s: 7 * 86_400,
         }
@@ -119,6 +122,9 @@ impl WebhooksConfig {
         }
         if self.endpoints_per_org_max == 0 || self.backlog_per_endpoint_max == 0 {
             bad("webhooks.endpoints_per_org_max", "caps must be at least 1");
+        }
+        if self.attempts_trim_interval_ms < 100 {
+            bad("webhooks.attempts_trim_interval_ms", "must be at least 100");
         }
         if self.attempts_kept_per_endpoint == 0 {
             bad("webhooks.attempts_kept_per_endpoint", "must be at least 1");

@@ -288,6 +288,10 @@ const DOCS: &[Doc] = &[
     ),
     doc("webhooks.attempts_kept_per_endpoint", "Delivery attempts each endpoint's log keeps at most (the newest)."),
     doc("webhooks.attempts_kept_s", "Seconds an attempt stays in an endpoint's log at most."),
+    doc(
+        "webhooks.attempts_trim_interval_ms",
+        "How often the logs of attempts are trimmed to those bounds, in milliseconds.",
+    ),
     doc("webhooks.in_flight_max", "Deliveries in flight at once, overall; each endpoint has one at a time, in order."),
     doc("webhooks.rotation_overlap_max_s", "Seconds the secrets a rotation replaces may go on signing at most."),
     doc("services", "The service registry: services organizations register, their credentials and health checks."),

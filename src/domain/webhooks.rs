@@ -921,6 +921,27 @@ pub async fn attempts(store: &Store, scope: OrgScope, id: Id, page: PageRequest)
         .await
 }
 
+/// Whether an endpoint's log holds more than `keep` attempts or one from before `cutoff_ms`
+/// (read on a snapshot, so only the logs that need it are trimmed through the writer).
+pub fn attempts_to_trim(r: &Reader, org: Id, endpoint: Id, keep: usize, cutoff_ms: i64) -> Result<bool, StoreError> {
+    let prefix = org_id_key(org, endpoint);
+    let end = prefix_end(&prefix);
+    let mut oldest_too_old = false;
+    r.scan(WEBHOOK_ATTEMPTS, &prefix, &end, false, |_, v| {
+        oldest_too_old = decode::<Attempt>(WEBHOOK_ATTEMPTS, v).map_or(true, |a| a.at_ms < cutoff_ms);
+        Ok(false)
+    })?;
+    if oldest_too_old {
+        return Ok(true);
+    }
+    let mut n = 0usize;
+    r.scan(WEBHOOK_ATTEMPTS, &prefix, &end, true, |_, _| {
+        n += 1;
+        Ok(n <= keep)
+    })?;
+    Ok(n > keep)
+}
+
 /// Trims an endpoint's log to its newest `keep` attempts and those after `cutoff_ms`; how many
 /// were removed (at most `batch_max` per call).
 pub async fn trim_attempts(

@@ -29,7 +29,7 @@ use crate::auth::password::{PASSWORD_CHARS_MAX, PASSWORD_CHARS_MIN};
 use crate::domain::chat::{channels, posts};
 use crate::domain::paging::LIMIT_MAX;
 use crate::domain::policy::Permission;
-use crate::domain::{api_keys, assets, docs, orgs, rooms, tasks, users};
+use crate::domain::{api_keys, assets, docs, orgs, rooms, services, tasks, users, webhooks};
 
 /// The document, pretty-printed with a final newline: what `openapi/outpost.json` holds and
 /// `/v1/openapi.json` serves.
@@ -87,7 +87,7 @@ pub fn exact(mut doc: Value) -> Value {
         "description": "A permission an organization role holds; API keys are scoped to some of them.",
         "enum": Permission::ALL.map(Permission::as_str)
     });
-    let bodies = request_body_schemas(&doc, "application/json");
+    let bodies = with_nested(&doc, request_body_schemas(&doc, "application/json"));
     let forms = request_body_schemas(&doc, "multipart/form-data");
     // Request bodies that carry the version a change is based on (the alternative to If-Match).
     let versioned_schemas: BTreeSet<String> = bodies
@@ -144,6 +144,36 @@ fn request_body_schemas(doc: &Value, media_type: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// `names` and every schema their fields name in turn (a body's nested objects are bodies too).
+fn with_nested(doc: &Value, mut names: BTreeSet<String>) -> BTreeSet<String> {
+    let mut todo: Vec<String> = names.iter().cloned().collect();
+    while let Some(name) = todo.pop() {
+        let mut found = Vec::new();
+        refs_in(&doc["components"]["schemas"][&name], &mut found);
+        for r in found {
+            if names.insert(r.clone()) {
+                todo.push(r);
+            }
+        }
+    }
+    names
+}
+
+fn refs_in(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match x.as_str() {
+                    Some(r) if k == "$ref" => out.push(schema_name(r).to_owned()),
+                    _ => refs_in(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| refs_in(x, out)),
+        _ => {}
+    }
+}
+
 fn schema_name(reference: &str) -> &str {
     reference.rsplit('/').next().unwrap_or(reference)
 }
@@ -176,6 +206,14 @@ fn field_rule(schema: &str, field: &str) -> Option<Value> {
     let at_most = |max: usize| json!({ "maxLength": max });
     Some(match (schema, field) {
         ("CreateApiKey", "name") => text(api_keys::NAME_CHARS_MAX),
+        ("NewService" | "ServiceChanges", "name") => text(services::NAME_CHARS_MAX),
+        ("NewService" | "ServiceChanges", "kind") => at_most(services::NAME_CHARS_MAX),
+        ("NewService" | "ServiceChanges", "description") => at_most(services::DESCRIPTION_CHARS_MAX),
+        ("NewService" | "ServiceChanges", "base_url") => json!({ "maxLength": services::URL_BYTES_MAX }),
+        ("NewWebhookEndpoint" | "WebhookEndpointChanges", "url") => json!({ "maxLength": webhooks::URL_BYTES_MAX }),
+        ("NewWebhookEndpoint" | "WebhookEndpointChanges", "description") => at_most(webhooks::DESCRIPTION_CHARS_MAX),
+        ("NewWebhookEndpoint", "rate_limit_per_s") => json!({ "minimum": 1, "maximum": webhooks::RATE_MAX }),
+        ("WebhookEndpointChanges", "rate_limit_per_s") => json!({ "maximum": webhooks::RATE_MAX }),
         ("NewSignedUrl", "ttl_s") => json!({ "minimum": 1 }),
         ("NewRoomAssetVersion" | "AssetForm", "name") => json!({
             "minLength": 1,

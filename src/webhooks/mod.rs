@@ -42,8 +42,6 @@ const BATCH_MAX: usize = 128;
 const EXCERPT_BYTES: usize = 1024;
 /// The longest wait a receiver's `Retry-After` may ask for.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
-/// How often the logs of attempts are trimmed.
-const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 /// What the webhooks engine is built from.
 pub struct Parts {
@@ -506,7 +504,7 @@ impl Inner {
         let mut stop = self.stop.subscribe();
         loop {
             tokio::select! {
-                () = tokio::time::sleep(TRIM_EVERY) => {}
+                () = tokio::time::sleep(Duration::from_millis(self.parts.config.attempts_trim_interval_ms)) => {}
                 _ = stop.changed() => return,
             }
             let all = self.parts.store.read(domain::all_endpoints).await.unwrap_or_default();
@@ -514,6 +512,10 @@ impl Inner {
             let age_ms = i64::try_from(self.parts.config.attempts_kept_s.saturating_mul(1000)).unwrap_or(i64::MAX);
             for (org, ep) in all {
                 let cutoff = ids::now_ms().saturating_sub(age_ms);
+                let due = self.parts.store.read(move |r| domain::attempts_to_trim(r, org, ep, keep, cutoff)).await;
+                if !due.unwrap_or(true) {
+                    continue;
+                }
                 if let Err(e) = domain::trim_attempts(&self.parts.writer, org, ep, keep, cutoff, 10_000).await {
                     tracing::warn!(error = %e, "cannot trim a webhook endpoint's log");
                 }

@@ -386,6 +386,8 @@ async fn a_full_backlog_switches_the_endpoint_off_and_recover_brings_back_what_i
     config.egress.allow_cidrs = vec!["127.0.0.0/8".into()];
     config.webhooks.backlog_per_endpoint_max = 3;
     config.webhooks.retry_schedule_ms = vec![60_000];
+    config.webhooks.attempts_kept_per_endpoint = 4;
+    config.webhooks.attempts_trim_interval_ms = 200;
     let s = crate::support::TestServer::start_with(config).await;
     let rx = Receiver::start().await;
     let (_, _, owner) = owner_of_new_org(&s).await;
@@ -431,5 +433,17 @@ async fn a_full_backlog_switches_the_endpoint_off_and_recover_brings_back_what_i
     let got = rx.wait_accepted("f", 5).await;
     let order = seqs(&got);
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    // Its log is trimmed to the newest four attempts, the last delivery among them.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let log = crate::support::get_json(&s, &owner, &format!("/v1/webhooks/endpoints/{f}/attempts?limit=100")).await;
+        let items = log["items"].as_array().unwrap();
+        if items.len() <= 4 {
+            assert_eq!(items[0]["outcome"], "delivered", "{log}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never trimmed: {log}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     s.stop().await;
 }
