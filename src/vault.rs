@@ -120,6 +120,13 @@ impl Vault {
         Ok(plain.to_vec())
     }
 
+    /// A value sealed for `purpose` and written as base64, opened and sealed again under the
+    /// current key (a rotation re-seals with this).
+    pub fn reseal_base64(&self, purpose: &str, sealed: &str) -> Result<String, VaultError> {
+        let bytes = STANDARD.decode(sealed).map_err(|_| VaultError::Malformed)?;
+        Ok(STANDARD.encode(self.seal(purpose, &self.open(purpose, &bytes)?)))
+    }
+
     /// Starts a rotation: writes a new current key in front of the old ones and returns the
     /// vault that seals under it (and still opens under the old keys).
     pub fn begin_rotation(&self) -> Result<Self, VaultError> {

@@ -89,6 +89,24 @@ pub fn key_after(key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The page of records under `prefix` in `table`, newest (highest key) first.
+pub fn newest_first<T: serde::de::DeserializeOwned>(
+    r: &crate::store::Reader,
+    table: crate::store::tables::Table,
+    prefix: &[u8],
+    page: &PageRequest,
+) -> Result<Page<T>, crate::store::StoreError> {
+    let rows = r.range(table, prefix, &page.end_in(prefix), true, page.limit + 1)?;
+    let more = rows.len() > page.limit;
+    let mut items = Vec::new();
+    let mut last = None;
+    for (k, v) in rows.into_iter().take(page.limit) {
+        items.push(crate::store::decode(table, &v)?);
+        last = Some(k);
+    }
+    Ok(Page { items, next_cursor: if more { last.map(|k| encode_cursor(&k)) } else { None } })
+}
+
 /// Checks an expected version (from `If-Match` or the body) against the current one.
 pub fn check_version(expected: Option<u64>, current: u64) -> Result<(), DomainError> {
     match expected {

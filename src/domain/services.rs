@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::paging::{Page, PageRequest, encode_cursor};
+use super::paging::{Page, PageRequest, newest_first};
 use super::policy::Role;
 use super::{DomainError, FieldError, check};
 use crate::egress::{AddressPolicy, EgressError, check_url};
@@ -531,16 +531,7 @@ pub async fn history(
             if r.get(SERVICES, &org_id_key(org, id))?.is_none() {
                 return Err(DomainError::NotFound { what: "service" });
             }
-            let prefix = org_id_key(org, id);
-            let rows = r.range(SERVICE_HEALTH, &prefix, &page.end_in(&prefix), true, page.limit + 1)?;
-            let more = rows.len() > page.limit;
-            let mut items = Vec::new();
-            let mut last = None;
-            for (k, v) in rows.into_iter().take(page.limit) {
-                items.push(decode(SERVICE_HEALTH, &v)?);
-                last = Some(k);
-            }
-            Ok(Page { items, next_cursor: if more { last.map(|k| encode_cursor(&k)) } else { None } })
+            Ok(newest_first(r, SERVICE_HEALTH, &org_id_key(org, id), &page)?)
         })
         .await
 }
@@ -568,9 +559,7 @@ pub async fn reseal(writer: &Writer, vault: std::sync::Arc<Vault>, ctx: Mutation
             for (k, v) in tx.range(SERVICES, org.as_bytes(), &prefix_end(org.as_bytes()), usize::MAX)? {
                 let mut s: Service = decode(SERVICES, &v)?;
                 if let Some(c) = &mut s.credential {
-                    let sealed = STANDARD.decode(&c.sealed).map_err(|_| damaged(s.id))?;
-                    let plain = vault.open(&purpose(org, s.id), &sealed).map_err(|_| damaged(s.id))?;
-                    c.sealed = STANDARD.encode(vault.seal(&purpose(org, s.id), &plain));
+                    c.sealed = vault.reseal_base64(&purpose(org, s.id), &c.sealed).map_err(|_| damaged(s.id))?;
                     tx.put(SERVICES, &k, &encode(&s))?;
                     n += 1;
                 }

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::chat::{Channel, ChannelKind};
 use super::docs::Document;
-use super::paging::{Page, PageRequest, encode_cursor};
+use super::paging::{Page, PageRequest, newest_first};
 use super::rooms::{Room, Visibility};
 use super::{DomainError, FieldError, check};
 use crate::egress::{AddressPolicy, check_url};
@@ -907,16 +907,7 @@ pub async fn attempts(store: &Store, scope: OrgScope, id: Id, page: PageRequest)
             if r.get(WEBHOOK_ENDPOINTS, &org_id_key(org, id))?.is_none() {
                 return Err(DomainError::NotFound { what: "webhook endpoint" });
             }
-            let prefix = org_id_key(org, id);
-            let rows = r.range(WEBHOOK_ATTEMPTS, &prefix, &page.end_in(&prefix), true, page.limit + 1)?;
-            let more = rows.len() > page.limit;
-            let mut items = Vec::new();
-            let mut last = None;
-            for (k, v) in rows.into_iter().take(page.limit) {
-                items.push(decode(WEBHOOK_ATTEMPTS, &v)?);
-                last = Some(k);
-            }
-            Ok(Page { items, next_cursor: if more { last.map(|k| encode_cursor(&k)) } else { None } })
+            Ok(newest_first(r, WEBHOOK_ATTEMPTS, &org_id_key(org, id), &page)?)
         })
         .await
 }
@@ -1029,9 +1020,7 @@ pub async fn reseal(writer: &Writer, vault: std::sync::Arc<Vault>, ctx: Mutation
             for (k, v) in tx.range(WEBHOOK_ENDPOINTS, org.as_bytes(), &prefix_end(org.as_bytes()), usize::MAX)? {
                 let mut e: Endpoint = decode(WEBHOOK_ENDPOINTS, &v)?;
                 for s in &mut e.secrets {
-                    let sealed = STANDARD.decode(&s.sealed).map_err(|_| damaged(e.id))?;
-                    let plain = vault.open(&purpose(org, e.id), &sealed).map_err(|_| damaged(e.id))?;
-                    s.sealed = STANDARD.encode(vault.seal(&purpose(org, e.id), &plain));
+                    s.sealed = vault.reseal_base64(&purpose(org, e.id), &s.sealed).map_err(|_| damaged(e.id))?;
                     n += 1;
                 }
                 tx.put(WEBHOOK_ENDPOINTS, &k, &encode(&e))?;
