@@ -96,10 +96,12 @@ start_server() {
   BASE_URL="http://127.0.0.1:$port"
   # Zero-config, with the per-user and per-organization request budgets raised so that a
   # property run at full speed is not answered 429 (the login budgets stay as they are), and
-  # access tokens that outlive the run. OUTPOST_BIN is ours, not a configuration key: the
-  # server would refuse it.
+  # access tokens that outlive the run. Outbound calls (webhooks, health checks, the gateway)
+  # reach loopback only: whatever URL a generated request registers, nothing leaves the
+  # machine, not even a DNS query. OUTPOST_BIN is ours, not a configuration key: the server
+  # would refuse it.
   env -u OUTPOST_BIN OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000 OUTPOST_LIMITS__ORG_REQUESTS_PER_S=100000 \
-    OUTPOST_AUTH__ACCESS_TTL_S=7200 \
+    OUTPOST_AUTH__ACCESS_TTL_S=7200 OUTPOST_EGRESS__ALLOW_CIDRS='["127.0.0.0/8"]' OUTPOST_EGRESS__ALLOWED_ONLY=true \
     "$BIN" serve --data "$SERVER_DIR/data" --listen "127.0.0.1:$port" >"$OUT/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 100); do

@@ -52,6 +52,8 @@ pub struct App {
     pub webhooks: crate::webhooks::Webhooks,
     /// The service registry's health checkers.
     pub registry: crate::registry::Registry,
+    /// Calls to registered services on callers' behalf.
+    pub gateway: crate::gateway::Gateway,
     pub keys: Keys,
     pub hasher: Hasher,
     pub limits: Arc<Limits>,
@@ -145,22 +147,7 @@ impl App {
         let download_url_key = Arc::new(vault.derive("download-urls"));
         let vault_cell = VaultCell::new(vault);
         let egress = crate::egress::Egress::new(&config.egress).map_err(StartError::Egress)?;
-        let webhooks = crate::webhooks::Webhooks::new(crate::webhooks::Parts {
-            store: store.clone(),
-            writer: writer.clone(),
-            bus: bus.clone(),
-            egress: egress.clone(),
-            vault: vault_cell.clone(),
-            metrics: metrics.clone(),
-            config: config.webhooks.clone(),
-        });
-        let registry = crate::registry::Registry::new(crate::registry::Parts {
-            store: store.clone(),
-            writer: writer.clone(),
-            egress: egress.clone(),
-            vault: vault_cell.clone(),
-            metrics: metrics.clone(),
-        });
+        let (webhooks, registry, gateway) = outbound(&config, &store, &writer, &bus, &egress, &vault_cell, &metrics);
         let app = Self {
             uploads,
             thumbs,
@@ -179,6 +166,7 @@ impl App {
             egress,
             webhooks,
             registry,
+            gateway,
             keys: Keys::empty(),
             hasher: Hasher::default(),
             limits: Arc::new(Limits::new(config_limits)),
@@ -330,4 +318,40 @@ impl App {
         }
         self.webhooks.refresh_gauges();
     }
+}
+
+/// The parts that call out through `egress`: webhook deliveries, health checks, the gateway.
+fn outbound(
+    config: &Config,
+    store: &Store,
+    writer: &Writer,
+    bus: &EventBus,
+    egress: &crate::egress::Egress,
+    vault: &VaultCell,
+    metrics: &Arc<Metrics>,
+) -> (crate::webhooks::Webhooks, crate::registry::Registry, crate::gateway::Gateway) {
+    let webhooks = crate::webhooks::Webhooks::new(crate::webhooks::Parts {
+        store: store.clone(),
+        writer: writer.clone(),
+        bus: bus.clone(),
+        egress: egress.clone(),
+        vault: vault.clone(),
+        metrics: metrics.clone(),
+        config: config.webhooks.clone(),
+    });
+    let registry = crate::registry::Registry::new(crate::registry::Parts {
+        store: store.clone(),
+        writer: writer.clone(),
+        egress: egress.clone(),
+        vault: vault.clone(),
+        metrics: metrics.clone(),
+    });
+    let gateway = crate::gateway::Gateway::new(crate::gateway::Parts {
+        egress: egress.clone(),
+        vault: vault.clone(),
+        writer: writer.clone(),
+        metrics: metrics.clone(),
+        audit_backlog_max: config.services.gateway_audit_backlog_max,
+    });
+    (webhooks, registry, gateway)
 }

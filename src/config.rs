@@ -45,11 +45,21 @@ pub struct ServicesConfig {
     pub per_org_max: usize,
     /// Check services' health (each has its own interval); false leaves every status unknown.
     pub health_checks: bool,
+    /// Longest time a replaced signing secret may go on signing beside the new one, in seconds.
+    pub signing_overlap_max_s: u64,
+    /// Gateway calls whose audit records are not yet written, at most; past it calls are
+    /// refused with 503 `audit_backlog` until the writer catches up.
+    pub gateway_audit_backlog_max: usize,
 }
 
 impl Default for ServicesConfig {
     fn default() -> Self {
-        Self { per_org_max: 200, health_checks: true }
+        Self {
+            per_org_max: 200,
+            health_checks: true,
+            signing_overlap_max_s: 7 * 86_400,
+            gateway_audit_backlog_max: 10_000,
+        }
     }
 }
 
@@ -729,6 +739,9 @@ impl Config {
         self.files.check(&mut bad);
         self.media.check(&mut bad);
         self.webhooks.check(&mut bad);
+        if self.services.gateway_audit_backlog_max == 0 {
+            bad("services.gateway_audit_backlog_max", "must be at least 1");
+        }
         if self.services.per_org_max == 0 {
             bad("services.per_org_max", "must be at least 1");
         }

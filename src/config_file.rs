@@ -261,6 +261,11 @@ const DOCS: &[Doc] = &[
         "egress.allow_cidrs",
         "Non-public address ranges calls may reach, as CIDRs, e.g. [\"10.20.0.0/16\", \"127.0.0.1/32\"]. Loopback, private, link-local (cloud metadata) and other non-public addresses are refused before any connection unless listed here.",
     ),
+    doc(
+        "egress.allowed_only",
+        "Reach only the ranges in allow_cidrs: public addresses are refused too, and host names other than \
+         localhost before any lookup (an offline box, or a test run that must send nothing off the machine).",
+    ),
     doc("egress.connect_timeout_ms", "How long opening a connection may take, in milliseconds."),
     doc("egress.timeout_ms", "How long a whole call may take, in milliseconds."),
     doc("egress.response_bytes_max", "An answer's body is read up to this many bytes."),
@@ -299,6 +304,15 @@ const DOCS: &[Doc] = &[
     doc(
         "services.health_checks",
         "Check services' health (each on its own interval); false leaves every status unknown.",
+    ),
+    doc(
+        "services.signing_overlap_max_s",
+        "Seconds the secrets a rotation replaces may go on signing gateway calls at most.",
+    ),
+    doc(
+        "services.gateway_audit_backlog_max",
+        "Gateway calls whose audit records wait for the writer, at most; past it calls are refused \
+         with 503 audit_backlog.",
     ),
 ];
 

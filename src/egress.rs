@@ -33,6 +33,11 @@ pub struct EgressConfig {
     /// edge box calling services on its own network lists them here. Empty: public addresses
     /// only.
     pub allow_cidrs: Vec<String>,
+    /// Reach only the ranges in `allow_cidrs`: public addresses are refused too, and host names
+    /// other than `localhost` are refused before any lookup, so no call (and no DNS query)
+    /// leaves for anywhere else. For an offline box, or a test run that must send nothing off
+    /// the machine.
+    pub allowed_only: bool,
     /// How long opening a connection may take.
     pub connect_timeout_ms: u64,
     /// How long a whole call may take (connecting, sending, the answer's head and body).
@@ -51,6 +56,7 @@ impl Default for EgressConfig {
     fn default() -> Self {
         Self {
             allow_cidrs: Vec::new(),
+            allowed_only: false,
             connect_timeout_ms: 5_000,
             timeout_ms: 15_000,
             response_bytes_max: 64 * 1024,
@@ -220,12 +226,23 @@ pub fn not_public(ip: IpAddr) -> Option<String> {
 #[derive(Debug, Clone, Default)]
 pub struct AddressPolicy {
     allow: Vec<Cidr>,
+    allowed_only: bool,
 }
 
 impl AddressPolicy {
     pub fn new(cfg: &EgressConfig) -> Result<Self, String> {
         let allow = cfg.allow_cidrs.iter().map(|c| Cidr::from_str(c)).collect::<Result<_, _>>()?;
-        Ok(Self { allow })
+        Ok(Self { allow, allowed_only: cfg.allowed_only })
+    }
+
+    /// `Ok` if a call may look `host` up (every name, unless `egress.allowed_only`).
+    pub fn check_name(&self, host: &str) -> Result<(), String> {
+        if self.allowed_only && !host.trim_end_matches('.').eq_ignore_ascii_case("localhost") {
+            return Err(format!(
+                "{host} is a name, and egress.allowed_only calls addresses in egress.allow_cidrs only"
+            ));
+        }
+        Ok(())
     }
 
     /// `Ok` if a call may connect to `ip`; else why not.
@@ -239,6 +256,7 @@ impl AddressPolicy {
         }
         match not_public(ip) {
             Some(why) => Err(format!("{ip} is {why}, and not in egress.allow_cidrs")),
+            None if self.allowed_only => Err(format!("{ip} is not in egress.allow_cidrs (egress.allowed_only)")),
             None => Ok(()),
         }
     }
@@ -296,6 +314,9 @@ impl reqwest::dns::Resolve for Guard {
         let policy = self.policy.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
+            policy
+                .check_name(&host)
+                .map_err(|why| Box::new(RefusedHere(why)) as Box<dyn std::error::Error + Send + Sync>)?;
             let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut refused = None;
             let allowed: Vec<SocketAddr> = found
@@ -330,8 +351,17 @@ pub fn check_url(policy: &AddressPolicy, url: &reqwest::Url) -> Result<(), Egres
         None => Err(EgressError::BadUrl("the URL names no host".into())),
         Some(url::Host::Ipv4(a)) => policy.check(IpAddr::V4(a)).map_err(EgressError::Refused),
         Some(url::Host::Ipv6(a)) => policy.check(IpAddr::V6(a)).map_err(EgressError::Refused),
-        Some(url::Host::Domain(_)) => Ok(()),
+        Some(url::Host::Domain(d)) => policy.check_name(d).map_err(EgressError::Refused),
     }
+}
+
+/// Bounds of one call, where they differ from the configuration's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// The whole call: connecting, sending, the answer's head and body.
+    pub timeout_ms: u64,
+    /// The answer's body is read up to this many bytes.
+    pub response_bytes_max: u64,
 }
 
 /// An answer, its body read up to the cap.
@@ -414,15 +444,23 @@ impl Egress {
     /// Sends `request` once: checked, within the concurrency bounds and the timeouts, its
     /// answer's body read up to the cap.
     pub async fn send(&self, request: reqwest::Request) -> Result<Answer, EgressError> {
+        let cfg = &self.inner.cfg;
+        self.send_within(request, CallLimits { timeout_ms: cfg.timeout_ms, response_bytes_max: cfg.response_bytes_max })
+            .await
+    }
+
+    /// [`Egress::send`] with a call's own timeout and cap on the answer's body.
+    pub async fn send_within(&self, mut request: reqwest::Request, limits: CallLimits) -> Result<Answer, EgressError> {
         check_url(&self.inner.policy, request.url())?;
         let host = request.url().host_str().unwrap_or_default().to_ascii_lowercase();
         let _turns = self.turns(&host).await;
-        let timeout_ms = self.inner.cfg.timeout_ms;
+        let CallLimits { timeout_ms, response_bytes_max } = limits;
+        *request.timeout_mut() = Some(Duration::from_millis(timeout_ms));
         let call = async {
             let mut resp = self.inner.client.execute(request).await.map_err(|e| classify(&e, timeout_ms))?;
             let status = resp.status().as_u16();
             let headers = std::mem::take(resp.headers_mut());
-            let cap = usize::try_from(self.inner.cfg.response_bytes_max).unwrap_or(usize::MAX);
+            let cap = usize::try_from(response_bytes_max).unwrap_or(usize::MAX);
             let mut body = Vec::new();
             let mut truncated = false;
             while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&e, timeout_ms))? {
@@ -715,6 +753,22 @@ mod tests {
         assert!(refused.contains("loopback") && refused.contains("egress.allow_cidrs"), "{refused}");
         assert!(p.check(ip("fc00::1")).is_err());
         assert!(p.check(ip("8.8.8.8")).is_ok());
+    }
+
+    #[test]
+    fn allowed_only_reaches_the_allow_list_and_looks_up_no_name_but_localhost() {
+        let cfg = EgressConfig { allow_cidrs: vec!["127.0.0.0/8".into()], allowed_only: true, ..Default::default() };
+        let p = AddressPolicy::new(&cfg).unwrap();
+        assert_eq!(p.check(ip("127.0.0.1")), Ok(()));
+        assert!(p.check(ip("8.8.8.8")).unwrap_err().contains("allowed_only"));
+        assert!(p.check(ip("10.0.0.1")).is_err());
+        let check = |u: &str| check_url(&p, &reqwest::Url::parse(u).unwrap());
+        assert_eq!(check("http://localhost:9/"), Ok(()));
+        assert_eq!(check("http://LOCALHOST./"), Ok(()));
+        assert_eq!(check("http://127.0.0.1:9/"), Ok(()));
+        for refused in ["https://example.org/hook", "http://1.1.1.1/", "http://localhost.example.org/"] {
+            assert!(matches!(check(refused), Err(EgressError::Refused(_))), "{refused}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod docs;
 pub mod domain;
 pub mod egress;
 pub mod fuzzing;
+pub mod gateway;
 pub mod http;
 pub mod ids;
 pub mod limits;

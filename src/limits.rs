@@ -77,6 +77,8 @@ pub enum Limiter {
     LoginAccount,
     User,
     Org,
+    /// A registered service's budget at the gateway.
+    Service,
 }
 
 impl Limiter {
@@ -86,6 +88,7 @@ impl Limiter {
             Limiter::LoginAccount => "login_account",
             Limiter::User => "user",
             Limiter::Org => "org",
+            Limiter::Service => "service",
         }
     }
 }
@@ -197,6 +200,33 @@ impl Limits {
 
 fn keyed<K: Clone + Hash + Eq>(quota: Quota, clock: &TokioClock) -> Keyed<K> {
     RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone())
+}
+
+type Direct =
+    RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+
+/// One budget of its own (a registered service's at the gateway): `per_s` calls a second, in
+/// bursts of up to twice that.
+pub struct Budget {
+    clock: TokioClock,
+    limiter: Direct,
+    limiter_kind: Limiter,
+}
+
+impl Budget {
+    pub fn per_second(per_s: u32, limiter_kind: Limiter) -> Self {
+        let clock = TokioClock { base: tokio::time::Instant::now() };
+        let quota = Quota::per_second(nz(per_s)).allow_burst(nz(per_s.saturating_mul(2)));
+        Self { limiter: RateLimiter::direct_with_clock(quota, clock.clone()), clock, limiter_kind }
+    }
+
+    /// Takes one call from the budget, or says how long until there is room.
+    pub fn check(&self) -> Result<(), Limited> {
+        self.limiter.check().map_err(|not_until| Limited {
+            limiter: self.limiter_kind,
+            retry_after: not_until.wait_time_from(self.clock.now()),
+        })
+    }
 }
 
 fn check<K: Clone + Hash + Eq>(l: &Keyed<K>, key: &K, clock: &TokioClock, limiter: Limiter) -> Result<(), Limited> {

@@ -109,6 +109,10 @@ pub struct Metrics {
     pub service_health: Family<ServiceLabels, Gauge>,
     pub service_health_checks: Family<OutcomeLabels, Counter>,
     pub service_health_check_seconds: Histogram,
+    pub gateway_calls: Family<OutcomeLabels, Counter>,
+    pub gateway_seconds: Histogram,
+    pub gateway_upstream_seconds: Histogram,
+    pub gateway_breaker: Family<ServiceLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -400,6 +404,31 @@ impl Metrics {
             "Time a registered service's health check took",
             service_health_check_seconds.clone(),
         );
+        let gateway_calls = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "gateway_calls",
+            "Calls through the service gateway, by outcome (answered, refused_role, rate_limited, \
+             circuit_open, audit_backlog, timeout, unreachable, too_large, refused_address)",
+            gateway_calls.clone(),
+        );
+        let gateway_seconds = latency_histogram();
+        registry.register(
+            "gateway_call_duration_seconds",
+            "Time a gateway call took, from the request to the answer (retries included)",
+            gateway_seconds.clone(),
+        );
+        let gateway_upstream_seconds = latency_histogram();
+        registry.register(
+            "gateway_upstream_duration_seconds",
+            "Time each try of a gateway call waited for the service",
+            gateway_upstream_seconds.clone(),
+        );
+        let gateway_breaker = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "gateway_breaker_state",
+            "A service's circuit breaker at its last call: 0 closed, 1 half-open, 2 open",
+            gateway_breaker.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -461,6 +490,10 @@ impl Metrics {
             service_health,
             service_health_checks,
             service_health_check_seconds,
+            gateway_calls,
+            gateway_seconds,
+            gateway_upstream_seconds,
+            gateway_breaker,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod orgs;
 pub mod paging;
 pub mod policy;
 pub mod rooms;
+pub mod secrets;
 pub mod services;
 pub mod sessions;
 pub mod tasks;

@@ -69,10 +69,12 @@ pub enum Permission {
     ServicesRead,
     /// Register, change and remove services and their credentials.
     ServicesManage,
+    /// Call services through the gateway (each service also names the roles that may).
+    ServicesCall,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 17] = [
+    pub const ALL: [Permission; 18] = [
         Permission::SelfManage,
         Permission::UsersRead,
         Permission::UsersInvite,
@@ -90,6 +92,7 @@ impl Permission {
         Permission::WebhooksManage,
         Permission::ServicesRead,
         Permission::ServicesManage,
+        Permission::ServicesCall,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +114,7 @@ impl Permission {
             Permission::WebhooksManage => "webhooks.manage",
             Permission::ServicesRead => "services.read",
             Permission::ServicesManage => "services.manage",
+            Permission::ServicesCall => "services.call",
         }
     }
 
@@ -127,7 +131,8 @@ impl Permission {
             | Permission::TasksRead
             | Permission::SearchUse
             | Permission::FilesRead
-            | Permission::FilesWrite => Role::Guest,
+            | Permission::FilesWrite
+            | Permission::ServicesCall => Role::Guest,
             Permission::UsersRead
             | Permission::RoomsCreate
             | Permission::ChannelsCreate

@@ -16,9 +16,10 @@ use serde_json::json;
 
 use super::paging::{Page, PageRequest, newest_first};
 use super::policy::Role;
+use super::secrets::{self, SealedSecret};
 use super::{DomainError, FieldError, check};
 use crate::egress::{AddressPolicy, EgressError, check_url};
-use crate::ids::Id;
+use crate::ids::{self, Id};
 use crate::store::tables::{SERVICE_HEALTH, SERVICES, org_id_id_key, org_id_key};
 use crate::store::writer::{MutationCtx, Tx, Writer};
 use crate::store::{Lookup, Reader, Store, StoreError, decode, encode, prefix_end};
@@ -120,6 +121,56 @@ impl Default for HealthCheck {
     }
 }
 
+/// How the gateway calls a service.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct GatewaySettings {
+    /// A whole call (each try of it), in milliseconds.
+    pub timeout_ms: u64,
+    /// Tries after the first for idempotent methods (GET, HEAD, PUT, DELETE, OPTIONS) that
+    /// could not connect, timed out or were answered 502, 503 or 504.
+    pub retries: u32,
+    /// Calls a second through the gateway (bursts of twice this).
+    pub rate_per_s: u32,
+    /// A request's body at most, in bytes.
+    pub request_bytes_max: u64,
+    /// An answer's body at most, in bytes (a longer one is a 502).
+    pub response_bytes_max: u64,
+    /// The circuit opens when at least this share of the calls in the window failed ...
+    pub breaker_failure_percent: u8,
+    /// ... and the window holds at least this many calls.
+    pub breaker_min_calls: u32,
+    pub breaker_window_ms: u64,
+    /// How long it stays open before letting probes through.
+    pub breaker_open_ms: u64,
+    /// Probes let through at once when half-open; this many successes in a row close it.
+    pub breaker_probes: u32,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 10_000,
+            retries: 2,
+            rate_per_s: 100,
+            request_bytes_max: 1024 * 1024,
+            response_bytes_max: 8 * 1024 * 1024,
+            breaker_failure_percent: 50,
+            breaker_min_calls: 10,
+            breaker_window_ms: 30_000,
+            breaker_open_ms: 15_000,
+            breaker_probes: 3,
+        }
+    }
+}
+
+/// The gateway's bounds on its settings.
+pub const GATEWAY_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=120_000;
+pub const GATEWAY_RETRIES_MAX: u32 = 5;
+pub const GATEWAY_RATE_PER_S: std::ops::RangeInclusive<u32> = 1..=100_000;
+pub const GATEWAY_REQUEST_BYTES_MAX: u64 = 16 * 1024 * 1024;
+pub const GATEWAY_RESPONSE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Service {
     pub id: Id,
@@ -139,6 +190,11 @@ pub struct Service {
     pub health_check: Option<HealthCheck>,
     pub health: Health,
     pub health_since_ms: i64,
+    #[serde(default)]
+    pub gateway: GatewaySettings,
+    /// The secrets that sign the caller's identity on gateway calls, newest first.
+    #[serde(default)]
+    pub signing: Vec<SealedSecret>,
     pub created_by: Id,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -155,6 +211,13 @@ impl Service {
     }
 }
 
+impl Service {
+    /// The secrets that sign gateway calls at `now_ms`, newest first, opened.
+    pub fn signing_keys(&self, vault: &Vault, org: Id, now_ms: i64) -> Result<Vec<Vec<u8>>, DomainError> {
+        secrets::in_force(&self.signing, vault, &signing_purpose(org, self.id), now_ms).ok_or_else(|| damaged(self.id))
+    }
+}
+
 fn damaged(id: Id) -> DomainError {
     DomainError::Store(StoreError::Corrupt {
         table: "services".into(),
@@ -164,6 +227,10 @@ fn damaged(id: Id) -> DomainError {
 
 fn purpose(org: Id, service: Id) -> String {
     format!("service_credential:{org}:{service}")
+}
+
+fn signing_purpose(org: Id, service: Id) -> String {
+    format!("service_signing:{org}:{service}")
 }
 
 /// One change of a service's health.
@@ -192,6 +259,7 @@ pub struct ServiceFields {
     pub credential: Option<Option<NewCredential>>,
     /// `Some(None)` stops checking.
     pub health_check: Option<Option<HealthCheck>>,
+    pub gateway: Option<GatewaySettings>,
     pub expected_version: Option<u64>,
 }
 
@@ -266,6 +334,9 @@ fn check_fields(policy: &AddressPolicy, f: &ServiceFields, errors: &mut Vec<Fiel
             _ => {}
         }
     }
+    if let Some(g) = &f.gateway {
+        check_gateway(g, errors);
+    }
     if let Some(Some(h)) = &f.health_check {
         if !h.path.starts_with('/') || h.path.len() > 1000 {
             errors.push(FieldError::new("/health_check/path", "invalid_path", "a path starting with /"));
@@ -279,6 +350,42 @@ fn check_fields(policy: &AddressPolicy, f: &ServiceFields, errors: &mut Vec<Fiel
         if !(1..=100).contains(&h.healthy_threshold) || !(1..=100).contains(&h.unhealthy_threshold) {
             errors.push(FieldError::new("/health_check", "out_of_range", "thresholds are 1–100"));
         }
+    }
+}
+
+fn check_gateway(g: &GatewaySettings, errors: &mut Vec<FieldError>) {
+    let mut bad = |field: &str, range: String| {
+        errors.push(FieldError::new(&format!("/gateway/{field}"), "out_of_range", range));
+    };
+    if !GATEWAY_TIMEOUT_MS.contains(&g.timeout_ms) {
+        bad("timeout_ms", format!("{}–{}", GATEWAY_TIMEOUT_MS.start(), GATEWAY_TIMEOUT_MS.end()));
+    }
+    if g.retries > GATEWAY_RETRIES_MAX {
+        bad("retries", format!("0–{GATEWAY_RETRIES_MAX}"));
+    }
+    if !GATEWAY_RATE_PER_S.contains(&g.rate_per_s) {
+        bad("rate_per_s", format!("{}–{}", GATEWAY_RATE_PER_S.start(), GATEWAY_RATE_PER_S.end()));
+    }
+    if g.request_bytes_max > GATEWAY_REQUEST_BYTES_MAX {
+        bad("request_bytes_max", format!("0–{GATEWAY_REQUEST_BYTES_MAX}"));
+    }
+    if !(1..=GATEWAY_RESPONSE_BYTES_MAX).contains(&g.response_bytes_max) {
+        bad("response_bytes_max", format!("1–{GATEWAY_RESPONSE_BYTES_MAX}"));
+    }
+    if !(1..=100).contains(&g.breaker_failure_percent) {
+        bad("breaker_failure_percent", "1–100".into());
+    }
+    if !(1..=100_000).contains(&g.breaker_min_calls) {
+        bad("breaker_min_calls", "1–100000".into());
+    }
+    if !(1_000..=3_600_000).contains(&g.breaker_window_ms) {
+        bad("breaker_window_ms", "1000–3600000".into());
+    }
+    if !(100..=3_600_000).contains(&g.breaker_open_ms) {
+        bad("breaker_open_ms", "100–3600000".into());
+    }
+    if !(1..=100).contains(&g.breaker_probes) {
+        bad("breaker_probes", "1–100".into());
     }
 }
 
@@ -301,7 +408,8 @@ fn summary(s: &Service) -> serde_json::Value {
     })
 }
 
-/// Registers a service.
+/// Registers a service; returns it and the key bytes of the secret that signs its gateway
+/// calls (shown once).
 pub async fn create(
     writer: &Writer,
     vault: &Vault,
@@ -310,7 +418,7 @@ pub async fn create(
     caller: Id,
     f: ServiceFields,
     per_org_max: usize,
-) -> Result<Service, DomainError> {
+) -> Result<(Service, Vec<u8>), DomainError> {
     let mut errors = Vec::new();
     if f.name.is_none() {
         errors.push(FieldError::new("/name", "required", "a service has a name"));
@@ -323,7 +431,8 @@ pub async fn create(
     let org = ctx.scope.org();
     let id = Id::new();
     let credential = f.credential.clone().flatten().map(|c| seal(vault, org, id, &c));
-    writer
+    let (key, signing) = secrets::generate(vault, &signing_purpose(org, id), ids::now_ms());
+    let s = writer
         .submit(ctx, move |tx| {
             if tx.range(SERVICES, org.as_bytes(), &prefix_end(org.as_bytes()), per_org_max + 1)?.len() >= per_org_max {
                 return Err(DomainError::Conflict {
@@ -346,6 +455,8 @@ pub async fn create(
                 health_check: f.health_check.clone().flatten(),
                 health: Health::Unknown,
                 health_since_ms: now,
+                gateway: f.gateway.unwrap_or_default(),
+                signing: vec![signing.clone()],
                 created_by: caller,
                 created_at_ms: now,
                 updated_at_ms: now,
@@ -354,9 +465,38 @@ pub async fn create(
             tx.put(SERVICES, &org_id_key(org, id), &encode(&s))?;
             tx.emit("org", "service.created", summary(&s));
             tx.audit("service.create", format!("service:{id}"), summary(&s));
-            Ok(s)
+            Ok::<_, DomainError>(s)
         })
-        .await
+        .await?;
+    Ok((s, key))
+}
+
+/// Puts a new secret first for signing gateway calls; those before it sign on for
+/// `overlap_ms`, then stop. Returns the service and the new secret's key bytes (shown once).
+pub async fn rotate_signing(
+    writer: &Writer,
+    vault: &Vault,
+    ctx: MutationCtx,
+    id: Id,
+    overlap_ms: i64,
+) -> Result<(Service, Vec<u8>), DomainError> {
+    let org = ctx.scope.org();
+    let (key, sealed) = secrets::generate(vault, &signing_purpose(org, id), ids::now_ms());
+    let s = writer
+        .submit(ctx, move |tx| {
+            let mut s = load(tx, org, id)?;
+            let now = tx.now_ms();
+            let ends = secrets::rotate(&mut s.signing, sealed.clone(), now, overlap_ms);
+            s.version += 1;
+            s.updated_at_ms = now;
+            tx.put(SERVICES, &org_id_key(org, id), &encode(&s))?;
+            let details = json!({ "id": id, "secret_id": sealed.id, "previous_until": ids::rfc3339(ends) });
+            tx.emit("org", "service.signing_secret_rotated", details.clone());
+            tx.audit("service.signing_secret.rotate", format!("service:{id}"), details);
+            Ok::<_, DomainError>(s)
+        })
+        .await?;
+    Ok((s, key))
 }
 
 fn load(tx: &Tx<'_, '_>, org: Id, id: Id) -> Result<Service, DomainError> {
@@ -411,6 +551,9 @@ pub async fn update(
             }
             if let Some(v) = &f.health_check {
                 s.health_check.clone_from(v);
+            }
+            if let Some(v) = f.gateway {
+                s.gateway = v;
             }
             let now = tx.now_ms();
             if restart {
@@ -560,9 +703,11 @@ pub async fn reseal(writer: &Writer, vault: std::sync::Arc<Vault>, ctx: Mutation
                 let mut s: Service = decode(SERVICES, &v)?;
                 if let Some(c) = &mut s.credential {
                     c.sealed = vault.reseal_base64(&purpose(org, s.id), &c.sealed).map_err(|_| damaged(s.id))?;
-                    tx.put(SERVICES, &k, &encode(&s))?;
                     n += 1;
                 }
+                n += secrets::reseal(&mut s.signing, &vault, &signing_purpose(org, s.id))
+                    .ok_or_else(|| damaged(s.id))?;
+                tx.put(SERVICES, &k, &encode(&s))?;
             }
             if n > 0 {
                 tx.audit("service.credentials.reseal", "services", json!({ "key_id": vault.key_id(), "resealed": n }));

@@ -12,8 +12,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -46,8 +44,6 @@ pub const HEADERS_MAX: usize = 20;
 pub const HEADER_VALUE_BYTES_MAX: usize = 1024;
 /// The highest rate limit an endpoint may ask for, in deliveries per second.
 pub const RATE_MAX: u32 = 10_000;
-/// Key bytes of a signing secret.
-const SECRET_BYTES: usize = 32;
 /// Headers a delivery sets itself (or the connection does), which an endpoint cannot override.
 const RESERVED_HEADERS: &[&str] = &[
     "host",
@@ -64,16 +60,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "user-agent",
 ];
 
-/// A secret as stored: sealed in the vault for its endpoint.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SealedSecret {
-    pub id: Id,
-    /// Base64 of the sealed key bytes.
-    pub sealed: String,
-    pub created_at_ms: i64,
-    /// After this it no longer signs (set when a newer secret replaces it).
-    pub expires_at_ms: Option<i64>,
-}
+pub use super::secrets::SealedSecret;
 
 /// Why an endpoint was switched off by the server itself.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -134,12 +121,7 @@ impl Endpoint {
 
     /// The secrets that sign at `now_ms`, newest first, opened.
     pub fn signing_keys(&self, vault: &Vault, org: Id, now_ms: i64) -> Result<Vec<Vec<u8>>, DomainError> {
-        let mut out = Vec::new();
-        for s in self.secrets.iter().filter(|s| s.expires_at_ms.is_none_or(|e| e > now_ms)) {
-            let sealed = STANDARD.decode(&s.sealed).map_err(|_| damaged(self.id))?;
-            out.push(vault.open(&purpose(org, self.id), &sealed).map_err(|_| damaged(self.id))?);
-        }
-        Ok(out)
+        super::secrets::in_force(&self.secrets, vault, &purpose(org, self.id), now_ms).ok_or_else(|| damaged(self.id))
     }
 }
 
@@ -302,15 +284,7 @@ fn check_rate(rate: Option<u32>, errors: &mut Vec<FieldError>) {
 
 /// A fresh secret's key bytes, and the record holding them sealed.
 fn new_secret(vault: &Vault, org: Id, endpoint: Id, now_ms: i64) -> (Vec<u8>, SealedSecret) {
-    let mut key = vec![0u8; SECRET_BYTES];
-    ids::fill_random(&mut key);
-    let sealed = SealedSecret {
-        id: Id::new(),
-        sealed: STANDARD.encode(vault.seal(&purpose(org, endpoint), &key)),
-        created_at_ms: now_ms,
-        expires_at_ms: None,
-    };
-    (key, sealed)
+    super::secrets::generate(vault, &purpose(org, endpoint), now_ms)
 }
 
 /// The part of an endpoint its events and audit records show (never a secret or a header's
@@ -507,13 +481,7 @@ pub async fn rotate_secret(
         .submit(ctx, move |tx| {
             let mut e = load(tx, org, id)?;
             let now = tx.now_ms();
-            let ends = now + overlap_ms;
-            // Secrets already past their end are dropped; the others end with the overlap.
-            e.secrets.retain(|s| s.expires_at_ms.is_none_or(|x| x > now));
-            for s in &mut e.secrets {
-                s.expires_at_ms = Some(s.expires_at_ms.map_or(ends, |x| x.min(ends)));
-            }
-            e.secrets.insert(0, sealed.clone());
+            let ends = super::secrets::rotate(&mut e.secrets, sealed.clone(), now, overlap_ms);
             e.version += 1;
             e.updated_at_ms = now;
             tx.put(WEBHOOK_ENDPOINTS, &org_id_key(org, id), &encode(&e))?;
@@ -1019,10 +987,8 @@ pub async fn reseal(writer: &Writer, vault: std::sync::Arc<Vault>, ctx: Mutation
             let mut n = 0;
             for (k, v) in tx.range(WEBHOOK_ENDPOINTS, org.as_bytes(), &prefix_end(org.as_bytes()), usize::MAX)? {
                 let mut e: Endpoint = decode(WEBHOOK_ENDPOINTS, &v)?;
-                for s in &mut e.secrets {
-                    s.sealed = vault.reseal_base64(&purpose(org, e.id), &s.sealed).map_err(|_| damaged(e.id))?;
-                    n += 1;
-                }
+                n +=
+                    super::secrets::reseal(&mut e.secrets, &vault, &purpose(org, e.id)).ok_or_else(|| damaged(e.id))?;
                 tx.put(WEBHOOK_ENDPOINTS, &k, &encode(&e))?;
             }
             if n > 0 {

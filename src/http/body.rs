@@ -48,6 +48,11 @@ impl<'a, T: Type + DeserializeOwned + Send> ApiExtractor<'a> for JsonBody<T> {
             }
         }
         let bytes = read_limited(request, body).await?;
+        // Every body this API takes is an object; serde would also read a struct from an array
+        // of its fields in order (`[]` as a struct whose fields are all absent).
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b != b'{') {
+            return Err(Problem::new(StatusCode::BAD_REQUEST, "invalid_json", "the body must be a JSON object").into());
+        }
         parse(&bytes).map(JsonBody).map_err(Into::into)
     }
 }
@@ -133,9 +138,13 @@ async fn read_limited(request: &Request, body: &mut RequestBody) -> Result<Vec<u
     let limit = request.data::<BodyLimit>().map_or(1 << 20, |l| l.0);
     let reader =
         body.take().map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_body", "the body was already read"))?;
+    read_up_to(reader, limit).await
+}
+
+/// All of `body`, unless it is over `limit` bytes (413).
+pub async fn read_up_to(body: poem::Body, limit: u64) -> Result<Vec<u8>, Problem> {
     let mut bytes = Vec::new();
-    reader
-        .into_async_read()
+    body.into_async_read()
         .take(limit + 1)
         .read_to_end(&mut bytes)
         .await

@@ -36,6 +36,7 @@ pub mod docs;
 pub mod document;
 pub mod files;
 pub mod gate;
+pub mod gateway;
 pub mod me;
 pub mod media;
 pub mod ops;
@@ -189,6 +190,7 @@ pub type Apis = (
         files::FilesApi,
         webhooks::WebhooksApi,
         services::ServicesApi,
+        gateway::GatewayApi,
     ),
 );
 
@@ -301,6 +303,7 @@ impl<E: Endpoint> Endpoint for Edge<E> {
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
         let started = Instant::now();
+        gateway::fold_proxy_path(&mut req);
         let request_id = req
             .header("x-request-id")
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))

@@ -250,7 +250,12 @@ pub fn describe(status: u16) -> &'static str {
         422 => "Fields fail validation (`validation_failed`, with pointers)",
         429 => "Rate limited; see `Retry-After`",
         500 => "Internal error",
+        502 => {
+            "The service behind the gateway could not be reached or answered wrongly \
+                (`upstream_unreachable`, `upstream_refused`, `upstream_too_large`)"
+        }
         503 => "Overloaded, timed out or shutting down; see `Retry-After`",
+        504 => "The service behind the gateway did not answer in time (`upstream_timeout`)",
         507 => "The server is low on disk space and refuses writes",
         _ => "Error",
     }

@@ -21,10 +21,11 @@ use crate::domain::DomainError;
 use crate::domain::paging::PageRequest;
 use crate::domain::policy::{Permission, Role};
 use crate::domain::services::{
-    self, CredentialKind, Health, HealthChange, HealthCheck, NewCredential, Service, ServiceFields,
+    self, CredentialKind, GatewaySettings, Health, HealthChange, HealthCheck, NewCredential, Service, ServiceFields,
 };
 use crate::ids::rfc3339;
 use crate::tenancy::OrgScope;
+use crate::webhooks::signing::Secret;
 
 crate::problems!(ServiceReadErrors: 400, 401, 403, 404, 422);
 crate::problems!(ServiceWriteErrors: 400, 401, 403, 404, 409, 412, 413, 415, 422, 507);
@@ -106,6 +107,82 @@ pub enum HealthView {
 
 mirror_enum!(HealthView <=> Health { Unknown, Up, Degraded, Down });
 
+/// How the gateway calls a service (absent fields: the defaults on creation, unchanged on a
+/// change).
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "ServiceGatewayInput", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayBody {
+    /// Each try of a call, in milliseconds (default 10000; 100–120000). The whole request,
+    /// retries included, is also held to the server's `http.request_timeout_ms` (30 s unless
+    /// the operator says otherwise).
+    pub timeout_ms: Option<u64>,
+    /// Tries after the first for GET, HEAD, PUT, DELETE and OPTIONS that could not connect,
+    /// timed out or were answered 502, 503 or 504 (default 2; 0–5).
+    pub retries: Option<u32>,
+    /// Calls a second, in bursts of up to twice this (default 100; 1–100000).
+    pub rate_per_s: Option<u32>,
+    /// A request body at most, in bytes (default 1048576; at most 16777216).
+    pub request_bytes_max: Option<u64>,
+    /// An answer body at most, in bytes; a longer one is a 502 (default 8388608; at most 67108864).
+    pub response_bytes_max: Option<u64>,
+    /// The circuit opens when at least this percentage of the calls in the window failed
+    /// (default 50; 1–100) ...
+    pub breaker_failure_percent: Option<u8>,
+    /// ... and the window holds at least this many calls (default 10).
+    pub breaker_min_calls: Option<u32>,
+    /// The window, in milliseconds (default 30000; 1000–3600000).
+    pub breaker_window_ms: Option<u64>,
+    /// How long the circuit stays open before probes go through (default 15000; 100–3600000).
+    pub breaker_open_ms: Option<u64>,
+    /// Probes let through when half-open; this many successes in a row close it (default 3).
+    pub breaker_probes: Option<u32>,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "ServiceGateway")]
+pub struct GatewayView {
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub rate_per_s: u32,
+    pub request_bytes_max: u64,
+    pub response_bytes_max: u64,
+    pub breaker_failure_percent: u8,
+    pub breaker_min_calls: u32,
+    pub breaker_window_ms: u64,
+    pub breaker_open_ms: u64,
+    pub breaker_probes: u32,
+}
+
+/// A secret that signs the caller's identity on gateway calls (never its key, which is shown
+/// once).
+#[derive(Object, Debug)]
+#[oai(rename = "ServiceSigningSecretInfo")]
+pub struct SigningSecretView {
+    pub id: String,
+    pub created_at: String,
+    /// When it stops signing (a newer secret replaced it).
+    pub expires_at: Option<String>,
+}
+
+/// A service and the secret that signs its gateway calls, shown only now.
+#[derive(Object, Debug)]
+#[oai(rename = "ServiceWithSigningSecret")]
+pub struct WithSecretView {
+    pub service: ServiceView,
+    /// `whsec_…`: the service checks the `Outpost-Identity` headers of gateway calls with it.
+    pub signing_secret: String,
+}
+
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "RotateServiceSigningSecret", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    /// Seconds the secrets replaced go on signing beside the new one (default 86400; 0 stops
+    /// them now).
+    pub overlap_s: Option<u64>,
+}
+
 /// A service to register.
 #[derive(Object, Debug, Deserialize)]
 #[oai(rename = "NewService", deny_unknown_fields)]
@@ -127,6 +204,7 @@ pub struct NewServiceBody {
     pub credential: Option<CredentialBody>,
     /// Absent: not checked (health stays `unknown`).
     pub health_check: Option<HealthCheckBody>,
+    pub gateway: Option<GatewayBody>,
 }
 
 /// Changes to a service: each field present is replaced.
@@ -148,6 +226,8 @@ pub struct PatchServiceBody {
     pub health_check: Option<HealthCheckBody>,
     /// Stop checking its health.
     pub remove_health_check: Option<bool>,
+    /// The fields present replace the gateway's settings.
+    pub gateway: Option<GatewayBody>,
     /// The version this change is based on (or `If-Match`).
     pub version: Option<u64>,
 }
@@ -169,6 +249,9 @@ pub struct ServiceView {
     pub health_check: Option<HealthCheckView>,
     pub health: HealthView,
     pub health_since: String,
+    pub gateway: GatewayView,
+    /// Newest first; every one not expired signs each gateway call.
+    pub signing_secrets: Vec<SigningSecretView>,
     pub created_by: String,
     pub created_at: String,
     pub updated_at: String,
@@ -202,7 +285,42 @@ pub struct HealthPage {
 #[derive(ApiResponse)]
 pub enum ServiceCreated {
     #[oai(status = 201)]
-    Created(Json<ServiceView>, #[oai(header = "Location")] String),
+    Created(Json<WithSecretView>, #[oai(header = "Location")] String),
+}
+
+/// How long the secrets a rotation replaces go on signing when the request does not say.
+const OVERLAP_DEFAULT_S: u64 = 86_400;
+
+/// `b`'s fields over `base`.
+fn gateway(base: GatewaySettings, b: Option<GatewayBody>) -> GatewaySettings {
+    let Some(b) = b else { return base };
+    GatewaySettings {
+        timeout_ms: b.timeout_ms.unwrap_or(base.timeout_ms),
+        retries: b.retries.unwrap_or(base.retries),
+        rate_per_s: b.rate_per_s.unwrap_or(base.rate_per_s),
+        request_bytes_max: b.request_bytes_max.unwrap_or(base.request_bytes_max),
+        response_bytes_max: b.response_bytes_max.unwrap_or(base.response_bytes_max),
+        breaker_failure_percent: b.breaker_failure_percent.unwrap_or(base.breaker_failure_percent),
+        breaker_min_calls: b.breaker_min_calls.unwrap_or(base.breaker_min_calls),
+        breaker_window_ms: b.breaker_window_ms.unwrap_or(base.breaker_window_ms),
+        breaker_open_ms: b.breaker_open_ms.unwrap_or(base.breaker_open_ms),
+        breaker_probes: b.breaker_probes.unwrap_or(base.breaker_probes),
+    }
+}
+
+fn gateway_view(g: GatewaySettings) -> GatewayView {
+    GatewayView {
+        timeout_ms: g.timeout_ms,
+        retries: g.retries,
+        rate_per_s: g.rate_per_s,
+        request_bytes_max: g.request_bytes_max,
+        response_bytes_max: g.response_bytes_max,
+        breaker_failure_percent: g.breaker_failure_percent,
+        breaker_min_calls: g.breaker_min_calls,
+        breaker_window_ms: g.breaker_window_ms,
+        breaker_open_ms: g.breaker_open_ms,
+        breaker_probes: g.breaker_probes,
+    }
 }
 
 fn credential(c: CredentialBody) -> Result<NewCredential, DomainError> {
@@ -267,6 +385,16 @@ fn view(s: Service) -> ServiceView {
         }),
         health: s.health.into(),
         health_since: rfc3339(s.health_since_ms),
+        gateway: gateway_view(s.gateway),
+        signing_secrets: s
+            .signing
+            .into_iter()
+            .map(|k| SigningSecretView {
+                id: k.id.to_string(),
+                created_at: rfc3339(k.created_at_ms),
+                expires_at: k.expires_at_ms.map(rfc3339),
+            })
+            .collect(),
         created_by: s.created_by.to_string(),
         created_at: rfc3339(s.created_at_ms),
         updated_at: rfc3339(s.updated_at_ms),
@@ -286,7 +414,12 @@ fn change_view(c: HealthChange) -> HealthChangeView {
 
 /// The caller, the service (404 unless it is in the caller's organization), then the
 /// permission.
-async fn service_for(app: &App, auth: &UserAuth, id: &str, needs: Permission) -> Result<(Principal, Service), Problem> {
+pub(super) async fn service_for(
+    app: &App,
+    auth: &UserAuth,
+    id: &str,
+    needs: Permission,
+) -> Result<(Principal, Service), Problem> {
     let p = auth.check(app).await?;
     let s = services::get(&app.store, OrgScope::member(&p), parse_id(id, "service")?)?;
     p.require(needs)?;
@@ -324,15 +457,17 @@ impl ServicesApi {
             metadata: b.metadata,
             credential: b.credential.map(credential).transpose()?.map(Some),
             health_check: b.health_check.map(|h| Some(health_check(h))),
+            gateway: Some(gateway(GatewaySettings::default(), b.gateway)),
             expected_version: None,
         };
         let cap = app.config.services.per_org_max;
-        let s =
+        let (s, key) =
             services::create(&app.writer, &app.vault(), app.egress.policy(), user_ctx(req, &p), p.user, fields, cap)
                 .await?;
         app.registry.poke();
         let location = format!("/v1/services/{}", s.id);
-        Ok(ServiceCreated::Created(Json(view(s)), location))
+        let signing_secret = Secret::from_key(key).written();
+        Ok(ServiceCreated::Created(Json(WithSecretView { service: view(s), signing_secret }), location))
     }
 
     /// List services
@@ -413,6 +548,7 @@ impl ServicesApi {
             metadata: b.metadata,
             credential,
             health_check: health,
+            gateway: b.gateway.is_some().then(|| gateway(s.gateway, b.gateway)),
             expected_version: parse_if_match(if_match.0.as_deref())?.or(b.version),
         };
         let s =
@@ -438,6 +574,38 @@ impl ServicesApi {
         services::delete(&app.writer, user_ctx(req, &p), s.id).await?;
         app.registry.poke();
         Ok(NoContent::Done)
+    }
+
+    /// Rotate a service's signing secret
+    ///
+    /// A new secret signs the caller's identity on gateway calls from now on; the ones it
+    /// replaces sign beside it for `overlap_s`, so the service switches at its own pace. The
+    /// new secret is in this answer only.
+    ///
+    /// Permission: `services.manage`.
+    #[oai(
+        path = "/v1/services/:service_id/signing-secret/rotate",
+        method = "post",
+        operation_id = "rotateServiceSigningSecret"
+    )]
+    async fn rotate(
+        &self,
+        app: Data<&App>,
+        auth: UserAuth,
+        req: &Request,
+        service_id: Path<String>,
+        body: JsonBody<RotateBody>,
+    ) -> Result<Json<WithSecretView>, ServiceWriteErrors> {
+        let (p, s) = service_for(&app, &auth, &service_id.0, Permission::ServicesManage).await?;
+        let overlap_s = body.0.overlap_s.unwrap_or(OVERLAP_DEFAULT_S);
+        let max = app.config.services.signing_overlap_max_s;
+        if overlap_s > max {
+            return Err(DomainError::invalid("/overlap_s", "out_of_range", format!("at most {max} seconds")).into());
+        }
+        let overlap_ms = i64::try_from(overlap_s * 1000).unwrap_or(i64::MAX);
+        let (s, key) = services::rotate_signing(&app.writer, &app.vault(), user_ctx(req, &p), s.id, overlap_ms).await?;
+        let signing_secret = Secret::from_key(key).written();
+        Ok(Json(WithSecretView { service: view(s), signing_secret }))
     }
 
     /// List a service's health changes

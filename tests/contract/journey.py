@@ -8,7 +8,8 @@ Uses the base URL and the operator key from PRINCIPALS.json (written by provisio
 everything else itself: operator creates an org -> invites an owner -> accept -> login ->
 refresh -> create room -> join -> channel -> post with an Idempotency-Key (the retry answers the
 same message) -> history -> task with a dependency -> search -> document create + binary Yjs
-update + versions -> API key -> a deliberate 404 read as a typed Problem -> logout.
+update + versions -> API key -> files -> a service registered and called through the gateway ->
+a deliberate 404 read as a typed Problem -> logout.
 
 Every answer is read through the generated types: a step fails when the status is not the one
 expected or when the parsed value is not of the generated class.
@@ -18,8 +19,10 @@ import base64
 import io
 import json
 import sys
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from outpost_client import AuthenticatedClient, Client
 from outpost_client.api.auth import accept_invitation, login, logout, refresh_tokens
@@ -43,6 +46,7 @@ from outpost_client.api.me import create_api_key, get_me
 from outpost_client.api.organizations import create_organization, create_organization_invitation
 from outpost_client.api.rooms import create_room, get_room, join_room, list_rooms
 from outpost_client.api.search import search
+from outpost_client.api.services import create_service, proxy_service_post
 from outpost_client.api.tasks import add_task_dependency, create_task
 from outpost_client.models import (
     AppendUploadTusResumable,
@@ -79,6 +83,10 @@ from outpost_client.models import (
     RoomPage,
     RoomVisibility,
     SearchPage,
+    NewService,
+    ServiceCredentialInput,
+    ServiceCredentialKind,
+    ServiceWithSigningSecret,
     Task,
     NewTask,
     Permission,
@@ -95,6 +103,39 @@ YJS_UPDATE = bytes.fromhex(
 )
 
 STEPS = []
+
+
+class _Service(BaseHTTPRequestHandler):
+    """A service on loopback that answers what it was sent: method, path, key, body, identity."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        out = json.dumps(
+            {
+                "method": self.command,
+                "path": self.path,
+                "key": self.headers.get("x-api-key"),
+                "body": body.decode(),
+                "identity": json.loads(self.headers.get("outpost-identity") or "null"),
+                "signed": bool(self.headers.get("outpost-identity-signature")),
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+def start_service():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def step(name, resp, status, typ):
@@ -305,6 +346,32 @@ def main():
     STEPS.append(("download a range", int(part.status_code), int(part.status_code) == 206))
     assert int(part.status_code) == 206 and part.content == data[:10], (part.status_code, part.content[:40])
     print(f"  ok  download a range: {int(part.status_code)}")
+
+    made = step(
+        "register a service with an API key",
+        create_service.sync_detailed(
+            client=ada,
+            body=NewService(
+                name="Tickets",
+                base_url=start_service(),
+                credential=ServiceCredentialInput(kind=ServiceCredentialKind.API_KEY, secret="journey-key"),
+            ),
+        ),
+        201,
+        ServiceWithSigningSecret,
+    )
+    assert made.signing_secret.startswith("whsec_") and made.service.credential.kind == "api_key", made
+    called = step(
+        "call it through the gateway",
+        proxy_service_post.sync_detailed(
+            made.service.id, "tickets/7", client=ada, body=File(payload=io.BytesIO(b'{"title": "printer"}'))
+        ),
+        200,
+        File,
+    )
+    seen = json.loads(called.payload.read())
+    assert (seen["method"], seen["path"], seen["key"]) == ("POST", "/tickets/7", "journey-key"), seen
+    assert seen["body"] == '{"title": "printer"}' and seen["identity"]["role"] == "owner" and seen["signed"], seen
 
     problem = step(
         "a room that does not exist is a typed Problem",

@@ -9,10 +9,13 @@
 // everything else itself: operator creates an org -> invites an owner -> accept -> login ->
 // refresh -> create room -> join -> channel -> post with an Idempotency-Key (the retry answers
 // the same message) -> history -> task with a dependency -> search -> document create + binary
-// Yjs update + versions -> API key -> a deliberate 404 read as a typed Problem -> logout.
+// Yjs update + versions -> API key -> files -> a service registered and called through the
+// gateway -> a deliberate 404 read as a typed Problem -> logout.
 
 import { readFileSync } from "node:fs";
 import { randomUUID } from "node:crypto";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import * as Y from "yjs";
 
 import { createClient } from "./client/client/index.js";
@@ -28,6 +31,7 @@ import {
   createOrganization,
   createOrganizationInvitation,
   createRoom,
+  createService,
   createTask,
   createUpload,
   downloadAsset,
@@ -42,6 +46,7 @@ import {
   login,
   logout,
   postMessage,
+  proxyServicePost,
   refreshTokens,
   search,
   uploadAsset,
@@ -88,6 +93,29 @@ async function problem<T, E>(name: string, status: number, call: Promise<Answer<
   steps += 1;
   console.log(`  ok  ${name}: ${got} Problem ${p.code}`);
   return p;
+}
+
+/** A service on loopback answering what it was sent; its base URL. */
+async function startService(): Promise<string> {
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      const identity = req.headers["outpost-identity"];
+      res.setHeader("content-type", "application/json");
+      res.end(JSON.stringify({
+        method: req.method,
+        path: req.url,
+        key: req.headers["x-api-key"],
+        body: Buffer.concat(chunks).toString(),
+        identity: typeof identity === "string" ? JSON.parse(identity) : null,
+        signed: Boolean(req.headers["outpost-identity-signature"]),
+      }));
+    });
+  });
+  await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
+  server.unref();
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 }
 
 async function main(): Promise<void> {
@@ -222,6 +250,27 @@ async function main(): Promise<void> {
   }
   steps += 1;
   console.log("  ok  download a range: 206");
+
+  // A service registered with an API key, called through the gateway (the answer read as text:
+  // it is whatever the service sent).
+  const made = await step("register a service with an API key", 201, createService({
+    client: grace,
+    body: { name: "Tickets", base_url: await startService(), credential: { kind: "api_key", secret: "journey-key" } },
+  }));
+  if (!made.signing_secret.startsWith("whsec_") || made.service.credential?.kind !== "api_key") {
+    throw new Error(JSON.stringify(made));
+  }
+  const called = await step("call it through the gateway", 200, proxyServicePost({
+    client: grace,
+    path: { service_id: made.service.id, path: "tickets/7" },
+    body: new Blob(['{"title": "printer"}']),
+    parseAs: "text",
+  }));
+  const seen = JSON.parse(String(called));
+  if (seen.method !== "POST" || seen.path !== "/tickets/7" || seen.key !== "journey-key" ||
+      seen.body !== '{"title": "printer"}' || seen.identity?.role !== "owner" || !seen.signed) {
+    throw new Error(`the service saw ${JSON.stringify(seen)}`);
+  }
 
   await problem("a room that does not exist is a typed Problem", 404, getRoom({ client: grace, path: { room_id: randomUUID() } }));
 

@@ -14,6 +14,9 @@ async fn error_shapes() {
     // Invalid JSON.
     expect_problem(post_raw("{\"slug\": ").send().await.unwrap(), 400, "invalid_json").await;
     expect_problem(post_raw("").send().await.unwrap(), 400, "invalid_json").await;
+    // A body is an object: serde would read a struct from an array of its fields.
+    expect_problem(post_raw(r#"["abc", "A"]"#).send().await.unwrap(), 400, "invalid_json").await;
+    expect_problem(post_raw(" []").send().await.unwrap(), 400, "invalid_json").await;
 
     // Unknown field: pointer to it.
     let p = expect_problem(

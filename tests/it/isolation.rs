@@ -140,7 +140,7 @@ async fn org_b_never_sees_org_a() {
         json!({ "name": "A's service", "base_url": "http://localhost:9" }),
     )
     .await;
-    let a_service_id = a_service["id"].as_str().unwrap().to_owned();
+    let a_service_id = a_service["service"]["id"].as_str().unwrap().to_owned();
     let mut principals: Vec<(String, String)> = Vec::new();
     for (role, login) in &b {
         principals.push(((*role).to_owned(), login.access.clone()));
@@ -191,6 +191,7 @@ async fn org_b_never_sees_org_a() {
             .replace("{endpoint_id}", &a_endpoint_id)
             .replace("{msg_id}", &a_msg_ref)
             .replace("{service_id}", &a_service_id)
+            .replace("{path}", "tickets")
             .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{recording_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{name}", "00-audio-1.ogg");
@@ -301,7 +302,7 @@ async fn a_cursor_never_leaves_its_list() {
         json!({ "name": "b", "base_url": "http://localhost:9" }),
     )
     .await;
-    let b_service_id = b_service["id"].as_str().unwrap().to_owned();
+    let b_service_id = b_service["service"]["id"].as_str().unwrap().to_owned();
     let b_room: Value =
         crate::support::post_json(&s, &b_admin.access, "/v1/rooms", json!({ "name": "b", "visibility": "org" })).await;
     let b_room_id = b_room["id"].as_str().unwrap().to_owned();

@@ -15,6 +15,7 @@ mod events;
 mod faults;
 mod files;
 mod fuzz;
+mod gateway;
 mod identity;
 mod isolation;
 mod journey;

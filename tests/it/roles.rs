@@ -37,7 +37,10 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
     config.auth.sessions_per_user_max = 100_000;
     // TURN on, so its credentials can be handed out.
     config.media.turn_listen = Some("127.0.0.1:0".parse().unwrap());
+    // A service on loopback for the gateway's calls to reach.
+    config.egress.allow_cidrs = vec!["127.0.0.0/8".into()];
     let s = TestServer::start_with(config).await;
+    let upstream = answering_service().await;
     let (org_id, sl) = create_org(&s).await;
     for role in Role::ALL {
         operator_invite_and_accept(&s, &org_id, &format!("{}@example.org", role.as_str()), role.as_str()).await;
@@ -145,7 +148,8 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                     .replace("{version_id}", &version_id)
                     .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
                     .replace("{recording_id}", &uuid::Uuid::now_v7().to_string())
-                    .replace("{name}", "00-audio-1.ogg");
+                    .replace("{name}", "00-audio-1.ogg")
+                    .replace("{path}", "x");
                 let id = op["operationId"].as_str().unwrap();
                 let (url, body) = prepare(
                     &s,
@@ -157,6 +161,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                         owner: &owner.access,
                         target: &target_id,
                         asset: &asset_id,
+                        upstream: &upstream,
                     },
                     Places {
                         room: (&room_id, maker),
@@ -268,6 +273,23 @@ struct Prepare<'a> {
     target: &'a str,
     /// A file of the caller's own.
     asset: &'a str,
+    /// The base URL of a service that answers 200 to everything.
+    upstream: &'a str,
+}
+
+/// A service on loopback answering 200 to every request; its base URL.
+async fn answering_service() -> String {
+    #[poem::handler]
+    fn ok() -> &'static str {
+        "ok"
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let app = poem::Route::new().at("/*", ok);
+    tokio::spawn(poem::Server::new(poem::listener::TcpListener::bind(addr.to_string())).run(app));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    format!("http://{addr}")
 }
 
 /// The fresh room, channel and tasks, each with the token of whoever made it.
@@ -298,14 +320,16 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         url = url.replace("{endpoint_id}", id).replace("{msg_id}", &format!("msg_{}_1", p.org.replace('-', "")));
     }
     if url.contains("{service_id}") {
+        // Every role among its callers, so that the policy alone decides who may call it.
         let made: Value = crate::support::post_json(
             s,
             p.owner,
             "/v1/services",
-            json!({ "name": "s", "base_url": "http://localhost:9" }),
+            json!({ "name": "s", "base_url": p.upstream, "callers": ["guest", "member", "admin", "owner"] }),
         )
         .await;
-        url = url.replace("{service_id}", made["id"].as_str().unwrap_or_else(|| panic!("no service made: {made}")));
+        let id = made["service"]["id"].as_str().unwrap_or_else(|| panic!("no service made: {made}"));
+        url = url.replace("{service_id}", id);
     }
     let body = match p.id {
         "createService" => Some(json!({ "name": "s", "base_url": "http://localhost:9" })),

@@ -89,6 +89,7 @@ async fn health_follows_a_service_down_and_back_and_its_credential_stays_sealed(
     assert_eq!(r.status(), 201);
     let made: Value = r.json().await.unwrap();
     seen.push(made.to_string());
+    let made = made["service"].clone();
     let id = made["id"].as_str().unwrap().to_owned();
     assert_eq!(made["credential"], json!({ "kind": "api_key", "header": "X-Api-Key", "username": null }));
 
@@ -160,8 +161,21 @@ async fn a_service_url_is_held_to_the_egress_policy() {
             "{p}"
         );
     }
+    // A name is looked up when called, each address it gives checked then; with
+    // `egress.allowed_only` (as the tests run) it is refused at once.
+    let p =
+        post_json(&s, &owner, "/v1/services", json!({ "name": "x", "base_url": "https://api.example.org/v2" })).await;
+    assert_eq!(p["errors"][0]["code"], "address_refused", "{p}");
+    s.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.egress.allowed_only = false;
+    let s = TestServer::start_with(config).await;
+    let (org_id, sl) = crate::identity::create_org(&s).await;
+    crate::identity::operator_invite_and_accept(&s, &org_id, "owner@example.org", "owner").await;
+    let owner = crate::identity::login(&s, &sl, "owner").await.access;
     let ok =
         post_json(&s, &owner, "/v1/services", json!({ "name": "x", "base_url": "https://api.example.org/v2" })).await;
-    assert_eq!(ok["health"], "unknown", "{ok}");
+    assert_eq!(ok["service"]["health"], "unknown", "{ok}");
     s.stop().await;
 }

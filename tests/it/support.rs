@@ -14,6 +14,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 pub fn config_for(dir: &Path) -> Config {
     let mut c = Config { data_dir: dir.to_path_buf(), ..Config::default() };
     c.store.min_free_disk_bytes = 0;
+    // Nothing a test registers is called off this machine, whatever its URL says.
+    c.egress.allowed_only = true;
     c
 }
 
@@ -132,6 +134,8 @@ impl TestServer {
 pub struct ChildServer {
     pub child: Child,
     pub base: String,
+    /// Everything it wrote (stdout and stderr), as it comes.
+    output: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl ChildServer {
@@ -150,15 +154,29 @@ impl ChildServer {
             .env("OUTPOST_STORE__MIN_FREE_DISK_BYTES", "0")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn outpost");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let kept = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut o = kept.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        });
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(20);
         let base = loop {
             assert!(Instant::now() < deadline, "no ready line from the server");
             let Some(Ok(line)) = lines.next() else { panic!("server exited before it was ready") };
+            let mut o = output.lock().unwrap();
+            o.push_str(&line);
+            o.push('\n');
+            drop(o);
             let Ok(v) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
@@ -167,8 +185,20 @@ impl ChildServer {
             }
         };
         // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, base }
+        let kept = output.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut o = kept.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        });
+        Self { child, base, output }
+    }
+
+    /// What it has written so far, stdout and stderr.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
     }
 
     pub fn kill9(self) {

@@ -109,13 +109,26 @@ impl Receiver {
 
     /// Waits until `name` has accepted `n` deliveries (answered 204); all its records.
     async fn wait_accepted(&self, name: &str, n: usize) -> Vec<Value> {
+        self.wait_until(name, n, |got| accepted(got).len()).await
+    }
+
+    /// Waits until `name` has accepted `n` distinct messages (one cut off by a kill may come
+    /// twice); all its records.
+    async fn wait_distinct(&self, name: &str, n: usize) -> Vec<Value> {
+        let distinct = |got: &[Value]| {
+            accepted(got).iter().map(|r| r["id"].to_string()).collect::<std::collections::HashSet<_>>().len()
+        };
+        self.wait_until(name, n, distinct).await
+    }
+
+    async fn wait_until(&self, name: &str, n: usize, count: impl Fn(&[Value]) -> usize) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             let got = self.received(name).await;
-            if accepted(&got).len() >= n {
+            if count(&got) >= n {
                 return got;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{name} accepted {} of {n}: {got:?}", accepted(&got).len());
+            assert!(tokio::time::Instant::now() < deadline, "{name} accepted {} of {n}: {got:?}", count(&got));
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
@@ -344,7 +357,7 @@ async fn queued_deliveries_survive_sigkill_in_order() {
     let at_kill = accepted(&rx.received("k").await).len();
     assert!(at_kill < 30, "the kill came after every delivery");
     let server = ChildServer::start_with_env(dir.path(), &env);
-    let got = rx.wait_accepted("k", 30).await;
+    let got = rx.wait_distinct("k", 30).await;
     // In commit order (a delivery cut off by the kill may come twice, in its place).
     let order = seqs(&got);
     assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");

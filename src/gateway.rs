@@ -1,0 +1,547 @@
+//! The service gateway: a caller's request forwarded to a registered service through
+//! [`crate::egress`], with the service's sealed credential put on at the last moment and the
+//! caller's identity in signed headers.
+//!
+//! Each call, in order: the service must name the caller's role among its callers; its budget
+//! (calls a second) must have room; its circuit breaker must let the call through (open → 503
+//! `circuit_open` with `Retry-After`, no packet sent); a slot for its audit record must be free.
+//! Then the request goes out, bounded by the service's timeout and answer cap, and idempotent
+//! methods are tried again (short, jittered waits) when the service could not be reached, timed
+//! out or answered 502/503/504. Every try's outcome feeds the breaker.
+//!
+//! The identity headers: `Outpost-Identity` is a JSON object (organization, user, role, actor,
+//! request id, method, path with query, SHA-256 of the body), signed like a Standard Webhooks
+//! message: `Outpost-Identity-Id`, `Outpost-Identity-Timestamp` and
+//! `Outpost-Identity-Signature` (`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{identity}">`,
+//! one per signing secret in force). A service verifies them with any Standard Webhooks library
+//! by giving it the identity as the payload and those three as `webhook-id`,
+//! `webhook-timestamp` and `webhook-signature`.
+//!
+//! Each call that reaches for the service (whatever came of it) has an audit record; calls the
+//! gateway refuses first (role, budget, open circuit, path, size) send nothing and have none.
+//! The record (method, path without its query, status, attempts, time, outcome;
+//! never a body, a query, a header or a secret) is handed to the store writer once the call is
+//! over and joins its next group commit; the answer does not wait for the disk. The records
+//! waiting are bounded (`services.gateway_audit_backlog_max`): past it calls are refused with
+//! 503 `audit_backlog`, so no call goes unrecorded beyond what a crash can cut short (those
+//! waiting for the commit in progress).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::domain::DomainError;
+use crate::domain::policy::Role;
+use crate::domain::services::{CredentialKind, GatewaySettings, Service};
+use crate::egress::{Breaker, BreakerConfig, BreakerState, CallLimits, Egress, EgressError};
+use crate::ids::{self, Id};
+use crate::limits::{Budget, Limited, Limiter};
+use crate::metrics::{Metrics, OutcomeLabels, ServiceLabels};
+use crate::store::writer::{MutationCtx, Writer};
+use crate::vault::VaultCell;
+use crate::webhooks::signing::{self, Secret};
+
+/// Headers of a caller's request that never reach a service: the connection's own, the
+/// caller's credentials and cookies for Outpost, forwarding claims, and Outpost's identity
+/// headers (which only the gateway writes).
+const DROPPED_REQUEST_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "content-length",
+    "authorization",
+    "cookie",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-request-id",
+];
+
+/// Headers of a service's answer that never reach the caller: the connection's own, and
+/// cookies (which would land on Outpost's origin).
+const DROPPED_ANSWER_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "set-cookie",
+    "set-cookie2",
+    "alt-svc",
+];
+
+/// Stale per-service states are dropped once the map holds this many.
+const STATES_MAX: usize = 4096;
+
+/// What the gateway is built from.
+pub struct Parts {
+    pub egress: Egress,
+    pub vault: VaultCell,
+    pub writer: Writer,
+    pub metrics: Arc<Metrics>,
+    pub audit_backlog_max: usize,
+}
+
+/// A service's live state at the gateway: its breaker and budget, for one version of its
+/// settings.
+struct State {
+    version: u64,
+    breaker: Breaker,
+    budget: Budget,
+}
+
+struct Inner {
+    parts: Parts,
+    states: Mutex<HashMap<(Id, Id), Arc<State>>>,
+    audit_slots: Arc<Semaphore>,
+}
+
+/// The gateway (cheap to clone).
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+/// Who is calling: their role, and the audit context of the request.
+pub struct Caller {
+    pub user: Id,
+    pub role: Role,
+    pub request_id: String,
+    pub ctx: MutationCtx,
+}
+
+/// A request to forward.
+pub struct Call {
+    pub method: reqwest::Method,
+    /// Under the service's base URL, starting with `/`.
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A service's answer, to hand back as it is.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// Tries it took.
+    pub attempts: u32,
+}
+
+/// Why a call was not answered by the service.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("the {0} role may not call this service")]
+    NotACaller(&'static str),
+    #[error("the path must stay under the service's base URL")]
+    BadPath,
+    #[error("the request body is over the service's limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("rate limited")]
+    Limited(Limited),
+    #[error("the service's circuit is open after repeated failures")]
+    CircuitOpen(Duration),
+    #[error("too many gateway calls wait for their audit records")]
+    AuditBacklog,
+    #[error("the service did not answer within {0} ms")]
+    Timeout(u64),
+    #[error("the service could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the service's answer is over the limit of {0} bytes")]
+    AnswerTooLarge(u64),
+    #[error("refused before connecting: {0}")]
+    Refused(String),
+    #[error("the service's credential cannot be opened")]
+    Credential,
+}
+
+impl GatewayError {
+    fn outcome(&self) -> &'static str {
+        match self {
+            GatewayError::NotACaller(_) => "refused_role",
+            GatewayError::BadPath | GatewayError::TooLarge(_) => "bad_request",
+            GatewayError::Limited(_) => "rate_limited",
+            GatewayError::CircuitOpen(_) => "circuit_open",
+            GatewayError::AuditBacklog => "audit_backlog",
+            GatewayError::Timeout(_) => "timeout",
+            GatewayError::Unreachable(_) | GatewayError::Credential => "unreachable",
+            GatewayError::AnswerTooLarge(_) => "too_large",
+            GatewayError::Refused(_) => "refused_address",
+        }
+    }
+}
+
+/// Methods safe to send again.
+fn idempotent(m: &reqwest::Method) -> bool {
+    matches!(m.as_str(), "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS")
+}
+
+fn breaker_config(g: &GatewaySettings) -> BreakerConfig {
+    BreakerConfig {
+        window: Duration::from_millis(g.breaker_window_ms),
+        min_calls: g.breaker_min_calls,
+        failure_ratio: f64::from(g.breaker_failure_percent) / 100.0,
+        open_for: Duration::from_millis(g.breaker_open_ms),
+        probes: g.breaker_probes,
+    }
+}
+
+fn breaker_gauge(s: BreakerState) -> i64 {
+    match s {
+        BreakerState::Closed => 0,
+        BreakerState::HalfOpen => 1,
+        BreakerState::Open => 2,
+    }
+}
+
+/// The URL of `path` (decoded text: a `%`, `?` or `#` in it is a character of the path) and
+/// `query` under `base`, or `None` when it would leave the base's path (dot segments, a
+/// backslash).
+pub fn target_url(base: &str, path: &str, query: Option<&str>) -> Option<reqwest::Url> {
+    let base_url = reqwest::Url::parse(base).ok()?;
+    let path = path.replace('%', "%25").replace('?', "%3F").replace('#', "%23");
+    let mut url = reqwest::Url::parse(&format!("{base}{path}")).ok()?;
+    let root = base_url.path().trim_end_matches('/');
+    let under = url.path() == root || url.path().strip_prefix(root).is_some_and(|rest| rest.starts_with('/'));
+    let same_place = url.scheme() == base_url.scheme()
+        && url.host_str() == base_url.host_str()
+        && url.port_or_known_default() == base_url.port_or_known_default();
+    if !under || !same_place || path.contains('\\') || url.fragment().is_some() {
+        return None;
+    }
+    url.set_query(query.filter(|q| !q.is_empty()));
+    Some(url)
+}
+
+/// What a try came to: an answer to hand back, or a failure, and whether trying again may help.
+enum Try {
+    Answered(crate::egress::Answer),
+    Failed { error: GatewayError, again: bool },
+}
+
+impl Gateway {
+    pub fn new(parts: Parts) -> Self {
+        let slots = Arc::new(Semaphore::new(parts.audit_backlog_max));
+        Self { inner: Arc::new(Inner { parts, states: Mutex::default(), audit_slots: slots }) }
+    }
+
+    /// Forwards `call` to `service` for `caller` (see the module's documentation).
+    pub async fn forward(&self, caller: Caller, service: &Service, call: Call) -> Result<Reply, GatewayError> {
+        let started = Instant::now();
+        let m = &self.inner.parts.metrics;
+        let result = self.forward_inner(&caller, service, &call, started).await;
+        let outcome = match &result {
+            Ok(_) => "answered",
+            Err(e) => e.outcome(),
+        };
+        m.gateway_calls.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc();
+        m.gateway_seconds.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn forward_inner(
+        &self,
+        caller: &Caller,
+        service: &Service,
+        call: &Call,
+        started: Instant,
+    ) -> Result<Reply, GatewayError> {
+        if !service.callers.contains(&caller.role) {
+            return Err(GatewayError::NotACaller(caller.role.as_str()));
+        }
+        let g = &service.gateway;
+        if call.body.len() as u64 > g.request_bytes_max {
+            return Err(GatewayError::TooLarge(g.request_bytes_max));
+        }
+        let url = target_url(&service.base_url, &call.path, call.query.as_deref()).ok_or(GatewayError::BadPath)?;
+        let org = caller.ctx.scope.org();
+        let state = self.state(org, service);
+        state.budget.check().map_err(GatewayError::Limited)?;
+        let labels = ServiceLabels { org: org.to_string(), service: service.id.to_string() };
+        let permit = self.inner.audit_slots.clone().try_acquire_owned().map_err(|_| GatewayError::AuditBacklog)?;
+        let headers = self.outgoing_headers(caller, service, call, &url)?;
+        let tries = if idempotent(&call.method) { g.retries + 1 } else { 1 };
+        let limits = CallLimits { timeout_ms: g.timeout_ms, response_bytes_max: g.response_bytes_max };
+        let mut attempts = 0;
+        let result = loop {
+            let pass = match state.breaker.admit() {
+                Ok(pass) => pass,
+                Err(wait) => {
+                    self.inner
+                        .parts
+                        .metrics
+                        .gateway_breaker
+                        .get_or_create(&labels)
+                        .set(breaker_gauge(BreakerState::Open));
+                    break Err(GatewayError::CircuitOpen(wait));
+                }
+            };
+            attempts += 1;
+            let mut req = reqwest::Request::new(call.method.clone(), url.clone());
+            *req.headers_mut() = headers.clone();
+            if !call.body.is_empty() {
+                *req.body_mut() = Some(call.body.clone().into());
+            }
+            let try_started = Instant::now();
+            let outcome = self.attempt(req, limits).await;
+            self.inner.parts.metrics.gateway_upstream_seconds.observe(try_started.elapsed().as_secs_f64());
+            let (ok_for_breaker, done) = match outcome {
+                Try::Answered(a) => {
+                    let failed = a.status >= 500;
+                    let again = matches!(a.status, 502..=504) && attempts < tries;
+                    (!failed, if again { None } else { Some(Ok(a)) })
+                }
+                Try::Failed { error, again } => {
+                    let counts = !matches!(error, GatewayError::Refused(_));
+                    (!counts, if again && attempts < tries { None } else { Some(Err(error)) })
+                }
+            };
+            state.breaker.record(pass, ok_for_breaker);
+            self.inner.parts.metrics.gateway_breaker.get_or_create(&labels).set(breaker_gauge(state.breaker.state()));
+            if let Some(done) = done {
+                break done;
+            }
+            // A short wait, doubling, with jitter, before trying again.
+            let base = 25u64 << (attempts - 1).min(5);
+            let mut r = [0u8; 1];
+            ids::fill_random(&mut r);
+            tokio::time::sleep(Duration::from_millis(base + base * u64::from(r[0]) / 255)).await;
+        };
+        let status = match &result {
+            Ok(a) if a.truncated => None,
+            Ok(a) => Some(a.status),
+            Err(_) => None,
+        };
+        let outcome = match &result {
+            Ok(a) if a.truncated => "too_large",
+            Ok(_) => "answered",
+            Err(e) => e.outcome(),
+        };
+        self.audit(permit, caller, service, call, status, attempts, started.elapsed(), outcome);
+        let a = result?;
+        if a.truncated {
+            return Err(GatewayError::AnswerTooLarge(g.response_bytes_max));
+        }
+        let mut headers = a.headers;
+        for h in DROPPED_ANSWER_HEADERS {
+            headers.remove(*h);
+        }
+        Ok(Reply { status: a.status, headers, body: a.body, attempts })
+    }
+
+    /// One try through egress.
+    async fn attempt(&self, req: reqwest::Request, limits: CallLimits) -> Try {
+        match self.inner.parts.egress.send_within(req, limits).await {
+            Ok(a) => Try::Answered(a),
+            Err(EgressError::Timeout(ms)) => Try::Failed { error: GatewayError::Timeout(ms), again: true },
+            Err(EgressError::Refused(why) | EgressError::BadUrl(why)) => {
+                Try::Failed { error: GatewayError::Refused(why), again: false }
+            }
+            Err(e @ (EgressError::Connect(_) | EgressError::Failed(_))) => {
+                Try::Failed { error: GatewayError::Unreachable(e.to_string()), again: true }
+            }
+            Err(e @ EgressError::TooManyRedirects(_)) => {
+                Try::Failed { error: GatewayError::Unreachable(e.to_string()), again: false }
+            }
+        }
+    }
+
+    /// The caller's headers that may go on, the service's credential and the signed identity.
+    fn outgoing_headers(
+        &self,
+        caller: &Caller,
+        service: &Service,
+        call: &Call,
+        url: &reqwest::Url,
+    ) -> Result<HeaderMap, GatewayError> {
+        let mut headers = HeaderMap::with_capacity(call.headers.len() + 6);
+        for (name, value) in &call.headers {
+            let n = name.as_str();
+            // `*/*` is what generated clients send for "any type": no type at all.
+            let any_type = name == reqwest::header::CONTENT_TYPE && value.as_bytes() == b"*/*";
+            if DROPPED_REQUEST_HEADERS.contains(&n) || n.starts_with("outpost-") || any_type {
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        let vault = self.inner.parts.vault.get();
+        let org = caller.ctx.scope.org();
+        if let Some((kind, secret)) = service.secret(&vault, org).map_err(|_| GatewayError::Credential)? {
+            put_credential(&mut headers, &kind, &secret)?;
+        }
+        let body_sha256 = hex(ring::digest::digest(&ring::digest::SHA256, &call.body).as_ref());
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let identity = json!({
+            "org": org,
+            "user": caller.user,
+            "role": caller.role.as_str(),
+            "actor": caller.ctx.actor,
+            "request_id": caller.request_id,
+            "method": call.method.as_str(),
+            "path": path,
+            "body_sha256": body_sha256,
+        })
+        .to_string();
+        let keys = service.signing_keys(&vault, org, ids::now_ms()).map_err(|_| GatewayError::Credential)?;
+        let secrets: Vec<Secret> = keys.into_iter().map(Secret::from_key).collect();
+        let id = format!("call_{}", Id::new().0.simple());
+        let [(_, id), (_, timestamp), (_, signature)] =
+            signing::headers(&secrets.iter().collect::<Vec<_>>(), &id, ids::now_ms() / 1000, identity.as_bytes());
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        };
+        put("outpost-identity", identity);
+        put("outpost-identity-id", id);
+        put("outpost-identity-timestamp", timestamp);
+        if !secrets.is_empty() {
+            put("outpost-identity-signature", signature);
+        }
+        Ok(headers)
+    }
+
+    /// The service's live state, made anew when its settings changed.
+    fn state(&self, org: Id, service: &Service) -> Arc<State> {
+        let mut states = self.inner.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = states.get(&(org, service.id)) {
+            if s.version == service.version {
+                return s.clone();
+            }
+        }
+        if states.len() >= STATES_MAX {
+            // Only the states of services called right now are kept; the others start afresh.
+            states.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        let s = Arc::new(State {
+            version: service.version,
+            breaker: Breaker::new(breaker_config(&service.gateway)),
+            budget: Budget::per_second(service.gateway.rate_per_s, Limiter::Service),
+        });
+        states.insert((org, service.id), s.clone());
+        s
+    }
+
+    /// Hands the call's audit record to the writer; its slot is free once it is committed.
+    #[allow(clippy::too_many_arguments)]
+    fn audit(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        caller: &Caller,
+        service: &Service,
+        call: &Call,
+        status: Option<u16>,
+        attempts: u32,
+        took: Duration,
+        outcome: &'static str,
+    ) {
+        let writer = self.inner.parts.writer.clone();
+        let ctx = caller.ctx.clone();
+        let target = format!("service:{}", service.id);
+        let details = json!({
+            "name": service.name,
+            "method": call.method.as_str(),
+            "path": call.path,
+            "status": status,
+            "attempts": attempts,
+            "duration_ms": u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            "outcome": outcome,
+        });
+        tokio::spawn(async move {
+            let _slot = permit;
+            let written = writer
+                .submit(ctx, move |tx| {
+                    tx.audit("service.call", target.clone(), details.clone());
+                    Ok::<_, DomainError>(())
+                })
+                .await;
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "a gateway call's audit record was not written");
+            }
+        });
+    }
+}
+
+/// Puts a service's credential on the outgoing headers.
+fn put_credential(headers: &mut HeaderMap, kind: &CredentialKind, secret: &str) -> Result<(), GatewayError> {
+    use base64::Engine as _;
+    let (name, value) = match kind {
+        CredentialKind::ApiKey { header } => {
+            (HeaderName::from_bytes(header.as_bytes()).map_err(|_| GatewayError::Credential)?, secret.to_owned())
+        }
+        CredentialKind::Bearer => (reqwest::header::AUTHORIZATION, format!("Bearer {secret}")),
+        CredentialKind::Basic { username } => (
+            reqwest::header::AUTHORIZATION,
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"))),
+        ),
+    };
+    let mut value = HeaderValue::from_str(&value).map_err(|_| GatewayError::Credential)?;
+    value.set_sensitive(true);
+    // The caller's own value of the credential's header never goes on beside it.
+    headers.insert(name, value);
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_under_the_base_url() {
+        let base = "https://api.example.org/v2";
+        let ok = |p: &str, q: Option<&str>| target_url(base, p, q).map(|u| u.to_string());
+        assert_eq!(ok("/tickets", None).as_deref(), Some("https://api.example.org/v2/tickets"));
+        assert_eq!(ok("/tickets/7", Some("a=1")).as_deref(), Some("https://api.example.org/v2/tickets/7?a=1"));
+        assert_eq!(ok("/", None).as_deref(), Some("https://api.example.org/v2/"));
+        for bad in ["/../v1/admin", "/a/../../v1", "/..", "/\\..\\v1", "@evil.example/x", ".evil.example/x"] {
+            assert_eq!(ok(bad, None), None, "{bad} must be refused");
+        }
+        // Decoded text: what looks like an escape, a query or a fragment is part of the path.
+        assert_eq!(ok("/%2e%2e/v1", None).as_deref(), Some("https://api.example.org/v2/%252e%252e/v1"));
+        assert_eq!(ok("/x?y#z", Some("q=1")).as_deref(), Some("https://api.example.org/v2/x%3Fy%23z?q=1"));
+        // A base at the root: everything under it.
+        assert!(target_url("http://127.0.0.1:9", "/x/y", None).is_some());
+    }
+
+    #[test]
+    fn only_idempotent_methods_are_tried_again() {
+        for m in ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"] {
+            assert!(idempotent(&m.parse().unwrap()));
+        }
+        for m in ["POST", "PATCH"] {
+            assert!(!idempotent(&m.parse().unwrap()));
+        }
+    }
+}
