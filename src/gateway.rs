@@ -17,8 +17,10 @@
 //! by giving it the identity as the payload and those three as `webhook-id`,
 //! `webhook-timestamp` and `webhook-signature`.
 //!
-//! Each call that reaches for the service (whatever came of it) has an audit record; calls the
-//! gateway refuses first (role, budget, open circuit, path, size) send nothing and have none.
+//! Each call that reaches for the service (whatever came of it, including a call dropped
+//! half-way because the caller went away or the request ran out of time: `cancelled`) has an
+//! audit record; calls the gateway refuses first (role, budget, open circuit, path, size) send
+//! nothing and have none.
 //! The record (method, path without its query, status, attempts, time, outcome;
 //! never a body, a query, a header or a secret) is handed to the store writer once the call is
 //! over and joins its next group commit; the answer does not wait for the disk. The records
@@ -278,8 +280,19 @@ impl Gateway {
         let state = self.state(org, service);
         state.budget.check().map_err(GatewayError::Limited)?;
         let labels = ServiceLabels { org: org.to_string(), service: service.id.to_string() };
-        let permit = self.inner.audit_slots.clone().try_acquire_owned().map_err(|_| GatewayError::AuditBacklog)?;
+        let slot = self.inner.audit_slots.clone().try_acquire_owned().map_err(|_| GatewayError::AuditBacklog)?;
         let headers = self.outgoing_headers(caller, service, call, &url)?;
+        let mut record = CallRecord {
+            writer: self.inner.parts.writer.clone(),
+            slot: Some(slot),
+            ctx: Some(caller.ctx.clone()),
+            target: format!("service:{}", service.id),
+            name: service.name.clone(),
+            method: call.method.as_str().to_owned(),
+            path: call.path.clone(),
+            started,
+            attempts: 0,
+        };
         let tries = if idempotent(&call.method) { g.retries + 1 } else { 1 };
         let limits = CallLimits { timeout_ms: g.timeout_ms, response_bytes_max: g.response_bytes_max };
         let mut attempts = 0;
@@ -297,6 +310,7 @@ impl Gateway {
                 }
             };
             attempts += 1;
+            record.attempts = attempts;
             let mut req = reqwest::Request::new(call.method.clone(), url.clone());
             *req.headers_mut() = headers.clone();
             if !call.body.is_empty() {
@@ -337,7 +351,7 @@ impl Gateway {
             Ok(_) => "answered",
             Err(e) => e.outcome(),
         };
-        self.audit(permit, caller, service, call, status, attempts, started.elapsed(), outcome);
+        record.finish(status, outcome);
         let a = result?;
         if a.truncated {
             return Err(GatewayError::AnswerTooLarge(g.response_bytes_max));
@@ -444,34 +458,41 @@ impl Gateway {
         states.insert((org, service.id), s.clone());
         s
     }
+}
 
-    /// Hands the call's audit record to the writer; its slot is free once it is committed.
-    #[allow(clippy::too_many_arguments)]
-    fn audit(
-        &self,
-        permit: tokio::sync::OwnedSemaphorePermit,
-        caller: &Caller,
-        service: &Service,
-        call: &Call,
-        status: Option<u16>,
-        attempts: u32,
-        took: Duration,
-        outcome: &'static str,
-    ) {
-        let writer = self.inner.parts.writer.clone();
-        let ctx = caller.ctx.clone();
-        let target = format!("service:{}", service.id);
+/// A call's audit record, handed to the writer when the call ends however it ends: finished,
+/// or dropped half-way (the caller went away, or the request ran out of time at the edge), as
+/// `cancelled`. Its backlog slot is free once the record is committed.
+struct CallRecord {
+    writer: Writer,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ctx: Option<MutationCtx>,
+    target: String,
+    name: String,
+    method: String,
+    path: String,
+    started: Instant,
+    attempts: u32,
+}
+
+impl CallRecord {
+    fn finish(&mut self, status: Option<u16>, outcome: &'static str) {
+        let (Some(slot), Some(ctx)) = (self.slot.take(), self.ctx.take()) else { return };
+        // Dropped outside the runtime (it is shutting down), there is nothing left to write with.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let writer = self.writer.clone();
+        let target = std::mem::take(&mut self.target);
         let details = json!({
-            "name": service.name,
-            "method": call.method.as_str(),
-            "path": call.path,
+            "name": self.name,
+            "method": self.method,
+            "path": self.path,
             "status": status,
-            "attempts": attempts,
-            "duration_ms": u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            "attempts": self.attempts,
+            "duration_ms": u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "outcome": outcome,
         });
-        tokio::spawn(async move {
-            let _slot = permit;
+        runtime.spawn(async move {
+            let _slot = slot;
             let written = writer
                 .submit(ctx, move |tx| {
                     tx.audit("service.call", target.clone(), details.clone());
@@ -482,6 +503,12 @@ impl Gateway {
                 tracing::warn!(error = %e, "a gateway call's audit record was not written");
             }
         });
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        self.finish(None, "cancelled");
     }
 }
 

@@ -489,3 +489,32 @@ async fn the_credential_never_appears_in_the_servers_output() {
         assert!(!text.contains(SECRET) && !text.contains(&basic), "the credential showed: {text}");
     }
 }
+
+#[tokio::test]
+async fn a_call_cut_short_is_audited_as_cancelled() {
+    // The edge gives a request 300 ms; the service takes a second. The call is dropped half-way,
+    // and its record says so.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = loopback_config(dir.path());
+    config.http.request_timeout_ms = 300;
+    let s = TestServer::start_with(config).await;
+    let (base, up) = start_upstream().await;
+    let o = org(&s).await;
+    let (id, _) =
+        register(&s, &o.owner, json!({ "name": "Slow", "base_url": base, "gateway": { "retries": 0 } })).await;
+    let r = call(&s, &o.member, "GET", &id, "slow", "").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(up.seen().len(), 1, "the call reached the service");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = get_json(&s, &o.owner, "/v1/audit?action=service.call").await;
+        if let Some(r) = audit["items"].as_array().unwrap().first() {
+            assert_eq!(r["details"]["outcome"], "cancelled", "{audit}");
+            assert_eq!((r["details"]["attempts"].as_u64(), r["details"]["path"].as_str()), (Some(1), Some("/slow")));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no record of the cut call");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.stop().await;
+}
