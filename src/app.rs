@@ -352,6 +352,7 @@ fn outbound(
         writer: writer.clone(),
         metrics: metrics.clone(),
         audit_backlog_max: config.services.gateway_audit_backlog_max,
+        buffer_bytes_max: config.services.gateway_buffer_bytes_max,
     });
     (webhooks, registry, gateway)
 }

@@ -50,6 +50,23 @@ pub struct ServicesConfig {
     /// Gateway calls whose audit records are not yet written, at most; past it calls are
     /// refused with 503 `audit_backlog` until the writer catches up.
     pub gateway_audit_backlog_max: usize,
+    /// Memory the gateway may hold for answers being read, in bytes: each call in flight
+    /// reserves its service's `response_bytes_max` (at most this), and calls wait for room.
+    pub gateway_buffer_bytes_max: u64,
+}
+
+impl ServicesConfig {
+    fn check(&self, bad: &mut impl FnMut(&str, &str)) {
+        if self.gateway_buffer_bytes_max < 1024 * 1024 {
+            bad("services.gateway_buffer_bytes_max", "must be at least 1048576 (1 MiB)");
+        }
+        if self.gateway_audit_backlog_max == 0 {
+            bad("services.gateway_audit_backlog_max", "must be at least 1");
+        }
+        if self.per_org_max == 0 {
+            bad("services.per_org_max", "must be at least 1");
+        }
+    }
 }
 
 impl Default for ServicesConfig {
@@ -59,6 +76,7 @@ impl Default for ServicesConfig {
             health_checks: true,
             signing_overlap_max_s: 7 * 86_400,
             gateway_audit_backlog_max: 10_000,
+            gateway_buffer_bytes_max: 256 * 1024 * 1024,
         }
     }
 }
@@ -739,12 +757,7 @@ impl Config {
         self.files.check(&mut bad);
         self.media.check(&mut bad);
         self.webhooks.check(&mut bad);
-        if self.services.gateway_audit_backlog_max == 0 {
-            bad("services.gateway_audit_backlog_max", "must be at least 1");
-        }
-        if self.services.per_org_max == 0 {
-            bad("services.per_org_max", "must be at least 1");
-        }
+        self.services.check(&mut bad);
         for (key, reason) in self.egress.issues() {
             bad(&key, &reason);
         }

@@ -310,6 +310,11 @@ const DOCS: &[Doc] = &[
         "Seconds the secrets a rotation replaces may go on signing gateway calls at most.",
     ),
     doc(
+        "services.gateway_buffer_bytes_max",
+        "Memory the gateway may hold for answers being read, in bytes: each call in flight reserves its \
+         service's response_bytes_max (at most this), and calls wait for room.",
+    ),
+    doc(
         "services.gateway_audit_backlog_max",
         "Gateway calls whose audit records wait for the writer, at most; past it calls are refused \
          with 503 audit_backlog.",

@@ -17,6 +17,11 @@
 //! by giving it the identity as the payload and those three as `webhook-id`,
 //! `webhook-timestamp` and `webhook-signature`.
 //!
+//! Answers are read whole (up to the service's `response_bytes_max`) before they are handed
+//! back, so each call in flight reserves that much of `services.gateway_buffer_bytes_max` for
+//! its whole length, and calls wait for room: the memory held for answers is bounded however
+//! many callers there are.
+//!
 //! Each call that reaches for the service (whatever came of it, including a call dropped
 //! half-way because the caller went away or the request ran out of time: `cancelled`) has an
 //! audit record; calls the gateway refuses first (role, budget, open circuit, path, size) send
@@ -100,6 +105,8 @@ pub struct Parts {
     pub writer: Writer,
     pub metrics: Arc<Metrics>,
     pub audit_backlog_max: usize,
+    /// Bytes of answers the gateway may hold at once (`services.gateway_buffer_bytes_max`).
+    pub buffer_bytes_max: u64,
 }
 
 /// A service's live state at the gateway: its breaker and budget, for one version of its
@@ -114,6 +121,8 @@ struct Inner {
     parts: Parts,
     states: Mutex<HashMap<(Id, Id), Arc<State>>>,
     audit_slots: Arc<Semaphore>,
+    /// Room for answers being read, in KiB.
+    buffers: Arc<Semaphore>,
 }
 
 /// The gateway (cheap to clone).
@@ -244,7 +253,9 @@ enum Try {
 impl Gateway {
     pub fn new(parts: Parts) -> Self {
         let slots = Arc::new(Semaphore::new(parts.audit_backlog_max));
-        Self { inner: Arc::new(Inner { parts, states: Mutex::default(), audit_slots: slots }) }
+        let kib = usize::try_from(parts.buffer_bytes_max / 1024).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        let buffers = Arc::new(Semaphore::new(kib));
+        Self { inner: Arc::new(Inner { parts, states: Mutex::default(), audit_slots: slots, buffers }) }
     }
 
     /// Forwards `call` to `service` for `caller` (see the module's documentation).
@@ -293,6 +304,16 @@ impl Gateway {
             started,
             attempts: 0,
         };
+        // Room for the answer, reserved for the whole call (waited for: the edge's request
+        // timeout bounds the wait).
+        let kib = g.response_bytes_max.div_ceil(1024).min(self.inner.parts.buffer_bytes_max / 1024);
+        let _room = self
+            .inner
+            .buffers
+            .clone()
+            .acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
+            .await
+            .expect("never closed");
         let tries = if idempotent(&call.method) { g.retries + 1 } else { 1 };
         let limits = CallLimits { timeout_ms: g.timeout_ms, response_bytes_max: g.response_bytes_max };
         let mut attempts = 0;
@@ -311,14 +332,7 @@ impl Gateway {
             };
             attempts += 1;
             record.attempts = attempts;
-            let mut req = reqwest::Request::new(call.method.clone(), url.clone());
-            *req.headers_mut() = headers.clone();
-            if !call.body.is_empty() {
-                *req.body_mut() = Some(call.body.clone().into());
-            }
-            let try_started = Instant::now();
-            let outcome = self.attempt(req, limits).await;
-            self.inner.parts.metrics.gateway_upstream_seconds.observe(try_started.elapsed().as_secs_f64());
+            let outcome = self.attempt(call, &url, &headers, limits).await;
             let (ok_for_breaker, done) = match outcome {
                 Try::Answered(a) => {
                     let failed = a.status >= 500;
@@ -364,8 +378,16 @@ impl Gateway {
     }
 
     /// One try through egress.
-    async fn attempt(&self, req: reqwest::Request, limits: CallLimits) -> Try {
-        match self.inner.parts.egress.send_within(req, limits).await {
+    async fn attempt(&self, call: &Call, url: &reqwest::Url, headers: &HeaderMap, limits: CallLimits) -> Try {
+        let mut req = reqwest::Request::new(call.method.clone(), url.clone());
+        *req.headers_mut() = headers.clone();
+        if !call.body.is_empty() {
+            *req.body_mut() = Some(call.body.clone().into());
+        }
+        let started = Instant::now();
+        let sent = self.inner.parts.egress.send_within(req, limits).await;
+        self.inner.parts.metrics.gateway_upstream_seconds.observe(started.elapsed().as_secs_f64());
+        match sent {
             Ok(a) => Try::Answered(a),
             Err(EgressError::Timeout(ms)) => Try::Failed { error: GatewayError::Timeout(ms), again: true },
             Err(EgressError::Refused(why) | EgressError::BadUrl(why)) => {

@@ -122,9 +122,12 @@ pub struct GatewayBody {
     pub retries: Option<u32>,
     /// Calls a second, in bursts of up to twice this (default 100; 1–100000).
     pub rate_per_s: Option<u32>,
-    /// A request body at most, in bytes (default 1048576; at most 16777216).
+    /// A request body at most, in bytes (default 1048576; at most 16777216, and never more
+    /// than the server's `http.body_limit_bytes`).
     pub request_bytes_max: Option<u64>,
-    /// An answer body at most, in bytes; a longer one is a 502 (default 8388608; at most 67108864).
+    /// An answer body at most, in bytes; a longer one is a 502 (default 8388608; at most
+    /// 67108864). Each call in flight reserves this much of the server's
+    /// `services.gateway_buffer_bytes_max` while it lasts.
     pub response_bytes_max: Option<u64>,
     /// The circuit opens when at least this percentage of the calls in the window failed
     /// (default 50; 1–100) ...

@@ -38,6 +38,9 @@ struct Upstream {
     seen: Mutex<Vec<Seen>>,
     /// Answers 503 this many more times at `/flaky`.
     flaky: AtomicU32,
+    /// Requests at `/slow` now, and the most at once.
+    slow_now: AtomicU32,
+    slow_most: AtomicU32,
 }
 
 impl Upstream {
@@ -70,7 +73,10 @@ async fn upstream(req: &poem::Request, body: poem::Body, up: Data<&Arc<Upstream>
         return status(503).body("try later");
     }
     if path == "/slow" {
+        let now = up.slow_now.fetch_add(1, Ordering::SeqCst) + 1;
+        up.slow_most.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(1)).await;
+        up.slow_now.fetch_sub(1, Ordering::SeqCst);
     }
     if path == "/big" {
         return status(200).body(vec![b'x'; 64 * 1024]);
@@ -515,6 +521,27 @@ async fn a_call_cut_short_is_audited_as_cancelled() {
         }
         assert!(tokio::time::Instant::now() < deadline, "no record of the cut call");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn answers_in_flight_stay_within_the_memory_budget() {
+    // 1 MiB for answers being read: a service whose answers may be 1 MiB gets one call at a
+    // time (the second waits), one whose answers are at most 64 KiB gets both at once.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = loopback_config(dir.path());
+    config.services.gateway_buffer_bytes_max = 1024 * 1024;
+    let s = TestServer::start_with(config).await;
+    let o = org(&s).await;
+    for (cap, most) in [(1024 * 1024, 1), (64 * 1024, 2)] {
+        let (base, up) = start_upstream().await;
+        let body = json!({ "name": "Big", "base_url": base, "gateway": { "response_bytes_max": cap } });
+        let (id, _) = register(&s, &o.owner, body).await;
+        let (a, b) =
+            tokio::join!(call(&s, &o.member, "GET", &id, "slow", ""), call(&s, &o.member, "GET", &id, "slow", ""));
+        assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+        assert_eq!(up.slow_most.load(Ordering::SeqCst), most, "answers of up to {cap} bytes");
     }
     s.stop().await;
 }
