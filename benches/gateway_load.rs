@@ -9,10 +9,14 @@
 //!
 //! `benches/gateway.sh` starts the server and runs it.
 
+#[path = "loadkit/mod.rs"]
+mod loadkit;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use loadkit::{arg, percentile};
 use poem::{Route, get, handler};
 use serde_json::{Value, json};
 
@@ -28,35 +32,6 @@ fn item(req: &poem::Request) -> poem::Response {
                 "updated_at": "2026-12-05T07:00:00Z", "path": req.uri().path() })
         .to_string(),
     )
-}
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == &format!("--{name}"))
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-async fn start_service() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("load program");
-    let port = listener.local_addr().expect("load program").port();
-    drop(listener);
-    let app = Route::new().at("/items/:n", get(item));
-    let addr = format!("127.0.0.1:{port}");
-    let bind = addr.clone();
-    tokio::spawn(async move {
-        poem::Server::new(poem::listener::TcpListener::bind(bind)).run(app).await.expect("load program");
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    format!("http://{addr}")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 /// One call; its time in microseconds.
@@ -104,7 +79,7 @@ async fn main() {
     let calls: usize = arg("calls", "2000").parse().expect("load program");
     let conns: usize = arg("conns", "32").parse().expect("load program");
     let seconds: f64 = arg("seconds", "8").parse().expect("load program");
-    let base = start_service().await;
+    let base = loadkit::serve_loopback(Route::new().at("/items/:n", get(item))).await;
     let client = reqwest::Client::new();
     let r = client
         .post(format!("{url}/v1/services"))

@@ -11,10 +11,14 @@
 //!
 //! `benches/webhooks.sh` starts the server and runs both.
 
+#[path = "loadkit/mod.rs"]
+mod loadkit;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use loadkit::{arg, percentile};
 use poem::web::Data;
 use poem::{EndpointExt, Route, handler, post};
 use serde_json::{Value, json};
@@ -48,33 +52,8 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("load program").as_millis() as i64
 }
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == &format!("--{name}"))
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_owned())
-}
-
 async fn start_receiver(seen: Arc<Received>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("load program");
-    let port = listener.local_addr().expect("load program").port();
-    drop(listener);
-    let app = Route::new().at("/hook/:n", post(hook)).data(seen);
-    let addr = format!("127.0.0.1:{port}");
-    let bind = addr.clone();
-    tokio::spawn(async move {
-        poem::Server::new(poem::listener::TcpListener::bind(bind)).run(app).await.expect("load program");
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    format!("http://{addr}")
-}
-
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+    loadkit::serve_loopback(Route::new().at("/hook/:n", post(hook)).data(seen)).await
 }
 
 async fn ceiling(base: &str, conns: usize, seconds: f64, seen: &Arc<Received>) {

@@ -44,11 +44,12 @@ use tokio::sync::Semaphore;
 
 use crate::domain::DomainError;
 use crate::domain::policy::Role;
-use crate::domain::services::{CredentialKind, GatewaySettings, Service};
+use crate::domain::services::{GatewaySettings, Service};
 use crate::egress::{Breaker, BreakerConfig, BreakerState, CallLimits, Egress, EgressError};
 use crate::ids::{self, Id};
 use crate::limits::{Budget, Limited, Limiter};
 use crate::metrics::{Metrics, OutcomeLabels, ServiceLabels};
+use crate::registry::credential_header;
 use crate::store::writer::{MutationCtx, Writer};
 use crate::vault::VaultCell;
 use crate::webhooks::signing::{self, Secret};
@@ -140,12 +141,13 @@ pub struct Caller {
 }
 
 /// A request to forward.
-pub struct Call {
+pub struct Call<'a> {
     pub method: reqwest::Method,
     /// Under the service's base URL, starting with `/`.
     pub path: String,
-    pub query: Option<String>,
-    pub headers: HeaderMap,
+    pub query: Option<&'a str>,
+    /// The caller's, as received (those that go on are picked from them).
+    pub headers: &'a HeaderMap,
     pub body: Bytes,
 }
 
@@ -259,7 +261,7 @@ impl Gateway {
     }
 
     /// Forwards `call` to `service` for `caller` (see the module's documentation).
-    pub async fn forward(&self, caller: Caller, service: &Service, call: Call) -> Result<Reply, GatewayError> {
+    pub async fn forward(&self, caller: Caller, service: &Service, call: Call<'_>) -> Result<Reply, GatewayError> {
         let started = Instant::now();
         let m = &self.inner.parts.metrics;
         let result = self.forward_inner(&caller, service, &call, started).await;
@@ -276,7 +278,7 @@ impl Gateway {
         &self,
         caller: &Caller,
         service: &Service,
-        call: &Call,
+        call: &Call<'_>,
         started: Instant,
     ) -> Result<Reply, GatewayError> {
         if !service.callers.contains(&caller.role) {
@@ -286,7 +288,7 @@ impl Gateway {
         if call.body.len() as u64 > g.request_bytes_max {
             return Err(GatewayError::TooLarge(g.request_bytes_max));
         }
-        let url = target_url(&service.base_url, &call.path, call.query.as_deref()).ok_or(GatewayError::BadPath)?;
+        let url = target_url(&service.base_url, &call.path, call.query).ok_or(GatewayError::BadPath)?;
         let org = caller.ctx.scope.org();
         let state = self.state(org, service);
         state.budget.check().map_err(GatewayError::Limited)?;
@@ -295,8 +297,7 @@ impl Gateway {
         let headers = self.outgoing_headers(caller, service, call, &url)?;
         let mut record = CallRecord {
             writer: self.inner.parts.writer.clone(),
-            slot: Some(slot),
-            ctx: Some(caller.ctx.clone()),
+            pending: Some((slot, caller.ctx.clone())),
             target: format!("service:{}", service.id),
             name: service.name.clone(),
             method: call.method.as_str().to_owned(),
@@ -378,7 +379,7 @@ impl Gateway {
     }
 
     /// One try through egress.
-    async fn attempt(&self, call: &Call, url: &reqwest::Url, headers: &HeaderMap, limits: CallLimits) -> Try {
+    async fn attempt(&self, call: &Call<'_>, url: &reqwest::Url, headers: &HeaderMap, limits: CallLimits) -> Try {
         let mut req = reqwest::Request::new(call.method.clone(), url.clone());
         *req.headers_mut() = headers.clone();
         if !call.body.is_empty() {
@@ -407,11 +408,11 @@ impl Gateway {
         &self,
         caller: &Caller,
         service: &Service,
-        call: &Call,
+        call: &Call<'_>,
         url: &reqwest::Url,
     ) -> Result<HeaderMap, GatewayError> {
         let mut headers = HeaderMap::with_capacity(call.headers.len() + 6);
-        for (name, value) in &call.headers {
+        for (name, value) in call.headers {
             let n = name.as_str();
             // `*/*` is what generated clients send for "any type": no type at all.
             let any_type = name == reqwest::header::CONTENT_TYPE && value.as_bytes() == b"*/*";
@@ -423,9 +424,11 @@ impl Gateway {
         let vault = self.inner.parts.vault.get();
         let org = caller.ctx.scope.org();
         if let Some((kind, secret)) = service.secret(&vault, org).map_err(|_| GatewayError::Credential)? {
-            put_credential(&mut headers, &kind, &secret)?;
+            // The caller's own value of the credential's header never goes on beside it.
+            let (name, value) = credential_header(&kind, &secret).ok_or(GatewayError::Credential)?;
+            headers.insert(name, value);
         }
-        let body_sha256 = hex(ring::digest::digest(&ring::digest::SHA256, &call.body).as_ref());
+        let body_sha256 = ids::hex(ring::digest::digest(&ring::digest::SHA256, &call.body).as_ref());
         let path = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
@@ -487,8 +490,8 @@ impl Gateway {
 /// `cancelled`. Its backlog slot is free once the record is committed.
 struct CallRecord {
     writer: Writer,
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
-    ctx: Option<MutationCtx>,
+    /// Its backlog slot and audit context, until it is handed over.
+    pending: Option<(tokio::sync::OwnedSemaphorePermit, MutationCtx)>,
     target: String,
     name: String,
     method: String,
@@ -499,7 +502,7 @@ struct CallRecord {
 
 impl CallRecord {
     fn finish(&mut self, status: Option<u16>, outcome: &'static str) {
-        let (Some(slot), Some(ctx)) = (self.slot.take(), self.ctx.take()) else { return };
+        let Some((slot, ctx)) = self.pending.take() else { return };
         // Dropped outside the runtime (it is shutting down), there is nothing left to write with.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let writer = self.writer.clone();
@@ -532,34 +535,6 @@ impl Drop for CallRecord {
     fn drop(&mut self) {
         self.finish(None, "cancelled");
     }
-}
-
-/// Puts a service's credential on the outgoing headers.
-fn put_credential(headers: &mut HeaderMap, kind: &CredentialKind, secret: &str) -> Result<(), GatewayError> {
-    use base64::Engine as _;
-    let (name, value) = match kind {
-        CredentialKind::ApiKey { header } => {
-            (HeaderName::from_bytes(header.as_bytes()).map_err(|_| GatewayError::Credential)?, secret.to_owned())
-        }
-        CredentialKind::Bearer => (reqwest::header::AUTHORIZATION, format!("Bearer {secret}")),
-        CredentialKind::Basic { username } => (
-            reqwest::header::AUTHORIZATION,
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"))),
-        ),
-    };
-    let mut value = HeaderValue::from_str(&value).map_err(|_| GatewayError::Credential)?;
-    value.set_sensitive(true);
-    // The caller's own value of the credential's header never goes on beside it.
-    headers.insert(name, value);
-    Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 #[cfg(test)]

@@ -206,8 +206,10 @@ impl Inner {
             return failed("the health URL does not parse".into());
         };
         let mut req = self.parts.egress.request(reqwest::Method::GET, url);
-        match s.secret(&self.parts.vault.get(), org) {
-            Ok(Some((kind, secret))) => req = with_credential(req, &kind, &secret),
+        match s.secret(&self.parts.vault.get(), org).map(|c| c.map(|(kind, secret)| credential_header(&kind, &secret)))
+        {
+            Ok(Some(Some((name, value)))) => req = req.header(name, value),
+            Ok(Some(None)) => return failed("the credential cannot be put on a request".into()),
             Ok(None) => {}
             Err(e) => return failed(e.to_string()),
         }
@@ -232,13 +234,27 @@ impl Inner {
     }
 }
 
-/// `req` with a service's credential on it.
-pub fn with_credential(req: reqwest::RequestBuilder, kind: &CredentialKind, secret: &str) -> reqwest::RequestBuilder {
-    match kind {
-        CredentialKind::ApiKey { header } => req.header(header.as_str(), secret),
-        CredentialKind::Bearer => req.bearer_auth(secret),
-        CredentialKind::Basic { username } => req.basic_auth(username, Some(secret)),
-    }
+/// The header that carries a service's credential, or `None` if the stored credential cannot
+/// be a header (a header name or value that does not parse). Marked sensitive, so it is never
+/// printed.
+pub fn credential_header(
+    kind: &CredentialKind,
+    secret: &str,
+) -> Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)> {
+    use base64::Engine as _;
+    let (name, value) = match kind {
+        CredentialKind::ApiKey { header } => {
+            (reqwest::header::HeaderName::from_bytes(header.as_bytes()).ok()?, secret.to_owned())
+        }
+        CredentialKind::Bearer => (reqwest::header::AUTHORIZATION, format!("Bearer {secret}")),
+        CredentialKind::Basic { username } => (
+            reqwest::header::AUTHORIZATION,
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"))),
+        ),
+    };
+    let mut value = reqwest::header::HeaderValue::from_str(&value).ok()?;
+    value.set_sensitive(true);
+    Some((name, value))
 }
 
 #[cfg(test)]

@@ -162,8 +162,8 @@ async fn proxy(
     let call = Call {
         method: req.method().clone(),
         path: format!("/{}", path.trim_start_matches('/')),
-        query: req.uri().query().map(str::to_owned),
-        headers: req.headers().clone(),
+        query: req.uri().query(),
+        headers: req.headers(),
         body: bytes.into(),
     };
     let reply = app.gateway.forward(caller, &service, call).await.map_err(|e| problem(app, &e))?;

@@ -12,7 +12,7 @@ use poem::web::Data;
 use poem::{EndpointExt, Route, handler};
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, config_for, get_json, peer_python, post_json};
+use crate::support::{TestServer, config_for, get_json, post_json};
 
 /// The credential the tests store: it must reach the service and nothing else.
 const SECRET: &str = "sk_live_9c2e_gateway_never_shown";
@@ -94,13 +94,8 @@ async fn upstream(req: &poem::Request, body: poem::Body, up: Data<&Arc<Upstream>
 /// The service on a free loopback port.
 async fn start_upstream() -> (String, Arc<Upstream>) {
     let up = Arc::new(Upstream::default());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
     let app = Route::new().at("/*", upstream).at("/", upstream).data(up.clone());
-    tokio::spawn(poem::Server::new(poem::listener::TcpListener::bind(addr.to_string())).run(app));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    (format!("http://{addr}"), up)
+    (crate::support::serve_loopback(app).await, up)
 }
 
 struct Org {
@@ -145,7 +140,6 @@ for case in json.load(sys.stdin):
 "#;
 
 async fn verify(cases: &[(String, &Seen)]) -> Vec<String> {
-    use tokio::io::AsyncWriteExt;
     let cases: Vec<Value> = cases
         .iter()
         .map(|(secret, seen)| {
@@ -157,19 +151,7 @@ async fn verify(cases: &[(String, &Seen)]) -> Vec<String> {
             json!({ "secret": secret, "headers": h })
         })
         .collect();
-    let mut child = tokio::process::Command::new(peer_python())
-        .args(["-c", VERIFY])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(Value::from(cases).to_string().as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+    crate::support::python_lines(VERIFY, &Value::from(cases)).await
 }
 
 fn loopback_config(dir: &std::path::Path) -> outpost::Config {

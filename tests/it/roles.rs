@@ -283,13 +283,7 @@ async fn answering_service() -> String {
     fn ok() -> &'static str {
         "ok"
     }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    let app = poem::Route::new().at("/*", ok);
-    tokio::spawn(poem::Server::new(poem::listener::TcpListener::bind(addr.to_string())).run(app));
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    format!("http://{addr}")
+    crate::support::serve_loopback(poem::Route::new().at("/*", ok)).await
 }
 
 /// The fresh room, channel and tasks, each with the token of whoever made it.

@@ -35,13 +35,8 @@ fn health(req: &poem::Request, fake: Data<&Arc<Fake>>) -> poem::http::StatusCode
 /// A service on loopback whose `/health` answers 200 or 503 as the test says.
 async fn fake_service() -> (String, Arc<Fake>) {
     let fake = Arc::new(Fake { healthy: AtomicBool::new(true), keys_seen: std::sync::Mutex::default() });
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
     let app = Route::new().at("/health", get(health)).data(fake.clone());
-    tokio::spawn(poem::Server::new(poem::listener::TcpListener::bind(addr.to_string())).run(app));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    (format!("http://{addr}"), fake)
+    (crate::support::serve_loopback(app).await, fake)
 }
 
 async fn wait_health(s: &TestServer, token: &str, id: &str, want: &str) -> Value {

@@ -269,3 +269,31 @@ pub fn peer_python() -> &'static str {
     );
     python
 }
+
+/// Serves `app` on a free loopback port (bound before it returns, so no wait is needed); its
+/// base URL.
+pub async fn serve_loopback(app: impl poem::Endpoint + 'static) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener).expect("acceptor");
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+    format!("http://{addr}")
+}
+
+/// Runs `script` with the peers' Python, `input` as JSON on its stdin; its output's lines.
+pub async fn python_lines(script: &str, input: &Value) -> Vec<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(peer_python())
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.to_string().as_bytes()).await.expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("python ran");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8").lines().map(str::to_owned).collect()
+}

@@ -33,7 +33,6 @@ fn case(secret: &Secret, headers: &[(&str, String); 3], body: &[u8]) -> Value {
 
 #[tokio::test]
 async fn the_standard_webhooks_library_verifies_every_signature_across_a_rotation() {
-    use tokio::io::AsyncWriteExt;
     let (old, new, stranger) = (Secret::generate(), Secret::generate(), Secret::generate());
     let now = outpost::ids::now_ms() / 1000;
     let body = br#"{"type":"message.created","data":{"text":"h\u00e9 \ud83d\ude00"}}"#;
@@ -49,19 +48,7 @@ async fn the_standard_webhooks_library_verifies_every_signature_across_a_rotatio
         case(&old, &one, br#"{"type":"message.created","data":{"text":"changed"}}"#),
         case(&old, &signing::headers(&[&old], "msg_03", now - 3600, body), body),
     ]);
-    let mut child = tokio::process::Command::new(peer_python())
-        .args(["-c", VERIFY])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(cases.to_string().as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+    let lines = crate::support::python_lines(VERIFY, &cases).await;
     assert_eq!(lines.len(), 6, "{lines:?}");
     assert_eq!(&lines[..3], ["ok", "ok", "ok"], "{lines:?}");
     for refused in &lines[3..] {
