@@ -33,10 +33,11 @@ if ! .venv-peers/bin/python -c 'import websockets, aiortc, numpy, jsonschema, rf
         'jsonschema>=4.23,<5' 'rfc3339-validator>=0.1.4,<0.2' 'tuspy>=1.1,<2' 'standardwebhooks>=1.3,<2'
 fi
 
-say "peer clients (tests/peers/node_modules: yjs, y-websocket, ws, playwright-core; Debian chromium)"
+say "peer clients (tests/peers/node_modules: yjs, y-websocket, ws, playwright-core, oidc-provider; Debian chromium)"
 command -v node >/dev/null 2>&1 || apt_install nodejs npm
 apt_install chromium
-if [ ! -d tests/peers/node_modules/y-websocket ] || [ ! -d tests/peers/node_modules/playwright-core ]; then
+if [ ! -d tests/peers/node_modules/y-websocket ] || [ ! -d tests/peers/node_modules/playwright-core ] ||
+    [ ! -d tests/peers/node_modules/oidc-provider ]; then
     (cd tests/peers && npm ci --no-audit --no-fund --silent)
 fi
 

@@ -54,6 +54,8 @@ pub struct App {
     pub registry: crate::registry::Registry,
     /// Calls to registered services on callers' behalf.
     pub gateway: crate::gateway::Gateway,
+    /// OAuth connections: authorizations, token refresh, revocation.
+    pub oauth: crate::oauth::OAuth,
     pub keys: Keys,
     pub hasher: Hasher,
     pub limits: Arc<Limits>,
@@ -147,7 +149,8 @@ impl App {
         let download_url_key = Arc::new(vault.derive("download-urls"));
         let vault_cell = VaultCell::new(vault);
         let egress = crate::egress::Egress::new(&config.egress).map_err(StartError::Egress)?;
-        let (webhooks, registry, gateway) = outbound(&config, &store, &writer, &bus, &egress, &vault_cell, &metrics);
+        let (webhooks, registry, gateway, oauth) =
+            outbound(&config, &store, &writer, &bus, &egress, &vault_cell, &metrics);
         let app = Self {
             uploads,
             thumbs,
@@ -167,6 +170,7 @@ impl App {
             webhooks,
             registry,
             gateway,
+            oauth,
             keys: Keys::empty(),
             hasher: Hasher::default(),
             limits: Arc::new(Limits::new(config_limits)),
@@ -259,6 +263,10 @@ impl App {
             .reseal(new.clone(), actor)
             .await
             .map_err(|e| KeyError::Damaged(format!("service credentials: {e}")))?;
+        self.oauth
+            .reseal(new.clone(), actor)
+            .await
+            .map_err(|e| KeyError::Damaged(format!("OAuth secrets and tokens: {e}")))?;
         new.finish_rotation()?;
         Ok(new.key_id())
     }
@@ -320,7 +328,23 @@ impl App {
     }
 }
 
-/// The parts that call out through `egress`: webhook deliveries, health checks, the gateway.
+/// The URL browsers reach the server at: `oauth.public_url`, else the listen address (a
+/// wildcard one named as loopback).
+pub fn public_url(config: &Config) -> String {
+    if let Some(u) = &config.oauth.public_url {
+        return u.trim_end_matches('/').to_owned();
+    }
+    let scheme = if config.tls.cert_file.is_some() { "https" } else { "http" };
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("{scheme}://{addr}")
+}
+
+/// The parts that call out through `egress`: webhook deliveries, health checks, the gateway,
+/// OAuth connections.
+#[allow(clippy::type_complexity)] // the four engines, built together
 fn outbound(
     config: &Config,
     store: &Store,
@@ -329,7 +353,16 @@ fn outbound(
     egress: &crate::egress::Egress,
     vault: &VaultCell,
     metrics: &Arc<Metrics>,
-) -> (crate::webhooks::Webhooks, crate::registry::Registry, crate::gateway::Gateway) {
+) -> (crate::webhooks::Webhooks, crate::registry::Registry, crate::gateway::Gateway, crate::oauth::OAuth) {
+    let oauth = crate::oauth::OAuth::new(crate::oauth::Parts {
+        store: store.clone(),
+        writer: writer.clone(),
+        egress: egress.clone(),
+        vault: vault.clone(),
+        metrics: metrics.clone(),
+        config: config.oauth.clone(),
+        public_url: public_url(config),
+    });
     let webhooks = crate::webhooks::Webhooks::new(crate::webhooks::Parts {
         store: store.clone(),
         writer: writer.clone(),
@@ -345,14 +378,16 @@ fn outbound(
         egress: egress.clone(),
         vault: vault.clone(),
         metrics: metrics.clone(),
+        oauth: oauth.clone(),
     });
     let gateway = crate::gateway::Gateway::new(crate::gateway::Parts {
         egress: egress.clone(),
+        oauth: oauth.clone(),
         vault: vault.clone(),
         writer: writer.clone(),
         metrics: metrics.clone(),
         audit_backlog_max: config.services.gateway_audit_backlog_max,
         buffer_bytes_max: config.services.gateway_buffer_bytes_max,
     });
-    (webhooks, registry, gateway)
+    (webhooks, registry, gateway, oauth)
 }

@@ -35,6 +35,7 @@ pub struct Config {
     pub egress: crate::egress::EgressConfig,
     pub webhooks: WebhooksConfig,
     pub services: ServicesConfig,
+    pub oauth: OAuthConfig,
 }
 
 /// The service registry.
@@ -77,6 +78,62 @@ impl Default for ServicesConfig {
             signing_overlap_max_s: 7 * 86_400,
             gateway_audit_backlog_max: 10_000,
             gateway_buffer_bytes_max: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// OAuth: connections to outside services (Outpost as an OAuth client).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthConfig {
+    /// The URL browsers reach this server at (`https://outpost.example.com`); providers send
+    /// people back to `<public_url>/v1/oauth/callback`, the redirect URI to register with them.
+    /// Unset: `http(s)://<listen address>`.
+    pub public_url: Option<String>,
+    /// How long an authorization may take, from its start to the provider's callback, in seconds.
+    pub pending_ttl_s: u64,
+    /// Authorizations in progress per organization at most.
+    pub pending_per_org_max: usize,
+    /// Providers per organization at most.
+    pub providers_per_org_max: usize,
+    /// Connections per organization at most.
+    pub connections_per_org_max: usize,
+    /// An access token this close to its expiry is refreshed before use, in seconds.
+    pub refresh_ahead_s: u64,
+    /// A request to a provider's token, discovery or revocation endpoint at most, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl OAuthConfig {
+    fn check(&self, bad: &mut impl FnMut(&str, &str)) {
+        if let Some(u) = &self.public_url {
+            match url::Url::parse(u) {
+                Ok(p) if matches!(p.scheme(), "http" | "https") && p.query().is_none() && p.fragment().is_none() => {}
+                _ => bad("oauth.public_url", "must be an http(s) URL without query or fragment"),
+            }
+        }
+        if !(60..=3600).contains(&self.pending_ttl_s) {
+            bad("oauth.pending_ttl_s", "must be 60–3600");
+        }
+        if self.pending_per_org_max == 0 || self.providers_per_org_max == 0 || self.connections_per_org_max == 0 {
+            bad("oauth", "the per-organization maxima must be at least 1");
+        }
+        if !(100..=120_000).contains(&self.request_timeout_ms) {
+            bad("oauth.request_timeout_ms", "must be 100–120000");
+        }
+    }
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            pending_ttl_s: 600,
+            pending_per_org_max: 1000,
+            providers_per_org_max: 50,
+            connections_per_org_max: 10_000,
+            refresh_ahead_s: 60,
+            request_timeout_ms: 10_000,
         }
     }
 }
@@ -579,6 +636,7 @@ impl Default for Config {
             egress: crate::egress::EgressConfig::default(),
             webhooks: WebhooksConfig::default(),
             services: ServicesConfig::default(),
+            oauth: OAuthConfig::default(),
         }
     }
 }
@@ -758,6 +816,7 @@ impl Config {
         self.media.check(&mut bad);
         self.webhooks.check(&mut bad);
         self.services.check(&mut bad);
+        self.oauth.check(&mut bad);
         for (key, reason) in self.egress.issues() {
             bad(&key, &reason);
         }

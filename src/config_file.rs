@@ -319,6 +319,22 @@ const DOCS: &[Doc] = &[
         "Gateway calls whose audit records wait for the writer, at most; past it calls are refused \
          with 503 audit_backlog.",
     ),
+    doc("oauth", "OAuth: connections to outside services, with Outpost as the OAuth client."),
+    unset(
+        "oauth.public_url",
+        "The URL browsers reach this server at; providers send people back to <public_url>/v1/oauth/callback, \
+         the redirect URI to register with them. Unset: http(s)://<listen address> (127.0.0.1 for 0.0.0.0).",
+        "\"https://outpost.example.com\"",
+    ),
+    doc("oauth.pending_ttl_s", "How long an authorization may take, from its start to the callback, in seconds."),
+    doc("oauth.pending_per_org_max", "Authorizations in progress per organization at most."),
+    doc("oauth.providers_per_org_max", "OAuth providers per organization at most."),
+    doc("oauth.connections_per_org_max", "Connections per organization at most."),
+    doc("oauth.refresh_ahead_s", "An access token this close to its expiry is refreshed before use, in seconds."),
+    doc(
+        "oauth.request_timeout_ms",
+        "A request to a provider's token, discovery or revocation endpoint at most, in ms.",
+    ),
 ];
 
 /// A key the code has and this file does not document, or the other way round.

@@ -49,7 +49,7 @@ use crate::egress::{Breaker, BreakerConfig, BreakerState, CallLimits, Egress, Eg
 use crate::ids::{self, Id};
 use crate::limits::{Budget, Limited, Limiter};
 use crate::metrics::{Metrics, OutcomeLabels, ServiceLabels};
-use crate::registry::credential_header;
+use crate::oauth::OAuthError;
 use crate::store::writer::{MutationCtx, Writer};
 use crate::vault::VaultCell;
 use crate::webhooks::signing::{self, Secret};
@@ -102,6 +102,8 @@ const STATES_MAX: usize = 4096;
 /// What the gateway is built from.
 pub struct Parts {
     pub egress: Egress,
+    /// Fresh tokens for services whose credential is an OAuth connection.
+    pub oauth: crate::oauth::OAuth,
     pub vault: VaultCell,
     pub writer: Writer,
     pub metrics: Arc<Metrics>,
@@ -186,6 +188,10 @@ pub enum GatewayError {
     Refused(String),
     #[error("the service's credential cannot be opened")]
     Credential,
+    /// The service's OAuth connection gave no token (it needs authorizing again, or its
+    /// provider could not be reached).
+    #[error("the service's OAuth connection gave no token: {0}")]
+    Connection(String),
 }
 
 impl GatewayError {
@@ -198,6 +204,7 @@ impl GatewayError {
             GatewayError::AuditBacklog => "audit_backlog",
             GatewayError::Timeout(_) => "timeout",
             GatewayError::Unreachable(_) | GatewayError::Credential => "unreachable",
+            GatewayError::Connection(_) => "connection",
             GatewayError::AnswerTooLarge(_) => "too_large",
             GatewayError::Refused(_) => "refused_address",
         }
@@ -294,7 +301,7 @@ impl Gateway {
         state.budget.check().map_err(GatewayError::Limited)?;
         let labels = ServiceLabels { org: org.to_string(), service: service.id.to_string() };
         let slot = self.inner.audit_slots.clone().try_acquire_owned().map_err(|_| GatewayError::AuditBacklog)?;
-        let headers = self.outgoing_headers(caller, service, call, &url)?;
+        let headers = self.outgoing_headers(caller, service, call, &url).await?;
         let mut record = CallRecord {
             writer: self.inner.parts.writer.clone(),
             pending: Some((slot, caller.ctx.clone())),
@@ -404,7 +411,7 @@ impl Gateway {
     }
 
     /// The caller's headers that may go on, the service's credential and the signed identity.
-    fn outgoing_headers(
+    async fn outgoing_headers(
         &self,
         caller: &Caller,
         service: &Service,
@@ -423,9 +430,13 @@ impl Gateway {
         }
         let vault = self.inner.parts.vault.get();
         let org = caller.ctx.scope.org();
-        if let Some((kind, secret)) = service.secret(&vault, org).map_err(|_| GatewayError::Credential)? {
+        let credential =
+            self.inner.parts.oauth.service_header(caller.ctx.scope, service).await.map_err(|e| match e {
+                OAuthError::Domain(_) | OAuthError::Unsupported(_) => GatewayError::Credential,
+                other => GatewayError::Connection(other.to_string()),
+            })?;
+        if let Some((name, value)) = credential {
             // The caller's own value of the credential's header never goes on beside it.
-            let (name, value) = credential_header(&kind, &secret).ok_or(GatewayError::Credential)?;
             headers.insert(name, value);
         }
         let body_sha256 = ids::hex(ring::digest::digest(&ring::digest::SHA256, &call.body).as_ref());

@@ -24,6 +24,7 @@ pub mod ids;
 pub mod limits;
 pub mod media;
 pub mod metrics;
+pub mod oauth;
 pub mod panics;
 pub mod progress;
 pub mod realtime;

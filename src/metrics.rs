@@ -113,6 +113,16 @@ pub struct Metrics {
     pub gateway_seconds: Histogram,
     pub gateway_upstream_seconds: Histogram,
     pub gateway_breaker: Family<ServiceLabels, Gauge>,
+    pub oauth_token_requests: Family<OAuthLabels, Counter>,
+    pub oauth_token_seconds: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OAuthLabels {
+    /// `authorization_code`, `refresh_token`, `client_credentials`, `revocation`.
+    pub grant: String,
+    /// `ok`, `refused` (the provider answered an OAuth error), `failed` (no usable answer).
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -411,6 +421,18 @@ impl Metrics {
              circuit_open, audit_backlog, timeout, unreachable, too_large, refused_address)",
             gateway_calls.clone(),
         );
+        let oauth_token_requests = Family::<OAuthLabels, Counter>::default();
+        registry.register(
+            "oauth_token_requests",
+            "Requests to OAuth providers' token and revocation endpoints, by grant and outcome",
+            oauth_token_requests.clone(),
+        );
+        let oauth_token_seconds = latency_histogram();
+        registry.register(
+            "oauth_token_request_duration_seconds",
+            "Time a request to an OAuth provider's token or revocation endpoint took",
+            oauth_token_seconds.clone(),
+        );
         let gateway_seconds = latency_histogram();
         registry.register(
             "gateway_call_duration_seconds",
@@ -494,6 +516,8 @@ impl Metrics {
             gateway_seconds,
             gateway_upstream_seconds,
             gateway_breaker,
+            oauth_token_requests,
+            oauth_token_seconds,
         }
     }
 

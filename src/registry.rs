@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::domain::services::{self, CredentialKind, Health, HealthCheck, Service};
+use crate::domain::services::{self, Health, HealthCheck, Service};
 use crate::egress::Egress;
 use crate::ids::Id;
 use crate::metrics::{Metrics, OutcomeLabels, ServiceLabels};
@@ -32,6 +32,8 @@ pub struct Parts {
     pub egress: Egress,
     pub vault: VaultCell,
     pub metrics: Arc<Metrics>,
+    /// Fresh tokens for services whose credential is an OAuth connection.
+    pub oauth: crate::oauth::OAuth,
 }
 
 /// A running checker: the record's version it checks by, and its task.
@@ -206,10 +208,9 @@ impl Inner {
             return failed("the health URL does not parse".into());
         };
         let mut req = self.parts.egress.request(reqwest::Method::GET, url);
-        match s.secret(&self.parts.vault.get(), org).map(|c| c.map(|(kind, secret)| credential_header(&kind, &secret)))
-        {
-            Ok(Some(Some((name, value)))) => req = req.header(name, value),
-            Ok(Some(None)) => return failed("the credential cannot be put on a request".into()),
+        // The organization is the one of the service record this checker was started from.
+        match self.parts.oauth.service_header(OrgScope::from_own_record(org), s).await {
+            Ok(Some((name, value))) => req = req.header(name, value),
             Ok(None) => {}
             Err(e) => return failed(e.to_string()),
         }
@@ -232,29 +233,6 @@ impl Inner {
             }
         }
     }
-}
-
-/// The header that carries a service's credential, or `None` if the stored credential cannot
-/// be a header (a header name or value that does not parse). Marked sensitive, so it is never
-/// printed.
-pub fn credential_header(
-    kind: &CredentialKind,
-    secret: &str,
-) -> Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)> {
-    use base64::Engine as _;
-    let (name, value) = match kind {
-        CredentialKind::ApiKey { header } => {
-            (reqwest::header::HeaderName::from_bytes(header.as_bytes()).ok()?, secret.to_owned())
-        }
-        CredentialKind::Bearer => (reqwest::header::AUTHORIZATION, format!("Bearer {secret}")),
-        CredentialKind::Basic { username } => (
-            reqwest::header::AUTHORIZATION,
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"))),
-        ),
-    };
-    let mut value = reqwest::header::HeaderValue::from_str(&value).ok()?;
-    value.set_sensitive(true);
-    Some((name, value))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod api_keys;
 pub mod assets;
 pub mod audit;
 pub mod chat;
+pub mod connections;
 pub mod docs;
 pub mod inbox;
 pub mod login;

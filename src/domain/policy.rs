@@ -71,10 +71,14 @@ pub enum Permission {
     ServicesManage,
     /// Call services through the gateway (each service also names the roles that may).
     ServicesCall,
+    /// Connect one's own accounts at the organization's OAuth providers, and see the providers.
+    ConnectionsUse,
+    /// Add and change OAuth providers; make, refresh and remove the organization's connections.
+    ConnectionsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 18] = [
+    pub const ALL: [Permission; 20] = [
         Permission::SelfManage,
         Permission::UsersRead,
         Permission::UsersInvite,
@@ -93,6 +97,8 @@ impl Permission {
         Permission::ServicesRead,
         Permission::ServicesManage,
         Permission::ServicesCall,
+        Permission::ConnectionsUse,
+        Permission::ConnectionsManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -115,6 +121,8 @@ impl Permission {
             Permission::ServicesRead => "services.read",
             Permission::ServicesManage => "services.manage",
             Permission::ServicesCall => "services.call",
+            Permission::ConnectionsUse => "connections.use",
+            Permission::ConnectionsManage => "connections.manage",
         }
     }
 
@@ -137,12 +145,14 @@ impl Permission {
             | Permission::RoomsCreate
             | Permission::ChannelsCreate
             | Permission::TasksWrite
-            | Permission::ServicesRead => Role::Member,
+            | Permission::ServicesRead
+            | Permission::ConnectionsUse => Role::Member,
             Permission::UsersInvite
             | Permission::UsersManage
             | Permission::AuditRead
             | Permission::WebhooksManage
-            | Permission::ServicesManage => Role::Admin,
+            | Permission::ServicesManage
+            | Permission::ConnectionsManage => Role::Admin,
         }
     }
 }

@@ -20,7 +20,7 @@ use super::secrets::{self, SealedSecret};
 use super::{DomainError, FieldError, check};
 use crate::egress::{AddressPolicy, EgressError, check_url};
 use crate::ids::{self, Id};
-use crate::store::tables::{SERVICE_HEALTH, SERVICES, org_id_id_key, org_id_key};
+use crate::store::tables::{OAUTH_CONNECTIONS, SERVICE_HEALTH, SERVICES, org_id_id_key, org_id_key};
 use crate::store::writer::{MutationCtx, Tx, Writer};
 use crate::store::{Lookup, Reader, Store, StoreError, decode, encode, prefix_end};
 use crate::tenancy::OrgScope;
@@ -48,6 +48,10 @@ pub enum CredentialKind {
     Bearer,
     /// `Authorization: Basic` of `username:<secret>`.
     Basic { username: String },
+    /// `Authorization: Bearer` with a fresh access token of one of the organization's OAuth
+    /// connections (no secret of its own).
+    #[serde(rename = "oauth_connection")]
+    OAuthConnection { connection: Id },
 }
 
 /// A credential as stored: its kind, its secret sealed for its service.
@@ -218,6 +222,30 @@ impl Service {
     }
 }
 
+/// The header that carries a service's credential, or `None` if the stored credential cannot
+/// be a header (a header name or value that does not parse). Marked sensitive, so it is never
+/// printed.
+pub fn credential_header(
+    kind: &CredentialKind,
+    secret: &str,
+) -> Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)> {
+    let (name, value) = match kind {
+        CredentialKind::ApiKey { header } => {
+            (reqwest::header::HeaderName::from_bytes(header.as_bytes()).ok()?, secret.to_owned())
+        }
+        CredentialKind::Bearer => (reqwest::header::AUTHORIZATION, format!("Bearer {secret}")),
+        CredentialKind::Basic { username } => (
+            reqwest::header::AUTHORIZATION,
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{secret}"))),
+        ),
+        // Its token comes from the connection (`crate::oauth`), as a bearer token.
+        CredentialKind::OAuthConnection { .. } => return None,
+    };
+    let mut value = reqwest::header::HeaderValue::from_str(&value).ok()?;
+    value.set_sensitive(true);
+    Some((name, value))
+}
+
 fn damaged(id: Id) -> DomainError {
     DomainError::Store(StoreError::Corrupt {
         table: "services".into(),
@@ -311,7 +339,16 @@ fn check_fields(policy: &AddressPolicy, f: &ServiceFields, errors: &mut Vec<Fiel
         errors.push(FieldError::new("/ui", "invalid_ui", format!("a JSON object of at most {UI_BYTES_MAX} bytes")));
     }
     if let Some(Some(c)) = &f.credential {
-        if c.secret.is_empty() || c.secret.len() > SECRET_BYTES_MAX || c.secret.contains(['\r', '\n']) {
+        let oauth = matches!(c.kind, CredentialKind::OAuthConnection { .. });
+        if oauth && !c.secret.is_empty() {
+            errors.push(FieldError::new(
+                "/credential/secret",
+                "invalid_secret",
+                "an OAuth connection's token comes from the connection: give no secret",
+            ));
+        } else if !oauth
+            && (c.secret.is_empty() || c.secret.len() > SECRET_BYTES_MAX || c.secret.contains(['\r', '\n']))
+        {
             errors.push(FieldError::new(
                 "/credential/secret",
                 "invalid_secret",
@@ -440,6 +477,7 @@ pub async fn create(
                     detail: format!("at most {per_org_max} services per organization"),
                 });
             }
+            check_connection(tx, org, credential.as_ref())?;
             let now = tx.now_ms();
             let s = Service {
                 id,
@@ -499,6 +537,21 @@ pub async fn rotate_signing(
     Ok((s, key))
 }
 
+/// A credential naming an OAuth connection must name one of the organization's own (not a
+/// user's personal connection).
+fn check_connection(tx: &Tx<'_, '_>, org: Id, c: Option<&SealedCredential>) -> Result<(), DomainError> {
+    let Some(SealedCredential { kind: CredentialKind::OAuthConnection { connection }, .. }) = c else { return Ok(()) };
+    match tx.record::<super::connections::Connection>(OAUTH_CONNECTIONS, &org_id_key(org, *connection))? {
+        Some(conn) if conn.owner == super::connections::Owner::Org => Ok(()),
+        Some(_) => Err(DomainError::invalid(
+            "/credential/connection",
+            "personal_connection",
+            "a service's credential is one of the organization's connections, not a user's own",
+        )),
+        None => Err(DomainError::invalid("/credential/connection", "not_found", "no such connection")),
+    }
+}
+
 fn load(tx: &Tx<'_, '_>, org: Id, id: Id) -> Result<Service, DomainError> {
     tx.record::<Service>(SERVICES, &org_id_key(org, id))?.ok_or(DomainError::NotFound { what: "service" })
 }
@@ -547,6 +600,7 @@ pub async fn update(
                 s.metadata.clone_from(v);
             }
             if let Some(v) = &credential {
+                check_connection(tx, org, v.as_ref())?;
                 s.credential.clone_from(v);
             }
             if let Some(v) = &f.health_check {

@@ -29,7 +29,7 @@ use crate::auth::password::{PASSWORD_CHARS_MAX, PASSWORD_CHARS_MIN};
 use crate::domain::chat::{channels, posts};
 use crate::domain::paging::LIMIT_MAX;
 use crate::domain::policy::Permission;
-use crate::domain::{api_keys, assets, docs, orgs, rooms, services, tasks, users, webhooks};
+use crate::domain::{api_keys, assets, connections, docs, orgs, rooms, services, tasks, users, webhooks};
 
 /// The document, pretty-printed with a final newline: what `openapi/outpost.json` holds and
 /// `/v1/openapi.json` serves.
@@ -221,6 +221,13 @@ fn field_rule(schema: &str, field: &str) -> Option<Value> {
             "pattern": format!("^[^{CONTROL}]*[^{WHITE_SPACE}{CONTROL}][^{CONTROL}]*$")
         }),
         ("NewRoomAssetVersion", "asset_id") => json!({ "format": "uuid" }),
+        ("OAuthProviderInput" | "OAuthProviderPatch", "name") => text(connections::NAME_CHARS_MAX),
+        ("OAuthProviderInput", "template") => {
+            json!({ "enum": connections::templates().iter().map(|t| t.key.as_str()).collect::<Vec<_>>() })
+        }
+        ("OAuthProviderInput" | "OAuthProviderPatch", "client_id") => {
+            json!({ "minLength": 1, "maxLength": connections::CLIENT_ID_BYTES_MAX })
+        }
         ("AssetForm", "content_type") => json!({
             "maxLength": assets::TYPE_CHARS_MAX,
             "pattern": format!("^{t}/{t}$", t = MEDIA_TYPE_TOKEN)
@@ -339,10 +346,10 @@ fn unwrap_all_of(prop: &mut Value) {
     *prop = Value::Object(plain);
 }
 
-/// Ids (`id`, `…_id`, `…_ids`; not a client's `request_id`) are UUIDs; `…_at` and `at` are RFC
+/// Ids (`id`, `…_id`, `…_ids`; not a client's `request_id` nor an OAuth `client_id`) are UUIDs; `…_at` and `at` are RFC
 /// 3339 times.
 fn formats_by_name(name: &str, prop: &mut Value) {
-    let is_id = name == "id" || (name.ends_with("_id") && name != "request_id");
+    let is_id = name == "id" || (name.ends_with("_id") && name != "request_id" && name != "client_id");
     let is_time = name == "at" || name.ends_with("_at");
     match prop["type"].as_str() {
         Some("string") if prop.get("format").is_none() => {

@@ -136,6 +136,7 @@ fn problem(app: &App, e: &GatewayError) -> Problem {
         GatewayError::AnswerTooLarge(_) => Problem::new(StatusCode::BAD_GATEWAY, "upstream_too_large", detail),
         GatewayError::Refused(_) => Problem::new(StatusCode::BAD_GATEWAY, "upstream_refused", detail),
         GatewayError::Credential => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "credential_unavailable", detail),
+        GatewayError::Connection(_) => Problem::new(StatusCode::BAD_GATEWAY, "connection_unavailable", detail),
     };
     if p.status == StatusCode::SERVICE_UNAVAILABLE && p.retry_after_s.is_none() {
         p.retry_after_s = Some(1);

@@ -32,6 +32,7 @@ pub mod audit;
 pub mod auth_api;
 pub mod body;
 pub mod chat;
+pub mod connections;
 pub mod docs;
 pub mod document;
 pub mod files;
@@ -106,6 +107,8 @@ pub enum ApiTags {
     Webhooks,
     /// The service registry: services, their credentials (never answered) and health.
     Services,
+    /// OAuth: providers, authorizations and the connections they make (tokens never answered).
+    Connections,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -191,6 +194,7 @@ pub type Apis = (
         webhooks::WebhooksApi,
         services::ServicesApi,
         gateway::GatewayApi,
+        connections::ConnectionsApi,
     ),
 );
 

@@ -40,6 +40,9 @@ pub enum CredentialKindView {
     Bearer,
     /// `Authorization: Basic` of `username` and the secret.
     Basic,
+    /// `Authorization: Bearer` with a fresh access token of the organization's OAuth
+    /// connection `connection_id` (refreshed ahead of its expiry; no secret here).
+    OauthConnection,
 }
 
 /// A credential to store (sealed; never answered).
@@ -48,13 +51,15 @@ pub enum CredentialKindView {
 #[serde(deny_unknown_fields)]
 pub struct CredentialBody {
     pub kind: CredentialKindView,
-    /// The API key, token or password.
+    /// The API key, token or password (required for every kind but `oauth_connection`).
     #[oai(write_only)]
-    pub secret: String,
+    pub secret: Option<String>,
     /// For `api_key`: the header that carries it (default `X-Api-Key`).
     pub header: Option<String>,
     /// For `basic`.
     pub username: Option<String>,
+    /// For `oauth_connection`: one of the organization's connections (not a user's own).
+    pub connection_id: Option<String>,
 }
 
 /// A stored credential: what kind, never its secret.
@@ -64,6 +69,7 @@ pub struct CredentialView {
     pub kind: CredentialKindView,
     pub header: Option<String>,
     pub username: Option<String>,
+    pub connection_id: Option<String>,
 }
 
 /// How the server checks a service's health (absent fields: the defaults).
@@ -335,8 +341,22 @@ fn credential(c: CredentialBody) -> Result<NewCredential, DomainError> {
                 DomainError::invalid("/credential/username", "required", "basic credentials name a username")
             })?,
         },
+        CredentialKindView::OauthConnection => CredentialKind::OAuthConnection {
+            connection: super::parse_id(
+                c.connection_id.as_deref().ok_or_else(|| {
+                    DomainError::invalid("/credential/connection_id", "required", "an oauth_connection names one")
+                })?,
+                "connection",
+            )
+            .map_err(|_| DomainError::invalid("/credential/connection_id", "invalid_id", "not a connection id"))?,
+        },
     };
-    Ok(NewCredential { kind, secret: c.secret })
+    let secret = match (&kind, c.secret) {
+        (CredentialKind::OAuthConnection { .. }, s) => s.unwrap_or_default(),
+        (_, Some(s)) => s,
+        (_, None) => return Err(DomainError::invalid("/credential/secret", "required", "the credential's secret")),
+    };
+    Ok(NewCredential { kind, secret })
 }
 
 fn health_check(h: HealthCheckBody) -> HealthCheck {
@@ -369,14 +389,20 @@ fn view(s: Service) -> ServiceView {
         ui: s.ui,
         callers: s.callers.into_iter().map(RoleView::from).collect(),
         metadata: s.metadata,
-        credential: s.credential.map(|c| match c.kind {
-            CredentialKind::ApiKey { header } => {
-                CredentialView { kind: CredentialKindView::ApiKey, header: Some(header), username: None }
+        credential: s.credential.map(|c| {
+            let mut v =
+                CredentialView { kind: CredentialKindView::Bearer, header: None, username: None, connection_id: None };
+            match c.kind {
+                CredentialKind::ApiKey { header } => (v.kind, v.header) = (CredentialKindView::ApiKey, Some(header)),
+                CredentialKind::Bearer => {}
+                CredentialKind::Basic { username } => {
+                    (v.kind, v.username) = (CredentialKindView::Basic, Some(username));
+                }
+                CredentialKind::OAuthConnection { connection } => {
+                    (v.kind, v.connection_id) = (CredentialKindView::OauthConnection, Some(connection.to_string()));
+                }
             }
-            CredentialKind::Bearer => CredentialView { kind: CredentialKindView::Bearer, header: None, username: None },
-            CredentialKind::Basic { username } => {
-                CredentialView { kind: CredentialKindView::Basic, header: None, username: Some(username) }
-            }
+            v
         }),
         health_check: s.health_check.map(|h| HealthCheckView {
             path: h.path,

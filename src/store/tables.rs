@@ -152,6 +152,13 @@ pub const SERVICES: Table = org("services", 46);
 /// org ‖ service ‖ change (UUIDv7) → `HealthChange` JSON: a service's health history.
 pub const SERVICE_HEALTH: Table = org("service_health", 47);
 
+/// org ‖ provider → `Provider` JSON: an OAuth provider (its client secret sealed in the vault).
+pub const OAUTH_PROVIDERS: Table = org("oauth_providers", 48);
+/// org ‖ connection → `Connection` JSON: an account at a provider (its tokens sealed).
+pub const OAUTH_CONNECTIONS: Table = org("oauth_connections", 49);
+/// org ‖ SHA-256 of the state's nonce → `Pending` JSON: an authorization in progress.
+pub const OAUTH_PENDING: Table = org("oauth_pending", 50);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -207,6 +214,9 @@ pub const ALL: &[Table] = &[
     WEBHOOK_ATTEMPTS,
     SERVICES,
     SERVICE_HEALTH,
+    OAUTH_PROVIDERS,
+    OAUTH_CONNECTIONS,
+    OAUTH_PENDING,
 ];
 
 /// `org ‖ a ‖ b`.

@@ -9,6 +9,7 @@ everything else itself: operator creates an org -> invites an owner -> accept ->
 refresh -> create room -> join -> channel -> post with an Idempotency-Key (the retry answers the
 same message) -> history -> task with a dependency -> search -> document create + binary Yjs
 update + versions -> API key -> files -> a service registered and called through the gateway ->
+an OAuth provider (client credentials), its connection, and a service calling with its token ->
 a deliberate 404 read as a typed Problem -> logout.
 
 Every answer is read through the generated types: a step fails when the status is not the one
@@ -27,6 +28,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from outpost_client import AuthenticatedClient, Client
 from outpost_client.api.auth import accept_invitation, login, logout, refresh_tokens
 from outpost_client.api.chat import create_channel, list_messages, post_message
+from outpost_client.api.connections import (
+    create_connection,
+    create_o_auth_provider,
+    list_connections,
+    list_o_auth_templates,
+)
 from outpost_client.api.files import (
     append_upload,
     create_upload,
@@ -49,6 +56,14 @@ from outpost_client.api.search import search
 from outpost_client.api.services import create_service, proxy_service_post
 from outpost_client.api.tasks import add_task_dependency, create_task
 from outpost_client.models import (
+    Connection,
+    ConnectionInput,
+    ConnectionList,
+    OAuthGrant,
+    OAuthProvider,
+    OAuthProviderInput,
+    OAuthProviderInputTemplate,
+    OAuthTemplateList,
     AppendUploadTusResumable,
     Asset,
     AssetForm,
@@ -115,11 +130,26 @@ class _Service(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.path == "/oauth/token":
+            # An OAuth provider's token endpoint, for the client-credentials grant.
+            ok = b"grant_type=client_credentials" in body and self.headers.get("authorization", "").startswith("Basic ")
+            out = json.dumps(
+                {"access_token": "journey-oauth-token", "token_type": "Bearer", "expires_in": 3600}
+                if ok
+                else {"error": "invalid_client"}
+            ).encode()
+            self.send_response(200 if ok else 400)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
         out = json.dumps(
             {
                 "method": self.command,
                 "path": self.path,
                 "key": self.headers.get("x-api-key"),
+                "authorization": self.headers.get("authorization"),
                 "body": body.decode(),
                 "identity": json.loads(self.headers.get("outpost-identity") or "null"),
                 "signed": bool(self.headers.get("outpost-identity-signature")),
@@ -372,6 +402,56 @@ def main():
     seen = json.loads(called.payload.read())
     assert (seen["method"], seen["path"], seen["key"]) == ("POST", "/tickets/7", "journey-key"), seen
     assert seen["body"] == '{"title": "printer"}' and seen["identity"]["role"] == "owner" and seen["signed"], seen
+
+    templates = step("list the OAuth provider templates", list_o_auth_templates.sync_detailed(client=ada), 200, OAuthTemplateList)
+    assert any(t.key == "generic_oidc" for t in templates.items) and templates.redirect_uri.endswith("/v1/oauth/callback")
+    provider = step(
+        "add an OAuth provider (client credentials)",
+        create_o_auth_provider.sync_detailed(
+            client=ada,
+            body=OAuthProviderInput(
+                template=OAuthProviderInputTemplate.CUSTOM,
+                grant=OAuthGrant.CLIENT_CREDENTIALS,
+                token_url=f"{made.service.base_url}/oauth/token",
+                client_id="journey",
+                client_secret="journey-client-secret",
+            ),
+        ),
+        201,
+        OAuthProvider,
+    )
+    assert provider.has_client_secret and provider.grant == "client_credentials", provider
+    conn = step(
+        "connect with client credentials",
+        create_connection.sync_detailed(client=ada, body=ConnectionInput(provider_id=provider.id)),
+        201,
+        Connection,
+    )
+    assert conn.status == "active" and conn.owner == "org", conn
+    oauth_service = step(
+        "register a service that calls with the connection",
+        create_service.sync_detailed(
+            client=ada,
+            body=NewService(
+                name="Tickets (OAuth)",
+                base_url=made.service.base_url,
+                credential=ServiceCredentialInput(kind=ServiceCredentialKind.OAUTH_CONNECTION, connection_id=conn.id),
+            ),
+        ),
+        201,
+        ServiceWithSigningSecret,
+    )
+    called = step(
+        "call it with the connection's token",
+        proxy_service_post.sync_detailed(
+            oauth_service.service.id, "tickets", client=ada, body=File(payload=io.BytesIO(b"{}"))
+        ),
+        200,
+        File,
+    )
+    assert json.loads(called.payload.read())["authorization"] == "Bearer journey-oauth-token"
+    listed = step("list connections", list_connections.sync_detailed(client=ada), 200, ConnectionList)
+    assert [c.id for c in listed.items] == [conn.id], listed
 
     problem = step(
         "a room that does not exist is a typed Problem",

@@ -10,7 +10,8 @@
 // refresh -> create room -> join -> channel -> post with an Idempotency-Key (the retry answers
 // the same message) -> history -> task with a dependency -> search -> document create + binary
 // Yjs update + versions -> API key -> files -> a service registered and called through the
-// gateway -> a deliberate 404 read as a typed Problem -> logout.
+// gateway -> an OAuth provider and an authorization started at it -> a deliberate 404 read as a
+// typed Problem -> logout.
 
 import { readFileSync } from "node:fs";
 import { randomUUID } from "node:crypto";
@@ -47,6 +48,9 @@ import {
   logout,
   postMessage,
   proxyServicePost,
+  listOAuthTemplates,
+  createOAuthProvider,
+  startConnectionAuthorization,
   refreshTokens,
   search,
   uploadAsset,
@@ -270,6 +274,32 @@ async function main(): Promise<void> {
   if (seen.method !== "POST" || seen.path !== "/tickets/7" || seen.key !== "journey-key" ||
       seen.body !== '{"title": "printer"}' || seen.identity?.role !== "owner" || !seen.signed) {
     throw new Error(`the service saw ${JSON.stringify(seen)}`);
+  }
+
+  // An OAuth provider, and an authorization started at it (PKCE S256, the server's callback).
+  const templates = await step("list the OAuth provider templates", 200, listOAuthTemplates({ client: grace }));
+  if (!templates.items.some((t) => t.key === "gitlab") || !templates.redirect_uri.endsWith("/v1/oauth/callback")) {
+    throw new Error(JSON.stringify(templates));
+  }
+  const provider = await step("add an OAuth provider", 201, createOAuthProvider({
+    client: grace,
+    body: {
+      template: "custom",
+      authorize_url: "http://127.0.0.1:9/authorize",
+      token_url: "http://127.0.0.1:9/token",
+      client_id: "journey",
+      client_secret: "journey-client-secret",
+      scopes: ["read"],
+    },
+  }));
+  const started = await step("start connecting an account", 201, startConnectionAuthorization({
+    client: grace,
+    body: { provider_id: provider.id, return_to: "/settings/connections" },
+  }));
+  const url = new URL(started.authorization_url);
+  if (url.searchParams.get("code_challenge_method") !== "S256" || url.searchParams.get("scope") !== "read" ||
+      url.searchParams.get("redirect_uri") !== started.redirect_uri || !url.searchParams.get("state")) {
+    throw new Error(started.authorization_url);
   }
 
   await problem("a room that does not exist is a typed Problem", 404, getRoom({ client: grace, path: { room_id: randomUUID() } }));

@@ -43,6 +43,8 @@ async fn org_b_never_sees_org_a() {
     let mut config = crate::support::config_for(dir.path());
     config.limits.user_requests_per_s = 100_000;
     config.limits.org_requests_per_s = 100_000;
+    // An OAuth provider's token endpoint on loopback.
+    config.egress.allow_cidrs = vec!["127.0.0.0/8".into()];
     let s = TestServer::start_with(config).await;
     let (org_a, a) = populated_org(&s).await;
     let (_org_b, b) = populated_org(&s).await;
@@ -141,6 +143,13 @@ async fn org_b_never_sees_org_a() {
     )
     .await;
     let a_service_id = a_service["service"]["id"].as_str().unwrap().to_owned();
+    // An OAuth provider of A's, and its connection (client credentials, on loopback).
+    let (tokens, _) = crate::connections::token_server().await;
+    let a_provider_id = crate::connections::client_credentials_provider(&s, &a_admin.access, &tokens).await;
+    let a_conn: Value =
+        crate::support::post_json(&s, &a_admin.access, "/v1/connections", json!({ "provider_id": a_provider_id }))
+            .await;
+    let a_conn_id = a_conn["id"].as_str().unwrap_or_else(|| panic!("no connection: {a_conn}")).to_owned();
     let mut principals: Vec<(String, String)> = Vec::new();
     for (role, login) in &b {
         principals.push(((*role).to_owned(), login.access.clone()));
@@ -172,8 +181,11 @@ async fn org_b_never_sees_org_a() {
         if !path.contains('{') {
             continue;
         }
-        let concrete = path
+        // OAuth connections and media connections share the parameter's name.
+        let oauth_path = path.replace("/v1/connections/{connection_id}", &format!("/v1/connections/{a_conn_id}"));
+        let concrete = oauth_path
             .replace("{org_id}", &org_a)
+            .replace("{provider_id}", &a_provider_id)
             .replace("{user_id}", &a_member.user_id)
             .replace("{session_id}", &a_member.session_id)
             .replace("{key_id}", &a_key_id)

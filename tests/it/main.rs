@@ -8,6 +8,7 @@ mod audit;
 mod backup;
 mod chat;
 mod config;
+mod connections;
 mod crash;
 mod docs;
 mod errors;

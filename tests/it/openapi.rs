@@ -6,9 +6,10 @@ use crate::support::TestServer;
 /// invitation or reset token) or publish public keys.
 pub const PUBLIC: &[&str] = &["login", "refreshTokens", "listPublicKeys", "acceptInvitation", "redeemPasswordReset"];
 
-/// Operations without a bearer credential that are not logins: tus discovery, and downloads by
-/// a signed link (the signature in the query is the credential, refused with 403).
-pub const OPEN: &[&str] = &["uploadOptions", "downloadSignedAsset"];
+/// Operations without a bearer credential that are not logins: tus discovery, downloads by a
+/// signed link (the signature in the query is the credential, refused with 403), and the OAuth
+/// callback (the single-use state in the query is the credential, refused with 400).
+pub const OPEN: &[&str] = &["uploadOptions", "downloadSignedAsset", "oauthCallback"];
 
 #[test]
 fn committed_document_matches_the_code() {
@@ -93,7 +94,9 @@ fn documented_statuses_are_ones_the_operation_can_answer() {
             let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
             let by_users = op["security"].as_array().is_some_and(|s| s.iter().any(|r| r.get("UserAuth").is_some()));
             let public = PUBLIC.contains(&id);
-            let writes = method != "get";
+            // The OAuth callback is a GET because providers redirect browsers to it, and it makes
+            // the connection.
+            let writes = method != "get" || id == "oauthCallback";
             for status in op["responses"].as_object().unwrap().keys() {
                 let possible = match status.as_str() {
                     "400" => body || named("query") || named("header"),

@@ -41,6 +41,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
     config.egress.allow_cidrs = vec!["127.0.0.0/8".into()];
     let s = TestServer::start_with(config).await;
     let upstream = answering_service().await;
+    let (tokens, _) = crate::connections::token_server().await;
     let (org_id, sl) = create_org(&s).await;
     for role in Role::ALL {
         operator_invite_and_accept(&s, &org_id, &format!("{}@example.org", role.as_str()), role.as_str()).await;
@@ -162,6 +163,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                         target: &target_id,
                         asset: &asset_id,
                         upstream: &upstream,
+                        tokens: &tokens,
                     },
                     Places {
                         room: (&room_id, maker),
@@ -231,6 +233,18 @@ const NOT_DONE_HERE: &[(&str, u16, &str)] = &[
     ("getRecording", 404, "needs a recording of a call: media.rs records one and reads it back"),
     ("stopRecording", 404, "needs a running recording: media.rs starts and stops one"),
     ("downloadRecordingFile", 404, "needs a recorded file: media.rs downloads and decodes them"),
+    (
+        "refreshConnection",
+        403,
+        "a member refreshes their own connections, made through a provider's sign-in (connections.rs); \
+         the one here is the organization's",
+    ),
+    (
+        "deleteConnection",
+        403,
+        "a member deletes their own connections, made through a provider's sign-in (connections.rs); \
+         the one here is the organization's",
+    ),
 ];
 
 /// The password `changeMyPassword` sets (and the test then sets back).
@@ -275,6 +289,8 @@ struct Prepare<'a> {
     asset: &'a str,
     /// The base URL of a service that answers 200 to everything.
     upstream: &'a str,
+    /// The base URL of an OAuth provider's token and revocation endpoints.
+    tokens: &'a str,
 }
 
 /// A service on loopback answering 200 to every request; its base URL.
@@ -325,7 +341,41 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         let id = made["service"]["id"].as_str().unwrap_or_else(|| panic!("no service made: {made}"));
         url = url.replace("{service_id}", id);
     }
+    if url.contains("{provider_id}") {
+        let id = crate::connections::client_credentials_provider(s, p.owner, p.tokens).await;
+        url = url.replace("{provider_id}", &id);
+    }
+    if matches!(p.id, "getConnection" | "refreshConnection" | "deleteConnection") {
+        // The organization's connection, made with client credentials.
+        let provider = crate::connections::client_credentials_provider(s, p.owner, p.tokens).await;
+        let made = crate::support::post_json(s, p.owner, "/v1/connections", json!({ "provider_id": provider })).await;
+        let id = made["id"].as_str().unwrap_or_else(|| panic!("no connection made: {made}"));
+        let rest = url.trim_start_matches("/v1/connections/").split_once('/').map(|(_, r)| format!("/{r}"));
+        url = format!("/v1/connections/{id}{}", rest.unwrap_or_default());
+    }
     let body = match p.id {
+        "createOAuthProvider" => Some(json!({
+            "template": "custom", "grant": "client_credentials", "token_url": format!("{}/token", p.tokens),
+            "client_id": "c", "client_secret": "s",
+        })),
+        "updateOAuthProvider" => Some(json!({ "name": "renamed" })),
+        "createConnection" => {
+            let provider = crate::connections::client_credentials_provider(s, p.owner, p.tokens).await;
+            Some(json!({ "provider_id": provider }))
+        }
+        "startConnectionAuthorization" => {
+            let made = crate::support::post_json(
+                s,
+                p.owner,
+                "/v1/oauth/providers",
+                json!({
+                    "template": "custom", "authorize_url": format!("{}/authorize", p.tokens),
+                    "token_url": format!("{}/token", p.tokens), "client_id": "c",
+                }),
+            )
+            .await;
+            Some(json!({ "provider_id": made["id"] }))
+        }
         "createService" => Some(json!({ "name": "s", "base_url": "http://localhost:9" })),
         "createWebhookEndpoint" => Some(json!({ "url": "http://localhost:9/hook", "event_types": ["nothing.here"] })),
         "recoverWebhookMessages" => Some(json!({ "since": outpost::ids::rfc3339(outpost::ids::now_ms() - 60_000) })),

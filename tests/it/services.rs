@@ -86,7 +86,10 @@ async fn health_follows_a_service_down_and_back_and_its_credential_stays_sealed(
     seen.push(made.to_string());
     let made = made["service"].clone();
     let id = made["id"].as_str().unwrap().to_owned();
-    assert_eq!(made["credential"], json!({ "kind": "api_key", "header": "X-Api-Key", "username": null }));
+    assert_eq!(
+        made["credential"],
+        json!({ "kind": "api_key", "header": "X-Api-Key", "username": null, "connection_id": null })
+    );
 
     // Up at the first good check; down after two failed ones; up after two good ones.
     let v = wait_health(&s, &member, &id, "up").await;

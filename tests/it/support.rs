@@ -146,8 +146,14 @@ impl ChildServer {
 
     /// As `start`, with extra environment (configuration) for the server.
     pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_listening(dir, "127.0.0.1:0", env)
+    }
+
+    /// As `start_with_env`, on `listen` (an address the test chose, to name it in the
+    /// configuration too).
+    pub fn start_listening(dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args(["serve", "--listen", listen, "--data"])
             .arg(dir)
             .env("OUTPOST_LOG__FORMAT", "json")
             .env("OUTPOST_LOG__LEVEL", "info")

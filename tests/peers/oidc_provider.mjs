@@ -1,0 +1,159 @@
+// A real OpenID provider for the tests: the certified `oidc-provider`, on 127.0.0.1.
+//
+//   node oidc_provider.mjs '{"port": 0, "clients": [...], "access_ttl_s": 60, "account": {...}}'
+//
+// Prints `ready <port>` once listening. People sign in without a browser: `/interaction/:uid`
+// logs in the configured account and consents to what the client asked for at once (two
+// redirects). Test-only routes:
+//   GET  /_stats   token grants by type, revocation requests, grants revoked, tokens held
+//   GET  /_tokens  the access and refresh tokens it holds (opaque: their ids are their values)
+//   POST /_forget  drops every grant and token (as if the user revoked the app at the IdP)
+import http from "node:http";
+import { generateKeyPairSync, randomUUID } from "node:crypto";
+import Provider from "oidc-provider";
+
+const cfg = JSON.parse(process.argv[2] || "{}");
+const port = cfg.port || 0;
+
+// Keeps every model in maps, so the test can see and drop what the provider holds.
+const stores = new Map();
+const store = (name) => {
+  if (!stores.has(name)) stores.set(name, new Map());
+  return stores.get(name);
+};
+class Adapter {
+  constructor(name) {
+    this.name = name;
+    this.map = store(name);
+  }
+  async upsert(id, payload) {
+    this.map.set(id, payload);
+  }
+  async find(id) {
+    return this.map.get(id);
+  }
+  async findByUid(uid) {
+    for (const v of this.map.values()) if (v.uid === uid) return v;
+    return undefined;
+  }
+  async findByUserCode(code) {
+    for (const v of this.map.values()) if (v.userCode === code) return v;
+    return undefined;
+  }
+  async consume(id) {
+    const v = this.map.get(id);
+    if (v) v.consumed = Math.floor(Date.now() / 1000);
+  }
+  async destroy(id) {
+    this.map.delete(id);
+  }
+  async revokeByGrantId(grantId) {
+    for (const m of stores.values()) {
+      for (const [k, v] of m) if (v.grantId === grantId) m.delete(k);
+    }
+  }
+}
+
+const key = () => {
+  const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+  return { ...privateKey.export({ format: "jwk" }), kid: cfg.kid || randomUUID(), use: "sig", alg: "RS256" };
+};
+
+const account = cfg.account || { sub: "alice", email: "alice@example.test", email_verified: true, groups: ["staff"] };
+const issuer = `http://127.0.0.1:${port}`;
+const stats = { grants: {}, revocations: 0 };
+
+const provider = new Provider(issuer, {
+  adapter: Adapter,
+  clients: cfg.clients || [],
+  jwks: { keys: [key()] },
+  cookies: { keys: ["outpost-test-cookie-key"] },
+  pkce: { required: () => true },
+  scopes: ["openid", "offline_access", "email", "profile", "groups", "api:read", "api:write"],
+  claims: { openid: ["sub"], email: ["email", "email_verified"], profile: ["name"], groups: ["groups"] },
+  conformIdTokenClaims: false,
+  ttl: {
+    AccessToken: cfg.access_ttl_s || 3600,
+    ClientCredentials: cfg.access_ttl_s || 3600,
+    RefreshToken: 86400,
+    Grant: 86400,
+    Interaction: 600,
+    Session: 86400,
+    AuthorizationCode: 60,
+  },
+  features: {
+    devInteractions: { enabled: false },
+    revocation: { enabled: true },
+    introspection: { enabled: true },
+    clientCredentials: { enabled: true },
+  },
+  interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+  findAccount: async (_ctx, sub) =>
+    sub === account.sub ? { accountId: sub, claims: async () => ({ ...account }) } : undefined,
+  // Client credentials tokens for the scopes the client asks for (no resource indicator).
+  allowOmittingSingleRegisteredRedirectUri: true,
+});
+provider.proxy = false;
+
+provider.on("grant.success", (ctx) => {
+  const t = ctx.oidc.params.grant_type;
+  stats.grants[t] = (stats.grants[t] || 0) + 1;
+});
+provider.on("grant.revoked", () => {
+  stats.grants_revoked = (stats.grants_revoked || 0) + 1;
+});
+
+async function interaction(req, res, uid) {
+  const details = await provider.interactionDetails(req, res);
+  if (details.prompt.name === "login") {
+    await provider.interactionFinished(req, res, { login: { accountId: account.sub } }, { mergeWithLastSubmission: false });
+    return;
+  }
+  const { params, session } = details;
+  const grant = details.grantId
+    ? await provider.Grant.find(details.grantId)
+    : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+  grant.addOIDCScope(String(params.scope || "openid"));
+  grant.addResourceScope(issuer, String(params.scope || ""));
+  const grantId = await grant.save();
+  await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+  void uid;
+}
+
+const callback = provider.callback();
+const server = http.createServer(async (req, res) => {
+  try {
+    const path = req.url.split("?")[0];
+    if (path === "/_stats") {
+      const tokens = store("RefreshToken").size;
+      res.setHeader("content-type", "application/json");
+      res.end(JSON.stringify({ ...stats, refresh_tokens: tokens, access_tokens: store("AccessToken").size }));
+      return;
+    }
+    if (path === "/_tokens") {
+      res.setHeader("content-type", "application/json");
+      res.end(JSON.stringify([...store("AccessToken").keys(), ...store("RefreshToken").keys()]));
+      return;
+    }
+    if (path === "/_forget" && req.method === "POST") {
+      for (const m of stores.values()) m.clear();
+      res.end("{}");
+      return;
+    }
+    if (path === "/token/revocation") stats.revocations += 1;
+    const m = path.match(/^\/interaction\/([^/]+)$/);
+    if (m) {
+      await interaction(req, res, m[1]);
+      return;
+    }
+    callback(req, res);
+  } catch (e) {
+    res.statusCode = 500;
+    res.end(String(e && e.stack ? e.stack : e));
+  }
+});
+server.listen(port, "127.0.0.1", () => {
+  console.log(`ready ${server.address().port}`);
+});
+process.stdin.on("end", () => process.exit(0));
+process.stdin.resume();
