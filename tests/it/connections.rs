@@ -67,18 +67,18 @@ async fn server(refresh_ahead_s: u64) -> (TestServer, tempfile::TempDir, String,
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     config.oauth.public_url = Some(format!("http://{}", listener.local_addr().unwrap()));
     let s = TestServer::start_on(config, "http", listener).await;
-    let (owner, member) = people(&s).await;
+    let (_, owner, member) = people(&s).await;
     (s, dir, owner, member)
 }
 
-/// An organization with an owner and a member; their access tokens.
-async fn people(s: &TestServer) -> (String, String) {
+/// An organization with an owner and a member: its id, their access tokens.
+async fn people(s: &TestServer) -> (String, String, String) {
     let (org_id, sl) = crate::identity::create_org(s).await;
     crate::identity::operator_invite_and_accept(s, &org_id, "owner@example.org", "owner").await;
     crate::identity::operator_invite_and_accept(s, &org_id, "mia@example.org", "member").await;
     let owner = crate::identity::login(s, &sl, "owner").await.access;
     let member = crate::identity::login(s, &sl, "mia").await.access;
-    (owner, member)
+    (org_id, owner, member)
 }
 
 /// The real binary, logging at debug level, on a port the test chose (so the redirect URI,
@@ -152,7 +152,7 @@ fn echo(req: &poem::Request, up: Data<&Arc<Upstream>>) -> &'static str {
 async fn a_connection_is_made_with_pkce_refreshed_once_under_load_and_revoked_when_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let (child, s) = child_server(dir.path());
-    let (owner, member) = people(&s).await;
+    let (org_id, owner, member) = people(&s).await;
     let idp = Idp::start(json!({ "clients": [client(&s)], "access_ttl_s": 3 })).await;
     let mut seen = Vec::new();
 
@@ -271,6 +271,16 @@ async fn a_connection_is_made_with_pkce_refreshed_once_under_load_and_revoked_wh
     let c = get_json(&s, &member, &format!("/v1/connections/{conn_id}")).await;
     assert_eq!(c["status"], "needs_reauth", "{c}");
     expect_problem(call(member.clone()).await, 502, "connection_unavailable").await;
+    // Everyone in the organization is told, on its topic.
+    let events: Value =
+        s.get(&format!("/v1/orgs/{org_id}/events?topic=org&limit=1000")).send().await.unwrap().json().await.unwrap();
+    let told = events["items"].as_array().unwrap().iter().any(|e| {
+        e["type"] == "connection.needs_reauth"
+            && e["data"]["id"] == conn_id.as_str()
+            && e["data"]["status"] == "needs_reauth"
+    });
+    assert!(told, "no connection.needs_reauth event: {events}");
+    seen.push(events.to_string());
 
     // A member's own connection; deleting it revokes its refresh token at the provider.
     let (mine, _) = connect(&s, &member, &provider_id, "user").await;
