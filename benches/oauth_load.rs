@@ -12,6 +12,7 @@
 //! `benches/oauth.sh` starts the server and runs it.
 
 #[path = "loadkit/mod.rs"]
+#[allow(dead_code)] // each load program takes the parts of the kit it needs
 mod loadkit;
 
 use std::sync::Arc;
@@ -130,20 +131,21 @@ async fn main() {
     })
     .await;
 
-    let p = provider(&client, &url, &token, &long_base).await;
+    let long_provider = provider(&client, &url, &token, &long_base).await;
     let mut ids = Vec::new();
     for _ in 0..connections {
-        let c = post_json(&client, &format!("{url}/v1/connections"), &token, json!({ "provider_id": p })).await;
-        ids.push(c["id"].as_str().expect("load program").to_owned());
+        let made =
+            post_json(&client, &format!("{url}/v1/connections"), &token, json!({ "provider_id": long_provider })).await;
+        ids.push(made["id"].as_str().expect("load program").to_owned());
     }
     let ids = Arc::new(ids);
     let before = long.issued.load(Ordering::Relaxed);
-    let (u, t) = (url.clone(), token.clone());
-    let refreshes = run(conns, seconds, move |i, c| {
-        let target = format!("{u}/v1/connections/{}/refresh", ids[i % ids.len()]);
-        let t = t.clone();
+    let (base_url, bearer) = (url.clone(), token.clone());
+    let refreshes = run(conns, seconds, move |i, http| {
+        let target = format!("{base_url}/v1/connections/{}/refresh", ids[i % ids.len()]);
+        let bearer = bearer.clone();
         async move {
-            let r = c.post(&target).bearer_auth(&t).send().await.expect("load program");
+            let r = http.post(&target).bearer_auth(&bearer).send().await.expect("load program");
             assert_eq!(r.status(), 200, "{:?}", r.text().await);
         }
     })
@@ -161,24 +163,25 @@ async fn main() {
         Route::new().at("/token", post(token_endpoint)).at("/items", get(item)).data(short.clone()),
     )
     .await;
-    let p = provider(&client, &url, &token, &short_base).await;
-    let c = post_json(&client, &format!("{url}/v1/connections"), &token, json!({ "provider_id": p })).await;
+    let short_provider = provider(&client, &url, &token, &short_base).await;
+    let conn =
+        post_json(&client, &format!("{url}/v1/connections"), &token, json!({ "provider_id": short_provider })).await;
     let made = post_json(
         &client,
         &format!("{url}/v1/services"),
         &token,
         json!({ "name": "bench-oauth", "base_url": short_base,
-                "credential": { "kind": "oauth_connection", "connection_id": c["id"] },
+                "credential": { "kind": "oauth_connection", "connection_id": conn["id"] },
                 "gateway": { "rate_per_s": 100_000, "retries": 0 } }),
     )
     .await;
     let target = format!("{url}/v1/services/{}/proxy/items", made["service"]["id"].as_str().expect("load program"));
     let before = short.issued.load(Ordering::Relaxed);
-    let t = token.clone();
-    let calls = run(conns, seconds, move |_, c| {
-        let (target, t) = (target.clone(), t.clone());
+    let bearer = token.clone();
+    let calls = run(conns, seconds, move |_, http| {
+        let (target, bearer) = (target.clone(), bearer.clone());
         async move {
-            let r = c.get(&target).bearer_auth(&t).send().await.expect("load program");
+            let r = http.get(&target).bearer_auth(&bearer).send().await.expect("load program");
             assert_eq!(r.status(), 200, "{:?}", r.text().await);
             r.bytes().await.expect("load program");
         }
