@@ -56,6 +56,7 @@ pub struct App {
     pub gateway: crate::gateway::Gateway,
     /// OAuth connections: authorizations, token refresh, revocation.
     pub oauth: crate::oauth::OAuth,
+    pub sso: crate::sso::Sso,
     pub keys: Keys,
     pub hasher: Hasher,
     pub limits: Arc<Limits>,
@@ -170,6 +171,7 @@ impl App {
             webhooks,
             registry,
             gateway,
+            sso: crate::sso::Sso::new(oauth.clone()),
             oauth,
             keys: Keys::empty(),
             hasher: Hasher::default(),

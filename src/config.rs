@@ -102,6 +102,11 @@ pub struct OAuthConfig {
     pub refresh_ahead_s: u64,
     /// A request to a provider's token, discovery or revocation endpoint at most, in milliseconds.
     pub request_timeout_ms: u64,
+    /// How long an identity provider's discovery document and signing keys are kept, in
+    /// seconds (an `id_token` signed by a key not among them fetches them again at once).
+    pub discovery_cache_s: u64,
+    /// Identity providers (single sign-on) per organization at most.
+    pub identity_providers_per_org_max: usize,
 }
 
 impl OAuthConfig {
@@ -121,6 +126,12 @@ impl OAuthConfig {
         if !(100..=120_000).contains(&self.request_timeout_ms) {
             bad("oauth.request_timeout_ms", "must be 100–120000");
         }
+        if !(1..=86_400).contains(&self.discovery_cache_s) {
+            bad("oauth.discovery_cache_s", "must be 1–86400");
+        }
+        if self.identity_providers_per_org_max == 0 {
+            bad("oauth.identity_providers_per_org_max", "must be at least 1");
+        }
     }
 }
 
@@ -134,6 +145,8 @@ impl Default for OAuthConfig {
             connections_per_org_max: 10_000,
             refresh_ahead_s: 60,
             request_timeout_ms: 10_000,
+            discovery_cache_s: 3600,
+            identity_providers_per_org_max: 10,
         }
     }
 }

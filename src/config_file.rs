@@ -335,6 +335,12 @@ const DOCS: &[Doc] = &[
         "oauth.request_timeout_ms",
         "A request to a provider's token, discovery or revocation endpoint at most, in ms.",
     ),
+    doc(
+        "oauth.discovery_cache_s",
+        "How long an identity provider's discovery document and signing keys are kept, in seconds \
+         (an id_token signed by a key not among them fetches them again at once).",
+    ),
+    doc("oauth.identity_providers_per_org_max", "Identity providers (single sign-on) per organization at most."),
 ];
 
 /// A key the code has and this file does not document, or the other way round.

@@ -31,6 +31,7 @@ pub mod realtime;
 pub mod registry;
 pub mod search;
 pub mod server;
+pub mod sso;
 pub mod store;
 pub mod tenancy;
 pub mod thumbs;

@@ -66,6 +66,9 @@ pub enum OAuthError {
     /// The callback names another issuer than the provider's (RFC 9207: a mix-up).
     #[error("the authorization response comes from another issuer ({0})")]
     IssuerMismatch(String),
+    /// An `id_token` failed its checks (signature, algorithm, issuer, audience, expiry, nonce).
+    #[error("the identity provider's id_token is refused: {0}")]
+    InvalidIdToken(String),
     /// The connection cannot give a token until someone connects again.
     #[error("the connection needs to be authorized again{}", .0.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
     NeedsReauth(Option<String>),
@@ -96,7 +99,7 @@ pub struct OAuth {
 /// The HTTP the `oauth2` crate's requests go out by: egress, bounded.
 type HttpFuture = Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, EgressError>> + Send>>;
 
-fn http(egress: &Egress, timeout_ms: u64) -> impl Fn(oauth2::HttpRequest) -> HttpFuture + use<> {
+pub(crate) fn http(egress: &Egress, timeout_ms: u64) -> impl Fn(oauth2::HttpRequest) -> HttpFuture + use<> {
     let egress = egress.clone();
     move |request: oauth2::HttpRequest| {
         let egress = egress.clone();
@@ -128,6 +131,11 @@ struct Discovery {
 impl OAuth {
     pub fn new(parts: Parts) -> Self {
         Self { inner: Arc::new(Inner { parts, flights: Mutex::default() }) }
+    }
+
+    /// What the engine is built from (for single sign-on, which shares it).
+    pub(crate) fn parts(&self) -> &Parts {
+        &self.inner.parts
     }
 
     /// The redirect URI to register at providers.
@@ -614,7 +622,8 @@ impl OAuth {
             .ok_or_else(|| OAuthError::Unsupported("the credential cannot be put on a request".into()))
     }
 
-    /// Re-seals every provider secret and connection token under `vault` (a vault rotation).
+    /// Re-seals every provider secret (OAuth and identity providers') and connection token under
+    /// `vault` (a vault rotation).
     pub async fn reseal(&self, vault: Arc<crate::vault::Vault>, actor: &str) -> Result<usize, DomainError> {
         let orgs = self.inner.parts.store.read(connections::orgs_with_providers).await?;
         let mut n = 0;
@@ -625,7 +634,8 @@ impl OAuth {
                 request_id: None,
                 client_addr: None,
             };
-            n += connections::reseal(&self.inner.parts.writer, vault.clone(), ctx).await?;
+            n += connections::reseal(&self.inner.parts.writer, vault.clone(), ctx.clone()).await?;
+            n += crate::domain::sso::reseal(&self.inner.parts.writer, vault.clone(), ctx).await?;
         }
         Ok(n)
     }

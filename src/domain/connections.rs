@@ -25,7 +25,9 @@ use serde_json::json;
 use super::{DomainError, FieldError, check};
 use crate::egress::{AddressPolicy, EgressError, check_url};
 use crate::ids::{self, Id};
-use crate::store::tables::{OAUTH_CONNECTIONS, OAUTH_PENDING, OAUTH_PROVIDERS, SERVICES, org_bytes_key, org_id_key};
+use crate::store::tables::{
+    OAUTH_CONNECTIONS, OAUTH_PENDING, OAUTH_PROVIDERS, SERVICES, SSO_PROVIDERS, org_bytes_key, org_id_key,
+};
 use crate::store::writer::{MutationCtx, Tx, Writer};
 use crate::store::{Lookup, Store, StoreError, decode, encode, prefix_end};
 use crate::tenancy::OrgScope;
@@ -313,11 +315,11 @@ fn verifier_purpose(org: Id) -> String {
     format!("oauth_pkce_verifier:{org}")
 }
 
-fn seal_string(vault: &Vault, purpose: &str, plain: &str) -> String {
+pub(super) fn seal_string(vault: &Vault, purpose: &str, plain: &str) -> String {
     STANDARD.encode(vault.seal(purpose, plain.as_bytes()))
 }
 
-fn open_string(vault: &Vault, purpose: &str, sealed: &str) -> Option<String> {
+pub(super) fn open_string(vault: &Vault, purpose: &str, sealed: &str) -> Option<String> {
     let bytes = STANDARD.decode(sealed).ok()?;
     String::from_utf8(vault.open(purpose, &bytes).ok()?).ok()
 }
@@ -627,12 +629,19 @@ pub fn scopes_for(provider: &Provider, given: Option<Vec<String>>) -> Result<Vec
 }
 
 /// The `state` of an authorization: the organization's id and a random nonce, base64url.
-fn state_parts(state: &str) -> Option<(Id, Vec<u8>)> {
+pub(super) fn state_parts(state: &str) -> Option<(Id, Vec<u8>)> {
     let raw = URL_SAFE_NO_PAD.decode(state).ok()?;
     (raw.len() == 16 + STATE_NONCE_BYTES).then(|| Some((Id::from_slice(&raw[..16])?, raw[16..].to_vec()))).flatten()
 }
 
-fn pending_key(org: Id, nonce: &[u8]) -> Vec<u8> {
+/// The `state` for a nonce of `org`.
+pub(super) fn state_text(org: Id, nonce: &[u8]) -> String {
+    let mut raw = org.as_bytes().to_vec();
+    raw.extend_from_slice(nonce);
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+pub(super) fn pending_key(org: Id, nonce: &[u8]) -> Vec<u8> {
     org_bytes_key(org, ring::digest::digest(&ring::digest::SHA256, nonce).as_ref())
 }
 
@@ -649,9 +658,7 @@ pub async fn begin(
     let org = ctx.scope.org();
     let mut nonce = [0u8; STATE_NONCE_BYTES];
     ids::fill_random(&mut nonce);
-    let mut raw = org.as_bytes().to_vec();
-    raw.extend_from_slice(&nonce);
-    let state = URL_SAFE_NO_PAD.encode(raw);
+    let state = state_text(org, &nonce);
     let pending = Pending { verifier: seal_string(vault, &verifier_purpose(org), verifier), ..pending };
     writer
         .submit(ctx, move |tx| {
@@ -966,8 +973,8 @@ pub async fn reseal(writer: &Writer, vault: std::sync::Arc<Vault>, ctx: Mutation
         .await
 }
 
-/// The organizations with providers (each provider's secret and each connection's tokens
-/// belong to one).
+/// The organizations with OAuth or identity providers (each provider's secret and each
+/// connection's tokens belong to one).
 pub fn orgs_with_providers(r: &crate::store::Reader) -> Result<Vec<Id>, StoreError> {
     let mut orgs = Vec::new();
     r.for_each(OAUTH_PROVIDERS, |k, _| {
@@ -978,6 +985,16 @@ pub fn orgs_with_providers(r: &crate::store::Reader) -> Result<Vec<Id>, StoreErr
         }
         Ok(true)
     })?;
+    r.for_each(SSO_PROVIDERS, |k, _| {
+        if let Some(org) = k.get(..16).and_then(Id::from_slice) {
+            if orgs.last() != Some(&org) {
+                orgs.push(org);
+            }
+        }
+        Ok(true)
+    })?;
+    orgs.sort_unstable();
+    orgs.dedup();
     Ok(orgs)
 }
 

@@ -13,11 +13,11 @@ use crate::store::tables::{
     ORG_SLUGS, ORGS, REFRESH_TOKENS, SESSIONS, USER_LOGINS, USER_SESSIONS, USERS, org_bytes_key, org_id_id_key,
     org_id_key,
 };
-use crate::store::writer::{MutationCtx, Writer};
+use crate::store::writer::{MutationCtx, Tx, Writer};
 use crate::store::{Reader, Store, StoreError, decode, encode};
 use crate::tenancy::OrgScope;
 
-use super::sessions::{RefreshRecord, Session, evict_beyond_cap};
+use super::sessions::{RefreshRecord, Session, SsoMark, evict_beyond_cap};
 
 /// Session settings (from the config).
 #[derive(Clone, Copy, Debug)]
@@ -78,8 +78,6 @@ pub async fn start(
     policy: SessionPolicy,
     origin: Origin,
 ) -> Result<Granted, DomainError> {
-    let (refresh_token, digest) = new_org_token("rt", org);
-    let session_id = Id::new();
     let ctx = MutationCtx {
         scope: OrgScope::for_login(org),
         actor: format!("user:{}", user.id),
@@ -87,34 +85,51 @@ pub async fn start(
         client_addr: origin.client_addr.clone(),
     };
     let user_id = user.id;
-    let session = writer
+    let (session, refresh_token) = writer
         .submit(ctx, move |tx| {
-            let now = tx.now_ms();
-            let session = Session {
-                id: session_id,
-                user: user_id,
-                created_at_ms: now,
-                last_used_at_ms: now,
-                expires_at_ms: now + policy.refresh_ttl_ms,
-                revoked_at_ms: None,
-                user_agent: origin.user_agent.clone(),
-                client_addr: origin.client_addr.clone(),
-            };
-            let evicted = evict_beyond_cap(tx, org, user_id, policy.sessions_per_user_max.saturating_sub(1))?;
-            tx.put(SESSIONS, &org_id_key(org, session_id), &encode(&session))?;
-            tx.put(USER_SESSIONS, &org_id_id_key(org, user_id, session_id), &now.to_be_bytes())?;
-            let rec = RefreshRecord { session: session_id, user: user_id, rotated_at_ms: None };
-            tx.put(REFRESH_TOKENS, &org_bytes_key(org, &digest), &encode(&rec))?;
-            tx.emit(format!("user:{user_id}"), "session.started", json!({ "session": session_id, "evicted": evicted }));
+            let (session, token, evicted) = open_session(tx, org, user_id, policy, &origin, None, None)?;
             tx.audit(
                 "auth.login",
                 format!("user:{user_id}"),
-                json!({ "session": session_id, "evicted": evicted, "user_agent": origin.user_agent }),
+                json!({ "session": session.id, "evicted": evicted, "user_agent": origin.user_agent }),
             );
-            Ok::<_, DomainError>(session)
+            Ok::<_, DomainError>((session, token))
         })
         .await?;
     Ok(Granted { org, user, session, refresh_token })
+}
+
+/// Opens a session for `user` inside the caller's commit (which audits it): the session, its
+/// first refresh token, and the old sessions the cap evicted.
+pub(super) fn open_session(
+    tx: &mut Tx<'_, '_>,
+    org: Id,
+    user: Id,
+    policy: SessionPolicy,
+    origin: &Origin,
+    sso_provider: Option<Id>,
+    sid: Option<String>,
+) -> Result<(Session, String, Vec<Id>), DomainError> {
+    let (refresh_token, digest) = new_org_token("rt", org);
+    let now = tx.now_ms();
+    let session = Session {
+        id: Id::new(),
+        user,
+        created_at_ms: now,
+        last_used_at_ms: now,
+        expires_at_ms: now + policy.refresh_ttl_ms,
+        revoked_at_ms: None,
+        user_agent: origin.user_agent.clone(),
+        client_addr: origin.client_addr.clone(),
+        sso: sso_provider.map(|provider| SsoMark { provider, sid }),
+    };
+    let evicted = evict_beyond_cap(tx, org, user, policy.sessions_per_user_max.saturating_sub(1))?;
+    tx.put(SESSIONS, &org_id_key(org, session.id), &encode(&session))?;
+    tx.put(USER_SESSIONS, &org_id_id_key(org, user, session.id), &now.to_be_bytes())?;
+    let rec = RefreshRecord { session: session.id, user, rotated_at_ms: None };
+    tx.put(REFRESH_TOKENS, &org_bytes_key(org, &digest), &encode(&rec))?;
+    tx.emit(format!("user:{user}"), "session.started", json!({ "session": session.id, "evicted": evicted }));
+    Ok((session, refresh_token, evicted))
 }
 
 /// Records a failed login in the org's audit chain, and the lock-out it caused, if any.
@@ -188,6 +203,12 @@ pub async fn refresh(
                 .ok_or_else(invalid)?;
             if session.revoked_at_ms.is_some() || session.expires_at_ms < now {
                 return Err(invalid());
+            }
+            if session.sso.is_none() && crate::domain::orgs::sso_required(tx, org)? {
+                return Err(DomainError::Unauthorized {
+                    code: "sso_required",
+                    detail: "this organization requires single sign-on: sign in through it".into(),
+                });
             }
             if rec.rotated_at_ms.is_some() {
                 // Someone else holds this family: end it, and say so in the audit trail.

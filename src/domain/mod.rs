@@ -20,6 +20,7 @@ pub mod rooms;
 pub mod secrets;
 pub mod services;
 pub mod sessions;
+pub mod sso;
 pub mod tasks;
 pub mod users;
 pub mod webhooks;

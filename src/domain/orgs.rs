@@ -13,7 +13,7 @@ use super::{DomainError, FieldError, check};
 use crate::ids::Id;
 use crate::store::tables::{ORG_SLUGS, ORGS};
 use crate::store::writer::{MutationCtx, Writer};
-use crate::store::{Store, decode, encode, prefix_end};
+use crate::store::{Lookup, Store, StoreError, decode, encode, prefix_end};
 use crate::tenancy::OrgScope;
 
 /// Most bytes of an organization's `settings` object, as JSON.
@@ -35,9 +35,29 @@ pub struct Organization {
     pub name: String,
     pub status: OrgStatus,
     pub settings: serde_json::Map<String, serde_json::Value>,
+    /// Single sign-on policy (admins set it, `domain::sso`).
+    #[serde(default)]
+    pub sso: SsoPolicy,
     pub version: u64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+/// An organization's single sign-on policy.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SsoPolicy {
+    /// Passwords are refused to the organization's members.
+    pub required: bool,
+}
+
+/// The organization's single sign-on policy (the default for one not found).
+pub fn sso_policy(r: &impl Lookup, org: Id) -> Result<SsoPolicy, StoreError> {
+    Ok(r.record::<Organization>(ORGS, org.as_bytes())?.map(|o| o.sso).unwrap_or_default())
+}
+
+/// Whether `org`'s members must sign in through SSO.
+pub fn sso_required(r: &impl Lookup, org: Id) -> Result<bool, StoreError> {
+    Ok(sso_policy(r, org)?.required)
 }
 
 /// Input of create.
@@ -80,6 +100,7 @@ pub async fn create(writer: &Writer, ctx: MutationCtx, new: NewOrg) -> Result<Or
                 name: new.name.clone(),
                 status: OrgStatus::Active,
                 settings: new.settings.clone().unwrap_or_default(),
+                sso: SsoPolicy::default(),
                 version: 1,
                 created_at_ms: tx.now_ms(),
                 updated_at_ms: tx.now_ms(),

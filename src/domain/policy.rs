@@ -75,10 +75,12 @@ pub enum Permission {
     ConnectionsUse,
     /// Add and change OAuth providers; make, refresh and remove the organization's connections.
     ConnectionsManage,
+    /// Add and change the organization's identity providers and its single sign-on policy.
+    SsoManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 20] = [
+    pub const ALL: [Permission; 21] = [
         Permission::SelfManage,
         Permission::UsersRead,
         Permission::UsersInvite,
@@ -99,6 +101,7 @@ impl Permission {
         Permission::ServicesCall,
         Permission::ConnectionsUse,
         Permission::ConnectionsManage,
+        Permission::SsoManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -123,6 +126,7 @@ impl Permission {
             Permission::ServicesCall => "services.call",
             Permission::ConnectionsUse => "connections.use",
             Permission::ConnectionsManage => "connections.manage",
+            Permission::SsoManage => "sso.manage",
         }
     }
 
@@ -152,7 +156,8 @@ impl Permission {
             | Permission::AuditRead
             | Permission::WebhooksManage
             | Permission::ServicesManage
-            | Permission::ConnectionsManage => Role::Admin,
+            | Permission::ConnectionsManage
+            | Permission::SsoManage => Role::Admin,
         }
     }
 }

@@ -23,6 +23,17 @@ pub struct Session {
     pub revoked_at_ms: Option<i64>,
     pub user_agent: Option<String>,
     pub client_addr: Option<String>,
+    /// The identity provider it was signed in through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso: Option<SsoMark>,
+}
+
+/// Where an SSO session came from: for logging out at the provider too.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SsoMark {
+    pub provider: Id,
+    /// The provider's session id (`sid`), when it gave one.
+    pub sid: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

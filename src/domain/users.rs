@@ -115,7 +115,7 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-fn login_key(org: Id, kind: char, value: &str) -> Vec<u8> {
+pub(super) fn login_key(org: Id, kind: char, value: &str) -> Vec<u8> {
     org_bytes_key(org, format!("{kind}:{}", value.to_lowercase()).as_bytes())
 }
 

@@ -21,7 +21,8 @@ use crate::domain::{DomainError, users};
 use crate::ids::rfc3339;
 use crate::tenancy::OrgScope;
 
-crate::problems!(LoginErrors: 400, 401, 413, 415, 422, 429);
+crate::problems!(LoginErrors: 400, 401, 403, 413, 415, 422, 429);
+crate::problems!(RefreshErrors: 400, 401, 413, 415, 422, 429);
 crate::problems!(SessionErrors: 401, 403, 404);
 crate::problems!(KeysErrors: 400);
 crate::problems!(AcceptErrors: 400, 401, 413, 415, 422, 507);
@@ -72,6 +73,8 @@ pub struct SessionView {
     pub created_at: String,
     pub last_used_at: String,
     pub expires_at: String,
+    /// The identity provider it was signed in through (absent: a password login).
+    pub sso_provider_id: Option<String>,
 }
 
 #[derive(Object, Debug)]
@@ -169,6 +172,14 @@ impl AuthApi {
             );
         };
         app.limits.login_succeeded(org, &b.login);
+        if app.store.peek(|r| crate::domain::orgs::sso_required(r, org)).map_err(DomainError::from)? {
+            return Err(Problem::new(
+                poem::http::StatusCode::FORBIDDEN,
+                "sso_required",
+                "this organization requires single sign-on: start at POST /v1/auth/sso/start",
+            )
+            .into());
+        }
         let granted = login::start(&app.writer, org, user, app.session_policy(), origin(req)).await?;
         Ok(Json(token_pair(&app, granted)?))
     }
@@ -183,7 +194,7 @@ impl AuthApi {
         app: Data<&App>,
         req: &Request,
         body: JsonBody<RefreshBody>,
-    ) -> Result<Json<TokenPair>, LoginErrors> {
+    ) -> Result<Json<TokenPair>, RefreshErrors> {
         match login::refresh(&app.writer, &body.0.refresh_token, app.session_policy(), origin(req)).await? {
             Refreshed::Granted(g) => Ok(Json(token_pair(&app, *g)?)),
             Refreshed::ReuseDetected => Err(Problem::unauthenticated(
@@ -300,7 +311,7 @@ impl AuthApi {
     }
 }
 
-fn token_pair(app: &App, g: Granted) -> Result<TokenPair, Problem> {
+pub(super) fn token_pair(app: &App, g: Granted) -> Result<TokenPair, Problem> {
     let claims = AccessClaims {
         org: g.org,
         user: g.user.id,
@@ -330,5 +341,6 @@ fn session_view(s: Session, current: crate::ids::Id) -> SessionView {
         created_at: rfc3339(s.created_at_ms),
         last_used_at: rfc3339(s.last_used_at_ms),
         expires_at: rfc3339(s.expires_at_ms),
+        sso_provider_id: s.sso.map(|m| m.provider.to_string()),
     }
 }

@@ -50,6 +50,7 @@ pub mod rooms;
 pub mod search;
 pub mod services;
 pub mod socket;
+pub mod sso;
 pub mod tasks;
 pub mod tls;
 pub mod users;
@@ -109,6 +110,8 @@ pub enum ApiTags {
     Services,
     /// OAuth: providers, authorizations and the connections they make (tokens never answered).
     Connections,
+    /// Single sign-on: identity providers, the policy, and signing in through them.
+    Sso,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -181,6 +184,7 @@ pub type Apis = (
         me::MeApi,
         users::UsersApi,
         api_keys::ApiKeysApi,
+        sso::SsoApi,
     ),
     (
         rooms::RoomsApi,

@@ -159,6 +159,13 @@ pub const OAUTH_CONNECTIONS: Table = org("oauth_connections", 49);
 /// org ‖ SHA-256 of the state's nonce → `Pending` JSON: an authorization in progress.
 pub const OAUTH_PENDING: Table = org("oauth_pending", 50);
 
+/// org ‖ provider → `IdentityProvider` JSON: an SSO identity provider (its secret sealed).
+pub const SSO_PROVIDERS: Table = org("sso_providers", 51);
+/// org ‖ SHA-256 of the state's nonce → `Pending` JSON: a sign-in in progress.
+pub const SSO_PENDING: Table = org("sso_pending", 52);
+/// org ‖ provider ‖ subject → user id: the account an identity signs in to.
+pub const SSO_LINKS: Table = org("sso_links", 53);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -217,6 +224,9 @@ pub const ALL: &[Table] = &[
     OAUTH_PROVIDERS,
     OAUTH_CONNECTIONS,
     OAUTH_PENDING,
+    SSO_PROVIDERS,
+    SSO_PENDING,
+    SSO_LINKS,
 ];
 
 /// `org ‖ a ‖ b`.

@@ -54,8 +54,15 @@ from outpost_client.api.organizations import create_organization, create_organiz
 from outpost_client.api.rooms import create_room, get_room, join_room, list_rooms
 from outpost_client.api.search import search
 from outpost_client.api.services import create_service, proxy_service_post
+from outpost_client.api.sso import create_sso_provider, get_sso_policy, list_sso_options, start_sso
 from outpost_client.api.tasks import add_task_dependency, create_task
 from outpost_client.models import (
+    SsoOptions,
+    SsoPolicy,
+    SsoProvider,
+    SsoProviderInput,
+    SsoStart,
+    SsoStartRequest,
     Connection,
     ConnectionInput,
     ConnectionList,
@@ -127,6 +134,31 @@ class _Service(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def do_GET(self):
+        # An OpenID issuer's discovery document and keys, for an identity provider.
+        base = f"http://{self.headers.get('host')}"
+        docs = {
+            "/.well-known/openid-configuration": {
+                "issuer": base,
+                "authorization_endpoint": f"{base}/authorize",
+                "token_endpoint": f"{base}/oauth/token",
+                "jwks_uri": f"{base}/jwks",
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            },
+            "/jwks": {"keys": []},
+        }
+        if self.path not in docs:
+            self.send_error(501)
+            return
+        out = json.dumps(docs[self.path]).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
@@ -452,6 +484,24 @@ def main():
     assert json.loads(called.payload.read())["authorization"] == "Bearer journey-oauth-token"
     listed = step("list connections", list_connections.sync_detailed(client=ada), 200, ConnectionList)
     assert [c.id for c in listed.items] == [conn.id], listed
+
+    idp = step(
+        "add an identity provider (single sign-on)",
+        create_sso_provider.sync_detailed(
+            client=ada,
+            body=SsoProviderInput(issuer=made.service.base_url, client_id="journey-sso", client_secret="sso-secret", jit=True),
+        ),
+        201,
+        SsoProvider,
+    )
+    assert idp.has_client_secret and idp.redirect_uri.endswith("/v1/auth/sso/callback"), idp
+    options = step("an organization's sign-in options", list_sso_options.sync_detailed(client=anonymous, org=slug), 200, SsoOptions)
+    assert [p.id for p in options.providers] == [idp.id] and not options.required, options
+    started = step("start signing in through it", start_sso.sync_detailed(client=anonymous, body=SsoStartRequest(org=slug)), 201, SsoStart)
+    assert started.authorization_url.startswith(f"{made.service.base_url}/authorize?"), started
+    assert "code_challenge_method=S256" in started.authorization_url and "nonce=" in started.authorization_url
+    policy = step("read the single sign-on policy", get_sso_policy.sync_detailed(client=ada), 200, SsoPolicy)
+    assert policy.required is False, policy
 
     problem = step(
         "a room that does not exist is a typed Problem",

@@ -51,6 +51,9 @@ import {
   listOAuthTemplates,
   createOAuthProvider,
   startConnectionAuthorization,
+  getSsoPolicy,
+  listSsoOptions,
+  setSsoPolicy,
   refreshTokens,
   search,
   uploadAsset,
@@ -301,6 +304,14 @@ async function main(): Promise<void> {
       url.searchParams.get("redirect_uri") !== started.redirect_uri || !url.searchParams.get("state")) {
     throw new Error(started.authorization_url);
   }
+
+  // Single sign-on: no identity provider yet, so requiring it is refused, and passwords stay.
+  const policy = await step("read the single sign-on policy", 200, getSsoPolicy({ client: grace }));
+  if (policy.required) throw new Error(JSON.stringify(policy));
+  await problem("SSO cannot be required without an identity provider", 409,
+    setSsoPolicy({ client: grace, body: { required: true } }));
+  const options = await step("the organization's sign-in options", 200, listSsoOptions({ client: anonymous, query: { org: slug } }));
+  if (options.required || options.providers.length !== 0) throw new Error(JSON.stringify(options));
 
   await problem("a room that does not exist is a typed Problem", 404, getRoom({ client: grace, path: { room_id: randomUUID() } }));
 

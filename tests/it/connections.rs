@@ -83,7 +83,7 @@ async fn people(s: &TestServer) -> (String, String, String) {
 
 /// The real binary, logging at debug level, on a port the test chose (so the redirect URI,
 /// which defaults to the listen address, is known beforehand).
-fn child_server(dir: &std::path::Path) -> (crate::support::ChildServer, TestServer) {
+pub(crate) fn child_server(dir: &std::path::Path) -> (crate::support::ChildServer, TestServer) {
     let data = dir.to_str().unwrap().to_owned();
     let (code, key, _) = crate::support::cli(&["operator", "create-key", "--data", &data], &[], None);
     assert_eq!(code, 0);

@@ -150,6 +150,9 @@ async fn org_b_never_sees_org_a() {
         crate::support::post_json(&s, &a_admin.access, "/v1/connections", json!({ "provider_id": a_provider_id }))
             .await;
     let a_conn_id = a_conn["id"].as_str().unwrap_or_else(|| panic!("no connection: {a_conn}")).to_owned();
+    // An identity provider of A's.
+    let issuer = crate::sso::static_issuer().await;
+    let a_idp_id = crate::sso::static_provider(&s, &a_admin.access, &issuer).await;
     let mut principals: Vec<(String, String)> = Vec::new();
     for (role, login) in &b {
         principals.push(((*role).to_owned(), login.access.clone()));
@@ -182,7 +185,9 @@ async fn org_b_never_sees_org_a() {
             continue;
         }
         // OAuth connections and media connections share the parameter's name.
-        let oauth_path = path.replace("/v1/connections/{connection_id}", &format!("/v1/connections/{a_conn_id}"));
+        let oauth_path = path
+            .replace("/v1/connections/{connection_id}", &format!("/v1/connections/{a_conn_id}"))
+            .replace("/v1/sso/providers/{provider_id}", &format!("/v1/sso/providers/{a_idp_id}"));
         let concrete = oauth_path
             .replace("{org_id}", &org_a)
             .replace("{provider_id}", &a_provider_id)

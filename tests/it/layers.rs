@@ -349,7 +349,13 @@ fn org_scopes_are_minted_only_where_credentials_are_checked() {
         ("for_login(", &["src/domain/login.rs"]),
         (
             "from_credential(",
-            &["src/domain/login.rs", "src/domain/users.rs", "src/http/files.rs", "src/domain/connections.rs"],
+            &[
+                "src/domain/login.rs",
+                "src/domain/users.rs",
+                "src/http/files.rs",
+                "src/domain/connections.rs",
+                "src/domain/sso.rs",
+            ],
         ),
         ("from_own_record(", &["src/uploads.rs", "src/webhooks/mod.rs", "src/registry.rs", "src/oauth.rs"]),
     ];

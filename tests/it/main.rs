@@ -32,6 +32,7 @@ mod roles;
 mod rooms;
 mod search;
 mod services;
+mod sso;
 mod store;
 mod support;
 mod systemd;

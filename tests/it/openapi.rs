@@ -4,12 +4,14 @@ use crate::support::TestServer;
 
 /// Operations anyone may call: they authenticate with what they carry (a password, a refresh,
 /// invitation or reset token) or publish public keys.
-pub const PUBLIC: &[&str] = &["login", "refreshTokens", "listPublicKeys", "acceptInvitation", "redeemPasswordReset"];
+pub const PUBLIC: &[&str] =
+    &["login", "refreshTokens", "listPublicKeys", "acceptInvitation", "redeemPasswordReset", "ssoCallback"];
 
 /// Operations without a bearer credential that are not logins: tus discovery, downloads by a
 /// signed link (the signature in the query is the credential, refused with 403), and the OAuth
-/// callback (the single-use state in the query is the credential, refused with 400).
-pub const OPEN: &[&str] = &["uploadOptions", "downloadSignedAsset", "oauthCallback"];
+/// callback (the single-use state in the query is the credential, refused with 400), and the
+/// start of a single sign-on with an organization's options for it.
+pub const OPEN: &[&str] = &["uploadOptions", "downloadSignedAsset", "oauthCallback", "listSsoOptions", "startSso"];
 
 #[test]
 fn committed_document_matches_the_code() {
@@ -94,14 +96,15 @@ fn documented_statuses_are_ones_the_operation_can_answer() {
             let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
             let by_users = op["security"].as_array().is_some_and(|s| s.iter().any(|r| r.get("UserAuth").is_some()));
             let public = PUBLIC.contains(&id);
-            // The OAuth callback is a GET because providers redirect browsers to it, and it makes
-            // the connection.
-            let writes = method != "get" || id == "oauthCallback";
+            // The OAuth and SSO callbacks are GETs because providers redirect browsers to them,
+            // and they make the connection or the session.
+            let writes = method != "get" || id == "oauthCallback" || id == "ssoCallback";
             for status in op["responses"].as_object().unwrap().keys() {
                 let possible = match status.as_str() {
                     "400" => body || named("query") || named("header"),
                     "401" => secured || public,
-                    "403" => secured || OPEN.contains(&id),
+                    // A password login is refused when the organization requires SSO.
+                    "403" => secured || OPEN.contains(&id) || id == "login",
                     "404" => named("path") || body || named("query") || secured,
                     "409" | "507" => writes,
                     "412" => {

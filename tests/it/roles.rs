@@ -35,6 +35,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
     config.limits.login_per_addr_per_min = 100_000;
     config.limits.user_requests_per_s = 100_000;
     config.auth.sessions_per_user_max = 100_000;
+    config.oauth.identity_providers_per_org_max = 1000;
     // TURN on, so its credentials can be handed out.
     config.media.turn_listen = Some("127.0.0.1:0".parse().unwrap());
     // A service on loopback for the gateway's calls to reach.
@@ -42,6 +43,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
     let s = TestServer::start_with(config).await;
     let upstream = answering_service().await;
     let (tokens, _) = crate::connections::token_server().await;
+    let issuer = crate::sso::static_issuer().await;
     let (org_id, sl) = create_org(&s).await;
     for role in Role::ALL {
         operator_invite_and_accept(&s, &org_id, &format!("{}@example.org", role.as_str()), role.as_str()).await;
@@ -164,6 +166,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                         asset: &asset_id,
                         upstream: &upstream,
                         tokens: &tokens,
+                        issuer: &issuer,
                     },
                     Places {
                         room: (&room_id, maker),
@@ -291,6 +294,8 @@ struct Prepare<'a> {
     upstream: &'a str,
     /// The base URL of an OAuth provider's token and revocation endpoints.
     tokens: &'a str,
+    /// An OpenID issuer's base URL (discovery only).
+    issuer: &'a str,
 }
 
 /// A service on loopback answering 200 to every request; its base URL.
@@ -341,6 +346,10 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         let id = made["service"]["id"].as_str().unwrap_or_else(|| panic!("no service made: {made}"));
         url = url.replace("{service_id}", id);
     }
+    if url.contains("/v1/sso/providers/{provider_id}") {
+        let id = crate::sso::static_provider(s, p.owner, p.issuer).await;
+        url = url.replace("{provider_id}", &id);
+    }
     if url.contains("{provider_id}") {
         let id = crate::connections::client_credentials_provider(s, p.owner, p.tokens).await;
         url = url.replace("{provider_id}", &id);
@@ -358,7 +367,9 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
             "template": "custom", "grant": "client_credentials", "token_url": format!("{}/token", p.tokens),
             "client_id": "c", "client_secret": "s",
         })),
-        "updateOAuthProvider" => Some(json!({ "name": "renamed" })),
+        "updateOAuthProvider" | "updateSsoProvider" => Some(json!({ "name": "renamed" })),
+        "createSsoProvider" => Some(json!({ "issuer": p.issuer, "client_id": "c" })),
+        "setSsoPolicy" => Some(json!({ "required": false })),
         "createConnection" => {
             let provider = crate::connections::client_credentials_provider(s, p.owner, p.tokens).await;
             Some(json!({ "provider_id": provider }))

@@ -8,8 +8,13 @@
 //   GET  /_stats   token grants by type, revocation requests, grants revoked, tokens held
 //   GET  /_tokens  the access and refresh tokens it holds (opaque: their ids are their values)
 //   POST /_forget  drops every grant and token (as if the user revoked the app at the IdP)
+//   POST /_account the account that signs in from now on (JSON claims with `sub`)
+//   POST /_rotate  a new signing key replaces the old one (a key rotation)
+//   POST /_tamper  `{"mode": …}`: the next token answer's id_token is altered — `expired`,
+//                  `audience`, `nonce`, `issuer`, `forged` (signed by another key under the
+//                  same kid), `none` (unsigned), `hs256` (an HMAC with the client secret)
 import http from "node:http";
-import { generateKeyPairSync, randomUUID } from "node:crypto";
+import { createHmac, createPrivateKey, generateKeyPairSync, randomUUID, sign } from "node:crypto";
 import Provider from "oidc-provider";
 
 const cfg = JSON.parse(process.argv[2] || "{}");
@@ -56,17 +61,43 @@ class Adapter {
 
 const key = () => {
   const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
-  return { ...privateKey.export({ format: "jwk" }), kid: cfg.kid || randomUUID(), use: "sig", alg: "RS256" };
+  return { ...privateKey.export({ format: "jwk" }), kid: randomUUID(), use: "sig", alg: "RS256" };
 };
 
-const account = cfg.account || { sub: "alice", email: "alice@example.test", email_verified: true, groups: ["staff"] };
+let account = cfg.account || { sub: "alice", email: "alice@example.test", email_verified: true, groups: ["staff"] };
 const issuer = `http://127.0.0.1:${port}`;
-const stats = { grants: {}, revocations: 0 };
+const stats = { grants: {}, revocations: 0, jwks_fetches: 0 };
+let signing = key();
+let tamperMode = null;
 
-const provider = new Provider(issuer, {
+const b64 = (b) => Buffer.from(b).toString("base64url");
+const signed = (header, payload, jwk) => {
+  const input = `${b64(JSON.stringify(header))}.${b64(JSON.stringify(payload))}`;
+  return `${input}.${b64(sign("sha256", Buffer.from(input), createPrivateKey({ key: jwk, format: "jwk" })))}`;
+};
+function tamper(idToken, mode) {
+  const [h, p] = idToken.split(".");
+  const header = JSON.parse(Buffer.from(h, "base64url"));
+  const payload = JSON.parse(Buffer.from(p, "base64url"));
+  const now = Math.floor(Date.now() / 1000);
+  if (mode === "expired") Object.assign(payload, { iat: now - 1200, exp: now - 600 });
+  if (mode === "audience") payload.aud = "another-client";
+  if (mode === "nonce") payload.nonce = "not-the-nonce-it-was-given";
+  if (mode === "issuer") payload.iss = "http://127.0.0.1:1";
+  if (mode === "forged") return signed(header, payload, { ...key(), kid: header.kid });
+  if (mode === "none") return `${b64(JSON.stringify({ alg: "none", typ: "JWT" }))}.${b64(JSON.stringify(payload))}.`;
+  if (mode === "hs256") {
+    const input = `${b64(JSON.stringify({ alg: "HS256", typ: "JWT" }))}.${b64(JSON.stringify(payload))}`;
+    const secret = (cfg.clients || [])[0]?.client_secret || "";
+    return `${input}.${createHmac("sha256", secret).update(input).digest("base64url")}`;
+  }
+  return signed(header, payload, signing);
+}
+
+const build = () => new Provider(issuer, {
   adapter: Adapter,
   clients: cfg.clients || [],
-  jwks: { keys: [key()] },
+  jwks: { keys: [signing] },
   cookies: { keys: ["outpost-test-cookie-key"] },
   pkce: { required: () => true },
   scopes: ["openid", "offline_access", "email", "profile", "groups", "api:read", "api:write"],
@@ -93,15 +124,26 @@ const provider = new Provider(issuer, {
   // Client credentials tokens for the scopes the client asks for (no resource indicator).
   allowOmittingSingleRegisteredRedirectUri: true,
 });
-provider.proxy = false;
-
-provider.on("grant.success", (ctx) => {
-  const t = ctx.oidc.params.grant_type;
-  stats.grants[t] = (stats.grants[t] || 0) + 1;
-});
-provider.on("grant.revoked", () => {
-  stats.grants_revoked = (stats.grants_revoked || 0) + 1;
-});
+function start() {
+  const p = build();
+  p.proxy = false;
+  p.on("grant.success", (ctx) => {
+    const t = ctx.oidc.params.grant_type;
+    stats.grants[t] = (stats.grants[t] || 0) + 1;
+  });
+  p.on("grant.revoked", () => {
+    stats.grants_revoked = (stats.grants_revoked || 0) + 1;
+  });
+  p.use(async (ctx, next) => {
+    await next();
+    if (ctx.path === "/token" && tamperMode && ctx.body && ctx.body.id_token) {
+      ctx.body = { ...ctx.body, id_token: tamper(ctx.body.id_token, tamperMode) };
+      tamperMode = null;
+    }
+  });
+  return p;
+}
+let provider = start();
 
 async function interaction(req, res, uid) {
   const details = await provider.interactionDetails(req, res);
@@ -120,7 +162,13 @@ async function interaction(req, res, uid) {
   void uid;
 }
 
-const callback = provider.callback();
+let callback = provider.callback();
+const readBody = (req) =>
+  new Promise((resolve) => {
+    let data = "";
+    req.on("data", (c) => (data += c));
+    req.on("end", () => resolve(data ? JSON.parse(data) : {}));
+  });
 const server = http.createServer(async (req, res) => {
   try {
     const path = req.url.split("?")[0];
@@ -140,6 +188,24 @@ const server = http.createServer(async (req, res) => {
       res.end("{}");
       return;
     }
+    if (path === "/_account" && req.method === "POST") {
+      account = await readBody(req);
+      res.end("{}");
+      return;
+    }
+    if (path === "/_rotate" && req.method === "POST") {
+      signing = key();
+      provider = start();
+      callback = provider.callback();
+      res.end(JSON.stringify({ kid: signing.kid }));
+      return;
+    }
+    if (path === "/_tamper" && req.method === "POST") {
+      tamperMode = (await readBody(req)).mode;
+      res.end("{}");
+      return;
+    }
+    if (path === "/jwks") stats.jwks_fetches += 1;
     if (path === "/token/revocation") stats.revocations += 1;
     const m = path.match(/^\/interaction\/([^/]+)$/);
     if (m) {
