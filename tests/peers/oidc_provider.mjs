@@ -221,5 +221,8 @@ const server = http.createServer(async (req, res) => {
 server.listen(port, "127.0.0.1", () => {
   console.log(`ready ${server.address().port}`);
 });
-process.stdin.on("end", () => process.exit(0));
-process.stdin.resume();
+// It ends with its stdin (the test's end), unless told to run until stopped.
+if (cfg.watch_stdin !== false) {
+  process.stdin.on("end", () => process.exit(0));
+  process.stdin.resume();
+}
