@@ -107,6 +107,8 @@ pub struct OAuthConfig {
     pub discovery_cache_s: u64,
     /// Identity providers (single sign-on) per organization at most.
     pub identity_providers_per_org_max: usize,
+    /// OAuth apps (Outpost as their authorization server) per organization at most.
+    pub apps_per_org_max: usize,
 }
 
 impl OAuthConfig {
@@ -129,6 +131,9 @@ impl OAuthConfig {
         if !(1..=86_400).contains(&self.discovery_cache_s) {
             bad("oauth.discovery_cache_s", "must be 1–86400");
         }
+        if self.apps_per_org_max == 0 {
+            bad("oauth.apps_per_org_max", "must be at least 1");
+        }
         if self.identity_providers_per_org_max == 0 {
             bad("oauth.identity_providers_per_org_max", "must be at least 1");
         }
@@ -147,6 +152,7 @@ impl Default for OAuthConfig {
             request_timeout_ms: 10_000,
             discovery_cache_s: 3600,
             identity_providers_per_org_max: 10,
+            apps_per_org_max: 100,
         }
     }
 }

@@ -341,6 +341,7 @@ const DOCS: &[Doc] = &[
          (an id_token signed by a key not among them fetches them again at once).",
     ),
     doc("oauth.identity_providers_per_org_max", "Identity providers (single sign-on) per organization at most."),
+    doc("oauth.apps_per_org_max", "OAuth apps (Outpost as their authorization server) per organization at most."),
 ];
 
 /// A key the code has and this file does not document, or the other way round.

@@ -69,6 +69,9 @@ pub enum OAuthError {
     /// An `id_token` failed its checks (signature, algorithm, issuer, audience, expiry, nonce).
     #[error("the identity provider's id_token is refused: {0}")]
     InvalidIdToken(String),
+    /// A back-channel logout token failed its checks.
+    #[error("the identity provider's logout token is refused: {0}")]
+    InvalidLogoutToken(String),
     /// The connection cannot give a token until someone connects again.
     #[error("the connection needs to be authorized again{}", .0.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
     NeedsReauth(Option<String>),

@@ -12,12 +12,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreGenderClaim, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
+    CoreAuthenticationFlow, CoreClient, CoreGenderClaim, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
 };
 use openidconnect::{
     AdditionalClaims, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, IssuerUrl,
-    LogoutRequest, Nonce, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadataWithLogout, RedirectUrl,
+    JsonWebKey, LogoutRequest, Nonce, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadataWithLogout, RedirectUrl,
     RequestTokenError, Scope, SignatureVerificationError,
 };
 use serde::{Deserialize, Serialize};
@@ -31,8 +34,14 @@ use crate::store::writer::MutationCtx;
 
 /// The path identity providers send people back to.
 pub const CALLBACK_PATH: &str = "/v1/auth/sso/callback";
+/// The path identity providers post back-channel logouts to (`/{org}/{provider}` follow).
+pub const BACKCHANNEL_LOGOUT_PATH: &str = "/v1/auth/sso/backchannel-logout";
 /// A provider's keys are fetched again for an unknown key at most this often.
 const REFETCH_MIN: Duration = Duration::from_secs(1);
+/// The event a logout token carries (OpenID Connect Back-Channel Logout 1.0).
+const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// How far a logout token's `iat` may be from now, in seconds.
+const LOGOUT_TOKEN_SKEW_S: i64 = 300;
 
 /// Every claim of the `id_token`, for the role claim and `sid`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -74,6 +83,11 @@ impl Sso {
     /// The redirect URI to register at identity providers.
     pub fn redirect_uri(&self) -> String {
         format!("{}{CALLBACK_PATH}", self.inner.oauth.parts().public_url)
+    }
+
+    /// The back-channel logout URI to register at an identity provider.
+    pub fn backchannel_logout_uri(&self, org: Id, provider: Id) -> String {
+        format!("{}{BACKCHANNEL_LOGOUT_PATH}/{org}/{provider}", self.inner.oauth.parts().public_url)
     }
 
     /// Reads an issuer's discovery document and keys.
@@ -265,6 +279,35 @@ impl Sso {
         })
     }
 
+    /// A back-channel logout from the provider: the logout token checked (signature against the
+    /// provider's keys, fetched again for an unknown key; algorithm, `iss`, `aud`, `iat`, the
+    /// logout event, no `nonce`; a subject or session id), then the sessions it names ended.
+    /// How many.
+    pub async fn backchannel_logout(&self, org: Id, provider: Id, token: &str) -> Result<usize, OAuthError> {
+        let parts = self.inner.oauth.parts();
+        let Some((scope, p)) = sso::logout_target(&parts.store, org, provider)? else {
+            return Err(OAuthError::Domain(crate::domain::DomainError::NotFound { what: "identity provider" }));
+        };
+        let started = Instant::now();
+        let d = self.discovered(org, &p, false).await?;
+        let checked = match check_logout_token(&p, &d, token) {
+            Err(LogoutRefusal::UnknownKey) => {
+                let fresh = self.discovered(org, &p, true).await?;
+                check_logout_token(&p, &fresh, token)
+            }
+            other => other,
+        };
+        let (subject, sid) = checked.map_err(|e| {
+            self.count("backchannel_logout", "refused", started);
+            OAuthError::InvalidLogoutToken(match e {
+                LogoutRefusal::UnknownKey => "no key of the provider's has its kid".into(),
+                LogoutRefusal::Bad(why) => why,
+            })
+        })?;
+        self.count("backchannel_logout", "ok", started);
+        Ok(sso::end_sessions(&parts.writer, scope, p.id, subject, sid).await?)
+    }
+
     /// Where to send the browser to log out at the provider too (RP-initiated logout), when it
     /// has an end-session endpoint.
     pub async fn logout_url(&self, org: Id, p: &IdentityProvider) -> Result<Option<String>, OAuthError> {
@@ -283,3 +326,87 @@ type CoreClientFor = CoreClient<
     openidconnect::EndpointMaybeSet,
     openidconnect::EndpointMaybeSet,
 >;
+
+/// Why a logout token is refused.
+enum LogoutRefusal {
+    /// Signed by a key not among the provider's (perhaps rotated since they were fetched).
+    UnknownKey,
+    Bad(String),
+}
+
+fn part(text: &str) -> Result<serde_json::Value, LogoutRefusal> {
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| LogoutRefusal::Bad("not a signed JWT".into()))
+}
+
+/// Checks a logout token (OpenID Connect Back-Channel Logout 1.0, section 2.6): its subject
+/// and session id. `openidconnect` has no logout token type; the signature is still its key
+/// types' (`JsonWebKey::verify_signature`), only the claims are read here.
+fn check_logout_token(
+    idp: &IdentityProvider,
+    found: &Discovered,
+    token: &str,
+) -> Result<(Option<String>, Option<String>), LogoutRefusal> {
+    let bad = |why: &str| LogoutRefusal::Bad(why.to_owned());
+    let mut pieces = token.split('.');
+    let (Some(head), Some(body), Some(sig), None) = (pieces.next(), pieces.next(), pieces.next(), pieces.next()) else {
+        return Err(bad("not a signed JWT"));
+    };
+    let header = part(head)?;
+    let alg_name = header["alg"].as_str().unwrap_or_default();
+    if !idp.algorithms.iter().any(|a| a == alg_name) {
+        return Err(LogoutRefusal::Bad(format!("algorithm `{alg_name}` is not allowed")));
+    }
+    let alg: CoreJwsSigningAlgorithm = serde_json::from_value(serde_json::Value::String(alg_name.to_owned()))
+        .map_err(|_| bad("an unknown algorithm"))?;
+    let kid = header["kid"].as_str();
+    let keys: Vec<&CoreJsonWebKey> = found
+        .doc
+        .jwks()
+        .keys()
+        .iter()
+        .filter(|k| kid.is_none_or(|want| k.key_id().is_some_and(|id| id.as_str() == want)))
+        .collect();
+    if keys.is_empty() {
+        return Err(LogoutRefusal::UnknownKey);
+    }
+    let signature = URL_SAFE_NO_PAD.decode(sig).map_err(|_| bad("not a signed JWT"))?;
+    let message = format!("{head}.{body}");
+    if !keys.iter().any(|k| k.verify_signature(&alg, message.as_bytes(), &signature).is_ok()) {
+        return Err(bad("the signature does not verify"));
+    }
+    let claims = part(body)?;
+    if claims["iss"].as_str().map(|i| i.trim_end_matches('/')) != Some(idp.issuer.trim_end_matches('/')) {
+        return Err(bad("another issuer"));
+    }
+    let aud_ok = match &claims["aud"] {
+        serde_json::Value::String(a) => *a == idp.client_id,
+        serde_json::Value::Array(a) => a.iter().any(|x| x.as_str() == Some(idp.client_id.as_str())),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(bad("another audience"));
+    }
+    let now_s = ids::now_ms() / 1000;
+    match claims["iat"].as_i64() {
+        Some(iat) if (iat - now_s).abs() <= LOGOUT_TOKEN_SKEW_S => {}
+        _ => return Err(bad("issued too long ago, in the future, or not said when")),
+    }
+    if claims["exp"].as_i64().is_some_and(|exp| exp <= now_s) {
+        return Err(bad("expired"));
+    }
+    if !claims["events"].get(BACKCHANNEL_EVENT).is_some_and(serde_json::Value::is_object) {
+        return Err(bad("not a back-channel logout event"));
+    }
+    if claims.get("nonce").is_some() {
+        return Err(bad("a logout token carries no nonce"));
+    }
+    let (sub, sid) = (claims["sub"].as_str().map(str::to_owned), claims["sid"].as_str().map(str::to_owned));
+    if sub.is_none() && sid.is_none() {
+        return Err(bad("names neither a subject nor a session"));
+    }
+    Ok((sub, sid))
+}

@@ -92,6 +92,8 @@ pub struct Principal {
     pub api_key: Option<(Id, Vec<Permission>)>,
     /// The user's account as read while checking the token (absent for API keys).
     pub account: Option<Arc<crate::domain::users::User>>,
+    /// Set when the token was granted to an app: its id and the permissions granted.
+    pub app: Option<(Id, Vec<Permission>)>,
 }
 
 impl Principal {
@@ -103,10 +105,11 @@ impl Principal {
         }
     }
 
-    /// Refuses unless the principal's role holds `permission` (and, for an API key, the key's
-    /// scopes include it).
+    /// Refuses unless the principal's role holds `permission` (and, for an API key or an app's
+    /// token, the scopes include it).
     pub fn require(&self, permission: Permission) -> Result<(), AuthError> {
-        let scoped = self.api_key.as_ref().is_none_or(|(_, scopes)| scopes.contains(&permission));
+        let scoped = self.api_key.as_ref().is_none_or(|(_, scopes)| scopes.contains(&permission))
+            && self.app.as_ref().is_none_or(|(_, scopes)| scopes.contains(&permission));
         if policy::allows(self.role, permission) && scoped {
             Ok(())
         } else {
@@ -145,9 +148,15 @@ pub async fn user(
     let (org, user, session) = (claims.org, claims.user, claims.session);
     let standing = store.peek(|r| login::standing(r, org, user, session))?;
     match standing {
-        Standing::Ok(account) => {
-            Ok(Principal { org, user, role: account.role, session, api_key: None, account: Some(Arc::from(account)) })
-        }
+        Standing::Ok(account, app) => Ok(Principal {
+            org,
+            user,
+            role: account.role,
+            session,
+            api_key: None,
+            account: Some(Arc::from(account)),
+            app: app.map(|m| (m.app, m.scopes.iter().filter_map(|s| Permission::parse(s)).collect())),
+        }),
         Standing::SessionRevoked => Err(AuthError::SessionRevoked),
         Standing::UserInactive => Err(AuthError::UserInactive),
         Standing::OrgInactive => Err(AuthError::OrgInactive),
@@ -221,6 +230,7 @@ async fn api_key(store: &Store, bearer: &str) -> Result<Principal, AuthError> {
                 session: key.id,
                 api_key: Some((key.id, scopes)),
                 account: None,
+                app: None,
             })
         }
         Some(KeyCheck::Invalid) => Err(AuthError::Invalid),

@@ -17,7 +17,7 @@ use crate::store::writer::{MutationCtx, Tx, Writer};
 use crate::store::{Reader, Store, StoreError, decode, encode};
 use crate::tenancy::OrgScope;
 
-use super::sessions::{RefreshRecord, Session, SsoMark, evict_beyond_cap};
+use super::sessions::{AppMark, RefreshRecord, Session, SsoMark, evict_beyond_cap};
 
 /// Session settings (from the config).
 #[derive(Clone, Copy, Debug)]
@@ -87,7 +87,7 @@ pub async fn start(
     let user_id = user.id;
     let (session, refresh_token) = writer
         .submit(ctx, move |tx| {
-            let (session, token, evicted) = open_session(tx, org, user_id, policy, &origin, None, None)?;
+            let (session, token, evicted) = open_session(tx, org, user_id, policy, &origin, Marks::default())?;
             tx.audit(
                 "auth.login",
                 format!("user:{user_id}"),
@@ -99,6 +99,25 @@ pub async fn start(
     Ok(Granted { org, user, session, refresh_token })
 }
 
+/// What a session came through besides a password: an identity provider, an app.
+#[derive(Default)]
+pub(super) struct Marks {
+    pub sso: Option<SsoMark>,
+    pub app: Option<AppMark>,
+}
+
+/// Opens a session of an app (`domain::apps`) inside the caller's commit.
+pub(super) fn open_session_for_app(
+    tx: &mut Tx<'_, '_>,
+    org: Id,
+    user: Id,
+    policy: SessionPolicy,
+    origin: &Origin,
+    app: AppMark,
+) -> Result<(Session, String, Vec<Id>), DomainError> {
+    open_session(tx, org, user, policy, origin, Marks { sso: None, app: Some(app) })
+}
+
 /// Opens a session for `user` inside the caller's commit (which audits it): the session, its
 /// first refresh token, and the old sessions the cap evicted.
 pub(super) fn open_session(
@@ -107,8 +126,7 @@ pub(super) fn open_session(
     user: Id,
     policy: SessionPolicy,
     origin: &Origin,
-    sso_provider: Option<Id>,
-    sid: Option<String>,
+    marks: Marks,
 ) -> Result<(Session, String, Vec<Id>), DomainError> {
     let (refresh_token, digest) = new_org_token("rt", org);
     let now = tx.now_ms();
@@ -121,7 +139,8 @@ pub(super) fn open_session(
         revoked_at_ms: None,
         user_agent: origin.user_agent.clone(),
         client_addr: origin.client_addr.clone(),
-        sso: sso_provider.map(|provider| SsoMark { provider, sid }),
+        sso: marks.sso,
+        app: marks.app,
     };
     let evicted = evict_beyond_cap(tx, org, user, policy.sessions_per_user_max.saturating_sub(1))?;
     tx.put(SESSIONS, &org_id_key(org, session.id), &encode(&session))?;
@@ -173,9 +192,12 @@ pub enum Refreshed {
 }
 
 /// Exchanges a refresh token for a new one (and a new access token, signed by the caller).
+/// `app`: the app presenting it (an app's session refreshes only through it, and others' never
+/// through an app).
 pub async fn refresh(
     writer: &Writer,
     token: &str,
+    app: Option<Id>,
     policy: SessionPolicy,
     origin: Origin,
 ) -> Result<Refreshed, DomainError> {
@@ -202,6 +224,9 @@ pub async fn refresh(
                 .transpose()?
                 .ok_or_else(invalid)?;
             if session.revoked_at_ms.is_some() || session.expires_at_ms < now {
+                return Err(invalid());
+            }
+            if session.app.as_ref().map(|m| m.app) != app {
                 return Err(invalid());
             }
             if session.sso.is_none() && crate::domain::orgs::sso_required(tx, org)? {
@@ -248,7 +273,8 @@ pub async fn refresh(
 #[derive(Debug, Clone, PartialEq)]
 pub enum Standing {
     /// The user's account as of this check (their current role inside).
-    Ok(Box<User>),
+    /// The user's account as of this check, and the app the session was granted to, if any.
+    Ok(Box<User>, Option<AppMark>),
     SessionRevoked,
     UserInactive,
     OrgInactive,
@@ -266,12 +292,12 @@ pub fn standing(r: &Reader, org: Id, user: Id, session: Id) -> Result<Standing, 
         return Ok(Standing::OrgInactive);
     }
     let s: Option<Session> = r.get(SESSIONS, &org_id_key(org, session))?.map(|v| decode(SESSIONS, &v)).transpose()?;
-    if s.is_none_or(|s| s.revoked_at_ms.is_some() || s.user != user) {
+    let Some(s) = s.filter(|s| s.revoked_at_ms.is_none() && s.user == user) else {
         return Ok(Standing::SessionRevoked);
-    }
+    };
     let u: Option<User> = r.get(USERS, &org_id_key(org, user))?.map(|v| decode(USERS, &v)).transpose()?;
     Ok(match u {
-        Some(u) if u.status == UserStatus::Active => Standing::Ok(Box::new(u)),
+        Some(u) if u.status == UserStatus::Active => Standing::Ok(Box::new(u), s.app),
         _ => Standing::UserInactive,
     })
 }

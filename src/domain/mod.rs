@@ -5,6 +5,7 @@
 //! status codes and stable error codes in one table.
 
 pub mod api_keys;
+pub mod apps;
 pub mod assets;
 pub mod audit;
 pub mod chat;

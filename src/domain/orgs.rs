@@ -38,9 +38,19 @@ pub struct Organization {
     /// Single sign-on policy (admins set it, `domain::sso`).
     #[serde(default)]
     pub sso: SsoPolicy,
+    /// The OAuth apps' policy (`domain::apps`).
+    #[serde(default)]
+    pub apps: AppsPolicy,
     pub version: u64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+/// An organization's policy for OAuth apps.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppsPolicy {
+    /// Apps may register themselves (RFC 7591).
+    pub dynamic_registration: bool,
 }
 
 /// An organization's single sign-on policy.
@@ -53,6 +63,11 @@ pub struct SsoPolicy {
 /// The organization's single sign-on policy (the default for one not found).
 pub fn sso_policy(r: &impl Lookup, org: Id) -> Result<SsoPolicy, StoreError> {
     Ok(r.record::<Organization>(ORGS, org.as_bytes())?.map(|o| o.sso).unwrap_or_default())
+}
+
+/// The organization of `scope`, as stored (whatever its status).
+pub fn record(store: &Store, scope: OrgScope) -> Result<Option<Organization>, DomainError> {
+    Ok(store.peek(|r| r.record::<Organization>(ORGS, scope.org().as_bytes()))?)
 }
 
 /// Whether `org`'s members must sign in through SSO.
@@ -101,6 +116,7 @@ pub async fn create(writer: &Writer, ctx: MutationCtx, new: NewOrg) -> Result<Or
                 status: OrgStatus::Active,
                 settings: new.settings.clone().unwrap_or_default(),
                 sso: SsoPolicy::default(),
+                apps: AppsPolicy::default(),
                 version: 1,
                 created_at_ms: tx.now_ms(),
                 updated_at_ms: tx.now_ms(),

@@ -77,10 +77,12 @@ pub enum Permission {
     ConnectionsManage,
     /// Add and change the organization's identity providers and its single sign-on policy.
     SsoManage,
+    /// Register and change the organization's OAuth apps, and its policy for them.
+    AppsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 21] = [
+    pub const ALL: [Permission; 22] = [
         Permission::SelfManage,
         Permission::UsersRead,
         Permission::UsersInvite,
@@ -102,6 +104,7 @@ impl Permission {
         Permission::ConnectionsUse,
         Permission::ConnectionsManage,
         Permission::SsoManage,
+        Permission::AppsManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,6 +130,7 @@ impl Permission {
             Permission::ConnectionsUse => "connections.use",
             Permission::ConnectionsManage => "connections.manage",
             Permission::SsoManage => "sso.manage",
+            Permission::AppsManage => "apps.manage",
         }
     }
 
@@ -157,7 +161,8 @@ impl Permission {
             | Permission::WebhooksManage
             | Permission::ServicesManage
             | Permission::ConnectionsManage
-            | Permission::SsoManage => Role::Admin,
+            | Permission::SsoManage
+            | Permission::AppsManage => Role::Admin,
         }
     }
 }

@@ -26,6 +26,17 @@ pub struct Session {
     /// The identity provider it was signed in through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sso: Option<SsoMark>,
+    /// The app it was granted to, with the scopes granted (`domain::apps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppMark>,
+}
+
+/// Where an app's session came from (`domain::apps`), and what it may do.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppMark {
+    pub app: Id,
+    /// The granted permissions.
+    pub scopes: Vec<String>,
 }
 
 /// Where an SSO session came from: for logging out at the provider too.

@@ -24,14 +24,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::connections::{open_string, pending_key, seal_string, state_parts};
-use super::login::{Granted, Origin, SessionPolicy, open_session};
+use super::login::{Granted, Marks, Origin, SessionPolicy, open_session};
 use super::orgs::{OrgStatus, Organization, sso_policy};
 use super::policy::Role;
+use super::sessions::{Session, SsoMark};
 use super::users::{Profile, User, UserStatus, login_key};
 use super::{DomainError, FieldError, check};
 use crate::ids::{self, Id};
 use crate::store::tables::{
-    ORG_SLUGS, ORGS, SSO_LINKS, SSO_PENDING, SSO_PROVIDERS, USER_LOGINS, USERS, org_bytes_key, org_id_key,
+    ORG_SLUGS, ORGS, SESSIONS, SSO_LINKS, SSO_PENDING, SSO_PROVIDERS, USER_LOGINS, USER_SESSIONS, USERS, org_bytes_key,
+    org_id_key,
 };
 use crate::store::writer::{MutationCtx, Tx, Writer};
 use crate::store::{Lookup, Store, StoreError, decode, encode, prefix_end};
@@ -663,8 +665,14 @@ pub async fn sign_in(
             if user.role != role_before && how != "provisioned" {
                 tx.emit("org", "user.role_changed", json!({ "id": user.id, "role": user.role, "status": user.status }));
             }
-            let (session, refresh_token, evicted) =
-                open_session(tx, org, user.id, session_policy, &origin, Some(idp.id), claims.sid.clone())?;
+            let (session, refresh_token, evicted) = open_session(
+                tx,
+                org,
+                user.id,
+                session_policy,
+                &origin,
+                Marks { sso: Some(SsoMark { provider: idp.id, sid: claims.sid.clone() }), app: None },
+            )?;
             tx.audit(
                 "auth.sso_login",
                 format!("user:{}", user.id),
@@ -713,4 +721,76 @@ fn reseal_in(tx: &mut Tx<'_, '_>, vault: &Vault, org: Id) -> Result<usize, Domai
         }
     }
     Ok(n)
+}
+
+/// An organization's identity provider named by a back-channel logout's address, with the
+/// organization's scope: `None` when either is unknown. The logout token is checked against
+/// this provider's keys before anything changes.
+pub fn logout_target(store: &Store, org: Id, id: Id) -> Result<Option<(OrgScope, IdentityProvider)>, DomainError> {
+    let found = store.peek(|r| r.record::<IdentityProvider>(SSO_PROVIDERS, &org_id_key(org, id)))?;
+    Ok(found.map(|p| (OrgScope::from_credential(org), p)))
+}
+
+/// Ends the sessions an identity provider's logout names: those it signed in for `subject`,
+/// or with its session id `sid` (both given: both must match). How many ended.
+pub async fn end_sessions(
+    writer: &Writer,
+    scope: OrgScope,
+    provider: Id,
+    subject: Option<String>,
+    sid: Option<String>,
+) -> Result<usize, DomainError> {
+    let org = scope.org();
+    let ctx = MutationCtx { scope, actor: format!("sso:{provider}"), request_id: None, client_addr: None };
+    writer
+        .submit(ctx, move |tx| {
+            // The sessions to look at: the linked account's, else (a sid alone) the organization's.
+            let candidates: Vec<Id> = match &subject {
+                Some(sub) => {
+                    let link = org_bytes_key(org, &[provider.as_bytes().as_slice(), sub.as_bytes()].concat());
+                    match tx.get(SSO_LINKS, &link)?.and_then(|v| Id::from_slice(&v)) {
+                        Some(user) => {
+                            let prefix = org_id_key(org, user);
+                            tx.range(USER_SESSIONS, &prefix, &prefix_end(&prefix), 10_000)?
+                                .iter()
+                                .filter_map(|(k, _)| Id::from_slice(&k[32..]))
+                                .collect()
+                        }
+                        None => Vec::new(),
+                    }
+                }
+                None => tx
+                    .range(SESSIONS, org.as_bytes(), &prefix_end(org.as_bytes()), usize::MAX)?
+                    .iter()
+                    .filter_map(|(k, _)| Id::from_slice(&k[16..]))
+                    .collect(),
+            };
+            let mut ended = Vec::new();
+            for id in candidates {
+                let key = org_id_key(org, id);
+                let Some(mut s) = tx.record::<Session>(SESSIONS, &key)? else { continue };
+                let ours = s.sso.as_ref().is_some_and(|m| {
+                    // A session whose provider gave no sid is matched by its subject alone.
+                    m.provider == provider
+                        && sid.as_ref().is_none_or(|want| m.sid.as_ref().is_none_or(|have| have == want))
+                });
+                if ours && s.revoked_at_ms.is_none() {
+                    s.revoked_at_ms = Some(tx.now_ms());
+                    tx.put(SESSIONS, &key, &encode(&s))?;
+                    tx.emit(
+                        format!("user:{}", s.user),
+                        "session.revoked",
+                        json!({ "session": id, "reason": "sso_logout" }),
+                    );
+                    ended.push(id);
+                }
+            }
+            tx.audit(
+                "auth.sso_logout",
+                format!("sso_provider:{provider}"),
+                json!({ "sessions": ended, "by_subject": subject.is_some(), "by_sid": sid.is_some() }),
+            );
+            Ok(ended.len())
+        })
+        .await
 }

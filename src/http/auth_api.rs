@@ -195,7 +195,7 @@ impl AuthApi {
         req: &Request,
         body: JsonBody<RefreshBody>,
     ) -> Result<Json<TokenPair>, RefreshErrors> {
-        match login::refresh(&app.writer, &body.0.refresh_token, app.session_policy(), origin(req)).await? {
+        match login::refresh(&app.writer, &body.0.refresh_token, None, app.session_policy(), origin(req)).await? {
             Refreshed::Granted(g) => Ok(Json(token_pair(&app, *g)?)),
             Refreshed::ReuseDetected => Err(Problem::unauthenticated(
                 "refresh_token_reused",

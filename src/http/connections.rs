@@ -40,6 +40,7 @@ impl From<OAuthError> for Problem {
             OAuthError::InvalidState => Problem::new(StatusCode::BAD_REQUEST, "invalid_state", detail),
             OAuthError::IssuerMismatch(_) => Problem::new(StatusCode::BAD_REQUEST, "issuer_mismatch", detail),
             OAuthError::InvalidIdToken(_) => Problem::new(StatusCode::UNAUTHORIZED, "invalid_id_token", detail),
+            OAuthError::InvalidLogoutToken(_) => Problem::new(StatusCode::BAD_REQUEST, "invalid_logout_token", detail),
             OAuthError::NeedsReauth(_) => Problem::new(StatusCode::CONFLICT, "connection_needs_reauth", detail),
             OAuthError::Unsupported(_) => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported_by_provider", detail)

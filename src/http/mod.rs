@@ -28,6 +28,7 @@ macro_rules! mirror_enum {
 }
 
 pub mod api_keys;
+pub mod apps;
 pub mod audit;
 pub mod auth_api;
 pub mod body;
@@ -40,6 +41,7 @@ pub mod gate;
 pub mod gateway;
 pub mod me;
 pub mod media;
+pub mod oauth_server;
 pub mod ops;
 pub mod orgs;
 pub mod problem;
@@ -112,6 +114,8 @@ pub enum ApiTags {
     Connections,
     /// Single sign-on: identity providers, the policy, and signing in through them.
     Sso,
+    /// OAuth apps: Outpost as their authorization server (the protocol at `/oauth/...`).
+    Apps,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -185,6 +189,7 @@ pub type Apis = (
         users::UsersApi,
         api_keys::ApiKeysApi,
         sso::SsoApi,
+        apps::AppsApi,
     ),
     (
         rooms::RoomsApi,
@@ -271,6 +276,12 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
         .at("/metrics", ops::metrics)
         .at("/v1/realtime", poem::get(realtime::realtime))
         .at("/v1/yjs/:doc_id", poem::get(yjs::sync))
+        .at("/oauth/authorize", poem::get(oauth_server::authorize_page).post(oauth_server::authorize_answer))
+        .at("/oauth/token", poem::post(oauth_server::token_endpoint))
+        .at("/oauth/revoke", poem::post(oauth_server::revoke))
+        .at("/oauth/introspect", poem::post(oauth_server::introspect))
+        .at("/oauth/register/:slug", poem::post(oauth_server::register))
+        .at("/.well-known/oauth-authorization-server/orgs/:slug", poem::get(oauth_server::metadata))
         .data(BodyLimit(limit))
         .data(app.clone())
         .with_if(cors.is_some(), cors.unwrap_or_default())
@@ -427,6 +438,12 @@ fn security_headers(resp: &mut Response, path: &str, tls: bool) {
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     if path.starts_with("/docs") {
         h.insert("content-security-policy", HeaderValue::from_static("frame-ancestors 'none'"));
+    } else if path == "/oauth/authorize" {
+        // The consent page: its own inline style, and nothing else (no form-action: the answer
+        // redirects to the app, elsewhere).
+        let csp = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'";
+        h.insert("content-security-policy", HeaderValue::from_static(csp));
+        h.insert("cache-control", HeaderValue::from_static("no-store"));
     } else {
         h.insert("content-security-policy", HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
         if !h.contains_key("cache-control") {

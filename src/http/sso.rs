@@ -31,6 +31,7 @@ crate::problems!(SsoWriteErrors: 400, 401, 403, 404, 409, 412, 413, 415, 422, 50
 crate::problems!(SsoStartErrors: 400, 404, 409, 413, 415, 422, 502);
 crate::problems!(SsoCallbackErrors: 400, 401, 404, 502, 507);
 crate::problems!(SsoLogoutErrors: 401, 403, 404, 502);
+crate::problems!(BackchannelErrors: 400, 404, 413, 415, 422, 502, 507);
 
 impl From<OAuthError> for SsoWriteErrors {
     fn from(e: OAuthError) -> Self {
@@ -45,6 +46,12 @@ impl From<OAuthError> for SsoStartErrors {
 }
 
 impl From<OAuthError> for SsoCallbackErrors {
+    fn from(e: OAuthError) -> Self {
+        Self(e.into())
+    }
+}
+
+impl From<OAuthError> for BackchannelErrors {
     fn from(e: OAuthError) -> Self {
         Self(e.into())
     }
@@ -85,22 +92,16 @@ pub struct NewIdpBody {
     pub algorithms: Option<Vec<String>>,
     /// Make an account at a first sign-in that links to none. Default: false.
     pub jit: Option<bool>,
-    /// The role when no rule matches; `null`: only people a rule matches may sign in.
-    /// Default: `member`.
-    #[oai(default = "default_member")]
-    #[serde(default = "default_member")]
+    /// The role when no rule matches. Default: `member`.
     pub default_role: Option<RoleView>,
+    /// Only people a rule matches may sign in (no default role). Default: false.
+    pub rule_required: Option<bool>,
     /// The claim the rules look at (e.g. `groups`); when set, the role follows it at every
     /// sign-in (owners excepted).
     pub role_claim: Option<String>,
     pub role_rules: Option<Vec<RoleRuleView>>,
     /// Default: true.
     pub enabled: Option<bool>,
-}
-
-#[allow(clippy::unnecessary_wraps)] // the shape serde's and the framework's defaults take
-fn default_member() -> Option<RoleView> {
-    Some(RoleView::Member)
 }
 
 impl std::fmt::Debug for NewIdpBody {
@@ -122,8 +123,9 @@ pub struct IdpPatchBody {
     pub algorithms: Option<Vec<String>>,
     pub jit: Option<bool>,
     pub default_role: Option<RoleView>,
-    /// Only people a rule matches may sign in (no default role).
-    pub clear_default_role: Option<bool>,
+    /// Only people a rule matches may sign in (no default role); false with `default_role`
+    /// sets one again.
+    pub rule_required: Option<bool>,
     pub role_claim: Option<String>,
     pub role_rules: Option<Vec<RoleRuleView>>,
     pub enabled: Option<bool>,
@@ -155,6 +157,8 @@ pub struct IdpView {
     pub enabled: bool,
     /// The redirect URI to register at the provider.
     pub redirect_uri: String,
+    /// Where the provider posts back-channel logouts (register it there, if it supports them).
+    pub backchannel_logout_uri: String,
     pub created_by: String,
     pub created_at: String,
     pub updated_at: String,
@@ -236,6 +240,21 @@ pub struct LogoutView {
     pub end_session_url: Option<String>,
 }
 
+/// A back-channel logout, as identity providers post it.
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "SsoBackchannelLogout")]
+pub struct BackchannelBody {
+    /// A JWT signed by the provider, naming the subject or session that logged out there.
+    pub logout_token: String,
+}
+
+/// What a back-channel logout ended.
+#[derive(Object, Debug)]
+#[oai(rename = "SsoBackchannelLogoutDone")]
+pub struct BackchannelDone {
+    pub sessions_ended: u64,
+}
+
 fn rule_views(rules: Vec<RoleRule>) -> Vec<RoleRuleView> {
     rules.into_iter().map(|r| RoleRuleView { value: r.value, role: r.role.into() }).collect()
 }
@@ -244,8 +263,9 @@ fn rules(given: Option<Vec<RoleRuleView>>) -> Option<Vec<RoleRule>> {
     given.map(|rs| rs.into_iter().map(|r| RoleRule { value: r.value, role: Role::from(r.role) }).collect())
 }
 
-fn view(app: &App, p: IdentityProvider) -> IdpView {
+fn view(app: &App, org: crate::ids::Id, p: IdentityProvider) -> IdpView {
     IdpView {
+        backchannel_logout_uri: app.sso.backchannel_logout_uri(org, p.id),
         id: p.id.to_string(),
         name: p.name,
         issuer: p.issuer,
@@ -301,7 +321,11 @@ impl SsoApi {
             scopes: b.scopes,
             algorithms: b.algorithms,
             jit: b.jit,
-            default_role: Some(b.default_role.map(Role::from)),
+            default_role: Some(if b.rule_required == Some(true) {
+                None
+            } else {
+                Some(b.default_role.map_or(Role::Member, Role::from))
+            }),
             role_claim: Some(b.role_claim),
             role_rules: rules(b.role_rules),
             enabled: b.enabled,
@@ -327,7 +351,7 @@ impl SsoApi {
         )
         .await?;
         let location = format!("/v1/sso/providers/{}", made.id);
-        Ok(IdpCreated::Created(Json(view(&app, made)), location))
+        Ok(IdpCreated::Created(Json(view(&app, p.org, made)), location))
     }
 
     /// List the identity providers
@@ -338,7 +362,7 @@ impl SsoApi {
         let p = auth.require(&app, Permission::SsoManage).await?;
         let max = app.config.oauth.identity_providers_per_org_max;
         let items = sso::list(&app.store, OrgScope::member(&p), max).await?;
-        Ok(Json(IdpList { items: items.into_iter().map(|i| view(&app, i)).collect() }))
+        Ok(Json(IdpList { items: items.into_iter().map(|i| view(&app, p.org, i)).collect() }))
     }
 
     /// Get an identity provider
@@ -354,7 +378,7 @@ impl SsoApi {
         let p = auth.check(&app).await?;
         let idp = sso::get(&app.store, OrgScope::member(&p), parse_id(&provider_id.0, "identity provider")?)?;
         p.require(Permission::SsoManage)?;
-        Ok(Json(view(&app, idp)))
+        Ok(Json(view(&app, p.org, idp)))
     }
 
     /// Change an identity provider
@@ -378,7 +402,7 @@ impl SsoApi {
         sso::get(&app.store, OrgScope::member(&p), id)?;
         p.require(Permission::SsoManage)?;
         let b = body.0;
-        let default_role = match (b.clear_default_role, b.default_role) {
+        let default_role = match (b.rule_required, b.default_role) {
             (Some(true), _) => Some(None),
             (_, Some(r)) => Some(Some(Role::from(r))),
             _ => None,
@@ -399,7 +423,7 @@ impl SsoApi {
         };
         let idp = sso::update(&app.writer, &app.vault(), user_ctx(req, &p), id, fields).await?;
         app.sso.forget(p.org, id);
-        Ok(Json(view(&app, idp)))
+        Ok(Json(view(&app, p.org, idp)))
     }
 
     /// Remove an identity provider
@@ -557,6 +581,31 @@ impl SsoApi {
         };
         let granted = app.sso.finish(&state, &code, iss.0.as_deref(), app.session_policy(), origin(req)).await?;
         Ok(Json(token_pair(&app, granted)?))
+    }
+
+    /// Back-channel logout
+    ///
+    /// Where an identity provider posts a logout token (OpenID Connect Back-Channel Logout 1.0)
+    /// when someone logs out there: checked against the provider's keys (signature, algorithm,
+    /// `iss`, `aud`, `iat`, the logout event, no `nonce`), it ends the sessions signed in for
+    /// its subject or with its session id. No authentication: the signed token is the
+    /// credential.
+    #[oai(
+        path = "/v1/auth/sso/backchannel-logout/:org_id/:provider_id",
+        method = "post",
+        operation_id = "ssoBackchannelLogout"
+    )]
+    async fn backchannel(
+        &self,
+        app: Data<&App>,
+        org_id: Path<String>,
+        provider_id: Path<String>,
+        body: poem_openapi::payload::Form<BackchannelBody>,
+    ) -> Result<Json<BackchannelDone>, BackchannelErrors> {
+        let org = parse_id(&org_id.0, "identity provider")?;
+        let provider = parse_id(&provider_id.0, "identity provider")?;
+        let n = app.sso.backchannel_logout(org, provider, &body.0.logout_token).await?;
+        Ok(Json(BackchannelDone { sessions_ended: n as u64 }))
     }
 
     /// Log out, at the identity provider too

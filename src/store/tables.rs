@@ -166,6 +166,11 @@ pub const SSO_PENDING: Table = org("sso_pending", 52);
 /// org ‖ provider ‖ subject → user id: the account an identity signs in to.
 pub const SSO_LINKS: Table = org("sso_links", 53);
 
+/// org ‖ app → `OAuthApp` JSON: an app of Outpost's authorization server (its secret a digest).
+pub const OAUTH_APPS: Table = org("oauth_apps", 54);
+/// org ‖ SHA-256 of the code's random part → `Code` JSON: an authorization code, taken once.
+pub const OAUTH_CODES: Table = org("oauth_codes", 55);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -227,6 +232,8 @@ pub const ALL: &[Table] = &[
     SSO_PROVIDERS,
     SSO_PENDING,
     SSO_LINKS,
+    OAUTH_APPS,
+    OAUTH_CODES,
 ];
 
 /// `org ‖ a ‖ b`.

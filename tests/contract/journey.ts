@@ -53,6 +53,8 @@ import {
   startConnectionAuthorization,
   getSsoPolicy,
   listSsoOptions,
+  createOAuthApp,
+  listOAuthApps,
   setSsoPolicy,
   refreshTokens,
   search,
@@ -312,6 +314,17 @@ async function main(): Promise<void> {
     setSsoPolicy({ client: grace, body: { required: true } }));
   const options = await step("the organization's sign-in options", 200, listSsoOptions({ client: anonymous, query: { org: slug } }));
   if (options.required || options.providers.length !== 0) throw new Error(JSON.stringify(options));
+
+  // An OAuth app (Outpost as its authorization server): its secret answered once.
+  const oauthApp = await step("register an OAuth app", 201, createOAuthApp({
+    client: grace,
+    body: { name: "Journey app", redirect_uris: ["https://app.example/callback"], scopes: ["self.manage", "rooms.read"] },
+  }));
+  if (!oauthApp.client_secret?.startsWith("oas_") || !oauthApp.app.client_id.startsWith("oa_") || !oauthApp.app.confidential) {
+    throw new Error(JSON.stringify(oauthApp.app));
+  }
+  const listedApps = await step("list OAuth apps", 200, listOAuthApps({ client: grace }));
+  if (listedApps.items.length !== 1 || "client_secret" in listedApps.items[0]) throw new Error(JSON.stringify(listedApps));
 
   await problem("a room that does not exist is a typed Problem", 404, getRoom({ client: grace, path: { room_id: randomUUID() } }));
 

@@ -153,6 +153,15 @@ async fn org_b_never_sees_org_a() {
     // An identity provider of A's.
     let issuer = crate::sso::static_issuer().await;
     let a_idp_id = crate::sso::static_provider(&s, &a_admin.access, &issuer).await;
+    // An OAuth app of A's.
+    let a_app = crate::support::post_json(
+        &s,
+        &a_admin.access,
+        "/v1/oauth-apps",
+        json!({ "name": "A's app", "redirect_uris": ["https://a.example/cb"], "scopes": ["self.manage"] }),
+    )
+    .await;
+    let a_app_id = a_app["app"]["id"].as_str().unwrap_or_else(|| panic!("no app: {a_app}")).to_owned();
     let mut principals: Vec<(String, String)> = Vec::new();
     for (role, login) in &b {
         principals.push(((*role).to_owned(), login.access.clone()));
@@ -190,6 +199,7 @@ async fn org_b_never_sees_org_a() {
             .replace("/v1/sso/providers/{provider_id}", &format!("/v1/sso/providers/{a_idp_id}"));
         let concrete = oauth_path
             .replace("{org_id}", &org_a)
+            .replace("{app_id}", &a_app_id)
             .replace("{provider_id}", &a_provider_id)
             .replace("{user_id}", &a_member.user_id)
             .replace("{session_id}", &a_member.session_id)

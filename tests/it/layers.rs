@@ -355,6 +355,7 @@ fn org_scopes_are_minted_only_where_credentials_are_checked() {
                 "src/http/files.rs",
                 "src/domain/connections.rs",
                 "src/domain/sso.rs",
+                "src/domain/apps.rs",
             ],
         ),
         ("from_own_record(", &["src/uploads.rs", "src/webhooks/mod.rs", "src/registry.rs", "src/oauth.rs"]),

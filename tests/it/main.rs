@@ -4,6 +4,7 @@
 // Tests state their expectations with unwrap and may read long.
 #![allow(clippy::unwrap_used, clippy::too_many_lines, clippy::many_single_char_names)]
 
+mod apps;
 mod audit;
 mod backup;
 mod chat;

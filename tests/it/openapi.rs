@@ -9,9 +9,11 @@ pub const PUBLIC: &[&str] =
 
 /// Operations without a bearer credential that are not logins: tus discovery, downloads by a
 /// signed link (the signature in the query is the credential, refused with 403), and the OAuth
-/// callback (the single-use state in the query is the credential, refused with 400), and the
-/// start of a single sign-on with an organization's options for it.
-pub const OPEN: &[&str] = &["uploadOptions", "downloadSignedAsset", "oauthCallback", "listSsoOptions", "startSso"];
+/// callback (the single-use state in the query is the credential, refused with 400), the
+/// start of a single sign-on with an organization's options for it, and an identity provider's
+/// back-channel logout (its signed logout token is the credential, refused with 400).
+pub const OPEN: &[&str] =
+    &["uploadOptions", "downloadSignedAsset", "oauthCallback", "listSsoOptions", "startSso", "ssoBackchannelLogout"];
 
 #[test]
 fn committed_document_matches_the_code() {

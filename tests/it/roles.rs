@@ -36,6 +36,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
     config.limits.user_requests_per_s = 100_000;
     config.auth.sessions_per_user_max = 100_000;
     config.oauth.identity_providers_per_org_max = 1000;
+    config.oauth.apps_per_org_max = 1000;
     // TURN on, so its credentials can be handed out.
     config.media.turn_listen = Some("127.0.0.1:0".parse().unwrap());
     // A service on loopback for the gateway's calls to reach.
@@ -346,6 +347,11 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         let id = made["service"]["id"].as_str().unwrap_or_else(|| panic!("no service made: {made}"));
         url = url.replace("{service_id}", id);
     }
+    if url.contains("{app_id}") {
+        let made = crate::support::post_json(s, p.owner, "/v1/oauth-apps", app_input()).await;
+        let id = made["app"]["id"].as_str().unwrap_or_else(|| panic!("no app made: {made}"));
+        url = url.replace("{app_id}", id);
+    }
     if url.contains("/v1/sso/providers/{provider_id}") {
         let id = crate::sso::static_provider(s, p.owner, p.issuer).await;
         url = url.replace("{provider_id}", &id);
@@ -367,8 +373,10 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
             "template": "custom", "grant": "client_credentials", "token_url": format!("{}/token", p.tokens),
             "client_id": "c", "client_secret": "s",
         })),
-        "updateOAuthProvider" | "updateSsoProvider" => Some(json!({ "name": "renamed" })),
+        "updateOAuthProvider" | "updateSsoProvider" | "updateOAuthApp" => Some(json!({ "name": "renamed" })),
         "createSsoProvider" => Some(json!({ "issuer": p.issuer, "client_id": "c" })),
+        "createOAuthApp" => Some(app_input()),
+        "setOAuthAppsPolicy" => Some(json!({ "dynamic_registration": false })),
         "setSsoPolicy" => Some(json!({ "required": false })),
         "createConnection" => {
             let provider = crate::connections::client_credentials_provider(s, p.owner, p.tokens).await;
@@ -494,4 +502,9 @@ fn room_role_action(need: RoomRole) -> policy::RoomAction {
         RoomRole::Moderator => policy::RoomAction::Moderate,
         RoomRole::Host => policy::RoomAction::Host,
     }
+}
+
+/// An OAuth app to register.
+fn app_input() -> Value {
+    json!({ "name": "app", "redirect_uris": ["https://app.example/callback"], "scopes": ["self.manage"] })
 }

@@ -157,7 +157,7 @@ async fn members_sign_in_through_the_organizations_identity_provider() {
         .http
         .patch(s.url(&format!("/v1/sso/providers/{provider_id}")))
         .bearer_auth(&owner)
-        .json(&json!({ "clear_default_role": true }))
+        .json(&json!({ "rule_required": true }))
         .send()
         .await
         .unwrap();
@@ -293,4 +293,94 @@ pub async fn static_issuer() -> String {
 pub async fn static_provider(s: &TestServer, token: &str, issuer: &str) -> String {
     let made = post_json(s, token, "/v1/sso/providers", json!({ "issuer": issuer, "client_id": "c" })).await;
     made["id"].as_str().unwrap_or_else(|| panic!("no identity provider: {made}")).to_owned()
+}
+
+/// Signs in through `browser` (whose cookies keep the provider's session); the tokens.
+async fn tokens_in(browser: &reqwest::Client, s: &TestServer, org: &str) -> Value {
+    let started = post_json_anon(s, "/v1/auth/sso/start", json!({ "org": org })).await;
+    let r = browser.get(started["authorization_url"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.url());
+    r.json().await.unwrap()
+}
+
+async fn post_json_anon(s: &TestServer, path: &str, body: Value) -> Value {
+    let r = s.http.post(s.url(path)).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+/// Logs out at the provider as its logout page would: the confirmation form, submitted.
+async fn log_out_at(idp: &Idp, browser: &reqwest::Client) {
+    let page = browser.get(format!("{}/session/end?client_id=outpost-sso", idp.base)).send().await.unwrap();
+    let html = page.text().await.unwrap();
+    let xsrf = html.split("name=\"xsrf\" value=\"").nth(1).and_then(|t| t.split('"').next()).expect("a logout form");
+    let r = browser
+        .post(format!("{}/session/end/confirm", idp.base))
+        .form(&[("xsrf", xsrf), ("logout", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "logging out at the provider: {}", r.status());
+}
+
+#[tokio::test]
+async fn logging_out_at_the_identity_provider_ends_the_sessions_it_signed_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, s) = child_server(dir.path());
+    let (org_id, sl) = crate::identity::create_org(&s).await;
+    crate::identity::operator_invite_and_accept(&s, &org_id, "owner@example.org", "owner").await;
+    let owner = crate::identity::login(&s, &sl, "owner").await.access;
+    let alice = person("alice", "alice@example.test", true, &["staff"]);
+    let idp = Idp::start(json!({ "clients": [client(&s)], "account": alice })).await;
+    let made = post_json(
+        &s,
+        &owner,
+        "/v1/sso/providers",
+        json!({ "issuer": idp.base, "client_id": "outpost-sso", "client_secret": CLIENT_SECRET, "jit": true }),
+    )
+    .await;
+    let uri = made["backchannel_logout_uri"].as_str().unwrap().to_owned();
+    assert_eq!(uri, format!("{}/v1/auth/sso/backchannel-logout/{org_id}/{}", s.base, made["id"].as_str().unwrap()));
+    // The provider learns where to tell Outpost.
+    let mut c = client(&s);
+    c["backchannel_logout_uri"] = json!(uri);
+    c["backchannel_logout_session_required"] = json!(true);
+    idp_post(&idp, "/_clients", json!([c])).await;
+
+    // Alice signs in from two browsers: two sessions at the provider, two here.
+    let (one, two) = (
+        reqwest::Client::builder().cookie_store(true).build().unwrap(),
+        reqwest::Client::builder().cookie_store(true).build().unwrap(),
+    );
+    let first = tokens_in(&one, &s, &sl).await;
+    let second = tokens_in(&two, &s, &sl).await;
+    let me = |t: &Value| s.http.get(s.url("/v1/me")).bearer_auth(t["access_token"].as_str().unwrap()).send();
+    assert_eq!(me(&first).await.unwrap().status(), 200);
+
+    // She logs out at the provider in the first: that session ends here, the other stays.
+    log_out_at(&idp, &one).await;
+    assert_eq!(idp.stats().await["backchannel_errors"], Value::Null, "the provider's logout was taken");
+    assert_eq!(me(&first).await.unwrap().status(), 401);
+    assert_eq!(me(&second).await.unwrap().status(), 200);
+    let r =
+        s.http.post(s.url("/v1/auth/refresh")).json(&json!({ "refresh_token": first["refresh_token"] })).send().await;
+    expect_problem(r.unwrap(), 401, "invalid_refresh_token").await;
+
+    // Anything but the provider's signed logout token is refused, and ends nothing.
+    for forged in ["not-a-jwt", "e30.e30.c2ln", second["access_token"].as_str().unwrap()] {
+        let r = s.http.post(&uri).form(&[("logout_token", forged)]).send().await.unwrap();
+        expect_problem(r, 400, "invalid_logout_token").await;
+    }
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/auth/sso/backchannel-logout/{org_id}/{}", uuid::Uuid::now_v7())))
+        .form(&[("logout_token", "x.y.z")])
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 404, "not_found").await;
+    assert_eq!(me(&second).await.unwrap().status(), 200);
+    let audit = s.http.get(s.url("/v1/audit/export")).bearer_auth(&owner).send().await.unwrap().text().await.unwrap();
+    let logout = audit.lines().find(|l| l.contains("\"auth.sso_logout\"")).expect("the logout is audited");
+    assert!(logout.contains(first["session_id"].as_str().unwrap()), "{logout}");
 }

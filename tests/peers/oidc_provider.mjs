@@ -10,6 +10,7 @@
 //   POST /_forget  drops every grant and token (as if the user revoked the app at the IdP)
 //   POST /_account the account that signs in from now on (JSON claims with `sub`)
 //   POST /_rotate  a new signing key replaces the old one (a key rotation)
+//   POST /_clients the registered clients from now on (a JSON array of client metadata)
 //   POST /_tamper  `{"mode": …}`: the next token answer's id_token is altered — `expired`,
 //                  `audience`, `nonce`, `issuer`, `forged` (signed by another key under the
 //                  same kid), `none` (unsigned), `hs256` (an HMAC with the client secret)
@@ -64,6 +65,7 @@ const key = () => {
   return { ...privateKey.export({ format: "jwk" }), kid: randomUUID(), use: "sig", alg: "RS256" };
 };
 
+const clients = () => cfg.clients || [];
 let account = cfg.account || { sub: "alice", email: "alice@example.test", email_verified: true, groups: ["staff"] };
 const issuer = `http://127.0.0.1:${port}`;
 const stats = { grants: {}, revocations: 0, jwks_fetches: 0 };
@@ -96,7 +98,7 @@ function tamper(idToken, mode) {
 
 const build = () => new Provider(issuer, {
   adapter: Adapter,
-  clients: cfg.clients || [],
+  clients: clients(),
   jwks: { keys: [signing] },
   cookies: { keys: ["outpost-test-cookie-key"] },
   pkce: { required: () => true },
@@ -115,10 +117,16 @@ const build = () => new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     revocation: { enabled: true },
+    backchannelLogout: { enabled: true },
     introspection: { enabled: true },
     clientCredentials: { enabled: true },
   },
   interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+  // Its back-channel logouts go to Outpost on loopback, which its SSRF guard would refuse.
+  fetch: (url, options) => {
+    const { dispatcher: _guard, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
   findAccount: async (_ctx, sub) =>
     sub === account.sub ? { accountId: sub, claims: async () => ({ ...account }) } : undefined,
   // Client credentials tokens for the scopes the client asks for (no resource indicator).
@@ -130,6 +138,10 @@ function start() {
   p.on("grant.success", (ctx) => {
     const t = ctx.oidc.params.grant_type;
     stats.grants[t] = (stats.grants[t] || 0) + 1;
+  });
+  p.on("backchannel.error", (_ctx, err) => {
+    stats.backchannel_errors = (stats.backchannel_errors || 0) + 1;
+    console.error("backchannel", err && err.message, err && err.cause && (err.cause.code || err.cause.message));
   });
   p.on("grant.revoked", () => {
     stats.grants_revoked = (stats.grants_revoked || 0) + 1;
@@ -198,6 +210,13 @@ const server = http.createServer(async (req, res) => {
       provider = start();
       callback = provider.callback();
       res.end(JSON.stringify({ kid: signing.kid }));
+      return;
+    }
+    if (path === "/_clients" && req.method === "POST") {
+      cfg.clients = await readBody(req);
+      provider = start();
+      callback = provider.callback();
+      res.end("{}");
       return;
     }
     if (path === "/_tamper" && req.method === "POST") {
