@@ -2,11 +2,12 @@
 //! `authlib`): the authorization code flow with PKCE S256 through the consent page, API calls
 //! within the granted scopes and never beyond the user's role, refresh with rotation and reuse
 //! detection, introspection and revocation; RFC 8414 metadata; dynamic client registration
-//! (RFC 7591) only when the organization allows it. No token or secret in an audit record.
+//! (RFC 7591) only when the organization allows it. No token or secret in an audit record or
+//! anything the server wrote.
 
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, config_for, expect_problem, get_json, post_json};
+use crate::support::{TestServer, expect_problem, get_json, post_json};
 
 const CLIENT: &str = include_str!("../peers/oauth_app_client.py");
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
@@ -36,11 +37,8 @@ async fn flow(s: &TestServer, metadata_url: &str, client_id: &str, secret: Optio
 #[tokio::test]
 async fn a_stock_client_gets_scoped_tokens_refreshes_and_is_revoked() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_for(dir.path());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut config = config;
-    config.oauth.public_url = Some(format!("http://{}", listener.local_addr().unwrap()));
-    let s = TestServer::start_on(config, "http", listener).await;
+    // The real binary, logging at debug level, so its output can be searched for secrets.
+    let (child, s) = crate::connections::child_server(dir.path());
     let (org_id, sl) = crate::identity::create_org(&s).await;
     crate::identity::operator_invite_and_accept(&s, &org_id, "owner@example.org", "owner").await;
     crate::identity::operator_invite_and_accept(&s, &org_id, "mia@example.org", "member").await;
@@ -156,7 +154,9 @@ async fn a_stock_client_gets_scoped_tokens_refreshes_and_is_revoked() {
     assert!(audit.contains("oauth_app.token") && audit.contains("oauth_app.revoke"), "audited");
     let mut secrets = tokens;
     secrets.push(secret);
+    let log = child.output();
     for t in &secrets {
         assert!(!audit.contains(t.as_str()), "a token in the audit trail");
+        assert!(!log.contains(t.as_str()), "a token in the server's output");
     }
 }
