@@ -261,16 +261,7 @@ pub fn get(store: &Store, scope: OrgScope, id: Id) -> Result<OAuthApp, DomainErr
 }
 
 pub async fn list(store: &Store, scope: OrgScope, max: usize) -> Result<Vec<OAuthApp>, DomainError> {
-    let org = scope.org();
-    store
-        .read(move |r| {
-            r.range(OAUTH_APPS, org.as_bytes(), &prefix_end(org.as_bytes()), false, max)?
-                .iter()
-                .map(|(_, v)| decode(OAUTH_APPS, v))
-                .collect::<Result<Vec<OAuthApp>, StoreError>>()
-                .map_err(DomainError::from)
-        })
-        .await
+    Ok(store.org_records(OAUTH_APPS, scope.org(), max).await?)
 }
 
 pub use super::orgs::AppsPolicy;

@@ -607,16 +607,7 @@ pub fn get_provider(store: &Store, scope: OrgScope, id: Id) -> Result<Provider, 
 }
 
 pub async fn list_providers(store: &Store, scope: OrgScope, max: usize) -> Result<Vec<Provider>, DomainError> {
-    let org = scope.org();
-    store
-        .read(move |r| {
-            r.range(OAUTH_PROVIDERS, org.as_bytes(), &prefix_end(org.as_bytes()), false, max)?
-                .iter()
-                .map(|(_, v)| decode(OAUTH_PROVIDERS, v))
-                .collect::<Result<Vec<Provider>, StoreError>>()
-                .map_err(DomainError::from)
-        })
-        .await
+    Ok(store.org_records(OAUTH_PROVIDERS, scope.org(), max).await?)
 }
 
 /// The scopes a connection asks for: those given, else the provider's.

@@ -650,16 +650,7 @@ pub fn get(store: &Store, scope: OrgScope, id: Id) -> Result<Service, DomainErro
 
 /// The organization's services, oldest first.
 pub async fn list(store: &Store, scope: OrgScope, max: usize) -> Result<Vec<Service>, DomainError> {
-    let org = scope.org();
-    store
-        .read(move |r| {
-            r.range(SERVICES, org.as_bytes(), &prefix_end(org.as_bytes()), false, max)?
-                .iter()
-                .map(|(_, v)| decode(SERVICES, v))
-                .collect::<Result<Vec<Service>, StoreError>>()
-                .map_err(DomainError::from)
-        })
-        .await
+    Ok(store.org_records(SERVICES, scope.org(), max).await?)
 }
 
 /// Every service of the instance with a health check, as (org, service).

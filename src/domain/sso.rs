@@ -400,16 +400,7 @@ pub fn get(store: &Store, scope: OrgScope, id: Id) -> Result<IdentityProvider, D
 }
 
 pub async fn list(store: &Store, scope: OrgScope, max: usize) -> Result<Vec<IdentityProvider>, DomainError> {
-    let org = scope.org();
-    store
-        .read(move |r| {
-            r.range(SSO_PROVIDERS, org.as_bytes(), &prefix_end(org.as_bytes()), false, max)?
-                .iter()
-                .map(|(_, v)| decode(SSO_PROVIDERS, v))
-                .collect::<Result<Vec<IdentityProvider>, StoreError>>()
-                .map_err(DomainError::from)
-        })
-        .await
+    Ok(store.org_records(SSO_PROVIDERS, scope.org(), max).await?)
 }
 
 /// The organization's policy.

@@ -31,37 +31,6 @@ crate::problems!(OAuthReadErrors: 400, 401, 403, 404, 422);
 crate::problems!(OAuthWriteErrors: 400, 401, 403, 404, 409, 412, 413, 415, 422, 502);
 crate::problems!(CallbackErrors: 400, 404, 409, 502, 507);
 
-impl From<OAuthError> for Problem {
-    fn from(e: OAuthError) -> Self {
-        let detail = e.to_string();
-        match e {
-            OAuthError::Refused { .. } => Problem::new(StatusCode::BAD_GATEWAY, "provider_refused", detail),
-            OAuthError::Unreachable(_) => Problem::new(StatusCode::BAD_GATEWAY, "provider_unreachable", detail),
-            OAuthError::InvalidState => Problem::new(StatusCode::BAD_REQUEST, "invalid_state", detail),
-            OAuthError::IssuerMismatch(_) => Problem::new(StatusCode::BAD_REQUEST, "issuer_mismatch", detail),
-            OAuthError::InvalidIdToken(_) => Problem::new(StatusCode::UNAUTHORIZED, "invalid_id_token", detail),
-            OAuthError::InvalidLogoutToken(_) => Problem::new(StatusCode::BAD_REQUEST, "invalid_logout_token", detail),
-            OAuthError::NeedsReauth(_) => Problem::new(StatusCode::CONFLICT, "connection_needs_reauth", detail),
-            OAuthError::Unsupported(_) => {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported_by_provider", detail)
-            }
-            OAuthError::Domain(d) => d.into(),
-        }
-    }
-}
-
-impl From<OAuthError> for OAuthWriteErrors {
-    fn from(e: OAuthError) -> Self {
-        Self(e.into())
-    }
-}
-
-impl From<OAuthError> for CallbackErrors {
-    fn from(e: OAuthError) -> Self {
-        Self(e.into())
-    }
-}
-
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[oai(rename = "OAuthClientAuth", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]

@@ -284,6 +284,25 @@ pub fn register(registry: &mut Registry) {
     <ProblemBody as Type>::register(registry);
 }
 
+/// What an OAuth or single sign-on failure means to a caller.
+impl From<crate::oauth::OAuthError> for Problem {
+    fn from(e: crate::oauth::OAuthError) -> Self {
+        use crate::oauth::OAuthError as E;
+        let detail = e.to_string();
+        match e {
+            E::Refused { .. } => Problem::new(StatusCode::BAD_GATEWAY, "provider_refused", detail),
+            E::Unreachable(_) => Problem::new(StatusCode::BAD_GATEWAY, "provider_unreachable", detail),
+            E::InvalidState => Problem::new(StatusCode::BAD_REQUEST, "invalid_state", detail),
+            E::IssuerMismatch(_) => Problem::new(StatusCode::BAD_REQUEST, "issuer_mismatch", detail),
+            E::InvalidIdToken(_) => Problem::new(StatusCode::UNAUTHORIZED, "invalid_id_token", detail),
+            E::InvalidLogoutToken(_) => Problem::new(StatusCode::BAD_REQUEST, "invalid_logout_token", detail),
+            E::NeedsReauth(_) => Problem::new(StatusCode::CONFLICT, "connection_needs_reauth", detail),
+            E::Unsupported(_) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported_by_provider", detail),
+            E::Domain(d) => d.into(),
+        }
+    }
+}
+
 /// Declares a problem type that documents the listed statuses, plus 500 and 503, which every
 /// operation can answer. Operations of a kind share a type; `http::document` then adds what
 /// holds for each operation (413 everywhere, 429 where a user's budget is spent) and drops what
@@ -328,7 +347,7 @@ macro_rules! problems {
         }
 
         $crate::problems!(@from $name: $crate::http::problem::Problem, $crate::domain::DomainError,
-            $crate::store::StoreError, $crate::auth::AuthError);
+            $crate::store::StoreError, $crate::auth::AuthError, $crate::oauth::OAuthError);
     };
     (@from $name:ident: $($t:ty),+) => {
         $(impl From<$t> for $name {

@@ -33,36 +33,6 @@ crate::problems!(SsoCallbackErrors: 400, 401, 404, 502, 507);
 crate::problems!(SsoLogoutErrors: 401, 403, 404, 502);
 crate::problems!(BackchannelErrors: 400, 404, 413, 415, 422, 502, 507);
 
-impl From<OAuthError> for SsoWriteErrors {
-    fn from(e: OAuthError) -> Self {
-        Self(e.into())
-    }
-}
-
-impl From<OAuthError> for SsoStartErrors {
-    fn from(e: OAuthError) -> Self {
-        Self(e.into())
-    }
-}
-
-impl From<OAuthError> for SsoCallbackErrors {
-    fn from(e: OAuthError) -> Self {
-        Self(e.into())
-    }
-}
-
-impl From<OAuthError> for BackchannelErrors {
-    fn from(e: OAuthError) -> Self {
-        Self(e.into())
-    }
-}
-
-impl From<OAuthError> for SsoLogoutErrors {
-    fn from(e: OAuthError) -> Self {
-        Self(e.into())
-    }
-}
-
 /// A value of the role claim and the role it gives.
 #[derive(Object, Debug, Clone, Deserialize)]
 #[oai(rename = "SsoRoleRule", deny_unknown_fields)]

@@ -244,6 +244,21 @@ impl Store {
         f(&self.reader()?)
     }
 
+    /// The first `max` JSON records of an organization-keyed table (`org ‖ …`), decoded, read
+    /// on the blocking pool.
+    pub async fn org_records<T>(&self, table: Table, org: Id, max: usize) -> Result<Vec<T>, StoreError>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        self.read(move |r| {
+            r.range(table, org.as_bytes(), &prefix_end(org.as_bytes()), false, max)?
+                .iter()
+                .map(|(_, v)| decode(table, v))
+                .collect()
+        })
+        .await
+    }
+
     /// A snapshot reader for synchronous callers (CLI, writer-side checks, tests).
     pub fn reader(&self) -> Result<Reader, StoreError> {
         Ok(Reader { txn: self.inner.db.begin_read()? })
