@@ -34,11 +34,11 @@ if ! .venv-peers/bin/python -c 'import websockets, aiortc, numpy, jsonschema, rf
         'authlib>=1.3,<2' 'requests>=2.31,<3'
 fi
 
-say "peer clients (tests/peers/node_modules: yjs, y-websocket, ws, playwright-core, oidc-provider; Debian chromium)"
+say "peer clients (tests/peers/node_modules: yjs, y-websocket, ws, playwright-core, oidc-provider, MCP server-everything; Debian chromium)"
 command -v node >/dev/null 2>&1 || apt_install nodejs npm
 apt_install chromium
 if [ ! -d tests/peers/node_modules/y-websocket ] || [ ! -d tests/peers/node_modules/playwright-core ] ||
-    [ ! -d tests/peers/node_modules/oidc-provider ]; then
+    [ ! -d tests/peers/node_modules/oidc-provider ] || [ ! -d tests/peers/node_modules/@modelcontextprotocol/server-everything ]; then
     (cd tests/peers && npm ci --no-audit --no-fund --silent)
 fi
 

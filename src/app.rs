@@ -56,6 +56,8 @@ pub struct App {
     pub gateway: crate::gateway::Gateway,
     /// OAuth connections: authorizations, token refresh, revocation.
     pub oauth: crate::oauth::OAuth,
+    /// Sessions with the MCP servers organizations register.
+    pub mcp: crate::mcp::Mcp,
     pub sso: crate::sso::Sso,
     pub keys: Keys,
     pub hasher: Hasher,
@@ -152,7 +154,16 @@ impl App {
         let egress = crate::egress::Egress::new(&config.egress).map_err(StartError::Egress)?;
         let (webhooks, registry, gateway, oauth) =
             outbound(&config, &store, &writer, &bus, &egress, &vault_cell, &metrics);
+        let mcp = crate::mcp::Mcp::new(crate::mcp::Parts {
+            egress: egress.clone(),
+            oauth: oauth.clone(),
+            gateway: gateway.clone(),
+            hub: hub.clone(),
+            metrics: metrics.clone(),
+            config: config.mcp.clone(),
+        });
         let app = Self {
+            mcp,
             uploads,
             thumbs,
             download_url_key,

@@ -35,7 +35,51 @@ pub struct Config {
     pub egress: crate::egress::EgressConfig,
     pub webhooks: WebhooksConfig,
     pub services: ServicesConfig,
+    pub mcp: McpConfig,
     pub oauth: OAuthConfig,
+}
+
+/// Sessions with the MCP servers organizations register (`src/mcp.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// Sessions open at once, over every organization; past it the one idle longest closes.
+    pub sessions_max: usize,
+    /// A session unused this long closes, in seconds.
+    pub idle_close_s: u64,
+    /// A server's lists of tools, resources and prompts are kept this long, in seconds (a
+    /// server's `list_changed` notification drops them sooner).
+    pub catalog_ttl_s: u64,
+    /// Opening a session (connecting and the `initialize` exchange) at most, in milliseconds.
+    pub open_timeout_ms: u64,
+    /// Tool calls in flight at once, over every organization.
+    pub calls_in_flight_max: usize,
+}
+
+impl McpConfig {
+    fn check(&self, bad: &mut impl FnMut(&str, &str)) {
+        if self.sessions_max == 0 {
+            bad("mcp.sessions_max", "must be at least 1");
+        }
+        if self.calls_in_flight_max == 0 {
+            bad("mcp.calls_in_flight_max", "must be at least 1");
+        }
+        if !(100..=120_000).contains(&self.open_timeout_ms) {
+            bad("mcp.open_timeout_ms", "must be 100–120000");
+        }
+    }
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            sessions_max: 256,
+            idle_close_s: 300,
+            catalog_ttl_s: 300,
+            open_timeout_ms: 10_000,
+            calls_in_flight_max: 256,
+        }
+    }
 }
 
 /// The service registry.
@@ -655,6 +699,7 @@ impl Default for Config {
             egress: crate::egress::EgressConfig::default(),
             webhooks: WebhooksConfig::default(),
             services: ServicesConfig::default(),
+            mcp: McpConfig::default(),
             oauth: OAuthConfig::default(),
         }
     }
@@ -835,6 +880,7 @@ impl Config {
         self.media.check(&mut bad);
         self.webhooks.check(&mut bad);
         self.services.check(&mut bad);
+        self.mcp.check(&mut bad);
         self.oauth.check(&mut bad);
         for (key, reason) in self.egress.issues() {
             bad(&key, &reason);

@@ -319,6 +319,16 @@ const DOCS: &[Doc] = &[
         "Gateway calls whose audit records wait for the writer, at most; past it calls are refused \
          with 503 audit_backlog.",
     ),
+    doc("mcp", "Sessions with the MCP servers organizations register as services."),
+    doc("mcp.sessions_max", "Sessions open at once, over every organization; past it the one idle longest closes."),
+    doc("mcp.idle_close_s", "A session unused this long closes, in seconds."),
+    doc(
+        "mcp.catalog_ttl_s",
+        "A server's lists of tools, resources and prompts are kept this long, in seconds (its list_changed \
+         notification drops them sooner).",
+    ),
+    doc("mcp.open_timeout_ms", "Opening a session (connecting and the initialize exchange) at most, in milliseconds."),
+    doc("mcp.calls_in_flight_max", "Tool calls in flight at once, over every organization."),
     doc("oauth", "OAuth: connections to outside services, with Outpost as the OAuth client."),
     unset(
         "oauth.public_url",

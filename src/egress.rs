@@ -309,33 +309,71 @@ struct Guard {
     policy: Arc<AddressPolicy>,
 }
 
+impl Guard {
+    /// `host`'s addresses that the policy lets through; an error names why none is.
+    async fn allowed(policy: Arc<AddressPolicy>, host: String) -> Result<Vec<SocketAddr>, BoxError> {
+        policy.check_name(&host).map_err(|why| Box::new(RefusedHere(why)) as BoxError)?;
+        let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+        let mut refused = None;
+        let allowed: Vec<SocketAddr> = found
+            .into_iter()
+            .filter(|a| match policy.check(a.ip()) {
+                Ok(()) => true,
+                Err(why) => {
+                    refused.get_or_insert(why);
+                    false
+                }
+            })
+            .collect();
+        if allowed.is_empty() {
+            let why = refused.map_or_else(|| format!("{host} has no address"), |w| format!("{host}: {w}"));
+            return Err(Box::new(RefusedHere(why)));
+        }
+        Ok(allowed)
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl reqwest::dns::Resolve for Guard {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.policy.clone();
-        let host = name.as_str().to_owned();
+        let (policy, host) = (self.policy.clone(), name.as_str().to_owned());
+        Box::pin(
+            async move { Guard::allowed(policy, host).await.map(|a| Box::new(a.into_iter()) as reqwest::dns::Addrs) },
+        )
+    }
+}
+
+/// The same check for the MCP client's connections (reqwest 0.13, see [`Egress::mcp_client`]).
+impl reqwest_mcp::dns::Resolve for Guard {
+    fn resolve(&self, name: reqwest_mcp::dns::Name) -> reqwest_mcp::dns::Resolving {
+        let (policy, host) = (self.policy.clone(), name.as_str().to_owned());
         Box::pin(async move {
-            policy
-                .check_name(&host)
-                .map_err(|why| Box::new(RefusedHere(why)) as Box<dyn std::error::Error + Send + Sync>)?;
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut refused = None;
-            let allowed: Vec<SocketAddr> = found
-                .into_iter()
-                .filter(|a| match policy.check(a.ip()) {
-                    Ok(()) => true,
-                    Err(why) => {
-                        refused.get_or_insert(why);
-                        false
-                    }
-                })
-                .collect();
-            if allowed.is_empty() {
-                let why = refused.map_or_else(|| format!("{host} has no address"), |w| format!("{host}: {w}"));
-                return Err(Box::new(RefusedHere(why)) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+            Guard::allowed(policy, host).await.map(|a| Box::new(a.into_iter()) as reqwest_mcp::dns::Addrs)
         })
     }
+}
+
+fn mcp_client(cfg: &EgressConfig, policy: &Arc<AddressPolicy>) -> Result<reqwest_mcp::Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system roots leave https refused, not the server down.
+    let found = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(found.certs);
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("the MCP client's TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest_mcp::Client::builder()
+        .no_proxy()
+        .dns_resolver(Arc::new(Guard { policy: policy.clone() }))
+        .redirect(reqwest_mcp::redirect::Policy::none())
+        .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .user_agent(concat!("Outpost/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| format!("the MCP client: {e}"))
 }
 
 /// A URL's target checked before anything is sent: scheme, no credentials in it, and an
@@ -376,6 +414,8 @@ pub struct Answer {
 
 struct Inner {
     client: reqwest::Client,
+    /// MCP sessions' client (see [`Egress::mcp_client`]).
+    mcp: reqwest_mcp::Client,
     policy: Arc<AddressPolicy>,
     cfg: EgressConfig,
     all: Arc<Semaphore>,
@@ -420,9 +460,11 @@ impl Egress {
             .user_agent(concat!("Outpost/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("the outbound client: {e}"))?;
+        let mcp = mcp_client(cfg, &policy)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                mcp,
                 policy,
                 cfg: cfg.clone(),
                 all: Arc::new(Semaphore::new(cfg.concurrency_max)),
@@ -434,6 +476,31 @@ impl Egress {
     /// The address policy calls are held to (for checking a URL when it is registered).
     pub fn policy(&self) -> &AddressPolicy {
         &self.inner.policy
+    }
+
+    /// [`check_url`], and for a name, its addresses resolved and checked now (a refusal said
+    /// before a connection is tried; the resolver checks them again at each connection).
+    pub async fn check_resolved(&self, url: &reqwest::Url) -> Result<(), EgressError> {
+        check_url(&self.inner.policy, url)?;
+        let Some(url::Host::Domain(d)) = url.host() else { return Ok(()) };
+        match Guard::allowed(self.inner.policy.clone(), d.to_owned()).await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.downcast::<RefusedHere>() {
+                Ok(r) => Err(EgressError::Refused(r.0)),
+                Err(e) => Err(EgressError::Connect(e.to_string())),
+            },
+        }
+    }
+
+    /// The client MCP sessions run on: the MCP SDK's Streamable HTTP transport is written for
+    /// reqwest 0.13, so it has its own client, held to the same rules as the rest: the same
+    /// resolver (every address checked before a connection), no proxy, no redirects at all,
+    /// the same connect timeout, TLS with rustls on ring and the system's roots. There is no
+    /// whole-call timeout (an MCP session's event stream stays open); each request has its own
+    /// (`src/mcp.rs`). A URL written with an address must still be checked with
+    /// [`check_url`] before it is used.
+    pub fn mcp_client(&self) -> reqwest_mcp::Client {
+        self.inner.mcp.clone()
     }
 
     /// A request to build; send it with [`Egress::send`].

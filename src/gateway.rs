@@ -216,7 +216,7 @@ fn idempotent(m: &reqwest::Method) -> bool {
     matches!(m.as_str(), "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS")
 }
 
-fn breaker_config(g: &GatewaySettings) -> BreakerConfig {
+pub(crate) fn breaker_config(g: &GatewaySettings) -> BreakerConfig {
     BreakerConfig {
         window: Duration::from_millis(g.breaker_window_ms),
         min_calls: g.breaker_min_calls,
@@ -226,7 +226,7 @@ fn breaker_config(g: &GatewaySettings) -> BreakerConfig {
     }
 }
 
-fn breaker_gauge(s: BreakerState) -> i64 {
+pub(crate) fn breaker_gauge(s: BreakerState) -> i64 {
     match s {
         BreakerState::Closed => 0,
         BreakerState::HalfOpen => 1,
@@ -271,7 +271,7 @@ impl Gateway {
     pub async fn forward(&self, caller: Caller, service: &Service, call: Call<'_>) -> Result<Reply, GatewayError> {
         let started = Instant::now();
         let m = &self.inner.parts.metrics;
-        let result = self.forward_inner(&caller, service, &call, started).await;
+        let result = self.forward_inner(&caller, service, &call).await;
         let outcome = match &result {
             Ok(_) => "answered",
             Err(e) => e.outcome(),
@@ -281,13 +281,7 @@ impl Gateway {
         result
     }
 
-    async fn forward_inner(
-        &self,
-        caller: &Caller,
-        service: &Service,
-        call: &Call<'_>,
-        started: Instant,
-    ) -> Result<Reply, GatewayError> {
+    async fn forward_inner(&self, caller: &Caller, service: &Service, call: &Call<'_>) -> Result<Reply, GatewayError> {
         if !service.callers.contains(&caller.role) {
             return Err(GatewayError::NotACaller(caller.role.as_str()));
         }
@@ -300,18 +294,11 @@ impl Gateway {
         let state = self.state(org, service);
         state.budget.check().map_err(GatewayError::Limited)?;
         let labels = ServiceLabels { org: org.to_string(), service: service.id.to_string() };
-        let slot = self.inner.audit_slots.clone().try_acquire_owned().map_err(|_| GatewayError::AuditBacklog)?;
         let headers = self.outgoing_headers(caller, service, call, &url).await?;
-        let mut record = CallRecord {
-            writer: self.inner.parts.writer.clone(),
-            pending: Some((slot, caller.ctx.clone())),
-            target: format!("service:{}", service.id),
-            name: service.name.clone(),
-            method: call.method.as_str().to_owned(),
-            path: call.path.clone(),
-            started,
-            attempts: 0,
-        };
+        let details = json!({"name": service.name, "method": call.method.as_str(), "path": call.path, "status": null, "attempts": 0});
+        let mut record = self
+            .record(caller.ctx.clone(), "service.call", format!("service:{}", service.id), details)
+            .ok_or(GatewayError::AuditBacklog)?;
         // Room for the answer, reserved for the whole call (waited for: the edge's request
         // timeout bounds the wait).
         let kib = g.response_bytes_max.div_ceil(1024).min(self.inner.parts.buffer_bytes_max / 1024);
@@ -339,7 +326,7 @@ impl Gateway {
                 }
             };
             attempts += 1;
-            record.attempts = attempts;
+            record.note("attempts", json!(attempts));
             let outcome = self.attempt(call, &url, &headers, limits).await;
             let (ok_for_breaker, done) = match outcome {
                 Try::Answered(a) => {
@@ -373,7 +360,7 @@ impl Gateway {
             Ok(_) => "answered",
             Err(e) => e.outcome(),
         };
-        record.finish(status, outcome);
+        record.finish(outcome, [("status", json!(status))]);
         let a = result?;
         if a.truncated {
             return Err(GatewayError::AnswerTooLarge(g.response_bytes_max));
@@ -474,6 +461,26 @@ impl Gateway {
         Ok(headers)
     }
 
+    /// An audit record for a call about to reach for a service, with a slot in the bounded
+    /// backlog (`None`: the backlog is full, refuse the call).
+    pub fn record(
+        &self,
+        ctx: MutationCtx,
+        action: &'static str,
+        target: String,
+        details: serde_json::Value,
+    ) -> Option<CallRecord> {
+        let slot = self.inner.audit_slots.clone().try_acquire_owned().ok()?;
+        Some(CallRecord {
+            writer: self.inner.parts.writer.clone(),
+            pending: Some((slot, ctx)),
+            action,
+            target,
+            details,
+            started: Instant::now(),
+        })
+    }
+
     /// The service's live state, made anew when its settings changed.
     fn state(&self, org: Id, service: &Service) -> Arc<State> {
         let mut states = self.inner.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -496,47 +503,57 @@ impl Gateway {
     }
 }
 
-/// A call's audit record, handed to the writer when the call ends however it ends: finished,
-/// or dropped half-way (the caller went away, or the request ran out of time at the edge), as
-/// `cancelled`. Its backlog slot is free once the record is committed.
-struct CallRecord {
+/// A call's audit record (a gateway call's, an MCP request's), handed to the writer when the
+/// call ends however it ends: finished, or dropped half-way (the caller went away, or the
+/// request ran out of time at the edge), as `cancelled`. Its backlog slot is free once the
+/// record is committed.
+pub struct CallRecord {
     writer: Writer,
     /// Its backlog slot and audit context, until it is handed over.
     pending: Option<(tokio::sync::OwnedSemaphorePermit, MutationCtx)>,
+    action: &'static str,
     target: String,
-    name: String,
-    method: String,
-    path: String,
+    /// What the record says besides its outcome and duration (a JSON object).
+    details: serde_json::Value,
     started: Instant,
-    attempts: u32,
 }
 
 impl CallRecord {
-    fn finish(&mut self, status: Option<u16>, outcome: &'static str) {
+    /// Sets a detail now, so that the record has it however the call ends.
+    pub fn note(&mut self, key: &'static str, value: serde_json::Value) {
+        if let Some(d) = self.details.as_object_mut() {
+            d.insert(key.to_owned(), value);
+        }
+    }
+
+    /// Hands the record over with `outcome`, the time since it began and `more` details.
+    pub fn finish<const N: usize>(&mut self, outcome: &'static str, more: [(&'static str, serde_json::Value); N]) {
         let Some((slot, ctx)) = self.pending.take() else { return };
         // Dropped outside the runtime (it is shutting down), there is nothing left to write with.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let writer = self.writer.clone();
-        let target = std::mem::take(&mut self.target);
-        let details = json!({
-            "name": self.name,
-            "method": self.method,
-            "path": self.path,
-            "status": status,
-            "attempts": self.attempts,
-            "duration_ms": u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "outcome": outcome,
-        });
+        let (action, target) = (self.action, std::mem::take(&mut self.target));
+        let mut details = std::mem::take(&mut self.details);
+        if let Some(d) = details.as_object_mut() {
+            for (k, v) in more {
+                d.insert(k.to_owned(), v);
+            }
+            d.insert(
+                "duration_ms".into(),
+                json!(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            );
+            d.insert("outcome".into(), json!(outcome));
+        }
         runtime.spawn(async move {
             let _slot = slot;
             let written = writer
                 .submit(ctx, move |tx| {
-                    tx.audit("service.call", target.clone(), details.clone());
+                    tx.audit(action, target.clone(), details.clone());
                     Ok::<_, DomainError>(())
                 })
                 .await;
             if let Err(e) = written {
-                tracing::warn!(error = %e, "a gateway call's audit record was not written");
+                tracing::warn!(error = %e, action, "a call's audit record was not written");
             }
         });
     }
@@ -544,7 +561,7 @@ impl CallRecord {
 
 impl Drop for CallRecord {
     fn drop(&mut self) {
-        self.finish(None, "cancelled");
+        self.finish("cancelled", []);
     }
 }
 

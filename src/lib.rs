@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod http;
 pub mod ids;
 pub mod limits;
+pub mod mcp;
 pub mod media;
 pub mod metrics;
 pub mod oauth;

@@ -113,6 +113,10 @@ pub struct Metrics {
     pub gateway_seconds: Histogram,
     pub gateway_upstream_seconds: Histogram,
     pub gateway_breaker: Family<ServiceLabels, Gauge>,
+    pub mcp_requests: Family<McpLabels, Counter>,
+    pub mcp_request_seconds: Histogram,
+    pub mcp_sessions: Gauge,
+    pub mcp_breaker: Family<ServiceLabels, Gauge>,
     pub oauth_token_requests: Family<OAuthLabels, Counter>,
     pub oauth_token_seconds: Histogram,
 }
@@ -129,6 +133,13 @@ pub struct OAuthLabels {
 pub struct ServiceLabels {
     pub org: String,
     pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct McpLabels {
+    /// `tools/call`, `tools/list`, `resources/read`, …
+    pub method: String,
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -451,6 +462,27 @@ impl Metrics {
             "A service's circuit breaker at its last call: 0 closed, 1 half-open, 2 open",
             gateway_breaker.clone(),
         );
+        let mcp_requests = Family::<McpLabels, Counter>::default();
+        registry.register(
+            "mcp_requests",
+            "Requests to MCP servers, by method and outcome (ok, tool_error, invalid_arguments, \
+             refused_role, circuit_open, timeout, cancelled, unreachable, protocol_error, …)",
+            mcp_requests.clone(),
+        );
+        let mcp_request_seconds = latency_histogram();
+        registry.register(
+            "mcp_request_duration_seconds",
+            "Time a request to an MCP server took, from the call to its result",
+            mcp_request_seconds.clone(),
+        );
+        let mcp_sessions = Gauge::default();
+        registry.register("mcp_sessions", "Sessions open with MCP servers", mcp_sessions.clone());
+        let mcp_breaker = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "mcp_breaker_state",
+            "An MCP server's circuit breaker at its last request: 0 closed, 1 half-open, 2 open",
+            mcp_breaker.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -516,6 +548,10 @@ impl Metrics {
             gateway_seconds,
             gateway_upstream_seconds,
             gateway_breaker,
+            mcp_requests,
+            mcp_request_seconds,
+            mcp_sessions,
+            mcp_breaker,
             oauth_token_requests,
             oauth_token_seconds,
         }

@@ -46,6 +46,7 @@ pub async fn run(
     let webhooks_task = tokio::spawn(app.webhooks.clone().run(app.followers.clone()));
     if app.config.services.health_checks {
         background.spawn(app.registry.clone().run(stop_search.subscribe()));
+        background.spawn(app.mcp.clone().run(stop_search.subscribe()));
     }
     let tcp = http::tls::NoDelay(TcpAcceptor::from_tokio(listener)?);
     let acceptor = match (&app.config.tls.cert_file, &app.config.tls.key_file) {

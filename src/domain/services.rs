@@ -168,6 +168,31 @@ impl Default for GatewaySettings {
     }
 }
 
+/// How Outpost speaks to a service that is an MCP server (the Model Context Protocol).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct McpSettings {
+    /// Per tool, the roles that may call it (besides being among the service's callers); a tool
+    /// not named here is open to every caller.
+    #[serde(default)]
+    pub tool_roles: BTreeMap<String, Vec<Role>>,
+    /// Audit records of tool calls carry the arguments themselves, not only their SHA-256.
+    #[serde(default)]
+    pub audit_arguments: bool,
+    /// A request to the server (a tool call, a read) at most, in milliseconds; progress
+    /// notifications do not extend it.
+    pub timeout_ms: u64,
+}
+
+impl Default for McpSettings {
+    fn default() -> Self {
+        Self { tool_roles: BTreeMap::new(), audit_arguments: false, timeout_ms: 60_000 }
+    }
+}
+
+/// The bounds on an MCP server's settings.
+pub const MCP_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
+pub const MCP_TOOL_ROLES_MAX: usize = 500;
+
 /// The gateway's bounds on its settings.
 pub const GATEWAY_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=120_000;
 pub const GATEWAY_RETRIES_MAX: u32 = 5;
@@ -196,6 +221,10 @@ pub struct Service {
     pub health_since_ms: i64,
     #[serde(default)]
     pub gateway: GatewaySettings,
+    /// Set when the service is an MCP server: its base URL is the server's Streamable HTTP
+    /// endpoint, and its credential goes on every request of the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpSettings>,
     /// The secrets that sign the caller's identity on gateway calls, newest first.
     #[serde(default)]
     pub signing: Vec<SealedSecret>,
@@ -288,6 +317,8 @@ pub struct ServiceFields {
     /// `Some(None)` stops checking.
     pub health_check: Option<Option<HealthCheck>>,
     pub gateway: Option<GatewaySettings>,
+    /// `Some(None)`: no longer an MCP server.
+    pub mcp: Option<Option<McpSettings>>,
     pub expected_version: Option<u64>,
 }
 
@@ -374,6 +405,9 @@ fn check_fields(policy: &AddressPolicy, f: &ServiceFields, errors: &mut Vec<Fiel
     if let Some(g) = &f.gateway {
         check_gateway(g, errors);
     }
+    if let Some(Some(m)) = &f.mcp {
+        check_mcp(m, errors);
+    }
     if let Some(Some(h)) = &f.health_check {
         if !h.path.starts_with('/') || h.path.len() > 1000 {
             errors.push(FieldError::new("/health_check/path", "invalid_path", "a path starting with /"));
@@ -387,6 +421,22 @@ fn check_fields(policy: &AddressPolicy, f: &ServiceFields, errors: &mut Vec<Fiel
         if !(1..=100).contains(&h.healthy_threshold) || !(1..=100).contains(&h.unhealthy_threshold) {
             errors.push(FieldError::new("/health_check", "out_of_range", "thresholds are 1–100"));
         }
+    }
+}
+
+fn check_mcp(m: &McpSettings, errors: &mut Vec<FieldError>) {
+    if !MCP_TIMEOUT_MS.contains(&m.timeout_ms) {
+        let range = format!("{}–{}", MCP_TIMEOUT_MS.start(), MCP_TIMEOUT_MS.end());
+        errors.push(FieldError::new("/mcp/timeout_ms", "out_of_range", range));
+    }
+    if m.tool_roles.len() > MCP_TOOL_ROLES_MAX
+        || m.tool_roles.keys().any(|t| t.is_empty() || t.chars().count() > NAME_CHARS_MAX)
+    {
+        errors.push(FieldError::new(
+            "/mcp/tool_roles",
+            "invalid_list",
+            format!("at most {MCP_TOOL_ROLES_MAX} tools, named in 1–{NAME_CHARS_MAX} characters"),
+        ));
     }
 }
 
@@ -442,6 +492,7 @@ fn summary(s: &Service) -> serde_json::Value {
         "base_url": s.base_url,
         "credential": s.credential.as_ref().map(|c| &c.kind),
         "callers": s.callers,
+        "mcp": s.mcp.is_some(),
     })
 }
 
@@ -494,6 +545,7 @@ pub async fn create(
                 health: Health::Unknown,
                 health_since_ms: now,
                 gateway: f.gateway.unwrap_or_default(),
+                mcp: f.mcp.clone().flatten(),
                 signing: vec![signing.clone()],
                 created_by: caller,
                 created_at_ms: now,
@@ -608,6 +660,9 @@ pub async fn update(
             }
             if let Some(v) = f.gateway {
                 s.gateway = v;
+            }
+            if let Some(v) = &f.mcp {
+                s.mcp.clone_from(v);
             }
             let now = tx.now_ms();
             if restart {

@@ -39,6 +39,7 @@ pub mod document;
 pub mod files;
 pub mod gate;
 pub mod gateway;
+pub mod mcp;
 pub mod me;
 pub mod media;
 pub mod oauth_server;
@@ -190,6 +191,7 @@ pub type Apis = (
         api_keys::ApiKeysApi,
         sso::SsoApi,
         apps::AppsApi,
+        mcp::McpApi,
     ),
     (
         rooms::RoomsApi,

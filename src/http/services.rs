@@ -21,7 +21,8 @@ use crate::domain::DomainError;
 use crate::domain::paging::PageRequest;
 use crate::domain::policy::{Permission, Role};
 use crate::domain::services::{
-    self, CredentialKind, GatewaySettings, Health, HealthChange, HealthCheck, NewCredential, Service, ServiceFields,
+    self, CredentialKind, GatewaySettings, Health, HealthChange, HealthCheck, McpSettings, NewCredential, Service,
+    ServiceFields,
 };
 use crate::ids::rfc3339;
 use crate::tenancy::OrgScope;
@@ -163,6 +164,42 @@ pub struct GatewayView {
     pub breaker_probes: u32,
 }
 
+/// How Outpost speaks to the service as an MCP server: its base URL is the server's Streamable
+/// HTTP endpoint (absent fields: the defaults on creation, unchanged on a change).
+#[derive(Object, Debug, Deserialize)]
+#[oai(rename = "ServiceMcpInput", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct McpBody {
+    /// Per tool, the roles that may call it (besides being among the service's callers); a
+    /// tool not named here is open to every caller. At most 500 tools.
+    pub tool_roles: Option<BTreeMap<String, Vec<RoleView>>>,
+    /// Audit records of tool calls carry the arguments themselves, not only their SHA-256
+    /// (default false).
+    pub audit_arguments: Option<bool>,
+    /// A request to the server (a tool call, a read) at most, in milliseconds (default 60000;
+    /// 100–600000).
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Object, Debug)]
+#[oai(rename = "ServiceMcp")]
+pub struct McpView {
+    pub tool_roles: BTreeMap<String, Vec<RoleView>>,
+    pub audit_arguments: bool,
+    pub timeout_ms: u64,
+}
+
+/// `b`'s fields over `base`.
+fn mcp(base: McpSettings, b: McpBody) -> McpSettings {
+    McpSettings {
+        tool_roles: b.tool_roles.map_or(base.tool_roles, |t| {
+            t.into_iter().map(|(k, v)| (k, v.into_iter().map(Role::from).collect())).collect()
+        }),
+        audit_arguments: b.audit_arguments.unwrap_or(base.audit_arguments),
+        timeout_ms: b.timeout_ms.unwrap_or(base.timeout_ms),
+    }
+}
+
 /// A secret that signs the caller's identity on gateway calls (never its key, which is shown
 /// once).
 #[derive(Object, Debug)]
@@ -214,6 +251,9 @@ pub struct NewServiceBody {
     /// Absent: not checked (health stays `unknown`).
     pub health_check: Option<HealthCheckBody>,
     pub gateway: Option<GatewayBody>,
+    /// Present: the service is an MCP server (its tools, resources and prompts are reached
+    /// through `/v1/services/{id}/mcp/…`).
+    pub mcp: Option<McpBody>,
 }
 
 /// Changes to a service: each field present is replaced.
@@ -237,6 +277,11 @@ pub struct PatchServiceBody {
     pub remove_health_check: Option<bool>,
     /// The fields present replace the gateway's settings.
     pub gateway: Option<GatewayBody>,
+    /// The fields present replace the MCP settings (a service that was not an MCP server
+    /// becomes one).
+    pub mcp: Option<McpBody>,
+    /// It is no longer an MCP server.
+    pub remove_mcp: Option<bool>,
     /// The version this change is based on (or `If-Match`).
     pub version: Option<u64>,
 }
@@ -259,6 +304,8 @@ pub struct ServiceView {
     pub health: HealthView,
     pub health_since: String,
     pub gateway: GatewayView,
+    /// Present when the service is an MCP server.
+    pub mcp: Option<McpView>,
     /// Newest first; every one not expired signs each gateway call.
     pub signing_secrets: Vec<SigningSecretView>,
     pub created_by: String,
@@ -332,7 +379,7 @@ fn gateway_view(g: GatewaySettings) -> GatewayView {
     }
 }
 
-fn credential(c: CredentialBody) -> Result<NewCredential, DomainError> {
+pub(super) fn credential(c: CredentialBody) -> Result<NewCredential, DomainError> {
     let kind = match c.kind {
         CredentialKindView::ApiKey => CredentialKind::ApiKey { header: c.header.unwrap_or_else(|| "X-Api-Key".into()) },
         CredentialKindView::Bearer => CredentialKind::Bearer,
@@ -415,6 +462,15 @@ fn view(s: Service) -> ServiceView {
         health: s.health.into(),
         health_since: rfc3339(s.health_since_ms),
         gateway: gateway_view(s.gateway),
+        mcp: s.mcp.map(|m| McpView {
+            tool_roles: m
+                .tool_roles
+                .into_iter()
+                .map(|(k, v)| (k, v.into_iter().map(RoleView::from).collect()))
+                .collect(),
+            audit_arguments: m.audit_arguments,
+            timeout_ms: m.timeout_ms,
+        }),
         signing_secrets: s
             .signing
             .into_iter()
@@ -487,6 +543,7 @@ impl ServicesApi {
             credential: b.credential.map(credential).transpose()?.map(Some),
             health_check: b.health_check.map(|h| Some(health_check(h))),
             gateway: Some(gateway(GatewaySettings::default(), b.gateway)),
+            mcp: b.mcp.map(|m| Some(mcp(McpSettings::default(), m))),
             expected_version: None,
         };
         let cap = app.config.services.per_org_max;
@@ -566,6 +623,16 @@ impl ServicesApi {
             (None, true) => Some(None),
             (None, false) => None,
         };
+        let mcp_settings = match (b.mcp, b.remove_mcp.unwrap_or(false)) {
+            (Some(_), true) => {
+                return Err(
+                    DomainError::invalid("/remove_mcp", "conflicting", "give MCP settings or remove them").into()
+                );
+            }
+            (Some(m), false) => Some(Some(mcp(s.mcp.clone().unwrap_or_default(), m))),
+            (None, true) => Some(None),
+            (None, false) => None,
+        };
         let fields = ServiceFields {
             name: b.name,
             kind: b.kind,
@@ -578,6 +645,7 @@ impl ServicesApi {
             credential,
             health_check: health,
             gateway: b.gateway.is_some().then(|| gateway(s.gateway, b.gateway)),
+            mcp: mcp_settings,
             expected_version: parse_if_match(if_match.0.as_deref())?.or(b.version),
         };
         let s =
@@ -602,6 +670,7 @@ impl ServicesApi {
         let (p, s) = service_for(&app, &auth, &service_id.0, Permission::ServicesManage).await?;
         services::delete(&app.writer, user_ctx(req, &p), s.id).await?;
         app.registry.poke();
+        app.mcp.forget(p.org, s.id);
         Ok(NoContent::Done)
     }
 

@@ -279,6 +279,15 @@ impl Hub {
         t.broadcast(&key, "call_state", &frame, None);
     }
 
+    /// A signal from the server to `user`'s own sockets (those following `user:{user}`), the
+    /// latest per `key`: progress of an MCP tool call they made, say. Never stored.
+    pub fn signal_user(&self, org: Id, user: Id, key: &str, kind: &str, from: &str, data: serde_json::Value) {
+        let topic = format!("user:{user}");
+        let frame = ServerFrame::Signal { topic: topic.clone(), from: from.to_owned(), kind: kind.to_owned(), data };
+        let text: Arc<str> = Arc::from(frame.to_text());
+        self.lock().broadcast_text(&(org, topic), &format!("server:{key}"), &text, None);
+    }
+
     /// Who is here on `topic` of `org`.
     pub fn presence(&self, org: Id, topic: &str) -> Vec<Presence> {
         self.lock().presence.get(&(org, topic.to_owned())).map(|m| m.values().cloned().collect()).unwrap_or_default()

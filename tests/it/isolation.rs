@@ -219,6 +219,8 @@ async fn org_b_never_sees_org_a() {
             .replace("{msg_id}", &a_msg_ref)
             .replace("{service_id}", &a_service_id)
             .replace("{path}", "tickets")
+            .replace("{tool}", "echo")
+            .replace("{call_id}", "call-1")
             .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{recording_id}", &uuid::Uuid::now_v7().to_string())
             .replace("{name}", "00-audio-1.ogg");

@@ -22,6 +22,7 @@ mod identity;
 mod isolation;
 mod journey;
 mod layers;
+mod mcp;
 mod media;
 mod openapi;
 mod orgs;

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::identity::{Login, create_org, login, operator_invite_and_accept};
 use crate::support::{TestServer, post_json};
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A connected, authenticated client (token in the first frame) and its welcome.
 pub async fn connect(s: &TestServer, who: &Login) -> (Ws, Value) {
@@ -54,7 +54,7 @@ async fn until(ws: &mut Ws, op: &str) -> Vec<Value> {
     }
 }
 
-async fn subscribe(ws: &mut Ws, topic: &str, since: Option<u64>, epoch: Option<u64>) -> Vec<Value> {
+pub async fn subscribe(ws: &mut Ws, topic: &str, since: Option<u64>, epoch: Option<u64>) -> Vec<Value> {
     let mut f = json!({ "op": "subscribe", "topic": topic, "ref": "s" });
     if let Some(s) = since {
         f["since"] = json!(s);

@@ -45,6 +45,8 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
     let upstream = answering_service().await;
     let (tokens, _) = crate::connections::token_server().await;
     let issuer = crate::sso::static_issuer().await;
+    let everything = crate::mcp::Everything::start().await;
+    let mcp = everything.url();
     let (org_id, sl) = create_org(&s).await;
     for role in Role::ALL {
         operator_invite_and_accept(&s, &org_id, &format!("{}@example.org", role.as_str()), role.as_str()).await;
@@ -152,7 +154,9 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                     .replace("{version_id}", &version_id)
                     .replace("{connection_id}", &uuid::Uuid::now_v7().to_string())
                     .replace("{recording_id}", &uuid::Uuid::now_v7().to_string())
-                    .replace("{name}", "00-audio-1.ogg")
+                    .replace("{name}", if path.contains("/mcp/prompts/") { "simple-prompt" } else { "00-audio-1.ogg" })
+                    .replace("{tool}", "echo")
+                    .replace("{call_id}", "call-1")
                     .replace("{path}", "x");
                 let id = op["operationId"].as_str().unwrap();
                 let (url, body) = prepare(
@@ -168,6 +172,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                         upstream: &upstream,
                         tokens: &tokens,
                         issuer: &issuer,
+                        mcp: &mcp,
                     },
                     Places {
                         room: (&room_id, maker),
@@ -234,6 +239,7 @@ const NOT_DONE_HERE: &[(&str, u16, &str)] = &[
     ("muteInCall", 422, "needs someone in a call (else 422 at /user_id): media.rs mutes an aiortc publisher"),
     ("removeFromCall", 422, "needs someone in a call (else 422 at /user_id): media.rs removes an aiortc participant"),
     ("deleteMediaConnection", 404, "needs a live media connection: media.rs hangs one up"),
+    ("cancelMcpCall", 404, "needs a tool call in flight: mcp.rs cancels one"),
     ("getRecording", 404, "needs a recording of a call: media.rs records one and reads it back"),
     ("stopRecording", 404, "needs a running recording: media.rs starts and stops one"),
     ("downloadRecordingFile", 404, "needs a recorded file: media.rs downloads and decodes them"),
@@ -297,6 +303,8 @@ struct Prepare<'a> {
     tokens: &'a str,
     /// An OpenID issuer's base URL (discovery only).
     issuer: &'a str,
+    /// An MCP server's Streamable HTTP endpoint.
+    mcp: &'a str,
 }
 
 /// A service on loopback answering 200 to every request; its base URL.
@@ -336,14 +344,15 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         url = url.replace("{endpoint_id}", id).replace("{msg_id}", &format!("msg_{}_1", p.org.replace('-', "")));
     }
     if url.contains("{service_id}") {
-        // Every role among its callers, so that the policy alone decides who may call it.
-        let made: Value = crate::support::post_json(
-            s,
-            p.owner,
-            "/v1/services",
-            json!({ "name": "s", "base_url": p.upstream, "callers": ["guest", "member", "admin", "owner"] }),
-        )
-        .await;
+        // Every role among its callers, so that the policy alone decides who may call it; an
+        // MCP server for the MCP operations.
+        let callers = json!(["guest", "member", "admin", "owner"]);
+        let service = if url.contains("/mcp/") {
+            json!({ "name": "s", "base_url": p.mcp, "callers": callers, "mcp": {} })
+        } else {
+            json!({ "name": "s", "base_url": p.upstream, "callers": callers })
+        };
+        let made: Value = crate::support::post_json(s, p.owner, "/v1/services", service).await;
         let id = made["service"]["id"].as_str().unwrap_or_else(|| panic!("no service made: {made}"));
         url = url.replace("{service_id}", id);
     }
@@ -396,6 +405,12 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
             Some(json!({ "provider_id": made["id"] }))
         }
         "createService" => Some(json!({ "name": "s", "base_url": "http://localhost:9" })),
+        "callMcpTool" => Some(json!({ "arguments": { "message": "hi" } })),
+        "testMcpServer" => Some(json!({ "base_url": p.mcp })),
+        "readMcpResource" => {
+            let listed = crate::support::get_json(s, p.owner, &url.replace("/read", "")).await;
+            Some(json!({ "uri": listed["items"][0]["uri"] }))
+        }
         "createWebhookEndpoint" => Some(json!({ "url": "http://localhost:9/hook", "event_types": ["nothing.here"] })),
         "recoverWebhookMessages" => Some(json!({ "since": outpost::ids::rfc3339(outpost::ids::now_ms() - 60_000) })),
         "search" => {
@@ -426,7 +441,7 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         "appendUpload" => {
             return (url, Some(Body::Tus(vec![("upload-offset", "0".into())], Some(b"hello".to_vec()))));
         }
-        "signAssetUrl" => Some(json!({})),
+        "signAssetUrl" | "getMcpPrompt" => Some(json!({})),
         "addRoomAssetVersion" => Some(json!({ "name": "scene.glb", "asset_id": p.asset })),
         "getAssetThumbnail" => {
             // A picture of the caller's own (the fixture's file is text).
