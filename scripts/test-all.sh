@@ -25,13 +25,13 @@ fi
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 
-say "peer clients (.venv-peers: websockets, aiortc, tuspy, standardwebhooks, authlib)"
+say "peer clients (.venv-peers: websockets, aiortc, tuspy, standardwebhooks, authlib, mcp)"
 apt_install python3-venv
-if ! .venv-peers/bin/python -c 'import websockets, aiortc, numpy, jsonschema, rfc3339_validator, tusclient, standardwebhooks, authlib, requests' >/dev/null 2>&1; then
+if ! .venv-peers/bin/python -c 'import websockets, aiortc, numpy, jsonschema, rfc3339_validator, tusclient, standardwebhooks, authlib, requests, mcp.server.mcpserver' >/dev/null 2>&1; then
     [ -x .venv-peers/bin/pip ] || python3 -m venv .venv-peers
     .venv-peers/bin/pip install --quiet --disable-pip-version-check 'websockets>=15,<18' 'aiortc>=1.14,<2' 'numpy>=1.26,<3' \
         'jsonschema>=4.23,<5' 'rfc3339-validator>=0.1.4,<0.2' 'tuspy>=1.1,<2' 'standardwebhooks>=1.3,<2' \
-        'authlib>=1.3,<2' 'requests>=2.31,<3'
+        'authlib>=1.3,<2' 'requests>=2.31,<3' 'mcp>=2.3,<3'
 fi
 
 say "peer clients (tests/peers/node_modules: yjs, y-websocket, ws, playwright-core, oidc-provider, MCP server-everything; Debian chromium)"

@@ -54,6 +54,52 @@ pub struct McpConfig {
     pub open_timeout_ms: u64,
     /// Tool calls in flight at once, over every organization.
     pub calls_in_flight_max: usize,
+    /// The local MCP servers (stdio) organizations may use, by name: a service whose base URL
+    /// is `stdio:<name>` runs that program. Nothing else is ever started.
+    pub commands: Vec<McpCommand>,
+}
+
+/// A local MCP server the operator allows: an executable and its arguments, started without a
+/// shell, with only `env` as its environment, from `/`, under resource limits, and killed with
+/// its session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpCommand {
+    /// What services name it by (`stdio:<name>`): 1–64 letters, digits, `-` or `_`.
+    pub name: String,
+    /// An absolute path.
+    pub program: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Its whole environment.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Address space at most, in bytes (0: no limit of Outpost's).
+    #[serde(default = "McpCommand::memory_default")]
+    pub memory_max_bytes: u64,
+    /// CPU time at most, in seconds (0: no limit of Outpost's).
+    #[serde(default = "McpCommand::cpu_default")]
+    pub cpu_max_s: u64,
+    /// Open files at most (0: no limit of Outpost's).
+    #[serde(default = "McpCommand::files_default")]
+    pub open_files_max: u64,
+}
+
+impl McpCommand {
+    fn memory_default() -> u64 {
+        2 * 1024 * 1024 * 1024
+    }
+    fn cpu_default() -> u64 {
+        3600
+    }
+    fn files_default() -> u64 {
+        256
+    }
+
+    /// Whether `name` may name a command.
+    pub fn name_ok(name: &str) -> bool {
+        (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
 }
 
 impl McpConfig {
@@ -67,6 +113,17 @@ impl McpConfig {
         if !(100..=120_000).contains(&self.open_timeout_ms) {
             bad("mcp.open_timeout_ms", "must be 100–120000");
         }
+        let mut names = std::collections::HashSet::new();
+        for c in &self.commands {
+            if !McpCommand::name_ok(&c.name) {
+                bad("mcp.commands", "a name is 1–64 letters, digits, - or _");
+            } else if !names.insert(c.name.as_str()) {
+                bad("mcp.commands", "names must differ");
+            }
+            if !c.program.is_absolute() {
+                bad("mcp.commands", "a program is an absolute path");
+            }
+        }
     }
 }
 
@@ -78,6 +135,7 @@ impl Default for McpConfig {
             catalog_ttl_s: 300,
             open_timeout_ms: 10_000,
             calls_in_flight_max: 256,
+            commands: Vec::new(),
         }
     }
 }

@@ -329,6 +329,14 @@ const DOCS: &[Doc] = &[
     ),
     doc("mcp.open_timeout_ms", "Opening a session (connecting and the initialize exchange) at most, in milliseconds."),
     doc("mcp.calls_in_flight_max", "Tool calls in flight at once, over every organization."),
+    doc(
+        "mcp.commands",
+        "The local MCP servers (stdio) organizations may use: a service whose base URL is stdio:<name> runs \
+         that program, without a shell, with only env as its environment, from /, under the limits, killed \
+         with its session; nothing else is ever started. For example: \
+         [[mcp.commands]] name = \"files\", program = \"/usr/bin/python3\", args = [\"/opt/mcp/files.py\"], \
+         env = { LANG = \"C.UTF-8\" }, memory_max_bytes = 2147483648, cpu_max_s = 3600, open_files_max = 256",
+    ),
     doc("oauth", "OAuth: connections to outside services, with Outpost as the OAuth client."),
     unset(
         "oauth.public_url",

@@ -1,5 +1,7 @@
 //! Sessions with the MCP servers an organization registers (services with MCP settings),
-//! through the official SDK (`rmcp`) over Streamable HTTP.
+//! through the official SDK (`rmcp`): over Streamable HTTP, or with a local server over stdio
+//! (`stdio:<name>`: one of the operator's `mcp.commands`, started without a shell, with only
+//! its own environment, under resource limits, and killed with its session).
 //!
 //! **Lifecycle.** One session per service, opened on first use (connect, `initialize`, the
 //! protocol version the SDK and the server agree on), shared by every caller, and closed when
@@ -40,14 +42,14 @@ use rmcp::model::{
     Prompt, ReadResourceRequestParams, ReadResourceResult, Request, RequestId, Resource, ServerResult, Tool,
 };
 use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService, ServiceError};
-use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::McpConfig;
-use crate::domain::services::{CredentialKind, McpSettings, Service, credential_header};
+use crate::domain::services::{CredentialKind, McpSettings, STDIO_PREFIX, Service, credential_header};
 use crate::egress::{Breaker, Egress, EgressError};
 use crate::gateway::{Caller, Gateway, breaker_config, breaker_gauge};
 use crate::ids::{self, Id};
@@ -351,12 +353,69 @@ impl Mcp {
         })
     }
 
-    /// Opens a session with the server at `url` (not kept).
+    /// Opens a session with the server at `url` (not kept): over Streamable HTTP, or with a
+    /// local server the operator allows (`stdio:<name>`).
     async fn connect(
         &self,
         url: &str,
         header: HeaderPair,
     ) -> Result<(RunningService<RoleClient, Handler>, Arc<Shared>), McpError> {
+        let shared = Arc::new(Shared::default());
+        let handler = Handler { shared: shared.clone(), hub: self.inner.parts.hub.clone() };
+        let wait = Duration::from_millis(self.inner.parts.config.open_timeout_ms);
+        let opened = if let Some(name) = url.strip_prefix(STDIO_PREFIX) {
+            let transport = self.spawn(name)?;
+            tokio::time::timeout(wait, handler.serve(transport)).await
+        } else {
+            let transport = self.http_transport(url, header).await?;
+            tokio::time::timeout(wait, handler.serve(transport)).await
+        };
+        match opened {
+            Ok(Ok(client)) => Ok((client, shared)),
+            Ok(Err(e)) => Err(McpError::Unreachable(opening_error(&e.to_string()))),
+            Err(_) => Err(McpError::Timeout(self.inner.parts.config.open_timeout_ms)),
+        }
+    }
+
+    /// Starts the operator's command `name`: no shell, only its own environment, from `/`,
+    /// under its resource limits; killed when the session's transport is dropped.
+    fn spawn(&self, name: &str) -> Result<TokioChildProcess, McpError> {
+        let c = self
+            .inner
+            .parts
+            .config
+            .commands
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| McpError::Refused(format!("{name} is not one of the operator's mcp.commands")))?;
+        let mut command = tokio::process::Command::new(&c.program);
+        command.args(&c.args).env_clear().envs(&c.env).current_dir("/").kill_on_drop(true);
+        let (child, _) = TokioChildProcess::builder(command)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| McpError::Unreachable(format!("{} could not start: {e}", c.program.display())))?;
+        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()).and_then(rustix::process::Pid::from_raw) {
+            use rustix::process::{Resource, Rlimit, prlimit};
+            for (resource, max) in
+                [(Resource::As, c.memory_max_bytes), (Resource::Cpu, c.cpu_max_s), (Resource::Nofile, c.open_files_max)]
+            {
+                if max == 0 {
+                    continue;
+                }
+                if let Err(e) = prlimit(Some(pid), resource, Rlimit { current: Some(max), maximum: Some(max) }) {
+                    tracing::warn!(command = name, ?resource, error = %e, "a local MCP server's limit was not set");
+                }
+            }
+        }
+        Ok(child)
+    }
+
+    /// A Streamable HTTP transport to `url`, its address checked first.
+    async fn http_transport(
+        &self,
+        url: &str,
+        header: HeaderPair,
+    ) -> Result<StreamableHttpClientTransport<reqwest_mcp::Client>, McpError> {
         let parsed = reqwest::Url::parse(url).map_err(|e| McpError::Refused(e.to_string()))?;
         self.inner.parts.egress.check_resolved(&parsed).await.map_err(|e| match e {
             EgressError::Refused(why) | EgressError::BadUrl(why) => McpError::Refused(why),
@@ -367,15 +426,7 @@ impl Mcp {
             headers.insert(name, value);
         }
         let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned()).custom_headers(headers);
-        let transport = StreamableHttpClientTransport::with_client(self.inner.parts.egress.mcp_client(), config);
-        let shared = Arc::new(Shared::default());
-        let handler = Handler { shared: shared.clone(), hub: self.inner.parts.hub.clone() };
-        let wait = Duration::from_millis(self.inner.parts.config.open_timeout_ms);
-        match tokio::time::timeout(wait, handler.serve(transport)).await {
-            Ok(Ok(client)) => Ok((client, shared)),
-            Ok(Err(e)) => Err(McpError::Unreachable(opening_error(&e.to_string()))),
-            Err(_) => Err(McpError::Timeout(self.inner.parts.config.open_timeout_ms)),
-        }
+        Ok(StreamableHttpClientTransport::with_client(self.inner.parts.egress.mcp_client(), config))
     }
 
     /// The service's session, opened if it has none.

@@ -189,6 +189,9 @@ impl Default for McpSettings {
     }
 }
 
+/// A base URL that names a local MCP server the operator allows (`stdio:<command name>`).
+pub const STDIO_PREFIX: &str = "stdio:";
+
 /// The bounds on an MCP server's settings.
 pub const MCP_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
 pub const MCP_TOOL_ROLES_MAX: usize = 500;
@@ -337,20 +340,7 @@ fn check_fields(policy: &AddressPolicy, f: &ServiceFields, errors: &mut Vec<Fiel
             format!("at most {DESCRIPTION_CHARS_MAX} characters"),
         ));
     }
-    if let Some(u) = &f.base_url {
-        let parsed = (u.len() <= URL_BYTES_MAX)
-            .then(|| reqwest::Url::parse(u).ok())
-            .flatten()
-            .ok_or_else(|| EgressError::BadUrl(format!("not a URL of at most {URL_BYTES_MAX} bytes")));
-        match parsed.and_then(|url| check_url(policy, &url).map(|()| url)) {
-            Ok(url) if url.query().is_some() || url.fragment().is_some() => {
-                errors.push(FieldError::new("/base_url", "invalid_url", "a base URL has no query or fragment"));
-            }
-            Ok(_) => {}
-            Err(EgressError::Refused(why)) => errors.push(FieldError::new("/base_url", "address_refused", why)),
-            Err(e) => errors.push(FieldError::new("/base_url", "invalid_url", e.to_string())),
-        }
-    }
+    check_base_url(policy, f, errors);
     if f.capabilities
         .as_ref()
         .is_some_and(|c| c.len() > CAPABILITIES_MAX || c.iter().any(|x| x.is_empty() || chars(x) > NAME_CHARS_MAX))
@@ -420,6 +410,40 @@ fn check_fields(policy: &AddressPolicy, f: &ServiceFields, errors: &mut Vec<Fiel
         }
         if !(1..=100).contains(&h.healthy_threshold) || !(1..=100).contains(&h.unhealthy_threshold) {
             errors.push(FieldError::new("/health_check", "out_of_range", "thresholds are 1–100"));
+        }
+    }
+}
+
+/// A base URL: http(s) held to the egress policy, or a local MCP server's `stdio:<name>`.
+fn check_base_url(policy: &AddressPolicy, f: &ServiceFields, errors: &mut Vec<FieldError>) {
+    if let Some(name) = f.base_url.as_deref().and_then(|u| u.strip_prefix(STDIO_PREFIX)) {
+        // A local MCP server the operator allows (checked against the configuration at the edge).
+        if !crate::config::McpCommand::name_ok(name) {
+            errors.push(FieldError::new(
+                "/base_url",
+                "invalid_url",
+                "stdio:<the name of one of the operator's commands>",
+            ));
+        }
+        if matches!(f.health_check, Some(Some(_))) {
+            errors.push(FieldError::new(
+                "/health_check",
+                "not_checkable",
+                "a local (stdio) MCP server has no URL to check",
+            ));
+        }
+    } else if let Some(u) = &f.base_url {
+        let parsed = (u.len() <= URL_BYTES_MAX)
+            .then(|| reqwest::Url::parse(u).ok())
+            .flatten()
+            .ok_or_else(|| EgressError::BadUrl(format!("not a URL of at most {URL_BYTES_MAX} bytes")));
+        match parsed.and_then(|url| check_url(policy, &url).map(|()| url)) {
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+                errors.push(FieldError::new("/base_url", "invalid_url", "a base URL has no query or fragment"));
+            }
+            Ok(_) => {}
+            Err(EgressError::Refused(why)) => errors.push(FieldError::new("/base_url", "address_refused", why)),
+            Err(e) => errors.push(FieldError::new("/base_url", "invalid_url", e.to_string())),
         }
     }
 }

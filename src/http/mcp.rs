@@ -448,6 +448,7 @@ impl McpApi {
     ) -> Result<Json<TestView>, McpCallErrors> {
         let p = auth.require(&app, Permission::ServicesManage).await?;
         let b = body.0;
+        super::services::check_stdio(&app, &b.base_url, true)?;
         let given = b.credential.map(credential).transpose()?.map(|c| (c.kind, c.secret));
         let probe = app.mcp.probe(OrgScope::member(&p), &b.base_url, given).await.map_err(|e| match e {
             McpError::Refused(why) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", why.clone())

@@ -189,6 +189,21 @@ pub struct McpView {
     pub timeout_ms: u64,
 }
 
+/// A base URL naming a local MCP server (`stdio:<name>`) must name one of the operator's
+/// `mcp.commands`, and the service must be an MCP server.
+pub(super) fn check_stdio(app: &App, base_url: &str, is_mcp: bool) -> Result<(), Problem> {
+    let Some(name) = base_url.strip_prefix(services::STDIO_PREFIX) else { return Ok(()) };
+    if !app.config.mcp.commands.iter().any(|c| c.name == name) {
+        let detail = format!("{name:?} is not one of the operator's mcp.commands");
+        return Err(DomainError::invalid("/base_url", "unknown_command", detail).into());
+    }
+    if !is_mcp {
+        let detail = "a stdio: service is an MCP server: give it mcp settings";
+        return Err(DomainError::invalid("/mcp", "required", detail).into());
+    }
+    Ok(())
+}
+
 /// `b`'s fields over `base`.
 fn mcp(base: McpSettings, b: McpBody) -> McpSettings {
     McpSettings {
@@ -531,6 +546,7 @@ impl ServicesApi {
     ) -> Result<ServiceCreated, ServiceWriteErrors> {
         let p = auth.require(&app, Permission::ServicesManage).await?;
         let b = body.0;
+        check_stdio(&app, &b.base_url, b.mcp.is_some())?;
         let fields = ServiceFields {
             name: Some(b.name),
             kind: b.kind,
@@ -633,6 +649,8 @@ impl ServicesApi {
             (None, true) => Some(None),
             (None, false) => None,
         };
+        let is_mcp = mcp_settings.as_ref().map_or(s.mcp.is_some(), Option::is_some);
+        check_stdio(&app, b.base_url.as_deref().unwrap_or(&s.base_url), is_mcp)?;
         let fields = ServiceFields {
             name: b.name,
             kind: b.kind,

@@ -341,3 +341,122 @@ async fn an_mcp_server_is_held_to_the_egress_policy() {
     expect_problem(r, 404, "not_an_mcp_server").await;
     s.stop().await;
 }
+
+/// A stdio server written with the official Python SDK, started from the operator's
+/// `mcp.commands`: a clean environment, a tool list change picked up, a server that dies
+/// mid-call (a clear problem) started again on the next use.
+#[tokio::test]
+async fn a_python_stdio_server_the_operator_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.limits.user_requests_per_s = 100_000;
+    config.mcp.commands = vec![outpost::config::McpCommand {
+        name: "py-tools".into(),
+        program: crate::support::peer_python().into(),
+        args: vec![concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mcp_stdio_server.py").into()],
+        env: [("OUTPOST_TEST_ONLY".to_owned(), "1".to_owned())].into(),
+        memory_max_bytes: 2 * 1024 * 1024 * 1024,
+        cpu_max_s: 600,
+        open_files_max: 256,
+    }];
+    let s = TestServer::start_with(config).await;
+    let (org_id, sl) = crate::identity::create_org(&s).await;
+    crate::identity::operator_invite_and_accept(&s, &org_id, "owner@example.org", "owner").await;
+    crate::identity::operator_invite_and_accept(&s, &org_id, "mia@example.org", "member").await;
+    let owner = crate::identity::login(&s, &sl, "owner").await.access;
+    let member = crate::identity::login(&s, &sl, "mia").await.access;
+
+    // Only the operator's commands, and only as MCP servers.
+    for (body, pointer, code) in [
+        (json!({ "name": "x", "base_url": "stdio:nope", "mcp": {} }), "/base_url", "unknown_command"),
+        (json!({ "name": "x", "base_url": "stdio:py-tools" }), "/mcp", "required"),
+        (json!({ "name": "x", "base_url": "stdio:../bin/sh", "mcp": {} }), "/base_url", "unknown_command"),
+    ] {
+        let r = s.http.post(s.url("/v1/services")).bearer_auth(&owner).json(&body).send().await.unwrap();
+        let p = expect_problem(r, 422, "validation_failed").await;
+        assert_eq!((p["errors"][0]["pointer"].as_str(), p["errors"][0]["code"].as_str()), (Some(pointer), Some(code)));
+    }
+    let tried = post_json(&s, &owner, "/v1/mcp/test", json!({ "base_url": "stdio:py-tools" })).await;
+    assert_eq!(tried["server_name"], "outpost-test-stdio", "{tried}");
+    let made = post_json(
+        &s,
+        &owner,
+        "/v1/services",
+        json!({ "name": "Python tools", "kind": "mcp", "base_url": "stdio:py-tools", "mcp": { "timeout_ms": 10000 } }),
+    )
+    .await;
+    let id = made["service"]["id"].as_str().unwrap().to_owned();
+    let names = |tools: &Value| -> Vec<String> {
+        tools["items"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let tools = get_json(&s, &member, &format!("/v1/services/{id}/mcp/tools")).await;
+    assert!(names(&tools).contains(&"add".to_owned()) && !names(&tools).contains(&"shout".to_owned()), "{tools}");
+
+    let r = call(&s, &member, &id, "add", json!({ "arguments": { "a": 2, "b": 40 } })).await;
+    assert_eq!(text_of(&r.json().await.unwrap()), "42");
+    // Its environment is the command's own, nothing of the server's.
+    let r = call(&s, &member, &id, "environment", json!({})).await;
+    let env = text_of(&r.json().await.unwrap());
+    assert!(env.split(' ').all(|v| ["OUTPOST_TEST_ONLY", "LC_CTYPE"].contains(&v)), "{env}");
+
+    // The server adds a tool and says so: the next listing has it, and it can be called.
+    let r = call(&s, &member, &id, "grow", json!({})).await;
+    assert_eq!(text_of(&r.json().await.unwrap()), "grown");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let tools = get_json(&s, &member, &format!("/v1/services/{id}/mcp/tools")).await;
+        if names(&tools).contains(&"shout".to_owned()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the list change was not picked up: {tools}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = call(&s, &member, &id, "shout", json!({ "arguments": { "text": "hi" } })).await;
+    assert_eq!(text_of(&r.json().await.unwrap()), "HI");
+
+    // It dies in the middle of a call: a clear problem; the next use starts it again (its
+    // tools as at start).
+    let r = call(&s, &member, &id, "crash", json!({})).await;
+    let status = r.status().as_u16();
+    let p: Value = r.json().await.unwrap();
+    assert_eq!((status, p["code"].as_str()), (502, Some("upstream_unreachable")), "{p}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = call(&s, &member, &id, "add", json!({ "arguments": { "a": 1, "b": 1 } })).await;
+        if r.status() == 200 {
+            assert_eq!(text_of(&r.json().await.unwrap()), "2");
+            break;
+        }
+        let p: Value = r.json().await.unwrap();
+        assert!(["mcp_reconnecting", "circuit_open"].contains(&p["code"].as_str().unwrap()), "{p}");
+        assert!(tokio::time::Instant::now() < deadline, "never started again: {p}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tools = get_json(&s, &member, &format!("/v1/services/{id}/mcp/tools")).await;
+    assert!(!names(&tools).contains(&"shout".to_owned()), "a new process lists its own tools: {tools}");
+
+    // Its process ends with its session: here, when the service is removed.
+    assert_eq!(stdio_servers(), 1);
+    let r = s.http.delete(s.url(&format!("/v1/services/{id}"))).bearer_auth(&owner).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stdio_servers() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the server's process outlived its session");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.stop().await;
+}
+
+/// Live processes running the test's stdio server (zombies excluded).
+fn stdio_servers() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            !zombie && String::from_utf8_lossy(&cmdline).contains("tests/peers/mcp_stdio_server.py")
+        })
+        .count()
+}
