@@ -72,7 +72,7 @@ async fn server(refresh_ahead_s: u64) -> (TestServer, tempfile::TempDir, String,
 }
 
 /// An organization with an owner and a member: its id, their access tokens.
-async fn people(s: &TestServer) -> (String, String, String) {
+pub(crate) async fn people(s: &TestServer) -> (String, String, String) {
     let (org_id, sl) = crate::identity::create_org(s).await;
     crate::identity::operator_invite_and_accept(s, &org_id, "owner@example.org", "owner").await;
     crate::identity::operator_invite_and_accept(s, &org_id, "mia@example.org", "member").await;

@@ -77,6 +77,22 @@ async fn call(s: &TestServer, token: &str, id: &str, tool: &str, body: Value) ->
         .unwrap()
 }
 
+/// A 30-second call of the long-running tool, going on while the test does.
+fn slow_call(
+    s: &TestServer,
+    token: &str,
+    id: &str,
+    call_id: Option<&str>,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let mut body = json!({ "arguments": { "duration": 30, "steps": 30 } });
+    if let Some(c) = call_id {
+        body["call_id"] = json!(c);
+    }
+    let url = s.url(&format!("/v1/services/{id}/mcp/tools/trigger-long-running-operation/call"));
+    let req = s.http.post(url).bearer_auth(token).json(&body);
+    tokio::spawn(async move { req.send().await.unwrap() })
+}
+
 fn text_of(result: &Value) -> String {
     result["content"].as_array().unwrap().iter().filter_map(|c| c["text"].as_str()).collect::<Vec<_>>().join("\n")
 }
@@ -205,15 +221,7 @@ async fn an_everything_server_through_outpost() {
 
     // Cancelled by its caller: the call ends at once with call_cancelled; nobody else's call
     // and no unknown call can be cancelled.
-    let slow = json!({ "arguments": { "duration": 30, "steps": 30 }, "call_id": "long-2" });
-    let pending = tokio::spawn({
-        let (http, url, token) = (
-            s.http.clone(),
-            s.url(&format!("/v1/services/{id}/mcp/tools/trigger-long-running-operation/call")),
-            member.clone(),
-        );
-        async move { http.post(url).bearer_auth(token).json(&slow).send().await.unwrap() }
-    });
+    let pending = slow_call(&s, &member, &id, Some("long-2"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cancel = |token: &str, call_id: &str| {
         s.http.delete(s.url(&format!("/v1/services/{id}/mcp/calls/{call_id}"))).bearer_auth(token.to_owned()).send()
@@ -247,15 +255,7 @@ async fn an_everything_server_through_outpost() {
 
     // The server dies mid-call: a clear problem, then the breaker opens; it comes back and
     // the session is opened again.
-    let slow = json!({ "arguments": { "duration": 30, "steps": 30 } });
-    let pending = tokio::spawn({
-        let (http, url, token) = (
-            s.http.clone(),
-            s.url(&format!("/v1/services/{id}/mcp/tools/trigger-long-running-operation/call")),
-            member.clone(),
-        );
-        async move { http.post(url).bearer_auth(token).json(&slow).send().await.unwrap() }
-    });
+    let pending = slow_call(&s, &member, &id, None);
     tokio::time::sleep(Duration::from_millis(500)).await;
     everything.kill().await;
     let r = tokio::time::timeout(Duration::from_secs(25), pending).await.expect("the call ends").unwrap();
@@ -307,9 +307,7 @@ async fn an_mcp_server_is_held_to_the_egress_policy() {
     let mut config = config_for(dir.path());
     config.egress.allowed_only = false;
     let s = TestServer::start_with(config).await;
-    let (org_id, sl) = crate::identity::create_org(&s).await;
-    crate::identity::operator_invite_and_accept(&s, &org_id, "owner@example.org", "owner").await;
-    let owner = crate::identity::login(&s, &sl, "owner").await.access;
+    let (_, owner, _) = crate::connections::people(&s).await;
     // Loopback is refused by default: no connection is tried (nothing listens there anyway).
     for url in ["http://127.0.0.2:9/mcp", "http://localhost:9/mcp", "http://[::1]:9/mcp", "http://169.254.169.254/mcp"]
     {
@@ -360,11 +358,7 @@ async fn a_python_stdio_server_the_operator_allows() {
         open_files_max: 256,
     }];
     let s = TestServer::start_with(config).await;
-    let (org_id, sl) = crate::identity::create_org(&s).await;
-    crate::identity::operator_invite_and_accept(&s, &org_id, "owner@example.org", "owner").await;
-    crate::identity::operator_invite_and_accept(&s, &org_id, "mia@example.org", "member").await;
-    let owner = crate::identity::login(&s, &sl, "owner").await.access;
-    let member = crate::identity::login(&s, &sl, "mia").await.access;
+    let (_, owner, member) = crate::connections::people(&s).await;
 
     // Only the operator's commands, and only as MCP servers.
     for (body, pointer, code) in [
