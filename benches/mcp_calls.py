@@ -21,7 +21,8 @@ def sse_json(body: bytes):
     if text.lstrip().startswith("{"):
         return json.loads(text)
     for line in text.splitlines():
-        if line.startswith("data:"):
+        # (An event with empty data only primes the stream with an event id.)
+        if line.startswith("data:") and line[5:].strip():
             return json.loads(line[5:].strip())
     raise ValueError(f"no message in {text[:200]!r}")
 

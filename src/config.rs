@@ -74,7 +74,9 @@ pub struct McpCommand {
     /// Its whole environment.
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
-    /// Address space at most, in bytes (0: no limit of Outpost's).
+    /// Memory at most, in bytes: the data limit (heap and private writable mappings, not
+    /// address space merely reserved, so runtimes such as Node.js that reserve far more than
+    /// they use still start); 0: no limit of Outpost's.
     #[serde(default = "McpCommand::memory_default")]
     pub memory_max_bytes: u64,
     /// CPU time at most, in seconds (0: no limit of Outpost's).

@@ -1,7 +1,8 @@
 //! Sessions with the MCP servers an organization registers (services with MCP settings),
 //! through the official SDK (`rmcp`): over Streamable HTTP, or with a local server over stdio
 //! (`stdio:<name>`: one of the operator's `mcp.commands`, started without a shell, with only
-//! its own environment, under resource limits, and killed with its session).
+//! its own environment, under resource limits (data memory, CPU time, open files), and killed
+//! with its session).
 //!
 //! **Lifecycle.** One session per service, opened on first use (connect, `initialize`, the
 //! protocol version the SDK and the server agree on), shared by every caller, and closed when
@@ -225,6 +226,27 @@ struct Session {
     shared: Arc<Shared>,
     last_used_ms: AtomicI64,
     catalog: tokio::sync::Mutex<Option<Arc<Catalog>>>,
+    _counted: Counted,
+}
+
+/// Counts a session among those open for as long as it lives, however it ends (dropped from
+/// its slot, its entry replaced, the engine gone) and whoever holds it last.
+struct Counted {
+    open: Arc<AtomicI64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Counted {
+    fn new(open: Arc<AtomicI64>, metrics: Arc<Metrics>) -> Self {
+        metrics.mcp_sessions.set(open.fetch_add(1, Ordering::Relaxed) + 1);
+        Self { open, metrics }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.metrics.mcp_sessions.set(self.open.fetch_sub(1, Ordering::Relaxed) - 1);
+    }
 }
 
 /// A service's live state: its breaker, its session (opened one at a time), the wait before
@@ -245,7 +267,7 @@ struct Reopen {
 struct Inner {
     parts: Parts,
     entries: Mutex<HashMap<(Id, Id), Arc<Entry>>>,
-    open: AtomicI64,
+    open: Arc<AtomicI64>,
     in_flight: Arc<Semaphore>,
     /// Calls in flight that their caller may cancel: (org, user, call id).
     calls: Mutex<HashMap<(Id, Id, String), Arc<Notify>>>,
@@ -279,7 +301,7 @@ impl Mcp {
             inner: Arc::new(Inner {
                 parts,
                 entries: Mutex::default(),
-                open: AtomicI64::new(0),
+                open: Arc::default(),
                 in_flight,
                 calls: Mutex::default(),
             }),
@@ -306,21 +328,13 @@ impl Mcp {
         for e in entries {
             let Ok(mut slot) = e.session.try_lock() else { continue };
             if slot.as_ref().is_some_and(|s| s.last_used_ms.load(Ordering::Relaxed) < before_ms) {
-                self.drop_session(&mut slot);
+                close(&mut slot);
             }
         }
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<(Id, Id), Arc<Entry>>> {
         self.inner.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn drop_session(&self, slot: &mut Option<Arc<Session>>) {
-        if let Some(s) = slot.take() {
-            s.client.cancellation_token().cancel();
-            let open = self.inner.open.fetch_sub(1, Ordering::Relaxed) - 1;
-            self.inner.parts.metrics.mcp_sessions.set(open);
-        }
     }
 
     /// The service's live state, made anew when its settings changed.
@@ -332,7 +346,7 @@ impl Mcp {
             }
             // Its settings changed: the old session closes once nobody uses it.
             if let Ok(mut slot) = e.session.try_lock() {
-                self.drop_session(&mut slot);
+                close(&mut slot);
             }
         }
         let e = Arc::new(Entry {
@@ -396,9 +410,11 @@ impl Mcp {
             .map_err(|e| McpError::Unreachable(format!("{} could not start: {e}", c.program.display())))?;
         if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()).and_then(rustix::process::Pid::from_raw) {
             use rustix::process::{Resource, Rlimit, prlimit};
-            for (resource, max) in
-                [(Resource::As, c.memory_max_bytes), (Resource::Cpu, c.cpu_max_s), (Resource::Nofile, c.open_files_max)]
-            {
+            for (resource, max) in [
+                (Resource::Data, c.memory_max_bytes),
+                (Resource::Cpu, c.cpu_max_s),
+                (Resource::Nofile, c.open_files_max),
+            ] {
                 if max == 0 {
                     continue;
                 }
@@ -437,7 +453,7 @@ impl Mcp {
                 s.last_used_ms.store(ids::now_ms(), Ordering::Relaxed);
                 return Ok(s.clone());
             }
-            self.drop_session(&mut slot);
+            close(&mut slot);
         }
         {
             let r = entry.reopen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -472,10 +488,9 @@ impl Mcp {
             shared,
             last_used_ms: AtomicI64::new(ids::now_ms()),
             catalog: tokio::sync::Mutex::new(None),
+            _counted: Counted::new(self.inner.open.clone(), self.inner.parts.metrics.clone()),
         });
         *slot = Some(s.clone());
-        let open = self.inner.open.fetch_add(1, Ordering::Relaxed) + 1;
-        self.inner.parts.metrics.mcp_sessions.set(open);
         Ok(s)
     }
 
@@ -500,7 +515,7 @@ impl Mcp {
             }
         }
         if let Some((_, mut g)) = oldest {
-            self.drop_session(&mut g);
+            close(&mut g);
         }
     }
 
@@ -583,7 +598,7 @@ impl Mcp {
             if dead {
                 let mut slot = entry.session.lock().await;
                 if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &session)) {
-                    self.drop_session(&mut slot);
+                    close(&mut slot);
                 }
             }
             result
@@ -798,7 +813,7 @@ impl Mcp {
     pub fn forget(&self, org: Id, service: Id) {
         if let Some(e) = self.entries().remove(&(org, service)) {
             if let Ok(mut slot) = e.session.try_lock() {
-                self.drop_session(&mut slot);
+                close(&mut slot);
             }
         }
     }
@@ -882,6 +897,14 @@ async fn call(
                 _ => Err(McpError::Server("an answer of another kind than a tool's result".into())),
             }
         }
+    }
+}
+
+/// Closes the session in `slot`, if any (it stops counting as open once its last holder, a
+/// call in flight, lets go).
+fn close(slot: &mut Option<Arc<Session>>) {
+    if let Some(s) = slot.take() {
+        s.client.cancellation_token().cancel();
     }
 }
 
