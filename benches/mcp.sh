@@ -5,14 +5,14 @@
 # medians reported, with what Outpost adds at p50 and p99 (goal: under 2 ms at p99).
 #
 #   OP_BIN=target/x86_64-unknown-linux-musl/release/outpost bash benches/mcp.sh
-#   CALLS=2000 ROUNDS=3 …
+#   CALLS=2000 ROUNDS=5 …
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 OP_PORT=${OP_PORT:-18091}
 MCP_PORT=${MCP_PORT:-18092}
 CALLS=${CALLS:-2000}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 PY=${PY:-$REPO_DIR/.venv-peers/bin/python}
 EVERYTHING=$REPO_DIR/tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js
 require_outpost
