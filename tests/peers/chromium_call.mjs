@@ -7,7 +7,7 @@
 // With `simulcast` the camera goes out in three layers (rids q, h, f: a quarter, half and the
 // whole 1280x720 picture).
 
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -19,6 +19,8 @@ setTimeout(() => {
   process.exit(2);
 }, (Number(seconds) + 40) * 1000).unref();
 const userDataDir = mkdtempSync(join(tmpdir(), 'outpost-chromium-'));
+// The profile goes with the process, however it ends.
+process.on('exit', () => rmSync(userDataDir, { recursive: true, force: true }));
 const context = await chromium.launchPersistentContext(userDataDir, {
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
