@@ -50,6 +50,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::McpConfig;
+use crate::domain::policy::Role;
 use crate::domain::services::{CredentialKind, McpSettings, STDIO_PREFIX, Service, credential_header};
 use crate::egress::{Breaker, Egress, EgressError};
 use crate::gateway::{Caller, Gateway, breaker_config, breaker_gauge};
@@ -67,7 +68,7 @@ const REOPEN_WAIT_MAX: Duration = Duration::from_secs(30);
 pub const ARGUMENTS_BYTES_MAX: usize = 1024 * 1024;
 /// Schema violations reported for one call at most.
 const VIOLATIONS_MAX: usize = 20;
-/// Calls a caller may have in flight under one `call_id`-able name at once, per user.
+/// Tool calls one user may have in flight at once (each cancellable by its `call_id`).
 const CALLS_PER_USER_MAX: usize = 32;
 
 /// What the engine is built from.
@@ -604,14 +605,19 @@ impl Mcp {
             result
         }
         .await;
+        self.count(method, &result, started);
+        result
+    }
+
+    /// A request's outcome and duration in `/metrics`.
+    fn count<T>(&self, method: &'static str, result: &Result<T, McpError>, started: Instant) {
         let m = &self.inner.parts.metrics;
-        let outcome = match &result {
+        let outcome = match result {
             Ok(_) => "ok",
             Err(e) => e.outcome(),
         };
         m.mcp_requests.get_or_create(&McpLabels { method: method.into(), outcome: outcome.into() }).inc();
         m.mcp_request_seconds.observe(started.elapsed().as_secs_f64());
-        result
     }
 
     /// The server's catalog (for a caller among the service's callers or readers: the caller's
@@ -659,28 +665,26 @@ impl Mcp {
 
     /// Calls a tool for `caller` (see the module's documentation for the checks, in order).
     /// `call_id` names the call so its caller can cancel it ([`Mcp::cancel`]) and match its
-    /// progress signals; one is made up when absent.
+    /// progress signals. Refusals before the session count in `/metrics` like the rest.
     pub async fn call_tool(
         &self,
         caller: &Caller,
         service: &Service,
         tool: &str,
         arguments: Map<String, Value>,
-        call_id: Option<String>,
+        call_id: String,
     ) -> Result<Called, McpError> {
-        may_call(caller, service)?;
-        let settings = service.mcp.as_ref().ok_or(McpError::NotMcp)?;
-        if let Some(roles) = settings.tool_roles.get(tool) {
-            if !roles.contains(&caller.role) {
-                return Err(McpError::ToolNotAllowed(caller.role.as_str(), tool.to_owned()));
-            }
-        }
+        let started = Instant::now();
         let encoded = serde_json::to_vec(&arguments).unwrap_or_default();
-        if encoded.len() > ARGUMENTS_BYTES_MAX {
-            return Err(McpError::TooLarge);
+        let size = if encoded.len() > ARGUMENTS_BYTES_MAX { Err(McpError::TooLarge) } else { Ok(()) };
+        let checked = may_call_tool(caller.role, service, tool).and(size);
+        if let Err(e) = checked {
+            let refused = Err(e);
+            self.count("tools/call", &refused, started);
+            return refused;
         }
         let _permit = self.inner.in_flight.clone().try_acquire_owned().map_err(|_| McpError::Busy)?;
-        let call_id = call_id.unwrap_or_else(|| format!("call_{}", Id::new().0.simple()));
+        let settings = service.mcp.as_ref().ok_or(McpError::NotMcp)?;
         let (org, user) = (caller.ctx.scope.org(), caller.user);
         let cancel = self.register_call(org, user, &call_id)?;
         let _registered = Registered { mcp: self, key: (org, user, call_id.clone()) };
@@ -799,13 +803,7 @@ impl Mcp {
             })
         }
         .await;
-        let m = &self.inner.parts.metrics;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.outcome(),
-        };
-        m.mcp_requests.get_or_create(&McpLabels { method: "probe".into(), outcome: outcome.into() }).inc();
-        m.mcp_request_seconds.observe(started.elapsed().as_secs_f64());
+        self.count("probe", &result, started);
         result
     }
 
@@ -917,6 +915,19 @@ async fn alive(session: &Session) -> bool {
 /// The caller's role must be among the service's callers.
 fn may_call(caller: &Caller, service: &Service) -> Result<(), McpError> {
     if service.callers.contains(&caller.role) { Ok(()) } else { Err(McpError::NotACaller(caller.role.as_str())) }
+}
+
+/// Whether `role` may call `tool` of `service`: among the service's callers, and among the
+/// tool's roles when the service names some.
+pub fn may_call_tool(role: Role, service: &Service, tool: &str) -> Result<(), McpError> {
+    let settings = service.mcp.as_ref().ok_or(McpError::NotMcp)?;
+    if !service.callers.contains(&role) {
+        return Err(McpError::NotACaller(role.as_str()));
+    }
+    match settings.tool_roles.get(tool) {
+        Some(roles) if !roles.contains(&role) => Err(McpError::ToolNotAllowed(role.as_str(), tool.to_owned())),
+        _ => Ok(()),
+    }
 }
 
 async fn within<T>(

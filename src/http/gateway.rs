@@ -17,10 +17,10 @@ use poem_openapi::{ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOpti
 use super::body::{BodyLimit, read_up_to};
 use super::problem::Problem;
 use super::services::service_for;
-use super::{ApiTags, RequestId, UserAuth, limited, user_ctx};
+use super::{ApiTags, UserAuth, limited};
 use crate::app::App;
 use crate::domain::policy::Permission;
-use crate::gateway::{Call, Caller, GatewayError};
+use crate::gateway::{Call, GatewayError};
 
 crate::problems!(GatewayErrors: 400, 401, 403, 404, 413, 429, 502, 504);
 
@@ -158,8 +158,7 @@ async fn proxy(
         Some(b) => read_up_to(b, limit).await?,
         None => Vec::new(),
     };
-    let request_id = req.data::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
-    let caller = Caller { user: p.user, role: p.role, request_id, ctx: user_ctx(req, &p) };
+    let caller = super::caller(req, &p);
     let call = Call {
         method: req.method().clone(),
         path: format!("/{}", path.trim_start_matches('/')),

@@ -17,12 +17,11 @@ use super::auth_api::NoContent;
 use super::body::JsonBody;
 use super::problem::Problem;
 use super::services::{CredentialBody, credential, service_for};
-use super::{ApiTags, RequestId, UserAuth, user_ctx};
+use super::{ApiTags, UserAuth};
 use crate::app::App;
 use crate::auth::Principal;
 use crate::domain::policy::Permission;
-use crate::domain::services::{McpSettings, Service};
-use crate::gateway::Caller;
+use crate::domain::services::Service;
 use crate::mcp::{ARGUMENTS_BYTES_MAX, McpError};
 use crate::tenancy::OrgScope;
 
@@ -201,10 +200,8 @@ fn problem(e: McpError) -> Problem {
 }
 
 /// Whether `p` may call `tool` of `service`.
-fn callable(p: &Principal, service: &Service, settings: &McpSettings, tool: &str) -> bool {
-    p.require(Permission::ServicesCall).is_ok()
-        && service.callers.contains(&p.role)
-        && settings.tool_roles.get(tool).is_none_or(|roles| roles.contains(&p.role))
+fn callable(p: &Principal, service: &Service, tool: &str) -> bool {
+    p.require(Permission::ServicesCall).is_ok() && crate::mcp::may_call_tool(p.role, service, tool).is_ok()
 }
 
 fn tool_view(t: &rmcp::model::Tool, callable: bool) -> ToolView {
@@ -217,11 +214,6 @@ fn tool_view(t: &rmcp::model::Tool, callable: bool) -> ToolView {
         annotations: t.annotations.as_ref().and_then(|a| serde_json::to_value(a).ok()),
         callable,
     }
-}
-
-fn caller(req: &Request, p: &Principal) -> Caller {
-    let request_id = req.data::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
-    Caller { user: p.user, role: p.role, request_id, ctx: user_ctx(req, p) }
 }
 
 /// The JSON form of an SDK value (its own serialization: the MCP wire form).
@@ -260,10 +252,8 @@ impl McpApi {
         service_id: Path<String>,
     ) -> Result<Json<ToolList>, McpReadErrors> {
         let (p, s) = service_for(&app, &auth, &service_id.0, Permission::ServicesRead).await?;
-        let settings = s.mcp.clone().ok_or_else(|| problem(McpError::NotMcp))?;
         let catalog = app.mcp.list(OrgScope::member(&p), &s).await.map_err(problem)?;
-        let items =
-            catalog.tools.iter().map(|t| tool_view(&t.tool, callable(&p, &s, &settings, &t.tool.name))).collect();
+        let items = catalog.tools.iter().map(|t| tool_view(&t.tool, callable(&p, &s, &t.tool.name))).collect();
         Ok(Json(ToolList { items }))
     }
 
@@ -295,7 +285,7 @@ impl McpApi {
         let call_id = call_id.unwrap_or_else(|| format!("call_{}", crate::ids::Id::new().0.simple()));
         let called = app
             .mcp
-            .call_tool(&caller(req, &p), &service, &tool.0, arguments, Some(call_id.clone()))
+            .call_tool(&super::caller(req, &p), &service, &tool.0, arguments, call_id.clone())
             .await
             .map_err(problem)?;
         let result = called.result;
@@ -370,7 +360,7 @@ impl McpApi {
         body: JsonBody<ReadBody>,
     ) -> Result<Json<ContentsView>, McpCallErrors> {
         let (p, s) = service_for(&app, &auth, &service_id.0, Permission::ServicesCall).await?;
-        let r = app.mcp.read_resource(&caller(req, &p), &s, &body.0.uri).await.map_err(problem)?;
+        let r = app.mcp.read_resource(&super::caller(req, &p), &s, &body.0.uri).await.map_err(problem)?;
         Ok(Json(ContentsView { contents: r.contents.iter().map(json).collect() }))
     }
 
@@ -425,7 +415,7 @@ impl McpApi {
     ) -> Result<Json<PromptMessagesView>, McpCallErrors> {
         let (p, s) = service_for(&app, &auth, &service_id.0, Permission::ServicesCall).await?;
         let arguments = body.0.arguments.unwrap_or_default().into_iter().map(|(k, v)| (k, Value::String(v))).collect();
-        let r = app.mcp.get_prompt(&caller(req, &p), &s, &name.0, arguments).await.map_err(problem)?;
+        let r = app.mcp.get_prompt(&super::caller(req, &p), &s, &name.0, arguments).await.map_err(problem)?;
         Ok(Json(PromptMessagesView {
             description: r.description.clone(),
             messages: r.messages.iter().map(json).collect(),

@@ -228,6 +228,13 @@ fn serve_document() -> Response {
     Response::builder().content_type("application/json; charset=utf-8").body(document::DOCUMENT.as_str())
 }
 
+/// Who calls a registered service (through the gateway, or an MCP server): the principal's
+/// user and role, and the request's audit context.
+pub(crate) fn caller(req: &Request, p: &crate::auth::Principal) -> crate::gateway::Caller {
+    let request_id = req.data::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    crate::gateway::Caller { user: p.user, role: p.role, request_id, ctx: user_ctx(req, p) }
+}
+
 /// The whole HTTP application over `app`.
 pub fn routes(app: App) -> impl Endpoint + 'static {
     let api = api_service();
