@@ -188,7 +188,15 @@ async fn deliveries_are_signed_in_order_retried_switched_off_and_rotated() {
     let order = seqs(&got);
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     assert!(accepted(&got).iter().all(|r| r["verified"] == json!([0]) && r["custom"] == "ops"), "{got:?}");
-    let log = crate::support::get_json(&s, &owner, &hooks(&format!("/{a}/attempts?limit=100"))).await;
+    // The receiver answers before the attempt's record commits: wait for the last one.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = crate::support::get_json(&s, &owner, &hooks(&format!("/{a}/attempts?limit=100"))).await;
+        if log["items"].as_array().unwrap().len() >= 15 || tokio::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let items = log["items"].as_array().unwrap();
     assert_eq!(items.len(), 15, "{log}");
     let oldest = items.last().unwrap();
