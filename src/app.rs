@@ -58,6 +58,8 @@ pub struct App {
     pub oauth: crate::oauth::OAuth,
     /// Sessions with the MCP servers organizations register.
     pub mcp: crate::mcp::Mcp,
+    /// System-prompt templates composed and rendered, compositions cached.
+    pub prompts: Arc<crate::prompts::Prompts>,
     pub sso: crate::sso::Sso,
     pub keys: Keys,
     pub hasher: Hasher,
@@ -162,8 +164,10 @@ impl App {
             metrics: metrics.clone(),
             config: config.mcp.clone(),
         });
+        let prompts = Arc::new(crate::prompts::Prompts::new(config.prompts.clone(), store.clone(), bus.clone()));
         let app = Self {
             mcp,
+            prompts,
             uploads,
             thumbs,
             download_url_key,

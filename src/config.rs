@@ -36,7 +36,41 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub services: ServicesConfig,
     pub mcp: McpConfig,
+    pub prompts: PromptsConfig,
     pub oauth: OAuthConfig,
+}
+
+/// System-prompt templates' sandbox and cache (`src/prompts.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromptsConfig {
+    /// Work one section's render may do: template instructions and bytes made (minijinja's
+    /// fuel; about 64 bytes of memory each at most).
+    pub fuel: u64,
+    /// A composed prompt's length at most, in bytes.
+    pub output_bytes_max: usize,
+    /// Compositions kept compiled (name, room and user at a time).
+    pub cache_entries_max: usize,
+}
+
+impl Default for PromptsConfig {
+    fn default() -> Self {
+        Self { fuel: 100_000, output_bytes_max: 256 * 1024, cache_entries_max: 10_000 }
+    }
+}
+
+impl PromptsConfig {
+    fn check(&self, bad: &mut impl FnMut(&str, &str)) {
+        if !(1_000..=100_000_000).contains(&self.fuel) {
+            bad("prompts.fuel", "must be 1000–100000000");
+        }
+        if !(1_024..=16 * 1024 * 1024).contains(&self.output_bytes_max) {
+            bad("prompts.output_bytes_max", "must be 1024–16777216");
+        }
+        if self.cache_entries_max == 0 {
+            bad("prompts.cache_entries_max", "must be at least 1");
+        }
+    }
 }
 
 /// Sessions with the MCP servers organizations register (`src/mcp.rs`).
@@ -760,6 +794,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             services: ServicesConfig::default(),
             mcp: McpConfig::default(),
+            prompts: PromptsConfig::default(),
             oauth: OAuthConfig::default(),
         }
     }
@@ -941,6 +976,7 @@ impl Config {
         self.webhooks.check(&mut bad);
         self.services.check(&mut bad);
         self.mcp.check(&mut bad);
+        self.prompts.check(&mut bad);
         self.oauth.check(&mut bad);
         for (key, reason) in self.egress.issues() {
             bad(&key, &reason);

@@ -337,6 +337,14 @@ const DOCS: &[Doc] = &[
          [[mcp.commands]] name = \"files\", program = \"/usr/bin/python3\", args = [\"/opt/mcp/files.py\"], \
          env = { LANG = \"C.UTF-8\" }, memory_max_bytes = 2147483648, cpu_max_s = 3600, open_files_max = 256",
     ),
+    doc("prompts", "System-prompt templates: the sandbox they render in and the cache of compiled ones."),
+    doc(
+        "prompts.fuel",
+        "Work one section's render may do: template instructions and bytes made (about 64 bytes of memory \
+         each at most); a template that runs out is refused on save and fails its render.",
+    ),
+    doc("prompts.output_bytes_max", "A composed prompt's length at most, in bytes."),
+    doc("prompts.cache_entries_max", "Compositions (a name for a room and a user) kept compiled at most."),
     doc("oauth", "OAuth: connections to outside services, with Outpost as the OAuth client."),
     unset(
         "oauth.public_url",

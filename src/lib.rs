@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod panics;
 pub mod progress;
+pub mod prompts;
 pub mod realtime;
 pub mod registry;
 pub mod search;

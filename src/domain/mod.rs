@@ -17,6 +17,7 @@ pub mod operators;
 pub mod orgs;
 pub mod paging;
 pub mod policy;
+pub mod prompts;
 pub mod rooms;
 pub mod secrets;
 pub mod services;

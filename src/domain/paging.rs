@@ -60,12 +60,13 @@ impl PageRequest {
     }
 
     /// Where a newest-first page over the keys under `prefix` ends (exclusive): after the last
-    /// key, or at the cursor's key. A cursor from outside `prefix` never leads out of it: one
-    /// after the range starts the list over, one before it gives an empty page.
+    /// key, or at the cursor's key. A cursor from outside `prefix` never leads out of it and
+    /// is read as every list reads one, by key: one below the range starts the list over, one
+    /// above it gives an empty page.
     pub fn end_in(&self, prefix: &[u8]) -> Vec<u8> {
         match &self.after {
             Some(key) if key.starts_with(prefix) => key.clone(),
-            Some(key) if key.as_slice() < prefix => prefix.to_vec(),
+            Some(key) if key.as_slice() > prefix => prefix.to_vec(),
             None | Some(_) => prefix_end(prefix),
         }
     }

@@ -79,10 +79,13 @@ pub enum Permission {
     SsoManage,
     /// Register and change the organization's OAuth apps, and its policy for them.
     AppsManage,
+    /// Write the organization's and its rooms' system-prompt templates, and anyone's own;
+    /// render prompts for others.
+    PromptsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 22] = [
+    pub const ALL: [Permission; 23] = [
         Permission::SelfManage,
         Permission::UsersRead,
         Permission::UsersInvite,
@@ -105,6 +108,7 @@ impl Permission {
         Permission::ConnectionsManage,
         Permission::SsoManage,
         Permission::AppsManage,
+        Permission::PromptsManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -131,6 +135,7 @@ impl Permission {
             Permission::ConnectionsManage => "connections.manage",
             Permission::SsoManage => "sso.manage",
             Permission::AppsManage => "apps.manage",
+            Permission::PromptsManage => "prompts.manage",
         }
     }
 
@@ -162,7 +167,8 @@ impl Permission {
             | Permission::ServicesManage
             | Permission::ConnectionsManage
             | Permission::SsoManage
-            | Permission::AppsManage => Role::Admin,
+            | Permission::AppsManage
+            | Permission::PromptsManage => Role::Admin,
         }
     }
 }

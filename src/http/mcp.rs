@@ -167,7 +167,7 @@ pub struct TestView {
     pub tools: Vec<ToolView>,
 }
 
-fn problem(e: McpError) -> Problem {
+pub(super) fn problem(e: McpError) -> Problem {
     let detail = e.to_string();
     let with_wait = |code: &str, wait: std::time::Duration| {
         let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail.clone());

@@ -46,6 +46,7 @@ pub mod oauth_server;
 pub mod ops;
 pub mod orgs;
 pub mod problem;
+pub mod prompts;
 pub mod realtime;
 pub mod recordings;
 pub mod rendered;
@@ -117,6 +118,9 @@ pub enum ApiTags {
     Sso,
     /// OAuth apps: Outpost as their authorization server (the protocol at `/oauth/...`).
     Apps,
+    /// System-prompt templates at four layers (global, organization, room, user), their
+    /// history, and the composed prompt with its provenance.
+    Prompts,
 }
 
 /// An operator API key (`opk_…`), made with `outpost operator create-key`.
@@ -207,6 +211,7 @@ pub type Apis = (
         gateway::GatewayApi,
         connections::ConnectionsApi,
     ),
+    (prompts::PromptsApi, prompts::GlobalPromptsApi),
 );
 
 pub fn api_service() -> OpenApiService<Apis, ()> {

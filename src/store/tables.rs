@@ -171,6 +171,14 @@ pub const OAUTH_APPS: Table = org("oauth_apps", 54);
 /// org ‖ SHA-256 of the code's random part → `Code` JSON: an authorization code, taken once.
 pub const OAUTH_CODES: Table = org("oauth_codes", 55);
 
+/// org ‖ template → `Template` JSON: a system-prompt template at its current version (global
+/// ones under the nil organization).
+pub const PROMPT_TEMPLATES: Table = org("prompt_templates", 56);
+/// org ‖ template ‖ version (u64 BE) → `Version` JSON: a template's history.
+pub const PROMPT_VERSIONS: Table = org("prompt_versions", 57);
+/// org ‖ name ‖ 0 ‖ level ‖ owner → template id: the template of a name at each layer.
+pub const PROMPT_NAMES: Table = org("prompt_names", 58);
+
 /// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
@@ -234,6 +242,9 @@ pub const ALL: &[Table] = &[
     SSO_LINKS,
     OAUTH_APPS,
     OAUTH_CODES,
+    PROMPT_TEMPLATES,
+    PROMPT_VERSIONS,
+    PROMPT_NAMES,
 ];
 
 /// `org ‖ a ‖ b`.

@@ -162,6 +162,15 @@ async fn org_b_never_sees_org_a() {
     )
     .await;
     let a_app_id = a_app["app"]["id"].as_str().unwrap_or_else(|| panic!("no app: {a_app}")).to_owned();
+    // A prompt template of A's.
+    let a_template = crate::support::post_json(
+        &s,
+        &a_admin.access,
+        "/v1/prompt-templates",
+        json!({ "level": "org", "name": "a", "sections": [{ "name": "a", "text": "hi" }] }),
+    )
+    .await;
+    let a_template_id = a_template["id"].as_str().unwrap_or_else(|| panic!("no template: {a_template}")).to_owned();
     let mut principals: Vec<(String, String)> = Vec::new();
     for (role, login) in &b {
         principals.push(((*role).to_owned(), login.access.clone()));
@@ -200,6 +209,7 @@ async fn org_b_never_sees_org_a() {
         let concrete = oauth_path
             .replace("{org_id}", &org_a)
             .replace("{app_id}", &a_app_id)
+            .replace("{template_id}", &a_template_id)
             .replace("{provider_id}", &a_provider_id)
             .replace("{user_id}", &a_member.user_id)
             .replace("{session_id}", &a_member.session_id)
@@ -339,6 +349,10 @@ async fn a_cursor_never_leaves_its_list() {
         crate::support::post_json(&s, &b_admin.access, &format!("/v1/rooms/{b_room_id}/docs"), json!({ "name": "d" }))
             .await;
     let b_doc_id = b_doc["id"].as_str().unwrap().to_owned();
+    let template = json!({ "level": "org", "name": "t", "sections": [{ "name": "a", "text": "hi" }] });
+    crate::support::post_json(&s, &a_admin.access, "/v1/prompt-templates", template.clone()).await;
+    let b_template: Value = crate::support::post_json(&s, &b_admin.access, "/v1/prompt-templates", template).await;
+    let b_template_id = b_template["id"].as_str().unwrap().to_owned();
 
     let doc: Value = s.http.get(s.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
     let mut checked = Vec::new();
@@ -354,7 +368,8 @@ async fn a_cursor_never_leaves_its_list() {
             .replace("{room_id}", &b_room_id)
             .replace("{doc_id}", &b_doc_id)
             .replace("{endpoint_id}", &b_hook_id)
-            .replace("{service_id}", &b_service_id);
+            .replace("{service_id}", &b_service_id)
+            .replace("{template_id}", &b_template_id);
         assert!(!concrete.contains('{'), "cursor test does not know a parameter of {path}");
         let page = |raw: Vec<u8>| {
             let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);

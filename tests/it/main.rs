@@ -29,6 +29,7 @@ mod orgs;
 mod output;
 mod overload;
 mod packaging;
+mod prompts;
 mod realtime;
 mod roles;
 mod rooms;

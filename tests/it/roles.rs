@@ -307,6 +307,11 @@ struct Prepare<'a> {
     mcp: &'a str,
 }
 
+/// A prompt name of this login's own (each login is a fresh session: its id makes it unique).
+fn prompt_name(me: &crate::identity::Login) -> String {
+    format!("p-{}", me.session_id)
+}
+
 /// A service on loopback answering 200 to every request; its base URL.
 async fn answering_service() -> String {
     #[poem::handler]
@@ -355,6 +360,18 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         let made: Value = crate::support::post_json(s, p.owner, "/v1/services", service).await;
         let id = made["service"]["id"].as_str().unwrap_or_else(|| panic!("no service made: {made}"));
         url = url.replace("{service_id}", id);
+    }
+    if url.contains("{template_id}") || p.id == "renderPrompt" {
+        // A user template of the caller's own, named after them (so the render finds one).
+        let made = crate::support::post_json(
+            s,
+            &p.me.access,
+            "/v1/prompt-templates",
+            json!({ "level": "user", "name": prompt_name(p.me), "sections": [{ "name": "a", "text": "hi {{ user.name }}" }] }),
+        )
+        .await;
+        let id = made["id"].as_str().unwrap_or_else(|| panic!("no template made: {made}"));
+        url = url.replace("{template_id}", id);
     }
     if url.contains("{app_id}") {
         let made = crate::support::post_json(s, p.owner, "/v1/oauth-apps", app_input()).await;
@@ -406,6 +423,16 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         }
         "createService" => Some(json!({ "name": "s", "base_url": "http://localhost:9" })),
         "callMcpTool" => Some(json!({ "arguments": { "message": "hi" } })),
+        "createPromptTemplate" => Some(json!({
+            "level": "user", "name": format!("new-{}", prompt_name(p.me)), "sections": [{ "name": "a", "text": "hi" }],
+        })),
+        "updatePromptTemplate" => Some(json!({ "note": "again", "sections": [{ "name": "a", "text": "hello" }] })),
+        "rollbackPromptTemplate" => Some(json!({ "to_version": 1 })),
+        "renderPrompt" => Some(json!({ "name": prompt_name(p.me) })),
+        "diffPromptTemplateVersions" => {
+            url.push_str("?from=1");
+            None
+        }
         "testMcpServer" => Some(json!({ "base_url": p.mcp })),
         "readMcpResource" => {
             let listed = crate::support::get_json(s, p.owner, &url.replace("/read", "")).await;
