@@ -331,28 +331,62 @@ impl Prompts {
     }
 
     /// Composes and renders the prompt `input.name` of `scope` for `input.user` (in
-    /// `input.room`), reading the context's records from the store.
+    /// `input.room`), with the context's records the caller read.
     pub async fn render(&self, scope: OrgScope, subject: Subject, input: Input) -> Result<Rendered, DomainError> {
-        let org = scope.org();
-        let key: CacheKey = (org, input.name.clone(), input.room, input.user);
-        let generation = self.generation(org);
-        let hit = self.cache.lock().expect("cache").get(&key).filter(|c| c.generation == generation).cloned();
-        let (composition, cached) = if let Some(c) = hit {
-            (c, true)
-        } else {
-            let (name, room, user, fuel) = (input.name.clone(), input.room, input.user, self.config.fuel);
-            let c = self
-                .store
-                .read(move |r| compose(r, org, &name, room, user, fuel, generation))
-                .await?
-                .ok_or(DomainError::NotFound { what: "prompt" })?;
-            let c = Arc::new(c);
-            self.cache.lock().expect("cache").put(key, c.clone());
-            (c, false)
-        };
+        let (composition, cached) = self.composition_for(scope, &input.name, input.room, input.user).await?;
         let mut rendered = composition.render(&subject, &input, self.config.output_bytes_max)?;
         rendered.cached = cached;
         Ok(rendered)
+    }
+
+    /// The composition of `name` for `user` in `room`: the cached one while the `prompts`
+    /// topic's generations stand (and `true`), else one built now and cached.
+    pub async fn composition_for(
+        &self,
+        scope: OrgScope,
+        name: &str,
+        room: Option<Id>,
+        user: Id,
+    ) -> Result<(Arc<Composition>, bool), DomainError> {
+        let org = scope.org();
+        let key: CacheKey = (org, name.to_owned(), room, user);
+        // Read before the store: whatever commits after it moves it.
+        let generation = self.generation(org);
+        let hit = self.cache.lock().expect("cache").get(&key).filter(|c| c.generation == generation).cloned();
+        if let Some(c) = hit {
+            return Ok((c, true));
+        }
+        let c = Arc::new(self.compose(scope, name, room, user, generation).await?);
+        self.cache.lock().expect("cache").put(key, c.clone());
+        Ok((c, false))
+    }
+
+    /// Reads the templates of `name` at each layer and compiles their composition, past the
+    /// cache (404 when no layer has one).
+    pub async fn compose_uncached(
+        &self,
+        scope: OrgScope,
+        name: &str,
+        room: Option<Id>,
+        user: Id,
+    ) -> Result<Composition, DomainError> {
+        let generation = self.generation(scope.org());
+        self.compose(scope, name, room, user, generation).await
+    }
+
+    async fn compose(
+        &self,
+        scope: OrgScope,
+        name: &str,
+        room: Option<Id>,
+        user: Id,
+        generation: (u64, u64),
+    ) -> Result<Composition, DomainError> {
+        let (org, name, fuel) = (scope.org(), name.to_owned(), self.config.fuel);
+        self.store
+            .read(move |r| compose(r, org, &name, room, user, fuel, generation))
+            .await?
+            .ok_or(DomainError::NotFound { what: "prompt" })
     }
 
     pub fn output_bytes_max(&self) -> usize {
