@@ -40,6 +40,7 @@ pub mod files;
 pub mod gate;
 pub mod gateway;
 pub mod mcp;
+pub mod mcp_server;
 pub mod me;
 pub mod media;
 pub mod oauth_server;
@@ -283,9 +284,18 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
             ])
             .max_age(600)
     });
+    // The REST API as MCP tools call it, in-process with the caller's credential.
+    let tools_api: mcp_server::Api = std::sync::Arc::new(
+        Route::new().nest("/", api_service()).data(BodyLimit(limit)).data(app.clone()).map_to_response().boxed(),
+    );
+    let mcp = std::sync::Arc::new(mcp_server::endpoint(app.clone(), tools_api));
     Route::new()
         .nest("/", api)
         .at("/v1/openapi.json", poem::get(serve_document))
+        .at("/mcp", mcp.clone())
+        .at("/orgs/:slug/mcp", mcp)
+        .at("/.well-known/oauth-protected-resource/mcp", poem::get(mcp_server::metadata))
+        .at("/.well-known/oauth-protected-resource/orgs/:slug/mcp", poem::get(mcp_server::org_metadata))
         .nest("/docs", docs)
         .at("/metrics", ops::metrics)
         .at("/v1/realtime", poem::get(realtime::realtime))

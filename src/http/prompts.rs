@@ -129,6 +129,7 @@ pub struct CreateBody {
 #[oai(rename = "CreateGlobalPromptTemplate", deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGlobalBody {
+    /// The prompt this template is a layer of: 1–64 of a–z, 0–9, `_`, `-`, `.`.
     pub name: String,
     pub description: Option<String>,
     pub sections: Vec<SectionInput>,

@@ -23,6 +23,7 @@ mod isolation;
 mod journey;
 mod layers;
 mod mcp;
+mod mcp_server;
 mod media;
 mod openapi;
 mod orgs;
