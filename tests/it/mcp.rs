@@ -1,5 +1,5 @@
 //! Outpost as an MCP client, against the reference server `@modelcontextprotocol/server-everything`
-//! (npm) over Streamable HTTP: a server tried before it is registered, tools, resources and
+//! (npm) over Streamable HTTP (and the older HTTP+SSE transport): a server tried before it is registered, tools, resources and
 //! prompts listed and used, arguments checked against the tool's schema before anything is
 //! sent, per-tool roles, progress reaching the caller's realtime socket, cancellation, a server
 //! that dies mid-call (the breaker opens) and comes back (the session is opened again), audit
@@ -18,27 +18,39 @@ const SECRET: &str = "mcp-bearer-7d1e-never-shown-anywhere";
 /// The reference server, running until dropped or killed (the role matrix uses it too).
 pub struct Everything {
     port: u16,
+    /// `streamableHttp`, or `sse` for the 2024-11-05 transport.
+    mode: &'static str,
     child: Option<tokio::process::Child>,
 }
 
 impl Everything {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut e = Self { port, child: None };
-        e.restart().await;
-        e
+        Self::start_in("streamableHttp").await
     }
 
-    /// Starts it (again) on its port; its environment is empty but for what node needs, since
-    /// one of its tools answers with it.
-    async fn restart(&mut self) {
+    async fn start_in(mode: &'static str) -> Self {
+        let mut e = Self { port: free_port(), mode, child: None };
+        // A port found free can be taken before the server binds it: then it exits, and
+        // starts again on another one.
+        for _ in 0..5 {
+            if e.restart().await {
+                return e;
+            }
+            e.port = free_port();
+        }
+        panic!("server-everything did not start");
+    }
+
+    /// Starts it (again) on its port, and whether it did; its environment is empty but for what
+    /// node needs, since one of its tools answers with it.
+    async fn restart(&mut self) -> bool {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
         );
-        let child = tokio::process::Command::new("node")
+        let mut child = tokio::process::Command::new("node")
             .arg(script)
-            .arg("streamableHttp")
+            .arg(self.mode)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PORT", self.port.to_string())
@@ -48,12 +60,16 @@ impl Everything {
             .kill_on_drop(true)
             .spawn()
             .expect("node");
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        // Starting node on a busy machine can take a while.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "server-everything did not start");
+            if child.try_wait().unwrap().is_some() || tokio::time::Instant::now() > deadline {
+                return false;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        self.child = Some(child);
+        true
     }
 
     async fn kill(&mut self) {
@@ -63,8 +79,13 @@ impl Everything {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/mcp", self.port)
+        let path = if self.mode == "sse" { "sse" } else { "mcp" };
+        format!("http://127.0.0.1:{}/{path}", self.port)
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn call(s: &TestServer, token: &str, id: &str, tool: &str, body: Value) -> reqwest::Response {
@@ -276,7 +297,7 @@ async fn an_everything_server_through_outpost() {
         assert!(tokio::time::Instant::now() < deadline, "the breaker never opened: {p}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    everything.restart().await;
+    assert!(everything.restart().await, "server-everything started again");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let r = call(&s, &member, &id, "echo", json!({ "arguments": { "message": "back" } })).await;
@@ -453,4 +474,38 @@ fn stdio_servers() -> usize {
             !zombie && String::from_utf8_lossy(&cmdline).contains("tests/peers/mcp_stdio_server.py")
         })
         .count()
+}
+
+/// A server of the 2024-11-05 revision (HTTP+SSE): the Streamable HTTP `initialize` fails, the
+/// URL answers a GET with an event stream, and Outpost talks the old transport.
+#[tokio::test]
+async fn an_older_server_over_http_and_sse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_for(dir.path());
+    config.egress.allow_cidrs = vec!["127.0.0.0/8".into()];
+    let s = TestServer::start_with(config).await;
+    let everything = Everything::start_in("sse").await;
+    let (org_id, sl) = crate::identity::create_org(&s).await;
+    crate::identity::operator_invite_and_accept(&s, &org_id, "owner@example.org", "owner").await;
+    let owner = crate::identity::login(&s, &sl, "owner").await.access;
+    let tried = post_json(&s, &owner, "/v1/mcp/test", json!({ "base_url": everything.url() })).await;
+    assert!(tried["server_name"].as_str().unwrap_or_default().contains("everything"), "{tried}");
+    let made = post_json(
+        &s,
+        &owner,
+        "/v1/services",
+        json!({ "name": "Old", "kind": "mcp", "base_url": everything.url(), "mcp": {} }),
+    )
+    .await;
+    let id = made["service"]["id"].as_str().unwrap().to_owned();
+    let tools = get_json(&s, &owner, &format!("/v1/services/{id}/mcp/tools")).await;
+    assert!(tools["items"].as_array().unwrap().iter().any(|t| t["name"] == "get-sum"), "{tools}");
+    let r = call(&s, &owner, &id, "get-sum", json!({ "arguments": { "a": 20, "b": 22 } })).await;
+    assert_eq!(r.status(), 200);
+    let sum: Value = r.json().await.unwrap();
+    assert!(text_of(&sum).contains("42"), "{sum}");
+    let r = call(&s, &owner, &id, "echo", json!({ "arguments": { "message": "over SSE" } })).await;
+    let echoed: Value = r.json().await.unwrap();
+    assert_eq!(text_of(&echoed), "Echo: over SSE", "{echoed}");
+    s.stop().await;
 }

@@ -32,6 +32,8 @@
 //! an OAuth connection) go on every request of the session; they are never answered, logged or
 //! audited. Every connection goes through [`crate::egress`]'s address check.
 
+mod sse;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -377,13 +379,25 @@ impl Mcp {
     ) -> Result<(RunningService<RoleClient, Handler>, Arc<Shared>), McpError> {
         let shared = Arc::new(Shared::default());
         let handler = Handler { shared: shared.clone(), hub: self.inner.parts.hub.clone() };
+        let handler_again = Handler { shared: shared.clone(), hub: self.inner.parts.hub.clone() };
         let wait = Duration::from_millis(self.inner.parts.config.open_timeout_ms);
         let opened = if let Some(name) = url.strip_prefix(STDIO_PREFIX) {
             let transport = self.spawn(name)?;
             tokio::time::timeout(wait, handler.serve(transport)).await
         } else {
-            let transport = self.http_transport(url, header).await?;
-            tokio::time::timeout(wait, handler.serve(transport)).await
+            let transport = self.http_transport(url, header.clone()).await?;
+            match tokio::time::timeout(wait, handler.serve(transport)).await {
+                // The specification's backwards compatibility: a server whose URL answers a
+                // GET with an event stream speaks the 2024-11-05 HTTP+SSE transport.
+                Ok(Err(e)) => {
+                    match tokio::time::timeout(wait, sse::open(self.inner.parts.egress.mcp_client(), url, header)).await
+                    {
+                        Ok(Ok(Some(transport))) => tokio::time::timeout(wait, handler_again.serve(transport)).await,
+                        _ => Ok(Err(e)),
+                    }
+                }
+                other => other,
+            }
         };
         match opened {
             Ok(Ok(client)) => Ok((client, shared)),
