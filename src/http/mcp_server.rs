@@ -223,7 +223,7 @@ fn tools() -> Vec<Tool> {
             "list_tasks",
             "The organization's tasks.",
             schema(json!({ "type": "object", "properties": {
-                "status": { "type": "string", "enum": ["open", "in_progress", "done", "cancelled"] }, "limit": limit } })),
+                "status": { "type": "string", "enum": ["todo", "in_progress", "blocked", "done", "cancelled"] }, "limit": limit } })),
         ),
         Tool::new(
             "create_task",
@@ -236,7 +236,7 @@ fn tools() -> Vec<Tool> {
             "Change a task's title, description or status.",
             schema(json!({ "type": "object", "properties": {
                 "task_id": id("task"), "title": { "type": "string" }, "description": { "type": "string" },
-                "status": { "type": "string", "enum": ["open", "in_progress", "done", "cancelled"] } }, "required": ["task_id"] })),
+                "status": { "type": "string", "enum": ["todo", "in_progress", "blocked", "done", "cancelled"] } }, "required": ["task_id"] })),
         ),
         Tool::new(
             "read_document",

@@ -130,6 +130,10 @@ async fn a_stock_client_authorizes_and_works_within_the_members_rights() {
     assert_eq!((m["text"].as_str(), m["author_id"].as_str()), (Some("posted by an agent"), Some(mia.user_id.as_str())));
     let tasks = get_json(&s, &owner, "/v1/tasks").await;
     assert!(tasks.to_string().contains("filed by an agent"), "{tasks}");
+    let task_id = calls[2]["structured"]["id"].as_str().unwrap().to_owned();
+    let update = json!({ "name": "update_task", "arguments": { "task_id": task_id, "status": "done" } });
+    let (_, r) = rpc(&s, &url, &mia.access, "tools/call", update).await;
+    assert_eq!(r["result"]["structuredContent"]["status"], "done", "{r}");
 
     // A guest's token cannot file a task (guests do not hold tasks.write), through MCP or not;
     // another organization's token is not this resource's; an API key works at /mcp.
