@@ -592,6 +592,28 @@ pub fn layers(
     Ok(out)
 }
 
+/// The records a render's context is made of, read on one snapshot: the organization, the
+/// user (active), and the room (one the user may see).
+pub fn subject_records(
+    store: &Store,
+    scope: OrgScope,
+    user: Id,
+    room: Option<Id>,
+) -> Result<(super::orgs::Organization, super::users::User, Option<super::rooms::Room>), DomainError> {
+    let org = scope.org();
+    store.peek(|r| {
+        let o = r
+            .record::<super::orgs::Organization>(crate::store::tables::ORGS, org.as_bytes())?
+            .ok_or(DomainError::NotFound { what: "organization" })?;
+        let u = r
+            .record::<super::users::User>(USERS, &org_id_key(org, user))?
+            .filter(|u| u.status == super::users::UserStatus::Active)
+            .ok_or(DomainError::NotFound { what: "user" })?;
+        let room = room.map(|id| super::rooms::visible(r, org, user, id).map(|(room, _)| room)).transpose()?;
+        Ok((o, u, room))
+    })
+}
+
 /// Records that a render printed values matching injection patterns (the value's place and
 /// the pattern, never the value).
 pub async fn flagged(

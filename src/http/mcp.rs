@@ -200,7 +200,7 @@ pub(super) fn problem(e: McpError) -> Problem {
 }
 
 /// Whether `p` may call `tool` of `service`.
-fn callable(p: &Principal, service: &Service, tool: &str) -> bool {
+pub(super) fn callable(p: &Principal, service: &Service, tool: &str) -> bool {
     p.require(Permission::ServicesCall).is_ok() && crate::mcp::may_call_tool(p.role, service, tool).is_ok()
 }
 

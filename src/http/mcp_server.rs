@@ -261,18 +261,14 @@ fn id_arg(args: &JsonObject, name: &str) -> Result<String, ErrorData> {
 }
 
 fn query(pairs: &[(&str, Option<String>)]) -> String {
-    let q: Vec<String> =
-        pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", urlencoding(v)))).collect();
-    if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) }
-}
-
-fn urlencoding(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
+    let q: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| {
+            v.as_ref()
+                .map(|v| format!("{k}={}", url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()))
         })
-        .collect()
+        .collect();
+    if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) }
 }
 
 fn limit_arg(args: &JsonObject) -> Option<String> {

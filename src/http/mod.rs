@@ -566,6 +566,16 @@ pub fn bearer_header(req: &Request) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// An id given in a body field or query parameter at `pointer`: a malformed one is 422.
+pub fn id_at(s: &str, pointer: &str) -> Result<Id, DomainError> {
+    s.parse().map_err(|_| DomainError::invalid(pointer, "invalid_id", "not an id"))
+}
+
+/// The `ETag` of a record's version.
+pub fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
 /// Parses a path id; a malformed one is simply not found (no hint about what exists).
 pub fn parse_id(s: &str, what: &'static str) -> Result<Id, DomainError> {
     s.parse().map_err(|_| DomainError::NotFound { what })

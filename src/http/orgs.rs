@@ -123,7 +123,7 @@ impl OrgsApi {
         let new = NewOrg { slug: b.slug, name: b.name, settings: b.settings.map(|s| s.into_iter().collect()) };
         let org = orgs::create(&app.writer, mutation_ctx(req, scope, op.actor()), new).await?;
         let location = format!("/v1/orgs/{}", org.id);
-        let etag = etag(org.version);
+        let etag = super::etag(org.version);
         Ok(OrgCreated::Created(Json(view(org)), location, etag))
     }
 
@@ -278,12 +278,8 @@ async fn set_suspended(
 
 /// The organization with its version as the `ETag`.
 fn ok(org: Organization) -> OrgOk {
-    let etag = etag(org.version);
+    let etag = super::etag(org.version);
     OrgOk::Ok(Json(view(org)), etag)
-}
-
-fn etag(version: u64) -> String {
-    format!("\"{version}\"")
 }
 
 fn view(o: Organization) -> OrgView {

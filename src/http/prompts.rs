@@ -17,12 +17,12 @@ use super::problem::Problem;
 use super::{ApiTags, OperatorAuth, UserAuth, mutation_ctx, parse_id, parse_if_match, user_ctx};
 use crate::app::App;
 use crate::auth::Principal;
+use crate::domain::DomainError;
 use crate::domain::paging::{Page, PageRequest};
 use crate::domain::policy::Permission;
 use crate::domain::prompts::{
     self, Body, Level, Merge, NewTemplate, Section, Template, TemplateFilter, TemplatePatch, Variable, Version, Viewer,
 };
-use crate::domain::{DomainError, rooms};
 use crate::ids::{Id, rfc3339};
 use crate::prompts::{Input, Rendered, Subject, Tool};
 use crate::store::writer::MutationCtx;
@@ -331,18 +331,14 @@ pub enum TemplateOk {
 }
 
 fn ok(t: Template) -> TemplateOk {
-    let etag = etag(t.version);
+    let etag = super::etag(t.version);
     TemplateOk::Ok(Json(view(t)), etag)
 }
 
 fn created(t: Template, base: &str) -> TemplateCreated {
     let location = format!("{base}/{}", t.id);
-    let etag = etag(t.version);
+    let etag = super::etag(t.version);
     TemplateCreated::Created(Json(view(t)), location, etag)
-}
-
-fn etag(version: u64) -> String {
-    format!("\"{version}\"")
 }
 
 fn level_view(l: Level) -> LevelView {
@@ -534,11 +530,8 @@ fn viewer(p: &Principal) -> Result<Viewer, Problem> {
 
 const OPERATOR: Viewer = Viewer { user: None, manager: true };
 
-fn optional_id(s: Option<&str>, at: &str, what: &'static str) -> Result<Option<Id>, DomainError> {
-    s.map(|s| {
-        uuid::Uuid::try_parse(s).map(Id).map_err(|_| DomainError::invalid(at, "invalid_id", format!("not a {what} id")))
-    })
-    .transpose()
+fn optional_id(s: Option<&str>, at: &str) -> Result<Option<Id>, DomainError> {
+    s.map(|s| super::id_at(s, at)).transpose()
 }
 
 #[derive(Default)]
@@ -571,8 +564,8 @@ impl PromptsApi {
             OrgLevelView::Room => Level::Room,
             OrgLevelView::User => Level::User,
         };
-        let room = optional_id(b.room_id.as_deref(), "/room_id", "room")?;
-        let mut user = optional_id(b.user_id.as_deref(), "/user_id", "user")?;
+        let room = optional_id(b.room_id.as_deref(), "/room_id")?;
+        let mut user = optional_id(b.user_id.as_deref(), "/user_id")?;
         if level == Level::User {
             user = user.or(Some(p.user));
         }
@@ -628,8 +621,8 @@ impl PromptsApi {
                 OrgLevelView::User => Level::User,
             }),
             name: name.0,
-            room: optional_id(room_id.0.as_deref(), "?room_id", "room")?,
-            user: optional_id(user_id.0.as_deref(), "?user_id", "user")?,
+            room: optional_id(room_id.0.as_deref(), "?room_id")?,
+            user: optional_id(user_id.0.as_deref(), "?user_id")?,
         };
         let page = prompts::list(&app.store, OrgScope::member(&p), v, filter, page).await?;
         Ok(Json(page_view(page)))
@@ -802,11 +795,11 @@ impl PromptsApi {
         let v = viewer(&p)?;
         let b = body.0;
         prompts::check_name(&b.name)?;
-        let user = optional_id(b.user_id.as_deref(), "/user_id", "user")?.unwrap_or(p.user);
+        let user = optional_id(b.user_id.as_deref(), "/user_id")?.unwrap_or(p.user);
         if user != p.user && !v.manager {
             p.require(Permission::PromptsManage)?;
         }
-        let room = optional_id(b.room_id.as_deref(), "/room_id", "room")?;
+        let room = optional_id(b.room_id.as_deref(), "/room_id")?;
         if let Some(l) = &b.locale {
             if !crate::prompts::valid_locale(l) {
                 return Err(DomainError::invalid("/locale", "invalid_locale", "letters, digits and '-', 1–35").into());
@@ -825,30 +818,13 @@ impl PromptsApi {
     }
 }
 
-/// The records of a render's context: the organization, the user (active) and the room (one
-/// the user may see).
+/// The subject of a render, from its records.
 fn subject(app: &App, scope: OrgScope, user: Id, room: Option<Id>) -> Result<Subject, DomainError> {
-    let org = scope.org();
-    app.store.peek(|r| {
-        let o: crate::domain::orgs::Organization =
-            crate::store::Lookup::record(r, crate::store::tables::ORGS, org.as_bytes())?
-                .ok_or(DomainError::NotFound { what: "organization" })?;
-        let u: crate::domain::users::User =
-            crate::store::Lookup::record(r, crate::store::tables::USERS, &crate::store::tables::org_id_key(org, user))?
-                .filter(|u: &crate::domain::users::User| u.status == crate::domain::users::UserStatus::Active)
-                .ok_or(DomainError::NotFound { what: "user" })?;
-        let room = match room {
-            Some(id) => {
-                let (room, _) = rooms::visible(r, org, user, id)?;
-                Some((room.id, room.name, room.description))
-            }
-            None => None,
-        };
-        Ok(Subject {
-            org: (o.id, o.name, o.slug),
-            room,
-            user: (u.id, u.display_name, u.role.as_str(), u.profile.locale, u.profile.time_zone),
-        })
+    let (o, u, room) = prompts::subject_records(&app.store, scope, user, room)?;
+    Ok(Subject {
+        org: (o.id, o.name, o.slug),
+        room: room.map(|r| (r.id, r.name, r.description)),
+        user: (u.id, u.display_name, u.role.as_str(), u.profile.locale, u.profile.time_zone),
     })
 }
 
@@ -859,16 +835,14 @@ async fn tools(app: &App, p: &Principal, services: Vec<String>) -> Result<Vec<To
     }
     let mut out = Vec::new();
     for (i, id) in services.iter().enumerate() {
-        let id = uuid::Uuid::try_parse(id)
-            .map(Id)
-            .map_err(|_| DomainError::invalid(&format!("/mcp_services/{i}"), "invalid_id", "not a service id"))?;
+        let id = super::id_at(id, &format!("/mcp_services/{i}"))?;
         let service = crate::domain::services::get(&app.store, OrgScope::member(p), id)?;
         if p.require(Permission::ServicesCall).is_err() {
             continue;
         }
         let catalog = app.mcp.list(OrgScope::member(p), &service).await.map_err(super::mcp::problem)?;
         for t in &catalog.tools {
-            if crate::mcp::may_call_tool(p.role, &service, &t.tool.name).is_ok() {
+            if super::mcp::callable(p, &service, &t.tool.name) {
                 out.push(Tool {
                     service: id,
                     name: t.tool.name.to_string(),

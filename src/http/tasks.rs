@@ -13,7 +13,7 @@ use super::chat::{
     AttachmentView, EditBody, MessagePage, MessageView, Posted, anchor, change_message, ids, message_view,
 };
 use super::problem::Problem;
-use super::{ApiTags, UserAuth, parse_id, parse_if_match, user_ctx};
+use super::{ApiTags, UserAuth, id_at, parse_id, parse_if_match, user_ctx};
 use crate::app::App;
 use crate::auth::Principal;
 use crate::domain::DomainError;
@@ -183,10 +183,6 @@ fn time_ms(s: &str, pointer: &str) -> Result<i64, DomainError> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
         .map_err(|_| DomainError::invalid(pointer, "invalid_time", "an RFC 3339 time"))
-}
-
-fn id_at(s: &str, pointer: &str) -> Result<Id, DomainError> {
-    s.parse().map_err(|_| DomainError::invalid(pointer, "invalid_id", "not an id"))
 }
 
 fn fields(b: TaskBody, if_match: Option<&str>) -> Result<TaskFields, DomainError> {

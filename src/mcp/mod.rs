@@ -379,7 +379,6 @@ impl Mcp {
     ) -> Result<(RunningService<RoleClient, Handler>, Arc<Shared>), McpError> {
         let shared = Arc::new(Shared::default());
         let handler = Handler { shared: shared.clone(), hub: self.inner.parts.hub.clone() };
-        let handler_again = Handler { shared: shared.clone(), hub: self.inner.parts.hub.clone() };
         let wait = Duration::from_millis(self.inner.parts.config.open_timeout_ms);
         let opened = if let Some(name) = url.strip_prefix(STDIO_PREFIX) {
             let transport = self.spawn(name)?;
@@ -392,7 +391,10 @@ impl Mcp {
                 Ok(Err(e)) => {
                     match tokio::time::timeout(wait, sse::open(self.inner.parts.egress.mcp_client(), url, header)).await
                     {
-                        Ok(Ok(Some(transport))) => tokio::time::timeout(wait, handler_again.serve(transport)).await,
+                        Ok(Ok(Some(transport))) => {
+                            let handler = Handler { shared: shared.clone(), hub: self.inner.parts.hub.clone() };
+                            tokio::time::timeout(wait, handler.serve(transport)).await
+                        }
                         _ => Ok(Err(e)),
                     }
                 }
