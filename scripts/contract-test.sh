@@ -11,6 +11,7 @@
 #                 clients, against a fresh server (generates the clients first if missing)
 #   schemathesis  schemathesis over every operation, all phases, once per principal, against a
 #                 fresh server; fails on any check failure, error, or a panic in the server log
+#   tools         only install the tools below (run alone)
 #
 # Environment:
 #   OUTPOST_BIN        the server binary (default target/debug/outpost)
@@ -281,6 +282,11 @@ part_schemathesis() {
 # --- main --------------------------------------------------------------------------------------
 
 PARTS=("$@")
+if [[ "${PARTS[*]}" == tools ]]; then
+  ensure_venv
+  ensure_node
+  exit 0
+fi
 [[ ${#PARTS[@]} -gt 0 ]] || PARTS=(python ts journeys schemathesis)
 T_ALL="$(now)"
 for part in "${PARTS[@]}"; do

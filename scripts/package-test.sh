@@ -8,11 +8,18 @@
 #
 # Called by scripts/test-all.sh after the x86_64 musl release build. Installs what it needs when
 # missing (apt packages, cargo-deb and cargo-generate-rpm pinned into .cache/tools, a debootstrap
-# root in .cache/debootstrap) and builds the aarch64 binary itself. Prints PASS/FAIL and the time
-# of every step, and ends with "N passed, M failed". Needs root.
+# root in .cache/debootstrap) and builds the aarch64 binary itself, in the background beside the
+# amd64 steps (most of which wait on the container), in a target dir of its own
+# (target/arm64: two cargo builds in one dir take turns). Prints PASS/FAIL and the time of every
+# step, and ends with "N passed, M failed". Needs root.
 #
-#   bash scripts/package-test.sh            everything
+#   bash scripts/package-test.sh                everything
 #   SKIP_ARM64=1 bash scripts/package-test.sh   without the aarch64 build and smoke test
+#   bash scripts/package-test.sh apt            only the Debian packages it needs
+#   bash scripts/package-test.sh prepare        only its tools and the Debian root (no apt)
+#   bash scripts/package-test.sh arm64-build    only the aarch64 build; with its PID in
+#                                               OUTPOST_ARM64_BUILD_PID, a later run waits
+#                                               for that build instead of starting its own
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -36,6 +43,9 @@ VERSION=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,
 UPGRADE_FROM=922bf54f4c76043894de97b28741fc30e46c7a3d
 PREV_VERSION="$VERSION~schema1"
 PREV_DEB=outpost_${PREV_VERSION}-1_amd64.deb
+ARM_DIR=$TARGET_DIR/arm64
+ARM_LOG=$WORK/arm64-build.log
+ARM_RC=$WORK/arm64-build.rc
 export PATH="$TOOLS/bin:$PATH"
 
 passed=0
@@ -77,7 +87,8 @@ source scripts/apt.sh
 # ---------------------------------------------------------------------------------------------
 # Tools
 
-tools() {
+# The Debian packages and the aarch64 Rust target.
+tools_apt() {
     if [ "${SKIP_ARM64:-}" != 1 ] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
         as_root dpkg --add-architecture arm64
         as_root apt-get update -qq
@@ -85,15 +96,22 @@ tools() {
     local pkgs=(lintian rpm rpmlint systemd-container debootstrap file)
     [ "${SKIP_ARM64:-}" = 1 ] || pkgs+=(gcc-aarch64-linux-gnu musl-dev:arm64 qemu-user)
     apt_install "${pkgs[@]}" || return 1
-    # cargo install builds in a temporary folder of its own, not the project's target dir.
-    if ! cargo-deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
-        env -u CARGO_TARGET_DIR cargo install --locked --quiet --root "$TOOLS" --version "$CARGO_DEB_VERSION" cargo-deb || return 1
-    fi
-    if ! cargo-generate-rpm --version 2>/dev/null | grep -q "$CARGO_GENERATE_RPM_VERSION"; then
-        env -u CARGO_TARGET_DIR cargo install --locked --quiet --root "$TOOLS" --version "$CARGO_GENERATE_RPM_VERSION" cargo-generate-rpm || return 1
-    fi
     if [ "${SKIP_ARM64:-}" != 1 ] && ! rustup target list --installed | grep -qx "$ARM"; then
         rustup target add "$ARM" || return 1
+    fi
+}
+
+tools() {
+    tools_apt || return 1
+    # Built in a folder of their own (not the project's target dir), shared by the two so that
+    # what they have in common compiles once, and without LTO: they only pack files.
+    local build=(env -u CARGO_TARGET_DIR CARGO_PROFILE_RELEASE_LTO=false
+        cargo install --locked --quiet --root "$TOOLS" --target-dir "$TOOLS/build")
+    if ! cargo-deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+        "${build[@]}" --version "$CARGO_DEB_VERSION" cargo-deb || return 1
+    fi
+    if ! cargo-generate-rpm --version 2>/dev/null | grep -q "$CARGO_GENERATE_RPM_VERSION"; then
+        "${build[@]}" --version "$CARGO_GENERATE_RPM_VERSION" cargo-generate-rpm || return 1
     fi
     cargo-deb --version && cargo-generate-rpm --version && lintian --version && rpmlint --version | head -1
 }
@@ -119,9 +137,28 @@ debian_root() {
 # ---------------------------------------------------------------------------------------------
 # Building and linting
 
+# The aarch64 release build, niced, in its own target dir; its exit status lands in $ARM_RC.
+arm64_build() {
+    mkdir -p "$WORK"
+    rm -f "$ARM_RC"
+    CARGO_TARGET_DIR=$ARM_DIR CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-musl-gcc \
+        nice -n 10 cargo build --release --locked --target "$ARM" >"$ARM_LOG" 2>&1
+    echo $? >"$ARM_RC"
+}
+
+# Waits for that build (started by this run or named by OUTPOST_ARM64_BUILD_PID), and puts its
+# binary where cargo-deb and cargo-generate-rpm look for it.
 arm64_binary() {
-    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-musl-gcc \
-        cargo build --release --locked --target "$ARM" || return 1
+    local pid=${OUTPOST_ARM64_BUILD_PID:-$ARM64_PID}
+    echo "waiting for the aarch64 build, PID $pid (log: $ARM_LOG)"
+    # Until the status appears, or the process is gone (a zombie counts as gone).
+    running() { local st; st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
+    while [ ! -f "$ARM_RC" ] && running "$pid"; do sleep 1; done
+    [ -f "$ARM_RC" ] || { echo "the aarch64 build ended without a status"; tail -30 "$ARM_LOG"; return 1; }
+    [ "$(cat "$ARM_RC")" = 0 ] || { tail -30 "$ARM_LOG"; return 1; }
+    tail -1 "$ARM_LOG"
+    mkdir -p "$TARGET_DIR/$ARM/release" || return 1
+    cp "$ARM_DIR/$ARM/release/outpost" "$TARGET_DIR/$ARM/release/outpost" || return 1
     local bin=$TARGET_DIR/$ARM/release/outpost
     file "$bin"
     file "$bin" | grep -q 'ARM aarch64' && file "$bin" | grep -Eq 'static(-pie)? linked|statically linked'
@@ -164,6 +201,7 @@ build_prev() {
         export CARGO_TARGET_DIR=$TARGET_DIR
         cd "$src" \
             && cargo build --release --locked --quiet --target "$X86" \
+                --config 'profile.release.lto=false' \
                 --config 'profile.release.package.outpost.opt-level=0' \
                 --config 'profile.release.package.outpost.codegen-units=16' \
             && "$bin" --version \
@@ -556,17 +594,36 @@ arm64_smoke() {
 
 # ---------------------------------------------------------------------------------------------
 
-on_exit() { poweroff; }
+mkdir -p "$WORK" "$CACHE"
+case "${1:-all}" in
+    all) ;;
+    apt) tools_apt; exit ;;
+    prepare) tools && debian_root; exit ;;
+    arm64-build) arm64_build; exit "$(cat "$ARM_RC")" ;;
+    *) echo "usage: $0 [all|apt|prepare|arm64-build]" >&2; exit 2 ;;
+esac
+
+ARM64_PID=
+on_exit() {
+    poweroff
+    if [ -n "$ARM64_PID" ] && kill -0 "$ARM64_PID" 2>/dev/null; then
+        pkill -TERM -P "$ARM64_PID"
+        kill "$ARM64_PID" 2>/dev/null
+    fi
+}
 trap on_exit EXIT
 trap 'exit 130' INT TERM
 
 t_start=$(date +%s)
-mkdir -p "$WORK" "$CACHE"
 printf 'package test: outpost %s (upgrade from %s), target dir %s\n' "$VERSION" "$PREV_VERSION" "$TARGET_DIR"
 
 [ -x "$TARGET_DIR/$X86/release/outpost" ] || cargo build --release --locked --target "$X86"
 
 step "tools (apt, cargo-deb $CARGO_DEB_VERSION, cargo-generate-rpm $CARGO_GENERATE_RPM_VERSION)" tools
+if [ "${SKIP_ARM64:-}" != 1 ] && [ -z "${OUTPOST_ARM64_BUILD_PID:-}" ]; then
+    arm64_build &
+    ARM64_PID=$!
+fi
 step "debian root (debootstrap $DEBIAN_SUITE, cached)" debian_root
 step "amd64: build N, the commit before schema 2 (${UPGRADE_FROM:0:10}), as $PREV_VERSION" build_prev
 step "amd64: man page and completions" assets $X86

@@ -4,6 +4,11 @@
 # packages built from it (scripts/package-test.sh: deb and rpm, amd64 and arm64, under systemd).
 # Safe to run again: installs are skipped when present. Needs root (or sudo) for apt-get the
 # first time on a fresh machine.
+#
+# On 2 cores the run is mostly compiling, so work that waits on the network or on one core runs
+# beside it: the Python and npm installs and the Debian root beside clippy, and the two release
+# builds (x86_64 and aarch64, niced) beside the contract tests, whose Python keeps one core busy.
+# Their logs are in target/ci/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,30 +22,69 @@ say() {
 # as_root, apt_install
 source scripts/apt.sh
 
-say "checking tools"
-apt_install musl-tools file openssl curl
+# Background jobs: each in a process group of its own (so that a failed run stops all of it), its
+# output in target/ci/NAME.log.
+CI_LOGS=target/ci
+declare -A BG_PID=() BG_START=()
+bg_start() {
+    local name=$1
+    shift
+    setsid "$@" >"$CI_LOGS/$name.log" 2>&1 </dev/null &
+    BG_PID[$name]=$!
+    BG_START[$name]=$SECONDS
+    echo "started in the background: $name (log: $CI_LOGS/$name.log)"
+}
+bg_wait() {
+    local name=$1 rc=0
+    wait "${BG_PID[$name]}" || rc=$?
+    unset "BG_PID[$name]"
+    if [ "$rc" != 0 ]; then
+        tail -40 "$CI_LOGS/$name.log"
+        echo "error: $name failed (exit $rc); its whole log is $CI_LOGS/$name.log" >&2
+        exit 1
+    fi
+    echo "$name: done, $((SECONDS - BG_START[$name])) s after it started ($(tail -1 "$CI_LOGS/$name.log" | cut -c1-120))"
+}
+bg_stop_all() {
+    local pid
+    for pid in "${BG_PID[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
+}
+trap bg_stop_all EXIT
+
+say "checking tools (Debian packages, Rust targets and components)"
+apt_install musl-tools file openssl curl python3-venv chromium
+command -v node >/dev/null 2>&1 || apt_install nodejs npm
+bash scripts/package-test.sh apt
 if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
     rustup target add x86_64-unknown-linux-musl
 fi
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+mkdir -p "$CI_LOGS"
 
-say "peer clients (.venv-peers: websockets, aiortc, tuspy, standardwebhooks, authlib, mcp)"
-apt_install python3-venv
-if ! .venv-peers/bin/python -c 'import websockets, aiortc, numpy, jsonschema, rfc3339_validator, tusclient, standardwebhooks, authlib, requests, mcp.server.mcpserver' >/dev/null 2>&1; then
-    [ -x .venv-peers/bin/pip ] || python3 -m venv .venv-peers
-    .venv-peers/bin/pip install --quiet --disable-pip-version-check 'websockets>=15,<18' 'aiortc>=1.14,<2' 'numpy>=1.26,<3' \
-        'jsonschema>=4.23,<5' 'rfc3339-validator>=0.1.4,<0.2' 'tuspy>=1.1,<2' 'standardwebhooks>=1.3,<2' \
-        'authlib>=1.3,<2' 'requests>=2.31,<3' 'mcp>=2.3,<3'
-fi
+# The peers the integration tests talk to: .venv-peers (websockets, aiortc, tuspy,
+# standardwebhooks, authlib, mcp) and tests/peers/node_modules (yjs, y-websocket, ws,
+# playwright-core, oidc-provider, MCP server-everything); then the contract tests' tools.
+install_peers() {
+    set -euo pipefail
+    if ! .venv-peers/bin/python -c 'import websockets, aiortc, numpy, jsonschema, rfc3339_validator, tusclient, standardwebhooks, authlib, requests, mcp.server.mcpserver' >/dev/null 2>&1; then
+        [ -x .venv-peers/bin/pip ] || python3 -m venv .venv-peers
+        .venv-peers/bin/pip install --quiet --disable-pip-version-check 'websockets>=15,<18' 'aiortc>=1.14,<2' 'numpy>=1.26,<3' \
+            'jsonschema>=4.23,<5' 'rfc3339-validator>=0.1.4,<0.2' 'tuspy>=1.1,<2' 'standardwebhooks>=1.3,<2' \
+            'authlib>=1.3,<2' 'requests>=2.31,<3' 'mcp>=2.3,<3'
+    fi
+    if [ ! -d tests/peers/node_modules/y-websocket ] || [ ! -d tests/peers/node_modules/playwright-core ] ||
+        [ ! -d tests/peers/node_modules/oidc-provider ] || [ ! -d tests/peers/node_modules/@modelcontextprotocol/server-everything ]; then
+        (cd tests/peers && npm ci --no-audit --no-fund --silent)
+    fi
+    bash scripts/contract-test.sh tools
+    echo "peers installed"
+}
+export -f install_peers
 
-say "peer clients (tests/peers/node_modules: yjs, y-websocket, ws, playwright-core, oidc-provider, MCP server-everything; Debian chromium)"
-command -v node >/dev/null 2>&1 || apt_install nodejs npm
-apt_install chromium
-if [ ! -d tests/peers/node_modules/y-websocket ] || [ ! -d tests/peers/node_modules/playwright-core ] ||
-    [ ! -d tests/peers/node_modules/oidc-provider ] || [ ! -d tests/peers/node_modules/@modelcontextprotocol/server-everything ]; then
-    (cd tests/peers && npm ci --no-audit --no-fund --silent)
-fi
+say "in the background: peers (Python venvs, npm packages) and the packaging tools and Debian root"
+bg_start peers bash -c install_peers
+bg_start package-prepare nice -n 10 bash scripts/package-test.sh prepare
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
@@ -48,18 +92,21 @@ cargo fmt --all -- --check
 say "cargo clippy (warnings are errors)"
 cargo clippy --all-targets --locked -- -D warnings
 
-say "tests"
+say "tests (waiting for the peers first)"
+bg_wait peers
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --locked --no-fail-fast
 else
     cargo test --locked --no-fail-fast
 fi
 
-say "API contract: generated Python and TypeScript clients, their journeys, schemathesis (scripts/contract-test.sh)"
+say "API contract: generated Python and TypeScript clients, their journeys, schemathesis (scripts/contract-test.sh); the release builds beside it"
+bg_start release-x86_64 nice -n 10 cargo build --release --locked --target x86_64-unknown-linux-musl
+bg_start release-aarch64 bash scripts/package-test.sh arm64-build
 bash scripts/contract-test.sh
 
 say "static release binary (x86_64-unknown-linux-musl)"
-cargo build --release --locked --target x86_64-unknown-linux-musl
+bg_wait release-x86_64
 bin=target/x86_64-unknown-linux-musl/release/outpost
 file "$bin"
 if ! file "$bin" | grep -Eq 'static(-pie)? linked|statically linked'; then
@@ -70,5 +117,7 @@ fi
 ls -l "$bin"
 
 say "packages: .deb and .rpm for amd64 and arm64, lint, install and run under systemd (scripts/package-test.sh)"
-bash scripts/package-test.sh
+bg_wait package-prepare
+OUTPOST_ARM64_BUILD_PID=${BG_PID[release-aarch64]} bash scripts/package-test.sh
+bg_wait release-aarch64
 say "all checks passed"
