@@ -18,7 +18,7 @@
 #   bash scripts/package-test.sh apt            only the Debian packages it needs
 #   bash scripts/package-test.sh prepare        only its tools and the Debian root (no apt)
 #   bash scripts/package-test.sh arm64-build    only the aarch64 build; with its PID in
-#                                               OUTPOST_ARM64_BUILD_PID, a later run waits
+#                                               PKGTEST_ARM64_BUILD_PID, a later run waits
 #                                               for that build instead of starting its own
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -146,10 +146,10 @@ arm64_build() {
     echo $? >"$ARM_RC"
 }
 
-# Waits for that build (started by this run or named by OUTPOST_ARM64_BUILD_PID), and puts its
+# Waits for that build (started by this run or named by PKGTEST_ARM64_BUILD_PID), and puts its
 # binary where cargo-deb and cargo-generate-rpm look for it.
 arm64_binary() {
-    local pid=${OUTPOST_ARM64_BUILD_PID:-$ARM64_PID}
+    local pid=${PKGTEST_ARM64_BUILD_PID:-$ARM64_PID}
     echo "waiting for the aarch64 build, PID $pid (log: $ARM_LOG)"
     # Until the status appears, or the process is gone (a zombie counts as gone).
     running() { local st; st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
@@ -620,7 +620,7 @@ printf 'package test: outpost %s (upgrade from %s), target dir %s\n' "$VERSION" 
 [ -x "$TARGET_DIR/$X86/release/outpost" ] || cargo build --release --locked --target "$X86"
 
 step "tools (apt, cargo-deb $CARGO_DEB_VERSION, cargo-generate-rpm $CARGO_GENERATE_RPM_VERSION)" tools
-if [ "${SKIP_ARM64:-}" != 1 ] && [ -z "${OUTPOST_ARM64_BUILD_PID:-}" ]; then
+if [ "${SKIP_ARM64:-}" != 1 ] && [ -z "${PKGTEST_ARM64_BUILD_PID:-}" ]; then
     arm64_build &
     ARM64_PID=$!
 fi

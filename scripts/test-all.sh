@@ -7,8 +7,9 @@
 #
 # On 2 cores the run is mostly compiling, so work that waits on the network or on one core runs
 # beside it: the Python and npm installs and the Debian root beside clippy, and the two release
-# builds (x86_64 and aarch64, niced) beside the contract tests, whose Python keeps one core busy.
-# Their logs are in target/ci/.
+# builds beside the contract tests, whose Python keeps one core busy. The builds are niced, the
+# aarch64 one the most, so that the x86_64 binary the package steps need next comes first and
+# the aarch64 one takes what the package steps leave. Their logs are in target/ci/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -102,7 +103,7 @@ fi
 
 say "API contract: generated Python and TypeScript clients, their journeys, schemathesis (scripts/contract-test.sh); the release builds beside it"
 bg_start release-x86_64 nice -n 10 cargo build --release --locked --target x86_64-unknown-linux-musl
-bg_start release-aarch64 bash scripts/package-test.sh arm64-build
+bg_start release-aarch64 nice -n 9 bash scripts/package-test.sh arm64-build
 bash scripts/contract-test.sh
 
 say "static release binary (x86_64-unknown-linux-musl)"
@@ -118,6 +119,6 @@ ls -l "$bin"
 
 say "packages: .deb and .rpm for amd64 and arm64, lint, install and run under systemd (scripts/package-test.sh)"
 bg_wait package-prepare
-OUTPOST_ARM64_BUILD_PID=${BG_PID[release-aarch64]} bash scripts/package-test.sh
+PKGTEST_ARM64_BUILD_PID=${BG_PID[release-aarch64]} bash scripts/package-test.sh
 bg_wait release-aarch64
 say "all checks passed"
