@@ -64,7 +64,7 @@ pub struct App {
     pub keys: Keys,
     pub hasher: Hasher,
     pub limits: Arc<Limits>,
-    pub verified_tokens: Arc<crate::auth::tokens::VerifiedCache>,
+    pub auth_caches: Arc<crate::auth::Caches>,
     /// The search index, once the server has opened it.
     pub search: Arc<std::sync::OnceLock<Arc<crate::search::SearchIndex>>>,
     /// The realtime hub (its dispatcher runs while the server does).
@@ -193,7 +193,7 @@ impl App {
             limits: Arc::new(Limits::new(config_limits)),
             hub,
             key_uses: Arc::default(),
-            verified_tokens: Arc::default(),
+            auth_caches: Arc::default(),
             search: Arc::default(),
         };
         app.load_keys().await?;

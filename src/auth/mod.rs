@@ -13,7 +13,9 @@
 //!
 //! Checked operator keys are remembered in a small bounded cache (by the SHA-256 of the
 //! presented text, for `KEY_CACHE_TTL`), so a busy client does not cost a store read per
-//! request.
+//! request. A user's standing (session, account, organization) is remembered until a row it was
+//! read from is written (`StandingCache`): any revocation, suspension or role change takes
+//! effect from the request after the one that made it, as without the cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -133,10 +135,17 @@ impl OrgScope {
     }
 }
 
+/// What the per-request checks remember: verified tokens, and the standings they led to.
+#[derive(Default)]
+pub struct Caches {
+    pub tokens: tokens::VerifiedCache,
+    pub standing: StandingCache,
+}
+
 /// Checks an access token and that its session, user and organization still stand.
 pub async fn user(
     store: &Store,
-    cache: &tokens::VerifiedCache,
+    caches: &Caches,
     ring: &keys::KeyRing,
     bearer: &str,
     access_ttl: Duration,
@@ -144,22 +153,73 @@ pub async fn user(
     if bearer.starts_with(api_keys::PREFIX) {
         return api_key(store, bearer).await;
     }
-    let claims = cache.verify(ring, bearer, access_ttl)?;
+    let claims = caches.tokens.verify(ring, bearer, access_ttl)?;
     let (org, user, session) = (claims.org, claims.user, claims.session);
-    let standing = store.peek(|r| login::standing(r, org, user, session))?;
-    match standing {
-        Standing::Ok(account, app) => Ok(Principal {
-            org,
-            user,
-            role: account.role,
-            session,
-            api_key: None,
-            account: Some(Arc::from(account)),
-            app: app.map(|m| (m.app, m.scopes.iter().filter_map(|s| Permission::parse(s)).collect())),
-        }),
-        Standing::SessionRevoked => Err(AuthError::SessionRevoked),
-        Standing::UserInactive => Err(AuthError::UserInactive),
-        Standing::OrgInactive => Err(AuthError::OrgInactive),
+    // The stamp before the read: a write landing between the two only makes the entry stale.
+    let stamp = login::standing_stamp(store, org, user, session);
+    let stood = match caches.standing.get((org, user, session), stamp) {
+        Some(stood) => stood,
+        None => match store.peek(|r| login::standing(r, org, user, session))? {
+            Standing::Ok(account, app) => {
+                let stood = Stood {
+                    stamp,
+                    account: Arc::from(account),
+                    app: app.map(|m| (m.app, m.scopes.iter().filter_map(|s| Permission::parse(s)).collect())),
+                };
+                caches.standing.put((org, user, session), stood.clone());
+                stood
+            }
+            Standing::SessionRevoked => return Err(AuthError::SessionRevoked),
+            Standing::UserInactive => return Err(AuthError::UserInactive),
+            Standing::OrgInactive => return Err(AuthError::OrgInactive),
+        },
+    };
+    Ok(Principal {
+        org,
+        user,
+        role: stood.account.role,
+        session,
+        api_key: None,
+        account: Some(stood.account),
+        app: stood.app,
+    })
+}
+
+/// A standing that held: the account as read, and the app the session was granted to.
+#[derive(Clone)]
+struct Stood {
+    /// `login::standing_stamp` when it was read.
+    stamp: u64,
+    account: Arc<crate::domain::users::User>,
+    app: Option<(Id, Vec<Permission>)>,
+}
+
+/// Standings that held, by (organization, user, session), each kept while the store's change
+/// counters of the rows it was read from stay where they were: a hit costs three counter loads
+/// and a lookup instead of three row reads and decodes. Only standings that held are kept;
+/// refusals are read every time.
+#[derive(Default)]
+pub struct StandingCache {
+    // A std Mutex: held for a lookup or an insert, never across an await.
+    inner: Mutex<HashMap<(Id, Id, Id), Stood>>,
+}
+
+/// Most standings remembered; a full cache is emptied rather than grown.
+pub const STANDING_CACHE_LEN_MAX: usize = 16_384;
+
+impl StandingCache {
+    fn get(&self, key: (Id, Id, Id), stamp: u64) -> Option<Stood> {
+        let map = self.inner.lock().ok()?;
+        map.get(&key).filter(|s| s.stamp == stamp).cloned()
+    }
+
+    fn put(&self, key: (Id, Id, Id), stood: Stood) {
+        if let Ok(mut map) = self.inner.lock() {
+            if map.len() >= STANDING_CACHE_LEN_MAX && !map.contains_key(&key) {
+                map.clear();
+            }
+            map.insert(key, stood);
+        }
     }
 }
 

@@ -272,12 +272,21 @@ pub async fn refresh(
 /// Why a token's session no longer stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Standing {
-    /// The user's account as of this check (their current role inside).
-    /// The user's account as of this check, and the app the session was granted to, if any.
+    /// The user's account as of this check (their current role inside), and the app the
+    /// session was granted to, if any.
     Ok(Box<User>, Option<AppMark>),
     SessionRevoked,
     UserInactive,
     OrgInactive,
+}
+
+/// A number that changes whenever a row `standing` reads for these ids is written: read it
+/// before `standing`, and that standing holds for as long as the number stays the same.
+pub fn standing_stamp(store: &Store, org: Id, user: Id, session: Id) -> u64 {
+    store
+        .row_changes(ORGS, org.as_bytes())
+        .wrapping_add(store.row_changes(SESSIONS, &org_id_key(org, session)))
+        .wrapping_add(store.row_changes(USERS, &org_id_key(org, user)))
 }
 
 /// Checks, on one snapshot, that the session, the user and the org of a token still stand;

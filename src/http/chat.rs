@@ -320,6 +320,9 @@ pub(super) async fn change_message(
 #[derive(Default)]
 pub struct ChatApi {
     history_pages: PageCache<HistoryKey>,
+    /// Who was found allowed to read a channel, by (organization, user, channel): kept (as empty
+    /// pages) while the channel and membership rows that said so stay unchanged.
+    readers: PageCache<(Id, Id, Id)>,
 }
 
 #[OpenApi(tag = "ApiTags::Chat")]
@@ -543,8 +546,13 @@ impl ChatApi {
         let key = HistoryKey { org: p.org, channel: id, anchor: anchor_key(anchor), thread, limit };
         let generation = app.bus.generation(p.org, &format!("channel:{id}"));
         if let Some(page) = self.history_pages.get(&key, generation) {
-            // Who may read it is decided afresh every time.
-            chat::get(&app.store, p.org, p.user, id)?;
+            // Who may read it is decided afresh every time: from the rows, or from what they said
+            // when they were last read, if none of them has been written since.
+            let stamp = chat::visibility_stamp(&app.store, p.org, p.user, id);
+            if self.readers.get(&(p.org, p.user, id), stamp).is_none() {
+                chat::get(&app.store, p.org, p.user, id)?;
+                self.readers.put((p.org, p.user, id), stamp, bytes::Bytes::new());
+            }
             return Ok(Rendered::from_bytes(page));
         }
         let items =

@@ -107,8 +107,7 @@ impl Endpoint for McpEndpoint {
         let path = req.uri().path().to_owned();
         let Some(bearer) = super::bearer_header(&req) else { return Ok(challenge(&self.app, &path, None)) };
         let app = &self.app;
-        let Ok(p) =
-            crate::auth::user(&app.store, &app.verified_tokens, &app.keys.ring(), &bearer, app.access_ttl()).await
+        let Ok(p) = crate::auth::user(&app.store, &app.auth_caches, &app.keys.ring(), &bearer, app.access_ttl()).await
         else {
             return Ok(challenge(app, &path, Some("invalid_token")));
         };

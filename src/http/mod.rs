@@ -153,7 +153,7 @@ impl UserAuth {
     /// Checks the token and that its session, user and organization stand, and spends one
     /// request of the user's and the organization's budgets.
     pub async fn check(&self, app: &App) -> Result<Principal, Problem> {
-        let p = auth::user(&app.store, &app.verified_tokens, &app.keys.ring(), &self.0.token, app.access_ttl())
+        let p = auth::user(&app.store, &app.auth_caches, &app.keys.ring(), &self.0.token, app.access_ttl())
             .await
             .map_err(Problem::from)?;
         app.limits.request(p.org, p.user).map_err(|l| limited(app, l))?;

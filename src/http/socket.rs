@@ -93,7 +93,7 @@ pub struct LapseCodes {
 /// say (a hiccup is not a verdict on the session; look again next time), or how to close when
 /// the token expired or its session, user or organization no longer stands.
 pub async fn recheck_token(app: &App, token: &str, codes: &LapseCodes) -> Result<Option<Principal>, End> {
-    match auth::user(&app.store, &app.verified_tokens, &app.keys.ring(), token, app.access_ttl()).await {
+    match auth::user(&app.store, &app.auth_caches, &app.keys.ring(), token, app.access_ttl()).await {
         Ok(p) => Ok(Some(p)),
         Err(AuthError::Store(e)) => {
             tracing::warn!(error = %e, "a socket's recheck could not read the store");

@@ -340,7 +340,7 @@ async fn upgrade(req: &Request, ws: WebSocket, app: &App, doc_id: &str) -> Resul
         .and_then(|q| url_param(q, "access_token"))
         .or_else(|| super::bearer_header(req))
         .ok_or_else(|| Problem::unauthenticated("missing_token", "give the access token as ?access_token="))?;
-    let p = crate::auth::user(&app.store, &app.verified_tokens, &app.keys.ring(), &token, app.access_ttl()).await?;
+    let p = crate::auth::user(&app.store, &app.auth_caches, &app.keys.ring(), &token, app.access_ttl()).await?;
     p.require(Permission::RoomsRead)?;
     let scope = OrgScope::member(&p);
     let id = parse_id(doc_id, "document")?;

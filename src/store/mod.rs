@@ -16,6 +16,7 @@ pub mod writer;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -93,6 +94,20 @@ struct Inner {
     db: redb::Database,
     path: PathBuf,
     epoch: u64,
+    /// Row change counters (see `Store::row_changes`).
+    changes: Box<[AtomicU64]>,
+}
+
+/// Slots of row change counters (fixed: memory does not grow with rows).
+const CHANGE_SLOTS: usize = 16_384;
+
+/// The counter slot of the row at `key` in `table`.
+fn change_slot(table: Table, key: &[u8]) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0x006f_7574_706f_7374).build_hasher();
+    h.write_usize(table.idx);
+    h.write(key);
+    (h.finish() % CHANGE_SLOTS as u64) as usize
 }
 
 /// The fault hook of the fsync-failure test: with this variable naming a file, the store's
@@ -194,7 +209,8 @@ impl Store {
             None => builder.create(&path)?,
         };
         let report = init_or_migrate(&db, progress)?;
-        let store = Self { inner: Arc::new(Inner { db, path, epoch: report.epoch }) };
+        let changes = (0..CHANGE_SLOTS).map(|_| AtomicU64::new(0)).collect();
+        let store = Self { inner: Arc::new(Inner { db, path, epoch: report.epoch, changes }) };
         Ok((store, report))
     }
 
@@ -206,6 +222,26 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// A number that changes whenever the row at `key` of `table` is written or deleted (and,
+    /// now and then, when a row sharing its slot is). The writer moves it after the commit and
+    /// before it answers, so: read this, then read the row, and what is built from that read
+    /// is current for as long as the number stays the same.
+    pub fn row_changes(&self, table: Table, key: &[u8]) -> u64 {
+        self.inner.changes[change_slot(table, key)].load(Ordering::Acquire)
+    }
+
+    /// The slot `row_changes` reads for this row (the writer collects them as it writes).
+    pub(crate) fn change_slot(table: Table, key: &[u8]) -> usize {
+        change_slot(table, key)
+    }
+
+    /// Moves the counters of committed rows' slots.
+    pub(crate) fn rows_changed(&self, slots: &[usize]) {
+        for &slot in slots {
+            self.inner.changes[slot].fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Live handles on this store (the database closes when the last one goes).

@@ -280,6 +280,8 @@ impl<'txn> OpenTables<'txn> {
 /// One Mutation's view of the open write transaction.
 pub struct Tx<'a, 'txn> {
     tables: &'a mut OpenTables<'txn>,
+    /// The change-counter slots of the rows written so far in this attempt.
+    changed: &'a mut Vec<usize>,
     scope: OrgScope,
     kind: JobKind,
     now_ms: i64,
@@ -334,12 +336,14 @@ impl Tx<'_, '_> {
         self.check_scope(table, key)?;
         self.dirty = true;
         self.tables.table(table).insert(key, value)?;
+        self.changed.push(Store::change_slot(table, key));
         Ok(())
     }
 
     pub fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
         self.check_scope(table, key)?;
         self.dirty = true;
+        self.changed.push(Store::change_slot(table, key));
         Ok(self.tables.table(table).remove(key)?.is_some())
     }
 
@@ -457,7 +461,12 @@ impl WriterThread {
         };
         let n = jobs.len();
         let committed = match outcome {
-            Ok(published) => {
+            Ok((published, mut changed)) => {
+                // Row counters, then events, then the answers: whoever hears back from a write
+                // and then reads, or subscribes, sees it everywhere.
+                changed.sort_unstable();
+                changed.dedup();
+                self.store.rows_changed(&changed);
                 // Publish before answering: whoever hears back from a write and then subscribes
                 // must not see that write's events arrive live after the fact.
                 self.bus.publish(published);
@@ -491,6 +500,7 @@ impl WriterThread {
         };
         let now_ms = ids::now_ms();
         let mut log = LogAppender::new(self.gseq, self.store.epoch());
+        let mut changed = Vec::new();
         for (i, job) in jobs.iter_mut().enumerate() {
             if excluded[i] {
                 continue;
@@ -498,6 +508,7 @@ impl WriterThread {
             let ctx = job.ctx().clone();
             let mut tx = Tx {
                 tables: &mut open,
+                changed: &mut changed,
                 scope: ctx.scope,
                 kind: job.kind(),
                 now_ms,
@@ -558,13 +569,14 @@ impl WriterThread {
             return Attempt::Done(Err(e.into()));
         }
         self.gseq = log.gseq;
-        Attempt::Done(Ok(published))
+        Attempt::Done(Ok((published, changed)))
     }
 }
 
 enum Attempt {
     Replay,
-    Done(Result<Vec<Arc<Event>>, StoreError>),
+    /// The events to publish and the change-counter slots of the rows written.
+    Done(Result<(Vec<Arc<Event>>, Vec<usize>), StoreError>),
 }
 
 /// Appends events and audit records for one batch, caching the heads it moves.

@@ -610,3 +610,64 @@ async fn profiles_preferences_and_the_directory() {
     assert_eq!(list("").await["items"].as_array().unwrap().len(), 3, "everyone not deleted, invited included");
     s.stop().await;
 }
+
+/// `GET /v1/me/permissions` as `token`: the status, and the body.
+async fn my_permissions(s: &TestServer, token: &str) -> (u16, Value) {
+    let r = s.http.get(s.url("/v1/me/permissions")).bearer_auth(token).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// A busy session's standing is remembered between its requests. Each write that changes it
+/// takes effect from the very next request: a role change either way, a logout, a suspended
+/// account, a suspended organization.
+#[tokio::test]
+async fn a_remembered_standing_ends_with_the_write_that_changes_it() {
+    let s = TestServer::start().await;
+    let (org_id, logins) = populated_org(&s).await;
+    let by = |role: &str| &logins.iter().find(|(r, _)| *r == role).unwrap().1;
+    let (owner, admin, member, guest) = (by("owner"), by("admin"), by("member"), by("guest"));
+    for l in [owner, admin, member, guest] {
+        for _ in 0..3 {
+            assert_eq!(my_permissions(&s, &l.access).await.0, 200);
+        }
+    }
+
+    for (role, invites) in [("admin", true), ("guest", false), ("member", false)] {
+        let r = s
+            .http
+            .put(s.url(&format!("/v1/users/{}/role", member.user_id)))
+            .bearer_auth(&owner.access)
+            .json(&json!({ "role": role }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+        let (status, perms) = my_permissions(&s, &member.access).await;
+        assert_eq!((status, perms["role"].as_str()), (200, Some(role)));
+        assert_eq!(perms["permissions"].as_array().unwrap().iter().any(|p| p == "users.invite"), invites);
+    }
+
+    let r = s.http.post(s.url("/v1/auth/logout")).bearer_auth(&guest.access).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = s.http.get(s.url("/v1/me/permissions")).bearer_auth(&guest.access).send().await.unwrap();
+    expect_problem(r, 401, "session_revoked").await;
+
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/users/{}/suspend", member.user_id)))
+        .bearer_auth(&owner.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    // Suspension ends the account's sessions too.
+    let r = s.http.get(s.url("/v1/me/permissions")).bearer_auth(&member.access).send().await.unwrap();
+    expect_problem(r, 401, "session_revoked").await;
+
+    assert_eq!(my_permissions(&s, &admin.access).await.0, 200);
+    let r = s.post(&format!("/v1/orgs/{org_id}/suspend"), &json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let r = s.http.get(s.url("/v1/me/permissions")).bearer_auth(&admin.access).send().await.unwrap();
+    expect_problem(r, 401, "org_inactive").await;
+    s.stop().await;
+}

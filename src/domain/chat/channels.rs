@@ -176,6 +176,14 @@ pub async fn create(
         .await
 }
 
+/// A number that changes whenever a row `get` reads for these ids is written: read it before
+/// `get`, and what `get` said holds for as long as the number stays the same.
+pub fn visibility_stamp(store: &Store, org: Id, user: Id, id: Id) -> u64 {
+    store
+        .row_changes(CHANNELS, &org_id_key(org, id))
+        .wrapping_add(store.row_changes(CHANNEL_MEMBERS, &org_id_id_key(org, id, user)))
+}
+
 /// A channel the caller may see, with their membership.
 pub fn get(store: &Store, org: Id, user: Id, id: Id) -> Result<(Channel, Option<Member>), DomainError> {
     store.peek(|r| visible(r, org, user, id))

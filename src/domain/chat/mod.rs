@@ -20,7 +20,7 @@ pub mod posts;
 
 pub use channels::{
     Channel, ChannelKind, Member, NewChannel, add_member, archive, create, get, join, list, mark_read, remove_member,
-    update,
+    update, visibility_stamp,
 };
 pub use channels::{DIRECT_MEMBERS_MAX, MEMBERS_MAX, NAME_CHARS_MAX, TOPIC_CHARS_MAX};
 pub use messages::{Attachment, Message, Version};

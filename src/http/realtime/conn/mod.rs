@@ -32,11 +32,11 @@ const LAPSE: LapseCodes = LapseCodes {
 
 /// Checks a bearer token: the caller and, for an access token, when it expires (ms).
 async fn authenticate(app: &App, token: &str) -> Result<(Principal, Option<i64>), AuthError> {
-    let p = auth::user(&app.store, &app.verified_tokens, &app.keys.ring(), token, app.access_ttl()).await?;
+    let p = auth::user(&app.store, &app.auth_caches, &app.keys.ring(), token, app.access_ttl()).await?;
     let exp = if token.starts_with(crate::domain::api_keys::PREFIX) {
         None
     } else {
-        Some(app.verified_tokens.verify(&app.keys.ring(), token, app.access_ttl())?.exp_s * 1000)
+        Some(app.auth_caches.tokens.verify(&app.keys.ring(), token, app.access_ttl())?.exp_s * 1000)
     };
     Ok((p, exp))
 }
