@@ -14,7 +14,7 @@
 //! Checked operator keys are remembered in a small bounded cache (by the SHA-256 of the
 //! presented text, for `KEY_CACHE_TTL`), so a busy client does not cost a store read per
 //! request. A user's standing (session, account, organization) is remembered until a row it was
-//! read from is written (`StandingCache`): any revocation, suspension or role change takes
+//! read from is written (`Caches`): any revocation, suspension or role change takes
 //! effect from the request after the one that made it, as without the cache.
 
 use std::collections::HashMap;
@@ -30,6 +30,7 @@ use crate::domain::login::{self, Standing};
 use crate::domain::operators::{self, KeyRefusal};
 use crate::domain::policy::{self, Permission, Role};
 use crate::ids::Id;
+use crate::store::stamped::Stamped;
 use crate::store::{Store, StoreError};
 use crate::tenancy::OrgScope;
 use tokens::TokenError;
@@ -136,11 +137,23 @@ impl OrgScope {
 }
 
 /// What the per-request checks remember: verified tokens, and the standings they led to.
-#[derive(Default)]
 pub struct Caches {
     pub tokens: tokens::VerifiedCache,
-    pub standing: StandingCache,
+    /// Standings that held, by (organization, user, session), each kept while the store's
+    /// change counters of the rows it was read from stay where they were: a hit costs three
+    /// counter loads and a lookup instead of three row reads and decodes. Refusals are read
+    /// every time.
+    standing: Stamped<(Id, Id, Id), Stood>,
 }
+
+impl Default for Caches {
+    fn default() -> Self {
+        Self { tokens: tokens::VerifiedCache::default(), standing: Stamped::new(STANDING_CACHE_LEN_MAX) }
+    }
+}
+
+/// Most standings remembered; a full cache is emptied rather than grown.
+pub const STANDING_CACHE_LEN_MAX: usize = 16_384;
 
 /// Checks an access token and that its session, user and organization still stand.
 pub async fn user(
@@ -157,16 +170,15 @@ pub async fn user(
     let (org, user, session) = (claims.org, claims.user, claims.session);
     // The stamp before the read: a write landing between the two only makes the entry stale.
     let stamp = login::standing_stamp(store, org, user, session);
-    let stood = match caches.standing.get((org, user, session), stamp) {
+    let stood = match caches.standing.get(&(org, user, session), stamp) {
         Some(stood) => stood,
         None => match store.peek(|r| login::standing(r, org, user, session))? {
             Standing::Ok(account, app) => {
                 let stood = Stood {
-                    stamp,
                     account: Arc::from(account),
                     app: app.map(|m| (m.app, m.scopes.iter().filter_map(|s| Permission::parse(s)).collect())),
                 };
-                caches.standing.put((org, user, session), stood.clone());
+                caches.standing.put((org, user, session), stamp, stood.clone());
                 stood
             }
             Standing::SessionRevoked => return Err(AuthError::SessionRevoked),
@@ -188,39 +200,8 @@ pub async fn user(
 /// A standing that held: the account as read, and the app the session was granted to.
 #[derive(Clone)]
 struct Stood {
-    /// `login::standing_stamp` when it was read.
-    stamp: u64,
     account: Arc<crate::domain::users::User>,
     app: Option<(Id, Vec<Permission>)>,
-}
-
-/// Standings that held, by (organization, user, session), each kept while the store's change
-/// counters of the rows it was read from stay where they were: a hit costs three counter loads
-/// and a lookup instead of three row reads and decodes. Only standings that held are kept;
-/// refusals are read every time.
-#[derive(Default)]
-pub struct StandingCache {
-    // A std Mutex: held for a lookup or an insert, never across an await.
-    inner: Mutex<HashMap<(Id, Id, Id), Stood>>,
-}
-
-/// Most standings remembered; a full cache is emptied rather than grown.
-pub const STANDING_CACHE_LEN_MAX: usize = 16_384;
-
-impl StandingCache {
-    fn get(&self, key: (Id, Id, Id), stamp: u64) -> Option<Stood> {
-        let map = self.inner.lock().ok()?;
-        map.get(&key).filter(|s| s.stamp == stamp).cloned()
-    }
-
-    fn put(&self, key: (Id, Id, Id), stood: Stood) {
-        if let Ok(mut map) = self.inner.lock() {
-            if map.len() >= STANDING_CACHE_LEN_MAX && !map.contains_key(&key) {
-                map.clear();
-            }
-            map.insert(key, stood);
-        }
-    }
 }
 
 /// Recently checked operator keys.

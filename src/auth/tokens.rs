@@ -49,7 +49,7 @@ pub enum TokenError {
 /// Verified tokens, by the SHA-256 of their text, until they expire: checking a token twice
 /// costs a hash and a lookup instead of an Ed25519 verification. Bounded: a full cache is
 /// emptied rather than grown. (A cached token still needs its session to stand; that check is
-/// remembered only until a row it read changes: `auth::StandingCache`.)
+/// remembered only until a row it read changes: `auth::Caches`.)
 #[derive(Default)]
 pub struct VerifiedCache {
     // A std Mutex: held for a lookup or an insert, never across an await.

@@ -21,6 +21,7 @@ use crate::domain::chat::{
 };
 use crate::domain::policy::{self, Permission};
 use crate::ids::{Id, rfc3339};
+use crate::store::stamped::Stamped;
 
 crate::problems!(ChatReadErrors: 400, 401, 403, 404, 422);
 crate::problems!(ChatWriteErrors: 400, 401, 403, 404, 409, 413, 415, 422, 507);
@@ -317,12 +318,20 @@ pub(super) async fn change_message(
 
 /// Chat's operations, with the rendered history pages they keep (see `rendered`): one cache per
 /// served API, so each server in a process has its own.
-#[derive(Default)]
 pub struct ChatApi {
     history_pages: PageCache<HistoryKey>,
-    /// Who was found allowed to read a channel, by (organization, user, channel): kept (as empty
-    /// pages) while the channel and membership rows that said so stay unchanged.
-    readers: PageCache<(Id, Id, Id)>,
+    /// Who was found allowed to read a channel, by (organization, user, channel): kept while
+    /// the channel and membership rows that said so stay unchanged.
+    readers: Stamped<(Id, Id, Id), ()>,
+}
+
+/// Readers remembered at most.
+const READERS_MAX: usize = 16_384;
+
+impl Default for ChatApi {
+    fn default() -> Self {
+        Self { history_pages: PageCache::default(), readers: Stamped::new(READERS_MAX) }
+    }
 }
 
 #[OpenApi(tag = "ApiTags::Chat")]
@@ -551,7 +560,7 @@ impl ChatApi {
             let stamp = chat::visibility_stamp(&app.store, p.org, p.user, id);
             if self.readers.get(&(p.org, p.user, id), stamp).is_none() {
                 chat::get(&app.store, p.org, p.user, id)?;
-                self.readers.put((p.org, p.user, id), stamp, bytes::Bytes::new());
+                self.readers.put((p.org, p.user, id), stamp, ());
             }
             return Ok(Rendered::from_bytes(page));
         }

@@ -10,6 +10,7 @@ pub mod events;
 pub mod followers;
 pub mod fsck;
 mod migrations;
+pub mod stamped;
 pub mod tables;
 pub mod writer;
 
@@ -101,8 +102,8 @@ struct Inner {
 /// Slots of row change counters (fixed: memory does not grow with rows).
 const CHANGE_SLOTS: usize = 16_384;
 
-/// The counter slot of the row at `key` in `table`.
-fn change_slot(table: Table, key: &[u8]) -> usize {
+/// The counter slot of the row at `key` in `table` (the writer collects them as it writes).
+pub(crate) fn change_slot(table: Table, key: &[u8]) -> usize {
     use std::hash::{BuildHasher, Hasher};
     let mut h = foldhash::fast::FixedState::with_seed(0x006f_7574_706f_7374).build_hasher();
     h.write_usize(table.idx);
@@ -230,11 +231,6 @@ impl Store {
     /// is current for as long as the number stays the same.
     pub fn row_changes(&self, table: Table, key: &[u8]) -> u64 {
         self.inner.changes[change_slot(table, key)].load(Ordering::Acquire)
-    }
-
-    /// The slot `row_changes` reads for this row (the writer collects them as it writes).
-    pub(crate) fn change_slot(table: Table, key: &[u8]) -> usize {
-        change_slot(table, key)
     }
 
     /// Moves the counters of committed rows' slots.

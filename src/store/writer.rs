@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::audit::{self, AuditRecord};
 use super::events::{Event, EventBus};
 use super::tables::{self, Table, Tenancy};
-use super::{Store, StoreError};
+use super::{Store, StoreError, change_slot};
 use crate::ids::{self, Id};
 use crate::metrics::Metrics;
 use crate::tenancy::OrgScope;
@@ -336,14 +336,14 @@ impl Tx<'_, '_> {
         self.check_scope(table, key)?;
         self.dirty = true;
         self.tables.table(table).insert(key, value)?;
-        self.changed.push(Store::change_slot(table, key));
+        self.changed.push(change_slot(table, key));
         Ok(())
     }
 
     pub fn delete(&mut self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
         self.check_scope(table, key)?;
         self.dirty = true;
-        self.changed.push(Store::change_slot(table, key));
+        self.changed.push(change_slot(table, key));
         Ok(self.tables.table(table).remove(key)?.is_some())
     }
 

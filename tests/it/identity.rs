@@ -611,9 +611,14 @@ async fn profiles_preferences_and_the_directory() {
     s.stop().await;
 }
 
+/// `GET /v1/me/permissions` as `token`.
+async fn my_permissions_answer(s: &TestServer, token: &str) -> reqwest::Response {
+    s.http.get(s.url("/v1/me/permissions")).bearer_auth(token).send().await.unwrap()
+}
+
 /// `GET /v1/me/permissions` as `token`: the status, and the body.
 async fn my_permissions(s: &TestServer, token: &str) -> (u16, Value) {
-    let r = s.http.get(s.url("/v1/me/permissions")).bearer_auth(token).send().await.unwrap();
+    let r = my_permissions_answer(s, token).await;
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
@@ -649,8 +654,7 @@ async fn a_remembered_standing_ends_with_the_write_that_changes_it() {
 
     let r = s.http.post(s.url("/v1/auth/logout")).bearer_auth(&guest.access).send().await.unwrap();
     assert_eq!(r.status(), 204);
-    let r = s.http.get(s.url("/v1/me/permissions")).bearer_auth(&guest.access).send().await.unwrap();
-    expect_problem(r, 401, "session_revoked").await;
+    expect_problem(my_permissions_answer(&s, &guest.access).await, 401, "session_revoked").await;
 
     let r = s
         .http
@@ -661,13 +665,11 @@ async fn a_remembered_standing_ends_with_the_write_that_changes_it() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     // Suspension ends the account's sessions too.
-    let r = s.http.get(s.url("/v1/me/permissions")).bearer_auth(&member.access).send().await.unwrap();
-    expect_problem(r, 401, "session_revoked").await;
+    expect_problem(my_permissions_answer(&s, &member.access).await, 401, "session_revoked").await;
 
     assert_eq!(my_permissions(&s, &admin.access).await.0, 200);
     let r = s.post(&format!("/v1/orgs/{org_id}/suspend"), &json!({})).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    let r = s.http.get(s.url("/v1/me/permissions")).bearer_auth(&admin.access).send().await.unwrap();
-    expect_problem(r, 401, "org_inactive").await;
+    expect_problem(my_permissions_answer(&s, &admin.access).await, 401, "org_inactive").await;
     s.stop().await;
 }
