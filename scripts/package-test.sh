@@ -8,18 +8,19 @@
 #
 # Called by scripts/test-all.sh after the x86_64 musl release build. Installs what it needs when
 # missing (apt packages, cargo-deb and cargo-generate-rpm pinned into .cache/tools, a debootstrap
-# root in .cache/debootstrap) and builds the aarch64 binary itself, in the background beside the
-# amd64 steps (most of which wait on the container), in a target dir of its own
-# (target/arm64: two cargo builds in one dir take turns). Prints PASS/FAIL and the time of every
-# step, and ends with "N passed, M failed". Needs root.
+# root in .cache/debootstrap). The release builds (x86_64 and aarch64 in one cargo run, then the
+# upgrade's N) go to a target dir of their own, target/release-build, so that they can run beside
+# a test build in target/ (two cargo builds in one dir take turns); scripts/test-all.sh starts
+# them first thing, niced, and this script waits for them; run alone, it starts them itself.
+# Prints PASS/FAIL and the time of every step, and ends with "N passed, M failed". Needs root.
 #
 #   bash scripts/package-test.sh                everything
 #   SKIP_ARM64=1 bash scripts/package-test.sh   without the aarch64 build and smoke test
 #   bash scripts/package-test.sh apt            only the Debian packages it needs
 #   bash scripts/package-test.sh prepare        only its tools and the Debian root (no apt)
-#   bash scripts/package-test.sh arm64-build    only the aarch64 build; with its PID in
-#                                               PKGTEST_ARM64_BUILD_PID, a later run waits
-#                                               for that build instead of starting its own
+#   bash scripts/package-test.sh release-build  only the release builds; with its PID in
+#                                               PKGTEST_RELEASE_BUILD_PID, a later run waits
+#                                               for them instead of starting its own
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -43,9 +44,13 @@ VERSION=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,
 UPGRADE_FROM=922bf54f4c76043894de97b28741fc30e46c7a3d
 PREV_VERSION="$VERSION~schema1"
 PREV_DEB=outpost_${PREV_VERSION}-1_amd64.deb
-ARM_DIR=$TARGET_DIR/arm64
-ARM_LOG=$WORK/arm64-build.log
-ARM_RC=$WORK/arm64-build.rc
+REL_DIR=$TARGET_DIR/release-build
+REL_LOG=$WORK/release-build.log
+REL_RC=$WORK/release-build.rc
+PREV_SRC=$WORK/prev-src
+# N's binary and its generated man page and completions, where cargo-deb looks for them when
+# this is its target dir.
+PREV_DIR=$WORK/prev-target
 export PATH="$TOOLS/bin:$PATH"
 
 passed=0
@@ -137,28 +142,67 @@ debian_root() {
 # ---------------------------------------------------------------------------------------------
 # Building and linting
 
-# The aarch64 release build, niced, in its own target dir; its exit status lands in $ARM_RC.
-arm64_build() {
+# The release builds, at the lowest priority, in their own target dir; their exit status lands in
+# $REL_RC. First this tree for x86_64 and aarch64 in one cargo run (the build scripts and proc
+# macros, compiled for the host, are shared), each binary copied to target/<triple>/release/ where
+# the packaging looks; then N (build_prev_binary).
+release_build() {
     mkdir -p "$WORK"
-    rm -f "$ARM_RC"
-    CARGO_TARGET_DIR=$ARM_DIR CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-musl-gcc \
-        nice -n 10 cargo build --release --locked --target "$ARM" >"$ARM_LOG" 2>&1
-    echo $? >"$ARM_RC"
+    rm -f "$REL_RC"
+    local rc=0
+    release_build_steps >"$REL_LOG" 2>&1 || rc=$?
+    echo "$rc" >"$REL_RC"
+    return "$rc"
 }
 
-# Waits for that build (started by this run or named by PKGTEST_ARM64_BUILD_PID), and puts its
-# binary where cargo-deb and cargo-generate-rpm look for it.
-arm64_binary() {
-    local pid=${PKGTEST_ARM64_BUILD_PID:-$ARM64_PID}
-    echo "waiting for the aarch64 build, PID $pid (log: $ARM_LOG)"
+release_build_steps() {
+    local targets=(--target "$X86") triples=("$X86")
+    [ "${SKIP_ARM64:-}" = 1 ] || { targets+=(--target "$ARM") && triples+=("$ARM"); }
+    CARGO_TARGET_DIR=$REL_DIR CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-musl-gcc \
+        nice -n 19 cargo build --release --locked "${targets[@]}" || return 1
+    for triple in "${triples[@]}"; do
+        mkdir -p "$TARGET_DIR/$triple/release" || return 1
+        cp --remove-destination "$REL_DIR/$triple/release/outpost" "$TARGET_DIR/$triple/release/outpost" || return 1
+    done
+    build_prev_binary || return 1
+    echo "release builds done"
+}
+
+# N: the tree at UPGRADE_FROM, built for x86_64 in the release builds' target dir with its own
+# code unoptimized (what its dependencies share with this tree's build is reused). It passes
+# through that dir's binary path, so this tree's binary goes back there afterwards.
+build_prev_binary() {
+    local bin=$REL_DIR/$X86/release/outpost rc=0
+    rm -rf "$PREV_SRC" "$PREV_DIR" && mkdir -p "$PREV_SRC" "$PREV_DIR/$X86/release" || return 1
+    # -m: the files get the time of extraction, not of the commit. Cargo sees this tree and ours
+    # as one package (a path package is known by its path in the workspace), so an old mtime
+    # would let it take an earlier build of another commit as up to date.
+    git -C "$REPO" archive "$UPGRADE_FROM" | tar -x -m -C "$PREV_SRC" || return 1
+    (
+        cd "$PREV_SRC" \
+            && CARGO_TARGET_DIR=$REL_DIR nice -n 19 cargo build --release --locked --target "$X86" \
+                --config 'profile.release.lto=false' \
+                --config 'profile.release.package.outpost.opt-level=0' \
+                --config 'profile.release.package.outpost.codegen-units=16'
+    ) && cp "$bin" "$PREV_DIR/$X86/release/outpost" || rc=1
+    cp --remove-destination "$TARGET_DIR/$X86/release/outpost" "$bin" || return 1
+    [ "$rc" = 0 ] && "$PREV_DIR/$X86/release/outpost" --version
+}
+
+# Waits for the release builds (started by this run or named by PKGTEST_RELEASE_BUILD_PID).
+release_binaries() {
+    local pid=${PKGTEST_RELEASE_BUILD_PID:-$RELEASE_PID}
+    echo "waiting for the release builds, PID $pid (log: $REL_LOG)"
     # Until the status appears, or the process is gone (a zombie counts as gone).
     running() { local st; st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
-    while [ ! -f "$ARM_RC" ] && running "$pid"; do sleep 1; done
-    [ -f "$ARM_RC" ] || { echo "the aarch64 build ended without a status"; tail -30 "$ARM_LOG"; return 1; }
-    [ "$(cat "$ARM_RC")" = 0 ] || { tail -30 "$ARM_LOG"; return 1; }
-    tail -1 "$ARM_LOG"
-    mkdir -p "$TARGET_DIR/$ARM/release" || return 1
-    cp "$ARM_DIR/$ARM/release/outpost" "$TARGET_DIR/$ARM/release/outpost" || return 1
+    while [ ! -f "$REL_RC" ] && running "$pid"; do sleep 1; done
+    [ -f "$REL_RC" ] || { echo "the release builds ended without a status"; tail -30 "$REL_LOG"; return 1; }
+    [ "$(cat "$REL_RC")" = 0 ] || { tail -30 "$REL_LOG"; return 1; }
+    tail -1 "$REL_LOG"
+    file "$TARGET_DIR/$X86/release/outpost" "$PREV_DIR/$X86/release/outpost"
+}
+
+arm64_binary() {
     local bin=$TARGET_DIR/$ARM/release/outpost
     file "$bin"
     file "$bin" | grep -q 'ARM aarch64' && file "$bin" | grep -Eq 'static(-pie)? linked|statically linked'
@@ -166,9 +210,10 @@ arm64_binary() {
 
 # The man page and completions, made by the binary from its own command-line definition; the
 # package metadata picks them up from target/<triple>/release/pkg/.
+# assets TRIPLE [TARGET_DIR]: made by that dir's x86_64 binary (N's man page is N's own).
 assets() {
-    local triple=$1 pkg=$TARGET_DIR/$1/release/pkg
-    local gen=$TARGET_DIR/$X86/release/outpost
+    local triple=$1 dir=${2:-$TARGET_DIR}
+    local pkg=$dir/$triple/release/pkg gen=$dir/$X86/release/outpost
     rm -rf "$pkg" && mkdir -p "$pkg"
     mkdir -p "$pkg/man"
     "$gen" generate man "$pkg/man" && gzip -9n "$pkg"/man/*.1 || return 1
@@ -185,31 +230,15 @@ build_deb() {
     ls -l "$out"
 }
 
-# N: the tree at UPGRADE_FROM, built for the same target with its own code unoptimized (the
-# dependencies are the release build's, already compiled, so this takes a minute, not three),
-# packaged by that tree's own packaging. Its binary passes through the target dir's release
-# binary path, where cargo-deb looks; this tree's binary goes back there afterwards.
+# N's .deb, made by that tree's own packaging from the binary the release builds left.
 build_prev() {
-    local src=$WORK/prev-src bin=$TARGET_DIR/$X86/release/outpost rc=0
-    rm -rf "$src" && mkdir -p "$src"
-    # -m: the files get the time of extraction, not of the commit. Cargo sees this tree and ours
-    # as one package (a path package is known by its path in the workspace), so an old mtime
-    # would let it take an earlier build of another commit as up to date.
-    git -C "$REPO" archive "$UPGRADE_FROM" | tar -x -m -C "$src" || return 1
-    cp "$bin" "$WORK/outpost.current" || return 1
+    assets "$X86" "$PREV_DIR" >/dev/null || return 1
     (
-        export CARGO_TARGET_DIR=$TARGET_DIR
-        cd "$src" \
-            && cargo build --release --locked --quiet --target "$X86" \
-                --config 'profile.release.lto=false' \
-                --config 'profile.release.package.outpost.opt-level=0' \
-                --config 'profile.release.package.outpost.codegen-units=16' \
-            && "$bin" --version \
-            && assets "$X86" >/dev/null \
-            && cargo deb --no-build --no-strip --target "$X86" --deb-version "$PREV_VERSION-1" --output "$WORK/$PREV_DEB"
-    ) || rc=1
-    cp --remove-destination "$WORK/outpost.current" "$bin" || return 1
-    [ "$rc" = 0 ] && ls -l "$WORK/$PREV_DEB"
+        cd "$PREV_SRC" \
+            && CARGO_TARGET_DIR=$PREV_DIR cargo deb --no-build --no-strip --target "$X86" \
+                --deb-version "$PREV_VERSION-1" --output "$WORK/$PREV_DEB"
+    ) || return 1
+    ls -l "$WORK/$PREV_DEB"
 }
 
 build_rpm() {
@@ -599,16 +628,16 @@ case "${1:-all}" in
     all) ;;
     apt) tools_apt; exit ;;
     prepare) tools && debian_root; exit ;;
-    arm64-build) arm64_build; exit "$(cat "$ARM_RC")" ;;
-    *) echo "usage: $0 [all|apt|prepare|arm64-build]" >&2; exit 2 ;;
+    release-build) release_build; exit ;;
+    *) echo "usage: $0 [all|apt|prepare|release-build]" >&2; exit 2 ;;
 esac
 
-ARM64_PID=
+RELEASE_PID=
 on_exit() {
     poweroff
-    if [ -n "$ARM64_PID" ] && kill -0 "$ARM64_PID" 2>/dev/null; then
-        pkill -TERM -P "$ARM64_PID"
-        kill "$ARM64_PID" 2>/dev/null
+    if [ -n "$RELEASE_PID" ] && kill -0 "$RELEASE_PID" 2>/dev/null; then
+        pkill -TERM -P "$RELEASE_PID"
+        kill "$RELEASE_PID" 2>/dev/null
     fi
 }
 trap on_exit EXIT
@@ -617,15 +646,15 @@ trap 'exit 130' INT TERM
 t_start=$(date +%s)
 printf 'package test: outpost %s (upgrade from %s), target dir %s\n' "$VERSION" "$PREV_VERSION" "$TARGET_DIR"
 
-[ -x "$TARGET_DIR/$X86/release/outpost" ] || cargo build --release --locked --target "$X86"
-
 step "tools (apt, cargo-deb $CARGO_DEB_VERSION, cargo-generate-rpm $CARGO_GENERATE_RPM_VERSION)" tools
-if [ "${SKIP_ARM64:-}" != 1 ] && [ -z "${PKGTEST_ARM64_BUILD_PID:-}" ]; then
-    arm64_build &
-    ARM64_PID=$!
+if [ -z "${PKGTEST_RELEASE_BUILD_PID:-}" ]; then
+    release_build &
+    RELEASE_PID=$!
 fi
 step "debian root (debootstrap $DEBIAN_SUITE, cached)" debian_root
-step "amd64: build N, the commit before schema 2 (${UPGRADE_FROM:0:10}), as $PREV_VERSION" build_prev
+step "release builds: this tree for amd64$([ "${SKIP_ARM64:-}" = 1 ] || echo ' and arm64'), then N" release_binaries \
+    || { echo "$passed passed, $((failed)) failed"; exit 1; }
+step "amd64: package N, the commit before schema 2 (${UPGRADE_FROM:0:10}), as $PREV_VERSION" build_prev
 step "amd64: man page and completions" assets $X86
 step "amd64: build .deb" build_deb $X86
 step "amd64: build .rpm" build_rpm $X86

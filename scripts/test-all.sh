@@ -5,11 +5,12 @@
 # Safe to run again: installs are skipped when present. Needs root (or sudo) for apt-get the
 # first time on a fresh machine.
 #
-# On 2 cores the run is mostly compiling, so work that waits on the network or on one core runs
-# beside it: the Python and npm installs and the Debian root beside clippy, and the two release
-# builds beside the contract tests, whose Python keeps one core busy. The builds are niced, the
-# aarch64 one the most, so that the x86_64 binary the package steps need next comes first and
-# the aarch64 one takes what the package steps leave. Their logs are in target/ci/.
+# On 2 cores the run is mostly compiling, so work that waits on the network or leaves a core idle
+# runs beside it: the Python and npm installs and the Debian root beside clippy, and the release
+# builds (x86_64 and aarch64 in one cargo run, then the previous version the package test
+# upgrades from; scripts/package-test.sh release-build) from the start to the package test, at
+# nice 19 in target/release-build, so they take only what the test build, the tests and the
+# contract tests (whose Python keeps one core busy) leave. Their logs are in target/ci/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,7 +84,8 @@ install_peers() {
 }
 export -f install_peers
 
-say "in the background: peers (Python venvs, npm packages) and the packaging tools and Debian root"
+say "in the background: the release builds, peers (Python venvs, npm packages) and the packaging tools and Debian root"
+bg_start release-builds bash scripts/package-test.sh release-build
 bg_start peers bash -c install_peers
 bg_start package-prepare nice -n 10 bash scripts/package-test.sh prepare
 
@@ -108,13 +110,12 @@ else
     "${lint_build[@]}" cargo test --locked --no-fail-fast
 fi
 
-say "API contract: generated Python and TypeScript clients, their journeys, schemathesis (scripts/contract-test.sh); the release builds beside it"
-bg_start release-x86_64 nice -n 10 cargo build --release --locked --target x86_64-unknown-linux-musl
-bg_start release-aarch64 nice -n 9 bash scripts/package-test.sh arm64-build
+say "API contract: generated Python and TypeScript clients, their journeys, schemathesis (scripts/contract-test.sh)"
 bash scripts/contract-test.sh
 
-say "static release binary (x86_64-unknown-linux-musl)"
-bg_wait release-x86_64
+say "static release binaries (waiting for the release builds)"
+release_pid=${BG_PID[release-builds]}
+bg_wait release-builds
 bin=target/x86_64-unknown-linux-musl/release/outpost
 file "$bin"
 if ! file "$bin" | grep -Eq 'static(-pie)? linked|statically linked'; then
@@ -126,6 +127,5 @@ ls -l "$bin"
 
 say "packages: .deb and .rpm for amd64 and arm64, lint, install and run under systemd (scripts/package-test.sh)"
 bg_wait package-prepare
-PKGTEST_ARM64_BUILD_PID=${BG_PID[release-aarch64]} bash scripts/package-test.sh
-bg_wait release-aarch64
+PKGTEST_RELEASE_BUILD_PID=$release_pid bash scripts/package-test.sh
 say "all checks passed"
