@@ -24,14 +24,23 @@ say() {
 # as_root, apt_install
 source scripts/apt.sh
 
-# Background jobs: each in a process group of its own (so that a failed run stops all of it), its
-# output in target/ci/NAME.log.
+# Background jobs: each in a session of its own (so that a failed run stops all of it), its
+# output in target/ci/NAME.log. `bg_start NAME [--nice N] COMMAND...`: with --nice, the job's
+# scheduling group gets that niceness too. A new session is a new autogroup where the kernel has
+# them (sched_autogroup_enabled), and autogroups share the CPU equally whatever the niceness of
+# their processes, so a plain `nice` would leave the job an equal share beside the foreground.
 CI_LOGS=target/ci
 declare -A BG_PID=() BG_START=()
 bg_start() {
-    local name=$1
+    local name=$1 nice=0
     shift
-    setsid "$@" >"$CI_LOGS/$name.log" 2>&1 </dev/null &
+    if [ "$1" = --nice ]; then
+        nice=$2
+        shift 2
+    fi
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    setsid bash -c 'echo "$0" >/proc/self/autogroup 2>/dev/null || true; exec nice -n "$0" "$@"' "$nice" "$@" \
+        >"$CI_LOGS/$name.log" 2>&1 </dev/null &
     BG_PID[$name]=$!
     BG_START[$name]=$SECONDS
     echo "started in the background: $name (log: $CI_LOGS/$name.log)"
@@ -85,9 +94,9 @@ install_peers() {
 export -f install_peers
 
 say "in the background: the release builds, peers (Python venvs, npm packages) and the packaging tools and Debian root"
-bg_start release-builds bash scripts/package-test.sh release-build
+bg_start release-builds --nice 19 bash scripts/package-test.sh release-build
 bg_start peers bash -c install_peers
-bg_start package-prepare nice -n 10 bash scripts/package-test.sh prepare
+bg_start package-prepare --nice 10 bash scripts/package-test.sh prepare
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -272,10 +272,14 @@ mod tests {
         let sampler = tokio::spawn(busy.clone().sample());
         // Keep the runtime's only worker busy for a while (the test body itself runs beside the
         // workers, not on one), then let it idle.
-        let spin = tokio::spawn(async {
-            // Longer than an idle sampling period, so the fast sampling has begun well before.
-            let spin_until = std::time::Instant::now() + IDLE_SAMPLE_EVERY + Duration::from_millis(300);
-            while std::time::Instant::now() < spin_until {
+        let gauge = busy.clone();
+        let spin = tokio::spawn(async move {
+            // Until the gauge says busy: past the idle sampling period, the fast sampling then
+            // needs a few samples to move the smoothed value, and a loaded machine delays the
+            // samples, so no fixed time is long enough everywhere. The bound only keeps a broken
+            // gauge from hanging the test.
+            let spin_until = std::time::Instant::now() + IDLE_SAMPLE_EVERY + Duration::from_secs(20);
+            while gauge.get() <= 0.5 && std::time::Instant::now() < spin_until {
                 // A millisecond of work per poll, like a socket task writing a batch.
                 let poll_until = std::time::Instant::now() + Duration::from_millis(1);
                 while std::time::Instant::now() < poll_until {
@@ -286,8 +290,15 @@ mod tests {
         });
         spin.await.expect("spin");
         let while_busy = busy.get();
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let after = busy.get();
+        // Idle now: the next samples bring it down (as soon as the sampler gets to run).
+        let mut after = busy.get();
+        for _ in 0..400 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            after = busy.get();
+            if after < while_busy {
+                break;
+            }
+        }
         sampler.abort();
         assert!(while_busy > 0.5, "a spinning worker reads busy: {while_busy}");
         assert!(after < while_busy, "and less busy once it sleeps: {while_busy} then {after}");
