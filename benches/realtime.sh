@@ -4,7 +4,8 @@
 #      send → receipt p50/p99, server CPU and RSS. Outpost publishes twice: durable messages
 #      over HTTP, then relayed signals over the socket (never stored, the like-for-like case);
 #      Socket.IO emits with an acknowledgement;
-#   2. N idle authenticated connections, each following one topic: server RSS per connection;
+#   2. N idle authenticated connections, each following one topic: server RSS per connection,
+#      measured over the last nine tenths (the first are connected before the measure starts);
 #   3. resume: a client away while 10,000 events land comes back and has them replayed.
 #
 #   bash benches/realtime.sh          # DURATION=8 PUBLISHERS=64 IDLE=10000

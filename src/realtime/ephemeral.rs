@@ -7,7 +7,8 @@
 //! mailbox is bounded; beyond its size the oldest keys are dropped (ephemeral data is
 //! replaced soon anyway).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use indexmap::IndexMap;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use super::Delivery;
 use crate::ids::Id;
 
 /// Distinct pending keys per socket at most.
@@ -34,19 +36,42 @@ pub const LOCKS_PER_TOPIC_MAX: usize = 1000;
 /// bounded by `MAILBOX_KEYS_MAX`.
 type Pending = IndexMap<Arc<str>, Arc<str>, foldhash::fast::RandomState>;
 
-#[derive(Default)]
+/// What waits for one socket, with one wake-up for all of it: the events the hub handed it, in
+/// order and `events_max` at most (a socket that lets more pile up is cut off as slow), and the
+/// latest ephemeral frame of each key. Empty, it holds no allocation of its own: an idle socket
+/// pays for the struct and nothing else.
 pub struct Mailbox {
-    pending: Mutex<Pending>,
+    waiting: Mutex<Waiting>,
     pub notify: Notify,
+    slow: AtomicBool,
+    events_max: usize,
 }
 
+#[derive(Default)]
+struct Waiting {
+    events: VecDeque<Arc<Delivery>>,
+    pending: Pending,
+}
+
+/// A drained event queue keeps this much room for the next ones; a larger one (after a burst)
+/// is given back.
+const EVENTS_KEPT_ROOM: usize = 16;
+
 impl Mailbox {
+    pub fn new(events_max: usize) -> Self {
+        Self { waiting: Mutex::default(), notify: Notify::new(), slow: AtomicBool::new(false), events_max }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Leaves `frame` (written once for every receiver) under `key`, replacing an older one
     /// not yet taken.
     pub fn put(&self, key: impl Into<Arc<str>>, frame: Arc<str>) {
         let key = key.into();
         {
-            let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let pending = &mut self.lock().pending;
             // A key already waiting keeps its place and takes the newer frame.
             pending.insert(key, frame);
             if pending.len() > MAILBOX_KEYS_MAX {
@@ -56,10 +81,53 @@ impl Mailbox {
         self.notify.notify_one();
     }
 
-    /// Everything waiting, oldest key first.
+    /// Every ephemeral frame waiting, oldest key first.
     pub fn take(&self) -> Vec<Arc<str>> {
-        let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        pending.drain(..).map(|(_, frame)| frame).collect()
+        let pending = &mut self.lock().pending;
+        let frames = pending.drain(..).map(|(_, frame)| frame).collect();
+        if pending.capacity() > EVENTS_KEPT_ROOM {
+            *pending = Pending::default();
+        }
+        frames
+    }
+
+    /// Queues event `d` and says how many now wait, or `None` (and queues nothing) when
+    /// `events_max` already do.
+    pub fn deliver(&self, d: Arc<Delivery>) -> Option<usize> {
+        let depth = {
+            let events = &mut self.lock().events;
+            if events.len() >= self.events_max {
+                return None;
+            }
+            events.push_back(d);
+            events.len()
+        };
+        self.notify.notify_one();
+        Some(depth)
+    }
+
+    /// The oldest `max` events at most.
+    pub fn take_events(&self, max: usize) -> Vec<Arc<Delivery>> {
+        let events = &mut self.lock().events;
+        let taken = events.drain(..events.len().min(max)).collect();
+        if events.is_empty() && events.capacity() > EVENTS_KEPT_ROOM {
+            *events = VecDeque::new();
+        }
+        taken
+    }
+
+    pub fn has_events(&self) -> bool {
+        !self.lock().events.is_empty()
+    }
+
+    /// The socket fell too far behind: it is to close (and resume elsewhere).
+    pub fn cut_off(&self) {
+        self.slow.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Acquire)
     }
 }
 
@@ -223,12 +291,52 @@ mod tests {
 
     #[test]
     fn a_mailbox_keeps_the_latest_per_key() {
-        let m = Mailbox::default();
+        let m = Mailbox::new(8);
         for x in 0..100 {
             m.put("cursor:ana", Arc::from(x.to_string()));
         }
         m.put("cursor:ben", Arc::from("b"));
         assert_eq!(m.take(), vec![Arc::from("99"), Arc::from("b")]);
         assert!(m.take().is_empty());
+    }
+
+    fn delivery(seq: u64) -> Arc<Delivery> {
+        let event = crate::store::events::Event {
+            org: Id::new(),
+            seq,
+            gseq: seq,
+            epoch: 1,
+            topic: "channel:x".to_owned(),
+            kind: "message.created".to_owned(),
+            actor: "user:x".to_owned(),
+            at_ms: 0,
+            data: serde_json::Value::Null,
+        };
+        Arc::new(Delivery { event: Arc::new(event), text: seq.to_string() })
+    }
+
+    #[test]
+    fn a_mailbox_queues_events_in_order_up_to_its_bound_and_gives_back_a_bursts_room() {
+        let m = Mailbox::new(100);
+        assert!(!m.has_events());
+        for seq in 1..=100 {
+            assert_eq!(m.deliver(delivery(seq)), Some(seq as usize));
+        }
+        // Full: the 101st is refused, and nothing already queued is lost or reordered.
+        assert_eq!(m.deliver(delivery(101)), None);
+        let first: Vec<u64> = m.take_events(30).iter().map(|d| d.event.seq).collect();
+        assert_eq!(first, (1..=30).collect::<Vec<_>>());
+        assert!(m.has_events());
+        let rest: Vec<u64> = m.take_events(usize::MAX).iter().map(|d| d.event.seq).collect();
+        assert_eq!(rest, (31..=100).collect::<Vec<_>>());
+        assert!(!m.has_events());
+        // Drained after a burst, the queue holds no room of its own.
+        assert_eq!(m.lock().events.capacity(), 0);
+        // Being cut off is seen by the socket, and a cut-off mailbox still holds what was queued.
+        m.deliver(delivery(1));
+        assert!(!m.is_slow());
+        m.cut_off();
+        assert!(m.is_slow());
+        assert_eq!(m.take_events(10).len(), 1);
     }
 }

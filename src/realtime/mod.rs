@@ -12,10 +12,8 @@ pub mod pace;
 pub mod protocol;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
-use tokio::sync::{Notify, mpsc};
 
 use self::ephemeral::{Lock, LockRefusal, Locks, Mailbox, Presence};
 use self::protocol::ServerFrame;
@@ -28,31 +26,9 @@ use crate::store::Store;
 use crate::store::events::{BusReceiver, Event};
 use crate::tenancy::OrgScope;
 
-/// Why a socket is being told to stop, set by whoever decided it.
-pub struct Signal {
-    slow: AtomicBool,
-    notify: Notify,
-}
-
-impl Signal {
-    fn new() -> Arc<Self> {
-        Arc::new(Self { slow: AtomicBool::new(false), notify: Notify::new() })
-    }
-
-    pub fn is_slow(&self) -> bool {
-        self.slow.load(Ordering::Acquire)
-    }
-
-    pub async fn notified(&self) {
-        self.notify.notified().await;
-    }
-}
-
-/// One socket's place in the hub.
+/// One socket's place in the hub: its mailbox.
 #[derive(Clone)]
 struct Sub {
-    tx: mpsc::Sender<Arc<Delivery>>,
-    signal: Arc<Signal>,
     mailbox: Arc<Mailbox>,
 }
 
@@ -197,9 +173,7 @@ pub struct Registration {
     pub id: u64,
     org: Id,
     user: Id,
-    tx: mpsc::Sender<Arc<Delivery>>,
-    pub signal: Arc<Signal>,
-    /// Ephemeral frames for this socket, latest per key.
+    /// Events and ephemeral frames for this socket, and whether it was cut off as slow.
     pub mailbox: Arc<Mailbox>,
     /// The topics it follows, so leaving touches only those.
     topics: HashSet<String>,
@@ -234,12 +208,13 @@ impl Hub {
         self.topics.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers a socket of `org`/`user`, unless a cap is reached (`None`).
+    /// Registers a socket of `org`/`user` that may have `queue_len` events waiting, unless a
+    /// cap is reached (`None`).
     pub fn register(
         self: &Arc<Self>,
         org: Id,
         user: Id,
-        tx: mpsc::Sender<Arc<Delivery>>,
+        queue_len: usize,
         caps: (usize, usize),
     ) -> Option<Registration> {
         let mut t = self.lock();
@@ -257,9 +232,7 @@ impl Hub {
             id,
             org,
             user,
-            tx,
-            signal: Signal::new(),
-            mailbox: Arc::default(),
+            mailbox: Arc::new(Mailbox::new(queue_len)),
             topics: HashSet::default(),
         })
     }
@@ -331,18 +304,17 @@ impl Hub {
             let t = self.lock();
             let Some(subs) = t.subs.get(&key) else { return };
             for sub in subs.values() {
-                if sub.signal.is_slow() {
+                if sub.mailbox.is_slow() {
                     continue;
                 }
-                if sub.tx.try_send(d.clone()).is_err() {
-                    slow.push(sub.signal.clone());
+                match sub.mailbox.deliver(d.clone()) {
+                    Some(depth) => deepest = deepest.max(depth),
+                    None => slow.push(sub.mailbox.clone()),
                 }
-                deepest = deepest.max(sub.tx.max_capacity() - sub.tx.capacity());
             }
         }
         for s in slow {
-            s.slow.store(true, Ordering::Release);
-            s.notify.notify_one();
+            s.cut_off();
             self.metrics.realtime_cut_off_slow.inc();
         }
         self.metrics.realtime_send_queue_deepest.set(i64::try_from(deepest).unwrap_or(i64::MAX));
@@ -367,7 +339,7 @@ impl Registration {
         self.topics.insert(topic.to_owned());
         let mut t = self.hub.lock();
         let subs = t.subs.entry((self.org, topic.to_owned())).or_default();
-        let sub = Sub { tx: self.tx.clone(), signal: self.signal.clone(), mailbox: self.mailbox.clone() };
+        let sub = Sub { mailbox: self.mailbox.clone() };
         if subs.insert(self.id, sub).is_none() {
             self.hub.metrics.realtime_subscriptions.inc();
         }

@@ -5,6 +5,8 @@
 pub mod calls;
 pub mod conn;
 
+use std::sync::Arc;
+
 use poem::web::Data;
 use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::{IntoResponse, Request, handler};
@@ -17,7 +19,7 @@ use crate::realtime::protocol::{FRAME_BYTES_MAX, SUBPROTOCOL, TOKEN_SUBPROTOCOL_
 /// token comes as a second subprotocol (`access_token.<token>`) or in the first frame.
 #[handler]
 #[allow(clippy::needless_pass_by_value)] // extractors are taken by value
-pub fn realtime(req: &Request, ws: WebSocket, app: Data<&App>) -> impl IntoResponse {
+pub fn realtime(req: &Request, ws: WebSocket, app: Data<&Arc<App>>) -> impl IntoResponse {
     let offered = req
         .headers()
         .get_all(poem::http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -33,7 +35,7 @@ pub fn realtime(req: &Request, ws: WebSocket, app: Data<&App>) -> impl IntoRespo
     // Small buffers: an idle socket should cost kilobytes, not the library's 128 KiB defaults;
     // frames are small and bounded.
     let config = WebSocketConfig::default()
-        .read_buffer_size(2048)
+        .read_buffer_size(512)
         .write_buffer_size(4096)
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(FRAME_BYTES_MAX))

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use poem::web::websocket::{Message, WebSocketStream};
-use tokio::sync::mpsc;
 
 use crate::app::App;
 use crate::auth::{self, AuthError, Principal};
@@ -20,6 +19,16 @@ use crate::ids::rfc3339;
 use crate::realtime::pace::Pacer;
 use crate::realtime::protocol::{ClientFrame, FRAME_BYTES_MAX, ServerFrame, close};
 use crate::realtime::{Delivery, Hub, Registration, ephemeral, may_change_access, may_follow};
+
+/// Awaits a future from the heap, for the steps an idle socket is not in. It is boxed in a
+/// statement of its own: boxed in the statement that awaits it, the future would still take its
+/// whole size in the socket's task, as a temporary that lives across the await.
+macro_rules! boxed {
+    ($f:expr) => {{
+        let f = Box::pin($f);
+        f.await
+    }};
+}
 
 /// Queued events written together at most (one flush for all of them).
 const WRITE_BATCH_MAX: usize = 256;
@@ -42,8 +51,80 @@ async fn authenticate(app: &App, token: &str) -> Result<(Principal, Option<i64>)
 }
 
 /// Serves one upgraded socket until it closes. `offered` is a token given as a subprotocol.
-#[allow(clippy::too_many_lines)] // the socket's whole life: authenticate, then one select loop
-pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<String>) {
+///
+/// An open socket's task keeps only its wait loop's state, so an idle socket costs little: the
+/// opening (authentication, budgets, registration, the welcome) is a future of its own, on the
+/// heap and gone once it is done, and every step the loop takes is boxed the same way
+/// (`boxed!`). Its answer comes boxed too: a value awaited takes room in the awaiting future
+/// for as long as the await lasts, beside what the loop keeps.
+pub async fn serve(app: Arc<App>, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<String>) {
+    let Some(opened) = boxed!(open(app, hub, socket, offered)) else {
+        return;
+    };
+    let Opened { mut c, mut stream, mut stopping, mut tick, idle, mut pacer } = *opened;
+    let mailbox = c.reg.mailbox.clone();
+    let mut heard = Instant::now();
+    loop {
+        if mailbox.is_slow() {
+            return boxed!(c.close(
+                &mut stream,
+                close::TOO_SLOW,
+                "the client did not keep up; resume from the positions given"
+            ));
+        }
+        tokio::select! {
+            frame = stream.next() => {
+                heard = Instant::now();
+                if let Err(end) = boxed!(c.on_frame(frame)) {
+                    return boxed!(c.end(&mut stream, end));
+                }
+            }
+            // While the pacer holds, events and ephemeral frames wait in the mailbox: they go
+            // out together when it is due. A cut-off is seen at the top of the loop.
+            () = mailbox.notify.notified(), if !pacer.holding() => {
+                if !mailbox.is_slow()
+                    && pacer.ready(tokio::time::Instant::now())
+                    && boxed!(c.write_out(&mailbox, &mut pacer)).is_err()
+                {
+                    return;
+                }
+            }
+            () = pacer.due() => {
+                if boxed!(c.write_out(&mailbox, &mut pacer)).is_err() {
+                    return;
+                }
+            }
+            _ = stopping.changed() => {
+                return boxed!(c.close(&mut stream, close::GOING_AWAY, "the server is shutting down; resume from the positions given"));
+            }
+            _ = tick.tick() => {
+                if heard.elapsed() > idle {
+                    return boxed!(c.close(&mut stream, close::IDLE, "nothing heard from the client"));
+                }
+                if let Err(end) = boxed!(c.recheck()) {
+                    return boxed!(c.end(&mut stream, end));
+                }
+                if boxed!(socket::ping(&mut c.sink)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What an opened socket's wait loop keeps.
+struct Opened {
+    c: Conn,
+    stream: Stream,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    tick: tokio::time::Interval,
+    idle: Duration,
+    pacer: Pacer,
+}
+
+/// Authenticates the socket, charges the opening to the caller's budgets, registers it with the
+/// hub and says welcome; `None` when it was refused (and told why) or is gone.
+async fn open(app: Arc<App>, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<String>) -> Option<Box<Opened>> {
     let cfg = app.config.realtime.clone();
     let (mut sink, mut stream) = socket.split();
     // Authentication first: from the subprotocol, or the first frame within the deadline.
@@ -52,137 +133,77 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
     } else {
         let first = tokio::time::timeout(Duration::from_secs(cfg.auth_timeout_s), stream.next()).await;
         match first {
-            Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<ClientFrame>(&t) {
-                Ok(ClientFrame::Auth { token }) => token,
-                _ => return bye(&mut sink, &mut stream, close::UNAUTHORIZED, "the first frame must be auth").await,
-            },
-            Ok(_) => return,
-            Err(_) => return bye(&mut sink, &mut stream, close::UNAUTHORIZED, "no auth frame in time").await,
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if let Ok(ClientFrame::Auth { token }) = serde_json::from_str::<ClientFrame>(&t) {
+                    token
+                } else {
+                    bye(&mut sink, &mut stream, close::UNAUTHORIZED, "the first frame must be auth").await;
+                    return None;
+                }
+            }
+            Ok(_) => return None,
+            Err(_) => {
+                bye(&mut sink, &mut stream, close::UNAUTHORIZED, "no auth frame in time").await;
+                return None;
+            }
         }
     };
-    // The larger steps are boxed, so a socket's task keeps only what its wait loop needs for
-    // as long as it is open (an idle socket costs kilobytes; see benches/realtime.sh).
-    let (p, exp) = match Box::pin(authenticate(&app, &token)).await {
+    let (p, exp) = match boxed!(authenticate(&app, &token)) {
         Ok(x) => x,
-        Err(e) => return bye(&mut sink, &mut stream, close::UNAUTHORIZED, &e.to_string()).await,
+        Err(e) => {
+            bye(&mut sink, &mut stream, close::UNAUTHORIZED, &e.to_string()).await;
+            return None;
+        }
     };
     // Opening a socket is a request against the user's and organization's budgets, like any
     // other: a flood of connects is shed here, before it subscribes to anything.
     if let Err(l) = app.limits.request(p.org, p.user) {
         let why =
             format!("too many requests ({} limit): retry in {} s", l.limiter.as_str(), l.retry_after.as_secs().max(1));
-        return bye(&mut sink, &mut stream, close::TOO_MANY, &why).await;
+        bye(&mut sink, &mut stream, close::TOO_MANY, &why).await;
+        return None;
     }
-    let (tx, mut rx) = mpsc::channel::<Arc<Delivery>>(cfg.send_queue_len);
-    let Some(reg) = hub.register(p.org, p.user, tx, (cfg.connections_per_user_max, cfg.connections_per_org_max)) else {
-        return bye(&mut sink, &mut stream, close::TOO_MANY, "too many open sockets for this user or organization")
-            .await;
+    let caps = (cfg.connections_per_user_max, cfg.connections_per_org_max);
+    let Some(reg) = hub.register(p.org, p.user, cfg.send_queue_len, caps) else {
+        bye(&mut sink, &mut stream, close::TOO_MANY, "too many open sockets for this user or organization").await;
+        return None;
     };
+    let calls = super::calls::Calls::new(&app);
     let mut c = Conn {
         app,
         p,
         token,
         exp,
         reg,
-        positions: BTreeMap::new(),
+        positions: Positions::default(),
         here_since: BTreeMap::new(),
         budget: Budget::new(cfg.signals_per_s),
-        calls: super::calls::Calls::default(),
+        calls,
         sink,
     };
-    c.calls = super::calls::Calls::new(&c.app);
-    if c.send(&c.welcome()).await.is_err() {
-        return;
-    }
-    let mut stopping = hub.stopping();
+    let welcome = c.welcome();
+    c.send(&welcome).await.ok()?;
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.recheck_s));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let idle = Duration::from_secs(cfg.idle_timeout_s);
-    let mut heard = Instant::now();
-    let signal = c.reg.signal.clone();
-    let mailbox = c.reg.mailbox.clone();
-    let mut pacer = Pacer::new(Duration::from_millis(cfg.write_coalesce_ms), hub.busy.clone());
-    // Deliveries taken from the queue and not yet written (held while the pacer says wait).
-    let mut held: Vec<Arc<Delivery>> = Vec::new();
-    loop {
-        tokio::select! {
-            frame = stream.next() => {
-                heard = Instant::now();
-                let text = match frame {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Binary(_))) => {
-                        return Box::pin(c.close(&mut stream, close::PROTOCOL, "frames are JSON text")).await;
-                    }
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
-                };
-                if text.len() > FRAME_BYTES_MAX {
-                    return Box::pin(c.close(&mut stream, close::PROTOCOL, "frame too large")).await;
-                }
-                let frame = match serde_json::from_str::<ClientFrame>(&text) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let err = ServerFrame::error("invalid_frame", e.to_string(), None);
-                        if c.send(&err).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                if let Err(end) = Box::pin(c.handle(frame)).await {
-                    return Box::pin(c.end(&mut stream, end)).await;
-                }
-            }
-            // While the pacer holds, deliveries and signals wait in their queues: they go out
-            // together when it is due.
-            Some(d) = rx.recv(), if !pacer.holding() => {
-                held.push(d);
-                if pacer.ready(tokio::time::Instant::now()) && c.write_out(&mut held, &mut rx, &mailbox, &mut pacer).await.is_err() {
-                    return;
-                }
-            }
-            () = mailbox.notify.notified(), if !pacer.holding() => {
-                if pacer.ready(tokio::time::Instant::now()) && c.write_out(&mut held, &mut rx, &mailbox, &mut pacer).await.is_err() {
-                    return;
-                }
-            }
-            () = pacer.due() => {
-                if c.write_out(&mut held, &mut rx, &mailbox, &mut pacer).await.is_err() {
-                    return;
-                }
-            }
-            () = signal.notified() => {
-                if signal.is_slow() {
-                    return Box::pin(c.close(&mut stream, close::TOO_SLOW, "the client did not keep up; resume from the positions given")).await;
-                }
-            }
-            _ = stopping.changed() => {
-                return Box::pin(c.close(&mut stream, close::GOING_AWAY, "the server is shutting down; resume from the positions given")).await;
-            }
-            _ = tick.tick() => {
-                if heard.elapsed() > idle {
-                    return Box::pin(c.close(&mut stream, close::IDLE, "nothing heard from the client")).await;
-                }
-                if let Err(end) = Box::pin(c.recheck()).await {
-                    return Box::pin(c.end(&mut stream, end)).await;
-                }
-                if socket::ping(&mut c.sink).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
+    Some(Box::new(Opened {
+        c,
+        stream,
+        stopping: hub.stopping(),
+        tick,
+        idle: Duration::from_secs(cfg.idle_timeout_s),
+        pacer: Pacer::new(Duration::from_millis(cfg.write_coalesce_ms), hub.busy.clone()),
+    }))
 }
 
 struct Conn {
-    app: App,
+    app: Arc<App>,
     p: Principal,
     token: String,
     /// When the access token expires (ms), or never for an API key.
     exp: Option<i64>,
     reg: Registration,
     /// Subscribed topics and the last seq delivered on each.
-    positions: BTreeMap<String, u64>,
+    positions: Positions,
     /// When this socket's presence began on each topic.
     here_since: BTreeMap<String, String>,
     /// Presence updates and signals this socket may still send now.
@@ -210,6 +231,23 @@ impl Conn {
         }
     }
 
+    /// Reads one frame from the client and does what it asks; `Err` says how the socket ends.
+    async fn on_frame(&mut self, frame: Option<Result<Message, std::io::Error>>) -> Result<(), End> {
+        let text = match frame {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
+            Some(Ok(Message::Binary(_))) => return Err(End::Close(close::PROTOCOL, "frames are JSON text".to_owned())),
+            Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(End::Gone),
+        };
+        if text.len() > FRAME_BYTES_MAX {
+            return Err(End::Close(close::PROTOCOL, "frame too large".to_owned()));
+        }
+        match serde_json::from_str::<ClientFrame>(&text) {
+            Ok(frame) => self.handle(frame).await,
+            Err(e) => Ok(self.send(&ServerFrame::error("invalid_frame", e.to_string(), None)).await?),
+        }
+    }
+
     async fn end(self, stream: &mut Stream, end: End) {
         if let End::Close(code, reason) = end {
             self.close(stream, code, &reason).await;
@@ -218,27 +256,15 @@ impl Conn {
 
     /// Says where to resume, then closes with `code`.
     async fn close(mut self, stream: &mut Stream, code: u16, reason: &str) {
-        let resume = std::mem::take(&mut self.positions);
+        let resume = std::mem::take(&mut self.positions).into_map();
         let _ = self.send(&ServerFrame::Closing { code, reason: reason.to_owned(), resume }).await;
         bye(&mut self.sink, stream, code, reason).await;
     }
 
-    /// Writes what is waiting: `held` and what queued behind it, then the signals in the
-    /// mailbox, with one flush for all of it.
-    async fn write_out(
-        &mut self,
-        held: &mut Vec<Arc<Delivery>>,
-        rx: &mut mpsc::Receiver<Arc<Delivery>>,
-        mailbox: &ephemeral::Mailbox,
-        pacer: &mut Pacer,
-    ) -> Result<(), WriteFailed> {
-        while held.len() < WRITE_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(d) => held.push(d),
-                Err(_) => break,
-            }
-        }
-        let batch = std::mem::take(held);
+    /// Writes what is waiting in the mailbox (`WRITE_BATCH_MAX` events at most, then the
+    /// ephemeral frames) with one flush for all of it.
+    async fn write_out(&mut self, mailbox: &ephemeral::Mailbox, pacer: &mut Pacer) -> Result<(), WriteFailed> {
+        let batch = mailbox.take_events(WRITE_BATCH_MAX);
         // One time limit for the whole write, not one timer per frame.
         let write = async {
             let mut wrote = self.deliver_all(&batch).await?;
@@ -252,11 +278,16 @@ impl Conn {
             Ok(wrote)
         };
         let wrote = tokio::time::timeout(WRITE_TIMEOUT, write).await.map_err(|_| WriteFailed)??;
+        let more = mailbox.has_events();
         if wrote == 0 {
             pacer.cancel();
-            return Ok(());
+        } else {
+            pacer.wrote(tokio::time::Instant::now(), wrote, more);
         }
-        pacer.wrote(tokio::time::Instant::now(), wrote, !rx.is_empty());
+        // What is still waiting goes out on the loop's next turn, unless the pacer holds it.
+        if more && !pacer.holding() {
+            mailbox.notify.notify_one();
+        }
         Ok(())
     }
 
@@ -316,5 +347,61 @@ impl Conn {
         self.positions.remove(&topic);
         self.here_since.remove(&topic);
         self.send(&ServerFrame::Unsubscribed { topic, reason: reason.to_owned(), r#ref }).await
+    }
+}
+
+/// A socket's subscribed topics and the last seq delivered on each: a vector sorted by topic,
+/// sized to what it holds. Most sockets follow one or a few topics; a map's smallest node
+/// holds eleven, which an idle socket would carry for nothing.
+#[derive(Default)]
+struct Positions(Vec<(String, u64)>);
+
+impl Positions {
+    fn find(&self, topic: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(t, _)| t.as_str().cmp(topic))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn contains_key(&self, topic: &str) -> bool {
+        self.find(topic).is_ok()
+    }
+
+    fn get(&self, topic: &str) -> Option<&u64> {
+        self.find(topic).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, topic: &str) -> Option<&mut u64> {
+        self.find(topic).ok().map(|i| &mut self.0[i].1)
+    }
+
+    fn insert(&mut self, topic: String, seq: u64) {
+        match self.find(&topic) {
+            Ok(i) => self.0[i].1 = seq,
+            Err(i) => {
+                // Grown one place at a time: the bound on topics per socket keeps the copies few.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (topic, seq));
+            }
+        }
+    }
+
+    fn remove(&mut self, topic: &str) {
+        if let Ok(i) = self.find(topic) {
+            self.0.remove(i);
+            if self.0.is_empty() {
+                self.0 = Vec::new();
+            }
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(t, _)| t)
+    }
+
+    fn into_map(self) -> BTreeMap<String, u64> {
+        self.0.into_iter().collect()
     }
 }
