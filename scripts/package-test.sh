@@ -653,7 +653,7 @@ if [ -z "${PKGTEST_RELEASE_BUILD_PID:-}" ]; then
 fi
 step "debian root (debootstrap $DEBIAN_SUITE, cached)" debian_root
 step "release builds: this tree for amd64$([ "${SKIP_ARM64:-}" = 1 ] || echo ' and arm64'), then N" release_binaries \
-    || { echo "$passed passed, $((failed)) failed"; exit 1; }
+    || { echo "$passed passed, $failed failed"; exit 1; }
 step "amd64: package N, the commit before schema 2 (${UPGRADE_FROM:0:10}), as $PREV_VERSION" build_prev
 step "amd64: man page and completions" assets $X86
 step "amd64: build .deb" build_deb $X86

@@ -53,9 +53,9 @@ struct Waiting {
     pending: Pending,
 }
 
-/// A drained event queue keeps this much room for the next ones; a larger one (after a burst)
-/// is given back.
-const EVENTS_KEPT_ROOM: usize = 16;
+/// A drained queue (of events, or of ephemeral frames) keeps this much room for the next ones;
+/// a larger one (after a burst) is given back.
+const KEPT_ROOM: usize = 16;
 
 impl Mailbox {
     pub fn new(events_max: usize) -> Self {
@@ -85,7 +85,7 @@ impl Mailbox {
     pub fn take(&self) -> Vec<Arc<str>> {
         let pending = &mut self.lock().pending;
         let frames = pending.drain(..).map(|(_, frame)| frame).collect();
-        if pending.capacity() > EVENTS_KEPT_ROOM {
+        if pending.capacity() > KEPT_ROOM {
             *pending = Pending::default();
         }
         frames
@@ -110,7 +110,7 @@ impl Mailbox {
     pub fn take_events(&self, max: usize) -> Vec<Arc<Delivery>> {
         let events = &mut self.lock().events;
         let taken = events.drain(..events.len().min(max)).collect();
-        if events.is_empty() && events.capacity() > EVENTS_KEPT_ROOM {
+        if events.is_empty() && events.capacity() > KEPT_ROOM {
             *events = VecDeque::new();
         }
         taken

@@ -181,8 +181,7 @@ async fn open(app: Arc<App>, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
         calls,
         sink,
     };
-    let welcome = c.welcome();
-    c.send(&welcome).await.ok()?;
+    c.send(&c.welcome()).await.ok()?;
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.recheck_s));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     Some(Box::new(Opened {
