@@ -22,6 +22,11 @@
 #   bash benches/http_writes.sh
 #   WRITE_TARGET=messages bash benches/http_writes.sh   # chat messages instead of orgs:
 #       POST /v1/channels/{id}/messages with a user's token vs an indexed messages table
+#       and then bytes on disk per message on each side: Outpost's store file
+#       (message, its id, event, topic and order entries, audit record; per
+#       table from `outpost space`) and search index, against PostgreSQL's
+#       table and indexes (pg_total_relation_size) and the WAL its inserts
+#       wrote (LSN before and after the rounds)
 #   DURATION=8 ROUNDS=5 SIDES=both|outpost|peer OP_PORT=18080 PG_PORT=15432
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -158,6 +163,7 @@ EOF
         "        'bench message ' || :r::text || ' with a few words of text')" \
         'RETURNING id, created_at;' >"$WORK/messages_insert.sql"
     log "postgres: synchronous_commit=$(pg_sql 'SHOW synchronous_commit') fsync=$(pg_sql 'SHOW fsync') wal_sync_method=$(pg_sql 'SHOW wal_sync_method')"
+    PG_LSN0=$(pg_sql 'SELECT pg_current_wal_lsn()')
 fi
 
 run_peer() {
@@ -186,6 +192,41 @@ done
 
 if side_enabled peer; then
     log "postgres: $(pg_sql 'SELECT count(*) FROM orgs') rows in orgs, $(pg_sql "SELECT pg_size_pretty(pg_database_size('postgres'))") database"
+fi
+
+# Bytes on disk per message, both sides holding what they wrote in the rounds above.
+if [ "$TARGET" = messages ]; then
+    echo "== bytes on disk per message =="
+    if side_enabled outpost; then
+        "$OP_BIN" space --json --data "$WORK/outpost-data" >"$WORK/space.json" ||
+            die "outpost space failed"
+        python3 - "$WORK/space.json" "$(du -sb "$WORK/outpost-data/search" | cut -f1)" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); search = int(sys.argv[2])
+t = {x["table"]: x for x in r["tables"]}
+n = t["messages"]["entries"]
+pages = lambda x: x["pages"] * 4096
+log = sum(pages(t[k]) for k in ("events", "event_topics", "log_order") if k in t)
+tables = sum(pages(x) for x in r["tables"])
+print(f"outpost: {n} messages; the store's tables {tables} bytes ({tables / n:.0f}/message; the file "
+      f"{r['file_bytes']} long while the server runs, redb growing it ahead of use), "
+      f"search index {search} ({search / n:.0f}/message)")
+for x in r["tables"]:
+    if x["entries"] >= n // 2:
+        print(f"  {x['table']:<14} {pages(x) / n:6.0f} bytes/message in pages "
+              f"({x['stored_bytes'] / x['entries']:.0f} of it keys and values)")
+print(f"  the event log's share (events, topic index, commit order): {log / n:.0f} bytes/message, "
+      f"kept for events.retention_age_s / retention_count_max")
+print(f"outpost_bytes_per_message={(tables + search) / n:.0f} without_event_log={(tables - log + search) / n:.0f}")
+PY
+    fi
+    if side_enabled peer; then
+        pg_sql "CHECKPOINT" >/dev/null
+        read -r n rel idx wal <<<"$(pg_sql "SELECT count(*), pg_relation_size('messages'), pg_indexes_size('messages'),
+            pg_wal_lsn_diff(pg_current_wal_lsn(), '$PG_LSN0')::bigint FROM messages" | tr '|' ' ')"
+        echo "postgres: $n messages; table $rel bytes ($((rel / n))/message), indexes $idx ($((idx / n))/message), WAL written $wal ($((wal / n))/message)"
+        echo "postgres_bytes_per_message=$(((rel + idx) / n)) with_wal=$(((rel + idx + wal) / n))"
+    fi
 fi
 
 report "$TSV" "$TARGET create throughput (POST vs INSERT, durable commits)" \

@@ -27,6 +27,7 @@ pub enum Request {
     Backup { out: PathBuf },
     AuditVerify,
     Fsck,
+    Space,
     CreateOperatorKey { name: String },
     RotateSigningKey,
     RotateVault,
@@ -120,6 +121,14 @@ async fn run(req: Request, app: App, progress: mpsc::Sender<Value>) -> Result<Va
             let blobs = app.uploads.blobs().clone();
             app.store
                 .read(move |r| crate::store::fsck::check(r, &blobs, &mut report))
+                .await
+                .map(|v| json!(v))
+                .map_err(|e: crate::store::StoreError| e.to_string())
+        }
+        Request::Space => {
+            let file = app.store.path().to_owned();
+            app.store
+                .read(move |r| r.space(&file))
                 .await
                 .map(|v| json!(v))
                 .map_err(|e: crate::store::StoreError| e.to_string())

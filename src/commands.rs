@@ -121,6 +121,15 @@ pub fn fsck(config: &Config) -> Result<crate::store::fsck::FsckReport, CommandEr
     Ok(v)
 }
 
+/// Where the store file's bytes go, table by table.
+pub fn space(config: &Config) -> Result<crate::store::space::SpaceReport, CommandError> {
+    if admin::server_running(&config.admin_socket()) {
+        return from_value(admin::call(&config.admin_socket(), &Request::Space, &mut |_, _| {})?);
+    }
+    let store = open_direct(&config.data_dir)?;
+    Ok(store.reader()?.space(store.path())?)
+}
+
 /// A new operator key: (key id, the key text shown once).
 pub fn create_operator_key(config: &Config, name: &str) -> Result<(String, String), CommandError> {
     if admin::server_running(&config.admin_socket()) {

@@ -81,6 +81,12 @@ enum Command {
     Fsck,
     /// Rebuild the search index from the store.
     Reindex,
+    /// Show where the store file's bytes go, table by table.
+    Space {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
     /// Write the man page, shell completions or the documented configuration file (packaging).
@@ -215,6 +221,7 @@ fn main() -> ExitCode {
             println!("search index rebuilt: {n} documents");
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Space { json } => with_config(load(), |c| print_space(&c, json)),
         Command::Keys { command: KeysCommand::Rotate } => with_config(load(), |c| {
             let kid = commands::rotate_signing_key(&c)?;
             println!("new signing key {kid}");
@@ -376,6 +383,48 @@ fn say_err(message: &str) {
 fn config_failed(e: &outpost::config::ConfigError) -> ExitCode {
     say_err(&format!("error: {e}"));
     ExitCode::from(2)
+}
+
+fn print_space(c: &Config, json: bool) -> Result<ExitCode, commands::CommandError> {
+    let r = commands::space(c)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    } else {
+        print!("{}", space_table(&r));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The space report as a table: each table's entries, its bytes in pages and per entry, and how
+/// those bytes divide into rows, the B-tree around them and room nothing fills.
+fn space_table(r: &outpost::store::space::SpaceReport) -> String {
+    use std::fmt::Write;
+    let kib = |b: u64| b.div_ceil(1024);
+    let mut out = format!(
+        "{:<22} {:>10} {:>11} {:>11} {:>10} {:>11} {:>12}\n",
+        "table", "entries", "pages KiB", "per entry", "rows KiB", "b-tree KiB", "unfilled KiB"
+    );
+    for t in r.tables.iter().filter(|t| t.entries > 0) {
+        let _ = writeln!(
+            out,
+            "{:<22} {:>10} {:>11} {:>11} {:>10} {:>11} {:>12}",
+            t.table,
+            t.entries,
+            kib(t.page_bytes()),
+            t.page_bytes() / t.entries,
+            kib(t.stored_bytes),
+            kib(t.metadata_bytes),
+            kib(t.fragmented_bytes),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "tables {} KiB; file {} KiB long, {} KiB on disk",
+        kib(r.table_bytes()),
+        kib(r.file_bytes),
+        kib(r.disk_bytes)
+    );
+    out
 }
 
 fn with_config(

@@ -1,14 +1,17 @@
 //! `/v1/me`: the caller's own account, profile, permissions and password.
 
+use bytes::Bytes;
 use poem::Request;
 use poem::web::Data;
 use poem_openapi::param::Header;
 use poem_openapi::payload::Json;
+use poem_openapi::types::ToJSON;
 use poem_openapi::{Object, OpenApi};
 use serde::Deserialize;
 
 use super::auth_api::NoContent;
 use super::body::JsonBody;
+use super::rendered::Rendered;
 use super::users::{Preferences, RoleView, UserView, user_view};
 use super::{ApiTags, UserAuth, parse_if_match, user_ctx};
 use crate::app::App;
@@ -16,6 +19,9 @@ use crate::auth::password;
 use crate::domain::DomainError;
 use crate::domain::policy::{self, Permission};
 use crate::domain::users::{self, ProfilePatch};
+use crate::ids::Id;
+use crate::store::stamped::Stamped;
+use crate::store::tables::{USERS, org_id_key};
 use crate::tenancy::OrgScope;
 
 crate::problems!(MeErrors: 401, 403, 404);
@@ -66,8 +72,22 @@ pub struct PasswordBody {
     pub new_password: String,
 }
 
-#[derive(Default)]
-pub struct MeApi;
+/// Callers whose `GET /v1/me` answer is kept at most (about half a kilobyte each); a full map
+/// starts over.
+const RENDERED_MAX: usize = 10_000;
+
+pub struct MeApi {
+    /// Each caller's answer to `GET /v1/me`, by (organization, user, session), rendered once and
+    /// kept while the user's row stays unwritten. The caller's token, session, account and role
+    /// are still checked on every request: this keeps content, never decisions.
+    rendered: Stamped<(Id, Id, Id), Bytes>,
+}
+
+impl Default for MeApi {
+    fn default() -> Self {
+        Self { rendered: Stamped::new(RENDERED_MAX) }
+    }
+}
 
 #[OpenApi(tag = "ApiTags::Me")]
 impl MeApi {
@@ -75,20 +95,23 @@ impl MeApi {
     ///
     /// Permission: `self.manage`.
     #[oai(path = "/v1/me", method = "get", operation_id = "getMe")]
-    async fn me(&self, app: Data<&App>, auth: UserAuth) -> Result<Json<MeView>, MeErrors> {
+    async fn me(&self, app: Data<&App>, auth: UserAuth) -> Result<Rendered<MeView>, MeErrors> {
         let p = auth.require(&app, Permission::SelfManage).await?;
-        // The token check read the account already; an API key's caller is read now.
-        let u = match &p.account {
-            Some(a) => (**a).clone(),
-            None => users::get(&app.store, OrgScope::member(&p), p.user).await?,
-        };
+        // Read the user row's counter before the row: an answer is never labelled newer than
+        // what it was rendered from.
+        let key = (p.org, p.user, p.session);
+        let stamp = app.store.row_changes(USERS, &org_id_key(p.org, p.user));
+        if let Some(bytes) = self.rendered.get(&key, stamp) {
+            return Ok(Rendered::from_bytes(bytes));
+        }
+        let u = users::get(&app.store, OrgScope::member(&p), p.user).await?;
         let preferences = u.preferences.clone().into_iter().collect();
-        Ok(Json(MeView {
-            user: user_view(u),
-            org_id: p.org.to_string(),
-            session_id: p.session.to_string(),
-            preferences,
-        }))
+        let me =
+            MeView { user: user_view(u), org_id: p.org.to_string(), session_id: p.session.to_string(), preferences };
+        // poem's own encoding, so the answer is byte for byte what `Json` would have sent.
+        let bytes = Bytes::from(me.to_json_string());
+        self.rendered.put(key, stamp, bytes.clone());
+        Ok(Rendered::from_bytes(bytes))
     }
 
     /// List my permissions

@@ -631,9 +631,11 @@ async fn a_remembered_standing_ends_with_the_write_that_changes_it() {
     let (org_id, logins) = populated_org(&s).await;
     let by = |role: &str| &logins.iter().find(|(r, _)| *r == role).unwrap().1;
     let (owner, admin, member, guest) = (by("owner"), by("admin"), by("member"), by("guest"));
+    let me = |t: &str| s.http.get(s.url("/v1/me")).bearer_auth(t.to_owned()).send();
     for l in [owner, admin, member, guest] {
         for _ in 0..3 {
             assert_eq!(my_permissions(&s, &l.access).await.0, 200);
+            assert_eq!(me(&l.access).await.unwrap().status(), 200);
         }
     }
 
@@ -650,11 +652,15 @@ async fn a_remembered_standing_ends_with_the_write_that_changes_it() {
         let (status, perms) = my_permissions(&s, &member.access).await;
         assert_eq!((status, perms["role"].as_str()), (200, Some(role)));
         assert_eq!(perms["permissions"].as_array().unwrap().iter().any(|p| p == "users.invite"), invites);
+        // The kept `/v1/me` answer ends with the write too.
+        let v: Value = me(&member.access).await.unwrap().json().await.unwrap();
+        assert_eq!(v["user"]["role"], role, "{v}");
     }
 
     let r = s.http.post(s.url("/v1/auth/logout")).bearer_auth(&guest.access).send().await.unwrap();
     assert_eq!(r.status(), 204);
     expect_problem(my_permissions_answer(&s, &guest.access).await, 401, "session_revoked").await;
+    expect_problem(me(&guest.access).await.unwrap(), 401, "session_revoked").await;
 
     let r = s
         .http
@@ -666,10 +672,12 @@ async fn a_remembered_standing_ends_with_the_write_that_changes_it() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     // Suspension ends the account's sessions too.
     expect_problem(my_permissions_answer(&s, &member.access).await, 401, "session_revoked").await;
+    expect_problem(me(&member.access).await.unwrap(), 401, "session_revoked").await;
 
     assert_eq!(my_permissions(&s, &admin.access).await.0, 200);
     let r = s.post(&format!("/v1/orgs/{org_id}/suspend"), &json!({})).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     expect_problem(my_permissions_answer(&s, &admin.access).await, 401, "org_inactive").await;
+    expect_problem(me(&admin.access).await.unwrap(), 401, "org_inactive").await;
     s.stop().await;
 }

@@ -129,3 +129,35 @@ async fn a_schema_1_store_is_migrated_once() {
     assert_eq!(all["items"].as_array().unwrap().len(), 2);
     s.stop().await;
 }
+
+/// `outpost space` counts every table's rows, the same through a running server's admin socket
+/// and on the store directly once it has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn space_reports_every_tables_rows_online_and_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(config_for(dir.path())).await;
+    for i in 0..30 {
+        s.create_org(&crate::support::slug(&format!("space{i}"))).await;
+    }
+    let config = s.config.clone();
+    let online = tokio::task::spawn_blocking(move || outpost::commands::space(&config)).await.unwrap().unwrap();
+    let orgs = online.tables.iter().find(|t| t.table == "orgs").expect("the orgs table");
+    assert!(orgs.entries >= 30, "{orgs:?}");
+    assert!(orgs.stored_bytes > 30 * 100 && orgs.page_bytes() >= orgs.stored_bytes, "{orgs:?}");
+    let audit: u64 = online.tables.iter().filter(|t| t.table.starts_with("audit")).map(|t| t.entries).sum();
+    assert!(audit >= 30, "an audit record per org: {:?}", online.tables);
+    assert!(online.file_bytes >= online.table_bytes(), "{online:?}");
+    s.stop().await;
+
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = cli(&["space", "--json", "--data", d], &[], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let offline: outpost::store::space::SpaceReport = serde_json::from_str(&out).unwrap();
+    let offline_orgs = offline.tables.iter().find(|t| t.table == "orgs").unwrap();
+    assert_eq!(offline_orgs.entries, orgs.entries);
+    let (code, out, err) = cli(&["space", "--data", d], &[], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out.lines().find(|l| l.starts_with("orgs ")).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(line.split_whitespace().nth(1), Some(orgs.entries.to_string().as_str()), "{out}");
+    assert!(out.lines().last().unwrap().starts_with("tables "), "{out}");
+}
