@@ -35,8 +35,21 @@ pub struct Readiness {
     pub stalled_followers: Vec<String>,
 }
 
+/// The server's parts, behind one pointer: every request carries the app in its data, and a
+/// clone is one count rather than one per part (the parts' own counts were 4% of a cached
+/// read's CPU).
 #[derive(Clone)]
-pub struct App {
+pub struct App(Arc<Parts>);
+
+impl std::ops::Deref for App {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+/// What the app is made of (see `App`).
+pub struct Parts {
     pub config: Arc<Config>,
     pub store: Store,
     pub writer: Writer,
@@ -165,7 +178,7 @@ impl App {
             config: config.mcp.clone(),
         });
         let prompts = Arc::new(crate::prompts::Prompts::new(config.prompts.clone(), store.clone(), bus.clone()));
-        let app = Self {
+        let app = Self(Arc::new(Parts {
             mcp,
             prompts,
             uploads,
@@ -195,7 +208,7 @@ impl App {
             key_uses: Arc::default(),
             auth_caches: Arc::default(),
             search: Arc::default(),
-        };
+        }));
         app.load_keys().await?;
         Ok((app, report))
     }

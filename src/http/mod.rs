@@ -308,9 +308,6 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
         .at("/.well-known/oauth-authorization-server/orgs/:slug", poem::get(oauth_server::metadata))
         .data(BodyLimit(limit))
         .data(app.clone())
-        // The app again behind one pointer, for what keeps it as long as a connection lasts: a
-        // realtime socket holds the pointer, not a copy of the app's fields.
-        .data(std::sync::Arc::new(app.clone()))
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .with(EdgeMiddleware { app, timeout })
 }

@@ -5,8 +5,6 @@
 pub mod calls;
 pub mod conn;
 
-use std::sync::Arc;
-
 use poem::web::Data;
 use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::{IntoResponse, Request, handler};
@@ -19,7 +17,7 @@ use crate::realtime::protocol::{FRAME_BYTES_MAX, SUBPROTOCOL, TOKEN_SUBPROTOCOL_
 /// token comes as a second subprotocol (`access_token.<token>`) or in the first frame.
 #[handler]
 #[allow(clippy::needless_pass_by_value)] // extractors are taken by value
-pub fn realtime(req: &Request, ws: WebSocket, app: Data<&Arc<App>>) -> impl IntoResponse {
+pub fn realtime(req: &Request, ws: WebSocket, app: Data<&App>) -> impl IntoResponse {
     let offered = req
         .headers()
         .get_all(poem::http::header::SEC_WEBSOCKET_PROTOCOL)

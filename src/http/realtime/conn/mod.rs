@@ -57,7 +57,7 @@ async fn authenticate(app: &App, token: &str) -> Result<(Principal, Option<i64>)
 /// heap and gone once it is done, and every step the loop takes is boxed the same way
 /// (`boxed!`). Its answer comes boxed too: a value awaited takes room in the awaiting future
 /// for as long as the await lasts, beside what the loop keeps.
-pub async fn serve(app: Arc<App>, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<String>) {
+pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<String>) {
     let Some(opened) = boxed!(open(app, hub, socket, offered)) else {
         return;
     };
@@ -124,7 +124,7 @@ struct Opened {
 
 /// Authenticates the socket, charges the opening to the caller's budgets, registers it with the
 /// hub and says welcome; `None` when it was refused (and told why) or is gone.
-async fn open(app: Arc<App>, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<String>) -> Option<Box<Opened>> {
+async fn open(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<String>) -> Option<Box<Opened>> {
     let cfg = app.config.realtime.clone();
     let (mut sink, mut stream) = socket.split();
     // Authentication first: from the subprotocol, or the first frame within the deadline.
@@ -195,7 +195,7 @@ async fn open(app: Arc<App>, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
 }
 
 struct Conn {
-    app: Arc<App>,
+    app: App,
     p: Principal,
     token: String,
     /// When the access token expires (ms), or never for an API key.
