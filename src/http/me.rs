@@ -72,9 +72,11 @@ pub struct PasswordBody {
     pub new_password: String,
 }
 
-/// Callers whose `GET /v1/me` answer is kept at most (about half a kilobyte each); a full map
-/// starts over.
+/// Callers whose `GET /v1/me` answer is kept at most; a full map starts over.
 const RENDERED_MAX: usize = 10_000;
+/// The largest answer kept (most are about half a kilobyte; preferences may take 16 KiB, and
+/// an answer that large is rendered each time), so the map holds 40 MiB at most.
+const RENDERED_BYTES_MAX: usize = 4096;
 
 pub struct MeApi {
     /// Each caller's answer to `GET /v1/me`, by (organization, user, session), rendered once and
@@ -98,7 +100,8 @@ impl MeApi {
     async fn me(&self, app: Data<&App>, auth: UserAuth) -> Result<Rendered<MeView>, MeErrors> {
         let p = auth.require(&app, Permission::SelfManage).await?;
         // Read the user row's counter before the row: an answer is never labelled newer than
-        // what it was rendered from.
+        // what it was rendered from. (The check above handed back an account too, but one
+        // remembered under its own stamp; on a miss the row is read again, once per change.)
         let key = (p.org, p.user, p.session);
         let stamp = app.store.row_changes(USERS, &org_id_key(p.org, p.user));
         if let Some(bytes) = self.rendered.get(&key, stamp) {
@@ -110,7 +113,9 @@ impl MeApi {
             MeView { user: user_view(u), org_id: p.org.to_string(), session_id: p.session.to_string(), preferences };
         // poem's own encoding, so the answer is byte for byte what `Json` would have sent.
         let bytes = Bytes::from(me.to_json_string());
-        self.rendered.put(key, stamp, bytes.clone());
+        if bytes.len() <= RENDERED_BYTES_MAX {
+            self.rendered.put(key, stamp, bytes.clone());
+        }
         Ok(Rendered::from_bytes(bytes))
     }
 
