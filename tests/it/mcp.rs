@@ -30,24 +30,29 @@ impl Everything {
 
     async fn start_in(mode: &'static str) -> Self {
         let mut e = Self { port: free_port(), mode, child: None };
-        // A port found free can be taken before the server binds it: then it exits, and
-        // starts again on another one.
-        for _ in 0..5 {
-            if e.restart().await {
-                return e;
+        // A port found free can be taken before the server binds it (the suite's own servers
+        // and clients open ports all the while): then it exits, and starts again on another one.
+        let mut said = String::new();
+        for _ in 0..20 {
+            match e.restart().await {
+                Ok(()) => return e,
+                Err(why) => said = why,
             }
             e.port = free_port();
         }
-        panic!("server-everything did not start");
+        panic!("server-everything did not start; the last attempt said: {said}");
     }
 
-    /// Starts it (again) on its port, and whether it did; its environment is empty but for what
-    /// node needs, since one of its tools answers with it.
-    async fn restart(&mut self) -> bool {
+    /// Starts it (again) on its port, or what it wrote before it exited; its environment is
+    /// empty but for what node needs, since one of its tools answers with it.
+    async fn restart(&mut self) -> Result<(), String> {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/peers/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
         );
+        // What it writes goes to a file (a pipe nobody reads could fill and stop it), read if it
+        // exits before it answers.
+        let log = tempfile::NamedTempFile::new().expect("a log file");
         let mut child = tokio::process::Command::new("node")
             .arg(script)
             .arg(self.mode)
@@ -56,20 +61,24 @@ impl Everything {
             .env("PORT", self.port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log.reopen().expect("the log")))
             .kill_on_drop(true)
             .spawn()
             .expect("node");
         // Starting node on a busy machine can take a while.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
-            if child.try_wait().unwrap().is_some() || tokio::time::Instant::now() > deadline {
-                return false;
+            if tokio::time::Instant::now() > deadline {
+                return Err("no answer within 60 s".into());
+            }
+            if child.try_wait().unwrap().is_some() {
+                let said = std::fs::read_to_string(log.path()).unwrap_or_default();
+                return Err(said.lines().rev().take(5).collect::<Vec<_>>().join(" | "));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.child = Some(child);
-        true
+        Ok(())
     }
 
     async fn kill(&mut self) {
@@ -297,7 +306,7 @@ async fn an_everything_server_through_outpost() {
         assert!(tokio::time::Instant::now() < deadline, "the breaker never opened: {p}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(everything.restart().await, "server-everything started again");
+    everything.restart().await.expect("server-everything started again");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let r = call(&s, &member, &id, "echo", json!({ "arguments": { "message": "back" } })).await;
