@@ -5,7 +5,10 @@
 //! * latency: one connection each way, calls alternating direct / through the gateway, N of
 //!   each; p50/p99 of both and what the gateway adds;
 //! * throughput: C connections for D seconds straight to the service, then the same through the
-//!   gateway (requests per second, and the ratio).
+//!   gateway (requests per second, and the ratio);
+//! * with `--proxy URL` (a reverse proxy in front of `--service-port`, nginx in
+//!   `benches/gateway.sh`): the same latency and throughput through it, the cost of a bare proxy
+//!   hop on this machine (no authentication, no credential, no audit record) beside the gateway's.
 //!
 //! `benches/gateway.sh` starts the server and runs it.
 
@@ -79,7 +82,9 @@ async fn main() {
     let calls: usize = arg("calls", "2000").parse().expect("load program");
     let conns: usize = arg("conns", "32").parse().expect("load program");
     let seconds: f64 = arg("seconds", "8").parse().expect("load program");
-    let base = loadkit::serve_loopback(Route::new().at("/items/:n", get(item))).await;
+    let service_port: u16 = arg("service-port", "0").parse().expect("load program");
+    let proxy = arg("proxy", "");
+    let base = loadkit::serve_loopback(Route::new().at("/items/:n", get(item)), service_port).await;
     let client = reqwest::Client::new();
     let r = client
         .post(format!("{url}/v1/services"))
@@ -99,26 +104,43 @@ async fn main() {
     let direct: Vec<String> = (0..64).map(|i| format!("{base}/items/{i}")).collect();
     let proxied: Vec<String> = (0..64).map(|i| format!("{url}/v1/services/{id}/proxy/items/{i}")).collect();
 
+    let hopped: Vec<String> = (0..64).map(|i| format!("{proxy}/items/{i}")).collect();
+
     // Latency: one connection each, alternating, after a warm-up.
-    let (straight, through) = (reqwest::Client::new(), reqwest::Client::new());
+    let (straight, through, hop) = (reqwest::Client::new(), reqwest::Client::new(), reqwest::Client::new());
     for i in 0..200 {
         once(&straight, &direct[i % 64], None).await;
         once(&through, &proxied[i % 64], Some(&token)).await;
+        if !proxy.is_empty() {
+            once(&hop, &hopped[i % 64], None).await;
+        }
     }
-    let (mut took_direct, mut took_gateway) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+    let mut took = [Vec::with_capacity(calls), Vec::with_capacity(calls), Vec::with_capacity(calls)];
     for i in 0..calls {
-        took_direct.push(once(&straight, &direct[i % 64], None).await);
-        took_gateway.push(once(&through, &proxied[i % 64], Some(&token)).await);
+        took[0].push(once(&straight, &direct[i % 64], None).await);
+        took[1].push(once(&through, &proxied[i % 64], Some(&token)).await);
+        if !proxy.is_empty() {
+            took[2].push(once(&hop, &hopped[i % 64], None).await);
+        }
     }
-    took_direct.sort_by(f64::total_cmp);
-    took_gateway.sort_by(f64::total_cmp);
-    let (d50, d99) = (percentile(&took_direct, 0.5), percentile(&took_direct, 0.99));
-    let (p50, p99) = (percentile(&took_gateway, 0.5), percentile(&took_gateway, 0.99));
+    for t in &mut took {
+        t.sort_by(f64::total_cmp);
+    }
+    let (d50, d99) = (percentile(&took[0], 0.5), percentile(&took[0], 0.99));
+    let (p50, p99) = (percentile(&took[1], 0.5), percentile(&took[1], 0.99));
     println!(
         "latency_calls={calls} direct_p50_us={d50:.0} direct_p99_us={d99:.0} gateway_p50_us={p50:.0} gateway_p99_us={p99:.0} added_p50_us={:.0} added_p99_us={:.0}",
         p50 - d50,
         p99 - d99
     );
+    if !proxy.is_empty() {
+        let (h50, h99) = (percentile(&took[2], 0.5), percentile(&took[2], 0.99));
+        println!(
+            "proxy_p50_us={h50:.0} proxy_p99_us={h99:.0} proxy_added_p50_us={:.0} proxy_added_p99_us={:.0}",
+            h50 - d50,
+            h99 - d99
+        );
+    }
 
     let direct_rps = throughput(Arc::new(direct), None, conns, seconds).await;
     let gateway_rps = throughput(Arc::new(proxied), Some(token), conns, seconds).await;
@@ -126,4 +148,12 @@ async fn main() {
         "conns={conns} direct_rps={direct_rps:.0} gateway_rps={gateway_rps:.0} ratio={:.2}",
         gateway_rps / direct_rps
     );
+    if !proxy.is_empty() {
+        let proxy_rps = throughput(Arc::new(hopped), None, conns, seconds).await;
+        println!(
+            "proxy_rps={proxy_rps:.0} proxy_ratio={:.2} gateway_to_proxy={:.2}",
+            proxy_rps / direct_rps,
+            gateway_rps / proxy_rps
+        );
+    }
 }

@@ -112,7 +112,8 @@ async fn main() {
 
     // The provider for the refreshes: long-lived tokens (each refresh is forced).
     let long = Arc::new(Provider { issued: AtomicU64::new(0), ttl_s: 3600 });
-    let long_base = loadkit::serve_loopback(Route::new().at("/token", post(token_endpoint)).data(long.clone())).await;
+    let long_base =
+        loadkit::serve_loopback(Route::new().at("/token", post(token_endpoint)).data(long.clone()), 0).await;
     let endpoint = format!("{long_base}/token");
     let ceiling = run(conns, seconds, move |_, c| {
         let endpoint = endpoint.clone();
@@ -161,6 +162,7 @@ async fn main() {
     let short = Arc::new(Provider { issued: AtomicU64::new(0), ttl_s: ttl });
     let short_base = loadkit::serve_loopback(
         Route::new().at("/token", post(token_endpoint)).at("/items", get(item)).data(short.clone()),
+        0,
     )
     .await;
     let short_provider = provider(&client, &url, &token, &short_base).await;

@@ -53,7 +53,7 @@ fn now_ms() -> i64 {
 }
 
 async fn start_receiver(seen: Arc<Received>) -> String {
-    loadkit::serve_loopback(Route::new().at("/hook/:n", post(hook)).data(seen)).await
+    loadkit::serve_loopback(Route::new().at("/hook/:n", post(hook)).data(seen), 0).await
 }
 
 async fn ceiling(base: &str, conns: usize, seconds: f64, seen: &Arc<Received>) {

@@ -67,6 +67,8 @@ pub struct Parts {
     pub registry: crate::registry::Registry,
     /// Calls to registered services on callers' behalf.
     pub gateway: crate::gateway::Gateway,
+    /// Registered services kept decoded for the gateway's calls.
+    pub kept_services: crate::domain::services::Kept,
     /// OAuth connections: authorizations, token refresh, revocation.
     pub oauth: crate::oauth::OAuth,
     /// Sessions with the MCP servers organizations register.
@@ -198,6 +200,7 @@ impl App {
             egress,
             webhooks,
             registry,
+            kept_services: crate::domain::services::Kept::default(),
             gateway,
             sso: crate::sso::Sso::new(oauth.clone()),
             oauth,

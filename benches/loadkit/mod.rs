@@ -18,9 +18,9 @@ pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-/// Serves `app` on a free loopback port, bound before it returns; its base URL.
-pub async fn serve_loopback(app: impl poem::Endpoint + 'static) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("load program");
+/// Serves `app` on loopback `port` (0: a free one), bound before it returns; its base URL.
+pub async fn serve_loopback(app: impl poem::Endpoint + 'static, port: u16) -> String {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("load program");
     let addr = listener.local_addr().expect("load program");
     let acceptor = poem::listener::TcpAcceptor::from_tokio(listener).expect("load program");
     tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));

@@ -8,6 +8,7 @@
 //! line of the service's health history (bounded).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -20,6 +21,7 @@ use super::secrets::{self, SealedSecret};
 use super::{DomainError, FieldError, check};
 use crate::egress::{AddressPolicy, EgressError, check_url};
 use crate::ids::{self, Id};
+use crate::store::stamped::Stamped;
 use crate::store::tables::{OAUTH_CONNECTIONS, SERVICE_HEALTH, SERVICES, org_id_id_key, org_id_key};
 use crate::store::writer::{MutationCtx, Tx, Writer};
 use crate::store::{Lookup, Reader, Store, StoreError, decode, encode, prefix_end};
@@ -725,6 +727,40 @@ pub fn get(store: &Store, scope: OrgScope, id: Id) -> Result<Service, DomainErro
     store
         .peek(|r| r.record::<Service>(SERVICES, &org_id_key(scope.org(), id)))?
         .ok_or(DomainError::NotFound { what: "service" })
+}
+
+/// Services kept decoded (they are read on every gateway call) while their rows stay
+/// unwritten: at most this many…
+const KEPT_MAX: usize = 1024;
+/// …of at most this many bytes stored (a service may carry a 64 KiB UI mapping; one that large
+/// is decoded each time), so the map holds about 16 MiB of rows at most.
+const KEPT_ROW_BYTES_MAX: usize = 16 * 1024;
+
+/// Decoded services by (organization, service), each kept while its row's change counter
+/// (`Store::row_changes`) stays where it was when the row was read.
+pub struct Kept(Stamped<(Id, Id), Arc<Service>>);
+
+impl Default for Kept {
+    fn default() -> Self {
+        Self(Stamped::new(KEPT_MAX))
+    }
+}
+
+/// One of the organization's services, as [`get`], from `kept` while its row is unchanged.
+pub fn get_kept(store: &Store, kept: &Kept, scope: OrgScope, id: Id) -> Result<Arc<Service>, DomainError> {
+    let org = scope.org();
+    let key = org_id_key(org, id);
+    // The counter before the row: what is kept is never labelled newer than what it was read from.
+    let stamp = store.row_changes(SERVICES, &key);
+    if let Some(s) = kept.0.get(&(org, id), stamp) {
+        return Ok(s);
+    }
+    let row = store.peek(|r| r.get(SERVICES, &key))?.ok_or(DomainError::NotFound { what: "service" })?;
+    let service = Arc::new(decode::<Service>(SERVICES, &row)?);
+    if row.len() <= KEPT_ROW_BYTES_MAX {
+        kept.0.put((org, id), stamp, service.clone());
+    }
+    Ok(service)
 }
 
 /// The organization's services, oldest first.

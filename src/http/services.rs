@@ -2,6 +2,7 @@
 //! credentials (never answered), health checks and health history.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use poem::Request;
 use poem::web::Data;
@@ -519,9 +520,9 @@ pub(super) async fn service_for(
     auth: &UserAuth,
     id: &str,
     needs: Permission,
-) -> Result<(Principal, Service), Problem> {
+) -> Result<(Principal, Arc<Service>), Problem> {
     let p = auth.check(app).await?;
-    let s = services::get(&app.store, OrgScope::member(&p), parse_id(id, "service")?)?;
+    let s = services::get_kept(&app.store, &app.kept_services, OrgScope::member(&p), parse_id(id, "service")?)?;
     p.require(needs)?;
     Ok((p, s))
 }
@@ -593,7 +594,7 @@ impl ServicesApi {
         service_id: Path<String>,
     ) -> Result<Json<ServiceView>, ServiceReadErrors> {
         let (_, s) = service_for(&app, &auth, &service_id.0, Permission::ServicesRead).await?;
-        Ok(Json(view(s)))
+        Ok(Json(view(Arc::unwrap_or_clone(s))))
     }
 
     /// Change a service

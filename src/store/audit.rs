@@ -31,72 +31,68 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-/// The canonical form that is hashed: every field but `hash`.
+/// A record's canonical form, the one that is hashed: every stored field but `hash`, in the
+/// stored order.
 #[derive(Serialize)]
-struct Canonical<'a> {
-    org: &'a Id,
-    n: u64,
-    at_ms: i64,
-    actor: &'a str,
-    action: &'a str,
-    target: &'a str,
-    request_id: &'a Option<String>,
-    client_addr: &'a Option<String>,
-    details: &'a serde_json::Value,
-    prev_hash: &'a str,
+pub(crate) struct Canonical<'a> {
+    pub org: Id,
+    pub n: u64,
+    pub at_ms: i64,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub target: &'a str,
+    pub request_id: Option<&'a str>,
+    pub client_addr: Option<&'a str>,
+    pub details: &'a serde_json::Value,
+    pub prev_hash: &'a str,
+}
+
+impl Canonical<'_> {
+    fn json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("audit records serialize")
+    }
+
+    fn digest(bytes: &[u8]) -> [u8; 32] {
+        let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
+    }
+
+    /// The record's hash and its stored form: the canonical JSON with `hash` added last, which
+    /// is byte for byte how [`AuditRecord`] encodes (one encoding per record, not two).
+    pub(crate) fn seal(&self) -> ([u8; 32], Vec<u8>) {
+        let mut bytes = self.json();
+        let hash = Self::digest(&bytes);
+        if bytes.pop() == Some(b'}') {
+            bytes.reserve(75);
+            bytes.extend_from_slice(b",\"hash\":\"");
+            bytes.extend_from_slice(hex(&hash).as_bytes());
+            bytes.extend_from_slice(b"\"}");
+        }
+        (hash, bytes)
+    }
 }
 
 impl AuditRecord {
-    /// Builds record `n` linked to `prev`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn link(
-        org: Id,
-        n: u64,
-        prev: &[u8; 32],
-        at_ms: i64,
-        actor: String,
-        action: String,
-        target: String,
-        request_id: Option<String>,
-        client_addr: Option<String>,
-        details: serde_json::Value,
-    ) -> Self {
-        let mut r = Self {
-            org,
-            n,
-            at_ms,
-            actor,
-            action,
-            target,
-            request_id,
-            client_addr,
-            details,
-            prev_hash: hex(prev),
-            hash: String::new(),
-        };
-        r.hash = hex(&r.compute_hash());
-        r
-    }
-
-    /// The hash this record's content should have.
-    pub fn compute_hash(&self) -> [u8; 32] {
-        let canonical = Canonical {
-            org: &self.org,
+    fn canonical(&self) -> Canonical<'_> {
+        Canonical {
+            org: self.org,
             n: self.n,
             at_ms: self.at_ms,
             actor: &self.actor,
             action: &self.action,
             target: &self.target,
-            request_id: &self.request_id,
-            client_addr: &self.client_addr,
+            request_id: self.request_id.as_deref(),
+            client_addr: self.client_addr.as_deref(),
             details: &self.details,
             prev_hash: &self.prev_hash,
-        };
-        let bytes = serde_json::to_vec(&canonical).expect("audit records serialize");
-        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest.as_ref());
-        out
+        }
+    }
+
+    /// The hash this record's content should have.
+    pub fn compute_hash(&self) -> [u8; 32] {
+        Canonical::digest(&self.canonical().json())
     }
 
     pub fn hash_bytes(&self) -> [u8; 32] {
@@ -252,5 +248,40 @@ impl Reader {
             Ok(true)
         })?;
         Ok(orphan)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use crate::ids::{Id, hex};
+    use crate::store::audit::{AuditRecord, Canonical};
+
+    #[test]
+    fn a_sealed_record_is_exactly_what_the_record_encodes_and_verifies() {
+        let details = json!({"z": 1, "a": {"q": "line\nbreak \"quoted\" é", "b": [1, null, true]}, "m": null});
+        let prev = hex(&[7u8; 32]);
+        for (request_id, client_addr) in [(None, None), (Some("req-1"), Some("127.0.0.1"))] {
+            let c = Canonical {
+                org: Id::new(),
+                n: 42,
+                at_ms: 1_765_000_000_123,
+                actor: "user:\u{1F600}",
+                action: "service.call",
+                target: "service:x",
+                request_id,
+                client_addr,
+                details: &details,
+                prev_hash: &prev,
+            };
+            let (hash, stored) = c.seal();
+            let record: AuditRecord = serde_json::from_slice(&stored).unwrap();
+            assert_eq!(record.hash, hex(&hash));
+            assert_eq!(record.compute_hash(), hash, "the chain verifies it");
+            assert_eq!(crate::store::encode(&record), stored, "one encoding, the record's own");
+            assert_eq!((record.request_id.as_deref(), record.client_addr.as_deref()), (request_id, client_addr));
+        }
     }
 }

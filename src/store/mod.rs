@@ -412,13 +412,13 @@ impl Reader {
     }
 }
 
-/// Decodes a JSON record, naming the table when it is corrupt.
 /// Free bytes for unprivileged users on the file system holding `path`.
 pub fn free_disk_bytes(path: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(path).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// Decodes a JSON record, naming the table when it is corrupt.
 pub fn decode<T: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         table: redb::TableHandle::name(&table.def).to_owned(),

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use redb::{ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::audit::{self, AuditRecord};
+use super::audit;
 use super::events::{Event, EventBus};
 use super::tables::{self, Table, Tenancy};
 use super::{Store, StoreError, change_slot};
@@ -637,21 +637,22 @@ impl LogAppender {
             Some(h) => *h,
             None => open.get(tables::AUDIT_HEADS, org.as_bytes())?.map_or((0, [0; 32]), |v| audit::parse_head(&v)),
         };
-        let record = AuditRecord::link(
+        let prev_hash = crate::ids::hex(&prev);
+        let (hash, stored) = audit::Canonical {
             org,
-            n + 1,
-            &prev,
-            now_ms,
-            ctx.actor.clone(),
-            pending.action,
-            pending.target,
-            ctx.request_id.clone(),
-            ctx.client_addr.clone(),
-            pending.details,
-        );
-        open.table(tables::AUDIT)
-            .insert(tables::org_seq_key(org, record.n).as_slice(), super::encode(&record).as_slice())?;
-        self.audit_heads.insert(org, (record.n, record.hash_bytes()));
+            n: n + 1,
+            at_ms: now_ms,
+            actor: &ctx.actor,
+            action: &pending.action,
+            target: &pending.target,
+            request_id: ctx.request_id.as_deref(),
+            client_addr: ctx.client_addr.as_deref(),
+            details: &pending.details,
+            prev_hash: &prev_hash,
+        }
+        .seal();
+        open.table(tables::AUDIT).insert(tables::org_seq_key(org, n + 1).as_slice(), stored.as_slice())?;
+        self.audit_heads.insert(org, (n + 1, hash));
         Ok(())
     }
 

@@ -303,6 +303,21 @@ async fn calls_carry_the_credential_and_a_signed_identity_and_nothing_of_the_cal
     }
     let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("outpost_gateway_calls_total{outcome=\"answered\"} 4"), "{metrics}");
+
+    // The gateway keeps services decoded between calls: a change is in force from the next call.
+    let r = s
+        .http
+        .patch(s.url(&format!("/v1/services/{id}")))
+        .bearer_auth(&o.owner)
+        .json(&json!({ "credential": { "kind": "api_key", "secret": "changed-key" }, "callers": ["owner", "admin"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = call(&s, &o.member, "GET", &id, "x", "").await;
+    assert_eq!(code_of(r).await, (403, "not_a_caller".to_owned(), None), "the member's standing changed");
+    assert_eq!(call(&s, &o.owner, "GET", &id, "x", "").await.status(), 200);
+    assert_eq!(up.seen().pop().unwrap().headers["x-api-key"], ["changed-key"], "the new credential went");
     s.stop().await;
 }
 
