@@ -53,7 +53,7 @@ for round in $(seq 1 "$ROUNDS"); do
     echo "server_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}') rss_kb=$(proc_rss_kb "$OP_PID")" | tee -a "$out"
 done
 
-median() { grep -o "$1=[0-9.-]*" "$out" | cut -d= -f2 | sort -n | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}'; }
+median() { grep -oE "(^| )$1=[0-9.-]*" "$out" | cut -d= -f2 | sort -n | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}'; }
 echo
 echo "| measure (median of $ROUNDS) | direct | through the gateway | gateway adds / ratio |"
 echo "|---|---|---|---|"

@@ -253,6 +253,19 @@ pub fn target_url(base: &str, path: &str, query: Option<&str>) -> Option<reqwest
     Some(url)
 }
 
+/// The caller's identity as a service receives it (`Outpost-Identity`), its fields in this order.
+#[derive(serde::Serialize)]
+struct Identity<'a> {
+    org: Id,
+    user: Id,
+    role: &'a str,
+    actor: &'a str,
+    request_id: &'a str,
+    method: &'a str,
+    path: &'a str,
+    body_sha256: &'a str,
+}
+
 /// What a try came to: an answer to hand back, or a failure, and whether trying again may help.
 enum Try {
     Answered(crate::egress::Answer),
@@ -431,17 +444,17 @@ impl Gateway {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
         };
-        let identity = json!({
-            "org": org,
-            "user": caller.user,
-            "role": caller.role.as_str(),
-            "actor": caller.ctx.actor,
-            "request_id": caller.request_id,
-            "method": call.method.as_str(),
-            "path": path,
-            "body_sha256": body_sha256,
+        let identity = serde_json::to_string(&Identity {
+            org,
+            user: caller.user,
+            role: caller.role.as_str(),
+            actor: &caller.ctx.actor,
+            request_id: &caller.request_id,
+            method: call.method.as_str(),
+            path: &path,
+            body_sha256: &body_sha256,
         })
-        .to_string();
+        .expect("an identity serializes");
         let keys = service.signing_keys(&vault, org, ids::now_ms()).map_err(|_| GatewayError::Credential)?;
         let secrets: Vec<Secret> = keys.into_iter().map(Secret::from_key).collect();
         let id = format!("call_{}", Id::new().0.simple());
