@@ -24,6 +24,7 @@ pub mod ids;
 pub mod limits;
 pub mod mcp;
 pub mod media;
+pub mod memcopy;
 pub mod metrics;
 pub mod oauth;
 pub mod panics;
