@@ -5,14 +5,17 @@
 //! layers, a few dozen to a few hundred bytes): in the gateway's profile it was 16% of the CPU,
 //! against 6% for glibc's on the same work. [`copy_forward`] copies up to 64 bytes with
 //! overlapping unaligned loads and stores, up to 2 KiB in 32-byte blocks, and more with
-//! `rep movsb`. `src/main.rs` exports it as `memcpy` in the musl build only.
+//! `rep movsb` (on x86_64; elsewhere the blocks do the rest). `src/main.rs` exports it as
+//! `memcpy` in the x86_64 musl build only.
 //!
 //! It copies forward, every load of a step before its stores, so it is also correct when the
 //! destination starts below an overlapping source: musl's `memmove` calls it for that case.
 
 #![allow(unsafe_code)]
 
-/// From this many bytes up, `rep movsb` (fast strings) beats the block loop.
+/// From this many bytes up, `rep movsb` (fast strings) beats the block loop (x86_64; elsewhere
+/// the loop copies everything).
+#[cfg(target_arch = "x86_64")]
 const REP_FROM: usize = 2048;
 
 /// Copies `n` bytes from `src` to `dst`, forward.
@@ -58,6 +61,7 @@ pub unsafe fn copy_forward(dst: *mut u8, src: *const u8, n: usize) {
             store(n - 16, t1);
             return;
         }
+        #[cfg(target_arch = "x86_64")]
         if n >= REP_FROM {
             // Forward (the ABI keeps the direction flag clear), byte for byte in effect.
             core::arch::asm!(
