@@ -27,30 +27,37 @@
 //! audit record; calls the gateway refuses first (role, budget, open circuit, path, size) send
 //! nothing and have none.
 //! The record (method, path without its query, status, attempts, time, outcome;
-//! never a body, a query, a header or a secret) is handed to the store writer once the call is
-//! over and joins its next group commit; the answer does not wait for the disk. The records
-//! waiting are bounded (`services.gateway_audit_backlog_max`): past it calls are refused with
-//! 503 `audit_backlog`, so no call goes unrecorded beyond what a crash can cut short (those
-//! waiting for the commit in progress).
+//! never a body, a query, a header or a secret) is set aside once the call is over; the
+//! records set aside within [`RECORD_WINDOW`] go to the store writer together, as one job
+//! that joins its next group commit, so calls at any rate cost the writer a commit every few
+//! milliseconds at most. The answer does not wait for the disk. The records waiting are bounded
+//! (`services.gateway_audit_backlog_max`): past it calls are refused with 503 `audit_backlog`,
+//! so no call goes unrecorded beyond what a crash can cut short (the records of the last
+//! window, and those waiting for the commit in progress).
+//!
+//! What a call needs of its service's settings and opens from the vault (the base URL
+//! parsed, the credential's header, the signing secrets in force) is kept with the service's
+//! live state for the version of its settings it came from, so a change to the service (a new
+//! credential, a rotated secret) takes effect on the next call; an OAuth connection's token is
+//! asked for on each call.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::domain::DomainError;
 use crate::domain::policy::Role;
-use crate::domain::services::{GatewaySettings, Service};
+use crate::domain::services::{CredentialKind, GatewaySettings, Service};
 use crate::egress::{Breaker, BreakerConfig, BreakerState, CallLimits, Egress, EgressError};
 use crate::ids::{self, Id};
 use crate::limits::{Budget, Limited, Limiter};
 use crate::metrics::{Metrics, OutcomeLabels, ServiceLabels};
 use crate::oauth::OAuthError;
-use crate::store::writer::{MutationCtx, Writer};
+use crate::store::writer::{MutationCtx, Record, Writer};
 use crate::vault::VaultCell;
 use crate::webhooks::signing::{self, Secret};
 
@@ -99,6 +106,9 @@ const DROPPED_ANSWER_HEADERS: &[&str] = &[
 /// Stale per-service states are dropped once the map holds this many.
 const STATES_MAX: usize = 4096;
 
+/// Call records set aside within this long go to the writer together.
+pub const RECORD_WINDOW: Duration = Duration::from_millis(10);
+
 /// What the gateway is built from.
 pub struct Parts {
     pub egress: Egress,
@@ -112,18 +122,34 @@ pub struct Parts {
     pub buffer_bytes_max: u64,
 }
 
-/// A service's live state at the gateway: its breaker and budget, for one version of its
-/// settings.
+/// A service's live state at the gateway, for one version of its settings: its breaker and
+/// budget, and what its calls need that is the same for each of them.
 struct State {
     version: u64,
     breaker: Breaker,
     budget: Budget,
+    labels: ServiceLabels,
+    /// The base URL, parsed (`None`: it does not parse, every path is refused).
+    base: Option<reqwest::Url>,
+    /// The credential's header once opened (services whose credential is a stored secret).
+    credential: OnceLock<Option<(HeaderName, HeaderValue)>>,
+    /// The signing secrets in force, opened, and until when that holds (ms; the first end of
+    /// an overlap).
+    signing: Mutex<Option<(Arc<Vec<Secret>>, i64)>>,
+}
+
+/// Call records set aside, waiting to go to the writer, with their backlog slots.
+#[derive(Default)]
+struct Held {
+    records: Vec<Record>,
+    slots: Vec<OwnedSemaphorePermit>,
 }
 
 struct Inner {
     parts: Parts,
     states: Mutex<HashMap<(Id, Id), Arc<State>>>,
     audit_slots: Arc<Semaphore>,
+    held: Arc<Mutex<Held>>,
     /// Room for answers being read, in KiB.
     buffers: Arc<Semaphore>,
 }
@@ -238,7 +264,11 @@ pub(crate) fn breaker_gauge(s: BreakerState) -> i64 {
 /// `query` under `base`, or `None` when it would leave the base's path (dot segments, a
 /// backslash).
 pub fn target_url(base: &str, path: &str, query: Option<&str>) -> Option<reqwest::Url> {
-    let base_url = reqwest::Url::parse(base).ok()?;
+    target_under(&reqwest::Url::parse(base).ok()?, base, path, query)
+}
+
+/// [`target_url`] with the base already parsed (`base_url` is `base`).
+fn target_under(base_url: &reqwest::Url, base: &str, path: &str, query: Option<&str>) -> Option<reqwest::Url> {
     let path = path.replace('%', "%25").replace('?', "%3F").replace('#', "%23");
     let mut url = reqwest::Url::parse(&format!("{base}{path}")).ok()?;
     let root = base_url.path().trim_end_matches('/');
@@ -277,7 +307,15 @@ impl Gateway {
         let slots = Arc::new(Semaphore::new(parts.audit_backlog_max));
         let kib = usize::try_from(parts.buffer_bytes_max / 1024).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
         let buffers = Arc::new(Semaphore::new(kib));
-        Self { inner: Arc::new(Inner { parts, states: Mutex::default(), audit_slots: slots, buffers }) }
+        Self {
+            inner: Arc::new(Inner {
+                parts,
+                states: Mutex::default(),
+                audit_slots: slots,
+                held: Arc::default(),
+                buffers,
+            }),
+        }
     }
 
     /// Forwards `call` to `service` for `caller` (see the module's documentation).
@@ -302,12 +340,16 @@ impl Gateway {
         if call.body.len() as u64 > g.request_bytes_max {
             return Err(GatewayError::TooLarge(g.request_bytes_max));
         }
-        let url = target_url(&service.base_url, &call.path, call.query).ok_or(GatewayError::BadPath)?;
         let org = caller.ctx.scope.org();
         let state = self.state(org, service);
+        let url = state
+            .base
+            .as_ref()
+            .and_then(|base| target_under(base, &service.base_url, &call.path, call.query))
+            .ok_or(GatewayError::BadPath)?;
         state.budget.check().map_err(GatewayError::Limited)?;
-        let labels = ServiceLabels { org: org.to_string(), service: service.id.to_string() };
-        let headers = self.outgoing_headers(caller, service, call, &url).await?;
+        let labels = &state.labels;
+        let headers = self.outgoing_headers(caller, service, &state, call, &url).await?;
         let details = json!({"name": service.name, "method": call.method.as_str(), "path": call.path, "status": null, "attempts": 0});
         let mut record = self
             .record(caller.ctx.clone(), "service.call", format!("service:{}", service.id), details)
@@ -333,7 +375,7 @@ impl Gateway {
                         .parts
                         .metrics
                         .gateway_breaker
-                        .get_or_create(&labels)
+                        .get_or_create(labels)
                         .set(breaker_gauge(BreakerState::Open));
                     break Err(GatewayError::CircuitOpen(wait));
                 }
@@ -353,7 +395,7 @@ impl Gateway {
                 }
             };
             state.breaker.record(pass, ok_for_breaker);
-            self.inner.parts.metrics.gateway_breaker.get_or_create(&labels).set(breaker_gauge(state.breaker.state()));
+            self.inner.parts.metrics.gateway_breaker.get_or_create(labels).set(breaker_gauge(state.breaker.state()));
             if let Some(done) = done {
                 break done;
             }
@@ -415,6 +457,7 @@ impl Gateway {
         &self,
         caller: &Caller,
         service: &Service,
+        state: &State,
         call: &Call<'_>,
         url: &reqwest::Url,
     ) -> Result<HeaderMap, GatewayError> {
@@ -428,13 +471,8 @@ impl Gateway {
             }
             headers.append(name.clone(), value.clone());
         }
-        let vault = self.inner.parts.vault.get();
         let org = caller.ctx.scope.org();
-        let credential =
-            self.inner.parts.oauth.service_header(caller.ctx.scope, service).await.map_err(|e| match e {
-                OAuthError::Domain(_) | OAuthError::Unsupported(_) => GatewayError::Credential,
-                other => GatewayError::Connection(other.to_string()),
-            })?;
+        let credential = self.credential(caller, service, state).await?;
         if let Some((name, value)) = credential {
             // The caller's own value of the credential's header never goes on beside it.
             headers.insert(name, value);
@@ -455,8 +493,7 @@ impl Gateway {
             body_sha256: &body_sha256,
         })
         .expect("an identity serializes");
-        let keys = service.signing_keys(&vault, org, ids::now_ms()).map_err(|_| GatewayError::Credential)?;
-        let secrets: Vec<Secret> = keys.into_iter().map(Secret::from_key).collect();
+        let secrets = self.signing_secrets(org, service, state)?;
         let id = format!("call_{}", Id::new().0.simple());
         let [(_, id), (_, timestamp), (_, signature)] =
             signing::headers(&secrets.iter().collect::<Vec<_>>(), &id, ids::now_ms() / 1000, identity.as_bytes());
@@ -474,6 +511,52 @@ impl Gateway {
         Ok(headers)
     }
 
+    /// The header that carries the service's credential: kept per version of the service for a
+    /// stored secret, asked for each time for an OAuth connection.
+    async fn credential(
+        &self,
+        caller: &Caller,
+        service: &Service,
+        state: &State,
+    ) -> Result<Option<(HeaderName, HeaderValue)>, GatewayError> {
+        let fresh = || async {
+            self.inner.parts.oauth.service_header(caller.ctx.scope, service).await.map_err(|e| match e {
+                OAuthError::Domain(_) | OAuthError::Unsupported(_) => GatewayError::Credential,
+                other => GatewayError::Connection(other.to_string()),
+            })
+        };
+        let keepable =
+            service.credential.as_ref().is_none_or(|c| !matches!(c.kind, CredentialKind::OAuthConnection { .. }));
+        if !keepable {
+            return fresh().await;
+        }
+        if let Some(kept) = state.credential.get() {
+            return Ok(kept.clone());
+        }
+        // Kept only once it opened: a failure is tried again on the next call.
+        let opened = fresh().await?;
+        Ok(state.credential.get_or_init(|| opened).clone())
+    }
+
+    /// The secrets that sign the service's calls now, opened once per version of the service
+    /// and again when one of them stops signing.
+    fn signing_secrets(&self, org: Id, service: &Service, state: &State) -> Result<Arc<Vec<Secret>>, GatewayError> {
+        let now = ids::now_ms();
+        let mut kept = state.signing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((secrets, until)) = kept.as_ref() {
+            if now < *until {
+                return Ok(secrets.clone());
+            }
+        }
+        let vault = self.inner.parts.vault.get();
+        let keys = service.signing_keys(&vault, org, now).map_err(|_| GatewayError::Credential)?;
+        let secrets = Arc::new(keys.into_iter().map(Secret::from_key).collect::<Vec<_>>());
+        let until =
+            service.signing.iter().filter_map(|s| s.expires_at_ms).filter(|e| *e > now).min().unwrap_or(i64::MAX);
+        *kept = Some((secrets.clone(), until));
+        Ok(secrets)
+    }
+
     /// An audit record for a call about to reach for a service, with a slot in the bounded
     /// backlog (`None`: the backlog is full, refuse the call).
     pub fn record(
@@ -486,6 +569,7 @@ impl Gateway {
         let slot = self.inner.audit_slots.clone().try_acquire_owned().ok()?;
         Some(CallRecord {
             writer: self.inner.parts.writer.clone(),
+            held: self.inner.held.clone(),
             pending: Some((slot, ctx)),
             action,
             target,
@@ -510,18 +594,23 @@ impl Gateway {
             version: service.version,
             breaker: Breaker::new(breaker_config(&service.gateway)),
             budget: Budget::per_second(service.gateway.rate_per_s, Limiter::Service),
+            labels: ServiceLabels { org: org.to_string(), service: service.id.to_string() },
+            base: reqwest::Url::parse(&service.base_url).ok(),
+            credential: OnceLock::new(),
+            signing: Mutex::new(None),
         });
         states.insert((org, service.id), s.clone());
         s
     }
 }
 
-/// A call's audit record (a gateway call's, an MCP request's), handed to the writer when the
-/// call ends however it ends: finished, or dropped half-way (the caller went away, or the
-/// request ran out of time at the edge), as `cancelled`. Its backlog slot is free once the
-/// record is committed.
+/// A call's audit record (a gateway call's, an MCP request's), set aside when the call ends
+/// however it ends: finished, or dropped half-way (the caller went away, or the request ran
+/// out of time at the edge), as `cancelled`; it goes to the writer with the others of its
+/// [`RECORD_WINDOW`]. Its backlog slot is free once the record is committed.
 pub struct CallRecord {
     writer: Writer,
+    held: Arc<Mutex<Held>>,
     /// Its backlog slot and audit context, until it is handed over.
     pending: Option<(tokio::sync::OwnedSemaphorePermit, MutationCtx)>,
     action: &'static str,
@@ -539,12 +628,11 @@ impl CallRecord {
         }
     }
 
-    /// Hands the record over with `outcome`, the time since it began and `more` details.
+    /// Sets the record aside with `outcome`, the time since it began and `more` details.
     pub fn finish<const N: usize>(&mut self, outcome: &'static str, more: [(&'static str, serde_json::Value); N]) {
         let Some((slot, ctx)) = self.pending.take() else { return };
         // Dropped outside the runtime (it is shutting down), there is nothing left to write with.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let writer = self.writer.clone();
         let (action, target) = (self.action, std::mem::take(&mut self.target));
         let mut details = std::mem::take(&mut self.details);
         if let Some(d) = details.as_object_mut() {
@@ -557,17 +645,26 @@ impl CallRecord {
             );
             d.insert("outcome".into(), json!(outcome));
         }
+        let first = {
+            let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            held.records.push(Record { ctx, action, target, details });
+            held.slots.push(slot);
+            held.records.len() == 1
+        };
+        if !first {
+            return;
+        }
+        // The first record of a window sends the window's records once it is over.
+        let (writer, held) = (self.writer.clone(), self.held.clone());
         runtime.spawn(async move {
-            let _slot = slot;
-            let written = writer
-                .submit(ctx, move |tx| {
-                    tx.audit(action, target.clone(), details.clone());
-                    Ok::<_, DomainError>(())
-                })
-                .await;
-            if let Err(e) = written {
-                tracing::warn!(error = %e, action, "a call's audit record was not written");
+            tokio::time::sleep(RECORD_WINDOW).await;
+            let Held { records, slots } =
+                std::mem::take(&mut *held.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            let n = records.len();
+            if let Err(e) = writer.append_records(records).await {
+                tracing::warn!(error = %e, records = n, "calls' audit records were not written");
             }
+            drop(slots);
         });
     }
 }

@@ -11,6 +11,7 @@
 //! rollback), so the writer aborts the transaction and replays the batch without it — rare, and
 //! correct. A failed commit fails every caller of that batch; none of them was acknowledged.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -137,6 +138,23 @@ impl Writer {
         self.submit_job(ctx, JobKind::Content, f).await
     }
 
+    /// Appends `records` (audit records of things already done: gateway calls, MCP requests),
+    /// each to its own organization's chain, in the next group commit; returns once they are
+    /// durable. They change nothing else, so many calls' records share one job and one commit.
+    pub async fn append_records(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        let job = Box::new(RecordsJob { ctx: MutationCtx::system(OrgScope::INSTANCE), records, reply: Some(reply) });
+        match tokio::time::timeout(self.enqueue_timeout, self.tx.send(Command::Job(job))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(StoreError::Closed),
+            Err(_) => return Err(StoreError::Busy),
+        }
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
     /// Instance housekeeping (log trimming, follower checkpoints): may touch global tables,
     /// writes neither events nor audit records.
     pub(crate) async fn maintain<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -186,6 +204,17 @@ enum JobKind {
     Audited,
     Content,
     Maintenance,
+    /// Audit records only ([`Writer::append_records`]).
+    Records,
+}
+
+/// An audit record of something already done, with the context it was done in.
+pub struct Record {
+    pub ctx: MutationCtx,
+    pub action: &'static str,
+    pub target: String,
+    /// A JSON object.
+    pub details: serde_json::Value,
 }
 
 /// A queued Mutation, type-erased so one queue carries every kind.
@@ -199,6 +228,39 @@ trait Job: Send {
     fn refuse(&mut self, why: StoreError);
     /// Sends the caller its answer: its kept result if `committed` is Ok, else the error.
     fn finish(self: Box<Self>, committed: Result<(), &StoreError>);
+    /// Records to append beside the Mutation's own, each in its own context.
+    fn records(&self) -> &[Record] {
+        &[]
+    }
+}
+
+/// Records to append, and nothing else ([`Writer::append_records`]).
+struct RecordsJob {
+    /// The job's own context (the instance's); each record has its own.
+    ctx: MutationCtx,
+    records: Vec<Record>,
+    reply: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl Job for RecordsJob {
+    fn ctx(&self) -> &MutationCtx {
+        &self.ctx
+    }
+    fn kind(&self) -> JobKind {
+        JobKind::Records
+    }
+    fn apply(&mut self, _tx: &mut Tx<'_, '_>) -> bool {
+        true
+    }
+    fn refuse(&mut self, _why: StoreError) {}
+    fn finish(mut self: Box<Self>, committed: Result<(), &StoreError>) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(committed.map_err(clone_err));
+        }
+    }
+    fn records(&self) -> &[Record] {
+        &self.records
+    }
 }
 
 struct TypedJob<T, E, F> {
@@ -253,27 +315,39 @@ fn clone_err(e: &StoreError) -> StoreError {
     }
 }
 
-/// Every table of the store, opened once per batch attempt. Opening a table in a write
-/// transaction costs a lookup and closing it a write-back of its root; doing that per
-/// operation was most of the writer's time.
+/// The store's tables in one batch attempt, each opened the first time the batch touches it
+/// and kept open to its end. Opening a table in a write transaction costs a lookup and closing
+/// it a write-back of its root: doing that per operation was most of the writer's time, and
+/// opening every table for every batch was a tenth of it again when a batch touches only the
+/// audit chain (a window of gateway calls' records).
 pub(crate) struct OpenTables<'txn> {
-    tables: Vec<redb::Table<'txn, &'static [u8], &'static [u8]>>,
+    txn: &'txn WriteTransaction,
+    tables: Vec<OnceCell<RedbTable<'txn>>>,
 }
 
 type RedbTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
 
 impl<'txn> OpenTables<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
-        let tables = tables::ALL.iter().map(|t| txn.open_table(t.def)).collect::<Result<_, _>>()?;
-        Ok(Self { tables })
+    fn new(txn: &'txn WriteTransaction) -> Self {
+        Self { txn, tables: tables::ALL.iter().map(|_| OnceCell::new()).collect() }
     }
 
-    pub(crate) fn table(&mut self, table: Table) -> &mut RedbTable<'txn> {
-        &mut self.tables[table.idx]
+    fn opened(&self, table: Table) -> Result<&RedbTable<'txn>, StoreError> {
+        let cell = &self.tables[table.idx];
+        if let Some(t) = cell.get() {
+            return Ok(t);
+        }
+        let t = self.txn.open_table(table.def)?;
+        Ok(cell.get_or_init(|| t))
+    }
+
+    pub(crate) fn table(&mut self, table: Table) -> Result<&mut RedbTable<'txn>, StoreError> {
+        self.opened(table)?;
+        Ok(self.tables[table.idx].get_mut().expect("opened just above"))
     }
 
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tables[table.idx].get(key)?.map(|v| v.value().to_vec()))
+        Ok(self.opened(table)?.get(key)?.map(|v| v.value().to_vec()))
     }
 }
 
@@ -304,6 +378,13 @@ struct PendingAudit {
     details: serde_json::Value,
 }
 
+/// An audit record's own parts, borrowed.
+struct AuditParts<'a> {
+    action: &'a str,
+    target: &'a str,
+    details: &'a serde_json::Value,
+}
+
 impl Tx<'_, '_> {
     /// The organization this Mutation is confined to.
     pub fn org(&self) -> Id {
@@ -325,7 +406,7 @@ impl Tx<'_, '_> {
         if start >= end {
             return Ok(out);
         }
-        for item in self.tables.tables[table.idx].range::<&[u8]>(start..end)?.take(limit) {
+        for item in self.tables.opened(table)?.range::<&[u8]>(start..end)?.take(limit) {
             let (k, v) = item?;
             out.push((k.value().to_vec(), v.value().to_vec()));
         }
@@ -335,7 +416,7 @@ impl Tx<'_, '_> {
     pub fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.check_scope(table, key)?;
         self.dirty = true;
-        self.tables.table(table).insert(key, value)?;
+        self.tables.table(table)?.insert(key, value)?;
         self.changed.push(change_slot(table, key));
         Ok(())
     }
@@ -344,7 +425,7 @@ impl Tx<'_, '_> {
         self.check_scope(table, key)?;
         self.dirty = true;
         self.changed.push(change_slot(table, key));
-        Ok(self.tables.table(table).remove(key)?.is_some())
+        Ok(self.tables.table(table)?.remove(key)?.is_some())
     }
 
     /// Appends an event to the org's log, in this same transaction.
@@ -494,10 +575,7 @@ impl WriterThread {
             Ok(t) => t,
             Err(e) => return Attempt::Done(Err(e.into())),
         };
-        let mut open = match OpenTables::open(&txn) {
-            Ok(o) => o,
-            Err(e) => return Attempt::Done(Err(e)),
-        };
+        let mut open = OpenTables::new(&txn);
         let now_ms = ids::now_ms();
         let mut log = LogAppender::new(self.gseq, self.store.epoch());
         let mut changed = Vec::new();
@@ -548,12 +626,23 @@ impl WriterThread {
                 let _ = txn.abort();
                 return Attempt::Replay;
             }
-            if kind != JobKind::Maintenance && (audit.is_some() || !events.is_empty()) {
-                if let Err(e) = log.append(&mut open, &ctx, now_ms, events, audit) {
-                    drop(open);
-                    let _ = txn.abort();
-                    return Attempt::Done(Err(e));
+            let parts =
+                audit.as_ref().map(|a| AuditParts { action: &a.action, target: &a.target, details: &a.details });
+            let mut appended = Ok(());
+            if kind != JobKind::Maintenance && (parts.is_some() || !events.is_empty()) {
+                appended = log.append(&mut open, &ctx, now_ms, events, parts);
+            }
+            for r in job.records() {
+                if appended.is_err() {
+                    break;
                 }
+                let parts = AuditParts { action: r.action, target: &r.target, details: &r.details };
+                appended = log.append(&mut open, &r.ctx, now_ms, Vec::new(), Some(parts));
+            }
+            if let Err(e) = appended {
+                drop(open);
+                let _ = txn.abort();
+                return Attempt::Done(Err(e));
             }
         }
         let published = match log.finish(&mut open) {
@@ -599,7 +688,7 @@ impl LogAppender {
         ctx: &MutationCtx,
         now_ms: i64,
         events: Vec<PendingEvent>,
-        pending: Option<PendingAudit>,
+        pending: Option<AuditParts<'_>>,
     ) -> Result<(), StoreError> {
         let org = ctx.scope.org();
         if !events.is_empty() {
@@ -622,10 +711,10 @@ impl LogAppender {
                     data: e.data,
                 };
                 let at = tables::org_seq_key(org, head);
-                open.table(tables::EVENTS).insert(at.as_slice(), super::encode(&event).as_slice())?;
-                open.table(tables::EVENT_TOPICS)
+                open.table(tables::EVENTS)?.insert(at.as_slice(), super::encode(&event).as_slice())?;
+                open.table(tables::EVENT_TOPICS)?
                     .insert(tables::topic_key(org, &event.topic, head).as_slice(), [].as_slice())?;
-                open.table(tables::LOG_ORDER).insert(self.gseq.to_be_bytes().as_slice(), at.as_slice())?;
+                open.table(tables::LOG_ORDER)?.insert(self.gseq.to_be_bytes().as_slice(), at.as_slice())?;
                 self.published.push(Arc::new(event));
             }
             self.event_heads.insert(org, head);
@@ -643,28 +732,28 @@ impl LogAppender {
             n: n + 1,
             at_ms: now_ms,
             actor: &ctx.actor,
-            action: &pending.action,
-            target: &pending.target,
+            action: pending.action,
+            target: pending.target,
             request_id: ctx.request_id.as_deref(),
             client_addr: ctx.client_addr.as_deref(),
-            details: &pending.details,
+            details: pending.details,
             prev_hash: &prev_hash,
         }
         .seal();
-        open.table(tables::AUDIT).insert(tables::org_seq_key(org, n + 1).as_slice(), stored.as_slice())?;
+        open.table(tables::AUDIT)?.insert(tables::org_seq_key(org, n + 1).as_slice(), stored.as_slice())?;
         self.audit_heads.insert(org, (n + 1, hash));
         Ok(())
     }
 
     fn finish(&mut self, open: &mut OpenTables<'_>) -> Result<Vec<Arc<Event>>, StoreError> {
         for (org, head) in &self.event_heads {
-            open.table(tables::EVENT_HEADS).insert(org.as_bytes().as_slice(), head.to_be_bytes().as_slice())?;
+            open.table(tables::EVENT_HEADS)?.insert(org.as_bytes().as_slice(), head.to_be_bytes().as_slice())?;
         }
         for (org, (n, hash)) in &self.audit_heads {
-            open.table(tables::AUDIT_HEADS)
+            open.table(tables::AUDIT_HEADS)?
                 .insert(org.as_bytes().as_slice(), audit::encode_head(*n, hash).as_slice())?;
         }
-        open.table(tables::META).insert(b"gseq".as_slice(), self.gseq.to_be_bytes().as_slice())?;
+        open.table(tables::META)?.insert(b"gseq".as_slice(), self.gseq.to_be_bytes().as_slice())?;
         Ok(std::mem::take(&mut self.published))
     }
 }

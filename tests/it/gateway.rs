@@ -493,6 +493,28 @@ async fn the_credential_never_appears_in_the_servers_output() {
     }
 }
 
+/// The gateway keeps a service's opened signing secrets between calls; the end of a rotation's
+/// overlap still takes effect on time, with nothing else about the service changing.
+#[tokio::test]
+async fn the_previous_signing_secret_stops_signing_when_the_overlap_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(loopback_config(dir.path())).await;
+    let (base, up) = start_upstream().await;
+    let o = org(&s).await;
+    let (id, _) = register(&s, &o.owner, json!({ "name": "Rotating", "base_url": base })).await;
+    let signatures = || async {
+        let r = s.http.get(s.url(&format!("/v1/services/{id}/proxy/x"))).bearer_auth(&o.owner).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        up.seen().pop().unwrap().header("outpost-identity-signature").unwrap().split(' ').count()
+    };
+    assert_eq!(signatures().await, 1);
+    post_json(&s, &o.owner, &format!("/v1/services/{id}/signing-secret/rotate"), json!({ "overlap_s": 1 })).await;
+    assert_eq!(signatures().await, 2, "both sign during the overlap");
+    assert_eq!(signatures().await, 2, "and go on doing so from what the gateway kept");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(signatures().await, 1, "the previous secret stopped signing when its overlap ended");
+}
+
 #[tokio::test]
 async fn a_call_cut_short_is_audited_as_cancelled() {
     // The edge gives a request 300 ms; the service takes a second. The call is dropped half-way,

@@ -144,3 +144,65 @@ async fn a_mutation_with_two_audit_records_or_none_is_refused_whole() {
     assert_eq!(records(), before + 1, "the chain holds the one good record only");
     app.writer.shutdown().await;
 }
+
+/// Records of things already done (gateway calls, MCP requests) go to the writer many to a
+/// job: each lands in the chain with its own context and details, beside ordinary Mutations
+/// of the same commits, and the chain still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_appended_together_each_join_the_chain_with_their_own_context() {
+    use outpost::store::writer::Record;
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _) = outpost::App::start(config_for(dir.path())).await.unwrap();
+    let reader = || app.store.reader().unwrap();
+    let before = reader().verify_audit(&mut |_, _| {}).unwrap().records;
+    let commits = app.metrics.writer_commits.get();
+    let records = |batch: usize| {
+        (0..50)
+            .map(|i| Record {
+                ctx: MutationCtx {
+                    scope: OrgScope::INSTANCE,
+                    actor: format!("user:{batch}"),
+                    request_id: Some(format!("req-{batch}-{i}")),
+                    client_addr: None,
+                },
+                action: "service.call",
+                target: format!("service:{batch}"),
+                details: json!({ "n": i, "outcome": "answered" }),
+            })
+            .collect::<Vec<_>>()
+    };
+    let ordinary = app.writer.submit(MutationCtx::system(OrgScope::INSTANCE), |tx| {
+        tx.put(OPERATOR_KEYS, &org_id_key(Id::NIL, Id::new()), b"{}")?;
+        tx.audit("test.write", "key", json!({}));
+        Ok::<_, DomainError>(())
+    });
+    let (a, b, c, o) = tokio::join!(
+        app.writer.append_records(records(1)),
+        app.writer.append_records(records(2)),
+        app.writer.append_records(Vec::new()),
+        ordinary
+    );
+    a.unwrap();
+    b.unwrap();
+    c.unwrap();
+    o.unwrap();
+    assert!(app.metrics.writer_commits.get() - commits <= 3, "one commit per job at most");
+    let v = reader().verify_audit(&mut |_, _| {}).unwrap();
+    assert!(v.ok(), "{v:?}");
+    assert_eq!(v.records, before + 101);
+    let chain = reader().audit_after(&OrgScope::INSTANCE, before, 1000).unwrap();
+    for batch in [1, 2] {
+        let mine: Vec<_> = chain.iter().filter(|r| r.target == format!("service:{batch}")).collect();
+        assert_eq!(mine.len(), 50);
+        for (i, r) in mine.iter().enumerate() {
+            assert_eq!(r.action, "service.call");
+            assert_eq!(r.actor, format!("user:{batch}"));
+            assert_eq!(r.request_id.as_deref(), Some(format!("req-{batch}-{i}").as_str()), "in the order given");
+            assert_eq!(r.details["n"], i);
+        }
+    }
+    // After the writer stops, records are refused, not taken and lost.
+    app.writer.shutdown().await;
+    let r = app.writer.append_records(records(3)).await;
+    assert!(matches!(r, Err(outpost::store::StoreError::Closed)), "{r:?}");
+}
