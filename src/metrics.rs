@@ -31,14 +31,15 @@ pub fn log_lines_dropped() -> u64 {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// The operationId, or `other` for routes outside the API document.
-    pub route: String,
-    pub method: String,
+    pub route: &'static str,
+    /// The method (`other` for an extension method).
+    pub method: &'static str,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteOnly {
-    pub route: String,
+    pub route: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -432,14 +432,30 @@ impl<E: Endpoint> Endpoint for Edge<E> {
         });
         let elapsed = started.elapsed();
         let m = &self.app.metrics;
-        m.http_requests
-            .get_or_create(&RouteLabels { route: route.to_owned(), method: method.to_string(), status })
-            .inc();
-        m.http_latency_seconds.get_or_create(&RouteOnly { route: route.to_owned() }).observe(elapsed.as_secs_f64());
+        m.http_requests.get_or_create(&RouteLabels { route, method: method_label(&method), status }).inc();
+        m.http_latency_seconds.get_or_create(&RouteOnly { route }).observe(elapsed.as_secs_f64());
         span.in_scope(|| {
             tracing::info!(status, route, latency_us = elapsed.as_micros() as u64, "request");
         });
         Ok(resp)
+    }
+}
+
+/// A request's method as a metric label: the standard ones by name, any other as `other`
+/// (labels are a closed set, whatever clients send).
+fn method_label(method: &poem::http::Method) -> &'static str {
+    use poem::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
     }
 }
 

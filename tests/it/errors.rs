@@ -94,6 +94,16 @@ async fn error_shapes() {
     expect_problem(s.http.get(s.url("/nope")).send().await.unwrap(), 404, "not_found").await;
     expect_problem(s.http.put(s.url("/v1/orgs")).bearer_auth(&s.key).send().await.unwrap(), 405, "method_not_allowed")
         .await;
+    // Methods of a client's own invention are answered, and counted under one label: what
+    // clients send cannot grow the metrics without bound.
+    for (i, invented) in ["BREW", "WHEN", "PROPFIND"].iter().enumerate() {
+        let method = reqwest::Method::from_bytes(invented.as_bytes()).unwrap();
+        let r = s.http.request(method, s.url(&format!("/v1/nothing-{i}"))).send().await.unwrap();
+        assert!(r.status().is_client_error(), "{invented}: {}", r.status());
+    }
+    let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("method=\"other\""), "{metrics}");
+    assert!(!metrics.contains("BREW") && !metrics.contains("PROPFIND"), "{metrics}");
 
     // Missing, malformed and unknown operator keys.
     let r = s.http.get(s.url("/v1/orgs")).send().await.unwrap();
