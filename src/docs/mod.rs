@@ -20,7 +20,7 @@ pub mod content;
 pub mod nesting;
 pub mod v1;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -95,6 +95,47 @@ struct Inner {
     /// How deep its deepest shared type sits, at most (see [`nesting`]).
     deepest: u32,
     idle_since: Option<Instant>,
+    /// Which stored updates the document holds (`None`: not known, after it broke and until it
+    /// is rebuilt), so that it can be compacted from memory.
+    applied: Option<Applied>,
+}
+
+/// Which of a document's stored updates (numbered from 1) a loaded document holds: every one
+/// through `through`, and the runs in `ahead` (applied before an earlier one, whose commit
+/// finished first but whose caller took the lock later).
+struct Applied {
+    through: u64,
+    /// First → last update of each run beyond `through`.
+    ahead: BTreeMap<u64, u64>,
+}
+
+/// Runs held beyond a gap at most; past it they are forgotten (the gap is an update committed
+/// but never applied here, its caller gone: only a reload fills it).
+const APPLIED_RUNS_MAX: usize = 1024;
+
+impl Applied {
+    fn through(n: u64) -> Self {
+        Self { through: n, ahead: BTreeMap::new() }
+    }
+
+    /// Updates `first..=last` are in the document now.
+    fn add(&mut self, first: u64, last: u64) {
+        if first > self.through + 1 {
+            if self.ahead.len() >= APPLIED_RUNS_MAX {
+                self.ahead.clear();
+            }
+            self.ahead.insert(first, last);
+            return;
+        }
+        self.through = self.through.max(last);
+        while let Some((&f, &l)) = self.ahead.first_key_value() {
+            if f > self.through + 1 {
+                break;
+            }
+            self.ahead.pop_first();
+            self.through = self.through.max(l);
+        }
+    }
 }
 
 struct Peer {
@@ -252,8 +293,9 @@ impl Engine {
         Ok(live.clone())
     }
 
-    /// The document as the store has it, built on the blocking pool, with its stored size.
-    async fn build_stored(&self, scope: OrgScope, id: Id) -> Result<(Doc, u64, u32), DomainError> {
+    /// The document as the store has it, built on the blocking pool, with its stored size, the
+    /// depth of its deepest type and the last update it holds.
+    async fn build_stored(&self, scope: OrgScope, id: Id) -> Result<(Doc, u64, u32, u64), DomainError> {
         let org = scope.org();
         let state = self
             .store
@@ -266,14 +308,14 @@ impl Engine {
             if deepest > nesting::NESTING_MAX {
                 tracing::warn!(doc = %state.doc.id, deepest, "shared types nest deeper than is now taken");
             }
-            (doc, bytes, deepest)
+            (doc, bytes, deepest, state.doc.update_seq)
         })
         .await
         .map_err(|e| StoreError::Storage(format!("loading a document failed: {e}")))?)
     }
 
     async fn load(&self, scope: OrgScope, id: Id) -> Result<Arc<LiveDoc>, DomainError> {
-        let (doc, bytes, deepest) = self.build_stored(scope, id).await?;
+        let (doc, bytes, deepest, through) = self.build_stored(scope, id).await?;
         self.metrics.docs_loaded.inc();
         self.metrics.docs_loaded_bytes.inc_by(bytes as i64);
         Ok(Arc::new(LiveDoc {
@@ -287,18 +329,22 @@ impl Engine {
                 pins: 0,
                 deepest,
                 idle_since: Some(Instant::now()),
+                applied: Some(Applied::through(through)),
             }),
         }))
     }
 
     /// Rebuilds a loaded document from the store, keeping its sockets.
     async fn reload(&self, live: &Arc<LiveDoc>) -> Result<(), DomainError> {
-        let (doc, bytes, deepest) = self.build_stored(live.scope, live.id).await?;
+        let (doc, bytes, deepest, through) = self.build_stored(live.scope, live.id).await?;
         let mut inner = lock(&live.inner);
         self.metrics.docs_loaded_bytes.inc_by(bytes as i64 - inner.bytes as i64);
         inner.doc = doc;
         inner.bytes = bytes;
         inner.deepest = deepest;
+        // What was applied to the stand-in meanwhile is lost with it: a gap that holds the
+        // mark until the next reload.
+        inner.applied = Some(Applied::through(through));
         Ok(())
     }
 
@@ -511,6 +557,11 @@ impl Engine {
             match applied {
                 Ok(applied) => {
                     inner.deepest = inner.deepest.max(deepest);
+                    // All of them count as held, those that did not apply too: building the
+                    // document from the store skips them the same way.
+                    if let Some(held) = inner.applied.as_mut().filter(|_| appended.stored > 0) {
+                        held.add(appended.update_seq + 1 - appended.stored, appended.update_seq);
+                    }
                     for b in applied {
                         let size = b.len() as u64;
                         inner.bytes += size;
@@ -524,6 +575,7 @@ impl Engine {
                     // It may be half-changed: until the reload below, an empty document stands
                     // in (what arrives meanwhile is stored first, so the reload has it too).
                     inner.doc = Doc::new();
+                    inner.applied = None;
                     true
                 }
             }
@@ -609,8 +661,29 @@ impl Engine {
 
     /// Merges the document's snapshot and stored updates into one snapshot. Answers the bytes
     /// saved (0 when there was nothing to merge).
+    ///
+    /// A loaded document that holds every stored update through some point past the snapshot
+    /// is compacted from memory: its state replaces the snapshot and those updates (it may
+    /// hold later ones too; applying an update twice changes nothing). Otherwise the document
+    /// is built again from the store to be merged.
     pub async fn compact(&self, scope: OrgScope, id: Id) -> Result<i64, DomainError> {
         let org = scope.org();
+        let live = lock(&self.slots).get(&(org, id)).and_then(|slot| slot.live.get().cloned());
+        if let Some(live) = live {
+            let Some(doc) = self.store.read(move |r| docs::stored_record(r, org, id)).await? else {
+                return Err(DomainError::NotFound { what: "document" });
+            };
+            let expected = doc.snapshot_through;
+            let taken = read_doc_held(&live, move |doc, held| {
+                held.filter(|h| h.through > expected).map(|h| (h.through, state_update(doc, &StateVector::default())))
+            })
+            .await?;
+            if let Some((through, snapshot)) = taken {
+                let saved = docs::compact(&self.writer, scope, id, expected, through, snapshot).await?;
+                self.metrics.docs_compactions.inc();
+                return Ok(saved);
+            }
+        }
         let Some(state) = self.store.read(move |r| docs::stored_state(r, org, id)).await? else {
             return Err(DomainError::NotFound { what: "document" });
         };
@@ -641,6 +714,21 @@ async fn read_doc<T: Send + 'static>(
     tokio::task::spawn_blocking(move || {
         let inner = lock(&live.inner);
         panics::contain(|| f(&inner.doc))
+    })
+    .await
+    .map_err(|e| StoreError::Storage(format!("reading a document failed: {e}")))?
+    .map_err(|e| StoreError::Storage(format!("reading a document failed: {e}")).into())
+}
+
+/// [`read_doc`] with what the document holds of the store.
+async fn read_doc_held<T: Send + 'static>(
+    live: &Arc<LiveDoc>,
+    f: impl FnOnce(&Doc, Option<&Applied>) -> T + Send + 'static,
+) -> Result<T, DomainError> {
+    let live = live.clone();
+    tokio::task::spawn_blocking(move || {
+        let inner = lock(&live.inner);
+        panics::contain(|| f(&inner.doc, inner.applied.as_ref()))
     })
     .await
     .map_err(|e| StoreError::Storage(format!("reading a document failed: {e}")))?
@@ -768,5 +856,33 @@ pub fn build(state: &docs::StoredState) -> (Doc, u64) {
             }
         }
         return (doc, bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mark_moves_only_over_updates_held_without_a_gap() {
+        let mut held = Applied::through(4);
+        held.add(7, 9); // 5 and 6 not yet
+        assert_eq!(held.through, 4);
+        held.add(5, 5);
+        assert_eq!(held.through, 5);
+        held.add(6, 6); // fills the gap: 7..=9 join
+        assert_eq!(held.through, 9);
+        assert!(held.ahead.is_empty());
+        held.add(12, 12);
+        held.add(11, 11);
+        assert_eq!(held.through, 9, "10 is missing");
+        held.add(10, 10);
+        assert_eq!(held.through, 12);
+        // Runs beyond a gap that never fills are bounded.
+        for n in 0..(APPLIED_RUNS_MAX as u64 + 10) {
+            held.add(100 + 2 * n, 100 + 2 * n);
+        }
+        assert!(held.ahead.len() <= APPLIED_RUNS_MAX);
+        assert_eq!(held.through, 12);
     }
 }

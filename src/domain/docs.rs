@@ -477,8 +477,13 @@ pub fn stored_state(r: &Reader, org: Id, id: Id) -> Result<Option<StoredState>, 
     Ok(Some(StoredState { doc, snapshot, tail }))
 }
 
-/// Replaces the snapshot and the updates through `through` with `snapshot` (their merge, made
-/// by the engine from the same stored state), atomically. Refused as stale when another
+/// A document's record alone (deleted ones too: the caller has checked access).
+pub fn stored_record(r: &Reader, org: Id, id: Id) -> Result<Option<Document>, StoreError> {
+    r.record::<Document>(DOCS, &org_id_key(org, id))
+}
+
+/// Replaces the snapshot and the updates through `through` with `snapshot` (a state holding
+/// every one of them, made by the engine), atomically. Refused as stale when another
 /// compaction moved the snapshot meanwhile. Answers the bytes saved.
 pub async fn compact(
     writer: &Writer,
