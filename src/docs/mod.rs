@@ -710,14 +710,7 @@ async fn read_doc<T: Send + 'static>(
     live: &Arc<LiveDoc>,
     f: impl FnOnce(&Doc) -> T + Send + 'static,
 ) -> Result<T, DomainError> {
-    let live = live.clone();
-    tokio::task::spawn_blocking(move || {
-        let inner = lock(&live.inner);
-        panics::contain(|| f(&inner.doc))
-    })
-    .await
-    .map_err(|e| StoreError::Storage(format!("reading a document failed: {e}")))?
-    .map_err(|e| StoreError::Storage(format!("reading a document failed: {e}")).into())
+    read_doc_held(live, move |doc, _| f(doc)).await
 }
 
 /// [`read_doc`] with what the document holds of the store.

@@ -147,11 +147,7 @@ impl Writer {
         }
         let (reply, rx) = oneshot::channel();
         let job = Box::new(RecordsJob { ctx: MutationCtx::system(OrgScope::INSTANCE), records, reply: Some(reply) });
-        match tokio::time::timeout(self.enqueue_timeout, self.tx.send(Command::Job(job))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(StoreError::Closed),
-            Err(_) => return Err(StoreError::Busy),
-        }
+        self.enqueue(job).await?;
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
@@ -172,13 +168,17 @@ impl Writer {
         E: From<StoreError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job = Box::new(TypedJob { ctx, kind, f, result: None, reply: Some(reply) });
-        match tokio::time::timeout(self.enqueue_timeout, self.tx.send(Command::Job(job))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(StoreError::Closed.into()),
-            Err(_) => return Err(StoreError::Busy.into()),
-        }
+        self.enqueue(Box::new(TypedJob { ctx, kind, f, result: None, reply: Some(reply) })).await?;
         rx.await.unwrap_or_else(|_| Err(StoreError::Closed.into()))
+    }
+
+    /// Puts `job` on the queue, waiting for room at most `enqueue_timeout`.
+    async fn enqueue(&self, job: Box<dyn Job>) -> Result<(), StoreError> {
+        match tokio::time::timeout(self.enqueue_timeout, self.tx.send(Command::Job(job))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Busy),
+        }
     }
 
     /// Commits everything queued so far, then stops the thread.

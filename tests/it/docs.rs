@@ -435,16 +435,7 @@ async fn compaction_under_concurrent_edits_loses_nothing() {
         r.unwrap();
     }
     let live = read(&state(&s.base, &s.http, &f.editor.access, &doc).await);
-    let meta: Value = s
-        .http
-        .get(s.url(&format!("/v1/docs/{doc}")))
-        .bearer_auth(&f.editor.access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta = get_json(&s, &f.editor.access, &format!("/v1/docs/{doc}")).await;
     assert!(meta["compactions"].as_u64() >= Some(5), "{meta}");
     s.stop().await;
     let s = TestServer::start_with(config_for(dir.path())).await;
