@@ -39,7 +39,12 @@ impl Idp {
             .spawn()
             .expect("node");
         let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("idp ready");
+        // Node loads the provider's modules and makes an RSA key first; on a cold, busy machine
+        // (a clean clone, the policy matrix running beside it) that has taken over 20 s.
+        let first = match tokio::time::timeout(Duration::from_secs(90), lines.next_line()).await {
+            Ok(line) => line,
+            Err(_) => panic!("the provider printed nothing in 90 s (exited: {:?})", child.try_wait()),
+        };
         assert!(first.unwrap().unwrap_or_default().starts_with("ready"), "the provider did not start");
         // Whatever else it prints is read, so its writes never meet a closed pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
