@@ -64,7 +64,11 @@ pub mod yjs;
 
 use std::time::{Duration, Instant};
 
-use poem::http::{HeaderValue, StatusCode};
+use poem::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS,
+    X_FRAME_OPTIONS,
+};
+use poem::http::{HeaderName, HeaderValue, StatusCode};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::auth::Bearer;
 use poem_openapi::{OpenApiService, OperationId, SecurityScheme, Tags};
@@ -330,6 +334,9 @@ impl<E: Endpoint> poem::Middleware<E> for EdgeMiddleware {
     }
 }
 
+/// The request id's header, named once (a name given as text is parsed on every insert).
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Bodies up to this size are read whole before their request is handled (see `Edge::call`).
 const SMALL_BODY_BYTES: u64 = 64 << 10;
 
@@ -348,7 +355,9 @@ impl<E: Endpoint> Endpoint for Edge<E> {
         let started = Instant::now();
         gateway::fold_proxy_path(&mut req);
         let request_id = req
-            .header("x-request-id")
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map_or_else(|| Id::new().to_string(), str::to_owned);
         req.set_data(RequestId(request_id.clone()));
@@ -404,7 +413,7 @@ impl<E: Endpoint> Endpoint for Edge<E> {
             ),
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
-            resp.headers_mut().insert("x-request-id", v);
+            resp.headers_mut().insert(X_REQUEST_ID, v);
         }
         // RFC 9110: a 405 says which methods the resource does answer.
         if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
@@ -470,24 +479,25 @@ fn is_upload(method: &poem::http::Method, path: &str) -> bool {
 /// a page; the docs UI needs its scripts, so it gets a policy of its own.
 fn security_headers(resp: &mut Response, path: &str, tls: bool) {
     let h = resp.headers_mut();
+    h.reserve(6);
     if tls {
-        h.insert("strict-transport-security", HeaderValue::from_static("max-age=31536000"));
+        h.insert(STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
     }
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     if path.starts_with("/docs") {
-        h.insert("content-security-policy", HeaderValue::from_static("frame-ancestors 'none'"));
+        h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
     } else if path == "/oauth/authorize" {
         // The consent page: its own inline style, and nothing else (no form-action: the answer
         // redirects to the app, elsewhere).
         let csp = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'";
-        h.insert("content-security-policy", HeaderValue::from_static(csp));
-        h.insert("cache-control", HeaderValue::from_static("no-store"));
+        h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     } else {
-        h.insert("content-security-policy", HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
-        if !h.contains_key("cache-control") {
-            h.insert("cache-control", HeaderValue::from_static("no-store"));
+        h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+        if !h.contains_key(CACHE_CONTROL) {
+            h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
     }
 }
