@@ -310,9 +310,14 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
         .at("/oauth/introspect", poem::post(oauth_server::introspect))
         .at("/oauth/register/:slug", poem::post(oauth_server::register))
         .at("/.well-known/oauth-authorization-server/orgs/:slug", poem::get(oauth_server::metadata))
+        // Each layer's future holds the one inside it, and an unstarted future is copied whole
+        // every time it moves: unboxed, a request's future was 28 KiB, copied several times
+        // before it first ran. Boxed here, the layers above hold a pointer.
+        .boxed()
         .data(BodyLimit(limit))
         .data(app.clone())
         .with_if(cors.is_some(), cors.unwrap_or_default())
+        .boxed()
         .with(EdgeMiddleware { app, timeout })
 }
 
