@@ -69,7 +69,7 @@ use poem::http::header::{
     X_FRAME_OPTIONS,
 };
 use poem::http::{HeaderName, HeaderValue, StatusCode};
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem::{Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route};
 use poem_openapi::auth::Bearer;
 use poem_openapi::{OpenApiService, OperationId, SecurityScheme, Tags};
 use tracing::Instrument;
@@ -293,8 +293,7 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
         Route::new().nest("/", api_service()).data(BodyLimit(limit)).data(app.clone()).map_to_response().boxed(),
     );
     let mcp = std::sync::Arc::new(mcp_server::endpoint(app.clone(), tools_api));
-    Route::new()
-        .nest("/", api)
+    let beside = Route::new()
         .at("/v1/openapi.json", poem::get(serve_document))
         .at("/mcp", mcp.clone())
         .at("/orgs/:slug/mcp", mcp)
@@ -309,7 +308,8 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
         .at("/oauth/revoke", poem::post(oauth_server::revoke))
         .at("/oauth/introspect", poem::post(oauth_server::introspect))
         .at("/oauth/register/:slug", poem::post(oauth_server::register))
-        .at("/.well-known/oauth-authorization-server/orgs/:slug", poem::get(oauth_server::metadata))
+        .at("/.well-known/oauth-authorization-server/orgs/:slug", poem::get(oauth_server::metadata));
+    Split { api: api.into_endpoint(), beside }
         // Each layer's future holds the one inside it, and an unstarted future is copied whole
         // every time it moves: unboxed, a request's future was 28 KiB, copied several times
         // before it first ran. Boxed here, the layers above hold a pointer.
@@ -319,6 +319,33 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .boxed()
         .with(EdgeMiddleware { app, timeout })
+}
+
+/// The API and the routes beside it (its document and docs, the sockets, MCP, OAuth, metrics).
+/// Nearly every request is the API's, so it is reached without a router in front: a router
+/// nesting it would rebuild every request's URI on the way in.
+struct Split<A, B> {
+    api: A,
+    beside: B,
+}
+
+impl<A: Endpoint, B: Endpoint> Endpoint for Split<A, B> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        if beside_the_api(req.uri().path()) {
+            self.beside.call(req).await.map(IntoResponse::into_response)
+        } else {
+            self.api.call(req).await.map(IntoResponse::into_response)
+        }
+    }
+}
+
+/// Whether `path` is one of the routes beside the API (no API path starts like these; a test
+/// holds the document to that).
+fn beside_the_api(path: &str) -> bool {
+    matches!(path, "/v1/openapi.json" | "/v1/realtime" | "/metrics" | "/mcp")
+        || ["/docs", "/oauth/", "/.well-known/", "/orgs/", "/v1/yjs/"].iter().any(|p| path.starts_with(p))
 }
 
 struct EdgeMiddleware {
@@ -629,4 +656,33 @@ pub fn parse_if_match(v: Option<&str>) -> Result<Option<u64>, DomainError> {
 /// 404 unless the organization of `scope` exists (and is not deleted).
 pub async fn ensure_org_exists(app: &App, scope: OrgScope) -> Result<(), DomainError> {
     crate::domain::orgs::get(&app.store, scope).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_api_path_is_taken_for_a_route_beside_it() {
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.len() > 50, "{} paths", paths.len());
+        for path in paths.keys() {
+            assert!(!beside_the_api(path), "{path} would not reach the API");
+        }
+        for path in [
+            "/v1/openapi.json",
+            "/v1/realtime",
+            "/metrics",
+            "/mcp",
+            "/docs",
+            "/docs/oauth-receiver.html",
+            "/oauth/token",
+            "/.well-known/oauth-protected-resource/orgs/acme/mcp",
+            "/orgs/acme/mcp",
+            "/v1/yjs/01a24d42-fd74-7582-81e3-d83a0a8016fa",
+        ] {
+            assert!(beside_the_api(path), "{path}");
+        }
+    }
 }
