@@ -664,8 +664,8 @@ mod tests {
 
     #[test]
     fn no_api_path_is_taken_for_a_route_beside_it() {
-        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
-        let paths = doc["paths"].as_object().unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).expect("the document is JSON");
+        let paths = doc["paths"].as_object().expect("the document has paths");
         assert!(paths.len() > 50, "{} paths", paths.len());
         for path in paths.keys() {
             assert!(!beside_the_api(path), "{path} would not reach the API");
