@@ -41,9 +41,8 @@ impl Idp {
         let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
         // Node loads the provider's modules and makes an RSA key first; on a cold, busy machine
         // (a clean clone, the policy matrix running beside it) that has taken over 20 s.
-        let first = match tokio::time::timeout(Duration::from_secs(90), lines.next_line()).await {
-            Ok(line) => line,
-            Err(_) => panic!("the provider printed nothing in 90 s (exited: {:?})", child.try_wait()),
+        let Ok(first) = tokio::time::timeout(Duration::from_secs(90), lines.next_line()).await else {
+            panic!("the provider printed nothing in 90 s (exited: {:?})", child.try_wait());
         };
         assert!(first.unwrap().unwrap_or_default().starts_with("ready"), "the provider did not start");
         // Whatever else it prints is read, so its writes never meet a closed pipe.
