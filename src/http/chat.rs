@@ -269,11 +269,8 @@ pub enum ChannelMade {
     Existing(Json<ChannelView>),
 }
 
-#[derive(ApiResponse)]
-pub enum Posted {
-    #[oai(status = 201)]
-    Created(Json<MessageView>),
-}
+/// A message posted: written straight from serde (`Json` would build a value tree first).
+pub type Posted = Rendered<MessageView, 201>;
 
 pub(super) fn ids(v: Option<Vec<String>>, pointer: &str) -> Result<Vec<Id>, DomainError> {
     v.unwrap_or_default()
@@ -519,9 +516,9 @@ impl ChatApi {
             idempotency_key: idempotency_key.0,
             attachments: ids(b.attachment_ids, "/attachment_ids")?,
         };
-        Ok(Posted::Created(Json(message_view(
+        Ok(Rendered::of(&message_view(
             chat::post(&app.writer, user_ctx(req, &p), p.user, Place::Channel(id), new).await?,
-        ))))
+        )))
     }
 
     /// Read history

@@ -12,25 +12,26 @@ use std::marker::PhantomData;
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
 use poem_openapi::ApiResponse;
 use poem_openapi::payload::Payload;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry};
 use poem_openapi::types::Type;
 
-/// A 200 answer of `T`, already encoded.
-pub struct Rendered<T> {
+/// An answer of `T` with status `STATUS` (200 unless said), already encoded.
+pub struct Rendered<T, const STATUS: u16 = 200> {
     bytes: Bytes,
     _of: PhantomData<fn() -> T>,
 }
 
-impl<T: serde::Serialize> Rendered<T> {
+impl<T: serde::Serialize, const STATUS: u16> Rendered<T, STATUS> {
     pub fn of(value: &T) -> Self {
         Self::from_bytes(Bytes::from(serde_json::to_vec(value).expect("wire types serialize")))
     }
 }
 
-impl<T> Rendered<T> {
+impl<T, const STATUS: u16> Rendered<T, STATUS> {
     pub fn from_bytes(bytes: Bytes) -> Self {
         Self { bytes, _of: PhantomData }
     }
@@ -40,7 +41,7 @@ impl<T> Rendered<T> {
     }
 }
 
-impl<T: Type> Payload for Rendered<T> {
+impl<T: Type, const STATUS: u16> Payload for Rendered<T, STATUS> {
     const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
 
     fn schema_ref() -> MetaSchemaRef {
@@ -52,18 +53,21 @@ impl<T: Type> Payload for Rendered<T> {
     }
 }
 
-impl<T: Send> IntoResponse for Rendered<T> {
+impl<T: Send, const STATUS: u16> IntoResponse for Rendered<T, STATUS> {
     fn into_response(self) -> Response {
-        Response::builder().content_type("application/json; charset=utf-8").body(self.bytes)
+        Response::builder()
+            .status(StatusCode::from_u16(STATUS).unwrap_or(StatusCode::OK))
+            .content_type("application/json; charset=utf-8")
+            .body(self.bytes)
     }
 }
 
-impl<T: Type> ApiResponse for Rendered<T> {
+impl<T: Type, const STATUS: u16> ApiResponse for Rendered<T, STATUS> {
     fn meta() -> MetaResponses {
         MetaResponses {
             responses: vec![MetaResponse {
                 description: "",
-                status: Some(200),
+                status: Some(STATUS),
                 status_range: None,
                 content: vec![MetaMediaType { content_type: Self::CONTENT_TYPE, schema: Self::schema_ref() }],
                 headers: vec![],

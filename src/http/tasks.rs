@@ -432,7 +432,7 @@ impl TasksApi {
             attachments: ids(b.attachment_ids, "/attachment_ids")?,
         };
         let m = chat::post(&app.writer, user_ctx(req, &p), p.user, Place::Task(id), new).await?;
-        Ok(Posted::Created(Json(message_view(m))))
+        Ok(super::rendered::Rendered::of(&message_view(m)))
     }
 
     /// List a task's comments
