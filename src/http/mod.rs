@@ -293,7 +293,7 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
         Route::new().nest("/", api_service()).data(BodyLimit(limit)).data(app.clone()).map_to_response().boxed(),
     );
     let mcp = std::sync::Arc::new(mcp_server::endpoint(app.clone(), tools_api));
-    let beside = Route::new()
+    let beside = Beside(Route::new())
         .at("/v1/openapi.json", poem::get(serve_document))
         .at("/mcp", mcp.clone())
         .at("/orgs/:slug/mcp", mcp)
@@ -309,7 +309,7 @@ pub fn routes(app: App) -> impl Endpoint + 'static {
         .at("/oauth/introspect", poem::post(oauth_server::introspect))
         .at("/oauth/register/:slug", poem::post(oauth_server::register))
         .at("/.well-known/oauth-authorization-server/orgs/:slug", poem::get(oauth_server::metadata));
-    Split { api: api.into_endpoint(), beside }
+    Split { api: api.into_endpoint(), beside: beside.0 }
         // Each layer's future holds the one inside it, and an unstarted future is copied whole
         // every time it moves: unboxed, a request's future was 28 KiB, copied several times
         // before it first ran. Boxed here, the layers above hold a pointer.
@@ -341,8 +341,24 @@ impl<A: Endpoint, B: Endpoint> Endpoint for Split<A, B> {
     }
 }
 
+/// The router of the routes beside the API, each path held to [`beside_the_api`] as it is added:
+/// one added here and not there would never be reached (checked once, when the routes are built).
+struct Beside(Route);
+
+impl Beside {
+    fn at<E: IntoEndpoint<Endpoint: 'static>>(self, path: &str, ep: E) -> Self {
+        assert!(beside_the_api(path), "{path} is routed beside the API but `beside_the_api` does not say so");
+        Self(self.0.at(path, ep))
+    }
+
+    fn nest<E: IntoEndpoint<Endpoint: 'static>>(self, path: &str, ep: E) -> Self {
+        assert!(beside_the_api(path), "{path} is routed beside the API but `beside_the_api` does not say so");
+        Self(self.0.nest(path, ep))
+    }
+}
+
 /// Whether `path` is one of the routes beside the API (no API path starts like these; a test
-/// holds the document to that).
+/// holds the document to that, and `Beside` holds the routes).
 fn beside_the_api(path: &str) -> bool {
     matches!(path, "/v1/openapi.json" | "/v1/realtime" | "/metrics" | "/mcp")
         || ["/docs", "/oauth/", "/.well-known/", "/orgs/", "/v1/yjs/"].iter().any(|p| path.starts_with(p))
