@@ -22,32 +22,85 @@ const CLIENT_SECRET: &str = "idp-client-secret-never-shown-3f9a";
 pub struct Idp {
     pub base: String,
     _child: tokio::process::Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Drop for Idp {
+    /// A failing test shows what the provider wrote (its back-channel errors among it).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("the provider wrote:\n{}", std::fs::read_to_string(self.log.path()).unwrap_or_default());
+        }
+    }
 }
 
 impl Idp {
+    /// Starts the provider on a port of its choosing. A start that prints nothing in time is
+    /// reported (what it wrote, and from node's diagnostic report its stack and what it waits on) and
+    /// tried again: a peer's slow start is not a failure of Outpost's.
     pub async fn start(cfg: Value) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut cfg = cfg;
-        cfg["port"] = json!(port);
+        let mut said = Vec::new();
+        for _ in 0..3 {
+            match Self::start_once(&cfg).await {
+                Ok(idp) => {
+                    if !said.is_empty() {
+                        eprintln!("the provider started after {} silent attempts:\n{}", said.len(), said.join("\n"));
+                    }
+                    return idp;
+                }
+                Err(why) => said.push(why),
+            }
+        }
+        panic!("the provider did not start:\n{}", said.join("\n"));
+    }
+
+    async fn start_once(cfg: &Value) -> Result<Self, String> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/oidc_provider.mjs");
+        let reports = tempfile::tempdir().expect("a report folder");
+        // What it writes besides `ready` goes to a file (read if it does not start).
+        let log = tempfile::NamedTempFile::new().expect("a log file");
         let mut child = tokio::process::Command::new("node")
+            .arg("--report-on-signal")
+            .arg(format!("--report-directory={}", reports.path().display()))
             .arg(script)
             .arg(cfg.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::from(log.reopen().expect("the log")))
             .kill_on_drop(true)
             .spawn()
             .expect("node");
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        // Node loads the provider's modules and makes an RSA key first; on a cold, busy machine
-        // (a clean clone, the policy matrix running beside it) that has taken over 20 s.
-        let Ok(first) = tokio::time::timeout(Duration::from_secs(90), lines.next_line()).await else {
-            panic!("the provider printed nothing in 90 s (exited: {:?})", child.try_wait());
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        // Node loads the provider's modules and makes an RSA key first: under a second here.
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+        let port = match first {
+            Ok(Ok(Some(line))) => line.strip_prefix("ready ").and_then(|p| p.trim().parse::<u16>().ok()),
+            _ => None,
         };
-        assert!(first.unwrap().unwrap_or_default().starts_with("ready"), "the provider did not start");
+        let Some(port) = port else {
+            let exited = child.try_wait();
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill").args(["-USR2", &pid.to_string()]).status();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            let report: String = std::fs::read_dir(reports.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect();
+            // Node writes the report from its event loop: none means the main thread was busy.
+            // An idle one shows what its loop waits on.
+            let state = serde_json::from_str::<Value>(&report).map_or_else(
+                |_| json!("no report: its main thread was busy"),
+                |r| json!({ "stack": r["javascriptStack"], "waiting_on": r["libuv"], "usage": r["resourceUsage"] }),
+            );
+            let wrote = std::fs::read_to_string(log.path()).unwrap_or_default();
+            return Err(format!("no `ready` line in 30 s (exited: {exited:?}); it wrote: {wrote}; its state: {state}"));
+        };
         // Whatever else it prints is read, so its writes never meet a closed pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { base: format!("http://127.0.0.1:{port}"), _child: child }
+        Ok(Self { base: format!("http://127.0.0.1:{port}"), _child: child, log })
     }
 
     /// Every access and refresh token it holds.

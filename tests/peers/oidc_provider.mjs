@@ -1,8 +1,9 @@
 // A real OpenID provider for the tests: the certified `oidc-provider`, on 127.0.0.1.
 //
-//   node oidc_provider.mjs '{"port": 0, "clients": [...], "access_ttl_s": 60, "account": {...}}'
+//   node oidc_provider.mjs '{"clients": [...], "access_ttl_s": 60, "account": {...}}'
 //
-// Prints `ready <port>` once listening. People sign in without a browser: `/interaction/:uid`
+// Listens on a port of the system's choosing (or `"port"`), then prints `ready <port>`: the
+// issuer is only known once the port is. People sign in without a browser: `/interaction/:uid`
 // logs in the configured account and consents to what the client asked for at once (two
 // redirects). Test-only routes:
 //   GET  /_stats   token grants by type, revocation requests, grants revoked, tokens held
@@ -19,7 +20,6 @@ import { createHmac, createPrivateKey, generateKeyPairSync, randomUUID, sign } f
 import Provider from "oidc-provider";
 
 const cfg = JSON.parse(process.argv[2] || "{}");
-const port = cfg.port || 0;
 
 // Keeps every model in maps, so the test can see and drop what the provider holds.
 const stores = new Map();
@@ -67,7 +67,7 @@ const key = () => {
 
 const clients = () => cfg.clients || [];
 let account = cfg.account || { sub: "alice", email: "alice@example.test", email_verified: true, groups: ["staff"] };
-const issuer = `http://127.0.0.1:${port}`;
+let issuer = null;
 const stats = { grants: {}, revocations: 0, jwks_fetches: 0 };
 let signing = key();
 let tamperMode = null;
@@ -155,7 +155,7 @@ function start() {
   });
   return p;
 }
-let provider = start();
+let provider = null;
 
 async function interaction(req, res, uid) {
   const details = await provider.interactionDetails(req, res);
@@ -174,7 +174,7 @@ async function interaction(req, res, uid) {
   void uid;
 }
 
-let callback = provider.callback();
+let callback = null;
 const readBody = (req) =>
   new Promise((resolve) => {
     let data = "";
@@ -237,7 +237,10 @@ const server = http.createServer(async (req, res) => {
     res.end(String(e && e.stack ? e.stack : e));
   }
 });
-server.listen(port, "127.0.0.1", () => {
+server.listen(cfg.port || 0, "127.0.0.1", () => {
+  issuer = `http://127.0.0.1:${server.address().port}`;
+  provider = start();
+  callback = provider.callback();
   console.log(`ready ${server.address().port}`);
 });
 // It ends with its stdin (the test's end), unless told to run until stopped.
