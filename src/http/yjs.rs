@@ -354,7 +354,10 @@ async fn upgrade(req: &Request, ws: WebSocket, app: &App, doc_id: &str) -> Resul
         .max_message_size(Some(frame_max))
         .max_frame_size(Some(frame_max));
     let app = app.clone();
-    Ok(ws.config(config).on_upgrade(move |socket| serve(app, live, socket, p, token, access)).into_response())
+    Ok(ws
+        .config(config)
+        .on_upgrade(move |socket| socket::detached(serve(app, live, socket, p, token, access)))
+        .into_response())
 }
 
 /// The value of query parameter `name`, decoded.

@@ -40,7 +40,7 @@ pub fn realtime(req: &Request, ws: WebSocket, app: Data<&App>) -> impl IntoRespo
         .max_frame_size(Some(FRAME_BYTES_MAX));
     ws.protocols([SUBPROTOCOL])
         .config(config)
-        .on_upgrade(move |socket| conn::serve(app, hub, socket, offered.or(bearer)))
+        .on_upgrade(move |socket| super::socket::detached(conn::serve(app, hub, socket, offered.or(bearer))))
 }
 
 /// Someone here on a room or channel (a socket with presence set).
