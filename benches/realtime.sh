@@ -14,6 +14,9 @@
 #   RATE=6000 …                       # publishers paced to 6,000 publishes/s in all (latency at a set load)
 #   SHAPES=none …                     # idle sockets and resume only
 #   MULTIPLE=5 (default; 0: off)      # after each Socket.IO run, Outpost's signals paced to 5× its publishes/s
+#   LOAD=target/release/deps/realtime_load-… …   a load generator already built
+#   HEAP=1 OP_BIN=<a glibc build> …    # also the live heap per idle socket, counted by benches/heap_live.c
+#                                     # preloaded (RSS moves with what the allocator kept from before)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -32,9 +35,19 @@ ulimit -n 65536 2>/dev/null || log "could not raise the open-files limit; idle r
 PEER_DIR="$BENCH_DIR/peers"
 install_node_peers
 
-(cd "$REPO_DIR" && cargo bench --bench realtime_load --no-run -q 2>/dev/null)
-LOAD=$(cd "$REPO_DIR" && cargo bench --bench realtime_load --no-run 2>&1 | awk '/Executable/{gsub(/[()]/,"",$NF); print $NF}' | tail -1)
+if [ -z "${LOAD:-}" ]; then
+    log "building the load generator (cargo bench --no-run: minutes on a cold target)"
+    (cd "$REPO_DIR" && cargo bench --bench realtime_load --no-run -q 2>/dev/null)
+    LOAD=$(cd "$REPO_DIR" && cargo bench --bench realtime_load --no-run 2>&1 | awk '/Executable/{gsub(/[()]/,"",$NF); print $NF}' | tail -1)
+fi
 [ -x "$LOAD" ] || die "no load generator built"
+
+if [ "${HEAP:-0}" = 1 ]; then
+    require_cmd gcc
+    gcc -O2 -shared -fPIC -o "$WORK/heap_live.so" "$REPO_DIR/benches/heap_live.c"
+    export HEAP_LIVE_DIR="$WORK"
+    OP_WRAP="env LD_PRELOAD=$WORK/heap_live.so"
+fi
 
 export OUTPOST_LIMITS__USER_REQUESTS_PER_S=100000000 OUTPOST_LIMITS__ORG_REQUESTS_PER_S=100000000 \
     OUTPOST_REALTIME__CONNECTIONS_PER_USER_MAX=1000000 OUTPOST_REALTIME__CONNECTIONS_PER_ORG_MAX=1000000 \

@@ -198,6 +198,26 @@ fn cpu_s(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// The server's live heap bytes when it runs with `benches/heap_live.c` preloaded (the bench
+/// sets `HEAP_LIVE_DIR`), else `None`: asked for with SIGUSR2, read from the file it writes.
+async fn live_heap(a: &Args) -> Option<i64> {
+    // Only Outpost has the handler; SIGUSR2 would end node.
+    if a.target != "outpost" {
+        return None;
+    }
+    let (dir, pid) = (std::env::var("HEAP_LIVE_DIR").ok()?, a.pid);
+    let file = format!("{dir}/live.{pid}");
+    let _ = std::fs::remove_file(&file);
+    std::process::Command::new("kill").args(["-USR2", &pid.to_string()]).status().ok()?;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        if let Some(n) = std::fs::read_to_string(&file).ok().and_then(|t| t.trim().parse().ok()) {
+            return Some(n);
+        }
+    }
+    None
+}
+
 fn rss_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -417,12 +437,21 @@ async fn idle(a: Args) {
     let warm_clients = connect_all(&a, warm, rooms).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = rss_kb(a.pid, "VmRSS:");
+    let heap_before = live_heap(&a).await;
     let clients = connect_all(&a, a.conns - warm, rooms).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kb(a.pid, "VmRSS:");
-    let per = (after.saturating_sub(before)) as f64 * 1024.0 / clients.len().max(1) as f64;
+    let heap_after = live_heap(&a).await;
+    let measured = clients.len().max(1) as f64;
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / measured;
+    // The heap's own count, where the server reports it: what the sockets hold, without what
+    // the allocator kept from earlier work or has yet to give back.
+    let heap = match (heap_before, heap_after) {
+        (Some(b), Some(a)) => format!(" heap_bytes_per_connection={:.0}", (a - b) as f64 / measured),
+        _ => String::new(),
+    };
     println!(
-        "RESULT target={} idle_connections={} measured={} rss_before_kb={before} rss_after_kb={after} bytes_per_connection={per:.0}",
+        "RESULT target={} idle_connections={} measured={} rss_before_kb={before} rss_after_kb={after} bytes_per_connection={per:.0}{heap}",
         a.target,
         warm_clients.len() + clients.len(),
         clients.len()
