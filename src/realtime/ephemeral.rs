@@ -12,11 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::task::Context;
-
-use futures_util::task::AtomicWaker;
 use indexmap::IndexMap;
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use super::Delivery;
 use crate::ids::Id;
@@ -44,38 +42,9 @@ type Pending = IndexMap<Arc<str>, Arc<str>, foldhash::fast::RandomState>;
 /// pays for the struct and nothing else.
 pub struct Mailbox {
     waiting: Mutex<Waiting>,
-    /// Wakes the socket's task: something arrived, it was cut off, or the server stops.
-    pub wake: Wake,
+    pub notify: Notify,
     slow: AtomicBool,
-    stopping: AtomicBool,
     events_max: usize,
-}
-
-/// One task's wake-up with a permit, polled rather than awaited: a socket's wait loop keeps no
-/// future for it between turns (an idle socket pays for the waker's slot and a flag).
-#[derive(Default)]
-pub struct Wake {
-    waker: AtomicWaker,
-    set: AtomicBool,
-}
-
-impl Wake {
-    /// Wakes the task, or leaves a permit for its next poll.
-    pub fn notify_one(&self) {
-        self.set.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// The task is woken by the next `notify_one`. Register before [`Wake::take`], so a wake
-    /// between the two is not lost.
-    pub fn register(&self, cx: &Context<'_>) {
-        self.waker.register(cx.waker());
-    }
-
-    /// Whether it was woken since the permit was last taken (and takes it).
-    pub fn take(&self) -> bool {
-        self.set.swap(false, Ordering::AcqRel)
-    }
 }
 
 #[derive(Default)]
@@ -90,13 +59,7 @@ const KEPT_ROOM: usize = 16;
 
 impl Mailbox {
     pub fn new(events_max: usize) -> Self {
-        Self {
-            waiting: Mutex::default(),
-            wake: Wake::default(),
-            slow: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-            events_max,
-        }
+        Self { waiting: Mutex::default(), notify: Notify::new(), slow: AtomicBool::new(false), events_max }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
@@ -115,7 +78,7 @@ impl Mailbox {
                 pending.shift_remove_index(0);
             }
         }
-        self.wake.notify_one();
+        self.notify.notify_one();
     }
 
     /// Every ephemeral frame waiting, oldest key first.
@@ -139,7 +102,7 @@ impl Mailbox {
             events.push_back(d);
             events.len()
         };
-        self.wake.notify_one();
+        self.notify.notify_one();
         Some(depth)
     }
 
@@ -160,21 +123,11 @@ impl Mailbox {
     /// The socket fell too far behind: it is to close (and resume elsewhere).
     pub fn cut_off(&self) {
         self.slow.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.notify.notify_one();
     }
 
     pub fn is_slow(&self) -> bool {
         self.slow.load(Ordering::Acquire)
-    }
-
-    /// The server is shutting down: the socket is to say going-away.
-    pub fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
-        self.wake.notify_one();
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
     }
 }
 
@@ -300,32 +253,6 @@ impl Locks {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    /// A waker that raises a flag.
-    struct Flag(Arc<AtomicBool>);
-
-    impl std::task::Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn a_wake_before_the_wait_leaves_one_permit_and_wakes_the_registered_task() {
-        let w = Wake::default();
-        w.notify_one();
-        w.notify_one();
-        assert!(w.take(), "the permit left before anyone waited");
-        assert!(!w.take(), "one permit, however many wakes");
-
-        let woken = Arc::new(AtomicBool::new(false));
-        let waker = std::task::Waker::from(Arc::new(Flag(woken.clone())));
-        w.register(&Context::from_waker(&waker));
-        assert!(!woken.load(Ordering::SeqCst));
-        w.notify_one();
-        assert!(woken.load(Ordering::SeqCst), "the registered task is woken");
-        assert!(w.take());
-    }
 
     #[test]
     fn leases_expire_renewals_keep_the_token_and_stale_tokens_lose() {

@@ -56,8 +56,6 @@ pub fn event_frame(e: &Event) -> ServerFrame {
 struct Topics {
     /// (org, topic) → socket id → its queue.
     subs: HashMap<TopicKey, HashMap<u64, Sub>>,
-    /// Every open socket's mailbox, by socket id: told when the server stops.
-    open: HashMap<u64, Arc<Mailbox>>,
     /// Open sockets per user and per org.
     per_user: HashMap<Id, usize>,
     per_org: HashMap<Id, usize>,
@@ -198,9 +196,6 @@ impl Hub {
     /// Closes every socket with going-away and its resume positions.
     pub fn shutdown(&self) {
         self.stop.send_replace(true);
-        for mailbox in self.lock().open.values() {
-            mailbox.stop();
-        }
     }
 
     pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
@@ -229,17 +224,17 @@ impl Hub {
         }
         t.per_user.insert(user, u + 1);
         t.per_org.insert(org, o + 1);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mailbox = Arc::new(Mailbox::new(queue_len));
-        // Under the lock `shutdown` takes after it says stop: a socket registered meanwhile is
-        // told one way or the other.
-        if *self.stop.borrow() {
-            mailbox.stop();
-        }
-        t.open.insert(id, mailbox.clone());
         drop(t);
         self.metrics.realtime_connections.inc();
-        Some(Registration { hub: self.clone(), id, org, user, mailbox, topics: HashSet::default() })
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Some(Registration {
+            hub: self.clone(),
+            id,
+            org,
+            user,
+            mailbox: Arc::new(Mailbox::new(queue_len)),
+            topics: HashSet::default(),
+        })
     }
 
     /// A call's media state changed: every follower of its room topic gets the new state
@@ -462,7 +457,6 @@ impl Drop for Registration {
         for topic in std::mem::take(&mut self.topics) {
             self.remove(t, &(self.org, topic));
         }
-        t.open.remove(&self.id);
         for (map, key) in [(&mut t.per_user, self.user), (&mut t.per_org, self.org)] {
             if let Some(n) = map.get_mut(&key) {
                 *n -= 1;

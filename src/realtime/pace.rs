@@ -148,11 +148,6 @@ impl Pacer {
         self.due.is_some()
     }
 
-    /// When the held frames go out, while some are held.
-    pub fn due_at(&self) -> Option<Instant> {
-        self.due
-    }
-
     /// Ends when the held frames are due; never while none are held.
     pub async fn due(&self) {
         match self.due {

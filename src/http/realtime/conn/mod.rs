@@ -7,7 +7,6 @@ mod frames;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -67,13 +66,11 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
 
 /// The wait loop of an opened socket. Every step it takes is boxed (`boxed!`), so the task keeps
 /// only what the loop waits with; a value awaited takes room in the awaiting future for as long
-/// as the await lasts. It waits by polling what it keeps ([`wait`]): no future is held for the
-/// mailbox, the timer or the shutdown between turns.
+/// as the await lasts.
 async fn run(opened: Box<Opened>) {
-    let Opened { mut c, mut stream, mut clock, idle, mut pacer } = *opened;
+    let Opened { mut c, mut stream, mut stopping, mut tick, idle, mut pacer } = *opened;
     let mailbox = c.reg.mailbox.clone();
     let mut heard = Instant::now();
-    let mut frame_first = false;
     loop {
         if mailbox.is_slow() {
             return boxed!(c.close(
@@ -82,11 +79,8 @@ async fn run(opened: Box<Opened>) {
                 "the client did not keep up; resume from the positions given"
             ));
         }
-        // The client's frames and the mailbox take turns at going first, so neither starves the
-        // other.
-        frame_first = !frame_first;
-        match std::future::poll_fn(|cx| wait(cx, &mut stream, &mailbox, &mut clock, &pacer, frame_first)).await {
-            Woke::Frame(frame) => {
+        tokio::select! {
+            frame = stream.next() => {
                 heard = Instant::now();
                 if let Err(end) = boxed!(c.on_frame(frame)) {
                     return boxed!(c.end(&mut stream, end));
@@ -94,7 +88,7 @@ async fn run(opened: Box<Opened>) {
             }
             // While the pacer holds, events and ephemeral frames wait in the mailbox: they go
             // out together when it is due. A cut-off is seen at the top of the loop.
-            Woke::Mail => {
+            () = mailbox.notify.notified(), if !pacer.holding() => {
                 if !mailbox.is_slow()
                     && pacer.ready(tokio::time::Instant::now())
                     && boxed!(c.write_out(&mailbox, &mut pacer)).is_err()
@@ -102,19 +96,15 @@ async fn run(opened: Box<Opened>) {
                     return;
                 }
             }
-            Woke::Due => {
+            () = pacer.due() => {
                 if boxed!(c.write_out(&mailbox, &mut pacer)).is_err() {
                     return;
                 }
             }
-            Woke::Stop => {
-                return boxed!(c.close(
-                    &mut stream,
-                    close::GOING_AWAY,
-                    "the server is shutting down; resume from the positions given"
-                ));
+            _ = stopping.changed() => {
+                return boxed!(c.close(&mut stream, close::GOING_AWAY, "the server is shutting down; resume from the positions given"));
             }
-            Woke::Tick => {
+            _ = tick.tick() => {
                 if heard.elapsed() > idle {
                     return boxed!(c.close(&mut stream, close::IDLE, "nothing heard from the client"));
                 }
@@ -129,91 +119,12 @@ async fn run(opened: Box<Opened>) {
     }
 }
 
-/// What woke an open socket's wait loop.
-enum Woke {
-    /// The client sent a frame (or the stream ended or failed).
-    Frame(Option<Result<Message, std::io::Error>>),
-    /// Something arrived in the mailbox (and the pacer is not holding it).
-    Mail,
-    /// The frames the pacer held are due.
-    Due,
-    /// The server is shutting down.
-    Stop,
-    /// Time for the periodic checks: idle cut-off, token, subscriptions, keep-alive ping.
-    Tick,
-}
-
-/// The socket's one timer, set for the next periodic check or for when the pacer's held frames
-/// are due, whichever is sooner.
-struct Clock {
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
-    next_tick: tokio::time::Instant,
-    period: Duration,
-}
-
-impl Clock {
-    fn new(period: Duration) -> Self {
-        let next_tick = tokio::time::Instant::now() + period;
-        Self { sleep: Box::pin(tokio::time::sleep_until(next_tick)), next_tick, period }
-    }
-
-    /// Ready with what came due (the pacer's time first); otherwise the task is woken then.
-    fn poll(&mut self, cx: &mut std::task::Context<'_>, pacer_due: Option<tokio::time::Instant>) -> Poll<Woke> {
-        loop {
-            let now = tokio::time::Instant::now();
-            if pacer_due.is_some_and(|at| at <= now) {
-                return Poll::Ready(Woke::Due);
-            }
-            if self.next_tick <= now {
-                self.next_tick = now + self.period;
-                return Poll::Ready(Woke::Tick);
-            }
-            let deadline = pacer_due.map_or(self.next_tick, |at| at.min(self.next_tick));
-            if self.sleep.deadline() != deadline {
-                self.sleep.as_mut().reset(deadline);
-            }
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-        }
-    }
-}
-
-/// One poll of everything an open socket waits on; the shutdown first, then the timer, then
-/// the client's frames and the mailbox in the order given.
-fn wait(
-    cx: &mut std::task::Context<'_>,
-    stream: &mut Stream,
-    mailbox: &ephemeral::Mailbox,
-    clock: &mut Clock,
-    pacer: &Pacer,
-    frame_first: bool,
-) -> Poll<Woke> {
-    // Registered before any flag is read, so a wake between the two is not lost.
-    mailbox.wake.register(cx);
-    if mailbox.is_stopping() {
-        return Poll::Ready(Woke::Stop);
-    }
-    if let Poll::Ready(w) = clock.poll(cx, pacer.due_at()) {
-        return Poll::Ready(w);
-    }
-    for frame_turn in [frame_first, !frame_first] {
-        if frame_turn {
-            if let Poll::Ready(frame) = stream.poll_next_unpin(cx) {
-                return Poll::Ready(Woke::Frame(frame));
-            }
-        } else if !pacer.holding() && mailbox.wake.take() {
-            return Poll::Ready(Woke::Mail);
-        }
-    }
-    Poll::Pending
-}
-
 /// What an opened socket's wait loop keeps.
 struct Opened {
     c: Conn,
     stream: Stream,
-    clock: Clock,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    tick: tokio::time::Interval,
     idle: Duration,
     pacer: Pacer,
 }
@@ -278,10 +189,13 @@ async fn open(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<
         sink,
     };
     c.send(&c.welcome()).await.ok()?;
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.recheck_s));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     Some(Box::new(Opened {
         c,
         stream,
-        clock: Clock::new(Duration::from_secs(cfg.recheck_s)),
+        stopping: hub.stopping(),
+        tick,
         idle: Duration::from_secs(cfg.idle_timeout_s),
         pacer: Pacer::new(Duration::from_millis(cfg.write_coalesce_ms), hub.busy.clone()),
     }))
@@ -378,7 +292,7 @@ impl Conn {
         }
         // What is still waiting goes out on the loop's next turn, unless the pacer holds it.
         if more && !pacer.holding() {
-            mailbox.wake.notify_one();
+            mailbox.notify.notify_one();
         }
         Ok(())
     }
@@ -495,37 +409,5 @@ impl Positions {
 
     fn into_map(self) -> BTreeMap<String, u64> {
         self.0.into_iter().collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn next(clock: &mut Clock, pacer_due: Option<tokio::time::Instant>) -> (&'static str, Duration) {
-        let start = tokio::time::Instant::now();
-        let woke = std::future::poll_fn(|cx| clock.poll(cx, pacer_due)).await;
-        let name = match woke {
-            Woke::Due => "due",
-            Woke::Tick => "tick",
-            _ => "other",
-        };
-        (name, start.elapsed())
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_one_timer_serves_the_pacer_and_the_periodic_checks() {
-        let s = Duration::from_secs(1);
-        let mut clock = Clock::new(10 * s);
-        // Held frames due before the check: they come first, the check at its own time after.
-        let due = tokio::time::Instant::now() + 2 * s;
-        assert_eq!(next(&mut clock, Some(due)).await, ("due", 2 * s));
-        assert_eq!(next(&mut clock, None).await, ("tick", 8 * s));
-        // The next check is a period after the last one was seen, not at once.
-        assert_eq!(next(&mut clock, None).await, ("tick", 10 * s));
-        // A due time after the check waits for its turn.
-        let due = tokio::time::Instant::now() + 15 * s;
-        assert_eq!(next(&mut clock, Some(due)).await, ("tick", 10 * s));
-        assert_eq!(next(&mut clock, Some(due)).await, ("due", 5 * s));
     }
 }
