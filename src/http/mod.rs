@@ -347,13 +347,16 @@ struct Beside(Route);
 
 impl Beside {
     fn at<E: IntoEndpoint<Endpoint: 'static>>(self, path: &str, ep: E) -> Self {
-        assert!(beside_the_api(path), "{path} is routed beside the API but `beside_the_api` does not say so");
-        Self(self.0.at(path, ep))
+        Self(self.0.at(Self::held(path), ep))
     }
 
     fn nest<E: IntoEndpoint<Endpoint: 'static>>(self, path: &str, ep: E) -> Self {
+        Self(self.0.nest(Self::held(path), ep))
+    }
+
+    fn held(path: &str) -> &str {
         assert!(beside_the_api(path), "{path} is routed beside the API but `beside_the_api` does not say so");
-        Self(self.0.nest(path, ep))
+        path
     }
 }
 

@@ -30,7 +30,9 @@ pub enum End {
     Close(u16, String),
 }
 
-/// Runs a socket's session as a task of its own, for `on_upgrade`. poem's upgrade task would
+/// Runs a socket's session as a task of its own, for `on_upgrade` when the session lasts as long
+/// as the socket (the Yjs socket's does; the realtime socket's opening ends and spawns its loop).
+/// poem's upgrade task would
 /// otherwise hold the session's future inside its own for the socket's whole life, with what
 /// it keeps beside it (the request's protocol header, which may carry the access token, among
 /// it): a few hundred bytes per open socket, freed here as soon as the upgrade is done.

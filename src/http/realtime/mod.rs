@@ -40,7 +40,9 @@ pub fn realtime(req: &Request, ws: WebSocket, app: Data<&App>) -> impl IntoRespo
         .max_frame_size(Some(FRAME_BYTES_MAX));
     ws.protocols([SUBPROTOCOL])
         .config(config)
-        .on_upgrade(move |socket| super::socket::detached(conn::serve(app, hub, socket, offered.or(bearer))))
+        // `serve` ends once the socket is open (the loop has a task of its own), and poem's
+        // upgrade task with it: no need to detach it.
+        .on_upgrade(move |socket| conn::serve(app, hub, socket, offered.or(bearer)))
 }
 
 /// Someone here on a room or channel (a socket with presence set).
