@@ -175,8 +175,15 @@ release_build_steps() {
 }
 
 # N: the tree at UPGRADE_FROM, built for x86_64 in the release builds' target dir with its own
-# code unoptimized (what its dependencies share with this tree's build is reused). It passes
-# through that dir's binary path, so this tree's binary goes back there afterwards.
+# code unoptimized. It passes through that dir's binary path, so this tree's binary goes back
+# there afterwards.
+#
+# N compiles against this tree's manifest and lock (its [[bench]] entries left out, since N has
+# fewer benches): every crate N uses is in them at the same version, and with the same features
+# and profile its dependencies are the very units the x86_64 build above has just made, so only
+# N's own code compiles. With N's own manifest (panic = "abort" then, fewer features on tokio,
+# serde and hyper) the build remade almost the whole dependency tree, optimized: nearly as long
+# again as the x86_64 build. N's manifest and lock come back afterwards for its packaging.
 build_prev_binary() {
     local bin=$REL_DIR/$X86/release/outpost rc=0
     rm -rf "$PREV_SRC" "$PREV_DIR" && mkdir -p "$PREV_SRC" "$PREV_DIR/$X86/release" || return 1
@@ -184,13 +191,17 @@ build_prev_binary() {
     # as one package (a path package is known by its path in the workspace), so an old mtime
     # would let it take an earlier build of another commit as up to date.
     git -C "$REPO" archive "$UPGRADE_FROM" | tar -x -m -C "$PREV_SRC" || return 1
+    mv "$PREV_SRC/Cargo.toml" "$PREV_SRC/Cargo.toml.own" && mv "$PREV_SRC/Cargo.lock" "$PREV_SRC/Cargo.lock.own" \
+        && python3 -c 'import re, sys; print(re.sub(r"(?ms)^\[\[bench\]\]\n.*?(?=^\[|\Z)", "", open(sys.argv[1]).read()), end="")' \
+            "$REPO/Cargo.toml" >"$PREV_SRC/Cargo.toml" \
+        && cp "$REPO/Cargo.lock" "$PREV_SRC/Cargo.lock" || return 1
     (
         cd "$PREV_SRC" \
             && CARGO_TARGET_DIR=$REL_DIR nice -n 19 cargo build --release --locked --target "$X86" \
-                --config 'profile.release.lto=false' \
                 --config 'profile.release.package.outpost.opt-level=0' \
                 --config 'profile.release.package.outpost.codegen-units=16'
     ) && cp "$bin" "$PREV_DIR/$X86/release/outpost" || rc=1
+    mv "$PREV_SRC/Cargo.toml.own" "$PREV_SRC/Cargo.toml" && mv "$PREV_SRC/Cargo.lock.own" "$PREV_SRC/Cargo.lock" || return 1
     cp --remove-destination "$TARGET_DIR/$X86/release/outpost" "$bin" || return 1
     [ "$rc" = 0 ] && "$PREV_DIR/$X86/release/outpost" --version
 }
