@@ -55,6 +55,10 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
     let mut owner = login(&s, &sl, "owner").await;
     let mut checked = 0;
     let mut failures = Vec::new();
+    // Each role's session, kept from one operation to the next and made again once an operation
+    // has ended it (logging out, ending a session, a password change): a login costs a password
+    // hash, and a fresh one for each of the ~860 calls made this the suite's longest test.
+    let mut sessions: Vec<Option<crate::identity::Login>> = Role::ALL.iter().map(|_| None).collect();
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
             if !op["security"].to_string().contains("UserAuth") {
@@ -64,14 +68,21 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
             let room_role = room_role_of(op);
             let channel_member_needed = needs_channel_membership(op);
             let body_schema = op["requestBody"]["content"]["application/json"]["schema"].clone();
-            for role in Role::ALL {
-                // A fresh session and a fresh target each time: some operations end sessions
-                // or change their target.
-                let me = login(&s, &sl, role.as_str()).await;
-                // An active guest to act on (a fresh one: some operations change or end it).
-                let target =
-                    operator_invite_and_accept(&s, &org_id, &format!("{}@example.org", slug("t")), "guest").await;
-                let target_id = target["user"]["id"].as_str().or(target["id"].as_str()).unwrap().to_owned();
+            for (i, role) in Role::ALL.into_iter().enumerate() {
+                if sessions[i].is_none() {
+                    sessions[i] = Some(login(&s, &sl, role.as_str()).await);
+                }
+                let me = sessions[i].as_ref().unwrap();
+                let id = op["operationId"].as_str().unwrap();
+                // An active guest to act on, for the operations that act on a user: a fresh one
+                // each time, since some of them change or end it.
+                let target_id = if path.contains("{user_id}") || ON_A_USER.contains(&id) {
+                    let target =
+                        operator_invite_and_accept(&s, &org_id, &format!("{}@example.org", slug("t")), "guest").await;
+                    Some(target["user"]["id"].as_str().or(target["id"].as_str()).unwrap().to_owned())
+                } else {
+                    None
+                };
                 // A fresh room: the caller's own when they may make one (they host it), else one
                 // of the owner's that everyone may see (where the caller takes no part).
                 let (maker, my_room_role) = if policy::allows(role, Permission::RoomsCreate) {
@@ -141,7 +152,7 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                 let url = path
                     .replace("{asset_id}", &asset_id)
                     .replace("{upload_id}", &upload_id)
-                    .replace("{user_id}", &target_id)
+                    .replace("{user_id}", target_id.as_deref().unwrap_or("{user_id}"))
                     .replace("{session_id}", &me.session_id)
                     .replace("{room_id}", &room_id)
                     .replace("{channel_id}", &channel_id)
@@ -158,16 +169,16 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                     .replace("{tool}", "echo")
                     .replace("{call_id}", "call-1")
                     .replace("{path}", "x");
-                let id = op["operationId"].as_str().unwrap();
                 let (url, body) = prepare(
                     &s,
                     Prepare {
                         id,
                         role,
                         org: &org_id,
-                        me: &me,
+                        me,
+                        fresh: &slug("p"),
                         owner: &owner.access,
-                        target: &target_id,
+                        target: target_id.as_deref(),
                         asset: &asset_id,
                         upstream: &upstream,
                         tokens: &tokens,
@@ -208,6 +219,10 @@ async fn every_role_gets_exactly_what_the_policy_grants() {
                     assert!(r.unwrap().status().is_success(), "changing the password back");
                     // A password change ends the user's other sessions: the owner's among them.
                     owner = login(&s, &sl, "owner").await;
+                }
+                let me_now = s.http.get(s.url("/v1/me")).bearer_auth(&me.access).send().await.unwrap();
+                if me_now.status() != 200 {
+                    sessions[i] = None;
                 }
                 let room_ok = room_role.is_none_or(|need| policy::room_allows(my_room_role, room_role_action(need)));
                 let channel_ok = !channel_member_needed || channel_member;
@@ -257,6 +272,17 @@ const NOT_DONE_HERE: &[(&str, u16, &str)] = &[
     ),
 ];
 
+/// The operations that act on the test's target user beside those with `{user_id}` in their
+/// path (in `prepare`).
+const ON_A_USER: &[&str] = &[
+    "inviteParticipant",
+    "addChannelMember",
+    "changeParticipantRole",
+    "removeParticipant",
+    "removeChannelMember",
+    "reactivateUser",
+];
+
 /// The password `changeMyPassword` sets (and the test then sets back).
 const NEW_PASSWORD: &str = "another long passphrase";
 
@@ -293,8 +319,11 @@ struct Prepare<'a> {
     role: Role,
     org: &'a str,
     me: &'a crate::identity::Login,
+    /// Unique to this call: names what it makes for the caller (a prompt template).
+    fresh: &'a str,
     owner: &'a str,
-    target: &'a str,
+    /// The user acted on, for the operations in `ON_A_USER` or with `{user_id}` in their path.
+    target: Option<&'a str>,
     /// A file of the caller's own.
     asset: &'a str,
     /// The base URL of a service that answers 200 to everything.
@@ -307,9 +336,15 @@ struct Prepare<'a> {
     mcp: &'a str,
 }
 
-/// A prompt name of this login's own (each login is a fresh session: its id makes it unique).
-fn prompt_name(me: &crate::identity::Login) -> String {
-    format!("p-{}", me.session_id)
+/// A prompt name of this call's own.
+fn prompt_name(p: &Prepare<'_>) -> String {
+    format!("p-{}", p.fresh)
+}
+
+impl Prepare<'_> {
+    fn target(&self) -> &str {
+        self.target.unwrap_or_else(|| panic!("{} acts on a user: add it to ON_A_USER", self.id))
+    }
 }
 
 /// A service on loopback answering 200 to every request; its base URL.
@@ -367,7 +402,7 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
             s,
             &p.me.access,
             "/v1/prompt-templates",
-            json!({ "level": "user", "name": prompt_name(p.me), "sections": [{ "name": "a", "text": "hi {{ user.name }}" }] }),
+            json!({ "level": "user", "name": prompt_name(&p), "sections": [{ "name": "a", "text": "hi {{ user.name }}" }] }),
         )
         .await;
         let id = made["id"].as_str().unwrap_or_else(|| panic!("no template made: {made}"));
@@ -424,11 +459,11 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         "createService" => Some(json!({ "name": "s", "base_url": "http://localhost:9" })),
         "callMcpTool" => Some(json!({ "arguments": { "message": "hi" } })),
         "createPromptTemplate" => Some(json!({
-            "level": "user", "name": format!("new-{}", prompt_name(p.me)), "sections": [{ "name": "a", "text": "hi" }],
+            "level": "user", "name": format!("new-{}", prompt_name(&p)), "sections": [{ "name": "a", "text": "hi" }],
         })),
         "updatePromptTemplate" => Some(json!({ "note": "again", "sections": [{ "name": "a", "text": "hello" }] })),
         "rollbackPromptTemplate" => Some(json!({ "to_version": 1 })),
-        "renderPrompt" => Some(json!({ "name": prompt_name(p.me) })),
+        "renderPrompt" => Some(json!({ "name": prompt_name(&p) })),
         "diffPromptTemplateVersions" => {
             url.push_str("?from=1");
             None
@@ -451,8 +486,8 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         "createChannel" => Some(json!({ "kind": "public", "name": slug("c") })),
         "createTask" => Some(json!({ "title": "t" })),
         "createInvitation" => Some(json!({ "email": format!("{}@example.org", slug("i")), "role": "guest" })),
-        "inviteParticipant" => Some(json!({ "user_id": p.target, "role": "member" })),
-        "addChannelMember" => Some(json!({ "user_id": p.target })),
+        "inviteParticipant" => Some(json!({ "user_id": p.target(), "role": "member" })),
+        "addChannelMember" => Some(json!({ "user_id": p.target() })),
         "applyDocumentUpdate" => return (url, Some(Body::Bytes("application/octet-stream", yjs_update()))),
         "uploadAsset" => {
             url.push_str("?name=b.txt");
@@ -491,12 +526,12 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
         }
         "changeParticipantRole" | "removeParticipant" => {
             let (room, maker) = at.room;
-            post(maker, format!("/v1/rooms/{room}/participants"), json!({ "user_id": p.target })).await;
+            post(maker, format!("/v1/rooms/{room}/participants"), json!({ "user_id": p.target() })).await;
             None
         }
         "removeChannelMember" => {
             let (channel, maker) = at.channel;
-            post(maker, format!("/v1/channels/{channel}/members"), json!({ "user_id": p.target })).await;
+            post(maker, format!("/v1/channels/{channel}/members"), json!({ "user_id": p.target() })).await;
             None
         }
         "removeTaskDependency" => {
@@ -507,7 +542,7 @@ async fn prepare(s: &TestServer, p: Prepare<'_>, at: Places<'_>, mut url: String
             None
         }
         "reactivateUser" => {
-            post(p.owner, format!("/v1/users/{}/suspend", p.target), json!({})).await;
+            post(p.owner, format!("/v1/users/{}/suspend", p.target()), json!({})).await;
             None
         }
         "revokeApiKey" => {
