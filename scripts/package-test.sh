@@ -501,14 +501,16 @@ upgrade() {
     migration_lines | tee "$WORK/migration"
     [ "$(grep -c 'migrating store schema 1 → 2' "$WORK/migration")" = 1 ] || { echo "the migration did not run once"; return 1; }
     grep -q 'migrated store schema to 2 (1 rows written)' "$WORK/migration" || return 1
+    [ "$(grep -c 'migrating store schema 2 → 3' "$WORK/migration")" = 1 ] || { echo "the migration did not run once"; return 1; }
+    grep -q 'migrated store schema to 3 (0 rows written)' "$WORK/migration" || return 1
     check_data
 }
 
-# After the restarts, the watchdog's kill and the stops since the upgrade, the migration has
-# still run once.
+# After the restarts, the watchdog's kill and the stops since the upgrade, each migration step
+# (1 → 2, 2 → 3) has still run once.
 migrated_once() {
     migration_lines | tee "$WORK/migration"
-    [ "$(grep -c 'migrating store schema' "$WORK/migration")" = 1 ]
+    [ "$(grep -c 'migrating store schema' "$WORK/migration")" = 2 ]
 }
 
 remove_keeps() {

@@ -39,7 +39,22 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("stun_binding", stun_binding),
     ("file_headers", file_headers),
     ("upload_form", upload_form),
+    ("stored_record", stored_record),
 ];
+
+/// An audit record (first byte even) or an event (odd) as a store or a backup holds them —
+/// binary, or JSON as stored before schema 3 — read as the store reads them, then stored again.
+pub fn stored_record(data: &[u8]) {
+    let key = crate::store::tables::org_seq_key(Id::NIL, 1);
+    let Some((which, value)) = data.split_first() else { return };
+    if which % 2 == 0 {
+        if let Ok(record) = crate::store::audit::AuditRecord::from_stored(&key, value) {
+            let _ = (record.compute_hash(), record.to_stored());
+        }
+    } else if let Ok(event) = crate::store::events::Event::from_stored(&key, value) {
+        let _ = event.to_stored();
+    }
+}
 
 /// A frame a realtime client sends (JSON text).
 pub fn realtime_frame(data: &[u8]) {

@@ -622,7 +622,8 @@ fn event_of(r: &Reader, org: Id, msg_id: &str) -> Result<Option<Event>, StoreErr
         return Ok(None);
     }
     let Ok(seq) = seq.parse::<u64>() else { return Ok(None) };
-    r.record::<Event>(EVENTS, &org_seq_key(org, seq))
+    let at = org_seq_key(org, seq);
+    r.get(EVENTS, &at)?.map(|v| Event::from_stored(&at, &v)).transpose()
 }
 
 /// Queues one message for an endpoint again, by its `webhook-id`, from the event log (its
@@ -676,8 +677,8 @@ pub async fn recover(
             let mut more = false;
             let mut shared: BTreeMap<String, bool> = BTreeMap::new();
             let mut failed = None;
-            r.scan(EVENTS, &org_seq_key(org, 0), &prefix_end(org.as_bytes()), false, |_, v| {
-                let event: Event = decode(EVENTS, v)?;
+            r.scan(EVENTS, &org_seq_key(org, 0), &prefix_end(org.as_bytes()), false, |k, v| {
+                let event = Event::from_stored(k, v)?;
                 if event.at_ms < since_ms || !e.filters_take(&event) {
                     return Ok(true);
                 }

@@ -4,11 +4,16 @@
 //! fields in declaration order, `details` with sorted keys) and that previous hash. The chain's
 //! last link is also kept in `AUDIT_HEADS`, so removing records from the tail is detected too.
 //! `verify` walks every chain and reports the first broken link.
+//!
+//! The hash is over the canonical JSON, but a record is stored in a compact binary form (since
+//! schema 3): no field names, the organization and position left to the key, the two hashes
+//! as 32 bytes each rather than 64 hex digits — about half the size. Records stored as JSON
+//! before that are read as they are, and the hash of either form is the same.
 
 use serde::{Deserialize, Serialize};
 
 use super::tables::{self, AUDIT, AUDIT_HEADS};
-use super::{Reader, StoreError, decode, prefix_end};
+use super::{Reader, StoreError, packed, prefix_end};
 use crate::ids::{Id, hex, unhex32 as unhex};
 use crate::tenancy::OrgScope;
 
@@ -59,22 +64,99 @@ impl Canonical<'_> {
         out
     }
 
-    /// The record's hash and its stored form: the canonical JSON with `hash` added last, which
-    /// is byte for byte how [`AuditRecord`] encodes (one encoding per record, not two).
+    /// The record's hash (over its canonical JSON) and its stored form (binary).
     pub(crate) fn seal(&self) -> ([u8; 32], Vec<u8>) {
-        let mut bytes = self.json();
-        let hash = Self::digest(&bytes);
-        if bytes.pop() == Some(b'}') {
-            bytes.reserve(75);
-            bytes.extend_from_slice(b",\"hash\":\"");
-            bytes.extend_from_slice(hex(&hash).as_bytes());
-            bytes.extend_from_slice(b"\"}");
+        let hash = Self::digest(&self.json());
+        let prev = unhex(self.prev_hash).expect("the previous hash is the hex of a digest");
+        let details = serde_json::to_vec(self.details).expect("audit details serialize");
+        let stored = Stored {
+            at_ms: self.at_ms,
+            actor: self.actor,
+            action: self.action,
+            target: self.target,
+            request_id: self.request_id,
+            client_addr: self.client_addr,
+            details: &details,
+            prev_hash: &prev,
+            hash: &hash,
         }
-        (hash, bytes)
+        .encode();
+        (hash, stored)
+    }
+}
+
+/// A record's stored form, binary (`packed`): `at_ms`, then `actor`, `action`, `target`,
+/// `request_id`, `client_addr` and `details` (its JSON), then the previous hash and the
+/// record's own. The organization and the position are the key's.
+struct Stored<'a> {
+    at_ms: i64,
+    actor: &'a str,
+    action: &'a str,
+    target: &'a str,
+    request_id: Option<&'a str>,
+    client_addr: Option<&'a str>,
+    details: &'a [u8],
+    prev_hash: &'a [u8; 32],
+    hash: &'a [u8; 32],
+}
+
+impl Stored<'_> {
+    fn encode(&self) -> Vec<u8> {
+        let texts =
+            [self.actor, self.action, self.target, self.request_id.unwrap_or(""), self.client_addr.unwrap_or("")];
+        // The tag and the time, six lengths of at most three bytes each, and the two hashes.
+        let size = 9 + 18 + 64 + texts.iter().map(|t| t.len()).sum::<usize>() + self.details.len();
+        let mut out = Vec::with_capacity(size);
+        out.push(packed::BINARY);
+        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        for text in [self.actor, self.action, self.target] {
+            packed::put_bytes(&mut out, text.as_bytes());
+        }
+        packed::put_optional(&mut out, self.request_id);
+        packed::put_optional(&mut out, self.client_addr);
+        packed::put_bytes(&mut out, self.details);
+        out.extend_from_slice(self.prev_hash);
+        out.extend_from_slice(self.hash);
+        out
     }
 }
 
 impl AuditRecord {
+    /// Reads a record as stored under `key` (`org ‖ n`), in either form.
+    pub fn from_stored(key: &[u8], value: &[u8]) -> Result<Self, String> {
+        if !packed::is_binary(value) {
+            return serde_json::from_slice(value).map_err(|e| e.to_string());
+        }
+        let (org, n) = tables::split_org_seq(key).ok_or("record has a malformed key")?;
+        let mut f = packed::Fields::of(value)?;
+        let at_ms = f.i64()?;
+        let (actor, action, target) = (f.text()?, f.text()?, f.text()?);
+        let (request_id, client_addr) = (f.optional()?, f.optional()?);
+        let details = serde_json::from_slice(f.bytes()?).map_err(|e| format!("record's details: {e}"))?;
+        let (prev_hash, hash) = (hex(&f.hash()?), hex(&f.hash()?));
+        f.end()?;
+        Ok(Self { org, n, at_ms, actor, action, target, request_id, client_addr, details, prev_hash, hash })
+    }
+
+    /// The binary stored form of this record as it is, its hashes included (neither is
+    /// recomputed; a hash that is not 64 hex digits is stored as zeros, which no chain
+    /// verifies). What the writer stores for a new record is [`Canonical::seal`]'s.
+    pub fn to_stored(&self) -> Vec<u8> {
+        let details = serde_json::to_vec(&self.details).expect("audit details serialize");
+        Stored {
+            at_ms: self.at_ms,
+            actor: &self.actor,
+            action: &self.action,
+            target: &self.target,
+            request_id: self.request_id.as_deref(),
+            client_addr: self.client_addr.as_deref(),
+            details: &details,
+            prev_hash: &unhex(&self.prev_hash).unwrap_or([0; 32]),
+            hash: &unhex(&self.hash).unwrap_or([0; 32]),
+        }
+        .encode()
+    }
+
     fn canonical(&self) -> Canonical<'_> {
         Canonical {
             org: self.org,
@@ -148,7 +230,9 @@ impl Reader {
         let start = tables::org_seq_key(org, after.saturating_add(1));
         self.range(AUDIT, &start, &prefix_end(org.as_bytes()), false, limit)?
             .iter()
-            .map(|(_, v)| decode(AUDIT, v))
+            .map(|(k, v)| {
+                AuditRecord::from_stored(k, v).map_err(|detail| StoreError::Corrupt { table: "audit".into(), detail })
+            })
             .collect()
     }
 
@@ -183,7 +267,7 @@ impl Reader {
                 broken = fail(&format!("record {expect_n} is missing"));
                 return Ok(false);
             }
-            let rec: AuditRecord = match serde_json::from_slice(value) {
+            let rec = match AuditRecord::from_stored(key, value) {
                 Ok(r) => r,
                 Err(e) => {
                     broken = fail(&format!("record does not decode: {e}"));
@@ -258,12 +342,17 @@ mod tests {
 
     use crate::ids::{Id, hex};
     use crate::store::audit::{AuditRecord, Canonical};
+    use crate::store::tables::org_seq_key;
+
+    fn details() -> serde_json::Value {
+        json!({"z": 1, "a": {"q": "line\nbreak \"quoted\" é", "b": [1, null, true, 2.5]}, "m": null})
+    }
 
     #[test]
-    fn a_sealed_record_is_exactly_what_the_record_encodes_and_verifies() {
-        let details = json!({"z": 1, "a": {"q": "line\nbreak \"quoted\" é", "b": [1, null, true]}, "m": null});
+    fn a_sealed_record_reads_back_whole_and_verifies() {
+        let details = details();
         let prev = hex(&[7u8; 32]);
-        for (request_id, client_addr) in [(None, None), (Some("req-1"), Some("127.0.0.1"))] {
+        for (request_id, client_addr) in [(None, None), (Some("req-1"), Some("127.0.0.1")), (Some(""), None)] {
             let c = Canonical {
                 org: Id::new(),
                 n: 42,
@@ -277,11 +366,69 @@ mod tests {
                 prev_hash: &prev,
             };
             let (hash, stored) = c.seal();
-            let record: AuditRecord = serde_json::from_slice(&stored).unwrap();
+            let record = AuditRecord::from_stored(&org_seq_key(c.org, c.n), &stored).unwrap();
             assert_eq!(record.hash, hex(&hash));
             assert_eq!(record.compute_hash(), hash, "the chain verifies it");
-            assert_eq!(crate::store::encode(&record), stored, "one encoding, the record's own");
+            assert_eq!(record.to_stored(), stored, "one stored form");
+            assert_eq!((record.org, record.n, record.at_ms), (c.org, c.n, c.at_ms));
+            assert_eq!(
+                (record.actor.as_str(), record.action.as_str(), record.target.as_str()),
+                (c.actor, c.action, c.target)
+            );
             assert_eq!((record.request_id.as_deref(), record.client_addr.as_deref()), (request_id, client_addr));
+            assert_eq!((&record.details, record.prev_hash.as_str()), (&details, prev.as_str()));
+            // What the same record took as JSON, the form before schema 3.
+            let json = serde_json::to_vec(&record).unwrap();
+            assert!(stored.len() * 3 < json.len() * 2, "{} bytes stored, {} as JSON", stored.len(), json.len());
         }
+    }
+
+    #[test]
+    fn a_record_stored_as_json_still_reads_and_verifies() {
+        let details = details();
+        let c = Canonical {
+            org: Id::new(),
+            n: 1,
+            at_ms: 1_765_000_000_123,
+            actor: "system",
+            action: "org.create",
+            target: "org:x",
+            request_id: Some("r"),
+            client_addr: None,
+            details: &details,
+            prev_hash: &hex(&[0u8; 32]),
+        };
+        let (hash, stored) = c.seal();
+        let record = AuditRecord::from_stored(&org_seq_key(c.org, 1), &stored).unwrap();
+        let json = serde_json::to_vec(&record).unwrap();
+        let read = AuditRecord::from_stored(&org_seq_key(c.org, 1), &json).unwrap();
+        assert_eq!(read, record);
+        assert_eq!(read.compute_hash(), hash);
+    }
+
+    #[test]
+    fn a_damaged_record_does_not_read() {
+        let details = details();
+        let c = Canonical {
+            org: Id::new(),
+            n: 3,
+            at_ms: -1,
+            actor: "user:a",
+            action: "task.update",
+            target: "task:b",
+            request_id: Some("r"),
+            client_addr: Some("::1"),
+            details: &details,
+            prev_hash: &hex(&[1u8; 32]),
+        };
+        let (_, stored) = c.seal();
+        let key = org_seq_key(c.org, c.n);
+        for cut in 0..stored.len() {
+            assert!(AuditRecord::from_stored(&key, &stored[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = stored.clone();
+        longer.push(0);
+        assert!(AuditRecord::from_stored(&key, &longer).is_err());
+        assert!(AuditRecord::from_stored(&key[..20], &stored).is_err(), "a short key");
     }
 }

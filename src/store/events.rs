@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::tables::{self, EVENT_HEADS, EVENT_TOPICS, EVENTS, FOLLOWERS, LOG_ORDER};
-use super::{Reader, Store, StoreError, decode, prefix_end};
+use super::{Reader, Store, StoreError, decode, packed, prefix_end};
 use crate::ids::Id;
 use crate::tenancy::OrgScope;
 
@@ -35,6 +35,43 @@ pub struct Event {
     pub actor: String,
     pub at_ms: i64,
     pub data: serde_json::Value,
+}
+
+impl Event {
+    /// The stored form, binary (`packed`): `gseq`, `epoch`, `at_ms`, then `topic`, `type`,
+    /// `actor` and `data` (its JSON). The organization and `seq` are the key's.
+    pub fn to_stored(&self) -> Vec<u8> {
+        let data = serde_json::to_vec(&self.data).expect("event data serializes");
+        let mut out = Vec::with_capacity(25 + 12 + self.topic.len() + self.kind.len() + self.actor.len() + data.len());
+        out.push(packed::BINARY);
+        for n in [self.gseq, self.epoch] {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        for text in [&self.topic, &self.kind, &self.actor] {
+            packed::put_bytes(&mut out, text.as_bytes());
+        }
+        packed::put_bytes(&mut out, &data);
+        out
+    }
+
+    /// Reads an event as stored under `key` (`org ‖ seq`): binary, or JSON as events were
+    /// stored before schema 3.
+    pub fn from_stored(key: &[u8], value: &[u8]) -> Result<Self, StoreError> {
+        if !packed::is_binary(value) {
+            return decode(EVENTS, value);
+        }
+        let read = || -> Result<Self, String> {
+            let (org, seq) = tables::split_org_seq(key).ok_or("event has a malformed key")?;
+            let mut f = packed::Fields::of(value)?;
+            let (gseq, epoch, at_ms) = (f.u64()?, f.u64()?, f.i64()?);
+            let (topic, kind, actor) = (f.text()?, f.text()?, f.text()?);
+            let data = serde_json::from_slice(f.bytes()?).map_err(|e| format!("event data: {e}"))?;
+            f.end()?;
+            Ok(Self { org, seq, gseq, epoch, topic, kind, actor, at_ms, data })
+        };
+        read().map_err(|detail| StoreError::Corrupt { table: "events".into(), detail })
+    }
 }
 
 /// The in-process publication of committed events. Bounded: a slow receiver lags, and is told.
@@ -184,7 +221,7 @@ impl Reader {
             None => {
                 let start = tables::org_seq_key(org, after.saturating_add(1));
                 let end = prefix_end(org.as_bytes());
-                self.range(EVENTS, &start, &end, false, limit)?.iter().map(|(_, v)| decode(EVENTS, v)).collect()
+                self.range(EVENTS, &start, &end, false, limit)?.iter().map(|(k, v)| Event::from_stored(k, v)).collect()
             }
             Some(topic) => {
                 let start = tables::topic_key(org, topic, after.saturating_add(1));
@@ -192,8 +229,9 @@ impl Reader {
                 let mut out = Vec::new();
                 for (k, _) in self.range(EVENT_TOPICS, &start, &end, false, limit)? {
                     let seq = tables::u64_be(&k[k.len() - 8..]).unwrap_or(0);
-                    if let Some(v) = self.get(EVENTS, &tables::org_seq_key(org, seq))? {
-                        out.push(decode(EVENTS, &v)?);
+                    let at = tables::org_seq_key(org, seq);
+                    if let Some(v) = self.get(EVENTS, &at)? {
+                        out.push(Event::from_stored(&at, &v)?);
                     }
                 }
                 Ok(out)
@@ -222,7 +260,7 @@ impl Reader {
         let mut out = Vec::new();
         for (_, at) in self.range(LOG_ORDER, &start, &[0xff; 9], false, limit)? {
             if let Some(v) = self.get(EVENTS, &at)? {
-                out.push(decode(EVENTS, &v)?);
+                out.push(Event::from_stored(&at, &v)?);
             }
         }
         Ok(out)
@@ -230,5 +268,51 @@ impl Reader {
 
     pub fn follower_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
         Ok(self.get(FOLLOWERS, name.as_bytes())?.and_then(|v| tables::u64_be(&v)))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::Event;
+    use crate::ids::Id;
+    use crate::store::tables::org_seq_key;
+
+    fn event() -> Event {
+        Event {
+            org: Id::new(),
+            seq: 12,
+            gseq: 99,
+            epoch: u64::MAX - 1,
+            topic: "channel:x".into(),
+            kind: "message.created".into(),
+            actor: "user:\u{1F600}".into(),
+            at_ms: 1_765_000_000_123,
+            data: json!({"id": "m", "text": "line\nbreak \"quoted\"", "n": [1, 2.5, null]}),
+        }
+    }
+
+    #[test]
+    fn an_event_reads_back_from_either_stored_form() {
+        let e = event();
+        let key = org_seq_key(e.org, e.seq);
+        let stored = e.to_stored();
+        assert_eq!(Event::from_stored(&key, &stored).unwrap(), e);
+        let json = serde_json::to_vec(&e).unwrap();
+        assert_eq!(Event::from_stored(&key, &json).unwrap(), e, "as stored before schema 3");
+        assert!(stored.len() + 100 < json.len(), "{} bytes stored, {} as JSON", stored.len(), json.len());
+    }
+
+    #[test]
+    fn a_damaged_event_does_not_read() {
+        let e = event();
+        let key = org_seq_key(e.org, e.seq);
+        let stored = e.to_stored();
+        for cut in 0..stored.len() {
+            assert!(Event::from_stored(&key, &stored[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(Event::from_stored(&key[..10], &stored).is_err(), "a short key");
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::events::{BusReceiver, Event};
 use super::tables::{self, EVENT_HEADS, EVENT_TOPICS, EVENTS, FOLLOWERS, LOG_ORDER};
 use super::writer::Writer;
-use super::{Store, StoreError, decode, prefix_end};
+use super::{Store, StoreError, prefix_end};
 use crate::ids::Id;
 
 /// Retention limits for the log.
@@ -46,7 +46,7 @@ pub async fn trim(writer: &Writer, retention: Retention) -> Result<u64, StoreErr
                 let start = tables::org_seq_key(org, 0);
                 let end = prefix_end(org.as_bytes());
                 for (k, v) in tx.range(EVENTS, &start, &end, retention.batch_max)? {
-                    let event: Event = decode(EVENTS, &v)?;
+                    let event = Event::from_stored(&k, &v)?;
                     let too_old = event.at_ms < age_cutoff_ms;
                     let too_many = event.seq <= count_floor;
                     if !(too_old || too_many) || event.gseq > hold || removed as usize >= retention.batch_max {

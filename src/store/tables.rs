@@ -48,7 +48,8 @@ pub const ORG_SLUGS: Table = global("org_slugs", 2);
 /// nil org ‖ key id → `OperatorKey` JSON.
 pub const OPERATOR_KEYS: Table = org("operator_keys", 3);
 
-/// org ‖ seq (u64 BE) → `Event` JSON. The org's event log, dense in seq.
+/// org ‖ seq (u64 BE) → an `Event`: binary since schema 3, JSON before (`Event::from_stored`
+/// reads both). The org's event log, dense in seq.
 pub const EVENTS: Table = org("events", 4);
 /// org ‖ topic len (u16 BE) ‖ topic ‖ seq (u64 BE) → empty. "Topic T after seq S" is a range.
 pub const EVENT_TOPICS: Table = org("event_topics", 5);
@@ -179,7 +180,8 @@ pub const PROMPT_VERSIONS: Table = org("prompt_versions", 57);
 /// org ‖ name ‖ 0 ‖ level ‖ owner → template id: the template of a name at each layer.
 pub const PROMPT_NAMES: Table = org("prompt_names", 58);
 
-/// org ‖ n (u64 BE) → `AuditRecord` JSON, hash-chained per org.
+/// org ‖ n (u64 BE) → an audit record, hash-chained per org: binary since schema 3, JSON
+/// before (`audit::AuditRecord::from_stored` reads both).
 pub const AUDIT: Table = org("audit", 9);
 /// org → n (u64 BE) ‖ hash (32 bytes): the chain's last link, so removing the tail is detected.
 pub const AUDIT_HEADS: Table = org("audit_heads", 10);

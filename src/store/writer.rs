@@ -711,7 +711,7 @@ impl LogAppender {
                     data: e.data,
                 };
                 let at = tables::org_seq_key(org, head);
-                open.table(tables::EVENTS)?.insert(at.as_slice(), super::encode(&event).as_slice())?;
+                open.table(tables::EVENTS)?.insert(at.as_slice(), event.to_stored().as_slice())?;
                 open.table(tables::EVENT_TOPICS)?
                     .insert(tables::topic_key(org, &event.topic, head).as_slice(), [].as_slice())?;
                 open.table(tables::LOG_ORDER)?.insert(self.gseq.to_be_bytes().as_slice(), at.as_slice())?;

@@ -1,6 +1,9 @@
-//! Tampering with the audit chain offline is detected, by the CLI and the operator endpoint.
+//! Tampering with the audit chain offline is detected, by the CLI and the operator endpoint;
+//! a chain stored as JSON before schema 3 goes on in binary and verifies whole.
 
-use outpost::store::tables::{AUDIT, AUDIT_HEADS, org_seq_key};
+use outpost::store::audit::AuditRecord;
+use outpost::store::events::Event;
+use outpost::store::tables::{AUDIT, AUDIT_HEADS, EVENTS, META, org_seq_key};
 use redb::ReadableTable;
 use serde_json::Value;
 
@@ -44,9 +47,10 @@ async fn altered_or_removed_records_are_detected() {
     let key = org_seq_key(orgs[1], 2);
     edit(dir.path(), |txn| {
         let mut t = txn.open_table(AUDIT.def).unwrap();
-        let mut rec: Value = serde_json::from_slice(t.get(key.as_slice()).unwrap().unwrap().value()).unwrap();
-        rec["details"]["changed"] = serde_json::json!(["nothing"]);
-        t.insert(key.as_slice(), serde_json::to_vec(&rec).unwrap().as_slice()).unwrap();
+        let stored = t.get(key.as_slice()).unwrap().unwrap().value().to_vec();
+        let mut rec = AuditRecord::from_stored(&key, &stored).unwrap();
+        rec.details["changed"] = serde_json::json!(["nothing"]);
+        t.insert(key.as_slice(), rec.to_stored().as_slice()).unwrap();
     });
     let (code, out) = verify(dir.path());
     assert_eq!(code, 1);
@@ -90,4 +94,100 @@ async fn a_removed_tail_is_detected() {
     });
     let (code, out) = verify(dir.path());
     assert_eq!(code, 1, "{out}");
+}
+
+/// A store from before schema 3 holds its audit records and events as JSON. Opened by this build
+/// it is migrated without a rewrite: the old records stay JSON, new ones are binary, the API
+/// lists both alike, and the chain verifies across the change and detects tampering on either
+/// side.
+#[tokio::test]
+async fn a_chain_stored_as_json_goes_on_in_binary_and_verifies_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(crate::support::config_for(dir.path())).await;
+    let org = s.create_org(&slug("json")).await;
+    let id: outpost::ids::Id = org["id"].as_str().unwrap().parse().unwrap();
+    let rename = |s: &TestServer, name: &str| {
+        s.http.patch(s.url(&format!("/v1/orgs/{id}"))).bearer_auth(&s.key).json(&serde_json::json!({ "name": name }))
+    };
+    assert_eq!(rename(&s, "first").send().await.unwrap().status(), 200);
+    let before: Value = s.get(&format!("/v1/orgs/{id}/audit")).send().await.unwrap().json().await.unwrap();
+    let events_before: Value = s.get(&format!("/v1/orgs/{id}/events")).send().await.unwrap().json().await.unwrap();
+    s.stop().await;
+    // What schema 2 stored: each audit record and event as its JSON.
+    let stored = edit_count(dir.path(), |txn| {
+        let mut events = txn.open_table(EVENTS.def).unwrap();
+        let rows: Vec<(Vec<u8>, Vec<u8>)> =
+            events.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).collect();
+        for (k, v) in &rows {
+            let json = serde_json::to_vec(&Event::from_stored(k, v).unwrap()).unwrap();
+            events.insert(k.as_slice(), json.as_slice()).unwrap();
+        }
+        let mut t = txn.open_table(AUDIT.def).unwrap();
+        let rows: Vec<(Vec<u8>, Vec<u8>)> =
+            t.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).collect();
+        for (k, v) in &rows {
+            let json = serde_json::to_vec(&AuditRecord::from_stored(k, v).unwrap()).unwrap();
+            t.insert(k.as_slice(), json.as_slice()).unwrap();
+        }
+        txn.open_table(META.def).unwrap().insert(b"schema_version".as_slice(), 2u32.to_be_bytes().as_slice()).unwrap();
+        rows.len()
+    });
+    let old = before["items"].as_array().unwrap().len();
+    assert!(old >= 2 && stored >= old, "{old} records of the organization's, {stored} in all");
+    let (code, out) = verify(dir.path());
+    assert_eq!(code, 0, "the JSON chain verifies: {out}");
+
+    let s = TestServer::start_with(crate::support::config_for(dir.path())).await;
+    assert_eq!(rename(&s, "second").send().await.unwrap().status(), 200);
+    let after: Value = s.get(&format!("/v1/orgs/{id}/audit")).send().await.unwrap().json().await.unwrap();
+    let items = after["items"].as_array().unwrap();
+    assert_eq!(items.len(), old + 1, "{after}");
+    assert_eq!(items[..old], before["items"].as_array().unwrap()[..], "the old records read as before");
+    assert_eq!(items[old]["prev_hash"], items[old - 1]["hash"], "the new record links to the last old one");
+    let events: Value = s.get(&format!("/v1/orgs/{id}/events")).send().await.unwrap().json().await.unwrap();
+    let (was, now) = (events_before["items"].as_array().unwrap(), events["items"].as_array().unwrap());
+    assert_eq!(now.len(), was.len() + 1, "{events}");
+    assert_eq!(now[..was.len()], was[..], "the old events read as before");
+    assert_eq!(now[was.len()]["type"], "org.updated", "{events}");
+    s.stop().await;
+    let (code, out) = verify(dir.path());
+    assert_eq!(code, 0, "{out}");
+
+    // Both forms are in the table, and tampering with either is found.
+    let forms = edit_count(dir.path(), |txn| {
+        let t = txn.open_table(AUDIT.def).unwrap();
+        (1..=old as u64 + 1)
+            .map(|n| t.get(org_seq_key(id, n).as_slice()).unwrap().unwrap().value()[0])
+            .collect::<Vec<u8>>()
+    });
+    assert!(forms[..old].iter().all(|b| *b == b'{') && forms[old] == 1, "{forms:?}");
+    for (n, form) in [(old as u64, "JSON"), (old as u64 + 1, "binary")] {
+        let key = org_seq_key(id, n);
+        let original = edit_count(dir.path(), |txn| {
+            let mut t = txn.open_table(AUDIT.def).unwrap();
+            let stored = t.get(key.as_slice()).unwrap().unwrap().value().to_vec();
+            let mut rec = AuditRecord::from_stored(&key, &stored).unwrap();
+            rec.actor.push('!');
+            let altered = if stored[0] == b'{' { serde_json::to_vec(&rec).unwrap() } else { rec.to_stored() };
+            t.insert(key.as_slice(), altered.as_slice()).unwrap();
+            stored
+        });
+        let (code, out) = verify(dir.path());
+        assert_eq!(code, 1, "an altered {form} record: {out}");
+        assert!(out.contains(&format!("record {n}")) && out.contains("altered"), "{form}: {out}");
+        edit(dir.path(), |txn| {
+            txn.open_table(AUDIT.def).unwrap().insert(key.as_slice(), original.as_slice()).unwrap();
+        });
+    }
+    let (code, out) = verify(dir.path());
+    assert_eq!(code, 0, "{out}");
+}
+
+/// As `edit`, returning what `f` returns.
+fn edit_count<T>(dir: &std::path::Path, f: impl FnOnce(&redb::WriteTransaction) -> T) -> T {
+    let db = redb::Database::open(dir.join("outpost.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    let out = f(&txn);
+    txn.commit().unwrap();
+    out
 }

@@ -263,9 +263,9 @@ fn check_store<'a>(dir: &std::path::Path, acked: impl IntoIterator<Item = &'a Id
         .range(EVENTS, &[], &[0xff; 25], false, usize::MAX)
         .unwrap()
         .iter()
-        .filter_map(|(_, v)| {
-            let e: Value = serde_json::from_slice(v).unwrap();
-            (e["type"] == "org.created").then(|| e["data"]["id"].as_str().unwrap().parse().unwrap())
+        .filter_map(|(k, v)| {
+            let e = outpost::store::events::Event::from_stored(k, v).unwrap();
+            (e.kind == "org.created").then(|| e.data["id"].as_str().unwrap().parse().unwrap())
         })
         .collect();
     let missing: Vec<&Id> = acked.iter().filter(|o| whole_logs.contains(o) && !created.contains(o)).collect();

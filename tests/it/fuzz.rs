@@ -118,3 +118,22 @@ fn the_sdp_seeds_are_answered() {
         assert!(answered.is_ok(), "{name}: {:?}", answered.err());
     }
 }
+
+/// The stored-record seeds read, in both forms, so mutations start from records the store
+/// would take.
+#[test]
+fn the_stored_record_seeds_read() {
+    use outpost::store::{audit::AuditRecord, events::Event, tables::org_seq_key};
+    let key = org_seq_key(outpost::ids::Id::NIL, 1);
+    let seeds = corpus("stored_record");
+    assert_eq!(seeds.len(), 4);
+    for (path, seed) in seeds {
+        let (which, value) = seed.split_first().unwrap();
+        let read = if which % 2 == 0 {
+            AuditRecord::from_stored(&key, value).map(|_| ())
+        } else {
+            Event::from_stored(&key, value).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert!(read.is_ok(), "{}: {read:?}", path.display());
+    }
+}
