@@ -39,9 +39,11 @@ WORK=$TARGET_DIR/package-test
 X86=x86_64-unknown-linux-musl
 ARM=aarch64-unknown-linux-musl
 VERSION=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["packages"][0]["version"])')
-# The upgrade's N: this repository at the last commit before the newest schema migration
-# (schema 1 → 2, tasks indexed by assignee), packaged with a lower version. N+1 is this tree's
-# package. When a later migration lands, point this at the commit before it.
+# The upgrade's N: this repository at the last commit of schema 1 (before tasks were indexed by
+# assignee), packaged with a lower version. N+1 is this tree's package, so the upgrade runs every
+# migration since (2: tasks by assignee; 3: audit records and events in binary) and the chains
+# it then verifies hold records written by both builds. A later migration adds its lines to
+# `upgrade` and `migrated_once`.
 UPGRADE_FROM=922bf54f4c76043894de97b28741fc30e46c7a3d
 PREV_VERSION="$VERSION~schema1"
 PREV_DEB=outpost_${PREV_VERSION}-1_amd64.deb

@@ -6,8 +6,8 @@
 //! `verify` walks every chain and reports the first broken link.
 //!
 //! The hash is over the canonical JSON, but a record is stored in a compact binary form (since
-//! schema 3): no field names, the organization and position left to the key, the two hashes
-//! as 32 bytes each rather than 64 hex digits — about half the size. Records stored as JSON
+//! schema 3, `packed`): no field names, the organization and position left to the key, the two
+//! hashes and the ids in the text as raw bytes rather than hex — less than half the size. Records stored as JSON
 //! before that are read as they are, and the hash of either form is the same.
 
 use serde::{Deserialize, Serialize};
@@ -110,7 +110,7 @@ impl Stored<'_> {
         out.push(packed::BINARY);
         out.extend_from_slice(&self.at_ms.to_be_bytes());
         for text in [self.actor, self.action, self.target] {
-            packed::put_bytes(&mut out, text.as_bytes());
+            packed::put_text(&mut out, text);
         }
         packed::put_optional(&mut out, self.request_id);
         packed::put_optional(&mut out, self.client_addr);

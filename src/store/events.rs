@@ -49,7 +49,7 @@ impl Event {
         }
         out.extend_from_slice(&self.at_ms.to_be_bytes());
         for text in [&self.topic, &self.kind, &self.actor] {
-            packed::put_bytes(&mut out, text.as_bytes());
+            packed::put_text(&mut out, text);
         }
         packed::put_bytes(&mut out, &data);
         out
