@@ -68,44 +68,19 @@ impl Canonical<'_> {
     pub(crate) fn seal(&self) -> ([u8; 32], Vec<u8>) {
         let hash = Self::digest(&self.json());
         let prev = unhex(self.prev_hash).expect("the previous hash is the hex of a digest");
-        let details = serde_json::to_vec(self.details).expect("audit details serialize");
-        let stored = Stored {
-            at_ms: self.at_ms,
-            actor: self.actor,
-            action: self.action,
-            target: self.target,
-            request_id: self.request_id,
-            client_addr: self.client_addr,
-            details: &details,
-            prev_hash: &prev,
-            hash: &hash,
-        }
-        .encode();
-        (hash, stored)
+        (hash, self.stored(&prev, &hash))
     }
-}
 
-/// A record's stored form, binary (`packed`): `at_ms`, then `actor`, `action`, `target`,
-/// `request_id`, `client_addr` and `details` (its JSON), then the previous hash and the
-/// record's own. The organization and the position are the key's.
-struct Stored<'a> {
-    at_ms: i64,
-    actor: &'a str,
-    action: &'a str,
-    target: &'a str,
-    request_id: Option<&'a str>,
-    client_addr: Option<&'a str>,
-    details: &'a [u8],
-    prev_hash: &'a [u8; 32],
-    hash: &'a [u8; 32],
-}
-
-impl Stored<'_> {
-    fn encode(&self) -> Vec<u8> {
+    /// The record's stored form, binary (`packed`): `at_ms`, then `actor`, `action`, `target`,
+    /// `request_id`, `client_addr` and `details` (its JSON), then the previous hash and the
+    /// record's own (`prev_hash` and `hash`, the raw bytes of the first's hex and of the second).
+    /// The organization and the position are the key's.
+    fn stored(&self, prev_hash: &[u8; 32], hash: &[u8; 32]) -> Vec<u8> {
+        let details = serde_json::to_vec(self.details).expect("audit details serialize");
         let texts =
             [self.actor, self.action, self.target, self.request_id.unwrap_or(""), self.client_addr.unwrap_or("")];
         // The tag and the time, six lengths of at most three bytes each, and the two hashes.
-        let size = 9 + 18 + 64 + texts.iter().map(|t| t.len()).sum::<usize>() + self.details.len();
+        let size = 9 + 18 + 64 + texts.iter().map(|t| t.len()).sum::<usize>() + details.len();
         let mut out = Vec::with_capacity(size);
         out.push(packed::BINARY);
         out.extend_from_slice(&self.at_ms.to_be_bytes());
@@ -114,9 +89,9 @@ impl Stored<'_> {
         }
         packed::put_optional(&mut out, self.request_id);
         packed::put_optional(&mut out, self.client_addr);
-        packed::put_bytes(&mut out, self.details);
-        out.extend_from_slice(self.prev_hash);
-        out.extend_from_slice(self.hash);
+        packed::put_bytes(&mut out, &details);
+        out.extend_from_slice(prev_hash);
+        out.extend_from_slice(hash);
         out
     }
 }
@@ -142,19 +117,8 @@ impl AuditRecord {
     /// recomputed; a hash that is not 64 hex digits is stored as zeros, which no chain
     /// verifies). What the writer stores for a new record is [`Canonical::seal`]'s.
     pub fn to_stored(&self) -> Vec<u8> {
-        let details = serde_json::to_vec(&self.details).expect("audit details serialize");
-        Stored {
-            at_ms: self.at_ms,
-            actor: &self.actor,
-            action: &self.action,
-            target: &self.target,
-            request_id: self.request_id.as_deref(),
-            client_addr: self.client_addr.as_deref(),
-            details: &details,
-            prev_hash: &unhex(&self.prev_hash).unwrap_or([0; 32]),
-            hash: &unhex(&self.hash).unwrap_or([0; 32]),
-        }
-        .encode()
+        let hashes = [&self.prev_hash, &self.hash].map(|h| unhex(h).unwrap_or([0; 32]));
+        self.canonical().stored(&hashes[0], &hashes[1])
     }
 
     fn canonical(&self) -> Canonical<'_> {

@@ -9,11 +9,28 @@ use serde_json::Value;
 
 use crate::support::{TestServer, cli, slug};
 
-fn edit(dir: &std::path::Path, f: impl FnOnce(&redb::WriteTransaction)) {
+/// Runs `f` in one write transaction on the stopped server's store; what it returns.
+fn edit<T>(dir: &std::path::Path, f: impl FnOnce(&redb::WriteTransaction) -> T) -> T {
     let db = redb::Database::open(dir.join("outpost.redb")).unwrap();
     let txn = db.begin_write().unwrap();
-    f(&txn);
+    let out = f(&txn);
     txn.commit().unwrap();
+    out
+}
+
+/// Rewrites every row of `table` as `f` makes it from its key and stored value; how many.
+fn rewrite(
+    txn: &redb::WriteTransaction,
+    table: outpost::store::tables::Table,
+    f: impl Fn(&[u8], &[u8]) -> Vec<u8>,
+) -> usize {
+    let mut t = txn.open_table(table.def).unwrap();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> =
+        t.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).collect();
+    for (k, v) in &rows {
+        t.insert(k.as_slice(), f(k, v).as_slice()).unwrap();
+    }
+    rows.len()
 }
 
 fn verify(dir: &std::path::Path) -> (i32, String) {
@@ -114,23 +131,10 @@ async fn a_chain_stored_as_json_goes_on_in_binary_and_verifies_whole() {
     let events_before: Value = s.get(&format!("/v1/orgs/{id}/events")).send().await.unwrap().json().await.unwrap();
     s.stop().await;
     // What schema 2 stored: each audit record and event as its JSON.
-    let stored = edit_count(dir.path(), |txn| {
-        let mut events = txn.open_table(EVENTS.def).unwrap();
-        let rows: Vec<(Vec<u8>, Vec<u8>)> =
-            events.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).collect();
-        for (k, v) in &rows {
-            let json = serde_json::to_vec(&Event::from_stored(k, v).unwrap()).unwrap();
-            events.insert(k.as_slice(), json.as_slice()).unwrap();
-        }
-        let mut t = txn.open_table(AUDIT.def).unwrap();
-        let rows: Vec<(Vec<u8>, Vec<u8>)> =
-            t.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).collect();
-        for (k, v) in &rows {
-            let json = serde_json::to_vec(&AuditRecord::from_stored(k, v).unwrap()).unwrap();
-            t.insert(k.as_slice(), json.as_slice()).unwrap();
-        }
+    let stored = edit(dir.path(), |txn| {
+        rewrite(txn, EVENTS, |k, v| serde_json::to_vec(&Event::from_stored(k, v).unwrap()).unwrap());
         txn.open_table(META.def).unwrap().insert(b"schema_version".as_slice(), 2u32.to_be_bytes().as_slice()).unwrap();
-        rows.len()
+        rewrite(txn, AUDIT, |k, v| serde_json::to_vec(&AuditRecord::from_stored(k, v).unwrap()).unwrap())
     });
     let old = before["items"].as_array().unwrap().len();
     assert!(old >= 2 && stored >= old, "{old} records of the organization's, {stored} in all");
@@ -154,7 +158,7 @@ async fn a_chain_stored_as_json_goes_on_in_binary_and_verifies_whole() {
     assert_eq!(code, 0, "{out}");
 
     // Both forms are in the table, and tampering with either is found.
-    let forms = edit_count(dir.path(), |txn| {
+    let forms = edit(dir.path(), |txn| {
         let t = txn.open_table(AUDIT.def).unwrap();
         (1..=old as u64 + 1)
             .map(|n| t.get(org_seq_key(id, n).as_slice()).unwrap().unwrap().value()[0])
@@ -163,7 +167,7 @@ async fn a_chain_stored_as_json_goes_on_in_binary_and_verifies_whole() {
     assert!(forms[..old].iter().all(|b| *b == b'{') && forms[old] == 1, "{forms:?}");
     for (n, form) in [(old as u64, "JSON"), (old as u64 + 1, "binary")] {
         let key = org_seq_key(id, n);
-        let original = edit_count(dir.path(), |txn| {
+        let original = edit(dir.path(), |txn| {
             let mut t = txn.open_table(AUDIT.def).unwrap();
             let stored = t.get(key.as_slice()).unwrap().unwrap().value().to_vec();
             let mut rec = AuditRecord::from_stored(&key, &stored).unwrap();
@@ -181,13 +185,4 @@ async fn a_chain_stored_as_json_goes_on_in_binary_and_verifies_whole() {
     }
     let (code, out) = verify(dir.path());
     assert_eq!(code, 0, "{out}");
-}
-
-/// As `edit`, returning what `f` returns.
-fn edit_count<T>(dir: &std::path::Path, f: impl FnOnce(&redb::WriteTransaction) -> T) -> T {
-    let db = redb::Database::open(dir.join("outpost.redb")).unwrap();
-    let txn = db.begin_write().unwrap();
-    let out = f(&txn);
-    txn.commit().unwrap();
-    out
 }
