@@ -5,8 +5,11 @@
  *   HEAP_LIVE_DIR=/some/dir LD_PRELOAD=./heap_live.so outpost serve …
  *
  * Every allocation adds its usable size, every free takes it off; on SIGUSR2 the total is
- * written to $HEAP_LIVE_DIR/live.<pid> (with open/write: nothing in the handler allocates). The
- * static musl build does not load it (mimalloc is linked in). */
+ * written to $HEAP_LIVE_DIR/live.<pid> (with open/write: nothing in the handler allocates), and
+ * the live allocations counted by usable size (8-byte steps) to live.<pid>.hist<n>, n counting
+ * the signals: the difference between two of them, divided by the sockets opened in between,
+ * is what each socket holds, by size. The static musl build does not load it (mimalloc is
+ * linked in). */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <malloc.h>
@@ -24,11 +27,20 @@ extern void *__libc_memalign(size_t, size_t);
 static long live;
 static char path[512];
 
+#define NB 4096
+static long hist[NB + 1];
+static int dumps;
 static void add(void *p) {
-    if (p) __atomic_fetch_add(&live, (long)malloc_usable_size(p), __ATOMIC_RELAXED);
+    if (!p) return;
+    size_t u = malloc_usable_size(p);
+    __atomic_fetch_add(&live, (long)u, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&hist[u / 8 < NB ? u / 8 : NB], 1, __ATOMIC_RELAXED);
 }
 static void take(void *p) {
-    if (p) __atomic_fetch_sub(&live, (long)malloc_usable_size(p), __ATOMIC_RELAXED);
+    if (!p) return;
+    size_t u = malloc_usable_size(p);
+    __atomic_fetch_sub(&live, (long)u, __ATOMIC_RELAXED);
+    __atomic_fetch_sub(&hist[u / 8 < NB ? u / 8 : NB], 1, __ATOMIC_RELAXED);
 }
 
 void *malloc(size_t n) {
@@ -72,6 +84,19 @@ static void dump(int sig) {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd >= 0) {
         (void)!write(fd, line, (size_t)len);
+        close(fd);
+    }
+    char hp[600];
+    snprintf(hp, sizeof hp, "%s.hist%d", path, dumps++);
+    fd = open(hp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+        for (int i = 0; i <= NB; i++) {
+            long c = __atomic_load_n(&hist[i], __ATOMIC_RELAXED);
+            if (c) {
+                len = snprintf(line, sizeof line, "%d %ld\n", i * 8, c);
+                (void)!write(fd, line, (size_t)len);
+            }
+        }
         close(fd);
     }
 }

@@ -186,6 +186,12 @@ release_build_steps() {
 # N's own code compiles. With N's own manifest (panic = "abort" then, fewer features on tokio,
 # serde and hyper) the build remade almost the whole dependency tree, optimized: nearly as long
 # again as the x86_64 build. N's manifest and lock come back afterwards for its packaging.
+#
+# One feature differs: N's sockets speak WebSocket through poem's `websocket` feature, which this
+# tree no longer turns on (src/http/ws.rs). N's copy of the manifest turns it back on, and cargo
+# adds poem's edges to crates the lock already holds at their versions: `--offline` rather than
+# `--locked`, so nothing is fetched and no version moves. poem and what depends on it compile
+# again for N (about a minute).
 build_prev_binary() {
     local bin=$REL_DIR/$X86/release/outpost rc=0
     rm -rf "$PREV_SRC" "$PREV_DIR" && mkdir -p "$PREV_SRC" "$PREV_DIR/$X86/release" || return 1
@@ -194,12 +200,18 @@ build_prev_binary() {
     # would let it take an earlier build of another commit as up to date.
     git -C "$REPO" archive "$UPGRADE_FROM" | tar -x -m -C "$PREV_SRC" || return 1
     mv "$PREV_SRC/Cargo.toml" "$PREV_SRC/Cargo.toml.own" && mv "$PREV_SRC/Cargo.lock" "$PREV_SRC/Cargo.lock.own" \
-        && python3 -c 'import re, sys; print(re.sub(r"(?ms)^\[\[bench\]\]\n.*?(?=^\[|\Z)", "", open(sys.argv[1]).read()), end="")' \
-            "$REPO/Cargo.toml" >"$PREV_SRC/Cargo.toml" \
         && cp "$REPO/Cargo.lock" "$PREV_SRC/Cargo.lock" || return 1
+    python3 - "$REPO/Cargo.toml" >"$PREV_SRC/Cargo.toml" <<'PY' || return 1
+import re, sys
+manifest = re.sub(r"(?ms)^\[\[bench\]\]\n.*?(?=^\[|\Z)", "", open(sys.argv[1]).read())
+manifest, n = re.subn(r'(?m)^poem = "([^"]+)"$', r'poem = { version = "\1", features = ["websocket"] }', manifest)
+if n != 1:
+    sys.exit("package-test: no `poem = \"…\"` line in Cargo.toml to give N its websocket feature")
+print(manifest, end="")
+PY
     (
         cd "$PREV_SRC" \
-            && CARGO_TARGET_DIR=$REL_DIR nice -n 19 cargo build --release --locked --target "$X86" \
+            && CARGO_TARGET_DIR=$REL_DIR nice -n 19 cargo build --release --offline --target "$X86" \
                 --config 'profile.release.package.outpost.opt-level=0' \
                 --config 'profile.release.package.outpost.codegen-units=16'
     ) && cp "$bin" "$PREV_DIR/$X86/release/outpost" || rc=1

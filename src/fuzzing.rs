@@ -26,6 +26,7 @@ pub type Target = fn(&[u8]);
 /// Every target, by the name of its corpus folder and its cargo-fuzz binary.
 pub const TARGETS: &[(&str, Target)] = &[
     ("realtime_frame", realtime_frame),
+    ("websocket_frames", websocket_frames),
     ("yjs_message", yjs_message),
     ("yjs_update", yjs_update),
     ("access_token", access_token),
@@ -54,6 +55,12 @@ pub fn stored_record(data: &[u8]) {
     } else if let Ok(event) = crate::store::events::Event::from_stored(&key, value) {
         let _ = event.to_stored();
     }
+}
+
+/// The bytes a WebSocket client sends (frames, masked), read as the realtime and Yjs sockets
+/// read them, with a 4 KiB bound on a message.
+pub fn websocket_frames(data: &[u8]) {
+    let _ = crate::http::ws::read_received(data, 4096);
 }
 
 /// A frame a realtime client sends (JSON text).

@@ -60,6 +60,7 @@ pub mod tasks;
 pub mod tls;
 pub mod users;
 pub mod webhooks;
+pub mod ws;
 pub mod yjs;
 
 use std::time::{Duration, Instant};

@@ -5,12 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use poem::web::websocket::{CloseCode, Message, WebSocketStream};
-
 use crate::app::App;
 use crate::auth::{self, AuthError, Principal};
+use crate::http::ws::{Message, ReadError, WebSocket};
 use crate::store::writer::MutationCtx;
 use crate::tenancy::OrgScope;
 
@@ -19,8 +16,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-pub type Sink = SplitSink<WebSocketStream, Message>;
-pub type Stream = SplitStream<WebSocketStream>;
+/// An upgraded socket, both directions (`crate::http::ws`).
+pub type Socket = WebSocket;
 
 /// Why a session ends.
 pub enum End {
@@ -30,15 +27,14 @@ pub enum End {
     Close(u16, String),
 }
 
-/// Runs a socket's session as a task of its own, for `on_upgrade` when the session lasts as long
-/// as the socket (the Yjs socket's does; the realtime socket's opening ends and spawns its loop).
-/// poem's upgrade task would
-/// otherwise hold the session's future inside its own for the socket's whole life, with what
-/// it keeps beside it (the request's protocol header, which may carry the access token, among
-/// it): a few hundred bytes per open socket, freed here as soon as the upgrade is done.
-pub fn detached(session: impl Future<Output = ()> + Send + 'static) -> std::future::Ready<()> {
-    tokio::spawn(session);
-    std::future::ready(())
+impl End {
+    /// How a failed read ends the session: a client that broke the protocol is told so.
+    pub fn on_read(e: &ReadError) -> Self {
+        match e {
+            ReadError::Io(_) => End::Gone,
+            ReadError::Protocol(code, reason) => End::Close(*code, (*reason).to_owned()),
+        }
+    }
 }
 
 /// A write that did not go through in time: the socket is as good as gone.
@@ -50,46 +46,40 @@ impl From<WriteFailed> for End {
     }
 }
 
-/// Feeds `messages` and flushes once, all within `WRITE_TIMEOUT`; how many it wrote.
-pub async fn write_all(sink: &mut Sink, messages: Vec<Message>) -> Result<usize, WriteFailed> {
-    let write = async {
-        let mut wrote = 0;
-        for m in messages {
-            sink.feed(m).await.map_err(|_| WriteFailed)?;
-            wrote += 1;
-        }
-        sink.flush().await.map_err(|_| WriteFailed)?;
-        Ok(wrote)
-    };
-    tokio::time::timeout(WRITE_TIMEOUT, write).await.map_err(|_| WriteFailed)?
+impl From<std::io::Error> for WriteFailed {
+    fn from(_: std::io::Error) -> Self {
+        WriteFailed
+    }
 }
 
-/// Keep-alive: intermediaries see traffic, and a dead peer shows up as a failed write.
-pub async fn ping(sink: &mut Sink) -> Result<(), WriteFailed> {
-    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Ping(Vec::new()))).await {
-        Ok(Ok(())) => Ok(()),
+/// Runs `write` (feeds and a flush) within `WRITE_TIMEOUT`.
+pub async fn timed<T, E>(write: impl Future<Output = Result<T, E>>) -> Result<T, WriteFailed> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(Ok(x)) => Ok(x),
         _ => Err(WriteFailed),
     }
 }
 
+/// Keep-alive: intermediaries see traffic, and a dead peer shows up as a failed write.
+pub async fn ping(ws: &mut Socket) -> Result<(), WriteFailed> {
+    timed(ws.ping()).await
+}
+
 /// The closing handshake: our close frame, then the client's answer (for a moment), so the
 /// socket is not torn down under data the client has yet to read.
-pub async fn bye(sink: &mut Sink, stream: &mut Stream, code: u16, reason: &str) {
-    // Close reasons are at most 123 bytes.
-    let reason: String = reason.chars().take(100).collect();
-    let close = Message::Close(Some((CloseCode::from(code), reason)));
-    if !matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.send(close)).await, Ok(Ok(()))) {
+pub async fn bye(ws: &mut Socket, code: u16, reason: &str) {
+    if timed(ws.close(code, reason)).await.is_err() {
         return;
     }
     let answered = async {
-        while let Some(Ok(m)) = stream.next().await {
+        while let Some(Ok(m)) = ws.recv().await {
             if matches!(m, Message::Close(_)) {
                 break;
             }
         }
     };
     let _ = tokio::time::timeout(CLOSE_WAIT, answered).await;
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.close()).await;
+    let _ = timed(ws.shutdown()).await;
 }
 
 /// The close codes a protocol gives a lapsed token, and what it tells a client whose access

@@ -16,16 +16,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use poem::web::Data;
-use poem::web::websocket::{Message as WsMessage, WebSocket, WebSocketConfig, WebSocketStream};
 use poem::{IntoResponse, Request, handler};
 use tokio::time::Instant;
 use yrs::sync::{AwarenessUpdate, Message, SyncMessage};
 
 use super::parse_id;
 use super::problem::Problem;
-use super::socket::{self, Budget, End, LapseCodes, Sink, Stream, WriteFailed, bye, socket_ctx};
+use super::socket::{self, Budget, End, LapseCodes, Socket, WriteFailed, bye, socket_ctx, timed};
+use super::ws::{Message as WsMessage, Upgrade};
 use crate::app::App;
 use crate::auth::Principal;
 use crate::docs::{Engine, Frame, Joined, LiveDoc, encode};
@@ -68,9 +68,8 @@ const WRITE_BATCH_MAX: usize = 256;
 
 /// Serves one upgraded socket of user `p` (already checked: may read `live`, with `access`)
 /// until it closes.
-async fn serve(app: App, live: Arc<LiveDoc>, socket: WebSocketStream, p: Principal, token: String, access: Access) {
+async fn serve(app: App, live: Arc<LiveDoc>, ws: Socket, p: Principal, token: String, access: Access) {
     let engine = app.docs.clone();
-    let (sink, mut stream) = socket.split();
     let (joined, first) = engine.join(live);
     let mut s = Session {
         app: app.clone(),
@@ -79,14 +78,14 @@ async fn serve(app: App, live: Arc<LiveDoc>, socket: WebSocketStream, p: Princip
         token,
         access,
         joined,
-        sink,
+        ws,
         editing: None,
         updates: 0,
         bytes: 0,
         budget: Budget::new(engine.config().awareness_per_s),
         held: HashMap::new(),
     };
-    s.run(&mut stream, first).await;
+    s.run(first).await;
     s.finish().await;
 }
 
@@ -99,7 +98,7 @@ struct Session {
     /// a refusal there makes this `Read`.
     access: Access,
     joined: Joined,
-    sink: Sink,
+    ws: Socket,
     /// The editing session, once this socket changed the document; and when it began.
     editing: Option<(EditSession, i64)>,
     updates: u64,
@@ -110,7 +109,7 @@ struct Session {
 }
 
 impl Session {
-    async fn run(&mut self, stream: &mut Stream, first: Vec<Frame>) {
+    async fn run(&mut self, first: Vec<Frame>) {
         if self.write(&first).await.is_err() {
             return;
         }
@@ -128,12 +127,13 @@ impl Session {
         let mut held: Vec<Frame> = Vec::new();
         let end = loop {
             tokio::select! {
-                frame = stream.next() => {
+                frame = self.ws.recv() => {
                     let r = match frame {
-                        Some(Ok(WsMessage::Binary(b))) => self.take(b, stream).await,
+                        Some(Ok(WsMessage::Binary(b))) => self.take(b).await,
                         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => Ok(()),
                         Some(Ok(WsMessage::Text(_))) => Err(End::Close(close::INVALID, "messages are binary (y-websocket protocol)".into())),
-                        Some(Ok(WsMessage::Close(_)) | Err(_)) | None => Err(End::Gone),
+                        Some(Err(e)) => Err(End::on_read(&e)),
+                        Some(Ok(WsMessage::Close(_))) | None => Err(End::Gone),
                     };
                     if let Err(end) = r {
                         break end;
@@ -170,20 +170,21 @@ impl Session {
             }
         };
         if let End::Close(code, reason) = end {
-            bye(&mut self.sink, stream, code, &reason).await;
+            bye(&mut self.ws, code, &reason).await;
         }
     }
 
     /// Handles one binary message, and for updates any others already waiting behind it.
-    async fn take(&mut self, first: Vec<u8>, stream: &mut Stream) -> Result<(), End> {
+    async fn take(&mut self, first: Vec<u8>) -> Result<(), End> {
         let mut updates = Vec::new();
         self.handle(&first, &mut updates).await?;
         if !updates.is_empty() {
             // Take what is already here into the same commit.
             while updates.len() < DRAIN_MAX {
-                match stream.next().now_or_never() {
+                match self.ws.recv().now_or_never() {
                     Some(Some(Ok(WsMessage::Binary(b)))) => self.handle(&b, &mut updates).await?,
                     Some(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => {}
+                    Some(Some(Err(e))) => return Err(End::on_read(&e)),
                     Some(_) => return Err(End::Gone),
                     None => break,
                 }
@@ -301,8 +302,14 @@ impl Session {
     }
 
     async fn write(&mut self, frames: &[Frame]) -> Result<(), WriteFailed> {
-        let messages = frames.iter().map(|f| WsMessage::Binary(f.to_vec())).collect();
-        socket::write_all(&mut self.sink, messages).await.map(|_| ())
+        let ws = &mut self.ws;
+        timed(async {
+            for f in frames {
+                ws.feed_binary(&f[..]).await?;
+            }
+            ws.flush().await
+        })
+        .await
     }
 
     /// Closes the editing session in the audit chain.
@@ -326,14 +333,14 @@ fn invalid(_: DomainError) -> End {
 /// `access_token` query parameter (what a provider's `params` sends) or a bearer header;
 /// problems before the upgrade are answered over HTTP.
 #[handler]
-pub async fn sync(req: &Request, ws: WebSocket, app: Data<&App>, doc_id: poem::web::Path<String>) -> poem::Response {
+pub async fn sync(req: &Request, ws: Upgrade, app: Data<&App>, doc_id: poem::web::Path<String>) -> poem::Response {
     match upgrade(req, ws, app.0, &doc_id.0).await {
         Ok(r) => r,
         Err(p) => p.into_response(),
     }
 }
 
-async fn upgrade(req: &Request, ws: WebSocket, app: &App, doc_id: &str) -> Result<poem::Response, Problem> {
+async fn upgrade(req: &Request, ws: Upgrade, app: &App, doc_id: &str) -> Result<poem::Response, Problem> {
     let token = req
         .uri()
         .query()
@@ -347,17 +354,8 @@ async fn upgrade(req: &Request, ws: WebSocket, app: &App, doc_id: &str) -> Resul
     let (_, access) = docs::get(&app.store, scope, p.user, id)?;
     let live = app.docs.open(scope, id).await?;
     let frame_max = app.config.docs.update_bytes_max + 1024;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(8192)
-        .write_buffer_size(8192)
-        .max_write_buffer_size((4 * frame_max).max(1 << 16))
-        .max_message_size(Some(frame_max))
-        .max_frame_size(Some(frame_max));
     let app = app.clone();
-    Ok(ws
-        .config(config)
-        .on_upgrade(move |socket| socket::detached(serve(app, live, socket, p, token, access)))
-        .into_response())
+    Ok(ws.accept(&[], frame_max, move |socket| serve(app, live, socket, p, token, access)))
 }
 
 /// The value of query parameter `name`, decoded.

@@ -290,6 +290,67 @@ async fn the_token_can_come_as_a_subprotocol() {
     s.stop().await;
 }
 
+/// The socket's own framing, end to end: a request that is not an upgrade is answered with a
+/// problem; a message over the bound closes with 1009 from its header; text that is not UTF-8
+/// closes with 1007. The close frame reaches an independent client, and the server goes on.
+#[tokio::test]
+async fn broken_framing_is_closed_with_its_code() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start().await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
+    let ana = login(&s, &sl, "ana").await;
+    crate::support::expect_problem(s.get("/v1/realtime").send().await.unwrap(), 400, "not_a_websocket").await;
+    let other_version = s
+        .get("/v1/realtime")
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_version.headers()["sec-websocket-version"], "13");
+    crate::support::expect_problem(other_version, 426, "websocket_version").await;
+
+    let (mut ws, _) = connect(&s, &ana).await;
+    ws.send(Message::text("x".repeat(outpost::realtime::protocol::FRAME_BYTES_MAX + 1))).await.unwrap();
+    let closing = next(&mut ws).await;
+    assert_eq!((&closing["op"], &closing["code"]), (&json!("closing"), &json!(1009)), "{closing}");
+    assert_eq!(next(&mut ws).await, json!({ "op": "socket_closed", "code": 1009 }));
+
+    // A frame no client library would send, written on the socket itself: masked text that is
+    // not UTF-8.
+    let (mut ws, _) = connect(&s, &ana).await;
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() else { panic!("plain TCP") };
+    tcp.write_all(&[0x81, 0x82, 1, 2, 3, 4, 0xff ^ 1, 0xfe ^ 2]).await.unwrap();
+    // The server's frames, unmasked: the `closing` text, then the close frame.
+    let read_frames = async {
+        let mut ops = Vec::new();
+        loop {
+            let mut head = [0u8; 2];
+            tcp.read_exact(&mut head).await.unwrap();
+            let len = match head[1] {
+                126 => usize::from(tcp.read_u16().await.unwrap()),
+                n => usize::from(n),
+            };
+            let mut payload = vec![0u8; len];
+            tcp.read_exact(&mut payload).await.unwrap();
+            ops.push(head[0] & 0x0F);
+            if head[0] & 0x0F == 0x8 {
+                return (ops, u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    };
+    let (ops, code) = tokio::time::timeout(Duration::from_secs(10), read_frames).await.unwrap();
+    assert_eq!((ops, code), (vec![0x1, 0x8], 1007), "the closing frame, then the close");
+
+    // The server goes on.
+    let (_ws, welcome) = connect(&s, &ana).await;
+    assert_eq!(welcome["user"], ana.user_id.as_str());
+    s.stop().await;
+}
+
 /// `openapi/realtime.md` shows every frame, each example parses as its side's frame type, and
 /// every close code is in the table.
 #[test]
@@ -321,6 +382,9 @@ fn the_protocol_document_matches_the_frames() {
         close::TOO_SLOW,
         close::IDLE,
         close::TOO_MANY,
+        outpost::http::ws::code::PROTOCOL,
+        outpost::http::ws::code::INVALID_DATA,
+        outpost::http::ws::code::TOO_BIG,
     ] {
         assert!(doc.contains(&format!("| {code} |")), "close code {code} is not documented");
     }

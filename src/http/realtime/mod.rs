@@ -6,18 +6,18 @@ pub mod calls;
 pub mod conn;
 
 use poem::web::Data;
-use poem::web::websocket::{WebSocket, WebSocketConfig};
 use poem::{IntoResponse, Request, handler};
 use poem_openapi::Object;
 
 use crate::app::App;
+use crate::http::ws::Upgrade;
 use crate::realtime::protocol::{FRAME_BYTES_MAX, SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX};
 
 /// Upgrades to a realtime socket. Browsers cannot set headers on a WebSocket, so the access
 /// token comes as a second subprotocol (`access_token.<token>`) or in the first frame.
 #[handler]
 #[allow(clippy::needless_pass_by_value)] // extractors are taken by value
-pub fn realtime(req: &Request, ws: WebSocket, app: Data<&App>) -> impl IntoResponse {
+pub fn realtime(req: &Request, ws: Upgrade, app: Data<&App>) -> impl IntoResponse {
     let offered = req
         .headers()
         .get_all(poem::http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -30,19 +30,10 @@ pub fn realtime(req: &Request, ws: WebSocket, app: Data<&App>) -> impl IntoRespo
     let bearer = super::bearer_header(req);
     let app = app.0.clone();
     let hub = app.hub.clone();
-    // Small buffers: an idle socket should cost kilobytes, not the library's 128 KiB defaults;
-    // frames are small and bounded.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(512)
-        .write_buffer_size(4096)
-        .max_write_buffer_size(1 << 20)
-        .max_message_size(Some(FRAME_BYTES_MAX))
-        .max_frame_size(Some(FRAME_BYTES_MAX));
-    ws.protocols([SUBPROTOCOL])
-        .config(config)
-        // `serve` ends once the socket is open (the loop has a task of its own), and poem's
-        // upgrade task with it: no need to detach it.
-        .on_upgrade(move |socket| conn::serve(app, hub, socket, offered.or(bearer)))
+    // A message over the protocol's bound closes the socket (1009) before any of it is
+    // buffered. `serve` ends once the socket is open (the loop has a task of its own), and the
+    // upgrade's task with it.
+    ws.accept(&[SUBPROTOCOL], FRAME_BYTES_MAX, move |socket| conn::serve(app, hub, socket, offered.or(bearer)))
 }
 
 /// Someone here on a room or channel (a socket with presence set).

@@ -9,15 +9,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use poem::web::websocket::{Message, WebSocketStream};
-
 use crate::app::App;
 use crate::auth::{self, AuthError, Principal};
-use crate::http::socket::{self, Budget, End, LapseCodes, Sink, Stream, WRITE_TIMEOUT, WriteFailed, bye};
+use crate::http::socket::{self, Budget, End, LapseCodes, Socket, WriteFailed, bye, timed};
+use crate::http::ws::{Message, ReadError};
 use crate::ids::rfc3339;
 use crate::realtime::pace::Pacer;
-use crate::realtime::protocol::{ClientFrame, FRAME_BYTES_MAX, ServerFrame, close};
+use crate::realtime::protocol::{ClientFrame, ServerFrame, close};
 use crate::realtime::{Delivery, Hub, Registration, ephemeral, may_change_access, may_follow};
 
 /// Awaits a future from the heap, for the steps an idle socket is not in. It is boxed in a
@@ -58,7 +56,7 @@ async fn authenticate(app: &App, token: &str) -> Result<(Principal, Option<i64>)
 /// as large as everything it ever holds: the socket handed in here, kept in the future's
 /// arguments, and the opening's state would otherwise be carried by the loop for the socket's
 /// whole life.
-pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<String>) {
+pub async fn serve(app: App, hub: Arc<Hub>, socket: Socket, offered: Option<String>) {
     if let Some(opened) = open(app, hub, socket, offered).await {
         tokio::spawn(run(opened));
     }
@@ -68,22 +66,18 @@ pub async fn serve(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Op
 /// only what the loop waits with; a value awaited takes room in the awaiting future for as long
 /// as the await lasts.
 async fn run(opened: Box<Opened>) {
-    let Opened { mut c, mut stream, mut stopping, mut tick, idle, mut pacer } = *opened;
+    let (mut c, mut stopping, mut tick, idle, mut pacer) = opened.unbox();
     let mailbox = c.reg.mailbox.clone();
     let mut heard = Instant::now();
     loop {
         if mailbox.is_slow() {
-            return boxed!(c.close(
-                &mut stream,
-                close::TOO_SLOW,
-                "the client did not keep up; resume from the positions given"
-            ));
+            return boxed!(c.close(close::TOO_SLOW, "the client did not keep up; resume from the positions given"));
         }
         tokio::select! {
-            frame = stream.next() => {
+            frame = c.ws.recv() => {
                 heard = Instant::now();
                 if let Err(end) = boxed!(c.on_frame(frame)) {
-                    return boxed!(c.end(&mut stream, end));
+                    return boxed!(c.end(end));
                 }
             }
             // While the pacer holds, events and ephemeral frames wait in the mailbox: they go
@@ -102,16 +96,16 @@ async fn run(opened: Box<Opened>) {
                 }
             }
             _ = stopping.changed() => {
-                return boxed!(c.close(&mut stream, close::GOING_AWAY, "the server is shutting down; resume from the positions given"));
+                return boxed!(c.close(close::GOING_AWAY, "the server is shutting down; resume from the positions given"));
             }
             _ = tick.tick() => {
                 if heard.elapsed() > idle {
-                    return boxed!(c.close(&mut stream, close::IDLE, "nothing heard from the client"));
+                    return boxed!(c.close(close::IDLE, "nothing heard from the client"));
                 }
                 if let Err(end) = boxed!(c.recheck()) {
-                    return boxed!(c.end(&mut stream, end));
+                    return boxed!(c.end(end));
                 }
-                if boxed!(socket::ping(&mut c.sink)).is_err() {
+                if boxed!(socket::ping(&mut c.ws)).is_err() {
                     return;
                 }
             }
@@ -122,35 +116,47 @@ async fn run(opened: Box<Opened>) {
 /// What an opened socket's wait loop keeps.
 struct Opened {
     c: Conn,
-    stream: Stream,
     stopping: tokio::sync::watch::Receiver<bool>,
     tick: tokio::time::Interval,
     idle: Duration,
     pacer: Pacer,
 }
 
+impl Opened {
+    /// The parts, out of their box, and the box freed. Taken apart in the loop itself, the box
+    /// would be freed only when the loop ends: moving every field out of a box leaves its
+    /// memory held to the end of the scope, a whole copy of the loop's state per open socket.
+    fn unbox(self: Box<Self>) -> (Conn, tokio::sync::watch::Receiver<bool>, tokio::time::Interval, Duration, Pacer) {
+        let Opened { c, stopping, tick, idle, pacer } = *self;
+        (c, stopping, tick, idle, pacer)
+    }
+}
+
 /// Authenticates the socket, charges the opening to the caller's budgets, registers it with the
 /// hub and says welcome; `None` when it was refused (and told why) or is gone.
-async fn open(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<String>) -> Option<Box<Opened>> {
+async fn open(app: App, hub: Arc<Hub>, mut ws: Socket, offered: Option<String>) -> Option<Box<Opened>> {
     let cfg = app.config.realtime.clone();
-    let (mut sink, mut stream) = socket.split();
     // Authentication first: from the subprotocol, or the first frame within the deadline.
     let token = if let Some(t) = offered {
         t
     } else {
-        let first = tokio::time::timeout(Duration::from_secs(cfg.auth_timeout_s), stream.next()).await;
+        let first = tokio::time::timeout(Duration::from_secs(cfg.auth_timeout_s), ws.recv()).await;
         match first {
             Ok(Some(Ok(Message::Text(t)))) => {
                 if let Ok(ClientFrame::Auth { token }) = serde_json::from_str::<ClientFrame>(&t) {
                     token
                 } else {
-                    bye(&mut sink, &mut stream, close::UNAUTHORIZED, "the first frame must be auth").await;
+                    bye(&mut ws, close::UNAUTHORIZED, "the first frame must be auth").await;
                     return None;
                 }
             }
+            Ok(Some(Err(ReadError::Protocol(code, reason)))) => {
+                bye(&mut ws, code, reason).await;
+                return None;
+            }
             Ok(_) => return None,
             Err(_) => {
-                bye(&mut sink, &mut stream, close::UNAUTHORIZED, "no auth frame in time").await;
+                bye(&mut ws, close::UNAUTHORIZED, "no auth frame in time").await;
                 return None;
             }
         }
@@ -158,7 +164,7 @@ async fn open(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<
     let (p, exp) = match boxed!(authenticate(&app, &token)) {
         Ok(x) => x,
         Err(e) => {
-            bye(&mut sink, &mut stream, close::UNAUTHORIZED, &e.to_string()).await;
+            bye(&mut ws, close::UNAUTHORIZED, &e.to_string()).await;
             return None;
         }
     };
@@ -167,12 +173,12 @@ async fn open(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<
     if let Err(l) = app.limits.request(p.org, p.user) {
         let why =
             format!("too many requests ({} limit): retry in {} s", l.limiter.as_str(), l.retry_after.as_secs().max(1));
-        bye(&mut sink, &mut stream, close::TOO_MANY, &why).await;
+        bye(&mut ws, close::TOO_MANY, &why).await;
         return None;
     }
     let caps = (cfg.connections_per_user_max, cfg.connections_per_org_max);
     let Some(reg) = hub.register(p.org, p.user, cfg.send_queue_len, caps) else {
-        bye(&mut sink, &mut stream, close::TOO_MANY, "too many open sockets for this user or organization").await;
+        bye(&mut ws, close::TOO_MANY, "too many open sockets for this user or organization").await;
         return None;
     };
     let calls = super::calls::Calls::new(&app);
@@ -186,14 +192,13 @@ async fn open(app: App, hub: Arc<Hub>, socket: WebSocketStream, offered: Option<
         here_since: BTreeMap::new(),
         budget: Budget::new(cfg.signals_per_s),
         calls,
-        sink,
+        ws,
     };
     c.send(&c.welcome()).await.ok()?;
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.recheck_s));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     Some(Box::new(Opened {
         c,
-        stream,
         stopping: hub.stopping(),
         tick,
         idle: Duration::from_secs(cfg.idle_timeout_s),
@@ -216,7 +221,7 @@ struct Conn {
     budget: Budget,
     /// The call connections this socket signals for.
     calls: super::calls::Calls,
-    sink: Sink,
+    ws: Socket,
 }
 
 impl Conn {
@@ -231,40 +236,35 @@ impl Conn {
     }
 
     async fn send(&mut self, f: &ServerFrame) -> Result<(), WriteFailed> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.send(Message::Text(f.to_text()))).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(WriteFailed),
-        }
+        timed(self.ws.send_text(&f.to_text())).await
     }
 
     /// Reads one frame from the client and does what it asks; `Err` says how the socket ends.
-    async fn on_frame(&mut self, frame: Option<Result<Message, std::io::Error>>) -> Result<(), End> {
+    async fn on_frame(&mut self, frame: Option<Result<Message, ReadError>>) -> Result<(), End> {
         let text = match frame {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
             Some(Ok(Message::Binary(_))) => return Err(End::Close(close::PROTOCOL, "frames are JSON text".to_owned())),
-            Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(End::Gone),
+            Some(Err(e)) => return Err(End::on_read(&e)),
+            Some(Ok(Message::Close(_))) | None => return Err(End::Gone),
         };
-        if text.len() > FRAME_BYTES_MAX {
-            return Err(End::Close(close::PROTOCOL, "frame too large".to_owned()));
-        }
         match serde_json::from_str::<ClientFrame>(&text) {
             Ok(frame) => self.handle(frame).await,
             Err(e) => Ok(self.send(&ServerFrame::error("invalid_frame", e.to_string(), None)).await?),
         }
     }
 
-    async fn end(self, stream: &mut Stream, end: End) {
+    async fn end(self, end: End) {
         if let End::Close(code, reason) = end {
-            self.close(stream, code, &reason).await;
+            self.close(code, &reason).await;
         }
     }
 
     /// Says where to resume, then closes with `code`.
-    async fn close(mut self, stream: &mut Stream, code: u16, reason: &str) {
+    async fn close(mut self, code: u16, reason: &str) {
         let resume = std::mem::take(&mut self.positions).into_map();
         let _ = self.send(&ServerFrame::Closing { code, reason: reason.to_owned(), resume }).await;
-        bye(&mut self.sink, stream, code, reason).await;
+        bye(&mut self.ws, code, reason).await;
     }
 
     /// Writes what is waiting in the mailbox (`WRITE_BATCH_MAX` events at most, then the
@@ -275,15 +275,15 @@ impl Conn {
         let write = async {
             let mut wrote = self.deliver_all(&batch).await?;
             for text in mailbox.take() {
-                self.sink.feed(Message::Text(text.to_string())).await.map_err(|_| WriteFailed)?;
+                self.ws.feed_text(&text).await?;
                 wrote += 1;
             }
             if wrote > 0 {
-                self.sink.flush().await.map_err(|_| WriteFailed)?;
+                self.ws.flush().await?;
             }
-            Ok(wrote)
+            Ok::<_, WriteFailed>(wrote)
         };
-        let wrote = tokio::time::timeout(WRITE_TIMEOUT, write).await.map_err(|_| WriteFailed)??;
+        let wrote = timed(write).await?;
         let more = mailbox.has_events();
         if wrote == 0 {
             pacer.cancel();
@@ -308,22 +308,15 @@ impl Conn {
                 continue;
             }
             *last = e.seq;
-            self.sink.feed(Message::Text(d.text.clone())).await.map_err(|_| WriteFailed)?;
+            self.ws.feed_text(&d.text).await?;
             wrote += 1;
             self.app.metrics.realtime_events_sent.inc();
             if may_change_access(&e.kind) {
-                self.flush().await?;
+                self.ws.flush().await?;
                 self.recheck_access(&e.topic).await?;
             }
         }
         Ok(wrote)
-    }
-
-    async fn flush(&mut self) -> Result<(), WriteFailed> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.sink.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(WriteFailed),
-        }
     }
 
     /// After an event that may change who sees `topic`: drop it if the caller no longer does.
