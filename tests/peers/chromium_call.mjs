@@ -19,8 +19,16 @@ setTimeout(() => {
   process.exit(2);
 }, (Number(seconds) + 40) * 1000).unref();
 const userDataDir = mkdtempSync(join(tmpdir(), 'outpost-chromium-'));
-// The profile goes with the process, however it ends.
-process.on('exit', () => rmSync(userDataDir, { recursive: true, force: true }));
+// The profile goes with the process, however it ends. Chromium's helpers may still be writing
+// into it for a moment after the browser closes, so removing it retries on ENOTEMPTY.
+const removeProfile = () => {
+  try {
+    rmSync(userDataDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 });
+  } catch (e) {
+    process.stderr.write(`chromium_call: could not remove ${userDataDir}: ${e.message}\n`);
+  }
+};
+process.on('exit', removeProfile);
 const context = await chromium.launchPersistentContext(userDataDir, {
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
@@ -210,3 +218,4 @@ const result = await page.evaluate(
 );
 console.log(JSON.stringify(result));
 await context.close();
+removeProfile();
