@@ -163,10 +163,52 @@ pub async fn user(
     bearer: &str,
     access_ttl: Duration,
 ) -> Result<Principal, AuthError> {
-    if bearer.starts_with(api_keys::PREFIX) {
-        return api_key(store, bearer).await;
+    let proof = prove(caches, ring, bearer, access_ttl)?;
+    stand(store, caches, &proof).await
+}
+
+/// What checking a bearer credential proved, which a socket keeps for its re-checks instead of
+/// the credential: an access token's claims (its signature and signing key were checked once;
+/// what can change afterwards is whether it expired and whether its session, user and
+/// organization still stand), or which API key it was with the digest of its secret (checked
+/// against the key's record every time).
+#[derive(Clone, Debug)]
+pub enum Proof {
+    Access(tokens::AccessClaims),
+    ApiKey { org: Id, id: Id, digest: String },
+}
+
+impl Proof {
+    /// When the credential expires (ms): an access token's expiry; API keys are checked against
+    /// their record instead.
+    pub fn expires_ms(&self) -> Option<i64> {
+        match self {
+            Proof::Access(claims) => Some(claims.exp_s * 1000),
+            Proof::ApiKey { .. } => None,
+        }
     }
-    let claims = caches.tokens.verify(ring, bearer, access_ttl)?;
+}
+
+/// Checks what a bearer credential says of itself (an access token's signature, signing key
+/// and expiry; an API key's form), not yet whether its holder still stands ([`stand`]).
+pub fn prove(caches: &Caches, ring: &keys::KeyRing, bearer: &str, access_ttl: Duration) -> Result<Proof, AuthError> {
+    if bearer.starts_with(api_keys::PREFIX) {
+        let (org, id, digest) = api_keys::parse(bearer).ok_or(AuthError::Invalid)?;
+        return Ok(Proof::ApiKey { org, id, digest });
+    }
+    Ok(Proof::Access(caches.tokens.verify(ring, bearer, access_ttl)?))
+}
+
+/// The caller a proof stands for, as they stand now: an access token not yet expired whose
+/// session, user and organization are still active; an API key whose record still takes it.
+pub async fn stand(store: &Store, caches: &Caches, proof: &Proof) -> Result<Principal, AuthError> {
+    let claims = match proof {
+        Proof::ApiKey { org, id, digest } => return api_key(store, *org, *id, digest.clone()).await,
+        Proof::Access(claims) => claims,
+    };
+    if claims.exp_s <= crate::ids::now_ms() / 1000 {
+        return Err(TokenError::Expired.into());
+    }
     let (org, user, session) = (claims.org, claims.user, claims.session);
     // The stamp before the read: a write landing between the two only makes the entry stale.
     let stamp = login::standing_stamp(store, org, user, session);
@@ -245,8 +287,7 @@ pub async fn operator(store: &Store, cache: &KeyCache, bearer: &str) -> Result<O
 }
 
 /// Checks an API key: the key must stand, its organization too, and a user key's user.
-async fn api_key(store: &Store, bearer: &str) -> Result<Principal, AuthError> {
-    let (org, id, digest) = api_keys::parse(bearer).ok_or(AuthError::Invalid)?;
+async fn api_key(store: &Store, org: Id, id: Id, digest: String) -> Result<Principal, AuthError> {
     let checked = store
         .read(move |r| {
             let org_ok = r

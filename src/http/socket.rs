@@ -1,12 +1,12 @@
 //! What every WebSocket session of the API shares, whatever it speaks (the realtime protocol,
 //! y-websocket): writes under one time limit, the keep-alive ping, the closing handshake, the
-//! periodic re-check of the caller's token, the audit context of a socket's changes, and the
-//! token bucket for ephemeral frames.
+//! periodic re-check of the caller (from what their credential proved), the audit context of a
+//! socket's changes, and the token bucket for ephemeral frames.
 
 use std::time::{Duration, Instant};
 
 use crate::app::App;
-use crate::auth::{self, AuthError, Principal};
+use crate::auth::{self, AuthError, Principal, Proof};
 use crate::http::ws::{Message, ReadError, WebSocket};
 use crate::store::writer::MutationCtx;
 use crate::tenancy::OrgScope;
@@ -90,11 +90,12 @@ pub struct LapseCodes {
     pub revoked: u16,
 }
 
-/// Checks a socket's token again: the caller as they stand now, `None` when the store could not
-/// say (a hiccup is not a verdict on the session; look again next time), or how to close when
+/// Checks a socket's caller again from what their credential proved when the socket opened
+/// (the credential itself is not kept): the caller as they stand now, `None` when the store could
+/// not say (a hiccup is not a verdict on the session; look again next time), or how to close when
 /// the token expired or its session, user or organization no longer stands.
-pub async fn recheck_token(app: &App, token: &str, codes: &LapseCodes) -> Result<Option<Principal>, End> {
-    match auth::user(&app.store, &app.auth_caches, &app.keys.ring(), token, app.access_ttl()).await {
+pub async fn recheck(app: &App, proof: &Proof, codes: &LapseCodes) -> Result<Option<Principal>, End> {
+    match auth::stand(&app.store, &app.auth_caches, proof).await {
         Ok(p) => Ok(Some(p)),
         Err(AuthError::Store(e)) => {
             tracing::warn!(error = %e, "a socket's recheck could not read the store");

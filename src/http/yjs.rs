@@ -27,7 +27,7 @@ use super::problem::Problem;
 use super::socket::{self, Budget, End, LapseCodes, Socket, WriteFailed, bye, socket_ctx, timed};
 use super::ws::{Message as WsMessage, Upgrade};
 use crate::app::App;
-use crate::auth::Principal;
+use crate::auth::{Principal, Proof};
 use crate::docs::{Engine, Frame, Joined, LiveDoc, encode};
 use crate::domain::DomainError;
 use crate::domain::docs::{self, Access, EditSession};
@@ -68,14 +68,14 @@ const WRITE_BATCH_MAX: usize = 256;
 
 /// Serves one upgraded socket of user `p` (already checked: may read `live`, with `access`)
 /// until it closes.
-async fn serve(app: App, live: Arc<LiveDoc>, ws: Socket, p: Principal, token: String, access: Access) {
+async fn serve(app: App, live: Arc<LiveDoc>, ws: Socket, p: Principal, proof: Proof, access: Access) {
     let engine = app.docs.clone();
     let (joined, first) = engine.join(live);
     let mut s = Session {
         app: app.clone(),
         engine: engine.clone(),
         p,
-        token,
+        proof,
         access,
         joined,
         ws,
@@ -93,7 +93,8 @@ struct Session {
     app: App,
     engine: Arc<Engine>,
     p: Principal,
-    token: String,
+    /// What the caller's credential proved: the re-checks start from it.
+    proof: Proof,
     /// What the caller may do, as of the last check. The writer checks again on every change;
     /// a refusal there makes this `Read`.
     access: Access,
@@ -274,7 +275,7 @@ impl Session {
     /// The token, session and user are still good, and the document still readable (and
     /// what the caller may do with it now).
     async fn recheck(&mut self) -> Result<(), End> {
-        if let Some(p) = socket::recheck_token(&self.app, &self.token, &LAPSE).await? {
+        if let Some(p) = socket::recheck(&self.app, &self.proof, &LAPSE).await? {
             self.p = p;
         }
         match docs::get(&self.app.store, OrgScope::member(&self.p), self.p.user, self.joined.live.id) {
@@ -347,7 +348,8 @@ async fn upgrade(req: &Request, ws: Upgrade, app: &App, doc_id: &str) -> Result<
         .and_then(|q| url_param(q, "access_token"))
         .or_else(|| super::bearer_header(req))
         .ok_or_else(|| Problem::unauthenticated("missing_token", "give the access token as ?access_token="))?;
-    let p = crate::auth::user(&app.store, &app.auth_caches, &app.keys.ring(), &token, app.access_ttl()).await?;
+    let proof = crate::auth::prove(&app.auth_caches, &app.keys.ring(), &token, app.access_ttl())?;
+    let p = crate::auth::stand(&app.store, &app.auth_caches, &proof).await?;
     p.require(Permission::RoomsRead)?;
     let scope = OrgScope::member(&p);
     let id = parse_id(doc_id, "document")?;
@@ -355,7 +357,7 @@ async fn upgrade(req: &Request, ws: Upgrade, app: &App, doc_id: &str) -> Result<
     let live = app.docs.open(scope, id).await?;
     let frame_max = app.config.docs.update_bytes_max + 1024;
     let app = app.clone();
-    Ok(ws.accept(&[], frame_max, move |socket| serve(app, live, socket, p, token, access)))
+    Ok(ws.accept(&[], frame_max, move |socket| serve(app, live, socket, p, proof, access)))
 }
 
 /// The value of query parameter `name`, decoded.

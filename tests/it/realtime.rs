@@ -768,6 +768,58 @@ async fn caps_and_revocation_close_sockets() {
     s.stop().await;
 }
 
+/// A socket keeps what its credential proved, not the credential, and its re-checks start from
+/// that: a revoked API key closes its socket (4003); an access token's expiry closes its socket
+/// (4001) unless a fresh token came by `auth` before it, which keeps the socket open.
+#[tokio::test]
+async fn a_revoked_key_and_an_expired_token_close_their_sockets_at_the_recheck() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config_for(dir.path());
+    config.auth.access_ttl_s = 10;
+    config.realtime.recheck_s = 1;
+    let s = TestServer::start_with(config).await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "ana@example.org", "admin").await;
+    let ana = login(&s, &sl, "ana").await;
+
+    let body = json!({ "name": "bot", "scopes": ["self.manage"] });
+    let r = s.http.post(s.url("/v1/api-keys")).bearer_auth(&ana.access).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let key: Value = r.json().await.unwrap();
+    let by_key = Login {
+        access: key["token"].as_str().unwrap().to_owned(),
+        refresh: String::new(),
+        user_id: ana.user_id.clone(),
+        session_id: String::new(),
+    };
+    let (mut keyed, welcome) = connect(&s, &by_key).await;
+    assert_eq!(welcome["expires_at"], "", "an API key has no expiry of its own");
+    let id = key["key"]["id"].as_str().unwrap();
+    let r = s.http.delete(s.url(&format!("/v1/api-keys/{id}"))).bearer_auth(&ana.access).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let closing = until(&mut keyed, "closing").await.pop().unwrap();
+    assert_eq!(closing["code"], 4003, "{closing}");
+
+    let first = login(&s, &sl, "ana").await;
+    let (mut lapsing, _) = connect(&s, &first).await;
+    let (mut renewed, welcome) = connect(&s, &first).await;
+    let first_expiry = welcome["expires_at"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let fresh = login(&s, &sl, "ana").await;
+    renewed.send(Message::text(json!({ "op": "auth", "token": fresh.access }).to_string())).await.unwrap();
+    let welcome = until(&mut renewed, "welcome").await.pop().unwrap();
+    assert!(welcome["expires_at"].as_str().unwrap() > first_expiry.as_str(), "{welcome}");
+    let closing = until(&mut lapsing, "closing").await.pop().unwrap();
+    assert_eq!(closing["code"], 4001, "{closing}");
+    assert!(closing["reason"].as_str().unwrap().contains("expired"), "{closing}");
+    // Past the first token's expiry and a re-check later, the renewed socket still answers.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    renewed.send(Message::text(json!({ "op": "ping", "ref": "still" }).to_string())).await.unwrap();
+    let pong = until(&mut renewed, "pong").await.pop().unwrap();
+    assert_eq!(pong["ref"], "still");
+    s.stop().await;
+}
+
 /// Opening a socket counts against the user's request budget: a flood of connects (each closed
 /// at once, so no cap on open sockets is reached) is shed with 4029.
 #[tokio::test]

@@ -26,8 +26,8 @@ impl Conn {
         match frame {
             ClientFrame::Ping { r#ref } => self.send(&ServerFrame::Pong { r#ref }).await?,
             ClientFrame::Auth { token } => match authenticate(&self.app, &token).await {
-                Ok((p, exp)) if p.org == self.p.org && p.user == self.p.user => {
-                    (self.p, self.exp, self.token) = (p, exp, token);
+                Ok((p, proof)) if p.org == self.p.org && p.user == self.p.user => {
+                    (self.p, self.proof) = (p, proof);
                     let w = self.welcome();
                     self.send(&w).await?;
                 }

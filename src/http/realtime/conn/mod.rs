@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::app::App;
-use crate::auth::{self, AuthError, Principal};
+use crate::auth::{self, AuthError, Principal, Proof};
 use crate::http::socket::{self, Budget, End, LapseCodes, Socket, WriteFailed, bye, timed};
 use crate::http::ws::{Message, ReadError};
 use crate::ids::rfc3339;
@@ -37,15 +37,12 @@ const LAPSE: LapseCodes = LapseCodes {
     revoked: close::REVOKED,
 };
 
-/// Checks a bearer token: the caller and, for an access token, when it expires (ms).
-async fn authenticate(app: &App, token: &str) -> Result<(Principal, Option<i64>), AuthError> {
-    let p = auth::user(&app.store, &app.auth_caches, &app.keys.ring(), token, app.access_ttl()).await?;
-    let exp = if token.starts_with(crate::domain::api_keys::PREFIX) {
-        None
-    } else {
-        Some(app.auth_caches.tokens.verify(&app.keys.ring(), token, app.access_ttl())?.exp_s * 1000)
-    };
-    Ok((p, exp))
+/// Checks a bearer token once: the caller, and what the token proved (kept for the re-checks
+/// instead of the token, which is several hundred bytes an open socket).
+async fn authenticate(app: &App, token: &str) -> Result<(Principal, Proof), AuthError> {
+    let proof = auth::prove(&app.auth_caches, &app.keys.ring(), token, app.access_ttl())?;
+    let p = auth::stand(&app.store, &app.auth_caches, &proof).await?;
+    Ok((p, proof))
 }
 
 /// Serves one upgraded socket until it closes. `offered` is a token given as a subprotocol.
@@ -161,7 +158,7 @@ async fn open(app: App, hub: Arc<Hub>, mut ws: Socket, offered: Option<String>) 
             }
         }
     };
-    let (p, exp) = match boxed!(authenticate(&app, &token)) {
+    let (p, proof) = match boxed!(authenticate(&app, &token)) {
         Ok(x) => x,
         Err(e) => {
             bye(&mut ws, close::UNAUTHORIZED, &e.to_string()).await;
@@ -185,8 +182,7 @@ async fn open(app: App, hub: Arc<Hub>, mut ws: Socket, offered: Option<String>) 
     let mut c = Conn {
         app,
         p,
-        token,
-        exp,
+        proof,
         reg,
         positions: Positions::default(),
         here_since: BTreeMap::new(),
@@ -209,9 +205,8 @@ async fn open(app: App, hub: Arc<Hub>, mut ws: Socket, offered: Option<String>) 
 struct Conn {
     app: App,
     p: Principal,
-    token: String,
-    /// When the access token expires (ms), or never for an API key.
-    exp: Option<i64>,
+    /// What the caller's credential proved: the re-checks start from it.
+    proof: Proof,
     reg: Registration,
     /// Subscribed topics and the last seq delivered on each.
     positions: Positions,
@@ -231,7 +226,7 @@ impl Conn {
             org: self.p.org.to_string(),
             session: self.p.session.to_string(),
             epoch: self.app.store.epoch(),
-            expires_at: self.exp.map_or_else(String::new, rfc3339),
+            expires_at: self.proof.expires_ms().map_or_else(String::new, rfc3339),
         }
     }
 
@@ -329,7 +324,7 @@ impl Conn {
 
     /// The token, session, user and organization are still good; subscriptions still allowed.
     async fn recheck(&mut self) -> Result<(), End> {
-        if let Some(p) = socket::recheck_token(&self.app, &self.token, &LAPSE).await? {
+        if let Some(p) = socket::recheck(&self.app, &self.proof, &LAPSE).await? {
             self.p = p;
         }
         let lost: Vec<String> =
