@@ -67,6 +67,10 @@ const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
 
+/// The 7-bit lengths that say a 16-bit or a 64-bit length follows.
+const LEN_16: u8 = 0x7E;
+const LEN_64: u8 = 0x7F;
+
 /// Bytes read at a time onto the stack when no frame is in flight.
 const READ_CHUNK: usize = 2048;
 /// Queued frames past this many bytes are written out before more are queued.
@@ -105,11 +109,11 @@ fn header(buf: &[u8], max: usize) -> Result<Option<Header>, ReadError> {
         return Err(broke("client frames must be masked"));
     }
     let (len, rest, size) = match b1 & 0x7F {
-        126 => {
+        LEN_16 => {
             let [a, b, rest @ ..] = rest else { return Ok(None) };
             (u64::from(u16::from_be_bytes([*a, *b])), rest, 4)
         }
-        127 => {
+        LEN_64 => {
             let Some((len, rest)) = rest.split_first_chunk::<8>() else { return Ok(None) };
             (u64::from_be_bytes(*len), rest, 10)
         }
@@ -395,21 +399,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Appends a whole, unmasked frame to `out`.
     fn put_frame(&mut self, opcode: u8, payload: &[u8]) {
-        let out = &mut self.out;
-        out.reserve(10 + payload.len());
-        out.push(0x80 | opcode);
-        match payload.len() {
-            n if n < 126 => out.push(n as u8),
-            n if n <= 0xFFFF => {
-                out.push(126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(payload);
+        self.out.reserve(10 + payload.len());
+        put_header(&mut self.out, 0x80 | opcode, 0, payload.len());
+        self.out.extend_from_slice(payload);
     }
 
     /// Writes `out` until it is all written, then lets its memory go.
@@ -424,6 +416,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.out = Vec::new();
         self.written = 0;
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Appends a frame's first byte `b0`, then its payload length `len` in the shortest form with
+/// the mask bit `mask` (0x80 or 0) set on it.
+fn put_header(out: &mut Vec<u8>, b0: u8, mask: u8, len: usize) {
+    out.push(b0);
+    match len {
+        n if n < 126 => out.push(mask | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(mask | LEN_16);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask | LEN_64);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
     }
 }
 
@@ -556,18 +565,8 @@ mod tests {
 
     /// A frame as a client sends it (masked).
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
-        match payload.len() {
-            n if n < 126 => f.push(0x80 | n as u8),
-            n if n <= 0xFFFF => {
-                f.push(0xFE);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(0xFF);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
+        let mut f = Vec::new();
+        put_header(&mut f, if fin { 0x80 } else { 0 } | opcode, 0x80, payload.len());
         f.extend_from_slice(&MASK);
         let mut p = payload.to_vec();
         unmask(&mut p, MASK);

@@ -25,6 +25,16 @@ pub async fn connect(s: &TestServer, who: &Login) -> (Ws, Value) {
     (ws, welcome)
 }
 
+/// A server (its config changed by `tune` first), an organization, and ana in it as `role`,
+/// logged in: the server, the organization's slug, and ana.
+async fn ana_on(role: &str, tune: impl FnOnce(&mut outpost::Config)) -> (TestServer, String, Login) {
+    let s = TestServer::start_tuned(tune).await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "ana@example.org", role).await;
+    let ana = login(&s, &sl, "ana").await;
+    (s, sl, ana)
+}
+
 /// The next JSON frame (within 10 s).
 pub async fn next(ws: &mut Ws) -> Value {
     loop {
@@ -274,10 +284,7 @@ async fn resume_replays_exactly_what_was_missed_then_goes_live() {
 
 #[tokio::test]
 async fn the_token_can_come_as_a_subprotocol() {
-    let s = TestServer::start().await;
-    let (org_id, sl) = create_org(&s).await;
-    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
-    let ana = login(&s, &sl, "ana").await;
+    let (s, _, ana) = ana_on("member", |_| {}).await;
     let url = s.base.replace("http://", "ws://") + "/v1/realtime";
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
@@ -296,10 +303,7 @@ async fn the_token_can_come_as_a_subprotocol() {
 #[tokio::test]
 async fn broken_framing_is_closed_with_its_code() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = TestServer::start().await;
-    let (org_id, sl) = create_org(&s).await;
-    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
-    let ana = login(&s, &sl, "ana").await;
+    let (s, _, ana) = ana_on("member", |_| {}).await;
     crate::support::expect_problem(s.get("/v1/realtime").send().await.unwrap(), 400, "not_a_websocket").await;
     let other_version = s
         .get("/v1/realtime")
@@ -493,10 +497,7 @@ fn the_frame_schema_covers_the_document() {
 /// events are routed by the canonical spelling, so it would never deliver.
 #[tokio::test]
 async fn a_topic_in_another_spelling_is_refused_not_silent() {
-    let s = TestServer::start().await;
-    let (org_id, sl) = create_org(&s).await;
-    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
-    let ana = login(&s, &sl, "ana").await;
+    let (s, _, ana) = ana_on("member", |_| {}).await;
     let ch = post_json(&s, &ana.access, "/v1/channels", json!({ "kind": "public", "name": "spell" })).await;
     let id = ch["id"].as_str().unwrap().to_owned();
     let (mut ws, _) = connect(&s, &ana).await;
@@ -513,10 +514,7 @@ async fn a_topic_in_another_spelling_is_refused_not_silent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_independent_python_client_follows_the_document() {
     let python = crate::support::peer_python();
-    let s = TestServer::start().await;
-    let (org_id, sl) = create_org(&s).await;
-    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
-    let ana = login(&s, &sl, "ana").await;
+    let (s, _, ana) = ana_on("member", |_| {}).await;
     let ch = post_json(&s, &ana.access, "/v1/channels", json!({ "kind": "public", "name": "py" })).await;
     let ch = ch["id"].as_str().unwrap().to_owned();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/realtime_client.py");
@@ -741,14 +739,11 @@ async fn presence_cursors_and_locks_in_a_room() {
 /// within the re-check interval.
 #[tokio::test]
 async fn caps_and_revocation_close_sockets() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = crate::support::config_for(dir.path());
-    config.realtime.connections_per_user_max = 2;
-    config.realtime.recheck_s = 1;
-    let s = TestServer::start_with(config).await;
-    let (org_id, sl) = create_org(&s).await;
-    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
-    let ana = login(&s, &sl, "ana").await;
+    let (s, _, ana) = ana_on("member", |config| {
+        config.realtime.connections_per_user_max = 2;
+        config.realtime.recheck_s = 1;
+    })
+    .await;
     let (mut one, _) = connect(&s, &ana).await;
     let (_two, _) = connect(&s, &ana).await;
     let url = s.base.replace("http://", "ws://") + "/v1/realtime";
@@ -773,14 +768,11 @@ async fn caps_and_revocation_close_sockets() {
 /// (4001) unless a fresh token came by `auth` before it, which keeps the socket open.
 #[tokio::test]
 async fn a_revoked_key_and_an_expired_token_close_their_sockets_at_the_recheck() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = crate::support::config_for(dir.path());
-    config.auth.access_ttl_s = 10;
-    config.realtime.recheck_s = 1;
-    let s = TestServer::start_with(config).await;
-    let (org_id, sl) = create_org(&s).await;
-    operator_invite_and_accept(&s, &org_id, "ana@example.org", "admin").await;
-    let ana = login(&s, &sl, "ana").await;
+    let (s, sl, ana) = ana_on("admin", |config| {
+        config.auth.access_ttl_s = 10;
+        config.realtime.recheck_s = 1;
+    })
+    .await;
 
     let body = json!({ "name": "bot", "scopes": ["self.manage"] });
     let r = s.http.post(s.url("/v1/api-keys")).bearer_auth(&ana.access).json(&body).send().await.unwrap();
@@ -824,13 +816,10 @@ async fn a_revoked_key_and_an_expired_token_close_their_sockets_at_the_recheck()
 /// at once, so no cap on open sockets is reached) is shed with 4029.
 #[tokio::test]
 async fn a_flood_of_connects_is_shed() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = crate::support::config_for(dir.path());
-    config.limits.user_requests_per_s = 2;
-    let s = TestServer::start_with(config).await;
-    let (org_id, sl) = create_org(&s).await;
-    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
-    let ana = login(&s, &sl, "ana").await;
+    let (s, _, ana) = ana_on("member", |config| {
+        config.limits.user_requests_per_s = 2;
+    })
+    .await;
     let url = s.base.replace("http://", "ws://") + "/v1/realtime";
     let mut welcomed = 0;
     let mut shed = false;
@@ -854,10 +843,7 @@ async fn a_flood_of_connects_is_shed() {
 /// A restore from backup is a new epoch: positions from before cannot be resumed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_store_says_reset() {
-    let s = TestServer::start().await;
-    let (org_id, sl) = create_org(&s).await;
-    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
-    let ana = login(&s, &sl, "ana").await;
+    let (s, sl, ana) = ana_on("member", |_| {}).await;
     let ch = post_json(&s, &ana.access, "/v1/channels", json!({ "kind": "public", "name": "kept" })).await;
     let ch = ch["id"].as_str().unwrap().to_owned();
     let topic = format!("channel:{ch}");

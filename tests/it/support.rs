@@ -33,8 +33,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_tuned(|_| {}).await
+    }
+
+    /// As `start`, with `tune` applied to the config first.
+    pub async fn start_tuned(tune: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = config_for(dir.path());
+        let mut config = config_for(dir.path());
+        tune(&mut config);
         let mut s = Self::start_with(config).await;
         s.dir = Some(dir);
         s
