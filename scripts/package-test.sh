@@ -6,22 +6,24 @@
 # sandboxing, remove, purge, install again on the kept data), installs the .rpm into an rpm
 # root and checks its scriptlets and file list, and smoke-tests the arm64 binary under qemu-user.
 #
-# Called by scripts/test-all.sh after the x86_64 musl release build. Installs what it needs when
-# missing (apt packages, cargo-deb and cargo-generate-rpm pinned into .cache/tools, a debootstrap
-# root in .cache/debootstrap). The release builds (x86_64 and aarch64 in one cargo run, then the
-# upgrade's N) go to a target dir of their own, target/release-build, so that they can run beside
-# a test build in target/ (two cargo builds in one dir take turns); scripts/test-all.sh starts
-# them first thing, niced, and this script waits for them; run alone, it starts them itself.
-# Prints PASS/FAIL and the time of every step, and ends with "N passed, M failed". Needs root.
+# Called by scripts/test-all.sh after the tests. Installs what it needs when missing (apt
+# packages, cargo-deb and cargo-generate-rpm pinned into .cache/tools, a debootstrap root in
+# .cache/debootstrap). Run alone, it makes the release builds itself (x86_64, then the upgrade's
+# N, both in target/; aarch64 in target/release-build) while it prepares the rest;
+# scripts/test-all.sh makes them in parts beside its other work (`release-build arm64` from the
+# start, `release-build x86` once the tests, whose build shares its dependencies, have run) and
+# says so with PKGTEST_BUILT=1. Prints PASS/FAIL and the time of every step, and ends with
+# "N passed, M failed". Needs root.
 #
 #   bash scripts/package-test.sh                everything
 #   SKIP_ARM64=1 bash scripts/package-test.sh   without the aarch64 build and smoke test
 #   ARM_OPT_LEVEL=3 bash scripts/package-test.sh the arm64 binary optimized as released (1 here)
 #   bash scripts/package-test.sh apt            only the Debian packages it needs
 #   bash scripts/package-test.sh prepare        only its tools and the Debian root (no apt)
-#   bash scripts/package-test.sh release-build  only the release builds; with its PID in
-#                                               PKGTEST_RELEASE_BUILD_PID, a later run waits
-#                                               for them instead of starting its own
+#   bash scripts/package-test.sh release-build [arm64|x86|all]
+#                                               only the release builds (all: both parts); a
+#                                               later run with PKGTEST_BUILT=1 packages them
+#                                               without building
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -48,8 +50,6 @@ UPGRADE_FROM=922bf54f4c76043894de97b28741fc30e46c7a3d
 PREV_VERSION="$VERSION~schema1"
 PREV_DEB=outpost_${PREV_VERSION}-1_amd64.deb
 REL_DIR=$TARGET_DIR/release-build
-REL_LOG=$WORK/release-build.log
-REL_RC=$WORK/release-build.rc
 PREV_SRC=$WORK/prev-src
 # N's binary and its generated man page and completions, where cargo-deb looks for them when
 # this is its target dir.
@@ -145,16 +145,25 @@ debian_root() {
 # ---------------------------------------------------------------------------------------------
 # Building and linting
 
-# The release builds, at the lowest priority, in their own target dir; their exit status lands in
-# $REL_RC. First this tree for x86_64 and aarch64 in one cargo run (the build scripts and proc
-# macros, compiled for the host, are shared), each binary copied to target/<triple>/release/ where
-# the packaging looks; then N (build_prev_binary).
+# The release builds, at the lowest priority; each part's exit status lands in its .rc file.
+#  - arm64: this tree for aarch64 in a target dir of its own (target/release-build), so that it
+#    can run beside the test build in target/ from the start (two cargo runs in one dir take
+#    turns); the binary is copied to target/aarch64-unknown-linux-musl/release/, where the
+#    packaging looks.
+#  - x86: this tree for x86_64 in target/, where the test build (scripts/test-all.sh) has already
+#    made most of what it needs, then N (build_prev_binary) in the same dir.
+# `release_build all` runs both, one after the other.
 release_build() {
+    local part=${1:-all} rc=0
     mkdir -p "$WORK"
-    rm -f "$REL_RC"
-    local rc=0
-    release_build_steps >"$REL_LOG" 2>&1 || rc=$?
-    echo "$rc" >"$REL_RC"
+    rm -f "$WORK/release-build-$part.rc"
+    case "$part" in
+        arm64) release_arm64 ;;
+        x86) release_x86 ;;
+        all) release_x86 && { [ "${SKIP_ARM64:-}" = 1 ] || release_arm64; } ;;
+        *) echo "release-build: no part $part (arm64, x86 or all)" && false ;;
+    esac >"$WORK/release-build-$part.log" 2>&1 || rc=$?
+    echo "$rc" >"$WORK/release-build-$part.rc"
     return "$rc"
 }
 
@@ -162,23 +171,23 @@ release_build() {
 # qemu-user for a smoke test, and optimizing a second target fully costs as much again as the
 # first on two cores. The x86_64 binary, which the package test installs and upgrades, is built
 # as released. ARM_OPT_LEVEL=3 builds the arm64 package as released.
-release_build_steps() {
-    local targets=(--target "$X86") triples=("$X86")
-    [ "${SKIP_ARM64:-}" = 1 ] || { targets+=(--target "$ARM") && triples+=("$ARM"); }
+release_arm64() {
     CARGO_TARGET_DIR=$REL_DIR CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-musl-gcc \
         CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C opt-level=${ARM_OPT_LEVEL:-1}" \
-        nice -n 19 cargo build --release --locked "${targets[@]}" || return 1
-    for triple in "${triples[@]}"; do
-        mkdir -p "$TARGET_DIR/$triple/release" || return 1
-        cp --remove-destination "$REL_DIR/$triple/release/outpost" "$TARGET_DIR/$triple/release/outpost" || return 1
-    done
-    build_prev_binary || return 1
-    echo "release builds done"
+        nice -n 19 cargo build --release --locked --target "$ARM" || return 1
+    mkdir -p "$TARGET_DIR/$ARM/release" || return 1
+    cp --remove-destination "$REL_DIR/$ARM/release/outpost" "$TARGET_DIR/$ARM/release/outpost" || return 1
+    echo "release build done: $ARM"
 }
 
-# N: the tree at UPGRADE_FROM, built for x86_64 in the release builds' target dir with its own
-# code unoptimized. It passes through that dir's binary path, so this tree's binary goes back
-# there afterwards.
+release_x86() {
+    CARGO_TARGET_DIR=$TARGET_DIR nice -n 19 cargo build --release --locked --target "$X86" || return 1
+    build_prev_binary || return 1
+    echo "release build done: $X86, and N"
+}
+
+# N: the tree at UPGRADE_FROM, built for x86_64 in target/ with its own code unoptimized. Its
+# binary passes through the path of this tree's, so this tree's is put aside and back.
 #
 # N compiles against this tree's manifest and lock (its [[bench]] entries left out, since N has
 # fewer benches): every crate N uses is in them at the same version, and with the same features
@@ -193,8 +202,9 @@ release_build_steps() {
 # `--locked`, so nothing is fetched and no version moves. poem and what depends on it compile
 # again for N (about a minute).
 build_prev_binary() {
-    local bin=$REL_DIR/$X86/release/outpost rc=0
+    local bin=$TARGET_DIR/$X86/release/outpost kept=$WORK/outpost.$X86 rc=0
     rm -rf "$PREV_SRC" "$PREV_DIR" && mkdir -p "$PREV_SRC" "$PREV_DIR/$X86/release" || return 1
+    cp "$bin" "$kept" || return 1
     # -m: the files get the time of extraction, not of the commit. Cargo sees this tree and ours
     # as one package (a path package is known by its path in the workspace), so an old mtime
     # would let it take an earlier build of another commit as up to date.
@@ -211,25 +221,28 @@ print(manifest, end="")
 PY
     (
         cd "$PREV_SRC" \
-            && CARGO_TARGET_DIR=$REL_DIR nice -n 19 cargo build --release --offline --target "$X86" \
+            && CARGO_TARGET_DIR=$TARGET_DIR nice -n 19 cargo build --release --offline --target "$X86" \
                 --config 'profile.release.package.outpost.opt-level=0' \
                 --config 'profile.release.package.outpost.codegen-units=16'
     ) && cp "$bin" "$PREV_DIR/$X86/release/outpost" || rc=1
     mv "$PREV_SRC/Cargo.toml.own" "$PREV_SRC/Cargo.toml" && mv "$PREV_SRC/Cargo.lock.own" "$PREV_SRC/Cargo.lock" || return 1
-    cp --remove-destination "$TARGET_DIR/$X86/release/outpost" "$bin" || return 1
+    cp --remove-destination "$kept" "$bin" && rm -f "$kept" || return 1
     [ "$rc" = 0 ] && "$PREV_DIR/$X86/release/outpost" --version
 }
 
-# Waits for the release builds (started by this run or named by PKGTEST_RELEASE_BUILD_PID).
+# Waits for the release builds this run started, unless PKGTEST_BUILT=1 says they are done
+# (scripts/test-all.sh runs them in parts and waits for each).
 release_binaries() {
-    local pid=${PKGTEST_RELEASE_BUILD_PID:-$RELEASE_PID}
-    echo "waiting for the release builds, PID $pid (log: $REL_LOG)"
-    # Until the status appears, or the process is gone (a zombie counts as gone).
-    running() { local st; st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
-    while [ ! -f "$REL_RC" ] && running "$pid"; do sleep 1; done
-    [ -f "$REL_RC" ] || { echo "the release builds ended without a status"; tail -30 "$REL_LOG"; return 1; }
-    [ "$(cat "$REL_RC")" = 0 ] || { tail -30 "$REL_LOG"; return 1; }
-    tail -1 "$REL_LOG"
+    local log=$WORK/release-build-all.log rc=$WORK/release-build-all.rc
+    if [ "${PKGTEST_BUILT:-}" != 1 ]; then
+        echo "waiting for the release builds, PID $RELEASE_PID (log: $log)"
+        # Until the status appears, or the process is gone (a zombie counts as gone).
+        running() { local st; st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
+        while [ ! -f "$rc" ] && running "$RELEASE_PID"; do sleep 1; done
+        [ -f "$rc" ] || { echo "the release builds ended without a status"; tail -30 "$log"; return 1; }
+        [ "$(cat "$rc")" = 0 ] || { tail -30 "$log"; return 1; }
+        tail -1 "$log"
+    fi
     file "$TARGET_DIR/$X86/release/outpost" "$PREV_DIR/$X86/release/outpost"
 }
 
@@ -661,8 +674,8 @@ case "${1:-all}" in
     all) ;;
     apt) tools_apt; exit ;;
     prepare) tools && debian_root; exit ;;
-    release-build) release_build; exit ;;
-    *) echo "usage: $0 [all|apt|prepare|release-build]" >&2; exit 2 ;;
+    release-build) release_build "${2:-all}"; exit ;;
+    *) echo "usage: $0 [all|apt|prepare|release-build [arm64|x86|all]]" >&2; exit 2 ;;
 esac
 
 RELEASE_PID=
@@ -680,8 +693,8 @@ t_start=$(date +%s)
 printf 'package test: outpost %s (upgrade from %s), target dir %s\n' "$VERSION" "$PREV_VERSION" "$TARGET_DIR"
 
 step "tools (apt, cargo-deb $CARGO_DEB_VERSION, cargo-generate-rpm $CARGO_GENERATE_RPM_VERSION)" tools
-if [ -z "${PKGTEST_RELEASE_BUILD_PID:-}" ]; then
-    release_build &
+if [ "${PKGTEST_BUILT:-}" != 1 ]; then
+    release_build all &
     RELEASE_PID=$!
 fi
 step "debian root (debootstrap $DEBIAN_SUITE, cached)" debian_root

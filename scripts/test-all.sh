@@ -5,12 +5,16 @@
 # Safe to run again: installs are skipped when present. Needs root (or sudo) for apt-get the
 # first time on a fresh machine.
 #
-# On 2 cores the run is mostly compiling, so work that waits on the network or leaves a core idle
-# runs beside it: the Python and npm installs and the Debian root beside clippy, and the release
-# builds (x86_64 and aarch64 in one cargo run, then the previous version the package test
-# upgrades from; scripts/package-test.sh release-build) from the start to the package test, at
-# nice 19 in target/release-build, so they take only what the test build, the tests and the
-# contract tests (whose Python keeps one core busy) leave. Their logs are in target/ci/.
+# On 2 cores the run is mostly compiling, so it compiles each thing once where it can. The tests
+# are built as the release is (release profile, static musl), in target/, so the shipped x86_64
+# binary built after them reuses their dependencies: only what a test-only feature changes
+# (tokio's `test-util`, which the paused-clock unit tests need, and what depends on tokio)
+# compiles again. Work that waits on the network or leaves a core idle runs beside it: the
+# Python and npm installs and the Debian root from the start; the aarch64 release build from
+# the start, at nice 19 in target/release-build (a target dir of its own, so it need not wait
+# for the test build's lock); the x86_64 release build and the previous version the package
+# test upgrades from (scripts/package-test.sh release-build x86) at nice 19 beside the
+# contract tests, whose Python keeps one core busy. Their logs are in target/ci/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -93,39 +97,52 @@ install_peers() {
 }
 export -f install_peers
 
-say "in the background: the release builds, peers (Python venvs, npm packages) and the packaging tools and Debian root"
-bg_start release-builds --nice 19 bash scripts/package-test.sh release-build
+say "in the background: the aarch64 release build, peers (Python venvs, npm packages) and the packaging tools and Debian root"
+bg_start release-arm64 --nice 19 bash scripts/package-test.sh release-build arm64
 bg_start peers bash -c install_peers
 bg_start package-prepare --nice 10 bash scripts/package-test.sh prepare
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
-# Clippy over every target, warnings as errors, as the test build: clippy-driver (what `cargo
-# clippy` runs) also compiles, so naming it the workspace's compiler lints the same targets while
-# the dependencies are built once for the tests rather than checked once more for clippy. The
-# tests run with the same setting, so what was built is what runs; the release builds do not
-# (clippy-driver leaves out some of the compiler's optimizations).
-lint_build=(env RUSTC_WORKSPACE_WRAPPER="$(rustup which clippy-driver)"
-    CLIPPY_ARGS='-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__')
-say "clippy (warnings are errors) over every target, as the test build"
-"${lint_build[@]}" cargo build --all-targets --locked
+# The tests' build: the release profile for the static musl target, as shipped, with this
+# crate's own debug assertions and overflow checks turned on (its units are not the shipped
+# ones anyway: the test-only features set them apart).
+x86=x86_64-unknown-linux-musl
+test_build=(--release --locked --target "$x86"
+    --config 'profile.release.package.outpost.debug-assertions=true'
+    --config 'profile.release.package.outpost.overflow-checks=true')
+
+# Clippy checks (no code generated) every target, benches included, for the same target; the
+# build scripts and proc macros it compiles for the host are the test build's too.
+say "clippy (warnings are errors) over every target"
+cargo clippy --release --locked --target "$x86" --all-targets -- -D warnings
+
+say "test build (release profile, $x86)"
+cargo build "${test_build[@]}" --tests
 
 say "tests (waiting for the peers first)"
 bg_wait peers
 if cargo nextest --version >/dev/null 2>&1; then
-    "${lint_build[@]}" cargo nextest run --locked --no-fail-fast
+    cargo nextest run "${test_build[@]}" --no-fail-fast
 else
-    "${lint_build[@]}" cargo test --locked --no-fail-fast
+    cargo test "${test_build[@]}" --no-fail-fast
 fi
 
+# The contract tests run the binary the tests ran, copied aside: the release build that starts
+# now puts the shipped binary, and then the previous version's, where this one was built.
+tested=$CI_LOGS/outpost-tested
+cp "target/$x86/release/outpost" "$tested"
+say "in the background: the $x86 release build as shipped, then the version the package test upgrades from"
+bg_start release-x86 --nice 19 bash scripts/package-test.sh release-build x86
+
 say "API contract: generated Python and TypeScript clients, their journeys, schemathesis (scripts/contract-test.sh)"
-bash scripts/contract-test.sh
+OUTPOST_BIN=$tested bash scripts/contract-test.sh
 
 say "static release binaries (waiting for the release builds)"
-release_pid=${BG_PID[release-builds]}
-bg_wait release-builds
-bin=target/x86_64-unknown-linux-musl/release/outpost
+bg_wait release-x86
+bg_wait release-arm64
+bin=target/$x86/release/outpost
 file "$bin"
 if ! file "$bin" | grep -Eq 'static(-pie)? linked|statically linked'; then
     echo "error: $bin is not statically linked" >&2
@@ -136,5 +153,5 @@ ls -l "$bin"
 
 say "packages: .deb and .rpm for amd64 and arm64, lint, install and run under systemd (scripts/package-test.sh)"
 bg_wait package-prepare
-PKGTEST_RELEASE_BUILD_PID=$release_pid bash scripts/package-test.sh
+PKGTEST_BUILT=1 bash scripts/package-test.sh
 say "all checks passed"

@@ -621,15 +621,29 @@ async fn two_chromium_calls(host_args: &[&str], editor_args: &[&str]) -> ([std::
 
 /// Runs `tests/peers/chromium_call.mjs` for `token` in `room` (its arguments after those:
 /// seconds, then optionally a mode) to the end, within two minutes.
+///
+/// The browser's profile and whatever else it puts in the temporary directory go into one the
+/// test owns, removed once the run has ended: Chromium's helpers can outlive the script that
+/// started them by a moment, so the script's own clean-up sometimes found the profile still
+/// being written.
 async fn chromium_call(s: &TestServer, room: &str, token: &str, args: &[&str]) -> std::process::Output {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/chromium_call.mjs");
+    let tmp = tempfile::Builder::new().prefix("outpost-chromium-").tempdir().unwrap();
     let run = tokio::process::Command::new("node")
         .arg(script)
         .args([&s.base, room, token])
         .args(args)
+        .env("TMPDIR", tmp.path())
         .kill_on_drop(true)
         .output();
-    tokio::time::timeout(Duration::from_secs(120), run).await.expect("Chromium did not finish").unwrap()
+    let out = tokio::time::timeout(Duration::from_secs(120), run).await.expect("Chromium did not finish").unwrap();
+    for _ in 0..40 {
+        match std::fs::remove_dir_all(tmp.path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => break,
+        }
+    }
+    out
 }
 
 /// The report a `chromium_call` run ended with (its last line), once it succeeded.
