@@ -621,29 +621,55 @@ async fn two_chromium_calls(host_args: &[&str], editor_args: &[&str]) -> ([std::
 
 /// Runs `tests/peers/chromium_call.mjs` for `token` in `room` (its arguments after those:
 /// seconds, then optionally a mode) to the end, within two minutes.
-///
-/// The browser's profile and whatever else it puts in the temporary directory go into one the
-/// test owns, removed once the run has ended: Chromium's helpers can outlive the script that
-/// started them by a moment, so the script's own clean-up sometimes found the profile still
-/// being written.
 async fn chromium_call(s: &TestServer, room: &str, token: &str, args: &[&str]) -> std::process::Output {
+    let (mut command, tmp) = chromium_command(s, room, token, args);
+    let out = tokio::time::timeout(Duration::from_secs(120), command.output()).await.expect("Chromium did not finish");
+    tmp.remove().await;
+    out.unwrap()
+}
+
+/// The command that runs `tests/peers/chromium_call.mjs`, and the temporary directory it puts
+/// the browser's profile in (and whatever else Chromium writes there), owned by the test. The
+/// script removes its profile when it ends, but a run the test ends early (killed) cannot, and
+/// Chromium's helpers can outlive the script by a moment: the test removes the directory once
+/// the run is over ([`BrowserTmp::remove`]).
+fn chromium_command(s: &TestServer, room: &str, token: &str, args: &[&str]) -> (tokio::process::Command, BrowserTmp) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/chromium_call.mjs");
-    let tmp = tempfile::Builder::new().prefix("outpost-chromium-").tempdir().unwrap();
-    let run = tokio::process::Command::new("node")
-        .arg(script)
-        .args([&s.base, room, token])
-        .args(args)
-        .env("TMPDIR", tmp.path())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run).await.expect("Chromium did not finish").unwrap();
-    for _ in 0..40 {
-        match std::fs::remove_dir_all(tmp.path()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => tokio::time::sleep(Duration::from_millis(50)).await,
-            _ => break,
+    let tmp = BrowserTmp(tempfile::Builder::new().prefix("outpost-chromium-").tempdir().unwrap());
+    let mut command = tokio::process::Command::new("node");
+    command.arg(script).args([&s.base, room, token]).args(args).env("TMPDIR", tmp.0.path()).kill_on_drop(true);
+    (command, tmp)
+}
+
+/// A browser run's temporary directory (see [`chromium_command`]).
+struct BrowserTmp(tempfile::TempDir);
+
+impl BrowserTmp {
+    /// Removes the directory, trying again for up to five seconds while the browser's last
+    /// helpers finish writing into it.
+    async fn remove(self) {
+        let path = self.0.keep();
+        for _ in 0..100 {
+            match std::fs::remove_dir_all(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                _ => return,
+            }
         }
+        panic!("{} could not be removed", path.display());
     }
-    out
+}
+
+/// Ends a browser run the way a user's Ctrl-C would (SIGTERM: playwright closes the browser
+/// and the script exits), within ten seconds.
+async fn end_browser(mut browser: tokio::process::Child) {
+    if let Some(pid) = browser.id() {
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    }
+    if tokio::time::timeout(Duration::from_secs(10), browser.wait()).await.is_err() {
+        let _ = browser.kill().await;
+    }
 }
 
 /// The report a `chromium_call` run ended with (its last line), once it succeeded.
@@ -788,20 +814,14 @@ async fn until_width(peer: &mut PyPeer, seen: &mut Vec<Value>, what: &str, ok: i
 /// arrives until it asks again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_gets_the_simulcast_layer_its_request_and_bandwidth_allow() {
-    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
     let s = TestServer::start().await;
     let f = crate::docs::setup(&s).await;
     let mut aiortc = PyPeer::start("call_client.py", &["solo", &s.base, &f.room, &f.editor.access]);
     assert!(aiortc.next().await["joined"].is_string());
     aiortc.say("quality low").await;
     assert_eq!(aiortc.next().await["quality"], "low");
-    let browser = tokio::process::Command::new("node")
-        .args([&format!("{peers}/chromium_call.mjs"), &s.base, &f.room, &f.host.access, "60", "simulcast"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut command, tmp) = chromium_command(&s, &f.room, &f.host.access, &["60", "simulcast"]);
+    let browser = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let mut seen = Vec::new();
     // Three layers of a 1280x720 camera (Chromium may hold the top one back until its
     // bandwidth estimate allows): low is the smallest picture.
@@ -841,7 +861,8 @@ async fn a_receiver_gets_the_simulcast_layer_its_request_and_bandwidth_allow() {
     assert!(reached, "video did not come back after the pause");
     let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metric(&m, "outpost_media_layer_switches_total") >= 1, "{m}");
-    drop(browser);
+    end_browser(browser).await;
+    tmp.remove().await;
     s.stop().await;
 }
 

@@ -48,6 +48,11 @@ const context = await chromium.launchPersistentContext(userDataDir, {
     '--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests',
   ],
 });
+// Ended early (SIGTERM, as the tests do when they are done with the call): the browser closes,
+// then the script exits, removing the profile.
+process.once('SIGTERM', () => {
+  context.close().finally(() => process.exit(143));
+});
 const page = context.pages()[0] ?? (await context.newPage());
 page.on('console', (m) => process.stderr.write(`[chromium] ${m.text()}\n`));
 // A blank page at an address on 127.0.0.1 (a secure context, so media devices exist), served
