@@ -90,6 +90,16 @@ pub struct LapseCodes {
     pub revoked: u16,
 }
 
+/// When a socket checks its caller again ([`recheck`]) and pings: every `realtime.recheck_s`,
+/// the first a period after it opens (the credential was checked as it opened), a late tick
+/// delaying the next rather than bunching them.
+pub fn recheck_every(app: &App) -> tokio::time::Interval {
+    let every = Duration::from_secs(app.config.realtime.recheck_s);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// Checks a socket's caller again from what their credential proved when the socket opened
 /// (the credential itself is not kept): the caller as they stand now, `None` when the store could
 /// not say (a hiccup is not a verdict on the session; look again next time), or how to close when

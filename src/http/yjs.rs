@@ -115,9 +115,7 @@ impl Session {
             return;
         }
         let mut stopping = self.app.hub.stopping();
-        let mut recheck = tokio::time::interval(Duration::from_secs(self.app.config.realtime.recheck_s));
-        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        recheck.tick().await;
+        let mut recheck = socket::recheck_every(&self.app);
         let flush_every = Duration::from_secs_f64(1.0 / f64::from(self.engine.config().awareness_per_s));
         let mut flush = tokio::time::interval(flush_every);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

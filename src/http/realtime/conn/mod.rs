@@ -191,10 +191,7 @@ async fn open(app: App, hub: Arc<Hub>, mut ws: Socket, offered: Option<String>) 
         ws,
     };
     c.send(&c.welcome()).await.ok()?;
-    // The first tick a period from now: the credential was checked as the socket opened.
-    let every = Duration::from_secs(cfg.recheck_s);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let tick = socket::recheck_every(&c.app);
     Some(Box::new(Opened {
         c,
         stopping: hub.stopping(),
