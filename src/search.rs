@@ -439,7 +439,7 @@ pub fn ops_for(r: &Reader, events: &[Event]) -> Result<Vec<Op>, StoreError> {
             match r.get(MESSAGE_IDS, &tables::org_id_key(org, id))? {
                 Some(at) => {
                     if let Some(v) = r.get(MESSAGES, &at)? {
-                        ops.push(message_doc(org, &decode(MESSAGES, &v)?));
+                        ops.push(message_doc(org, &Message::from_stored(&at, &v)?));
                     }
                 }
                 None => ops.push(Op::Delete(format!("message:{id}"))),
@@ -493,7 +493,7 @@ pub fn each_doc(
         }
         Ok(true)
     };
-    r.for_each(MESSAGES, |k, v| visit(k, &|org| Ok(message_doc(org, &decode(MESSAGES, v)?))))?;
+    r.for_each(MESSAGES, |k, v| visit(k, &|org| Ok(message_doc(org, &Message::from_stored(k, v)?))))?;
     r.for_each(TASKS, |k, v| visit(k, &|org| Ok(task_doc(org, &decode(TASKS, v)?))))?;
     r.for_each(ROOMS, |k, v| visit(k, &|org| Ok(room_doc(org, &decode(ROOMS, v)?))))?;
     r.for_each(USERS, |k, v| visit(k, &|org| Ok(user_doc(org, &decode(USERS, v)?))))?;

@@ -72,15 +72,16 @@ impl Canonical<'_> {
     }
 
     /// The record's stored form, binary (`packed`): `at_ms`, then `actor`, `action`, `target`,
-    /// `request_id`, `client_addr` and `details` (its JSON), then the previous hash and the
-    /// record's own (`prev_hash` and `hash`, the raw bytes of the first's hex and of the second).
-    /// The organization and the position are the key's.
+    /// `request_id`, `client_addr` and `details` (a JSON value in binary form; JSON text before
+    /// schema 4), then the previous hash and the record's own (`prev_hash` and `hash`, the raw
+    /// bytes of the first's hex and of the second). The organization and the position are the
+    /// key's.
     fn stored(&self, prev_hash: &[u8; 32], hash: &[u8; 32]) -> Vec<u8> {
-        let details = serde_json::to_vec(self.details).expect("audit details serialize");
         let texts =
             [self.actor, self.action, self.target, self.request_id.unwrap_or(""), self.client_addr.unwrap_or("")];
-        // The tag and the time, six lengths of at most three bytes each, and the two hashes.
-        let size = 9 + 18 + 64 + texts.iter().map(|t| t.len()).sum::<usize>() + details.len();
+        // The tag and the time, five lengths of at most three bytes each, the details (most are
+        // small), and the two hashes.
+        let size = 9 + 15 + 64 + 64 + texts.iter().map(|t| t.len()).sum::<usize>();
         let mut out = Vec::with_capacity(size);
         out.push(packed::BINARY);
         out.extend_from_slice(&self.at_ms.to_be_bytes());
@@ -89,7 +90,7 @@ impl Canonical<'_> {
         }
         packed::put_optional(&mut out, self.request_id);
         packed::put_optional(&mut out, self.client_addr);
-        packed::put_bytes(&mut out, &details);
+        packed::put_value(&mut out, self.details);
         out.extend_from_slice(prev_hash);
         out.extend_from_slice(hash);
         out
@@ -107,7 +108,7 @@ impl AuditRecord {
         let at_ms = f.i64()?;
         let (actor, action, target) = (f.text()?, f.text()?, f.text()?);
         let (request_id, client_addr) = (f.optional()?, f.optional()?);
-        let details = serde_json::from_slice(f.bytes()?).map_err(|e| format!("record's details: {e}"))?;
+        let details = f.value().map_err(|e| format!("record's details: {e}"))?;
         let (prev_hash, hash) = (hex(&f.hash()?), hex(&f.hash()?));
         f.end()?;
         Ok(Self { org, n, at_ms, actor, action, target, request_id, client_addr, details, prev_hash, hash })
@@ -306,6 +307,7 @@ mod tests {
 
     use crate::ids::{Id, hex};
     use crate::store::audit::{AuditRecord, Canonical};
+    use crate::store::packed;
     use crate::store::tables::org_seq_key;
 
     fn details() -> serde_json::Value {
@@ -368,6 +370,39 @@ mod tests {
         let read = AuditRecord::from_stored(&org_seq_key(c.org, 1), &json).unwrap();
         assert_eq!(read, record);
         assert_eq!(read.compute_hash(), hash);
+    }
+
+    #[test]
+    fn a_binary_record_with_its_details_as_json_text_still_reads_and_verifies() {
+        let details = details();
+        let c = Canonical {
+            org: Id::new(),
+            n: 5,
+            at_ms: 1_765_000_000_123,
+            actor: "system",
+            action: "org.create",
+            target: "org:x",
+            request_id: None,
+            client_addr: Some("127.0.0.1"),
+            details: &details,
+            prev_hash: &hex(&[3u8; 32]),
+        };
+        let (hash, _) = c.seal();
+        // The schema 3 form, put by hand.
+        let mut old = vec![packed::BINARY];
+        old.extend_from_slice(&c.at_ms.to_be_bytes());
+        for text in [c.actor, c.action, c.target] {
+            packed::put_text(&mut old, text);
+        }
+        packed::put_optional(&mut old, c.request_id);
+        packed::put_optional(&mut old, c.client_addr);
+        packed::put_bytes(&mut old, &serde_json::to_vec(&details).unwrap());
+        old.extend_from_slice(&[3u8; 32]);
+        old.extend_from_slice(&hash);
+        let read = AuditRecord::from_stored(&org_seq_key(c.org, c.n), &old).unwrap();
+        assert_eq!(read.details, details);
+        assert_eq!(read.compute_hash(), hash);
+        assert!(read.to_stored().len() < old.len(), "stored again, the details are smaller");
     }
 
     #[test]

@@ -39,10 +39,9 @@ pub struct Event {
 
 impl Event {
     /// The stored form, binary (`packed`): `gseq`, `epoch`, `at_ms`, then `topic`, `type`,
-    /// `actor` and `data` (its JSON). The organization and `seq` are the key's.
+    /// `actor` and `data` (a JSON value in binary form). The organization and `seq` are the key's.
     pub fn to_stored(&self) -> Vec<u8> {
-        let data = serde_json::to_vec(&self.data).expect("event data serializes");
-        let mut out = Vec::with_capacity(25 + 12 + self.topic.len() + self.kind.len() + self.actor.len() + data.len());
+        let mut out = Vec::with_capacity(25 + 12 + self.topic.len() + self.kind.len() + self.actor.len() + 64);
         out.push(packed::BINARY);
         for n in [self.gseq, self.epoch] {
             out.extend_from_slice(&n.to_be_bytes());
@@ -51,7 +50,7 @@ impl Event {
         for text in [&self.topic, &self.kind, &self.actor] {
             packed::put_text(&mut out, text);
         }
-        packed::put_bytes(&mut out, &data);
+        packed::put_value(&mut out, &self.data);
         out
     }
 
@@ -66,7 +65,7 @@ impl Event {
             let mut f = packed::Fields::of(value)?;
             let (gseq, epoch, at_ms) = (f.u64()?, f.u64()?, f.i64()?);
             let (topic, kind, actor) = (f.text()?, f.text()?, f.text()?);
-            let data = serde_json::from_slice(f.bytes()?).map_err(|e| format!("event data: {e}"))?;
+            let data = f.value().map_err(|e| format!("event data: {e}"))?;
             f.end()?;
             Ok(Self { org, seq, gseq, epoch, topic, kind, actor, at_ms, data })
         };
@@ -278,6 +277,7 @@ mod tests {
 
     use super::Event;
     use crate::ids::Id;
+    use crate::store::packed;
     use crate::store::tables::org_seq_key;
 
     fn event() -> Event {
@@ -303,6 +303,24 @@ mod tests {
         let json = serde_json::to_vec(&e).unwrap();
         assert_eq!(Event::from_stored(&key, &json).unwrap(), e, "as stored before schema 3");
         assert!(stored.len() + 100 < json.len(), "{} bytes stored, {} as JSON", stored.len(), json.len());
+    }
+
+    #[test]
+    fn a_binary_event_with_its_data_as_json_text_still_reads() {
+        let e = event();
+        let key = org_seq_key(e.org, e.seq);
+        // The schema 3 form, put by hand.
+        let mut old = vec![packed::BINARY];
+        for n in [e.gseq, e.epoch] {
+            old.extend_from_slice(&n.to_be_bytes());
+        }
+        old.extend_from_slice(&e.at_ms.to_be_bytes());
+        for text in [&e.topic, &e.kind, &e.actor] {
+            packed::put_text(&mut old, text);
+        }
+        packed::put_bytes(&mut old, &serde_json::to_vec(&e.data).unwrap());
+        assert_eq!(Event::from_stored(&key, &old).unwrap(), e);
+        assert!(e.to_stored().len() < old.len());
     }
 
     #[test]

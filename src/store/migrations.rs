@@ -17,7 +17,7 @@ use super::tables::{self, TASK_ASSIGNEES, TASKS};
 use crate::ids::Id;
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Upgrades from `version - 1` to `version`.
 pub type Migration = fn(&redb::WriteTransaction) -> Result<u64, StoreError>;
@@ -27,6 +27,7 @@ pub type Migration = fn(&redb::WriteTransaction) -> Result<u64, StoreError>;
 pub const MIGRATIONS: &[(u32, &str, Migration)] = &[
     (2, "index tasks by assignee", index_tasks_by_assignee),
     (3, "audit records and events stored in binary from now on", records_in_binary),
+    (4, "messages, event data and audit details stored in binary from now on", values_in_binary),
 ];
 
 /// Schema 2: `task_assignees` lists each user's tasks, so the task list filtered by assignee
@@ -64,5 +65,13 @@ fn index_tasks_by_assignee(txn: &redb::WriteTransaction) -> Result<u64, StoreErr
 /// refuses the store instead of misreading it.
 #[allow(clippy::unnecessary_wraps)] // every migration has this signature
 fn records_in_binary(_txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    Ok(0)
+}
+
+/// Schema 4: new messages are stored in binary (`Message::to_stored`), and so are the JSON values
+/// inside new events and audit records (`packed::put_value`). As at schema 3, what is stored
+/// stays as it is and reads; the version keeps older builds out.
+#[allow(clippy::unnecessary_wraps)] // every migration has this signature
+fn values_in_binary(_txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
     Ok(0)
 }

@@ -10,7 +10,7 @@ pub mod events;
 pub mod followers;
 pub mod fsck;
 mod migrations;
-mod packed;
+pub mod packed;
 pub mod space;
 pub mod stamped;
 pub mod tables;

@@ -92,7 +92,8 @@ pub const CHANNELS: Table = org("channels", 22);
 pub const CHANNEL_MEMBERS: Table = org("channel_members", 23);
 /// org ‖ SHA-256 of the sorted member ids → channel: one direct channel per member set.
 pub const DIRECT_CHANNELS: Table = org("direct_channels", 24);
-/// org ‖ channel ‖ seq (u64 BE) → `Message` JSON.
+/// org ‖ channel ‖ seq (u64 BE) → a `Message`: binary since schema 4 (`Message::to_stored`),
+/// JSON before (`Message::from_stored` reads both).
 pub const MESSAGES: Table = org("messages", 25);
 /// org ‖ message id → org ‖ channel ‖ seq (the message's key).
 pub const MESSAGE_IDS: Table = org("message_ids", 26);

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::support::{TestServer, cli, slug};
 
 /// Runs `f` in one write transaction on the stopped server's store; what it returns.
-fn edit<T>(dir: &std::path::Path, f: impl FnOnce(&redb::WriteTransaction) -> T) -> T {
+pub(crate) fn edit<T>(dir: &std::path::Path, f: impl FnOnce(&redb::WriteTransaction) -> T) -> T {
     let db = redb::Database::open(dir.join("outpost.redb")).unwrap();
     let txn = db.begin_write().unwrap();
     let out = f(&txn);
@@ -19,7 +19,7 @@ fn edit<T>(dir: &std::path::Path, f: impl FnOnce(&redb::WriteTransaction) -> T) 
 }
 
 /// Rewrites every row of `table` as `f` makes it from its key and stored value; how many.
-fn rewrite(
+pub(crate) fn rewrite(
     txn: &redb::WriteTransaction,
     table: outpost::store::tables::Table,
     f: impl Fn(&[u8], &[u8]) -> Vec<u8>,

@@ -222,3 +222,86 @@ async fn kept_history_pages_are_never_stale_and_never_leak() {
     assert_eq!(texts(&page_of(&s, &ch, &ana, "").await), ["", "two"]);
     s.stop().await;
 }
+
+/// Messages stored as JSON, the form before schema 4, read as before once the store is at
+/// schema 4; they are changed, and new ones posted, in binary beside them; the search index
+/// rebuilt from the store finds both.
+#[tokio::test]
+async fn messages_stored_as_json_read_as_before_and_go_on_in_binary() {
+    use outpost::domain::chat::Message;
+    use outpost::store::tables::{MESSAGES, META};
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(crate::support::config_for(dir.path())).await;
+    let (org_id, sl) = create_org(&s).await;
+    operator_invite_and_accept(&s, &org_id, "ana@example.org", "member").await;
+    operator_invite_and_accept(&s, &org_id, "ben@example.org", "member").await;
+    let (ana, ben) = (login(&s, &sl, "ana").await, login(&s, &sl, "ben").await);
+    let r = call(&s, M::POST, &ana, "/v1/channels", Some(json!({ "kind": "public", "name": "old" }))).await;
+    let ch = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    call(&s, M::POST, &ben, &format!("/v1/channels/{ch}/join"), None).await;
+    let plain: Value = post_in(&s, &ch, &ana, json!({ "text": "a plain zebra" })).await.json().await.unwrap();
+    let rich: Value = post_in(&s, &ch, &ana, json!({ "text": "@ben a rich zebra", "mention_ids": [ben.user_id] }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (plain_id, rich_id) = (plain["id"].as_str().unwrap(), rich["id"].as_str().unwrap());
+    let reply = post_in(&s, &ch, &ben, json!({ "text": "a reply", "thread_parent_id": rich_id })).await;
+    assert_eq!(reply.status(), 201);
+    call(&s, M::PUT, &ben, &format!("/v1/channels/{ch}/messages/{rich_id}/reactions/ok"), None).await;
+    call(
+        &s,
+        M::PATCH,
+        &ana,
+        &format!("/v1/channels/{ch}/messages/{rich_id}"),
+        Some(json!({ "text": "@ben edited zebra" })),
+    )
+    .await;
+    let before = page_of(&s, &ch, &ana, "").await;
+    assert_eq!(before["items"].as_array().unwrap().len(), 2, "the reply is in its thread: {before}");
+    let thread_before = page_of(&s, &ch, &ana, &format!("?thread={rich_id}")).await;
+    assert_eq!(thread_before["items"][0]["text"], "a reply", "{thread_before}");
+    s.stop().await;
+
+    // What schema 3 stored: each message as its JSON.
+    let rewritten = crate::audit::edit(dir.path(), |txn| {
+        txn.open_table(META.def).unwrap().insert(b"schema_version".as_slice(), 3u32.to_be_bytes().as_slice()).unwrap();
+        crate::audit::rewrite(txn, MESSAGES, |k, v| {
+            assert_eq!(v[0], 1, "stored in binary");
+            serde_json::to_vec(&Message::from_stored(k, v).unwrap()).unwrap()
+        })
+    });
+    assert!(rewritten >= 3, "{rewritten} messages");
+    std::fs::remove_dir_all(dir.path().join("search")).unwrap();
+
+    let s = TestServer::start_with(crate::support::config_for(dir.path())).await;
+    let (ana, ben) = (login(&s, &sl, "ana").await, login(&s, &sl, "ben").await);
+    assert_eq!(page_of(&s, &ch, &ana, "").await, before, "the old messages read as before");
+    assert_eq!(page_of(&s, &ch, &ana, &format!("?thread={rich_id}")).await, thread_before);
+    // An old message changed, and a new one posted, are stored in binary.
+    call(&s, M::PUT, &ben, &format!("/v1/channels/{ch}/messages/{plain_id}/reactions/ok"), None).await;
+    assert_eq!(post_in(&s, &ch, &ben, json!({ "text": "a new zebra" })).await.status(), 201);
+    let after = page_of(&s, &ch, &ana, "").await;
+    let items = after["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{after}");
+    assert!(items.iter().any(|m| m["id"] == plain_id && m["reactions"][0]["count"] == 1), "{after}");
+    let mut hits = Value::Null;
+    for _ in 0..100 {
+        let r = s.http.get(s.url("/v1/search?q=zebra")).bearer_auth(&ana.access).send().await.unwrap();
+        hits = r.json::<Value>().await.unwrap();
+        if hits["items"].as_array().map_or(0, Vec::len) == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(hits["items"].as_array().map_or(0, Vec::len), 3, "the rebuilt index has old and new: {hits}");
+    s.stop().await;
+
+    let binary = crate::audit::edit(dir.path(), |txn| {
+        use redb::ReadableTable as _;
+        let t = txn.open_table(MESSAGES.def).unwrap();
+        t.iter().unwrap().map(|r| r.unwrap()).filter(|(_, v)| v.value()[0] == 1).count()
+    });
+    assert_eq!(binary, 2, "the changed message and the new one");
+}

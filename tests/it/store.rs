@@ -45,10 +45,11 @@ fn one_process_per_store() {
 /// A store made at schema 1, before tasks were indexed by assignee, is brought to the current
 /// schema at its next start, once: the index is built from the tasks already there, the
 /// filtered list reads it, and it follows later changes. (The package test upgrades a real
-/// schema-1 server; schema 3, audit records in binary, is `audit::a_chain_stored_as_json_…`.)
+/// schema-1 server; schema 3, audit records in binary, is `audit::a_chain_stored_as_json_…`;
+/// schema 4, messages in binary, is `chat::messages_stored_as_json_…`.)
 #[tokio::test]
 async fn a_schema_1_store_is_migrated_once() {
-    assert_eq!(SCHEMA_VERSION, 3, "a new schema version needs its own migration test");
+    assert_eq!(SCHEMA_VERSION, 4, "a new schema version needs its own migration test");
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_with(config_for(dir.path())).await;
     let (_, people) = populated_org(&s).await;
@@ -83,13 +84,14 @@ async fn a_schema_1_store_is_migrated_once() {
     assert!(lines.contains(&"migrating store schema 1 → 2: index tasks by assignee".to_owned()), "{lines:?}");
     assert!(lines.contains(&"migrated store schema to 2 (3 rows written)".to_owned()), "{lines:?}");
     assert!(lines.contains(&"migrated store schema to 3 (0 rows written)".to_owned()), "{lines:?}");
+    assert!(lines.contains(&"migrated store schema to 4 (0 rows written)".to_owned()), "{lines:?}");
     drop(store);
     {
         use redb::ReadableDatabase as _;
         let db = redb::Database::open(dir.path().join("outpost.redb")).unwrap();
         let txn = db.begin_read().unwrap();
         let meta = txn.open_table(META.def).unwrap();
-        assert_eq!(meta.get(b"schema_version".as_slice()).unwrap().unwrap().value(), 3u32.to_be_bytes());
+        assert_eq!(meta.get(b"schema_version".as_slice()).unwrap().unwrap().value(), 4u32.to_be_bytes());
     }
     lines.clear();
     let (store, report) = Store::open(dir.path(), &mut |l| lines.push(l.to_owned())).unwrap();

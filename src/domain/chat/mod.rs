@@ -125,7 +125,7 @@ impl Opened {
 pub(crate) fn find_message(r: &impl Lookup, org: Id, place: Place, id: Id) -> Result<(Vec<u8>, Message), DomainError> {
     let gone = || DomainError::NotFound { what: "message" };
     let at = r.row(MESSAGE_IDS, &org_id_key(org, id))?.ok_or_else(gone)?;
-    let m: Message = r.record(MESSAGES, &at)?.ok_or_else(gone)?;
+    let m = Message::from_stored(&at, &r.row(MESSAGES, &at)?.ok_or_else(gone)?)?;
     if m.place() != place {
         return Err(gone());
     }

@@ -16,7 +16,7 @@ use crate::store::tables::{
     CHANNEL_MEMBERS, MESSAGE_IDEMPOTENCY, MESSAGE_IDS, MESSAGES, org_bytes_key, org_id_id_key, org_id_key,
 };
 use crate::store::writer::{MutationCtx, Writer};
-use crate::store::{Lookup, Store, decode, encode, prefix_end};
+use crate::store::{Store, encode, prefix_end};
 
 /// What posting asks for.
 pub const TEXT_CHARS_MAX: usize = 10_000;
@@ -79,8 +79,8 @@ pub async fn post(
             });
             if let Some(k) = &idem_key {
                 if let Some(at) = tx.get(MESSAGE_IDEMPOTENCY, k)? {
-                    if let Some(m) = tx.record::<Message>(MESSAGES, &at)? {
-                        return Ok(m);
+                    if let Some(v) = tx.get(MESSAGES, &at)? {
+                        return Ok(Message::from_stored(&at, &v)?);
                     }
                 }
             }
@@ -99,7 +99,7 @@ pub async fn post(
                         ));
                     }
                     p.reply_count += 1;
-                    tx.put(MESSAGES, &at, &encode(&p))?;
+                    tx.put(MESSAGES, &at, &p.to_stored())?;
                     Some(p.seq)
                 }
                 None => None,
@@ -143,7 +143,7 @@ pub async fn post(
                 attachments,
             };
             let at = message_key(org, container, msg.seq);
-            tx.put(MESSAGES, &at, &encode(&msg))?;
+            tx.put(MESSAGES, &at, &msg.to_stored())?;
             tx.put(MESSAGE_IDS, &org_id_key(org, id), &at)?;
             if let Some(k) = &idem_key {
                 tx.put(MESSAGE_IDEMPOTENCY, k, &at)?;
@@ -274,7 +274,7 @@ pub async fn change(
                     ("reaction", "react", json!({ "emoji": emoji, "add": add }))
                 }
             };
-            tx.put(MESSAGES, &at, &encode(&m))?;
+            tx.put(MESSAGES, &at, &m.to_stored())?;
             let noun = opened.noun();
             for t in opened.topics() {
                 tx.emit(t, &format!("{noun}.{kind}"), json!({ "id": message, "seq": m.seq }));
@@ -329,9 +329,9 @@ pub async fn history(
                 }
                 // Lazily, stopping at `n` matches or `SCAN_MAX` rows, whichever comes first.
                 let mut rows = 0;
-                r.scan(MESSAGES, from, to, rev, |_, v| {
+                r.scan(MESSAGES, from, to, rev, |k, v| {
                     rows += 1;
-                    let m: Message = decode(MESSAGES, v)?;
+                    let m = Message::from_stored(k, v)?;
                     if wanted(&m) {
                         out.push(m);
                     }
