@@ -437,7 +437,8 @@ pub fn ops_for(r: &Reader, events: &[Event]) -> Result<Vec<Op>, StoreError> {
         let kind = e.kind.as_str();
         if kind.starts_with("message.") || kind.starts_with("comment.") {
             match r.get(MESSAGE_IDS, &tables::org_id_key(org, id))? {
-                Some(at) => {
+                Some(entry) => {
+                    let at = crate::domain::chat::messages::key_of_entry(org, &entry);
                     if let Some(v) = r.get(MESSAGES, &at)? {
                         ops.push(message_doc(org, &Message::from_stored(&at, &v)?));
                     }

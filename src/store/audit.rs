@@ -68,20 +68,21 @@ impl Canonical<'_> {
     pub(crate) fn seal(&self) -> ([u8; 32], Vec<u8>) {
         let hash = Self::digest(&self.json());
         let prev = unhex(self.prev_hash).expect("the previous hash is the hex of a digest");
-        (hash, self.stored(&prev, &hash))
+        (hash, self.stored(&prev))
     }
 
     /// The record's stored form, binary (`packed`): `at_ms`, then `actor`, `action`, `target`,
     /// `request_id`, `client_addr` and `details` (a JSON value in binary form; JSON text before
-    /// schema 4), then the previous hash and the record's own (`prev_hash` and `hash`, the raw
-    /// bytes of the first's hex and of the second). The organization and the position are the
-    /// key's.
-    fn stored(&self, prev_hash: &[u8; 32], hash: &[u8; 32]) -> Vec<u8> {
+    /// schema 4), then the previous record's hash (`prev_hash`, the raw bytes of its hex). The
+    /// organization and the position are the key's. The record's own hash is not stored since
+    /// schema 4: it is its content's, and the next record holds it as its `prev_hash` (the
+    /// last's is the chain head's); schema 3 stored it after `prev_hash`.
+    fn stored(&self, prev_hash: &[u8; 32]) -> Vec<u8> {
         let texts =
             [self.actor, self.action, self.target, self.request_id.unwrap_or(""), self.client_addr.unwrap_or("")];
         // The tag and the time, five lengths of at most three bytes each, the details (most are
-        // small), and the two hashes.
-        let size = 9 + 15 + 64 + 64 + texts.iter().map(|t| t.len()).sum::<usize>();
+        // small), and the previous hash.
+        let size = 9 + 15 + 64 + 32 + texts.iter().map(|t| t.len()).sum::<usize>();
         let mut out = Vec::with_capacity(size);
         out.push(packed::BINARY);
         out.extend_from_slice(&self.at_ms.to_be_bytes());
@@ -92,16 +93,22 @@ impl Canonical<'_> {
         packed::put_optional(&mut out, self.client_addr);
         packed::put_value(&mut out, self.details);
         out.extend_from_slice(prev_hash);
-        out.extend_from_slice(hash);
         out
     }
 }
 
 impl AuditRecord {
-    /// Reads a record as stored under `key` (`org ‖ n`), in either form.
+    /// Reads a record as stored under `key` (`org ‖ n`), in any of its forms. A record stored
+    /// without its own hash (schema 4) gets the hash of its content.
     pub fn from_stored(key: &[u8], value: &[u8]) -> Result<Self, String> {
+        Self::read_stored(key, value).map(|(record, _)| record)
+    }
+
+    /// The record, and whether its hash was stored with it (JSON, or binary before schema 4)
+    /// rather than computed from its content.
+    fn read_stored(key: &[u8], value: &[u8]) -> Result<(Self, bool), String> {
         if !packed::is_binary(value) {
-            return serde_json::from_slice(value).map_err(|e| e.to_string());
+            return serde_json::from_slice(value).map(|r| (r, true)).map_err(|e| e.to_string());
         }
         let (org, n) = tables::split_org_seq(key).ok_or("record has a malformed key")?;
         let mut f = packed::Fields::of(value)?;
@@ -109,17 +116,31 @@ impl AuditRecord {
         let (actor, action, target) = (f.text()?, f.text()?, f.text()?);
         let (request_id, client_addr) = (f.optional()?, f.optional()?);
         let details = f.value().map_err(|e| format!("record's details: {e}"))?;
-        let (prev_hash, hash) = (hex(&f.hash()?), hex(&f.hash()?));
+        let prev_hash = hex(&f.hash()?);
+        let stored_hash = if f.is_empty() { None } else { Some(f.hash()?) };
         f.end()?;
-        Ok(Self { org, n, at_ms, actor, action, target, request_id, client_addr, details, prev_hash, hash })
+        let mut record = Self {
+            org,
+            n,
+            at_ms,
+            actor,
+            action,
+            target,
+            request_id,
+            client_addr,
+            details,
+            prev_hash,
+            hash: String::new(),
+        };
+        record.hash = hex(&stored_hash.unwrap_or_else(|| record.compute_hash()));
+        Ok((record, stored_hash.is_some()))
     }
 
-    /// The binary stored form of this record as it is, its hashes included (neither is
-    /// recomputed; a hash that is not 64 hex digits is stored as zeros, which no chain
-    /// verifies). What the writer stores for a new record is [`Canonical::seal`]'s.
+    /// The binary stored form of this record as it is: its `prev_hash` as it is (not recomputed;
+    /// one that is not 64 hex digits is stored as zeros, which no chain verifies), its own hash
+    /// not at all. What the writer stores for a new record is [`Canonical::seal`]'s.
     pub fn to_stored(&self) -> Vec<u8> {
-        let hashes = [&self.prev_hash, &self.hash].map(|h| unhex(h).unwrap_or([0; 32]));
-        self.canonical().stored(&hashes[0], &hashes[1])
+        self.canonical().stored(&unhex(&self.prev_hash).unwrap_or([0; 32]))
     }
 
     fn canonical(&self) -> Canonical<'_> {
@@ -205,7 +226,9 @@ impl Reader {
     pub fn verify_audit(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<Verification, StoreError> {
         let total = self.len(AUDIT)?;
         let mut v = Verification { orgs: 0, records: 0, first_broken: None };
-        let mut cur: Option<(Id, u64, [u8; 32])> = None;
+        // The org, position and hash of the last record read, and whether that hash was stored
+        // with it (else it is its content's, and only the next link or the head checks it).
+        let mut cur: Option<(Id, u64, [u8; 32], bool)> = None;
         let mut broken: Option<BrokenLink> = None;
         let mut heads_to_check: Vec<(Id, u64, [u8; 32])> = Vec::new();
         self.for_each(AUDIT, |key, value| {
@@ -217,14 +240,14 @@ impl Reader {
                 broken = Some(BrokenLink { org: Id::NIL, n: 0, reason: "malformed key".into() });
                 return Ok(false);
             };
-            let (expect_n, prev) = match cur {
-                Some((o, last, h)) if o == org => (last + 1, h),
+            let (expect_n, prev, prev_stored) = match cur {
+                Some((o, last, h, stored)) if o == org => (last + 1, h, stored),
                 other => {
-                    if let Some(done) = other {
-                        heads_to_check.push(done);
+                    if let Some((o, last, h, _)) = other {
+                        heads_to_check.push((o, last, h));
                     }
                     v.orgs += 1;
-                    (1, [0u8; 32])
+                    (1, [0u8; 32], true)
                 }
             };
             let fail = |reason: &str| Some(BrokenLink { org, n: expect_n.min(n), reason: reason.to_owned() });
@@ -232,7 +255,7 @@ impl Reader {
                 broken = fail(&format!("record {expect_n} is missing"));
                 return Ok(false);
             }
-            let rec = match AuditRecord::from_stored(key, value) {
+            let (rec, hash_stored) = match AuditRecord::read_stored(key, value) {
                 Ok(r) => r,
                 Err(e) => {
                     broken = fail(&format!("record does not decode: {e}"));
@@ -241,19 +264,27 @@ impl Reader {
             };
             if rec.org != org || rec.n != n {
                 broken = fail("record's org or position does not match its key");
+            } else if rec.prev_hash != hex(&prev) && !prev_stored {
+                // The record before kept no hash of its own: its content no longer gives the one
+                // this record links to.
+                broken = Some(BrokenLink {
+                    org,
+                    n: n - 1,
+                    reason: "record content does not match the next record's link to it (altered)".into(),
+                });
             } else if rec.prev_hash != hex(&prev) {
                 broken = fail("previous-hash link does not match the record before it");
-            } else if rec.hash != hex(&rec.compute_hash()) {
+            } else if hash_stored && rec.hash != hex(&rec.compute_hash()) {
                 broken = fail("record content does not match its hash (altered)");
             }
             if broken.is_some() {
                 return Ok(false);
             }
-            cur = Some((org, n, rec.hash_bytes()));
+            cur = Some((org, n, rec.hash_bytes(), hash_stored));
             Ok(true)
         })?;
         if broken.is_none() {
-            heads_to_check.extend(cur);
+            heads_to_check.extend(cur.map(|(o, last, h, _)| (o, last, h)));
             broken = self.check_heads(&heads_to_check)?;
         }
         progress(v.records, total);
@@ -275,12 +306,13 @@ impl Reader {
                         reason: format!("records {}..={hn} are missing", n + 1),
                     }));
                 }
-                _ => {
-                    return Ok(Some(BrokenLink {
-                        org: *org,
-                        n: *n,
-                        reason: "chain head does not match the last record".into(),
-                    }));
+                head => {
+                    let reason = match head {
+                        Some((hn, _)) if hn == *n => "record content does not match the chain head (altered)",
+                        Some(_) => "chain head is behind the last record (records added outside the chain)",
+                        None => "chain head is missing",
+                    };
+                    return Ok(Some(BrokenLink { org: *org, n: *n, reason: reason.into() }));
                 }
             }
         }
@@ -336,6 +368,7 @@ mod tests {
             assert_eq!(record.hash, hex(&hash));
             assert_eq!(record.compute_hash(), hash, "the chain verifies it");
             assert_eq!(record.to_stored(), stored, "one stored form");
+            assert!(!stored.windows(32).any(|w| w == hash), "the record's own hash is not stored");
             assert_eq!((record.org, record.n, record.at_ms), (c.org, c.n, c.at_ms));
             assert_eq!(
                 (record.actor.as_str(), record.action.as_str(), record.target.as_str()),

@@ -68,9 +68,10 @@ fn records_in_binary(_txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
     Ok(0)
 }
 
-/// Schema 4: new messages are stored in binary (`Message::to_stored`), and so are the JSON values
-/// inside new events and audit records (`packed::put_value`). As at schema 3, what is stored
-/// stays as it is and reads; the version keeps older builds out.
+/// Schema 4: new messages are stored in binary (`Message::to_stored`), their id index entries
+/// without the organization, and the JSON values inside new events and audit records in binary
+/// too (`packed::put_value`). As at schema 3, what is stored stays as it is and reads; the
+/// version keeps older builds out.
 #[allow(clippy::unnecessary_wraps)] // every migration has this signature
 fn values_in_binary(_txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
     Ok(0)

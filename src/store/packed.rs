@@ -351,6 +351,11 @@ impl<'a> Fields<'a> {
         self.value().map(Some)
     }
 
+    /// Whether every field has been read.
+    pub fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+
     /// Ends the reading: nothing may be left over.
     pub fn end(self) -> Result<(), String> {
         if self.rest.is_empty() { Ok(()) } else { Err("record has bytes after its end".into()) }

@@ -95,9 +95,10 @@ pub const DIRECT_CHANNELS: Table = org("direct_channels", 24);
 /// org ‖ channel ‖ seq (u64 BE) → a `Message`: binary since schema 4 (`Message::to_stored`),
 /// JSON before (`Message::from_stored` reads both).
 pub const MESSAGES: Table = org("messages", 25);
-/// org ‖ message id → org ‖ channel ‖ seq (the message's key).
+/// org ‖ message id → channel ‖ seq (the message's key less the org); before schema 4, the
+/// whole key (`chat::messages::key_of_entry` reads both).
 pub const MESSAGE_IDS: Table = org("message_ids", 26);
-/// org ‖ SHA-256 of author ‖ idempotency key → the message's key.
+/// org ‖ SHA-256 of author ‖ idempotency key → the message's key, as `MESSAGE_IDS` keeps it.
 pub const MESSAGE_IDEMPOTENCY: Table = org("message_idempotency", 27);
 
 /// org ‖ task → `Task` JSON (its dependencies inside).

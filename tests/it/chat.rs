@@ -223,13 +223,13 @@ async fn kept_history_pages_are_never_stale_and_never_leak() {
     s.stop().await;
 }
 
-/// Messages stored as JSON, the form before schema 4, read as before once the store is at
-/// schema 4; they are changed, and new ones posted, in binary beside them; the search index
-/// rebuilt from the store finds both.
+/// Messages stored as JSON, and id index entries holding the whole key, the forms before schema
+/// 4, read as before once the store is at schema 4; they are changed, and new ones posted, in
+/// binary beside them; the search index rebuilt from the store finds both.
 #[tokio::test]
 async fn messages_stored_as_json_read_as_before_and_go_on_in_binary() {
     use outpost::domain::chat::Message;
-    use outpost::store::tables::{MESSAGES, META};
+    use outpost::store::tables::{MESSAGE_IDS, MESSAGES, META};
 
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_with(crate::support::config_for(dir.path())).await;
@@ -273,6 +273,14 @@ async fn messages_stored_as_json_read_as_before_and_go_on_in_binary() {
         })
     });
     assert!(rewritten >= 3, "{rewritten} messages");
+    // And each id index entry as the whole key of its message.
+    let org: outpost::ids::Id = org_id.parse().unwrap();
+    crate::audit::edit(dir.path(), |txn| {
+        crate::audit::rewrite(txn, MESSAGE_IDS, |_, v| {
+            assert_eq!(v.len(), 24, "channel and seq");
+            [org.as_bytes().as_slice(), v].concat()
+        })
+    });
     std::fs::remove_dir_all(dir.path().join("search")).unwrap();
 
     let s = TestServer::start_with(crate::support::config_for(dir.path())).await;

@@ -184,6 +184,25 @@ impl Message {
     }
 }
 
+/// What the id index (and the idempotency index) keeps of a message's key: `channel ‖ seq`, the
+/// organization being the index key's own.
+pub(crate) fn index_entry(at: &[u8]) -> &[u8] {
+    at.get(16..).unwrap_or(at)
+}
+
+/// The message's key from an index entry in `org`: `channel ‖ seq` since schema 4, the whole key
+/// in entries written before.
+pub(crate) fn key_of_entry(org: Id, entry: &[u8]) -> Vec<u8> {
+    if entry.len() == 24 {
+        let mut at = Vec::with_capacity(40);
+        at.extend_from_slice(org.as_bytes());
+        at.extend_from_slice(entry);
+        at
+    } else {
+        entry.to_vec()
+    }
+}
+
 /// `org ‖ channel ‖ seq`.
 pub(crate) fn message_key(org: Id, channel: Id, seq: u64) -> Vec<u8> {
     let mut k = org_id_key(org, channel).to_vec();
@@ -208,7 +227,7 @@ pub fn delete_in(tx: &mut Tx<'_, '_>, org: Id, container: Id) -> Result<(), Doma
 mod tests {
     use std::collections::BTreeMap;
 
-    use crate::domain::chat::messages::{Attachment, Message, Version, message_key};
+    use crate::domain::chat::messages::{Attachment, Message, Version, index_entry, key_of_entry, message_key};
     use crate::ids::Id;
 
     fn plain() -> Message {
@@ -313,6 +332,16 @@ mod tests {
             assert!(Message::from_stored(&key, &stored[..cut]).is_err(), "cut at {cut}");
         }
         assert!(Message::from_stored(&key[..39], &stored).is_err(), "a short key");
+    }
+
+    #[test]
+    fn an_index_entry_leaves_the_organization_to_its_key_and_an_old_one_still_reads() {
+        let (org, channel) = (Id::new(), Id::new());
+        let at = message_key(org, channel, 7);
+        let entry = index_entry(&at);
+        assert_eq!(entry.len(), 24);
+        assert_eq!(key_of_entry(org, entry), at);
+        assert_eq!(key_of_entry(org, &at), at, "as written before schema 4");
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl Opened {
 /// The message `id` if it lives in `place`.
 pub(crate) fn find_message(r: &impl Lookup, org: Id, place: Place, id: Id) -> Result<(Vec<u8>, Message), DomainError> {
     let gone = || DomainError::NotFound { what: "message" };
-    let at = r.row(MESSAGE_IDS, &org_id_key(org, id))?.ok_or_else(gone)?;
+    let at = messages::key_of_entry(org, &r.row(MESSAGE_IDS, &org_id_key(org, id))?.ok_or_else(gone)?);
     let m = Message::from_stored(&at, &r.row(MESSAGES, &at)?.ok_or_else(gone)?)?;
     if m.place() != place {
         return Err(gone());

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 
 use super::channels::{ChannelKind, DIRECT_MEMBERS_MAX, Member};
-use super::messages::{Attachment, Message, Version, message_key};
+use super::messages::{Attachment, Message, Version, index_entry, key_of_entry, message_key};
 use super::{Opened, Place, find_message, open};
 use crate::domain::users::sha256;
 use crate::domain::{DomainError, FieldError, check};
@@ -78,7 +78,8 @@ pub async fn post(
                 org_bytes_key(org, &sha256(&b))
             });
             if let Some(k) = &idem_key {
-                if let Some(at) = tx.get(MESSAGE_IDEMPOTENCY, k)? {
+                if let Some(entry) = tx.get(MESSAGE_IDEMPOTENCY, k)? {
+                    let at = key_of_entry(org, &entry);
                     if let Some(v) = tx.get(MESSAGES, &at)? {
                         return Ok(Message::from_stored(&at, &v)?);
                     }
@@ -144,9 +145,9 @@ pub async fn post(
             };
             let at = message_key(org, container, msg.seq);
             tx.put(MESSAGES, &at, &msg.to_stored())?;
-            tx.put(MESSAGE_IDS, &org_id_key(org, id), &at)?;
+            tx.put(MESSAGE_IDS, &org_id_key(org, id), index_entry(&at))?;
             if let Some(k) = &idem_key {
-                tx.put(MESSAGE_IDEMPOTENCY, k, &at)?;
+                tx.put(MESSAGE_IDEMPOTENCY, k, index_entry(&at))?;
             }
             if let Opened::Channel(_, Some(member)) = &opened {
                 // The author has read what they wrote.
