@@ -530,14 +530,24 @@ upgrade() {
     grep -q 'migrated store schema to 2 (1 rows written)' "$WORK/migration" || return 1
     [ "$(grep -c 'migrating store schema 2 → 3' "$WORK/migration")" = 1 ] || { echo "the migration did not run once"; return 1; }
     grep -q 'migrated store schema to 3 (0 rows written)' "$WORK/migration" || return 1
+    [ "$(grep -c 'migrating store schema 3 → 4' "$WORK/migration")" = 1 ] || { echo "the migration did not run once"; return 1; }
+    # Schema 4 rewrites the topic index N wrote: one entry per event.
+    grep -qE 'migrated store schema to 4 \([1-9][0-9]* rows written\)' "$WORK/migration" || return 1
     check_data
 }
 
 # After the restarts, the watchdog's kill and the stops since the upgrade, each migration step
-# (1 → 2, 2 → 3) has still run once.
+# (1 → 2, 2 → 3, …) has still run once.
 migrated_once() {
     migration_lines | tee "$WORK/migration"
-    [ "$(grep -c 'migrating store schema' "$WORK/migration")" = 2 ]
+    local v i
+    v=$(sed -n 's/.*store schema is now version \([0-9]*\).*/\1/p' "$WORK/migration" | tail -1)
+    [ -n "$v" ] || { echo "no line says the schema it reached"; return 1; }
+    [ "$(grep -c 'migrating store schema' "$WORK/migration")" = $((v - 1)) ] || return 1
+    for ((i = 1; i < v; i++)); do
+        [ "$(grep -c "migrating store schema $i → $((i + 1)):" "$WORK/migration")" = 1 ] ||
+            { echo "step $i → $((i + 1)) did not run exactly once"; return 1; }
+    done
 }
 
 remove_keeps() {

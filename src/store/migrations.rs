@@ -9,11 +9,11 @@
 //! To change the schema: add the table or encoding in `tables`, raise `SCHEMA_VERSION`, and add
 //! the step that brings an older store there. Never edit a migration that has shipped.
 
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 use serde::Deserialize;
 
 use super::StoreError;
-use super::tables::{self, TASK_ASSIGNEES, TASKS};
+use super::tables::{self, EVENT_TOPICS, TASK_ASSIGNEES, TASKS};
 use crate::ids::Id;
 
 /// The schema this build reads and writes.
@@ -27,7 +27,7 @@ pub type Migration = fn(&redb::WriteTransaction) -> Result<u64, StoreError>;
 pub const MIGRATIONS: &[(u32, &str, Migration)] = &[
     (2, "index tasks by assignee", index_tasks_by_assignee),
     (3, "audit records and events stored in binary from now on", records_in_binary),
-    (4, "messages, event data and audit details stored in binary from now on", values_in_binary),
+    (4, "messages, event data and audit details stored in binary; topic index keys made short", values_in_binary),
 ];
 
 /// Schema 2: `task_assignees` lists each user's tasks, so the task list filtered by assignee
@@ -70,9 +70,27 @@ fn records_in_binary(_txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
 
 /// Schema 4: new messages are stored in binary (`Message::to_stored`), their id index entries
 /// without the organization, and the JSON values inside new events and audit records in binary
-/// too (`packed::put_value`). As at schema 3, what is stored stays as it is and reads; the
-/// version keeps older builds out.
-#[allow(clippy::unnecessary_wraps)] // every migration has this signature
-fn values_in_binary(_txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
-    Ok(0)
+/// too (`packed::put_value`); as at schema 3, what is stored of those stays as it is and reads.
+/// The topic index is rewritten with its topics packed (`tables::topic_prefix`): it holds only
+/// the event log's retained entries, and ranges over it need one form.
+fn values_in_binary(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let corrupt = |detail: &str| StoreError::Corrupt { table: "event_topics".into(), detail: detail.into() };
+    let old: Vec<Vec<u8>> = {
+        let t = txn.open_table(EVENT_TOPICS.def)?;
+        let mut keys = Vec::with_capacity(usize::try_from(t.len()?).unwrap_or(0));
+        for row in t.iter()? {
+            keys.push(row?.0.value().to_vec());
+        }
+        keys
+    };
+    let new = old
+        .iter()
+        .map(|k| tables::topic_key_from_schema_3(k).ok_or_else(|| corrupt("a key not in the schema 3 form")))
+        .collect::<Result<Vec<_>, _>>()?;
+    txn.delete_table(EVENT_TOPICS.def)?;
+    let mut t = txn.open_table(EVENT_TOPICS.def)?;
+    for k in &new {
+        t.insert(k.as_slice(), [].as_slice())?;
+    }
+    Ok(new.len() as u64)
 }

@@ -51,7 +51,8 @@ pub const OPERATOR_KEYS: Table = org("operator_keys", 3);
 /// org ‖ seq (u64 BE) → an `Event`: binary since schema 3, JSON before (`Event::from_stored`
 /// reads both). The org's event log, dense in seq.
 pub const EVENTS: Table = org("events", 4);
-/// org ‖ topic len (u16 BE) ‖ topic ‖ seq (u64 BE) → empty. "Topic T after seq S" is a range.
+/// org ‖ topic ‖ seq (u64 BE) → empty, the topic as a packed text (`topic_prefix`). "Topic T
+/// after seq S" is a range. Before schema 4: org ‖ topic len (u16 BE) ‖ topic ‖ seq.
 pub const EVENT_TOPICS: Table = org("event_topics", 5);
 /// org → head seq (u64 BE): the last seq handed out in this org.
 pub const EVENT_HEADS: Table = org("event_heads", 6);
@@ -310,20 +311,30 @@ pub fn split_org_seq(key: &[u8]) -> Option<(Id, u64)> {
     Some((org, n))
 }
 
-/// `org ‖ len ‖ topic ‖ seq` for the topic index.
+/// `org ‖ topic ‖ seq` for the topic index.
 pub fn topic_key(org: Id, topic: &str, seq: u64) -> Vec<u8> {
     let mut k = topic_prefix(org, topic);
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
-/// `org ‖ len ‖ topic`: the prefix every entry of one topic shares.
+/// `org ‖ topic`: the prefix every entry of one topic shares. The topic goes as a packed text
+/// (`packed::put_text`: its length, then it; a `kind:<uuid>` topic as its kind and the id's 16
+/// bytes), which says where it ends, so no topic's prefix is a prefix of another's.
 pub fn topic_prefix(org: Id, topic: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(16 + 2 + topic.len() + 8);
+    let mut k = Vec::with_capacity(16 + 3 + topic.len() + 8);
     k.extend_from_slice(org.as_bytes());
-    k.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    k.extend_from_slice(topic.as_bytes());
+    super::packed::put_text(&mut k, topic);
     k
+}
+
+/// A topic index key as schema 3 wrote it (`org ‖ len (u16 BE) ‖ topic ‖ seq`), as it is now.
+pub(crate) fn topic_key_from_schema_3(key: &[u8]) -> Option<Vec<u8>> {
+    let org = Id::from_slice(key.get(..16)?)?;
+    let len = usize::from(u16::from_be_bytes(key.get(16..18)?.try_into().ok()?));
+    let topic = std::str::from_utf8(key.get(18..18 + len)?).ok()?;
+    let seq = key.get(18 + len..).filter(|s| s.len() == 8).and_then(u64_be)?;
+    Some(topic_key(org, topic, seq))
 }
 
 pub fn u64_be(bytes: &[u8]) -> Option<u64> {
@@ -343,6 +354,35 @@ mod tests {
         assert!(a < b);
         // A longer topic never interleaves with a shorter one that is its prefix.
         assert!(!c.starts_with(&topic_prefix(org, "room:1")));
+        let id = "0193aabb-cc00-7d11-8e22-f33344455566";
+        for (topic, other) in [
+            (format!("channel:{id}"), format!("channel:{id}x")),
+            (format!("channel:{id}"), format!("channel{id}")),
+            ("org".to_owned(), "org:".to_owned()),
+            (String::new(), "a".to_owned()),
+        ] {
+            let (a, b) = (topic_prefix(org, &topic), topic_prefix(org, &other));
+            assert!(!a.starts_with(&b) && !b.starts_with(&a), "{topic:?} {other:?}");
+        }
+        // An id's topic takes its kind and 16 bytes.
+        assert_eq!(topic_key(org, &format!("channel:{id}"), 1).len(), 16 + 1 + 7 + 16 + 8);
+    }
+
+    #[test]
+    fn a_schema_3_topic_key_becomes_todays() {
+        let org = Id::new();
+        for topic in ["channel:0193aabb-cc00-7d11-8e22-f33344455566", "org", "", "é:x"] {
+            let mut old = org.as_bytes().to_vec();
+            old.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+            old.extend_from_slice(topic.as_bytes());
+            old.extend_from_slice(&7u64.to_be_bytes());
+            assert_eq!(topic_key_from_schema_3(&old), Some(topic_key(org, topic, 7)), "{topic:?}");
+            for cut in 0..old.len() {
+                assert_eq!(topic_key_from_schema_3(&old[..cut]), None, "{topic:?} cut at {cut}");
+            }
+            old.push(0);
+            assert_eq!(topic_key_from_schema_3(&old), None, "{topic:?} a byte too many");
+        }
     }
 
     #[test]

@@ -134,6 +134,7 @@ async fn a_chain_stored_as_json_goes_on_in_binary_and_verifies_whole() {
     let stored = edit(dir.path(), |txn| {
         rewrite(txn, EVENTS, |k, v| serde_json::to_vec(&Event::from_stored(k, v).unwrap()).unwrap());
         txn.open_table(META.def).unwrap().insert(b"schema_version".as_slice(), 2u32.to_be_bytes().as_slice()).unwrap();
+        crate::store::topic_index_as_schema_3(txn);
         rewrite(txn, AUDIT, |k, v| serde_json::to_vec(&AuditRecord::from_stored(k, v).unwrap()).unwrap())
     });
     let old = before["items"].as_array().unwrap().len();

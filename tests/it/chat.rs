@@ -223,9 +223,10 @@ async fn kept_history_pages_are_never_stale_and_never_leak() {
     s.stop().await;
 }
 
-/// Messages stored as JSON, and id index entries holding the whole key, the forms before schema
-/// 4, read as before once the store is at schema 4; they are changed, and new ones posted, in
-/// binary beside them; the search index rebuilt from the store finds both.
+/// Messages stored as JSON, id index entries holding the whole key and topic index keys with the
+/// topic as text, the forms before schema 4, read as before once the store is at schema 4 (the
+/// topic index rewritten); old messages are changed, and new ones posted, in binary beside them;
+/// the search index rebuilt from the store finds both.
 #[tokio::test]
 async fn messages_stored_as_json_read_as_before_and_go_on_in_binary() {
     use outpost::domain::chat::Message;
@@ -260,6 +261,12 @@ async fn messages_stored_as_json_read_as_before_and_go_on_in_binary() {
     .await;
     let before = page_of(&s, &ch, &ana, "").await;
     assert_eq!(before["items"].as_array().unwrap().len(), 2, "the reply is in its thread: {before}");
+    let topic_events = |s: &TestServer| {
+        let r = s.get(&format!("/v1/orgs/{org_id}/events?topic=channel:{ch}"));
+        async move { r.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let events_before = topic_events(&s).await;
+    assert!(events_before["items"].as_array().unwrap().len() >= 5, "{events_before}");
     let thread_before = page_of(&s, &ch, &ana, &format!("?thread={rich_id}")).await;
     assert_eq!(thread_before["items"][0]["text"], "a reply", "{thread_before}");
     s.stop().await;
@@ -267,6 +274,7 @@ async fn messages_stored_as_json_read_as_before_and_go_on_in_binary() {
     // What schema 3 stored: each message as its JSON.
     let rewritten = crate::audit::edit(dir.path(), |txn| {
         txn.open_table(META.def).unwrap().insert(b"schema_version".as_slice(), 3u32.to_be_bytes().as_slice()).unwrap();
+        crate::store::topic_index_as_schema_3(txn);
         crate::audit::rewrite(txn, MESSAGES, |k, v| {
             assert_eq!(v[0], 1, "stored in binary");
             serde_json::to_vec(&Message::from_stored(k, v).unwrap()).unwrap()
@@ -287,6 +295,9 @@ async fn messages_stored_as_json_read_as_before_and_go_on_in_binary() {
     let (ana, ben) = (login(&s, &sl, "ana").await, login(&s, &sl, "ben").await);
     assert_eq!(page_of(&s, &ch, &ana, "").await, before, "the old messages read as before");
     assert_eq!(page_of(&s, &ch, &ana, &format!("?thread={rich_id}")).await, thread_before);
+    // The same events (the organization's head has moved on: logging in writes events too).
+    let events_after = topic_events(&s).await;
+    assert_eq!(events_after["items"], events_before["items"], "the topic index, rewritten, finds the same events");
     // An old message changed, and a new one posted, are stored in binary.
     call(&s, M::PUT, &ben, &format!("/v1/channels/{ch}/messages/{plain_id}/reactions/ok"), None).await;
     assert_eq!(post_in(&s, &ch, &ben, json!({ "text": "a new zebra" })).await.status(), 201);
