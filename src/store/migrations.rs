@@ -75,18 +75,18 @@ fn records_in_binary(_txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
 /// the event log's retained entries, and ranges over it need one form.
 fn values_in_binary(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
     let corrupt = |detail: &str| StoreError::Corrupt { table: "event_topics".into(), detail: detail.into() };
-    let old: Vec<Vec<u8>> = {
+    let new: Vec<Vec<u8>> = {
         let t = txn.open_table(EVENT_TOPICS.def)?;
         let mut keys = Vec::with_capacity(usize::try_from(t.len()?).unwrap_or(0));
         for row in t.iter()? {
-            keys.push(row?.0.value().to_vec());
+            let old = row?.0;
+            keys.push(
+                tables::topic_key_from_schema_3(old.value())
+                    .ok_or_else(|| corrupt("a key not in the schema 3 form"))?,
+            );
         }
         keys
     };
-    let new = old
-        .iter()
-        .map(|k| tables::topic_key_from_schema_3(k).ok_or_else(|| corrupt("a key not in the schema 3 form")))
-        .collect::<Result<Vec<_>, _>>()?;
     txn.delete_table(EVENT_TOPICS.def)?;
     let mut t = txn.open_table(EVENT_TOPICS.def)?;
     for k in &new {

@@ -170,10 +170,11 @@ pub fn put_value(out: &mut Vec<u8>, value: &serde_json::Value) {
     put_bytes(out, &bare);
 }
 
-/// Appends an optional JSON value: a zero length for none, else as `put_value`.
+/// Appends an optional JSON value: a zero length for none, else as `put_value` (a value is
+/// never empty).
 pub fn put_optional_value(out: &mut Vec<u8>, value: Option<&serde_json::Value>) {
     match value {
-        None => out.push(0),
+        None => put_len(out, 0),
         Some(value) => put_value(out, value),
     }
 }
@@ -332,6 +333,19 @@ impl<'a> Fields<'a> {
     /// before schema 4).
     pub fn value(&mut self) -> Result<serde_json::Value, String> {
         let bytes = self.bytes()?;
+        Self::value_in(bytes)
+    }
+
+    /// A value put with `put_optional_value`.
+    pub fn optional_value(&mut self) -> Result<Option<serde_json::Value>, String> {
+        match self.bytes()? {
+            [] => Ok(None),
+            bytes => Self::value_in(bytes).map(Some),
+        }
+    }
+
+    /// The value `bytes` hold: binary, or JSON text.
+    fn value_in(bytes: &[u8]) -> Result<serde_json::Value, String> {
         match bytes.first() {
             Some(&first) if first <= tag::OBJECT => {
                 let mut inner = Fields { rest: bytes };
@@ -340,15 +354,6 @@ impl<'a> Fields<'a> {
             }
             _ => serde_json::from_slice(bytes).map_err(|e| format!("record's JSON: {e}")),
         }
-    }
-
-    /// A value put with `put_optional_value`.
-    pub fn optional_value(&mut self) -> Result<Option<serde_json::Value>, String> {
-        if self.rest.first() == Some(&0) {
-            self.rest = &self.rest[1..];
-            return Ok(None);
-        }
-        self.value().map(Some)
     }
 
     /// Whether every field has been read.

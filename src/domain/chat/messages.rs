@@ -193,14 +193,7 @@ pub(crate) fn index_entry(at: &[u8]) -> &[u8] {
 /// The message's key from an index entry in `org`: `channel ‖ seq` since schema 4, the whole key
 /// in entries written before.
 pub(crate) fn key_of_entry(org: Id, entry: &[u8]) -> Vec<u8> {
-    if entry.len() == 24 {
-        let mut at = Vec::with_capacity(40);
-        at.extend_from_slice(org.as_bytes());
-        at.extend_from_slice(entry);
-        at
-    } else {
-        entry.to_vec()
-    }
+    if entry.len() == 24 { [org.as_bytes().as_slice(), entry].concat() } else { entry.to_vec() }
 }
 
 /// `org ‖ channel ‖ seq`.
