@@ -120,7 +120,7 @@ run_outpost() {
         "$POST_URL" -- "r$r"
     rps=$(wrk_rps "$out"); ok=$(wrk_ok_rps "$out"); req=$(wrk_requests "$out")
     non=$(wrk_non2xx "$out"); err=$(wrk_socket_errors "$out")
-    log "round $r outpost: ${ok} created/s (all responses ${rps}/s, non-2xx $non, socket errors $err, latency p50/p99 $(wrk_latency_p50_p99 "$out")) cpu ${RUN_CPU_S}s"
+    log "round $r outpost: ${ok} created/s (all responses ${rps}/s, non-2xx $non, socket errors $err, latency p50/p99 $(wrk_latency_p50_p99 "$out")) cpu ${RUN_CPU_S}s ($(awk -v c="$RUN_CPU_S" -v n="$req" 'BEGIN{printf "%.0f", n ? c * 1e6 / n : 0}') µs a request), page faults ${RUN_MINFLT} ($(awk -v f="$RUN_MINFLT" -v n="$req" 'BEGIN{printf "%.2f", n ? f / n : 0}') a request)"
     local note=""
     [ "$non" -gt 0 ] && note="non-2xx responses: $non in round $r"
     [ "$err" -gt 0 ] && note="${note:+$note; }socket errors: $err in round $r"

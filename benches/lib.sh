@@ -189,6 +189,14 @@ proc_cpu_s() {
 # (PostgreSQL backends, nginx workers).
 proc_tree_cpu_s() { "${BENCHSTAT[@]}" tree-cpu "$1"; }
 
+# proc_minflt PID: minor page faults of PID so far (the kernel mapping a page on first touch)
+proc_minflt() {
+    local stat
+    stat=$(<"/proc/$1/stat") || return 1
+    # fields after "pid (comm) ": state=1 ... minflt=8
+    awk '{print $8}' <<<"${stat##*) }"
+}
+
 # proc_rss_peak_kb PID: VmHWM (peak resident set since start) in kB
 proc_rss_peak_kb() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
 
@@ -547,10 +555,11 @@ bench_order() {
 # run_measured OUTFILE PID self|tree -- CMD...: run CMD (stdout+stderr to
 # OUTFILE, killed after DURATION+60 s), and measure the server PID around it.
 # Sets RUN_CPU_S (CPU delta; "tree" includes children/descendants),
-# RUN_HWM_KB (VmHWM; for "tree" the sum over live processes) and
-# RUN_PSS_KB (sampled peak of the tree's summed PSS, 0 if MEMWATCH=0).
+# RUN_HWM_KB (VmHWM; for "tree" the sum over live processes),
+# RUN_PSS_KB (sampled peak of the tree's summed PSS, 0 if MEMWATCH=0) and,
+# for "self", RUN_MINFLT (minor page faults during the run; empty for "tree").
 run_measured() {
-    local out=$1 pid=$2 mode=$3 cpu0 cpu1 rc=0
+    local out=$1 pid=$2 mode=$3 cpu0 cpu1 flt0="" rc=0
     shift 3
     [ "$1" = -- ] && shift
     pid_alive "$pid" || die "server pid $pid is not running"
@@ -560,7 +569,7 @@ run_measured() {
         "${BENCHSTAT[@]}" memwatch "$pid" "$((DURATION + 60))" "$out.pss" &
         MEMWATCH_PID=$!
     fi
-    if [ "$mode" = tree ]; then cpu0=$(proc_tree_cpu_s "$pid"); else cpu0=$(proc_cpu_s "$pid"); fi
+    if [ "$mode" = tree ]; then cpu0=$(proc_tree_cpu_s "$pid"); else cpu0=$(proc_cpu_s "$pid"); flt0=$(proc_minflt "$pid"); fi
     timeout -k 5 "$((DURATION + 60))" "$@" >"$out" 2>&1 || rc=$?
     # let connections close and PostgreSQL backends exit (their CPU then
     # shows up in the postmaster's cutime/cstime)
@@ -573,6 +582,8 @@ run_measured() {
     fi
     if [ "$mode" = tree ]; then RUN_HWM_KB=$(proc_tree_rss_peak_kb "$pid"); else RUN_HWM_KB=$(proc_rss_peak_kb "$pid"); fi
     RUN_CPU_S=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.2f", b - a}')
+    RUN_MINFLT=""
+    [ -n "$flt0" ] && RUN_MINFLT=$(($(proc_minflt "$pid") - flt0))
     if [ "$rc" -ne 0 ]; then
         tail -n 20 "$out" >&2
         die "load run failed with status $rc: $*"

@@ -4,7 +4,10 @@
 //! The follower reads committed events in order, loads the current state of what they name
 //! from the store, upserts or deletes it in the index (by its key, so doing it twice is
 //! harmless), commits the index, and only then moves its checkpoint. A crash anywhere in
-//! between replays from the last checkpoint. A new (or rebuilt) index is filled from the
+//! between replays from the last checkpoint. A document whose making event (a post, a new
+//! task or room) is past every log position the index may have seen is added without the
+//! delete an upsert starts with: that delete is a term query against every segment at the next
+//! commit, and a new document has nothing to delete. A new (or rebuilt) index is filled from the
 //! store's tables first, so it never depends on log retention. Permission filtering happens at
 //! query time against the store: nobody sees a hit from a private channel or room they are
 //! not in.
@@ -71,11 +74,20 @@ pub struct SearchIndex {
     index: Index,
     reader: IndexReader,
     // A std Mutex: only blocking code (the indexer, reindex) takes it.
-    writer: Mutex<IndexWriter>,
+    writer: Mutex<Writing>,
     f: Fields,
     /// Whether the index was created (empty) when opened.
     pub created: bool,
     pub dir: PathBuf,
+}
+
+/// The index writer, and how far into the log the index may have seen.
+struct Writing {
+    w: IndexWriter,
+    /// No event past this log position has been applied to the index, by this process or an
+    /// earlier one: a document made by a later event is not in it. `None` until the follower
+    /// has read the log's head (anything may be in the index until then).
+    seen_through: Option<u64>,
 }
 
 /// A document to index.
@@ -90,6 +102,7 @@ pub struct Doc {
 }
 
 pub enum Op {
+    /// Replaces the document of its key, or adds it.
     Upsert(Doc),
     Delete(String),
     /// Everything of one scope (a deleted task's comments).
@@ -145,29 +158,47 @@ impl SearchIndex {
         // One indexing thread: the box has few cores and the writer and HTTP need them too.
         let writer = index.writer_with_num_threads(1, WRITER_BYTES)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-        Ok(Self { index, reader, writer: Mutex::new(writer), f, created, dir: dir.to_path_buf() })
+        let writing = Writing { w: writer, seen_through: None };
+        Ok(Self { index, reader, writer: Mutex::new(writing), f, created, dir: dir.to_path_buf() })
     }
 
-    /// Applies `ops` and commits (blocking).
-    pub fn apply(&self, ops: Vec<Op>) -> Result<(), SearchError> {
-        let mut w = self.lock()?;
-        for op in ops {
-            self.write(&w, op)?;
+    /// Notes that the log's head is at `head` as the follower starts: every event an earlier
+    /// process applied to the index is at or below it.
+    pub fn following_from(&self, head: u64) -> Result<(), SearchError> {
+        let mut g = self.lock()?;
+        g.seen_through = Some(g.seen_through.map_or(head, |s| s.max(head)));
+        Ok(())
+    }
+
+    /// Applies the operations of the events up to log position `through` and commits
+    /// (blocking).
+    pub fn apply(&self, ops: Vec<Planned>, through: u64) -> Result<(), SearchError> {
+        let mut g = self.lock()?;
+        let seen = g.seen_through;
+        // From here on the batch counts as seen, whether or not its commit succeeds: applied
+        // again (a retry, a replay from the checkpoint), each of its documents is replaced.
+        g.seen_through = seen.map(|s| s.max(through));
+        for p in ops {
+            let new = matches!((p.made_at, seen), (Some(at), Some(seen)) if at > seen);
+            self.write(&g.w, p.op, new)?;
         }
-        w.commit()?;
+        g.w.commit()?;
         self.reader.reload()?;
         Ok(())
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>, SearchError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Writing>, SearchError> {
         self.writer.lock().map_err(|_| SearchError::Dir("index writer poisoned".into()))
     }
 
-    /// Queues one operation (visible after the next commit).
-    fn write(&self, w: &IndexWriter, op: Op) -> Result<(), SearchError> {
+    /// Queues one operation (visible after the next commit). `new`: the document is known not
+    /// to be in the index, so an upsert only adds it.
+    fn write(&self, w: &IndexWriter, op: Op, new: bool) -> Result<(), SearchError> {
         match op {
             Op::Upsert(d) => {
-                w.delete_term(Term::from_field_text(self.f.key, &d.key));
+                if !new {
+                    w.delete_term(Term::from_field_text(self.f.key, &d.key));
+                }
                 w.add_document(doc!(
                     self.f.key => d.key,
                     self.f.org => d.org.to_string(),
@@ -427,10 +458,28 @@ fn user_doc(org: Id, u: &User) -> Op {
     })
 }
 
+/// An index operation a follower batch calls for. `made_at` is the log position of the event
+/// that made its document (a post, a new task or room), when that event is in the batch: an
+/// index that has seen nothing past that position cannot hold the document yet.
+pub struct Planned {
+    pub op: Op,
+    pub made_at: Option<u64>,
+}
+
+/// Whether an event of `kind` makes the document its `id` names (no event about it comes
+/// before).
+fn makes_its_document(kind: &str) -> bool {
+    matches!(kind, "message.posted" | "comment.posted" | "task.created" | "room.created")
+}
+
 /// The index operations `events` call for, from the store's current state.
-pub fn ops_for(r: &Reader, events: &[Event]) -> Result<Vec<Op>, StoreError> {
-    let mut ops = Vec::new();
+pub fn ops_for(r: &Reader, events: &[Event]) -> Result<Vec<Planned>, StoreError> {
+    let mut planned = Vec::new();
+    // A post to several topics is one event per topic: only the first makes the document.
+    let mut made = std::collections::HashSet::new();
     for e in events {
+        let mut ops = Vec::new();
+        let makes = makes_its_document(&e.kind);
         let org = e.org;
         let id = e.data.get("id").and_then(|v| v.as_str()).and_then(|s| s.parse::<Id>().ok());
         let Some(id) = id else { continue };
@@ -466,8 +515,10 @@ pub fn ops_for(r: &Reader, events: &[Event]) -> Result<Vec<Op>, StoreError> {
                 ops.push(user_doc(org, &decode(USERS, &v)?));
             }
         }
+        let made_at = (makes && made.insert(id)).then_some(e.gseq);
+        planned.extend(ops.into_iter().map(|op| Planned { op, made_at }));
     }
-    Ok(ops)
+    Ok(planned)
 }
 
 /// Every document the store holds now, one at a time, with `progress(done, total)` now and
@@ -525,6 +576,14 @@ pub async fn follow(
             }
         }
     };
+    // Whatever an earlier process indexed is at or below the log's head now.
+    let idx = index.clone();
+    let noted =
+        store.read(move |r| -> Result<(), SearchError> { idx.following_from(r.meta_u64("gseq")?.unwrap_or(0)) });
+    if let Err(e) = noted.await {
+        // Until it is noted, every document is replaced as an upsert (correct, only slower).
+        tracing::error!(error = %e, "search follower cannot read the log's head");
+    }
     let mut bus = bus.subscribe();
     let mut last_commit = tokio::time::Instant::now() - COMMIT_EVERY;
     let mut behind = false;
@@ -552,7 +611,7 @@ pub async fn follow(
         let (store, idx) = (store.clone(), index.clone());
         let applied = tokio::task::spawn_blocking(move || -> Result<(), SearchError> {
             let ops = ops_for(&store.reader()?, &batch)?;
-            idx.apply(ops)
+            idx.apply(ops, last)
         })
         .await;
         match applied {
@@ -594,14 +653,93 @@ pub async fn reindex(
 pub fn rebuild(store: &Store, index: &SearchIndex, progress: &mut dyn FnMut(u64, u64)) -> Result<u64, SearchError> {
     let r = store.reader()?;
     let head = r.meta_u64("gseq")?.unwrap_or(0);
-    let mut w = index.lock()?;
-    w.delete_all_documents()?;
-    let written = each_doc(&r, progress, &mut |op| index.write(&w, op));
+    let mut g = index.lock()?;
+    g.w.delete_all_documents()?;
+    // Counted as seen from here on, as a follower batch is (`apply`).
+    g.seen_through = Some(g.seen_through.map_or(head, |s| s.max(head)));
+    // Every document is new to the index after that delete.
+    let written = each_doc(&r, progress, &mut |op| index.write(&g.w, op, true));
     if let Err(e) = written {
-        w.rollback()?;
+        g.w.rollback()?;
         return Err(e);
     }
-    w.commit()?;
+    g.w.commit()?;
     index.reader.reload()?;
     Ok(head)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tantivy::collector::Count;
+    use tantivy::query::TermQuery;
+    use tantivy::schema::{IndexRecordOption, Value};
+    use tantivy::{TantivyDocument, Term};
+
+    use crate::ids::Id;
+    use crate::search::{Doc, Op, Planned, SearchIndex};
+
+    fn post(key: &str, body: &str, made_at: Option<u64>) -> Planned {
+        let doc = Doc {
+            key: key.into(),
+            org: Id::NIL,
+            kind: "message",
+            scope: "org".into(),
+            title: String::new(),
+            body: body.into(),
+        };
+        Planned { op: Op::Upsert(doc), made_at }
+    }
+
+    /// The stored bodies of the documents of `key`.
+    fn bodies(index: &SearchIndex, key: &str) -> Vec<String> {
+        let searcher = index.reader.searcher();
+        let query = TermQuery::new(Term::from_field_text(index.f.key, key), IndexRecordOption::Basic);
+        let n = searcher.search(&query, &Count).unwrap();
+        let top = searcher.search(&query, &tantivy::collector::TopDocs::with_limit(n.max(1))).unwrap();
+        top.into_iter()
+            .map(|(_, at)| {
+                let d: TantivyDocument = searcher.doc(at).unwrap();
+                d.get_first(index.f.body).and_then(|v| v.as_str()).unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_applied_again_replaces_what_it_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(dir.path()).unwrap();
+        index.following_from(10).unwrap();
+        // Made past the head the follower started from: added without a delete.
+        index.apply(vec![post("message:a", "first", Some(11))], 11).unwrap();
+        assert_eq!(bodies(&index, "message:a"), ["first"]);
+        // The same batch again (its checkpoint was not moved before a crash, or its commit
+        // failed and it is retried): replaced, not doubled.
+        index.apply(vec![post("message:a", "first", Some(11))], 11).unwrap();
+        assert_eq!(bodies(&index, "message:a"), ["first"]);
+        assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn what_the_index_may_hold_is_replaced_and_what_it_cannot_is_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(dir.path()).unwrap();
+        // Before the follower has read the log's head, a making event may be in the index.
+        index.apply(vec![post("message:a", "a1", Some(3))], 3).unwrap();
+        index.apply(vec![post("message:a", "a2", Some(3))], 3).unwrap();
+        assert_eq!(bodies(&index, "message:a"), ["a2"]);
+        // A later process starts following at head 5; what was made at or below it is replaced.
+        index.following_from(5).unwrap();
+        index.apply(vec![post("message:a", "a3", Some(3))], 5).unwrap();
+        assert_eq!(bodies(&index, "message:a"), ["a3"]);
+        // Made and then edited in one batch: the edit's upsert replaces the new document.
+        index.apply(vec![post("message:b", "b1", Some(6)), post("message:b", "b2", None)], 7).unwrap();
+        assert_eq!(bodies(&index, "message:b"), ["b2"]);
+        assert_eq!(index.len(), 2);
+        // A follower starting again from an older head does not move what was seen back.
+        index.following_from(1).unwrap();
+        index.apply(vec![post("message:b", "b3", Some(6))], 7).unwrap();
+        assert_eq!(bodies(&index, "message:b"), ["b3"]);
+        assert_eq!(index.len(), 2);
+    }
 }
