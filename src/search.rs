@@ -90,6 +90,14 @@ struct Writing {
     seen_through: Option<u64>,
 }
 
+impl Writing {
+    /// Everything up to log position `at` is known: what was applied to the index is at or
+    /// below it, or at or below what was known before.
+    fn seen_up_to(&mut self, at: u64) {
+        self.seen_through = Some(self.seen_through.map_or(at, |s| s.max(at)));
+    }
+}
+
 /// A document to index.
 pub struct Doc {
     pub key: String,
@@ -165,8 +173,7 @@ impl SearchIndex {
     /// Notes that the log's head is at `head` as the follower starts: every event an earlier
     /// process applied to the index is at or below it.
     pub fn following_from(&self, head: u64) -> Result<(), SearchError> {
-        let mut g = self.lock()?;
-        g.seen_through = Some(g.seen_through.map_or(head, |s| s.max(head)));
+        self.lock()?.seen_up_to(head);
         Ok(())
     }
 
@@ -478,45 +485,43 @@ pub fn ops_for(r: &Reader, events: &[Event]) -> Result<Vec<Planned>, StoreError>
     // A post to several topics is one event per topic: only the first makes the document.
     let mut made = std::collections::HashSet::new();
     for e in events {
-        let mut ops = Vec::new();
-        let makes = makes_its_document(&e.kind);
         let org = e.org;
         let id = e.data.get("id").and_then(|v| v.as_str()).and_then(|s| s.parse::<Id>().ok());
         let Some(id) = id else { continue };
+        let made_at = (makes_its_document(&e.kind) && made.insert(id)).then_some(e.gseq);
+        let mut push = |op: Op| planned.push(Planned { op, made_at });
         let kind = e.kind.as_str();
         if kind.starts_with("message.") || kind.starts_with("comment.") {
             match r.get(MESSAGE_IDS, &tables::org_id_key(org, id))? {
                 Some(entry) => {
                     let at = crate::domain::chat::messages::key_of_entry(org, &entry);
                     if let Some(v) = r.get(MESSAGES, &at)? {
-                        ops.push(message_doc(org, &Message::from_stored(&at, &v)?));
+                        push(message_doc(org, &Message::from_stored(&at, &v)?));
                     }
                 }
-                None => ops.push(Op::Delete(format!("message:{id}"))),
+                None => push(Op::Delete(format!("message:{id}"))),
             }
         } else if kind.starts_with("task.") {
             if let Some(v) = r.get(TASKS, &tables::org_id_key(org, id))? {
-                ops.push(task_doc(org, &decode(TASKS, &v)?));
+                push(task_doc(org, &decode(TASKS, &v)?));
             } else {
-                ops.push(Op::Delete(format!("task:{id}")));
-                ops.push(Op::DeleteScope(format!("task:{id}")));
+                push(Op::Delete(format!("task:{id}")));
+                push(Op::DeleteScope(format!("task:{id}")));
             }
         } else if kind.starts_with("room.") {
             if let Some(v) = r.get(ROOMS, &tables::org_id_key(org, id))? {
-                ops.push(room_doc(org, &decode(ROOMS, &v)?));
+                push(room_doc(org, &decode(ROOMS, &v)?));
             }
         } else if kind.starts_with("asset.") {
             match r.get(ASSETS, &tables::org_id_key(org, id))? {
-                Some(v) => ops.push(asset_doc(org, &decode(ASSETS, &v)?)),
-                None => ops.push(Op::Delete(format!("file:{id}"))),
+                Some(v) => push(asset_doc(org, &decode(ASSETS, &v)?)),
+                None => push(Op::Delete(format!("file:{id}"))),
             }
         } else if kind.starts_with("user.") {
             if let Some(v) = r.get(USERS, &tables::org_id_key(org, id))? {
-                ops.push(user_doc(org, &decode(USERS, &v)?));
+                push(user_doc(org, &decode(USERS, &v)?));
             }
         }
-        let made_at = (makes && made.insert(id)).then_some(e.gseq);
-        planned.extend(ops.into_iter().map(|op| Planned { op, made_at }));
     }
     Ok(planned)
 }
@@ -656,7 +661,7 @@ pub fn rebuild(store: &Store, index: &SearchIndex, progress: &mut dyn FnMut(u64,
     let mut g = index.lock()?;
     g.w.delete_all_documents()?;
     // Counted as seen from here on, as a follower batch is (`apply`).
-    g.seen_through = Some(g.seen_through.map_or(head, |s| s.max(head)));
+    g.seen_up_to(head);
     // Every document is new to the index after that delete.
     let written = each_doc(&r, progress, &mut |op| index.write(&g.w, op, true));
     if let Err(e) = written {
