@@ -6,10 +6,11 @@
 # first time on a fresh machine.
 #
 # On 2 cores the run is mostly compiling, so it compiles each thing once where it can. The tests
-# are built as the release is (release profile, static musl), in target/, so the shipped x86_64
-# binary built after them reuses their dependencies: only what a test-only feature changes
-# (tokio's `test-util`, which the paused-clock unit tests need, and what depends on tokio)
-# compiles again. Work that waits on the network or leaves a core idle runs beside it: the
+# are built as the release is (release profile, static musl), in target/, and no dev-dependency
+# turns on a feature the shipped build lacks (Cargo.toml), so the shipped x86_64 binary built
+# after them reuses every dependency and compiles only this crate. (A test-only feature low in
+# the tree, such as idna's `default` through reqwest's cookie store, would make dozens of crates
+# compile twice.) Work that waits on the network or leaves a core idle runs beside it: the
 # Python and npm installs and the Debian root from the start; the aarch64 release build from
 # the start, at nice 19 in target/release-build (a target dir of its own, so it need not wait
 # for the test build's lock); the x86_64 release build and the previous version the package
@@ -106,10 +107,10 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 
 # The tests' build: the release profile for the static musl target, as shipped, so that the
-# dependencies are the shipped binary's. This crate's own units cannot be (a test-only feature
-# sets them apart, see above), so they are built for the tests' sake, as a debug build would:
-# with debug assertions and overflow checks, and not optimized. Cold, the library took 101 s so,
-# 242 s at opt-level 1 and 270 s as released; its unit tests 64, 138 and 147 s.
+# dependencies are the shipped binary's. This crate's own units are built for the tests' sake,
+# as a debug build would: with debug assertions and overflow checks, and not optimized (the
+# shipped build compiles them again, optimized, beside the contract tests). Cold, the library
+# took 101 s so, 242 s at opt-level 1 and 270 s as released; its unit tests 64, 138 and 147 s.
 x86=x86_64-unknown-linux-musl
 test_build=(--release --locked --target "$x86"
     --config 'profile.release.package.outpost.opt-level=0'

@@ -14,7 +14,7 @@ use poem::{EndpointExt, Route, handler, post};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-use crate::support::{TestServer, config_for, expect_problem, get_json, post_json};
+use crate::support::{Browser, TestServer, config_for, expect_problem, get_json, post_json};
 
 const CLIENT_SECRET: &str = "idp-client-secret-never-shown-3f9a";
 
@@ -170,8 +170,7 @@ fn client(s: &TestServer) -> Value {
 /// Goes through the provider's sign-in as a browser would (cookies, redirects) and lands on
 /// the callback; its answer and the callback URL it reached.
 async fn sign_in(authorization_url: &str) -> (reqwest::Response, String) {
-    let browser = reqwest::Client::builder().cookie_store(true).build().unwrap();
-    let r = browser.get(authorization_url).send().await.unwrap();
+    let r = Browser::new().get(authorization_url).await;
     let url = r.url().to_string();
     (r, url)
 }

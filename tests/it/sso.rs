@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use crate::connections::{Idp, child_server};
-use crate::support::{TestServer, expect_problem, get_json, post_json};
+use crate::support::{Browser, TestServer, expect_problem, get_json, post_json};
 
 const CLIENT_SECRET: &str = "sso-client-secret-never-shown-8c1e";
 
@@ -41,8 +41,7 @@ async fn sign_in(s: &TestServer, org: &str) -> (reqwest::Response, String) {
     let started: Value = r.json().await.unwrap();
     let url = started["authorization_url"].as_str().unwrap();
     assert!(url.contains("code_challenge_method=S256") && url.contains("nonce="), "{url}");
-    let browser = reqwest::Client::builder().cookie_store(true).build().unwrap();
-    let r = browser.get(url).send().await.unwrap();
+    let r = Browser::new().get(url).await;
     let at = r.url().to_string();
     assert!(at.contains("/v1/auth/sso/callback?"), "landed on {at}");
     (r, at)
@@ -296,9 +295,9 @@ pub async fn static_provider(s: &TestServer, token: &str, issuer: &str) -> Strin
 }
 
 /// Signs in through `browser` (whose cookies keep the provider's session); the tokens.
-async fn tokens_in(browser: &reqwest::Client, s: &TestServer, org: &str) -> Value {
+async fn tokens_in(browser: &Browser, s: &TestServer, org: &str) -> Value {
     let started = post_json_anon(s, "/v1/auth/sso/start", json!({ "org": org })).await;
-    let r = browser.get(started["authorization_url"].as_str().unwrap()).send().await.unwrap();
+    let r = browser.get(started["authorization_url"].as_str().unwrap()).await;
     assert_eq!(r.status(), 200, "{}", r.url());
     r.json().await.unwrap()
 }
@@ -310,16 +309,11 @@ async fn post_json_anon(s: &TestServer, path: &str, body: Value) -> Value {
 }
 
 /// Logs out at the provider as its logout page would: the confirmation form, submitted.
-async fn log_out_at(idp: &Idp, browser: &reqwest::Client) {
-    let page = browser.get(format!("{}/session/end?client_id=outpost-sso", idp.base)).send().await.unwrap();
+async fn log_out_at(idp: &Idp, browser: &Browser) {
+    let page = browser.get(&format!("{}/session/end?client_id=outpost-sso", idp.base)).await;
     let html = page.text().await.unwrap();
     let xsrf = html.split("name=\"xsrf\" value=\"").nth(1).and_then(|t| t.split('"').next()).expect("a logout form");
-    let r = browser
-        .post(format!("{}/session/end/confirm", idp.base))
-        .form(&[("xsrf", xsrf), ("logout", "yes")])
-        .send()
-        .await
-        .unwrap();
+    let r = browser.post_form(&format!("{}/session/end/confirm", idp.base), &[("xsrf", xsrf), ("logout", "yes")]).await;
     assert!(r.status().is_success(), "logging out at the provider: {}", r.status());
 }
 
@@ -348,10 +342,7 @@ async fn logging_out_at_the_identity_provider_ends_the_sessions_it_signed_in() {
     idp_post(&idp, "/_clients", json!([c])).await;
 
     // Alice signs in from two browsers: two sessions at the provider, two here.
-    let (one, two) = (
-        reqwest::Client::builder().cookie_store(true).build().unwrap(),
-        reqwest::Client::builder().cookie_store(true).build().unwrap(),
-    );
+    let (one, two) = (Browser::new(), Browser::new());
     let first = tokens_in(&one, &s, &sl).await;
     let second = tokens_in(&two, &s, &sl).await;
     let me = |t: &Value| s.http.get(s.url("/v1/me")).bearer_auth(t["access_token"].as_str().unwrap()).send();

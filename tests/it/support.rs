@@ -309,3 +309,113 @@ pub async fn python_lines(script: &str, input: &Value) -> Vec<String> {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("utf-8").lines().map(str::to_owned).collect()
 }
+
+/// A browser's part in sign-in flows: it follows redirects itself and keeps the cookies it is
+/// given, per host (not port, as browsers do) and path, sending a `Secure` one only over https
+/// and dropping one that a later answer expires. reqwest's own cookie store would do, but its
+/// feature (with what it pulls in) would make the tests' build of reqwest, `url` and everything
+/// over them differ from the shipped binary's, and so be compiled twice.
+pub struct Browser {
+    http: reqwest::Client,
+    jar: std::sync::Mutex<Vec<Cookie>>,
+}
+
+struct Cookie {
+    host: String,
+    path: String,
+    name: String,
+    value: String,
+    secure: bool,
+}
+
+impl Browser {
+    /// How many redirects one navigation follows.
+    const HOPS_MAX: usize = 20;
+
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        Self { http, jar: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// GETs `url` and follows its redirects; the last answer (its `url()` is where it landed).
+    pub async fn get(&self, url: &str) -> reqwest::Response {
+        self.navigate(self.http.get(url)).await
+    }
+
+    /// Submits a form to `url` and follows the redirects (with GET, as browsers do).
+    pub async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.navigate(self.http.post(url).form(form)).await
+    }
+
+    async fn navigate(&self, first: reqwest::RequestBuilder) -> reqwest::Response {
+        let mut request = first.build().expect("request");
+        for _ in 0..=Self::HOPS_MAX {
+            if let Some(cookies) = self.cookies_for(request.url()) {
+                request.headers_mut().insert(reqwest::header::COOKIE, cookies.parse().expect("cookie header"));
+            }
+            let r = self.http.execute(request).await.expect("send");
+            self.keep(&r);
+            let location = r.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok());
+            let (true, Some(location)) = (r.status().is_redirection(), location) else { return r };
+            let next = r.url().join(location).expect("a redirect to a URL");
+            request = self.http.get(next).build().expect("request");
+        }
+        panic!("more than {} redirects", Self::HOPS_MAX);
+    }
+
+    fn cookies_for(&self, url: &reqwest::Url) -> Option<String> {
+        let host = url.host_str()?;
+        let path = url.path();
+        let jar = self.jar.lock().expect("jar");
+        let sent: Vec<String> = jar
+            .iter()
+            .filter(|c| c.host == host && (!c.secure || url.scheme() == "https"))
+            .filter(|c| {
+                path == c.path
+                    || path
+                        .strip_prefix(c.path.as_str())
+                        .is_some_and(|rest| c.path.ends_with('/') || rest.starts_with('/'))
+            })
+            .map(|c| format!("{}={}", c.name, c.value))
+            .collect();
+        (!sent.is_empty()).then(|| sent.join("; "))
+    }
+
+    /// Takes the answer's `Set-Cookie` headers into the jar (RFC 6265, as far as these flows
+    /// need: name and value, `Path` or the default path, `Secure`, and expiry as removal).
+    fn keep(&self, r: &reqwest::Response) {
+        let Some(host) = r.url().host_str() else { return };
+        let default_path = match r.url().path().rfind('/') {
+            Some(0) | None => "/".to_owned(),
+            Some(at) => r.url().path()[..at].to_owned(),
+        };
+        let mut jar = self.jar.lock().expect("jar");
+        for header in r.headers().get_all(reqwest::header::SET_COOKIE) {
+            let Ok(header) = header.to_str() else { continue };
+            let mut parts = header.split(';').map(str::trim);
+            let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else { continue };
+            let (mut path, mut secure, mut expired) = (default_path.clone(), false, false);
+            for attribute in parts {
+                let (key, val) = attribute.split_once('=').unwrap_or((attribute, ""));
+                match key.to_ascii_lowercase().as_str() {
+                    "path" if val.starts_with('/') => val.clone_into(&mut path),
+                    "secure" => secure = true,
+                    "max-age" => expired |= val.trim().parse::<i64>().is_ok_and(|s| s <= 0),
+                    // The past that servers write to remove a cookie.
+                    "expires" => expired |= val.contains("1970"),
+                    _ => {}
+                }
+            }
+            jar.retain(|c| !(c.host == host && c.path == path && c.name == name));
+            if !expired {
+                jar.push(Cookie {
+                    host: host.to_owned(),
+                    path,
+                    name: name.to_owned(),
+                    value: value.to_owned(),
+                    secure,
+                });
+            }
+        }
+    }
+}
