@@ -535,6 +535,8 @@ upgrade() {
     [ "$(grep -c 'migrating store schema 3 → 4' "$WORK/migration")" = 1 ] || { echo "the migration did not run once"; return 1; }
     # Schema 4 rewrites the topic index N wrote: one entry per event.
     grep -qE 'migrated store schema to 4 \([1-9][0-9]* rows written\)' "$WORK/migration" || return 1
+    [ "$(grep -c 'migrating store schema 4 → 5' "$WORK/migration")" = 1 ] || { echo "the migration did not run once"; return 1; }
+    grep -q 'migrated store schema to 5 (0 rows written)' "$WORK/migration" || return 1
     check_data
 }
 

@@ -7,8 +7,9 @@
 //!
 //! The hash is over the canonical JSON, but a record is stored in a compact binary form (since
 //! schema 3, `packed`): no field names, the organization and position left to the key, the two
-//! hashes and the ids in the text as raw bytes rather than hex — less than half the size. Records stored as JSON
-//! before that are read as they are, and the hash of either form is the same.
+//! hashes and the ids in the text as raw bytes rather than hex — less than half the size; since
+//! schema 5 also its time as LEB128 and its action and common words as numbers. Records stored
+//! in an earlier form are read as they are, and the hash of every form is the same.
 
 use serde::{Deserialize, Serialize};
 
@@ -71,29 +72,30 @@ impl Canonical<'_> {
         (hash, self.stored(&prev))
     }
 
-    /// The record's stored form, binary (`packed`): `at_ms`, then `actor`, `action`, `target`,
-    /// `request_id`, `client_addr` and `details` (a JSON value in binary form; JSON text before
-    /// schema 4), then the previous record's hash (`prev_hash`, the raw bytes of its hex). The
-    /// organization and the position are the key's. The record's own hash is not stored since
-    /// schema 4: it is its content's, and the next record holds it as its `prev_hash` (the
-    /// last's is the chain head's); schema 3 stored it after `prev_hash`.
+    /// The record's stored form, compact binary (`packed::Compact`, since schema 5): `at_ms`,
+    /// then `actor`, `action`, `target`, `request_id`, `client_addr` and `details` (a JSON value
+    /// in binary form; JSON text before schema 4), then the previous record's hash (`prev_hash`,
+    /// the raw bytes of its hex). The organization and the position are the key's. The record's
+    /// own hash is not stored since schema 4: it is its content's, and the next record holds it
+    /// as its `prev_hash` (the last's is the chain head's); schema 3 stored it after
+    /// `prev_hash`. Schemas 3 and 4 wrote the first binary form (numbers at fixed width, no
+    /// words), which reads as before.
     fn stored(&self, prev_hash: &[u8; 32]) -> Vec<u8> {
         let texts =
             [self.actor, self.action, self.target, self.request_id.unwrap_or(""), self.client_addr.unwrap_or("")];
-        // The tag and the time, five lengths of at most three bytes each, the details (most are
+        // The tag and the time, five headers of at most three bytes each, the details (most are
         // small), and the previous hash.
-        let size = 9 + 15 + 64 + 32 + texts.iter().map(|t| t.len()).sum::<usize>();
-        let mut out = Vec::with_capacity(size);
-        out.push(packed::BINARY);
-        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        let size = 11 + 15 + 64 + 32 + texts.iter().map(|t| t.len()).sum::<usize>();
+        let mut out = packed::Compact::with_capacity(size);
+        out.signed(self.at_ms);
         for text in [self.actor, self.action, self.target] {
-            packed::put_text(&mut out, text);
+            out.text(text);
         }
-        packed::put_optional(&mut out, self.request_id);
-        packed::put_optional(&mut out, self.client_addr);
-        packed::put_value(&mut out, self.details);
-        out.extend_from_slice(prev_hash);
-        out
+        out.optional(self.request_id);
+        out.optional(self.client_addr);
+        out.value(self.details);
+        out.fixed(prev_hash);
+        out.into_bytes()
     }
 }
 
@@ -112,7 +114,7 @@ impl AuditRecord {
         }
         let (org, n) = tables::split_org_seq(key).ok_or("record has a malformed key")?;
         let mut f = packed::Fields::of(value)?;
-        let at_ms = f.i64()?;
+        let at_ms = f.signed()?;
         let (actor, action, target) = (f.text()?, f.text()?, f.text()?);
         let (request_id, client_addr) = (f.optional()?, f.optional()?);
         let details = f.value().map_err(|e| format!("record's details: {e}"))?;

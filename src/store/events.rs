@@ -38,24 +38,23 @@ pub struct Event {
 }
 
 impl Event {
-    /// The stored form, binary (`packed`): `gseq`, `epoch`, `at_ms`, then `topic`, `type`,
-    /// `actor` and `data` (a JSON value in binary form). The organization and `seq` are the key's.
+    /// The stored form, compact binary (`packed::Compact`): `gseq`, `epoch`, `at_ms`, then
+    /// `topic`, `type`, `actor` and `data` (a JSON value in binary form). The organization and
+    /// `seq` are the key's.
     pub fn to_stored(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(25 + 12 + self.topic.len() + self.kind.len() + self.actor.len() + 64);
-        out.push(packed::BINARY);
-        for n in [self.gseq, self.epoch] {
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        let mut out = packed::Compact::with_capacity(16 + 12 + self.topic.len() + self.actor.len() + 48);
+        out.number(self.gseq);
+        out.number(self.epoch);
+        out.signed(self.at_ms);
         for text in [&self.topic, &self.kind, &self.actor] {
-            packed::put_text(&mut out, text);
+            out.text(text);
         }
-        packed::put_value(&mut out, &self.data);
-        out
+        out.value(&self.data);
+        out.into_bytes()
     }
 
-    /// Reads an event as stored under `key` (`org ‖ seq`): binary, or JSON as events were
-    /// stored before schema 3.
+    /// Reads an event as stored under `key` (`org ‖ seq`): compact binary, binary as schemas 3
+    /// and 4 stored it (numbers at fixed width, no words), or JSON as before schema 3.
     pub fn from_stored(key: &[u8], value: &[u8]) -> Result<Self, StoreError> {
         if !packed::is_binary(value) {
             return decode(EVENTS, value);
@@ -63,7 +62,7 @@ impl Event {
         let read = || -> Result<Self, String> {
             let (org, seq) = tables::split_org_seq(key).ok_or("event has a malformed key")?;
             let mut f = packed::Fields::of(value)?;
-            let (gseq, epoch, at_ms) = (f.u64()?, f.u64()?, f.i64()?);
+            let (gseq, epoch, at_ms) = (f.number()?, f.number()?, f.signed()?);
             let (topic, kind, actor) = (f.text()?, f.text()?, f.text()?);
             let data = f.value().map_err(|e| format!("event data: {e}"))?;
             f.end()?;

@@ -3,6 +3,7 @@
 
 use outpost::store::audit::AuditRecord;
 use outpost::store::events::Event;
+use outpost::store::packed;
 use outpost::store::tables::{AUDIT, AUDIT_HEADS, EVENTS, META, org_seq_key};
 use redb::ReadableTable;
 use serde_json::Value;
@@ -113,15 +114,86 @@ async fn a_removed_tail_is_detected() {
     assert_eq!(code, 1, "{out}");
 }
 
-/// A store from before schema 3 holds its audit records and events as JSON. Opened by this build
-/// it is migrated without a rewrite: the old records stay JSON, new ones are binary, the API
-/// lists both alike, and the chain verifies across the change and detects tampering on either
-/// side.
+/// The forms a store's audit records and events have had before the compact one.
+#[derive(Clone, Copy, Debug)]
+enum OldForm {
+    /// Schemas 1 and 2: each as its JSON.
+    Json,
+    /// Schemas 3 and 4: the first binary form (numbers at fixed width, texts without words).
+    Binary,
+}
+
+impl OldForm {
+    fn schema(self) -> u32 {
+        match self {
+            Self::Json => 2,
+            Self::Binary => 4,
+        }
+    }
+
+    fn first_byte(self) -> u8 {
+        match self {
+            Self::Json => b'{',
+            Self::Binary => packed::BINARY,
+        }
+    }
+
+    fn audit(self, r: &AuditRecord) -> Vec<u8> {
+        match self {
+            Self::Json => serde_json::to_vec(r).unwrap(),
+            Self::Binary => {
+                let mut out = vec![packed::BINARY];
+                out.extend_from_slice(&r.at_ms.to_be_bytes());
+                for text in [&r.actor, &r.action, &r.target] {
+                    packed::put_text(&mut out, text);
+                }
+                packed::put_optional(&mut out, r.request_id.as_deref());
+                packed::put_optional(&mut out, r.client_addr.as_deref());
+                packed::put_value(&mut out, &r.details);
+                out.extend_from_slice(&outpost::ids::unhex32(&r.prev_hash).unwrap());
+                out
+            }
+        }
+    }
+
+    fn event(self, e: &Event) -> Vec<u8> {
+        match self {
+            Self::Json => serde_json::to_vec(e).unwrap(),
+            Self::Binary => {
+                let mut out = vec![packed::BINARY];
+                for n in [e.gseq, e.epoch] {
+                    out.extend_from_slice(&n.to_be_bytes());
+                }
+                out.extend_from_slice(&e.at_ms.to_be_bytes());
+                for text in [&e.topic, &e.kind, &e.actor] {
+                    packed::put_text(&mut out, text);
+                }
+                packed::put_value(&mut out, &e.data);
+                out
+            }
+        }
+    }
+}
+
+/// A store from before schema 3 holds its audit records and events as JSON.
 #[tokio::test]
 async fn a_chain_stored_as_json_goes_on_in_binary_and_verifies_whole() {
+    a_chain_stored_in_an_older_form_goes_on_and_verifies_whole(OldForm::Json).await;
+}
+
+/// A store from before schema 5 holds them in the first binary form.
+#[tokio::test]
+async fn a_chain_stored_in_the_first_binary_form_goes_on_compact_and_verifies_whole() {
+    a_chain_stored_in_an_older_form_goes_on_and_verifies_whole(OldForm::Binary).await;
+}
+
+/// Opened by this build, a store with records in an older form is migrated without a rewrite:
+/// the old records stay as they are, new ones are compact, the API lists both alike, and the
+/// chain verifies across the change and detects tampering on either side.
+async fn a_chain_stored_in_an_older_form_goes_on_and_verifies_whole(form: OldForm) {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_with(crate::support::config_for(dir.path())).await;
-    let org = s.create_org(&slug("json")).await;
+    let org = s.create_org(&slug("old")).await;
     let id: outpost::ids::Id = org["id"].as_str().unwrap().parse().unwrap();
     let rename = |s: &TestServer, name: &str| {
         s.http.patch(s.url(&format!("/v1/orgs/{id}"))).bearer_auth(&s.key).json(&serde_json::json!({ "name": name }))
@@ -130,17 +202,23 @@ async fn a_chain_stored_as_json_goes_on_in_binary_and_verifies_whole() {
     let before: Value = s.get(&format!("/v1/orgs/{id}/audit")).send().await.unwrap().json().await.unwrap();
     let events_before: Value = s.get(&format!("/v1/orgs/{id}/events")).send().await.unwrap().json().await.unwrap();
     s.stop().await;
-    // What schema 2 stored: each audit record and event as its JSON.
+    // What the older schema stored.
     let stored = edit(dir.path(), |txn| {
-        rewrite(txn, EVENTS, |k, v| serde_json::to_vec(&Event::from_stored(k, v).unwrap()).unwrap());
-        txn.open_table(META.def).unwrap().insert(b"schema_version".as_slice(), 2u32.to_be_bytes().as_slice()).unwrap();
-        crate::store::topic_index_as_schema_3(txn);
-        rewrite(txn, AUDIT, |k, v| serde_json::to_vec(&AuditRecord::from_stored(k, v).unwrap()).unwrap())
+        rewrite(txn, EVENTS, |k, v| form.event(&Event::from_stored(k, v).unwrap()));
+        let schema = form.schema();
+        txn.open_table(META.def)
+            .unwrap()
+            .insert(b"schema_version".as_slice(), schema.to_be_bytes().as_slice())
+            .unwrap();
+        if schema < 4 {
+            crate::store::topic_index_as_schema_3(txn);
+        }
+        rewrite(txn, AUDIT, |k, v| form.audit(&AuditRecord::from_stored(k, v).unwrap()))
     });
     let old = before["items"].as_array().unwrap().len();
     assert!(old >= 2 && stored >= old, "{old} records of the organization's, {stored} in all");
     let (code, out) = verify(dir.path());
-    assert_eq!(code, 0, "the JSON chain verifies: {out}");
+    assert_eq!(code, 0, "the old chain verifies: {out}");
 
     let s = TestServer::start_with(crate::support::config_for(dir.path())).await;
     assert_eq!(rename(&s, "second").send().await.unwrap().status(), 200);
@@ -158,28 +236,36 @@ async fn a_chain_stored_as_json_goes_on_in_binary_and_verifies_whole() {
     let (code, out) = verify(dir.path());
     assert_eq!(code, 0, "{out}");
 
-    // Both forms are in the table, and tampering with either is found.
-    let forms = edit(dir.path(), |txn| {
+    // Both forms are in the tables, and tampering with either is found.
+    let (forms, event_forms) = edit(dir.path(), |txn| {
         let t = txn.open_table(AUDIT.def).unwrap();
-        (1..=old as u64 + 1)
-            .map(|n| t.get(org_seq_key(id, n).as_slice()).unwrap().unwrap().value()[0])
-            .collect::<Vec<u8>>()
+        let e = txn.open_table(EVENTS.def).unwrap();
+        let first = |v: Option<redb::AccessGuard<'_, &[u8]>>| v.unwrap().value()[0];
+        (
+            (1..=old as u64 + 1).map(|n| first(t.get(org_seq_key(id, n).as_slice()).unwrap())).collect::<Vec<u8>>(),
+            (1..=was.len() as u64 + 1)
+                .map(|n| first(e.get(org_seq_key(id, n).as_slice()).unwrap()))
+                .collect::<Vec<u8>>(),
+        )
     });
-    assert!(forms[..old].iter().all(|b| *b == b'{') && forms[old] == 1, "{forms:?}");
-    for (n, form) in [(old as u64, "JSON"), (old as u64 + 1, "binary")] {
+    for stored in [&forms[..old], &event_forms[..was.len()]] {
+        assert!(stored.iter().all(|b| *b == form.first_byte()), "{form:?}: {stored:?}");
+    }
+    assert_eq!((forms[old], event_forms[was.len()]), (packed::COMPACT, packed::COMPACT));
+    for (n, which) in [(old as u64, "old"), (old as u64 + 1, "compact")] {
         let key = org_seq_key(id, n);
         let original = edit(dir.path(), |txn| {
             let mut t = txn.open_table(AUDIT.def).unwrap();
             let stored = t.get(key.as_slice()).unwrap().unwrap().value().to_vec();
             let mut rec = AuditRecord::from_stored(&key, &stored).unwrap();
             rec.actor.push('!');
-            let altered = if stored[0] == b'{' { serde_json::to_vec(&rec).unwrap() } else { rec.to_stored() };
+            let altered = if stored[0] == packed::COMPACT { rec.to_stored() } else { form.audit(&rec) };
             t.insert(key.as_slice(), altered.as_slice()).unwrap();
             stored
         });
         let (code, out) = verify(dir.path());
-        assert_eq!(code, 1, "an altered {form} record: {out}");
-        assert!(out.contains(&format!("record {n}")) && out.contains("altered"), "{form}: {out}");
+        assert_eq!(code, 1, "an altered {which} record: {out}");
+        assert!(out.contains(&format!("record {n}")) && out.contains("altered"), "{which}: {out}");
         edit(dir.path(), |txn| {
             txn.open_table(AUDIT.def).unwrap().insert(key.as_slice(), original.as_slice()).unwrap();
         });

@@ -73,7 +73,7 @@ fn one_process_per_store() {
 /// schema 4, messages in binary, is `chat::messages_stored_as_json_…`.)
 #[tokio::test]
 async fn a_schema_1_store_is_migrated_once() {
-    assert_eq!(SCHEMA_VERSION, 4, "a new schema version needs its own migration test");
+    assert_eq!(SCHEMA_VERSION, 5, "a new schema version needs its own migration test");
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_with(config_for(dir.path())).await;
     let (_, people) = populated_org(&s).await;
@@ -118,7 +118,7 @@ async fn a_schema_1_store_is_migrated_once() {
         let db = redb::Database::open(dir.path().join("outpost.redb")).unwrap();
         let txn = db.begin_read().unwrap();
         let meta = txn.open_table(META.def).unwrap();
-        assert_eq!(meta.get(b"schema_version".as_slice()).unwrap().unwrap().value(), 4u32.to_be_bytes());
+        assert_eq!(meta.get(b"schema_version".as_slice()).unwrap().unwrap().value(), 5u32.to_be_bytes());
     }
     lines.clear();
     let (store, report) = Store::open(dir.path(), &mut |l| lines.push(l.to_owned())).unwrap();
