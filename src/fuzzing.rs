@@ -44,7 +44,8 @@ pub const TARGETS: &[(&str, Target)] = &[
 ];
 
 /// An audit record (first byte even) or an event (odd) as a store or a backup holds them —
-/// binary, or JSON as stored before schema 3 — read as the store reads them, then stored again.
+/// compact (schema 5), in the first binary form (schemas 3 and 4), or JSON as stored before —
+/// read as the store reads them, then stored again.
 pub fn stored_record(data: &[u8]) {
     let key = crate::store::tables::org_seq_key(Id::NIL, 1);
     let Some((which, value)) = data.split_first() else { return };

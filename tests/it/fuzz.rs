@@ -119,14 +119,14 @@ fn the_sdp_seeds_are_answered() {
     }
 }
 
-/// The stored-record seeds read, in both forms, so mutations start from records the store
-/// would take.
+/// The stored-record seeds read, in each form (JSON, the first binary form, the compact one),
+/// so mutations start from records the store would take.
 #[test]
 fn the_stored_record_seeds_read() {
     use outpost::store::{audit::AuditRecord, events::Event, tables::org_seq_key};
     let key = org_seq_key(outpost::ids::Id::NIL, 1);
     let seeds = corpus("stored_record");
-    assert_eq!(seeds.len(), 4);
+    assert_eq!(seeds.len(), 6);
     for (path, seed) in seeds {
         let (which, value) = seed.split_first().unwrap();
         let read = if which % 2 == 0 {
