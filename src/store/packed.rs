@@ -435,11 +435,25 @@ fn put_value_bare(out: &mut Vec<u8>, value: &serde_json::Value, compact: bool) {
     }
 }
 
+/// Appends what `write` puts after its length (LEB128), with no buffer of its own: the length
+/// gets one byte first, and more in place in the rare case it needs them.
+fn put_sized(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.push(0);
+    write(out);
+    let len = out.len() - at - 1;
+    if len < 0x80 {
+        out[at] = len as u8;
+    } else {
+        let mut header = Vec::with_capacity(3);
+        put_len(&mut header, len);
+        out.splice(at..=at, header);
+    }
+}
+
 /// Appends a JSON value in binary form, after its length.
 pub fn put_value(out: &mut Vec<u8>, value: &serde_json::Value) {
-    let mut bare = Vec::with_capacity(64);
-    put_value_bare(&mut bare, value, false);
-    put_bytes(out, &bare);
+    put_sized(out, |out| put_value_bare(out, value, false));
 }
 
 /// Writes a record in the compact form, field by field; [`Fields`] reads them back in order.
@@ -476,9 +490,7 @@ impl Compact {
 
     /// A JSON value in binary form, after its length, its texts compact.
     pub fn value(&mut self, value: &serde_json::Value) {
-        let mut bare = Vec::with_capacity(64);
-        put_value_bare(&mut bare, value, true);
-        put_bytes(&mut self.0, &bare);
+        put_sized(&mut self.0, |out| put_value_bare(out, value, true));
     }
 
     /// Bytes of a length the reader knows (a digest).
@@ -957,6 +969,7 @@ mod tests {
             data.clone(),
             serde_json::json!({ "z": 1, "user": 2, "id": [true, "role", format!("user:{id}"), 0.5, -3] }),
             serde_json::json!({ "place": id, "seq": 7, "deep": { "status": [[{ "name": "system" }]] } }),
+            serde_json::json!({ "long": "y".repeat(20_000), "after": 1 }),
             serde_json::json!([]),
             serde_json::Value::Null,
         ];
