@@ -27,6 +27,8 @@
 #       table from `outpost space`) and search index, against PostgreSQL's
 #       table and indexes (pg_total_relation_size) and the WAL its inserts
 #       wrote (LSN before and after the rounds)
+#   WRITE_TARGET=messages PG_SEARCH=1 …   PostgreSQL's messages also indexed for full-text
+#       search (a GIN index on to_tsvector('simple', body)), as Outpost's are by its search index
 #   DURATION=8 ROUNDS=5 SIDES=both|outpost|peer OP_PORT=18080 PG_PORT=15432
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -157,6 +159,11 @@ EOF
                 created_at timestamptz NOT NULL DEFAULT now()
             );
             CREATE INDEX messages_channel_time ON messages (channel_id, created_at);"
+    if [ "${PG_SEARCH:-0}" = 1 ]; then
+        # What Outpost's search index gives its messages: words found in the text.
+        pg_sql "CREATE INDEX messages_text_search ON messages USING gin (to_tsvector('simple', body));"
+        log "postgres: messages also indexed for full-text search (GIN on to_tsvector('simple', body))"
+    fi
     printf '%s\n' '\set r random(0, 999999999999999)' \
         'INSERT INTO messages (channel_id, author_id, body)' \
         "VALUES ('00000000-0000-4000-8000-000000000001', '00000000-0000-4000-8000-000000000002'," \
@@ -230,4 +237,4 @@ PY
 fi
 
 report "$TSV" "$TARGET create throughput (POST vs INSERT, durable commits)" \
-    "created/s" "writes: $TARGET, c${CONNECTIONS}" "pgbench+pg15"
+    "created/s" "writes: $TARGET, c${CONNECTIONS}" "pgbench+pg15$([ "${PG_SEARCH:-0}" = 1 ] && echo "+gin")"
