@@ -17,7 +17,9 @@
 #
 #   bash scripts/package-test.sh                everything
 #   SKIP_ARM64=1 bash scripts/package-test.sh   without the aarch64 build and smoke test
-#   ARM_OPT_LEVEL=3 bash scripts/package-test.sh the arm64 binary optimized as released (0 here)
+#   ARM_OPT_LEVEL=3 bash scripts/package-test.sh the arm64 binary optimized and its packages
+#                                               compressed as released (0 here: unoptimized,
+#                                               compressed fast)
 #   bash scripts/package-test.sh apt            only the Debian packages it needs
 #   bash scripts/package-test.sh prepare        only its tools and the Debian root (no apt)
 #   bash scripts/package-test.sh release-build [arm64|x86|all]
