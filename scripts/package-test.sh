@@ -285,13 +285,14 @@ build_deb() {
     ls -l "$out"
 }
 
-# N's .deb, made by that tree's own packaging from the binary the release builds left.
+# N's .deb, made by that tree's own packaging from the binary the release builds left, and
+# compressed fast: it is only installed to be upgraded from (xz as released took 16-19 s here).
 build_prev() {
     assets "$X86" "$PREV_DIR" >/dev/null || return 1
     (
         cd "$PREV_SRC" \
             && CARGO_TARGET_DIR=$PREV_DIR cargo deb --no-build --no-strip --target "$X86" \
-                --deb-version "$PREV_VERSION-1" --output "$WORK/$PREV_DEB"
+                --deb-version "$PREV_VERSION-1" --output "$WORK/$PREV_DEB" --fast
     ) || return 1
     ls -l "$WORK/$PREV_DEB"
 }
