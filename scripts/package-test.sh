@@ -692,11 +692,12 @@ arm64_smoke() {
     [ "$rc" = 0 ] && [ "$code" = 0 ]
 }
 
-# The arm64 steps run beside the amd64 ones, at a lower priority: each is mostly one core
-# compressing a package or emulating the binary, while the amd64 steps are one core compressing
-# and then a container that mostly waits (together they took 211 s one after the other on two
-# cores). Its own shell counts its steps and ends with their tally; `arm64_results` prints its
-# log where the arm64 steps used to run and adds its tally to this shell's.
+# The arm64 steps run beside the amd64 ones, at a lower priority: they are mostly one core
+# emulating the binary, while the amd64 steps are compressing the packages as released (xz on
+# up to two cores, zstd on one) and then a container that mostly waits; one after the other,
+# the package test took 211 s on two cores. The arm64 steps' shell counts them and ends its log
+# with their tally; `arm64_results` prints the log where those steps used to run and adds the
+# tally to this shell's.
 arm64_steps() {
     trap - EXIT INT TERM
     renice -n 10 -p "$BASHPID" >/dev/null
