@@ -279,20 +279,19 @@ impl<'a> Text<'a> {
         }
     }
 
-    /// What goes before the bytes: a plain text's length times two; 1 for a bare id; for a
-    /// prefixed one, the prefix's length plus one, times two, plus one.
-    fn header(&self) -> usize {
+    /// Puts it in the first binary form: a header (LEB128), then the bytes. The header is a
+    /// plain text's length times two; 1 for a bare id; for a prefixed one, the prefix's length
+    /// plus one, times two, plus one. `header_extra` is added to the header (1 for an optional
+    /// text), as in `put_compact`.
+    fn put_first(&self, out: &mut Vec<u8>, header_extra: usize) {
         match self {
-            Self::Plain(t) => t.len() << 1,
-            Self::Id(None, _) => 1,
-            Self::Id(Some(prefix), _) => ((prefix.len() + 1) << 1) | 1,
-        }
-    }
-
-    fn put(&self, out: &mut Vec<u8>) {
-        match self {
-            Self::Plain(t) => out.extend_from_slice(t.as_bytes()),
+            Self::Plain(t) => {
+                put_len(out, (t.len() << 1) + header_extra);
+                out.extend_from_slice(t.as_bytes());
+            }
             Self::Id(prefix, id) => {
+                let n = prefix.map_or(0, |p| p.len() + 1);
+                put_len(out, ((n << 1) | 1) + header_extra);
                 out.extend_from_slice(prefix.unwrap_or("").as_bytes());
                 out.extend_from_slice(id);
             }
@@ -343,20 +342,14 @@ mod compact {
 
 /// Appends a text (see the module's note for ids).
 pub fn put_text(out: &mut Vec<u8>, text: &str) {
-    let t = Text::of(text);
-    put_len(out, t.header());
-    t.put(out);
+    Text::of(text).put_first(out, 0);
 }
 
 /// Appends an optional text: 0 for none, else as `put_text` with its header plus one.
 pub fn put_optional(out: &mut Vec<u8>, text: Option<&str>) {
     match text {
         None => out.push(0),
-        Some(text) => {
-            let t = Text::of(text);
-            put_len(out, t.header() + 1);
-            t.put(out);
-        }
+        Some(text) => Text::of(text).put_first(out, 1),
     }
 }
 
